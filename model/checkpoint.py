@@ -1,0 +1,152 @@
+"""Load the authors' checkpoints (and ours) strictly, and say what differs when they do not fit."""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .ipt import default_task_names
+
+WRAPPER_KEYS = ("state_dict", "model", "params")  # dict keys that may hold the weights
+MODULE_PREFIX = "module."  # written by DataParallel / DistributedDataParallel
+PER_HEAD = re.compile(r"^(head|tail)\.(\d+)\.(.*)$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+def read_state_dict(path: str) -> dict[str, Tensor]:
+    """Read a checkpoint file and return its bare state_dict (unwrapped, without `module.`)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist (check --pretrain)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated files, non-tensor payloads
+        raise CheckpointError(f"cannot read checkpoint {path!r}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0]}") from None
+    return unwrap_state_dict(obj, path)
+
+
+def unwrap_state_dict(obj: object, path: str = "<checkpoint>") -> dict[str, Tensor]:
+    """The tensors of a bare state_dict or of one wrapped under state_dict/model/params."""
+    for key in WRAPPER_KEYS:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not obj or \
+            not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path!r} holds no state_dict (expected a dict of tensors, or one "
+                              f"under {', '.join(WRAPPER_KEYS)})")
+    if all(k.startswith(MODULE_PREFIX) for k in obj):
+        obj = {k[len(MODULE_PREFIX):]: v for k, v in obj.items()}
+    return dict(obj)
+
+
+def checkpoint_scales(state: Mapping[str, Tensor]) -> list[int]:
+    """The scale of each head in a state_dict, read from its tail's shapes."""
+    heads = sorted({int(m.group(2)) for k in state if (m := PER_HEAD.match(k))})
+    scales = []
+    for i in heads:
+        first = state.get(f"tail.{i}.0.0.weight")
+        if first is None:
+            scales.append(1)
+        elif f"tail.{i}.0.2.weight" in state:
+            scales.append(4)
+        else:
+            scales.append(2 if first.shape[0] == 4 * first.shape[1] else 3)
+    return scales
+
+
+def select_task(state: Mapping[str, Tensor], index: int) -> dict[str, Tensor]:
+    """A multi-head state_dict reduced to head, tail and query row ``index`` (renumbered 0)."""
+    out = {}
+    for k, v in state.items():
+        m = PER_HEAD.match(k)
+        if m is None:
+            out[k] = v
+        elif int(m.group(2)) == index:
+            out[f"{m.group(1)}.0.{m.group(3)}"] = v
+    if "body.query_embed.weight" in state:
+        out["body.query_embed.weight"] = state["body.query_embed.weight"][index:index + 1]
+    return out
+
+
+def resolve_task(state: Mapping[str, Tensor], task: int | str, path: str) -> int:
+    """The checkpoint's head index for a task given by index or by name (six-task order)."""
+    scales = checkpoint_scales(state)
+    names = default_task_names(scales)
+    if isinstance(task, int):
+        if not 0 <= task < len(scales):
+            raise CheckpointError(f"{path!r} has {len(scales)} heads; task index {task} is out of range")
+        return task
+    if task not in names:
+        raise CheckpointError(f"{path!r} has heads {'+'.join(names)}; none is {task!r}")
+    return names.index(task)
+
+
+def load_checkpoint(model: nn.Module, path: str, task: int | str | None = None) -> None:
+    """Load ``path`` into ``model`` strictly; a multi-head file fills a single-head model by task."""
+    state = read_state_dict(path)
+    n_model = len(getattr(model, "head", [None]))
+    n_file = len(checkpoint_scales(state))
+    if n_model == 1 and n_file > 1:
+        if task is None:
+            task = model.task_names[0]
+        state = select_task(state, resolve_task(state, task, path))
+    elif task is not None and n_model != n_file:
+        raise CheckpointError(f"task={task!r} selects from a multi-head file into a single-head "
+                              f"model, but the model has {n_model} heads and {path!r} {n_file}")
+    check_fits(model, state, path)
+    model.load_state_dict(state, strict=True)
+
+
+def check_fits(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None:
+    """Raise a CheckpointError listing missing, unexpected and mis-shaped keys, with hints."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if not (missing or unexpected or misshaped):
+        return
+    lines = [f"checkpoint {path!r} does not fit the model built from the options:"]
+    for title, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            lines.append(f"  {title} keys ({len(keys)}): {_shorten(keys)}")
+    if misshaped:
+        shapes = [f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})" for k in misshaped]
+        lines.append(f"  mis-shaped keys ({len(misshaped)}): {_shorten(shapes)}")
+    hints = option_hints(missing + unexpected + misshaped)
+    if hints:
+        lines.append("  options that probably differ: " + ", ".join(hints))
+    raise CheckpointError("\n".join(lines))
+
+
+HINTS = (  # (pattern in a differing key, option that shapes it)
+    (r"^(head|tail)\.", "--scale (number and order of heads)"),
+    (r"^tail\.\d+\.0\.", "--scale (the upsampler of a tail)"),
+    (r"query_embed", "--num_queries"),
+    (r"\.layers\.", "--num_layers"),
+    (r"linear_encoding|mlp_head|query_embed", "--no_mlp"),
+    (r"position_encoding", "--no_pos / --patch_size / --patch_dim"),
+    (r"norm\d", "--no_norm"),
+    (r"^head\.\d+\.0\.|in_proj_weight|linear\d", "--n_feats / --patch_dim"),
+    (r"sub_mean|add_mean|^head\.\d+\.0\.weight", "--n_colors"),
+)
+
+
+def option_hints(keys: list[str]) -> list[str]:
+    """Options whose value shapes one of the differing keys."""
+    hints: list[str] = []
+    for pattern, option in HINTS:
+        if any(re.search(pattern, k) for k in keys) and option not in hints:
+            hints.append(option)
+    return hints
+
+
+def _shorten(items: list[str], limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")

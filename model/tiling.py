@@ -1,0 +1,164 @@
+"""Whole-image inference for a network whose body takes fixed-size patches.
+
+One entry point, ``restore``. The tilers split the image into patch-sized tiles, run them through
+the network ``crop_batch_size`` at a time, and blend the outputs back into one image:
+
+- ``official``: the authors' ``forward_chop``, output for output. Their procedure tiles the image
+  with stride patch/4; inside the main grid each output pixel is the mean of the central
+  (patch/2)^2 crops that cover it (the first and last tile of a row or column also own the
+  border quarter); the last rows and columns come from one extra strip of tiles placed flush
+  with the bottom and right edges. That rule is separable, one 0/1 weight per tile row and
+  column, so each distinct tile is evaluated once (the authors re-run the top and left strips).
+  One quirk is kept: the authors paste their left strip after their top strip, so the output
+  rows above the first margin and left of the first tile's far edge come from tile (0, 0) alone.
+- ``fast``: patch-sized tiles with a small overlap, blended with linear ramps.
+- ``whole``: the network on the whole input at once.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+FAST_OVERLAP = 8  # input pixels shared by neighbouring tiles in `fast` mode
+MODES = ("auto", "official", "fast", "whole")
+
+
+@dataclass
+class AxisPlan:
+    """Where the tiles sit along one axis and how much each output pixel of a tile counts."""
+
+    starts: list[int]  # input offset of each tile
+    weights: Tensor  # (len(starts), patch * scale): weight of each output pixel of each tile
+    boundary: int  # official mode: first output pixel taken from the extra edge strip
+
+
+def restore(model: nn.Module, x: Tensor, task_id: int = 0, mode: str = "auto",
+            crop_batch_size: int = 64, self_ensemble: bool = False) -> Tensor:
+    """Restore whole images x (B, C, H, W, 0..rgb_range) with task ``task_id``; unquantised output."""
+    if mode not in MODES:
+        raise ValueError(f"unknown tiling mode {mode!r}; choose one of {', '.join(MODES)}")
+    if x.dim() != 4:
+        raise ValueError(f"restore expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
+    patch = getattr(model, "patch_size", None)
+    if mode == "auto":
+        mode = "official" if patch else "whole"
+    scale = model.scale[task_id] if hasattr(model, "scale") else 1
+
+    def run(v: Tensor) -> Tensor:
+        if mode == "whole":
+            return _forward(model, v, task_id)
+        return tile(lambda t: _forward(model, t, task_id), v, patch, scale, mode, crop_batch_size)
+
+    with torch.no_grad():
+        return ensemble_x8(run, x) if self_ensemble else run(x)
+
+
+def _forward(model: nn.Module, x: Tensor, task_id: int) -> Tensor:
+    dtype = next(model.parameters()).dtype
+    return model(x.to(dtype), task_id).float()
+
+
+def ensemble_x8(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """Mean of fn over the 8 flips/transposes of x, each output transformed back."""
+    outputs = []
+    for i in range(8):
+        v = _dihedral(x, i, inverse=False)
+        outputs.append(_dihedral(fn(v), i, inverse=True))
+    return torch.stack(outputs).mean(dim=0)
+
+
+def _dihedral(x: Tensor, i: int, inverse: bool) -> Tensor:
+    """Transform i of 8: bit 0 flips width, bit 1 flips height, bit 2 transposes (authors' order)."""
+    ops = [(i & 1, lambda t: t.flip(-1)), (i & 2, lambda t: t.flip(-2)),
+           (i & 4, lambda t: t.transpose(-1, -2))]
+    for active, op in (reversed(ops) if inverse else ops):
+        if active:
+            x = op(x)
+    return x
+
+
+def tile(fn: Callable[[Tensor], Tensor], x: Tensor, patch: int, scale: int, mode: str,
+         crop_batch_size: int = 64) -> Tensor:
+    """Apply a patch-to-patch network fn to a whole batch by tiling (official or fast)."""
+    b, c, h, w = x.shape
+    ph, pw = max(patch - h, 0), max(patch - w, 0)
+    if ph or pw:  # smaller than one patch: pad, run, crop
+        pad_mode = "reflect" if ph < h and pw < w else "replicate"
+        out = tile(fn, F.pad(x, (0, pw, 0, ph), mode=pad_mode), patch, scale, mode, crop_batch_size)
+        return out[..., :h * scale, :w * scale]
+    plan = official_plan if mode == "official" else fast_plan
+    rows, cols = plan(h, patch, scale), plan(w, patch, scale)
+    weights = [(rows.weights[i].to(x.device), cols.weights[j].to(x.device))
+               for i in range(len(rows.starts)) for j in range(len(cols.starts))]
+    positions = [(r, q) for r in rows.starts for q in cols.starts]
+    # The authors run their bottom-right tile on its own; so do we, which keeps the float
+    # arithmetic of that tile identical to theirs (a batch of one takes other CPU kernels).
+    last = len(positions) - 1 if mode == "official" else len(positions)
+    firsts = list(range(0, last, crop_batch_size)) + [last]
+    out = x.new_zeros(b, c, h * scale, w * scale)
+    for first, end in zip(firsts, firsts[1:] + [len(positions)]):
+        chunk = positions[first:end]
+        if not chunk:
+            continue
+        tiles = torch.stack([x[..., r:r + patch, q:q + patch] for r, q in chunk], dim=1)
+        y = fn(tiles.flatten(0, 1)).unflatten(0, (b, len(chunk)))
+        if first == 0:
+            top_left = y[:, 0]
+        for k, (r, q) in enumerate(chunk):
+            wr, wc = weights[first + k]
+            out[..., r * scale:(r + patch) * scale, q * scale:(q + patch) * scale] += \
+                y[:, k] * (wr[:, None] * wc[None, :])
+    norm_r = _coverage(rows, h * scale, scale).to(x.device)
+    norm_c = _coverage(cols, w * scale, scale).to(x.device)
+    out /= norm_r[:, None] * norm_c[None, :]
+    if mode == "official":  # the authors' left strip overwrites part of their top strip
+        margin, right = patch // 4 * scale, min(patch * scale, cols.boundary)
+        out[..., :margin, margin:right] = top_left[..., :margin, margin:right]
+    return out
+
+
+def _coverage(plan: AxisPlan, length: int, scale: int) -> Tensor:
+    """Total weight that the tiles of an axis give each output pixel."""
+    total = torch.zeros(length)
+    size = plan.weights.shape[1]
+    for start, weight in zip(plan.starts, plan.weights):
+        total[start * scale:start * scale + size] += weight
+    return total
+
+
+def official_plan(n: int, patch: int, scale: int) -> AxisPlan:
+    """The authors' forward_chop along one axis of n >= patch input pixels."""
+    if patch % 4:
+        raise ValueError(f"official tiling needs a patch size divisible by 4, got {patch}")
+    stride = patch // 4
+    margin = stride * scale  # output pixels a tile gives up on each side inside the grid
+    out_patch = patch * scale
+    cut = (n - patch) % stride
+    grid = list(range(0, n - cut - patch + 1, stride))
+    edge = n - patch  # the extra strip, flush with the far border
+    boundary = (n - cut) * scale - int((patch - cut) / 2 * scale)  # first output row of the strip
+    starts = grid + ([edge] if edge != grid[-1] else [])
+    weights = torch.zeros(len(starts), out_patch)
+    a = torch.arange(out_patch)
+    for k, g in enumerate(grid):
+        lo = 0 if k == 0 else margin
+        hi = out_patch if k == len(grid) - 1 else out_patch - margin
+        weights[k] = ((a >= lo) & (a < hi) & (g * scale + a < boundary)).float()
+    weights[starts.index(edge)] += (edge * scale + a >= boundary).float()
+    return AxisPlan(starts, weights, boundary)
+
+
+def fast_plan(n: int, patch: int, scale: int) -> AxisPlan:
+    """Evenly spread tiles overlapping by at least FAST_OVERLAP pixels, linear-ramp weights."""
+    count = 1 if n == patch else math.ceil((n - patch) / (patch - FAST_OVERLAP)) + 1
+    starts = sorted({round(i * (n - patch) / max(count - 1, 1)) for i in range(count)})
+    out_patch = patch * scale
+    a = torch.arange(out_patch, dtype=torch.float32)
+    ramp = torch.minimum(a + 1, out_patch - a) / (FAST_OVERLAP * scale + 1)
+    weights = ramp.clamp(max=1.0).expand(len(starts), -1).clone()
+    return AxisPlan(starts, weights, n * scale)

@@ -1,0 +1,57 @@
+"""Shared test helpers: the authors' fixtures and tiny models."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from model import IPT, IPTConfig  # noqa: E402
+
+TINY = dict(n_feats=16, num_heads=4, num_layers=2)
+
+
+@pytest.fixture(scope="session")
+def authors_model() -> dict:
+    """The fixture made with the authors' code: config and state_dict."""
+    return torch.load(os.path.join(FIXTURES, "official_ipt_tiny.pt"), weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def authors_io() -> dict:
+    """Inputs and the authors' outputs for the fixture model."""
+    return torch.load(os.path.join(FIXTURES, "official_ipt_tiny_io.pt"), weights_only=True)
+
+
+def config_from(raw: dict, **overrides) -> IPTConfig:
+    """An IPTConfig from the fixture's config dict."""
+    known = {k: v for k, v in raw.items() if k in IPTConfig.__dataclass_fields__}
+    return IPTConfig(**{**known, **overrides})
+
+
+@pytest.fixture(scope="session")
+def tiny_model(authors_model) -> IPT:
+    """The six-task fixture model with the authors' weights, in eval mode."""
+    model = IPT(config_from(authors_model["config"])).eval()
+    model.load_state_dict(authors_model["state_dict"])
+    return model
+
+
+class TileCounter:
+    """Counts the 48x48 inputs that go through a model."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.count = 0
+        self._handle = model.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, inputs) -> None:
+        self.count += inputs[0].shape[0]
+
+    def close(self) -> None:
+        self._handle.remove()
