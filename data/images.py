@@ -1,0 +1,50 @@
+"""Read images from disk as RGB uint8 tensors, whatever their mode."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+UINT16_TO_UINT8 = 257  # 65535 / 255
+
+
+class ImageReadError(RuntimeError):
+    """An image file that cannot be decoded."""
+
+
+def list_images(folder: str) -> list[str]:
+    """Image files directly inside ``folder``, sorted by name."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"image folder {folder!r} does not exist")
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+    return [os.path.join(folder, n) for n in names]
+
+
+def read_image(path: str) -> torch.Tensor:
+    """The image at ``path`` as a (3, H, W) uint8 tensor; greyscale, RGBA, CMYK, 16-bit made RGB."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return pil_to_tensor(img)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise ImageReadError(f"cannot read image {path!r}: {e}") from None
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """A PIL image of any mode as a (3, H, W) uint8 RGB tensor (alpha dropped, not blended)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64) / UINT16_TO_UINT8
+        arr = np.repeat(np.clip(np.rint(arr), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    else:
+        arr = np.array(img.convert("RGB"))
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def save_image(tensor: torch.Tensor, path: str) -> None:
+    """Write a (3, H, W) tensor of quantised 0..255 values as a PNG (or the extension's format)."""
+    arr = tensor.detach().clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    Image.fromarray(arr).save(path)

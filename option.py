@@ -1,0 +1,347 @@
+"""Command-line options: the authors' names and defaults, parsed and validated once.
+
+``parse_args(argv)`` returns a Namespace whose values are final: ``scale`` is a list of ints,
+``task_names`` names every head, ``task_id`` is the head to run (None: every head in turn), and
+``data_test`` / ``data_train`` are lists. An option or combination that cannot work exits with
+status 2 and one line naming the option. Options the authors had but this project does not
+implement are refused with what to use instead; none is silently ignored.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+import yaml
+
+from model.ipt import default_task_names, task_scale
+
+TASK_NAME = re.compile(r"^(sr[1-9]\d*|derain|denoise\d+(\.\d+)?)$")
+SUPPORTED_SCALES = (1, 2, 3, 4, 8, 16)
+DEFAULT_SCALE = "4"  # the authors' default
+
+# dest -> (the authors' default, the line printed when any other value is given)
+REFUSED = {
+    "template": (".", "--template is not supported: put options in a YAML file and pass --config FILE.yaml"),
+    "n_GPUs": (1, "--n_GPUs is not supported: use torchrun --nproc_per_node N main.py ..."),
+    "ext": ("sep", "--ext is not needed: images are always read directly from their files"),
+    "shift_mean": (True, "--shift_mean cannot be changed: IPT always shifts by the RGB mean"),
+    "test_batch_size": (1, "--test_batch_size is fixed at 1: bound memory with --crop_batch_size"),
+    "split_batch": (1, "--split_batch is not supported: bound memory with --crop_batch_size"),
+    "gan_k": (1, "--gan_k is not supported: IPT has no adversarial loss"),
+    "loss": ("1*L1", "--loss cannot be changed: IPT trains with 1*L1"),
+    "load": ("", "--load is not supported: use --save DIR --resume, or --pretrain FILE"),
+    "moxfile": (1, "--moxfile is for Huawei ModelArts: use --dir_data and --save with local paths"),
+    "data_url": (None, "--data_url is for Huawei ModelArts: use --dir_data PATH"),
+    "train_url": (None, "--train_url is for Huawei ModelArts: use --save PATH"),
+    "load_query": (0, "--load_query is not supported: pick a head and its query with --task or --task_id"),
+    "freeze_norm": (False, "--freeze_norm is not part of the released IPT model"),
+    "post_norm": (False, "--post_norm is not part of the released IPT model (it is pre-norm)"),
+    "derain_test": (1, "--derain_test is not supported: test deraining with --data_test Rain100L"),
+    "deblur": (False, "--deblur is not one of IPT's tasks (sr<s>, derain, denoise<sigma>)"),
+    "deblur_test": (1, "--deblur_test is not supported: deblurring is not one of IPT's tasks"),
+    "n_colors": (3, "--n_colors must be 3: IPT's mean shift and heads are RGB"),
+}
+# options that only change training; given with --test_only they are reported, not silently dropped
+TRAINING_ONLY = ("data_train", "data_range", "no_augment", "reset", "test_every", "epochs",
+                 "batch_size", "lr", "decay", "gamma", "optimizer", "momentum", "betas", "epsilon",
+                 "weight_decay", "gclip", "skip_threshold", "save_models", "print_every")
+
+
+class OptionParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def build_parser() -> OptionParser:
+    """The parser with every option, grouped as the authors grouped them."""
+    p = OptionParser(prog="main.py", description="IPT: Pre-Trained Image Processing Transformer")
+    p.add_argument("--config", default=None, help="YAML file of options; the command line wins")
+    p.add_argument("--debug", action="store_true", help="verbose (DEBUG) logging")
+    p.add_argument("--template", default=".", help="refused: use --config")
+
+    g = p.add_argument_group("hardware")
+    g.add_argument("--n_threads", type=int, default=6, help="data loading workers")
+    g.add_argument("--cpu", action="store_true", help="use the CPU even when CUDA is present")
+    g.add_argument("--n_GPUs", type=int, default=1, help="refused above 1: use torchrun")
+    g.add_argument("--seed", type=int, default=1, help="random seed")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dir_data", default="./datasets", help="root of the datasets")
+    g.add_argument("--dir_demo", default="../test", help="folder of images for --data_test Demo")
+    g.add_argument("--data_train", default="DIV2K", help="training set(s), A+B")
+    g.add_argument("--data_test", default="DIV2K", help="test set(s), A+B (Demo, Sample, Set5, ...)")
+    g.add_argument("--data_range", default="1-800/801-810", help="DIV2K train/test index ranges")
+    g.add_argument("--ext", default="sep", help="refused: images are read directly")
+    g.add_argument("--scale", default=None, help="one scale per head, A+B (default 4)")
+    g.add_argument("--patch_size", type=int, default=48, help="LR patch size the body takes")
+    g.add_argument("--rgb_range", type=int, default=255, help="maximum pixel value")
+    g.add_argument("--n_colors", type=int, default=3, help="colour channels (3)")
+    g.add_argument("--no_augment", action="store_true", help="no flips/transposes in training")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="ipt", help="architecture (ipt)")
+    g.add_argument("--n_feats", type=int, default=64, help="feature maps")
+    g.add_argument("--shift_mean", default=True, type=_bool, help="refused: always on")
+    g.add_argument("--precision", default="single", choices=("single", "half"),
+                   help="inference precision (half needs CUDA)")
+    g.add_argument("--patch_dim", type=int, default=3, help="pixels per token side")
+    g.add_argument("--num_heads", type=int, default=12, help="attention heads")
+    g.add_argument("--num_layers", type=int, default=12, help="encoder and decoder layers")
+    g.add_argument("--dropout_rate", type=float, default=0.0)
+    g.add_argument("--no_norm", action="store_true", help="Identity instead of LayerNorm")
+    g.add_argument("--freeze_norm", action="store_true", help="refused")
+    g.add_argument("--post_norm", action="store_true", help="refused")
+    g.add_argument("--no_mlp", action="store_true",
+                   help="no linear_encoding, mlp_head or query_embed")
+    g.add_argument("--pos_every", action="store_true", help="add positions in every layer")
+    g.add_argument("--no_pos", action="store_true", help="no position embedding")
+    g.add_argument("--num_queries", type=int, default=None, help="task queries (default: heads)")
+    g.add_argument("--attention", default="auto", choices=("auto", "math", "sdpa"),
+                   help="math: the authors' arithmetic, bit for bit; sdpa: fused kernels; "
+                        "auto: sdpa on CUDA, math on the CPU")
+
+    g = p.add_argument_group("tasks")
+    g.add_argument("--tasks", default=None, help="name every head, A+B (sr2, derain, denoise30, ...)")
+    g.add_argument("--task", default=None, help="run the head of this name")
+    g.add_argument("--task_id", type=int, default=None, help="run the head of this index")
+    g.add_argument("--denoise", action="store_true", help="the scale-1 head is denoise<sigma>")
+    g.add_argument("--sigma", type=float, default=30, help="noise level for --denoise")
+    g.add_argument("--derain", action="store_true", help="the scale-1 head is derain")
+    g.add_argument("--derain_test", type=int, default=1, help="refused")
+    g.add_argument("--deblur", action="store_true", help="refused")
+    g.add_argument("--deblur_test", type=int, default=1, help="refused")
+
+    g = p.add_argument_group("testing")
+    g.add_argument("--test_only", action="store_true", help="evaluate, do not train")
+    g.add_argument("--pretrain", default="", help="checkpoint to load")
+    g.add_argument("--self_ensemble", action="store_true", help="x8 flips/transposes, averaged")
+    g.add_argument("--crop_batch_size", type=int, default=64, help="tiles per network call")
+    g.add_argument("--chop", default="auto", choices=("auto", "official", "fast", "whole"),
+                   help="whole-image inference: auto (official for IPT), official (the authors' "
+                        "forward_chop), fast (few overlapping tiles), whole (one call)")
+    g.add_argument("--test_batch_size", type=int, default=1, help="refused above 1")
+    g.add_argument("--split_batch", type=int, default=1, help="refused")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--reset", action="store_true", help="start the run directory afresh")
+    g.add_argument("--test_every", type=int, default=1000, help="validate every N steps")
+    g.add_argument("--epochs", type=int, default=300, help="epochs (0: no limit)")
+    g.add_argument("--batch_size", type=int, default=16)
+    g.add_argument("--gan_k", type=int, default=1, help="refused")
+    g.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    g.add_argument("--decay", default="200", help="step-decay milestones in epochs, A-B")
+    g.add_argument("--gamma", type=float, default=0.5, help="step-decay factor")
+    g.add_argument("--optimizer", default="ADAM", choices=("SGD", "ADAM", "RMSprop"))
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--betas", default=(0.9, 0.999), type=_betas, help="Adam betas, B1,B2")
+    g.add_argument("--epsilon", type=float, default=1e-8, help="Adam epsilon")
+    g.add_argument("--weight_decay", type=float, default=0.0)
+    g.add_argument("--gclip", type=float, default=0.0, help="gradient clipping (0: none)")
+    g.add_argument("--loss", default="1*L1", help="fixed to 1*L1")
+    g.add_argument("--skip_threshold", type=float, default=1e8, help="skip batches with larger error")
+
+    g = p.add_argument_group("logging and checkpoints")
+    g.add_argument("--save", default="./experiment/ipt", help="run directory (logs, results, models)")
+    g.add_argument("--load", default="", help="refused: use --save DIR --resume")
+    g.add_argument("--resume", type=int, nargs="?", const=-1, default=0,
+                   help="-1 (or bare): DIR/model/model_latest.pt; N: DIR/model/model_N.pt")
+    g.add_argument("--save_models", action="store_true", help="keep every epoch's model")
+    g.add_argument("--print_every", type=int, default=100, help="log every N steps")
+    g.add_argument("--save_results", action="store_true", help="write the restored images")
+    g.add_argument("--save_gt", action="store_true", help="also write the inputs (and targets)")
+
+    g = p.add_argument_group("Huawei ModelArts (refused)")
+    g.add_argument("--moxfile", type=int, default=1)
+    g.add_argument("--data_url", default=None)
+    g.add_argument("--train_url", default=None)
+    g.add_argument("--load_query", type=int, default=0)
+    return p
+
+
+def _bool(text: str) -> bool:
+    if str(text).lower() in ("true", "1", "yes"):
+        return True
+    if str(text).lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def _betas(text: object) -> tuple[float, float]:
+    values = text if isinstance(text, (list, tuple)) else re.split(r"[,+ ]+", str(text).strip("()[] "))
+    try:
+        b1, b2 = (float(v) for v in values)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers like 0.9,0.999, got {text!r}") from None
+    return b1, b2
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and validate the options (from argv, or sys.argv when None)."""
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config = _config_path(argv)
+    if config:
+        parser.set_defaults(**_read_config(config, parser))
+    args = parser.parse_args(argv)
+    try:
+        _finish(args)
+    except ValueError as e:
+        parser.error(str(e))
+    return args
+
+
+def _config_path(argv: list[str]) -> str | None:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    return pre.parse_known_args(argv)[0].config
+
+
+def _read_config(path: str, parser: argparse.ArgumentParser) -> dict:
+    """Options from a YAML mapping, checked against the parser's option names."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except OSError as e:
+        parser.error(f"--config {path}: cannot read the file ({e.strerror})")
+    except yaml.YAMLError as e:
+        parser.error(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})")
+    if not isinstance(values, dict):
+        parser.error(f"--config {path}: expected a mapping of option: value")
+    known = {a.dest for a in parser._actions}
+    for key in values:
+        if key not in known or key == "config":
+            parser.error(f"--config {path}: unknown option {key!r}")
+    if "betas" in values:
+        values["betas"] = _betas(values["betas"])
+    return values
+
+
+def _finish(args: argparse.Namespace) -> None:
+    """Normalise list options, resolve the tasks and refuse what cannot work (ValueError)."""
+    for dest, (default, message) in REFUSED.items():
+        if getattr(args, dest) != default:
+            raise ValueError(message)
+    args.data_test = _split(args.data_test)
+    args.data_train = _split(args.data_train)
+    args.scale_given = args.scale is not None
+    args.scale = _scales(DEFAULT_SCALE if args.scale is None else args.scale)
+    _resolve_tasks(args)
+    n_heads = len(args.scale)
+    if args.num_queries is None:
+        args.num_queries = n_heads
+    elif args.num_queries < n_heads and not args.no_mlp:
+        raise ValueError(f"--num_queries {args.num_queries} is below the number of heads ({n_heads}, "
+                         f"from --scale {'+'.join(map(str, args.scale))})")
+    _check_numbers(args)
+    args.decay_milestones = _milestones(args.decay)
+    if args.epochs == 0:
+        args.epochs = None  # the authors' 0: no limit
+
+
+def _split(value: object) -> list[str]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split("+")
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def _scales(value: object) -> list[int]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split("+")
+    try:
+        scales = [int(v) for v in items]
+    except ValueError:
+        raise ValueError(f"--scale {value!r}: expected integers joined by +, like 2+3+4+1+1+1") from None
+    bad = [s for s in scales if s not in SUPPORTED_SCALES]
+    if not scales or bad:
+        raise ValueError(f"--scale {value!r}: each scale must be one of {SUPPORTED_SCALES}")
+    return scales
+
+
+def _resolve_tasks(args: argparse.Namespace) -> None:
+    """Set args.scale, args.task_names and args.task_id from --scale/--tasks/--task/--task_id."""
+    if args.denoise and args.derain:
+        raise ValueError("--denoise and --derain name the same scale-1 head: give one of them")
+    flag_task = f"denoise{args.sigma:g}" if args.denoise else ("derain" if args.derain else None)
+    if args.tasks:
+        names = _split(args.tasks)
+        implied = [task_scale(n) for n in names]
+        if args.scale_given and args.scale != implied:
+            raise ValueError(f"--tasks {args.tasks} needs --scale {'+'.join(map(str, implied))}, "
+                             f"not {'+'.join(map(str, args.scale))}")
+        args.scale = implied
+    elif len(args.scale) == 1 and (args.task or flag_task):
+        names = [args.task or flag_task]
+        if not args.scale_given:
+            args.scale = [task_scale(names[0])]
+        if task_scale(names[0]) != args.scale[0]:
+            given = f"--task {args.task}" if args.task else ("--derain" if args.derain else "--denoise")
+            raise ValueError(f"{given} needs --scale {task_scale(names[0])}, not --scale {args.scale[0]}")
+    else:
+        try:
+            names = default_task_names(args.scale)
+        except ValueError as e:
+            raise ValueError(f"--scale {'+'.join(map(str, args.scale))}: {e}") from None
+    for n in names:
+        if not TASK_NAME.match(n):
+            raise ValueError(f"task name {n!r} is not one of sr<s>, derain, denoise<sigma>")
+    if len(set(names)) != len(names):
+        raise ValueError(f"task names must differ, got {'+'.join(names)}")
+    if flag_task and args.task is None and len(names) > 1:
+        args.task = flag_task  # the authors' flags pick that head of a multi-head model
+    args.task_names = names
+    args.task_id = _task_index(args, names)
+
+
+def _task_index(args: argparse.Namespace, names: list[str]) -> int | None:
+    index = None
+    if args.task is not None:
+        if args.task not in names:
+            raise ValueError(f"--task {args.task} names no head; the heads are {'+'.join(names)}")
+        index = names.index(args.task)
+    if args.task_id is not None:
+        if not 0 <= args.task_id < len(names):
+            raise ValueError(f"--task_id {args.task_id} is out of range: the model has "
+                             f"{len(names)} head(s) ({'+'.join(names)})")
+        if index is not None and index != args.task_id:
+            raise ValueError(f"--task {args.task} is head {index}, not --task_id {args.task_id}")
+        index = args.task_id
+    if index is None and len(names) == 1:
+        index = 0
+    return index
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    if args.patch_size % args.patch_dim:
+        raise ValueError(f"--patch_size {args.patch_size} is not divisible by --patch_dim {args.patch_dim}")
+    if (args.n_feats * args.patch_dim ** 2) % args.num_heads:
+        raise ValueError(f"--num_heads {args.num_heads} does not divide the token width "
+                         f"n_feats * patch_dim^2 = {args.n_feats * args.patch_dim ** 2}")
+    if args.pos_every and args.no_pos:
+        raise ValueError("--pos_every needs a position embedding: drop --no_pos")
+    positive = ("n_feats", "patch_size", "patch_dim", "num_heads", "num_layers", "crop_batch_size",
+                "rgb_range", "batch_size", "test_every", "print_every")
+    for dest in positive:
+        if getattr(args, dest) < 1:
+            raise ValueError(f"--{dest} must be at least 1, got {getattr(args, dest)}")
+    for dest in ("n_threads", "lr", "gclip", "weight_decay", "epochs"):
+        if getattr(args, dest) < 0:
+            raise ValueError(f"--{dest} must not be negative, got {getattr(args, dest)}")
+    if args.sigma <= 0:
+        raise ValueError(f"--sigma must be positive, got {args.sigma}")
+    if not 0 <= args.dropout_rate < 1:
+        raise ValueError(f"--dropout_rate must be in [0, 1), got {args.dropout_rate}")
+
+
+def _milestones(decay: str) -> list[int]:
+    try:
+        return [int(v) for v in str(decay).split("-") if v]
+    except ValueError:
+        raise ValueError(f"--decay {decay!r}: expected epochs joined by -, like 200-400") from None
+
+
+def training_options_given(args: argparse.Namespace) -> list[str]:
+    """Training-only options whose value differs from the default (reported under --test_only)."""
+    defaults = parse_args([])
+    return [f"--{dest}" for dest in TRAINING_ONLY if getattr(args, dest) != getattr(defaults, dest)]

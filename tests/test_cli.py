@@ -1,0 +1,101 @@
+"""The command line end to end: checkpoints in, restored images out."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import main as cli
+from model import IPT, IPTConfig
+
+TINY_ARGS = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "2"]
+
+
+def write_png(path, size=(71, 66), mode="RGB", seed=0):
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    arr = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    Image.fromarray(arr.squeeze(-1) if channels == 1 else arr, mode).save(path)
+
+
+def save_random_model(path, **cfg):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        model = IPT(IPTConfig(**cfg))
+    torch.save(model.state_dict(), path)
+
+
+@pytest.fixture
+def demo(tmp_path):
+    folder = tmp_path / "demo"
+    folder.mkdir()
+    write_png(folder / "photo.png")
+    return folder
+
+
+def run(tmp_path, demo, *argv):
+    return cli.main(["--test_only", "--cpu", "--data_test", "Demo", "--dir_demo", str(demo),
+                     "--save", str(tmp_path / "run"), "--save_results", *argv])
+
+
+def read_png(path):
+    return np.asarray(Image.open(path))
+
+
+@pytest.mark.parametrize("scale", [2, 3])
+def test_full_size_checkpoint_restores_a_png(tmp_path, demo, scale):
+    ckpt = tmp_path / f"x{scale}.pt"
+    save_random_model(ckpt, scale=[scale], num_queries=1)
+    assert run(tmp_path, demo, "--pretrain", str(ckpt), "--scale", str(scale), "--chop", "fast") == 0
+    out = read_png(tmp_path / "run" / "results-Demo" / f"photo_x{scale}_SR.png")
+    assert out.shape == (66 * scale, 71 * scale, 3)
+    assert os.path.getsize(tmp_path / "run" / "log.txt") > 0
+
+
+def test_six_task_checkpoint_as_denoise50(tmp_path, demo):
+    ckpt = tmp_path / "six.pt"
+    save_random_model(ckpt, scale=[2, 3, 4, 1, 1, 1], num_queries=6)
+    assert run(tmp_path, demo, "--pretrain", str(ckpt), "--task", "denoise50") == 0
+    out = read_png(tmp_path / "run" / "results-Demo" / "photo_denoise50_SR.png")
+    assert out.shape == (66, 71, 3)
+
+
+def test_renamed_key_fails_and_names_it(tmp_path, demo, caplog):
+    ckpt = tmp_path / "bad.pt"
+    save_random_model(ckpt, scale=[2], num_queries=1, n_feats=16, num_heads=4, num_layers=2)
+    state = torch.load(ckpt, weights_only=True)
+    state["tail.0.1.bias_renamed"] = state.pop("tail.0.1.bias")
+    torch.save(state, ckpt)
+    assert run(tmp_path, demo, "--pretrain", str(ckpt), "--scale", "2", *TINY_ARGS) != 0
+    assert "tail.0.1.bias_renamed" in caplog.text and "tail.0.1.bias" in caplog.text
+
+
+def test_demo_converts_modes_and_survives_bad_files(tmp_path, caplog):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write_png(folder / "grey.png", (50, 49), "L")
+    write_png(folder / "alpha.png", (52, 48), "RGBA")
+    Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(folder / "flat.jpg")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    code = run(tmp_path, folder, "--task", "denoise30", *TINY_ARGS)
+    assert code == 1
+    assert "broken.png" in caplog.text and "1 image(s) could not be read" in caplog.text
+    results = tmp_path / "run" / "results-Demo"
+    assert sorted(os.listdir(results)) == ["alpha_denoise30_SR.png", "flat_denoise30_SR.png",
+                                           "grey_denoise30_SR.png"]
+    assert read_png(results / "grey_denoise30_SR.png").shape == (49, 50, 3)
+
+
+def test_multi_head_model_restores_with_every_head(tmp_path, demo):
+    code = run(tmp_path, demo, "--scale", "2+1", "--tasks", "sr2+derain", *TINY_ARGS, "--chop", "fast")
+    assert code == 0
+    assert sorted(os.listdir(tmp_path / "run" / "results-Demo")) == ["photo_derain_SR.png",
+                                                                     "photo_x2_SR.png"]
+
+
+def test_missing_demo_folder_is_an_error(tmp_path, caplog):
+    assert run(tmp_path, tmp_path / "nowhere", *TINY_ARGS) == 1
+    assert "nowhere" in caplog.text

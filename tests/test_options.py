@@ -1,0 +1,143 @@
+"""Options: the authors' names and defaults, task naming, refusals and YAML configs."""
+from __future__ import annotations
+
+import pytest
+
+from option import REFUSED, parse_args
+
+# the authors' option.py: name -> default (values after their own post-processing)
+AUTHORS_DEFAULTS = {
+    "debug": False, "n_threads": 6, "cpu": False, "n_GPUs": 1, "seed": 1,
+    "dir_demo": "../test", "data_train": ["DIV2K"], "data_test": ["DIV2K"],
+    "data_range": "1-800/801-810", "ext": "sep", "scale": [4], "patch_size": 48,
+    "rgb_range": 255, "n_colors": 3, "no_augment": False, "model": "ipt", "n_feats": 64,
+    "shift_mean": True, "precision": "single", "reset": False, "test_every": 1000, "epochs": 300,
+    "batch_size": 16, "test_batch_size": 1, "crop_batch_size": 64, "split_batch": 1,
+    "self_ensemble": False, "test_only": False, "gan_k": 1, "lr": 1e-4, "decay": "200",
+    "gamma": 0.5, "optimizer": "ADAM", "momentum": 0.9, "betas": (0.9, 0.999), "epsilon": 1e-8,
+    "weight_decay": 0, "gclip": 0, "loss": "1*L1", "skip_threshold": 1e8, "load": "",
+    "resume": 0, "save_models": False, "print_every": 100, "save_results": False,
+    "save_gt": False, "moxfile": 1, "data_url": None, "train_url": None, "pretrain": "",
+    "load_query": 0, "patch_dim": 3, "num_heads": 12, "num_layers": 12, "dropout_rate": 0,
+    "no_norm": False, "freeze_norm": False, "post_norm": False, "no_mlp": False,
+    "pos_every": False, "no_pos": False, "denoise": False, "sigma": 30, "derain": False,
+    "derain_test": 1, "deblur": False, "deblur_test": 1, "template": ".",
+}
+
+
+def exit_line(capsys, argv):
+    """The exit status and the single stderr line of a refused command line."""
+    with pytest.raises(SystemExit) as err:
+        parse_args(argv)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1
+    return err.value.code, lines[0]
+
+
+def test_authors_names_and_defaults():
+    args = vars(parse_args([]))
+    for name, default in AUTHORS_DEFAULTS.items():
+        assert args[name] == default, name
+    # deliberate differences: no hard-coded /cache paths, and one query per head
+    assert args["dir_data"] == "./datasets" and args["save"] == "./experiment/ipt"
+    assert args["num_queries"] == 1
+
+
+def test_authors_readme_commands():
+    sr = parse_args("--dir_data D --pretrain P --data_test Set5+Set14+B100+Urban100 --scale 2 "
+                    "--test_only".split())
+    assert (sr.scale, sr.task_names, sr.task_id) == ([2], ["sr2"], 0)
+    assert sr.data_test == ["Set5", "Set14", "B100", "Urban100"] and sr.test_only
+    dn = parse_args("--dir_data D --pretrain P --data_test CBSD68+Urban100 --scale 1 --denoise "
+                    "--sigma 30 --test_only".split())
+    assert (dn.scale, dn.task_names, dn.task_id) == ([1], ["denoise30"], 0)
+    dr = parse_args("--dir_data D --pretrain P --scale 1 --derain --test_only".split())
+    assert (dr.scale, dr.task_names, dr.task_id) == ([1], ["derain"], 0)
+
+
+def test_six_task_model_from_scale_alone():
+    args = parse_args(["--scale", "2+3+4+1+1+1"])
+    assert args.num_queries == 6 and args.task_id is None
+    assert args.task_names == ["sr2", "sr3", "sr4", "derain", "denoise30", "denoise50"]
+
+
+@pytest.mark.parametrize("argv,names,task_id", [
+    ("--scale 2+3+4+1+1+1 --task denoise50", ["sr2", "sr3", "sr4", "derain", "denoise30", "denoise50"], 5),
+    ("--scale 2+3+4+1+1+1 --task_id 4", ["sr2", "sr3", "sr4", "derain", "denoise30", "denoise50"], 4),
+    ("--scale 2+3+4+1+1+1 --denoise --sigma 50", ["sr2", "sr3", "sr4", "derain", "denoise30", "denoise50"], 5),
+    ("--task denoise50", ["denoise50"], 0),
+    ("--task sr3", ["sr3"], 0),
+    ("--scale 1 --task denoise50", ["denoise50"], 0),
+    ("--tasks sr2+denoise50 --task_id 1", ["sr2", "denoise50"], 1),
+    ("--scale 1 --denoise --sigma 15", ["denoise15"], 0),
+])
+def test_task_selection(argv, names, task_id):
+    args = parse_args(argv.split())
+    assert (args.task_names, args.task_id) == (names, task_id)
+    assert len(args.scale) == len(names)
+
+
+@pytest.mark.parametrize("argv,option", [
+    ("--scale 2+3+4 --num_queries 2", "--num_queries"),
+    ("--patch_size 50", "--patch_size"),
+    ("--scale 2+3+4+1+1+1 --task sr8", "--task"),
+    ("--scale 2 --task_id 1", "--task_id"),
+    ("--scale 2 --task denoise30", "--task"),
+    ("--num_heads 7", "--num_heads"),
+    ("--scale 5", "--scale"),
+    ("--scale 1+1+1+1", "--scale"),
+    ("--tasks sr2+derain --scale 2+2", "--tasks"),
+    ("--denoise --derain --scale 1", "--denoise"),
+    ("--crop_batch_size 0", "--crop_batch_size"),
+    ("--pos_every --no_pos", "--pos_every"),
+    ("--n_GPUs 4", "torchrun --nproc_per_node"),
+    ("--template EDSR", "--config"),
+    ("--load old_run", "--resume"),
+    ("--deblur", "--deblur"),
+])
+def test_impossible_values_exit_2_naming_the_option(capsys, argv, option):
+    code, line = exit_line(capsys, argv.split())
+    assert code == 2 and option in line
+
+
+def test_unknown_option_exits_2(capsys):
+    code, line = exit_line(capsys, ["--no_such_option"])
+    assert code == 2 and "--no_such_option" in line
+
+
+REFUSED_EXAMPLES = {
+    "template": "--template EDSR", "n_GPUs": "--n_GPUs 2", "ext": "--ext img",
+    "shift_mean": "--shift_mean False", "test_batch_size": "--test_batch_size 4",
+    "split_batch": "--split_batch 2", "gan_k": "--gan_k 2", "loss": "--loss 1*MSE",
+    "load": "--load x", "moxfile": "--moxfile 0", "data_url": "--data_url s3://x",
+    "train_url": "--train_url s3://y", "load_query": "--load_query 1", "freeze_norm": "--freeze_norm",
+    "post_norm": "--post_norm", "derain_test": "--derain_test 2", "deblur": "--deblur",
+    "deblur_test": "--deblur_test 2", "n_colors": "--n_colors 1",
+}
+
+
+@pytest.mark.parametrize("dest", list(REFUSED))
+def test_every_refused_option_exits_2_with_its_message(capsys, dest):
+    code, line = exit_line(capsys, REFUSED_EXAMPLES[dest].split())
+    assert code == 2 and REFUSED[dest][1] in line
+
+
+def test_yaml_config_is_overridden_by_the_command_line(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("scale: 2+3\nn_feats: 32\nnum_heads: 4\ndata_test: [Demo, Sample]\nbetas: [0.8, 0.9]\n")
+    args = parse_args(["--config", str(cfg), "--n_feats", "16"])
+    assert args.scale == [2, 3] and args.n_feats == 16 and args.num_heads == 4
+    assert args.data_test == ["Demo", "Sample"] and args.betas == (0.8, 0.9)
+
+
+def test_yaml_with_an_unknown_key_exits_2(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("n_feets: 16\n")
+    code, line = exit_line(capsys, ["--config", str(cfg)])
+    assert code == 2 and "n_feets" in line and str(cfg) in line
+
+
+def test_resume_forms():
+    assert parse_args(["--resume"]).resume == -1
+    assert parse_args(["--resume", "-1"]).resume == -1
+    assert parse_args(["--resume", "5"]).resume == 5
