@@ -73,7 +73,9 @@ def build_parser() -> OptionParser:
     g.add_argument("--dir_data", default="./datasets", help="root of the datasets")
     g.add_argument("--dir_demo", default="../test", help="folder of images for --data_test Demo")
     g.add_argument("--data_train", default="DIV2K", help="training set(s), A+B")
-    g.add_argument("--data_test", default="DIV2K", help="test set(s), A+B (Demo, Sample, Set5, ...)")
+    g.add_argument("--data_test", default=None,
+                   help="test set(s), A+B: Demo, Sample, Set5, Set14, B100, Urban100, CBSD68, "
+                        "Rain100L, DIV2K (default DIV2K; Rain100L for a derain model)")
     g.add_argument("--data_range", default="1-800/801-810", help="DIV2K train/test index ranges")
     g.add_argument("--ext", default="sep", help="refused: images are read directly")
     g.add_argument("--scale", default=None, help="one scale per head, A+B (default 4)")
@@ -225,11 +227,14 @@ def _finish(args: argparse.Namespace) -> None:
     for dest, (default, message) in REFUSED.items():
         if getattr(args, dest) != default:
             raise ValueError(message)
-    args.data_test = _split(args.data_test)
     args.data_train = _split(args.data_train)
     args.scale_given = args.scale is not None
     args.scale = _scales(DEFAULT_SCALE if args.scale is None else args.scale)
     _resolve_tasks(args)
+    if args.data_test is None:  # the authors' default; their derain command relies on Rain100L
+        only_derain = args.task_names == ["derain"] or args.task == "derain"
+        args.data_test = "Rain100L" if only_derain else "DIV2K"
+    args.data_test = _split(args.data_test)
     n_heads = len(args.scale)
     if args.num_queries is None:
         args.num_queries = n_heads

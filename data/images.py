@@ -43,6 +43,24 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
+class ImageFolder:
+    """The images directly inside a folder as (stem, image); a read error is returned, not raised."""
+
+    def __init__(self, folder: str):
+        self.paths = list_images(folder)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[str, torch.Tensor | ImageReadError]:
+        path = self.paths[index]
+        stem = os.path.splitext(os.path.basename(path))[0]
+        try:
+            return stem, read_image(path)
+        except ImageReadError as e:
+            return stem, e
+
+
 def save_image(tensor: torch.Tensor, path: str) -> None:
     """Write a (3, H, W) tensor of quantised 0..255 values as a PNG (or the extension's format)."""
     arr = tensor.detach().clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()

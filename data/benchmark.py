@@ -1,0 +1,216 @@
+"""Test sets on disk in the layouts people have (EDSR convention), as (input, target) pairs.
+
+Under ``dir_data``:
+- super-resolution: ``benchmark/{Set5,Set14,B100,Urban100}/HR/*.png`` and
+  ``benchmark/<set>/LR_bicubic/X{s}/<name>x{s}.png`` (made from HR with MATLAB bicubic when
+  missing); ``DIV2K/DIV2K_valid_HR`` (or ``DIV2K_train_HR``) with ``DIV2K_*_LR_bicubic/X{s}``;
+- denoising: ``benchmark/CBSD68/HR`` (or a flat ``CBSD68/``), ``benchmark/Urban100/HR``; noise is
+  added at test time, per image, from a generator seeded by (seed, set, image name);
+- deraining: ``Rain100L/`` (or ``benchmark/Rain100L/``) with ``rain-*.png`` / ``norain-*.png`` pairs;
+- ``Sample``: scikit-image's astronaut and coffee, degraded like the others (rain procedurally).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .degrade import add_eval_noise, add_rain, bicubic_lr, eval_noise_generator, procedural_streaks
+from .images import IMAGE_EXTENSIONS, ImageReadError, read_image
+from .sample import TEST_PHOTOS, sample_photo
+
+log = logging.getLogger("ipt")
+
+SR_SETS = ("Set5", "Set14", "B100", "Urban100", "DIV2K")
+NOISE_SETS = ("CBSD68", "Urban100")
+RAIN_SETS = ("Rain100L",)
+DIV2K_TEST_RANGE = (801, 810)  # the authors' --data_range test part
+ALL_SETS = tuple(dict.fromkeys(SR_SETS + NOISE_SETS + RAIN_SETS + ("Sample",)))
+
+# spec section 7: the paper's numbers, (PSNR, SSIM or None), keyed by (dataset, task)
+PAPER_RESULTS: dict[tuple[str, str], tuple[float, float | None]] = {
+    **{(d, "sr2"): (p, None) for d, p in zip(SR_SETS, (38.37, 34.43, 32.48, 33.76))},
+    **{(d, "sr3"): (p, None) for d, p in zip(SR_SETS, (34.81, 30.85, 29.38, 29.49))},
+    **{(d, "sr4"): (p, None) for d, p in zip(SR_SETS, (32.64, 29.01, 27.82, 27.26))},
+    ("CBSD68", "denoise30"): (32.32, None), ("Urban100", "denoise30"): (33.75, None),
+    ("CBSD68", "denoise50"): (29.88, None), ("Urban100", "denoise50"): (31.12, None),
+    ("Rain100L", "derain"): (41.62, 0.9880),
+}
+
+
+class BenchmarkError(RuntimeError):
+    """A test set that is missing or not in the expected layout."""
+
+
+@dataclass
+class Pair:
+    """One test image: the network input and the target, both (3, H, W) in 0..255."""
+
+    name: str
+    lr: Tensor  # uint8, or float for noisy inputs (clamped, not rounded)
+    hr: Tensor  # uint8
+
+
+def task_kind(task: str) -> str:
+    """'sr', 'denoise' or 'derain' for a task name."""
+    return "sr" if task.startswith("sr") else ("denoise" if task.startswith("denoise") else "derain")
+
+
+def supports(dataset: str, task: str) -> bool:
+    """Whether ``dataset`` is a test set for ``task`` (Sample serves every task)."""
+    sets = {"sr": SR_SETS, "denoise": NOISE_SETS, "derain": RAIN_SETS}[task_kind(task)]
+    return dataset == "Sample" or dataset in sets
+
+
+class BenchmarkSet:
+    """The (input, target) pairs of one test set for one task, read lazily."""
+
+    def __init__(self, dir_data: str, dataset: str, task: str, scale: int, seed: int = 1,
+                 div2k_range: tuple[int, int] = DIV2K_TEST_RANGE):
+        if dataset not in ALL_SETS:
+            raise BenchmarkError(f"unknown test set {dataset!r}; known: {', '.join(ALL_SETS)}, Demo")
+        if not supports(dataset, task):
+            raise BenchmarkError(f"{dataset} is not a test set for {task}")
+        self.dataset, self.task, self.scale, self.seed = dataset, task, scale, seed
+        self.kind = task_kind(task)
+        if dataset == "Sample":
+            self.items = list(TEST_PHOTOS)
+        elif self.kind == "derain":
+            self.items = rain_pairs(_first_dir(dir_data, dataset, [dataset, f"benchmark/{dataset}"]))
+        else:
+            self.items = _hr_files(dir_data, dataset)
+            if dataset == "DIV2K":
+                self.items = [f for f in self.items if _in_range(_stem(f), div2k_range)]
+        self.lr_dir = _lr_dir(dir_data, dataset, scale) if self.kind == "sr" and dataset != "Sample" else None
+        if self.kind == "sr" and dataset != "Sample":
+            missing = [f for f in self.items if not os.path.isfile(self._lr_path(f))]
+            if missing:
+                log.info("%s: %d of %d LR images missing (first: %s), making LR from HR with "
+                         "MATLAB bicubic x1/%d", dataset, len(missing), len(self.items),
+                         self._lr_path(missing[0]), scale)
+
+    def _lr_path(self, hr_path: str) -> str:
+        folder = self.lr_dir or os.path.join(os.path.dirname(os.path.dirname(hr_path)),
+                                             "LR_bicubic", f"X{self.scale}")
+        return os.path.join(folder, f"{_stem(hr_path)}x{self.scale}.png")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Pair | Exception:
+        """Pair ``index``; a layout or read error is returned, not raised (for loader workers)."""
+        try:
+            if self.dataset == "Sample":
+                return self._degrade(self.items[index], sample_photo(self.items[index]))
+            if self.kind == "derain":
+                rain, clean = self.items[index]
+                return Pair(_stem(rain), read_image(rain), _checked(clean, rain))
+            return self._pair_from_hr(self.items[index])
+        except (BenchmarkError, ImageReadError) as e:
+            return e
+
+    def _pair_from_hr(self, path: str) -> Pair:
+        hr = read_image(path)
+        if self.kind != "sr":
+            return self._degrade(_stem(path), hr)
+        lr_path = self._lr_path(path)
+        if not os.path.isfile(lr_path):
+            return self._degrade(_stem(path), hr)
+        lr = read_image(lr_path)
+        return Pair(_stem(path), lr, crop_to_lr(hr, lr, self.scale, path, lr_path))
+
+    def _degrade(self, name: str, hr: Tensor) -> Pair:
+        """The input made from a clean image, per the task's evaluation recipe."""
+        if self.kind == "sr":
+            s = self.scale
+            return Pair(name, bicubic_lr(hr, s), hr[:, :hr.shape[1] // s * s, :hr.shape[2] // s * s])
+        if self.kind == "denoise":
+            sigma = float(self.task[len("denoise"):])
+            return Pair(name, add_eval_noise(hr.float(), sigma, self.seed, self.dataset, name), hr)
+        generator = eval_noise_generator(self.seed, self.dataset, name)  # Sample only: procedural
+        streaks = procedural_streaks(tuple(hr.shape[-2:]), generator=generator)
+        return Pair(name, add_rain(hr.float(), streaks).round().to(torch.uint8), hr)
+
+
+def crop_to_lr(hr: Tensor, lr: Tensor, scale: int, hr_path: str, lr_path: str) -> Tensor:
+    """HR cropped to LR x scale when it is larger by less than ``scale`` a side (the authors' rule)."""
+    (h, w), (lh, lw) = hr.shape[-2:], lr.shape[-2:]
+    if not (0 <= h - lh * scale < scale and 0 <= w - lw * scale < scale):
+        raise BenchmarkError(f"sizes do not match for x{scale}: {hr_path} is {h}x{w}, "
+                             f"{lr_path} is {lh}x{lw} (expected {lh * scale}x{lw * scale})")
+    return hr[:, :lh * scale, :lw * scale]
+
+
+def rain_pairs(folder: str) -> list[tuple[str, str]]:
+    """(rain, norain) file pairs of a Rain100L folder; an unpaired file is an error."""
+    files = _images_in(folder)
+    rain = {m.group(1): f for f in files if (m := re.match(r"^rain-(.+)$", _stem(f)))}
+    clean = {m.group(1): f for f in files if (m := re.match(r"^norain-(.+)$", _stem(f)))}
+    for key in sorted(set(rain) ^ set(clean)):
+        lonely = rain.get(key) or clean.get(key)
+        raise BenchmarkError(f"{lonely} has no partner: Rain100L pairs rain-<id>.png with norain-<id>.png")
+    if not rain:
+        raise BenchmarkError(f"no rain-*.png / norain-*.png pairs in {folder}")
+    return [(rain[k], clean[k]) for k in sorted(rain)]
+
+
+def _checked(clean_path: str, rain_path: str) -> Tensor:
+    clean = read_image(clean_path)
+    rain_shape = read_image(rain_path).shape
+    if clean.shape != rain_shape:
+        raise BenchmarkError(f"sizes differ: {rain_path} is {tuple(rain_shape[1:])}, "
+                             f"{clean_path} is {tuple(clean.shape[1:])}")
+    return clean
+
+
+def _hr_files(dir_data: str, dataset: str) -> list[str]:
+    if dataset == "DIV2K":
+        folder = _first_dir(dir_data, dataset, ["DIV2K/DIV2K_valid_HR", "DIV2K/DIV2K_train_HR"])
+    elif dataset == "CBSD68":
+        folder = _first_dir(dir_data, dataset, ["benchmark/CBSD68/HR", "CBSD68"])
+    else:
+        folder = _first_dir(dir_data, dataset, [f"benchmark/{dataset}/HR"])
+    files = _images_in(folder)
+    if not files:
+        raise BenchmarkError(f"{dataset}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+    return files
+
+
+def _lr_dir(dir_data: str, dataset: str, scale: int) -> str | None:
+    candidates = ([f"DIV2K/DIV2K_valid_LR_bicubic/X{scale}", f"DIV2K/DIV2K_train_LR_bicubic/X{scale}"]
+                  if dataset == "DIV2K" else [f"benchmark/{dataset}/LR_bicubic/X{scale}"])
+    found = [os.path.join(dir_data, c) for c in candidates if os.path.isdir(os.path.join(dir_data, c))]
+    return found[0] if found else None
+
+
+def _first_dir(dir_data: str, dataset: str, candidates: list[str]) -> str:
+    for c in candidates:
+        if os.path.isdir(os.path.join(dir_data, c)):
+            return os.path.join(dir_data, c)
+    tried = " or ".join(os.path.join(dir_data, c) for c in candidates)
+    raise BenchmarkError(f"{dataset}: no folder {tried} (check --dir_data; layout: "
+                         f"{LAYOUTS.get(dataset, 'see README')})")
+
+
+LAYOUTS = {
+    **{d: f"benchmark/{d}/HR/*.png and benchmark/{d}/LR_bicubic/X<s>/<name>x<s>.png" for d in SR_SETS},
+    "DIV2K": "DIV2K/DIV2K_valid_HR/*.png and DIV2K/DIV2K_valid_LR_bicubic/X<s>/<name>x<s>.png",
+    "CBSD68": "benchmark/CBSD68/HR/*.png or CBSD68/*.png",
+    "Rain100L": "Rain100L/rain-<id>.png with Rain100L/norain-<id>.png",
+}
+
+
+def _images_in(folder: str) -> list[str]:
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _in_range(stem: str, bounds: tuple[int, int]) -> bool:
+    return stem.isdigit() and bounds[0] <= int(stem) <= bounds[1]
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
