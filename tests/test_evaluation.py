@@ -69,6 +69,7 @@ def test_sr_metrics_equal_the_saved_images(tmp_path, tree, caplog):
     assert r["psnr"] == pytest.approx(np.mean([v["psnr"] for v in r["per_image"].values()]))
     table = (run / "results.md").read_text()
     assert "| Set5 | sr2 | 2 |" in table and "38.37" in table
+    assert r["baseline_psnr"] > 0 and "input PSNR" in table
 
 
 def test_denoise_and_derain_sets(tmp_path, tree):
