@@ -45,7 +45,14 @@ REFUSED = {
 # options that only change training; given with --test_only they are reported, not silently dropped
 TRAINING_ONLY = ("data_train", "data_range", "no_augment", "reset", "test_every", "epochs",
                  "batch_size", "lr", "decay", "gamma", "optimizer", "momentum", "betas", "epsilon",
-                 "weight_decay", "gclip", "skip_threshold", "save_models", "print_every")
+                 "weight_decay", "gclip", "skip_threshold", "save_models", "print_every",
+                 "max_steps", "schedule", "warmup_steps", "con_loss", "con_weight", "save_every",
+                 "max_nonfinite", "amp", "compile", "streaks_dir")
+# options that a resumed run must share with the saved one: they change the model or the data
+RESUME_MUST_MATCH = ("model", "scale", "task_names", "task_id", "n_feats", "patch_size", "patch_dim",
+                     "num_heads", "num_layers", "num_queries", "dropout_rate", "no_mlp", "pos_every",
+                     "no_pos", "no_norm", "rgb_range", "data_train", "dir_data", "batch_size", "seed",
+                     "no_augment", "streaks_dir", "con_loss")
 
 
 class OptionParser(argparse.ArgumentParser):
@@ -144,7 +151,22 @@ def build_parser() -> OptionParser:
     g.add_argument("--weight_decay", type=float, default=0.0)
     g.add_argument("--gclip", type=float, default=0.0, help="gradient clipping (0: none)")
     g.add_argument("--loss", default="1*L1", help="fixed to 1*L1")
-    g.add_argument("--skip_threshold", type=float, default=1e8, help="skip batches with larger error")
+    g.add_argument("--skip_threshold", type=float, default=1e8,
+                   help="skip a batch whose loss is this many times the running mean")
+    g.add_argument("--max_steps", type=int, default=0, help="training steps (0: --epochs worth)")
+    g.add_argument("--schedule", default="step", choices=("step", "cosine"),
+                   help="step: x --gamma at each --decay milestone; cosine: --warmup_steps then cosine")
+    g.add_argument("--warmup_steps", type=int, default=0, help="linear warm-up for --schedule cosine")
+    g.add_argument("--con_loss", action="store_true", help="add the contrastive loss on the tokens")
+    g.add_argument("--con_weight", type=float, default=0.1, help="weight of the contrastive loss")
+    g.add_argument("--save_every", type=int, default=1000, help="write the training state every N steps")
+    g.add_argument("--max_nonfinite", type=int, default=20,
+                   help="stop after this many non-finite losses in a row")
+    g.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
+                   help="mixed precision for training (bf16: CUDA or CPU; fp16: CUDA)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--streaks_dir", default="",
+                   help="real rain-streak layers for derain pre-training (default: procedural)")
 
     g = p.add_argument_group("logging and checkpoints")
     g.add_argument("--save", default="./experiment/ipt", help="run directory (logs, results, models)")
@@ -326,11 +348,12 @@ def _check_numbers(args: argparse.Namespace) -> None:
     if args.pos_every and args.no_pos:
         raise ValueError("--pos_every needs a position embedding: drop --no_pos")
     positive = ("n_feats", "patch_size", "patch_dim", "num_heads", "num_layers", "crop_batch_size",
-                "rgb_range", "batch_size", "test_every", "print_every")
+                "rgb_range", "batch_size", "test_every", "print_every", "save_every")
     for dest in positive:
         if getattr(args, dest) < 1:
             raise ValueError(f"--{dest} must be at least 1, got {getattr(args, dest)}")
-    for dest in ("n_threads", "lr", "gclip", "weight_decay", "epochs"):
+    for dest in ("n_threads", "lr", "gclip", "weight_decay", "epochs", "max_steps", "warmup_steps",
+                 "con_weight", "max_nonfinite"):
         if getattr(args, dest) < 0:
             raise ValueError(f"--{dest} must not be negative, got {getattr(args, dest)}")
     if args.sigma <= 0:
@@ -350,3 +373,14 @@ def training_options_given(args: argparse.Namespace) -> list[str]:
     """Training-only options whose value differs from the default (reported under --test_only)."""
     defaults = parse_args([])
     return [f"--{dest}" for dest in TRAINING_ONLY if getattr(args, dest) != getattr(defaults, dest)]
+
+
+def resume_conflicts(saved: dict, args: argparse.Namespace) -> list[str]:
+    """The options that differ from a saved run's and would change its model or data."""
+    current = vars(args)
+    return [f"--{k} (saved {saved.get(k)!r}, now {_plain(current.get(k))!r})"
+            for k in RESUME_MUST_MATCH if _plain(current.get(k)) != saved.get(k)]
+
+
+def _plain(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value

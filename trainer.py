@@ -1,11 +1,16 @@
-"""Running the network over data sets: restoring folders, evaluating test sets (training later)."""
+"""Running the network over data: restoring folders, evaluating test sets, training."""
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Iterable
+import random
+import signal
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -15,6 +20,7 @@ from data.benchmark import PAPER_RESULTS, BenchmarkSet
 from data.degrade import imresize
 from data.images import save_image
 from model import restore
+from model.loss import contrastive_loss, l1_loss
 
 log = logging.getLogger("ipt")
 
@@ -135,3 +141,243 @@ def results_table(results: dict) -> str:
 
 def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+# ----------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------
+STATE_NAME = "state.pt"  # the full training state, in the run directory
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Progress:
+    """Counters that a resumed run continues from."""
+
+    step: int = 0
+    best_psnr: float = float("-inf")
+    best_step: int = -1
+    nonfinite_total: int = 0
+    nonfinite_run: int = 0
+
+
+def make_optimizer(args, params) -> torch.optim.Optimizer:
+    """The optimiser of --optimizer with --lr, --betas, --epsilon, --momentum, --weight_decay."""
+    params = [p for p in params if p.requires_grad]
+    if args.optimizer == "ADAM":
+        return torch.optim.Adam(params, lr=args.lr, betas=args.betas, eps=args.epsilon,
+                                weight_decay=args.weight_decay)
+    if args.optimizer == "SGD":
+        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    return torch.optim.RMSprop(params, lr=args.lr, eps=args.epsilon, momentum=args.momentum,
+                               weight_decay=args.weight_decay)
+
+
+def lr_factor(schedule: str, milestones: list[int], gamma: float, warmup: int, total: int):
+    """The learning-rate multiplier of a step: step decay at milestones, or warm-up + cosine."""
+    def step_decay(step: int) -> float:
+        return gamma ** sum(step >= m for m in milestones)
+
+    def cosine(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return cosine if schedule == "cosine" else step_decay
+
+
+def bare_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The model's weights in the authors' key format (no DDP or compile wrappers)."""
+    inner = getattr(model, "module", model)
+    inner = getattr(inner, "_orig_mod", inner)
+    return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
+
+
+def rng_states() -> dict:
+    """Every random generator the training touches."""
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what rng_states saved."""
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class StopRequested:
+    """Turns SIGINT/SIGTERM into a flag, so the loop can save before it exits."""
+
+    def __init__(self):
+        self.flag = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        log.warning("signal %d received: saving the training state and stopping", signum)
+        self.flag = True
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """Optimises the model on one-task batches; checkpoints, validates, resumes exactly."""
+
+    def __init__(self, args, model: nn.Module, batches: Callable[[int], Iterable[dict]],
+                 validate: Callable[[nn.Module], dict[str, float]] | None, total_steps: int,
+                 steps_per_epoch: int, rank: int = 0):
+        self.args, self.model, self.batches, self.validate = args, model, batches, validate
+        self.total_steps, self.rank = total_steps, rank
+        self.device = next(model.parameters()).device
+        self.optimizer = make_optimizer(args, model.parameters())
+        milestones = [m * steps_per_epoch for m in args.decay_milestones]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(
+            args.schedule, milestones, args.gamma, args.warmup_steps, total_steps))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.amp == "fp16")
+        self.progress = Progress()
+        self.loss_average: float | None = None
+        self.model_dir = os.path.join(args.save, "model")
+        self.writer = None
+        if rank == 0:
+            os.makedirs(self.model_dir, exist_ok=True)
+            self.writer = _summary_writer(os.path.join(args.save, "tensorboard"))
+
+    # -- the loop ---------------------------------------------------------------------
+    def fit(self) -> int:
+        """Train until --max_steps (or a stop signal); 0 when done, 1 when stopped by bad losses."""
+        p = self.progress
+        bar = tqdm(total=self.total_steps, initial=p.step, desc="training", unit="step",
+                   dynamic_ncols=True, disable=self.rank != 0)
+        batches = iter(self.batches(p.step))
+        status = 0
+        with StopRequested() as stop:
+            while p.step < self.total_steps and not stop.flag:
+                loss = self.train_step(next(batches))
+                p.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4g}" if loss is not None else "skipped",
+                                lr=f"{self.scheduler.get_last_lr()[0]:.3g}")
+                if p.nonfinite_run > self.args.max_nonfinite:
+                    log.error("%d non-finite losses in a row at step %d: stopping (lower --lr, set "
+                              "--gclip, or check the data)", p.nonfinite_run, p.step)
+                    status = 1
+                    break
+                self._after_step(loss)
+        bar.close()
+        self.save()
+        log.info("stopped at step %d of %d; %d step(s) skipped for non-finite losses",
+                 p.step, self.total_steps, p.nonfinite_total)
+        return status
+
+    def train_step(self, batch: dict) -> float | None:
+        """One optimiser step on a one-task batch; None when the loss was not finite (skipped)."""
+        self.model.train()
+        lr_img = batch["lr"].to(self.device, non_blocking=True)
+        hr = batch["hr"].to(self.device, non_blocking=True)
+        task_id = int(batch["task_id"])
+        amp = AMP_DTYPES.get(self.args.amp)
+        with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
+            if self.args.con_loss:
+                out, tokens = self.model(lr_img, task_id, return_tokens=True)
+                loss = l1_loss(out, hr) + self.args.con_weight * contrastive_loss(tokens)
+            else:
+                loss = l1_loss(self.model(lr_img, task_id), hr)
+        self.optimizer.zero_grad(set_to_none=True)
+        value = loss.item()
+        if not math.isfinite(value) or self._too_large(value):
+            self.progress.nonfinite_total += 1
+            self.progress.nonfinite_run += 1
+            log.warning("step %d: loss %s skipped", self.progress.step, value)
+            self.scheduler.step()
+            return None
+        self.progress.nonfinite_run = 0
+        self.scaler.scale(loss).backward()
+        if self.args.gclip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.gclip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return value
+
+    def _too_large(self, value: float) -> bool:
+        """The authors' --skip_threshold: a loss this many times the running mean is skipped."""
+        avg = self.loss_average
+        self.loss_average = value if avg is None else 0.99 * avg + 0.01 * value
+        return avg is not None and value > self.args.skip_threshold * avg
+
+    def _after_step(self, loss: float | None) -> None:
+        step = self.progress.step
+        if self.writer is not None and loss is not None:
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], step)
+        if step % self.args.print_every == 0:
+            log.info("step %d: loss %s, lr %.3g", step, loss, self.scheduler.get_last_lr()[0])
+        if step % self.args.save_every == 0:
+            self.save()
+        if self.validate is not None and step % self.args.test_every == 0:
+            self.run_validation()
+
+    def run_validation(self) -> None:
+        """Evaluate on --data_test (rank 0) and keep the best model by mean PSNR."""
+        if self.rank != 0:
+            return
+        psnr = self.validate(self.model)
+        p = self.progress
+        for name, value in psnr.items():
+            if self.writer is not None:
+                self.writer.add_scalar(f"val/psnr/{name}", value, p.step)
+        mean = sum(psnr.values()) / len(psnr)
+        if mean > p.best_psnr:
+            p.best_psnr, p.best_step = mean, p.step
+            utility.atomic_save(bare_state_dict(self.model), os.path.join(self.model_dir, "model_best.pt"))
+        log.info("step %d: validation PSNR %.3f dB (best %.3f at step %d)", p.step, mean,
+                 p.best_psnr, p.best_step)
+
+    # -- checkpoints ------------------------------------------------------------------
+    def save(self) -> None:
+        """model_latest.pt (bare weights) and the full training state, both written atomically."""
+        if self.rank != 0:
+            return
+        utility.atomic_save(bare_state_dict(self.model), os.path.join(self.model_dir, "model_latest.pt"))
+        state = {"model": bare_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                 "progress": vars(self.progress), "loss_average": self.loss_average,
+                 "rng": rng_states(), "options": utility.jsonable(vars(self.args))}
+        utility.atomic_save(state, os.path.join(self.args.save, STATE_NAME))
+
+    def load(self, path: str) -> None:
+        """Continue from a saved training state."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        inner = getattr(self.model, "module", self.model)
+        getattr(inner, "_orig_mod", inner).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(**state["progress"])
+        self.loss_average = state["loss_average"]
+        set_rng_states(state["rng"])
+        log.info("resumed from %s at step %d", path, self.progress.step)
+
+
+def _summary_writer(folder: str):
+    """A TensorBoard writer, or None when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+        return None
+    return SummaryWriter(folder)

@@ -118,13 +118,17 @@ LOG_NAME = "log.txt"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
-def setup_logging(save_dir: str, debug: bool = False) -> logging.Logger:
-    """The "ipt" logger, writing to the console and appending to ``save_dir/log.txt``."""
-    os.makedirs(save_dir, exist_ok=True)
+def setup_logging(save_dir: str, debug: bool = False, quiet: bool = False) -> logging.Logger:
+    """The "ipt" logger, to the console and appended to ``save_dir/log.txt`` (quiet: errors only)."""
     logger = logging.getLogger("ipt")
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
+    if quiet:  # the other ranks of a distributed run: no file, errors to the console
+        logger.setLevel(logging.ERROR)
+        logger.addHandler(logging.StreamHandler())
+        return logger
+    os.makedirs(save_dir, exist_ok=True)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))

@@ -1,0 +1,136 @@
+"""Training: the losses, exact resume, atomic checkpoints and bad-loss handling."""
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+import trainer
+import utility
+from model import build_model
+from model.loss import contrastive_loss
+from option import parse_args
+
+TINY = "--n_feats 16 --num_heads 4 --num_layers 1 --patch_size 12 --batch_size 2"
+
+
+def test_contrastive_loss_by_hand():
+    # two images of two tokens; normalised tokens a=(1,0), b=(0,1) | c=(1,0), d=(-1,0)
+    tokens = torch.tensor([[[2.0, 0.0], [0.0, 3.0]], [[1.0, 0.0], [-5.0, 0.0]]])
+    e = math.e
+    per_anchor = [math.log(1 + e + 1 / e),        # a: positive b (0), negatives c (1), d (-1)
+                  math.log(3),                    # b: every similarity 0
+                  1 + math.log(1 + e + 1 / e),    # c: positive d (-1), negatives a (1), b (0)
+                  1 + math.log(1 + 2 / e)]        # d: positive c (-1), negatives a (-1), b (0)
+    expected = sum(per_anchor) / 4
+    assert contrastive_loss(tokens, temperature=1.0).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_contrastive_loss_prefers_alike_tokens():
+    torch.manual_seed(0)
+    alike = torch.randn(2, 1, 8).repeat(1, 4, 1) + 0.01 * torch.randn(2, 4, 8)
+    mixed = torch.randn(2, 4, 8)
+    assert contrastive_loss(alike) < contrastive_loss(mixed)
+
+
+def synthetic_batches(args, n_tasks):
+    """A data stream whose batch k depends only on (seed, k), like the real one."""
+    def batches(start):
+        step = start
+        while True:
+            g = torch.Generator().manual_seed(args.seed * 100003 + step)
+            task = int(torch.randint(n_tasks, (1,), generator=g))
+            scale = args.scale[task]
+            hr = torch.rand(args.batch_size, 3, args.patch_size * scale, args.patch_size * scale,
+                            generator=g) * 255
+            lr = torch.nn.functional.avg_pool2d(hr, scale) if scale > 1 else hr + 5 * torch.randn(
+                hr.shape, generator=g)
+            yield {"lr": lr, "hr": hr, "task_id": task, "step": step}
+            step += 1
+    return batches
+
+
+def make_trainer(tmp_path, steps, extra=""):
+    args = parse_args(f"{TINY} --scale 2+1 --max_steps {steps} --save {tmp_path} --save_every 3 "
+                      f"--lr 1e-3 --test_every 1000 --print_every 1000 {extra}".split())
+    torch.manual_seed(args.seed)
+    model = build_model(args)
+    return trainer.Trainer(args, model, synthetic_batches(args, 2), None, steps, 10), model
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_resume_is_exact(tmp_path):
+    straight, model_a = make_trainer(tmp_path / "a", 6, "--con_loss")
+    assert straight.fit() == 0
+    first, _ = make_trainer(tmp_path / "b", 3, "--con_loss")
+    assert first.fit() == 0
+    torch.manual_seed(123)  # the resumed run must not depend on anything drawn before
+    second, model_b = make_trainer(tmp_path / "b", 6, "--con_loss")
+    torch.nn.init.zeros_(model_b.head[0][0].weight)  # and not on the fresh weights
+    second.load(str(tmp_path / "b" / trainer.STATE_NAME))
+    assert second.fit() == 0
+    a, b = weights(model_a), weights(model_b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    latest = torch.load(tmp_path / "b" / "model" / "model_latest.pt", weights_only=True)
+    assert all(torch.equal(latest[k], b[k]) for k in b)
+
+
+def test_a_kill_between_write_and_rename_keeps_the_previous_state(tmp_path, monkeypatch):
+    run, _ = make_trainer(tmp_path, 3)
+    run.fit()  # writes the state of step 3
+    saved = torch.load(tmp_path / trainer.STATE_NAME, weights_only=False)["progress"]["step"]
+    longer, _ = make_trainer(tmp_path, 6)
+    longer.load(str(tmp_path / trainer.STATE_NAME))
+
+    def killed(src, dst):
+        raise KeyboardInterrupt("killed between the temporary write and the rename")
+
+    monkeypatch.setattr(utility.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        longer.fit()
+    monkeypatch.undo()
+    state = torch.load(tmp_path / trainer.STATE_NAME, weights_only=False)
+    assert state["progress"]["step"] == saved == 3
+    again, model = make_trainer(tmp_path, 6)
+    again.load(str(tmp_path / trainer.STATE_NAME))
+    assert again.fit() == 0 and again.progress.step == 6
+
+
+def test_non_finite_losses_are_skipped_then_stop(tmp_path):
+    run, model = make_trainer(tmp_path, 50, "--max_nonfinite 3")
+    clean = run.batches
+
+    def poisoned(start):
+        for batch in clean(start):
+            if batch["step"] >= 2:
+                batch["lr"] = batch["lr"] * float("nan")
+            yield batch
+
+    run.batches = poisoned
+    assert run.fit() == 1
+    assert run.progress.nonfinite_total == 4 and run.progress.step == 6
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_bare_checkpoint_loads_strictly(tmp_path):
+    run, _ = make_trainer(tmp_path, 1)
+    run.fit()
+    args = parse_args(f"{TINY} --scale 2+1".split())
+    fresh = build_model(args)
+    from model import load_checkpoint
+    load_checkpoint(fresh, str(tmp_path / "model" / "model_latest.pt"))
+    assert len(fresh.state_dict()) == len(torch.load(tmp_path / "model" / "model_latest.pt"))
+
+
+def test_learning_rate_schedules():
+    step = trainer.lr_factor("step", [2, 4], 0.5, warmup=0, total=6)
+    assert [step(s) for s in range(5)] == [1, 1, 0.5, 0.5, 0.25]
+    # 2 warm-up steps, then a half cosine over 4 steps: at 3, a quarter of the way
+    cosine = trainer.lr_factor("cosine", [], 0.5, warmup=2, total=6)
+    got = [cosine(s) for s in (0, 1, 3, 4, 6)]
+    assert got == pytest.approx([0.5, 1.0, (1 + math.sqrt(2) / 2) / 2, 0.5, 0.0])
