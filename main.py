@@ -6,12 +6,16 @@ import os
 import sys
 
 import torch
+from torch.utils.data import DataLoader
 
 import option
 import trainer
 import utility
 from data.benchmark import ALL_SETS, BenchmarkError, BenchmarkSet, supports
+from data.finetune import DIV2K, RainTrainL
 from data.images import ImageFolder, ImageReadError
+from data.sample import sample_photos
+from data.stream import PairStream, TrainingDataError
 from model import CheckpointError, build_model, load_checkpoint
 
 log = logging.getLogger("ipt")
@@ -20,10 +24,6 @@ log = logging.getLogger("ipt")
 def main(argv: list[str] | None = None) -> int:
     """Run the job the options describe; the exit status (0 ok, 1 failures, 2 bad options)."""
     args = option.parse_args(argv)
-    if not args.test_only:
-        print("main.py: error: training is not available in this version yet; "
-              "evaluate with --test_only", file=sys.stderr)
-        return 2
     unknown = [d for d in args.data_test if d not in ALL_SETS + ("Demo",)]
     if unknown:
         print(f"main.py: error: --data_test {'+'.join(unknown)}: unknown test set; known: "
@@ -32,23 +32,35 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args)
     if device is None:
         return 2
-    utility.setup_logging(args.save, args.debug)
+    utility.setup_logging(args.save, args.debug, quiet=distributed_rank() > 0)
     log.info("command: %s", " ".join(sys.argv if argv is None else ["main.py", *argv]))
     given = option.training_options_given(args)
-    if given:
+    if given and args.test_only:
         log.warning("training options have no effect with --test_only: %s", " ".join(given))
     torch.manual_seed(args.seed)
+    if not args.test_only:
+        return train(args, device)
     model = prepare_model(args, device)
     if model is None:
         return 1
     return evaluate(args, model)
 
 
+def distributed_rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def pick_device(args) -> torch.device | None:
     """CUDA unless --cpu or none is present; None (after a message) when --precision cannot run."""
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
+    use_cuda = torch.cuda.is_available() and not args.cpu
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
     if args.precision == "half" and device.type != "cuda":
         print("main.py: error: --precision half needs a CUDA device; drop it (or --cpu)", file=sys.stderr)
+        return None
+    if args.amp == "fp16" and device.type != "cuda":
+        print("main.py: error: --amp fp16 needs a CUDA device; use --amp bf16 on the CPU", file=sys.stderr)
         return None
     return device
 
@@ -126,6 +138,7 @@ def restore_demo(args, model, task_ids: list[int], settings, out_dir: str | None
 def evaluate_benchmark(args, model, name: str, task_ids: list[int], settings,
                        out_dir: str | None) -> dict:
     """Metrics of each selected head that ``name`` is a test set for."""
+    model.eval()
     tasks = [t for t in task_ids if supports(name, model.task_names[t])]
     if not tasks:
         heads = "+".join(model.task_names[t] for t in task_ids)
@@ -133,7 +146,7 @@ def evaluate_benchmark(args, model, name: str, task_ids: list[int], settings,
     results = {}
     for t in tasks:
         task, scale = model.task_names[t], model.scale[t]
-        data = BenchmarkSet(args.dir_data, name, task, scale, args.seed)
+        data = BenchmarkSet(args.dir_data, name, task, scale, args.seed, args.test_range)
         r = trainer.evaluate_set(model, data, t, settings, out_dir, args.n_threads)
         log.info("%s %s: PSNR %.2f dB, SSIM %.4f (Y); PSNR %.2f dB, SSIM %.4f (RGB); %d images",
                  name, task, r["psnr"], r["ssim"], r["psnr_rgb"], r["ssim_rgb"], r["n_images"])
@@ -157,6 +170,136 @@ def write_reports(args, model, results: dict) -> None:
     log.info("\n%s", table)
     log.info("metrics: %s, table: %s", os.path.join(args.save, "metrics.json"),
              os.path.join(args.save, "results.md"))
+
+
+# ----------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------
+def train(args, device: torch.device) -> int:
+    """Pre-train (several heads, no --task) or fine-tune (one head) as the options say."""
+    rank, world = start_distributed(device)
+    try:
+        return _train(args, device, rank, world)
+    finally:
+        if world > 1:
+            torch.distributed.destroy_process_group()
+
+
+def _train(args, device: torch.device, rank: int, world: int) -> int:
+    if args.task_id is not None and len(args.scale) > 1:  # fine-tuning gives a single-head model
+        name = args.task_names[args.task_id]
+        args.scale, args.task_names, args.task_id, args.num_queries = [args.scale[args.task_id]], [name], 0, 1
+    state_path = os.path.join(args.save, trainer.STATE_NAME)
+    if args.resume and not os.path.isfile(state_path):
+        log.error("--resume: no training state %s to continue from", state_path)
+        return 1
+    if args.resume:
+        saved = torch.load(state_path, map_location="cpu", weights_only=False)["options"]
+        conflicts = option.resume_conflicts(saved, args)
+        if conflicts:
+            log.error("--resume: these options differ from the saved run and would change its "
+                      "model or data: %s", "; ".join(conflicts))
+            return 1
+    elif os.path.isfile(state_path) and not args.reset:
+        log.error("%s already holds a training run: continue it with --resume, or start afresh "
+                  "with --reset (or another --save)", args.save)
+        return 1
+    model = build_model(args)
+    if args.pretrain and not args.resume:
+        try:
+            load_checkpoint(model, args.pretrain)
+        except CheckpointError as e:
+            log.error("%s", e)
+            return 1
+        log.info("initialised from %s", args.pretrain)
+    model = model.to(device)
+    data = make_training_data(args, rank, world)
+    if data is None:
+        return 1
+    batches, steps_per_epoch = data
+    total = args.max_steps or (args.epochs or 0) * steps_per_epoch
+    if total <= 0:
+        log.error("--epochs 0 means no limit for a streamed data set: give --max_steps")
+        return 1
+    net = torch.compile(model) if args.compile else model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)  # heads, tails and query rows of other tasks sit idle
+    log.info("training %s (%s), %d steps of batch %d x %d process(es), %d step(s) an epoch",
+             "+".join(model.task_names), "pre-training" if len(model.task_names) > 1 else "fine-tuning",
+             total, args.batch_size, world, steps_per_epoch)
+    runner = trainer.Trainer(args, net, batches, make_validation(args, model), total, steps_per_epoch, rank)
+    if args.resume:
+        runner.load(state_path)
+    return runner.fit()
+
+
+def start_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size): joins the torchrun process group (gloo on the CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return torch.distributed.get_rank(), world
+
+
+def make_training_data(args, rank: int, world: int):
+    """(batch factory keyed by the first step, steps per epoch) for --data_train; None on errors."""
+    if len(args.data_train) != 1:
+        log.error("--data_train: one training set at a time, got %s", "+".join(args.data_train))
+        return None
+    name, tasks = args.data_train[0], args.task_names
+    common = dict(batch_size=args.batch_size, patch_size=args.patch_size, seed=args.seed, rank=rank,
+                  world_size=world, augment=not args.no_augment, task_id=args.task_id,
+                  streaks_dir=args.streaks_dir or None)
+    try:
+        if name == "Sample":
+            stream = PairStream(sample_photos("train"), tasks, **common)
+        elif name == "ImageNet":
+            stream = PairStream(imagenet_root(args.dir_data), tasks, **common)
+        elif name == "DIV2K":
+            stream = DIV2K(args.dir_data, tasks, data_range=args.train_range, **common)
+        elif name == "RainTrainL":
+            stream = RainTrainL(args.dir_data, tasks=tasks, **common)
+        else:
+            log.error("--data_train %s: unknown; use Sample, ImageNet, DIV2K or RainTrainL", name)
+            return None
+    except (TrainingDataError, FileNotFoundError, ValueError) as e:
+        log.error("--data_train %s: %s", name, e)
+        return None
+
+    def batches(start: int) -> DataLoader:
+        return DataLoader(stream.with_start(start), batch_size=None, num_workers=args.n_threads)
+
+    return batches, stream.steps_per_epoch
+
+
+def imagenet_root(dir_data: str) -> str:
+    """ImageNet's train folder (or its shards): DIR/ImageNet/train if present, else DIR/ImageNet."""
+    base = os.path.join(dir_data, "ImageNet")
+    return os.path.join(base, "train") if os.path.isdir(os.path.join(base, "train")) else base
+
+
+def make_validation(args, model: torch.nn.Module):
+    """A function giving validation PSNR per (set, task) on --data_test, or None without one."""
+    sets = [d for d in args.data_test if d != "Demo"]
+    if not sets:
+        return None
+    settings = trainer.InferenceSettings(args.chop, args.crop_batch_size, False, args.rgb_range)
+    task_ids = list(range(len(model.task_names)))
+
+    def validate(net: torch.nn.Module) -> dict[str, float]:
+        psnr = {}
+        for name in sets:
+            for task, r in evaluate_benchmark(args, model, name, task_ids, settings, None).items():
+                psnr[f"{name}/{task}"] = r["psnr"]
+        model.train()
+        return psnr
+
+    return validate
 
 
 if __name__ == "__main__":

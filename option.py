@@ -52,7 +52,7 @@ TRAINING_ONLY = ("data_train", "data_range", "no_augment", "reset", "test_every"
 RESUME_MUST_MATCH = ("model", "scale", "task_names", "task_id", "n_feats", "patch_size", "patch_dim",
                      "num_heads", "num_layers", "num_queries", "dropout_rate", "no_mlp", "pos_every",
                      "no_pos", "no_norm", "rgb_range", "data_train", "dir_data", "batch_size", "seed",
-                     "no_augment", "streaks_dir", "con_loss")
+                     "no_augment", "streaks_dir", "con_loss", "n_threads", "data_range")
 
 
 class OptionParser(argparse.ArgumentParser):
@@ -265,6 +265,7 @@ def _finish(args: argparse.Namespace) -> None:
                          f"from --scale {'+'.join(map(str, args.scale))})")
     _check_numbers(args)
     args.decay_milestones = _milestones(args.decay)
+    args.train_range, args.test_range = _data_range(args.data_range)
     if args.epochs == 0:
         args.epochs = None  # the authors' 0: no limit
 
@@ -360,6 +361,17 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ValueError(f"--sigma must be positive, got {args.sigma}")
     if not 0 <= args.dropout_rate < 1:
         raise ValueError(f"--dropout_rate must be in [0, 1), got {args.dropout_rate}")
+
+
+def _data_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """--data_range 'a-b/c-d': the DIV2K image numbers for training and for testing."""
+    try:
+        train, test = (tuple(int(v) for v in part.split("-")) for part in str(text).split("/"))
+        if len(train) != 2 or len(test) != 2:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--data_range {text!r}: expected FIRST-LAST/FIRST-LAST, like 1-800/801-810") from None
+    return train, test
 
 
 def _milestones(decay: str) -> list[int]:

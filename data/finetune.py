@@ -1,0 +1,140 @@
+"""Fine-tuning sets (spec section 5): DIV2K for SR and denoising, RainTrainL for deraining.
+
+Both are `PairStream`s over a file list, so they yield the same one-task batch dicts, split the
+files over ranks and workers the same way, and resume the same way. Under ``dir_data``:
+- ``DIV2K/DIV2K_train_HR/0001.png ...`` and, when present,
+  ``DIV2K/DIV2K_train_LR_bicubic/X{s}/0001x{s}.png``: SR crops are then aligned LR/HR crops of
+  the two files; otherwise (a missing folder or file) LR is made with MATLAB bicubic. Denoising
+  adds noise to HR crops.
+- ``RainTrainL/rain-<id>.png`` with ``RainTrainL/norain-<id>.png`` (other files, such as
+  ``rainstreak-<id>.png``, are ignored): aligned crops of the rainy input and the clean target.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Callable, Optional, Sequence
+
+from torch import Tensor
+
+from .images import read_image
+from .stream import (DEFAULT_PATCH, IMAGE_SUFFIXES, FileSource, PairStream, TrainingDataError,
+                     Views, check_aligned, task_kind, task_scale)
+
+log = logging.getLogger("ipt")
+
+DIV2K_HR = os.path.join("DIV2K", "DIV2K_train_HR")
+DIV2K_LR = os.path.join("DIV2K", "DIV2K_train_LR_bicubic", "X{scale}")
+DIV2K_TRAIN_RANGE = (1, 800)  # the authors' --data_range train part
+DIV2K_LAYOUT = ("DIV2K/DIV2K_train_HR/0001.png ... "
+                "[+ DIV2K/DIV2K_train_LR_bicubic/X<s>/0001x<s>.png]")
+RAINTRAINL = "RainTrainL"
+RAIN_PREFIX, CLEAN_PREFIX = "rain-", "norain-"
+RAIN_LAYOUT = "RainTrainL/rain-<id>.png with RainTrainL/norain-<id>.png"
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def _images_in(folder: str, what: str, layout: str) -> list[str]:
+    """The images directly inside ``folder``, sorted; an error naming the layout if none."""
+    if not os.path.isdir(folder):
+        raise TrainingDataError(f"{what}: no folder {folder} (check --dir_data; layout: {layout})")
+    files = sorted(os.path.join(folder, n) for n in os.listdir(folder)
+                   if n.lower().endswith(IMAGE_SUFFIXES))
+    if not files:
+        raise TrainingDataError(f"{what}: no images in {folder} (layout: {layout})")
+    return files
+
+
+def div2k_files(dir_data: str,
+                data_range: Optional[tuple[int, int]] = DIV2K_TRAIN_RANGE) -> list[str]:
+    """The DIV2K training HR files whose number is in ``data_range`` (None: all)."""
+    files = _images_in(os.path.join(dir_data, DIV2K_HR), "DIV2K", DIV2K_LAYOUT)
+    if data_range is not None:
+        lo, hi = data_range
+        files = [f for f in files if _stem(f).isdigit() and lo <= int(_stem(f)) <= hi]
+        if not files:
+            raise TrainingDataError(f"DIV2K: no image numbered {lo}..{hi} in "
+                                    f"{os.path.join(dir_data, DIV2K_HR)}")
+    return files
+
+
+class DIV2K(PairStream):
+    """DIV2K training crops for SR (from the LR files when present) and denoising."""
+
+    def __init__(self, dir_data: str, tasks: Sequence[str], batch_size: int,
+                 patch_size: int = DEFAULT_PATCH,
+                 data_range: Optional[tuple[int, int]] = DIV2K_TRAIN_RANGE, **kwargs):
+        files = div2k_files(dir_data, data_range)
+        super().__init__(FileSource(files, [os.path.basename(f) for f in files]), tasks,
+                         batch_size, patch_size, **kwargs)
+        self.lr_dirs = {}
+        for scale in sorted({task_scale(t) for t in self.used_tasks if task_kind(t)[0] == "sr"}):
+            folder = os.path.join(dir_data, DIV2K_LR.format(scale=scale))
+            if not os.path.isdir(folder):
+                log.info("DIV2K x%d: no %s, LR made from HR with MATLAB bicubic", scale, folder)
+                continue
+            self.lr_dirs[scale] = folder
+            missing = sum(not os.path.isfile(self._lr_in(folder, f, scale)) for f in files)
+            log.info("DIV2K x%d: LR crops from %s (%d of %d missing: made with MATLAB bicubic)",
+                     scale, folder, missing, len(files))
+
+    @staticmethod
+    def _lr_in(folder: str, hr_path: str, scale: int) -> str:
+        return os.path.join(folder, f"{_stem(hr_path)}x{scale}.png")
+
+    def read(self, ref: int, task: str, load: Callable[[int], Tensor]) -> Views:
+        """The HR image, and its LR file for an SR task when there is one."""
+        path = self.source.items[ref]
+        hr, scale = read_image(path), task_scale(task)
+        folder = self.lr_dirs.get(scale) if task_kind(task)[0] == "sr" else None
+        lr_path = self._lr_in(folder, path, scale) if folder else None
+        if lr_path is None or not os.path.isfile(lr_path):
+            return hr, None
+        lr = read_image(lr_path)
+        check_aligned((hr, lr), scale, f"({path}, {lr_path})")
+        return hr, lr
+
+
+def rain_pairs(folder: str) -> list[tuple[str, str]]:
+    """(rain, norain) file pairs of a RainTrainL folder, by the id after the prefix."""
+    files = _images_in(folder, RAINTRAINL, RAIN_LAYOUT)
+    rain = {m.group(1): f for f in files if (m := re.match(rf"^{RAIN_PREFIX}(.+)$", _stem(f)))}
+    clean = {m.group(1): f for f in files if (m := re.match(rf"^{CLEAN_PREFIX}(.+)$", _stem(f)))}
+    lonely = sorted(set(rain) ^ set(clean))
+    if lonely:
+        names = [rain.get(k) or clean.get(k) for k in lonely]
+        raise TrainingDataError(f"{names[0]} has no partner ({len(names)} unpaired file(s)): "
+                                f"{RAIN_LAYOUT}")
+    if not rain:
+        raise TrainingDataError(f"no {RAIN_PREFIX}*.png / {CLEAN_PREFIX}*.png pairs in {folder} "
+                                f"(layout: {RAIN_LAYOUT})")
+    return [(rain[k], clean[k]) for k in sorted(rain)]
+
+
+class RainTrainL(PairStream):
+    """RainTrainL crops: the rainy image as input, its clean image as target."""
+
+    SYNTHETIC_RAIN = False
+
+    def __init__(self, dir_data: str, batch_size: int, patch_size: int = DEFAULT_PATCH,
+                 tasks: Sequence[str] = ("derain",), **kwargs):
+        pairs = rain_pairs(os.path.join(dir_data, RAINTRAINL))
+        super().__init__(FileSource(pairs, [os.path.basename(r) for r, _ in pairs]), tasks,
+                         batch_size, patch_size, **kwargs)
+        other = [t for t in self.used_tasks if task_kind(t)[0] != "derain"]
+        if other:
+            raise TrainingDataError(f"RainTrainL trains derain only, not {', '.join(other)}: "
+                                    "give task_id of the derain head")
+
+    def read(self, ref: int, task: str, load: Callable[[int], Tensor]) -> Views:
+        """(clean, rainy) images of one pair; they must be the same size."""
+        rain_path, clean_path = self.source.items[ref]
+        rain, clean = read_image(rain_path), read_image(clean_path)
+        if rain.shape != clean.shape:
+            raise TrainingDataError(f"sizes differ: {rain_path} is {tuple(rain.shape[1:])}, "
+                                    f"{clean_path} is {tuple(clean.shape[1:])}")
+        return clean, rain

@@ -1,0 +1,570 @@
+"""Pre-training pairs streamed from image folders, tar shards or in-memory photos (spec 4 and 5).
+
+A `PairStream` yields whole batches, each of one task: ``{"lr", "hr", "task_id", "step",
+"skipped", "files"}``. Use it as ``DataLoader(stream, batch_size=None, num_workers=W)``.
+
+How the work is split. Every loader worker owns a *slot* ``k % W`` of the step numbers k, so the
+DataLoader's round robin returns steps in order. Slot ``s`` of rank ``r`` is global worker
+``r * W + s`` of ``world_size * W``. Each epoch the files are shuffled by a generator seeded by
+(seed, epoch) and cut into ``world_size * W`` contiguous, disjoint runs (`epoch_files`); a worker
+reads its run front to back, epoch after epoch, ``batch_size`` files a batch (a batch may run over
+into the next epoch). So every file is read exactly once an epoch across all ranks and workers, and
+batch k depends only on (seed, k, rank, world_size, W): it can be rebuilt after a restart
+(`start_step`) without reading what came before. Each file read gives one random crop
+(`crops_per_file` crops with the option); a file that cannot be decoded, or that is smaller than
+the batch task's crop, is skipped, counted, and its place in the batch is taken by another crop of
+a usable image of the same batch.
+
+Tar shards are streamed per worker: its run of members is contiguous in a per-epoch shuffle of the
+shards, members keep their order inside a shard (`scripts/make_shards.py` shuffles them when it
+packs). Shard member counts come from the ``shards.json`` that make_shards writes, else a scan.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import tarfile
+from typing import Callable, Iterator, Optional, Sequence, Union
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .degrade import add_noise, add_rain, bicubic_lr, procedural_streaks
+from .images import ImageReadError, pil_to_tensor, read_image
+
+log = logging.getLogger("ipt")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+SHARD_SUFFIX = ".tar"
+SHARD_INDEX = "shards.json"  # {"shards": {basename: image member count}}, written by make_shards
+STREAK_PREFIX = "rainstreak-"  # RainTrainL's streak layers; preferred in a streaks folder
+DEFAULT_PATCH = 48
+DEFAULT_SEED = 1
+SEED_BYTES = 8
+DECODE_ERRORS = (OSError, EOFError, UnidentifiedImageError, ValueError, SyntaxError,
+                 Image.DecompressionBombError, tarfile.TarError)
+
+Views = tuple[Tensor, Optional[Tensor]]  # (target HR image, given LR input or None), uint8
+_procedural_said = False
+
+
+class TrainingDataError(RuntimeError):
+    """Training data that is missing, empty or not in the expected layout."""
+
+
+# ----------------------------------------------------------------------------------------
+# Tasks, seeds and the split of files over ranks and workers
+# ----------------------------------------------------------------------------------------
+def task_kind(name: str) -> tuple[str, float]:
+    """('sr', s), ('denoise', sigma) or ('derain', 1) for a task name."""
+    if name.startswith("sr") and name[2:].isdigit() and int(name[2:]) >= 2:
+        return "sr", int(name[2:])
+    if name.startswith("denoise"):
+        try:
+            return "denoise", float(name[len("denoise"):])
+        except ValueError:
+            pass
+    if name == "derain":
+        return "derain", 1
+    raise TrainingDataError(f"unknown task {name!r}: expected sr<s>, derain or denoise<sigma>")
+
+
+def task_scale(name: str) -> int:
+    """The scale a task implies: sr<s> -> s, every other task -> 1."""
+    kind, value = task_kind(name)
+    return int(value) if kind == "sr" else 1
+
+
+def seeded(*keys: object) -> torch.Generator:
+    """A CPU generator seeded from the keys by SHA-256 (the same in every process and run)."""
+    digest = hashlib.sha256(repr(keys).encode("utf-8")).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:SEED_BYTES], "little") >> 1)
+
+
+def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
+    """The shuffled order of n files in an epoch, the same on every rank and worker."""
+    return torch.randperm(n, generator=seeded(seed, "epoch", epoch)).tolist()
+
+
+def worker_bounds(n: int, index: int, count: int) -> tuple[int, int]:
+    """[start, stop) of global worker ``index``'s contiguous run of n items among ``count``."""
+    return index * n // count, (index + 1) * n // count
+
+
+def epoch_files(files: Sequence, epoch: int, seed: int, rank: int, world_size: int,
+                worker: int, num_workers: int) -> list:
+    """The files that loader worker (slot) ``worker`` of ``rank`` reads in ``epoch``, in order."""
+    order = epoch_order(len(files), epoch, seed)
+    lo, hi = worker_bounds(len(files), rank * num_workers + worker, world_size * num_workers)
+    return [files[i] for i in order[lo:hi]]
+
+
+# ----------------------------------------------------------------------------------------
+# Sources: folders of files, in-memory photos, tar shards
+# ----------------------------------------------------------------------------------------
+def find_images(root: str) -> list[str]:
+    """Every .jpg/.jpeg/.png/.bmp (any case) under ``root`` at any depth, sorted."""
+    found = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        dirs.sort()
+        found += [os.path.join(folder, n) for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
+    return sorted(found)
+
+
+def decode_bytes(data: bytes, name: str) -> Tensor:
+    """An encoded image as a (3, H, W) uint8 tensor; ImageReadError if it cannot be decoded."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return pil_to_tensor(img)
+    except DECODE_ERRORS as e:
+        raise ImageReadError(f"cannot read image {name!r}: {e}") from None
+
+
+class FileSource:
+    """Items read one by one: image paths (or, for subclasses, tuples of paths)."""
+
+    def __init__(self, items: Sequence, names: Sequence[str]):
+        self.items, self.names = list(items), list(names)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def epoch_refs(self, epoch: int, seed: int, index: int, count: int) -> list:
+        """Item indices of global worker ``index`` of ``count`` in ``epoch``."""
+        return epoch_files(range(len(self)), epoch, seed, index, count, 0, 1)
+
+    def name(self, ref: int) -> str:
+        return self.names[ref]
+
+    def opener(self) -> Callable[[int], Tensor]:
+        """A function reading one item (one per worker: shard readers keep state)."""
+        return lambda ref: read_image(self.items[ref])
+
+
+class MemorySource(FileSource):
+    """(name, (3, H, W) uint8 tensor) pairs, such as `data.sample.sample_photos("train")`."""
+
+    def __init__(self, pairs: Sequence[tuple[str, Tensor]]):
+        bad = [name for name, image in pairs if image.dtype != torch.uint8 or image.dim() != 3]
+        if bad:
+            raise TrainingDataError(f"in-memory images must be (3, H, W) uint8: {bad[:3]}")
+        super().__init__([image for _, image in pairs], [name for name, _ in pairs])
+
+    def opener(self) -> Callable[[int], Tensor]:
+        return lambda ref: self.items[ref]
+
+
+class ShardSource:
+    """Tar shards of encoded images, read member after member."""
+
+    def __init__(self, shards: Sequence[str]):
+        self.shards = list(shards)
+        self.counts = shard_counts(self.shards)
+        self.total = sum(self.counts)
+
+    def __len__(self) -> int:
+        return self.total
+
+    def epoch_refs(self, epoch: int, seed: int, index: int, count: int) -> list[tuple[int, int]]:
+        """(shard, member) of global worker ``index``: a contiguous run over shuffled shards."""
+        lo, hi = worker_bounds(self.total, index, count)
+        refs, start = [], 0
+        for s in epoch_order(len(self.shards), epoch, seed):
+            stop = start + self.counts[s]
+            refs += [(s, m - start) for m in range(max(lo, start), min(hi, stop))]
+            start = stop
+        return refs
+
+    def name(self, ref: tuple[int, int]) -> str:
+        return f"{os.path.basename(self.shards[ref[0]])}#{ref[1]}"
+
+    def opener(self) -> Callable[[tuple[int, int]], Tensor]:
+        return _ShardReader(self.shards).load
+
+
+def _is_image_member(member: tarfile.TarInfo) -> bool:
+    return member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def shard_counts(shards: Sequence[str]) -> list[int]:
+    """Image members per shard, from make_shards' shards.json where it lists them, else a scan."""
+    indexes: dict[str, dict] = {}
+    counts = []
+    for path in shards:
+        folder = os.path.dirname(os.path.abspath(path))
+        if folder not in indexes:
+            index_path = os.path.join(folder, SHARD_INDEX)
+            indexes[folder] = {}
+            if os.path.isfile(index_path):
+                with open(index_path) as f:
+                    indexes[folder] = json.load(f).get("shards", {})
+        known = indexes[folder].get(os.path.basename(path))
+        counts.append(known if known is not None else _scan_shard(path))
+    return counts
+
+
+def _scan_shard(path: str) -> int:
+    """Image members of one shard, by reading its headers."""
+    try:
+        with tarfile.open(path, "r:") as tar:
+            return sum(_is_image_member(m) for m in tar)
+    except (OSError, tarfile.TarError) as e:
+        raise TrainingDataError(f"cannot read shard {path}: {e}") from None
+
+
+class _ShardReader:
+    """Reads shard members in order, keeping the current shard open between calls."""
+
+    def __init__(self, shards: Sequence[str]):
+        self.shards, self.shard, self.tar, self.next = shards, None, None, 0
+
+    def _open(self, shard: int) -> None:
+        if self.tar is not None:
+            self.tar.close()
+        self.shard, self.tar, self.next = shard, None, 0
+        self.tar = tarfile.open(self.shards[shard], "r:")
+
+    def _member(self, shard: int, index: int) -> tarfile.TarInfo:
+        if shard != self.shard or index < self.next or self.tar is None:
+            self._open(shard)
+        while True:
+            member = self.tar.next()
+            if member is None:
+                raise ImageReadError(f"{self.shards[shard]} has no image member {index}")
+            if _is_image_member(member):
+                self.next += 1
+                if self.next > index:
+                    return member
+
+    def load(self, ref: tuple[int, int]) -> Tensor:
+        """Member ``ref[1]`` of shard ``ref[0]``, decoded; ImageReadError if unreadable."""
+        name = f"{self.shards[ref[0]]}#{ref[1]}"
+        try:
+            member = self._member(*ref)
+            data = self.tar.extractfile(member).read()
+        except (OSError, EOFError, tarfile.TarError) as e:
+            self.shard = None  # reopen on the next call
+            raise ImageReadError(f"cannot read {name}: {e}") from None
+        return decode_bytes(data, f"{name} ({member.name})")
+
+
+Source = Union[FileSource, ShardSource]
+
+
+def open_source(source: object) -> Source:
+    """A source from a folder, a shard, a list of shards or images, or (name, tensor) pairs."""
+    if isinstance(source, (FileSource, ShardSource)):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return _source_at(os.fspath(source))
+    items = list(source)
+    if not items:
+        raise TrainingDataError("the training source is an empty list")
+    if all(isinstance(i, tuple) and len(i) == 2 and isinstance(i[1], Tensor) for i in items):
+        return MemorySource(items)
+    paths = [os.fspath(p) for p in items]
+    if all(p.lower().endswith(SHARD_SUFFIX) for p in paths):
+        return ShardSource(paths)
+    return FileSource(paths, paths)
+
+
+def _source_at(path: str) -> Source:
+    """The shards or the images at a path: a .tar file, or a folder of shards or of images."""
+    if os.path.isfile(path) and path.lower().endswith(SHARD_SUFFIX):
+        return ShardSource([path])
+    if not os.path.isdir(path):
+        raise TrainingDataError(f"training data {path!r} does not exist")
+    shards = sorted(os.path.join(path, n) for n in os.listdir(path)
+                    if n.lower().endswith(SHARD_SUFFIX))
+    if shards:
+        return ShardSource(shards)
+    files = find_images(path)
+    if not files:
+        raise TrainingDataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) or {SHARD_SUFFIX} "
+                                f"shards under {path}")
+    return FileSource(files, [os.path.relpath(f, path) for f in files])
+
+
+# ----------------------------------------------------------------------------------------
+# Crops, augmentation, degradation
+# ----------------------------------------------------------------------------------------
+def check_aligned(views: Views, scale: int, names: str = "") -> None:
+    """Raise if a given LR image is not its HR image's size / scale (the authors' rule)."""
+    hr, lr = views
+    if lr is None:
+        return
+    (h, w), (lh, lw) = hr.shape[-2:], lr.shape[-2:]
+    if not (0 <= h - lh * scale < scale and 0 <= w - lw * scale < scale):
+        raise TrainingDataError(f"sizes do not match for x{scale} {names}: HR {h}x{w}, "
+                                f"LR {lh}x{lw} (expected HR {lh * scale}x{lw * scale})")
+
+
+def fits(views: Views, patch: int, scale: int) -> bool:
+    """Whether a patch (LR) / patch * scale (HR) crop fits in the image(s)."""
+    hr, lr = views
+    need, image = (patch, lr) if lr is not None else (patch * scale, hr)
+    return min(image.shape[-2:]) >= need
+
+
+def random_crop(views: Views, patch: int, scale: int, g: torch.Generator) -> Views:
+    """An aligned random crop: HR patch * scale, and the given LR patch when there is one."""
+    hr, lr = views
+    base = lr if lr is not None else hr
+    size = patch if lr is not None else patch * scale
+    y = int(torch.randint(base.shape[-2] - size + 1, (1,), generator=g))
+    x = int(torch.randint(base.shape[-1] - size + 1, (1,), generator=g))
+    if lr is None:
+        return hr[:, y:y + size, x:x + size], None
+    return (hr[:, y * scale:(y + patch) * scale, x * scale:(x + patch) * scale],
+            lr[:, y:y + patch, x:x + patch])
+
+
+def augment(views: Views, g: torch.Generator) -> Views:
+    """The same random horizontal flip, vertical flip and transpose of every view."""
+    hflip, vflip, transpose = torch.randint(2, (3,), generator=g).tolist()
+
+    def apply(t: Optional[Tensor]) -> Optional[Tensor]:
+        if t is None:
+            return None
+        t = t.flip(-1) if hflip else t
+        t = t.flip(-2) if vflip else t
+        return t.transpose(-1, -2).contiguous() if transpose else t.contiguous()
+
+    return apply(views[0]), apply(views[1])
+
+
+def tile_crop(layer: Tensor, size: int, g: torch.Generator) -> Tensor:
+    """A random size x size crop of a layer, tiled first if it is smaller."""
+    h, w = layer.shape[-2:]
+    layer = layer.repeat(1, math.ceil(size / h), math.ceil(size / w))
+    return random_crop((layer, None), size, 1, g)[0]
+
+
+def streak_files(folder: str) -> list[str]:
+    """The streak layers of a folder: its ``rainstreak-*`` images if any, else all its images."""
+    files = find_images(folder) if os.path.isdir(folder) else []
+    streaks = [f for f in files if os.path.basename(f).startswith(STREAK_PREFIX)]
+    if not (streaks or files):
+        raise TrainingDataError(f"no rain-streak layers (images) in {folder!r}")
+    return streaks or files
+
+
+def _say_procedural() -> None:
+    global _procedural_said
+    if not _procedural_said:
+        log.warning("derain: no rain-streak folder given (streaks_dir), adding PROCEDURAL rain "
+                    "streaks: a stand-in, not the authors' RainTrainL streak layers")
+        _procedural_said = True
+
+
+def _distributed(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int]:
+    """(rank, world size): as given, else from torch.distributed when initialised, else (0, 1)."""
+    dist = torch.distributed
+    on = dist.is_available() and dist.is_initialized()
+    rank = rank if rank is not None else (dist.get_rank() if on else 0)
+    world_size = world_size if world_size is not None else (dist.get_world_size() if on else 1)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+    return rank, world_size
+
+
+# ----------------------------------------------------------------------------------------
+# The stream
+# ----------------------------------------------------------------------------------------
+class PairStream(IterableDataset):
+    """Endless one-task batches of (LR, HR) pairs made on the fly; see the module docstring.
+
+    ``source``: a folder of images (any depth) or of ``*.tar`` shards, a shard, a list of shard or
+    image paths, or (name, uint8 tensor) pairs. ``tasks``: the heads in head order. ``task_id``:
+    None draws the task of step k from (seed, k), the same on every rank; an int fixes it.
+    Each file read gives ``crops_per_file`` random crops (1: one crop per file per epoch).
+    Batch k is the same for the same (seed, k, rank, world_size, num_workers). Each item:
+    ``lr`` float (B, 3, patch, patch) and ``hr`` float (B, 3, patch * s, patch * s) in 0..255
+    (noisy LR unclamped), ``task_id`` int, ``step`` int, ``skipped`` int (files this worker has
+    skipped so far), ``files`` [(epoch, name)] of the files read for the batch.
+    """
+
+    SYNTHETIC_RAIN = True  # derain inputs are made by adding streak layers to clean crops
+
+    def __init__(self, source: object, tasks: Sequence[str], batch_size: int,
+                 patch_size: int = DEFAULT_PATCH, seed: int = DEFAULT_SEED,
+                 rank: Optional[int] = None, world_size: Optional[int] = None,
+                 augment: bool = True, task_id: Optional[int] = None,
+                 streaks_dir: Optional[str] = None, start_step: int = 0, crops_per_file: int = 1):
+        super().__init__()
+        self.source = open_source(source)
+        self.tasks = list(tasks)
+        for task in self.tasks:
+            task_kind(task)  # an unknown name is an error now, not in a worker later
+        if batch_size < 1 or patch_size < 1 or crops_per_file < 1 or start_step < 0:
+            raise ValueError("batch_size, patch_size and crops_per_file must be positive, "
+                             "start_step not negative")
+        if task_id is not None and not 0 <= task_id < len(self.tasks):
+            raise ValueError(f"task_id {task_id} is not a head of {self.tasks}")
+        self.batch_size, self.patch_size, self.seed = batch_size, patch_size, seed
+        self.rank, self.world_size = _distributed(rank, world_size)
+        self.augment, self.task_id, self.start_step = augment, task_id, start_step
+        self.crops_per_file = crops_per_file
+        rain = self.SYNTHETIC_RAIN and any(task_kind(t)[0] == "derain" for t in self.used_tasks)
+        self.streaks = streak_files(streaks_dir) if rain and streaks_dir else []
+        if rain and not streaks_dir:
+            _say_procedural()
+
+    @property
+    def used_tasks(self) -> list[str]:
+        """The tasks this stream's batches can have."""
+        return self.tasks if self.task_id is None else [self.tasks[self.task_id]]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Steps for every file to be read once (``crops_per_file`` times) across all ranks."""
+        crops = len(self.source) * self.crops_per_file
+        return math.ceil(crops / (self.batch_size * self.world_size))
+
+    def task_of(self, step: int) -> int:
+        """The head of step ``step``: drawn from (seed, step), so the same on every rank."""
+        if self.task_id is not None:
+            return self.task_id
+        return int(torch.randint(len(self.tasks), (1,), generator=seeded(self.seed, "task", step)))
+
+    def with_start(self, start_step: int) -> "PairStream":
+        """This stream, resumed at ``start_step``."""
+        resumed = copy.copy(self)
+        resumed.start_step = start_step
+        return resumed
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        reader = _Worker(self, (self.start_step + worker) % workers, workers)
+        for step in itertools.count(self.start_step + worker, workers):
+            yield reader.batch(step)
+
+    # -- the per-item recipe, which subclasses may change --------------------------------
+    def read(self, ref: object, task: str, load: Callable[[object], Tensor]) -> Views:
+        """The image(s) of one item for ``task``: (HR, given LR or None), uint8."""
+        return load(ref), None
+
+    def usable(self, views: Views, task: str) -> bool:
+        """Whether the task's crop fits in the item's image(s)."""
+        check_aligned(views, task_scale(task))
+        return fits(views, self.patch_size, task_scale(task))
+
+    def crop(self, views: Views, task: str, g: torch.Generator) -> Views:
+        """A random aligned crop, randomly flipped and transposed when ``augment``."""
+        views = random_crop(views, self.patch_size, task_scale(task), g)
+        return augment(views, g) if self.augment else views
+
+    def degrade(self, crops: list[Views], task: str, g: torch.Generator,
+                streaks: Callable[[int, int, torch.Generator], Tensor]) -> tuple[Tensor, Tensor]:
+        """(LR, HR) float batches in 0..255 from the crops, per the task (spec section 4)."""
+        hr = torch.stack([c[0] for c in crops])
+        given = [i for i, c in enumerate(crops) if c[1] is not None]
+        kind, value = task_kind(task)
+        if len(given) == len(crops):
+            lr = torch.stack([c[1] for c in crops]).float()
+        elif kind == "sr":
+            lr = bicubic_lr(hr, int(value)).float()
+        elif kind == "denoise":
+            lr = add_noise(hr.float(), value, generator=g)
+        else:
+            lr = add_rain(hr.float(), streaks(len(crops), hr.shape[-1], g))
+        if 0 < len(given) < len(crops):  # some items had an LR file, others not
+            for i in given:
+                lr[i] = crops[i][1].float()
+        return lr, hr.float()
+
+
+class _Worker:
+    """One loader worker: its slot, its run of files each epoch, and its skip count."""
+
+    def __init__(self, stream: PairStream, slot: int, slots: int):
+        self.stream, self.slots = stream, slots
+        self.index, self.count = stream.rank * slots + slot, stream.world_size * slots
+        lo, hi = worker_bounds(len(stream.source), self.index, self.count)
+        if hi == lo:
+            raise TrainingDataError(
+                f"{len(stream.source)} training files cannot feed {self.count} loader workers "
+                f"({stream.world_size} rank(s) x {slots}): use fewer workers or more files")
+        self.per_epoch, self.load = hi - lo, stream.source.opener()
+        self.refs: dict[int, list] = {}
+        self.cached: tuple[object, Optional[Views]] = (None, None)
+        self.skipped, self.last_skip, self.layers = 0, -1, {}
+
+    def locate(self, position: int) -> tuple[int, object, int]:
+        """(epoch, item ref, file number) of a position in this worker's endless stream."""
+        q = position // self.stream.crops_per_file
+        epoch, offset = divmod(q, self.per_epoch)
+        if epoch not in self.refs:
+            self.refs = {e: r for e, r in self.refs.items() if e == epoch - 1}
+            self.refs[epoch] = self.stream.source.epoch_refs(epoch, self.stream.seed,
+                                                             self.index, self.count)
+        return epoch, self.refs[epoch][offset], q
+
+    def views_at(self, position: int, task: str) -> tuple[Optional[Views], tuple[int, str]]:
+        """The image(s) at a position, None if unreadable or too small; and (epoch, name)."""
+        epoch, ref, q = self.locate(position)
+        if self.cached[0] != (q, task):
+            try:
+                views = self.stream.read(ref, task, self.load)
+                views = views if self.stream.usable(views, task) else None
+            except ImageReadError as e:
+                log.warning("skipping %s", e)
+                views = None
+            if views is None and q != self.last_skip:
+                self.skipped, self.last_skip = self.skipped + 1, q
+            self.cached = ((q, task), views)
+        return self.cached[1], (epoch, self.stream.source.name(ref))
+
+    def gather(self, local: int, task: str, g: torch.Generator) -> tuple[list[Views], list]:
+        """The crops of local batch ``local``; skipped places refilled from a usable image."""
+        size = self.stream.batch_size
+        crops, files, spare = [], [], None
+        for position in range(local * size, (local + 1) * size):
+            views, ident = self.views_at(position, task)
+            crops.append(None if views is None else self.stream.crop(views, task, g))
+            files.append(ident)
+            spare = views if views is not None else spare
+        position = (local + 1) * size
+        limit = position + self.per_epoch * self.stream.crops_per_file
+        while spare is None:  # the whole batch was unusable: look further ahead
+            if position >= limit:
+                raise TrainingDataError(f"no image in worker {self.index}'s {self.per_epoch} "
+                                        f"files is readable and large enough for {task}")
+            spare, ident = self.views_at(position, task)
+            files.append(ident)
+            position += 1
+        return [c if c is not None else self.stream.crop(spare, task, g) for c in crops], files
+
+    def streak_layers(self, n: int, size: int, g: torch.Generator) -> Tensor:
+        """n rain-streak layers (n, C, size, size): crops of real layers, or procedural ones."""
+        files = self.stream.streaks
+        if not files:
+            return torch.stack([procedural_streaks((size, size), generator=g) for _ in range(n)])
+        layers = []
+        for _ in range(n):
+            i = int(torch.randint(len(files), (1,), generator=g))
+            if i not in self.layers:
+                self.layers[i] = read_image(files[i])  # kept: streak folders are small
+            layers.append(tile_crop(self.layers[i], size, g))
+        return torch.stack(layers)
+
+    def batch(self, step: int) -> dict:
+        """The batch of step ``step`` (a step of this worker's slot)."""
+        stream = self.stream
+        task_id = stream.task_of(step)
+        task = stream.tasks[task_id]
+        g = seeded(stream.seed, "batch", stream.rank, step)
+        crops, files = self.gather(step // self.slots, task, g)
+        lr, hr = stream.degrade(crops, task, g, self.streak_layers)
+        return {"lr": lr, "hr": hr, "task_id": task_id, "step": step, "skipped": self.skipped,
+                "files": files}
