@@ -11,11 +11,11 @@ from torch.utils.data import DataLoader
 import option
 import trainer
 import utility
-from data.benchmark import ALL_SETS, BenchmarkError, BenchmarkSet, supports
+from data.benchmark import BenchmarkError, BenchmarkSet, supports
 from data.finetune import DIV2K, RainTrainL
-from data.images import ImageFolder, ImageReadError
+from data.images import DataLayoutError, ImageFolder, ImageReadError
 from data.sample import sample_photos
-from data.stream import PairStream, TrainingDataError
+from data.stream import PairStream
 from model import CheckpointError, build_model, load_checkpoint
 
 log = logging.getLogger("ipt")
@@ -24,11 +24,6 @@ log = logging.getLogger("ipt")
 def main(argv: list[str] | None = None) -> int:
     """Run the job the options describe; the exit status (0 ok, 1 failures, 2 bad options)."""
     args = option.parse_args(argv)
-    unknown = [d for d in args.data_test if d not in ALL_SETS + ("Demo",)]
-    if unknown:
-        print(f"main.py: error: --data_test {'+'.join(unknown)}: unknown test set; known: "
-              f"{', '.join(ALL_SETS)}, Demo", file=sys.stderr)
-        return 2
     device = pick_device(args)
     if device is None:
         return 2
@@ -109,7 +104,7 @@ def evaluate(args, model: torch.nn.Module) -> int:
                 failed += restore_demo(args, model, task_ids, settings, out_dir)
             else:
                 results[name] = evaluate_benchmark(args, model, name, task_ids, settings, out_dir)
-        except (BenchmarkError, FileNotFoundError, ImageReadError) as e:
+        except (DataLayoutError, FileNotFoundError, ImageReadError) as e:
             log.error("%s", e)
             return 1
     if results:
@@ -136,7 +131,7 @@ def restore_demo(args, model, task_ids: list[int], settings, out_dir: str | None
 
 
 def evaluate_benchmark(args, model, name: str, task_ids: list[int], settings,
-                       out_dir: str | None) -> dict:
+                       out_dir: str | None, previews: dict | None = None) -> dict:
     """Metrics of each selected head that ``name`` is a test set for."""
     model.eval()
     tasks = [t for t in task_ids if supports(name, model.task_names[t])]
@@ -147,7 +142,7 @@ def evaluate_benchmark(args, model, name: str, task_ids: list[int], settings,
     for t in tasks:
         task, scale = model.task_names[t], model.scale[t]
         data = BenchmarkSet(args.dir_data, name, task, scale, args.seed, args.test_range)
-        r = trainer.evaluate_set(model, data, t, settings, out_dir, args.n_threads)
+        r = trainer.evaluate_set(model, data, t, settings, out_dir, args.n_threads, previews)
         log.info("%s %s: PSNR %.2f dB, SSIM %.4f (Y); PSNR %.2f dB, SSIM %.4f (RGB); %d images",
                  name, task, r["psnr"], r["ssim"], r["psnr_rgb"], r["ssim_rgb"], r["n_images"])
         results[task] = r
@@ -267,7 +262,7 @@ def make_training_data(args, rank: int, world: int):
         else:
             log.error("--data_train %s: unknown; use Sample, ImageNet, DIV2K or RainTrainL", name)
             return None
-    except (TrainingDataError, FileNotFoundError, ValueError) as e:
+    except (DataLayoutError, FileNotFoundError, ValueError) as e:
         log.error("--data_train %s: %s", name, e)
         return None
 
@@ -291,13 +286,13 @@ def make_validation(args, model: torch.nn.Module):
     settings = trainer.InferenceSettings(args.chop, args.crop_batch_size, False, args.rgb_range)
     task_ids = list(range(len(model.task_names)))
 
-    def validate(net: torch.nn.Module) -> dict[str, float]:
-        psnr = {}
+    def validate(net: torch.nn.Module) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        psnr, previews = {}, {}
         for name in sets:
-            for task, r in evaluate_benchmark(args, model, name, task_ids, settings, None).items():
-                psnr[f"{name}/{task}"] = r["psnr"]
+            results = evaluate_benchmark(args, model, name, task_ids, settings, None, previews)
+            psnr.update({f"{name}/{task}": r["psnr"] for task, r in results.items()})
         model.train()
-        return psnr
+        return psnr, previews
 
     return validate
 

@@ -14,6 +14,7 @@ import sys
 
 import yaml
 
+from data.benchmark import ALL_SETS
 from model.ipt import default_task_names, task_scale
 
 TASK_NAME = re.compile(r"^(sr[1-9]\d*|derain|denoise\d+(\.\d+)?)$")
@@ -257,6 +258,10 @@ def _finish(args: argparse.Namespace) -> None:
         only_derain = args.task_names == ["derain"] or args.task == "derain"
         args.data_test = "Rain100L" if only_derain else "DIV2K"
     args.data_test = _split(args.data_test)
+    unknown = [d for d in args.data_test if d not in ALL_SETS + ("Demo",)]
+    if unknown:
+        raise ValueError(f"--data_test {'+'.join(unknown)}: unknown test set; known: "
+                         f"{', '.join(ALL_SETS)}, Demo")
     n_heads = len(args.scale)
     if args.num_queries is None:
         args.num_queries = n_heads

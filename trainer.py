@@ -91,8 +91,11 @@ def image_metrics(sr: Tensor, hr: Tensor, scale: int) -> dict[str, float]:
 
 
 def evaluate_set(model: nn.Module, data: BenchmarkSet, task_id: int, settings: InferenceSettings,
-                 out_dir: str | None, workers: int = 0) -> dict:
-    """Restore one test set with one head; the metrics per image and their means."""
+                 out_dir: str | None, workers: int = 0, previews: dict | None = None) -> dict:
+    """Restore one test set with one head; the metrics per image and their means.
+
+    ``previews``, when given, receives the first restored image under "<set>/<task>".
+    """
     device = next(model.parameters()).device
     task, scale = model.task_names[task_id], model.scale[task_id]
     per_image: dict[str, dict[str, float]] = {}
@@ -107,6 +110,8 @@ def evaluate_set(model: nn.Module, data: BenchmarkSet, task_id: int, settings: I
             raise RuntimeError(f"{data.dataset}/{pair.name}: output {tuple(y.shape)} does not match "
                                f"the target {tuple(pair.hr.shape)}")
         per_image[pair.name] = image_metrics(y, pair.hr.float(), scale)
+        if previews is not None:
+            previews.setdefault(f"{data.dataset}/{task}", y)
         baseline = input_baseline(pair.lr, scale)
         per_image[pair.name].update({f"baseline_{k}": v for k, v in
                                      image_metrics(baseline, pair.hr.float(), scale).items()
@@ -237,8 +242,8 @@ class Trainer:
     """Optimises the model on one-task batches; checkpoints, validates, resumes exactly."""
 
     def __init__(self, args, model: nn.Module, batches: Callable[[int], Iterable[dict]],
-                 validate: Callable[[nn.Module], dict[str, float]] | None, total_steps: int,
-                 steps_per_epoch: int, rank: int = 0):
+                 validate: Callable[[nn.Module], tuple[dict[str, float], dict[str, Tensor]]] | None,
+                 total_steps: int, steps_per_epoch: int, rank: int = 0):
         self.args, self.model, self.batches, self.validate = args, model, batches, validate
         self.total_steps, self.rank = total_steps, rank
         self.device = next(model.parameters()).device
@@ -335,11 +340,13 @@ class Trainer:
         """Evaluate on --data_test (rank 0) and keep the best model by mean PSNR."""
         if self.rank != 0:
             return
-        psnr = self.validate(self.model)
+        psnr, previews = self.validate(self.model)
         p = self.progress
-        for name, value in psnr.items():
-            if self.writer is not None:
+        if self.writer is not None:
+            for name, value in psnr.items():
                 self.writer.add_scalar(f"val/psnr/{name}", value, p.step)
+            for name, image in previews.items():
+                self.writer.add_image(f"val/{name}", image.clamp(0, 255) / 255, p.step)
         mean = sum(psnr.values()) / len(psnr)
         if mean > p.best_psnr:
             p.best_psnr, p.best_step = mean, p.step

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .degrade import add_eval_noise, add_rain, bicubic_lr, eval_noise_generator, procedural_streaks
-from .images import IMAGE_EXTENSIONS, ImageReadError, read_image
+from .images import DataLayoutError, ImageReadError, list_images, rain_pairs, read_image, stem
 from .sample import TEST_PHOTOS, sample_photo
+from .stream import task_kind
 
 log = logging.getLogger("ipt")
 
@@ -42,7 +42,7 @@ PAPER_RESULTS: dict[tuple[str, str], tuple[float, float | None]] = {
 }
 
 
-class BenchmarkError(RuntimeError):
+class BenchmarkError(DataLayoutError):
     """A test set that is missing or not in the expected layout."""
 
 
@@ -55,14 +55,9 @@ class Pair:
     hr: Tensor  # uint8
 
 
-def task_kind(task: str) -> str:
-    """'sr', 'denoise' or 'derain' for a task name."""
-    return "sr" if task.startswith("sr") else ("denoise" if task.startswith("denoise") else "derain")
-
-
 def supports(dataset: str, task: str) -> bool:
     """Whether ``dataset`` is a test set for ``task`` (Sample serves every task)."""
-    sets = {"sr": SR_SETS, "denoise": NOISE_SETS, "derain": RAIN_SETS}[task_kind(task)]
+    sets = {"sr": SR_SETS, "denoise": NOISE_SETS, "derain": RAIN_SETS}[task_kind(task)[0]]
     return dataset == "Sample" or dataset in sets
 
 
@@ -76,15 +71,16 @@ class BenchmarkSet:
         if not supports(dataset, task):
             raise BenchmarkError(f"{dataset} is not a test set for {task}")
         self.dataset, self.task, self.scale, self.seed = dataset, task, scale, seed
-        self.kind = task_kind(task)
+        self.kind = task_kind(task)[0]
         if dataset == "Sample":
             self.items = list(TEST_PHOTOS)
         elif self.kind == "derain":
-            self.items = rain_pairs(_first_dir(dir_data, dataset, [dataset, f"benchmark/{dataset}"]))
+            folder = _first_dir(dir_data, dataset, [dataset, f"benchmark/{dataset}"])
+            self.items = rain_pairs(folder, LAYOUTS["Rain100L"], BenchmarkError)
         else:
             self.items = _hr_files(dir_data, dataset)
             if dataset == "DIV2K":
-                self.items = [f for f in self.items if _in_range(_stem(f), div2k_range)]
+                self.items = [f for f in self.items if _in_range(stem(f), div2k_range)]
         self.lr_dir = _lr_dir(dir_data, dataset, scale) if self.kind == "sr" and dataset != "Sample" else None
         if self.kind == "sr" and dataset != "Sample":
             missing = [f for f in self.items if not os.path.isfile(self._lr_path(f))]
@@ -96,7 +92,7 @@ class BenchmarkSet:
     def _lr_path(self, hr_path: str) -> str:
         folder = self.lr_dir or os.path.join(os.path.dirname(os.path.dirname(hr_path)),
                                              "LR_bicubic", f"X{self.scale}")
-        return os.path.join(folder, f"{_stem(hr_path)}x{self.scale}.png")
+        return os.path.join(folder, f"{stem(hr_path)}x{self.scale}.png")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -108,7 +104,7 @@ class BenchmarkSet:
                 return self._degrade(self.items[index], sample_photo(self.items[index]))
             if self.kind == "derain":
                 rain, clean = self.items[index]
-                return Pair(_stem(rain), read_image(rain), _checked(clean, rain))
+                return Pair(stem(rain), read_image(rain), _checked(clean, rain))
             return self._pair_from_hr(self.items[index])
         except (BenchmarkError, ImageReadError) as e:
             return e
@@ -116,12 +112,12 @@ class BenchmarkSet:
     def _pair_from_hr(self, path: str) -> Pair:
         hr = read_image(path)
         if self.kind != "sr":
-            return self._degrade(_stem(path), hr)
+            return self._degrade(stem(path), hr)
         lr_path = self._lr_path(path)
         if not os.path.isfile(lr_path):
-            return self._degrade(_stem(path), hr)
+            return self._degrade(stem(path), hr)
         lr = read_image(lr_path)
-        return Pair(_stem(path), lr, crop_to_lr(hr, lr, self.scale, path, lr_path))
+        return Pair(stem(path), lr, crop_to_lr(hr, lr, self.scale, path, lr_path))
 
     def _degrade(self, name: str, hr: Tensor) -> Pair:
         """The input made from a clean image, per the task's evaluation recipe."""
@@ -145,19 +141,6 @@ def crop_to_lr(hr: Tensor, lr: Tensor, scale: int, hr_path: str, lr_path: str) -
     return hr[:, :lh * scale, :lw * scale]
 
 
-def rain_pairs(folder: str) -> list[tuple[str, str]]:
-    """(rain, norain) file pairs of a Rain100L folder; an unpaired file is an error."""
-    files = _images_in(folder)
-    rain = {m.group(1): f for f in files if (m := re.match(r"^rain-(.+)$", _stem(f)))}
-    clean = {m.group(1): f for f in files if (m := re.match(r"^norain-(.+)$", _stem(f)))}
-    for key in sorted(set(rain) ^ set(clean)):
-        lonely = rain.get(key) or clean.get(key)
-        raise BenchmarkError(f"{lonely} has no partner: Rain100L pairs rain-<id>.png with norain-<id>.png")
-    if not rain:
-        raise BenchmarkError(f"no rain-*.png / norain-*.png pairs in {folder}")
-    return [(rain[k], clean[k]) for k in sorted(rain)]
-
-
 def _checked(clean_path: str, rain_path: str) -> Tensor:
     clean = read_image(clean_path)
     rain_shape = read_image(rain_path).shape
@@ -174,9 +157,9 @@ def _hr_files(dir_data: str, dataset: str) -> list[str]:
         folder = _first_dir(dir_data, dataset, ["benchmark/CBSD68/HR", "CBSD68"])
     else:
         folder = _first_dir(dir_data, dataset, [f"benchmark/{dataset}/HR"])
-    files = _images_in(folder)
+    files = list_images(folder)
     if not files:
-        raise BenchmarkError(f"{dataset}: no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+        raise BenchmarkError(f"{dataset}: no images (png, jpg, bmp, tif) in {folder}")
     return files
 
 
@@ -204,13 +187,5 @@ LAYOUTS = {
 }
 
 
-def _images_in(folder: str) -> list[str]:
-    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
-
-
 def _in_range(stem: str, bounds: tuple[int, int]) -> bool:
     return stem.isdigit() and bounds[0] <= int(stem) <= bounds[1]
-
-
-def _stem(path: str) -> str:
-    return os.path.splitext(os.path.basename(path))[0]

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from typing import Callable, Optional, Sequence
 
 from torch import Tensor
 
-from .images import read_image
-from .stream import (DEFAULT_PATCH, IMAGE_SUFFIXES, FileSource, PairStream, TrainingDataError,
-                     Views, check_aligned, task_kind, task_scale)
+from .images import list_images, rain_pairs, read_image, stem
+from .stream import (DEFAULT_PATCH, FileSource, PairStream, TrainingDataError, Views, check_aligned,
+                     task_kind, task_scale)
 
 log = logging.getLogger("ipt")
 
@@ -30,20 +29,14 @@ DIV2K_TRAIN_RANGE = (1, 800)  # the authors' --data_range train part
 DIV2K_LAYOUT = ("DIV2K/DIV2K_train_HR/0001.png ... "
                 "[+ DIV2K/DIV2K_train_LR_bicubic/X<s>/0001x<s>.png]")
 RAINTRAINL = "RainTrainL"
-RAIN_PREFIX, CLEAN_PREFIX = "rain-", "norain-"
 RAIN_LAYOUT = "RainTrainL/rain-<id>.png with RainTrainL/norain-<id>.png"
-
-
-def _stem(path: str) -> str:
-    return os.path.splitext(os.path.basename(path))[0]
 
 
 def _images_in(folder: str, what: str, layout: str) -> list[str]:
     """The images directly inside ``folder``, sorted; an error naming the layout if none."""
     if not os.path.isdir(folder):
         raise TrainingDataError(f"{what}: no folder {folder} (check --dir_data; layout: {layout})")
-    files = sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                   if n.lower().endswith(IMAGE_SUFFIXES))
+    files = list_images(folder)
     if not files:
         raise TrainingDataError(f"{what}: no images in {folder} (layout: {layout})")
     return files
@@ -55,7 +48,7 @@ def div2k_files(dir_data: str,
     files = _images_in(os.path.join(dir_data, DIV2K_HR), "DIV2K", DIV2K_LAYOUT)
     if data_range is not None:
         lo, hi = data_range
-        files = [f for f in files if _stem(f).isdigit() and lo <= int(_stem(f)) <= hi]
+        files = [f for f in files if stem(f).isdigit() and lo <= int(stem(f)) <= hi]
         if not files:
             raise TrainingDataError(f"DIV2K: no image numbered {lo}..{hi} in "
                                     f"{os.path.join(dir_data, DIV2K_HR)}")
@@ -84,7 +77,7 @@ class DIV2K(PairStream):
 
     @staticmethod
     def _lr_in(folder: str, hr_path: str, scale: int) -> str:
-        return os.path.join(folder, f"{_stem(hr_path)}x{scale}.png")
+        return os.path.join(folder, f"{stem(hr_path)}x{scale}.png")
 
     def read(self, ref: int, task: str, load: Callable[[int], Tensor]) -> Views:
         """The HR image, and its LR file for an SR task when there is one."""
@@ -99,22 +92,6 @@ class DIV2K(PairStream):
         return hr, lr
 
 
-def rain_pairs(folder: str) -> list[tuple[str, str]]:
-    """(rain, norain) file pairs of a RainTrainL folder, by the id after the prefix."""
-    files = _images_in(folder, RAINTRAINL, RAIN_LAYOUT)
-    rain = {m.group(1): f for f in files if (m := re.match(rf"^{RAIN_PREFIX}(.+)$", _stem(f)))}
-    clean = {m.group(1): f for f in files if (m := re.match(rf"^{CLEAN_PREFIX}(.+)$", _stem(f)))}
-    lonely = sorted(set(rain) ^ set(clean))
-    if lonely:
-        names = [rain.get(k) or clean.get(k) for k in lonely]
-        raise TrainingDataError(f"{names[0]} has no partner ({len(names)} unpaired file(s)): "
-                                f"{RAIN_LAYOUT}")
-    if not rain:
-        raise TrainingDataError(f"no {RAIN_PREFIX}*.png / {CLEAN_PREFIX}*.png pairs in {folder} "
-                                f"(layout: {RAIN_LAYOUT})")
-    return [(rain[k], clean[k]) for k in sorted(rain)]
-
-
 class RainTrainL(PairStream):
     """RainTrainL crops: the rainy image as input, its clean image as target."""
 
@@ -122,7 +99,9 @@ class RainTrainL(PairStream):
 
     def __init__(self, dir_data: str, batch_size: int, patch_size: int = DEFAULT_PATCH,
                  tasks: Sequence[str] = ("derain",), **kwargs):
-        pairs = rain_pairs(os.path.join(dir_data, RAINTRAINL))
+        folder = os.path.join(dir_data, RAINTRAINL)
+        _images_in(folder, RAINTRAINL, RAIN_LAYOUT)  # the folder is there and holds images
+        pairs = rain_pairs(folder, RAIN_LAYOUT, TrainingDataError)
         super().__init__(FileSource(pairs, [os.path.basename(r) for r, _ in pairs]), tasks,
                          batch_size, patch_size, **kwargs)
         other = [t for t in self.used_tasks if task_kind(t)[0] != "derain"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import torch
@@ -15,12 +16,40 @@ class ImageReadError(RuntimeError):
     """An image file that cannot be decoded."""
 
 
+class DataLayoutError(RuntimeError):
+    """A data set that is missing, empty or not in the expected layout."""
+
+
 def list_images(folder: str) -> list[str]:
     """Image files directly inside ``folder``, sorted by name."""
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder {folder!r} does not exist")
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
     return [os.path.join(folder, n) for n in names]
+
+
+def stem(path: str) -> str:
+    """The file name without folder and extension."""
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def rain_pairs(folder: str, layout: str,
+               error: type[DataLayoutError] = DataLayoutError) -> list[tuple[str, str]]:
+    """(rain, clean) files of a folder pairing ``rain-<id>`` with ``norain-<id>``, sorted by id.
+
+    An unpaired file, or a folder without pairs, raises ``error`` naming it and ``layout``.
+    """
+    files = list_images(folder)
+    rain = {m.group(1): f for f in files if (m := re.match(r"^rain-(.+)$", stem(f)))}
+    clean = {m.group(1): f for f in files if (m := re.match(r"^norain-(.+)$", stem(f)))}
+    lonely = sorted(set(rain) ^ set(clean))
+    if lonely:
+        names = [rain.get(k) or clean.get(k) for k in lonely]
+        raise error(f"{names[0]} has no partner ({len(names)} unpaired file(s)); "
+                              f"layout: {layout}")
+    if not rain:
+        raise error(f"no rain-*.png / norain-*.png pairs in {folder} (layout: {layout})")
+    return [(rain[k], clean[k]) for k in sorted(rain)]
 
 
 def read_image(path: str) -> torch.Tensor:

@@ -38,7 +38,7 @@ from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .degrade import add_noise, add_rain, bicubic_lr, procedural_streaks
-from .images import ImageReadError, pil_to_tensor, read_image
+from .images import DataLayoutError, ImageReadError, pil_to_tensor, read_image
 
 log = logging.getLogger("ipt")
 
@@ -56,7 +56,7 @@ Views = tuple[Tensor, Optional[Tensor]]  # (target HR image, given LR input or N
 _procedural_said = False
 
 
-class TrainingDataError(RuntimeError):
+class TrainingDataError(DataLayoutError):
     """Training data that is missing, empty or not in the expected layout."""
 
 

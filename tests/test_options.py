@@ -141,3 +141,8 @@ def test_resume_forms():
     assert parse_args(["--resume"]).resume == -1
     assert parse_args(["--resume", "-1"]).resume == -1
     assert parse_args(["--resume", "5"]).resume == 5
+
+
+def test_unknown_test_set_exits_2(capsys):
+    code, line = exit_line(capsys, ["--data_test", "Set5+Set6"])
+    assert code == 2 and "Set6" in line

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -133,3 +134,66 @@ def test_learning_rate_schedules():
     cosine = trainer.lr_factor("cosine", [], 0.5, warmup=2, total=6)
     got = [cosine(s) for s in (0, 1, 3, 4, 6)]
     assert got == pytest.approx([0.5, 1.0, (1 + math.sqrt(2) / 2) / 2, 0.5, 0.0])
+
+
+CLI = ["--cpu", "--scale", "2+1", "--n_feats", "16", "--num_heads", "4", "--num_layers", "1",
+       "--patch_size", "12", "--batch_size", "2", "--data_train", "Sample", "--data_test", "Demo",
+       "--n_threads", "0", "--lr", "1e-3", "--con_loss", "--save_every", "2"]
+
+
+def test_cli_resume_gives_the_same_weights(tmp_path):
+    import main as cli
+
+    assert cli.main([*CLI, "--max_steps", "6", "--save", str(tmp_path / "straight")]) == 0
+    assert cli.main([*CLI, "--max_steps", "3", "--save", str(tmp_path / "split")]) == 0
+    assert cli.main([*CLI, "--max_steps", "6", "--save", str(tmp_path / "split"), "--resume"]) == 0
+    a = torch.load(tmp_path / "straight" / "model" / "model_latest.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "model" / "model_latest.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_refuses_a_resume_that_changes_the_model(tmp_path, caplog):
+    import main as cli
+
+    assert cli.main([*CLI, "--max_steps", "2", "--save", str(tmp_path)]) == 0
+    assert cli.main([*CLI, "--max_steps", "4", "--save", str(tmp_path), "--resume",
+                     "--n_feats", "32"]) == 1
+    assert "--n_feats" in caplog.text
+    assert cli.main([*CLI, "--max_steps", "4", "--save", str(tmp_path)]) == 1  # no silent overwrite
+    assert "--resume" in caplog.text
+
+
+def test_fixture_layout_checkpoint_from_training(tmp_path, authors_model):
+    """model_latest.pt of a run with the fixture's options has exactly the fixture's 141 keys."""
+    import main as cli
+
+    cfg = authors_model["config"]
+    argv = ["--cpu", "--scale", "2+3+4+1+1+1", "--n_feats", str(cfg["n_feats"]), "--num_heads",
+            str(cfg["num_heads"]), "--num_layers", str(cfg["num_layers"]), "--batch_size", "1",
+            "--data_train", "Sample", "--data_test", "Demo", "--n_threads", "0", "--max_steps", "1",
+            "--save", str(tmp_path)]
+    assert cli.main(argv) == 0
+    latest = torch.load(tmp_path / "model" / "model_latest.pt", weights_only=True)
+    assert len(latest) == 141
+    assert {k: tuple(v.shape) for k, v in latest.items()} == \
+        {k: tuple(v.shape) for k, v in authors_model["state_dict"].items()}
+
+
+def test_fine_tuning_validates_and_keeps_the_best(tmp_path, caplog):
+    import main as cli
+
+    argv = [*CLI, "--task", "denoise30", "--max_steps", "2", "--test_every", "2", "--data_test",
+            "Sample", "--chop", "fast", "--save", str(tmp_path)]
+    argv[argv.index("2+1")] = "1"  # a single scale-1 head named denoise30
+    assert cli.main(argv) == 0
+    assert "validation PSNR" in caplog.text
+    best = torch.load(tmp_path / "model" / "model_best.pt", weights_only=True)
+    assert "head.0.0.weight" in best and "head.1.0.weight" not in best  # a single-head model
+    assert os.listdir(tmp_path / "tensorboard")
+
+
+def test_bf16_autocast_trains_on_the_cpu(tmp_path):
+    run, model = make_trainer(tmp_path, 2, "--amp bf16")
+    before = model.head[0][0].weight.clone()
+    assert run.fit() == 0 and run.progress.nonfinite_total == 0
+    assert not torch.equal(before, model.head[0][0].weight)
