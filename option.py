@@ -21,10 +21,10 @@ TASK_NAME = re.compile(r"^(sr[1-9]\d*|derain|denoise\d+(\.\d+)?)$")
 SUPPORTED_SCALES = (1, 2, 3, 4, 8, 16)
 DEFAULT_SCALE = "4"  # the authors' default
 
-# dest -> (the authors' default, the line printed when any other value is given)
+# dest -> (the authors' default, the line printed when any other value is given; {value}: the value)
 REFUSED = {
     "template": (".", "--template is not supported: put options in a YAML file and pass --config FILE.yaml"),
-    "n_GPUs": (1, "--n_GPUs is not supported: use torchrun --nproc_per_node N main.py ..."),
+    "n_GPUs": (1, "--n_GPUs is not supported: use torchrun --nproc_per_node {value} main.py ..."),
     "ext": ("sep", "--ext is not needed: images are always read directly from their files"),
     "shift_mean": (True, "--shift_mean cannot be changed: IPT always shifts by the RGB mean"),
     "test_batch_size": (1, "--test_batch_size is fixed at 1: bound memory with --crop_batch_size"),
@@ -249,7 +249,7 @@ def _finish(args: argparse.Namespace) -> None:
     """Normalise list options, resolve the tasks and refuse what cannot work (ValueError)."""
     for dest, (default, message) in REFUSED.items():
         if getattr(args, dest) != default:
-            raise ValueError(message)
+            raise ValueError(message.format(value=getattr(args, dest)))
     args.data_train = _split(args.data_train)
     args.scale_given = args.scale is not None
     args.scale = _scales(DEFAULT_SCALE if args.scale is None else args.scale)

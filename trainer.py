@@ -253,6 +253,7 @@ class Trainer:
             args.schedule, milestones, args.gamma, args.warmup_steps, total_steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.amp == "fp16")
         self.progress = Progress()
+        self.skipped_files: dict[int, int] = {}  # loader worker -> files it skipped so far
         self.loss_average: float | None = None
         self.model_dir = os.path.join(args.save, "model")
         self.writer = None
@@ -283,8 +284,9 @@ class Trainer:
                 self._after_step(loss)
         bar.close()
         self.save()
-        log.info("stopped at step %d of %d; %d step(s) skipped for non-finite losses",
-                 p.step, self.total_steps, p.nonfinite_total)
+        log.info("stopped at step %d of %d; %d step(s) skipped for non-finite losses; %d training "
+                 "file read(s) skipped (unreadable or smaller than the crop)", p.step,
+                 self.total_steps, p.nonfinite_total, sum(self.skipped_files.values()))
         return status
 
     def train_step(self, batch: dict) -> float | None:
@@ -293,6 +295,8 @@ class Trainer:
         lr_img = batch["lr"].to(self.device, non_blocking=True)
         hr = batch["hr"].to(self.device, non_blocking=True)
         task_id = int(batch["task_id"])
+        if "skipped" in batch:
+            self.skipped_files[int(batch.get("worker", 0))] = int(batch["skipped"])
         amp = AMP_DTYPES.get(self.args.amp)
         with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
             if self.args.con_loss:
@@ -330,7 +334,8 @@ class Trainer:
             self.writer.add_scalar("train/loss", loss, step)
             self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], step)
         if step % self.args.print_every == 0:
-            log.info("step %d: loss %s, lr %.3g", step, loss, self.scheduler.get_last_lr()[0])
+            log.info("step %d: loss %s, lr %.3g, %d file read(s) skipped so far", step, loss,
+                     self.scheduler.get_last_lr()[0], sum(self.skipped_files.values()))
         if step % self.args.save_every == 0:
             self.save()
         if self.validate is not None and step % self.args.test_every == 0:

@@ -390,7 +390,8 @@ class PairStream(IterableDataset):
     Batch k is the same for the same (seed, k, rank, world_size, num_workers). Each item:
     ``lr`` float (B, 3, patch, patch) and ``hr`` float (B, 3, patch * s, patch * s) in 0..255
     (noisy LR unclamped), ``task_id`` int, ``step`` int, ``skipped`` int (files this worker has
-    skipped so far), ``files`` [(epoch, name)] of the files read for the batch.
+    skipped so far), ``worker`` int (its global index), ``files`` [(epoch, name)] of the files
+    read for the batch.
     """
 
     SYNTHETIC_RAIN = True  # derain inputs are made by adding streak layers to clean crops
@@ -567,4 +568,4 @@ class _Worker:
         crops, files = self.gather(step // self.slots, task, g)
         lr, hr = stream.degrade(crops, task, g, self.streak_layers)
         return {"lr": lr, "hr": hr, "task_id": task_id, "step": step, "skipped": self.skipped,
-                "files": files}
+                "worker": self.index, "files": files}

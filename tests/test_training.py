@@ -197,3 +197,26 @@ def test_bf16_autocast_trains_on_the_cpu(tmp_path):
     before = model.head[0][0].weight.clone()
     assert run.fit() == 0 and run.progress.nonfinite_total == 0
     assert not torch.equal(before, model.head[0][0].weight)
+
+
+def test_imagenet_folder_training_counts_skipped_files(tmp_path, caplog):
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    import main as cli
+
+    folder = tmp_path / "data" / "ImageNet" / "train" / "n0001"
+    folder.mkdir(parents=True)
+    photo = skimage.data.astronaut()
+    for i in range(4):
+        Image.fromarray(np.ascontiguousarray(photo[i * 60:i * 60 + 50, :50])).save(folder / f"{i}.jpg")
+    Image.fromarray(photo[:40, :40, 0]).save(folder / "grey.png")
+    (folder / "cut.jpg").write_bytes((folder / "0.jpg").read_bytes()[:200])  # truncated
+    argv = [*CLI, "--data_train", "ImageNet", "--dir_data", str(tmp_path / "data"), "--max_steps", "6",
+            "--save", str(tmp_path / "run")]
+    assert cli.main(argv) == 0
+    assert "cut.jpg" in caplog.text
+    import re
+    line = [r.getMessage() for r in caplog.records if "training file read(s) skipped" in r.getMessage()][-1]
+    assert int(re.search(r"(\d+) training file read", line).group(1)) >= 1  # the truncated file
