@@ -130,7 +130,81 @@ def loader_section(args: argparse.Namespace) -> str:
     return "\n".join(lines) + "\n"
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {"loader": loader_section}
+# tiling section
+TILING_SIZES = (126, 240, 256, 512)
+TILING_MODES = ("reference", "official", "fast")  # reference: the authors' strip-by-strip procedure
+TINY_IPT = dict(n_feats=16, num_heads=4, num_layers=1)
+
+
+def tiling_model(device: torch.device) -> torch.nn.Module:
+    """The x2 IPT the tiling section runs: full size on CUDA, the tiny one on the CPU."""
+    from model import IPT, IPTConfig
+
+    torch.manual_seed(0)
+    cfg = IPTConfig(scale=[2], num_queries=1, **({} if device.type == "cuda" else TINY_IPT))
+    return IPT(cfg).to(device).eval()
+
+
+def run_tiling(mode: str, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(output, tile evaluations) of one whole-image restoration."""
+    from model import restore
+    from reference_chop import reference_chop
+
+    count = [0]
+    hook = model.register_forward_pre_hook(lambda m, inp: count.__setitem__(0, count[0] + inp[0].shape[0]))
+    try:
+        with torch.no_grad():
+            if mode == "reference":
+                out = reference_chop(lambda t: model(t, 0), x, 2)
+            else:
+                out = restore(model, x, 0, mode)
+    finally:
+        hook.remove()
+    return out, count[0]
+
+
+def tiling_section(args: argparse.Namespace) -> str:
+    """Seconds, tile evaluations and peak memory of whole-image x2 inference per tiler."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = tiling_model(device)
+    times: dict[tuple[int, str], list[float]] = {}
+    tiles, peaks, diffs = {}, {}, {}
+    for size in TILING_SIZES:
+        x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size)).mul(255).to(device)
+        for _ in range(args.reps):
+            outs = {}
+            for mode in TILING_MODES:  # interleaved repetitions
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                start = time.perf_counter()
+                outs[mode], tiles[(size, mode)] = run_tiling(mode, model, x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                    peaks[(size, mode)] = torch.cuda.max_memory_allocated() / 2 ** 20
+                times.setdefault((size, mode), []).append(time.perf_counter() - start)
+            diffs[size] = (outs["official"] - outs["reference"]).abs().max().item()
+    kind = "full-size x2 IPT" if device.type == "cuda" else "tiny x2 IPT (n_feats 16, 4 heads, 1 layer)"
+    lines = [f"## Whole-image inference ({device.type})", "", f"Machine: {machine()}.", "",
+             f"{kind}, random weights, crop batch 64; seconds are medians of {args.reps} interleaved "
+             "repetitions; `reference` is the authors' strip-by-strip procedure "
+             "(tests/reference_chop.py); peak memory on CUDA only.", "",
+             "| size | mode | seconds | tile evaluations | speed-up vs reference | peak MiB | "
+             "max abs diff official vs reference |", "|---|---|---|---|---|---|---|"]
+    for size in TILING_SIZES:
+        ref = statistics.median(times[(size, "reference")])
+        for mode in TILING_MODES:
+            sec = statistics.median(times[(size, mode)])
+            peak = f"{peaks[(size, mode)]:.0f}" if (size, mode) in peaks else "-"
+            diff = f"{diffs[size]:.2e}" if mode == "official" else ""
+            lines.append(f"| {size}x{size} | {mode} | {sec:.2f} | {tiles[(size, mode)]} | "
+                         f"{ref / sec:.2f}x | {peak} | {diff} |")
+    return "\n".join(lines) + "\n"
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {"loader": loader_section,
+                                                              "tiling": tiling_section}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
