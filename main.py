@@ -188,9 +188,9 @@ def _train(args, device: torch.device, rank: int, world: int) -> int:
     if args.resume and not os.path.isfile(state_path):
         log.error("--resume: no training state %s to continue from", state_path)
         return 1
-    if args.resume:
-        saved = torch.load(state_path, map_location="cpu", weights_only=False)["options"]
-        conflicts = option.resume_conflicts(saved, args)
+    saved = torch.load(state_path, map_location="cpu", weights_only=False) if args.resume else None
+    if saved is not None:
+        conflicts = option.resume_conflicts(saved["options"], args)
         if conflicts:
             log.error("--resume: these options differ from the saved run and would change its "
                       "model or data: %s", "; ".join(conflicts))
@@ -225,8 +225,9 @@ def _train(args, device: torch.device, rank: int, world: int) -> int:
              "+".join(model.task_names), "pre-training" if len(model.task_names) > 1 else "fine-tuning",
              total, args.batch_size, world, steps_per_epoch)
     runner = trainer.Trainer(args, net, batches, make_validation(args, model), total, steps_per_epoch, rank)
-    if args.resume:
-        runner.load(state_path)
+    if saved is not None:
+        runner.load_state(saved)
+        log.info("resumed from %s at step %d", state_path, runner.progress.step)
     return runner.fit()
 
 

@@ -376,8 +376,12 @@ class Trainer:
         utility.atomic_save(state, os.path.join(self.args.save, STATE_NAME))
 
     def load(self, path: str) -> None:
-        """Continue from a saved training state."""
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        """Continue from a saved training state file."""
+        self.load_state(torch.load(path, map_location="cpu", weights_only=False))
+        log.info("resumed from %s at step %d", path, self.progress.step)
+
+    def load_state(self, state: dict) -> None:
+        """Continue from a training state already read (what ``save`` wrote)."""
         inner = getattr(self.model, "module", self.model)
         getattr(inner, "_orig_mod", inner).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -386,7 +390,6 @@ class Trainer:
         self.progress = Progress(**state["progress"])
         self.loss_average = state["loss_average"]
         set_rng_states(state["rng"])
-        log.info("resumed from %s at step %d", path, self.progress.step)
 
 
 def _summary_writer(folder: str):
