@@ -142,7 +142,8 @@ def evaluate_benchmark(args, model, name: str, task_ids: list[int], settings,
     for t in tasks:
         task, scale = model.task_names[t], model.scale[t]
         data = BenchmarkSet(args.dir_data, name, task, scale, args.seed, args.test_range)
-        r = trainer.evaluate_set(model, data, t, settings, out_dir, args.n_threads, previews)
+        r = trainer.evaluate_set(model, data, t, settings, out_dir, args.n_threads, previews,
+                                 args.save_gt)
         log.info("%s %s: PSNR %.2f dB, SSIM %.4f (Y); PSNR %.2f dB, SSIM %.4f (RGB); %d images",
                  name, task, r["psnr"], r["ssim"], r["psnr_rgb"], r["ssim_rgb"], r["n_images"])
         results[task] = r

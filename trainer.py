@@ -98,10 +98,12 @@ def image_metrics(sr: Tensor, hr: Tensor, scale: int) -> dict[str, float]:
 
 
 def evaluate_set(model: nn.Module, data: BenchmarkSet, task_id: int, settings: InferenceSettings,
-                 out_dir: str | None, workers: int = 0, previews: dict | None = None) -> dict:
+                 out_dir: str | None, workers: int = 0, previews: dict | None = None,
+                 save_gt: bool = False) -> dict:
     """Restore one test set with one head; the metrics per image and their means.
 
-    ``previews``, when given, receives the first restored image under "<set>/<task>".
+    ``previews``, when given, receives the first restored image under "<set>/<task>";
+    ``save_gt`` also writes the input (``_LR``) and the target (``_HR``) beside each result.
     """
     task, scale = model.task_names[task_id], model.scale[task_id]
     per_image: dict[str, dict[str, float]] = {}
@@ -121,6 +123,9 @@ def evaluate_set(model: nn.Module, data: BenchmarkSet, task_id: int, settings: I
         per_image[pair.name]["baseline_ssim"] = utility.calc_ssim(baseline, pair.hr.float(), scale)[0]
         if out_dir is not None:
             save_image(y, os.path.join(out_dir, output_name(pair.name, task, scale)))
+            if save_gt:
+                save_image(pair.lr.float(), os.path.join(out_dir, output_name(pair.name, task, scale, "LR")))
+                save_image(pair.hr, os.path.join(out_dir, output_name(pair.name, task, scale, "HR")))
     means = {k: _mean([m[k] for m in per_image.values()]) for k in METRICS + BASELINE}
     return {**means, "n_images": len(per_image), "per_image": per_image}
 

@@ -73,13 +73,18 @@ def test_sr_metrics_equal_the_saved_images(tmp_path, tree, caplog):
 
 
 def test_denoise_and_derain_sets(tmp_path, tree):
-    code, run = evaluate(tmp_path, tree, "--tasks", "derain+denoise30", "--data_test", "CBSD68+Rain100L")
+    code, run = evaluate(tmp_path, tree, "--tasks", "derain+denoise30", "--data_test", "CBSD68+Rain100L",
+                         "--save_gt")
     assert code == 0
     results = json.loads((run / "metrics.json").read_text())["results"]
     assert set(results) == {"CBSD68", "Rain100L"}
     assert set(results["CBSD68"]) == {"denoise30"} and set(results["Rain100L"]) == {"derain"}
     assert os.path.isfile(run / "results-CBSD68" / "c_denoise30_SR.png")
     assert os.path.isfile(run / "results-Rain100L" / "rain-1_derain_SR.png")
+    rainy = np.array(Image.open(run / "results-Rain100L" / "rain-1_derain_LR.png"))
+    assert np.array_equal(rainy, np.array(Image.open(tree / "Rain100L/rain-1.png")))
+    clean = np.array(Image.open(run / "results-CBSD68" / "c_denoise30_HR.png"))
+    assert np.array_equal(clean, np.array(Image.open(tree / "CBSD68/c.png")))
 
 
 def test_authors_derain_command_defaults_to_rain100l(tmp_path, tree):
