@@ -132,9 +132,16 @@ HINTS = (  # (pattern in a differing key, option that shapes it)
     (r"\.layers\.", "--num_layers"),
     (r"linear_encoding|mlp_head|query_embed", "--no_mlp"),
     (r"position_encoding", "--no_pos / --patch_size / --patch_dim"),
-    (r"norm\d", "--no_norm"),
+    (r"\.layers\.\d+\.norm\d", "--no_norm"),
     (r"^head\.\d+\.0\.|in_proj_weight|linear\d", "--n_feats / --patch_dim"),
     (r"sub_mean|add_mean|^head\.\d+\.0\.weight", "--n_colors"),
+    # Restormer
+    (r"^(encoder_level|decoder_level|latent)\d*\.\d+\.", "--num_blocks"),
+    (r"^refinement\.", "--num_refinement_blocks"),
+    (r"\.temperature$", "--heads"),
+    (r"norm\d\.body\.bias", "--layernorm_type"),
+    (r"^(patch_embed|output|down|up)", "--dim"),
+    (r"(project_in|project_out|qkv|reduce_chan_level\d|output)\.bias", "--bias"),
 )
 
 
