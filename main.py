@@ -17,6 +17,7 @@ from data.images import DataLayoutError, ImageFolder, ImageReadError
 from data.sample import sample_photos
 from data.stream import PairStream
 from model import CheckpointError, build_model, load_checkpoint
+from model.tiling import resolve_mode
 
 log = logging.getLogger("ipt")
 
@@ -85,8 +86,8 @@ def prepare_model(args, device: torch.device) -> torch.nn.Module | None:
     else:
         log.warning("no --pretrain given: the network has random weights")
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model: IPT, heads %s, %s parameters, on %s", "+".join(model.task_names),
-             f"{n_params:,}", device)
+    log.info("model: %s, heads %s, %s parameters, on %s", type(model).__name__,
+             "+".join(model.task_names), f"{n_params:,}", device)
     model = model.to(device).eval().requires_grad_(False)
     return model.half() if args.precision == "half" else model
 
@@ -94,8 +95,7 @@ def prepare_model(args, device: torch.device) -> torch.nn.Module | None:
 def evaluate(args, model: torch.nn.Module) -> int:
     """Restore Demo folders and evaluate test sets with every selected head; 1 on any failure."""
     task_ids = list(range(len(model.task_names))) if args.task_id is None else [args.task_id]
-    settings = trainer.InferenceSettings(args.chop, args.crop_batch_size, args.self_ensemble,
-                                         args.rgb_range)
+    settings = inference_settings(args, args.self_ensemble)
     failed, results = 0, {}
     for name in args.data_test:
         out_dir = os.path.join(args.save, f"results-{name}") if args.save_results else None
@@ -113,6 +113,12 @@ def evaluate(args, model: torch.nn.Module) -> int:
         log.error("%d image(s) could not be read; see the messages above", failed)
     log.info("log: %s", os.path.join(args.save, utility.LOG_NAME))
     return 1 if failed else 0
+
+
+def inference_settings(args, self_ensemble: bool) -> trainer.InferenceSettings:
+    """How the options say whole images are restored and scored."""
+    return trainer.InferenceSettings(args.chop, args.crop_batch_size, self_ensemble, args.rgb_range,
+                                     args.tile_size, args.metric_channel)
 
 
 def restore_demo(args, model, task_ids: list[int], settings, out_dir: str | None) -> int:
@@ -141,11 +147,12 @@ def evaluate_benchmark(args, model, name: str, task_ids: list[int], settings,
     results = {}
     for t in tasks:
         task, scale = model.task_names[t], model.scale[t]
-        data = BenchmarkSet(args.dir_data, name, task, scale, args.seed, args.test_range)
+        data = BenchmarkSet(args.dir_data, name, task, scale, args.seed, args.test_range,
+                            clip_noise=args.test_noise == "clipped")
         r = trainer.evaluate_set(model, data, t, settings, out_dir, args.n_threads, previews,
                                  args.save_gt)
         log.info("%s %s: PSNR %.2f dB, SSIM %.4f (Y); PSNR %.2f dB, SSIM %.4f (RGB); %d images",
-                 name, task, r["psnr"], r["ssim"], r["psnr_rgb"], r["ssim_rgb"], r["n_images"])
+                 name, task, r["psnr_y"], r["ssim_y"], r["psnr_rgb"], r["ssim_rgb"], r["n_images"])
         results[task] = r
     return results
 
@@ -153,15 +160,16 @@ def evaluate_benchmark(args, model, name: str, task_ids: list[int], settings,
 def write_reports(args, model, results: dict) -> None:
     """RUN/metrics.json and RUN/results.md."""
     path = checkpoint_path(args)
-    mode = args.chop if args.chop != "auto" else "official"
+    mode = resolve_mode(model, args.chop)
     meta = {"checkpoint": path or None, "checkpoint_sha256": utility.sha256_file(path) if path else None,
             "commit": utility.git_commit(os.path.dirname(os.path.abspath(__file__))),
-            "options": utility.jsonable(vars(args)), "tiling": mode,
-            "self_ensemble": args.self_ensemble}
+            "options": utility.jsonable(vars(args)), "model": args.model, "tiling": mode,
+            "self_ensemble": args.self_ensemble, "metric_channel": args.metric_channel,
+            "test_noise": args.test_noise}
     utility.write_json(os.path.join(args.save, "metrics.json"), {"meta": meta, "results": results})
-    table = trainer.results_table(results)
+    table = trainer.results_table(results, args.metric_channel)
     with open(os.path.join(args.save, "results.md"), "w", encoding="utf-8") as f:
-        f.write(f"# Results\n\ncheckpoint: `{path or 'random weights'}`, tiling: {mode}, "
+        f.write(f"# Results\n\nmodel: {args.model}, checkpoint: `{path or 'random weights'}`, tiling: {mode}, "
                 f"self-ensemble: {args.self_ensemble}\n\n{table}")
     log.info("\n%s", table)
     log.info("metrics: %s, table: %s", os.path.join(args.save, "metrics.json"),
@@ -175,7 +183,10 @@ def train(args, device: torch.device) -> int:
     """Pre-train (several heads, no --task) or fine-tune (one head) as the options say."""
     rank, world = start_distributed(device)
     try:
-        return _train(args, device, rank, world)
+        status = _train(args, device, rank, world)
+        if world > 1:  # a rank that tears gloo down while another still saves can abort (SIGABRT)
+            torch.distributed.barrier()
+        return status
     finally:
         if world > 1:
             torch.distributed.destroy_process_group()
@@ -285,7 +296,7 @@ def make_validation(args, model: torch.nn.Module):
     sets = [d for d in args.data_test if d != "Demo"]
     if not sets:
         return None
-    settings = trainer.InferenceSettings(args.chop, args.crop_batch_size, False, args.rgb_range)
+    settings = inference_settings(args, self_ensemble=False)
     task_ids = list(range(len(model.task_names)))
 
     def validate(net: torch.nn.Module) -> tuple[dict[str, float], dict[str, torch.Tensor]]:

@@ -16,6 +16,7 @@ import yaml
 
 from data.benchmark import ALL_SETS
 from model.ipt import default_task_names, task_scale
+from model.restormer import LAYERNORM_TYPES, SIZE_MULTIPLE, RestormerConfig
 
 TASK_NAME = re.compile(r"^(sr[1-9]\d*|derain|denoise\d+(\.\d+)?)$")
 SUPPORTED_SCALES = (1, 2, 3, 4, 8, 16)
@@ -47,13 +48,25 @@ REFUSED = {
 TRAINING_ONLY = ("data_train", "data_range", "no_augment", "reset", "test_every", "epochs",
                  "batch_size", "lr", "decay", "gamma", "optimizer", "momentum", "betas", "epsilon",
                  "weight_decay", "gclip", "skip_threshold", "save_models", "print_every",
-                 "max_steps", "schedule", "warmup_steps", "con_loss", "con_weight", "save_every",
-                 "max_nonfinite", "amp", "compile", "streaks_dir")
+                 "max_steps", "schedule", "warmup_steps", "periods", "eta_mins", "con_loss",
+                 "con_weight", "save_every", "max_nonfinite", "amp", "compile", "streaks_dir",
+                 "progressive_patches", "progressive_batches", "progressive_steps")
+# options of one architecture only; given (not at their default) with the other they are refused
+IPT_ONLY = {"n_feats": 64, "patch_dim": 3, "num_heads": 12, "num_layers": 12, "num_queries": None,
+            "dropout_rate": 0.0, "no_norm": False, "no_mlp": False, "pos_every": False,
+            "no_pos": False, "attention": "auto", "con_loss": False, "con_weight": 0.1}
+RESTORMER_ONLY = ("dim", "num_blocks", "num_refinement_blocks", "heads", "ffn_expansion_factor",
+                  "bias", "layernorm_type", "tile_size", "progressive_patches",
+                  "progressive_batches", "progressive_steps")
+RESTORMER_TILE = 256  # default --tile_size of Restormer's fast tiling
 # options that a resumed run must share with the saved one: they change the model or the data
 RESUME_MUST_MATCH = ("model", "scale", "task_names", "task_id", "n_feats", "patch_size", "patch_dim",
                      "num_heads", "num_layers", "num_queries", "dropout_rate", "no_mlp", "pos_every",
                      "no_pos", "no_norm", "rgb_range", "data_train", "dir_data", "batch_size", "seed",
-                     "no_augment", "streaks_dir", "con_loss", "n_threads", "data_range")
+                     "no_augment", "streaks_dir", "con_loss", "n_threads", "data_range", "dim",
+                     "num_blocks", "num_refinement_blocks", "heads", "ffn_expansion_factor", "bias",
+                     "layernorm_type", "progressive_patches", "progressive_batches",
+                     "progressive_steps")
 
 
 class OptionParser(argparse.ArgumentParser):
@@ -93,7 +106,8 @@ def build_parser() -> OptionParser:
     g.add_argument("--no_augment", action="store_true", help="no flips/transposes in training")
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="ipt", help="architecture (ipt)")
+    g.add_argument("--model", default="ipt", choices=("ipt", "restormer"),
+                   help="architecture: ipt (the options below) or restormer (its group)")
     g.add_argument("--n_feats", type=int, default=64, help="feature maps")
     g.add_argument("--shift_mean", default=True, type=_bool, help="refused: always on")
     g.add_argument("--precision", default="single", choices=("single", "half"),
@@ -114,6 +128,22 @@ def build_parser() -> OptionParser:
                    help="math: the authors' arithmetic, bit for bit; sdpa: fused kernels; "
                         "auto: sdpa on CUDA, math on the CPU")
 
+    g = p.add_argument_group("restormer (with --model restormer; defaults: the authors' models)")
+    g.add_argument("--dim", type=int, default=None, help="width of level 1 (48)")
+    g.add_argument("--num_blocks", default=None, help="Transformer blocks per level, A+B+C+D (4+6+6+8)")
+    g.add_argument("--num_refinement_blocks", type=int, default=None, help="refinement blocks (4)")
+    g.add_argument("--heads", default=None, help="attention heads per level, A+B+C+D (1+2+4+8)")
+    g.add_argument("--ffn_expansion_factor", type=float, default=None, help="GDFN width factor (2.66)")
+    g.add_argument("--bias", action="store_true", default=None, help="biases in the convolutions")
+    g.add_argument("--layernorm_type", default=None, choices=LAYERNORM_TYPES, help="(WithBias)")
+    g.add_argument("--tile_size", type=int, default=None,
+                   help=f"tile side for --chop fast, a multiple of {SIZE_MULTIPLE} ({RESTORMER_TILE})")
+    g.add_argument("--progressive_patches", default=None,
+                   help="progressive training: patch size of each stage, A+B+... (largest = --patch_size)")
+    g.add_argument("--progressive_batches", default=None,
+                   help="batch size of each stage, A+B+... (largest = --batch_size)")
+    g.add_argument("--progressive_steps", default=None, help="steps of each stage, A+B+...")
+
     g = p.add_argument_group("tasks")
     g.add_argument("--tasks", default=None, help="name every head, A+B (sr2, derain, denoise30, ...)")
     g.add_argument("--task", default=None, help="run the head of this name")
@@ -131,8 +161,14 @@ def build_parser() -> OptionParser:
     g.add_argument("--self_ensemble", action="store_true", help="x8 flips/transposes, averaged")
     g.add_argument("--crop_batch_size", type=int, default=64, help="tiles per network call")
     g.add_argument("--chop", default="auto", choices=("auto", "official", "fast", "whole"),
-                   help="whole-image inference: auto (official for IPT), official (the authors' "
-                        "forward_chop), fast (few overlapping tiles), whole (one call)")
+                   help="whole-image inference: auto (official for IPT, whole for Restormer), "
+                        "official (IPT authors' forward_chop), fast (few overlapping tiles), "
+                        "whole (one call)")
+    g.add_argument("--test_noise", default="clipped", choices=("clipped", "unclipped"),
+                   help="denoising test inputs: clipped to [0, 255] (IPT) or not (Restormer)")
+    g.add_argument("--metric_channel", default="y", choices=("y", "rgb"),
+                   help="what psnr/ssim are computed on: the Y channel (IPT) or RGB (Restormer's "
+                        "colour denoising); both are always reported")
     g.add_argument("--test_batch_size", type=int, default=1, help="refused above 1")
     g.add_argument("--split_batch", type=int, default=1, help="refused")
 
@@ -145,7 +181,7 @@ def build_parser() -> OptionParser:
     g.add_argument("--lr", type=float, default=1e-4, help="learning rate")
     g.add_argument("--decay", default="200", help="step-decay milestones in epochs, A-B")
     g.add_argument("--gamma", type=float, default=0.5, help="step-decay factor")
-    g.add_argument("--optimizer", default="ADAM", choices=("SGD", "ADAM", "RMSprop"))
+    g.add_argument("--optimizer", default="ADAM", choices=("SGD", "ADAM", "ADAMW", "RMSprop"))
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--betas", default=(0.9, 0.999), type=_betas, help="Adam betas, B1,B2")
     g.add_argument("--epsilon", type=float, default=1e-8, help="Adam epsilon")
@@ -155,9 +191,12 @@ def build_parser() -> OptionParser:
     g.add_argument("--skip_threshold", type=float, default=1e8,
                    help="skip a batch whose loss is this many times the running mean")
     g.add_argument("--max_steps", type=int, default=0, help="training steps (0: --epochs worth)")
-    g.add_argument("--schedule", default="step", choices=("step", "cosine"),
-                   help="step: x --gamma at each --decay milestone; cosine: --warmup_steps then cosine")
+    g.add_argument("--schedule", default="step", choices=("step", "cosine", "cyclic_cosine"),
+                   help="step: x --gamma at each --decay milestone; cosine: --warmup_steps then "
+                        "cosine; cyclic_cosine: one cosine from --lr to each --eta_mins per --periods")
     g.add_argument("--warmup_steps", type=int, default=0, help="linear warm-up for --schedule cosine")
+    g.add_argument("--periods", default=None, help="steps of each cycle of cyclic_cosine, A+B")
+    g.add_argument("--eta_mins", default=None, help="learning rate at the end of each cycle, A+B")
     g.add_argument("--con_loss", action="store_true", help="add the contrastive loss on the tokens")
     g.add_argument("--con_weight", type=float, default=0.1, help="weight of the contrastive loss")
     g.add_argument("--save_every", type=int, default=1000, help="write the training state every N steps")
@@ -254,6 +293,7 @@ def _finish(args: argparse.Namespace) -> None:
     args.scale_given = args.scale is not None
     args.scale = _scales(DEFAULT_SCALE if args.scale is None else args.scale)
     _resolve_tasks(args)
+    _check_architecture(args)
     if args.data_test is None:  # the authors' default; their derain command relies on Rain100L
         only_derain = args.task_names == ["derain"] or args.task == "derain"
         args.data_test = "Rain100L" if only_derain else "DIV2K"
@@ -262,13 +302,8 @@ def _finish(args: argparse.Namespace) -> None:
     if unknown:
         raise ValueError(f"--data_test {'+'.join(unknown)}: unknown test set; known: "
                          f"{', '.join(ALL_SETS)}, Demo")
-    n_heads = len(args.scale)
-    if args.num_queries is None:
-        args.num_queries = n_heads
-    elif args.num_queries < n_heads and not args.no_mlp:
-        raise ValueError(f"--num_queries {args.num_queries} is below the number of heads ({n_heads}, "
-                         f"from --scale {'+'.join(map(str, args.scale))})")
     _check_numbers(args)
+    _check_schedule(args)
     args.decay_milestones = _milestones(args.decay)
     args.train_range, args.test_range = _data_range(args.data_range)
     if args.epochs == 0:
@@ -345,7 +380,102 @@ def _task_index(args: argparse.Namespace, names: list[str]) -> int | None:
     return index
 
 
-def _check_numbers(args: argparse.Namespace) -> None:
+def _check_architecture(args: argparse.Namespace) -> None:
+    """Refuse the other architecture's options; fill in and check this one's."""
+    if args.model == "ipt":
+        given = [f"--{d}" for d in RESTORMER_ONLY if getattr(args, d) is not None]
+        if given:
+            raise ValueError(f"{' '.join(given)}: Restormer option(s); add --model restormer")
+        if args.num_queries is None:
+            args.num_queries = len(args.scale)
+        elif args.num_queries < len(args.scale) and not args.no_mlp:
+            raise ValueError(f"--num_queries {args.num_queries} is below the number of heads "
+                             f"({len(args.scale)}, from --scale {'+'.join(map(str, args.scale))})")
+        _check_ipt(args)
+        return
+    given = [f"--{d}" for d, default in IPT_ONLY.items() if getattr(args, d) != default]
+    if given:
+        raise ValueError(f"{' '.join(given)}: IPT option(s), not used by --model restormer")
+    if args.scale != [1]:
+        raise ValueError(f"--model restormer restores one scale-1 task, not {'+'.join(args.task_names)}: "
+                         "give --task derain or --task denoise<sigma> (or --derain, --denoise --sigma S)")
+    if args.chop == "official":
+        raise ValueError("--chop official is IPT's forward_chop: Restormer runs whole (--chop auto) "
+                         "or in overlapping tiles (--chop fast --tile_size N)")
+    defaults = RestormerConfig()
+    for dest in ("dim", "num_refinement_blocks", "ffn_expansion_factor", "bias", "layernorm_type"):
+        if getattr(args, dest) is None:
+            setattr(args, dest, getattr(defaults, dest))
+    args.num_blocks = _ints("num_blocks", args.num_blocks, defaults.num_blocks, 4)
+    args.heads = _ints("heads", args.heads, defaults.heads, 4)
+    for level, h in enumerate(args.heads):
+        if (args.dim * 2 ** level) % h:
+            raise ValueError(f"--heads: {h} heads do not divide level {level + 1}'s width "
+                             f"{args.dim * 2 ** level} (--dim {args.dim} x {2 ** level})")
+    args.tile_size = RESTORMER_TILE if args.tile_size is None else args.tile_size
+    if args.tile_size < SIZE_MULTIPLE or args.tile_size % SIZE_MULTIPLE:
+        raise ValueError(f"--tile_size {args.tile_size}: must be a positive multiple of {SIZE_MULTIPLE}")
+    for dest in ("dim", "num_refinement_blocks", "ffn_expansion_factor"):
+        if getattr(args, dest) <= 0:
+            raise ValueError(f"--{dest} must be positive, got {getattr(args, dest)}")
+    _check_progressive(args)
+
+
+def _ints(dest: str, value: object, default: list[int], length: int | None = None) -> list[int]:
+    """A list option of positive integers joined by + (the default when not given)."""
+    if value is None:
+        return list(default)
+    items = value if isinstance(value, (list, tuple)) else str(value).split("+")
+    try:
+        numbers = [int(v) for v in items]
+    except ValueError:
+        raise ValueError(f"--{dest} {value!r}: expected integers joined by +") from None
+    if (length is not None and len(numbers) != length) or not numbers or min(numbers) < 1:
+        count = f"{length} " if length else ""
+        raise ValueError(f"--{dest} {value!r}: expected {count}positive integers joined by +")
+    return numbers
+
+
+def _check_progressive(args: argparse.Namespace) -> None:
+    """Progressive training: one patch size, batch size and step count per stage."""
+    stages = (args.progressive_patches, args.progressive_batches, args.progressive_steps)
+    if all(v is None for v in stages):
+        return
+    if any(v is None for v in stages):
+        raise ValueError("progressive training needs all of --progressive_patches, "
+                         "--progressive_batches and --progressive_steps")
+    patches = _ints("progressive_patches", args.progressive_patches, [])
+    batches = _ints("progressive_batches", args.progressive_batches, [], len(patches))
+    steps = _ints("progressive_steps", args.progressive_steps, [], len(patches))
+    if max(patches) != args.patch_size or max(batches) != args.batch_size:
+        raise ValueError(f"progressive training crops each batch from --patch_size x --batch_size: "
+                         f"give --patch_size {max(patches)} --batch_size {max(batches)}")
+    args.progressive_patches, args.progressive_batches, args.progressive_steps = patches, batches, steps
+
+
+def _check_schedule(args: argparse.Namespace) -> None:
+    """--periods and --eta_mins belong to --schedule cyclic_cosine, one entry per cycle."""
+    if args.schedule != "cyclic_cosine":
+        if args.periods is not None or args.eta_mins is not None:
+            raise ValueError("--periods and --eta_mins need --schedule cyclic_cosine")
+        return
+    if args.periods is None or args.eta_mins is None:
+        raise ValueError("--schedule cyclic_cosine needs --periods A+B and --eta_mins A+B")
+    args.periods = _ints("periods", args.periods, [])
+    try:
+        items = args.eta_mins if isinstance(args.eta_mins, (list, tuple)) else str(args.eta_mins).split("+")
+        args.eta_mins = [float(v) for v in items]
+    except ValueError:
+        raise ValueError(f"--eta_mins {args.eta_mins!r}: expected numbers joined by +") from None
+    if len(args.eta_mins) != len(args.periods) or min(args.eta_mins) < 0:
+        raise ValueError(f"--eta_mins: one non-negative learning rate per --periods entry "
+                         f"({len(args.periods)})")
+
+
+def _check_ipt(args: argparse.Namespace) -> None:
+    for dest in ("n_feats", "patch_dim", "num_heads", "num_layers", "patch_size"):
+        if getattr(args, dest) < 1:
+            raise ValueError(f"--{dest} must be at least 1, got {getattr(args, dest)}")
     if args.patch_size % args.patch_dim:
         raise ValueError(f"--patch_size {args.patch_size} is not divisible by --patch_dim {args.patch_dim}")
     if (args.n_feats * args.patch_dim ** 2) % args.num_heads:
@@ -353,8 +483,13 @@ def _check_numbers(args: argparse.Namespace) -> None:
                          f"n_feats * patch_dim^2 = {args.n_feats * args.patch_dim ** 2}")
     if args.pos_every and args.no_pos:
         raise ValueError("--pos_every needs a position embedding: drop --no_pos")
-    positive = ("n_feats", "patch_size", "patch_dim", "num_heads", "num_layers", "crop_batch_size",
-                "rgb_range", "batch_size", "test_every", "print_every", "save_every")
+    if not 0 <= args.dropout_rate < 1:
+        raise ValueError(f"--dropout_rate must be in [0, 1), got {args.dropout_rate}")
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    positive = ("patch_size", "crop_batch_size", "rgb_range", "batch_size", "test_every",
+                "print_every", "save_every")
     for dest in positive:
         if getattr(args, dest) < 1:
             raise ValueError(f"--{dest} must be at least 1, got {getattr(args, dest)}")
@@ -364,8 +499,6 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise ValueError(f"--{dest} must not be negative, got {getattr(args, dest)}")
     if args.sigma <= 0:
         raise ValueError(f"--sigma must be positive, got {args.sigma}")
-    if not 0 <= args.dropout_rate < 1:
-        raise ValueError(f"--dropout_rate must be in [0, 1), got {args.dropout_rate}")
 
 
 def _data_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -19,6 +19,7 @@ import utility
 from data.benchmark import PAPER_RESULTS, BenchmarkSet
 from data.degrade import imresize
 from data.images import save_image
+from data.stream import seeded
 from model import restore
 from model.loss import contrastive_loss, l1_loss
 
@@ -27,12 +28,14 @@ log = logging.getLogger("ipt")
 
 @dataclass
 class InferenceSettings:
-    """How whole images go through the network (from --chop, --crop_batch_size, --self_ensemble)."""
+    """How whole images go through the network and are scored (--chop, --crop_batch_size, ...)."""
 
     mode: str = "auto"
     crop_batch_size: int = 64
     self_ensemble: bool = False
     rgb_range: float = 255
+    tile_size: int | None = None  # fast tiles of a network that takes any size (Restormer)
+    metric_channel: str = "y"  # what psnr/ssim are computed on: y (IPT) or rgb (Restormer, noise)
 
 
 def output_name(stem: str, task: str, scale: int, kind: str = "SR") -> str:
@@ -52,7 +55,8 @@ def restore_quantised(model: nn.Module, image: Tensor, task_id: int,
     """One (C, H, W) image in 0..255 restored by head ``task_id``, quantised, on the CPU, 0..255."""
     device = next(model.parameters()).device
     x = image.float().unsqueeze(0).to(device) * (settings.rgb_range / 255)
-    y = restore(model, x, task_id, settings.mode, settings.crop_batch_size, settings.self_ensemble)
+    y = restore(model, x, task_id, settings.mode, settings.crop_batch_size, settings.self_ensemble,
+                settings.tile_size)
     return utility.quantize(y, settings.rgb_range)[0].cpu() * (255 / settings.rgb_range)
 
 
@@ -77,7 +81,7 @@ def restore_images(model: nn.Module, images: Iterable[tuple[str, Tensor | Except
     return done, failed
 
 
-METRICS = ("psnr", "ssim", "psnr_rgb", "ssim_rgb")
+METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")  # psnr, ssim: --metric_channel
 BASELINE = ("baseline_psnr", "baseline_ssim")  # the input itself: bicubic for SR, else as given
 
 
@@ -87,14 +91,15 @@ def input_baseline(lr: Tensor, scale: int) -> Tensor:
     return utility.quantize(imresize(x, scale) if scale > 1 else x)
 
 
-def image_metrics(sr: Tensor, hr: Tensor, scale: int) -> dict[str, float]:
-    """PSNR and SSIM of one quantised output, on Y with the authors' shave and on RGB."""
-    return {  # calc_* shave `scale` pixels a side, none at scale 1
-        "psnr": utility.calc_psnr(sr, hr, scale)[0],
-        "ssim": utility.calc_ssim(sr, hr, scale)[0],
+def image_metrics(sr: Tensor, hr: Tensor, scale: int, channel: str = "y") -> dict[str, float]:
+    """PSNR and SSIM of one quantised output on Y and on RGB; psnr/ssim repeat ``channel``'s."""
+    m = {  # calc_* shave `scale` pixels a side, none at scale 1
+        "psnr_y": utility.calc_psnr(sr, hr, scale)[0],
+        "ssim_y": utility.calc_ssim(sr, hr, scale)[0],
         "psnr_rgb": utility.calc_psnr(sr, hr, scale, y_channel=False)[0],
         "ssim_rgb": utility.calc_ssim(sr, hr, scale, y_channel=False)[0],
     }
+    return {"psnr": m[f"psnr_{channel}"], "ssim": m[f"ssim_{channel}"], **m}
 
 
 def evaluate_set(model: nn.Module, data: BenchmarkSet, task_id: int, settings: InferenceSettings,
@@ -115,12 +120,12 @@ def evaluate_set(model: nn.Module, data: BenchmarkSet, task_id: int, settings: I
         if y.shape != pair.hr.shape:
             raise RuntimeError(f"{data.dataset}/{pair.name}: output {tuple(y.shape)} does not match "
                                f"the target {tuple(pair.hr.shape)}")
-        per_image[pair.name] = image_metrics(y, pair.hr.float(), scale)
+        per_image[pair.name] = image_metrics(y, pair.hr.float(), scale, settings.metric_channel)
         if previews is not None:
             previews.setdefault(f"{data.dataset}/{task}", y)
-        baseline = input_baseline(pair.lr, scale)
-        per_image[pair.name]["baseline_psnr"] = utility.calc_psnr(baseline, pair.hr.float(), scale)[0]
-        per_image[pair.name]["baseline_ssim"] = utility.calc_ssim(baseline, pair.hr.float(), scale)[0]
+        baseline, hr, on_y = input_baseline(pair.lr, scale), pair.hr.float(), settings.metric_channel == "y"
+        per_image[pair.name]["baseline_psnr"] = utility.calc_psnr(baseline, hr, scale, y_channel=on_y)[0]
+        per_image[pair.name]["baseline_ssim"] = utility.calc_ssim(baseline, hr, scale, y_channel=on_y)[0]
         if out_dir is not None:
             save_image(y, os.path.join(out_dir, output_name(pair.name, task, scale)))
             if save_gt:
@@ -135,21 +140,22 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def results_table(results: dict) -> str:
+def results_table(results: dict, channel: str = "y") -> str:
     """A Markdown table of our metrics beside the paper's."""
-    lines = ["| dataset | task | images | PSNR (Y) | SSIM (Y) | input PSNR | input SSIM | paper PSNR "
-             "| paper SSIM | PSNR (RGB) | SSIM (RGB) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | task | images | PSNR (Y) | SSIM (Y) | PSNR (RGB) | SSIM (RGB) | input PSNR "
+             "| input SSIM | paper PSNR | paper SSIM |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for dataset, tasks in results.items():
         for task, r in tasks.items():
             paper_psnr, paper_ssim = PAPER_RESULTS.get((dataset, task), (None, None))
-            cells = [dataset, task, str(r["n_images"]), f"{r['psnr']:.2f}", f"{r['ssim']:.4f}",
-                     f"{r['baseline_psnr']:.2f}", f"{r['baseline_ssim']:.4f}", _fmt(paper_psnr, 2),
-                     _fmt(paper_ssim, 4), f"{r['psnr_rgb']:.2f}", f"{r['ssim_rgb']:.4f}"]
+            cells = [dataset, task, str(r["n_images"]), f"{r['psnr_y']:.2f}", f"{r['ssim_y']:.4f}",
+                     f"{r['psnr_rgb']:.2f}", f"{r['ssim_rgb']:.4f}", f"{r['baseline_psnr']:.2f}",
+                     f"{r['baseline_ssim']:.4f}", _fmt(paper_psnr, 2), _fmt(paper_ssim, 4)]
             lines.append("| " + " | ".join(cells) + " |")
-    notes = ("PSNR/SSIM (Y): the paper's convention (Y channel, `scale` pixels shaved for SR, none "
-             "for scale 1); RGB: all channels, same shave. Input: the network's input itself "
-             "(bicubic-upscaled for SR, the noisy or rainy image otherwise). Paper: the IPT paper "
-             "(CVPR 2021); - where it gives no number.")
+    notes = (f"Y: the IPT paper's convention (Y channel, `scale` pixels shaved for SR, none for "
+             f"scale 1); RGB: all channels, same shave. Input: the network's input itself "
+             f"(bicubic-upscaled for SR, the noisy or rainy image otherwise), scored on "
+             f"{channel.upper()} (--metric_channel). Paper: the IPT paper (CVPR 2021, Y channel); "
+             f"- where it gives no number.")
     return "\n".join(lines) + "\n\n" + notes + "\n"
 
 
@@ -176,27 +182,39 @@ class Progress:
 def make_optimizer(args, params) -> torch.optim.Optimizer:
     """The optimiser of --optimizer with --lr, --betas, --epsilon, --momentum, --weight_decay."""
     params = [p for p in params if p.requires_grad]
-    if args.optimizer == "ADAM":
-        return torch.optim.Adam(params, lr=args.lr, betas=args.betas, eps=args.epsilon,
-                                weight_decay=args.weight_decay)
+    if args.optimizer in ("ADAM", "ADAMW"):
+        adam = torch.optim.AdamW if args.optimizer == "ADAMW" else torch.optim.Adam
+        return adam(params, lr=args.lr, betas=args.betas, eps=args.epsilon, weight_decay=args.weight_decay)
     if args.optimizer == "SGD":
         return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
     return torch.optim.RMSprop(params, lr=args.lr, eps=args.epsilon, momentum=args.momentum,
                                weight_decay=args.weight_decay)
 
 
-def lr_factor(schedule: str, milestones: list[int], gamma: float, warmup: int, total: int):
-    """The learning-rate multiplier of a step: step decay at milestones, or warm-up + cosine."""
+def lr_factor(schedule: str, milestones: list[int], gamma: float, warmup: int, total: int,
+              periods: list[int] = (), end_factors: list[float] = ()):
+    """The learning-rate multiplier of a step: step decay at milestones, warm-up + cosine, or
+    cyclic cosine (cycle i goes from 1 down to end_factors[i] over periods[i] steps)."""
     def step_decay(step: int) -> float:
         return gamma ** sum(step >= m for m in milestones)
+
+    def half_cosine(progress: float, end: float = 0.0) -> float:
+        return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     def cosine(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = (step - warmup) / max(total - warmup, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return half_cosine((step - warmup) / max(total - warmup, 1))
 
-    return cosine if schedule == "cosine" else step_decay
+    def cyclic_cosine(step: int) -> float:
+        start = 0
+        for period, end in zip(periods, end_factors):
+            if step < start + period:
+                return half_cosine((step - start) / period, end)
+            start += period
+        return end_factors[-1]  # past the last cycle: its final rate
+
+    return {"cosine": cosine, "cyclic_cosine": cyclic_cosine}.get(schedule, step_decay)
 
 
 def bare_state_dict(model: nn.Module) -> dict[str, Tensor]:
@@ -221,6 +239,19 @@ def set_rng_states(states: dict) -> None:
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def progressive_crop(lr: Tensor, hr: Tensor, patch: int, size: int,
+                     generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``size`` random samples of a scale-1 batch, cropped at one random ``patch`` square."""
+    if lr.shape != hr.shape:
+        raise ValueError("progressive training crops scale-1 pairs only (derain, denoise)")
+    pick = torch.randperm(lr.shape[0], generator=generator)[:size].to(lr.device)
+    h, w = lr.shape[-2:]
+    top = int(torch.randint(h - patch + 1, (1,), generator=generator))
+    left = int(torch.randint(w - patch + 1, (1,), generator=generator))
+    window = (slice(None), slice(None), slice(top, top + patch), slice(left, left + patch))
+    return lr[pick][window], hr[pick][window]
 
 
 class StopRequested:
@@ -258,8 +289,10 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.optimizer = make_optimizer(args, model.parameters())
         milestones = [m * steps_per_epoch for m in args.decay_milestones]
+        end_factors = [eta / args.lr for eta in args.eta_mins or []] if args.lr else []
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(
-            args.schedule, milestones, args.gamma, args.warmup_steps, total_steps))
+            args.schedule, milestones, args.gamma, args.warmup_steps, total_steps,
+            args.periods or [], end_factors))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.amp == "fp16")
         self.progress = Progress()
         self.skipped_files: dict[int, int] = {}  # loader worker -> files it skipped so far
@@ -304,6 +337,9 @@ class Trainer:
         lr_img = batch["lr"].to(self.device, non_blocking=True)
         hr = batch["hr"].to(self.device, non_blocking=True)
         task_id = int(batch["task_id"])
+        if self.args.progressive_patches:
+            lr_img, hr = progressive_crop(lr_img, hr, *self.stage(self.progress.step),
+                                          seeded("progressive", self.args.seed, self.progress.step))
         if "skipped" in batch:
             self.skipped_files[int(batch.get("worker", 0))] = int(batch["skipped"])
         amp = AMP_DTYPES.get(self.args.amp)
@@ -330,6 +366,16 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         return value
+
+    def stage(self, step: int) -> tuple[int, int]:
+        """(patch size, batch size) of progressive training at ``step``; the last stage goes on."""
+        a = self.args
+        end = 0
+        for patch, size, steps in zip(a.progressive_patches, a.progressive_batches, a.progressive_steps):
+            end += steps
+            if step < end:
+                return patch, size
+        return a.progressive_patches[-1], a.progressive_batches[-1]
 
     def _too_large(self, value: float) -> bool:
         """The authors' --skip_threshold: a loss this many times the running mean is skipped."""

@@ -65,12 +65,13 @@ class BenchmarkSet:
     """The (input, target) pairs of one test set for one task, read lazily."""
 
     def __init__(self, dir_data: str, dataset: str, task: str, scale: int, seed: int = 1,
-                 div2k_range: tuple[int, int] = DIV2K_TEST_RANGE):
+                 div2k_range: tuple[int, int] = DIV2K_TEST_RANGE, clip_noise: bool = True):
         if dataset not in ALL_SETS:
             raise BenchmarkError(f"unknown test set {dataset!r}; known: {', '.join(ALL_SETS)}, Demo")
         if not supports(dataset, task):
             raise BenchmarkError(f"{dataset} is not a test set for {task}")
         self.dataset, self.task, self.scale, self.seed = dataset, task, scale, seed
+        self.clip_noise = clip_noise  # denoising inputs clipped to [0, 255] (IPT) or not (Restormer)
         self.kind = task_kind(task)[0]
         if dataset == "Sample":
             self.items = list(TEST_PHOTOS)
@@ -126,7 +127,8 @@ class BenchmarkSet:
             return Pair(name, bicubic_lr(hr, s), hr[:, :hr.shape[1] // s * s, :hr.shape[2] // s * s])
         if self.kind == "denoise":
             sigma = float(self.task[len("denoise"):])
-            return Pair(name, add_eval_noise(hr.float(), sigma, self.seed, self.dataset, name), hr)
+            return Pair(name, add_eval_noise(hr.float(), sigma, self.seed, self.dataset, name,
+                                                  self.clip_noise), hr)
         generator = eval_noise_generator(self.seed, self.dataset, name)  # Sample only: procedural
         streaks = procedural_streaks(tuple(hr.shape[-2:]), generator=generator)
         return Pair(name, add_rain(hr.float(), streaks).round().to(torch.uint8), hr)

@@ -127,9 +127,13 @@ def eval_noise_generator(seed: int, dataset: str, name: str) -> torch.Generator:
     return generator
 
 
-def add_eval_noise(hr: Tensor, sigma: float, seed: int, dataset: str, name: str) -> Tensor:
-    """Test-time noisy input: hr + CPU-drawn noise * sigma, clamped to [0, 255], not rounded."""
-    return add_noise(hr, sigma, eval_noise_generator(seed, dataset, name), clamp=True)
+def add_eval_noise(hr: Tensor, sigma: float, seed: int, dataset: str, name: str,
+                   clip: bool = True) -> Tensor:
+    """Test-time noisy input: hr + CPU-drawn noise * sigma, not rounded; clamped to [0, 255] if clip.
+
+    IPT's evaluation clips; Restormer's adds the noise to float images and leaves it unclipped.
+    """
+    return add_noise(hr, sigma, eval_noise_generator(seed, dataset, name), clamp=clip)
 
 
 # ----------------------------------------------------------------------------------------

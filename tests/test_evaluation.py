@@ -54,8 +54,9 @@ def test_sr_metrics_equal_the_saved_images(tmp_path, tree, caplog):
     assert code == 0
     assert "1 of 2 LR images missing" in caplog.text and "making LR from HR" in caplog.text
     report = json.loads((run / "metrics.json").read_text())
-    assert set(report["meta"]) == {"checkpoint", "checkpoint_sha256", "commit", "options", "tiling",
-                                   "self_ensemble"}
+    assert set(report["meta"]) == {"checkpoint", "checkpoint_sha256", "commit", "options", "model",
+                                   "tiling", "self_ensemble", "metric_channel", "test_noise"}
+    assert report["meta"]["tiling"] == "fast" and report["meta"]["metric_channel"] == "y"  # TINY: fast
     r = report["results"]["Set5"]["sr2"]
     assert r["n_images"] == 2 and set(r["per_image"]) == {"a", "b"}
     for stem in ("a", "b"):
@@ -64,6 +65,7 @@ def test_sr_metrics_equal_the_saved_images(tmp_path, tree, caplog):
         hr = hr[:sr.shape[0], :sr.shape[1]]  # HR cropped to LR x 2 (61 -> 60 rows)
         sr, hr = sr.permute(2, 0, 1).float(), hr.permute(2, 0, 1).float()
         assert r["per_image"][stem]["psnr"] == pytest.approx(utility.calc_psnr(sr, hr, 2)[0], abs=1e-9)
+        assert r["per_image"][stem]["psnr_y"] == r["per_image"][stem]["psnr"]
         assert r["per_image"][stem]["psnr_rgb"] == pytest.approx(
             utility.calc_psnr(sr, hr, 2, y_channel=False)[0], abs=1e-9)
     assert r["psnr"] == pytest.approx(np.mean([v["psnr"] for v in r["per_image"].values()]))
