@@ -38,15 +38,22 @@ class AxisPlan:
 
 
 def restore(model: nn.Module, x: Tensor, task_id: int = 0, mode: str = "auto",
-            crop_batch_size: int = 64, self_ensemble: bool = False) -> Tensor:
-    """Restore whole images x (B, C, H, W, 0..rgb_range) with task ``task_id``; unquantised output."""
-    if mode not in MODES:
-        raise ValueError(f"unknown tiling mode {mode!r}; choose one of {', '.join(MODES)}")
+            crop_batch_size: int = 64, self_ensemble: bool = False,
+            tile_size: int | None = None) -> Tensor:
+    """Restore whole images x (B, C, H, W, 0..rgb_range) with task ``task_id``; unquantised output.
+
+    A network with a fixed input size (``model.patch_size``, IPT) is tiled at that size; one
+    that takes any size (Restormer) runs whole, or in ``fast`` tiles of ``tile_size``.
+    """
     if x.dim() != 4:
         raise ValueError(f"restore expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
-    patch = getattr(model, "patch_size", None)
-    if mode == "auto":
-        mode = "official" if patch else "whole"
+    mode = resolve_mode(model, mode)
+    patch = getattr(model, "patch_size", None) or tile_size
+    if mode != "whole" and not patch:
+        raise ValueError(f"{mode} tiling of {type(model).__name__} needs a tile_size")
+    if mode == "official" and not getattr(model, "patch_size", None):
+        raise ValueError(f"official tiling is IPT's forward_chop; {type(model).__name__} runs "
+                         "whole, or in fast tiles")
     scale = model.scale[task_id] if hasattr(model, "scale") else 1
 
     def run(v: Tensor) -> Tensor:
@@ -56,6 +63,15 @@ def restore(model: nn.Module, x: Tensor, task_id: int = 0, mode: str = "auto",
 
     with torch.no_grad():
         return ensemble_x8(run, x) if self_ensemble else run(x)
+
+
+def resolve_mode(model: nn.Module, mode: str) -> str:
+    """The tiler that ``mode`` means for this model: auto is official for IPT, whole otherwise."""
+    if mode not in MODES:
+        raise ValueError(f"unknown tiling mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "auto":
+        return "official" if getattr(model, "patch_size", None) else "whole"
+    return mode
 
 
 def _forward(model: nn.Module, x: Tensor, task_id: int) -> Tensor:
