@@ -98,6 +98,14 @@ def _dihedral(x: Tensor, i: int, inverse: bool) -> Tensor:
     return x
 
 
+# On the CPU the network is called on at most this many tiles at a time, below any larger
+# crop_batch_size. Bigger calls allocate activations past glibc's 32 MiB mmap threshold, which
+# go back to the kernel after each call and are page-faulted in afresh by the next: 64 tiles of
+# the tiny model cost about 1.7x per tile what 8 do. Eight tiles keep the full-size model's
+# attention scores (8 x 12 heads x 256^2 floats, 25 MiB) under that threshold too.
+CPU_TILES_PER_CALL = 8
+
+
 def tile(fn: Callable[[Tensor], Tensor], x: Tensor, patch: int, scale: int, mode: str,
          crop_batch_size: int = 64) -> Tensor:
     """Apply a patch-to-patch network fn to a whole batch by tiling (official or fast)."""
@@ -109,42 +117,71 @@ def tile(fn: Callable[[Tensor], Tensor], x: Tensor, patch: int, scale: int, mode
         return out[..., :h * scale, :w * scale]
     plan = official_plan if mode == "official" else fast_plan
     rows, cols = plan(h, patch, scale), plan(w, patch, scale)
-    weights = [(rows.weights[i].to(x.device), cols.weights[j].to(x.device))
-               for i in range(len(rows.starts)) for j in range(len(cols.starts))]
-    positions = [(r, q) for r in rows.starts for q in cols.starts]
+    grid = _TileGrid(rows, cols, scale, w * scale, x.device)
+    windows = x.unfold(2, patch, 1).unfold(3, patch, 1)  # (b, c, h', w', patch, patch), a view
+    out = x.new_zeros(b, c, h * scale, w * scale)
+    size = min(crop_batch_size, CPU_TILES_PER_CALL) if x.device.type == "cpu" else crop_batch_size
     # The authors run their bottom-right tile on its own; so do we, which keeps the float
     # arithmetic of that tile identical to theirs (a batch of one takes other CPU kernels).
-    last = len(positions) - 1 if mode == "official" else len(positions)
-    firsts = list(range(0, last, crop_batch_size)) + [last]
-    out = x.new_zeros(b, c, h * scale, w * scale)
-    for first, end in zip(firsts, firsts[1:] + [len(positions)]):
-        chunk = positions[first:end]
-        if not chunk:
-            continue
-        tiles = torch.stack([x[..., r:r + patch, q:q + patch] for r, q in chunk], dim=1)
-        y = fn(tiles.flatten(0, 1)).unflatten(0, (b, len(chunk)))
+    for first, end in _chunks(grid.count, size, alone_last=mode == "official"):
+        r, q = grid.row[first:end], grid.col[first:end]
+        tiles = windows[:, :, grid.row_start[r], grid.col_start[q]].transpose(1, 2)
+        y = fn(tiles.flatten(0, 1)).unflatten(0, (b, end - first))  # (b, k, c, P, P)
         if first == 0:
             top_left = y[:, 0]
-        for k, (r, q) in enumerate(chunk):
-            wr, wc = weights[first + k]
-            out[..., r * scale:(r + patch) * scale, q * scale:(q + patch) * scale] += \
-                y[:, k] * (wr[:, None] * wc[None, :])
-    norm_r = _coverage(rows, h * scale, scale).to(x.device)
-    norm_c = _coverage(cols, w * scale, scale).to(x.device)
-    out /= norm_r[:, None] * norm_c[None, :]
+        grid.accumulate(out, y, r, q)
+    out /= grid.coverage(h * scale, w * scale)
     if mode == "official":  # the authors' left strip overwrites part of their top strip
         margin, right = patch // 4 * scale, min(patch * scale, cols.boundary)
         out[..., :margin, margin:right] = top_left[..., :margin, margin:right]
     return out
 
 
+def _chunks(count: int, size: int, alone_last: bool) -> list[tuple[int, int]]:
+    """(first, end) spans of at most ``size`` tiles; the last tile alone when ``alone_last``."""
+    last = count - 1 if alone_last else count
+    bounds = list(range(0, last, size)) + [last]
+    spans = [(a, z) for a, z in zip(bounds, bounds[1:]) if z > a]
+    return spans + [(last, count)] if alone_last else spans
+
+
+class _TileGrid:
+    """The tiles of two axis plans in row-major order, their weights and output offsets."""
+
+    def __init__(self, rows: AxisPlan, cols: AxisPlan, scale: int, width: int,
+                 device: torch.device):
+        self.rows, self.cols, self.scale, self.width = rows, cols, scale, width
+        n_r, n_c = len(rows.starts), len(cols.starts)
+        self.count = n_r * n_c
+        self.row = torch.arange(n_r, device=device).repeat_interleave(n_c)  # tile -> row index
+        self.col = torch.arange(n_c, device=device).repeat(n_r)  # tile -> column index
+        self.row_start = torch.tensor(rows.starts, device=device)  # input offsets
+        self.col_start = torch.tensor(cols.starts, device=device)
+        self.row_weight, self.col_weight = rows.weights.to(device), cols.weights.to(device)
+        a = torch.arange(rows.weights.shape[1], device=device)
+        self.pixel = a[:, None] * width + a[None, :]  # offset of a tile's pixels in the output
+
+    def accumulate(self, out: Tensor, y: Tensor, r: Tensor, q: Tensor) -> None:
+        """out += each tile output of y (b, k, c, P, P) times its weights, at its place."""
+        b, k, c = y.shape[:3]
+        weight = self.row_weight[r][:, :, None] * self.col_weight[q][:, None, :]  # (k, P, P)
+        src = (y * weight[:, None]).transpose(1, 2).reshape(b * c, -1)
+        corner = (self.row_start[r] * self.width + self.col_start[q]) * self.scale
+        index = corner[:, None, None] + self.pixel
+        out.view(b * c, -1).index_add_(1, index.flatten(), src)
+
+    def coverage(self, height: int, width: int) -> Tensor:
+        """Total weight that the tiles give each output pixel, (height, width)."""
+        device = self.row_weight.device
+        return (_coverage(self.rows, height, self.scale).to(device)[:, None]
+                * _coverage(self.cols, width, self.scale).to(device)[None, :])
+
+
 def _coverage(plan: AxisPlan, length: int, scale: int) -> Tensor:
     """Total weight that the tiles of an axis give each output pixel."""
-    total = torch.zeros(length)
     size = plan.weights.shape[1]
-    for start, weight in zip(plan.starts, plan.weights):
-        total[start * scale:start * scale + size] += weight
-    return total
+    index = (torch.tensor(plan.starts)[:, None] * scale + torch.arange(size)).flatten()
+    return torch.zeros(length).index_add_(0, index, plan.weights.flatten())
 
 
 def official_plan(n: int, patch: int, scale: int) -> AxisPlan:
@@ -159,12 +196,13 @@ def official_plan(n: int, patch: int, scale: int) -> AxisPlan:
     edge = n - patch  # the extra strip, flush with the far border
     boundary = (n - cut) * scale - int((patch - cut) / 2 * scale)  # first output row of the strip
     starts = grid + ([edge] if edge != grid[-1] else [])
-    weights = torch.zeros(len(starts), out_patch)
     a = torch.arange(out_patch)
-    for k, g in enumerate(grid):
-        lo = 0 if k == 0 else margin
-        hi = out_patch if k == len(grid) - 1 else out_patch - margin
-        weights[k] = ((a >= lo) & (a < hi) & (g * scale + a < boundary)).float()
+    k = torch.arange(len(grid))[:, None]
+    lo = torch.where(k == 0, 0, margin)  # the first tile also owns its outer quarter
+    hi = torch.where(k == len(grid) - 1, out_patch, out_patch - margin)  # and so does the last
+    inside = (a >= lo) & (a < hi) & (torch.tensor(grid)[:, None] * scale + a < boundary)
+    weights = torch.zeros(len(starts), out_patch)
+    weights[:len(grid)] = inside.float()
     weights[starts.index(edge)] += (edge * scale + a >= boundary).float()
     return AxisPlan(starts, weights, boundary)
 
