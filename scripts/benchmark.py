@@ -1,10 +1,13 @@
 """The project's benchmarks: one function per section, each rewriting its part of BENCHMARKS.md.
 
-    python scripts/benchmark.py [SECTION ...] [--doc docs/BENCHMARKS.md] [--reps 3]
+    python scripts/benchmark.py [SECTION ...] [--doc docs/BENCHMARKS.md] [--reps 3] [--smoke]
 
 With no SECTION every section runs. Each prints a Markdown table and replaces the text between
 ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in the doc (appending the section when the
-markers are missing), leaving the other sections as they are.
+markers are missing), leaving the other sections as they are. Timings are medians of
+interleaved repetitions in one run. ``--smoke`` runs every section at minimal sizes (tiny
+models, one repetition) in a few seconds and writes a temporary doc unless ``--doc`` is given;
+the test suite runs it.
 """
 from __future__ import annotations
 
@@ -15,10 +18,13 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Optional, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -27,23 +33,47 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 DOC = os.path.join(ROOT, "docs", "BENCHMARKS.md")
-DOC_TITLE = ("# Benchmarks\n\nMade by `python scripts/benchmark.py [SECTION]`; each section is "
-             "rewritten between its markers by its own run.\n")
+DOC_TITLE = ("# Benchmarks\n\nMade by `python scripts/benchmark.py [SECTION ...] [--reps N]`; "
+             "each section is rewritten between its markers by its own run.\n")
 DEFAULT_REPS = 5
-
-# loader section
-LOADER_TASKS = ("sr2", "sr3", "sr4", "derain", "denoise30")
 HEADS = ("sr2", "sr3", "sr4", "derain", "denoise30", "denoise50")  # the six-task head order
-LOADER_WORKERS = (0, 1, 2)
-LOADER_BATCH = 16
-LOADER_BATCHES = 16  # timed batches per measurement, after one untimed (worker start-up)
 JPEG_QUALITY = 90
+TINY_IPT = dict(n_feats=16, num_heads=4, num_layers=1)  # the tiling section's CPU model
+TRAIN_TINY = dict(n_feats=16, num_heads=4, num_layers=2)  # the tiny training configuration
+CUDA_LOADER_WORKERS = (8, 16)
+CUDA_BACKWARD_BATCH = 64  # about 29 GB on the CPU: GPU only
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What a run measures: the full benchmark, or a smoke run of a few seconds for CI."""
+
+    loader_tasks: tuple[str, ...]
+    loader_workers: tuple[int, ...]  # CUDA_LOADER_WORKERS are added on a GPU machine
+    loader_batch: int
+    loader_batches: int  # timed batches per measurement, after one untimed (worker start-up)
+    tiling_sizes: tuple[int, ...]
+    forward_model: dict  # IPTConfig overrides of the x2 model of the forward section
+    forward_batches: tuple[int, ...]
+    backward_batches: tuple[int, ...]  # CUDA_BACKWARD_BATCH is added on a GPU
+    gemm_calls: int  # matmuls per GEMM-peak measurement
+    training: tuple[tuple[str, dict, int, int], ...]  # (name, IPT options, CPU batch, GPU batch)
+
+
+FULL = Sizes(loader_tasks=("sr2", "sr3", "sr4", "derain", "denoise30"), loader_workers=(0, 1, 2),
+             loader_batch=16, loader_batches=16, tiling_sizes=(126, 240, 256, 512),
+             forward_model={}, forward_batches=(1, 16), backward_batches=(8,), gemm_calls=3,
+             training=(("tiny", TRAIN_TINY, 8, 8), ("full", {}, 2, 8)))
+SMOKE = Sizes(loader_tasks=("sr2",), loader_workers=(0, 2), loader_batch=4, loader_batches=1,
+              tiling_sizes=(60,), forward_model=TINY_IPT, forward_batches=(1, 2),
+              backward_batches=(2,), gemm_calls=1, training=(("tiny", TRAIN_TINY, 2, 2),))
 
 
 def machine() -> str:
-    """CPU model, core count, torch version and date, in one line."""
+    """CPU model, core count, GPU when present, torch version and date, in one line."""
     model = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -51,24 +81,52 @@ def machine() -> str:
         model = found.group(1).strip() if found else model
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cpu_cores()
+    gpu = f"; {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    return (f"{model}, {cores} core(s); Python {platform.python_version()}, torch "
+    return (f"{model}, {cores} core(s){gpu}; Python {platform.python_version()}, torch "
             f"{torch.__version__}; {date}")
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def bench_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
 
 
 def write_section(doc: str, name: str, body: str) -> None:
     """Replace (or append) the text between the section's markers in the doc."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    text = open(doc).read() if os.path.isfile(doc) else DOC_TITLE
+    text = open(doc).read() if os.path.isfile(doc) and os.path.getsize(doc) else DOC_TITLE
     block = f"{begin}\n{body.strip()}\n{end}"
     if begin in text and end in text:
         text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    os.makedirs(os.path.dirname(doc), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(doc)), exist_ok=True)
     with open(doc, "w") as f:
         f.write(text)
+
+
+def read_section(doc: str, name: str) -> Optional[str]:
+    """The text between a section's markers, or None."""
+    text = open(doc).read() if os.path.isfile(doc) else ""
+    found = re.search(f"<!-- {name}:begin -->(.*?)<!-- {name}:end -->", text, re.DOTALL)
+    return found.group(1) if found else None
 
 
 # ----------------------------------------------------------------------------------------
@@ -86,54 +144,79 @@ def write_jpegs(folder: str) -> float:
     return statistics.mean(pixels) / 1e6
 
 
-def loader_rate(folder: str, task: str, workers: int, seed: int) -> float:
+def loader_rate(folder: str, task: str, workers: int, seed: int, sizes: Sizes) -> float:
     """Pairs per second of a PairStream over the folder, after one untimed batch."""
     from data.stream import PairStream
 
-    stream = PairStream(folder, HEADS, LOADER_BATCH, task_id=HEADS.index(task), seed=seed)
+    stream = PairStream(folder, HEADS, sizes.loader_batch, task_id=HEADS.index(task), seed=seed)
     batches = iter(DataLoader(stream, batch_size=None, num_workers=workers))
     next(batches)
     start = time.perf_counter()
-    for _ in range(LOADER_BATCHES):
+    for _ in range(sizes.loader_batches):
         next(batches)
     elapsed = time.perf_counter() - start
     del batches  # stops the workers
-    return LOADER_BATCHES * LOADER_BATCH / elapsed
+    return sizes.loader_batches * sizes.loader_batch / elapsed
+
+
+def loader_workers(sizes: Sizes) -> tuple[int, ...]:
+    """The worker counts measured: 8 and 16 as well on a GPU machine."""
+    return sizes.loader_workers + (CUDA_LOADER_WORKERS if torch.cuda.is_available() else ())
 
 
 def loader_section(args: argparse.Namespace) -> str:
     """Data loader pairs/s per task and worker count: the median of interleaved repetitions."""
     from data.stream import task_scale
 
+    sizes, workers = args.sizes, loader_workers(args.sizes)
     rates: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory() as folder:
         megapixels = write_jpegs(folder)
         for rep in range(args.reps):
-            for task in LOADER_TASKS:
-                for workers in LOADER_WORKERS:
-                    rate = loader_rate(folder, task, workers, seed=rep)
-                    rates.setdefault((task, workers), []).append(rate)
-    head = "| task | LR | HR | " + " | ".join(f"{w} worker(s)" for w in LOADER_WORKERS) + " |"
+            for task in sizes.loader_tasks:
+                for w in workers:
+                    rates.setdefault((task, w), []).append(loader_rate(folder, task, w, rep, sizes))
+    head = "| task | LR | HR | " + " | ".join(f"{w} worker(s)" for w in workers) + " |"
     lines = ["## Data loader (pairs/s)", "",
              f"Machine: {machine()}.", "",
              f"`PairStream` over the 8 scikit-image training photos written as JPEG (quality "
              f"{JPEG_QUALITY}, {megapixels:.2f} megapixels on average, larger than a typical "
-             f"ImageNet JPEG of 500x375, 0.19 MP, so decoding costs more here), batch {LOADER_BATCH}, one crop per file, "
-             f"augmentation on; `DataLoader(batch_size=None, num_workers=W)`. Pairs per second "
-             f"over {LOADER_BATCHES} batches after a first untimed one, median of {args.reps} "
+             f"ImageNet JPEG of 500x375, 0.19 MP, so decoding costs more here), batch "
+             f"{sizes.loader_batch}, one crop per file, augmentation on; "
+             f"`DataLoader(batch_size=None, num_workers=W)`. Pairs per second over "
+             f"{sizes.loader_batches} batches after a first untimed one, median of {args.reps} "
              "interleaved repetitions. derain uses procedural streaks.", "",
-             head, "|" + "---|" * (3 + len(LOADER_WORKERS))]
-    for task in LOADER_TASKS:
+             head, "|" + "---|" * (3 + len(workers))]
+    for task in sizes.loader_tasks:
         s = task_scale(task)
-        cells = " | ".join(f"{statistics.median(rates[(task, w)]):.0f}" for w in LOADER_WORKERS)
+        cells = " | ".join(f"{median(rates[(task, w)]):.0f}" for w in workers)
         lines.append(f"| {task} | 48 | {48 * s} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
-# tiling section
-TILING_SIZES = (126, 240, 256, 512)
-TILING_MODES = ("reference", "official", "fast")  # reference: the authors' strip-by-strip procedure
-TINY_IPT = dict(n_feats=16, num_heads=4, num_layers=1)
+def loader_figures(doc: str) -> Optional[tuple[int, dict[str, float]]]:
+    """(workers, {task: pairs/s}) from the doc's loader table, at the most workers <= cores."""
+    body = read_section(doc, "loader")
+    if body is None:
+        return None
+    rows = [line.strip("|").split("|") for line in body.splitlines() if line.startswith("|")]
+    head = [cell.strip() for cell in rows[0]]
+    counts = {i: int(cell.split()[0]) for i, cell in enumerate(head) if cell.endswith("worker(s)")}
+    usable = [i for i, w in counts.items() if w <= cpu_cores()]
+    if not usable:
+        return None
+    column = max(usable, key=counts.get)
+    rates = {row[0].strip(): float(row[column]) for row in rows[2:]}
+    return counts[column], rates
+
+
+# ----------------------------------------------------------------------------------------
+# tiling: whole-image inference, official and fast against the authors' strip-by-strip procedure
+# ----------------------------------------------------------------------------------------
+# reference: the authors' strip-by-strip procedure; official-64: official with the CPU's cap on
+# tiles per network call lifted to the crop batch, to show what that cap is worth
+TILING_MODES = ("reference", "official", "official-64", "fast")
+CROP_BATCH = 64
 
 
 def tiling_model(device: torch.device) -> torch.nn.Module:
@@ -143,6 +226,19 @@ def tiling_model(device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = IPTConfig(scale=[2], num_queries=1, **({} if device.type == "cuda" else TINY_IPT))
     return IPT(cfg).to(device).eval()
+
+
+@contextmanager
+def tiles_per_call(limit: int) -> Iterator[None]:
+    """Temporarily set the tiler's cap on tiles per network call on the CPU."""
+    from model import tiling
+
+    saved = tiling.CPU_TILES_PER_CALL
+    tiling.CPU_TILES_PER_CALL = limit
+    try:
+        yield
+    finally:
+        tiling.CPU_TILES_PER_CALL = saved
 
 
 def run_tiling(mode: str, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -155,9 +251,12 @@ def run_tiling(mode: str, model: torch.nn.Module, x: torch.Tensor) -> tuple[torc
     try:
         with torch.no_grad():
             if mode == "reference":
-                out = reference_chop(lambda t: model(t, 0), x, 2)
+                out = reference_chop(lambda t: model(t, 0), x, 2, batch=CROP_BATCH)
+            elif mode == "official-64":
+                with tiles_per_call(CROP_BATCH):
+                    out = restore(model, x, 0, "official", crop_batch_size=CROP_BATCH)
             else:
-                out = restore(model, x, 0, mode)
+                out = restore(model, x, 0, mode, crop_batch_size=CROP_BATCH)
     finally:
         hook.remove()
     return out, count[0]
@@ -165,46 +264,375 @@ def run_tiling(mode: str, model: torch.nn.Module, x: torch.Tensor) -> tuple[torc
 
 def tiling_section(args: argparse.Namespace) -> str:
     """Seconds, tile evaluations and peak memory of whole-image x2 inference per tiler."""
+    from model.tiling import CPU_TILES_PER_CALL
+
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = bench_device()
     model = tiling_model(device)
+    modes = [m for m in TILING_MODES if device.type == "cpu" or m != "official-64"]
     times: dict[tuple[int, str], list[float]] = {}
     tiles, peaks, diffs = {}, {}, {}
-    for size in TILING_SIZES:
+    for size in args.sizes.tiling_sizes:
         x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size)).mul(255).to(device)
         for _ in range(args.reps):
             outs = {}
-            for mode in TILING_MODES:  # interleaved repetitions
+            for mode in modes:  # interleaved repetitions
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                     torch.cuda.reset_peak_memory_stats()
                 start = time.perf_counter()
                 outs[mode], tiles[(size, mode)] = run_tiling(mode, model, x)
+                synchronize(device)
                 if device.type == "cuda":
-                    torch.cuda.synchronize()
                     peaks[(size, mode)] = torch.cuda.max_memory_allocated() / 2 ** 20
                 times.setdefault((size, mode), []).append(time.perf_counter() - start)
             diffs[size] = (outs["official"] - outs["reference"]).abs().max().item()
     kind = "full-size x2 IPT" if device.type == "cuda" else "tiny x2 IPT (n_feats 16, 4 heads, 1 layer)"
+    cap = (f"On the CPU `official` and `fast` call the network on at most {CPU_TILES_PER_CALL} "
+           "tiles at a time (`model.tiling.CPU_TILES_PER_CALL`: larger calls allocate blocks "
+           "that glibc maps afresh on every call); `official-64` lifts that cap to the crop "
+           "batch, to show what it is worth. " if device.type == "cpu" else "")
     lines = [f"## Whole-image inference ({device.type})", "", f"Machine: {machine()}.", "",
-             f"{kind}, random weights, crop batch 64; seconds are medians of {args.reps} interleaved "
-             "repetitions; `reference` is the authors' strip-by-strip procedure "
-             "(tests/reference_chop.py); peak memory on CUDA only.", "",
+             f"{kind}, random weights, crop batch {CROP_BATCH}; seconds are medians of {args.reps} "
+             "interleaved repetitions; `reference` is the authors' strip-by-strip procedure "
+             f"(tests/reference_chop.py, {CROP_BATCH} tiles per call). {cap}Peak memory on CUDA "
+             "only.", "",
              "| size | mode | seconds | tile evaluations | speed-up vs reference | peak MiB | "
              "max abs diff official vs reference |", "|---|---|---|---|---|---|---|"]
-    for size in TILING_SIZES:
-        ref = statistics.median(times[(size, "reference")])
-        for mode in TILING_MODES:
-            sec = statistics.median(times[(size, mode)])
+    for size in args.sizes.tiling_sizes:
+        ref = median(times[(size, "reference")])
+        for mode in modes:
+            sec = median(times[(size, mode)])
             peak = f"{peaks[(size, mode)]:.0f}" if (size, mode) in peaks else "-"
             diff = f"{diffs[size]:.2e}" if mode == "official" else ""
-            lines.append(f"| {size}x{size} | {mode} | {sec:.2f} | {tiles[(size, mode)]} | "
+            lines.append(f"| {size}x{size} | {mode} | {sec:.3f} | {tiles[(size, mode)]} | "
                          f"{ref / sec:.2f}x | {peak} | {diff} |")
     return "\n".join(lines) + "\n"
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {"loader": loader_section,
-                                                              "tiling": tiling_section}
+# ----------------------------------------------------------------------------------------
+# forward: the x2 model's forward and forward+backward against a GEMM peak
+# ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pass:
+    """One timed configuration of the forward section."""
+
+    backward: bool
+    dtype: str  # "fp32" or "bf16" (autocast)
+    batch: int
+
+    @property
+    def name(self) -> str:
+        return "forward+backward" if self.backward else "forward"
+
+
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def forward_config(sizes: Sizes):
+    """The x2 IPTConfig of the forward section (full size unless the sizes say otherwise)."""
+    from model import IPTConfig
+
+    return IPTConfig(scale=[2], **sizes.forward_model)
+
+
+def largest_gemm(cfg, batch: int) -> tuple[int, int, int]:
+    """(M, K, N) of the model's largest matmul: a feed-forward Linear of the body at ``batch``.
+
+    Every Transformer block and the mlp_head run tokens x dim @ dim x 4 dim (and back); the
+    convolutions and attention products are smaller.
+    """
+    from model.ipt import MLP_RATIO
+
+    tokens = batch * (cfg.patch_size // cfg.patch_dim) ** 2
+    dim = cfg.n_feats * cfg.patch_dim ** 2
+    return tokens, dim, MLP_RATIO * dim
+
+
+def gemm_seconds(operands: tuple[torch.Tensor, torch.Tensor, torch.Tensor], calls: int) -> float:
+    """Seconds per torch.mm(a, b, out=c): the output is preallocated, so only arithmetic counts."""
+    a, b, c = operands
+    synchronize(a.device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        torch.mm(a, b, out=c)
+    synchronize(a.device)
+    return (time.perf_counter() - start) / calls
+
+
+def gemm_operands(shape: tuple[int, int, int], dtype: torch.dtype,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random a (M, K), b (K, N) and an output c (M, N)."""
+    m, k, n = shape
+    a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
+    c = torch.empty(m, n, dtype=dtype, device=device)
+    torch.mm(a, b, out=c)  # warm-up
+    return a, b, c
+
+
+def count_flops(model: torch.nn.Module, x: torch.Tensor, backward: bool) -> int:
+    """FLOPs that FlopCounterMode counts for one forward (and backward) of x.
+
+    It counts matmuls, convolutions and fused attention, 2 per multiply-add; softmax, LayerNorm,
+    ReLU and additions are not counted. (Run with autograd on: its module tracker needs it.)
+    """
+    model.train(backward)
+    with FlopCounterMode(display=False) as counter:
+        out = model(x, 0)
+        if backward:
+            out.float().mean().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def time_pass(model: torch.nn.Module, x: torch.Tensor, run: Pass) -> float:
+    """Seconds of one forward (no_grad) or forward+backward of x, under autocast for bf16."""
+    dtype = AUTOCAST[run.dtype]
+    model.train(run.backward)
+    model.zero_grad(set_to_none=True)
+    synchronize(x.device)
+    start = time.perf_counter()
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None), \
+            torch.set_grad_enabled(run.backward):
+        out = model(x, 0)
+        if run.backward:
+            out.float().mean().backward()
+    synchronize(x.device)
+    return time.perf_counter() - start
+
+
+def forward_passes(sizes: Sizes, device: torch.device) -> list[Pass]:
+    """The timed configurations: fp32 (and bf16 on CUDA) forward and forward+backward."""
+    cuda = device.type == "cuda"
+    backward = sizes.backward_batches + ((CUDA_BACKWARD_BATCH,) if cuda else ())
+    return [Pass(bwd, dtype, b) for dtype in (("fp32", "bf16") if cuda else ("fp32",))
+            for bwd, batches in ((False, sizes.forward_batches), (True, backward)) for b in batches]
+
+
+def fresh_forward(batch: int, reps: int, smoke: bool, tuned: bool) -> tuple[float, float]:
+    """(median seconds, minor page faults per call) of the fp32 CPU forward at ``batch`` in a
+    fresh process that runs nothing else, as an evaluation does; with ``tuned`` its glibc malloc
+    never maps blocks of their own (M_MMAP_MAX 0) nor trims the heap (M_TRIM_THRESHOLD 1 GiB)."""
+    code = (f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'scripts')!r}); import benchmark; "
+            f"print(benchmark.child_forward({batch}, {reps}, {smoke}, {tuned}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seconds, faults = done.stdout.strip().splitlines()[-1].split()
+    return float(seconds), float(faults)
+
+
+def child_forward(batch: int, reps: int, smoke: bool, tuned: bool) -> str:
+    """fresh_forward's child: set the malloc options if asked, time the forward, count faults."""
+    import resource
+
+    if tuned:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 1 << 30)):
+            raise RuntimeError("mallopt refused the options")
+    from model import IPT
+
+    torch.manual_seed(0)
+    model = IPT(forward_config(SMOKE if smoke else FULL))
+    x = torch.rand(batch, 3, model.patch_size, model.patch_size) * 255
+    run = Pass(False, "fp32", batch)
+    time_pass(model, x, run)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    seconds = [time_pass(model, x, run) for _ in range(reps)]
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    return f"{median(seconds)!r} {faults / reps}"
+
+
+def forward_section(args: argparse.Namespace) -> str:
+    """Achieved FLOP/s of the x2 model's forward and forward+backward, and its share of a GEMM."""
+    from model import IPT
+
+    sizes, device = args.sizes, bench_device()
+    cfg = forward_config(sizes)
+    torch.manual_seed(0)
+    model = IPT(cfg).to(device)
+    patch = cfg.patch_size
+    one = torch.rand(1, 3, patch, patch, device=device) * 255
+    flops = {bwd: count_flops(model, one, bwd) for bwd in (False, True)}  # per 48x48 tile
+    shape = largest_gemm(cfg, max(sizes.forward_batches))
+    runs = forward_passes(sizes, device)
+    dtypes = sorted({r.dtype for r in runs}, key=list(AUTOCAST).index)
+    gemms = {d: gemm_operands(shape, AUTOCAST[d] or torch.float32, device) for d in dtypes}
+    inputs = {b: torch.rand(b, 3, patch, patch, device=device) * 255 for b in {r.batch for r in runs}}
+    for run in runs:  # warm-up
+        time_pass(model, inputs[run.batch], run)
+    times: dict[object, list[float]] = {}
+    for _ in range(args.reps):  # interleaved repetitions
+        for d in dtypes:
+            times.setdefault(d, []).append(gemm_seconds(gemms[d], sizes.gemm_calls))
+        for run in runs:
+            times.setdefault(run, []).append(time_pass(model, inputs[run.batch], run))
+    peak = {d: 2 * shape[0] * shape[1] * shape[2] / median(times[d]) for d in dtypes}
+    fresh = {}  # glibc malloc tuned or not -> seconds
+    if device.type == "cpu" and platform.libc_ver()[0] == "glibc":
+        fresh = {t: fresh_forward(max(sizes.forward_batches), args.reps, args.smoke, t)
+                 for t in (False, True)}
+    return forward_table(args, cfg, device, flops, shape, peak, runs, times, fresh)
+
+
+def forward_table(args: argparse.Namespace, cfg, device: torch.device, flops: dict[bool, int],
+                  shape: tuple[int, int, int], peak: dict[str, float], runs: list[Pass],
+                  times: dict, fresh: dict[bool, tuple[float, float]]) -> str:
+    """The forward section's Markdown."""
+    size = "full-size" if not args.sizes.forward_model else "tiny (smoke)"
+    m, k, n = shape
+    lines = [f"## Model forward and backward ({device.type})", "", f"Machine: {machine()}.", "",
+             f"{size} x2 IPT (n_feats {cfg.n_feats}, {cfg.num_heads} heads, {cfg.num_layers} "
+             f"layer(s), {cfg.patch_size}x{cfg.patch_size} input, attention `{cfg.attention}`: "
+             f"{'sdpa' if device.type == 'cuda' else 'the authors arithmetic'} here), random "
+             "weights. "
+             f"FLOPs counted by `torch.utils.flop_counter.FlopCounterMode` on one tile: "
+             f"{flops[False] / 1e9:.2f} GFLOPs forward, {flops[True] / 1e9:.2f} GFLOPs forward+"
+             f"backward ({flops[True] / flops[False]:.2f}x); it counts matmuls, convolutions and "
+             "fused attention at 2 FLOPs per multiply-add, not softmax, LayerNorm, ReLU or "
+             "additions. Forward runs under `no_grad` in eval mode; forward+backward in train "
+             "mode with loss = mean of the output; bf16 is `torch.autocast`.", "",
+             f"GEMM peak: `torch.mm` of the model's largest matmul, the body's feed-forward "
+             f"Linear at batch {max(args.sizes.forward_batches)} ({m} tokens x {k} @ {k} x {n}), "
+             f"into a preallocated output, {args.sizes.gemm_calls} call(s) per repetition: "
+             + ", ".join(f"{d} {peak[d] / 1e9:.0f} GFLOP/s" for d in peak)
+             + f". Seconds are medians of {args.reps} interleaved repetitions after one warm-up.",
+             "", "| pass | dtype | batch | seconds | GFLOP per call | achieved GFLOP/s | "
+             "% of GEMM peak |", "|---|---|---|---|---|---|---|"]
+    for run in runs:
+        sec, work = median(times[run]), flops[run.backward] * run.batch
+        lines.append(f"| {run.name} | {run.dtype} | {run.batch} | {sec:.3f} | {work / 1e9:.1f} | "
+                     f"{work / sec / 1e9:.1f} | {100 * work / sec / peak[run.dtype]:.0f}% |")
+    batch, work = max(args.sizes.forward_batches), flops[False] * max(args.sizes.forward_batches)
+    for tuned, (sec, _) in fresh.items():
+        label = "forward, fresh process, malloc tuned**" if tuned else "forward, fresh process*"
+        lines.append(f"| {label} | fp32 | {batch} | {sec:.3f} | {work / 1e9:.1f} | "
+                     f"{work / sec / 1e9:.1f} | {100 * work / sec / peak['fp32']:.0f}% |")
+    if fresh:
+        lines += ["", f"\\* In a child process that runs only this forward (a warm-up, then the "
+                  f"repetitions), as an evaluation does: {fresh[False][1]:,.0f} minor page faults "
+                  f"per call (`getrusage`), against {fresh[True][1]:,.0f} in the row below. glibc "
+                  "maps large blocks on their own and unmaps them when freed, so such a process "
+                  "page-faults its activations in afresh on every call (the attention scores of "
+                  "16 full-size tiles take 50 MiB). The rows above run after the warm-up's "
+                  "forward+backward, after which glibc serves these blocks from its heap (its "
+                  "dynamic mmap and trim thresholds have risen).", "",
+                  "\\*\\* The same with `mallopt(M_MMAP_MAX, 0)` and `mallopt(M_TRIM_THRESHOLD, "
+                  "1 GiB)` called first: no block is mapped on its own and the heap is never "
+                  "trimmed. The allocator changes no arithmetic."]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------
+# training: steps per second of the project's Trainer, and the loader against it
+# ----------------------------------------------------------------------------------------
+def trainer_for(ipt_options: dict, batch: int, device: torch.device, amp: str, save: str):
+    """A Trainer over a fresh six-task IPT built from the command-line options."""
+    from model import build_model
+    from option import parse_args
+    from trainer import Trainer
+
+    argv = ["--tasks", "+".join(HEADS), "--batch_size", str(batch), "--patch_size", "48",
+            "--con_loss", "--amp", amp, "--save", save, "--reset"]
+    for key, value in ipt_options.items():
+        argv += [f"--{key}", str(value)]
+    args = parse_args(argv)
+    torch.manual_seed(0)
+    net = build_model(args).to(device)
+    return Trainer(args, net, lambda step: iter(()), None, 10 ** 9, 1)
+
+
+def task_batches(batch: int, patch: int, device: torch.device) -> list[dict]:
+    """One random batch per head, in head order, as the loader hands them over."""
+    from data.stream import task_scale
+
+    out = []
+    for task_id, task in enumerate(HEADS):
+        s = task_scale(task)
+        out.append({"lr": torch.rand(batch, 3, patch, patch, device=device) * 255,
+                    "hr": torch.rand(batch, 3, patch * s, patch * s, device=device) * 255,
+                    "task_id": task_id, "step": task_id})
+    return out
+
+
+@dataclass
+class TrainRun:
+    """One timed training configuration: its Trainer and its six batches."""
+
+    name: str
+    options: dict
+    batch: int
+    amp: str
+    trainer: object
+    batches: list
+
+    def seconds_per_step(self) -> float:
+        """Seconds per train_step over one step of each head."""
+        device = self.trainer.device
+        synchronize(device)
+        start = time.perf_counter()
+        for batch in self.batches:
+            if self.trainer.train_step(batch) is None:
+                raise RuntimeError("a benchmark training step was skipped (non-finite loss)")
+        synchronize(device)
+        return (time.perf_counter() - start) / len(self.batches)
+
+    def describe(self) -> str:
+        """The configuration's name and options, for the table."""
+        given = ", ".join(f"{k} {v}" for k, v in self.options.items())
+        return f"{self.name} ({given or 'defaults: n_feats 64, 12 heads, 12 layers'})"
+
+
+def training_section(args: argparse.Namespace) -> str:
+    """Training steps/s of the tiny and the full configuration through Trainer.train_step."""
+    device = bench_device()
+    cuda = device.type == "cuda"
+    runs: list[TrainRun] = []
+    times: dict[int, list[float]] = {}
+    with tempfile.TemporaryDirectory() as save:
+        for name, options, cpu_batch, gpu_batch in args.sizes.training:
+            batch = gpu_batch if cuda else cpu_batch
+            for amp in ("none", "bf16") if cuda else ("none",):
+                trainer = trainer_for(options, batch, device, amp, os.path.join(save, f"{name}-{amp}"))
+                runs.append(TrainRun(name, options, batch, amp, trainer, task_batches(batch, 48, device)))
+                runs[-1].seconds_per_step()  # warm-up
+        for _ in range(args.reps):  # interleaved repetitions
+            for i, run in enumerate(runs):
+                times.setdefault(i, []).append(run.seconds_per_step())
+    lines = [f"## Training ({device.type})", "", f"Machine: {machine()}.", "",
+             "`Trainer.train_step` (trainer.py) of a six-head IPT (sr2, sr3, sr4, derain, "
+             "denoise30, denoise50), 48x48 inputs, L1 + 0.1 x contrastive loss, Adam; one step "
+             "per head in turn on random in-memory batches (no loader), after one warm-up round; "
+             f"medians of {args.reps} interleaved repetitions.", "",
+             "| configuration | batch | amp | s/step | steps/s | pairs/s consumed |",
+             "|---|---|---|---|---|---|"]
+    for i, run in enumerate(runs):
+        sec = median(times[i])
+        lines.append(f"| {run.describe()} | {run.batch} | {run.amp} | {sec:.3f} | {1 / sec:.2f} | "
+                     f"{run.batch / sec:.1f} |")
+    tiny = [median(times[i]) / r.batch for i, r in enumerate(runs) if r.name == "tiny" and r.amp == "none"]
+    lines += ["", loader_ratio(args.doc, 1 / tiny[0] if tiny else None)]
+    return "\n".join(lines) + "\n"
+
+
+def loader_ratio(doc: str, consumed: Optional[float]) -> str:
+    """A sentence: the loader's pairs/s with all cores over what tiny training consumes."""
+    figures = loader_figures(doc)
+    if figures is None or consumed is None:
+        return "Loader ratio: no loader figures in the doc (run the loader section)."
+    workers, rates = figures
+    slowest = min(rates, key=rates.get)
+    return (f"Loader ratio: with {workers} worker(s) (this machine's {cpu_cores()} core(s)) the "
+            f"loader section's slowest task, {slowest}, delivers {rates[slowest]:.0f} pairs/s; "
+            f"the tiny training (fp32) consumes {consumed:.1f} pairs/s: ratio "
+            f"{rates[slowest] / consumed:.1f}x (the loader runs beside the training in practice, "
+            "on the same cores).")
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
+    "loader": loader_section, "tiling": tiling_section, "forward": forward_section,
+    "training": training_section}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -212,12 +640,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description="Run the project's benchmarks.")
     p.add_argument("sections", nargs="*", metavar="SECTION",
                    help=f"one or more of {', '.join(SECTIONS)} (default: all)")
-    p.add_argument("--doc", default=DOC, help="Markdown file to update")
-    p.add_argument("--reps", type=int, default=DEFAULT_REPS, help="repetitions (median taken)")
+    p.add_argument("--doc", default=None,
+                   help="Markdown file to update (default docs/BENCHMARKS.md; a temporary file "
+                        "with --smoke)")
+    p.add_argument("--reps", type=int, default=None,
+                   help=f"repetitions, median taken (default {DEFAULT_REPS}; 1 with --smoke)")
+    p.add_argument("--smoke", action="store_true",
+                   help="every section at minimal sizes in a few seconds (CI)")
     args = p.parse_args(argv)
     unknown = [n for n in args.sections if n not in SECTIONS]
     if unknown:
         p.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    args.sizes = SMOKE if args.smoke else FULL
+    args.reps = args.reps or (1 if args.smoke else DEFAULT_REPS)
+    if args.doc is None:
+        args.doc = tempfile.mkstemp(prefix="benchmarks-smoke-", suffix=".md")[1] if args.smoke else DOC
     logging.basicConfig(level=logging.ERROR)
     for name in args.sections or list(SECTIONS):
         body = SECTIONS[name](args)
