@@ -262,7 +262,7 @@ def make_training_data(args, rank: int, world: int):
     name, tasks = args.data_train[0], args.task_names
     common = dict(batch_size=args.batch_size, patch_size=args.patch_size, seed=args.seed, rank=rank,
                   world_size=world, augment=not args.no_augment, task_id=args.task_id,
-                  streaks_dir=args.streaks_dir or None)
+                  streaks_dir=args.streaks_dir or None, lr_in_loader=not args.gpu_degrade)
     try:
         if name == "Sample":
             stream = PairStream(sample_photos("train"), tasks, **common)
@@ -280,7 +280,8 @@ def make_training_data(args, rank: int, world: int):
         return None
 
     def batches(start: int) -> DataLoader:
-        return DataLoader(stream.with_start(start), batch_size=None, num_workers=args.n_threads)
+        return DataLoader(stream.with_start(start), batch_size=None, num_workers=args.n_threads,
+                          pin_memory=torch.cuda.is_available() and not args.cpu)
 
     return batches, stream.steps_per_epoch
 

@@ -50,7 +50,7 @@ TRAINING_ONLY = ("data_train", "data_range", "no_augment", "reset", "test_every"
                  "weight_decay", "gclip", "skip_threshold", "save_models", "print_every",
                  "max_steps", "schedule", "warmup_steps", "periods", "eta_mins", "con_loss",
                  "con_weight", "save_every", "max_nonfinite", "amp", "compile", "streaks_dir",
-                 "progressive_patches", "progressive_batches", "progressive_steps")
+                 "gpu_degrade", "progressive_patches", "progressive_batches", "progressive_steps")
 # options of one architecture only; given (not at their default) with the other they are refused
 IPT_ONLY = {"n_feats": 64, "patch_dim": 3, "num_heads": 12, "num_layers": 12, "num_queries": None,
             "dropout_rate": 0.0, "no_norm": False, "no_mlp": False, "pos_every": False,
@@ -205,6 +205,9 @@ def build_parser() -> OptionParser:
     g.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
                    help="mixed precision for training (bf16: CUDA or CPU; fp16: CUDA)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--gpu_degrade", action="store_true",
+                   help="make SR (bicubic) and noisy inputs on the training device, a batch at a "
+                        "time, instead of in the loader workers (rain stays in the loader)")
     g.add_argument("--streaks_dir", default="",
                    help="real rain-streak layers for derain pre-training (default: procedural)")
 

@@ -19,7 +19,7 @@ import utility
 from data.benchmark import PAPER_RESULTS, BenchmarkSet
 from data.degrade import imresize
 from data.images import save_image
-from data.stream import seeded
+from data.stream import seeded, synthesize_lr
 from model import restore
 from model.loss import contrastive_loss, l1_loss
 
@@ -334,9 +334,12 @@ class Trainer:
     def train_step(self, batch: dict) -> float | None:
         """One optimiser step on a one-task batch; None when the loss was not finite (skipped)."""
         self.model.train()
-        lr_img = batch["lr"].to(self.device, non_blocking=True)
         hr = batch["hr"].to(self.device, non_blocking=True)
         task_id = int(batch["task_id"])
+        if batch["lr"] is None:  # --gpu_degrade: bicubic or noise made here, on the device
+            lr_img = synthesize_lr(hr, self.args.task_names[task_id], self._generator(batch["step"]))
+        else:
+            lr_img = batch["lr"].to(self.device, non_blocking=True)
         if self.args.progressive_patches:
             lr_img, hr = progressive_crop(lr_img, hr, *self.stage(self.progress.step),
                                           seeded("progressive", self.args.seed, self.progress.step))
@@ -366,6 +369,11 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         return value
+
+    def _generator(self, step: int) -> torch.Generator:
+        """A generator on the training device for the noise of batch ``step`` of this rank."""
+        seed = seeded("gpu_degrade", self.args.seed, self.rank, step).initial_seed()
+        return torch.Generator(self.device).manual_seed(seed)
 
     def stage(self, step: int) -> tuple[int, int]:
         """(patch size, batch size) of progressive training at ``step``; the last stage goes on."""

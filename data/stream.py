@@ -77,6 +77,17 @@ def task_kind(name: str) -> tuple[str, float]:
     raise TrainingDataError(f"unknown task {name!r}: expected sr<s>, derain or denoise<sigma>")
 
 
+def synthesize_lr(hr: Tensor, task: str, generator: Optional[torch.Generator] = None) -> Tensor:
+    """The input of an SR or denoising task made from clean (B, C, H, W) crops on their device."""
+    kind, value = task_kind(task)
+    if kind == "sr":  # MATLAB's imresize of the 8-bit crops
+        levels = hr if hr.dtype == torch.uint8 else hr.round().clamp(0, 255).to(torch.uint8)
+        return bicubic_lr(levels, int(value)).float()
+    if kind == "denoise":
+        return add_noise(hr.float(), value, generator=generator)
+    raise ValueError(f"{task}: rain is added from streak layers in the loader, not here")
+
+
 def task_scale(name: str) -> int:
     """The scale a task implies: sr<s> -> s, every other task -> 1."""
     kind, value = task_kind(name)
@@ -391,7 +402,8 @@ class PairStream(IterableDataset):
     ``lr`` float (B, 3, patch, patch) and ``hr`` float (B, 3, patch * s, patch * s) in 0..255
     (noisy LR unclamped), ``task_id`` int, ``step`` int, ``skipped`` int (files this worker has
     skipped so far), ``worker`` int (its global index), ``files`` [(epoch, name)] of the files
-    read for the batch.
+    read for the batch. With ``lr_in_loader=False`` SR and denoising batches come with ``lr``
+    None, for the trainer to make on its device (``synthesize_lr``).
     """
 
     SYNTHETIC_RAIN = True  # derain inputs are made by adding streak layers to clean crops
@@ -400,7 +412,8 @@ class PairStream(IterableDataset):
                  patch_size: int = DEFAULT_PATCH, seed: int = DEFAULT_SEED,
                  rank: Optional[int] = None, world_size: Optional[int] = None,
                  augment: bool = True, task_id: Optional[int] = None,
-                 streaks_dir: Optional[str] = None, start_step: int = 0, crops_per_file: int = 1):
+                 streaks_dir: Optional[str] = None, start_step: int = 0, crops_per_file: int = 1,
+                 lr_in_loader: bool = True):
         super().__init__()
         self.source = open_source(source)
         self.tasks = list(tasks)
@@ -415,6 +428,7 @@ class PairStream(IterableDataset):
         self.rank, self.world_size = _distributed(rank, world_size)
         self.augment, self.task_id, self.start_step = augment, task_id, start_step
         self.crops_per_file = crops_per_file
+        self.lr_in_loader = lr_in_loader  # False: SR and noise inputs are left to the trainer
         rain = self.SYNTHETIC_RAIN and any(task_kind(t)[0] == "derain" for t in self.used_tasks)
         self.streaks = streak_files(streaks_dir) if rain and streaks_dir else []
         if rain and not streaks_dir:
@@ -473,10 +487,10 @@ class PairStream(IterableDataset):
         kind, value = task_kind(task)
         if len(given) == len(crops):
             lr = torch.stack([c[1] for c in crops]).float()
-        elif kind == "sr":
-            lr = bicubic_lr(hr, int(value)).float()
-        elif kind == "denoise":
-            lr = add_noise(hr.float(), value, generator=g)
+        elif kind != "derain" and not self.lr_in_loader and not given:
+            return None, hr.float()  # made on the training device (--gpu_degrade)
+        elif kind != "derain":
+            lr = synthesize_lr(hr, task, g)
         else:
             lr = add_rain(hr.float(), streaks(len(crops), hr.shape[-1], g))
         if 0 < len(given) < len(crops):  # some items had an LR file, others not
