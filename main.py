@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     utility.setup_logging(args.save, args.debug, quiet=distributed_rank() > 0)
     log.info("command: %s", " ".join(sys.argv if argv is None else ["main.py", *argv]))
+    if device.type == "cpu" and utility.keep_freed_memory():
+        log.debug("glibc malloc keeps freed blocks for reuse (fewer page faults per forward)")
     given = option.training_options_given(args)
     if given and args.test_only:
         log.warning("training options have no effect with --test_only: %s", " ".join(given))

@@ -125,7 +125,11 @@ class Attention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
-        q, k, v = (self._split(F.linear(t, w)) for t, w in ((q, w_q), (k, w_k), (v, w_v)))
+        if k is q:  # self-attention: query and key projections in one matmul
+            q, k = F.linear(q, self.in_proj_weight[:2 * w_q.shape[0]]).chunk(2, dim=-1)
+        else:
+            q, k = F.linear(q, w_q), F.linear(k, w_k)
+        q, k, v = self._split(q), self._split(k), self._split(F.linear(v, w_v))
         q = q * q.shape[-1] ** -0.5
         p = self.dropout if self.training else 0.0
         if self.kind == "sdpa" or (self.kind == "auto" and q.is_cuda):
@@ -168,9 +172,10 @@ class EncoderLayer(nn.Module):
 
     def forward(self, x: Tensor, pos: Tensor | None = None) -> Tensor:
         y = self.norm1(x)
-        x = x + self.dropout1(self.self_attn(with_pos(y, pos), with_pos(y, pos), y))
+        qk = with_pos(y, pos)
+        x = x + self.dropout1(self.self_attn(qk, qk, y))
         y = self.norm2(x)
-        return x + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(y)))))
+        return x + self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(y), inplace=True))))
 
 
 class DecoderLayer(nn.Module):
@@ -188,11 +193,12 @@ class DecoderLayer(nn.Module):
     def forward(self, t: Tensor, memory: Tensor, pos: Tensor | None = None,
                 query: Tensor | None = None) -> Tensor:
         y = self.norm1(t)
-        t = t + self.dropout1(self.self_attn(with_pos(y, query), with_pos(y, query), y))
+        qk = with_pos(y, query)
+        t = t + self.dropout1(self.self_attn(qk, qk, y))
         y = self.norm2(t)
         t = t + self.dropout2(self.multihead_attn(with_pos(y, query), with_pos(memory, pos), memory))
         y = self.norm3(t)
-        return t + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(y)))))
+        return t + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(y), inplace=True))))
 
 
 class Stack(nn.Module):
@@ -212,7 +218,8 @@ class LearnedPositionalEncoding(nn.Module):
         self.register_buffer("position_ids", torch.arange(num_tokens).expand((1, -1)))
 
     def forward(self) -> Tensor:
-        return self.pe(self.position_ids)  # (1, N, D)
+        # position_ids is 0..N-1 (kept for the authors' keys): a view of the table, no gather
+        return self.pe.weight.unsqueeze(0)  # (1, N, D)
 
 
 class VisionTransformer(nn.Module):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import platform
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 from PIL import Image
 
 import main as cli
+import utility
 from model import IPT, IPTConfig
 
 TINY_ARGS = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "2"]
@@ -99,3 +101,8 @@ def test_multi_head_model_restores_with_every_head(tmp_path, demo):
 def test_missing_demo_folder_is_an_error(tmp_path, caplog):
     assert run(tmp_path, tmp_path / "nowhere", *TINY_ARGS) == 1
     assert "nowhere" in caplog.text
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_keep_freed_memory_is_accepted_by_glibc():
+    assert utility.keep_freed_memory() is True
