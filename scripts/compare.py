@@ -40,7 +40,8 @@ COMMON = ["--cpu", "--data_train", "Sample", "--data_test", "Sample", "--batch_s
           "--patch_size", "48", "--lr", "5e-4", "--schedule", "cosine", "--n_threads", "2",
           "--seed", "1", "--test_every", "1000000", "--print_every", "1000000",
           "--save_every", "1000000", "--max_nonfinite", "1000"]
-CALIBRATION_STEPS = 4  # timed after one warm-up step
+CALIBRATION_SECONDS = 6.0  # steps are timed for about this long, after one warm-up step
+MIN_CALIBRATION_STEPS = 3
 FLOP_SIDE = 48  # GFLOPs are counted on one 48x48 input (IPT's patch) and scaled to a megapixel
 
 
@@ -65,10 +66,11 @@ def steps_per_second(args: argparse.Namespace) -> float:
     runner = trainer.Trainer(args, net, batches, None, 10 ** 9, per_epoch)
     stream = iter(batches(0))
     runner.train_step(next(stream))
-    start = time.perf_counter()
-    for _ in range(CALIBRATION_STEPS):
+    start, steps = time.perf_counter(), 0
+    while steps < MIN_CALIBRATION_STEPS or time.perf_counter() - start < CALIBRATION_SECONDS:
         runner.train_step(next(stream))
-    return CALIBRATION_STEPS / (time.perf_counter() - start)
+        steps += 1
+    return steps / (time.perf_counter() - start)
 
 
 def train(args: argparse.Namespace) -> tuple[torch.nn.Module, float]:
