@@ -159,15 +159,16 @@ def evaluate_benchmark(args, model, name: str, task_ids: list[int], settings,
     return results
 
 
-def write_reports(args, model, results: dict) -> None:
-    """RUN/metrics.json and RUN/results.md."""
-    path = checkpoint_path(args)
+def write_reports(args, model, results: dict, step: int | None = None) -> None:
+    """RUN/metrics.json and RUN/results.md, of a checkpoint or (``step``) of a training run's
+    validation at that step (no self-ensemble there)."""
+    path = checkpoint_path(args) if step is None else ""
     mode = resolve_mode(model, args.chop)
     meta = {"checkpoint": path or None, "checkpoint_sha256": utility.sha256_file(path) if path else None,
-            "commit": utility.git_commit(os.path.dirname(os.path.abspath(__file__))),
+            "step": step, "commit": utility.git_commit(os.path.dirname(os.path.abspath(__file__))),
             "options": utility.jsonable(vars(args)), "model": args.model, "tiling": mode,
-            "self_ensemble": args.self_ensemble, "metric_channel": args.metric_channel,
-            "test_noise": args.test_noise}
+            "self_ensemble": args.self_ensemble and step is None,
+            "metric_channel": args.metric_channel, "test_noise": args.test_noise}
     utility.write_json(os.path.join(args.save, "metrics.json"), {"meta": meta, "results": results})
     table = trainer.results_table(results, args.metric_channel)
     with open(os.path.join(args.save, "results.md"), "w", encoding="utf-8") as f:
@@ -295,20 +296,21 @@ def imagenet_root(dir_data: str) -> str:
 
 
 def make_validation(args, model: torch.nn.Module):
-    """A function giving validation PSNR per (set, task) on --data_test, or None without one."""
+    """A function giving validation PSNR per (set, task) on --data_test, or None without one;
+    each call also writes metrics.json and results.md of that step."""
     sets = [d for d in args.data_test if d != "Demo"]
     if not sets:
         return None
     settings = inference_settings(args, self_ensemble=False)
     task_ids = list(range(len(model.task_names)))
 
-    def validate(net: torch.nn.Module) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        psnr, previews = {}, {}
-        for name in sets:
-            results = evaluate_benchmark(args, model, name, task_ids, settings, None, previews)
-            psnr.update({f"{name}/{task}": r["psnr"] for task, r in results.items()})
+    def validate(net: torch.nn.Module, step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        previews = {}
+        results = {name: evaluate_benchmark(args, model, name, task_ids, settings, None, previews)
+                   for name in sets}
+        write_reports(args, model, results, step)
         model.train()
-        return psnr, previews
+        return {f"{name}/{task}": r["psnr"] for name in sets for task, r in results[name].items()}, previews
 
     return validate
 

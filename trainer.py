@@ -282,7 +282,7 @@ class Trainer:
     """Optimises the model on one-task batches; checkpoints, validates, resumes exactly."""
 
     def __init__(self, args, model: nn.Module, batches: Callable[[int], Iterable[dict]],
-                 validate: Callable[[nn.Module], tuple[dict[str, float], dict[str, Tensor]]] | None,
+                 validate: Callable[[nn.Module, int], tuple[dict[str, float], dict[str, Tensor]]] | None,
                  total_steps: int, steps_per_epoch: int, rank: int = 0):
         self.args, self.model, self.batches, self.validate = args, model, batches, validate
         self.total_steps, self.rank = total_steps, rank
@@ -408,7 +408,7 @@ class Trainer:
         """Evaluate on --data_test (rank 0) and keep the best model by mean PSNR."""
         if self.rank != 0:
             return
-        psnr, previews = self.validate(self.model)
+        psnr, previews = self.validate(self.model, self.progress.step)
         p = self.progress
         if self.writer is not None:
             for name, value in psnr.items():

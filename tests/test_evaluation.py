@@ -54,8 +54,9 @@ def test_sr_metrics_equal_the_saved_images(tmp_path, tree, caplog):
     assert code == 0
     assert "1 of 2 LR images missing" in caplog.text and "making LR from HR" in caplog.text
     report = json.loads((run / "metrics.json").read_text())
-    assert set(report["meta"]) == {"checkpoint", "checkpoint_sha256", "commit", "options", "model",
-                                   "tiling", "self_ensemble", "metric_channel", "test_noise"}
+    assert report["meta"]["step"] is None  # a checkpoint's evaluation, not a training validation
+    assert set(report["meta"]) == {"checkpoint", "checkpoint_sha256", "step", "commit", "options",
+                                   "model", "tiling", "self_ensemble", "metric_channel", "test_noise"}
     assert report["meta"]["tiling"] == "fast" and report["meta"]["metric_channel"] == "y"  # TINY: fast
     r = report["results"]["Set5"]["sr2"]
     assert r["n_images"] == 2 and set(r["per_image"]) == {"a", "b"}

@@ -22,23 +22,27 @@ FAST = ["--cpu", "--n_threads", "0", "--data_test", "Sample"]
 
 
 def test_fine_tune_and_evaluate_on_sample(tmp_path):
-    run = tmp_path / "train"
+    run = tmp_path / "train"  # one run: 3 steps, then the final model evaluated
     code = cli.main([*FIXTURE_NET, *FAST, "--task", "denoise30", "--data_train", "Sample",
                      "--patch_size", "32", "--batch_size", "2", "--max_steps", "3",
-                     "--test_every", "1000", "--optimizer", "ADAMW", "--weight_decay", "1e-4",
+                     "--test_every", "3", "--optimizer", "ADAMW", "--weight_decay", "1e-4",
                      "--save", str(run)])
     assert code == 0
     saved = torch.load(run / "model" / "model_latest.pt", weights_only=True)
     authors = torch.load(os.path.join(FIXTURES, "restormer_tiny.pt"), weights_only=True)["WithBias"]
     assert list(saved) == list(authors["params"])  # loads into the authors' restormer_arch.py
     assert all(saved[k].shape == authors["params"][k].shape for k in saved)
+    ours = json.loads((run / "metrics.json").read_text())
+    assert ours["meta"]["model"] == "restormer" and ours["meta"]["tiling"] == "whole"
+    assert ours["meta"]["step"] == 3 and ours["meta"]["checkpoint"] is None
 
-    evaluated = tmp_path / "eval"
+    evaluated = tmp_path / "eval"  # the saved weights evaluated again give the same numbers
     code = cli.main([*FIXTURE_NET, *FAST, "--task", "denoise30", "--test_only", "--pretrain",
                      str(run / "model" / "model_latest.pt"), "--save", str(evaluated)])
     assert code == 0
-    ours = json.loads((evaluated / "metrics.json").read_text())
-    assert ours["meta"]["model"] == "restormer" and ours["meta"]["tiling"] == "whole"
+    again = json.loads((evaluated / "metrics.json").read_text())
+    assert again["meta"]["step"] is None and again["meta"]["checkpoint"].endswith("model_latest.pt")
+    assert again["results"] == ours["results"]
 
     ipt = tmp_path / "ipt"  # the same evaluation with a tiny IPT: the same structure
     code = cli.main([*FAST, "--task", "denoise30", "--n_feats", "16", "--num_heads", "4",

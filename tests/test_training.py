@@ -1,6 +1,7 @@
 """Training: the losses, exact resume, atomic checkpoints and bad-loss handling."""
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -187,6 +188,9 @@ def test_fine_tuning_validates_and_keeps_the_best(tmp_path, caplog):
     argv[argv.index("2+1")] = "1"  # a single scale-1 head named denoise30
     assert cli.main(argv) == 0
     assert "validation PSNR" in caplog.text
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["meta"]["step"] == 2 and report["meta"]["tiling"] == "fast"
+    assert set(report["results"]["Sample"]["denoise30"]["per_image"]) == {"astronaut", "coffee"}
     best = torch.load(tmp_path / "model" / "model_best.pt", weights_only=True)
     assert "head.0.0.weight" in best and "head.1.0.weight" not in best  # a single-head model
     assert os.listdir(tmp_path / "tensorboard")
