@@ -221,6 +221,40 @@ TILING_MODES = ("reference", "official", "official-64", "fast")
 CROP_BATCH = 64
 
 
+def in_child(call: str) -> str:
+    """The last line printed by ``benchmark.<call>`` run in a fresh Python process."""
+    code = (f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'scripts')!r}); import benchmark; "
+            f"print(benchmark.{call})")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
+def tiling_input(size: int, device: torch.device) -> torch.Tensor:
+    """The random size x size image the tiling section restores."""
+    return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size)).mul(255).to(device)
+
+
+def _proc_status_kib(field: str) -> int:
+    """A memory figure (KiB) of this process from /proc/self/status (Linux)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        return int(re.search(rf"^{field}:\s+(\d+)", f.read(), re.M).group(1))
+
+
+def child_tiling_memory(size: int, mode: str) -> str:
+    """In a fresh CPU process: MiB by which one restoration raises the resident set at its peak
+    (after a one-tile warm-up, so the libraries' one-time buffers are not counted)."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    model = tiling_model(torch.device("cpu"))
+    x = tiling_input(size, torch.device("cpu"))
+    with torch.no_grad():
+        model(x[..., :model.patch_size, :model.patch_size], 0)
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")  # resets the peak (VmHWM) to the current resident set
+    before = _proc_status_kib("VmRSS")
+    run_tiling(mode, model, x)
+    return repr((_proc_status_kib("VmHWM") - before) / 1024)
+
+
 def tiling_model(device: torch.device) -> torch.nn.Module:
     """The x2 IPT the tiling section runs: full size on CUDA, the tiny one on the CPU."""
     from model import IPT, IPTConfig
@@ -275,7 +309,7 @@ def tiling_section(args: argparse.Namespace) -> str:
     times: dict[tuple[int, str], list[float]] = {}
     tiles, peaks, diffs = {}, {}, {}
     for size in args.sizes.tiling_sizes:
-        x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size)).mul(255).to(device)
+        x = tiling_input(size, device)
         for _ in range(args.reps):
             outs = {}
             for mode in modes:  # interleaved repetitions
@@ -289,6 +323,9 @@ def tiling_section(args: argparse.Namespace) -> str:
                     peaks[(size, mode)] = torch.cuda.max_memory_allocated() / 2 ** 20
                 times.setdefault((size, mode), []).append(time.perf_counter() - start)
             diffs[size] = (outs["official"] - outs["reference"]).abs().max().item()
+        if device.type == "cpu" and os.access("/proc/self/clear_refs", os.W_OK):  # Linux
+            peaks.update({(size, m): float(in_child(f"child_tiling_memory({size}, {m!r})"))
+                          for m in modes})
     kind = "full-size x2 IPT" if device.type == "cuda" else "tiny x2 IPT (n_feats 16, 4 heads, 1 layer)"
     cap = (f"On the CPU `official` and `fast` call the network on at most {CPU_TILES_PER_CALL} "
            "tiles at a time (`model.tiling.CPU_TILES_PER_CALL`: larger calls allocate blocks "
@@ -297,15 +334,17 @@ def tiling_section(args: argparse.Namespace) -> str:
     lines = [f"## Whole-image inference ({device.type})", "", f"Machine: {machine()}.", "",
              f"{kind}, random weights, crop batch {CROP_BATCH}; seconds are medians of {args.reps} "
              "interleaved repetitions; `reference` is the authors' strip-by-strip procedure "
-             f"(tests/reference_chop.py, {CROP_BATCH} tiles per call). {cap}Peak memory on CUDA "
-             "only.", "",
+             f"(tests/reference_chop.py, {CROP_BATCH} tiles per call). {cap}Peak memory: on CUDA "
+             "`max_memory_allocated`; on the CPU how far one restoration in a fresh process "
+             "raises its resident set at the peak (`VmHWM` reset through `/proc/self/clear_refs`, "
+             "after a one-tile warm-up).", "",
              "| size | mode | seconds | tile evaluations | speed-up vs reference | peak MiB | "
              "max abs diff official vs reference |", "|---|---|---|---|---|---|---|"]
     for size in args.sizes.tiling_sizes:
         ref = median(times[(size, "reference")])
         for mode in modes:
             sec = median(times[(size, mode)])
-            peak = f"{peaks[(size, mode)]:.0f}" if (size, mode) in peaks else "-"
+            peak = f"{peaks[(size, mode)]:.1f}" if (size, mode) in peaks else "-"
             diff = f"{diffs[size]:.2e}" if mode == "official" else ""
             lines.append(f"| {size}x{size} | {mode} | {sec:.3f} | {tiles[(size, mode)]} | "
                          f"{ref / sec:.2f}x | {peak} | {diff} |")
@@ -415,10 +454,7 @@ def fresh_forward(batch: int, reps: int, smoke: bool, tuned: bool) -> tuple[floa
     """(median seconds, minor page faults per call) of the fp32 CPU forward at ``batch`` in a
     fresh process that runs nothing else, as an evaluation does; with ``tuned`` its glibc malloc
     never maps blocks of their own (M_MMAP_MAX 0) nor trims the heap (M_TRIM_THRESHOLD 1 GiB)."""
-    code = (f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'scripts')!r}); import benchmark; "
-            f"print(benchmark.child_forward({batch}, {reps}, {smoke}, {tuned}))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    seconds, faults = done.stdout.strip().splitlines()[-1].split()
+    seconds, faults = in_child(f"child_forward({batch}, {reps}, {smoke}, {tuned})").split()
     return float(seconds), float(faults)
 
 

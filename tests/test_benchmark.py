@@ -69,6 +69,15 @@ def test_tiling_counts_tiles_as_restore_does(smoke_doc, tiny_model):
             assert float(row["max abs diff official vs reference"]) <= 1e-3
 
 
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="Linux peak-RSS reset")
+def test_cpu_peak_memory_grows_with_the_image():
+    small, large = (float(benchmark.in_child(f"child_tiling_memory({side}, 'official')"))
+                    for side in (60, 480))
+    # a 480x480 x2 output alone is 3 x 960 x 960 float32 = 10.5 MiB, and the averaging buffers
+    # of the authors' procedure hold as much again
+    assert 0 < small < large and large > 10.5
+
+
 def test_forward_reports_flops_and_the_gemm_fraction(smoke_doc):
     body = smoke_doc.split("<!-- forward:begin -->")[1]
     per_tile = float(re.search(f"({NUMBER}) GFLOPs forward,", body).group(1))
