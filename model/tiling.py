@@ -101,8 +101,10 @@ def _dihedral(x: Tensor, i: int, inverse: bool) -> Tensor:
 # On the CPU the network is called on at most this many tiles at a time, below any larger
 # crop_batch_size. Bigger calls allocate activations past glibc's 32 MiB mmap threshold, which
 # go back to the kernel after each call and are page-faulted in afresh by the next: 64 tiles of
-# the tiny model cost about 1.7x per tile what 8 do. Eight tiles keep the full-size model's
-# attention scores (8 x 12 heads x 256^2 floats, 25 MiB) under that threshold too.
+# the tiny model cost 1.5-1.6x per tile what 8 do. Eight tiles keep the full-size model's
+# attention scores (8 x 12 heads x 256^2 floats, 25 MiB) under that threshold too. Where malloc
+# keeps freed blocks (utility.keep_freed_memory, as main.py sets) 8 and 64 run equally fast,
+# and 8 still holds a third to a seventh of the memory (docs/BENCHMARKS.md).
 CPU_TILES_PER_CALL = 8
 
 

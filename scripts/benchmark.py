@@ -533,15 +533,16 @@ def forward_table(args: argparse.Namespace, cfg, device: torch.device, flops: di
              + f". Seconds are medians of {args.reps} interleaved repetitions after one warm-up.",
              "", "| pass | dtype | batch | seconds | GFLOP per call | achieved GFLOP/s | "
              "% of GEMM peak |", "|---|---|---|---|---|---|---|"]
-    for run in runs:
-        sec, work = median(times[run]), flops[run.backward] * run.batch
-        lines.append(f"| {run.name} | {run.dtype} | {run.batch} | {sec:.3f} | {work / 1e9:.1f} | "
-                     f"{work / sec / 1e9:.1f} | {100 * work / sec / peak[run.dtype]:.0f}% |")
-    batch, work = max(args.sizes.forward_batches), flops[False] * max(args.sizes.forward_batches)
+
+    def row(label: str, dtype: str, batch: int, sec: float, backward: bool) -> str:
+        work = flops[backward] * batch
+        return (f"| {label} | {dtype} | {batch} | {sec:.3f} | {work / 1e9:.1f} | "
+                f"{work / sec / 1e9:.1f} | {100 * work / sec / peak[dtype]:.0f}% |")
+
+    lines += [row(run.name, run.dtype, run.batch, median(times[run]), run.backward) for run in runs]
     for tuned, (sec, _) in fresh.items():
         label = "forward, fresh process, malloc tuned**" if tuned else "forward, fresh process*"
-        lines.append(f"| {label} | fp32 | {batch} | {sec:.3f} | {work / 1e9:.1f} | "
-                     f"{work / sec / 1e9:.1f} | {100 * work / sec / peak['fp32']:.0f}% |")
+        lines.append(row(label, "fp32", max(args.sizes.forward_batches), sec, False))
     if fresh:
         lines += ["", f"\\* In a child process that runs only this forward (a warm-up, then the "
                   f"repetitions), as an evaluation does: {fresh[False][1]:,.0f} minor page faults "

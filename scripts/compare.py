@@ -58,13 +58,18 @@ def gflops_per_megapixel(net: torch.nn.Module) -> float:
     return counter.get_total_flops() / 1e9 / (FLOP_SIDE * FLOP_SIDE / 1e6)
 
 
-def steps_per_second(args: argparse.Namespace) -> float:
-    """Training steps per second, timed over a few steps of a throwaway model."""
+def fresh_trainer(args: argparse.Namespace, total_steps: int) -> tuple[torch.nn.Module, trainer.Trainer]:
+    """A model built from the options (seeded) and a Trainer over the Sample training photos."""
     torch.manual_seed(args.seed)
     net = build_model(args)
     batches, per_epoch = cli.make_training_data(args, 0, 1)
-    runner = trainer.Trainer(args, net, batches, None, 10 ** 9, per_epoch)
-    stream = iter(batches(0))
+    return net, trainer.Trainer(args, net, batches, None, total_steps, per_epoch)
+
+
+def steps_per_second(args: argparse.Namespace) -> float:
+    """Training steps per second, timed over a few steps of a throwaway model."""
+    _, runner = fresh_trainer(args, 10 ** 9)
+    stream = iter(runner.batches(0))
     runner.train_step(next(stream))
     start, steps = time.perf_counter(), 0
     while steps < MIN_CALIBRATION_STEPS or time.perf_counter() - start < CALIBRATION_SECONDS:
@@ -75,11 +80,9 @@ def steps_per_second(args: argparse.Namespace) -> float:
 
 def train(args: argparse.Namespace) -> tuple[torch.nn.Module, float]:
     """A model trained from scratch for args.max_steps; (model, seconds)."""
-    torch.manual_seed(args.seed)
-    net = build_model(args)
-    batches, per_epoch = cli.make_training_data(args, 0, 1)
+    net, runner = fresh_trainer(args, args.max_steps)
     start = time.perf_counter()
-    status = trainer.Trainer(args, net, batches, None, args.max_steps, per_epoch).fit()
+    status = runner.fit()
     if status != 0:
         raise RuntimeError(f"{args.model} {args.task}: training stopped on non-finite losses")
     return net.eval(), time.perf_counter() - start
