@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, TileCounter
+from conftest import FIXTURE_ATOL, ROOT, TileCounter
 from reference_chop import reference_chop
 
 from model import restore
@@ -66,7 +66,7 @@ def test_tiling_counts_tiles_as_restore_does(smoke_doc, tiny_model):
         assert int(row["tile evaluations"]) == counter.count, row
         assert float(row["seconds"]) > 0 and row["speed-up vs reference"].endswith("x")
         if row["mode"] == "official":
-            assert float(row["max abs diff official vs reference"]) <= 1e-3
+            assert float(row["max abs diff official vs reference"]) <= FIXTURE_ATOL
 
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="Linux peak-RSS reset")

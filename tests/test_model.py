@@ -5,11 +5,10 @@ import re
 
 import pytest
 import torch
-from conftest import config_from
+from conftest import FIXTURE_ATOL, config_from
 
 from model import IPT, IPTConfig
 
-FIXTURE_TOL = 1e-3
 
 # spec section 2: (scale, num_queries) -> (state-dict entries, parameters), from the authors' code
 FULL_SIZE = {
@@ -41,7 +40,7 @@ SPEC_KEYS = [
 def test_outputs_match_the_authors_code(tiny_model, authors_io, task_id):
     with torch.no_grad():
         out = tiny_model(authors_io["input"], task_id)
-    assert (out - authors_io["outputs"][task_id]).abs().max().item() <= FIXTURE_TOL
+    assert (out - authors_io["outputs"][task_id]).abs().max().item() <= FIXTURE_ATOL
 
 
 def test_sdpa_attention_agrees_with_math(authors_model, authors_io):
