@@ -3,12 +3,14 @@
 ``parse_args(argv)`` returns a Namespace whose values are final: ``scale`` is a list of ints,
 ``task_names`` names every head, ``task_id`` is the head to run (None: every head in turn), and
 ``data_test`` / ``data_train`` are lists. An option or combination that cannot work exits with
-status 2 and one line naming the option. Options the authors had but this project does not
-implement are refused with what to use instead; none is silently ignored.
+status 2 and one line naming the option; a ``--config`` YAML file's values are checked with the
+same types and rules (the line names the file and the key). Options the authors had but this
+project does not implement are refused with what to use instead; none is silently ignored.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 
@@ -19,6 +21,7 @@ from model.ipt import default_task_names, task_scale
 from model.restormer import LAYERNORM_TYPES, SIZE_MULTIPLE, RestormerConfig
 
 TASK_NAME = re.compile(r"^(sr[1-9]\d*|derain|denoise\d+(\.\d+)?)$")
+SIGMA_IN_NAME = re.compile(r"^\d+(\.\d+)?$")  # how --sigma must print to name the head denoise<sigma>
 SUPPORTED_SCALES = (1, 2, 3, 4, 8, 16)
 DEFAULT_SCALE = "4"  # the authors' default
 
@@ -59,6 +62,13 @@ RESTORMER_ONLY = ("dim", "num_blocks", "num_refinement_blocks", "heads", "ffn_ex
                   "bias", "layernorm_type", "tile_size", "progressive_patches",
                   "progressive_batches", "progressive_steps")
 RESTORMER_TILE = 256  # default --tile_size of Restormer's fast tiling
+# options whose command-line value joins several items: a YAML list is joined the same way
+LIST_SEPARATORS = {**dict.fromkeys(("scale", "tasks", "data_test", "data_train", "num_blocks", "heads",
+                                    "periods", "eta_mins", "progressive_patches",
+                                    "progressive_batches", "progressive_steps"), "+"),
+                   "decay": "-", "betas": ","}
+NOT_IN_CONFIG = ("help", "config")  # parser destinations that a YAML config cannot set
+YAML_MERGE_TAG = "tag:yaml.org,2002:merge"  # the << key, which PyYAML resolves itself
 # options that a resumed run must share with the saved one: they change the model or the data
 RESUME_MUST_MATCH = ("model", "scale", "task_names", "task_id", "n_feats", "patch_size", "patch_dim",
                      "num_heads", "num_layers", "num_queries", "dropout_rate", "no_mlp", "pos_every",
@@ -115,7 +125,7 @@ def build_parser() -> OptionParser:
     g.add_argument("--patch_dim", type=int, default=3, help="pixels per token side")
     g.add_argument("--num_heads", type=int, default=12, help="attention heads")
     g.add_argument("--num_layers", type=int, default=12, help="encoder and decoder layers")
-    g.add_argument("--dropout_rate", type=float, default=0.0)
+    g.add_argument("--dropout_rate", type=_finite_float, default=0.0)
     g.add_argument("--no_norm", action="store_true", help="Identity instead of LayerNorm")
     g.add_argument("--freeze_norm", action="store_true", help="refused")
     g.add_argument("--post_norm", action="store_true", help="refused")
@@ -133,7 +143,8 @@ def build_parser() -> OptionParser:
     g.add_argument("--num_blocks", default=None, help="Transformer blocks per level, A+B+C+D (4+6+6+8)")
     g.add_argument("--num_refinement_blocks", type=int, default=None, help="refinement blocks (4)")
     g.add_argument("--heads", default=None, help="attention heads per level, A+B+C+D (1+2+4+8)")
-    g.add_argument("--ffn_expansion_factor", type=float, default=None, help="GDFN width factor (2.66)")
+    g.add_argument("--ffn_expansion_factor", type=_finite_float, default=None,
+                   help="GDFN width factor (2.66)")
     g.add_argument("--bias", action="store_true", default=None, help="biases in the convolutions")
     g.add_argument("--layernorm_type", default=None, choices=LAYERNORM_TYPES, help="(WithBias)")
     g.add_argument("--tile_size", type=int, default=None,
@@ -149,7 +160,7 @@ def build_parser() -> OptionParser:
     g.add_argument("--task", default=None, help="run the head of this name")
     g.add_argument("--task_id", type=int, default=None, help="run the head of this index")
     g.add_argument("--denoise", action="store_true", help="the scale-1 head is denoise<sigma>")
-    g.add_argument("--sigma", type=float, default=30, help="noise level for --denoise")
+    g.add_argument("--sigma", type=_finite_float, default=30, help="noise level for --denoise")
     g.add_argument("--derain", action="store_true", help="the scale-1 head is derain")
     g.add_argument("--derain_test", type=int, default=1, help="refused")
     g.add_argument("--deblur", action="store_true", help="refused")
@@ -178,17 +189,17 @@ def build_parser() -> OptionParser:
     g.add_argument("--epochs", type=int, default=300, help="epochs (0: no limit)")
     g.add_argument("--batch_size", type=int, default=16)
     g.add_argument("--gan_k", type=int, default=1, help="refused")
-    g.add_argument("--lr", type=float, default=1e-4, help="learning rate")
+    g.add_argument("--lr", type=_finite_float, default=1e-4, help="learning rate")
     g.add_argument("--decay", default="200", help="step-decay milestones in epochs, A-B")
-    g.add_argument("--gamma", type=float, default=0.5, help="step-decay factor")
+    g.add_argument("--gamma", type=_finite_float, default=0.5, help="step-decay factor")
     g.add_argument("--optimizer", default="ADAM", choices=("SGD", "ADAM", "ADAMW", "RMSprop"))
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--momentum", type=_finite_float, default=0.9, help="SGD momentum")
     g.add_argument("--betas", default=(0.9, 0.999), type=_betas, help="Adam betas, B1,B2")
-    g.add_argument("--epsilon", type=float, default=1e-8, help="Adam epsilon")
-    g.add_argument("--weight_decay", type=float, default=0.0)
-    g.add_argument("--gclip", type=float, default=0.0, help="gradient clipping (0: none)")
+    g.add_argument("--epsilon", type=_finite_float, default=1e-8, help="Adam epsilon")
+    g.add_argument("--weight_decay", type=_finite_float, default=0.0)
+    g.add_argument("--gclip", type=_finite_float, default=0.0, help="gradient clipping (0: none)")
     g.add_argument("--loss", default="1*L1", help="fixed to 1*L1")
-    g.add_argument("--skip_threshold", type=float, default=1e8,
+    g.add_argument("--skip_threshold", type=_finite_float, default=1e8,
                    help="skip a batch whose loss is this many times the running mean")
     g.add_argument("--max_steps", type=int, default=0, help="training steps (0: --epochs worth)")
     g.add_argument("--schedule", default="step", choices=("step", "cosine", "cyclic_cosine"),
@@ -198,7 +209,8 @@ def build_parser() -> OptionParser:
     g.add_argument("--periods", default=None, help="steps of each cycle of cyclic_cosine, A+B")
     g.add_argument("--eta_mins", default=None, help="learning rate at the end of each cycle, A+B")
     g.add_argument("--con_loss", action="store_true", help="add the contrastive loss on the tokens")
-    g.add_argument("--con_weight", type=float, default=0.1, help="weight of the contrastive loss")
+    g.add_argument("--con_weight", type=_finite_float, default=0.1,
+                   help="weight of the contrastive loss")
     g.add_argument("--save_every", type=int, default=1000, help="write the training state every N steps")
     g.add_argument("--max_nonfinite", type=int, default=20,
                    help="stop after this many non-finite losses in a row")
@@ -215,7 +227,8 @@ def build_parser() -> OptionParser:
     g.add_argument("--save", default="./experiment/ipt", help="run directory (logs, results, models)")
     g.add_argument("--load", default="", help="refused: use --save DIR --resume")
     g.add_argument("--resume", type=int, nargs="?", const=-1, default=0,
-                   help="-1 (or bare): DIR/model/model_latest.pt; N: DIR/model/model_N.pt")
+                   help="bare (or -1): continue training from DIR/state.pt, or with --test_only "
+                        "evaluate DIR/model/model_latest.pt; N (--test_only): DIR/model/model_N.pt")
     g.add_argument("--save_models", action="store_true", help="keep every epoch's model")
     g.add_argument("--print_every", type=int, default=100, help="log every N steps")
     g.add_argument("--save_results", action="store_true", help="write the restored images")
@@ -230,6 +243,7 @@ def build_parser() -> OptionParser:
 
 
 def _bool(text: str) -> bool:
+    """argparse type: True/False (also 1/0, yes/no)."""
     if str(text).lower() in ("true", "1", "yes"):
         return True
     if str(text).lower() in ("false", "0", "no"):
@@ -237,12 +251,27 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
+def _finite_float(text: str) -> float:
+    """argparse type of every float option: a number that is neither infinite nor NaN."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def _betas(text: object) -> tuple[float, float]:
+    """argparse type: Adam's B1,B2, each in [0, 1) as torch's optimisers require."""
     values = text if isinstance(text, (list, tuple)) else re.split(r"[,+ ]+", str(text).strip("()[] "))
     try:
-        b1, b2 = (float(v) for v in values)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two numbers like 0.9,0.999, got {text!r}") from None
+        b1, b2 = (_finite_float(str(v)) for v in values)
+    except (ValueError, argparse.ArgumentTypeError):
+        message = f"expected two finite numbers like 0.9,0.999, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    if not (0 <= b1 < 1 and 0 <= b2 < 1):
+        raise argparse.ArgumentTypeError(f"each beta must be in [0, 1), got {text!r}")
     return b1, b2
 
 
@@ -251,7 +280,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     config = _config_path(argv)
-    if config:
+    if config is not None:
         parser.set_defaults(**_read_config(config, parser))
     args = parser.parse_args(argv)
     try:
@@ -262,29 +291,99 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _config_path(argv: list[str]) -> str | None:
-    pre = argparse.ArgumentParser(add_help=False)
+    """The --config FILE of argv (None: not given), read before the other options."""
+    pre = OptionParser(prog="main.py", add_help=False)
     pre.add_argument("--config", default=None)
     return pre.parse_known_args(argv)[0].config
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping that gives one key twice."""
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a key given twice is an error (safe_load keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """The mapping of node, once every key is known to differ from the ones before it."""
+        keys: list = []
+        for key_node, _ in node.value:
+            if key_node.tag == YAML_MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in keys:
+                line = key_node.start_mark.line + 1
+                raise DuplicateKeyError(f"{key}: given twice (again on line {line}); give each option once")
+            keys.append(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_config(path: str, parser: argparse.ArgumentParser) -> dict:
-    """Options from a YAML mapping, checked against the parser's option names."""
+    """Options from a YAML mapping, each checked with its option's type and choices."""
     try:
         with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
+            values = yaml.load(f, Loader=_ConfigLoader)  # a SafeLoader: no arbitrary objects
     except OSError as e:
         parser.error(f"--config {path}: cannot read the file ({e.strerror})")
+    except UnicodeDecodeError as e:
+        parser.error(f"--config {path}: not UTF-8 text ({e.reason})")
+    except DuplicateKeyError as e:
+        parser.error(f"--config {path}: {e}")
     except yaml.YAMLError as e:
         parser.error(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})")
+    if values is None:
+        return {}
     if not isinstance(values, dict):
         parser.error(f"--config {path}: expected a mapping of option: value")
-    known = {a.dest for a in parser._actions}
-    for key in values:
-        if key not in known or key == "config":
+    actions = {a.dest: a for a in parser._actions if a.dest not in NOT_IN_CONFIG}
+    for key, value in values.items():
+        if key not in actions:
             parser.error(f"--config {path}: unknown option {key!r}")
-    if "betas" in values:
-        values["betas"] = _betas(values["betas"])
+        try:
+            values[key] = _config_value(actions[key], value)
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            parser.error(f"--config {path}: {key}: {e}")
     return values
+
+
+def _config_value(action: argparse.Action, value: object) -> object:
+    """A YAML value checked and converted as its command-line form would be (ValueError: why not)."""
+    if value is None:
+        raise ValueError("has no value: remove the key to keep the default")
+    if (action.nargs == 0 and isinstance(action.const, bool)) or action.type is _bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"takes true or false (unquoted), not {value!r}")
+        return value
+    if isinstance(value, list) and action.dest in LIST_SEPARATORS:
+        if not value:
+            raise ValueError("is an empty list: remove the key to keep the default")
+        value = LIST_SEPARATORS[action.dest].join(_config_scalar(v) for v in value)
+    text = _config_scalar(value)
+    if action.type is int:
+        if isinstance(value, float):
+            raise ValueError(f"takes an integer, not {value!r}")
+        try:
+            converted = int(text)
+        except ValueError:
+            raise ValueError(f"takes an integer, not {value!r}") from None
+    else:
+        converted = text if action.type is None else action.type(text)
+    if action.choices is not None and converted not in action.choices:
+        raise ValueError(f"{converted!r} is not one of {', '.join(map(str, action.choices))}")
+    return converted
+
+
+def _config_scalar(value: object) -> str:
+    """One YAML value as the command line would give it: a number or text."""
+    if isinstance(value, bool):
+        raise ValueError(f"takes a number or text, not the boolean {str(value).lower()}")
+    if isinstance(value, (list, tuple)):
+        raise ValueError(f"takes one value, not the list {value!r}")
+    if isinstance(value, dict):
+        raise ValueError(f"takes one value, not the mapping {value!r}")
+    if not isinstance(value, (int, float, str)):
+        raise ValueError(f"takes a number or text, not {value!r}")
+    return str(value)
 
 
 def _finish(args: argparse.Namespace) -> None:
@@ -295,6 +394,7 @@ def _finish(args: argparse.Namespace) -> None:
     args.data_train = _split(args.data_train)
     args.scale_given = args.scale is not None
     args.scale = _scales(DEFAULT_SCALE if args.scale is None else args.scale)
+    _check_sigma(args)
     _resolve_tasks(args)
     _check_architecture(args)
     if args.data_test is None:  # the authors' default; their derain command relies on Rain100L
@@ -306,6 +406,7 @@ def _finish(args: argparse.Namespace) -> None:
         raise ValueError(f"--data_test {'+'.join(unknown)}: unknown test set; known: "
                          f"{', '.join(ALL_SETS)}, Demo")
     _check_numbers(args)
+    _check_run(args)
     _check_schedule(args)
     args.decay_milestones = _milestones(args.decay)
     args.train_range, args.test_range = _data_range(args.data_range)
@@ -359,10 +460,34 @@ def _resolve_tasks(args: argparse.Namespace) -> None:
             raise ValueError(f"task name {n!r} is not one of sr<s>, derain, denoise<sigma>")
     if len(set(names)) != len(names):
         raise ValueError(f"task names must differ, got {'+'.join(names)}")
+    if flag_task:
+        _check_flag_task(args, flag_task, names)
     if flag_task and args.task is None and len(names) > 1:
         args.task = flag_task  # the authors' flags pick that head of a multi-head model
     args.task_names = names
     args.task_id = _task_index(args, names)
+
+
+def _check_sigma(args: argparse.Namespace) -> None:
+    """--sigma is positive and, with --denoise, prints as the number in the head's name."""
+    if args.sigma <= 0:
+        raise ValueError(f"--sigma must be positive, got {args.sigma}")
+    printed = f"{args.sigma:g}"
+    if args.denoise and not (SIGMA_IN_NAME.match(printed) and float(printed) == args.sigma):
+        raise ValueError(f"--sigma {args.sigma}: names no head denoise<sigma> exactly (it prints as "
+                         f"{printed}): give a plain decimal like 30 or 12.5")
+
+
+def _check_flag_task(args: argparse.Namespace, flag_task: str, names: list[str]) -> None:
+    """--denoise (with --sigma) or --derain names one of the heads, the one --task/--task_id pick."""
+    given = "--derain" if args.derain else f"--denoise --sigma {args.sigma:g}"
+    if flag_task not in names:
+        raise ValueError(f"{given}: the model has no head {flag_task}; the heads are {'+'.join(names)}")
+    if args.task is not None and args.task != flag_task:
+        raise ValueError(f"{given} picks the head {flag_task}, not --task {args.task}: give one of them")
+    if args.task_id is not None and names.index(flag_task) != args.task_id:
+        raise ValueError(f"{given} picks head {names.index(flag_task)} ({flag_task}), "
+                         f"not --task_id {args.task_id}: give one of them")
 
 
 def _task_index(args: argparse.Namespace, names: list[str]) -> int | None:
@@ -467,9 +592,9 @@ def _check_schedule(args: argparse.Namespace) -> None:
     args.periods = _ints("periods", args.periods, [])
     try:
         items = args.eta_mins if isinstance(args.eta_mins, (list, tuple)) else str(args.eta_mins).split("+")
-        args.eta_mins = [float(v) for v in items]
-    except ValueError:
-        raise ValueError(f"--eta_mins {args.eta_mins!r}: expected numbers joined by +") from None
+        args.eta_mins = [_finite_float(str(v)) for v in items]
+    except argparse.ArgumentTypeError:
+        raise ValueError(f"--eta_mins {args.eta_mins!r}: expected finite numbers joined by +") from None
     if len(args.eta_mins) != len(args.periods) or min(args.eta_mins) < 0:
         raise ValueError(f"--eta_mins: one non-negative learning rate per --periods entry "
                          f"({len(args.periods)})")
@@ -497,11 +622,30 @@ def _check_numbers(args: argparse.Namespace) -> None:
         if getattr(args, dest) < 1:
             raise ValueError(f"--{dest} must be at least 1, got {getattr(args, dest)}")
     for dest in ("n_threads", "lr", "gclip", "weight_decay", "epochs", "max_steps", "warmup_steps",
-                 "con_weight", "max_nonfinite"):
+                 "con_weight", "max_nonfinite", "momentum", "epsilon"):
         if getattr(args, dest) < 0:
             raise ValueError(f"--{dest} must not be negative, got {getattr(args, dest)}")
-    if args.sigma <= 0:
-        raise ValueError(f"--sigma must be positive, got {args.sigma}")
+    for dest in ("gamma", "skip_threshold"):
+        if getattr(args, dest) <= 0:
+            raise ValueError(f"--{dest} must be positive, got {getattr(args, dest)}")
+
+
+def _check_run(args: argparse.Namespace) -> None:
+    """--save names a run directory; --resume, --reset and --pretrain do not contradict each other."""
+    if not str(args.save).strip():
+        raise ValueError("--save: give a run directory")
+    if args.resume < -1:
+        raise ValueError(f"--resume {args.resume}: give a bare --resume, or N >= 1 with --test_only")
+    if args.resume > 0 and not args.test_only:
+        raise ValueError(f"--resume {args.resume} picks model/model_{args.resume}.pt for --test_only; "
+                         "training always continues from the run directory's state.pt: give a bare "
+                         "--resume")
+    if args.resume and args.reset:
+        raise ValueError("--reset starts the run directory afresh, --resume continues it: "
+                         "give one of them")
+    if args.resume and args.pretrain:
+        raise ValueError("--pretrain FILE and --resume both name the weights to start from: "
+                         "give one of them")
 
 
 def _data_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:

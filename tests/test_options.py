@@ -1,9 +1,14 @@
 """Options: the authors' names and defaults, task naming, refusals and YAML configs."""
 from __future__ import annotations
 
+import glob
+import os
+
 import pytest
 
 from option import REFUSED, parse_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # the authors' option.py: name -> default (values after their own post-processing)
 AUTHORS_DEFAULTS = {
@@ -141,9 +146,179 @@ def test_yaml_with_an_unknown_key_exits_2(tmp_path, capsys):
 def test_resume_forms():
     assert parse_args(["--resume"]).resume == -1
     assert parse_args(["--resume", "-1"]).resume == -1
-    assert parse_args(["--resume", "5"]).resume == 5
+    assert parse_args(["--test_only", "--resume", "5"]).resume == 5
 
 
 def test_unknown_test_set_exits_2(capsys):
     code, line = exit_line(capsys, ["--data_test", "Set5+Set6"])
     assert code == 2 and "Set6" in line
+
+
+@pytest.mark.parametrize("argv,option", [
+    ("--lr inf", "--lr"), ("--lr nan", "--lr"), ("--lr 1e400", "--lr"), ("--gamma nan", "--gamma"),
+    ("--sigma inf", "--sigma"), ("--weight_decay inf", "--weight_decay"),
+    ("--con_weight nan", "--con_weight"), ("--skip_threshold inf", "--skip_threshold"),
+    ("--momentum nan", "--momentum"), ("--epsilon inf", "--epsilon"), ("--gclip nan", "--gclip"),
+    ("--dropout_rate nan", "--dropout_rate"), ("--model restormer --task derain --ffn_expansion_factor inf",
+                                               "--ffn_expansion_factor"),
+    ("--betas 0.9,nan", "--betas"), ("--betas inf,0.999", "--betas"),
+    ("--schedule cyclic_cosine --periods 5+5 --eta_mins 1e-6+nan", "--eta_mins"),
+    ("--schedule cyclic_cosine --periods 5 --eta_mins inf", "--eta_mins"),
+])
+def test_non_finite_numbers_exit_2_naming_the_option(capsys, argv, option):
+    code, line = exit_line(capsys, argv.split())
+    assert code == 2 and option in line
+
+
+@pytest.mark.parametrize("argv,option", [
+    ("--epsilon -1", "--epsilon"), ("--betas 2,3", "--betas"), ("--betas 0.9,1", "--betas"),
+    ("--betas -0.1,0.9", "--betas"), ("--momentum -1", "--momentum"), ("--gamma 0", "--gamma"),
+    ("--gamma -0.5", "--gamma"), ("--skip_threshold 0", "--skip_threshold"),
+    ("--skip_threshold -1", "--skip_threshold"),
+])
+def test_values_torch_optimisers_reject_exit_2_naming_the_option(capsys, argv, option):
+    code, line = exit_line(capsys, argv.split())
+    assert code == 2 and option in line
+
+
+def test_optimiser_edge_values_are_accepted():
+    args = parse_args("--epsilon 0 --momentum 0 --betas 0,0.5 --gamma 1".split())
+    assert (args.epsilon, args.momentum, args.betas, args.gamma) == (0, 0, (0, 0.5), 1)
+
+
+def test_empty_save_exits_2(capsys):
+    code, line = exit_line(capsys, ["--save", ""])
+    assert code == 2 and "--save: give a run directory" in line
+
+
+@pytest.mark.parametrize("argv,words", [
+    ("--resume 5", ["--resume 5", "model/model_5.pt", "--test_only", "bare --resume"]),
+    ("--resume -2", ["--resume -2"]),
+    ("--test_only --resume -3", ["--resume -3"]),
+    ("--resume --reset", ["--reset", "--resume"]),
+    ("--resume --pretrain model.pt", ["--pretrain", "--resume"]),
+    ("--test_only --resume 3 --pretrain model.pt", ["--pretrain", "--resume"]),
+    ("--test_only --resume --pretrain model.pt", ["--pretrain", "--resume"]),
+])
+def test_contradictory_resume_exits_2(capsys, argv, words):
+    code, line = exit_line(capsys, argv.split())
+    assert code == 2 and all(w in line for w in words), line
+
+
+def test_resume_is_compatible_with_what_it_continues():
+    assert parse_args(["--resume", "--save", "run"]).resume == -1
+    args = parse_args(["--test_only", "--resume", "7"])
+    assert args.resume == 7 and not args.pretrain
+    assert parse_args(["--reset", "--pretrain", "model.pt"]).reset  # fine-tune into a fresh run
+
+
+@pytest.mark.parametrize("argv", [
+    "--denoise --sigma 0", "--denoise --sigma -5", "--denoise --sigma 1e400", "--denoise --sigma 1e-7",
+    "--denoise --sigma 1e20", "--denoise --sigma 30.1234567", "--scale 1 --denoise --sigma -5",
+    "--scale 2+3+4+1+1+1 --denoise --sigma 70", "--tasks sr2+denoise30 --denoise --sigma 50",
+    "--sigma nan",
+])
+def test_bad_sigma_is_named_not_its_task(capsys, argv):
+    code, line = exit_line(capsys, argv.split())
+    assert code == 2 and "--sigma" in line, line
+    assert "task name" not in line and "--task denoise" not in line
+
+
+@pytest.mark.parametrize("argv,words", [
+    ("--scale 2+3+4+1+1+1 --task sr2 --denoise", ["--denoise", "--task sr2"]),
+    ("--scale 2+3+4+1+1+1 --task_id 0 --derain", ["--derain", "--task_id 0"]),
+    ("--tasks sr2 --derain", ["--derain", "no head derain"]),
+])
+def test_head_flags_that_contradict_the_heads_exit_2(capsys, argv, words):
+    code, line = exit_line(capsys, argv.split())
+    assert code == 2 and all(w in line for w in words), line
+
+
+def test_fractional_sigma_names_its_head():
+    assert parse_args("--denoise --sigma 12.5".split()).task_names == ["denoise12.5"]
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))))
+def test_every_shipped_config_parses(path):
+    args = parse_args(["--config", path])
+    assert args.config == path
+
+
+def test_yaml_lists_are_joined_like_the_command_line(tmp_path):
+    cfg = tmp_path / "lists.yaml"
+    cfg.write_text("model: restormer\ntask: denoise30\nnum_blocks: [2, 2, 2, 2]\nheads: [1, 2, 4, 8]\n"
+                   "schedule: cyclic_cosine\nperiods: [10, 20]\neta_mins: [3.0e-4, 1.0e-6]\n"
+                   "data_train: [DIV2K, Sample]\ndecay: [200, 400]\nbetas: 0.8,0.9\nlr: 1\n"
+                   "test_only: false\ncpu: true\n")
+    args = parse_args(["--config", str(cfg)])
+    assert args.num_blocks == [2, 2, 2, 2] and args.heads == [1, 2, 4, 8] and args.periods == [10, 20]
+    assert args.eta_mins == [3e-4, 1e-6] and args.data_train == ["DIV2K", "Sample"]
+    assert args.decay_milestones == [200, 400] and args.betas == (0.8, 0.9) and args.lr == 1.0
+    assert args.cpu and not args.test_only
+
+
+@pytest.mark.parametrize("text,key,words", [
+    ('test_only: "false"\n', "test_only", ["true or false"]),
+    ("cpu: yes please\n", "cpu", ["true or false"]),
+    ("cpu: 1\n", "cpu", ["true or false"]),
+    ("shift_mean: \"False\"\n", "shift_mean", ["true or false"]),
+    ("n_feats: 16\nnum_heads: 4\nn_feats: 32\n", "n_feats", ["twice"]),
+    ("n_feats:\n", "n_feats", ["remove the key"]),
+    ("lr: ~\n", "lr", ["remove the key"]),
+    ("n_feats: [16, 32]\n", "n_feats", ["list"]),
+    ("save: [a, b]\n", "save", ["list"]),
+    ("n_feats: {a: 1}\n", "n_feats", ["mapping"]),
+    ("data_test: []\n", "data_test", ["empty"]),
+    ("data_test: [Set5, [Set14]]\n", "data_test", ["list"]),
+    ("n_feats: 16.5\n", "n_feats", ["integer"]),
+    ("batch_size: 8.0\n", "batch_size", ["integer"]),
+    ("n_feats: true\n", "n_feats", ["boolean"]),
+    ("data_train: yes\n", "data_train", ["boolean"]),
+    ("n_feats: sixteen\n", "n_feats", ["integer"]),
+    ("lr: fast\n", "lr", ["number"]),
+    ("lr: .inf\n", "lr", ["finite"]),
+    ("lr: .nan\n", "lr", ["finite"]),
+    ("betas: [0.9, .nan]\n", "betas", ["finite"]),
+    ("betas: [2, 3]\n", "betas", ["[0, 1)"]),
+    ("optimizer: adam\n", "optimizer", ["ADAM"]),
+    ("model: ipt2\n", "model", ["restormer"]),
+    ("dir_data: 2024-01-01\n", "dir_data", ["number or text"]),
+])
+def test_bad_yaml_values_exit_2_naming_file_and_key(tmp_path, capsys, text, key, words):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    code, line = exit_line(capsys, ["--config", str(cfg)])
+    assert code == 2 and str(cfg) in line and f"{key}:" in line, line
+    assert all(w in line for w in words), line
+
+
+def test_yaml_value_checks_still_let_the_command_line_win(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("n_feats: \"16\"\nsigma: 15\ndenoise: true\nscale: 1\n")
+    args = parse_args(["--config", str(cfg), "--n_feats", "32"])
+    assert args.n_feats == 32 and args.task_names == ["denoise15"]
+
+
+def test_yaml_values_pass_the_command_line_checks(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("resume: 5\n")
+    code, line = exit_line(capsys, ["--config", str(cfg)])
+    assert code == 2 and "--resume 5" in line
+
+
+def test_yaml_file_that_is_not_utf8_exits_2(tmp_path, capsys):
+    cfg = tmp_path / "latin1.yaml"
+    cfg.write_bytes("dir_data: /donn\u00e9es\n".encode("latin-1"))
+    code, line = exit_line(capsys, ["--config", str(cfg)])
+    assert code == 2 and str(cfg) in line and "UTF-8" in line
+
+
+def test_yaml_path_that_is_a_directory_exits_2(tmp_path, capsys):
+    code, line = exit_line(capsys, ["--config", str(tmp_path)])
+    assert code == 2 and str(tmp_path) in line
+
+
+@pytest.mark.parametrize("argv", [["--config"], ["--config", ""]])
+def test_config_without_a_file_exits_2(capsys, argv):
+    code, line = exit_line(capsys, argv)
+    assert code == 2 and "--config" in line
