@@ -29,6 +29,7 @@ SR_SETS = ("Set5", "Set14", "B100", "Urban100", "DIV2K")
 NOISE_SETS = ("CBSD68", "Urban100")
 RAIN_SETS = ("Rain100L",)
 DIV2K_TEST_RANGE = (801, 810)  # the authors' --data_range test part
+SSIM_WINDOW = 11  # as utility.SSIM_WINDOW (data/ does not import utility): the SSIM window side
 ALL_SETS = tuple(dict.fromkeys(SR_SETS + NOISE_SETS + RAIN_SETS + ("Sample",)))
 
 # spec section 7: the paper's numbers, (PSNR, SSIM or None), keyed by (dataset, task)
@@ -81,7 +82,7 @@ class BenchmarkSet:
         else:
             self.items = _hr_files(dir_data, dataset)
             if dataset == "DIV2K":
-                self.items = [f for f in self.items if _in_range(stem(f), div2k_range)]
+                self.items = _div2k_test_files(self.items, div2k_range)
         self.lr_dir = _lr_dir(dir_data, dataset, scale) if self.kind == "sr" and dataset != "Sample" else None
         if self.kind == "sr" and dataset != "Sample":
             missing = [f for f in self.items if not os.path.isfile(self._lr_path(f))]
@@ -102,16 +103,36 @@ class BenchmarkSet:
         """Pair ``index``; a layout or read error is returned, not raised (for loader workers)."""
         try:
             if self.dataset == "Sample":
-                return self._degrade(self.items[index], sample_photo(self.items[index]))
+                name = self.items[index]
+                return self._degrade(name, self._scorable(sample_photo(name), name))
             if self.kind == "derain":
                 rain, clean = self.items[index]
-                return Pair(stem(rain), read_image(rain), _checked(clean, rain))
+                target = self._scorable(_checked(clean, rain), clean)
+                return Pair(stem(rain), read_image(rain), target)
             return self._pair_from_hr(self.items[index])
         except (BenchmarkError, ImageReadError) as e:
             return e
 
+    def min_size(self) -> int:
+        """The least target height and width that can be scored (an LR and SSIM's window)."""
+        if self.kind != "sr":
+            return SSIM_WINDOW
+        s = self.scale  # the target is cut to whole LR pixels, then `s` are shaved a side
+        return -(-(SSIM_WINDOW + 2 * s) // s) * s
+
+    def _scorable(self, hr: Tensor, name: str) -> Tensor:
+        """``hr`` if it is large enough to be scored; else a BenchmarkError naming it."""
+        h, w = hr.shape[-2:]
+        least = self.min_size()
+        if h < least or w < least:
+            shave = f" after shaving {self.scale} pixels a side" if self.kind == "sr" else ""
+            raise BenchmarkError(f"{name} is {h}x{w}, too small to score {self.task}: the minimum "
+                                 f"size is {least}x{least} (SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} "
+                                 f"window{shave})")
+        return hr
+
     def _pair_from_hr(self, path: str) -> Pair:
-        hr = read_image(path)
+        hr = self._scorable(read_image(path), path)
         if self.kind != "sr":
             return self._degrade(stem(path), hr)
         lr_path = self._lr_path(path)
@@ -150,6 +171,15 @@ def _checked(clean_path: str, rain_path: str) -> Tensor:
         raise BenchmarkError(f"sizes differ: {rain_path} is {tuple(rain_shape[1:])}, "
                              f"{clean_path} is {tuple(clean.shape[1:])}")
     return clean
+
+
+def _div2k_test_files(files: list[str], bounds: tuple[int, int]) -> list[str]:
+    """The DIV2K HR files numbered within ``bounds``; a BenchmarkError naming the folder if none."""
+    chosen = [f for f in files if _in_range(stem(f), bounds)]
+    if not chosen:
+        raise BenchmarkError(f"DIV2K: no image numbered {bounds[0]}..{bounds[1]} (the test part of "
+                             f"--data_range) in {os.path.dirname(files[0])}")
+    return chosen
 
 
 def _hr_files(dir_data: str, dataset: str) -> list[str]:

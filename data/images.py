@@ -3,13 +3,25 @@ from __future__ import annotations
 
 import os
 import re
+from typing import IO, Union
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+import utility
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 UINT16_TO_UINT8 = 257  # 65535 / 255
+UINT16_MAX = 65535
+UINT8_MAX = 255
+INT_MODES = ("I;16", "I;16B", "I;16L", "I")  # integer greyscale read as 16-bit
+FLOAT_MODE = "F"  # 32-bit float greyscale, read as 0..1
+# What decoding a corrupt, truncated, unknown or oversized image raises. Image.open raises
+# DecompressionBombError (not an OSError) when the header declares more than twice
+# Image.MAX_IMAGE_PIXELS pixels.
+DECODE_ERRORS = (OSError, EOFError, UnidentifiedImageError, ValueError, SyntaxError,
+                 Image.DecompressionBombError)
 
 
 class ImageReadError(RuntimeError):
@@ -21,11 +33,13 @@ class DataLayoutError(RuntimeError):
 
 
 def list_images(folder: str) -> list[str]:
-    """Image files directly inside ``folder``, sorted by name."""
-    if not os.path.isdir(folder):
+    """Image files directly inside ``folder``, sorted by name (pipes, sockets, folders left out)."""
+    if not os.path.exists(folder):
         raise FileNotFoundError(f"image folder {folder!r} does not exist")
+    if not os.path.isdir(folder):
+        raise DataLayoutError(f"image folder {folder!r} is not a folder")
     names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
-    return [os.path.join(folder, n) for n in names]
+    return [p for p in (os.path.join(folder, n) for n in names) if os.path.isfile(p)]
 
 
 def stem(path: str) -> str:
@@ -53,45 +67,95 @@ def rain_pairs(folder: str, layout: str,
 
 
 def read_image(path: str) -> torch.Tensor:
-    """The image at ``path`` as a (3, H, W) uint8 tensor; greyscale, RGBA, CMYK, 16-bit made RGB."""
+    """The image at ``path`` as an upright (3, H, W) uint8 tensor; greyscale, RGBA, 16-bit made RGB."""
+    return decode_image(path, path)
+
+
+def decode_image(source: Union[str, IO[bytes]], name: str) -> torch.Tensor:
+    """An image file or stream as (3, H, W) uint8, turned as its EXIF Orientation says.
+
+    Anything that cannot be decoded (including a decompression bomb) raises ImageReadError naming
+    ``name``.
+    """
     try:
-        with Image.open(path) as img:
-            img.load()
-            return pil_to_tensor(img)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
-        raise ImageReadError(f"cannot read image {path!r}: {e}") from None
+        with Image.open(source) as img:
+            ImageOps.exif_transpose(img, in_place=True)  # loads it; rotates as viewers show it
+            return pil_to_tensor(img, name)
+    except DECODE_ERRORS as e:
+        raise ImageReadError(f"cannot read image {name!r}: {e}") from None
 
 
-def pil_to_tensor(img: Image.Image) -> torch.Tensor:
-    """A PIL image of any mode as a (3, H, W) uint8 RGB tensor (alpha dropped, not blended)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64) / UINT16_TO_UINT8
-        arr = np.repeat(np.clip(np.rint(arr), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+def pil_to_tensor(img: Image.Image, name: str = "image") -> torch.Tensor:
+    """A PIL image of any mode as a (3, H, W) uint8 RGB tensor (alpha dropped, not blended).
+
+    Float images must hold 0..1 and 32-bit integer ones 0..65535; others raise ImageReadError.
+    """
+    if img.mode in INT_MODES:
+        arr = _checked_levels(np.asarray(img, dtype=np.float64), 0, UINT16_MAX, img.mode, name)
+        arr = arr / UINT16_TO_UINT8
+    elif img.mode == FLOAT_MODE:
+        arr = _checked_levels(np.asarray(img, dtype=np.float64), 0, 1, img.mode, name) * UINT8_MAX
     else:
-        arr = np.array(img.convert("RGB"))
+        return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
+    arr = np.repeat(np.clip(np.rint(arr), 0, UINT8_MAX).astype(np.uint8)[..., None], 3, axis=2)
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
+def _checked_levels(arr: np.ndarray, low: float, high: float, mode: str, name: str) -> np.ndarray:
+    """``arr`` if all its values are finite and in [low, high]; else ImageReadError naming the range."""
+    if arr.size == 0 or (np.isfinite(arr).all() and low <= arr.min() and arr.max() <= high):
+        return arr
+    finite = arr[np.isfinite(arr)]
+    found = f"{finite.min():g}..{finite.max():g}" if finite.size else "no finite values"
+    if finite.size < arr.size:
+        found += f", with {arr.size - finite.size} NaN/inf value(s)"
+    raise ImageReadError(f"cannot read image {name!r}: mode {mode} with values {found}, "
+                         f"expected {low:g}..{high:g}; convert it to 8- or 16-bit")
+
+
 class ImageFolder:
-    """The images directly inside a folder as (stem, image); a read error is returned, not raised."""
+    """The images directly inside a folder as (stem, image); a read error is returned, not raised.
+
+    ``stems`` are unique (case-insensitively), so they can name output files: files sharing a stem
+    (``same.png``, ``same.jpg``) get their extension appended (``same_png``, ``same_jpg``).
+    """
 
     def __init__(self, folder: str):
         self.paths = list_images(folder)
+        self.stems = unique_stems(self.paths)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[str, torch.Tensor | ImageReadError]:
-        path = self.paths[index]
-        stem = os.path.splitext(os.path.basename(path))[0]
+        path, name = self.paths[index], self.stems[index]
         try:
-            return stem, read_image(path)
+            return name, read_image(path)
         except ImageReadError as e:
-            return stem, e
+            return name, e
+
+
+def unique_stems(paths: list[str]) -> list[str]:
+    """Stems of ``paths``, with ``_<ext>`` added to shared ones and ``_<n>`` to any still equal."""
+    counts: dict[str, int] = {}
+    for path in paths:
+        counts[stem(path).lower()] = counts.get(stem(path).lower(), 0) + 1
+    names = [stem(p) if counts[stem(p).lower()] == 1 else f"{stem(p)}_{os.path.splitext(p)[1][1:]}"
+             for p in paths]
+    taken: set[str] = set()
+    for i, name in enumerate(names):
+        n = 1
+        while names[i].lower() in taken:
+            n += 1
+            names[i] = f"{name}_{n}"
+        taken.add(names[i].lower())
+    return names
 
 
 def save_image(tensor: torch.Tensor, path: str) -> None:
     """Write a (3, H, W) tensor of quantised 0..255 values as a PNG (or the extension's format)."""
     arr = tensor.detach().clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Image.fromarray(arr).save(path)
+    image_format = Image.registered_extensions().get(os.path.splitext(path)[1].lower(), "PNG")
+    # written beside and renamed into place: a symlink already at `path` is replaced, not followed
+    utility.atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format=image_format))

@@ -33,12 +33,11 @@ import tarfile
 from typing import Callable, Iterator, Optional, Sequence, Union
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .degrade import add_noise, add_rain, bicubic_lr, procedural_streaks
-from .images import DataLayoutError, ImageReadError, pil_to_tensor, read_image
+from .images import DataLayoutError, ImageReadError, decode_image, read_image
 
 log = logging.getLogger("ipt")
 
@@ -49,8 +48,6 @@ STREAK_PREFIX = "rainstreak-"  # RainTrainL's streak layers; preferred in a stre
 DEFAULT_PATCH = 48
 DEFAULT_SEED = 1
 SEED_BYTES = 8
-DECODE_ERRORS = (OSError, EOFError, UnidentifiedImageError, ValueError, SyntaxError,
-                 Image.DecompressionBombError, tarfile.TarError)
 
 Views = tuple[Tensor, Optional[Tensor]]  # (target HR image, given LR input or None), uint8
 _procedural_said = False
@@ -122,22 +119,17 @@ def epoch_files(files: Sequence, epoch: int, seed: int, rank: int, world_size: i
 # Sources: folders of files, in-memory photos, tar shards
 # ----------------------------------------------------------------------------------------
 def find_images(root: str) -> list[str]:
-    """Every .jpg/.jpeg/.png/.bmp (any case) under ``root`` at any depth, sorted."""
+    """Every .jpg/.jpeg/.png/.bmp (any case) file under ``root`` at any depth, sorted (no pipes)."""
     found = []
     for folder, dirs, names in os.walk(root, followlinks=True):
         dirs.sort()
         found += [os.path.join(folder, n) for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
-    return sorted(found)
+    return sorted(f for f in found if os.path.isfile(f))
 
 
 def decode_bytes(data: bytes, name: str) -> Tensor:
     """An encoded image as a (3, H, W) uint8 tensor; ImageReadError if it cannot be decoded."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return pil_to_tensor(img)
-    except DECODE_ERRORS as e:
-        raise ImageReadError(f"cannot read image {name!r}: {e}") from None
+    return decode_image(io.BytesIO(data), name)
 
 
 class FileSource:
@@ -292,10 +284,12 @@ def _source_at(path: str) -> Source:
     """The shards or the images at a path: a .tar file, or a folder of shards or of images."""
     if os.path.isfile(path) and path.lower().endswith(SHARD_SUFFIX):
         return ShardSource([path])
-    if not os.path.isdir(path):
+    if not os.path.exists(path):
         raise TrainingDataError(f"training data {path!r} does not exist")
+    if not os.path.isdir(path):
+        raise TrainingDataError(f"training data {path!r} is not a folder (nor a {SHARD_SUFFIX} shard)")
     shards = sorted(os.path.join(path, n) for n in os.listdir(path)
-                    if n.lower().endswith(SHARD_SUFFIX))
+                    if n.lower().endswith(SHARD_SUFFIX) and os.path.isfile(os.path.join(path, n)))
     if shards:
         return ShardSource(shards)
     files = find_images(path)
