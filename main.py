@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 
 import torch
 from torch.utils.data import DataLoader
@@ -28,8 +29,28 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args)
     if device is None:
         return 2
-    utility.setup_logging(args.save, args.debug, quiet=distributed_rank() > 0)
-    log.info("command: %s", " ".join(sys.argv if argv is None else ["main.py", *argv]))
+    problem = run_dir_problem(args)
+    if problem:
+        print(f"main.py: error: {problem}", file=sys.stderr)
+        return 1
+    command = " ".join(sys.argv if argv is None else ["main.py", *argv])
+    lock, stale = utility.RunLock(args.save, command), None
+    if distributed_rank() == 0:  # the other ranks of a torchrun job write nothing there
+        try:
+            stale = lock.acquire()
+        except utility.LockError as e:
+            print(f"main.py: error: {e}", file=sys.stderr)
+            return 1
+    with lock:
+        utility.setup_logging(args.save, args.debug, quiet=distributed_rank() > 0)
+        log.info("command: %s", command)
+        if stale:
+            log.warning("%s", stale)
+        return run(args, device)
+
+
+def run(args, device: torch.device) -> int:
+    """The job itself, once the run directory is ours."""
     if device.type == "cpu" and utility.keep_freed_memory():
         log.debug("glibc malloc keeps freed blocks for reuse (fewer page faults per forward)")
     given = option.training_options_given(args)
@@ -42,6 +63,22 @@ def main(argv: list[str] | None = None) -> int:
     if model is None:
         return 1
     return evaluate(args, model)
+
+
+def run_dir_problem(args) -> str | None:
+    """Why --save cannot be this run's directory (None when it can); creates it if needed."""
+    where = f"--save {args.save}"
+    if os.path.exists(args.save) and not os.path.isdir(args.save):
+        return f"{where} is a file, not a folder: give a run directory"
+    if args.resume and not os.path.isdir(args.save):
+        return f"--resume: no run directory {args.save} to continue (check --save)"
+    try:
+        os.makedirs(args.save, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.save):
+            pass
+    except OSError as e:
+        return f"{where}: cannot write there ({e.strerror or e})"
+    return None
 
 
 def distributed_rank() -> int:
@@ -169,14 +206,22 @@ def write_reports(args, model, results: dict, step: int | None = None) -> None:
             "options": utility.jsonable(vars(args)), "model": args.model, "tiling": mode,
             "self_ensemble": args.self_ensemble and step is None,
             "metric_channel": args.metric_channel, "test_noise": args.test_noise}
-    utility.write_json(os.path.join(args.save, "metrics.json"), {"meta": meta, "results": results})
+    metrics_path, table_path = report_paths(args.save, step)
+    utility.write_json(metrics_path, {"meta": meta, "results": results})
     table = trainer.results_table(results, args.metric_channel)
-    with open(os.path.join(args.save, "results.md"), "w", encoding="utf-8") as f:
-        f.write(f"# Results\n\nmodel: {args.model}, checkpoint: `{path or 'random weights'}`, tiling: {mode}, "
-                f"self-ensemble: {args.self_ensemble}\n\n{table}")
+    utility.write_text(table_path, f"# Results\n\nmodel: {args.model}, checkpoint: `{path or 'random weights'}`, "
+                                   f"tiling: {mode}, self-ensemble: {args.self_ensemble}\n\n{table}")
     log.info("\n%s", table)
-    log.info("metrics: %s, table: %s", os.path.join(args.save, "metrics.json"),
-             os.path.join(args.save, "results.md"))
+    log.info("metrics: %s, table: %s", metrics_path, table_path)
+
+
+def report_paths(save: str, step: int | None) -> tuple[str, str]:
+    """Where the reports go: metrics.json and results.md, except that an evaluation (``step``
+    None) in a training run's directory writes metrics_test.json and results_test.md beside the
+    validation's, which it must not replace."""
+    if step is None and os.path.isfile(os.path.join(save, trainer.STATE_NAME)):
+        return os.path.join(save, "metrics_test.json"), os.path.join(save, "results_test.md")
+    return os.path.join(save, "metrics.json"), os.path.join(save, "results.md")
 
 
 # ----------------------------------------------------------------------------------------
@@ -203,8 +248,13 @@ def _train(args, device: torch.device, rank: int, world: int) -> int:
     if args.resume and not os.path.isfile(state_path):
         log.error("--resume: no training state %s to continue from", state_path)
         return 1
-    saved = torch.load(state_path, map_location="cpu", weights_only=False) if args.resume else None
-    if saved is not None:
+    saved = None
+    if args.resume:
+        try:
+            saved = trainer.read_state(state_path)
+        except trainer.StateError as e:
+            log.error("%s", e)
+            return 1
         conflicts = option.resume_conflicts(saved["options"], args)
         if conflicts:
             log.error("--resume: these options differ from the saved run and would change its "
@@ -223,10 +273,10 @@ def _train(args, device: torch.device, rank: int, world: int) -> int:
             return 1
         log.info("initialised from %s", args.pretrain)
     model = model.to(device)
-    data = make_training_data(args, rank, world)
+    data = make_training_data(args, rank, world, saved.get("loader_workers") if saved else None)
     if data is None:
         return 1
-    batches, steps_per_epoch = data
+    batches, steps_per_epoch, workers = data
     total = args.max_steps or (args.epochs or 0) * steps_per_epoch
     if total <= 0:
         log.error("--epochs 0 means no limit for a streamed data set: give --max_steps")
@@ -239,11 +289,25 @@ def _train(args, device: torch.device, rank: int, world: int) -> int:
     log.info("training %s (%s), %d steps of batch %d x %d process(es), %d step(s) an epoch",
              "+".join(model.task_names), "pre-training" if len(model.task_names) > 1 else "fine-tuning",
              total, args.batch_size, world, steps_per_epoch)
-    runner = trainer.Trainer(args, net, batches, make_validation(args, model), total, steps_per_epoch, rank)
+    runner = trainer.Trainer(args, net, batches, make_validation(args, model), total, steps_per_epoch,
+                             rank, workers)
     if saved is not None:
         runner.load_state(saved)
         log.info("resumed from %s at step %d", state_path, runner.progress.step)
-    return runner.fit()
+    try:
+        return runner.fit()
+    except (DataLayoutError, ImageReadError, utility.SaveError) as e:
+        log.error("training stopped at step %d: %s (the training state of that step is saved; "
+                  "fix the cause and continue with --resume)", runner.progress.step, last_line(e))
+        return 1
+
+
+def last_line(error: BaseException) -> str:
+    """The message of an error, without the worker traceback a DataLoader puts before it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and "Traceback" in str(error):  # raised in a loader worker
+        return lines[-1].split(": ", 1)[-1]
+    return lines[0] if lines else type(error).__name__
 
 
 def start_distributed(device: torch.device) -> tuple[int, int]:
@@ -257,8 +321,9 @@ def start_distributed(device: torch.device) -> tuple[int, int]:
     return torch.distributed.get_rank(), world
 
 
-def make_training_data(args, rank: int, world: int):
-    """(batch factory keyed by the first step, steps per epoch) for --data_train; None on errors."""
+def make_training_data(args, rank: int, world: int, saved_workers: int | None = None):
+    """(batch factory keyed by the first step, steps per epoch, loader workers) for --data_train;
+    None on errors. A resumed run keeps the workers it started with: batch k depends on them."""
     if len(args.data_train) != 1:
         log.error("--data_train: one training set at a time, got %s", "+".join(args.data_train))
         return None
@@ -278,15 +343,44 @@ def make_training_data(args, rank: int, world: int):
         else:
             log.error("--data_train %s: unknown; use Sample, ImageNet, DIV2K or RainTrainL", name)
             return None
+        workers = loader_workers(args.n_threads, len(stream.source), world, saved_workers)
     except (DataLayoutError, FileNotFoundError, ValueError) as e:
         log.error("--data_train %s: %s", name, e)
         return None
 
     def batches(start: int) -> DataLoader:
-        return DataLoader(stream.with_start(start), batch_size=None, num_workers=args.n_threads,
+        return DataLoader(stream.with_start(start), batch_size=None, num_workers=workers,
                           pin_memory=torch.cuda.is_available() and not args.cpu)
 
-    return batches, stream.steps_per_epoch
+    return batches, stream.steps_per_epoch, workers
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def loader_workers(requested: int, n_files: int, world: int, saved: int | None = None) -> int:
+    """Loader workers per process: --n_threads, capped by the cores each process may use and by
+    the files (each worker of each process reads its own run of them); one INFO line says why."""
+    if n_files < world:
+        raise ValueError(f"{n_files} training file(s) cannot feed {world} processes: give more "
+                         f"files or fewer processes")
+    if saved is not None:
+        if saved != requested:
+            log.info("loader workers: %d, as when this run started (--n_threads %d)", saved, requested)
+        return saved
+    by_cpu, by_files = max(usable_cpus() // world, 1), n_files // world
+    workers = min(requested, by_cpu, by_files)
+    if workers < requested:
+        why = (f"{usable_cpus()} usable core(s) for {world} process(es)" if workers == by_cpu
+               else f"{n_files} training files for {world} process(es)")
+        log.info("loader workers: %d per process instead of --n_threads %d (%s)", workers,
+                 requested, why)
+    return workers
 
 
 def imagenet_root(dir_data: str) -> str:

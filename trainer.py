@@ -56,7 +56,7 @@ def restore_quantised(model: nn.Module, image: Tensor, task_id: int,
     device = next(model.parameters()).device
     x = image.float().unsqueeze(0).to(device) * (settings.rgb_range / 255)
     y = restore(model, x, task_id, settings.mode, settings.crop_batch_size, settings.self_ensemble,
-                settings.tile_size)
+                settings.tile_size, progress=True)
     return utility.quantize(y, settings.rgb_range)[0].cpu() * (255 / settings.rgb_range)
 
 
@@ -225,8 +225,11 @@ def bare_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 def rng_states() -> dict:
-    """Every random generator the training touches."""
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every random generator the training touches, as tensors and plain values (weights-only)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(),
+              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+              "python": random.getstate()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -235,10 +238,16 @@ def rng_states() -> dict:
 def set_rng_states(states: dict) -> None:
     """Restore what rng_states saved."""
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(_tuples(states["python"]))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _tuples(value: object) -> object:
+    """Lists back to the tuples random.setstate needs."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def progressive_crop(lr: Tensor, hr: Tensor, patch: int, size: int,
@@ -283,8 +292,9 @@ class Trainer:
 
     def __init__(self, args, model: nn.Module, batches: Callable[[int], Iterable[dict]],
                  validate: Callable[[nn.Module, int], tuple[dict[str, float], dict[str, Tensor]]] | None,
-                 total_steps: int, steps_per_epoch: int, rank: int = 0):
+                 total_steps: int, steps_per_epoch: int, rank: int = 0, loader_workers: int = 0):
         self.args, self.model, self.batches, self.validate = args, model, batches, validate
+        self.loader_workers = loader_workers  # recorded: batch k depends on the worker count
         self.total_steps, self.rank = total_steps, rank
         self.device = next(model.parameters()).device
         self.optimizer = make_optimizer(args, model.parameters())
@@ -305,31 +315,58 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------
     def fit(self) -> int:
-        """Train until --max_steps (or a stop signal); 0 when done, 1 when stopped by bad losses."""
+        """Train until --max_steps (or a stop signal); 0 when done, 1 when it cannot go on.
+
+        The training state is saved on every exit, an exception included (it is re-raised).
+        """
         p = self.progress
         bar = tqdm(total=self.total_steps, initial=p.step, desc="training", unit="step",
                    dynamic_ncols=True, disable=self.rank != 0)
-        batches = iter(self.batches(p.step))
         status = 0
-        with StopRequested() as stop:
-            while p.step < self.total_steps and not stop.flag:
-                loss = self.train_step(next(batches))
-                p.step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4g}" if loss is not None else "skipped",
-                                lr=f"{self.scheduler.get_last_lr()[0]:.3g}")
-                if p.nonfinite_run > self.args.max_nonfinite:
-                    log.error("%d non-finite losses in a row at step %d: stopping (lower --lr, set "
-                              "--gclip, or check the data)", p.nonfinite_run, p.step)
-                    status = 1
-                    break
-                self._after_step(loss)
-        bar.close()
-        self.save()
-        log.info("stopped at step %d of %d; %d step(s) skipped for non-finite losses; %d training "
-                 "file read(s) skipped (unreadable or smaller than the crop)", p.step,
-                 self.total_steps, p.nonfinite_total, sum(self.skipped_files.values()))
+        try:
+            with StopRequested() as stop:
+                batches = iter(self.batches(p.step))
+                while p.step < self.total_steps and not stop.flag:
+                    loss = self.train_step(next(batches))
+                    p.step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4g}" if loss is not None else "skipped",
+                                    lr=f"{self.scheduler.get_last_lr()[0]:.3g}")
+                    if self._cannot_go_on():
+                        status = 1
+                        break
+                    self._after_step(loss)
+        finally:
+            bar.close()
+            self._save_on_exit()
+            log.info("stopped at step %d of %d; %d step(s) skipped for non-finite losses; %d "
+                     "training file read(s) skipped (unreadable or smaller than the crop)", p.step,
+                     self.total_steps, p.nonfinite_total, sum(self.skipped_files.values()))
         return status
+
+    def _cannot_go_on(self) -> bool:
+        """Whether training must stop: too many non-finite losses in a row, or broken weights."""
+        p = self.progress
+        if p.nonfinite_run == 0:
+            return False
+        broken = utility.all_finite(bare_state_dict(self.model))
+        if broken:
+            log.error("step %d: %d weight tensor(s) are NaN or infinite (%s, ...): stopping; the "
+                      "last checkpoint is kept (lower --lr, set --gclip)", p.step, len(broken),
+                      broken[0])
+            return True
+        if p.nonfinite_run > self.args.max_nonfinite:
+            log.error("%d non-finite losses in a row at step %d: stopping (lower --lr, set "
+                      "--gclip, or check the data)", p.nonfinite_run, p.step)
+            return True
+        return False
+
+    def _save_on_exit(self) -> None:
+        """The final save; a failure is logged, not raised over the error that ended training."""
+        try:
+            self.save()
+        except utility.SaveError as e:
+            log.error("%s", e)
 
     def train_step(self, batch: dict) -> float | None:
         """One optimiser step on a one-task batch; None when the loss was not finite (skipped)."""
@@ -423,20 +460,35 @@ class Trainer:
                  p.best_psnr, p.best_step)
 
     # -- checkpoints ------------------------------------------------------------------
-    def save(self) -> None:
-        """model_latest.pt (bare weights) and the full training state, both written atomically."""
+    def save(self) -> bool:
+        """model_latest.pt (bare weights) and the full training state, both written atomically.
+
+        Weights holding a NaN or an infinity are never written (False; the old files are kept).
+        With --save_models the weights are also kept as model/model_<step>.pt.
+        """
         if self.rank != 0:
-            return
-        utility.atomic_save(bare_state_dict(self.model), os.path.join(self.model_dir, "model_latest.pt"))
-        state = {"model": bare_state_dict(self.model), "optimizer": self.optimizer.state_dict(),
+            return True
+        weights = bare_state_dict(self.model)
+        broken = utility.all_finite(weights)
+        if broken:
+            log.error("not saving step %d: %d weight tensor(s) are NaN or infinite (%s); %s and "
+                      "the training state are those of the last good save", self.progress.step,
+                      len(broken), broken[0], os.path.join(self.model_dir, "model_latest.pt"))
+            return False
+        utility.atomic_save(weights, os.path.join(self.model_dir, "model_latest.pt"))
+        if self.args.save_models:
+            utility.atomic_save(weights, os.path.join(self.model_dir, f"model_{self.progress.step}.pt"))
+        state = {"model": weights, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "progress": vars(self.progress), "loss_average": self.loss_average,
-                 "rng": rng_states(), "options": utility.jsonable(vars(self.args))}
+                 "rng": rng_states(), "options": utility.jsonable(vars(self.args)),
+                 "loader_workers": self.loader_workers}
         utility.atomic_save(state, os.path.join(self.args.save, STATE_NAME))
+        return True
 
     def load(self, path: str) -> None:
         """Continue from a saved training state file."""
-        self.load_state(torch.load(path, map_location="cpu", weights_only=False))
+        self.load_state(read_state(path))
         log.info("resumed from %s at step %d", path, self.progress.step)
 
     def load_state(self, state: dict) -> None:
@@ -449,6 +501,33 @@ class Trainer:
         self.progress = Progress(**state["progress"])
         self.loss_average = state["loss_average"]
         set_rng_states(state["rng"])
+
+
+class StateError(RuntimeError):
+    """A training state file that cannot be read or was not written by ``Trainer.save``."""
+
+
+STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "progress", "loss_average", "rng", "options")
+
+
+def read_state(path: str) -> dict:
+    """A training state written by ``Trainer.save``, read weights-only (no code can run)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle refusals, truncated or foreign files
+        raise StateError(f"cannot read the training state {path}: {type(e).__name__}: "
+                         f"{_first_line(e)} (not a state.pt written by this program, or damaged; "
+                         f"start afresh with --reset)") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise StateError(f"{path} is not a training state of this program (no {', '.join(missing)}); "
+                         f"start afresh with --reset")
+    return state
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else ""
 
 
 def _summary_writer(folder: str):

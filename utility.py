@@ -1,12 +1,17 @@
-"""Small pure helpers: quantisation, metrics, logging. A leaf module."""
+"""Helpers every part may use: quantisation, metrics, logging, safe file writes. A leaf module."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
+import shutil
+import socket
 import subprocess
+import tempfile
+from collections.abc import Callable
 
 import torch
 
@@ -18,7 +23,7 @@ def quantize(x: torch.Tensor, rgb_range: float = 255) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------
-# Metrics (spec section 6)
+# Metrics: PSNR and SSIM as the IPT authors and BasicSR compute them
 # ----------------------------------------------------------------------------------------
 # PSNR: the authors' (EDSR's) Y weights, applied to the difference, so the offset cancels
 PSNR_Y_WEIGHTS = (65.738 / 256, 129.057 / 256, 25.064 / 256)
@@ -175,19 +180,173 @@ def jsonable(value: object) -> object:
     return str(value)
 
 
+class SaveError(OSError):
+    """A file that could not be written (full disk, no permission); the previous one is kept."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` on a fresh temporary beside ``path``, then rename it over ``path``.
+
+    The temporary has a unique name (two processes never share one) and is created anew, so a
+    symlink at ``path`` is replaced, never followed. On failure the temporary is removed, the
+    previous ``path`` is left as it was, and a SaveError says which file and how much space is free.
+    """
+    folder = os.path.dirname(path) or "."
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise SaveError(_save_failure(path, e)) from None
+    os.close(fd)
+    try:
+        os.chmod(tmp, FILE_MODE)
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a full disk as RuntimeError
+            raise SaveError(_save_failure(path, e)) from None
+        raise
+
+
+def _save_failure(path: str, error: BaseException) -> str:
+    """One line: the file, why it could not be written, and the free space where it goes."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, OSError) and error.strerror:
+        reason = error.strerror
+    try:
+        free = f"{shutil.disk_usage(os.path.dirname(path) or '.').free / 2 ** 20:.1f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    return f"cannot write {path} ({reason}; {free}); the previous file, if any, is kept"
+
+
 def write_json(path: str, data: object) -> None:
-    """Write JSON atomically: a temporary file renamed over ``path``."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(jsonable(data), f, indent=2)
-    os.replace(tmp, path)
+    """Write JSON atomically (see ``atomic_write``)."""
+    def dump(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(jsonable(data), f, indent=2)
+
+    atomic_write(path, dump)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a text file atomically (see ``atomic_write``)."""
+    def dump(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, dump)
 
 
 def atomic_save(obj: object, path: str) -> None:
-    """torch.save to a temporary file, then rename: a crash mid-write leaves the old file intact."""
-    tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save atomically (see ``atomic_write``): a crash mid-write leaves the old file intact."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def all_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors that hold a NaN or an infinity."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
+# ----------------------------------------------------------------------------------------
+# One process per run directory
+# ----------------------------------------------------------------------------------------
+LOCK_NAME = ".lock"  # {"host", "pid", "command"} of the process using the run directory
+
+
+class LockError(RuntimeError):
+    """A run directory that another live process is using."""
+
+
+class RunLock:
+    """``RUN/.lock``: created atomically by the process that runs there, removed when it ends.
+
+    A lock whose process is gone (same host, no such PID) is stale: it is reported and taken
+    over. A lock from another host cannot be checked, so it is refused with how to clear it.
+    """
+
+    def __init__(self, folder: str, command: str = ""):
+        self.path = os.path.join(folder, LOCK_NAME)
+        self.command = command
+        self.held = False
+
+    def acquire(self) -> str | None:
+        """Take the lock; a note when a stale one was replaced, LockError when it is held."""
+        note = None
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+            except FileExistsError:
+                holder = self._holder()
+                if _alive(holder):
+                    raise LockError(
+                        f"{os.path.dirname(self.path)} is in use by process {holder.get('pid')} on "
+                        f"{holder.get('host')} ({holder.get('command') or 'command unknown'}): "
+                        f"wait for it or give another --save; if that process is gone, delete "
+                        f"{self.path}") from None
+                note = (f"removed a stale lock {self.path} of process {holder.get('pid')} on "
+                        f"{holder.get('host')}, which no longer runs")
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path)
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "command": self.command}, f)
+            self.held = True
+            return note
+        raise LockError(f"cannot take the lock {self.path}: another process took it meanwhile")
+
+    def _holder(self) -> dict:
+        """The holder's record; an empty or unreadable file reads as a dead process of this host."""
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                holder = json.load(f)
+        except (OSError, ValueError):
+            holder = {}
+        if not isinstance(holder, dict):
+            holder = {}
+        holder.setdefault("host", socket.gethostname())
+        return holder
+
+    def release(self) -> None:
+        """Remove the lock if this process holds it."""
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+            self.held = False
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the lock holder may still run (True for another host: it cannot be checked)."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return False  # a lock of an earlier run of this very process (a reused PID)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)

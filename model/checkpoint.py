@@ -1,6 +1,7 @@
 """Load the authors' checkpoints (and ours) strictly, and say what differs when they do not fit."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -14,6 +15,8 @@ WRAPPER_KEYS = ("state_dict", "model", "params")  # dict keys that may hold the 
 MODULE_PREFIX = "module."  # written by DataParallel / DistributedDataParallel
 PER_HEAD = re.compile(r"^(head|tail)\.(\d+)\.(.*)$")
 
+log = logging.getLogger("ipt")
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model."""
@@ -21,8 +24,10 @@ class CheckpointError(RuntimeError):
 
 def read_state_dict(path: str) -> dict[str, Tensor]:
     """Read a checkpoint file and return its bare state_dict (unwrapped, without `module.`)."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist (check --pretrain)")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} is not a file (give the .pt file to --pretrain)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated files, non-tensor payloads
@@ -101,7 +106,22 @@ def load_checkpoint(model: nn.Module, path: str, task: int | str | None = None) 
         raise CheckpointError(f"task={task!r} selects from a multi-head file into a single-head "
                               f"model, but the model has {n_model} heads and {path!r} {n_file}")
     check_fits(model, state, path)
+    check_values(model, state, path)
     model.load_state_dict(state, strict=True)
+
+
+def check_values(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None:
+    """Refuse NaN or infinite weights, naming the keys; log the keys whose dtype is converted."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {path!r} holds NaN or infinite values in {len(bad)} "
+                              f"tensor(s): {_shorten(bad)}; it cannot restore images")
+    own = model.state_dict()
+    converted = [f"{k} ({state[k].dtype} -> {own[k].dtype})" for k in state
+                 if state[k].dtype != own[k].dtype]
+    if converted:
+        log.warning("checkpoint %s: %d tensor(s) converted to the model's dtype: %s", path,
+                    len(converted), _shorten(converted))
 
 
 def check_fits(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None:

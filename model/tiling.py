@@ -23,8 +23,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 FAST_OVERLAP = 8  # input pixels shared by neighbouring tiles in `fast` mode
+PROGRESS_DELAY_S = 2.0  # a tile progress bar appears once one image has taken this long
 MODES = ("auto", "official", "fast", "whole")
 
 
@@ -39,11 +41,12 @@ class AxisPlan:
 
 def restore(model: nn.Module, x: Tensor, task_id: int = 0, mode: str = "auto",
             crop_batch_size: int = 64, self_ensemble: bool = False,
-            tile_size: int | None = None) -> Tensor:
+            tile_size: int | None = None, progress: bool = False) -> Tensor:
     """Restore whole images x (B, C, H, W, 0..rgb_range) with task ``task_id``; unquantised output.
 
     A network with a fixed input size (``model.patch_size``, IPT) is tiled at that size; one
     that takes any size (Restormer) runs whole, or in ``fast`` tiles of ``tile_size``.
+    ``progress``: show a bar of the tiles done when an image takes more than a few seconds.
     """
     if x.dim() != 4:
         raise ValueError(f"restore expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
@@ -59,7 +62,8 @@ def restore(model: nn.Module, x: Tensor, task_id: int = 0, mode: str = "auto",
     def run(v: Tensor) -> Tensor:
         if mode == "whole":
             return _forward(model, v, task_id)
-        return tile(lambda t: _forward(model, t, task_id), v, patch, scale, mode, crop_batch_size)
+        return tile(lambda t: _forward(model, t, task_id), v, patch, scale, mode, crop_batch_size,
+                    progress)
 
     with torch.no_grad():
         return ensemble_x8(run, x) if self_ensemble else run(x)
@@ -109,13 +113,14 @@ CPU_TILES_PER_CALL = 8
 
 
 def tile(fn: Callable[[Tensor], Tensor], x: Tensor, patch: int, scale: int, mode: str,
-         crop_batch_size: int = 64) -> Tensor:
+         crop_batch_size: int = 64, progress: bool = False) -> Tensor:
     """Apply a patch-to-patch network fn to a whole batch by tiling (official or fast)."""
     b, c, h, w = x.shape
     ph, pw = max(patch - h, 0), max(patch - w, 0)
     if ph or pw:  # smaller than one patch: pad, run, crop
         pad_mode = "reflect" if ph < h and pw < w else "replicate"
-        out = tile(fn, F.pad(x, (0, pw, 0, ph), mode=pad_mode), patch, scale, mode, crop_batch_size)
+        out = tile(fn, F.pad(x, (0, pw, 0, ph), mode=pad_mode), patch, scale, mode, crop_batch_size,
+                   progress)
         return out[..., :h * scale, :w * scale]
     plan = official_plan if mode == "official" else fast_plan
     rows, cols = plan(h, patch, scale), plan(w, patch, scale)
@@ -125,6 +130,8 @@ def tile(fn: Callable[[Tensor], Tensor], x: Tensor, patch: int, scale: int, mode
     size = min(crop_batch_size, CPU_TILES_PER_CALL) if x.device.type == "cpu" else crop_batch_size
     # The authors run their bottom-right tile on its own; so do we, which keeps the float
     # arithmetic of that tile identical to theirs (a batch of one takes other CPU kernels).
+    bar = tqdm(total=grid.count, desc="tiles", unit="tile", leave=False, dynamic_ncols=True,
+               delay=PROGRESS_DELAY_S, disable=not progress)
     for first, end in _chunks(grid.count, size, alone_last=mode == "official"):
         r, q = grid.row[first:end], grid.col[first:end]
         tiles = windows[:, :, grid.row_start[r], grid.col_start[q]].transpose(1, 2)
@@ -132,6 +139,8 @@ def tile(fn: Callable[[Tensor], Tensor], x: Tensor, patch: int, scale: int, mode
         if first == 0:
             top_left = y[:, 0]
         grid.accumulate(out, y, r, q)
+        bar.update(end - first)
+    bar.close()
     out /= grid.coverage(h * scale, w * scale)
     if mode == "official":  # the authors' left strip overwrites part of their top strip
         margin, right = patch // 4 * scale, min(patch * scale, cols.boundary)
@@ -210,11 +219,13 @@ def official_plan(n: int, patch: int, scale: int) -> AxisPlan:
 
 
 def fast_plan(n: int, patch: int, scale: int) -> AxisPlan:
-    """Evenly spread tiles overlapping by at least FAST_OVERLAP pixels, linear-ramp weights."""
-    count = 1 if n == patch else math.ceil((n - patch) / (patch - FAST_OVERLAP)) + 1
+    """Evenly spread tiles overlapping by at least FAST_OVERLAP pixels (a quarter of a small
+    patch, so tiles always advance by most of a patch), linear-ramp weights."""
+    overlap = min(FAST_OVERLAP, patch // 4)
+    count = 1 if n == patch else math.ceil((n - patch) / (patch - overlap)) + 1
     starts = sorted({round(i * (n - patch) / max(count - 1, 1)) for i in range(count)})
     out_patch = patch * scale
     a = torch.arange(out_patch, dtype=torch.float32)
-    ramp = torch.minimum(a + 1, out_patch - a) / (FAST_OVERLAP * scale + 1)
+    ramp = torch.minimum(a + 1, out_patch - a) / (overlap * scale + 1)
     weights = ramp.clamp(max=1.0).expand(len(starts), -1).clone()
     return AxisPlan(starts, weights, n * scale)
