@@ -285,7 +285,7 @@ def _train(args, device: torch.device, rank: int, world: int) -> int:
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)  # heads, tails and query rows of other tasks sit idle
+            find_unused_parameters=len(model.task_names) > 1)  # other tasks' heads sit idle
     log.info("training %s (%s), %d steps of batch %d x %d process(es), %d step(s) an epoch",
              "+".join(model.task_names), "pre-training" if len(model.task_names) > 1 else "fine-tuning",
              total, args.batch_size, world, steps_per_epoch)
@@ -296,7 +296,11 @@ def _train(args, device: torch.device, rank: int, world: int) -> int:
         log.info("resumed from %s at step %d", state_path, runner.progress.step)
     try:
         return runner.fit()
-    except (DataLayoutError, ImageReadError, utility.SaveError) as e:
+    except utility.SaveError as e:
+        log.error("training stopped at step %d: %s; make room and continue with --resume",
+                  runner.progress.step, e)
+        return 1
+    except (DataLayoutError, ImageReadError) as e:
         log.error("training stopped at step %d: %s (the training state of that step is saved; "
                   "fix the cause and continue with --resume)", runner.progress.step, last_line(e))
         return 1

@@ -229,7 +229,8 @@ def build_parser() -> OptionParser:
     g.add_argument("--resume", type=int, nargs="?", const=-1, default=0,
                    help="bare (or -1): continue training from DIR/state.pt, or with --test_only "
                         "evaluate DIR/model/model_latest.pt; N (--test_only): DIR/model/model_N.pt")
-    g.add_argument("--save_models", action="store_true", help="keep every epoch's model")
+    g.add_argument("--save_models", action="store_true",
+                   help="also keep model/model_<step>.pt at every --save_every step")
     g.add_argument("--print_every", type=int, default=100, help="log every N steps")
     g.add_argument("--save_results", action="store_true", help="write the restored images")
     g.add_argument("--save_gt", action="store_true", help="also write the inputs (and targets)")

@@ -338,11 +338,11 @@ class Trainer:
                     self._after_step(loss)
         finally:
             bar.close()
-            self._save_on_exit()
+            saved = self._save_on_exit()
             log.info("stopped at step %d of %d; %d step(s) skipped for non-finite losses; %d "
                      "training file read(s) skipped (unreadable or smaller than the crop)", p.step,
                      self.total_steps, p.nonfinite_total, sum(self.skipped_files.values()))
-        return status
+        return status if saved else 1
 
     def _cannot_go_on(self) -> bool:
         """Whether training must stop: too many non-finite losses in a row, or broken weights."""
@@ -361,12 +361,13 @@ class Trainer:
             return True
         return False
 
-    def _save_on_exit(self) -> None:
-        """The final save; a failure is logged, not raised over the error that ended training."""
+    def _save_on_exit(self) -> bool:
+        """The final save; a failure is logged (not raised over the error that ended training)."""
         try:
-            self.save()
+            return self.save()
         except utility.SaveError as e:
-            log.error("%s", e)
+            log.error("training state not saved: %s; make room and continue with --resume", e)
+            return False
 
     def train_step(self, batch: dict) -> float | None:
         """One optimiser step on a one-task batch; None when the loss was not finite (skipped)."""

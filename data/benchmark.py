@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from utility import SSIM_WINDOW
+
 from .degrade import add_eval_noise, add_rain, bicubic_lr, eval_noise_generator, procedural_streaks
 from .images import DataLayoutError, ImageReadError, list_images, rain_pairs, read_image, stem
 from .sample import TEST_PHOTOS, sample_photo
@@ -29,7 +31,6 @@ SR_SETS = ("Set5", "Set14", "B100", "Urban100", "DIV2K")
 NOISE_SETS = ("CBSD68", "Urban100")
 RAIN_SETS = ("Rain100L",)
 DIV2K_TEST_RANGE = (801, 810)  # the authors' --data_range test part
-SSIM_WINDOW = 11  # as utility.SSIM_WINDOW (data/ does not import utility): the SSIM window side
 ALL_SETS = tuple(dict.fromkeys(SR_SETS + NOISE_SETS + RAIN_SETS + ("Sample",)))
 
 # spec section 7: the paper's numbers, (PSNR, SSIM or None), keyed by (dataset, task)

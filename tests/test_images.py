@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 import utility
-from data import benchmark
 from data.benchmark import BenchmarkError, BenchmarkSet
 from data.images import DataLayoutError, ImageFolder, ImageReadError, list_images, read_image
 from data.stream import PairStream, TrainingDataError, decode_bytes, find_images
@@ -182,7 +181,6 @@ def test_images_too_small_to_score_name_the_file_and_the_minimum(tmp_path, datas
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_the_smallest_scorable_image_can_be_scored(tmp_path, scale):
-    assert benchmark.SSIM_WINDOW == utility.SSIM_WINDOW
     data = BenchmarkSet(str(tmp_path), "Sample", f"sr{scale}", scale)
     least = data.min_size()
     save(blocks(48, 48)[:least, :least], tmp_path / "benchmark/Set5/HR/small.png")

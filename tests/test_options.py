@@ -199,8 +199,12 @@ def test_empty_save_exits_2(capsys):
     ("--resume --pretrain model.pt", ["--pretrain", "--resume"]),
     ("--test_only --resume 3 --pretrain model.pt", ["--pretrain", "--resume"]),
     ("--test_only --resume --pretrain model.pt", ["--pretrain", "--resume"]),
+    # head flags that contradict the heads
+    ("--scale 2+3+4+1+1+1 --task sr2 --denoise", ["--denoise", "--task sr2"]),
+    ("--scale 2+3+4+1+1+1 --task_id 0 --derain", ["--derain", "--task_id 0"]),
+    ("--tasks sr2 --derain", ["--derain", "no head derain"]),
 ])
-def test_contradictory_resume_exits_2(capsys, argv, words):
+def test_contradictory_options_exit_2(capsys, argv, words):
     code, line = exit_line(capsys, argv.split())
     assert code == 2 and all(w in line for w in words), line
 
@@ -222,16 +226,6 @@ def test_bad_sigma_is_named_not_its_task(capsys, argv):
     code, line = exit_line(capsys, argv.split())
     assert code == 2 and "--sigma" in line, line
     assert "task name" not in line and "--task denoise" not in line
-
-
-@pytest.mark.parametrize("argv,words", [
-    ("--scale 2+3+4+1+1+1 --task sr2 --denoise", ["--denoise", "--task sr2"]),
-    ("--scale 2+3+4+1+1+1 --task_id 0 --derain", ["--derain", "--task_id 0"]),
-    ("--tasks sr2 --derain", ["--derain", "no head derain"]),
-])
-def test_head_flags_that_contradict_the_heads_exit_2(capsys, argv, words):
-    code, line = exit_line(capsys, argv.split())
-    assert code == 2 and all(w in line for w in words), line
 
 
 def test_fractional_sigma_names_its_head():

@@ -212,6 +212,28 @@ def test_a_full_disk_names_the_file_and_keeps_the_previous_one(tmp_path, file_si
     assert os.listdir(tmp_path) == ["model_latest.pt"]  # no temporary left
 
 
+def limit_file_size(limit: int):
+    """For a child process: writes past ``limit`` bytes fail (EFBIG) as on a full disk."""
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    return apply
+
+
+def test_a_full_disk_during_training_is_one_line_and_keeps_the_state(tmp_path):
+    run = tmp_path / "run"
+    assert cli.main([*TRAIN, "--max_steps", "2", "--save", str(run)]) == 0
+    before = (run / trainer.STATE_NAME).read_bytes()  # about 10 MB; model_latest.pt about 3 MB
+    child = subprocess.run([sys.executable, "main.py", *TRAIN, "--max_steps", "4", "--resume",
+                            "--save", str(run)], cwd=ROOT, capture_output=True, text=True,
+                           preexec_fn=limit_file_size(5 * 2 ** 20))
+    assert child.returncode == 1 and "Traceback" not in child.stderr
+    errors = [line for line in child.stderr.splitlines() if line.startswith("ERROR")]
+    assert any(str(run / trainer.STATE_NAME) in e and "MiB free" in e for e in errors), errors
+    assert (run / trainer.STATE_NAME).read_bytes() == before
+    assert not [n for n in os.listdir(run) if n.endswith(".tmp")]
+
+
 def test_same_stem_inputs_get_their_own_outputs(tmp_path):
     demo = tmp_path / "demo"
     demo.mkdir()
@@ -316,6 +338,7 @@ def test_save_models_keeps_every_saved_step(tmp_path):
 # ----------------------------------------------------------------------------------------
 # No traceback, no hang
 # ----------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_demo_skips_bombs_and_pipes_and_restores_the_rest(tmp_path, monkeypatch, caplog):
     demo = tmp_path / "demo"
     demo.mkdir()
