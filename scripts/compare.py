@@ -62,8 +62,8 @@ def fresh_trainer(args: argparse.Namespace, total_steps: int) -> tuple[torch.nn.
     """A model built from the options (seeded) and a Trainer over the Sample training photos."""
     torch.manual_seed(args.seed)
     net = build_model(args)
-    batches, per_epoch = cli.make_training_data(args, 0, 1)
-    return net, trainer.Trainer(args, net, batches, None, total_steps, per_epoch)
+    batches, per_epoch, workers = cli.make_training_data(args, 0, 1)
+    return net, trainer.Trainer(args, net, batches, None, total_steps, per_epoch, 0, workers)
 
 
 def steps_per_second(args: argparse.Namespace) -> float:

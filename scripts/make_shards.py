@@ -11,7 +11,6 @@ by path is grouped by class.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -22,6 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import utility  # noqa: E402
 from data.stream import SHARD_INDEX, find_images  # noqa: E402
 
 SHARD_NAME = "shard-{:06d}.tar"
@@ -41,11 +41,12 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 def write_shard(path: str, src: str, files: Sequence[str]) -> None:
     """One tar of the files, named relative to src, written to a temporary name then renamed."""
-    tmp = path + ".tmp"
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        for f in files:
-            tar.add(f, arcname=os.path.relpath(f, src).replace(os.sep, "/"), recursive=False)
-    os.replace(tmp, path)
+    def pack(tmp: str) -> None:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            for f in files:
+                tar.add(f, arcname=os.path.relpath(f, src).replace(os.sep, "/"), recursive=False)
+
+    utility.atomic_write(path, pack)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -70,8 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         chunk = files[start:start + args.per_shard]
         write_shard(os.path.join(args.out, name), args.src, chunk)
         counts[name] = len(chunk)
-    with open(os.path.join(args.out, SHARD_INDEX), "w") as f:
-        json.dump({"shards": counts}, f, indent=0)
+    utility.write_json(os.path.join(args.out, SHARD_INDEX), {"shards": counts})
     print(f"packed {len(files)} images into {len(counts)} shard(s) in {args.out}")
     return 0
 

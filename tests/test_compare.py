@@ -28,3 +28,9 @@ def test_the_two_models_are_of_similar_size(tmp_path, task):
         assert args.model == name and args.task_names == [task]
         sizes[name] = sum(p.numel() for p in build_model(args).parameters())
     assert 0.8 <= sizes["restormer"] / sizes["ipt"] <= 1.25
+
+
+def test_a_fresh_trainer_takes_a_step(tmp_path):
+    args = compare.options("ipt", compare.TASKS[0], str(tmp_path / "ipt"))
+    net, runner = compare.fresh_trainer(args, total_steps=1)
+    assert runner.fit() == 0 and runner.progress.step == 1
