@@ -18,12 +18,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from tasks import task_family
 from utility import SSIM_WINDOW
 
 from .degrade import add_eval_noise, add_rain, bicubic_lr, eval_noise_generator, procedural_streaks
-from .images import DataLayoutError, ImageReadError, list_images, rain_pairs, read_image, stem
+from .images import (DataLayoutError, ImageReadError, crop_to_lr, list_images, numbered_files,
+                     rain_pairs, read_image, read_rain_pair, stem)
 from .sample import TEST_PHOTOS, sample_photo
-from .stream import task_kind
 
 log = logging.getLogger("ipt")
 
@@ -32,8 +33,10 @@ NOISE_SETS = ("CBSD68", "Urban100")
 RAIN_SETS = ("Rain100L",)
 DIV2K_TEST_RANGE = (801, 810)  # the authors' --data_range test part
 ALL_SETS = tuple(dict.fromkeys(SR_SETS + NOISE_SETS + RAIN_SETS + ("Sample",)))
+SETS_OF_FAMILY = {"sr": SR_SETS, "denoise": NOISE_SETS, "derain": RAIN_SETS}  # by task family
 
-# spec section 7: the paper's numbers, (PSNR, SSIM or None), keyed by (dataset, task)
+# The paper's results, (PSNR in dB, SSIM or None where it gives none), by (dataset, task); the
+# denoising and deraining ones are not confirmed by the authors' released code
 PAPER_RESULTS: dict[tuple[str, str], tuple[float, float | None]] = {
     **{(d, "sr2"): (p, None) for d, p in zip(SR_SETS, (38.37, 34.43, 32.48, 33.76))},
     **{(d, "sr3"): (p, None) for d, p in zip(SR_SETS, (34.81, 30.85, 29.38, 29.49))},
@@ -57,9 +60,17 @@ class Pair:
     hr: Tensor  # uint8
 
 
+def _family(task: str) -> str:
+    """The task's family (sr, derain, denoise); a BenchmarkError for a name that is not a task."""
+    try:
+        return task_family(task)
+    except ValueError as e:
+        raise BenchmarkError(str(e)) from None
+
+
 def supports(dataset: str, task: str) -> bool:
     """Whether ``dataset`` is a test set for ``task`` (Sample serves every task)."""
-    sets = {"sr": SR_SETS, "denoise": NOISE_SETS, "derain": RAIN_SETS}[task_kind(task)[0]]
+    sets = SETS_OF_FAMILY[_family(task)]
     return dataset == "Sample" or dataset in sets
 
 
@@ -74,18 +85,19 @@ class BenchmarkSet:
             raise BenchmarkError(f"{dataset} is not a test set for {task}")
         self.dataset, self.task, self.scale, self.seed = dataset, task, scale, seed
         self.clip_noise = clip_noise  # denoising inputs clipped to [0, 255] (IPT) or not (Restormer)
-        self.kind = task_kind(task)[0]
+        self.family = _family(task)  # sr, derain or denoise
         if dataset == "Sample":
             self.items = list(TEST_PHOTOS)
-        elif self.kind == "derain":
+        elif self.family == "derain":
             folder = _first_dir(dir_data, dataset, [dataset, f"benchmark/{dataset}"])
             self.items = rain_pairs(folder, LAYOUTS["Rain100L"], BenchmarkError)
         else:
             self.items = _hr_files(dir_data, dataset)
             if dataset == "DIV2K":
                 self.items = _div2k_test_files(self.items, div2k_range)
-        self.lr_dir = _lr_dir(dir_data, dataset, scale) if self.kind == "sr" and dataset != "Sample" else None
-        if self.kind == "sr" and dataset != "Sample":
+        given_lr = self.family == "sr" and dataset != "Sample"  # LR files may be on disk
+        self.lr_dir = _lr_dir(dir_data, dataset, scale) if given_lr else None
+        if given_lr:
             missing = [f for f in self.items if not os.path.isfile(self._lr_path(f))]
             if missing:
                 log.info("%s: %d of %d LR images missing (first: %s), making LR from HR with "
@@ -106,17 +118,17 @@ class BenchmarkSet:
             if self.dataset == "Sample":
                 name = self.items[index]
                 return self._degrade(name, self._scorable(sample_photo(name), name))
-            if self.kind == "derain":
-                rain, clean = self.items[index]
-                target = self._scorable(_checked(clean, rain), clean)
-                return Pair(stem(rain), read_image(rain), target)
+            if self.family == "derain":
+                rain_path, clean_path = self.items[index]
+                rain, clean = read_rain_pair(rain_path, clean_path, BenchmarkError)
+                return Pair(stem(rain_path), rain, self._scorable(clean, clean_path))
             return self._pair_from_hr(self.items[index])
         except (BenchmarkError, ImageReadError) as e:
             return e
 
     def min_size(self) -> int:
         """The least target height and width that can be scored (an LR and SSIM's window)."""
-        if self.kind != "sr":
+        if self.family != "sr":
             return SSIM_WINDOW
         s = self.scale  # the target is cut to whole LR pixels, then `s` are shaved a side
         return -(-(SSIM_WINDOW + 2 * s) // s) * s
@@ -126,7 +138,7 @@ class BenchmarkSet:
         h, w = hr.shape[-2:]
         least = self.min_size()
         if h < least or w < least:
-            shave = f" after shaving {self.scale} pixels a side" if self.kind == "sr" else ""
+            shave = f" after shaving {self.scale} pixels a side" if self.family == "sr" else ""
             raise BenchmarkError(f"{name} is {h}x{w}, too small to score {self.task}: the minimum "
                                  f"size is {least}x{least} (SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} "
                                  f"window{shave})")
@@ -134,20 +146,20 @@ class BenchmarkSet:
 
     def _pair_from_hr(self, path: str) -> Pair:
         hr = self._scorable(read_image(path), path)
-        if self.kind != "sr":
+        if self.family != "sr":
             return self._degrade(stem(path), hr)
         lr_path = self._lr_path(path)
         if not os.path.isfile(lr_path):
             return self._degrade(stem(path), hr)
         lr = read_image(lr_path)
-        return Pair(stem(path), lr, crop_to_lr(hr, lr, self.scale, path, lr_path))
+        return Pair(stem(path), lr, crop_to_lr(hr, lr, self.scale, (path, lr_path), BenchmarkError))
 
     def _degrade(self, name: str, hr: Tensor) -> Pair:
         """The input made from a clean image, per the task's evaluation recipe."""
-        if self.kind == "sr":
+        if self.family == "sr":
             s = self.scale
             return Pair(name, bicubic_lr(hr, s), hr[:, :hr.shape[1] // s * s, :hr.shape[2] // s * s])
-        if self.kind == "denoise":
+        if self.family == "denoise":
             sigma = float(self.task[len("denoise"):])
             return Pair(name, add_eval_noise(hr.float(), sigma, self.seed, self.dataset, name,
                                                   self.clip_noise), hr)
@@ -156,31 +168,10 @@ class BenchmarkSet:
         return Pair(name, add_rain(hr.float(), streaks).round().to(torch.uint8), hr)
 
 
-def crop_to_lr(hr: Tensor, lr: Tensor, scale: int, hr_path: str, lr_path: str) -> Tensor:
-    """HR cropped to LR x scale when it is larger by less than ``scale`` a side (the authors' rule)."""
-    (h, w), (lh, lw) = hr.shape[-2:], lr.shape[-2:]
-    if not (0 <= h - lh * scale < scale and 0 <= w - lw * scale < scale):
-        raise BenchmarkError(f"sizes do not match for x{scale}: {hr_path} is {h}x{w}, "
-                             f"{lr_path} is {lh}x{lw} (expected {lh * scale}x{lw * scale})")
-    return hr[:, :lh * scale, :lw * scale]
-
-
-def _checked(clean_path: str, rain_path: str) -> Tensor:
-    clean = read_image(clean_path)
-    rain_shape = read_image(rain_path).shape
-    if clean.shape != rain_shape:
-        raise BenchmarkError(f"sizes differ: {rain_path} is {tuple(rain_shape[1:])}, "
-                             f"{clean_path} is {tuple(clean.shape[1:])}")
-    return clean
-
-
 def _div2k_test_files(files: list[str], bounds: tuple[int, int]) -> list[str]:
     """The DIV2K HR files numbered within ``bounds``; a BenchmarkError naming the folder if none."""
-    chosen = [f for f in files if _in_range(stem(f), bounds)]
-    if not chosen:
-        raise BenchmarkError(f"DIV2K: no image numbered {bounds[0]}..{bounds[1]} (the test part of "
-                             f"--data_range) in {os.path.dirname(files[0])}")
-    return chosen
+    return numbered_files(files, bounds, os.path.dirname(files[0]),
+                          " (the test part of --data_range)", BenchmarkError)
 
 
 def _hr_files(dir_data: str, dataset: str) -> list[str]:
@@ -218,7 +209,3 @@ LAYOUTS = {
     "CBSD68": "benchmark/CBSD68/HR/*.png or CBSD68/*.png",
     "Rain100L": "Rain100L/rain-<id>.png with Rain100L/norain-<id>.png",
 }
-
-
-def _in_range(stem: str, bounds: tuple[int, int]) -> bool:
-    return stem.isdigit() and bounds[0] <= int(stem) <= bounds[1]

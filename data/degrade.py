@@ -1,7 +1,14 @@
-"""Degradations: MATLAB-exact bicubic downsampling, Gaussian noise, rain streaks (spec section 4).
+"""Degradations: MATLAB-exact bicubic downsampling, Gaussian noise, rain streaks.
+
+- SR input: HR cropped to a multiple of s, then MATLAB ``imresize(hr, 1/s, 'bicubic')`` (Keys'
+  cubic, a = -0.5, kernel widened by s, mirrored borders), rounded to uint8.
+- Noise: ``hr + N(0, 1) * sigma``, float; at test time drawn on the CPU from a generator seeded by
+  (seed, test set, image name), clamped to [0, 255] as IPT's evaluation does (Restormer's is not).
+- Rain: a streak layer added to the clean image, clipped to [0, 255]. The authors add real layers
+  from RainTrainL; `procedural_streaks` is our stand-in when none are at hand.
 
 All functions are pure, batched ((C, H, W) or (B, C, H, W)) and run on the input's device.
-Pixel values are on the 0..255 scale.
+Pixel values are on the 0..255 scale. See docs/DESIGN.md, "Degradations".
 """
 from __future__ import annotations
 
@@ -118,13 +125,17 @@ def add_noise(x: Tensor, sigma: float, generator: torch.Generator | None = None,
     return noisy.clamp(0, UINT8_MAX) if clamp else noisy
 
 
-def eval_noise_generator(seed: int, dataset: str, name: str) -> torch.Generator:
-    """A CPU generator seeded from (seed, dataset, image name) by SHA-256 (stable across runs)."""
-    key = f"{seed}\0{dataset}\0{name}".encode("utf-8")
+def hashed_generator(key: bytes) -> torch.Generator:
+    """A CPU generator seeded from the SHA-256 of ``key``: the same in every process and run."""
     digest = hashlib.sha256(key).digest()
     generator = torch.Generator(device="cpu")
     generator.manual_seed(int.from_bytes(digest[:SEED_BYTES], "little") >> 1)  # 63-bit seed
     return generator
+
+
+def eval_noise_generator(seed: int, dataset: str, name: str) -> torch.Generator:
+    """A CPU generator seeded from (seed, dataset, image name) by SHA-256 (stable across runs)."""
+    return hashed_generator(f"{seed}\0{dataset}\0{name}".encode("utf-8"))
 
 
 def add_eval_noise(hr: Tensor, sigma: float, seed: int, dataset: str, name: str,

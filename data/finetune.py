@@ -1,4 +1,4 @@
-"""Fine-tuning sets (spec section 5): DIV2K for SR and denoising, RainTrainL for deraining.
+"""Fine-tuning sets: DIV2K for SR and denoising, RainTrainL for deraining (the authors' choice).
 
 Both are `PairStream`s over a file list, so they yield the same one-task batch dicts, split the
 files over ranks and workers the same way, and resume the same way. Under ``dir_data``:
@@ -17,9 +17,10 @@ from typing import Callable, Optional, Sequence
 
 from torch import Tensor
 
-from .images import list_images, rain_pairs, read_image, stem
-from .stream import (DEFAULT_PATCH, FileSource, PairStream, TrainingDataError, Views, check_aligned,
-                     task_kind, task_scale)
+from tasks import task_family, task_scale
+
+from .images import list_images, numbered_files, rain_pairs, read_image, read_rain_pair, stem
+from .stream import DEFAULT_PATCH, FileSource, PairStream, TrainingDataError, Views, check_aligned
 
 log = logging.getLogger("ipt")
 
@@ -45,14 +46,11 @@ def _images_in(folder: str, what: str, layout: str) -> list[str]:
 def div2k_files(dir_data: str,
                 data_range: Optional[tuple[int, int]] = DIV2K_TRAIN_RANGE) -> list[str]:
     """The DIV2K training HR files whose number is in ``data_range`` (None: all)."""
-    files = _images_in(os.path.join(dir_data, DIV2K_HR), "DIV2K", DIV2K_LAYOUT)
-    if data_range is not None:
-        lo, hi = data_range
-        files = [f for f in files if stem(f).isdigit() and lo <= int(stem(f)) <= hi]
-        if not files:
-            raise TrainingDataError(f"DIV2K: no image numbered {lo}..{hi} in "
-                                    f"{os.path.join(dir_data, DIV2K_HR)}")
-    return files
+    folder = os.path.join(dir_data, DIV2K_HR)
+    files = _images_in(folder, "DIV2K", DIV2K_LAYOUT)
+    if data_range is None:
+        return files
+    return numbered_files(files, data_range, folder, error=TrainingDataError)
 
 
 class DIV2K(PairStream):
@@ -65,7 +63,7 @@ class DIV2K(PairStream):
         super().__init__(FileSource(files, [os.path.basename(f) for f in files]), tasks,
                          batch_size, patch_size, **kwargs)
         self.lr_dirs = {}
-        for scale in sorted({task_scale(t) for t in self.used_tasks if task_kind(t)[0] == "sr"}):
+        for scale in sorted({task_scale(t) for t in self.used_tasks if task_family(t) == "sr"}):
             folder = os.path.join(dir_data, DIV2K_LR.format(scale=scale))
             if not os.path.isdir(folder):
                 log.info("DIV2K x%d: no %s, LR made from HR with MATLAB bicubic", scale, folder)
@@ -83,12 +81,12 @@ class DIV2K(PairStream):
         """The HR image, and its LR file for an SR task when there is one."""
         path = self.source.items[ref]
         hr, scale = read_image(path), task_scale(task)
-        folder = self.lr_dirs.get(scale) if task_kind(task)[0] == "sr" else None
+        folder = self.lr_dirs.get(scale) if task_family(task) == "sr" else None
         lr_path = self._lr_in(folder, path, scale) if folder else None
         if lr_path is None or not os.path.isfile(lr_path):
             return hr, None
         lr = read_image(lr_path)
-        check_aligned((hr, lr), scale, f"({path}, {lr_path})")
+        check_aligned((hr, lr), scale, (path, lr_path))
         return hr, lr
 
 
@@ -104,16 +102,12 @@ class RainTrainL(PairStream):
         pairs = rain_pairs(folder, RAIN_LAYOUT, TrainingDataError)
         super().__init__(FileSource(pairs, [os.path.basename(r) for r, _ in pairs]), tasks,
                          batch_size, patch_size, **kwargs)
-        other = [t for t in self.used_tasks if task_kind(t)[0] != "derain"]
+        other = [t for t in self.used_tasks if task_family(t) != "derain"]
         if other:
             raise TrainingDataError(f"RainTrainL trains derain only, not {', '.join(other)}: "
                                     "give task_id of the derain head")
 
     def read(self, ref: int, task: str, load: Callable[[int], Tensor]) -> Views:
         """(clean, rainy) images of one pair; they must be the same size."""
-        rain_path, clean_path = self.source.items[ref]
-        rain, clean = read_image(rain_path), read_image(clean_path)
-        if rain.shape != clean.shape:
-            raise TrainingDataError(f"sizes differ: {rain_path} is {tuple(rain.shape[1:])}, "
-                                    f"{clean_path} is {tuple(clean.shape[1:])}")
+        rain, clean = read_rain_pair(*self.source.items[ref], TrainingDataError)
         return clean, rain

@@ -66,6 +66,37 @@ def rain_pairs(folder: str, layout: str,
     return [(rain[k], clean[k]) for k in sorted(rain)]
 
 
+def read_rain_pair(rain_path: str, clean_path: str,
+                   error: type[DataLayoutError] = DataLayoutError) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rainy, clean) images of a pair; ``error`` naming both files when their sizes differ."""
+    rain, clean = read_image(rain_path), read_image(clean_path)
+    if rain.shape != clean.shape:
+        raise error(f"sizes differ: {rain_path} is {tuple(rain.shape[1:])}, "
+                    f"{clean_path} is {tuple(clean.shape[1:])}")
+    return rain, clean
+
+
+def numbered_files(files: list[str], bounds: tuple[int, int], folder: str, note: str = "",
+                   error: type[DataLayoutError] = DataLayoutError) -> list[str]:
+    """The files named by a number within ``bounds`` (DIV2K's 0001.png ...); ``error`` if none."""
+    lo, hi = bounds
+    chosen = [f for f in files if stem(f).isdigit() and lo <= int(stem(f)) <= hi]
+    if not chosen:
+        raise error(f"DIV2K: no image numbered {lo}..{hi}{note} in {folder}")
+    return chosen
+
+
+def crop_to_lr(hr: torch.Tensor, lr: torch.Tensor, scale: int, names: tuple[str, str] = ("HR", "LR"),
+               error: type[DataLayoutError] = DataLayoutError) -> torch.Tensor:
+    """HR cut to LR x scale; it may be larger by less than ``scale`` pixels a side (the authors'
+    rule, ``hr[:lh * s, :lw * s]``), any other size raises ``error`` naming ``names`` (HR, LR)."""
+    (h, w), (lh, lw) = hr.shape[-2:], lr.shape[-2:]
+    if not (0 <= h - lh * scale < scale and 0 <= w - lw * scale < scale):
+        raise error(f"sizes do not match for x{scale}: {names[0]} is {h}x{w}, {names[1]} is "
+                    f"{lh}x{lw} (expected {lh * scale}x{lw * scale})")
+    return hr[..., :lh * scale, :lw * scale]
+
+
 def read_image(path: str) -> torch.Tensor:
     """The image at ``path`` as an upright (3, H, W) uint8 tensor; greyscale, RGBA, 16-bit made RGB."""
     return decode_image(path, path)

@@ -1,7 +1,13 @@
-"""Pre-training pairs streamed from image folders, tar shards or in-memory photos (spec 4 and 5).
+"""Pre-training pairs streamed from image folders, tar shards or in-memory photos.
 
-A `PairStream` yields whole batches, each of one task: ``{"lr", "hr", "task_id", "step",
-"skipped", "files"}``. Use it as ``DataLoader(stream, batch_size=None, num_workers=W)``.
+Each batch is of one task, drawn at random per step (or fixed by ``task_id``): random HR crops of
+patch * s for sr<s> (LR patch, 48 by default) and of patch for derain and denoise<sigma>, randomly
+flipped and transposed, then degraded on the fly (`data.degrade`): MATLAB bicubic LR for SR,
+float Gaussian noise for denoising, a rain-streak layer for deraining. Folders are searched at any
+depth for .png, .jpg, .jpeg, .bmp, .tif and .tiff files (any case), as are tar shards' members.
+
+A `PairStream` yields whole batches: ``{"lr", "hr", "task_id", "step", "skipped", "files"}``.
+Use it as ``DataLoader(stream, batch_size=None, num_workers=W)``.
 
 How the work is split. Every loader worker owns a *slot* ``k % W`` of the step numbers k, so the
 DataLoader's round robin returns steps in order. Slot ``s`` of rank ``r`` is global worker
@@ -22,7 +28,6 @@ packs). Shard member counts come from the ``shards.json`` that make_shards write
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import itertools
 import json
@@ -36,18 +41,19 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .degrade import add_noise, add_rain, bicubic_lr, procedural_streaks
-from .images import DataLayoutError, ImageReadError, decode_image, read_image
+from tasks import task_family, task_kind, task_scale
+
+from .degrade import add_noise, add_rain, bicubic_lr, hashed_generator, procedural_streaks
+from .images import (IMAGE_EXTENSIONS, DataLayoutError, ImageReadError, crop_to_lr, decode_image,
+                     read_image)
 
 log = logging.getLogger("ipt")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 SHARD_SUFFIX = ".tar"
 SHARD_INDEX = "shards.json"  # {"shards": {basename: image member count}}, written by make_shards
 STREAK_PREFIX = "rainstreak-"  # RainTrainL's streak layers; preferred in a streaks folder
 DEFAULT_PATCH = 48
 DEFAULT_SEED = 1
-SEED_BYTES = 8
 
 Views = tuple[Tensor, Optional[Tensor]]  # (target HR image, given LR input or None), uint8
 _procedural_said = False
@@ -60,41 +66,28 @@ class TrainingDataError(DataLayoutError):
 # ----------------------------------------------------------------------------------------
 # Tasks, seeds and the split of files over ranks and workers
 # ----------------------------------------------------------------------------------------
-def task_kind(name: str) -> tuple[str, float]:
-    """('sr', s), ('denoise', sigma) or ('derain', 1) for a task name."""
-    if name.startswith("sr") and name[2:].isdigit() and int(name[2:]) >= 2:
-        return "sr", int(name[2:])
-    if name.startswith("denoise"):
-        try:
-            return "denoise", float(name[len("denoise"):])
-        except ValueError:
-            pass
-    if name == "derain":
-        return "derain", 1
-    raise TrainingDataError(f"unknown task {name!r}: expected sr<s>, derain or denoise<sigma>")
+def family_of(task: str, error: type[DataLayoutError] = TrainingDataError) -> str:
+    """The task's family (sr, derain, denoise); ``error`` for a name that is not a task."""
+    try:
+        return task_family(task)
+    except ValueError as e:
+        raise error(str(e)) from None
 
 
 def synthesize_lr(hr: Tensor, task: str, generator: Optional[torch.Generator] = None) -> Tensor:
     """The input of an SR or denoising task made from clean (B, C, H, W) crops on their device."""
-    kind, value = task_kind(task)
-    if kind == "sr":  # MATLAB's imresize of the 8-bit crops
+    family, value = task_kind(task)
+    if family == "sr":  # MATLAB's imresize of the 8-bit crops
         levels = hr if hr.dtype == torch.uint8 else hr.round().clamp(0, 255).to(torch.uint8)
         return bicubic_lr(levels, int(value)).float()
-    if kind == "denoise":
+    if family == "denoise":
         return add_noise(hr.float(), value, generator=generator)
     raise ValueError(f"{task}: rain is added from streak layers in the loader, not here")
 
 
-def task_scale(name: str) -> int:
-    """The scale a task implies: sr<s> -> s, every other task -> 1."""
-    kind, value = task_kind(name)
-    return int(value) if kind == "sr" else 1
-
-
 def seeded(*keys: object) -> torch.Generator:
     """A CPU generator seeded from the keys by SHA-256 (the same in every process and run)."""
-    digest = hashlib.sha256(repr(keys).encode("utf-8")).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:SEED_BYTES], "little") >> 1)
+    return hashed_generator(repr(keys).encode("utf-8"))
 
 
 def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
@@ -119,11 +112,11 @@ def epoch_files(files: Sequence, epoch: int, seed: int, rank: int, world_size: i
 # Sources: folders of files, in-memory photos, tar shards
 # ----------------------------------------------------------------------------------------
 def find_images(root: str) -> list[str]:
-    """Every .jpg/.jpeg/.png/.bmp (any case) file under ``root`` at any depth, sorted (no pipes)."""
+    """Every image file (IMAGE_EXTENSIONS, any case) under ``root`` at any depth, sorted (no pipes)."""
     found = []
     for folder, dirs, names in os.walk(root, followlinks=True):
         dirs.sort()
-        found += [os.path.join(folder, n) for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
+        found += [os.path.join(folder, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
     return sorted(f for f in found if os.path.isfile(f))
 
 
@@ -195,7 +188,7 @@ class ShardSource:
 
 
 def _is_image_member(member: tarfile.TarInfo) -> bool:
-    return member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES)
+    return member.isfile() and member.name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def shard_counts(shards: Sequence[str]) -> list[int]:
@@ -294,7 +287,7 @@ def _source_at(path: str) -> Source:
         return ShardSource(shards)
     files = find_images(path)
     if not files:
-        raise TrainingDataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) or {SHARD_SUFFIX} "
+        raise TrainingDataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) or {SHARD_SUFFIX} "
                                 f"shards under {path}")
     return FileSource(files, [os.path.relpath(f, path) for f in files])
 
@@ -302,15 +295,11 @@ def _source_at(path: str) -> Source:
 # ----------------------------------------------------------------------------------------
 # Crops, augmentation, degradation
 # ----------------------------------------------------------------------------------------
-def check_aligned(views: Views, scale: int, names: str = "") -> None:
-    """Raise if a given LR image is not its HR image's size / scale (the authors' rule)."""
+def check_aligned(views: Views, scale: int, names: tuple[str, str] = ("HR", "LR")) -> None:
+    """TrainingDataError unless a given LR image fits its HR image by `crop_to_lr`'s rule."""
     hr, lr = views
-    if lr is None:
-        return
-    (h, w), (lh, lw) = hr.shape[-2:], lr.shape[-2:]
-    if not (0 <= h - lh * scale < scale and 0 <= w - lw * scale < scale):
-        raise TrainingDataError(f"sizes do not match for x{scale} {names}: HR {h}x{w}, "
-                                f"LR {lh}x{lw} (expected HR {lh * scale}x{lw * scale})")
+    if lr is not None:
+        crop_to_lr(hr, lr, scale, names, TrainingDataError)
 
 
 def fits(views: Views, patch: int, scale: int) -> bool:
@@ -412,7 +401,7 @@ class PairStream(IterableDataset):
         self.source = open_source(source)
         self.tasks = list(tasks)
         for task in self.tasks:
-            task_kind(task)  # an unknown name is an error now, not in a worker later
+            family_of(task)  # an unknown name is an error now, not in a worker later
         if batch_size < 1 or patch_size < 1 or crops_per_file < 1 or start_step < 0:
             raise ValueError("batch_size, patch_size and crops_per_file must be positive, "
                              "start_step not negative")
@@ -423,7 +412,7 @@ class PairStream(IterableDataset):
         self.augment, self.task_id, self.start_step = augment, task_id, start_step
         self.crops_per_file = crops_per_file
         self.lr_in_loader = lr_in_loader  # False: SR and noise inputs are left to the trainer
-        rain = self.SYNTHETIC_RAIN and any(task_kind(t)[0] == "derain" for t in self.used_tasks)
+        rain = self.SYNTHETIC_RAIN and any(task_family(t) == "derain" for t in self.used_tasks)
         self.streaks = streak_files(streaks_dir) if rain and streaks_dir else []
         if rain and not streaks_dir:
             _say_procedural()
@@ -475,15 +464,16 @@ class PairStream(IterableDataset):
 
     def degrade(self, crops: list[Views], task: str, g: torch.Generator,
                 streaks: Callable[[int, int, torch.Generator], Tensor]) -> tuple[Tensor, Tensor]:
-        """(LR, HR) float batches in 0..255 from the crops, per the task (spec section 4)."""
+        """(LR, HR) float batches in 0..255 from the crops: the given LR crops, else MATLAB bicubic
+        for SR, unclipped Gaussian noise for denoising, streak layers added and clipped for rain."""
         hr = torch.stack([c[0] for c in crops])
         given = [i for i, c in enumerate(crops) if c[1] is not None]
-        kind, value = task_kind(task)
+        rain = task_family(task) == "derain"
         if len(given) == len(crops):
             lr = torch.stack([c[1] for c in crops]).float()
-        elif kind != "derain" and not self.lr_in_loader and not given:
+        elif not rain and not self.lr_in_loader and not given:
             return None, hr.float()  # made on the training device (--gpu_degrade)
-        elif kind != "derain":
+        elif not rain:
             lr = synthesize_lr(hr, task, g)
         else:
             lr = add_rain(hr.float(), streaks(len(crops), hr.shape[-1], g))

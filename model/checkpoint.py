@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .ipt import default_task_names
+from tasks import default_task_names
 
 WRAPPER_KEYS = ("state_dict", "model", "params")  # dict keys that may hold the weights
 MODULE_PREFIX = "module."  # written by DataParallel / DistributedDataParallel

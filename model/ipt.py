@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tasks import default_task_names
+
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, used by the authors' MeanShift layers
 HEAD_KERNEL = 3
 RESBLOCK_KERNEL = 5  # the heads' ResBlocks use 5x5 convolutions
@@ -289,9 +291,9 @@ class IPT(nn.Module):
 
     def __init__(self, cfg: IPTConfig):
         super().__init__()
-        n_heads = len(cfg.scale)
-        if not cfg.no_mlp and cfg.num_queries < n_heads:
-            raise ValueError(f"num_queries {cfg.num_queries} is below the number of heads {n_heads}")
+        n_tasks = len(cfg.scale)  # one head, tail and query per task
+        if not cfg.no_mlp and cfg.num_queries < n_tasks:
+            raise ValueError(f"num_queries {cfg.num_queries} is below the number of heads {n_tasks}")
         self.cfg = cfg
         self.scale = list(cfg.scale)
         self.task_names = list(cfg.task_names or default_task_names(cfg.scale))
@@ -313,23 +315,3 @@ class IPT(nn.Module):
         res, tokens = self.body(h, task_id)
         out = self.add_mean(self.tail[task_id](res + h))
         return (out, tokens) if return_tokens else out
-
-
-def default_task_names(scales: list[int]) -> list[str]:
-    """sr<s> for each scale > 1; the scale-1 entries are, in order, derain, denoise30, denoise50."""
-    unit_names = iter(["derain", "denoise30", "denoise50"])
-    names = []
-    for s in scales:
-        if s > 1:
-            names.append(f"sr{s}")
-        else:
-            name = next(unit_names, None)
-            if name is None:
-                raise ValueError("more than three scale-1 heads: name them with --tasks")
-            names.append(name)
-    return names
-
-
-def task_scale(name: str) -> int:
-    """The scale a task name implies: sr<s> -> s, every other task -> 1."""
-    return int(name[2:]) if name.startswith("sr") and name[2:].isdigit() else 1

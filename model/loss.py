@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-CON_TEMPERATURE = 0.07  # spec section 5
+CON_TEMPERATURE = 0.07  # the authors' pre-training value (they weight the loss 0.1 beside L1)
 
 
 def contrastive_loss(tokens: Tensor, temperature: float = CON_TEMPERATURE) -> Tensor:

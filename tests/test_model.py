@@ -1,4 +1,4 @@
-"""The IPT network against the authors' own outputs and the spec's counts."""
+"""The IPT network against the authors' own outputs and the sizes of their models."""
 from __future__ import annotations
 
 import re
@@ -10,7 +10,8 @@ from conftest import FIXTURE_ATOL, config_from
 from model import IPT, IPTConfig
 
 
-# spec section 2: (scale, num_queries) -> (state-dict entries, parameters), from the authors' code
+# (scale, num_queries) -> (state-dict entries incl. position_ids, parameters), counted from the
+# authors' code (docs/DESIGN.md, "Sizes")
 FULL_SIZE = {
     ((2, 3, 4, 1, 1, 1), 6): (381, 118_892_394),
     ((2,), 1): (315, 115_460_443),
@@ -18,8 +19,8 @@ FULL_SIZE = {
     ((4,), 1): (317, 115_608_155),
     ((1,), 1): (313, 115_312_731),
 }
-# spec section 2, "State-dict keys": every key of a released checkpoint matches one of these
-SPEC_KEYS = [
+# every key of a released checkpoint matches one of these (docs/DESIGN.md, "State-dict keys")
+AUTHORS_KEYS = [
     r"(sub_mean|add_mean)\.(weight|bias)",
     r"head\.\d+\.0\.(weight|bias)",
     r"head\.\d+\.[12]\.body\.[02]\.(weight|bias)",
@@ -69,7 +70,7 @@ def test_tokens_are_the_body_output(tiny_model, authors_io):
 
 
 @pytest.mark.parametrize("key", list(FULL_SIZE))
-def test_full_size_counts_match_the_spec(key):
+def test_full_size_counts_match_the_authors_models(key):
     scale, queries = key
     with torch.device("meta"):
         model = IPT(IPTConfig(scale=list(scale), num_queries=queries))
@@ -77,7 +78,7 @@ def test_full_size_counts_match_the_spec(key):
     state = model.state_dict()
     assert len(state) == entries
     assert sum(p.numel() for p in model.parameters()) == params
-    unmatched = [k for k in state if not any(re.fullmatch(p, k) for p in SPEC_KEYS)]
+    unmatched = [k for k in state if not any(re.fullmatch(p, k) for p in AUTHORS_KEYS)]
     assert unmatched == []
 
 

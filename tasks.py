@@ -1,0 +1,54 @@
+"""Task names: sr<s>, derain, denoise<sigma>; their family and scale. A leaf module.
+
+A head of the network carries one task name: ``sr<s>`` (super-resolution by an integer s >= 2),
+``derain``, or ``denoise<sigma>`` (Gaussian noise of standard deviation sigma on the 0..255 scale,
+``denoise30``, ``denoise12.5``). The family is the name without its number.
+"""
+from __future__ import annotations
+
+SR, DERAIN, DENOISE = "sr", "derain", "denoise"
+MIN_SR_SCALE = 2
+# the scale-1 heads of the authors' six-task model (--scale 2+3+4+1+1+1), in order
+SCALE_ONE_TASKS = (DERAIN, f"{DENOISE}30", f"{DENOISE}50")
+NAME_FORMS = "sr<s> (s >= 2), derain or denoise<sigma>"
+
+
+def task_kind(name: str) -> tuple[str, float]:
+    """('sr', s), ('denoise', sigma) or ('derain', 1) for a task name; ValueError for another."""
+    number = name[len(SR):]
+    if name.startswith(SR) and number.isdigit() and int(number) >= MIN_SR_SCALE:
+        return SR, int(number)
+    if name.startswith(DENOISE):
+        try:
+            return DENOISE, float(name[len(DENOISE):])
+        except ValueError:
+            pass
+    if name == DERAIN:
+        return DERAIN, 1
+    raise ValueError(f"unknown task {name!r}: expected {NAME_FORMS}")
+
+
+def task_family(name: str) -> str:
+    """'sr', 'derain' or 'denoise': a task name without its number; ValueError for another."""
+    return task_kind(name)[0]
+
+
+def task_scale(name: str) -> int:
+    """The scale a task implies: sr<s> -> s, derain and denoise<sigma> -> 1; ValueError for another."""
+    family, value = task_kind(name)
+    return int(value) if family == SR else 1
+
+
+def default_task_names(scales: list[int]) -> list[str]:
+    """sr<s> for each scale > 1; the scale-1 entries are, in order, derain, denoise30, denoise50."""
+    unit_names = iter(SCALE_ONE_TASKS)
+    names = []
+    for s in scales:
+        if s > 1:
+            names.append(f"{SR}{s}")
+        else:
+            name = next(unit_names, None)
+            if name is None:
+                raise ValueError("more than three scale-1 heads: name them with --tasks")
+            names.append(name)
+    return names
