@@ -29,6 +29,15 @@ FAST_OVERLAP = 8  # input pixels shared by neighbouring tiles in `fast` mode
 PROGRESS_DELAY_S = 2.0  # a tile progress bar appears once one image has taken this long
 MODES = ("auto", "official", "fast", "whole")
 
+# The default cap on tiles per network call on the CPU (restore's cpu_tiles_per_call), below
+# any larger crop_batch_size. Bigger calls allocate activations past glibc's 32 MiB mmap
+# threshold, which go back to the kernel after each call and are page-faulted in afresh by the
+# next: 64 tiles of the tiny model cost 1.5-1.6x per tile what 8 do. Eight tiles keep the
+# full-size model's attention scores (8 x 12 heads x 256^2 floats, 25 MiB) under that threshold
+# too. Where malloc keeps freed blocks (utility.keep_freed_memory, as main.py sets) 8 and 64 run
+# equally fast, and 8 still holds a third to a seventh of the memory (docs/BENCHMARKS.md).
+CPU_TILES_PER_CALL = 8
+
 
 @dataclass
 class AxisPlan:
@@ -41,15 +50,20 @@ class AxisPlan:
 
 def restore(model: nn.Module, x: Tensor, task_id: int = 0, mode: str = "auto",
             crop_batch_size: int = 64, self_ensemble: bool = False,
-            tile_size: int | None = None, progress: bool = False) -> Tensor:
+            tile_size: int | None = None, progress: bool = False,
+            cpu_tiles_per_call: int = CPU_TILES_PER_CALL) -> Tensor:
     """Restore whole images x (B, C, H, W, 0..rgb_range) with task ``task_id``; unquantised output.
 
     A network with a fixed input size (``model.patch_size``, IPT) is tiled at that size; one
     that takes any size (Restormer) runs whole, or in ``fast`` tiles of ``tile_size``.
     ``progress``: show a bar of the tiles done when an image takes more than a few seconds.
+    ``cpu_tiles_per_call``: on the CPU the network takes at most this many tiles per call, below
+    any larger ``crop_batch_size`` (see CPU_TILES_PER_CALL).
     """
     if x.dim() != 4:
         raise ValueError(f"restore expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
+    if cpu_tiles_per_call < 1:
+        raise ValueError(f"cpu_tiles_per_call must be at least 1, got {cpu_tiles_per_call}")
     mode = resolve_mode(model, mode)
     patch = getattr(model, "patch_size", None) or tile_size
     if mode != "whole" and not patch:
@@ -63,7 +77,7 @@ def restore(model: nn.Module, x: Tensor, task_id: int = 0, mode: str = "auto",
         if mode == "whole":
             return _forward(model, v, task_id)
         return tile(lambda t: _forward(model, t, task_id), v, patch, scale, mode, crop_batch_size,
-                    progress)
+                    progress, cpu_tiles_per_call)
 
     with torch.no_grad():
         return ensemble_x8(run, x) if self_ensemble else run(x)
@@ -102,32 +116,24 @@ def _dihedral(x: Tensor, i: int, inverse: bool) -> Tensor:
     return x
 
 
-# On the CPU the network is called on at most this many tiles at a time, below any larger
-# crop_batch_size. Bigger calls allocate activations past glibc's 32 MiB mmap threshold, which
-# go back to the kernel after each call and are page-faulted in afresh by the next: 64 tiles of
-# the tiny model cost 1.5-1.6x per tile what 8 do. Eight tiles keep the full-size model's
-# attention scores (8 x 12 heads x 256^2 floats, 25 MiB) under that threshold too. Where malloc
-# keeps freed blocks (utility.keep_freed_memory, as main.py sets) 8 and 64 run equally fast,
-# and 8 still holds a third to a seventh of the memory (docs/BENCHMARKS.md).
-CPU_TILES_PER_CALL = 8
-
-
 def tile(fn: Callable[[Tensor], Tensor], x: Tensor, patch: int, scale: int, mode: str,
-         crop_batch_size: int = 64, progress: bool = False) -> Tensor:
-    """Apply a patch-to-patch network fn to a whole batch by tiling (official or fast)."""
+         crop_batch_size: int = 64, progress: bool = False,
+         cpu_tiles_per_call: int = CPU_TILES_PER_CALL) -> Tensor:
+    """Apply a patch-to-patch network fn to a whole batch by tiling (official or fast); on the
+    CPU at most ``cpu_tiles_per_call`` tiles go to fn at a time."""
     b, c, h, w = x.shape
     ph, pw = max(patch - h, 0), max(patch - w, 0)
     if ph or pw:  # smaller than one patch: pad, run, crop
         pad_mode = "reflect" if ph < h and pw < w else "replicate"
         out = tile(fn, F.pad(x, (0, pw, 0, ph), mode=pad_mode), patch, scale, mode, crop_batch_size,
-                   progress)
+                   progress, cpu_tiles_per_call)
         return out[..., :h * scale, :w * scale]
     plan = official_plan if mode == "official" else fast_plan
     rows, cols = plan(h, patch, scale), plan(w, patch, scale)
     grid = _TileGrid(rows, cols, scale, w * scale, x.device)
     windows = x.unfold(2, patch, 1).unfold(3, patch, 1)  # (b, c, h', w', patch, patch), a view
     out = x.new_zeros(b, c, h * scale, w * scale)
-    size = min(crop_batch_size, CPU_TILES_PER_CALL) if x.device.type == "cpu" else crop_batch_size
+    size = min(crop_batch_size, cpu_tiles_per_call) if x.device.type == "cpu" else crop_batch_size
     # The authors run their bottom-right tile on its own; so do we, which keeps the float
     # arithmetic of that tile identical to theirs (a batch of one takes other CPU kernels).
     bar = tqdm(total=grid.count, desc="tiles", unit="tile", leave=False, dynamic_ncols=True,

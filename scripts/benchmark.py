@@ -12,7 +12,6 @@ the test suite runs it.
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 import os
 import platform
@@ -22,9 +21,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -36,6 +34,17 @@ from torch.utils.data import DataLoader  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import utility  # noqa: E402
+from data.sample import sample_photos  # noqa: E402
+from data.stream import PairStream  # noqa: E402
+from tasks import task_scale  # noqa: E402
+from model import IPT, IPTConfig, build_model, restore  # noqa: E402
+from model.ipt import MLP_RATIO  # noqa: E402
+from model.reference_chop import reference_chop  # noqa: E402
+from model.tiling import CPU_TILES_PER_CALL  # noqa: E402
+from option import parse_args, settings  # noqa: E402
+from trainer import Trainer  # noqa: E402
+
+from hostinfo import cpu_cores, machine  # noqa: E402 (scripts/hostinfo.py)
 
 DOC = os.path.join(ROOT, "docs", "BENCHMARKS.md")
 DOC_TITLE = ("# Benchmarks\n\nMade by `python scripts/benchmark.py [SECTION ...] [--reps N]`; "
@@ -74,27 +83,6 @@ SMOKE = Sizes(loader_tasks=("sr2",), loader_workers=(0, 2), loader_batch=4, load
               backward_batches=(2,), gemm_calls=1, training=(("tiny", TRAIN_TINY, 2, 2),))
 
 
-def machine() -> str:
-    """CPU model, core count, GPU when present, torch version and date, in one line."""
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
-        model = found.group(1).strip() if found else model
-    except OSError:
-        pass
-    cores = cpu_cores()
-    gpu = f"; {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    return (f"{model}, {cores} core(s){gpu}; Python {platform.python_version()}, torch "
-            f"{torch.__version__}; {date}")
-
-
-def cpu_cores() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def bench_device() -> torch.device:
     """CUDA when present, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -131,13 +119,19 @@ def read_section(doc: str, name: str) -> Optional[str]:
     return found.group(1) if found else None
 
 
+def in_child(call: str) -> str:
+    """The last line printed by ``benchmark.<call>`` run in a fresh Python process."""
+    code = (f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'scripts')!r}); import benchmark; "
+            f"print(benchmark.{call})")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout.strip().splitlines()[-1]
+
+
 # ----------------------------------------------------------------------------------------
 # loader: training pairs per second from a JPEG folder
 # ----------------------------------------------------------------------------------------
 def write_jpegs(folder: str) -> float:
     """The sample training photos as JPEGs in folder; their mean size in megapixels."""
-    from data.sample import sample_photos
-
     pixels = []
     for name, image in sample_photos("train"):
         arr = image.permute(1, 2, 0).numpy()
@@ -148,8 +142,6 @@ def write_jpegs(folder: str) -> float:
 
 def loader_rate(folder: str, task: str, workers: int, seed: int, sizes: Sizes) -> float:
     """Pairs per second of a PairStream over the folder, after one untimed batch."""
-    from data.stream import PairStream
-
     stream = PairStream(folder, HEADS, sizes.loader_batch, task_id=HEADS.index(task), seed=seed)
     batches = iter(DataLoader(stream, batch_size=None, num_workers=workers))
     next(batches)
@@ -166,18 +158,30 @@ def loader_workers(sizes: Sizes) -> tuple[int, ...]:
     return sizes.loader_workers + (CUDA_LOADER_WORKERS if torch.cuda.is_available() else ())
 
 
+def loader_rates(folder: str, workers: tuple[int, ...], sizes: Sizes,
+                 reps: int) -> dict[tuple[str, int], list[float]]:
+    """(task, workers) -> pairs/s of each repetition, the repetitions interleaved."""
+    rates: dict[tuple[str, int], list[float]] = {}
+    for rep in range(reps):
+        for task in sizes.loader_tasks:
+            for w in workers:
+                rates.setdefault((task, w), []).append(loader_rate(folder, task, w, rep, sizes))
+    return rates
+
+
 def loader_section(args: argparse.Namespace) -> str:
     """Data loader pairs/s per task and worker count: the median of interleaved repetitions."""
-    from data.stream import task_scale
-
-    sizes, workers = args.sizes, loader_workers(args.sizes)
-    rates: dict[tuple[str, int], list[float]] = {}
+    workers = loader_workers(args.sizes)
     with tempfile.TemporaryDirectory() as folder:
         megapixels = write_jpegs(folder)
-        for rep in range(args.reps):
-            for task in sizes.loader_tasks:
-                for w in workers:
-                    rates.setdefault((task, w), []).append(loader_rate(folder, task, w, rep, sizes))
+        rates = loader_rates(folder, workers, args.sizes, args.reps)
+    return loader_table(args, workers, rates, megapixels)
+
+
+def loader_table(args: argparse.Namespace, workers: tuple[int, ...],
+                 rates: dict[tuple[str, int], list[float]], megapixels: float) -> str:
+    """The loader section's Markdown."""
+    sizes = args.sizes
     head = "| task | LR | HR | " + " | ".join(f"{w} worker(s)" for w in workers) + " |"
     lines = ["## Data loader (pairs/s)", "",
              f"Machine: {machine()}.", "",
@@ -219,14 +223,24 @@ def loader_figures(doc: str) -> Optional[tuple[int, dict[str, float]]]:
 # tiles per network call lifted to the crop batch, to show what that cap is worth
 TILING_MODES = ("reference", "official", "official-64", "fast")
 CROP_BATCH = 64
+# mode -> (restore's mode, its cpu_tiles_per_call); "reference" runs model.reference_chop
+TILERS = {"official": ("official", CPU_TILES_PER_CALL), "official-64": ("official", CROP_BATCH),
+          "fast": ("fast", CPU_TILES_PER_CALL)}
 
 
-def in_child(call: str) -> str:
-    """The last line printed by ``benchmark.<call>`` run in a fresh Python process."""
-    code = (f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'scripts')!r}); import benchmark; "
-            f"print(benchmark.{call})")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return done.stdout.strip().splitlines()[-1]
+@dataclass
+class TilingFigures:
+    """What the tiling section measures."""
+
+    times: dict = field(default_factory=dict)  # (size, mode) -> seconds of each repetition
+    tiles: dict = field(default_factory=dict)  # (size, mode) -> tile evaluations
+    peaks: dict = field(default_factory=dict)  # (size, mode) -> peak MiB
+    diffs: dict = field(default_factory=dict)  # size -> max abs diff official vs reference
+
+
+def tiling_modes(device: torch.device) -> list[str]:
+    """The modes measured: official-64 only on the CPU, where the cap applies."""
+    return [m for m in TILING_MODES if device.type == "cpu" or m != "official-64"]
 
 
 def tiling_input(size: int, device: torch.device) -> torch.Tensor:
@@ -234,16 +248,22 @@ def tiling_input(size: int, device: torch.device) -> torch.Tensor:
     return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size)).mul(255).to(device)
 
 
-def _proc_status_kib(field: str) -> int:
+def tiling_model(device: torch.device) -> torch.nn.Module:
+    """The x2 IPT the tiling section runs: full size on CUDA, the tiny one on the CPU."""
+    torch.manual_seed(0)
+    cfg = IPTConfig(scale=[2], num_queries=1, **({} if device.type == "cuda" else TINY_IPT))
+    return IPT(cfg).to(device).eval()
+
+
+def _proc_status_kib(name: str) -> int:
     """A memory figure (KiB) of this process from /proc/self/status (Linux)."""
     with open("/proc/self/status", encoding="ascii") as f:
-        return int(re.search(rf"^{field}:\s+(\d+)", f.read(), re.M).group(1))
+        return int(re.search(rf"^{name}:\s+(\d+)", f.read(), re.M).group(1))
 
 
 def child_tiling_memory(size: int, mode: str) -> str:
     """In a fresh CPU process: MiB by which one restoration raises the resident set at its peak
     (after a one-tile warm-up, so the libraries' one-time buffers are not counted)."""
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
     model = tiling_model(torch.device("cpu"))
     x = tiling_input(size, torch.device("cpu"))
     with torch.no_grad():
@@ -255,98 +275,87 @@ def child_tiling_memory(size: int, mode: str) -> str:
     return repr((_proc_status_kib("VmHWM") - before) / 1024)
 
 
-def tiling_model(device: torch.device) -> torch.nn.Module:
-    """The x2 IPT the tiling section runs: full size on CUDA, the tiny one on the CPU."""
-    from model import IPT, IPTConfig
-
-    torch.manual_seed(0)
-    cfg = IPTConfig(scale=[2], num_queries=1, **({} if device.type == "cuda" else TINY_IPT))
-    return IPT(cfg).to(device).eval()
-
-
-@contextmanager
-def tiles_per_call(limit: int) -> Iterator[None]:
-    """Temporarily set the tiler's cap on tiles per network call on the CPU."""
-    from model import tiling
-
-    saved = tiling.CPU_TILES_PER_CALL
-    tiling.CPU_TILES_PER_CALL = limit
-    try:
-        yield
-    finally:
-        tiling.CPU_TILES_PER_CALL = saved
-
-
 def run_tiling(mode: str, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(output, tile evaluations) of one whole-image restoration."""
-    from model import restore
-    from reference_chop import reference_chop
-
     count = [0]
     hook = model.register_forward_pre_hook(lambda m, inp: count.__setitem__(0, count[0] + inp[0].shape[0]))
     try:
         with torch.no_grad():
             if mode == "reference":
                 out = reference_chop(lambda t: model(t, 0), x, 2, batch=CROP_BATCH)
-            elif mode == "official-64":
-                with tiles_per_call(CROP_BATCH):
-                    out = restore(model, x, 0, "official", crop_batch_size=CROP_BATCH)
             else:
-                out = restore(model, x, 0, mode, crop_batch_size=CROP_BATCH)
+                tiler, cap = TILERS[mode]
+                out = restore(model, x, 0, tiler, crop_batch_size=CROP_BATCH, cpu_tiles_per_call=cap)
     finally:
         hook.remove()
     return out, count[0]
 
 
-def tiling_section(args: argparse.Namespace) -> str:
-    """Seconds, tile evaluations and peak memory of whole-image x2 inference per tiler."""
-    from model.tiling import CPU_TILES_PER_CALL
+def time_tiling(mode: str, model: torch.nn.Module, x: torch.Tensor, size: int,
+                figures: TilingFigures) -> torch.Tensor:
+    """One timed restoration of x, its seconds, tiles (and CUDA peak) recorded; its output."""
+    key, device = (size, mode), x.device
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    out, figures.tiles[key] = run_tiling(mode, model, x)
+    synchronize(device)
+    if device.type == "cuda":
+        figures.peaks[key] = torch.cuda.max_memory_allocated() / 2 ** 20
+    figures.times.setdefault(key, []).append(time.perf_counter() - start)
+    return out
 
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    device = bench_device()
-    model = tiling_model(device)
-    modes = [m for m in TILING_MODES if device.type == "cpu" or m != "official-64"]
-    times: dict[tuple[int, str], list[float]] = {}
-    tiles, peaks, diffs = {}, {}, {}
+
+def measure_tiling(args: argparse.Namespace, device: torch.device) -> TilingFigures:
+    """Every mode at every size, interleaved repetitions; on Linux CPUs the peaks in children."""
+    model, modes, figures = tiling_model(device), tiling_modes(device), TilingFigures()
     for size in args.sizes.tiling_sizes:
         x = tiling_input(size, device)
         for _ in range(args.reps):
-            outs = {}
-            for mode in modes:  # interleaved repetitions
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                    torch.cuda.reset_peak_memory_stats()
-                start = time.perf_counter()
-                outs[mode], tiles[(size, mode)] = run_tiling(mode, model, x)
-                synchronize(device)
-                if device.type == "cuda":
-                    peaks[(size, mode)] = torch.cuda.max_memory_allocated() / 2 ** 20
-                times.setdefault((size, mode), []).append(time.perf_counter() - start)
-            diffs[size] = (outs["official"] - outs["reference"]).abs().max().item()
+            outs = {mode: time_tiling(mode, model, x, size, figures) for mode in modes}
+            figures.diffs[size] = (outs["official"] - outs["reference"]).abs().max().item()
         if device.type == "cpu" and os.access("/proc/self/clear_refs", os.W_OK):  # Linux
-            peaks.update({(size, m): float(in_child(f"child_tiling_memory({size}, {m!r})"))
-                          for m in modes})
+            figures.peaks.update({(size, m): float(in_child(f"child_tiling_memory({size}, {m!r})"))
+                                  for m in modes})
+    return figures
+
+
+def tiling_section(args: argparse.Namespace) -> str:
+    """Seconds, tile evaluations and peak memory of whole-image x2 inference per tiler."""
+    device = bench_device()
+    return tiling_table(args, device, measure_tiling(args, device))
+
+
+def tiling_intro(args: argparse.Namespace, device: torch.device) -> str:
+    """The paragraph above the tiling table."""
     kind = "full-size x2 IPT" if device.type == "cuda" else "tiny x2 IPT (n_feats 16, 4 heads, 1 layer)"
     cap = (f"On the CPU `official` and `fast` call the network on at most {CPU_TILES_PER_CALL} "
-           "tiles at a time (`model.tiling.CPU_TILES_PER_CALL`: larger calls allocate blocks "
-           "that glibc maps afresh on every call); `official-64` lifts that cap to the crop "
-           "batch, to show what it is worth. " if device.type == "cpu" else "")
+           "tiles at a time (`restore`'s `cpu_tiles_per_call`, by default "
+           "`model.tiling.CPU_TILES_PER_CALL`: larger calls allocate blocks that glibc maps afresh "
+           f"on every call); `official-64` passes {CROP_BATCH}, the crop batch, to show what that "
+           "cap is worth. " if device.type == "cpu" else "")
+    return (f"{kind}, random weights, crop batch {CROP_BATCH}; seconds are medians of {args.reps} "
+            "interleaved repetitions; `reference` is the authors' strip-by-strip procedure "
+            f"(model/reference_chop.py, {CROP_BATCH} tiles per call). {cap}Peak memory: on CUDA "
+            "`max_memory_allocated`; on the CPU how far one restoration in a fresh process "
+            "raises its resident set at the peak (`VmHWM` reset through `/proc/self/clear_refs`, "
+            "after a one-tile warm-up).")
+
+
+def tiling_table(args: argparse.Namespace, device: torch.device, figures: TilingFigures) -> str:
+    """The tiling section's Markdown."""
     lines = [f"## Whole-image inference ({device.type})", "", f"Machine: {machine()}.", "",
-             f"{kind}, random weights, crop batch {CROP_BATCH}; seconds are medians of {args.reps} "
-             "interleaved repetitions; `reference` is the authors' strip-by-strip procedure "
-             f"(tests/reference_chop.py, {CROP_BATCH} tiles per call). {cap}Peak memory: on CUDA "
-             "`max_memory_allocated`; on the CPU how far one restoration in a fresh process "
-             "raises its resident set at the peak (`VmHWM` reset through `/proc/self/clear_refs`, "
-             "after a one-tile warm-up).", "",
+             tiling_intro(args, device), "",
              "| size | mode | seconds | tile evaluations | speed-up vs reference | peak MiB | "
              "max abs diff official vs reference |", "|---|---|---|---|---|---|---|"]
     for size in args.sizes.tiling_sizes:
-        ref = median(times[(size, "reference")])
-        for mode in modes:
-            sec = median(times[(size, mode)])
-            peak = f"{peaks[(size, mode)]:.1f}" if (size, mode) in peaks else "-"
-            diff = f"{diffs[size]:.2e}" if mode == "official" else ""
-            lines.append(f"| {size}x{size} | {mode} | {sec:.3f} | {tiles[(size, mode)]} | "
+        ref = median(figures.times[(size, "reference")])
+        for mode in tiling_modes(device):
+            sec = median(figures.times[(size, mode)])
+            peak = f"{figures.peaks[(size, mode)]:.1f}" if (size, mode) in figures.peaks else "-"
+            diff = f"{figures.diffs[size]:.2e}" if mode == "official" else ""
+            lines.append(f"| {size}x{size} | {mode} | {sec:.3f} | {figures.tiles[(size, mode)]} | "
                          f"{ref / sec:.2f}x | {peak} | {diff} |")
     return "\n".join(lines) + "\n"
 
@@ -370,21 +379,31 @@ class Pass:
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
 
 
-def forward_config(sizes: Sizes):
-    """The x2 IPTConfig of the forward section (full size unless the sizes say otherwise)."""
-    from model import IPTConfig
+@dataclass
+class ForwardFigures:
+    """What the forward section measures."""
 
+    cfg: IPTConfig
+    device: torch.device
+    flops: dict[bool, int]  # backward or not -> FLOPs of one tile
+    shape: tuple[int, int, int]  # (M, K, N) of the GEMM peak's matmul
+    runs: list[Pass]
+    times: dict  # Pass, or dtype for the GEMM -> seconds of each repetition
+    peak: dict[str, float]  # dtype -> GEMM FLOP/s
+    fresh: dict[bool, tuple[float, float]]  # malloc tuned or not -> (seconds, faults) of a child
+
+
+def forward_config(sizes: Sizes) -> IPTConfig:
+    """The x2 IPTConfig of the forward section (full size unless the sizes say otherwise)."""
     return IPTConfig(scale=[2], **sizes.forward_model)
 
 
-def largest_gemm(cfg, batch: int) -> tuple[int, int, int]:
+def largest_gemm(cfg: IPTConfig, batch: int) -> tuple[int, int, int]:
     """(M, K, N) of the model's largest matmul: a feed-forward Linear of the body at ``batch``.
 
     Every Transformer block and the mlp_head run tokens x dim @ dim x 4 dim (and back); the
     convolutions and attention products are smaller.
     """
-    from model.ipt import MLP_RATIO
-
     tokens = batch * (cfg.patch_size // cfg.patch_dim) ** 2
     dim = cfg.n_feats * cfg.patch_dim ** 2
     return tokens, dim, MLP_RATIO * dim
@@ -450,6 +469,11 @@ def forward_passes(sizes: Sizes, device: torch.device) -> list[Pass]:
             for bwd, batches in ((False, sizes.forward_batches), (True, backward)) for b in batches]
 
 
+def pass_dtypes(runs: list[Pass]) -> list[str]:
+    """The dtypes of the passes, in AUTOCAST's order."""
+    return sorted({r.dtype for r in runs}, key=list(AUTOCAST).index)
+
+
 def fresh_forward(batch: int, reps: int, smoke: bool, tuned: bool) -> tuple[float, float]:
     """(median seconds, minor page faults per call) of the fp32 CPU forward at ``batch`` in a
     fresh process that runs nothing else, as an evaluation does; with ``tuned`` its glibc malloc
@@ -460,12 +484,10 @@ def fresh_forward(batch: int, reps: int, smoke: bool, tuned: bool) -> tuple[floa
 
 def child_forward(batch: int, reps: int, smoke: bool, tuned: bool) -> str:
     """fresh_forward's child: set the malloc options if asked, time the forward, count faults."""
-    import resource
+    import resource  # Unix only; the parent starts this child only on glibc systems
 
     if tuned and not utility.keep_freed_memory():
         raise RuntimeError("glibc mallopt is not available here")
-    from model import IPT
-
     torch.manual_seed(0)
     model = IPT(forward_config(SMOKE if smoke else FULL))
     x = torch.rand(batch, 3, model.patch_size, model.patch_size) * 255
@@ -477,111 +499,129 @@ def child_forward(batch: int, reps: int, smoke: bool, tuned: bool) -> str:
     return f"{median(seconds)!r} {faults / reps}"
 
 
-def forward_section(args: argparse.Namespace) -> str:
-    """Achieved FLOP/s of the x2 model's forward and forward+backward, and its share of a GEMM."""
-    from model import IPT
-
-    sizes, device = args.sizes, bench_device()
-    cfg = forward_config(sizes)
-    torch.manual_seed(0)
-    model = IPT(cfg).to(device)
-    patch = cfg.patch_size
-    one = torch.rand(1, 3, patch, patch, device=device) * 255
-    flops = {bwd: count_flops(model, one, bwd) for bwd in (False, True)}  # per 48x48 tile
-    shape = largest_gemm(cfg, max(sizes.forward_batches))
-    runs = forward_passes(sizes, device)
-    dtypes = sorted({r.dtype for r in runs}, key=list(AUTOCAST).index)
+def time_forward(model: torch.nn.Module, runs: list[Pass], shape: tuple[int, int, int],
+                 gemm_calls: int, reps: int) -> dict:
+    """Seconds of each repetition of every pass (by Pass) and of the GEMM (by dtype), after one
+    warm-up of each pass; the repetitions interleaved."""
+    device, patch = next(model.parameters()).device, model.patch_size
+    dtypes = pass_dtypes(runs)
     gemms = {d: gemm_operands(shape, AUTOCAST[d] or torch.float32, device) for d in dtypes}
     inputs = {b: torch.rand(b, 3, patch, patch, device=device) * 255 for b in {r.batch for r in runs}}
     for run in runs:  # warm-up
         time_pass(model, inputs[run.batch], run)
     times: dict[object, list[float]] = {}
-    for _ in range(args.reps):  # interleaved repetitions
+    for _ in range(reps):
         for d in dtypes:
-            times.setdefault(d, []).append(gemm_seconds(gemms[d], sizes.gemm_calls))
+            times.setdefault(d, []).append(gemm_seconds(gemms[d], gemm_calls))
         for run in runs:
             times.setdefault(run, []).append(time_pass(model, inputs[run.batch], run))
-    peak = {d: 2 * shape[0] * shape[1] * shape[2] / median(times[d]) for d in dtypes}
-    fresh = {}  # glibc malloc tuned or not -> seconds
+    return times
+
+
+def forward_section(args: argparse.Namespace) -> str:
+    """Achieved FLOP/s of the x2 model's forward and forward+backward, and its share of a GEMM."""
+    sizes, device = args.sizes, bench_device()
+    cfg = forward_config(sizes)
+    torch.manual_seed(0)
+    model = IPT(cfg).to(device)
+    one = torch.rand(1, 3, cfg.patch_size, cfg.patch_size, device=device) * 255
+    flops = {bwd: count_flops(model, one, bwd) for bwd in (False, True)}  # per 48x48 tile
+    shape = largest_gemm(cfg, max(sizes.forward_batches))
+    runs = forward_passes(sizes, device)
+    times = time_forward(model, runs, shape, sizes.gemm_calls, args.reps)
+    peak = {d: 2 * shape[0] * shape[1] * shape[2] / median(times[d]) for d in pass_dtypes(runs)}
+    fresh = {}  # glibc malloc tuned or not -> (seconds, faults)
     if device.type == "cpu" and platform.libc_ver()[0] == "glibc":
         fresh = {t: fresh_forward(max(sizes.forward_batches), args.reps, args.smoke, t)
                  for t in (False, True)}
-    return forward_table(args, cfg, device, flops, shape, peak, runs, times, fresh)
+    return forward_table(args, ForwardFigures(cfg, device, flops, shape, runs, times, peak, fresh))
 
 
-def forward_table(args: argparse.Namespace, cfg, device: torch.device, flops: dict[bool, int],
-                  shape: tuple[int, int, int], peak: dict[str, float], runs: list[Pass],
-                  times: dict, fresh: dict[bool, tuple[float, float]]) -> str:
+def forward_intro(args: argparse.Namespace, f: ForwardFigures) -> list[str]:
+    """The forward section's heading and its paragraphs on the model and on the GEMM peak."""
+    cfg, size = f.cfg, "full-size" if not args.sizes.forward_model else "tiny (smoke)"
+    m, k, n = f.shape
+    return [f"## Model forward and backward ({f.device.type})", "", f"Machine: {machine()}.", "",
+            f"{size} x2 IPT (n_feats {cfg.n_feats}, {cfg.num_heads} heads, {cfg.num_layers} "
+            f"layer(s), {cfg.patch_size}x{cfg.patch_size} input, attention `{cfg.attention}`: "
+            f"{'sdpa' if f.device.type == 'cuda' else 'the authors arithmetic'} here), random "
+            "weights. "
+            f"FLOPs counted by `torch.utils.flop_counter.FlopCounterMode` on one tile: "
+            f"{f.flops[False] / 1e9:.2f} GFLOPs forward, {f.flops[True] / 1e9:.2f} GFLOPs forward+"
+            f"backward ({f.flops[True] / f.flops[False]:.2f}x); it counts matmuls, convolutions "
+            "and fused attention at 2 FLOPs per multiply-add, not softmax, LayerNorm, ReLU or "
+            "additions. Forward runs under `no_grad` in eval mode; forward+backward in train "
+            "mode with loss = mean of the output; bf16 is `torch.autocast`.", "",
+            f"GEMM peak: `torch.mm` of the model's largest matmul, the body's feed-forward "
+            f"Linear at batch {max(args.sizes.forward_batches)} ({m} tokens x {k} @ {k} x {n}), "
+            f"into a preallocated output, {args.sizes.gemm_calls} call(s) per repetition: "
+            + ", ".join(f"{d} {f.peak[d] / 1e9:.0f} GFLOP/s" for d in f.peak)
+            + f". Seconds are medians of {args.reps} interleaved repetitions after one warm-up."]
+
+
+def forward_row(f: ForwardFigures, label: str, dtype: str, batch: int, sec: float,
+                backward: bool) -> str:
+    """One row of the forward table."""
+    work = f.flops[backward] * batch
+    return (f"| {label} | {dtype} | {batch} | {sec:.3f} | {work / 1e9:.1f} | "
+            f"{work / sec / 1e9:.1f} | {100 * work / sec / f.peak[dtype]:.0f}% |")
+
+
+def fresh_notes(fresh: dict[bool, tuple[float, float]]) -> list[str]:
+    """The footnotes of the two fresh-process rows."""
+    return ["", f"\\* In a child process that runs only this forward (a warm-up, then the "
+            f"repetitions), as an evaluation does: {fresh[False][1]:,.0f} minor page faults "
+            f"per call (`getrusage`), against {fresh[True][1]:,.0f} in the row below. glibc "
+            "maps large blocks on their own and unmaps them when freed, so such a process "
+            "page-faults its activations in afresh on every call (the attention scores of "
+            "16 full-size tiles take 50 MiB). The rows above run after the warm-up's "
+            "forward+backward, after which glibc serves these blocks from its heap (its "
+            "dynamic mmap and trim thresholds have risen).", "",
+            "\\*\\* The same with `mallopt(M_MMAP_MAX, 0)` and `mallopt(M_TRIM_THRESHOLD, "
+            "1 GiB)` called first (`utility.keep_freed_memory`, which `main.py` calls when "
+            "it runs on the CPU): no block is mapped on its own and the heap keeps up to "
+            "1 GiB of freed memory. The allocator changes no arithmetic."]
+
+
+def forward_table(args: argparse.Namespace, f: ForwardFigures) -> str:
     """The forward section's Markdown."""
-    size = "full-size" if not args.sizes.forward_model else "tiny (smoke)"
-    m, k, n = shape
-    lines = [f"## Model forward and backward ({device.type})", "", f"Machine: {machine()}.", "",
-             f"{size} x2 IPT (n_feats {cfg.n_feats}, {cfg.num_heads} heads, {cfg.num_layers} "
-             f"layer(s), {cfg.patch_size}x{cfg.patch_size} input, attention `{cfg.attention}`: "
-             f"{'sdpa' if device.type == 'cuda' else 'the authors arithmetic'} here), random "
-             "weights. "
-             f"FLOPs counted by `torch.utils.flop_counter.FlopCounterMode` on one tile: "
-             f"{flops[False] / 1e9:.2f} GFLOPs forward, {flops[True] / 1e9:.2f} GFLOPs forward+"
-             f"backward ({flops[True] / flops[False]:.2f}x); it counts matmuls, convolutions and "
-             "fused attention at 2 FLOPs per multiply-add, not softmax, LayerNorm, ReLU or "
-             "additions. Forward runs under `no_grad` in eval mode; forward+backward in train "
-             "mode with loss = mean of the output; bf16 is `torch.autocast`.", "",
-             f"GEMM peak: `torch.mm` of the model's largest matmul, the body's feed-forward "
-             f"Linear at batch {max(args.sizes.forward_batches)} ({m} tokens x {k} @ {k} x {n}), "
-             f"into a preallocated output, {args.sizes.gemm_calls} call(s) per repetition: "
-             + ", ".join(f"{d} {peak[d] / 1e9:.0f} GFLOP/s" for d in peak)
-             + f". Seconds are medians of {args.reps} interleaved repetitions after one warm-up.",
-             "", "| pass | dtype | batch | seconds | GFLOP per call | achieved GFLOP/s | "
-             "% of GEMM peak |", "|---|---|---|---|---|---|---|"]
-
-    def row(label: str, dtype: str, batch: int, sec: float, backward: bool) -> str:
-        work = flops[backward] * batch
-        return (f"| {label} | {dtype} | {batch} | {sec:.3f} | {work / 1e9:.1f} | "
-                f"{work / sec / 1e9:.1f} | {100 * work / sec / peak[dtype]:.0f}% |")
-
-    lines += [row(run.name, run.dtype, run.batch, median(times[run]), run.backward) for run in runs]
-    for tuned, (sec, _) in fresh.items():
+    lines = forward_intro(args, f) + [
+        "", "| pass | dtype | batch | seconds | GFLOP per call | achieved GFLOP/s | "
+        "% of GEMM peak |", "|---|---|---|---|---|---|---|"]
+    lines += [forward_row(f, run.name, run.dtype, run.batch, median(f.times[run]), run.backward)
+              for run in f.runs]
+    batch = max(args.sizes.forward_batches)
+    for tuned, (sec, _) in f.fresh.items():
         label = "forward, fresh process, malloc tuned**" if tuned else "forward, fresh process*"
-        lines.append(row(label, "fp32", max(args.sizes.forward_batches), sec, False))
-    if fresh:
-        lines += ["", f"\\* In a child process that runs only this forward (a warm-up, then the "
-                  f"repetitions), as an evaluation does: {fresh[False][1]:,.0f} minor page faults "
-                  f"per call (`getrusage`), against {fresh[True][1]:,.0f} in the row below. glibc "
-                  "maps large blocks on their own and unmaps them when freed, so such a process "
-                  "page-faults its activations in afresh on every call (the attention scores of "
-                  "16 full-size tiles take 50 MiB). The rows above run after the warm-up's "
-                  "forward+backward, after which glibc serves these blocks from its heap (its "
-                  "dynamic mmap and trim thresholds have risen).", "",
-                  "\\*\\* The same with `mallopt(M_MMAP_MAX, 0)` and `mallopt(M_TRIM_THRESHOLD, "
-                  "1 GiB)` called first (`utility.keep_freed_memory`, which `main.py` calls when "
-                  "it runs on the CPU): no block is mapped on its own and the heap keeps up to "
-                  "1 GiB of freed memory. The allocator changes no arithmetic."]
+        lines.append(forward_row(f, label, "fp32", batch, sec, False))
+    if f.fresh:
+        lines += fresh_notes(f.fresh)
     return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------------------
 # training: steps per second of the project's Trainer, and the loader against it
 # ----------------------------------------------------------------------------------------
-def trainer_for(ipt_options: dict, batch: int, device: torch.device, amp: str, save: str):
-    """A Trainer over a fresh six-task IPT built from the command-line options."""
-    from model import build_model
-    from option import parse_args
-    from trainer import Trainer
-
+def training_options(ipt_options: dict, batch: int, amp: str, save: str) -> argparse.Namespace:
+    """The command-line options of a six-task IPT training run with these IPT options."""
     argv = ["--tasks", "+".join(HEADS), "--batch_size", str(batch), "--patch_size", "48",
             "--con_loss", "--amp", amp, "--save", save, "--reset"]
     for key, value in ipt_options.items():
         argv += [f"--{key}", str(value)]
-    args = parse_args(argv)
+    return parse_args(argv)
+
+
+def make_trainer(args: argparse.Namespace, device: torch.device) -> Trainer:
+    """A Trainer over a fresh (seeded) model built from the options, with no data of its own:
+    the one place that builds the model and calls the Trainer's constructor."""
     torch.manual_seed(0)
-    net = build_model(args).to(device)
-    return Trainer(args, net, lambda step: iter(()), None, 10 ** 9, 1)
+    s = settings(args)
+    net = build_model(s.model).to(device)
+    return Trainer(s.train, net, lambda step: iter(()), None, 10 ** 9, 1)
 
 
 def task_batches(batch: int, patch: int, device: torch.device) -> list[dict]:
     """One random batch per head, in head order, as the loader hands them over."""
-    from data.stream import task_scale
-
     out = []
     for task_id, task in enumerate(HEADS):
         s = task_scale(task)
@@ -599,7 +639,7 @@ class TrainRun:
     options: dict
     batch: int
     amp: str
-    trainer: object
+    trainer: Trainer
     batches: list
 
     def seconds_per_step(self) -> float:
@@ -619,22 +659,35 @@ class TrainRun:
         return f"{self.name} ({given or 'defaults: n_feats 64, 12 heads, 12 layers'})"
 
 
+def training_runs(sizes: Sizes, device: torch.device, save: str) -> list[TrainRun]:
+    """Every training configuration (fp32, and bf16 on CUDA), each warmed up by one round."""
+    cuda = device.type == "cuda"
+    runs = []
+    for name, options, cpu_batch, gpu_batch in sizes.training:
+        batch = gpu_batch if cuda else cpu_batch
+        for amp in ("none", "bf16") if cuda else ("none",):
+            args = training_options(options, batch, amp, os.path.join(save, f"{name}-{amp}"))
+            runs.append(TrainRun(name, options, batch, amp, make_trainer(args, device),
+                                 task_batches(batch, 48, device)))
+            runs[-1].seconds_per_step()  # warm-up
+    return runs
+
+
 def training_section(args: argparse.Namespace) -> str:
     """Training steps/s of the tiny and the full configuration through Trainer.train_step."""
     device = bench_device()
-    cuda = device.type == "cuda"
-    runs: list[TrainRun] = []
     times: dict[int, list[float]] = {}
     with tempfile.TemporaryDirectory() as save:
-        for name, options, cpu_batch, gpu_batch in args.sizes.training:
-            batch = gpu_batch if cuda else cpu_batch
-            for amp in ("none", "bf16") if cuda else ("none",):
-                trainer = trainer_for(options, batch, device, amp, os.path.join(save, f"{name}-{amp}"))
-                runs.append(TrainRun(name, options, batch, amp, trainer, task_batches(batch, 48, device)))
-                runs[-1].seconds_per_step()  # warm-up
+        runs = training_runs(args.sizes, device, save)
         for _ in range(args.reps):  # interleaved repetitions
             for i, run in enumerate(runs):
                 times.setdefault(i, []).append(run.seconds_per_step())
+    return training_table(args, device, runs, [median(times[i]) for i in range(len(runs))])
+
+
+def training_table(args: argparse.Namespace, device: torch.device, runs: list[TrainRun],
+                   seconds: list[float]) -> str:
+    """The training section's Markdown: a row per run (median seconds per step), and the ratio."""
     lines = [f"## Training ({device.type})", "", f"Machine: {machine()}.", "",
              "`Trainer.train_step` (trainer.py) of a six-head IPT (sr2, sr3, sr4, derain, "
              "denoise30, denoise50), 48x48 inputs, L1 + 0.1 x contrastive loss, Adam; one step "
@@ -642,11 +695,10 @@ def training_section(args: argparse.Namespace) -> str:
              f"medians of {args.reps} interleaved repetitions.", "",
              "| configuration | batch | amp | s/step | steps/s | pairs/s consumed |",
              "|---|---|---|---|---|---|"]
-    for i, run in enumerate(runs):
-        sec = median(times[i])
+    for run, sec in zip(runs, seconds):
         lines.append(f"| {run.describe()} | {run.batch} | {run.amp} | {sec:.3f} | {1 / sec:.2f} | "
                      f"{run.batch / sec:.1f} |")
-    tiny = [median(times[i]) / r.batch for i, r in enumerate(runs) if r.name == "tiny" and r.amp == "none"]
+    tiny = [sec / r.batch for r, sec in zip(runs, seconds) if r.name == "tiny" and r.amp == "none"]
     lines += ["", loader_ratio(args.doc, 1 / tiny[0] if tiny else None)]
     return "\n".join(lines) + "\n"
 
@@ -665,13 +717,16 @@ def loader_ratio(doc: str, consumed: Optional[float]) -> str:
             "on the same cores).")
 
 
+# ----------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------
 SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
     "loader": loader_section, "tiling": tiling_section, "forward": forward_section,
     "training": training_section}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the named sections (default: all), print them and write them into the doc."""
+def parse_options(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """The command line, with the sizes, repetitions and doc that it implies filled in."""
     p = argparse.ArgumentParser(description="Run the project's benchmarks.")
     p.add_argument("sections", nargs="*", metavar="SECTION",
                    help=f"one or more of {', '.join(SECTIONS)} (default: all)")
@@ -690,6 +745,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args.reps = args.reps or (1 if args.smoke else DEFAULT_REPS)
     if args.doc is None:
         args.doc = tempfile.mkstemp(prefix="benchmarks-smoke-", suffix=".md")[1] if args.smoke else DOC
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the named sections (default: all), print them and write them into the doc."""
+    args = parse_options(argv)
     logging.basicConfig(level=logging.ERROR)
     for name in args.sections or list(SECTIONS):
         body = SECTIONS[name](args)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import FIXTURE_ATOL, TileCounter
-from reference_chop import reference_chop
 
 from model import restore
+from model.reference_chop import reference_chop
 from model.tiling import ensemble_x8
 
 
@@ -42,6 +42,23 @@ def test_official_equals_strip_by_strip_with_fewer_tiles(tiny_model, task_id, si
     assert n_ours < n_reference
     if size == (256, 256):
         assert (n_reference, n_ours) == (397, 361)  # 18x18 grid + 4 strips of 18 + corner
+
+
+@pytest.mark.parametrize("mode", ["official", "fast"])
+def test_cpu_tiles_per_call_caps_each_network_call(tiny_model, mode):
+    x = torch.rand(1, 3, 100, 90) * 255
+    calls: list[int] = []
+    hook = tiny_model.register_forward_pre_hook(lambda m, inputs: calls.append(inputs[0].shape[0]))
+    try:
+        capped = restore(tiny_model, x, 0, mode, crop_batch_size=64, cpu_tiles_per_call=3)
+        n_capped, calls[:] = list(calls), []
+        lifted = restore(tiny_model, x, 0, mode, crop_batch_size=64, cpu_tiles_per_call=64)
+    finally:
+        hook.remove()
+    assert max(n_capped) == 3 and max(calls) > 3 and sum(n_capped) == sum(calls)
+    assert (capped - lifted).abs().max().item() <= FIXTURE_ATOL
+    with pytest.raises(ValueError, match="cpu_tiles_per_call"):
+        restore(tiny_model, x, 0, mode, cpu_tiles_per_call=0)
 
 
 def test_fast_uses_at_most_49_tiles_on_256(tiny_model):

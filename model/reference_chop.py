@@ -1,9 +1,11 @@
-"""A plain strip-by-strip rendition of the authors' forward_chop, kept as a reference.
+"""A plain strip-by-strip rendition of the authors' forward_chop, kept as an independent reference.
 
 It follows their procedure step by step, repeated tiles included: the main grid, the top and
 left strips, the bottom and right strips and the corner tile are each evaluated and averaged on
 their own, then pasted in the authors' order. ``model.tiling`` must give the same output while
-evaluating each distinct tile once.
+evaluating each distinct tile once: the tests check it against this module, and
+scripts/benchmark.py times it as the baseline. It needs only torch, and nothing else of the
+project, so that it stays independent of the tiler it checks.
 """
 from __future__ import annotations
 
