@@ -10,57 +10,28 @@ project does not implement are refused with what to use instead; none is silentl
 from __future__ import annotations
 
 import argparse
+import functools
 import math
+import os
 import re
 import sys
+from dataclasses import dataclass
 
+import torch
 import yaml
 
+import utility
 from data.benchmark import ALL_SETS
-from model.ipt import default_task_names, task_scale
+from data.training import TRAINING_SETS
+from model.ipt import IPTConfig
 from model.restormer import LAYERNORM_TYPES, SIZE_MULTIPLE, RestormerConfig
+from tasks import default_task_names, task_scale
 
 TASK_NAME = re.compile(r"^(sr[1-9]\d*|derain|denoise\d+(\.\d+)?)$")
 SIGMA_IN_NAME = re.compile(r"^\d+(\.\d+)?$")  # how --sigma must print to name the head denoise<sigma>
 SUPPORTED_SCALES = (1, 2, 3, 4, 8, 16)
 DEFAULT_SCALE = "4"  # the authors' default
 
-# dest -> (the authors' default, the line printed when any other value is given; {value}: the value)
-REFUSED = {
-    "template": (".", "--template is not supported: put options in a YAML file and pass --config FILE.yaml"),
-    "n_GPUs": (1, "--n_GPUs is not supported: use torchrun --nproc_per_node {value} main.py ..."),
-    "ext": ("sep", "--ext is not needed: images are always read directly from their files"),
-    "shift_mean": (True, "--shift_mean cannot be changed: IPT always shifts by the RGB mean"),
-    "test_batch_size": (1, "--test_batch_size is fixed at 1: bound memory with --crop_batch_size"),
-    "split_batch": (1, "--split_batch is not supported: bound memory with --crop_batch_size"),
-    "gan_k": (1, "--gan_k is not supported: IPT has no adversarial loss"),
-    "loss": ("1*L1", "--loss cannot be changed: IPT trains with 1*L1"),
-    "load": ("", "--load is not supported: use --save DIR --resume, or --pretrain FILE"),
-    "moxfile": (1, "--moxfile is for Huawei ModelArts: use --dir_data and --save with local paths"),
-    "data_url": (None, "--data_url is for Huawei ModelArts: use --dir_data PATH"),
-    "train_url": (None, "--train_url is for Huawei ModelArts: use --save PATH"),
-    "load_query": (0, "--load_query is not supported: pick a head and its query with --task or --task_id"),
-    "freeze_norm": (False, "--freeze_norm is not part of the released IPT model"),
-    "post_norm": (False, "--post_norm is not part of the released IPT model (it is pre-norm)"),
-    "derain_test": (1, "--derain_test is not supported: test deraining with --data_test Rain100L"),
-    "deblur": (False, "--deblur is not one of IPT's tasks (sr<s>, derain, denoise<sigma>)"),
-    "deblur_test": (1, "--deblur_test is not supported: deblurring is not one of IPT's tasks"),
-    "n_colors": (3, "--n_colors must be 3: IPT's mean shift and heads are RGB"),
-}
-# options that only change training; given with --test_only they are reported, not silently dropped
-TRAINING_ONLY = ("data_train", "data_range", "no_augment", "reset", "test_every", "epochs",
-                 "batch_size", "lr", "decay", "gamma", "optimizer", "momentum", "betas", "epsilon",
-                 "weight_decay", "gclip", "skip_threshold", "save_models", "print_every",
-                 "max_steps", "schedule", "warmup_steps", "periods", "eta_mins", "con_loss",
-                 "con_weight", "save_every", "max_nonfinite", "amp", "compile", "streaks_dir",
-                 "gpu_degrade", "progressive_patches", "progressive_batches", "progressive_steps")
-# options of one architecture only; given (not at their default) with the other they are refused
-IPT_ONLY = {"n_feats": 64, "patch_dim": 3, "num_heads": 12, "num_layers": 12, "num_queries": None,
-            "dropout_rate": 0.0, "no_norm": False, "no_mlp": False, "pos_every": False,
-            "no_pos": False, "attention": "auto", "con_loss": False, "con_weight": 0.1}
-RESTORMER_ONLY = ("dim", "num_blocks", "num_refinement_blocks", "heads", "ffn_expansion_factor",
-                  "bias", "layernorm_type", "tile_size", "progressive_patches",
-                  "progressive_batches", "progressive_steps")
 RESTORMER_TILE = 256  # default --tile_size of Restormer's fast tiling
 # options whose command-line value joins several items: a YAML list is joined the same way
 LIST_SEPARATORS = {**dict.fromkeys(("scale", "tasks", "data_test", "data_train", "num_blocks", "heads",
@@ -69,14 +40,12 @@ LIST_SEPARATORS = {**dict.fromkeys(("scale", "tasks", "data_test", "data_train",
                    "decay": "-", "betas": ","}
 NOT_IN_CONFIG = ("help", "config")  # parser destinations that a YAML config cannot set
 YAML_MERGE_TAG = "tag:yaml.org,2002:merge"  # the << key, which PyYAML resolves itself
-# options that a resumed run must share with the saved one: they change the model or the data
-RESUME_MUST_MATCH = ("model", "scale", "task_names", "task_id", "n_feats", "patch_size", "patch_dim",
-                     "num_heads", "num_layers", "num_queries", "dropout_rate", "no_mlp", "pos_every",
-                     "no_pos", "no_norm", "rgb_range", "data_train", "dir_data", "batch_size", "seed",
-                     "no_augment", "streaks_dir", "con_loss", "n_threads", "data_range", "dim",
-                     "num_blocks", "num_refinement_blocks", "heads", "ffn_expansion_factor", "bias",
-                     "layernorm_type", "progressive_patches", "progressive_batches",
-                     "progressive_steps")
+# What an option is for, declared beside it in build_parser (``roles=``); the lists derive from it.
+TRAINING = frozenset({"training"})  # changes training only: reported when given with --test_only
+IPT = frozenset({"ipt"})  # IPT's: refused with --model restormer unless at its default
+RESTORMER = frozenset({"restormer"})  # Restormer's: refused with --model ipt
+RESUME = frozenset({"resume"})  # shapes the model or the data: a resumed run must keep it
+RESUME_DERIVED = ("task_names", "task_id")  # what --tasks/--task/--denoise/... resolve to
 
 
 class OptionParser(argparse.ArgumentParser):
@@ -87,159 +56,232 @@ class OptionParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def add(group: argparse._ActionsContainer, *flags: str, roles: frozenset = frozenset(),
+        refused: str | None = None, **kwargs) -> argparse.Action:
+    """Add an option with what it is for; ``refused``: an option of the authors' that is not
+    implemented here, refused at any value but its default with this line ({value}: the value)."""
+    action = group.add_argument(*flags, **kwargs)
+    action.roles, action.refusal = roles, refused
+    return action
+
+
+@functools.lru_cache(maxsize=1)
+def option_table() -> dict[str, argparse.Action]:
+    """Every option's action by destination (help excluded), as build_parser declares them."""
+    return {a.dest: a for a in build_parser()._actions if a.dest != "help"}
+
+
+def with_role(role: frozenset) -> list[str]:
+    """The destinations of the options declared with ``role``."""
+    return [dest for dest, action in option_table().items() if role <= action.roles]
+
+
+def refused_options() -> dict[str, tuple[object, str]]:
+    """dest -> (the authors' default, the refusal line) of the options not implemented here."""
+    return {dest: (a.default, a.refusal) for dest, a in option_table().items() if a.refusal}
+
+
 def build_parser() -> OptionParser:
     """The parser with every option, grouped as the authors grouped them."""
     p = OptionParser(prog="main.py", description="IPT: Pre-Trained Image Processing Transformer")
-    p.add_argument("--config", default=None, help="YAML file of options; the command line wins")
-    p.add_argument("--debug", action="store_true", help="verbose (DEBUG) logging")
-    p.add_argument("--template", default=".", help="refused: use --config")
+    add(p, "--config", default=None, help="YAML file of options; the command line wins")
+    add(p, "--debug", action="store_true", help="verbose (DEBUG) logging")
+    add(p, "--template", default=".", help="refused: use --config",
+            refused="--template is not supported: "
+                    "put options in a YAML file and pass --config FILE.yaml")
 
     g = p.add_argument_group("hardware")
-    g.add_argument("--n_threads", type=int, default=6, help="data loading workers")
-    g.add_argument("--cpu", action="store_true", help="use the CPU even when CUDA is present")
-    g.add_argument("--n_GPUs", type=int, default=1, help="refused above 1: use torchrun")
-    g.add_argument("--seed", type=int, default=1, help="random seed")
+    add(g, "--n_threads", type=int, default=6, help="data loading workers")
+    add(g, "--cpu", action="store_true", help="use the CPU even when CUDA is present")
+    add(g, "--n_GPUs", type=int, default=1, help="refused above 1: use torchrun",
+            refused="--n_GPUs is not supported: use torchrun --nproc_per_node {value} main.py ...")
+    add(g, "--seed", type=int, default=1, help="random seed", roles=RESUME)
 
     g = p.add_argument_group("data")
-    g.add_argument("--dir_data", default="./datasets", help="root of the datasets")
-    g.add_argument("--dir_demo", default="../test", help="folder of images for --data_test Demo")
-    g.add_argument("--data_train", default="DIV2K", help="training set(s), A+B")
-    g.add_argument("--data_test", default=None,
-                   help="test set(s), A+B: Demo, Sample, Set5, Set14, B100, Urban100, CBSD68, "
-                        "Rain100L, DIV2K (default DIV2K; Rain100L for a derain model)")
-    g.add_argument("--data_range", default="1-800/801-810", help="DIV2K train/test index ranges")
-    g.add_argument("--ext", default="sep", help="refused: images are read directly")
-    g.add_argument("--scale", default=None, help="one scale per head, A+B (default 4)")
-    g.add_argument("--patch_size", type=int, default=48, help="LR patch size the body takes")
-    g.add_argument("--rgb_range", type=int, default=255, help="maximum pixel value")
-    g.add_argument("--n_colors", type=int, default=3, help="colour channels (3)")
-    g.add_argument("--no_augment", action="store_true", help="no flips/transposes in training")
+    add(g, "--dir_data", default="./datasets", help="root of the datasets", roles=RESUME)
+    add(g, "--dir_demo", default="../test", help="folder of images for --data_test Demo")
+    add(g, "--data_train", default="DIV2K", help="training set(s), A+B", roles=TRAINING | RESUME)
+    add(g, "--data_test", default=None,
+            help="test set(s), A+B: Demo, Sample, Set5, Set14, B100, Urban100, CBSD68, "
+                 "Rain100L, DIV2K (default DIV2K; Rain100L for a derain model)")
+    add(g, "--data_range", default="1-800/801-810", help="DIV2K train/test index ranges",
+            roles=TRAINING | RESUME)
+    add(g, "--ext", default="sep", help="refused: images are read directly",
+            refused="--ext is not needed: images are always read directly from their files")
+    add(g, "--scale", default=None, help="one scale per head, A+B (default 4)", roles=RESUME)
+    add(g, "--patch_size", type=int, default=48, help="LR patch size the body takes", roles=RESUME)
+    add(g, "--rgb_range", type=int, default=255, help="maximum pixel value", roles=RESUME)
+    add(g, "--n_colors", type=int, default=3, help="colour channels (3)",
+            refused="--n_colors must be 3: IPT's mean shift and heads are RGB")
+    add(g, "--no_augment", action="store_true", help="no flips/transposes in training",
+            roles=TRAINING | RESUME)
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="ipt", choices=("ipt", "restormer"),
-                   help="architecture: ipt (the options below) or restormer (its group)")
-    g.add_argument("--n_feats", type=int, default=64, help="feature maps")
-    g.add_argument("--shift_mean", default=True, type=_bool, help="refused: always on")
-    g.add_argument("--precision", default="single", choices=("single", "half"),
-                   help="inference precision (half needs CUDA)")
-    g.add_argument("--patch_dim", type=int, default=3, help="pixels per token side")
-    g.add_argument("--num_heads", type=int, default=12, help="attention heads")
-    g.add_argument("--num_layers", type=int, default=12, help="encoder and decoder layers")
-    g.add_argument("--dropout_rate", type=_finite_float, default=0.0)
-    g.add_argument("--no_norm", action="store_true", help="Identity instead of LayerNorm")
-    g.add_argument("--freeze_norm", action="store_true", help="refused")
-    g.add_argument("--post_norm", action="store_true", help="refused")
-    g.add_argument("--no_mlp", action="store_true",
-                   help="no linear_encoding, mlp_head or query_embed")
-    g.add_argument("--pos_every", action="store_true", help="add positions in every layer")
-    g.add_argument("--no_pos", action="store_true", help="no position embedding")
-    g.add_argument("--num_queries", type=int, default=None, help="task queries (default: heads)")
-    g.add_argument("--attention", default="auto", choices=("auto", "math", "sdpa"),
-                   help="math: the authors' arithmetic, bit for bit; sdpa: fused kernels; "
-                        "auto: sdpa on CUDA, math on the CPU")
+    add(g, "--model", default="ipt", choices=("ipt", "restormer"),
+            help="architecture: ipt (the options below) or restormer (its group)", roles=RESUME)
+    add(g, "--n_feats", type=int, default=64, help="feature maps", roles=IPT | RESUME)
+    add(g, "--shift_mean", default=True, type=_bool, help="refused: always on",
+            refused="--shift_mean cannot be changed: IPT always shifts by the RGB mean")
+    add(g, "--precision", default="single", choices=("single", "half"),
+            help="inference precision (half needs CUDA)")
+    add(g, "--patch_dim", type=int, default=3, help="pixels per token side", roles=IPT | RESUME)
+    add(g, "--num_heads", type=int, default=12, help="attention heads", roles=IPT | RESUME)
+    add(g, "--num_layers", type=int, default=12, help="encoder and decoder layers",
+            roles=IPT | RESUME)
+    add(g, "--dropout_rate", type=_finite_float, default=0.0, roles=IPT | RESUME)
+    add(g, "--no_norm", action="store_true", help="Identity instead of LayerNorm",
+            roles=IPT | RESUME)
+    add(g, "--freeze_norm", action="store_true", help="refused",
+            refused="--freeze_norm is not part of the released IPT model")
+    add(g, "--post_norm", action="store_true", help="refused",
+            refused="--post_norm is not part of the released IPT model (it is pre-norm)")
+    add(g, "--no_mlp", action="store_true", help="no linear_encoding, mlp_head or query_embed",
+            roles=IPT | RESUME)
+    add(g, "--pos_every", action="store_true", help="add positions in every layer",
+            roles=IPT | RESUME)
+    add(g, "--no_pos", action="store_true", help="no position embedding", roles=IPT | RESUME)
+    add(g, "--num_queries", type=int, default=None, help="task queries (default: heads)",
+            roles=IPT | RESUME)
+    add(g, "--attention", default="auto", choices=("auto", "math", "sdpa"),
+            help="math: the authors' arithmetic, bit for bit; sdpa: fused kernels; "
+                 "auto: sdpa on CUDA, math on the CPU",
+            roles=IPT)
 
     g = p.add_argument_group("restormer (with --model restormer; defaults: the authors' models)")
-    g.add_argument("--dim", type=int, default=None, help="width of level 1 (48)")
-    g.add_argument("--num_blocks", default=None, help="Transformer blocks per level, A+B+C+D (4+6+6+8)")
-    g.add_argument("--num_refinement_blocks", type=int, default=None, help="refinement blocks (4)")
-    g.add_argument("--heads", default=None, help="attention heads per level, A+B+C+D (1+2+4+8)")
-    g.add_argument("--ffn_expansion_factor", type=_finite_float, default=None,
-                   help="GDFN width factor (2.66)")
-    g.add_argument("--bias", action="store_true", default=None, help="biases in the convolutions")
-    g.add_argument("--layernorm_type", default=None, choices=LAYERNORM_TYPES, help="(WithBias)")
-    g.add_argument("--tile_size", type=int, default=None,
-                   help=f"tile side for --chop fast, a multiple of {SIZE_MULTIPLE} ({RESTORMER_TILE})")
-    g.add_argument("--progressive_patches", default=None,
-                   help="progressive training: patch size of each stage, A+B+... (largest = --patch_size)")
-    g.add_argument("--progressive_batches", default=None,
-                   help="batch size of each stage, A+B+... (largest = --batch_size)")
-    g.add_argument("--progressive_steps", default=None, help="steps of each stage, A+B+...")
+    add(g, "--dim", type=int, default=None, help="width of level 1 (48)", roles=RESTORMER | RESUME)
+    add(g, "--num_blocks", default=None, help="Transformer blocks per level, A+B+C+D (4+6+6+8)",
+            roles=RESTORMER | RESUME)
+    add(g, "--num_refinement_blocks", type=int, default=None, help="refinement blocks (4)",
+            roles=RESTORMER | RESUME)
+    add(g, "--heads", default=None, help="attention heads per level, A+B+C+D (1+2+4+8)",
+            roles=RESTORMER | RESUME)
+    add(g, "--ffn_expansion_factor", type=_finite_float, default=None,
+            help="GDFN width factor (2.66)", roles=RESTORMER | RESUME)
+    add(g, "--bias", action="store_true", default=None, help="biases in the convolutions",
+            roles=RESTORMER | RESUME)
+    add(g, "--layernorm_type", default=None, choices=LAYERNORM_TYPES, help="(WithBias)",
+            roles=RESTORMER | RESUME)
+    add(g, "--tile_size", type=int, default=None,
+            help=f"tile side for --chop fast, a multiple of {SIZE_MULTIPLE} ({RESTORMER_TILE})",
+            roles=RESTORMER)
+    add(g, "--progressive_patches", default=None,
+            help="progressive training: patch size of each stage, A+B+... (largest = --patch_size)",
+            roles=TRAINING | RESTORMER | RESUME)
+    add(g, "--progressive_batches", default=None,
+            help="batch size of each stage, A+B+... (largest = --batch_size)",
+            roles=TRAINING | RESTORMER | RESUME)
+    add(g, "--progressive_steps", default=None, help="steps of each stage, A+B+...",
+            roles=TRAINING | RESTORMER | RESUME)
 
     g = p.add_argument_group("tasks")
-    g.add_argument("--tasks", default=None, help="name every head, A+B (sr2, derain, denoise30, ...)")
-    g.add_argument("--task", default=None, help="run the head of this name")
-    g.add_argument("--task_id", type=int, default=None, help="run the head of this index")
-    g.add_argument("--denoise", action="store_true", help="the scale-1 head is denoise<sigma>")
-    g.add_argument("--sigma", type=_finite_float, default=30, help="noise level for --denoise")
-    g.add_argument("--derain", action="store_true", help="the scale-1 head is derain")
-    g.add_argument("--derain_test", type=int, default=1, help="refused")
-    g.add_argument("--deblur", action="store_true", help="refused")
-    g.add_argument("--deblur_test", type=int, default=1, help="refused")
+    add(g, "--tasks", default=None, help="name every head, A+B (sr2, derain, denoise30, ...)")
+    add(g, "--task", default=None, help="run the head of this name")
+    add(g, "--task_id", type=int, default=None, help="run the head of this index")
+    add(g, "--denoise", action="store_true", help="the scale-1 head is denoise<sigma>")
+    add(g, "--sigma", type=_finite_float, default=30, help="noise level for --denoise")
+    add(g, "--derain", action="store_true", help="the scale-1 head is derain")
+    add(g, "--derain_test", type=int, default=1, help="refused",
+            refused="--derain_test is not supported: test deraining with --data_test Rain100L")
+    add(g, "--deblur", action="store_true", help="refused",
+            refused="--deblur is not one of IPT's tasks (sr<s>, derain, denoise<sigma>)")
+    add(g, "--deblur_test", type=int, default=1, help="refused",
+            refused="--deblur_test is not supported: deblurring is not one of IPT's tasks")
 
     g = p.add_argument_group("testing")
-    g.add_argument("--test_only", action="store_true", help="evaluate, do not train")
-    g.add_argument("--pretrain", default="", help="checkpoint to load")
-    g.add_argument("--self_ensemble", action="store_true", help="x8 flips/transposes, averaged")
-    g.add_argument("--crop_batch_size", type=int, default=64, help="tiles per network call")
-    g.add_argument("--chop", default="auto", choices=("auto", "official", "fast", "whole"),
-                   help="whole-image inference: auto (official for IPT, whole for Restormer), "
-                        "official (IPT authors' forward_chop), fast (few overlapping tiles), "
-                        "whole (one call)")
-    g.add_argument("--test_noise", default="clipped", choices=("clipped", "unclipped"),
-                   help="denoising test inputs: clipped to [0, 255] (IPT) or not (Restormer)")
-    g.add_argument("--metric_channel", default="y", choices=("y", "rgb"),
-                   help="what psnr/ssim are computed on: the Y channel (IPT) or RGB (Restormer's "
-                        "colour denoising); both are always reported")
-    g.add_argument("--test_batch_size", type=int, default=1, help="refused above 1")
-    g.add_argument("--split_batch", type=int, default=1, help="refused")
+    add(g, "--test_only", action="store_true", help="evaluate, do not train")
+    add(g, "--pretrain", default="", help="checkpoint to load")
+    add(g, "--self_ensemble", action="store_true", help="x8 flips/transposes, averaged")
+    add(g, "--crop_batch_size", type=int, default=64, help="tiles per network call")
+    add(g, "--chop", default="auto", choices=("auto", "official", "fast", "whole"),
+            help="whole-image inference: auto (official for IPT, whole for Restormer), "
+                 "official (IPT authors' forward_chop), fast (few overlapping tiles), "
+                 "whole (one call)")
+    add(g, "--test_noise", default="clipped", choices=("clipped", "unclipped"),
+            help="denoising test inputs: clipped to [0, 255] (IPT) or not (Restormer)")
+    add(g, "--metric_channel", default="y", choices=("y", "rgb"),
+            help="what psnr/ssim are computed on: the Y channel (IPT) or RGB (Restormer's "
+                 "colour denoising); both are always reported")
+    add(g, "--test_batch_size", type=int, default=1, help="refused above 1",
+            refused="--test_batch_size is fixed at 1: bound memory with --crop_batch_size")
+    add(g, "--split_batch", type=int, default=1, help="refused",
+            refused="--split_batch is not supported: bound memory with --crop_batch_size")
 
     g = p.add_argument_group("training")
-    g.add_argument("--reset", action="store_true", help="start the run directory afresh")
-    g.add_argument("--test_every", type=int, default=1000, help="validate every N steps")
-    g.add_argument("--epochs", type=int, default=300, help="epochs (0: no limit)")
-    g.add_argument("--batch_size", type=int, default=16)
-    g.add_argument("--gan_k", type=int, default=1, help="refused")
-    g.add_argument("--lr", type=_finite_float, default=1e-4, help="learning rate")
-    g.add_argument("--decay", default="200", help="step-decay milestones in epochs, A-B")
-    g.add_argument("--gamma", type=_finite_float, default=0.5, help="step-decay factor")
-    g.add_argument("--optimizer", default="ADAM", choices=("SGD", "ADAM", "ADAMW", "RMSprop"))
-    g.add_argument("--momentum", type=_finite_float, default=0.9, help="SGD momentum")
-    g.add_argument("--betas", default=(0.9, 0.999), type=_betas, help="Adam betas, B1,B2")
-    g.add_argument("--epsilon", type=_finite_float, default=1e-8, help="Adam epsilon")
-    g.add_argument("--weight_decay", type=_finite_float, default=0.0)
-    g.add_argument("--gclip", type=_finite_float, default=0.0, help="gradient clipping (0: none)")
-    g.add_argument("--loss", default="1*L1", help="fixed to 1*L1")
-    g.add_argument("--skip_threshold", type=_finite_float, default=1e8,
-                   help="skip a batch whose loss is this many times the running mean")
-    g.add_argument("--max_steps", type=int, default=0, help="training steps (0: --epochs worth)")
-    g.add_argument("--schedule", default="step", choices=("step", "cosine", "cyclic_cosine"),
-                   help="step: x --gamma at each --decay milestone; cosine: --warmup_steps then "
-                        "cosine; cyclic_cosine: one cosine from --lr to each --eta_mins per --periods")
-    g.add_argument("--warmup_steps", type=int, default=0, help="linear warm-up for --schedule cosine")
-    g.add_argument("--periods", default=None, help="steps of each cycle of cyclic_cosine, A+B")
-    g.add_argument("--eta_mins", default=None, help="learning rate at the end of each cycle, A+B")
-    g.add_argument("--con_loss", action="store_true", help="add the contrastive loss on the tokens")
-    g.add_argument("--con_weight", type=_finite_float, default=0.1,
-                   help="weight of the contrastive loss")
-    g.add_argument("--save_every", type=int, default=1000, help="write the training state every N steps")
-    g.add_argument("--max_nonfinite", type=int, default=20,
-                   help="stop after this many non-finite losses in a row")
-    g.add_argument("--amp", default="none", choices=("none", "bf16", "fp16"),
-                   help="mixed precision for training (bf16: CUDA or CPU; fp16: CUDA)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--gpu_degrade", action="store_true",
-                   help="make SR (bicubic) and noisy inputs on the training device, a batch at a "
-                        "time, instead of in the loader workers (rain stays in the loader)")
-    g.add_argument("--streaks_dir", default="",
-                   help="real rain-streak layers for derain pre-training (default: procedural)")
+    add(g, "--reset", action="store_true", help="start the run directory afresh", roles=TRAINING)
+    add(g, "--test_every", type=int, default=1000, help="validate every N steps", roles=TRAINING)
+    add(g, "--epochs", type=int, default=300, help="epochs (0: no limit)", roles=TRAINING)
+    add(g, "--batch_size", type=int, default=16, roles=TRAINING | RESUME)
+    add(g, "--gan_k", type=int, default=1, help="refused",
+            refused="--gan_k is not supported: IPT has no adversarial loss")
+    add(g, "--lr", type=_finite_float, default=1e-4, help="learning rate", roles=TRAINING)
+    add(g, "--decay", default="200", help="step-decay milestones in epochs, A-B", roles=TRAINING)
+    add(g, "--gamma", type=_finite_float, default=0.5, help="step-decay factor", roles=TRAINING)
+    add(g, "--optimizer", default="ADAM", choices=("SGD", "ADAM", "ADAMW", "RMSprop"),
+            roles=TRAINING)
+    add(g, "--momentum", type=_finite_float, default=0.9, help="SGD momentum", roles=TRAINING)
+    add(g, "--betas", default=(0.9, 0.999), type=_betas, help="Adam betas, B1,B2", roles=TRAINING)
+    add(g, "--epsilon", type=_finite_float, default=1e-8, help="Adam epsilon", roles=TRAINING)
+    add(g, "--weight_decay", type=_finite_float, default=0.0, roles=TRAINING)
+    add(g, "--gclip", type=_finite_float, default=0.0, help="gradient clipping (0: none)",
+            roles=TRAINING)
+    add(g, "--loss", default="1*L1", help="fixed to 1*L1",
+            refused="--loss cannot be changed: IPT trains with 1*L1")
+    add(g, "--skip_threshold", type=_finite_float, default=1e8,
+            help="skip a batch whose loss is this many times the running mean", roles=TRAINING)
+    add(g, "--max_steps", type=int, default=0, help="training steps (0: --epochs worth)",
+            roles=TRAINING)
+    add(g, "--schedule", default="step", choices=("step", "cosine", "cyclic_cosine"),
+            help="step: x --gamma at each --decay milestone; cosine: --warmup_steps then "
+                 "cosine; cyclic_cosine: one cosine from --lr to each --eta_mins per --periods",
+            roles=TRAINING)
+    add(g, "--warmup_steps", type=int, default=0, help="linear warm-up for --schedule cosine",
+            roles=TRAINING)
+    add(g, "--periods", default=None, help="steps of each cycle of cyclic_cosine, A+B",
+            roles=TRAINING)
+    add(g, "--eta_mins", default=None, help="learning rate at the end of each cycle, A+B",
+            roles=TRAINING)
+    add(g, "--con_loss", action="store_true", help="add the contrastive loss on the tokens",
+            roles=TRAINING | IPT | RESUME)
+    add(g, "--con_weight", type=_finite_float, default=0.1, help="weight of the contrastive loss",
+            roles=TRAINING | IPT)
+    add(g, "--save_every", type=int, default=1000, help="write the training state every N steps",
+            roles=TRAINING)
+    add(g, "--max_nonfinite", type=int, default=20,
+            help="stop after this many non-finite losses in a row", roles=TRAINING)
+    add(g, "--amp", default="none", choices=("none", "bf16", "fp16"),
+            help="mixed precision for training (bf16: CUDA or CPU; fp16: CUDA)", roles=TRAINING)
+    add(g, "--compile", action="store_true", help="torch.compile the model", roles=TRAINING)
+    add(g, "--gpu_degrade", action="store_true",
+            help="make SR (bicubic) and noisy inputs on the training device, a batch at a "
+                 "time, instead of in the loader workers (rain stays in the loader)",
+            roles=TRAINING)
+    add(g, "--streaks_dir", default="",
+            help="real rain-streak layers for derain pre-training (default: procedural)",
+            roles=TRAINING | RESUME)
 
     g = p.add_argument_group("logging and checkpoints")
-    g.add_argument("--save", default="./experiment/ipt", help="run directory (logs, results, models)")
-    g.add_argument("--load", default="", help="refused: use --save DIR --resume")
-    g.add_argument("--resume", type=int, nargs="?", const=-1, default=0,
-                   help="bare (or -1): continue training from DIR/state.pt, or with --test_only "
-                        "evaluate DIR/model/model_latest.pt; N (--test_only): DIR/model/model_N.pt")
-    g.add_argument("--save_models", action="store_true",
-                   help="also keep model/model_<step>.pt at every --save_every step")
-    g.add_argument("--print_every", type=int, default=100, help="log every N steps")
-    g.add_argument("--save_results", action="store_true", help="write the restored images")
-    g.add_argument("--save_gt", action="store_true", help="also write the inputs (and targets)")
+    add(g, "--save", default="./experiment/ipt", help="run directory (logs, results, models)")
+    add(g, "--load", default="", help="refused: use --save DIR --resume",
+            refused="--load is not supported: use --save DIR --resume, or --pretrain FILE")
+    add(g, "--resume", type=int, nargs="?", const=-1, default=0,
+            help="bare (or -1): continue training from DIR/state.pt, or with --test_only "
+                 "evaluate DIR/model/model_latest.pt; N (--test_only): DIR/model/model_N.pt")
+    add(g, "--save_models", action="store_true",
+            help="also keep model/model_<step>.pt at every --save_every step", roles=TRAINING)
+    add(g, "--print_every", type=int, default=100, help="log every N steps", roles=TRAINING)
+    add(g, "--save_results", action="store_true", help="write the restored images")
+    add(g, "--save_gt", action="store_true", help="also write the inputs (and targets)")
 
     g = p.add_argument_group("Huawei ModelArts (refused)")
-    g.add_argument("--moxfile", type=int, default=1)
-    g.add_argument("--data_url", default=None)
-    g.add_argument("--train_url", default=None)
-    g.add_argument("--load_query", type=int, default=0)
+    add(g, "--moxfile", type=int, default=1,
+            refused="--moxfile is for Huawei ModelArts: use --dir_data and --save with local paths")
+    add(g, "--data_url", default=None,
+            refused="--data_url is for Huawei ModelArts: use --dir_data PATH")
+    add(g, "--train_url", default=None,
+            refused="--train_url is for Huawei ModelArts: use --save PATH")
+    add(g, "--load_query", type=int, default=0,
+            refused="--load_query is not supported: "
+                    "pick a head and its query with --task or --task_id")
     return p
 
 
@@ -389,7 +431,7 @@ def _config_scalar(value: object) -> str:
 
 def _finish(args: argparse.Namespace) -> None:
     """Normalise list options, resolve the tasks and refuse what cannot work (ValueError)."""
-    for dest, (default, message) in REFUSED.items():
+    for dest, (default, message) in refused_options().items():
         if getattr(args, dest) != default:
             raise ValueError(message.format(value=getattr(args, dest)))
     args.data_train = _split(args.data_train)
@@ -407,7 +449,9 @@ def _finish(args: argparse.Namespace) -> None:
         raise ValueError(f"--data_test {'+'.join(unknown)}: unknown test set; known: "
                          f"{', '.join(ALL_SETS)}, Demo")
     _check_numbers(args)
+    _check_device(args)
     _check_run(args)
+    _check_training_data(args)
     _check_schedule(args)
     args.decay_milestones = _milestones(args.decay)
     args.train_range, args.test_range = _data_range(args.data_range)
@@ -512,7 +556,7 @@ def _task_index(args: argparse.Namespace, names: list[str]) -> int | None:
 def _check_architecture(args: argparse.Namespace) -> None:
     """Refuse the other architecture's options; fill in and check this one's."""
     if args.model == "ipt":
-        given = [f"--{d}" for d in RESTORMER_ONLY if getattr(args, d) is not None]
+        given = [f"--{d}" for d in with_role(RESTORMER) if getattr(args, d) is not None]
         if given:
             raise ValueError(f"{' '.join(given)}: Restormer option(s); add --model restormer")
         if args.num_queries is None:
@@ -522,7 +566,7 @@ def _check_architecture(args: argparse.Namespace) -> None:
                              f"({len(args.scale)}, from --scale {'+'.join(map(str, args.scale))})")
         _check_ipt(args)
         return
-    given = [f"--{d}" for d, default in IPT_ONLY.items() if getattr(args, d) != default]
+    given = [f"--{d}" for d in with_role(IPT) if getattr(args, d) != option_table()[d].default]
     if given:
         raise ValueError(f"{' '.join(given)}: IPT option(s), not used by --model restormer")
     if args.scale != [1]:
@@ -631,6 +675,28 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise ValueError(f"--{dest} must be positive, got {getattr(args, dest)}")
 
 
+def _check_training_data(args: argparse.Namespace) -> None:
+    """Training reads one known set, for a known number of steps."""
+    if args.test_only:
+        return
+    if len(args.data_train) != 1:
+        raise ValueError(f"--data_train {'+'.join(args.data_train)}: one training set at a time")
+    if args.data_train[0] not in TRAINING_SETS:
+        raise ValueError(f"--data_train {args.data_train[0]}: unknown; use {', '.join(TRAINING_SETS)}")
+    if args.epochs == 0 and args.max_steps == 0:
+        raise ValueError("--epochs 0 means no limit, and a streamed data set has no end: give "
+                         "--max_steps")
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """--precision half and --amp fp16 run on CUDA only."""
+    on_cuda = torch.cuda.is_available() and not args.cpu
+    if args.precision == "half" and not on_cuda:
+        raise ValueError("--precision half needs a CUDA device; drop it (or --cpu)")
+    if args.amp == "fp16" and not on_cuda:
+        raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
+
+
 def _check_run(args: argparse.Namespace) -> None:
     """--save names a run directory; --resume, --reset and --pretrain do not contradict each other."""
     if not str(args.save).strip():
@@ -670,15 +736,193 @@ def _milestones(decay: str) -> list[int]:
 def training_options_given(args: argparse.Namespace) -> list[str]:
     """Training-only options whose value differs from the default (reported under --test_only)."""
     defaults = parse_args([])
-    return [f"--{dest}" for dest in TRAINING_ONLY if getattr(args, dest) != getattr(defaults, dest)]
+    return [f"--{dest}" for dest in with_role(TRAINING) if getattr(args, dest) != getattr(defaults, dest)]
 
 
 def resume_conflicts(saved: dict, args: argparse.Namespace) -> list[str]:
     """The options that differ from a saved run's and would change its model or data."""
     current = vars(args)
     return [f"--{k} (saved {saved.get(k)!r}, now {_plain(current.get(k))!r})"
-            for k in RESUME_MUST_MATCH if _plain(current.get(k)) != saved.get(k)]
+            for k in (*with_role(RESUME), *RESUME_DERIVED) if _plain(current.get(k)) != saved.get(k)]
 
 
 def _plain(value: object) -> object:
     return list(value) if isinstance(value, tuple) else value
+
+
+# ----------------------------------------------------------------------------------------
+# Typed settings: what each part of the program takes from the options
+# ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunSettings:
+    """The run itself (main.py): where it writes, what it loads, on which device."""
+
+    save: str
+    test_only: bool
+    resume: int  # 0: no; -1: model_latest / the training state; N: model_N.pt (evaluation)
+    pretrain: str
+    reset: bool
+    seed: int
+    cpu: bool
+    debug: bool
+    precision: str  # single or half (inference)
+    amp: str  # none, bf16 or fp16 (training)
+
+    @property
+    def checkpoint(self) -> str:
+        """The file to load: --pretrain, or the run directory's model for the authors' --resume."""
+        if self.pretrain:
+            return self.pretrain
+        if self.resume == -1:
+            return os.path.join(self.save, "model", "model_latest.pt")
+        if self.resume > 0:
+            return os.path.join(self.save, "model", f"model_{self.resume}.pt")
+        return ""
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """The training set (data/training.py): which one, cut how, read by how many workers."""
+
+    name: str
+    dir_data: str
+    tasks: list[str]  # the heads of the model being trained
+    task_id: int | None  # None: each batch draws its task (pre-training)
+    batch_size: int
+    patch_size: int
+    seed: int
+    augment: bool
+    streaks_dir: str | None
+    lr_in_loader: bool  # False (--gpu_degrade): SR and noisy inputs made on the training device
+    train_range: tuple[int, int]  # DIV2K image numbers
+    workers: int  # --n_threads, before the cap of data/training.loader_workers
+    pin_memory: bool
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The optimisation (trainer.py): optimiser, schedule, losses, checkpoints, validation."""
+
+    save: str
+    task_names: list[str]
+    seed: int
+    optimizer: str
+    lr: float
+    betas: tuple[float, float]
+    epsilon: float
+    momentum: float
+    weight_decay: float
+    schedule: str  # step, cosine or cyclic_cosine
+    decay_epochs: list[int]  # step-decay milestones, in epochs
+    gamma: float
+    warmup_steps: int
+    periods: list[int]
+    eta_mins: list[float]
+    gclip: float
+    skip_threshold: float
+    max_nonfinite: int
+    amp: str
+    con_loss: bool
+    con_weight: float
+    print_every: int
+    save_every: int
+    test_every: int
+    save_models: bool
+    progressive: list[tuple[int, int, int]]  # (patch, batch, steps) per stage; [] when off
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How whole images go through the network and are scored (evaluation.py)."""
+
+    mode: str = "auto"  # --chop
+    crop_batch_size: int = 64
+    self_ensemble: bool = False
+    rgb_range: float = 255
+    tile_size: int | None = None  # fast tiles of a network that takes any size (Restormer)
+    metric_channel: str = "y"  # what psnr/ssim are computed on: y (IPT) or rgb (Restormer, noise)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What is evaluated and what is written (evaluation.py)."""
+
+    data_test: list[str]
+    dir_data: str
+    dir_demo: str
+    test_range: tuple[int, int]  # DIV2K image numbers
+    clip_noise: bool  # denoising inputs clipped to [0, 255] (IPT) or not (Restormer)
+    seed: int
+    save: str
+    save_results: bool
+    save_gt: bool
+    workers: int  # image reading processes
+    task_id: int | None  # None: every head in turn
+    model_name: str
+    record: dict  # every option as plain values, for metrics.json
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the options decide, one typed part per consumer."""
+
+    run: RunSettings
+    model: IPTConfig | RestormerConfig
+    data: DataSettings
+    train: TrainSettings
+    inference: InferenceSettings
+    evaluation: EvalSettings
+    total_steps: int  # --max_steps, 0: --epochs worth (known once the data is)
+    epochs: int | None
+    compile: bool
+    record: dict  # every option as plain values, for metrics.json and the training state
+
+
+def settings(args: argparse.Namespace) -> Settings:
+    """The typed settings of parsed options. Fine-tuning (training one head of several) gets a
+    single-head model, as the authors' checkpoints are; its data and training follow."""
+    fine_tune = not args.test_only and args.task_id is not None and len(args.scale) > 1
+    heads = [args.task_id] if fine_tune else list(range(len(args.scale)))
+    task_names = [args.task_names[i] for i in heads]
+    task_id = 0 if fine_tune else args.task_id
+    return Settings(
+        run=RunSettings(args.save, args.test_only, args.resume, args.pretrain, args.reset, args.seed,
+                        args.cpu, args.debug, args.precision, args.amp),
+        model=_model_config(args, heads),
+        data=DataSettings(args.data_train[0], args.dir_data, task_names, task_id, args.batch_size,
+                          args.patch_size, args.seed, not args.no_augment, args.streaks_dir or None,
+                          not args.gpu_degrade, args.train_range, args.n_threads, not args.cpu),
+        train=TrainSettings(
+            args.save, task_names, args.seed, args.optimizer, args.lr, args.betas, args.epsilon,
+            args.momentum, args.weight_decay, args.schedule, args.decay_milestones, args.gamma,
+            args.warmup_steps, args.periods or [], args.eta_mins or [], args.gclip,
+            args.skip_threshold, args.max_nonfinite, args.amp, args.con_loss, args.con_weight,
+            args.print_every, args.save_every, args.test_every, args.save_models,
+            list(zip(args.progressive_patches or [], args.progressive_batches or [],
+                     args.progressive_steps or []))),
+        inference=InferenceSettings(args.chop, args.crop_batch_size, args.self_ensemble,
+                                    args.rgb_range, args.tile_size, args.metric_channel),
+        evaluation=EvalSettings(args.data_test, args.dir_data, args.dir_demo, args.test_range,
+                                args.test_noise == "clipped", args.seed, args.save,
+                                args.save_results, args.save_gt, args.n_threads, task_id,
+                                args.model, utility.jsonable(vars(args))),
+        total_steps=args.max_steps, epochs=args.epochs, compile=args.compile,
+        record=utility.jsonable(vars(args)))
+
+
+def _model_config(args: argparse.Namespace, heads: list[int]) -> IPTConfig | RestormerConfig:
+    """The network's config: the heads ``heads`` of the options' model."""
+    names = [args.task_names[i] for i in heads]
+    if args.model == "restormer":
+        return RestormerConfig(dim=args.dim, num_blocks=args.num_blocks,
+                               num_refinement_blocks=args.num_refinement_blocks, heads=args.heads,
+                               ffn_expansion_factor=args.ffn_expansion_factor, bias=args.bias,
+                               layernorm_type=args.layernorm_type, rgb_range=args.rgb_range,
+                               task_names=names)
+    queries = len(heads) if len(heads) < len(args.scale) else args.num_queries
+    return IPTConfig(scale=[args.scale[i] for i in heads], n_feats=args.n_feats,
+                     rgb_range=args.rgb_range, patch_size=args.patch_size, patch_dim=args.patch_dim,
+                     num_heads=args.num_heads, num_layers=args.num_layers, num_queries=queries,
+                     dropout_rate=args.dropout_rate, no_mlp=args.no_mlp, pos_every=args.pos_every,
+                     no_pos=args.no_pos, no_norm=args.no_norm, task_names=names,
+                     attention=args.attention)

@@ -1,4 +1,4 @@
-"""Running the network over data: restoring folders, evaluating test sets, training."""
+"""Training: one-task batches through the network, L1 (+ contrastive) loss, checkpoints, resume."""
 from __future__ import annotations
 
 import logging
@@ -12,159 +12,39 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import utility
-from data.benchmark import PAPER_RESULTS, BenchmarkSet
-from data.degrade import imresize
-from data.images import save_image
 from data.stream import seeded, synthesize_lr
-from model import restore
+from data.training import loader_workers, training_stream
 from model.loss import contrastive_loss, l1_loss
+from option import DataSettings, TrainSettings
+from utility import STATE_NAME
 
 log = logging.getLogger("ipt")
 
 
-@dataclass
-class InferenceSettings:
-    """How whole images go through the network and are scored (--chop, --crop_batch_size, ...)."""
-
-    mode: str = "auto"
-    crop_batch_size: int = 64
-    self_ensemble: bool = False
-    rgb_range: float = 255
-    tile_size: int | None = None  # fast tiles of a network that takes any size (Restormer)
-    metric_channel: str = "y"  # what psnr/ssim are computed on: y (IPT) or rgb (Restormer, noise)
+Batches = Callable[[int], Iterable[dict]]  # the first step -> one-task batches from that step on
 
 
-def output_name(stem: str, task: str, scale: int, kind: str = "SR") -> str:
-    """``<stem>_x<s>_SR.png`` for super-resolution, ``<stem>_<task>_SR.png`` for scale-1 tasks."""
-    tag = f"x{scale}" if scale > 1 else task
-    return f"{stem}_{tag}_{kind}.png"
+def make_batches(d: DataSettings, rank: int = 0, world: int = 1,
+                 saved_workers: int | None = None) -> tuple[Batches, int, int]:
+    """(batch factory, steps per epoch, loader workers) of the training set. A resumed run keeps
+    the workers it started with (``saved_workers``): batch k depends on them."""
+    stream = training_stream(d.name, d.dir_data, d.tasks, train_range=d.train_range,
+                             batch_size=d.batch_size, patch_size=d.patch_size, seed=d.seed,
+                             rank=rank, world_size=world, augment=d.augment, task_id=d.task_id,
+                             streaks_dir=d.streaks_dir, lr_in_loader=d.lr_in_loader)
+    workers = loader_workers(d.workers, len(stream.source), world, saved_workers)
+
+    def batches(start: int) -> DataLoader:
+        return DataLoader(stream.with_start(start), batch_size=None, num_workers=workers,
+                          pin_memory=d.pin_memory and torch.cuda.is_available())
+
+    return batches, stream.steps_per_epoch, workers
 
 
-def prefetch(dataset: Dataset, workers: int) -> DataLoader:
-    """Items of a map-style dataset, read ahead by ``workers`` processes (0: in this process)."""
-    workers = min(workers, len(dataset), os.cpu_count() or 1)
-    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers)
-
-
-def restore_quantised(model: nn.Module, image: Tensor, task_id: int,
-                      settings: InferenceSettings) -> Tensor:
-    """One (C, H, W) image in 0..255 restored by head ``task_id``, quantised, on the CPU, 0..255."""
-    device = next(model.parameters()).device
-    x = image.float().unsqueeze(0).to(device) * (settings.rgb_range / 255)
-    y = restore(model, x, task_id, settings.mode, settings.crop_batch_size, settings.self_ensemble,
-                settings.tile_size, progress=True)
-    return utility.quantize(y, settings.rgb_range)[0].cpu() * (255 / settings.rgb_range)
-
-
-def restore_images(model: nn.Module, images: Iterable[tuple[str, Tensor | Exception]],
-                   task_ids: list[int], settings: InferenceSettings, out_dir: str | None,
-                   save_input: bool = False, total: int | None = None) -> tuple[int, int]:
-    """Restore each image with each head, saving quantised results; returns (done, failed)."""
-    done = failed = 0
-    for stem, image in tqdm(images, total=total, desc="restoring", unit="img", dynamic_ncols=True):
-        if isinstance(image, Exception):
-            log.error("%s (skipped)", image)
-            failed += 1
-            continue
-        for task_id in task_ids:
-            y = restore_quantised(model, image, task_id, settings)
-            if out_dir is not None:
-                task, scale = model.task_names[task_id], model.scale[task_id]
-                save_image(y, os.path.join(out_dir, output_name(stem, task, scale)))
-                if save_input:
-                    save_image(image, os.path.join(out_dir, output_name(stem, task, scale, "LR")))
-        done += 1
-    return done, failed
-
-
-METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")  # psnr, ssim: --metric_channel
-BASELINE = ("baseline_psnr", "baseline_ssim")  # the input itself: bicubic for SR, else as given
-
-
-def input_baseline(lr: Tensor, scale: int) -> Tensor:
-    """What the network improves on: the input, bicubic-upscaled (MATLAB) for SR, quantised."""
-    x = lr.float()
-    return utility.quantize(imresize(x, scale) if scale > 1 else x)
-
-
-def image_metrics(sr: Tensor, hr: Tensor, scale: int, channel: str = "y") -> dict[str, float]:
-    """PSNR and SSIM of one quantised output on Y and on RGB; psnr/ssim repeat ``channel``'s."""
-    m = {  # calc_* shave `scale` pixels a side, none at scale 1
-        "psnr_y": utility.calc_psnr(sr, hr, scale)[0],
-        "ssim_y": utility.calc_ssim(sr, hr, scale)[0],
-        "psnr_rgb": utility.calc_psnr(sr, hr, scale, y_channel=False)[0],
-        "ssim_rgb": utility.calc_ssim(sr, hr, scale, y_channel=False)[0],
-    }
-    return {"psnr": m[f"psnr_{channel}"], "ssim": m[f"ssim_{channel}"], **m}
-
-
-def evaluate_set(model: nn.Module, data: BenchmarkSet, task_id: int, settings: InferenceSettings,
-                 out_dir: str | None, workers: int = 0, previews: dict | None = None,
-                 save_gt: bool = False) -> dict:
-    """Restore one test set with one head; the metrics per image and their means.
-
-    ``previews``, when given, receives the first restored image under "<set>/<task>";
-    ``save_gt`` also writes the input (``_LR``) and the target (``_HR``) beside each result.
-    """
-    task, scale = model.task_names[task_id], model.scale[task_id]
-    per_image: dict[str, dict[str, float]] = {}
-    for pair in tqdm(prefetch(data, workers), total=len(data), desc=f"{data.dataset} {task}",
-                     unit="img", dynamic_ncols=True):
-        if isinstance(pair, Exception):
-            raise pair
-        y = restore_quantised(model, pair.lr, task_id, settings)
-        if y.shape != pair.hr.shape:
-            raise RuntimeError(f"{data.dataset}/{pair.name}: output {tuple(y.shape)} does not match "
-                               f"the target {tuple(pair.hr.shape)}")
-        per_image[pair.name] = image_metrics(y, pair.hr.float(), scale, settings.metric_channel)
-        if previews is not None:
-            previews.setdefault(f"{data.dataset}/{task}", y)
-        baseline, hr, on_y = input_baseline(pair.lr, scale), pair.hr.float(), settings.metric_channel == "y"
-        per_image[pair.name]["baseline_psnr"] = utility.calc_psnr(baseline, hr, scale, y_channel=on_y)[0]
-        per_image[pair.name]["baseline_ssim"] = utility.calc_ssim(baseline, hr, scale, y_channel=on_y)[0]
-        if out_dir is not None:
-            save_image(y, os.path.join(out_dir, output_name(pair.name, task, scale)))
-            if save_gt:
-                save_image(pair.lr.float(), os.path.join(out_dir, output_name(pair.name, task, scale, "LR")))
-                save_image(pair.hr, os.path.join(out_dir, output_name(pair.name, task, scale, "HR")))
-    means = {k: _mean([m[k] for m in per_image.values()]) for k in METRICS + BASELINE}
-    return {**means, "n_images": len(per_image), "per_image": per_image}
-
-
-def _mean(values: list[float]) -> float:
-    """The mean of per-image values (NaN for none)."""
-    return sum(values) / len(values) if values else float("nan")
-
-
-def results_table(results: dict, channel: str = "y") -> str:
-    """A Markdown table of our metrics beside the paper's."""
-    lines = ["| dataset | task | images | PSNR (Y) | SSIM (Y) | PSNR (RGB) | SSIM (RGB) | input PSNR "
-             "| input SSIM | paper PSNR | paper SSIM |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for dataset, tasks in results.items():
-        for task, r in tasks.items():
-            paper_psnr, paper_ssim = PAPER_RESULTS.get((dataset, task), (None, None))
-            cells = [dataset, task, str(r["n_images"]), f"{r['psnr_y']:.2f}", f"{r['ssim_y']:.4f}",
-                     f"{r['psnr_rgb']:.2f}", f"{r['ssim_rgb']:.4f}", f"{r['baseline_psnr']:.2f}",
-                     f"{r['baseline_ssim']:.4f}", _fmt(paper_psnr, 2), _fmt(paper_ssim, 4)]
-            lines.append("| " + " | ".join(cells) + " |")
-    notes = (f"Y: the IPT paper's convention (Y channel, `scale` pixels shaved for SR, none for "
-             f"scale 1); RGB: all channels, same shave. Input: the network's input itself "
-             f"(bicubic-upscaled for SR, the noisy or rainy image otherwise), scored on "
-             f"{channel.upper()} (--metric_channel). Paper: the IPT paper (CVPR 2021, Y channel); "
-             f"- where it gives no number.")
-    return "\n".join(lines) + "\n\n" + notes + "\n"
-
-
-def _fmt(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-# ----------------------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------------------
-STATE_NAME = "state.pt"  # the full training state, in the run directory
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -179,16 +59,16 @@ class Progress:
     nonfinite_run: int = 0
 
 
-def make_optimizer(args, params) -> torch.optim.Optimizer:
+def make_optimizer(t: TrainSettings, params) -> torch.optim.Optimizer:
     """The optimiser of --optimizer with --lr, --betas, --epsilon, --momentum, --weight_decay."""
     params = [p for p in params if p.requires_grad]
-    if args.optimizer in ("ADAM", "ADAMW"):
-        adam = torch.optim.AdamW if args.optimizer == "ADAMW" else torch.optim.Adam
-        return adam(params, lr=args.lr, betas=args.betas, eps=args.epsilon, weight_decay=args.weight_decay)
-    if args.optimizer == "SGD":
-        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    return torch.optim.RMSprop(params, lr=args.lr, eps=args.epsilon, momentum=args.momentum,
-                               weight_decay=args.weight_decay)
+    if t.optimizer in ("ADAM", "ADAMW"):
+        adam = torch.optim.AdamW if t.optimizer == "ADAMW" else torch.optim.Adam
+        return adam(params, lr=t.lr, betas=t.betas, eps=t.epsilon, weight_decay=t.weight_decay)
+    if t.optimizer == "SGD":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.RMSprop(params, lr=t.lr, eps=t.epsilon, momentum=t.momentum,
+                               weight_decay=t.weight_decay)
 
 
 def lr_factor(schedule: str, milestones: list[int], gamma: float, warmup: int, total: int,
@@ -217,11 +97,15 @@ def lr_factor(schedule: str, milestones: list[int], gamma: float, warmup: int, t
     return {"cosine": cosine, "cyclic_cosine": cyclic_cosine}.get(schedule, step_decay)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The network inside DistributedDataParallel and torch.compile wrappers."""
+    inner = getattr(model, "module", model)
+    return getattr(inner, "_orig_mod", inner)
+
+
 def bare_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The model's weights in the authors' key format (no DDP or compile wrappers)."""
-    inner = getattr(model, "module", model)
-    inner = getattr(inner, "_orig_mod", inner)
-    return {k: v.detach().cpu() for k, v in inner.state_dict().items()}
+    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
 def rng_states() -> dict:
@@ -290,28 +174,30 @@ class StopRequested:
 class Trainer:
     """Optimises the model on one-task batches; checkpoints, validates, resumes exactly."""
 
-    def __init__(self, args, model: nn.Module, batches: Callable[[int], Iterable[dict]],
+    def __init__(self, settings: TrainSettings, model: nn.Module, batches: Batches,
                  validate: Callable[[nn.Module, int], tuple[dict[str, float], dict[str, Tensor]]] | None,
-                 total_steps: int, steps_per_epoch: int, rank: int = 0, loader_workers: int = 0):
-        self.args, self.model, self.batches, self.validate = args, model, batches, validate
+                 total_steps: int, steps_per_epoch: int, rank: int = 0, loader_workers: int = 0,
+                 record: dict | None = None):
+        self.settings, self.model, self.batches, self.validate = settings, model, batches, validate
         self.loader_workers = loader_workers  # recorded: batch k depends on the worker count
+        self.record = record or {}  # the run's options, kept in the state for --resume's checks
         self.total_steps, self.rank = total_steps, rank
         self.device = next(model.parameters()).device
-        self.optimizer = make_optimizer(args, model.parameters())
-        milestones = [m * steps_per_epoch for m in args.decay_milestones]
-        end_factors = [eta / args.lr for eta in args.eta_mins or []] if args.lr else []
+        self.optimizer = make_optimizer(settings, model.parameters())
+        t = settings
+        milestones = [m * steps_per_epoch for m in t.decay_epochs]
+        end_factors = [eta / t.lr for eta in t.eta_mins] if t.lr else []
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(
-            args.schedule, milestones, args.gamma, args.warmup_steps, total_steps,
-            args.periods or [], end_factors))
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=args.amp == "fp16")
+            t.schedule, milestones, t.gamma, t.warmup_steps, total_steps, t.periods, end_factors))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         self.progress = Progress()
         self.skipped_files: dict[int, int] = {}  # loader worker -> files it skipped so far
         self.loss_average: float | None = None
-        self.model_dir = os.path.join(args.save, "model")
+        self.model_dir = os.path.join(t.save, "model")
         self.writer = None
         if rank == 0:
             os.makedirs(self.model_dir, exist_ok=True)
-            self.writer = _summary_writer(os.path.join(args.save, "tensorboard"))
+            self.writer = _summary_writer(os.path.join(t.save, "tensorboard"))
 
     # -- the loop ---------------------------------------------------------------------
     def fit(self) -> int:
@@ -355,7 +241,7 @@ class Trainer:
                       "last checkpoint is kept (lower --lr, set --gclip)", p.step, len(broken),
                       broken[0])
             return True
-        if p.nonfinite_run > self.args.max_nonfinite:
+        if p.nonfinite_run > self.settings.max_nonfinite:
             log.error("%d non-finite losses in a row at step %d: stopping (lower --lr, set "
                       "--gclip, or check the data)", p.nonfinite_run, p.step)
             return True
@@ -375,19 +261,19 @@ class Trainer:
         hr = batch["hr"].to(self.device, non_blocking=True)
         task_id = int(batch["task_id"])
         if batch["lr"] is None:  # --gpu_degrade: bicubic or noise made here, on the device
-            lr_img = synthesize_lr(hr, self.args.task_names[task_id], self._generator(batch["step"]))
+            lr_img = synthesize_lr(hr, self.settings.task_names[task_id], self._generator(batch["step"]))
         else:
             lr_img = batch["lr"].to(self.device, non_blocking=True)
-        if self.args.progressive_patches:
+        if self.settings.progressive:
             lr_img, hr = progressive_crop(lr_img, hr, *self.stage(self.progress.step),
-                                          seeded("progressive", self.args.seed, self.progress.step))
+                                          seeded("progressive", self.settings.seed, self.progress.step))
         if "skipped" in batch:
             self.skipped_files[int(batch.get("worker", 0))] = int(batch["skipped"])
-        amp = AMP_DTYPES.get(self.args.amp)
+        amp = AMP_DTYPES.get(self.settings.amp)
         with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
-            if self.args.con_loss:
+            if self.settings.con_loss:
                 out, tokens = self.model(lr_img, task_id, return_tokens=True)
-                loss = l1_loss(out, hr) + self.args.con_weight * contrastive_loss(tokens)
+                loss = l1_loss(out, hr) + self.settings.con_weight * contrastive_loss(tokens)
             else:
                 loss = l1_loss(self.model(lr_img, task_id), hr)
         self.optimizer.zero_grad(set_to_none=True)
@@ -400,9 +286,9 @@ class Trainer:
             return None
         self.progress.nonfinite_run = 0
         self.scaler.scale(loss).backward()
-        if self.args.gclip > 0:
+        if self.settings.gclip > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.gclip)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.gclip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -410,36 +296,35 @@ class Trainer:
 
     def _generator(self, step: int) -> torch.Generator:
         """A generator on the training device for the noise of batch ``step`` of this rank."""
-        seed = seeded("gpu_degrade", self.args.seed, self.rank, step).initial_seed()
+        seed = seeded("gpu_degrade", self.settings.seed, self.rank, step).initial_seed()
         return torch.Generator(self.device).manual_seed(seed)
 
     def stage(self, step: int) -> tuple[int, int]:
         """(patch size, batch size) of progressive training at ``step``; the last stage goes on."""
-        a = self.args
         end = 0
-        for patch, size, steps in zip(a.progressive_patches, a.progressive_batches, a.progressive_steps):
+        for patch, size, steps in self.settings.progressive:
             end += steps
             if step < end:
                 return patch, size
-        return a.progressive_patches[-1], a.progressive_batches[-1]
+        return self.settings.progressive[-1][:2]
 
     def _too_large(self, value: float) -> bool:
         """The authors' --skip_threshold: a loss this many times the running mean is skipped."""
         avg = self.loss_average
         self.loss_average = value if avg is None else 0.99 * avg + 0.01 * value
-        return avg is not None and value > self.args.skip_threshold * avg
+        return avg is not None and value > self.settings.skip_threshold * avg
 
     def _after_step(self, loss: float | None) -> None:
         step = self.progress.step
         if self.writer is not None and loss is not None:
             self.writer.add_scalar("train/loss", loss, step)
             self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], step)
-        if step % self.args.print_every == 0:
+        if step % self.settings.print_every == 0:
             log.info("step %d: loss %s, lr %.3g, %d file read(s) skipped so far", step, loss,
                      self.scheduler.get_last_lr()[0], sum(self.skipped_files.values()))
-        if step % self.args.save_every == 0:
+        if step % self.settings.save_every == 0:
             self.save()
-        if self.validate is not None and step % self.args.test_every == 0:
+        if self.validate is not None and step % self.settings.test_every == 0:
             self.run_validation()
 
     def run_validation(self) -> None:
@@ -477,14 +362,14 @@ class Trainer:
                       len(broken), broken[0], os.path.join(self.model_dir, "model_latest.pt"))
             return False
         utility.atomic_save(weights, os.path.join(self.model_dir, "model_latest.pt"))
-        if self.args.save_models:
+        if self.settings.save_models:
             utility.atomic_save(weights, os.path.join(self.model_dir, f"model_{self.progress.step}.pt"))
         state = {"model": weights, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "progress": vars(self.progress), "loss_average": self.loss_average,
-                 "rng": rng_states(), "options": utility.jsonable(vars(self.args)),
+                 "rng": rng_states(), "options": self.record,
                  "loader_workers": self.loader_workers}
-        utility.atomic_save(state, os.path.join(self.args.save, STATE_NAME))
+        utility.atomic_save(state, os.path.join(self.settings.save, STATE_NAME))
         return True
 
     def load(self, path: str) -> None:
@@ -494,8 +379,7 @@ class Trainer:
 
     def load_state(self, state: dict) -> None:
         """Continue from a training state already read (what ``save`` wrote)."""
-        inner = getattr(self.model, "module", self.model)
-        getattr(inner, "_orig_mod", inner).load_state_dict(state["model"])
+        unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

@@ -1,4 +1,14 @@
-"""Helpers every part may use: quantisation, metrics, logging, safe file writes. A leaf module."""
+"""Helpers every part may use; a leaf module (it imports nothing from the project).
+
+- ``quantize``: outputs clamped and rounded to 8-bit levels;
+- ``calc_psnr`` / ``calc_ssim``: PSNR (the authors' Y weights) and SSIM (MATLAB/BasicSR's);
+- ``setup_logging``: the "ipt" logger, to the console and appended to ``RUN/log.txt``;
+- run records: ``sha256_file``, ``git_commit`` (runs ``git`` in a subprocess), ``jsonable``;
+- ``atomic_write`` / ``write_json`` / ``write_text`` / ``atomic_save``: files written to a
+  temporary and renamed (SaveError on a full disk), ``all_finite`` to check weights first;
+- ``RunLock``: ``RUN/.lock``, one process per run directory (stale locks taken over);
+- ``keep_freed_memory``: tunes glibc malloc (``mallopt``) so CPU forward passes reuse freed memory.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -120,6 +130,7 @@ def calc_ssim(sr: torch.Tensor, hr: torch.Tensor, scale: int, rgb_range: float =
 # Logging
 # ----------------------------------------------------------------------------------------
 LOG_NAME = "log.txt"
+STATE_NAME = "state.pt"  # a training run's full state, in its run directory
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 

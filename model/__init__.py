@@ -1,26 +1,23 @@
 """The networks (IPT, Restormer): build one from options, load checkpoints, restore whole images."""
 from __future__ import annotations
 
-from dataclasses import fields
-
 from torch import nn
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .ipt import IPT, IPTConfig, default_task_names, task_scale
+from .ipt import IPT, IPTConfig
 from .restormer import Restormer, RestormerConfig
 from .tiling import restore
 
 __all__ = ["IPT", "IPTConfig", "Restormer", "RestormerConfig", "build_model", "load_checkpoint",
-           "CheckpointError", "restore", "default_task_names", "task_scale", "MODELS"]
+           "CheckpointError", "restore", "MODELS"]
 
-# --model name -> (network, its config); a config takes the attributes of the options it names
+# --model name -> (network, its config)
 MODELS = {"ipt": (IPT, IPTConfig), "restormer": (Restormer, RestormerConfig)}
 
 
-def build_model(args: object) -> nn.Module:
-    """The network named by ``args.model``, shaped by the attributes of ``args`` that it knows."""
-    name = getattr(args, "model", "ipt").lower()
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
-    network, config = MODELS[name]
-    return network(config(**{f.name: getattr(args, f.name) for f in fields(config) if hasattr(args, f.name)}))
+def build_model(config: IPTConfig | RestormerConfig) -> nn.Module:
+    """The network a config describes: IPT for an IPTConfig, Restormer for a RestormerConfig."""
+    for network, config_type in MODELS.values():
+        if isinstance(config, config_type):
+            return network(config)
+    raise TypeError(f"build_model takes an IPTConfig or a RestormerConfig, not {type(config).__name__}")

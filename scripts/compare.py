@@ -23,11 +23,13 @@ if ROOT not in sys.path:
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-import main as cli  # noqa: E402
+import evaluation  # noqa: E402
 import trainer  # noqa: E402
 from data.benchmark import BenchmarkSet  # noqa: E402
 from model import build_model  # noqa: E402
-from option import parse_args  # noqa: E402
+from option import InferenceSettings, parse_args, settings  # noqa: E402
+
+from hostinfo import machine  # noqa: E402 (scripts/hostinfo.py)
 
 DOC = os.path.join(ROOT, "docs", "COMPARE.md")
 TASKS = ("denoise30", "derain")
@@ -61,9 +63,10 @@ def gflops_per_megapixel(net: torch.nn.Module) -> float:
 def fresh_trainer(args: argparse.Namespace, total_steps: int) -> tuple[torch.nn.Module, trainer.Trainer]:
     """A model built from the options (seeded) and a Trainer over the Sample training photos."""
     torch.manual_seed(args.seed)
-    net = build_model(args)
-    batches, per_epoch, workers = cli.make_training_data(args, 0, 1)
-    return net, trainer.Trainer(args, net, batches, None, total_steps, per_epoch, 0, workers)
+    s = settings(args)
+    net = build_model(s.model)
+    batches, per_epoch, workers = trainer.make_batches(s.data)
+    return net, trainer.Trainer(s.train, net, batches, None, total_steps, per_epoch, 0, workers)
 
 
 def steps_per_second(args: argparse.Namespace) -> float:
@@ -90,11 +93,11 @@ def train(args: argparse.Namespace) -> tuple[torch.nn.Module, float]:
 
 def evaluate(args: argparse.Namespace, net: torch.nn.Module) -> dict[str, float]:
     """Mean metrics on the Sample test photos and milliseconds per megapixel to get them."""
-    settings = cli.inference_settings(args, self_ensemble=False)
+    inference: InferenceSettings = settings(args).inference
     data = BenchmarkSet(args.dir_data, "Sample", args.task, 1, args.seed)
     megapixels = sum(pair.lr.shape[-1] * pair.lr.shape[-2] for pair in data) / 1e6
     start = time.perf_counter()
-    result = trainer.evaluate_set(net, data, 0, settings, None)
+    result = evaluation.evaluate_set(net, data, 0, inference, None)
     return {**result, "ms_per_mp": 1000 * (time.perf_counter() - start) / megapixels}
 
 
@@ -122,7 +125,7 @@ def table(rows: list[dict], seconds: float) -> str:
     """The Markdown report."""
     lines = ["# IPT and Restormer side by side", "",
              f"Made by `python scripts/compare.py --seconds {seconds:g}` on "
-             f"{_machine()}. Each model trains from scratch for about {seconds:g} s of wall-clock "
+             f"{machine()}. Each model trains from scratch for about {seconds:g} s of wall-clock "
              "per task on the 8 Sample training photos (batch 8 of 48x48 crops, Adam 5e-4, cosine "
              "schedule, L1), then restores the 2 Sample test photos (astronaut, coffee) with its own "
              "inference: IPT with the authors' tiling (`official`), Restormer whole. The derain "
@@ -138,11 +141,6 @@ def table(rows: list[dict], seconds: float) -> str:
                      f"{r['psnr_y']:.2f} | {r['ssim_y']:.4f} | {r['psnr_rgb']:.2f} | {r['ssim_rgb']:.4f} | "
                      f"{r['baseline_psnr']:.2f} |")
     return "\n".join(lines) + "\n"
-
-
-def _machine() -> str:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"a {cores}-core CPU, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}"
 
 
 def main(argv: list[str] | None = None) -> int:

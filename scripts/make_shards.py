@@ -31,7 +31,7 @@ DEFAULT_PER_SHARD = 1000
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(description="Pack the images under a folder into tar shards.")
-    p.add_argument("src", help="folder of images (.jpg/.jpeg/.png/.bmp, any depth)")
+    p.add_argument("src", help="folder of images (.png/.jpg/.jpeg/.bmp/.tif/.tiff, any depth)")
     p.add_argument("out", help="folder for shard-NNNNNN.tar and shards.json")
     p.add_argument("--per_shard", type=int, default=DEFAULT_PER_SHARD, help="images per shard")
     p.add_argument("--seed", type=int, default=0, help="seed of the packing order")

@@ -12,7 +12,7 @@ from conftest import ROOT
 from data.sample import sample_photos
 from data.stream import PairStream
 from model import build_model
-from option import parse_args
+from option import parse_args, settings
 
 STEPS = 4
 OPTIONS = ["--cpu", "--scale", "2+1", "--n_feats", "16", "--num_heads", "4", "--num_layers", "1",
@@ -49,11 +49,11 @@ def test_two_processes_equal_one_fed_both(tmp_path):
 
     args = parse_args([*OPTIONS, "--save", str(tmp_path / "single")])
     torch.manual_seed(args.seed)
-    model = build_model(args)  # the same initial weights as main.py builds
+    model = build_model(settings(args).model)  # the same initial weights as main.py builds
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     batches, stream = both_ranks(args)
     assert len({stream.task_of(k) for k in range(STEPS)}) >= 2  # at least two tasks drawn
-    assert trainer.Trainer(args, model, batches, None, STEPS, 1).fit() == 0
+    assert trainer.Trainer(settings(args).train, model, batches, None, STEPS, 1).fit() == 0
     single = model.state_dict()
     worst = max((ddp[k].float() - single[k].float()).abs().max().item() for k in single)
     assert worst <= 1e-5

@@ -1,12 +1,15 @@
 """Options: the authors' names and defaults, task naming, refusals and YAML configs."""
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 
 import pytest
+import torch
+import yaml
 
-from option import REFUSED, parse_args
+from option import option_table, parse_args, refused_options, settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,11 +124,11 @@ REFUSED_EXAMPLES = {
 }
 
 
-@pytest.mark.parametrize("dest", list(REFUSED))
+@pytest.mark.parametrize("dest", list(refused_options()))
 def test_every_refused_option_exits_2_with_its_message(capsys, dest):
     argv = REFUSED_EXAMPLES[dest].split()
     code, line = exit_line(capsys, argv)
-    assert code == 2 and REFUSED[dest][1].format(value=argv[-1]) in line
+    assert code == 2 and refused_options()[dest][1].format(value=argv[-1]) in line
 
 
 def test_yaml_config_is_overridden_by_the_command_line(tmp_path):
@@ -242,11 +245,11 @@ def test_yaml_lists_are_joined_like_the_command_line(tmp_path):
     cfg = tmp_path / "lists.yaml"
     cfg.write_text("model: restormer\ntask: denoise30\nnum_blocks: [2, 2, 2, 2]\nheads: [1, 2, 4, 8]\n"
                    "schedule: cyclic_cosine\nperiods: [10, 20]\neta_mins: [3.0e-4, 1.0e-6]\n"
-                   "data_train: [DIV2K, Sample]\ndecay: [200, 400]\nbetas: 0.8,0.9\nlr: 1\n"
+                   "data_test: [Set5, Sample]\ndecay: [200, 400]\nbetas: 0.8,0.9\nlr: 1\n"
                    "test_only: false\ncpu: true\n")
     args = parse_args(["--config", str(cfg)])
     assert args.num_blocks == [2, 2, 2, 2] and args.heads == [1, 2, 4, 8] and args.periods == [10, 20]
-    assert args.eta_mins == [3e-4, 1e-6] and args.data_train == ["DIV2K", "Sample"]
+    assert args.eta_mins == [3e-4, 1e-6] and args.data_test == ["Set5", "Sample"]
     assert args.decay_milestones == [200, 400] and args.betas == (0.8, 0.9) and args.lr == 1.0
     assert args.cpu and not args.test_only
 
@@ -316,3 +319,48 @@ def test_yaml_path_that_is_a_directory_exits_2(tmp_path, capsys):
 def test_config_without_a_file_exits_2(capsys, argv):
     code, line = exit_line(capsys, argv)
     assert code == 2 and "--config" in line
+
+
+# ----------------------------------------------------------------------------------------
+# Every option does something: it changes the typed settings, or it is refused
+# ----------------------------------------------------------------------------------------
+OPTION_EFFECTS_FILE = os.path.join(ROOT, "tests", "fixtures", "option_effects.yaml")
+
+
+def option_effects() -> dict[str, tuple[str, str]]:
+    """option -> (base command line, the option's arguments that must change the settings)."""
+    with open(OPTION_EFFECTS_FILE, encoding="utf-8") as f:
+        table = yaml.safe_load(f)
+    names = {k: table[k] for k in ("restormer", "progressive", "cyclic")}
+    return {dest: (base.format(**names), change) for dest, (base, change) in table["effects"].items()}
+
+
+def settings_without_record(argv: str) -> dict:
+    """The typed settings of a command line, without the plain record of every option."""
+    s = dataclasses.asdict(settings(parse_args(argv.split())))
+    s.pop("record")
+    s["evaluation"].pop("record")
+    return s
+
+
+def test_every_option_changes_the_settings_or_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # --precision half needs CUDA
+    declared = set(option_table()) - {"config"}  # --config reads a file of the other options
+    effects = option_effects()
+    assert declared - set(refused_options()) == set(effects)
+    for dest, (base, change) in effects.items():
+        assert settings_without_record(base) != settings_without_record(f"{base} {change}"), dest
+
+
+def test_settings_give_a_single_head_model_to_fine_tuning():
+    s = settings(parse_args("--scale 2+3+4+1+1+1 --task denoise30".split()))
+    assert (s.model.scale, s.model.task_names, s.model.num_queries) == ([1], ["denoise30"], 1)
+    assert (s.data.tasks, s.data.task_id, s.train.task_names) == (["denoise30"], 0, ["denoise30"])
+    evaluated = settings(parse_args("--scale 2+3+4+1+1+1 --task denoise30 --test_only".split()))
+    assert evaluated.model.scale == [2, 3, 4, 1, 1, 1] and evaluated.evaluation.task_id == 4
+
+
+@pytest.mark.parametrize("argv", ["--precision half --cpu", "--amp fp16 --cpu"])
+def test_cuda_only_modes_exit_2_on_the_cpu(capsys, argv):
+    code, line = exit_line(capsys, argv.split())
+    assert code == 2 and argv.split()[0] in line and "CUDA" in line

@@ -9,7 +9,7 @@ import torch
 from conftest import FIXTURES
 from model import Restormer, RestormerConfig, build_model, load_checkpoint, restore
 from model.checkpoint import CheckpointError
-from option import parse_args
+from option import parse_args, settings
 
 TINY = ["--model", "restormer", "--dim", "8", "--num_blocks", "1+1+1+1", "--num_refinement_blocks", "1"]
 
@@ -54,7 +54,7 @@ def test_full_size_params_file_loads_strictly_and_keeps_odd_sizes(tmp_path):
     path = tmp_path / "real_denoising.pth"
     torch.save({"params": source.state_dict()}, path)  # the authors' release format
     args = parse_args(["--model", "restormer", "--task", "denoise30", "--rgb_range", "1"])
-    model = build_model(args)
+    model = build_model(settings(args).model)
     load_checkpoint(model, str(path))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
     x = torch.rand(1, 3, 37, 45)  # neither side a multiple of 8
@@ -117,6 +117,6 @@ def test_options_refuse_the_other_architecture():
         parse_args([*TINY, "--task", "derain", "--heads", "1+2+4"])
     args = parse_args([*TINY, "--task", "derain", "--layernorm_type", "BiasFree"])
     assert (args.num_blocks, args.heads, args.tile_size, args.scale) == ([1, 1, 1, 1], [1, 2, 4, 8], 256, [1])
-    model = build_model(args)
+    model = build_model(settings(args).model)
     assert isinstance(model, Restormer) and model.task_names == ["derain"]
     assert not any(k.endswith("norm1.body.bias") for k in model.state_dict())

@@ -13,7 +13,7 @@ import trainer
 from conftest import FIXTURES, ROOT
 from data.benchmark import BenchmarkSet
 from model import Restormer, RestormerConfig, build_model
-from option import parse_args
+from option import parse_args, settings
 
 # the fixture's configuration, so our checkpoints can be checked against the authors' keys
 FIXTURE_NET = ["--model", "restormer", "--dim", "8", "--num_blocks", "1+2+1+2",
@@ -71,8 +71,8 @@ def test_progressive_stages_and_crops():
     args = parse_args([*FIXTURE_NET, "--task", "derain", "--patch_size", "32", "--batch_size", "4",
                        "--progressive_patches", "16+24+32", "--progressive_batches", "4+2+1",
                        "--progressive_steps", "2+2+2"])
-    model = build_model(args)
-    runner = trainer.Trainer(args, model, lambda start: iter(()), None, 6, 1)
+    model = build_model(settings(args).model)
+    runner = trainer.Trainer(settings(args).train, model, lambda start: iter(()), None, 6, 1)
     assert [runner.stage(s) for s in range(8)] == [(16, 4)] * 2 + [(24, 2)] * 2 + [(32, 1)] * 4
     lr = torch.arange(4 * 3 * 32 * 32, dtype=torch.float32).view(4, 3, 32, 32)
     hr = lr + 0.5
@@ -101,6 +101,6 @@ def test_recipe_configs_parse_to_the_authors_settings(name):
     assert args.progressive_batches == [8, 5, 4, 2, 1, 1]
     assert sum(args.progressive_steps) == args.max_steps == 300000
     with torch.device("meta"):
-        model = build_model(args)
+        model = build_model(settings(args).model)
     assert isinstance(model, Restormer) and model.cfg == RestormerConfig(
         rgb_range=args.rgb_range, task_names=args.task_names)

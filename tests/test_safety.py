@@ -18,10 +18,11 @@ from PIL import Image
 import main as cli
 import trainer
 import utility
+from data import training
 from data.images import DataLayoutError
 from model import IPT, CheckpointError, IPTConfig, load_checkpoint, restore
 from model import tiling
-from option import parse_args
+from option import parse_args, settings
 
 TINY = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "1"]
 TRAIN = ["--cpu", *TINY, "--scale", "2", "--patch_size", "12", "--batch_size", "2",
@@ -163,7 +164,7 @@ def tiny_trainer(tmp_path, batches, extra=()):
     args = parse_args([*TRAIN, "--save", str(tmp_path), "--save_every", "5", "--max_steps", "20",
                        *extra])
     model = IPT(IPTConfig(n_feats=16, num_heads=4, num_layers=1, scale=[2], patch_size=12))
-    return trainer.Trainer(args, model, batches, None, 20, 20)
+    return trainer.Trainer(settings(args).train, model, batches, None, 20, 20)
 
 
 def test_an_error_during_training_saves_the_state_of_its_step(tmp_path):
@@ -376,18 +377,18 @@ def test_a_folder_given_as_checkpoint_is_not_said_to_be_missing(tmp_path):
 
 
 def test_loader_workers_fit_the_cores_and_the_files(monkeypatch):
-    monkeypatch.setattr(cli, "usable_cpus", lambda: 2)
-    assert cli.loader_workers(6, 8, 2) == 1  # two processes on two cores: one worker each
-    assert cli.loader_workers(6, 8, 1) == 2
-    monkeypatch.setattr(cli, "usable_cpus", lambda: 64)
-    assert cli.loader_workers(6, 8, 2) == 4  # 8 files feed 4 workers in each of 2 processes
-    assert cli.loader_workers(6, 8, 2, saved=3) == 3  # a resumed run keeps its data order
+    monkeypatch.setattr(training, "usable_cpus", lambda: 2)
+    assert training.loader_workers(6, 8, 2) == 1  # two processes on two cores: one worker each
+    assert training.loader_workers(6, 8, 1) == 2
+    monkeypatch.setattr(training, "usable_cpus", lambda: 64)
+    assert training.loader_workers(6, 8, 2) == 4  # 8 files feed 4 workers in each of 2 processes
+    assert training.loader_workers(6, 8, 2, saved=3) == 3  # a resumed run keeps its data order
     with pytest.raises(ValueError, match="cannot feed"):
-        cli.loader_workers(6, 1, 2)
+        training.loader_workers(6, 1, 2)
 
 
 def test_default_workers_train_on_sample(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(cli, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(training, "usable_cpus", lambda: 2)
     argv = [a for a in TRAIN if a not in ("--n_threads", "0")]
     assert cli.main([*argv, "--max_steps", "1", "--save", str(tmp_path / "run")]) == 0
     assert "loader workers: 2 per process instead of --n_threads 6" in caplog.text

@@ -12,7 +12,7 @@ import trainer
 import utility
 from model import build_model
 from model.loss import contrastive_loss
-from option import parse_args
+from option import parse_args, settings
 
 TINY = "--n_feats 16 --num_heads 4 --num_layers 1 --patch_size 12 --batch_size 2"
 
@@ -57,8 +57,8 @@ def make_trainer(tmp_path, steps, extra=""):
     args = parse_args(f"{TINY} --scale 2+1 --max_steps {steps} --save {tmp_path} --save_every 3 "
                       f"--lr 1e-3 --test_every 1000 --print_every 1000 {extra}".split())
     torch.manual_seed(args.seed)
-    model = build_model(args)
-    return trainer.Trainer(args, model, synthetic_batches(args, 2), None, steps, 10), model
+    model = build_model(settings(args).model)
+    return trainer.Trainer(settings(args).train, model, synthetic_batches(args, 2), None, steps, 10), model
 
 
 def weights(model):
@@ -122,7 +122,7 @@ def test_bare_checkpoint_loads_strictly(tmp_path):
     run, _ = make_trainer(tmp_path, 1)
     run.fit()
     args = parse_args(f"{TINY} --scale 2+1".split())
-    fresh = build_model(args)
+    fresh = build_model(settings(args).model)
     from model import load_checkpoint
     load_checkpoint(fresh, str(tmp_path / "model" / "model_latest.pt"))
     assert len(fresh.state_dict()) == len(torch.load(tmp_path / "model" / "model_latest.pt"))

@@ -1,0 +1,271 @@
+"""Evaluation: restore images with a model, score them, write results, metrics.json, results.md.
+
+One place for ``--test_only`` and for the validations during training: ``evaluate`` runs the
+Demo folders and test sets of the options; ``validator`` gives training the function it calls
+every ``--test_every`` steps. Both end in ``evaluate_set`` -> ``model.restore``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable
+
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import utility
+from data.benchmark import PAPER_RESULTS, BenchmarkError, BenchmarkSet, supports
+from data.degrade import imresize
+from data.images import DataLayoutError, ImageFolder, ImageReadError, save_image
+from model import restore
+from model.tiling import resolve_mode
+from option import EvalSettings, InferenceSettings
+
+log = logging.getLogger("ipt")
+
+
+# ----------------------------------------------------------------------------------------
+# Whole runs: --test_only, and training's validation
+# ----------------------------------------------------------------------------------------
+def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
+             checkpoint: str) -> int:
+    """Restore the Demo folder and evaluate the test sets with every selected head; 1 on any failure."""
+    task_ids = list(range(len(model.task_names))) if ev.task_id is None else [ev.task_id]
+    failed, results = 0, {}
+    for name in ev.data_test:
+        out_dir = os.path.join(ev.save, f"results-{name}") if ev.save_results else None
+        try:
+            if name == "Demo":
+                failed += restore_demo(model, ev, inference, task_ids, out_dir)
+            else:
+                results[name] = evaluate_benchmark(model, ev, inference, name, task_ids, out_dir)
+        except (DataLayoutError, FileNotFoundError, ImageReadError) as e:
+            log.error("%s", e)
+            return 1
+    if results:
+        write_reports(model, ev, inference, results, checkpoint=checkpoint)
+    if failed:
+        log.error("%d image(s) could not be read; see the messages above", failed)
+    log.info("log: %s", os.path.join(ev.save, utility.LOG_NAME))
+    return 1 if failed else 0
+
+
+Validate = Callable[[nn.Module, int], tuple[dict[str, float], dict[str, Tensor]]]
+
+
+def validator(model: nn.Module, ev: EvalSettings, inference: InferenceSettings) -> Validate | None:
+    """The validation a training run calls at a step: PSNR per "set/task" on the test sets (not
+    Demo) and a preview image of each; it also writes metrics.json and results.md of that step.
+    None when the options name no test set. ``model`` is the bare network (not DDP-wrapped)."""
+    sets = [d for d in ev.data_test if d != "Demo"]
+    if not sets:
+        return None
+    plain = InferenceSettings(**{**vars(inference), "self_ensemble": False})
+    task_ids = list(range(len(model.task_names)))
+
+    def validate(net: nn.Module, step: int) -> tuple[dict[str, float], dict[str, Tensor]]:
+        previews: dict[str, Tensor] = {}
+        results = {name: evaluate_benchmark(model, ev, plain, name, task_ids, None, previews)
+                   for name in sets}
+        write_reports(model, ev, plain, results, step=step)
+        model.train()
+        return {f"{name}/{task}": r["psnr"] for name in sets for task, r in results[name].items()}, previews
+
+    return validate
+
+
+def restore_demo(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
+                 task_ids: list[int], out_dir: str | None) -> int:
+    """Restore every image of --dir_demo as given; the number that could not be read."""
+    folder = ImageFolder(ev.dir_demo)
+    total = len(folder)
+    if total == 0:
+        raise BenchmarkError(f"--dir_demo {ev.dir_demo}: no images (png, jpg, bmp, tif)")
+    log.info("Demo: %d image(s) in %s, heads %s", total, ev.dir_demo,
+             "+".join(model.task_names[t] for t in task_ids))
+    images = prefetch(folder, ev.workers)
+    done, bad = restore_images(model, images, task_ids, inference, out_dir, ev.save_gt, total)
+    where = f", results in {out_dir}" if out_dir else " (add --save_results to write them)"
+    log.info("Demo: restored %d image(s)%s", done, where)
+    return bad
+
+
+def evaluate_benchmark(model: nn.Module, ev: EvalSettings, inference: InferenceSettings, name: str,
+                       task_ids: list[int], out_dir: str | None, previews: dict | None = None) -> dict:
+    """Metrics of each selected head that ``name`` is a test set for."""
+    model.eval()
+    tasks = [t for t in task_ids if supports(name, model.task_names[t])]
+    if not tasks:
+        heads = "+".join(model.task_names[t] for t in task_ids)
+        raise BenchmarkError(f"--data_test {name} is not a test set for {heads}")
+    results = {}
+    for t in tasks:
+        task, scale = model.task_names[t], model.scale[t]
+        data = BenchmarkSet(ev.dir_data, name, task, scale, ev.seed, ev.test_range,
+                            clip_noise=ev.clip_noise)
+        r = evaluate_set(model, data, t, inference, out_dir, ev.workers, previews, ev.save_gt)
+        log.info("%s %s: PSNR %.2f dB, SSIM %.4f (Y); PSNR %.2f dB, SSIM %.4f (RGB); %d images",
+                 name, task, r["psnr_y"], r["ssim_y"], r["psnr_rgb"], r["ssim_rgb"], r["n_images"])
+        results[task] = r
+    return results
+
+
+def write_reports(model: nn.Module, ev: EvalSettings, inference: InferenceSettings, results: dict,
+                  step: int | None = None, checkpoint: str = "") -> None:
+    """RUN/metrics.json and RUN/results.md, of a checkpoint or (``step``) of a training run's
+    validation at that step."""
+    mode = resolve_mode(model, inference.mode)
+    meta = {"checkpoint": checkpoint or None,
+            "checkpoint_sha256": utility.sha256_file(checkpoint) if checkpoint else None,
+            "step": step, "commit": utility.git_commit(os.path.dirname(os.path.abspath(__file__))),
+            "options": ev.record, "model": ev.model_name,
+            "tiling": mode, "self_ensemble": inference.self_ensemble,
+            "metric_channel": inference.metric_channel,
+            "test_noise": "clipped" if ev.clip_noise else "unclipped"}
+    metrics_path, table_path = report_paths(ev.save, step)
+    utility.write_json(metrics_path, {"meta": meta, "results": results})
+    table = results_table(results, inference.metric_channel)
+    utility.write_text(table_path, f"# Results\n\nmodel: {ev.model_name}, checkpoint: "
+                                   f"`{checkpoint or 'random weights'}`, tiling: {mode}, "
+                                   f"self-ensemble: {inference.self_ensemble}\n\n{table}")
+    log.info("\n%s", table)
+    log.info("metrics: %s, table: %s", metrics_path, table_path)
+
+
+def report_paths(save: str, step: int | None) -> tuple[str, str]:
+    """Where the reports go: metrics.json and results.md, except that an evaluation (``step``
+    None) in a training run's directory writes metrics_test.json and results_test.md beside the
+    validation's, which it must not replace."""
+    if step is None and os.path.isfile(os.path.join(save, utility.STATE_NAME)):
+        return os.path.join(save, "metrics_test.json"), os.path.join(save, "results_test.md")
+    return os.path.join(save, "metrics.json"), os.path.join(save, "results.md")
+
+
+# ----------------------------------------------------------------------------------------
+# Images and sets
+# ----------------------------------------------------------------------------------------
+def output_name(stem: str, task: str, scale: int, image: str = "SR") -> str:
+    """``<stem>_x<s>_SR.png`` for super-resolution, ``<stem>_<task>_SR.png`` for scale-1 tasks;
+    ``image``: SR (the output), LR (the input) or HR (the target)."""
+    tag = f"x{scale}" if scale > 1 else task
+    return f"{stem}_{tag}_{image}.png"
+
+
+def prefetch(dataset: Dataset, workers: int) -> DataLoader:
+    """Items of a map-style dataset, read ahead by ``workers`` processes (0: in this process)."""
+    workers = min(workers, len(dataset), os.cpu_count() or 1)
+    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers)
+
+
+def restore_quantised(model: nn.Module, image: Tensor, task_id: int,
+                      settings: InferenceSettings) -> Tensor:
+    """One (C, H, W) image in 0..255 restored by head ``task_id``, quantised, on the CPU, 0..255."""
+    device = next(model.parameters()).device
+    x = image.float().unsqueeze(0).to(device) * (settings.rgb_range / 255)
+    y = restore(model, x, task_id, settings.mode, settings.crop_batch_size, settings.self_ensemble,
+                settings.tile_size, progress=True)
+    return utility.quantize(y, settings.rgb_range)[0].cpu() * (255 / settings.rgb_range)
+
+
+def restore_images(model: nn.Module, images: Iterable[tuple[str, Tensor | Exception]],
+                   task_ids: list[int], settings: InferenceSettings, out_dir: str | None,
+                   save_input: bool = False, total: int | None = None) -> tuple[int, int]:
+    """Restore each image with each head, saving quantised results; returns (done, failed)."""
+    done = failed = 0
+    for stem, image in tqdm(images, total=total, desc="restoring", unit="img", dynamic_ncols=True):
+        if isinstance(image, Exception):
+            log.error("%s (skipped)", image)
+            failed += 1
+            continue
+        for task_id in task_ids:
+            y = restore_quantised(model, image, task_id, settings)
+            if out_dir is not None:
+                task, scale = model.task_names[task_id], model.scale[task_id]
+                save_image(y, os.path.join(out_dir, output_name(stem, task, scale)))
+                if save_input:
+                    save_image(image, os.path.join(out_dir, output_name(stem, task, scale, "LR")))
+        done += 1
+    return done, failed
+
+
+METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")  # psnr, ssim: --metric_channel
+BASELINE = ("baseline_psnr", "baseline_ssim")  # the input itself: bicubic for SR, else as given
+
+
+def input_baseline(lr: Tensor, scale: int) -> Tensor:
+    """What the network improves on: the input, bicubic-upscaled (MATLAB) for SR, quantised."""
+    x = lr.float()
+    return utility.quantize(imresize(x, scale) if scale > 1 else x)
+
+
+def image_metrics(sr: Tensor, hr: Tensor, scale: int, channel: str = "y") -> dict[str, float]:
+    """PSNR and SSIM of one quantised output on Y and on RGB; psnr/ssim repeat ``channel``'s."""
+    m = {  # calc_* shave `scale` pixels a side, none at scale 1
+        "psnr_y": utility.calc_psnr(sr, hr, scale)[0],
+        "ssim_y": utility.calc_ssim(sr, hr, scale)[0],
+        "psnr_rgb": utility.calc_psnr(sr, hr, scale, y_channel=False)[0],
+        "ssim_rgb": utility.calc_ssim(sr, hr, scale, y_channel=False)[0],
+    }
+    return {"psnr": m[f"psnr_{channel}"], "ssim": m[f"ssim_{channel}"], **m}
+
+
+def evaluate_set(model: nn.Module, data: BenchmarkSet, task_id: int, settings: InferenceSettings,
+                 out_dir: str | None, workers: int = 0, previews: dict | None = None,
+                 save_gt: bool = False) -> dict:
+    """Restore one test set with one head; the metrics per image and their means.
+
+    ``previews``, when given, receives the first restored image under "<set>/<task>";
+    ``save_gt`` also writes the input (``_LR``) and the target (``_HR``) beside each result.
+    """
+    task, scale = model.task_names[task_id], model.scale[task_id]
+    per_image: dict[str, dict[str, float]] = {}
+    for pair in tqdm(prefetch(data, workers), total=len(data), desc=f"{data.dataset} {task}",
+                     unit="img", dynamic_ncols=True):
+        if isinstance(pair, Exception):
+            raise pair
+        y = restore_quantised(model, pair.lr, task_id, settings)
+        if y.shape != pair.hr.shape:
+            raise RuntimeError(f"{data.dataset}/{pair.name}: output {tuple(y.shape)} does not match "
+                               f"the target {tuple(pair.hr.shape)}")
+        per_image[pair.name] = image_metrics(y, pair.hr.float(), scale, settings.metric_channel)
+        if previews is not None:
+            previews.setdefault(f"{data.dataset}/{task}", y)
+        baseline, hr, on_y = input_baseline(pair.lr, scale), pair.hr.float(), settings.metric_channel == "y"
+        per_image[pair.name]["baseline_psnr"] = utility.calc_psnr(baseline, hr, scale, y_channel=on_y)[0]
+        per_image[pair.name]["baseline_ssim"] = utility.calc_ssim(baseline, hr, scale, y_channel=on_y)[0]
+        if out_dir is not None:
+            save_image(y, os.path.join(out_dir, output_name(pair.name, task, scale)))
+            if save_gt:
+                save_image(pair.lr.float(), os.path.join(out_dir, output_name(pair.name, task, scale, "LR")))
+                save_image(pair.hr, os.path.join(out_dir, output_name(pair.name, task, scale, "HR")))
+    means = {k: _mean([m[k] for m in per_image.values()]) for k in METRICS + BASELINE}
+    return {**means, "n_images": len(per_image), "per_image": per_image}
+
+
+def _mean(values: list[float]) -> float:
+    """The mean of per-image values (NaN for none)."""
+    return sum(values) / len(values) if values else float("nan")
+
+
+def results_table(results: dict, channel: str = "y") -> str:
+    """A Markdown table of our metrics beside the paper's."""
+    lines = ["| dataset | task | images | PSNR (Y) | SSIM (Y) | PSNR (RGB) | SSIM (RGB) | input PSNR "
+             "| input SSIM | paper PSNR | paper SSIM |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for dataset, tasks in results.items():
+        for task, r in tasks.items():
+            paper_psnr, paper_ssim = PAPER_RESULTS.get((dataset, task), (None, None))
+            cells = [dataset, task, str(r["n_images"]), f"{r['psnr_y']:.2f}", f"{r['ssim_y']:.4f}",
+                     f"{r['psnr_rgb']:.2f}", f"{r['ssim_rgb']:.4f}", f"{r['baseline_psnr']:.2f}",
+                     f"{r['baseline_ssim']:.4f}", _fmt(paper_psnr, 2), _fmt(paper_ssim, 4)]
+            lines.append("| " + " | ".join(cells) + " |")
+    notes = (f"Y: the IPT paper's convention (Y channel, `scale` pixels shaved for SR, none for "
+             f"scale 1); RGB: all channels, same shave. Input: the network's input itself "
+             f"(bicubic-upscaled for SR, the noisy or rainy image otherwise), scored on "
+             f"{channel.upper()} (--metric_channel). Paper: the IPT paper (CVPR 2021, Y channel); "
+             f"- where it gives no number.")
+    return "\n".join(lines) + "\n\n" + notes + "\n"
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
