@@ -6,17 +6,20 @@ every ``--test_every`` steps. Both end in ``evaluate_set`` -> ``model.restore``.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterable
 
+import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+import report
 import utility
-from data.benchmark import PAPER_RESULTS, BenchmarkError, BenchmarkSet, supports
-from data.degrade import imresize
+from data.benchmark import PAPER_RESULTS, BenchmarkError, BenchmarkSet, Pair, supports
+from data.degrade import imresize, imresize_uint8
 from data.images import DataLayoutError, ImageFolder, ImageReadError, save_image
 from model import restore
 from model.tiling import resolve_mode
@@ -45,6 +48,11 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
             return 1
     if results:
         write_reports(model, ev, inference, results, checkpoint=checkpoint)
+        if ev.save_results:
+            index = report.write_index(ev.save, report.index_entries(results),
+                                       results_table(results, inference.metric_channel),
+                                       f"IPT evaluation: {ev.model_name}, {checkpoint or 'random weights'}")
+            log.info("comparison sheets: %s", index)
     if failed:
         log.error("%d image(s) could not be read; see the messages above", failed)
     log.info("log: %s", os.path.join(ev.save, utility.LOG_NAME))
@@ -61,7 +69,7 @@ def validator(model: nn.Module, ev: EvalSettings, inference: InferenceSettings) 
     sets = [d for d in ev.data_test if d != "Demo"]
     if not sets:
         return None
-    plain = InferenceSettings(**{**vars(inference), "self_ensemble": False})
+    plain = dataclasses.replace(inference, self_ensemble=False)
     task_ids = list(range(len(model.task_names)))
 
     def validate(net: nn.Module, step: int) -> tuple[dict[str, float], dict[str, Tensor]]:
@@ -194,7 +202,10 @@ BASELINE = ("baseline_psnr", "baseline_ssim")  # the input itself: bicubic for S
 
 
 def input_baseline(lr: Tensor, scale: int) -> Tensor:
-    """What the network improves on: the input, bicubic-upscaled (MATLAB) for SR, quantised."""
+    """What the network improves on: the input, quantised; for SR the uint8 LR image upscaled
+    with MATLAB bicubic as MATLAB does on uint8 (rounded after each pass)."""
+    if scale > 1 and lr.dtype == torch.uint8:
+        return imresize_uint8(lr, scale).float()
     x = lr.float()
     return utility.quantize(imresize(x, scale) if scale > 1 else x)
 
@@ -235,12 +246,21 @@ def evaluate_set(model: nn.Module, data: BenchmarkSet, task_id: int, settings: I
         per_image[pair.name]["baseline_psnr"] = utility.calc_psnr(baseline, hr, scale, y_channel=on_y)[0]
         per_image[pair.name]["baseline_ssim"] = utility.calc_ssim(baseline, hr, scale, y_channel=on_y)[0]
         if out_dir is not None:
-            save_image(y, os.path.join(out_dir, output_name(pair.name, task, scale)))
-            if save_gt:
-                save_image(pair.lr.float(), os.path.join(out_dir, output_name(pair.name, task, scale, "LR")))
-                save_image(pair.hr, os.path.join(out_dir, output_name(pair.name, task, scale, "HR")))
+            save_outputs(out_dir, pair, task, scale, y, baseline, per_image[pair.name], save_gt)
     means = {k: _mean([m[k] for m in per_image.values()]) for k in METRICS + BASELINE}
     return {**means, "n_images": len(per_image), "per_image": per_image}
+
+
+def save_outputs(out_dir: str, pair: Pair, task: str, scale: int, y: Tensor, baseline: Tensor,
+                 metrics: dict[str, float], save_gt: bool) -> None:
+    """The restored image, its comparison sheet (input | output | target, and a zoom where the
+    output gains most) and, with ``save_gt``, the input (``_LR``) and target (``_HR``)."""
+    save_image(y, os.path.join(out_dir, output_name(pair.name, task, scale)))
+    report.write_sheet(os.path.join(out_dir, report.sheet_name(pair.name, task)), baseline, y,
+                       pair.hr.float(), metrics["baseline_psnr"], metrics["psnr"])
+    if save_gt:
+        save_image(pair.lr.float(), os.path.join(out_dir, output_name(pair.name, task, scale, "LR")))
+        save_image(pair.hr, os.path.join(out_dir, output_name(pair.name, task, scale, "HR")))
 
 
 def _mean(values: list[float]) -> float:

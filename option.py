@@ -102,7 +102,7 @@ def build_parser() -> OptionParser:
     add(g, "--dir_demo", default="../test", help="folder of images for --data_test Demo")
     add(g, "--data_train", default="DIV2K", help="training set(s), A+B", roles=TRAINING | RESUME)
     add(g, "--data_test", default=None,
-            help="test set(s), A+B: Demo, Sample, Set5, Set14, B100, Urban100, CBSD68, "
+            help="test set(s), A+B: Demo, Sample, Set5, Set14, B100, Urban100, Manga109, CBSD68, "
                  "Rain100L, DIV2K (default DIV2K; Rain100L for a derain model)")
     add(g, "--data_range", default="1-800/801-810", help="DIV2K train/test index ranges",
             roles=TRAINING | RESUME)

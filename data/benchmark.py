@@ -28,7 +28,8 @@ from .sample import TEST_PHOTOS, sample_photo
 
 log = logging.getLogger("ipt")
 
-SR_SETS = ("Set5", "Set14", "B100", "Urban100", "DIV2K")
+PAPER_SR_SETS = ("Set5", "Set14", "B100", "Urban100")  # the IPT paper's SR tables, in order
+SR_SETS = (*PAPER_SR_SETS, "Manga109", "DIV2K")
 NOISE_SETS = ("CBSD68", "Urban100")
 RAIN_SETS = ("Rain100L",)
 DIV2K_TEST_RANGE = (801, 810)  # the authors' --data_range test part
@@ -38,9 +39,9 @@ SETS_OF_FAMILY = {"sr": SR_SETS, "denoise": NOISE_SETS, "derain": RAIN_SETS}  # 
 # The paper's results, (PSNR in dB, SSIM or None where it gives none), by (dataset, task); the
 # denoising and deraining ones are not confirmed by the authors' released code
 PAPER_RESULTS: dict[tuple[str, str], tuple[float, float | None]] = {
-    **{(d, "sr2"): (p, None) for d, p in zip(SR_SETS, (38.37, 34.43, 32.48, 33.76))},
-    **{(d, "sr3"): (p, None) for d, p in zip(SR_SETS, (34.81, 30.85, 29.38, 29.49))},
-    **{(d, "sr4"): (p, None) for d, p in zip(SR_SETS, (32.64, 29.01, 27.82, 27.26))},
+    **{(d, "sr2"): (p, None) for d, p in zip(PAPER_SR_SETS, (38.37, 34.43, 32.48, 33.76))},
+    **{(d, "sr3"): (p, None) for d, p in zip(PAPER_SR_SETS, (34.81, 30.85, 29.38, 29.49))},
+    **{(d, "sr4"): (p, None) for d, p in zip(PAPER_SR_SETS, (32.64, 29.01, 27.82, 27.26))},
     ("CBSD68", "denoise30"): (32.32, None), ("Urban100", "denoise30"): (33.75, None),
     ("CBSD68", "denoise50"): (29.88, None), ("Urban100", "denoise50"): (31.12, None),
     ("Rain100L", "derain"): (41.62, 0.9880),

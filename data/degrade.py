@@ -1,7 +1,10 @@
 """Degradations: MATLAB-exact bicubic downsampling, Gaussian noise, rain streaks.
 
 - SR input: HR cropped to a multiple of s, then MATLAB ``imresize(hr, 1/s, 'bicubic')`` (Keys'
-  cubic, a = -0.5, kernel widened by s, mirrored borders), rounded to uint8.
+  cubic, a = -0.5, kernel widened by s, mirrored borders) on the uint8 image, which rounds to uint8
+  after each 1-D pass (``imresize_uint8``): for evaluation, for fine-tuning pairs, for training
+  crops (they are uint8 until degraded) and for the bicubic-upscaled baseline. ``imresize`` is the
+  unrounded float path, for float inputs.
 - Noise: ``hr + N(0, 1) * sigma``, float; at test time drawn on the CPU from a generator seeded by
   (seed, test set, image name), clamped to [0, 255] as IPT's evaluation does (Restormer's is not).
 - Rain: a streak layer added to the clean image, clipped to [0, 255]. The authors add real layers
@@ -91,22 +94,31 @@ def _to_uint8_levels(x: Tensor) -> Tensor:
     return torch.floor(x.clamp(0, UINT8_MAX) + 0.5)
 
 
-def bicubic_lr(hr: Tensor, s: int, per_pass_rounding: bool = False) -> Tensor:
-    """The LR image of uint8 `hr`: cropped to a multiple of s, MATLAB bicubic by 1/s, uint8.
+def imresize_uint8(x: Tensor, scale: float, per_pass_rounding: bool = True) -> Tensor:
+    """MATLAB imresize(x, scale, 'bicubic') of a uint8 image, uint8.
 
-    By default the float result is rounded once. MATLAB's imresize on a uint8 *image* returns
-    uint8 after each 1-D pass (rows, then columns); ``per_pass_rounding=True`` reproduces that,
-    which moves about one pixel in ten by one level.
+    MATLAB returns uint8 after each 1-D pass (rows, then columns), rounding half away from zero;
+    that is what the published LR files of the SR benchmarks are (Set5's, bit for bit at x2, x3
+    and x4). ``per_pass_rounding=False`` rounds once at the end instead, as BasicSR's Python port
+    does (it moves about one pixel in ten by one level).
     """
-    if hr.dtype != torch.uint8:
-        raise TypeError(f"bicubic_lr expects a uint8 image, got {hr.dtype}")
-    h, w = hr.shape[-2:]
-    x = hr[..., :h // s * s, :w // s * s].to(torch.float64)  # MATLAB works in double
-    mh, mw = _matrices(x, 1 / s)
+    if x.dtype != torch.uint8:
+        raise TypeError(f"imresize_uint8 expects a uint8 image, got {x.dtype}")
+    x = x.to(torch.float64)  # MATLAB works in double
+    mh, mw = _matrices(x, scale)
     x = _resize_rows(x, mh)
     if per_pass_rounding:
         x = _to_uint8_levels(x)
     return _to_uint8_levels(_resize_cols(x, mw)).to(torch.uint8)
+
+
+def bicubic_lr(hr: Tensor, s: int, per_pass_rounding: bool = True) -> Tensor:
+    """The LR image of uint8 `hr`: cropped to a multiple of s, MATLAB bicubic by 1/s, uint8
+    (rounded after each pass, as MATLAB and the published LR files; see imresize_uint8)."""
+    if hr.dtype != torch.uint8:
+        raise TypeError(f"bicubic_lr expects a uint8 image, got {hr.dtype}")
+    h, w = hr.shape[-2:]
+    return imresize_uint8(hr[..., :h // s * s, :w // s * s], 1 / s, per_pass_rounding)
 
 
 # ----------------------------------------------------------------------------------------

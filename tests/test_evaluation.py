@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,11 @@ from PIL import Image
 
 import main as cli
 import utility
+from data.benchmark import BenchmarkSet
 from data.degrade import bicubic_lr
+from evaluation import evaluate_set
+from model import IPTConfig, build_model
+from option import InferenceSettings
 
 TINY = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "1", "--chop", "fast", "--cpu"]
 
@@ -73,6 +78,10 @@ def test_sr_metrics_equal_the_saved_images(tmp_path, tree, caplog):
     table = (run / "results.md").read_text()
     assert "| Set5 | sr2 | 2 |" in table and "38.37" in table
     assert r["baseline_psnr"] > 0 and "input PSNR" in table
+    index = (run / "index.html").read_text()  # the sheets of --save_results, one per image
+    for stem in ("a", "b"):
+        assert os.path.isfile(run / "results-Set5" / f"{stem}_sr2_compare.png")
+        assert f'src="results-Set5/{stem}_sr2_compare.png"' in index
 
 
 def test_denoise_and_derain_sets(tmp_path, tree):
@@ -123,3 +132,25 @@ def test_sample_needs_no_data(tmp_path):
     assert set(results) == {"sr2", "denoise50"}
     assert set(results["sr2"]["per_image"]) == {"astronaut", "coffee"}
     assert all(np.isfinite(v["psnr"]) for v in results["denoise50"]["per_image"].values())
+
+
+SET5_BIRD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "set5_bird")
+
+
+def test_standard_lr_files_and_made_ones_evaluate_the_same(tmp_path):
+    """Set5's bird with its published LR files, and with LR made here: the same inputs, the same
+    metrics, and a bicubic baseline that is the published LR upscaled by MATLAB's rule."""
+    made = tmp_path / "benchmark" / "Set5" / "HR"
+    made.mkdir(parents=True)
+    shutil.copy(os.path.join(SET5_BIRD, "benchmark", "Set5", "HR", "bird.png"), made)
+    for s in (2, 3, 4):
+        given = BenchmarkSet(SET5_BIRD, "Set5", f"sr{s}", s)
+        assert given.lr_dir is not None  # the published files are read
+        ours = BenchmarkSet(str(tmp_path), "Set5", f"sr{s}", s)
+        assert ours.lr_dir is None  # none here: made from HR
+        assert torch.equal(given[0].lr, ours[0].lr) and torch.equal(given[0].hr, ours[0].hr)
+    model = build_model(IPTConfig(n_feats=16, num_heads=4, num_layers=1, scale=[2])).eval()
+    fast = InferenceSettings(mode="fast")
+    a = evaluate_set(model, BenchmarkSet(SET5_BIRD, "Set5", "sr2", 2), 0, fast, None)
+    b = evaluate_set(model, BenchmarkSet(str(tmp_path), "Set5", "sr2", 2), 0, fast, None)
+    assert a == b
