@@ -235,7 +235,7 @@ class Trainer:
         p = self.progress
         if p.nonfinite_run == 0:
             return False
-        broken = utility.all_finite(bare_state_dict(self.model))
+        broken = utility.nonfinite_tensors(bare_state_dict(self.model))
         if broken:
             log.error("step %d: %d weight tensor(s) are NaN or infinite (%s, ...): stopping; the "
                       "last checkpoint is kept (lower --lr, set --gclip)", p.step, len(broken),
@@ -355,7 +355,7 @@ class Trainer:
         if self.rank != 0:
             return True
         weights = bare_state_dict(self.model)
-        broken = utility.all_finite(weights)
+        broken = utility.nonfinite_tensors(weights)
         if broken:
             log.error("not saving step %d: %d weight tensor(s) are NaN or infinite (%s); %s and "
                       "the training state are those of the last good save", self.progress.step,

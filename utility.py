@@ -5,7 +5,7 @@
 - ``setup_logging``: the "ipt" logger, to the console and appended to ``RUN/log.txt``;
 - run records: ``sha256_file``, ``git_commit`` (runs ``git`` in a subprocess), ``jsonable``;
 - ``atomic_write`` / ``write_json`` / ``write_text`` / ``atomic_save``: files written to a
-  temporary and renamed (SaveError on a full disk), ``all_finite`` to check weights first;
+  temporary and renamed (SaveError on a full disk), ``nonfinite_tensors`` to check weights first;
 - ``RunLock``: ``RUN/.lock``, one process per run directory (stale locks taken over);
 - ``keep_freed_memory``: tunes glibc malloc (``mallopt``) so CPU forward passes reuse freed memory.
 """
@@ -264,7 +264,7 @@ def atomic_save(obj: object, path: str) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def all_finite(tensors: dict[str, torch.Tensor]) -> list[str]:
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
     """The names of the floating-point tensors that hold a NaN or an infinity."""
     return [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
