@@ -67,10 +67,10 @@ def test_cyclic_cosine_matches_the_authors_two_cycles():
     assert factor(50) * lr == pytest.approx(1e-6)
 
 
-def test_progressive_stages_and_crops():
+def test_progressive_stages_and_crops(tmp_path):
     args = parse_args([*FIXTURE_NET, "--task", "derain", "--patch_size", "32", "--batch_size", "4",
                        "--progressive_patches", "16+24+32", "--progressive_batches", "4+2+1",
-                       "--progressive_steps", "2+2+2"])
+                       "--progressive_steps", "2+2+2", "--save", str(tmp_path)])
     model = build_model(settings(args).model)
     runner = trainer.Trainer(settings(args).train, model, lambda start: iter(()), None, 6, 1)
     assert [runner.stage(s) for s in range(8)] == [(16, 4)] * 2 + [(24, 2)] * 2 + [(32, 1)] * 4
