@@ -21,6 +21,7 @@ import utility
 from data.benchmark import PAPER_RESULTS, BenchmarkError, BenchmarkSet, Pair, supports
 from data.degrade import imresize, imresize_uint8
 from data.images import DataLayoutError, ImageFolder, ImageReadError, save_image
+from data.training import usable_cpus
 from model import restore
 from model.tiling import resolve_mode
 from option import EvalSettings, InferenceSettings
@@ -162,7 +163,7 @@ def output_name(stem: str, task: str, scale: int, image: str = "SR") -> str:
 
 def prefetch(dataset: Dataset, workers: int) -> DataLoader:
     """Items of a map-style dataset, read ahead by ``workers`` processes (0: in this process)."""
-    workers = min(workers, len(dataset), os.cpu_count() or 1)
+    workers = min(workers, len(dataset), usable_cpus())
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers)
 
 

@@ -885,6 +885,7 @@ def settings(args: argparse.Namespace) -> Settings:
     heads = [args.task_id] if fine_tune else list(range(len(args.scale)))
     task_names = [args.task_names[i] for i in heads]
     task_id = 0 if fine_tune else args.task_id
+    record = utility.jsonable(vars(args))
     return Settings(
         run=RunSettings(args.save, args.test_only, args.resume, args.pretrain, args.reset, args.seed,
                         args.cpu, args.debug, args.precision, args.amp),
@@ -905,9 +906,9 @@ def settings(args: argparse.Namespace) -> Settings:
         evaluation=EvalSettings(args.data_test, args.dir_data, args.dir_demo, args.test_range,
                                 args.test_noise == "clipped", args.seed, args.save,
                                 args.save_results, args.save_gt, args.n_threads, task_id,
-                                args.model, utility.jsonable(vars(args))),
+                                args.model, record),
         total_steps=args.max_steps, epochs=args.epochs, compile=args.compile,
-        record=utility.jsonable(vars(args)))
+        record=record)
 
 
 def _model_config(args: argparse.Namespace, heads: list[int]) -> IPTConfig | RestormerConfig:

@@ -235,7 +235,7 @@ class Trainer:
         p = self.progress
         if p.nonfinite_run == 0:
             return False
-        broken = utility.nonfinite_tensors(bare_state_dict(self.model))
+        broken = utility.nonfinite_tensors(unwrap(self.model).state_dict())  # on its device
         if broken:
             log.error("step %d: %d weight tensor(s) are NaN or infinite (%s, ...): stopping; the "
                       "last checkpoint is kept (lower --lr, set --gclip)", p.step, len(broken),
@@ -400,19 +400,14 @@ def read_state(path: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle refusals, truncated or foreign files
-        raise StateError(f"cannot read the training state {path}: {type(e).__name__}: "
-                         f"{_first_line(e)} (not a state.pt written by this program, or damaged; "
-                         f"start afresh with --reset)") from None
+        raise StateError(f"cannot read the training state {path}: {utility.load_failure(e)} (not "
+                         f"a state.pt written by this program, or damaged; start afresh with "
+                         f"--reset)") from None
     missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise StateError(f"{path} is not a training state of this program (no {', '.join(missing)}); "
                          f"start afresh with --reset")
     return state
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else ""
 
 
 def _summary_writer(folder: str):

@@ -17,11 +17,12 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -264,7 +265,21 @@ def atomic_save(obj: object, path: str) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")  # torch.load's weights-only refusal
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def load_failure(error: BaseException) -> str:
+    """One line saying why ``torch.load(..., weights_only=True)`` failed on a file."""
+    text = ANSI_ESCAPE.sub("", str(error))
+    unsafe = UNSAFE_GLOBAL.search(text)
+    if unsafe:  # a pickle that would call something: refused, never run
+        return f"it would run code ({unsafe.group(1)}) when loaded, which is refused"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     """The names of the floating-point tensors that hold a NaN or an infinity."""
     return [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
@@ -292,11 +307,27 @@ class RunLock:
         self.held = False
 
     def acquire(self) -> str | None:
-        """Take the lock; a note when a stale one was replaced, LockError when it is held."""
+        """Take the lock; a note when a stale one was replaced, LockError when it is held.
+
+        The record is written to a temporary first and hard-linked into place, which fails if the
+        lock exists: another process never sees a lock without its record.
+        """
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "command": self.command}
+        tmp = f"{self.path}.{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+        try:
+            return self._link(tmp)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+
+    def _link(self, record_file: str) -> str | None:
+        """Link the written record to the lock's name, replacing a stale lock once."""
         note = None
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+                self._create(record_file)
             except FileExistsError:
                 holder = self._holder()
                 if _alive(holder):
@@ -310,14 +341,23 @@ class RunLock:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(self.path)
                 continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "command": self.command}, f)
             self.held = True
             return note
         raise LockError(f"cannot take the lock {self.path}: another process took it meanwhile")
 
+    def _create(self, record_file: str) -> None:
+        """The lock file holding the record; FileExistsError when there is one already."""
+        try:
+            os.link(record_file, self.path)
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links on this file system: create exclusively, then write
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+            with os.fdopen(fd, "w", encoding="utf-8") as f, open(record_file, encoding="utf-8") as r:
+                f.write(r.read())
+
     def _holder(self) -> dict:
-        """The holder's record; an empty or unreadable file reads as a dead process of this host."""
+        """The holder's record; an unreadable one (left by a crash) reads as a dead process here."""
         try:
             with open(self.path, encoding="utf-8") as f:
                 holder = json.load(f)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+import utility
 from tasks import default_task_names
 
 WRAPPER_KEYS = ("state_dict", "model", "params")  # dict keys that may hold the weights
@@ -31,8 +32,7 @@ def read_state_dict(path: str) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated files, non-tensor payloads
-        raise CheckpointError(f"cannot read checkpoint {path!r}: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"cannot read checkpoint {path!r}: {utility.load_failure(e)}") from None
     return unwrap_state_dict(obj, path)
 
 
@@ -112,7 +112,7 @@ def load_checkpoint(model: nn.Module, path: str, task: int | str | None = None) 
 
 def check_values(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None:
     """Refuse NaN or infinite weights, naming the keys; log the keys whose dtype is converted."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = utility.nonfinite_tensors(state)
     if bad:
         raise CheckpointError(f"checkpoint {path!r} holds NaN or infinite values in {len(bad)} "
                               f"tensor(s): {_shorten(bad)}; it cannot restore images")
