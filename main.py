@@ -19,7 +19,7 @@ import option
 import trainer
 import utility
 from data.images import DataLayoutError, ImageReadError
-from model import CheckpointError, build_model, load_checkpoint
+from model import CheckpointError, build_model, load_body, load_checkpoint
 
 log = logging.getLogger("ipt")
 
@@ -53,6 +53,9 @@ def run(args: argparse.Namespace, s: option.Settings, device: torch.device) -> i
     """The job itself, once the run directory is ours."""
     if device.type == "cpu" and utility.keep_freed_memory():
         log.debug("glibc malloc keeps freed blocks for reuse (fewer page faults per forward)")
+    if args.architecture_from:
+        log.info("model options from the run that saved %s (%s): %s", s.run.pretrain,
+                 utility.TRAINING_RECORD, " ".join(args.architecture_from))
     given = option.training_options_given(args)
     if given and s.run.test_only:
         log.warning("training options have no effect with --test_only: %s", " ".join(given))
@@ -99,7 +102,7 @@ def prepare_model(s: option.Settings, device: torch.device) -> torch.nn.Module |
     path = s.run.checkpoint
     if path:
         try:
-            load_checkpoint(model, path)
+            load_checkpoint(model, path, file_tasks=s.run.pretrain_tasks)
         except CheckpointError as e:
             log.error("%s", e)
             return None
@@ -135,13 +138,8 @@ def _train(args: argparse.Namespace, s: option.Settings, device: torch.device, r
     if saved is False:
         return 1
     model = build_model(s.model)
-    if s.run.pretrain:
-        try:
-            load_checkpoint(model, s.run.pretrain)
-        except CheckpointError as e:
-            log.error("%s", e)
-            return 1
-        log.info("initialised from %s", s.run.pretrain)
+    if s.run.pretrain and not initialise(model, s.run):
+        return 1
     model = model.to(device)
     data = training_data(s.data, rank, world, saved.get("loader_workers") if saved else None)
     if data is None:
@@ -157,12 +155,43 @@ def _train(args: argparse.Namespace, s: option.Settings, device: torch.device, r
              "+".join(model.task_names), "pre-training" if len(model.task_names) > 1 else "fine-tuning",
              total, s.data.batch_size, world, steps_per_epoch)
     validate = evaluation.validator(model, s.evaluation, s.inference)
+    schedule_steps = kept_schedule(saved, total)
     runner = trainer.Trainer(s.train, net, batches, validate, total, steps_per_epoch, rank, workers,
-                             s.record)
+                             s.record, option.architecture_record(s.evaluation.model_name, s.model),
+                             schedule_steps)
     if saved:
         runner.load_state(saved)
         log.info("resumed at step %d", runner.progress.step)
     return fit(runner)
+
+
+def initialise(model: torch.nn.Module, r: option.RunSettings) -> bool:
+    """Load --pretrain into the model about to train (its body only, with --init_from); False
+    (after a message) when the file does not fit."""
+    try:
+        if r.init_from:
+            initial = load_body(model, r.pretrain, r.init_from, r.pretrain_tasks)
+            log.info("initialised the body from %s; head, tail and query from its %s head except "
+                     "%d key(s) left at random: %s", r.pretrain, r.init_from, len(initial),
+                     ", ".join(initial[:4]) + (" ..." if len(initial) > 4 else ""))
+        else:
+            load_checkpoint(model, r.pretrain, file_tasks=r.pretrain_tasks)
+            log.info("initialised from %s", r.pretrain)
+    except CheckpointError as e:
+        log.error("%s", e)
+        return False
+    return True
+
+
+def kept_schedule(saved: dict | None, total: int) -> int:
+    """The steps the learning-rate schedule spans: a resumed run keeps its original length (a
+    new --max_steps only moves where training stops), and says so."""
+    original = (saved or {}).get("schedule_steps", total)
+    if original != total:
+        log.warning("--resume: the learning-rate schedule keeps the %d steps this run started "
+                    "with; training now stops at step %d%s", original, total,
+                    " (past the schedule's end the rate stays at its final value)" if total > original else "")
+    return original
 
 
 def previous_state(args: argparse.Namespace, r: option.RunSettings) -> dict | None | bool:

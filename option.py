@@ -10,6 +10,7 @@ project does not implement are refused with what to use instead; none is silentl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import math
 import os
@@ -27,7 +28,7 @@ from model.ipt import IPTConfig
 from model.restormer import LAYERNORM_TYPES, SIZE_MULTIPLE, RestormerConfig
 from tasks import default_task_names, task_scale
 
-TASK_NAME = re.compile(r"^(sr[1-9]\d*|derain|denoise\d+(\.\d+)?)$")
+TASK_NAME = re.compile(r"^(sr[1-9]\d*|derain|denoise\d+(\.\d+)?|mim)$")
 SIGMA_IN_NAME = re.compile(r"^\d+(\.\d+)?$")  # how --sigma must print to name the head denoise<sigma>
 SUPPORTED_SCALES = (1, 2, 3, 4, 8, 16)
 DEFAULT_SCALE = "4"  # the authors' default
@@ -46,6 +47,10 @@ IPT = frozenset({"ipt"})  # IPT's: refused with --model restormer unless at its 
 RESTORMER = frozenset({"restormer"})  # Restormer's: refused with --model ipt
 RESUME = frozenset({"resume"})  # shapes the model or the data: a resumed run must keep it
 RESUME_DERIVED = ("task_names", "task_id")  # what --tasks/--task/--denoise/... resolve to
+HEAD_OPTIONS = ("scale", "tasks")  # the heads of a model, taken from a training record together
+NOT_ARCHITECTURE = ("attention",)  # model options that change the arithmetic, not the weights
+# what parse_args notes about the command line itself, kept out of the run's options record
+PARSE_NOTES = ("command_line", "architecture_from", "pretrain_tasks")
 
 
 class OptionParser(argparse.ArgumentParser):
@@ -244,6 +249,13 @@ def build_parser() -> OptionParser:
             roles=TRAINING | IPT | RESUME)
     add(g, "--con_weight", type=_finite_float, default=0.1, help="weight of the contrastive loss",
             roles=TRAINING | IPT)
+    add(g, "--mask_ratio", type=_finite_float, default=0.5,
+            help="masked image modelling (a mim head): the fraction of the body's tokens masked "
+                 "at random per sample", roles=TRAINING | IPT | RESUME)
+    add(g, "--init_from", default="",
+            help="fine-tuning: start the head, tail and query from this head of the --pretrain "
+                 "file (e.g. mim) instead of the task's own; 'none' keeps them random",
+            roles=TRAINING | IPT)
     add(g, "--save_every", type=int, default=1000, help="write the training state every N steps",
             roles=TRAINING)
     add(g, "--max_nonfinite", type=int, default=20,
@@ -323,14 +335,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     config = _config_path(argv)
-    if config is not None:
-        parser.set_defaults(**_read_config(config, parser))
+    from_config = {} if config is None else _read_config(config, parser)
+    parser.set_defaults(**from_config)
     args = parser.parse_args(argv)
+    args.command_line = _given_on_command_line(argv)
     try:
+        _take_recorded_architecture(args, set(args.command_line) | set(from_config))
         _finish(args)
     except ValueError as e:
         parser.error(str(e))
     return args
+
+
+def _given_on_command_line(argv: list[str]) -> list[str]:
+    """The destinations of the options argv gives (abbreviated or not), config file aside."""
+    probe = build_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS  # an option left out leaves no attribute
+    return sorted(vars(probe.parse_args(argv)))
+
+
+def _take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> None:
+    """The model options of --pretrain's run (its training.json), where the user gave none.
+
+    --scale and --tasks are taken together or not at all; --task/--task_id pick among them.
+    Sets args.architecture_from (the options taken, for the log) and args.pretrain_tasks (the
+    checkpoint's head names, or None when unknown).
+    """
+    args.architecture_from, args.pretrain_tasks = [], None
+    record = utility.read_training_record(args.pretrain) if args.pretrain else None
+    if record is None:
+        return
+    recorded = record["architecture"]
+    if isinstance(recorded.get("tasks"), str):
+        args.pretrain_tasks = _split(recorded["tasks"])
+    heads_given = bool(given & set(HEAD_OPTIONS))
+    for dest, value in recorded.items():
+        if dest in given or dest not in option_table() or (dest in HEAD_OPTIONS and heads_given):
+            continue
+        if getattr(args, dest) != value:
+            setattr(args, dest, value)
+            args.architecture_from.append(f"--{dest} {value}")
+
+
+def architecture_record(model_name: str, config: object) -> dict:
+    """The options that build ``config``'s network, as training.json keeps them."""
+    record = {"model": model_name}
+    for name, value in dataclasses.asdict(config).items():
+        dest = "tasks" if name == "task_names" else name
+        if dest in option_table() and dest not in refused_options() and dest not in NOT_ARCHITECTURE:
+            record[dest] = "+".join(map(str, value)) if dest in HEAD_OPTIONS else value
+    return record
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -502,7 +557,7 @@ def _resolve_tasks(args: argparse.Namespace) -> None:
             raise ValueError(f"--scale {'+'.join(map(str, args.scale))}: {e}") from None
     for n in names:
         if not TASK_NAME.match(n):
-            raise ValueError(f"task name {n!r} is not one of sr<s>, derain, denoise<sigma>")
+            raise ValueError(f"task name {n!r} is not one of sr<s>, derain, denoise<sigma>, mim")
     if len(set(names)) != len(names):
         raise ValueError(f"task names must differ, got {'+'.join(names)}")
     if flag_task:
@@ -658,6 +713,17 @@ def _check_ipt(args: argparse.Namespace) -> None:
         raise ValueError("--pos_every needs a position embedding: drop --no_pos")
     if not 0 <= args.dropout_rate < 1:
         raise ValueError(f"--dropout_rate must be in [0, 1), got {args.dropout_rate}")
+    if not 0 < args.mask_ratio < 1:
+        raise ValueError(f"--mask_ratio must be between 0 and 1 (exclusive), got {args.mask_ratio}")
+    if args.init_from:
+        one_head = args.task_id is not None or len(args.task_names) == 1
+        if args.test_only or not args.pretrain or not one_head:
+            raise ValueError(f"--init_from {args.init_from}: starts the head being fine-tuned "
+                             f"from a head of --pretrain's file; it needs --pretrain and one "
+                             f"trained head (--task), without --test_only")
+        if args.init_from != "none" and not TASK_NAME.match(args.init_from):
+            raise ValueError(f"--init_from {args.init_from}: give a head name of --pretrain's "
+                             f"file (like mim) or none")
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -734,9 +800,9 @@ def _milestones(decay: str) -> list[int]:
 
 
 def training_options_given(args: argparse.Namespace) -> list[str]:
-    """Training-only options whose value differs from the default (reported under --test_only)."""
-    defaults = parse_args([])
-    return [f"--{dest}" for dest in with_role(TRAINING) if getattr(args, dest) != getattr(defaults, dest)]
+    """Training-only options given on the command line (reported under --test_only); a config
+    file's are not: one file serves training and evaluation."""
+    return [f"--{dest}" for dest in with_role(TRAINING) if dest in args.command_line]
 
 
 def resume_conflicts(saved: dict, args: argparse.Namespace) -> list[str]:
@@ -763,6 +829,8 @@ class RunSettings:
     pretrain: str
     reset: bool
     seed: int
+    pretrain_tasks: list[str] | None  # the head names of --pretrain's file, when known
+    init_from: str  # fine-tuning: the file's head to start the trained head from ('' its own)
     cpu: bool
     debug: bool
     precision: str  # single or half (inference)
@@ -824,6 +892,7 @@ class TrainSettings:
     amp: str
     con_loss: bool
     con_weight: float
+    mask_ratio: float  # the fraction of tokens a mim batch masks
     print_every: int
     save_every: int
     test_every: int
@@ -885,10 +954,10 @@ def settings(args: argparse.Namespace) -> Settings:
     heads = [args.task_id] if fine_tune else list(range(len(args.scale)))
     task_names = [args.task_names[i] for i in heads]
     task_id = 0 if fine_tune else args.task_id
-    record = utility.jsonable(vars(args))
+    record = utility.jsonable({k: v for k, v in vars(args).items() if k not in PARSE_NOTES})
     return Settings(
         run=RunSettings(args.save, args.test_only, args.resume, args.pretrain, args.reset, args.seed,
-                        args.cpu, args.debug, args.precision, args.amp),
+                        _pretrain_tasks(args), args.init_from, args.cpu, args.debug, args.precision, args.amp),
         model=_model_config(args, heads),
         data=DataSettings(args.data_train[0], args.dir_data, task_names, task_id, args.batch_size,
                           args.patch_size, args.seed, not args.no_augment, args.streaks_dir or None,
@@ -898,7 +967,7 @@ def settings(args: argparse.Namespace) -> Settings:
             args.momentum, args.weight_decay, args.schedule, args.decay_milestones, args.gamma,
             args.warmup_steps, args.periods or [], args.eta_mins or [], args.gclip,
             args.skip_threshold, args.max_nonfinite, args.amp, args.con_loss, args.con_weight,
-            args.print_every, args.save_every, args.test_every, args.save_models,
+            args.mask_ratio, args.print_every, args.save_every, args.test_every, args.save_models,
             list(zip(args.progressive_patches or [], args.progressive_batches or [],
                      args.progressive_steps or []))),
         inference=InferenceSettings(args.chop, args.crop_batch_size, args.self_ensemble,
@@ -909,6 +978,14 @@ def settings(args: argparse.Namespace) -> Settings:
                                 args.model, record),
         total_steps=args.max_steps, epochs=args.epochs, compile=args.compile,
         record=record)
+
+
+def _pretrain_tasks(args: argparse.Namespace) -> list[str] | None:
+    """The head names of --pretrain's file: its training record's, else the options' when they
+    name several heads (a single-head model trained from a multi-head file)."""
+    if args.pretrain_tasks:
+        return args.pretrain_tasks
+    return args.task_names if len(args.task_names) > 1 else None
 
 
 def _model_config(args: argparse.Namespace, heads: list[int]) -> IPTConfig | RestormerConfig:

@@ -19,6 +19,7 @@ import utility
 from data.stream import seeded, synthesize_lr
 from data.training import loader_workers, training_stream
 from model.loss import contrastive_loss, l1_loss
+from model.mim import MIM_TASK, masked_l1, random_token_mask
 from option import DataSettings, TrainSettings
 from utility import STATE_NAME
 
@@ -46,6 +47,7 @@ def make_batches(d: DataSettings, rank: int = 0, world: int = 1,
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+INTERRUPTED = 130  # the exit status of a run stopped by SIGINT/SIGTERM (128 + SIGINT), as shells use
 
 
 @dataclass
@@ -177,18 +179,24 @@ class Trainer:
     def __init__(self, settings: TrainSettings, model: nn.Module, batches: Batches,
                  validate: Callable[[nn.Module, int], tuple[dict[str, float], dict[str, Tensor]]] | None,
                  total_steps: int, steps_per_epoch: int, rank: int = 0, loader_workers: int = 0,
-                 record: dict | None = None):
+                 record: dict | None = None, architecture: dict | None = None,
+                 schedule_steps: int | None = None):
         self.settings, self.model, self.batches, self.validate = settings, model, batches, validate
         self.loader_workers = loader_workers  # recorded: batch k depends on the worker count
         self.record = record or {}  # the run's options, kept in the state for --resume's checks
+        self.architecture = architecture or {}  # the options that built the model (training.json)
         self.total_steps, self.rank = total_steps, rank
+        # the length the learning-rate schedule spans: a resumed run keeps the one it started with
+        self.schedule_steps = schedule_steps or total_steps
+        self.interrupted = False
         self.device = next(model.parameters()).device
         self.optimizer = make_optimizer(settings, model.parameters())
         t = settings
         milestones = [m * steps_per_epoch for m in t.decay_epochs]
         end_factors = [eta / t.lr for eta in t.eta_mins] if t.lr else []
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(
-            t.schedule, milestones, t.gamma, t.warmup_steps, total_steps, t.periods, end_factors))
+            t.schedule, milestones, t.gamma, t.warmup_steps, self.schedule_steps, t.periods,
+            end_factors))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         self.progress = Progress()
         self.skipped_files: dict[int, int] = {}  # loader worker -> files it skipped so far
@@ -201,7 +209,8 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------
     def fit(self) -> int:
-        """Train until --max_steps (or a stop signal); 0 when done, 1 when it cannot go on.
+        """Train until --max_steps; 0 when done, 130 when a signal stopped it (the state is saved
+        for --resume), 1 when it cannot go on.
 
         The training state is saved on every exit, an exception included (it is re-raised).
         """
@@ -222,12 +231,17 @@ class Trainer:
                         status = 1
                         break
                     self._after_step(loss)
+                self.interrupted = stop.flag and p.step < self.total_steps
         finally:
             bar.close()
             saved = self._save_on_exit()
-            log.info("stopped at step %d of %d; %d step(s) skipped for non-finite losses; %d "
-                     "training file read(s) skipped (unreadable or smaller than the crop)", p.step,
+            how = "finished" if p.step >= self.total_steps else "stopped"
+            log.info("%s at step %d of %d; %d step(s) skipped for non-finite losses; %d training "
+                     "file read(s) skipped (unreadable or smaller than the crop)", how, p.step,
                      self.total_steps, p.nonfinite_total, sum(self.skipped_files.values()))
+        if self.interrupted and saved:
+            log.info("interrupted: continue this run with the same command and --resume")
+            return INTERRUPTED
         return status if saved else 1
 
     def _cannot_go_on(self) -> bool:
@@ -271,11 +285,7 @@ class Trainer:
             self.skipped_files[int(batch.get("worker", 0))] = int(batch["skipped"])
         amp = AMP_DTYPES.get(self.settings.amp)
         with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
-            if self.settings.con_loss:
-                out, tokens = self.model(lr_img, task_id, return_tokens=True)
-                loss = l1_loss(out, hr) + self.settings.con_weight * contrastive_loss(tokens)
-            else:
-                loss = l1_loss(self.model(lr_img, task_id), hr)
+            loss = self.loss(lr_img, hr, task_id, int(batch["step"]))
         self.optimizer.zero_grad(set_to_none=True)
         value = loss.item()
         if not math.isfinite(value) or self._too_large(value):
@@ -293,6 +303,30 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         return value
+
+    def loss(self, lr_img: Tensor, hr: Tensor, task_id: int, step: int) -> Tensor:
+        """L1 (on the masked cells for mim), plus the weighted contrastive loss under --con_loss."""
+        extra = {}
+        if self.settings.task_names[task_id] == MIM_TASK:  # random cells, the same on a resume
+            extra["mask"] = random_token_mask(lr_img.shape[0], lr_img.shape[-1] // self.patch_dim,
+                                              self.settings.mask_ratio,
+                                              seeded("mim", self.settings.seed, self.rank, step))
+        if self.settings.con_loss:
+            out, tokens = self.model(lr_img, task_id, return_tokens=True, **extra)
+        else:
+            out, tokens = self.model(lr_img, task_id, **extra), None
+        if extra:
+            loss = masked_l1(out, hr, extra["mask"], self.patch_dim)
+        else:
+            loss = l1_loss(out, hr)
+        if tokens is not None:
+            loss = loss + self.settings.con_weight * contrastive_loss(tokens)
+        return loss
+
+    @property
+    def patch_dim(self) -> int:
+        """Pixels per token side of the network (what a mim mask cell covers)."""
+        return unwrap(self.model).cfg.patch_dim
 
     def _generator(self, step: int) -> torch.Generator:
         """A generator on the training device for the noise of batch ``step`` of this rank."""
@@ -368,9 +402,18 @@ class Trainer:
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "progress": vars(self.progress), "loss_average": self.loss_average,
                  "rng": rng_states(), "options": self.record,
-                 "loader_workers": self.loader_workers}
+                 "loader_workers": self.loader_workers, "schedule_steps": self.schedule_steps}
         utility.atomic_save(state, os.path.join(self.settings.save, STATE_NAME))
+        utility.write_json(os.path.join(self.model_dir, utility.TRAINING_RECORD), self.training_record())
         return True
+
+    def training_record(self) -> dict:
+        """What training.json holds: the model's options and how far training went."""
+        p = self.progress
+        return {"model": self.architecture.get("model"), "architecture": self.architecture,
+                "step": p.step, "max_steps": self.total_steps, "schedule_steps": self.schedule_steps,
+                "finished": p.step >= self.total_steps, "interrupted": self.interrupted,
+                "best_step": p.best_step if p.best_step >= 0 else None}
 
     def load(self, path: str) -> None:
         """Continue from a saved training state file."""

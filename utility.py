@@ -132,6 +132,9 @@ def calc_ssim(sr: torch.Tensor, hr: torch.Tensor, scale: int, rgb_range: float =
 # ----------------------------------------------------------------------------------------
 LOG_NAME = "log.txt"
 STATE_NAME = "state.pt"  # a training run's full state, in its run directory
+# beside a run's checkpoints (RUN/model/): the options that built the model, how long it trained
+TRAINING_RECORD = "training.json"
+RECORD_MAX_BYTES = 1 << 20  # a training record is a few hundred bytes; anything larger is not one
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
@@ -249,6 +252,20 @@ def write_json(path: str, data: object) -> None:
             json.dump(jsonable(data), f, indent=2)
 
     atomic_write(path, dump)
+
+
+def read_training_record(checkpoint: str) -> dict | None:
+    """The training.json beside a checkpoint file (None when absent or not a record of ours)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), TRAINING_RECORD)
+    try:  # a regular, small file only: a FIFO or a device would hang the read
+        if not os.path.isfile(path) or os.path.getsize(path) > RECORD_MAX_BYTES:
+            return None
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(record, dict) and isinstance(record.get("architecture"), dict)
+    return record if ok else None
 
 
 def write_text(path: str, text: str) -> None:

@@ -75,13 +75,15 @@ def family_of(task: str, error: type[DataLayoutError] = TrainingDataError) -> st
 
 
 def synthesize_lr(hr: Tensor, task: str, generator: Optional[torch.Generator] = None) -> Tensor:
-    """The input of an SR or denoising task made from clean (B, C, H, W) crops on their device."""
+    """The input of an SR, denoising or mim task made from clean (B, C, H, W) crops on their device."""
     family, value = task_kind(task)
     if family == "sr":  # MATLAB's imresize of the 8-bit crops
         levels = hr if hr.dtype == torch.uint8 else hr.round().clamp(0, 255).to(torch.uint8)
         return bicubic_lr(levels, int(value)).float()
     if family == "denoise":
         return add_noise(hr.float(), value, generator=generator)
+    if family == "mim":  # the clean crop: the network masks it (model/mim.py)
+        return hr.float()
     raise ValueError(f"{task}: rain is added from streak layers in the loader, not here")
 
 

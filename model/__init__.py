@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_body, load_checkpoint
 from .ipt import IPT, IPTConfig
 from .restormer import Restormer, RestormerConfig
 from .tiling import restore
 
-__all__ = ["IPT", "IPTConfig", "Restormer", "RestormerConfig", "build_model", "load_checkpoint",
+__all__ = ["IPT", "IPTConfig", "Restormer", "RestormerConfig", "build_model", "load_body", "load_checkpoint",
            "CheckpointError", "restore", "MODELS"]
 
 # --model name -> (network, its config)

@@ -4,13 +4,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 import utility
 from tasks import default_task_names
+
+from .mim import MASK_TOKEN_KEY
 
 WRAPPER_KEYS = ("state_dict", "model", "params")  # dict keys that may hold the weights
 MODULE_PREFIX = "module."  # written by DataParallel / DistributedDataParallel
@@ -80,34 +82,83 @@ def select_task(state: Mapping[str, Tensor], index: int) -> dict[str, Tensor]:
     return out
 
 
-def resolve_task(state: Mapping[str, Tensor], task: int | str, path: str) -> int:
-    """The checkpoint's head index for a task given by index or by name (six-task order)."""
+def head_names(state: Mapping[str, Tensor], path: str, file_tasks: Sequence[str] | None = None) -> list[str]:
+    """The checkpoint's head names: ``file_tasks`` when they fit its heads, else the six-task order."""
     scales = checkpoint_scales(state)
-    names = default_task_names(scales)
+    if file_tasks and len(file_tasks) == len(scales):
+        return list(file_tasks)
+    try:
+        return default_task_names(scales)
+    except ValueError:
+        raise CheckpointError(f"{path!r} has {len(scales)} heads of scales "
+                              f"{'+'.join(map(str, scales))} that cannot be named from their scales: "
+                              f"give their names with --tasks") from None
+
+
+def resolve_task(state: Mapping[str, Tensor], task: int | str, path: str,
+                 file_tasks: Sequence[str] | None = None) -> int:
+    """The checkpoint's head index for a task given by index or by name (``file_tasks``, else
+    the six-task order)."""
+    scales = checkpoint_scales(state)
     if isinstance(task, int):
         if not 0 <= task < len(scales):
             raise CheckpointError(f"{path!r} has {len(scales)} heads; task index {task} is out of range")
         return task
+    names = head_names(state, path, file_tasks)
     if task not in names:
         raise CheckpointError(f"{path!r} has heads {'+'.join(names)}; none is {task!r}")
     return names.index(task)
 
 
-def load_checkpoint(model: nn.Module, path: str, task: int | str | None = None) -> None:
-    """Load ``path`` into ``model`` strictly; a multi-head file fills a single-head model by task."""
+def load_checkpoint(model: nn.Module, path: str, task: int | str | None = None,
+                    file_tasks: Sequence[str] | None = None) -> None:
+    """Load ``path`` into ``model`` strictly; a multi-head file fills a single-head model by task
+    (the file's heads named by ``file_tasks`` when given). A mim head's mask token is dropped
+    when the model has none."""
     state = read_state_dict(path)
     n_model = len(getattr(model, "head", [None]))
     n_file = len(checkpoint_scales(state))
     if n_model == 1 and n_file > 1:
         if task is None:
             task = model.task_names[0]
-        state = select_task(state, resolve_task(state, task, path))
+        state = select_task(state, resolve_task(state, task, path, file_tasks))
+        if MASK_TOKEN_KEY not in model.state_dict():
+            state.pop(MASK_TOKEN_KEY, None)
     elif task is not None and n_model != n_file:
         raise CheckpointError(f"task={task!r} selects from a multi-head file into a single-head "
                               f"model, but the model has {n_model} heads and {path!r} {n_file}")
     check_fits(model, state, path)
     check_values(model, state, path)
     model.load_state_dict(state, strict=True)
+
+
+def load_body(model: nn.Module, path: str, init_from: str,
+              file_tasks: Sequence[str] | None = None) -> list[str]:
+    """Load the body of ``path`` into a single-head model; its head, tail and query come from
+    the file's head ``init_from`` where their shapes fit (an x2 tail takes a scale-1 tail's last
+    convolution), the rest keep their initial values ('none': all of them). Returns those keys."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    if init_from == "none":
+        picked = {k: v for k, v in state.items() if not _per_task(k)}
+    else:
+        one_head = len(checkpoint_scales(state)) == 1  # a one-head file's head, whatever its name
+        picked = select_task(state, 0 if one_head else resolve_task(state, init_from, path, file_tasks))
+    if MASK_TOKEN_KEY not in own:
+        picked.pop(MASK_TOKEN_KEY, None)
+    fitting = {k: v for k, v in picked.items()
+               if not _per_task(k) or (k in own and own[k].shape == v.shape)}
+    initial = [k for k in own if _per_task(k) and k not in fitting]
+    state = {**fitting, **{k: own[k] for k in initial}}
+    check_fits(model, state, path)
+    check_values(model, state, path)
+    model.load_state_dict(state, strict=True)
+    return initial
+
+
+def _per_task(key: str) -> bool:
+    """Whether a key belongs to one task (a head, a tail, the query table, the mask token)."""
+    return bool(PER_HEAD.match(key)) or key in ("body.query_embed.weight", MASK_TOKEN_KEY)
 
 
 def check_values(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None:

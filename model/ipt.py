@@ -13,12 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tasks import default_task_names
+from tasks import MIM, default_task_names
+
+from .mim import pixel_mask
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, used by the authors' MeanShift layers
 HEAD_KERNEL = 3
 RESBLOCK_KERNEL = 5  # the heads' ResBlocks use 5x5 convolutions
 MLP_RATIO = 4  # hidden width of every feed-forward block = 4 x embedding width
+MASK_TOKEN_STD = 0.02  # SimMIM's initialisation of the mask token
 
 
 @dataclass
@@ -303,15 +306,38 @@ class IPT(nn.Module):
         self.head = nn.ModuleList(make_head(cfg.n_colors, cfg.n_feats) for _ in cfg.scale)
         self.body = VisionTransformer(cfg)
         self.tail = nn.ModuleList(make_tail(s, cfg.n_feats, cfg.n_colors) for s in cfg.scale)
+        if MIM in self.task_names:  # masked image modelling: one learned cell of head features
+            self.mask_token = nn.Parameter(torch.zeros(1, cfg.n_feats, cfg.patch_dim, cfg.patch_dim))
+            nn.init.trunc_normal_(self.mask_token, std=MASK_TOKEN_STD)
 
-    def forward(self, x: Tensor, task_id: int = 0, return_tokens: bool = False):
-        """Restore a (B, C, P, P) batch in 0..rgb_range with head/tail/query ``task_id``."""
+    def forward(self, x: Tensor, task_id: int = 0, return_tokens: bool = False,
+                mask: Tensor | None = None):
+        """Restore a (B, C, P, P) batch in 0..rgb_range with head/tail/query ``task_id``.
+
+        ``mask`` (B, P/patch_dim, P/patch_dim) bool, for masked image modelling: the masked cells'
+        pixels become the mean colour before the head and their features the mask token after it.
+        """
         if not 0 <= task_id < len(self.head):
             raise IndexError(f"task_id {task_id} is out of range for a {len(self.head)}-head model")
         if x.shape[-2:] != (self.patch_size, self.patch_size):
             raise ValueError(f"IPT's body takes {self.patch_size}x{self.patch_size} inputs, got "
                              f"{tuple(x.shape[-2:])}; use model.tiling.restore for whole images")
-        h = self.head[task_id](self.sub_mean(x))
+        if mask is None:
+            h = self.head[task_id](self.sub_mean(x))
+        else:
+            h = self._masked_head(x, task_id, mask)
         res, tokens = self.body(h, task_id)
         out = self.add_mean(self.tail[task_id](res + h))
         return (out, tokens) if return_tokens else out
+
+    def _masked_head(self, x: Tensor, task_id: int, mask: Tensor) -> Tensor:
+        """Head features of x with the masked cells blanked before and replaced after the head."""
+        if not hasattr(self, "mask_token"):
+            raise ValueError("a mask needs a model with a mim head (its mask token)")
+        grid = self.patch_size // self.cfg.patch_dim
+        if mask.shape[1:] != (grid, grid) or mask.shape[0] != x.shape[0]:
+            raise ValueError(f"the mask must be (batch, {grid}, {grid}), got {tuple(mask.shape)}")
+        m = pixel_mask(mask.to(x.device), self.cfg.patch_dim)
+        h = self.head[task_id](self.sub_mean(x).masked_fill(m, 0))
+        cells = self.mask_token.to(h.dtype).repeat(1, 1, grid, grid)
+        return torch.where(m, cells, h)
