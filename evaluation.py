@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable
 
 import torch
@@ -36,7 +37,7 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
              checkpoint: str) -> int:
     """Restore the Demo folder and evaluate the test sets with every selected head; 1 on any failure."""
     task_ids = list(range(len(model.task_names))) if ev.task_id is None else [ev.task_id]
-    failed, results = 0, {}
+    failed, results, printed = 0, {}, ""
     for name in ev.data_test:
         out_dir = os.path.join(ev.save, f"results-{name}") if ev.save_results else None
         try:
@@ -48,7 +49,7 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
             log.error("%s", e)
             return 1
     if results:
-        write_reports(model, ev, inference, results, checkpoint=checkpoint)
+        printed = write_reports(model, ev, inference, results, checkpoint=checkpoint)
         if ev.save_results:
             index = report.write_index(ev.save, report.index_entries(results),
                                        results_table(results, inference.metric_channel),
@@ -57,6 +58,8 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
     if failed:
         log.error("%d image(s) could not be read; see the messages above", failed)
     log.info("log: %s", os.path.join(ev.save, utility.LOG_NAME))
+    if printed:
+        print(printed, flush=True)
     return 1 if failed else 0
 
 
@@ -120,26 +123,91 @@ def evaluate_benchmark(model: nn.Module, ev: EvalSettings, inference: InferenceS
     return results
 
 
+PRINTED_IMAGE_ROWS = 40  # at most this many per-image rows are printed; all are in results.md
+
+
 def write_reports(model: nn.Module, ev: EvalSettings, inference: InferenceSettings, results: dict,
-                  step: int | None = None, checkpoint: str = "") -> None:
+                  step: int | None = None, checkpoint: str = "") -> str:
     """RUN/metrics.json and RUN/results.md, of a checkpoint or (``step``) of a training run's
-    validation at that step."""
+    validation at that step; the Markdown to print (without the per-image rows when many)."""
     mode = resolve_mode(model, inference.mode)
+    training = training_length(checkpoint) if step is None else None
     meta = {"checkpoint": checkpoint or None,
             "checkpoint_sha256": utility.sha256_file(checkpoint) if checkpoint else None,
             "step": step, "commit": utility.git_commit(os.path.dirname(os.path.abspath(__file__))),
             "options": ev.record, "model": ev.model_name,
             "tiling": mode, "self_ensemble": inference.self_ensemble,
             "metric_channel": inference.metric_channel,
-            "test_noise": "clipped" if ev.clip_noise else "unclipped"}
+            "test_noise": "clipped" if ev.clip_noise else "unclipped", "training": training}
     metrics_path, table_path = report_paths(ev.save, step)
     utility.write_json(metrics_path, {"meta": meta, "results": results})
     table = results_table(results, inference.metric_channel)
-    utility.write_text(table_path, f"# Results\n\nmodel: {ev.model_name}, checkpoint: "
-                                   f"`{checkpoint or 'random weights'}`, tiling: {mode}, "
-                                   f"self-ensemble: {inference.self_ensemble}\n\n{table}")
-    log.info("\n%s", table)
+    weights = (f"`{checkpoint}`" if checkpoint else
+               "none (the weights being trained)" if step is not None else "none (random weights)")
+    head = (f"# Results\n\nmodel: {ev.model_name}, checkpoint: {weights}, "
+            f"tiling: {mode}, self-ensemble: {inference.self_ensemble}\n\n"
+            f"training: {training_note(checkpoint, step, training)}\n\n{table}")
+    images = "\n## Per image\n\n" + per_image_tables(results)
+    utility.write_text(table_path, head + images)
+    if step is not None:  # an evaluation prints its tables to stdout instead (``evaluate``)
+        log.info("\n%s", table)
     log.info("metrics: %s, table: %s", metrics_path, table_path)
+    rows = sum(r["n_images"] for tasks in results.values() for r in tasks.values())
+    return head + (images if rows <= PRINTED_IMAGE_ROWS else
+                   f"\nPer-image rows ({rows}) left out here: see {table_path}\n")
+
+
+TRAINED_NAMES = re.compile(r"model_(\d+|best|latest)\.pt")  # the weights files training writes
+
+
+def training_length(checkpoint: str) -> dict | None:
+    """How long a checkpoint's weights were trained, from the training.json beside them (None
+    without one): steps (None for a file training does not write), max_steps, finished and
+    interrupted (of these weights), run_steps (the run's last save) and the record's path."""
+    record = utility.read_training_record(checkpoint) if checkpoint else None
+    if record is None:
+        return None
+    steps, run_steps = trained_steps(checkpoint, record), _count(record.get("step"))
+    last = steps is not None and steps == run_steps
+    return {"steps": steps, "max_steps": _count(record.get("max_steps")),
+            "finished": last and record.get("finished") is True,
+            "interrupted": last and record.get("interrupted") is True, "run_steps": run_steps,
+            "source": os.path.join(os.path.dirname(os.path.abspath(checkpoint)),
+                                   utility.TRAINING_RECORD)}
+
+
+def trained_steps(checkpoint: str, record: dict) -> int | None:
+    """The step training saved these weights at: N for model_<N>.pt, the record's best_step for
+    model_best.pt and its step for model_latest.pt; None for any other name."""
+    name = TRAINED_NAMES.fullmatch(os.path.basename(checkpoint))
+    if name is None:
+        return None
+    key = {"best": "best_step", "latest": "step"}.get(name[1])
+    return int(name[1]) if key is None else _count(record.get(key))
+
+
+def _count(value: object) -> int | None:
+    """A count read from a record: a non-negative int, else None."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return value if ok else None
+
+
+def training_note(checkpoint: str, step: int | None, training: dict | None) -> str:
+    """How long the evaluated weights were trained, in words (see ``training_length``)."""
+    if step is not None:
+        return f"validation of this training run at step {step}"
+    if not checkpoint:
+        return "random weights"
+    if training is None:
+        return "training length unknown (no training.json beside the checkpoint)"
+    t, name = training, os.path.basename(checkpoint)
+    if t["steps"] is None:
+        return f"training length unknown (the training.json beside it gives no step for {name})"
+    state = ("finished" if t["finished"] else "interrupted" if t["interrupted"] else
+             "not finished" if t["steps"] == t["run_steps"] else
+             f"saved at step {t['steps']}; training.json records the run at step {t['run_steps']}")
+    total = f" of {t['max_steps']}" if t["max_steps"] is not None else ""
+    return f"trained {t['steps']}{total} steps ({state})"
 
 
 def report_paths(save: str, step: int | None) -> tuple[str, str]:
@@ -200,6 +268,7 @@ def restore_images(model: nn.Module, images: Iterable[tuple[str, Tensor | Except
 
 METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")  # psnr, ssim: --metric_channel
 BASELINE = ("baseline_psnr", "baseline_ssim")  # the input itself: bicubic for SR, else as given
+GAIN = ("gain_psnr",)  # psnr - baseline_psnr: what the network adds to its input
 
 
 def input_baseline(lr: Tensor, scale: int) -> Tensor:
@@ -243,13 +312,22 @@ def evaluate_set(model: nn.Module, data: BenchmarkSet, task_id: int, settings: I
         per_image[pair.name] = image_metrics(y, pair.hr.float(), scale, settings.metric_channel)
         if previews is not None:
             previews.setdefault(f"{data.dataset}/{task}", y)
-        baseline, hr, on_y = input_baseline(pair.lr, scale), pair.hr.float(), settings.metric_channel == "y"
-        per_image[pair.name]["baseline_psnr"] = utility.calc_psnr(baseline, hr, scale, y_channel=on_y)[0]
-        per_image[pair.name]["baseline_ssim"] = utility.calc_ssim(baseline, hr, scale, y_channel=on_y)[0]
+        baseline = input_baseline(pair.lr, scale)
+        per_image[pair.name].update(input_metrics(baseline, pair.hr.float(), scale,
+                                                  settings.metric_channel, per_image[pair.name]["psnr"]))
         if out_dir is not None:
             save_outputs(out_dir, pair, task, scale, y, baseline, per_image[pair.name], save_gt)
-    means = {k: _mean([m[k] for m in per_image.values()]) for k in METRICS + BASELINE}
+    means = {k: _mean([m[k] for m in per_image.values()]) for k in METRICS + BASELINE + GAIN}
     return {**means, "n_images": len(per_image), "per_image": per_image}
+
+
+def input_metrics(baseline: Tensor, hr: Tensor, scale: int, channel: str,
+                  psnr: float) -> dict[str, float]:
+    """The input's PSNR and SSIM on ``channel`` and the gain of the output's ``psnr`` over it."""
+    on_y = channel == "y"
+    base = utility.calc_psnr(baseline, hr, scale, y_channel=on_y)[0]
+    return {"baseline_psnr": base, "baseline_ssim": utility.calc_ssim(baseline, hr, scale, y_channel=on_y)[0],
+            "gain_psnr": psnr - base}
 
 
 def save_outputs(out_dir: str, pair: Pair, task: str, scale: int, y: Tensor, baseline: Tensor,
@@ -269,24 +347,45 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+METRIC_COLUMNS = ["PSNR (Y)", "SSIM (Y)", "PSNR (RGB)", "SSIM (RGB)", "input PSNR", "input SSIM",
+                  "gain over input (dB)"]
+
+
 def results_table(results: dict, channel: str = "y") -> str:
-    """A Markdown table of our metrics beside the paper's."""
-    lines = ["| dataset | task | images | PSNR (Y) | SSIM (Y) | PSNR (RGB) | SSIM (RGB) | input PSNR "
-             "| input SSIM | paper PSNR | paper SSIM |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    """A Markdown table of our metrics per set and task (means), beside the input's and the paper's."""
+    lines = _header(["dataset", "task", "images", *METRIC_COLUMNS, "paper PSNR", "paper SSIM"])
     for dataset, tasks in results.items():
         for task, r in tasks.items():
             paper_psnr, paper_ssim = PAPER_RESULTS.get((dataset, task), (None, None))
-            cells = [dataset, task, str(r["n_images"]), f"{r['psnr_y']:.2f}", f"{r['ssim_y']:.4f}",
-                     f"{r['psnr_rgb']:.2f}", f"{r['ssim_rgb']:.4f}", f"{r['baseline_psnr']:.2f}",
-                     f"{r['baseline_ssim']:.4f}", _fmt(paper_psnr, 2), _fmt(paper_ssim, 4)]
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append(report.markdown_row([dataset, task, str(r["n_images"]), *metric_cells(r),
+                                              report.number(paper_psnr, 2),
+                                              report.number(paper_ssim, 4)]))
     notes = (f"Y: the IPT paper's convention (Y channel, `scale` pixels shaved for SR, none for "
              f"scale 1); RGB: all channels, same shave. Input: the network's input itself "
              f"(bicubic-upscaled for SR, the noisy or rainy image otherwise), scored on "
-             f"{channel.upper()} (--metric_channel). Paper: the IPT paper (CVPR 2021, Y channel); "
+             f"{channel.upper()} (--metric_channel). Gain over input: our PSNR minus the input's, "
+             f"both on {channel.upper()}. Paper: the IPT paper (CVPR 2021, Y channel); "
              f"- where it gives no number.")
     return "\n".join(lines) + "\n\n" + notes + "\n"
 
 
-def _fmt(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def per_image_tables(results: dict) -> str:
+    """Per set and task, a Markdown table of each image's metrics (columns as ``results_table``)."""
+    parts = []
+    for dataset, tasks in results.items():
+        for task, r in tasks.items():
+            rows = [report.markdown_row([image, *metric_cells(m)]) for image, m in r["per_image"].items()]
+            parts.append(f"### {dataset} {task}\n\n" + "\n".join(_header(["image", *METRIC_COLUMNS]) + rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def metric_cells(m: dict) -> list[str]:
+    """The METRIC_COLUMNS cells of one image's or one set's metrics."""
+    return [report.number(m["psnr_y"], 2), report.number(m["ssim_y"], 4), report.number(m["psnr_rgb"], 2),
+            report.number(m["ssim_rgb"], 4), report.number(m["baseline_psnr"], 2),
+            report.number(m["baseline_ssim"], 4), f"{m['gain_psnr']:+.2f}"]
+
+
+def _header(columns: list[str]) -> list[str]:
+    """A Markdown table's header row and the rule under it."""
+    return [report.markdown_row(columns), "|" + "---|" * len(columns)]

@@ -175,6 +175,12 @@ def _cells(row: str) -> list[str]:
     return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", row)]
 
 
+def markdown_row(cells: list[str]) -> str:
+    """A Markdown table row ``| a | b |`` of the cells, a bar in one written ``\\|`` (``_cells``
+    reads it back); line breaks become spaces."""
+    return "| " + " | ".join(re.sub(r"[\r\n]+", " ", c).replace("|", "\\|") for c in cells) + " |"
+
+
 def _is_rule(row: str) -> bool:
     """Whether a Markdown table row is the rule under the header (``|---|:--:|``)."""
     return all(re.fullmatch(r":?-+:?", c) for c in _cells(row))
@@ -215,7 +221,7 @@ def markdown_to_html(markdown: str) -> str:
     return "\n".join(blocks)
 
 
-def _number(value: float | None, digits: int, unit: str = "") -> str:
+def number(value: float | None, digits: int, unit: str = "") -> str:
     """A metric with ``digits`` decimals and its unit; '-' when missing."""
     return "-" if value is None else f"{value:.{digits}f}{unit}"
 
@@ -232,9 +238,9 @@ def _figure(entry: dict) -> str:
     psnr, base = entry.get("psnr"), entry.get("baseline_psnr")
     gain = "" if psnr is None or base is None else f' <span class="gain">({psnr - base:+.2f} dB)</span>'
     return (f'<figure><a href="{url}"><img src="{url}" alt="{name}" loading="lazy"></a>\n'
-            f"<figcaption><b>{name}</b>: input PSNR {_number(base, 2, ' dB')}, SSIM "
-            f"{_number(entry.get('baseline_ssim'), 4)}; output PSNR {_number(psnr, 2, ' dB')}, "
-            f"SSIM {_number(entry.get('ssim'), 4)}{gain}</figcaption></figure>")
+            f"<figcaption><b>{name}</b>: input PSNR {number(base, 2, ' dB')}, SSIM "
+            f"{number(entry.get('baseline_ssim'), 4)}; output PSNR {number(psnr, 2, ' dB')}, "
+            f"SSIM {number(entry.get('ssim'), 4)}{gain}</figcaption></figure>")
 
 
 def index_html(entries: list[dict], table_markdown: str, title: str) -> str:

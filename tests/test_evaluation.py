@@ -1,7 +1,9 @@
 """The evaluation run on benchmark trees built from scikit-image photos."""
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import shutil
 
@@ -11,6 +13,7 @@ import skimage.data
 import torch
 from PIL import Image
 
+import evaluation
 import main as cli
 import utility
 from data.benchmark import BenchmarkSet
@@ -61,7 +64,9 @@ def test_sr_metrics_equal_the_saved_images(tmp_path, tree, caplog):
     report = json.loads((run / "metrics.json").read_text())
     assert report["meta"]["step"] is None  # a checkpoint's evaluation, not a training validation
     assert set(report["meta"]) == {"checkpoint", "checkpoint_sha256", "step", "commit", "options",
-                                   "model", "tiling", "self_ensemble", "metric_channel", "test_noise"}
+                                   "model", "tiling", "self_ensemble", "metric_channel", "test_noise",
+                                   "training"}
+    assert report["meta"]["training"] is None  # random weights: no training.json
     assert report["meta"]["tiling"] == "fast" and report["meta"]["metric_channel"] == "y"  # TINY: fast
     r = report["results"]["Set5"]["sr2"]
     assert r["n_images"] == 2 and set(r["per_image"]) == {"a", "b"}
@@ -154,3 +159,149 @@ def test_standard_lr_files_and_made_ones_evaluate_the_same(tmp_path):
     a = evaluate_set(model, BenchmarkSet(SET5_BIRD, "Set5", "sr2", 2), 0, fast, None)
     b = evaluate_set(model, BenchmarkSet(str(tmp_path), "Set5", "sr2", 2), 0, fast, None)
     assert a == b
+
+
+# ----------------------------------------------------------------------------------------
+# results.md: per-image rows, the gain over the input, the training length, stdout
+# ----------------------------------------------------------------------------------------
+COLUMNS = {"PSNR (Y)": "psnr_y", "SSIM (Y)": "ssim_y", "PSNR (RGB)": "psnr_rgb",
+           "SSIM (RGB)": "ssim_rgb", "input PSNR": "baseline_psnr", "input SSIM": "baseline_ssim",
+           "gain over input (dB)": "gain_psnr"}
+
+
+def cells(row: str) -> list[str]:
+    return [c.strip() for c in row.strip().strip("|").split("|")]
+
+
+def table_after(markdown: str, marker: str) -> dict[str, dict[str, str]]:
+    """The table after the first line starting with ``marker``: {first cell: {column: cell}}."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(marker))
+    rest = itertools.dropwhile(lambda line: not line.startswith("|"), lines[start + 1:])
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), rest))
+    header = cells(rows[0])
+    assert set(cells(rows[1])) == {"---"}
+    return {c[0]: dict(zip(header, c)) for c in map(cells, rows[2:])}
+
+
+def assert_printed(printed: str, value: float) -> None:
+    """A printed number equals ``value`` to within half a unit of its last digit."""
+    digits = len(printed.split(".")[1]) if "." in printed else 0
+    assert abs(float(printed) - value) <= 0.5 * 10 ** -digits + 1e-9, (printed, value)
+
+
+def assert_row(row: dict[str, str], metrics: dict) -> None:
+    for column, key in COLUMNS.items():
+        assert_printed(row[column], metrics[key])
+
+
+def test_results_md_per_image_rows_and_gain_match_metrics_json(tmp_path, tree, capsys):
+    code, run = evaluate(tmp_path, tree, "--tasks", "sr2+denoise30+derain",
+                         "--data_test", "Set5+CBSD68+Rain100L")
+    assert code == 0
+    report = json.loads((run / "metrics.json").read_text())
+    results = report["results"]
+    assert {(s, t) for s in results for t in results[s]} == {
+        ("Set5", "sr2"), ("CBSD68", "denoise30"), ("Rain100L", "derain")}
+    text = (run / "results.md").read_text()
+    summary = table_after(text, "training:")
+    assert "training: random weights" in text
+    for dataset, tasks in results.items():
+        for task, r in tasks.items():
+            for m in [r, *r["per_image"].values()]:  # gain: the model's PSNR minus the input's
+                assert math.isclose(m["gain_psnr"], m["psnr"] - m["baseline_psnr"], abs_tol=1e-9)
+            assert r["gain_psnr"] == pytest.approx(np.mean([m["gain_psnr"] for m in r["per_image"].values()]))
+            row = summary[dataset]
+            assert row["task"] == task and row["images"] == str(r["n_images"])
+            assert_row(row, r)
+            rows = table_after(text, f"### {dataset} {task}")
+            assert set(rows) == set(r["per_image"])
+            for image, m in r["per_image"].items():
+                assert_row(rows[image], m)
+    out = capsys.readouterr().out  # the same Markdown on stdout, per-image rows included (few)
+    assert out.strip() == text.strip()
+
+
+def test_gain_over_the_input_by_hand():
+    hr = torch.full((3, 12, 12), 100.0)
+    output, inputs = hr + 5, hr + 10  # errors 5 and 10 everywhere: MSE 25 and 100 (scaled alike on Y)
+    for channel in ("rgb", "y"):
+        psnr = utility.calc_psnr(output, hr, 1, y_channel=channel == "y")[0]
+        m = evaluation.input_metrics(inputs, hr, 1, channel, psnr)
+        assert m["gain_psnr"] == pytest.approx(10 * math.log10(100 / 25))  # 6.02 dB
+        assert m["gain_psnr"] == pytest.approx(psnr - m["baseline_psnr"])
+        if channel == "rgb":
+            assert psnr == pytest.approx(10 * math.log10(255 ** 2 / 25))
+            assert m["baseline_psnr"] == pytest.approx(10 * math.log10(255 ** 2 / 100))
+    cells_ = evaluation.metric_cells({"psnr_y": 30.0, "ssim_y": 0.9, "psnr_rgb": 29.0, "ssim_rgb": 0.8,
+                                      "baseline_psnr": 27.5, "baseline_ssim": 0.7, "gain_psnr": 2.5})
+    assert cells_[-1] == "+2.50"
+
+
+def write_record(folder, **fields) -> None:
+    record = {"model": "ipt", "architecture": {"model": "ipt", "n_feats": 16}, "step": 2000,
+              "max_steps": 2000, "schedule_steps": 2000, "finished": True, "interrupted": False,
+              "best_step": 1500, **fields}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "training.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("name,fields,steps,finished,interrupted,note", [
+    ("model_latest.pt", {}, 2000, True, False, "trained 2000 of 2000 steps (finished)"),
+    ("model_latest.pt", {"step": 511, "finished": False, "interrupted": True}, 511, False, True,
+     "trained 511 of 2000 steps (interrupted)"),
+    ("model_latest.pt", {"step": 700, "finished": False}, 700, False, False,
+     "trained 700 of 2000 steps (not finished)"),
+    ("model_2000.pt", {}, 2000, True, False, "trained 2000 of 2000 steps (finished)"),
+    ("model_500.pt", {}, 500, False, False,
+     "trained 500 of 2000 steps (saved at step 500; training.json records the run at step 2000)"),
+    ("model_best.pt", {}, 1500, False, False,
+     "trained 1500 of 2000 steps (saved at step 1500; training.json records the run at step 2000)"),
+    ("model_best.pt", {"step": 511, "best_step": 511, "finished": False, "interrupted": True}, 511,
+     False, True, "trained 511 of 2000 steps (interrupted)"),
+    ("model_best.pt", {"best_step": None}, None, False, False,
+     "training length unknown (the training.json beside it gives no step for model_best.pt)"),
+    ("IPT_sr2.pt", {}, None, False, False,
+     "training length unknown (the training.json beside it gives no step for IPT_sr2.pt)"),
+])
+def test_training_length_from_training_json(tmp_path, name, fields, steps, finished, interrupted, note):
+    folder = tmp_path / "run" / "model"
+    write_record(folder, **fields)
+    checkpoint = str(folder / name)
+    t = evaluation.training_length(checkpoint)
+    assert t == {"steps": steps, "max_steps": 2000, "finished": finished, "interrupted": interrupted,
+                 "run_steps": fields.get("step", 2000), "source": str(folder / "training.json")}
+    assert evaluation.training_note(checkpoint, None, t) == note
+
+
+def test_training_length_without_a_record(tmp_path):
+    checkpoint = str(tmp_path / "IPT_sr2.pt")  # the authors' file: nothing beside it
+    assert evaluation.training_length(checkpoint) is None
+    assert evaluation.training_note(checkpoint, None, None) == (
+        "training length unknown (no training.json beside the checkpoint)")
+    assert evaluation.training_length("") is None
+    assert evaluation.training_note("", None, None) == "random weights"
+    assert evaluation.training_note("", 300, None) == "validation of this training run at step 300"
+
+
+def test_evaluated_checkpoint_reports_its_training(tmp_path, tree, capsys, monkeypatch):
+    folder = tmp_path / "trained" / "model"
+    write_record(folder, step=511, finished=False, interrupted=True)
+    checkpoint = folder / "model_latest.pt"
+    torch.manual_seed(0)
+    model = build_model(IPTConfig(n_feats=16, num_heads=4, num_layers=1, scale=[2], num_queries=1))
+    torch.save(model.state_dict(), checkpoint)
+    monkeypatch.setattr(evaluation, "PRINTED_IMAGE_ROWS", 1)  # two images: their rows not printed
+    code, run = evaluate(tmp_path, tree, "--scale", "2", "--data_test", "Set5",
+                         "--pretrain", str(checkpoint))
+    assert code == 0
+    meta = json.loads((run / "metrics.json").read_text())["meta"]
+    assert meta["training"] == {"steps": 511, "max_steps": 2000, "finished": False, "interrupted": True,
+                                "run_steps": 511, "source": str(folder / "training.json")}
+    text = (run / "results.md").read_text()
+    assert "training: trained 511 of 2000 steps (interrupted)" in text
+    assert set(table_after(text, "### Set5 sr2")) == {"a", "b"}
+    out = capsys.readouterr().out
+    head = text.split("\n## Per image")[0]
+    assert out.startswith(head) and "### Set5" not in out
+    assert f"Per-image rows (2) left out here: see {run / 'results.md'}" in out

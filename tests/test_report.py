@@ -163,6 +163,21 @@ def test_markdown_table_to_html():
     assert "<b>" not in page
 
 
+def test_markdown_row_escapes_bars_and_reads_back():
+    names = ["a|b", "plain", "two\nlines", "<i>x</i>"]
+    row = report.markdown_row(names)
+    assert row == "| a\\|b | plain | two lines | <i>x</i> |"
+    assert report._cells(row) == ["a|b", "plain", "two lines", "<i>x</i>"]
+    page = report.markdown_to_html("\n".join([report.markdown_row(["image", "PSNR"]), "|---|---|",
+                                              report.markdown_row(["a|b", "31.25"])]))
+    assert page.count("<td>") == 2 and "<td>a|b</td>" in page and "&lt;" not in page
+
+
+def test_number_formats_or_dashes():
+    assert report.number(31.254, 2) == "31.25" and report.number(0.88764, 4) == "0.8876"
+    assert report.number(None, 2) == "-" and report.number(29.1, 2, " dB") == "29.10 dB"
+
+
 def test_index_html_lists_every_sheet_escaped(tmp_path):
     entries = write_run(str(tmp_path))
     path = tmp_path / "index.html"
