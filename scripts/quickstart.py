@@ -1,14 +1,19 @@
 """The quickstart journey: pre-train a tiny IPT on six tasks, fine-tune SR x2, evaluate.
 
 Usage: python scripts/quickstart.py [--out experiment/quickstart] [--pretrain_steps N]
-[--finetune_steps N]. Options shared by the phases are in configs/quickstart.yaml.
+[--finetune_steps N] [--resume]. Options shared by the phases are in configs/quickstart.yaml.
+Ctrl-C stops the whole quickstart (exit status 130, a training phase saves its state first);
+--resume then skips the finished phases and continues the interrupted one.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import sys
 import time
+from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -16,46 +21,293 @@ sys.path.insert(0, ROOT)
 import main as ipt_main  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs", "quickstart.yaml")
+OUT = os.path.join("experiment", "quickstart")
 PRETRAIN_STEPS = 2000
 FINETUNE_STEPS = 1500
+INTERRUPTED = 130  # main.py's status for a run stopped by SIGINT/SIGTERM (128 + SIGINT)
+LATEST = os.path.join("model", "model_latest.pt")
+RECORD = os.path.join("model", "training.json")
+STATE = "state.pt"
+REPORTS = ("metrics.json", "results.md")
+ALL_SCALES = "2+3+4+1+1+1"
+# Evaluation work, in units of one network pass over the test photos at full size: a head at
+# scale s costs 1/s^2 of that plus about half a unit at full size (bicubic baseline, metrics,
+# saved images, comparison sheets). In a tiny quickstart on a loaded 2-core machine this put the
+# six heads at 8.6x sr2 alone (measured: 9.6x), and a unit took about 20 training steps' time,
+# the guess used until an evaluation is measured.
+STEPS_PER_EVAL_UNIT = 20
 
 
-def phases(out: str, pretrain_steps: int, finetune_steps: int) -> list[tuple[str, list[str]]]:
-    """(title, main.py arguments) of each phase."""
+@dataclass(frozen=True)
+class Phase:
+    """One call of main.py: a training run (steps > 0) or an evaluation (steps 0)."""
+
+    title: str
+    save: str  # its run directory
+    options: list[str]  # its main.py options, less --save, --pretrain, --reset and --resume
+    source: str = ""  # the checkpoint it starts from or evaluates ("": none)
+    steps: int = 0
+    units: float = 0.0  # evaluation work (see STEPS_PER_EVAL_UNIT)
+
+
+def eval_units(scales: str) -> float:
+    """The evaluation work of heads at these scales ("2+3+4+1+1+1")."""
+    return sum(0.5 + 1 / int(s) ** 2 for s in scales.split("+"))
+
+
+def phases(out: str, pretrain_steps: int, finetune_steps: int) -> list[Phase]:
+    """The four phases, in order."""
     pre, fine = os.path.join(out, "pretrain"), os.path.join(out, "finetune_sr2")
-    latest = os.path.join("model", "model_latest.pt")
     return [
-        ("pre-train six tasks", ["--scale", "2+3+4+1+1+1", "--max_steps", str(pretrain_steps),
-                                 "--save", pre, "--reset"]),
-        ("fine-tune sr2", ["--task", "sr2", "--pretrain", os.path.join(pre, latest),
-                           "--max_steps", str(finetune_steps), "--save", fine, "--reset"]),
-        ("evaluate sr2 (fine-tuned)", ["--test_only", "--task", "sr2", "--pretrain",
-                                       os.path.join(fine, latest), "--save", os.path.join(out, "eval_sr2"),
-                                       "--save_results"]),
-        ("evaluate every head (pre-trained)", ["--test_only", "--scale", "2+3+4+1+1+1", "--pretrain",
-                                               os.path.join(pre, latest), "--save",
-                                               os.path.join(out, "eval_pretrained"), "--save_results"]),
+        Phase("pre-train six tasks", pre, ["--scale", ALL_SCALES, "--max_steps", str(pretrain_steps)],
+              steps=pretrain_steps),
+        Phase("fine-tune sr2", fine, ["--task", "sr2", "--max_steps", str(finetune_steps)],
+              os.path.join(pre, LATEST), steps=finetune_steps),
+        Phase("evaluate sr2 (fine-tuned)", os.path.join(out, "eval_sr2"),
+              ["--test_only", "--task", "sr2", "--save_results"], os.path.join(fine, LATEST),
+              units=eval_units("2")),
+        Phase("evaluate every head (pre-trained)", os.path.join(out, "eval_pretrained"),
+              ["--test_only", "--scale", ALL_SCALES, "--save_results"], os.path.join(pre, LATEST),
+              units=eval_units(ALL_SCALES)),
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the phases one after the other; stop at the first that fails."""
+# ----------------------------------------------------------------------------------------
+# What is done already (--resume)
+# ----------------------------------------------------------------------------------------
+def read_record(run: str) -> dict:
+    """RUN/model/training.json, or {} when it is missing or unreadable (not started / unknown)."""
+    try:
+        with open(os.path.join(run, RECORD), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def fresh(path: str, since: str) -> bool:
+    """Whether path exists and is not older than the file since ("": no such condition)."""
+    try:
+        return not since or os.path.getmtime(path) >= os.path.getmtime(since)
+    except OSError:
+        return False
+
+
+def producer(plan: list[Phase], i: int) -> int | None:
+    """The phase whose checkpoint phase i reads, if any."""
+    return next((j for j, p in enumerate(plan) if os.path.join(p.save, LATEST) == plan[i].source), None)
+
+
+def is_done(plan: list[Phase], i: int) -> bool:
+    """Whether phase i finished after the phase it reads, itself done."""
+    p, j = plan[i], producer(plan, i)
+    if j is not None and not is_done(plan, j):
+        return False
+    if not p.steps:
+        return all(fresh(os.path.join(p.save, name), p.source) for name in REPORTS)
+    r = read_record(p.save)
+    return (r.get("finished") is True and r.get("max_steps") == p.steps
+            and fresh(os.path.join(p.save, LATEST), p.source))
+
+
+def can_continue(plan: list[Phase], i: int) -> bool:
+    """Whether training phase i was interrupted after the phase it reads, itself done."""
+    p, j = plan[i], producer(plan, i)
+    if not p.steps or (j is not None and not is_done(plan, j)):
+        return False
+    r = read_record(p.save)
+    return (r.get("finished") is False and r.get("max_steps") == p.steps
+            and fresh(os.path.join(p.save, STATE), p.source))
+
+
+def mode(plan: list[Phase], i: int, resume: bool) -> str:
+    """skip (done), resume (continue its training) or run (afresh)."""
+    if resume and is_done(plan, i):
+        return "skip"
+    return "resume" if resume and can_continue(plan, i) else "run"
+
+
+def arguments(p: Phase, how: str) -> list[str]:
+    """main.py's arguments for phase p run afresh ("run") or continued ("resume")."""
+    args = ["--config", CONFIG, *p.options, "--save", p.save]
+    if how == "resume":
+        return [*args, "--resume"]  # the weights come from RUN/state.pt, not --pretrain
+    if p.source:
+        args += ["--pretrain", p.source]
+    return [*args, "--reset"] if p.steps else args
+
+
+def steps_done(p: Phase) -> int:
+    """The steps phase p's training run has taken (training.json), 0 if unknown."""
+    step = read_record(p.save).get("step")
+    return step if isinstance(step, int) else 0
+
+
+# ----------------------------------------------------------------------------------------
+# Time
+# ----------------------------------------------------------------------------------------
+@dataclass
+class Clock:
+    """This invocation's start and the speed it measured: training steps and evaluation units."""
+
+    start: float
+    train_s: float = 0.0
+    train_steps: int = 0
+    eval_s: float = 0.0
+    eval_units: float = 0.0
+
+    def per_step(self) -> float | None:
+        """Seconds per training step, None before one was measured."""
+        return self.train_s / self.train_steps if self.train_steps else None
+
+    def per_unit(self) -> float | None:
+        """Seconds per evaluation unit: measured, else guessed from the training speed."""
+        if self.eval_units:
+            return self.eval_s / self.eval_units
+        step = self.per_step()
+        return None if step is None else STEPS_PER_EVAL_UNIT * step
+
+
+def duration(seconds: float) -> str:
+    """45 s, 12.3 min or 1 h 53 min."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+
+
+def time_left(plan: list[Phase], first: int, resume: bool, clock: Clock) -> float | None:
+    """Estimated seconds for phases first.. (those to run), None before the speeds are known."""
+    steps = units = 0.0
+    for i in range(first, len(plan)):
+        how = mode(plan, i, resume)
+        if how != "skip":
+            steps += plan[i].steps - (steps_done(plan[i]) if how == "resume" else 0)
+            units += plan[i].units
+    per_step, per_unit = clock.per_step(), clock.per_unit()
+    if (steps and per_step is None) or (units and per_unit is None):
+        return None
+    return steps * (per_step or 0.0) + units * (per_unit or 0.0)
+
+
+def headline(plan: list[Phase], i: int, resume: bool, clock: Clock) -> str:
+    """phase k/4: title, what it does, the elapsed time and the time left."""
+    p, how = plan[i], mode(plan, i, resume)
+    head = f"phase {i + 1}/{len(plan)}: {p.title}"
+    if how == "skip":
+        return f"{head}: done before, skipped"
+    left = time_left(plan, i, resume, clock)
+    eta = "estimating time left" if left is None else f"about {duration(left)} left"
+    doing = f", continuing at step {steps_done(p)} of {p.steps}" if how == "resume" else ""
+    return f"{head}{doing} (elapsed {duration(time.time() - clock.start)}, {eta})"
+
+
+# ----------------------------------------------------------------------------------------
+# The journey
+# ----------------------------------------------------------------------------------------
+def call_main(args: list[str]) -> int:
+    """main.main(args)'s exit status; Ctrl-C (KeyboardInterrupt) counts as an interruption."""
+    try:
+        return ipt_main.main(args)
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except SystemExit as e:  # an argparse error: 2
+        return e.code if isinstance(e.code, int) else 1
+
+
+def run_phase(plan: list[Phase], i: int, how: str, clock: Clock) -> tuple[int, int | None]:
+    """Run phase i; its exit status and the training steps it took (None: an evaluation)."""
+    p, began = plan[i], time.time()
+    before = steps_done(p) if how == "resume" else 0
+    code = call_main(arguments(p, how))
+    took = time.time() - began
+    if not p.steps:
+        if code == 0:
+            clock.eval_s, clock.eval_units = clock.eval_s + took, clock.eval_units + p.units
+        return code, None
+    ran = max(steps_done(p) - before, 0)
+    if ran:
+        clock.train_s, clock.train_steps = clock.train_s + took, clock.train_steps + ran
+    return code, ran
+
+
+def resume_command(a: argparse.Namespace) -> str:
+    """The command that continues this quickstart."""
+    words = ["python", "scripts/quickstart.py", "--resume"]
+    if os.path.normpath(a.out) != os.path.normpath(OUT):
+        words += ["--out", a.out]
+    if a.pretrain_steps != PRETRAIN_STEPS:
+        words += ["--pretrain_steps", str(a.pretrain_steps)]
+    if a.finetune_steps != FINETUNE_STEPS:
+        words += ["--finetune_steps", str(a.finetune_steps)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def stopped(a: argparse.Namespace, where: str, clock: Clock) -> int:
+    """Say how to continue after Ctrl-C; the exit status 130."""
+    print(f"\nquickstart: stopped {where} after {duration(time.time() - clock.start)}; continue "
+          f"with:\n  {resume_command(a)}", file=sys.stderr, flush=True)
+    return INTERRUPTED
+
+
+def summary(plan: list[Phase], ran: dict[int, int | None], clock: Clock) -> str:
+    """The total time, the steps of each training phase and where the tables are."""
+    lines = [f"quickstart done: {duration(time.time() - clock.start)} in this session"]
+    for i, p in enumerate(plan):
+        head = f"  phase {i + 1}/{len(plan)} {p.title}:"
+        if p.steps:
+            r = read_record(p.save)
+            now = f"{ran[i]} in this session" if ran.get(i) is not None else "done before"
+            lines.append(f"{head} {r.get('step', '?')}/{r.get('max_steps', p.steps)} steps ({now}), "
+                         f"{os.path.join(p.save, LATEST)}")
+        else:
+            done = "" if i in ran else " (done before)"
+            lines.append(f"{head} table {os.path.join(p.save, 'results.md')}{done}")
+    return "\n".join(lines)
+
+
+def run_all(a: argparse.Namespace, clock: Clock) -> int:
+    """Run (or, with --resume, skip or continue) the phases in order; stop at the first that fails."""
+    plan, ran = phases(a.out, a.pretrain_steps, a.finetune_steps), {}
+    for i, p in enumerate(plan):
+        print(f"\n{headline(plan, i, a.resume, clock)}", flush=True)
+        how = mode(plan, i, a.resume)
+        if how == "skip":
+            continue
+        code, ran[i] = run_phase(plan, i, how, clock)
+        if code == INTERRUPTED:
+            return stopped(a, f"in phase {i + 1}/{len(plan)} ({p.title})", clock)
+        if code != 0:
+            print(f"quickstart: phase {i + 1}/{len(plan)} ({p.title}) failed (exit status {code}); "
+                  f"once its cause is fixed, continue with:\n  {resume_command(a)}", file=sys.stderr)
+            return code
+    print(f"\n{summary(plan, ran, clock)}", flush=True)
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The quickstart's own options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=os.path.join("experiment", "quickstart"))
+    p.add_argument("--out", default=OUT, help="where the four phases write their runs")
     p.add_argument("--pretrain_steps", type=int, default=PRETRAIN_STEPS)
     p.add_argument("--finetune_steps", type=int, default=FINETUNE_STEPS)
+    p.add_argument("--resume", action="store_true",
+                   help="skip the finished phases and continue the interrupted one")
     a = p.parse_args(argv)
-    start = time.time()
-    for title, extra in phases(a.out, a.pretrain_steps, a.finetune_steps):
-        print(f"\n=== {title} ===", flush=True)
-        code = ipt_main.main(["--config", CONFIG, *extra])
-        if code != 0:
-            print(f"quickstart: phase '{title}' failed (exit status {code})", file=sys.stderr)
-            return code
-    print(f"\nquickstart done in {(time.time() - start) / 60:.1f} min; tables: "
-          f"{os.path.join(a.out, 'eval_sr2', 'results.md')}, "
-          f"{os.path.join(a.out, 'eval_pretrained', 'results.md')}")
-    return 0
+    if a.pretrain_steps < 1 or a.finetune_steps < 1:
+        p.error("--pretrain_steps and --finetune_steps: give at least 1")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The quickstart's exit status: 0 done, 130 stopped by Ctrl-C, else the failed phase's."""
+    a = parse_args(argv)
+    clock = Clock(time.time())
+    try:
+        return run_all(a, clock)
+    except KeyboardInterrupt:  # between phases
+        return stopped(a, "between phases", clock)
 
 
 if __name__ == "__main__":

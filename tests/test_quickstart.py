@@ -1,0 +1,175 @@
+"""scripts/quickstart.py with main.main faked: phase order and arguments, Ctrl-C, --resume."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+import quickstart  # noqa: E402
+
+STEPS = ["--pretrain_steps", "4", "--finetune_steps", "3"]
+
+
+def option(args: list[str], name: str) -> str | None:
+    """The value after name in args, None when absent."""
+    return args[args.index(name) + 1] if name in args else None
+
+
+class FakeMain:
+    """Stands in for main.main: records each call and writes what a real run leaves behind."""
+
+    def __init__(self, stop_at: int | None = None, status: int = 130, stop_step: int = 2,
+                 raise_interrupt: bool = False):
+        self.calls: list[list[str]] = []
+        self.stop_at, self.status, self.stop_step = stop_at, status, stop_step
+        self.raise_interrupt = raise_interrupt
+
+    def __call__(self, args: list[str]) -> int:
+        """Train (training.json, model_latest.pt, state.pt) or evaluate (metrics.json, results.md)."""
+        self.calls.append(list(args))
+        save = option(args, "--save")
+        stop = len(self.calls) == self.stop_at
+        if stop and self.raise_interrupt:
+            raise KeyboardInterrupt
+        if "--test_only" in args:
+            return self.status if stop else self.evaluate(save)
+        total = int(option(args, "--max_steps"))
+        self.train(save, total, self.stop_step if stop else total)
+        return self.status if stop else 0
+
+    @staticmethod
+    def train(save: str, total: int, step: int) -> None:
+        """The files of a training run saved at step."""
+        os.makedirs(os.path.join(save, "model"), exist_ok=True)
+        for name in ("state.pt", os.path.join("model", "model_latest.pt")):
+            with open(os.path.join(save, name), "w") as f:
+                f.write("weights")
+        with open(os.path.join(save, "model", "training.json"), "w") as f:
+            json.dump({"model": "ipt", "architecture": {}, "step": step, "max_steps": total,
+                       "finished": step >= total, "interrupted": step < total}, f)
+
+    @staticmethod
+    def evaluate(save: str) -> int:
+        """The reports of an evaluation."""
+        os.makedirs(save, exist_ok=True)
+        for name in ("metrics.json", "results.md"):
+            with open(os.path.join(save, name), "w") as f:
+                f.write("{}")
+        return 0
+
+
+def run(monkeypatch, out: str, fake: FakeMain, *extra: str) -> int:
+    """quickstart.main with main.main faked."""
+    monkeypatch.setattr(quickstart.ipt_main, "main", fake)
+    return quickstart.main(["--out", out, *STEPS, *extra])
+
+
+def test_phase_order_and_arguments(monkeypatch, tmp_path, capsys):
+    out = str(tmp_path / "qs")
+    fake = FakeMain()
+    assert run(monkeypatch, out, fake) == 0
+    pre, fine = os.path.join(out, "pretrain"), os.path.join(out, "finetune_sr2")
+    pre_ckpt, fine_ckpt = (os.path.join(d, "model", "model_latest.pt") for d in (pre, fine))
+    assert [option(c, "--save") for c in fake.calls] == [
+        pre, fine, os.path.join(out, "eval_sr2"), os.path.join(out, "eval_pretrained")]
+    first, second, third, fourth = fake.calls
+    assert all(c[:2] == ["--config", quickstart.CONFIG] for c in fake.calls)
+    assert option(first, "--scale") == "2+3+4+1+1+1" and option(first, "--max_steps") == "4"
+    assert "--reset" in first and "--pretrain" not in first
+    assert option(second, "--task") == "sr2" and option(second, "--max_steps") == "3"
+    assert option(second, "--pretrain") == pre_ckpt and "--reset" in second
+    assert "--test_only" in third and option(third, "--pretrain") == fine_ckpt
+    assert option(third, "--task") == "sr2" and "--save_results" in third
+    assert "--test_only" in fourth and option(fourth, "--pretrain") == pre_ckpt
+    assert option(fourth, "--scale") == "2+3+4+1+1+1"
+    assert not any("--resume" in c for c in fake.calls)
+    assert all("--reset" not in c for c in (third, fourth))
+    printed = capsys.readouterr().out
+    assert "phase 1/4: pre-train six tasks" in printed and "estimating" in printed
+    assert "phase 2/4: fine-tune sr2" in printed and "left)" in printed.split("phase 2/4")[1]
+    assert "quickstart done: " in printed and "4/4 steps" in printed and "3/3 steps" in printed
+    assert os.path.join(out, "eval_sr2", "results.md") in printed
+    assert os.path.join(out, "eval_pretrained", "results.md") in printed
+
+
+@pytest.mark.parametrize("raise_interrupt", [False, True])
+def test_interruption_stops_everything(monkeypatch, tmp_path, capsys, raise_interrupt):
+    out = str(tmp_path / "qs")
+    fake = FakeMain(stop_at=1, raise_interrupt=raise_interrupt)
+    assert run(monkeypatch, out, fake) == 130
+    assert len(fake.calls) == 1
+    err = capsys.readouterr().err
+    assert "phase 1/4" in err and "python scripts/quickstart.py --resume --out" in err
+    assert "--pretrain_steps 4 --finetune_steps 3" in err
+
+
+def test_resume_runs_only_the_remaining_phases(monkeypatch, tmp_path, capsys):
+    out = str(tmp_path / "qs")
+    assert run(monkeypatch, out, FakeMain(stop_at=2)) == 130  # the fine-tuning stopped at step 2
+    capsys.readouterr()
+    fake = FakeMain()
+    assert run(monkeypatch, out, fake, "--resume") == 0
+    fine = os.path.join(out, "finetune_sr2")
+    assert [option(c, "--save") for c in fake.calls] == [
+        fine, os.path.join(out, "eval_sr2"), os.path.join(out, "eval_pretrained")]
+    assert "--resume" in fake.calls[0] and "--reset" not in fake.calls[0]
+    assert "--pretrain" not in fake.calls[0]  # main.py refuses --pretrain with --resume
+    printed = capsys.readouterr().out
+    assert "phase 1/4: pre-train six tasks: done before, skipped" in printed
+    assert "continuing at step 2 of 3" in printed
+    fake = FakeMain()  # everything done: nothing runs
+    assert run(monkeypatch, out, fake, "--resume") == 0 and fake.calls == []
+    assert "3/3 steps (done before)" in capsys.readouterr().out
+
+
+def test_resume_redoes_an_evaluation_older_than_its_checkpoint(monkeypatch, tmp_path):
+    out = str(tmp_path / "qs")
+    assert run(monkeypatch, out, FakeMain()) == 0
+    report = os.path.join(out, "eval_sr2", "results.md")
+    checkpoint = os.path.join(out, "finetune_sr2", "model", "model_latest.pt")
+    os.utime(report, (os.path.getmtime(checkpoint) - 10,) * 2)
+    fake = FakeMain()
+    assert run(monkeypatch, out, fake, "--resume") == 0
+    assert [option(c, "--save") for c in fake.calls] == [os.path.join(out, "eval_sr2")]
+
+
+def test_resume_with_other_step_counts_starts_afresh(monkeypatch, tmp_path):
+    out = str(tmp_path / "qs")
+    assert run(monkeypatch, out, FakeMain(stop_at=1)) == 130
+    fake = FakeMain()
+    monkeypatch.setattr(quickstart.ipt_main, "main", fake)
+    assert quickstart.main(["--out", out, "--pretrain_steps", "5", "--finetune_steps", "3",
+                            "--resume"]) == 0
+    assert len(fake.calls) == 4 and all("--resume" not in c for c in fake.calls)
+    assert "--reset" in fake.calls[0] and "--reset" in fake.calls[1]
+
+
+def test_without_resume_everything_starts_afresh(monkeypatch, tmp_path):
+    out = str(tmp_path / "qs")
+    assert run(monkeypatch, out, FakeMain(stop_at=2)) == 130
+    fake = FakeMain()
+    assert run(monkeypatch, out, fake) == 0
+    assert len(fake.calls) == 4 and "--reset" in fake.calls[0] and "--reset" in fake.calls[1]
+
+
+def test_a_failing_phase_returns_its_status(monkeypatch, tmp_path, capsys):
+    out = str(tmp_path / "qs")
+    fake = FakeMain(stop_at=3, status=1)
+    assert run(monkeypatch, out, fake) == 1
+    assert len(fake.calls) == 3
+    assert "phase 3/4 (evaluate sr2 (fine-tuned)) failed (exit status 1)" in capsys.readouterr().err
+
+
+def test_time_left_from_the_measured_speed():
+    clock = quickstart.Clock(0.0)
+    assert clock.per_step() is None and clock.per_unit() is None
+    clock.train_s, clock.train_steps = 20.0, 10
+    assert clock.per_step() == 2.0 and clock.per_unit() == 2.0 * quickstart.STEPS_PER_EVAL_UNIT
+    clock.eval_s, clock.eval_units = 3.0, 0.25
+    assert clock.per_unit() == 12.0
+    assert [quickstart.duration(s) for s in (45, 738, 6780)] == ["45 s", "12.3 min", "1 h 53 min"]
