@@ -48,6 +48,7 @@ RESTORMER = frozenset({"restormer"})  # Restormer's: refused with --model ipt
 RESUME = frozenset({"resume"})  # shapes the model or the data: a resumed run must keep it
 RESUME_DERIVED = ("task_names", "task_id")  # what --tasks/--task/--denoise/... resolve to
 HEAD_OPTIONS = ("scale", "tasks")  # the heads of a model, taken from a training record together
+HEAD_COUNT_OPTIONS = (*HEAD_OPTIONS, "num_queries")  # ... with the count of task queries
 NOT_ARCHITECTURE = ("attention",)  # model options that change the arithmetic, not the weights
 # what parse_args notes about the command line itself, kept out of the run's options record
 PARSE_NOTES = ("command_line", "architecture_from", "pretrain_tasks")
@@ -358,7 +359,8 @@ def _given_on_command_line(argv: list[str]) -> list[str]:
 def _take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> None:
     """The model options of --pretrain's run (its training.json), where the user gave none.
 
-    --scale and --tasks are taken together or not at all; --task/--task_id pick among them.
+    --scale, --tasks and --num_queries are taken together or not at all; --task/--task_id pick
+    among them.
     Sets args.architecture_from (the options taken, for the log) and args.pretrain_tasks (the
     checkpoint's head names, or None when unknown).
     """
@@ -369,9 +371,9 @@ def _take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> No
     recorded = record["architecture"]
     if isinstance(recorded.get("tasks"), str):
         args.pretrain_tasks = _split(recorded["tasks"])
-    heads_given = bool(given & set(HEAD_OPTIONS))
+    heads_given = bool(given & set(HEAD_COUNT_OPTIONS))
     for dest, value in recorded.items():
-        if dest in given or dest not in option_table() or (dest in HEAD_OPTIONS and heads_given):
+        if dest in given or dest not in option_table() or (dest in HEAD_COUNT_OPTIONS and heads_given):
             continue
         if getattr(args, dest) != value:
             setattr(args, dest, value)

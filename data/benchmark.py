@@ -34,7 +34,8 @@ NOISE_SETS = ("CBSD68", "Urban100")
 RAIN_SETS = ("Rain100L",)
 DIV2K_TEST_RANGE = (801, 810)  # the authors' --data_range test part
 ALL_SETS = tuple(dict.fromkeys(SR_SETS + NOISE_SETS + RAIN_SETS + ("Sample",)))
-SETS_OF_FAMILY = {"sr": SR_SETS, "denoise": NOISE_SETS, "derain": RAIN_SETS}  # by task family
+# by task family; mim (masked image modelling) is a pre-training task without a test set
+SETS_OF_FAMILY = {"sr": SR_SETS, "denoise": NOISE_SETS, "derain": RAIN_SETS, "mim": ()}
 
 # The paper's results, (PSNR in dB, SSIM or None where it gives none), by (dataset, task); the
 # denoising and deraining ones are not confirmed by the authors' released code
@@ -72,7 +73,7 @@ def _family(task: str) -> str:
 def supports(dataset: str, task: str) -> bool:
     """Whether ``dataset`` is a test set for ``task`` (Sample serves every task)."""
     sets = SETS_OF_FAMILY[_family(task)]
-    return dataset == "Sample" or dataset in sets
+    return dataset in sets or (dataset == "Sample" and bool(sets))
 
 
 class BenchmarkSet:
