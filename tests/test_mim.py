@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import FIXTURE_ATOL, config_from
+from conftest import FIXTURE_ATOL, ROOT, config_from
 
 import main as cli
 import trainer
@@ -77,6 +77,18 @@ def test_the_six_task_part_keeps_the_authors_keys_and_strips_to_their_file(autho
     six.load_state_dict(stripped, strict=True)
     with torch.no_grad():
         assert (six(authors_io["input"], 5) - authors_io["outputs"][5]).abs().max() <= FIXTURE_ATOL
+
+
+def test_the_strip_script_reads_the_head_names_from_the_record(tmp_path, authors_model):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("strip_mim_script", f"{ROOT}/scripts/strip_mim.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    path = save(tmp_path, tiny_mim_model(authors_model), SEVEN)
+    assert script.main([path, str(tmp_path / "six.pt")]) == 0
+    six = torch.load(tmp_path / "six.pt", weights_only=True)
+    assert six.keys() == authors_model["state_dict"].keys()
+    assert all(six[k].shape == v.shape for k, v in authors_model["state_dict"].items())
 
 
 def test_strip_mim_renumbers_heads_after_a_mim_head(authors_model):
