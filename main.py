@@ -6,20 +6,28 @@ and scores images (``--test_only``, and the validations during training), ``trai
 """
 from __future__ import annotations
 
-import argparse
-import logging
-import os
 import sys
-import tempfile
 
-import torch
+import option  # loads no torch, so that --help answers at once
 
-import evaluation
-import option
-import trainer
-import utility
-from data.images import DataLayoutError, ImageReadError
-from model import CheckpointError, build_model, load_body, load_checkpoint
+if __name__ == "__main__" and option.asks_for_help(sys.argv[1:]):
+    option.build_parser().print_help()
+    sys.exit(0)
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+
+import torch  # noqa: E402
+
+import evaluation  # noqa: E402
+import trainer  # noqa: E402
+import utility  # noqa: E402
+from data.images import DataLayoutError, ImageReadError  # noqa: E402
+from data.training import usable_cpus  # noqa: E402
+from model import CheckpointError, build_model, load_body, load_checkpoint  # noqa: E402
 
 log = logging.getLogger("ipt")
 
@@ -62,6 +70,7 @@ def run(args: argparse.Namespace, s: option.Settings, device: torch.device) -> i
     torch.manual_seed(s.run.seed)
     if not s.run.test_only:
         return train(args, s, device)
+    share_cpu(s.run.threads, 0, device)
     model = prepare_model(s, device)
     if model is None:
         return 1
@@ -137,6 +146,8 @@ def _train(args: argparse.Namespace, s: option.Settings, device: torch.device, r
     saved = previous_state(args, s.run)
     if saved is False:
         return 1
+    workers = share_cpu(s.run.threads, s.data.workers, device, world)
+    s = dataclasses.replace(s, data=dataclasses.replace(s.data, workers=workers))
     model = build_model(s.model)
     if s.run.pretrain and not initialise(model, s.run):
         return 1
@@ -163,6 +174,28 @@ def _train(args: argparse.Namespace, s: option.Settings, device: torch.device, r
         runner.load_state(saved)
         log.info("resumed at step %d", runner.progress.step)
     return fit(runner)
+
+
+def share_cpu(threads: int, workers: int, device: torch.device, world: int = 1) -> int:
+    """On the CPU, fit torch's compute threads and ``workers`` loader workers to the cores this
+    process may use (one INFO line); the loader workers to start. Oversubscribed cores make
+    torch's threads spin-wait for each other: several times slower on a busy machine."""
+    if device.type != "cpu":
+        return workers
+    cores = max(usable_cpus() // world, 1)
+    from_env = os.environ.get("OMP_NUM_THREADS", "")
+    if threads == 0 and from_env.isdigit() and int(from_env) > 0:
+        threads, why = int(from_env), "OMP_NUM_THREADS"
+    elif threads == 0:
+        workers = min(workers, cores - 1)  # at least one core computes
+        threads, why = cores - workers, "--threads 0: the cores left after the loader workers"
+    else:
+        why = "--threads"
+    workers = min(workers, max(cores - threads, 0))
+    torch.set_num_threads(threads)
+    log.info("CPU: %d compute thread(s) and %d loader worker(s) on %d usable core(s) (%s)",
+             threads, workers, cores, why)
+    return workers
 
 
 def initialise(model: torch.nn.Module, r: option.RunSettings) -> bool:
@@ -215,7 +248,7 @@ def previous_state(args: argparse.Namespace, r: option.RunSettings) -> dict | No
     conflicts = option.resume_conflicts(saved["options"], args)
     if conflicts:
         log.error("--resume: these options differ from the saved run and would change its "
-                  "model or data: %s", "; ".join(conflicts))
+                  "model, data or learning rates: %s", "; ".join(conflicts))
         return False
     return saved
 

@@ -17,16 +17,15 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
 import yaml
 
-import utility
-from data.benchmark import ALL_SETS
-from data.training import TRAINING_SETS
-from model.ipt import IPTConfig
-from model.restormer import LAYERNORM_TYPES, SIZE_MULTIPLE, RestormerConfig
 from tasks import default_task_names, task_scale
+
+if TYPE_CHECKING:  # the rest is imported where it is used: --help answers without loading torch
+    from model.ipt import IPTConfig
+    from model.restormer import RestormerConfig
 
 TASK_NAME = re.compile(r"^(sr[1-9]\d*|derain|denoise\d+(\.\d+)?|mim)$")
 SIGMA_IN_NAME = re.compile(r"^\d+(\.\d+)?$")  # how --sigma must print to name the head denoise<sigma>
@@ -45,7 +44,7 @@ YAML_MERGE_TAG = "tag:yaml.org,2002:merge"  # the << key, which PyYAML resolves 
 TRAINING = frozenset({"training"})  # changes training only: reported when given with --test_only
 IPT = frozenset({"ipt"})  # IPT's: refused with --model restormer unless at its default
 RESTORMER = frozenset({"restormer"})  # Restormer's: refused with --model ipt
-RESUME = frozenset({"resume"})  # shapes the model or the data: a resumed run must keep it
+RESUME = frozenset({"resume"})  # shapes the model, the data or the schedule: a resumed run keeps it
 RESUME_DERIVED = ("task_names", "task_id")  # what --tasks/--task/--denoise/... resolve to
 HEAD_OPTIONS = ("scale", "tasks")  # the heads of a model, taken from a training record together
 HEAD_COUNT_OPTIONS = (*HEAD_OPTIONS, "num_queries")  # ... with the count of task queries
@@ -98,6 +97,9 @@ def build_parser() -> OptionParser:
 
     g = p.add_argument_group("hardware")
     add(g, "--n_threads", type=int, default=6, help="data loading workers")
+    add(g, "--threads", type=int, default=0,
+            help="CPU compute threads (0: the cores this process may use, less the loader "
+                 "workers; OMP_NUM_THREADS when set). On a shared or busy CPU, 1 is often fastest")
     add(g, "--cpu", action="store_true", help="use the CPU even when CUDA is present")
     add(g, "--n_GPUs", type=int, default=1, help="refused above 1: use torchrun",
             refused="--n_GPUs is not supported: use torchrun --nproc_per_node {value} main.py ...")
@@ -165,10 +167,10 @@ def build_parser() -> OptionParser:
             help="GDFN width factor (2.66)", roles=RESTORMER | RESUME)
     add(g, "--bias", action="store_true", default=None, help="biases in the convolutions",
             roles=RESTORMER | RESUME)
-    add(g, "--layernorm_type", default=None, choices=LAYERNORM_TYPES, help="(WithBias)",
+    add(g, "--layernorm_type", default=None, help="WithBias or BiasFree (WithBias)",
             roles=RESTORMER | RESUME)
     add(g, "--tile_size", type=int, default=None,
-            help=f"tile side for --chop fast, a multiple of {SIZE_MULTIPLE} ({RESTORMER_TILE})",
+            help=f"tile side for --chop fast, a multiple of 8 ({RESTORMER_TILE})",
             roles=RESTORMER)
     add(g, "--progressive_patches", default=None,
             help="progressive training: patch size of each stage, A+B+... (largest = --patch_size)",
@@ -219,15 +221,15 @@ def build_parser() -> OptionParser:
     add(g, "--batch_size", type=int, default=16, roles=TRAINING | RESUME)
     add(g, "--gan_k", type=int, default=1, help="refused",
             refused="--gan_k is not supported: IPT has no adversarial loss")
-    add(g, "--lr", type=_finite_float, default=1e-4, help="learning rate", roles=TRAINING)
-    add(g, "--decay", default="200", help="step-decay milestones in epochs, A-B", roles=TRAINING)
-    add(g, "--gamma", type=_finite_float, default=0.5, help="step-decay factor", roles=TRAINING)
+    add(g, "--lr", type=_finite_float, default=1e-4, help="learning rate", roles=TRAINING | RESUME)
+    add(g, "--decay", default="200", help="step-decay milestones in epochs, A-B", roles=TRAINING | RESUME)
+    add(g, "--gamma", type=_finite_float, default=0.5, help="step-decay factor", roles=TRAINING | RESUME)
     add(g, "--optimizer", default="ADAM", choices=("SGD", "ADAM", "ADAMW", "RMSprop"),
-            roles=TRAINING)
-    add(g, "--momentum", type=_finite_float, default=0.9, help="SGD momentum", roles=TRAINING)
-    add(g, "--betas", default=(0.9, 0.999), type=_betas, help="Adam betas, B1,B2", roles=TRAINING)
-    add(g, "--epsilon", type=_finite_float, default=1e-8, help="Adam epsilon", roles=TRAINING)
-    add(g, "--weight_decay", type=_finite_float, default=0.0, roles=TRAINING)
+            roles=TRAINING | RESUME)
+    add(g, "--momentum", type=_finite_float, default=0.9, help="SGD momentum", roles=TRAINING | RESUME)
+    add(g, "--betas", default=(0.9, 0.999), type=_betas, help="Adam betas, B1,B2", roles=TRAINING | RESUME)
+    add(g, "--epsilon", type=_finite_float, default=1e-8, help="Adam epsilon", roles=TRAINING | RESUME)
+    add(g, "--weight_decay", type=_finite_float, default=0.0, roles=TRAINING | RESUME)
     add(g, "--gclip", type=_finite_float, default=0.0, help="gradient clipping (0: none)",
             roles=TRAINING)
     add(g, "--loss", default="1*L1", help="fixed to 1*L1",
@@ -239,13 +241,13 @@ def build_parser() -> OptionParser:
     add(g, "--schedule", default="step", choices=("step", "cosine", "cyclic_cosine"),
             help="step: x --gamma at each --decay milestone; cosine: --warmup_steps then "
                  "cosine; cyclic_cosine: one cosine from --lr to each --eta_mins per --periods",
-            roles=TRAINING)
+            roles=TRAINING | RESUME)
     add(g, "--warmup_steps", type=int, default=0, help="linear warm-up for --schedule cosine",
-            roles=TRAINING)
+            roles=TRAINING | RESUME)
     add(g, "--periods", default=None, help="steps of each cycle of cyclic_cosine, A+B",
-            roles=TRAINING)
+            roles=TRAINING | RESUME)
     add(g, "--eta_mins", default=None, help="learning rate at the end of each cycle, A+B",
-            roles=TRAINING)
+            roles=TRAINING | RESUME)
     add(g, "--con_loss", action="store_true", help="add the contrastive loss on the tokens",
             roles=TRAINING | IPT | RESUME)
     add(g, "--con_weight", type=_finite_float, default=0.1, help="weight of the contrastive loss",
@@ -331,6 +333,12 @@ def _betas(text: object) -> tuple[float, float]:
     return b1, b2
 
 
+def asks_for_help(argv: list[str]) -> bool:
+    """Whether argv asks for the help text (-h or --help, before any -- separator)."""
+    options = argv[:argv.index("--")] if "--" in argv else argv
+    return any(a in ("-h", "--help") for a in options)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate the options (from argv, or sys.argv when None)."""
     parser = build_parser()
@@ -365,7 +373,8 @@ def _take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> No
     checkpoint's head names, or None when unknown).
     """
     args.architecture_from, args.pretrain_tasks = [], None
-    record = utility.read_training_record(args.pretrain) if args.pretrain else None
+    from utility import read_training_record
+    record = read_training_record(args.pretrain) if args.pretrain else None
     if record is None:
         return
     recorded = record["architecture"]
@@ -501,6 +510,7 @@ def _finish(args: argparse.Namespace) -> None:
         only_derain = args.task_names == ["derain"] or args.task == "derain"
         args.data_test = "Rain100L" if only_derain else "DIV2K"
     args.data_test = _split(args.data_test)
+    from data.benchmark import ALL_SETS
     unknown = [d for d in args.data_test if d not in ALL_SETS + ("Demo",)]
     if unknown:
         raise ValueError(f"--data_test {'+'.join(unknown)}: unknown test set; known: "
@@ -632,10 +642,13 @@ def _check_architecture(args: argparse.Namespace) -> None:
     if args.chop == "official":
         raise ValueError("--chop official is IPT's forward_chop: Restormer runs whole (--chop auto) "
                          "or in overlapping tiles (--chop fast --tile_size N)")
+    from model.restormer import LAYERNORM_TYPES, SIZE_MULTIPLE, RestormerConfig
     defaults = RestormerConfig()
     for dest in ("dim", "num_refinement_blocks", "ffn_expansion_factor", "bias", "layernorm_type"):
         if getattr(args, dest) is None:
             setattr(args, dest, getattr(defaults, dest))
+    if args.layernorm_type not in LAYERNORM_TYPES:
+        raise ValueError(f"--layernorm_type {args.layernorm_type}: one of {', '.join(LAYERNORM_TYPES)}")
     args.num_blocks = _ints("num_blocks", args.num_blocks, defaults.num_blocks, 4)
     args.heads = _ints("heads", args.heads, defaults.heads, 4)
     for level, h in enumerate(args.heads):
@@ -734,7 +747,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for dest in positive:
         if getattr(args, dest) < 1:
             raise ValueError(f"--{dest} must be at least 1, got {getattr(args, dest)}")
-    for dest in ("n_threads", "lr", "gclip", "weight_decay", "epochs", "max_steps", "warmup_steps",
+    for dest in ("n_threads", "threads", "lr", "gclip", "weight_decay", "epochs", "max_steps", "warmup_steps",
                  "con_weight", "max_nonfinite", "momentum", "epsilon"):
         if getattr(args, dest) < 0:
             raise ValueError(f"--{dest} must not be negative, got {getattr(args, dest)}")
@@ -749,6 +762,7 @@ def _check_training_data(args: argparse.Namespace) -> None:
         return
     if len(args.data_train) != 1:
         raise ValueError(f"--data_train {'+'.join(args.data_train)}: one training set at a time")
+    from data.training import TRAINING_SETS
     if args.data_train[0] not in TRAINING_SETS:
         raise ValueError(f"--data_train {args.data_train[0]}: unknown; use {', '.join(TRAINING_SETS)}")
     if args.epochs == 0 and args.max_steps == 0:
@@ -758,6 +772,7 @@ def _check_training_data(args: argparse.Namespace) -> None:
 
 def _check_device(args: argparse.Namespace) -> None:
     """--precision half and --amp fp16 run on CUDA only."""
+    import torch
     on_cuda = torch.cuda.is_available() and not args.cpu
     if args.precision == "half" and not on_cuda:
         raise ValueError("--precision half needs a CUDA device; drop it (or --cpu)")
@@ -832,6 +847,7 @@ class RunSettings:
     reset: bool
     seed: int
     pretrain_tasks: list[str] | None  # the head names of --pretrain's file, when known
+    threads: int  # CPU compute threads; 0: fit them to the usable cores
     init_from: str  # fine-tuning: the file's head to start the trained head from ('' its own)
     cpu: bool
     debug: bool
@@ -956,10 +972,11 @@ def settings(args: argparse.Namespace) -> Settings:
     heads = [args.task_id] if fine_tune else list(range(len(args.scale)))
     task_names = [args.task_names[i] for i in heads]
     task_id = 0 if fine_tune else args.task_id
-    record = utility.jsonable({k: v for k, v in vars(args).items() if k not in PARSE_NOTES})
+    from utility import jsonable
+    record = jsonable({k: v for k, v in vars(args).items() if k not in PARSE_NOTES})
     return Settings(
         run=RunSettings(args.save, args.test_only, args.resume, args.pretrain, args.reset, args.seed,
-                        _pretrain_tasks(args), args.init_from, args.cpu, args.debug, args.precision, args.amp),
+                        _pretrain_tasks(args), args.threads, args.init_from, args.cpu, args.debug, args.precision, args.amp),
         model=_model_config(args, heads),
         data=DataSettings(args.data_train[0], args.dir_data, task_names, task_id, args.batch_size,
                           args.patch_size, args.seed, not args.no_augment, args.streaks_dir or None,
@@ -992,6 +1009,8 @@ def _pretrain_tasks(args: argparse.Namespace) -> list[str] | None:
 
 def _model_config(args: argparse.Namespace, heads: list[int]) -> IPTConfig | RestormerConfig:
     """The network's config: the heads ``heads`` of the options' model."""
+    from model.ipt import IPTConfig
+    from model.restormer import RestormerConfig
     names = [args.task_names[i] for i in heads]
     if args.model == "restormer":
         return RestormerConfig(dim=args.dim, num_blocks=args.num_blocks,

@@ -285,7 +285,7 @@ class Trainer:
             self.skipped_files[int(batch.get("worker", 0))] = int(batch["skipped"])
         amp = AMP_DTYPES.get(self.settings.amp)
         with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
-            loss = self.loss(lr_img, hr, task_id, int(batch["step"]))
+            loss = self.loss(lr_img, hr, task_id, self.progress.step)
         self.optimizer.zero_grad(set_to_none=True)
         value = loss.item()
         if not math.isfinite(value) or self._too_large(value):

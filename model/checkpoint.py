@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -118,6 +119,12 @@ def load_checkpoint(model: nn.Module, path: str, task: int | str | None = None,
     state = read_state_dict(path)
     n_model = len(getattr(model, "head", [None]))
     n_file = len(checkpoint_scales(state))
+    own_task = getattr(model, "task_names", [None])[0]
+    if n_model == 1 and task is None and file_tasks and len(file_tasks) == n_file \
+            and own_task not in file_tasks:
+        raise CheckpointError(f"{path!r} has the head(s) {'+'.join(file_tasks)}, none of them "
+                              f"{own_task}: to train {own_task} from its body, start the head from "
+                              f"one of them (--init_from NAME) or at random (--init_from none)")
     if n_model == 1 and n_file > 1:
         if task is None:
             task = model.task_names[0]
@@ -193,7 +200,37 @@ def check_fits(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None
     hints = option_hints(missing + unexpected + misshaped)
     if hints:
         lines.append("  options that probably differ: " + ", ".join(hints))
+    read_off = ipt_options_of(state)
+    if read_off:
+        lines.append(f"  the file's shapes say: {read_off}")
     raise CheckpointError("\n".join(lines))
+
+
+ENCODER_LAYER = re.compile(r"^body\.encoder\.layers\.(\d+)\.")
+AUTHORS_NUM_HEADS = 12
+
+
+def ipt_options_of(state: Mapping[str, Tensor]) -> str:
+    """The IPT options an IPT state_dict's shapes give away, as a command-line fragment ('' for
+    another network). --num_heads leaves no trace in the weights: the fragment says so."""
+    head = state.get("head.0.0.weight")
+    layers = {int(m.group(1)) for k in state if (m := ENCODER_LAYER.match(k))}
+    if head is None or not layers:
+        return ""
+    n_feats = head.shape[0]
+    dim = state[f"body.encoder.layers.{min(layers)}.self_attn.in_proj_weight"].shape[1]
+    patch_dim = math.isqrt(dim // n_feats)
+    words = [f"--scale {'+'.join(map(str, checkpoint_scales(state)))}", f"--n_feats {n_feats}",
+             f"--num_layers {len(layers)}", f"--patch_dim {patch_dim}"]
+    positions = state.get("body.position_encoding.pe.weight")
+    if positions is not None:
+        words.append(f"--patch_size {math.isqrt(positions.shape[0]) * patch_dim}")
+    query = state.get("body.query_embed.weight")
+    words += [f"--num_queries {query.shape[0]}"] if query is not None else ["--no_mlp"]
+    words += [] if positions is not None else ["--no_pos"]
+    words += [] if f"body.encoder.layers.{min(layers)}.norm1.weight" in state else ["--no_norm"]
+    return (" ".join(words) + f" (and --num_heads, which the weights do not record: a divisor "
+            f"of the token width {dim}; the authors' models use {AUTHORS_NUM_HEADS})")
 
 
 HINTS = (  # (pattern in a differing key, option that shapes it)
