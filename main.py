@@ -15,6 +15,7 @@ if __name__ == "__main__" and option.asks_for_help(sys.argv[1:]):
     sys.exit(0)
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
@@ -236,6 +237,8 @@ def previous_state(args: argparse.Namespace, r: option.RunSettings) -> dict | No
             log.error("%s already holds a training run: continue it with --resume, or start afresh "
                       "with --reset (or another --save)", r.save)
             return False
+        with contextlib.suppress(FileNotFoundError):  # it describes the run being replaced
+            os.remove(os.path.join(r.save, "model", utility.TRAINING_RECORD))
         return None
     if not os.path.isfile(state_path):
         log.error("--resume: no training state %s to continue from", state_path)

@@ -155,6 +155,7 @@ class StopRequested:
     def __init__(self):
         self.flag = False
         self._previous = {}
+        self._pid = os.getpid()
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -165,6 +166,8 @@ class StopRequested:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a loader worker forked with the handler: its parent stops it
+            return
         log.warning("signal %d received: saving the training state and stopping", signum)
         self.flag = True
 
@@ -376,6 +379,7 @@ class Trainer:
         if mean > p.best_psnr:
             p.best_psnr, p.best_step = mean, p.step
             utility.atomic_save(bare_state_dict(self.model), os.path.join(self.model_dir, "model_best.pt"))
+            self.write_record()  # its best_step, for evaluations of model_best.pt
         log.info("step %d: validation PSNR %.3f dB (best %.3f at step %d)", p.step, mean,
                  p.best_psnr, p.best_step)
 
@@ -404,8 +408,12 @@ class Trainer:
                  "rng": rng_states(), "options": self.record,
                  "loader_workers": self.loader_workers, "schedule_steps": self.schedule_steps}
         utility.atomic_save(state, os.path.join(self.settings.save, STATE_NAME))
-        utility.write_json(os.path.join(self.model_dir, utility.TRAINING_RECORD), self.training_record())
+        self.write_record()
         return True
+
+    def write_record(self) -> None:
+        """model/training.json: what training_record says now."""
+        utility.write_json(os.path.join(self.model_dir, utility.TRAINING_RECORD), self.training_record())
 
     def training_record(self) -> dict:
         """What training.json holds: the model's options and how far training went."""

@@ -138,3 +138,16 @@ def test_a_signal_stops_training_with_exit_status_130(tmp_path, caplog):
     record = json.loads((tmp_path / "model" / "training.json").read_text())
     assert record["step"] == 4 and record["interrupted"] and not record["finished"]
     assert "stopped at step 4 of 50" in caplog.text and "--resume" in caplog.text
+
+
+def test_a_fresh_run_drops_the_record_of_the_run_it_replaces(tmp_path):
+    run = [*TINY, "--scale", "2", "--save", str(tmp_path / "run")]
+    assert cli.main([*run, "--max_steps", "2"]) == 0
+    record = tmp_path / "run" / "model" / "training.json"
+    assert json.loads(record.read_text())["finished"]
+    # a --reset run that stops before its first save must not leave the old run's "finished"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main([*run, "--max_steps", "2", "--reset", "--data_train", "ImageNet",
+                     "--dir_data", str(empty)]) == 1
+    assert not record.exists()
