@@ -28,8 +28,8 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
+from datetime import datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -39,10 +39,11 @@ from data.images import IMAGE_EXTENSIONS, read_image, save_image, stem  # noqa: 
 from data.sample import sample_photos  # noqa: E402
 
 SIX_SCALES, SIX_TASKS = "2+3+4+1+1+1", "sr2+sr3+sr4+derain+denoise30+denoise50"
-PRETRAININGS = {  # name -> (--scale, --tasks)
-    "six": (SIX_SCALES, SIX_TASKS),
-    "mim": ("1", "mim"),
-    "six+mim": (SIX_SCALES + "+1", SIX_TASKS + "+mim"),
+PRETRAININGS = {  # name -> (--scale, --tasks, the contrastive loss or not)
+    "six": (SIX_SCALES, SIX_TASKS, True),
+    "mim": ("1", "mim", True),
+    "mim-nocon": ("1", "mim", False),
+    "six+mim": (SIX_SCALES + "+1", SIX_TASKS + "+mim", True),
 }
 
 
@@ -56,13 +57,15 @@ class Variant:
 
 
 VARIANTS = (Variant("none", None), Variant("six", "six"), Variant("mim", "mim", "none"),
-            Variant("mim, head from mim", "mim", "mim"), Variant("six+mim", "six+mim"))
+            Variant("mim, head from mim", "mim", "mim"),
+            Variant("mim without contrastive loss", "mim-nocon", "none"), Variant("six+mim", "six+mim"))
 TASKS = {"sr2": "Set5", "denoise30": "CBSD68"}  # fine-tuning task -> its test set
 BASELINE = {"sr2": "bicubic", "denoise30": "noisy input"}
 # the model and schedule: the quickstart's tiny IPT (configs/quickstart.yaml)
 TINY = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "1", "--batch_size", "8",
         "--lr", "5e-4", "--schedule", "cosine"]
 NO_VALIDATION = "1000000000"
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", re.MULTILINE)
 POOL_TILE = 256  # training photos are cut into squares of this side (sr4 crops 192)
 VALIDATION = re.compile(r"step (\d+): validation PSNR ([-\d.]+) dB")
 
@@ -171,11 +174,12 @@ def done(run: str, what: str) -> bool:
 
 
 def pretrain(a: argparse.Namespace, name: str, seed: int, data: str) -> str:
-    """Pre-train ``name`` (its heads, one task a batch, contrastive loss); the model file."""
+    """Pre-train ``name`` (its heads, one task a batch, the contrastive loss or not); the model file."""
     run = os.path.join(a.work, f"seed{seed}", f"pretrain_{name}")
-    scale, tasks = PRETRAININGS[name]
+    scale, tasks, contrastive = PRETRAININGS[name]
     if not done(run, "training"):
-        run_main([*TINY, *shlex.split(a.options), "--scale", scale, "--tasks", tasks, "--con_loss",
+        run_main([*TINY, *shlex.split(a.options), "--scale", scale, "--tasks", tasks,
+                  *(["--con_loss"] if contrastive else []),
                   "--data_train", "ImageNet", "--dir_data", data, "--max_steps", str(a.pretrain_steps),
                   "--seed", str(seed), "--test_every", NO_VALIDATION, "--save", run, "--reset",
                   *common(a)], a.launcher)
@@ -323,7 +327,7 @@ def report(a: argparse.Namespace, found: dict, minutes: float, plot_name: str) -
     return f"""# Does pre-training help? Measured at a tiny scale
 
 Made by `python scripts/study.py {' '.join(shlex.quote(x) for x in a.argv)}` on {machine()},
-in {minutes:.0f} min, seeds {seeds}.
+in {minutes:.0f} min of runs, seeds {seeds}.
 
 Each row starts fine-tuning differently; everything else is the same: the quickstart's tiny IPT
 (n_feats 16, 4 heads, 1 layer, batch 8, Adam at 5e-4 with a cosine schedule{', ' + a.options if a.options else ''}),
@@ -352,13 +356,26 @@ def images_under_all(a: argparse.Namespace) -> list[str]:
     return [p for folder in a.pool for p in images_under(folder)]
 
 
+def run_minutes(work: str) -> float:
+    """The minutes the study's runs took (first to last line of each run's log), summed over
+    every invocation of the study that made them."""
+    total = 0.0
+    for folder, _, files in os.walk(work):
+        if "log.txt" in files:
+            with open(os.path.join(folder, "log.txt"), encoding="utf-8") as f:
+                stamps = LOG_TIME.findall(f.read())
+            if stamps:
+                first, last = (datetime.strptime(t, "%Y-%m-%d %H:%M:%S") for t in (stamps[0], stamps[-1]))
+                total += (last - first).total_seconds()
+    return total / 60
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the study and write its doc and plot."""
     a = parse(argv)
     a.argv = sys.argv[1:] if argv is None else list(argv)
-    start = time.time()
     found = study(a)
-    minutes = (time.time() - start) / 60
+    minutes = run_minutes(a.work)
     plot_path = os.path.splitext(a.doc)[0] + ".png"
     os.makedirs(os.path.dirname(os.path.abspath(a.doc)), exist_ok=True)
     plot(found, plot_path)

@@ -63,3 +63,11 @@ def test_finished_runs_are_recognised(tmp_path):
 def test_the_test_sets_need_prepared_data(tmp_path):
     with pytest.raises(SystemExit, match="prepare_data.py"):
         study.test_sets(str(tmp_path / "missing"), str(tmp_path / "out"), 3)
+
+
+def test_the_study_time_sums_its_runs_logs(tmp_path):
+    for name, (start, end) in {"a": ("10:00:00", "10:02:30"), "b": ("11:00:00", "11:01:30")}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "log.txt").write_text(f"2026-11-26 {start},1 INFO command\n"
+                                                 f"2026-11-26 {end},9 INFO finished\n")
+    assert study.run_minutes(str(tmp_path)) == pytest.approx(4.0)  # 2.5 + 1.5 minutes
