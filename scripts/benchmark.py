@@ -6,13 +6,15 @@ With no SECTION every section runs. Each prints a Markdown table and replaces th
 ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in the doc (appending the section when the
 markers are missing), leaving the other sections as they are. Timings are medians of
 interleaved repetitions in one run. ``--smoke`` runs every section at minimal sizes (tiny
-models, one repetition) in a few seconds and writes a temporary doc unless ``--doc`` is given;
-the test suite runs it.
+models, one repetition, one torch thread in this process and in the child processes it starts,
+the tiling's peak memory of ``official`` only) and writes a temporary doc unless ``--doc`` is
+given; it checks that the code runs, its figures mean little; the test suite runs it.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import platform
 import re
@@ -72,6 +74,15 @@ class Sizes:
     backward_batches: tuple[int, ...]  # CUDA_BACKWARD_BATCH is added on a GPU
     gemm_calls: int  # matmuls per GEMM-peak measurement
     training: tuple[tuple[str, dict, int, int], ...]  # (name, IPT options, CPU batch, GPU batch)
+    # torch threads of the run and of its children (None: torch's default, every core). One
+    # thread keeps a smoke run short on a busy machine: with more threads than free cores, each
+    # small operator waits for a descheduled thread (4x to 6x slower on 2 shared cores)
+    threads: Optional[int] = None
+    # tiling modes whose CPU peak memory is measured, in a child process each (None: every mode)
+    peak_modes: Optional[tuple[str, ...]] = None
+    # the forward in a fresh child process (glibc only): with glibc malloc as it is (False),
+    # tuned (True)
+    fresh_tuned: tuple[bool, ...] = (False, True)
 
 
 FULL = Sizes(loader_tasks=("sr2", "sr3", "sr4", "derain", "denoise30"), loader_workers=(0, 1, 2),
@@ -80,7 +91,10 @@ FULL = Sizes(loader_tasks=("sr2", "sr3", "sr4", "derain", "denoise30"), loader_w
              training=(("tiny", TRAIN_TINY, 8, 8), ("full", {}, 2, 8)))
 SMOKE = Sizes(loader_tasks=("sr2",), loader_workers=(0, 2), loader_batch=4, loader_batches=1,
               tiling_sizes=(60,), forward_model=TINY_IPT, forward_batches=(1, 2),
-              backward_batches=(2,), gemm_calls=1, training=(("tiny", TRAIN_TINY, 2, 2),))
+              backward_batches=(2,), gemm_calls=1, training=(("tiny", TRAIN_TINY, 2, 2),),
+              threads=1, peak_modes=("official",), fresh_tuned=(True,))
+SMOKE_NOTE = ("Smoke run (`--smoke`): minimal sizes, one repetition, one torch thread; its "
+              "figures show that the code runs, not how fast it is.")
 
 
 def bench_device() -> torch.device:
@@ -96,6 +110,14 @@ def synchronize(device: torch.device) -> None:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def significant(value: float, digits: int = 3) -> str:
+    """``value`` to at least ``digits`` significant digits, without an exponent: 325, 24.3, 0.420
+    (a positive rate never prints as 0)."""
+    if not math.isfinite(value) or value <= 0:
+        return f"{value:.0f}"
+    return f"{value:.{max(0, digits - 1 - math.floor(math.log10(value)))}f}"
 
 
 def write_section(doc: str, name: str, body: str) -> None:
@@ -119,9 +141,16 @@ def read_section(doc: str, name: str) -> Optional[str]:
     return found.group(1) if found else None
 
 
+def machine_line(args: argparse.Namespace) -> str:
+    """A section's "Machine:" paragraph, with the smoke run's note under --smoke."""
+    return f"Machine: {machine()}." + (f" {SMOKE_NOTE}" if args.smoke else "")
+
+
 def in_child(call: str) -> str:
-    """The last line printed by ``benchmark.<call>`` run in a fresh Python process."""
-    code = (f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'scripts')!r}); import benchmark; "
+    """The last line printed by ``benchmark.<call>`` run in a fresh Python process, with as many
+    torch threads as this process has."""
+    code = (f"import sys; sys.path.insert(0, {os.path.join(ROOT, 'scripts')!r}); import torch; "
+            f"torch.set_num_threads({torch.get_num_threads()}); import benchmark; "
             f"print(benchmark.{call})")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return done.stdout.strip().splitlines()[-1]
@@ -184,7 +213,7 @@ def loader_table(args: argparse.Namespace, workers: tuple[int, ...],
     sizes = args.sizes
     head = "| task | LR | HR | " + " | ".join(f"{w} worker(s)" for w in workers) + " |"
     lines = ["## Data loader (pairs/s)", "",
-             f"Machine: {machine()}.", "",
+             machine_line(args), "",
              f"`PairStream` over the 8 scikit-image training photos written as JPEG (quality "
              f"{JPEG_QUALITY}, {megapixels:.2f} megapixels on average, larger than a typical "
              f"ImageNet JPEG of 500x375, 0.19 MP, so decoding costs more here), batch "
@@ -195,7 +224,7 @@ def loader_table(args: argparse.Namespace, workers: tuple[int, ...],
              head, "|" + "---|" * (3 + len(workers))]
     for task in sizes.loader_tasks:
         s = task_scale(task)
-        cells = " | ".join(f"{median(rates[(task, w)]):.0f}" for w in workers)
+        cells = " | ".join(significant(median(rates[(task, w)])) for w in workers)
         lines.append(f"| {task} | 48 | {48 * s} | {cells} |")
     return "\n".join(lines) + "\n"
 
@@ -316,8 +345,10 @@ def measure_tiling(args: argparse.Namespace, device: torch.device) -> TilingFigu
             outs = {mode: time_tiling(mode, model, x, size, figures) for mode in modes}
             figures.diffs[size] = (outs["official"] - outs["reference"]).abs().max().item()
         if device.type == "cpu" and os.access("/proc/self/clear_refs", os.W_OK):  # Linux
+            peak_modes = [m for m in modes if args.sizes.peak_modes is None or
+                          m in args.sizes.peak_modes]
             figures.peaks.update({(size, m): float(in_child(f"child_tiling_memory({size}, {m!r})"))
-                                  for m in modes})
+                                  for m in peak_modes})
     return figures
 
 
@@ -340,12 +371,13 @@ def tiling_intro(args: argparse.Namespace, device: torch.device) -> str:
             f"(model/reference_chop.py, {CROP_BATCH} tiles per call). {cap}Peak memory: on CUDA "
             "`max_memory_allocated`; on the CPU how far one restoration in a fresh process "
             "raises its resident set at the peak (`VmHWM` reset through `/proc/self/clear_refs`, "
-            "after a one-tile warm-up).")
+            "after a one-tile warm-up)" + (f", measured for {', '.join(args.sizes.peak_modes)} only"
+                                           if args.sizes.peak_modes else "") + ".")
 
 
 def tiling_table(args: argparse.Namespace, device: torch.device, figures: TilingFigures) -> str:
     """The tiling section's Markdown."""
-    lines = [f"## Whole-image inference ({device.type})", "", f"Machine: {machine()}.", "",
+    lines = [f"## Whole-image inference ({device.type})", "", machine_line(args), "",
              tiling_intro(args, device), "",
              "| size | mode | seconds | tile evaluations | speed-up vs reference | peak MiB | "
              "max abs diff official vs reference |", "|---|---|---|---|---|---|---|"]
@@ -533,7 +565,7 @@ def forward_section(args: argparse.Namespace) -> str:
     fresh = {}  # glibc malloc tuned or not -> (seconds, faults)
     if device.type == "cpu" and platform.libc_ver()[0] == "glibc":
         fresh = {t: fresh_forward(max(sizes.forward_batches), args.reps, args.smoke, t)
-                 for t in (False, True)}
+                 for t in sizes.fresh_tuned}
     return forward_table(args, ForwardFigures(cfg, device, flops, shape, runs, times, peak, fresh))
 
 
@@ -541,7 +573,7 @@ def forward_intro(args: argparse.Namespace, f: ForwardFigures) -> list[str]:
     """The forward section's heading and its paragraphs on the model and on the GEMM peak."""
     cfg, size = f.cfg, "full-size" if not args.sizes.forward_model else "tiny (smoke)"
     m, k, n = f.shape
-    return [f"## Model forward and backward ({f.device.type})", "", f"Machine: {machine()}.", "",
+    return [f"## Model forward and backward ({f.device.type})", "", machine_line(args), "",
             f"{size} x2 IPT (n_feats {cfg.n_feats}, {cfg.num_heads} heads, {cfg.num_layers} "
             f"layer(s), {cfg.patch_size}x{cfg.patch_size} input, attention `{cfg.attention}`: "
             f"{'sdpa' if f.device.type == 'cuda' else 'the authors arithmetic'} here), random "
@@ -568,19 +600,28 @@ def forward_row(f: ForwardFigures, label: str, dtype: str, batch: int, sec: floa
 
 
 def fresh_notes(fresh: dict[bool, tuple[float, float]]) -> list[str]:
-    """The footnotes of the two fresh-process rows."""
-    return ["", f"\\* In a child process that runs only this forward (a warm-up, then the "
-            f"repetitions), as an evaluation does: {fresh[False][1]:,.0f} minor page faults "
-            f"per call (`getrusage`), against {fresh[True][1]:,.0f} in the row below. glibc "
-            "maps large blocks on their own and unmaps them when freed, so such a process "
-            "page-faults its activations in afresh on every call (the attention scores of "
-            "16 full-size tiles take 50 MiB). The rows above run after the warm-up's "
-            "forward+backward, after which glibc serves these blocks from its heap (its "
-            "dynamic mmap and trim thresholds have risen).", "",
-            "\\*\\* The same with `mallopt(M_MMAP_MAX, 0)` and `mallopt(M_TRIM_THRESHOLD, "
-            "1 GiB)` called first (`utility.keep_freed_memory`, which `main.py` calls when "
-            "it runs on the CPU): no block is mapped on its own and the heap keeps up to "
-            "1 GiB of freed memory. The allocator changes no arithmetic."]
+    """The footnotes of the fresh-process rows (both, or only the tuned one in a smoke run)."""
+    child = ("In a child process that runs only this forward (a warm-up, then the repetitions), "
+             "as an evaluation does")
+    notes = []
+    if False in fresh:
+        against = f", against {fresh[True][1]:,.0f} in the row below" if True in fresh else ""
+        notes += ["", f"\\* {child}: {fresh[False][1]:,.0f} minor page faults per call "
+                  f"(`getrusage`){against}. glibc "
+                  "maps large blocks on their own and unmaps them when freed, so such a process "
+                  "page-faults its activations in afresh on every call (the attention scores of "
+                  "16 full-size tiles take 50 MiB). The rows above run after the warm-up's "
+                  "forward+backward, after which glibc serves these blocks from its heap (its "
+                  "dynamic mmap and trim thresholds have risen)."]
+    if True in fresh:
+        first = ("The same" if False in fresh else
+                 f"{child}, {fresh[True][1]:,.0f} minor page faults per call (`getrusage`),")
+        notes += ["", f"\\*\\* {first} with `mallopt(M_MMAP_MAX, 0)` and "
+                  "`mallopt(M_TRIM_THRESHOLD, 1 GiB)` called first (`utility.keep_freed_memory`, "
+                  "which `main.py` calls when it runs on the CPU): no block is mapped on its own "
+                  "and the heap keeps up to 1 GiB of freed memory. The allocator changes no "
+                  "arithmetic."]
+    return notes
 
 
 def forward_table(args: argparse.Namespace, f: ForwardFigures) -> str:
@@ -688,7 +729,7 @@ def training_section(args: argparse.Namespace) -> str:
 def training_table(args: argparse.Namespace, device: torch.device, runs: list[TrainRun],
                    seconds: list[float]) -> str:
     """The training section's Markdown: a row per run (median seconds per step), and the ratio."""
-    lines = [f"## Training ({device.type})", "", f"Machine: {machine()}.", "",
+    lines = [f"## Training ({device.type})", "", machine_line(args), "",
              "`Trainer.train_step` (trainer.py) of a six-head IPT (sr2, sr3, sr4, derain, "
              "denoise30, denoise50), 48x48 inputs, L1 + 0.1 x contrastive loss, Adam; one step "
              "per head in turn on random in-memory batches (no loader), after one warm-up round; "
@@ -711,7 +752,7 @@ def loader_ratio(doc: str, consumed: Optional[float]) -> str:
     workers, rates = figures
     slowest = min(rates, key=rates.get)
     return (f"Loader ratio: with {workers} worker(s) (this machine's {cpu_cores()} core(s)) the "
-            f"loader section's slowest task, {slowest}, delivers {rates[slowest]:.0f} pairs/s; "
+            f"loader section's slowest task, {slowest}, delivers {significant(rates[slowest])} pairs/s; "
             f"the tiny training (fp32) consumes {consumed:.1f} pairs/s: ratio "
             f"{rates[slowest] / consumed:.1f}x (the loader runs beside the training in practice, "
             "on the same cores).")
@@ -736,7 +777,8 @@ def parse_options(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=None,
                    help=f"repetitions, median taken (default {DEFAULT_REPS}; 1 with --smoke)")
     p.add_argument("--smoke", action="store_true",
-                   help="every section at minimal sizes in a few seconds (CI)")
+                   help="every section at minimal sizes, one repetition and one torch thread, "
+                        "in seconds: checks that the code runs (CI), its figures mean little")
     args = p.parse_args(argv)
     unknown = [n for n in args.sections if n not in SECTIONS]
     if unknown:
@@ -752,10 +794,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the named sections (default: all), print them and write them into the doc."""
     args = parse_options(argv)
     logging.basicConfig(level=logging.ERROR)
-    for name in args.sections or list(SECTIONS):
-        body = SECTIONS[name](args)
-        print(body)
-        write_section(args.doc, name, body)
+    threads = torch.get_num_threads()
+    if args.sizes.threads:
+        torch.set_num_threads(args.sizes.threads)
+    try:
+        for name in args.sections or list(SECTIONS):
+            body = SECTIONS[name](args)
+            print(body)
+            write_section(args.doc, name, body)
+    finally:
+        torch.set_num_threads(threads)  # as it was, for a caller in the same process (the tests)
     print(f"updated {args.doc}")
     return 0
 

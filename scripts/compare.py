@@ -1,20 +1,42 @@
 """IPT against a Restormer of similar size, trained for the same wall-clock on the sample photos.
 
-    python scripts/compare.py [--seconds 90] [--doc docs/COMPARE.md]
+    python scripts/compare.py [--seconds 480] [--threads 1] [--doc docs/COMPARE.md]
 
-For each task (denoise30, derain) and each model it measures the training speed over a few steps,
-sets the step count that fills ``--seconds``, trains from scratch with a cosine schedule through
-the project's Trainer, and evaluates on the two Sample test photos with the model's own inference
-(IPT: the authors' tiling; Restormer: the whole image). Both see the same crops, degradations,
-optimiser and metrics. The table is printed and written to the doc.
+``--seconds`` bounds the whole run, from the start of the script to the doc written: imports,
+probes, training and evaluation. The script
+
+1. probes inference: counts each model's GFLOPs and times its inference (IPT's ``official`` and
+   ``fast`` tiling, Restormer whole) on a crop of a Sample test photo, after a warm-up;
+2. calibrates training: for each task (denoise30, derain) and model, times the set-up up to a
+   first step and a few training steps of a throwaway model, for about 2% of the budget;
+3. plans: picks the evaluation whose predicted cost fits in EVAL_SHARE of the time left (IPT's
+   ``official`` tiling on the two whole Sample test photos, else ``fast`` tiling on them, else
+   ``fast`` tiling on centre crops of the photos, as large as fit; Restormer always runs whole),
+   and splits the rest evenly among the four trainings; it stops with a message if the budget
+   cannot hold a second of training per model and task;
+4. trains each model from scratch with a cosine schedule through the project's Trainer for its
+   share (the step count from the calibrated speed; it stops at the share's deadline if the
+   machine slows), and evaluates it as planned.
+
+Both models see the same crops, degradations, optimiser, test pixels and metrics. The table,
+with what the run used, is printed and written to the doc. ``--threads`` sets torch's threads
+(default 1: the data loader's 2 worker processes run beside them, and on cores shared with other
+busy processes more threads made inference and training 10x to 30x slower).
 """
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-import tempfile
 import time
+
+STARTED = time.monotonic()  # the budget counts from here when run as a script: imports included
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Callable, Optional  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -25,13 +47,16 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import evaluation  # noqa: E402
 import trainer  # noqa: E402
-from data.benchmark import BenchmarkSet  # noqa: E402
+import utility  # noqa: E402
+from data.benchmark import BenchmarkSet, Pair  # noqa: E402
 from model import build_model  # noqa: E402
-from option import InferenceSettings, parse_args, settings  # noqa: E402
+from option import parse_args, settings  # noqa: E402
 
 from hostinfo import machine  # noqa: E402 (scripts/hostinfo.py)
 
 DOC = os.path.join(ROOT, "docs", "COMPARE.md")
+DEFAULT_SECONDS = 480.0
+DEFAULT_THREADS = 1
 TASKS = ("denoise30", "derain")
 MODELS = {  # two networks of about 0.8-0.9M parameters
     "ipt": ["--model", "ipt", "--n_feats", "16", "--num_heads", "4", "--num_layers", "1"],
@@ -42,9 +67,88 @@ COMMON = ["--cpu", "--data_train", "Sample", "--data_test", "Sample", "--batch_s
           "--patch_size", "48", "--lr", "5e-4", "--schedule", "cosine", "--n_threads", "2",
           "--seed", "1", "--test_every", "1000000", "--print_every", "1000000",
           "--save_every", "1000000", "--max_nonfinite", "1000"]
-CALIBRATION_SECONDS = 6.0  # steps are timed for about this long, after one warm-up step
+RUNS = tuple((task, model) for task in TASKS for model in MODELS)
+CALIBRATION_SHARE = 0.02  # of the budget, per run: steps are timed this long, after a first step
+MAX_CALIBRATION_SECONDS = 6.0
 MIN_CALIBRATION_STEPS = 3
+EVAL_SHARE = 0.3  # the evaluation may take this share of the time left after the calibrations
+EVAL_SAFETY = 1.5  # predicted evaluation seconds are the probe's rate times the pixels, times this
+# (the photos' evaluations took up to 1.5x the probe's rate per pixel on a busy machine)
+STEP_SAFETY = 0.9  # planned steps are the calibrated rate times the share, times this: the cosine
+# schedule ends before the share's deadline, and the time saved goes to the later runs
+PROBE_SIDE = 128  # inference is timed on a crop of this side (after a warm-up on one of WARM_SIDE)
+WARM_SIDE = 48
+CROP_STEP = 16  # centre crops are a multiple of this side
+MIN_CROP = 48
+MIN_TRAIN_SECONDS = 1.0  # per model and task: below this the budget is refused
 FLOP_SIDE = 48  # GFLOPs are counted on one 48x48 input (IPT's patch) and scaled to a megapixel
+INFERENCE = {"ipt": ("official", "fast"), "restormer": ("whole",)}  # tilers, preferred first
+
+
+class BudgetTooShort(RuntimeError):
+    """--seconds cannot hold the run on this machine."""
+
+
+def reserve(seconds: float) -> float:
+    """Seconds kept back at the end for the table, the doc and the interpreter's exit, and as a
+    margin."""
+    return max(2.0, 0.02 * seconds)
+
+
+@dataclass
+class Budget:
+    """The whole run's wall-clock: ``seconds`` from ``started`` on ``clock``."""
+
+    seconds: float
+    started: float
+    clock: Callable[[], float] = time.monotonic
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def left(self) -> float:
+        """Seconds until the deadline, less the reserve for the end."""
+        return self.seconds - reserve(self.seconds) - self.elapsed()
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """How the trained models are evaluated: IPT's tiler and the test photos' centre crop."""
+
+    ipt_mode: str  # "official" or "fast"; the Restormer runs whole
+    crop: Optional[int]  # the side of the centre crops; None: the whole photos
+
+    def mode(self, model: str) -> str:
+        return self.ipt_mode if model == "ipt" else "whole"
+
+    def describe(self) -> str:
+        what = ("the 2 Sample test photos (astronaut, coffee) whole" if self.crop is None else
+                f"the centre {self.crop}x{self.crop} of each of the 2 Sample test photos "
+                "(astronaut, coffee)")
+        ipt = ("IPT with the authors' tiling (`official`)" if self.ipt_mode == "official" else
+               "IPT with `fast` tiling (few overlapping tiles; `official` did not fit the budget)")
+        return f"{what}, {ipt}, Restormer whole"
+
+
+CHEAPEST = EvalPlan("fast", MIN_CROP)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the probe measured."""
+
+    rates: dict  # (model, mode) -> inference seconds per megapixel
+    gflops: dict  # model -> GFLOPs per megapixel
+    shapes: tuple  # (height, width) of each test photo
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One run's measured training speed."""
+
+    setup: float  # seconds from building the model to its first step done
+    rate: float  # steps per second after it
+    seconds: float  # the calibration's whole cost
 
 
 def options(model: str, task: str, save: str, steps: int = 1) -> argparse.Namespace:
@@ -69,97 +173,295 @@ def fresh_trainer(args: argparse.Namespace, total_steps: int) -> tuple[torch.nn.
     return net, trainer.Trainer(s.train, net, batches, None, total_steps, per_epoch, 0, workers)
 
 
-def steps_per_second(args: argparse.Namespace) -> float:
-    """Training steps per second, timed over a few steps of a throwaway model."""
+# ----------------------------------------------------------------------------------------
+# test photos and evaluation
+# ----------------------------------------------------------------------------------------
+class PhotoSet(list):
+    """Test pairs in the form evaluation.evaluate_set takes (a sized, indexable set with a name)."""
+
+    dataset = "Sample"
+
+
+def centre_crop(pair: Pair, side: Optional[int]) -> Pair:
+    """The pair's centre ``side`` x ``side`` (less where the photo is smaller); the pair when None.
+    Input and target are cut alike (the compared tasks keep the size)."""
+    if side is None:
+        return pair
+    if pair.lr.shape != pair.hr.shape:
+        raise ValueError(f"{pair.name}: input {tuple(pair.lr.shape)} and target "
+                         f"{tuple(pair.hr.shape)} differ in size")
+    h, w = pair.hr.shape[-2:]
+    ch, cw = min(side, h), min(side, w)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return Pair(pair.name, pair.lr[..., top:top + ch, left:left + cw],
+                pair.hr[..., top:top + ch, left:left + cw])
+
+
+def sample_pairs(args: argparse.Namespace, crop: Optional[int]) -> PhotoSet:
+    """The Sample test pairs of the run's task, whole or centre-cropped."""
+    data = BenchmarkSet(args.dir_data, "Sample", args.task, 1, args.seed)
+    pairs = [data[i] for i in range(len(data))]
+    for pair in pairs:
+        if isinstance(pair, Exception):
+            raise pair
+    return PhotoSet(centre_crop(pair, crop) for pair in pairs)
+
+
+def megapixels(photos: PhotoSet) -> float:
+    return sum(p.lr.shape[-1] * p.lr.shape[-2] for p in photos) / 1e6
+
+
+def evaluate(args: argparse.Namespace, net: torch.nn.Module, mode: str,
+             photos: PhotoSet) -> dict[str, float]:
+    """Mean metrics on the photos with the given tiler, and milliseconds per megapixel to get them."""
+    inference = dataclasses.replace(settings(args).inference, mode=mode)
+    start = time.perf_counter()
+    with torch.no_grad():
+        result = evaluation.evaluate_set(net, photos, 0, inference, None)
+    return {**result, "ms_per_mp": 1000 * (time.perf_counter() - start) / megapixels(photos)}
+
+
+def probe(workdir: str) -> Probe:
+    """Each model's GFLOPs, and its inference seconds per megapixel with each of its tilers on a
+    PROBE_SIDE crop of a test photo (after a warm-up on a WARM_SIDE crop); weights do not change
+    the cost, so the models are untrained."""
+    rates, gflops, shapes = {}, {}, ()
+    for model in MODELS:
+        args = options(model, TASKS[0], os.path.join(workdir, f"probe-{model}"))
+        torch.manual_seed(args.seed)
+        net = build_model(settings(args).model).eval()
+        gflops[model] = gflops_per_megapixel(net)
+        photos = sample_pairs(args, None)
+        shapes = tuple(tuple(p.hr.shape[-2:]) for p in photos)
+        for mode in INFERENCE[model]:
+            evaluate(args, net, mode, PhotoSet([centre_crop(photos[0], WARM_SIDE)]))
+            timed = PhotoSet([centre_crop(photos[0], PROBE_SIDE)])
+            rates[(model, mode)] = evaluate(args, net, mode, timed)["ms_per_mp"] / 1000
+    return Probe(rates, gflops, shapes)
+
+
+# ----------------------------------------------------------------------------------------
+# the plan: evaluation first, the rest to training
+# ----------------------------------------------------------------------------------------
+def plan_pixels(plan: EvalPlan, shapes: tuple) -> float:
+    """Megapixels of one evaluation (one model, one task) under the plan."""
+    side = plan.crop or 10 ** 9
+    return sum(min(h, side) * min(w, side) for h, w in shapes) / 1e6
+
+
+def predicted_eval(plan: EvalPlan, found: Probe, model: str) -> float:
+    """Seconds one evaluation of the model is expected to take under the plan."""
+    return EVAL_SAFETY * found.rates[(model, plan.mode(model))] * plan_pixels(plan, found.shapes)
+
+
+def total_eval(plan: EvalPlan, found: Probe) -> float:
+    """Predicted seconds of every run's evaluation."""
+    return sum(predicted_eval(plan, found, model) for _, model in RUNS)
+
+
+def choose_plan(found: Probe, allowance: float) -> EvalPlan:
+    """The most faithful evaluation predicted to take at most ``allowance`` seconds in all:
+    IPT's official tiling on the whole photos, else fast tiling on them, else fast tiling on the
+    largest centre crops that fit (MIN_CROP at the least)."""
+    for plan in (EvalPlan("official", None), EvalPlan("fast", None)):
+        if total_eval(plan, found) <= allowance:
+            return plan
+    largest = max(max(shape) for shape in found.shapes)
+    for side in range(largest // CROP_STEP * CROP_STEP, MIN_CROP - 1, -CROP_STEP):
+        if total_eval(EvalPlan("fast", side), found) <= allowance:
+            return EvalPlan("fast", side)
+    return CHEAPEST
+
+
+def training_share(left: float, pending: float, runs_left: int) -> float:
+    """Seconds of training for the next run: what is left once the set-ups and evaluations of
+    this and the later runs (``pending``) are taken out, split evenly among the runs left."""
+    return (left - pending) / runs_left
+
+
+def calibration_seconds(seconds: float) -> float:
+    """How long one run's training steps are timed."""
+    return min(MAX_CALIBRATION_SECONDS, CALIBRATION_SHARE * seconds)
+
+
+def too_short(budget: Budget, needed: float, what: str) -> BudgetTooShort:
+    """The error for a budget that cannot hold ``needed`` more seconds of ``what``."""
+    least = math.ceil(budget.seconds + needed - budget.left())
+    return BudgetTooShort(f"--seconds {budget.seconds:g} is too short on this machine: after "
+                          f"{budget.elapsed():.0f} s, {what} need about {needed:.0f} s more than "
+                          f"the {max(0.0, budget.left()):.0f} s left; give --seconds {least} or more")
+
+
+# ----------------------------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------------------------
+def calibrate(args: argparse.Namespace, seconds: float, clock: Callable[[], float]) -> Calibration:
+    """The set-up time and the training steps per second of a throwaway model."""
+    start = clock()
     _, runner = fresh_trainer(args, 10 ** 9)
     stream = iter(runner.batches(0))
     runner.train_step(next(stream))
-    start, steps = time.perf_counter(), 0
-    while steps < MIN_CALIBRATION_STEPS or time.perf_counter() - start < CALIBRATION_SECONDS:
+    first = clock()
+    steps = 0
+    while steps < MIN_CALIBRATION_STEPS or clock() - first < seconds:
         runner.train_step(next(stream))
         steps += 1
-    return steps / (time.perf_counter() - start)
+    end = clock()
+    del stream  # stops the loader's workers
+    return Calibration(first - start, steps / (end - first), end - start)
 
 
-def train(args: argparse.Namespace) -> tuple[torch.nn.Module, float]:
-    """A model trained from scratch for args.max_steps; (model, seconds)."""
+def train(args: argparse.Namespace, deadline: float,
+          clock: Callable[[], float]) -> tuple[torch.nn.Module, float, int]:
+    """A model trained from scratch through the Trainer for args.max_steps (the cosine schedule's
+    length), or fewer where the deadline comes first (one step at the least); (model, seconds
+    from the first step, steps done)."""
     net, runner = fresh_trainer(args, args.max_steps)
-    start = time.perf_counter()
-    status = runner.fit()
-    if status != 0:
-        raise RuntimeError(f"{args.model} {args.task}: training stopped on non-finite losses")
-    return net.eval(), time.perf_counter() - start
+    stream = iter(runner.batches(0))
+    start, p = clock(), runner.progress
+    while p.step < args.max_steps and (p.step == 0 or clock() < deadline):
+        runner.train_step(next(stream))  # None for a non-finite loss (skipped)
+        p.step += 1
+    seconds = clock() - start
+    del stream  # stops the loader's workers
+    if p.nonfinite_total == p.step or utility.nonfinite_tensors(net.state_dict()):
+        raise RuntimeError(f"{args.model} {args.task}: training ended on non-finite losses or weights")
+    return net.eval(), seconds, p.step
 
 
-def evaluate(args: argparse.Namespace, net: torch.nn.Module) -> dict[str, float]:
-    """Mean metrics on the Sample test photos and milliseconds per megapixel to get them."""
-    inference: InferenceSettings = settings(args).inference
-    data = BenchmarkSet(args.dir_data, "Sample", args.task, 1, args.seed)
-    megapixels = sum(pair.lr.shape[-1] * pair.lr.shape[-2] for pair in data) / 1e6
-    start = time.perf_counter()
-    result = evaluation.evaluate_set(net, data, 0, inference, None)
-    return {**result, "ms_per_mp": 1000 * (time.perf_counter() - start) / megapixels}
+# ----------------------------------------------------------------------------------------
+# the run
+# ----------------------------------------------------------------------------------------
+@dataclass
+class Comparison:
+    """What compare() hands to the report."""
+
+    rows: list
+    plan: EvalPlan
+    seconds: float  # the budget
+    threads: int = 1  # torch threads
+    elapsed: float = 0.0  # set when the doc is written
 
 
-def compare(seconds: float, workdir: str) -> list[dict]:
-    """One row per (task, model)."""
+def compare(budget: Budget, workdir: str) -> Comparison:
+    """One row per (task, model), within the budget."""
+    if budget.left() <= 0:
+        raise too_short(budget, 0, "the imports")
+    found = probe(workdir)
+    print("probe: inference seconds per megapixel "
+          + ", ".join(f"{m} {t} {r:.1f}" for (m, t), r in found.rates.items()), flush=True)
+    calib: dict[tuple[str, str], Calibration] = {}
+    for task, model in RUNS:
+        cost = max((c.seconds for c in calib.values()), default=calibration_seconds(budget.seconds))
+        if budget.left() < cost:
+            raise too_short(budget, cost * (len(RUNS) - len(calib)), "the calibrations")
+        args = options(model, task, os.path.join(workdir, f"calibrate-{model}-{task}"))
+        c = calib[(task, model)] = calibrate(args, calibration_seconds(budget.seconds), budget.clock)
+        print(f"calibration {task} {model}: set-up {c.setup:.1f} s, {c.rate:.2f} steps/s", flush=True)
+    setups = sum(c.setup for c in calib.values())
+    plan = choose_plan(found, EVAL_SHARE * (budget.left() - setups))
+    if budget.left() < setups + total_eval(plan, found) + MIN_TRAIN_SECONDS * len(RUNS):
+        plan = CHEAPEST
+    needed = setups + total_eval(plan, found) + MIN_TRAIN_SECONDS * len(RUNS)
+    if budget.left() < needed:
+        raise too_short(budget, needed, "the set-ups, the cheapest evaluation and a second of "
+                                        "training per model and task")
+    evals = {(task, model): predicted_eval(plan, found, model) for task, model in RUNS}
+    print(f"plan: evaluation on {plan.describe()} (predicted {sum(evals.values()):.0f} s); "
+          f"{budget.left() - setups - sum(evals.values()):.0f} s of training in all", flush=True)
     rows = []
-    for task in TASKS:
-        for model in MODELS:
-            save = os.path.join(workdir, f"{model}-{task}")
-            rate = steps_per_second(options(model, task, save))
-            steps = max(1, round(rate * seconds))
-            args = options(model, task, save, steps)
-            net, trained = train(args)
-            with torch.no_grad():
-                metrics = evaluate(args, net)
-            rows.append({"task": task, "model": model, "params": sum(p.numel() for p in net.parameters()),
-                         "gflops": gflops_per_megapixel(net), "steps": steps, "seconds": trained,
-                         **metrics})
-            print(f"{task} {model}: {steps} steps in {trained:.0f} s, PSNR {metrics['psnr']:.2f} dB",
-                  flush=True)
-    return rows
+    for i, (task, model) in enumerate(RUNS):
+        later = RUNS[i:]
+        share = training_share(budget.left(), sum(calib[r].setup + evals[r] for r in later),
+                               len(later))
+        c = calib[(task, model)]
+        planned = max(1, math.floor(c.rate * share * STEP_SAFETY))
+        deadline = budget.clock() + c.setup + share
+        args = options(model, task, os.path.join(workdir, f"{model}-{task}"), planned)
+        net, trained, steps = train(args, deadline, budget.clock)
+        metrics = evaluate(args, net, plan.mode(model), sample_pairs(args, plan.crop))
+        rows.append({"task": task, "model": model, "params": sum(p.numel() for p in net.parameters()),
+                     "gflops": found.gflops[model], "steps": steps, "planned": planned,
+                     "seconds": trained, **metrics})
+        print(f"{task} {model}: {steps} of {planned} steps in {trained:.0f} s, PSNR "
+              f"{metrics['psnr']:.2f} dB ({budget.elapsed():.0f} s of {budget.seconds:g})",
+              flush=True)
+    return Comparison(rows, plan, budget.seconds, torch.get_num_threads())
 
 
-def table(rows: list[dict], seconds: float) -> str:
+def table(result: Comparison) -> str:
     """The Markdown report."""
+    plan, rows = result.plan, result.rows
+    short = [r for r in rows if r["steps"] < r["planned"]]
+    stopped = (f" {len(short)} training(s) stopped at their deadline before the planned steps "
+               "(the steps column shows done of planned)." if short else "")
     lines = ["# IPT and Restormer side by side", "",
-             f"Made by `python scripts/compare.py --seconds {seconds:g}` on "
-             f"{machine()}. Each model trains from scratch for about {seconds:g} s of wall-clock "
+             f"Made by `python scripts/compare.py --seconds {result.seconds:g} --threads "
+             f"{result.threads}` on {machine()}. `--seconds` bounds the whole run; this one took "
+             f"{result.elapsed:.0f} s, with {result.threads} torch thread(s) beside the loader's "
+             "2 worker processes. The script "
+             "times inference and a few training steps of each model first, picks the evaluation "
+             f"that fits in {EVAL_SHARE:.0%} of the time left, and splits the rest evenly among the "
+             "four trainings. Each model trains from scratch for its share (train s) "
              "per task on the 8 Sample training photos (batch 8 of 48x48 crops, Adam 5e-4, cosine "
-             "schedule, L1), then restores the 2 Sample test photos (astronaut, coffee) with its own "
-             "inference: IPT with the authors' tiling (`official`), Restormer whole. The derain "
-             "task uses procedural streaks. GFLOPs count 2 per multiply-add, for one forward pass "
-             "over a megapixel of input (IPT's tiling evaluates each pixel several times more); "
-             "inference ms / MP includes reading, quantising and scoring the outputs.", "",
+             "schedule over the planned steps, L1), then restores " + plan.describe() + "." +
+             stopped + " The derain task uses procedural streaks. GFLOPs count 2 per "
+             "multiply-add, for one forward pass over a megapixel of input (IPT's tiling evaluates "
+             "each pixel several times more); inference ms / MP includes quantising and scoring "
+             "the outputs.", "",
              "| task | model | parameters | GFLOPs / MP | steps | train s | steps/s | inference ms / MP "
              "| PSNR (Y) | SSIM (Y) | PSNR (RGB) | SSIM (RGB) | input PSNR (Y) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['model']} | {r['params']:,} | {r['gflops']:.0f} | {r['steps']} | "
+        steps = str(r["steps"]) if r["steps"] >= r["planned"] else f"{r['steps']} of {r['planned']}"
+        lines.append(f"| {r['task']} | {r['model']} | {r['params']:,} | {r['gflops']:.0f} | {steps} | "
                      f"{r['seconds']:.0f} | {r['steps'] / r['seconds']:.2f} | {r['ms_per_mp']:.0f} | "
                      f"{r['psnr_y']:.2f} | {r['ssim_y']:.4f} | {r['psnr_rgb']:.2f} | {r['ssim_rgb']:.4f} | "
                      f"{r['baseline_psnr']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the comparison, print the table and write it to --doc."""
+def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> int:
+    """Run the comparison within --seconds, print the table and write it to --doc."""
+    started = time.monotonic() if started is None else started
     p = argparse.ArgumentParser(description="Train IPT and Restormer for the same time and compare.")
-    p.add_argument("--seconds", type=float, default=90, help="training wall-clock per model and task")
+    p.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
+                   help="wall-clock budget of the WHOLE run, imports, probes, training and "
+                        "evaluation included (default %(default)g): evaluation takes at most "
+                        f"{EVAL_SHARE * 100:.0f}%% of it (IPT's official tiling on the whole test photos "
+                        "when it fits, else fast tiling, else centre crops), the rest is split "
+                        "evenly among the 4 trainings (2 models x 2 tasks); too short a budget "
+                        "for this machine is refused with the least that would do")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                   help="torch threads (default %(default)s). The training's data loader runs 2 "
+                        "worker processes beside them; on 2 cores shared with another busy "
+                        "process, 2 threads made IPT's official tiling 11x, IPT's training 13x "
+                        "and the Restormer's 33x slower than 1 thread")
     p.add_argument("--doc", default=DOC, help="Markdown file to write")
     a = p.parse_args(argv)
-    if a.seconds <= 0:
+    if not a.seconds > 0:
         p.error("--seconds must be positive")
-    with tempfile.TemporaryDirectory() as workdir:
-        report = table(compare(a.seconds, workdir), a.seconds)
+    if a.threads < 1:
+        p.error("--threads must be at least 1")
+    budget, threads = Budget(a.seconds, started), torch.get_num_threads()
+    torch.set_num_threads(a.threads)
+    try:
+        with tempfile.TemporaryDirectory() as workdir:
+            result = compare(budget, workdir)
+    except BudgetTooShort as e:
+        print(f"compare.py: {e}", file=sys.stderr)
+        return 2
+    finally:
+        torch.set_num_threads(threads)
+    result.elapsed = budget.elapsed()
+    report = table(result)
     print(report)
     os.makedirs(os.path.dirname(os.path.abspath(a.doc)), exist_ok=True)
     with open(a.doc, "w", encoding="utf-8") as f:
         f.write(report)
-    print(f"written to {a.doc}")
+    print(f"written to {a.doc} after {budget.elapsed():.0f} s of {a.seconds:g}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(started=STARTED))
