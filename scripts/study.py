@@ -79,12 +79,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", default=os.path.join("experiment", "study"), help="runs go here")
     p.add_argument("--doc", default=os.path.join("docs", "STUDY.md"))
     p.add_argument("--seeds", default="1+2", help="seeds, A+B")
-    p.add_argument("--pretrain_steps", type=int, default=800)
-    p.add_argument("--finetune_steps", type=int, default=300)
-    p.add_argument("--val_every", type=int, default=60, help="fine-tuning steps between validations")
-    p.add_argument("--noise_images", type=int, default=10,
+    p.add_argument("--pretrain_steps", type=int, default=500)
+    p.add_argument("--finetune_steps", type=int, default=240)
+    p.add_argument("--val_every", type=int, default=80, help="fine-tuning steps between validations")
+    p.add_argument("--noise_images", type=int, default=6,
                    help="CBSD68 images scored (the first N by name; 68: all)")
-    p.add_argument("--val_images", type=int, default=4, help="CBSD68 images validated on")
+    p.add_argument("--val_images", type=int, default=3, help="CBSD68 images validated on")
     p.add_argument("--options", default="", help="more main.py options for every run (model size...)")
     p.add_argument("--launcher", default="", help="run each main.py under this (e.g. torchrun ...)")
     p.add_argument("--smoke", action="store_true", help="a few steps on two images: checks the wiring")
@@ -178,7 +178,7 @@ def pretrain(a: argparse.Namespace, name: str, seed: int, data: str) -> str:
     run = os.path.join(a.work, f"seed{seed}", f"pretrain_{name}")
     scale, tasks, contrastive = PRETRAININGS[name]
     if not done(run, "training"):
-        run_main([*TINY, *shlex.split(a.options), "--scale", scale, "--tasks", tasks,
+        run_main([*TINY, "--scale", scale, "--tasks", tasks,
                   *(["--con_loss"] if contrastive else []),
                   "--data_train", "ImageNet", "--dir_data", data, "--max_steps", str(a.pretrain_steps),
                   "--seed", str(seed), "--test_every", NO_VALIDATION, "--save", run, "--reset",
@@ -195,7 +195,7 @@ def finetune(a: argparse.Namespace, variant: Variant, task: str, seed: int, data
         start = ["--pretrain", checkpoints[variant.pretraining]]
         start += ["--init_from", variant.init_from] if variant.init_from else []
     if not done(run, "training"):
-        run_main([*TINY, *shlex.split(a.options), "--scale", "2" if task == "sr2" else "1",
+        run_main([*TINY, "--scale", "2" if task == "sr2" else "1",
                   "--task", task, *start, "--data_train", "ImageNet", "--dir_data", data,
                   "--max_steps", str(a.finetune_steps), "--seed", str(seed),
                   "--test_every", str(a.val_every), "--data_test", TASKS[task], "--chop", "fast",
@@ -207,7 +207,7 @@ def evaluate(a: argparse.Namespace, run: str, task: str, test_data: str) -> dict
     """The fine-tuned model's metrics on the task's test set, official tiling."""
     out = run + "_eval"
     if not done(out, "evaluation"):
-        run_main([*shlex.split(a.options), "--test_only", "--scale", "2" if task == "sr2" else "1",
+        run_main(["--test_only", "--scale", "2" if task == "sr2" else "1",
                   "--task", task, "--pretrain", os.path.join(run, "model", "model_latest.pt"),
                   "--data_test", TASKS[task], "--dir_data", test_data, "--save", out,
                   "--chop", "fast" if a.smoke else "official", *common(a)],
@@ -217,8 +217,8 @@ def evaluate(a: argparse.Namespace, run: str, task: str, test_data: str) -> dict
 
 
 def common(a: argparse.Namespace) -> list[str]:
-    """Options of every run: logging only now and then, the loader workers."""
-    return ["--print_every", "100", "--save_every", "1000000", "--n_threads", "2"]
+    """Options of every run: logging only now and then, then --options (which win)."""
+    return ["--print_every", "100", "--save_every", "1000000", *shlex.split(a.options)]
 
 
 def slug(name: str) -> str:
