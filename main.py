@@ -177,6 +177,9 @@ def _train(args: argparse.Namespace, s: option.Settings, device: torch.device, r
     return fit(runner)
 
 
+LOADER_SHARE = 4  # --threads 0 on the CPU: at most a quarter of the cores load data (2 cores: none)
+
+
 def share_cpu(threads: int, workers: int, device: torch.device, world: int = 1) -> int:
     """On the CPU, fit torch's compute threads and ``workers`` loader workers to the cores this
     process may use (one INFO line); the loader workers to start. Oversubscribed cores make
@@ -188,7 +191,7 @@ def share_cpu(threads: int, workers: int, device: torch.device, world: int = 1) 
     if threads == 0 and from_env.isdigit() and int(from_env) > 0:
         threads, why = int(from_env), "OMP_NUM_THREADS"
     elif threads == 0:
-        workers = min(workers, cores - 1)  # at least one core computes
+        workers = min(workers, cores // LOADER_SHARE)  # the network's arithmetic comes first
         threads, why = cores - workers, "--threads 0: the cores left after the loader workers"
     else:
         why = "--threads"

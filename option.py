@@ -98,8 +98,9 @@ def build_parser() -> OptionParser:
     g = p.add_argument_group("hardware")
     add(g, "--n_threads", type=int, default=6, help="data loading workers")
     add(g, "--threads", type=int, default=0,
-            help="CPU compute threads (0: the cores this process may use, less the loader "
-                 "workers; OMP_NUM_THREADS when set). On a shared or busy CPU, 1 is often fastest")
+            help="CPU compute threads (0: the cores this process may use less the loader "
+                 "workers, which get at most a quarter of them; OMP_NUM_THREADS when set). On a "
+                 "shared or busy CPU, 1 is often fastest")
     add(g, "--cpu", action="store_true", help="use the CPU even when CUDA is present")
     add(g, "--n_GPUs", type=int, default=1, help="refused above 1: use torchrun",
             refused="--n_GPUs is not supported: use torchrun --nproc_per_node {value} main.py ...")

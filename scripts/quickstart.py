@@ -19,12 +19,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import main as ipt_main  # noqa: E402
+from trainer import INTERRUPTED  # noqa: E402  (130: a run stopped by SIGINT/SIGTERM, state saved)
 
 CONFIG = os.path.join(ROOT, "configs", "quickstart.yaml")
 OUT = os.path.join("experiment", "quickstart")
-PRETRAIN_STEPS = 2000
-FINETUNE_STEPS = 1500
-INTERRUPTED = 130  # main.py's status for a run stopped by SIGINT/SIGTERM (128 + SIGINT)
+PRETRAIN_STEPS = 1700
+FINETUNE_STEPS = 1300
 LATEST = os.path.join("model", "model_latest.pt")
 RECORD = os.path.join("model", "training.json")
 STATE = "state.pt"
@@ -36,6 +36,8 @@ ALL_SCALES = "2+3+4+1+1+1"
 # six heads at 8.6x sr2 alone (measured: 9.6x), and a unit took about 20 training steps' time,
 # the guess used until an evaluation is measured.
 STEPS_PER_EVAL_UNIT = 20
+BUSY_CORES = 0.5  # other processes keeping this many cores busy make the machine a busy one
+BUSY_SAMPLE_S = 0.5  # how long the quickstart watches the CPU before it starts
 
 
 @dataclass(frozen=True)
@@ -127,9 +129,11 @@ def mode(plan: list[Phase], i: int, resume: bool) -> str:
     return "resume" if resume and can_continue(plan, i) else "run"
 
 
-def arguments(p: Phase, how: str) -> list[str]:
-    """main.py's arguments for phase p run afresh ("run") or continued ("resume")."""
+def arguments(p: Phase, how: str, threads: int = 0) -> list[str]:
+    """main.py's arguments for phase p run afresh ("run") or continued ("resume"), on
+    ``threads`` compute threads (0: main.py's choice)."""
     args = ["--config", CONFIG, *p.options, "--save", p.save]
+    args += ["--threads", str(threads)] if threads else []
     if how == "resume":
         return [*args, "--resume"]  # the weights come from RUN/state.pt, not --pretrain
     if p.source:
@@ -216,11 +220,12 @@ def call_main(args: list[str]) -> int:
         return e.code if isinstance(e.code, int) else 1
 
 
-def run_phase(plan: list[Phase], i: int, how: str, clock: Clock) -> tuple[int, int | None]:
+def run_phase(plan: list[Phase], i: int, how: str, clock: Clock,
+              threads: int = 0) -> tuple[int, int | None]:
     """Run phase i; its exit status and the training steps it took (None: an evaluation)."""
     p, began = plan[i], time.time()
     before = steps_done(p) if how == "resume" else 0
-    code = call_main(arguments(p, how))
+    code = call_main(arguments(p, how, threads))
     took = time.time() - began
     if not p.steps:
         if code == 0:
@@ -241,6 +246,8 @@ def resume_command(a: argparse.Namespace) -> str:
         words += ["--pretrain_steps", str(a.pretrain_steps)]
     if a.finetune_steps != FINETUNE_STEPS:
         words += ["--finetune_steps", str(a.finetune_steps)]
+    if a.threads:
+        words += ["--threads", str(a.threads)]
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -267,15 +274,46 @@ def summary(plan: list[Phase], ran: dict[int, int | None], clock: Clock) -> str:
     return "\n".join(lines)
 
 
+def busy_cores(seconds: float = BUSY_SAMPLE_S) -> float:
+    """How many cores other processes keep busy now: /proc/stat over a moment (Linux; this
+    process is idle meanwhile), else the 1-minute load average."""
+    def snapshot() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]  # all, idle + iowait
+
+    try:
+        (total0, idle0), _, (total1, idle1) = snapshot(), time.sleep(seconds), snapshot()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0]
+    return (1 - (idle1 - idle0) / max(total1 - total0, 1)) * (os.cpu_count() or 1)
+
+
+def compute_threads(requested: int) -> int:
+    """--threads for every phase: the one asked for, else 0 (main.py fits them to the cores)
+    unless other jobs are busy now, then the cores they leave (at least 1), said in a line:
+    torch's threads spin-wait for each other on busy cores, several times slower."""
+    if requested:
+        return requested
+    cores, busy = len(os.sched_getaffinity(0)), busy_cores()
+    if busy < BUSY_CORES:
+        return 0
+    threads = max(1, cores - round(busy))
+    print(f"quickstart: other jobs keep {busy:.1f} of {cores} usable core(s) busy, so each phase "
+          f"computes on {threads} thread(s) (--threads N to choose)", flush=True)
+    return threads
+
+
 def run_all(a: argparse.Namespace, clock: Clock) -> int:
     """Run (or, with --resume, skip or continue) the phases in order; stop at the first that fails."""
     plan, ran = phases(a.out, a.pretrain_steps, a.finetune_steps), {}
+    threads = compute_threads(a.threads)
     for i, p in enumerate(plan):
         print(f"\n{headline(plan, i, a.resume, clock)}", flush=True)
         how = mode(plan, i, a.resume)
         if how == "skip":
             continue
-        code, ran[i] = run_phase(plan, i, how, clock)
+        code, ran[i] = run_phase(plan, i, how, clock, threads)
         if code == INTERRUPTED:
             return stopped(a, f"in phase {i + 1}/{len(plan)} ({p.title})", clock)
         if code != 0:
@@ -292,6 +330,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=OUT, help="where the four phases write their runs")
     p.add_argument("--pretrain_steps", type=int, default=PRETRAIN_STEPS)
     p.add_argument("--finetune_steps", type=int, default=FINETUNE_STEPS)
+    p.add_argument("--threads", type=int, default=0,
+                   help="compute threads of every phase (0: fewer when other jobs load the CPU)")
     p.add_argument("--resume", action="store_true",
                    help="skip the finished phases and continue the interrupted one")
     a = p.parse_args(argv)

@@ -258,11 +258,11 @@ def study(a: argparse.Namespace) -> dict:
     return found
 
 
-def spread(values: list[float]) -> str:
+def spread(values: list[float], digits: int = 3) -> str:
     """mean +- standard deviation (over seeds), or the value for one seed."""
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def table(found: dict) -> str:
@@ -278,7 +278,7 @@ def table(found: dict) -> str:
         cells = []
         for task in TASKS:
             runs = [found[s][v.name][task][0] for s in seeds]
-            cells += [spread([r["psnr_y"] for r in runs]), spread([r["ssim_y"] for r in runs])]
+            cells += [spread([r["psnr_y"] for r in runs]), spread([r["ssim_y"] for r in runs], 4)]
         lines.append(f"| {v.name} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
@@ -356,6 +356,19 @@ def images_under_all(a: argparse.Namespace) -> list[str]:
     return [p for folder in a.pool for p in images_under(folder)]
 
 
+CONCLUSIONS = "## What the numbers show"  # written by a person: kept when the study is remade
+
+
+def kept_conclusions(doc: str) -> str:
+    """The doc's CONCLUSIONS section as it stands (empty when there is none yet)."""
+    try:
+        with open(doc, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    return "\n" + text[text.index(CONCLUSIONS):] if CONCLUSIONS in text else ""
+
+
 def run_minutes(work: str) -> float:
     """The minutes the study's runs took (first to last line of each run's log), summed over
     every invocation of the study that made them."""
@@ -379,8 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     plot_path = os.path.splitext(a.doc)[0] + ".png"
     os.makedirs(os.path.dirname(os.path.abspath(a.doc)), exist_ok=True)
     plot(found, plot_path)
+    text = report(a, found, minutes, os.path.basename(plot_path)) + kept_conclusions(a.doc)
     with open(a.doc, "w", encoding="utf-8") as f:
-        f.write(report(a, found, minutes, os.path.basename(plot_path)))
+        f.write(text)
     print(table(found))
     print(f"study.py: {a.doc} and {plot_path} written in {minutes:.1f} min")
     return 0

@@ -94,11 +94,12 @@ def test_threads_fit_the_usable_cores(caplog, monkeypatch):
     before = torch.get_num_threads()
     try:
         cpu = torch.device("cpu")
-        assert cli.share_cpu(0, 6, cpu) == 3 and torch.get_num_threads() == 1
-        assert cli.share_cpu(0, 2, cpu) == 2 and torch.get_num_threads() == 2
+        assert cli.share_cpu(0, 6, cpu) == 1 and torch.get_num_threads() == 3  # a quarter loads
+        assert cli.share_cpu(0, 0, cpu) == 0 and torch.get_num_threads() == 4
         assert cli.share_cpu(3, 6, cpu) == 1 and torch.get_num_threads() == 3
+        assert cli.share_cpu(1, 6, cpu) == 3 and torch.get_num_threads() == 1
         assert cli.share_cpu(0, 6, cpu, world=4) == 0 and torch.get_num_threads() == 1
-        assert "2 compute thread(s) and 2 loader worker(s) on 4 usable core(s)" in caplog.text
+        assert "3 compute thread(s) and 1 loader worker(s) on 4 usable core(s)" in caplog.text
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
         assert cli.share_cpu(0, 6, cpu) == 2 and "(OMP_NUM_THREADS)" in caplog.text
     finally:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import io
 import os
 import sys
 
@@ -173,3 +174,24 @@ def test_time_left_from_the_measured_speed():
     clock.eval_s, clock.eval_units = 3.0, 0.25
     assert clock.per_unit() == 12.0
     assert [quickstart.duration(s) for s in (45, 738, 6780)] == ["45 s", "12.3 min", "1 h 53 min"]
+
+
+def test_other_jobs_make_every_phase_compute_on_the_cores_they_leave(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(quickstart.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(quickstart, "busy_cores", lambda: 0.1)
+    assert quickstart.compute_threads(0) == 0  # idle: main.py fits the threads itself
+    assert quickstart.compute_threads(3) == 3
+    monkeypatch.setattr(quickstart, "busy_cores", lambda: 1.1)
+    assert quickstart.compute_threads(0) == 1
+    assert "other jobs keep 1.1 of 2 usable core(s) busy" in capsys.readouterr().out
+    fake = FakeMain()
+    assert run(monkeypatch, str(tmp_path / "qs"), fake) == 0
+    assert all(option(c, "--threads") == "1" for c in fake.calls)
+
+
+def test_busy_cores_counts_what_others_use(monkeypatch):
+    ticks = iter(["cpu 100 0 100 800 0 0 0 0 0 0\n", "cpu 160 0 140 900 0 0 0 0 0 0\n"])
+    monkeypatch.setattr("builtins.open", lambda *a, **k: io.StringIO(next(ticks)))
+    monkeypatch.setattr(quickstart.os, "cpu_count", lambda: 2)
+    # 200 ticks passed, 100 of them idle: half of 2 CPUs busy
+    assert quickstart.busy_cores(0) == pytest.approx(1.0)

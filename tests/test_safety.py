@@ -397,8 +397,8 @@ def test_default_workers_train_on_sample(tmp_path, caplog, monkeypatch):
         assert cli.main([*argv, "--max_steps", "1", "--save", str(tmp_path / "run")]) == 0
     finally:
         torch.set_num_threads(before)
-    # --n_threads 6 on two cores: one loader worker, one compute thread
-    assert "CPU: 1 compute thread(s) and 1 loader worker(s) on 2 usable core(s)" in caplog.text
+    # --n_threads 6 on two cores: both compute, the data is read in the training process
+    assert "CPU: 2 compute thread(s) and 0 loader worker(s) on 2 usable core(s)" in caplog.text
 
 
 def test_a_long_image_shows_tile_progress(capsys, monkeypatch):

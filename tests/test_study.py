@@ -32,7 +32,7 @@ def test_the_table_has_the_input_row_and_one_row_per_variant():
     assert len(lines) == 3 + len(study.VARIANTS)
     assert lines[2].startswith("| *input") and "28.000" in lines[2] and "20.000" in lines[2]
     # seeds 1 and 3: PSNR 31 and 33 (sr2), 24 and 22 (denoise30); deviation sqrt(2)
-    assert lines[3] == "| none | 32.000 ± 1.414 | 0.900 ± 0.000 | 23.000 ± 1.414 | 0.700 ± 0.000 |"
+    assert lines[3] == "| none | 32.000 ± 1.414 | 0.9000 ± 0.0000 | 23.000 ± 1.414 | 0.7000 ± 0.0000 |"
 
 
 def test_a_curve_starts_at_the_input_and_follows_the_log(tmp_path):
@@ -71,3 +71,10 @@ def test_the_study_time_sums_its_runs_logs(tmp_path):
         (tmp_path / name / "log.txt").write_text(f"2026-11-26 {start},1 INFO command\n"
                                                  f"2026-11-26 {end},9 INFO finished\n")
     assert study.run_minutes(str(tmp_path)) == pytest.approx(4.0)  # 2.5 + 1.5 minutes
+
+
+def test_a_remade_doc_keeps_its_conclusions(tmp_path):
+    doc = tmp_path / "STUDY.md"
+    assert study.kept_conclusions(str(doc)) == ""
+    doc.write_text("# old table\n| a |\n\n## What the numbers show\n\nSix tasks help.\n")
+    assert study.kept_conclusions(str(doc)) == "\n## What the numbers show\n\nSix tasks help.\n"

@@ -142,15 +142,19 @@ CLI = ["--cpu", "--scale", "2+1", "--n_feats", "16", "--num_heads", "4", "--num_
        "--n_threads", "0", "--lr", "1e-3", "--con_loss", "--save_every", "2"]
 
 
-def test_cli_resume_gives_the_same_weights(tmp_path):
+@pytest.mark.parametrize("heads", [[], ["--tasks", "sr2+mim", "--mask_ratio", "0.4"]],
+                         ids=["sr2+derain", "sr2+mim"])
+def test_cli_resume_gives_the_same_weights(tmp_path, heads):
     import main as cli
 
-    assert cli.main([*CLI, "--max_steps", "6", "--save", str(tmp_path / "straight")]) == 0
-    assert cli.main([*CLI, "--max_steps", "3", "--save", str(tmp_path / "split")]) == 0
-    assert cli.main([*CLI, "--max_steps", "6", "--save", str(tmp_path / "split"), "--resume"]) == 0
+    run = [*CLI, *heads]
+    assert cli.main([*run, "--max_steps", "6", "--save", str(tmp_path / "straight")]) == 0
+    assert cli.main([*run, "--max_steps", "3", "--save", str(tmp_path / "split")]) == 0
+    assert cli.main([*run, "--max_steps", "6", "--save", str(tmp_path / "split"), "--resume"]) == 0
     a = torch.load(tmp_path / "straight" / "model" / "model_latest.pt", weights_only=True)
     b = torch.load(tmp_path / "split" / "model" / "model_latest.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert ("mask_token" in a) == bool(heads)  # a mim head's batches masked the same way
 
 
 def test_cli_refuses_a_resume_that_changes_the_model(tmp_path, caplog):
