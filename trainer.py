@@ -19,8 +19,9 @@ import utility
 from data.stream import seeded, synthesize_lr
 from data.training import loader_workers, training_stream
 from model.loss import contrastive_loss, l1_loss
-from model.mim import MIM_TASK, masked_l1, random_token_mask
+from model.mim import masked_l1, random_token_mask
 from option import DataSettings, TrainSettings
+from tasks import MIM
 from utility import STATE_NAME
 
 log = logging.getLogger("ipt")
@@ -310,7 +311,7 @@ class Trainer:
     def loss(self, lr_img: Tensor, hr: Tensor, task_id: int, step: int) -> Tensor:
         """L1 (on the masked cells for mim), plus the weighted contrastive loss under --con_loss."""
         extra = {}
-        if self.settings.task_names[task_id] == MIM_TASK:  # random cells, the same on a resume
+        if self.settings.task_names[task_id] == MIM:  # random cells, the same on a resume
             extra["mask"] = random_token_mask(lr_img.shape[0], lr_img.shape[-1] // self.patch_dim,
                                               self.settings.mask_ratio,
                                               seeded("mim", self.settings.seed, self.rank, step))

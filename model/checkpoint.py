@@ -13,11 +13,12 @@ from torch import Tensor, nn
 import utility
 from tasks import default_task_names
 
-from .mim import MASK_TOKEN_KEY
+from .mim import MASK_TOKEN_KEY, mim_heads
 
 WRAPPER_KEYS = ("state_dict", "model", "params")  # dict keys that may hold the weights
 MODULE_PREFIX = "module."  # written by DataParallel / DistributedDataParallel
 PER_HEAD = re.compile(r"^(head|tail)\.(\d+)\.(.*)$")
+QUERY_KEY = "body.query_embed.weight"  # one row per task query
 
 log = logging.getLogger("ipt")
 
@@ -78,8 +79,8 @@ def select_task(state: Mapping[str, Tensor], index: int) -> dict[str, Tensor]:
             out[k] = v
         elif int(m.group(2)) == index:
             out[f"{m.group(1)}.0.{m.group(3)}"] = v
-    if "body.query_embed.weight" in state:
-        out["body.query_embed.weight"] = state["body.query_embed.weight"][index:index + 1]
+    if QUERY_KEY in state:
+        out[QUERY_KEY] = state[QUERY_KEY][index:index + 1]
     return out
 
 
@@ -94,6 +95,30 @@ def head_names(state: Mapping[str, Tensor], path: str, file_tasks: Sequence[str]
         raise CheckpointError(f"{path!r} has {len(scales)} heads of scales "
                               f"{'+'.join(map(str, scales))} that cannot be named from their scales: "
                               f"give their names with --tasks") from None
+
+
+def strip_mim(state: Mapping[str, Tensor], task_names: Sequence[str]) -> dict[str, Tensor]:
+    """A checkpoint without its MIM entries: the mim heads, tails and query rows and the mask
+    token go; the other heads are renumbered in order (the authors' code loads the result)."""
+    n_heads = len(checkpoint_scales(state))
+    if len(task_names) != n_heads:
+        raise ValueError(f"the task names ({'+'.join(task_names)}) do not match the checkpoint's "
+                         f"{n_heads} heads")
+    drop = set(mim_heads(task_names))
+    kept = [i for i in range(n_heads) if i not in drop]
+    renumber = {old: new for new, old in enumerate(kept)}
+    out = {}
+    for key, value in state.items():
+        m = PER_HEAD.match(key)
+        if key == MASK_TOKEN_KEY:
+            continue
+        if m is None:
+            out[key] = value
+        elif int(m.group(2)) in renumber:
+            out[f"{m.group(1)}.{renumber[int(m.group(2))]}.{m.group(3)}"] = value
+    if QUERY_KEY in state:
+        out[QUERY_KEY] = state[QUERY_KEY][kept]
+    return out
 
 
 def resolve_task(state: Mapping[str, Tensor], task: int | str, path: str,
@@ -165,7 +190,7 @@ def load_body(model: nn.Module, path: str, init_from: str,
 
 def _per_task(key: str) -> bool:
     """Whether a key belongs to one task (a head, a tail, the query table, the mask token)."""
-    return bool(PER_HEAD.match(key)) or key in ("body.query_embed.weight", MASK_TOKEN_KEY)
+    return bool(PER_HEAD.match(key)) or key in (QUERY_KEY, MASK_TOKEN_KEY)
 
 
 def check_values(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None:
@@ -225,7 +250,7 @@ def ipt_options_of(state: Mapping[str, Tensor]) -> str:
     positions = state.get("body.position_encoding.pe.weight")
     if positions is not None:
         words.append(f"--patch_size {math.isqrt(positions.shape[0]) * patch_dim}")
-    query = state.get("body.query_embed.weight")
+    query = state.get(QUERY_KEY)
     words += [f"--num_queries {query.shape[0]}"] if query is not None else ["--no_mlp"]
     words += [] if positions is not None else ["--no_pos"]
     words += [] if f"body.encoder.layers.{min(layers)}.norm1.weight" in state else ["--no_norm"]

@@ -9,20 +9,18 @@ head's receptive field (19 pixels across) cannot leak masked pixels into their n
 target is the clean crop, scored on the pixels of masked cells only (MAE).
 
 The six-task keys of a ``+mim`` checkpoint stay exactly the authors'; the ``mim`` head, tail,
-query row and ``mask_token`` are extra entries that ``strip_mim`` removes.
+query row and ``mask_token`` are extra entries that ``checkpoint.strip_mim`` removes.
 """
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-MIM_TASK = "mim"
+from tasks import MIM
+
 MASK_TOKEN_KEY = "mask_token"
-QUERY_KEY = "body.query_embed.weight"
-PER_HEAD = re.compile(r"^(head|tail)\.(\d+)\.(.*)$")
 
 
 def random_token_mask(batch: int, grid: int, ratio: float,
@@ -52,32 +50,4 @@ def masked_l1(output: Tensor, target: Tensor, mask: Tensor, cell: int) -> Tensor
 
 def mim_heads(task_names: Sequence[str]) -> list[int]:
     """The indices of the ``mim`` heads among a model's task names."""
-    return [i for i, name in enumerate(task_names) if name == MIM_TASK]
-
-
-def strip_mim(state: Mapping[str, Tensor], task_names: Sequence[str]) -> dict[str, Tensor]:
-    """A checkpoint without its MIM entries: the mim heads, tails and query rows and the mask
-    token go; the other heads are renumbered in order (the authors' code loads the result)."""
-    drop = set(mim_heads(task_names))
-    if len(task_names) != _head_count(state):
-        raise ValueError(f"the task names ({'+'.join(task_names)}) do not match the checkpoint's "
-                         f"{_head_count(state)} heads")
-    kept = [i for i in range(len(task_names)) if i not in drop]
-    renumber = {old: new for new, old in enumerate(kept)}
-    out = {}
-    for key, value in state.items():
-        m = PER_HEAD.match(key)
-        if key == MASK_TOKEN_KEY:
-            continue
-        if m is None:
-            out[key] = value
-        elif int(m.group(2)) in renumber:
-            out[f"{m.group(1)}.{renumber[int(m.group(2))]}.{m.group(3)}"] = value
-    if QUERY_KEY in state:
-        out[QUERY_KEY] = state[QUERY_KEY][kept]
-    return out
-
-
-def _head_count(state: Mapping[str, Tensor]) -> int:
-    """How many heads a state_dict has."""
-    return len({int(m.group(2)) for k in state if (m := PER_HEAD.match(k)) and m.group(1) == "head"})
+    return [i for i, name in enumerate(task_names) if name == MIM]

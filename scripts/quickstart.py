@@ -8,7 +8,6 @@ Ctrl-C stops the whole quickstart (exit status 130, a training phase saves its s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
@@ -19,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import main as ipt_main  # noqa: E402
+import utility  # noqa: E402
 from trainer import INTERRUPTED  # noqa: E402  (130: a run stopped by SIGINT/SIGTERM, state saved)
 
 CONFIG = os.path.join(ROOT, "configs", "quickstart.yaml")
@@ -26,7 +26,6 @@ OUT = os.path.join("experiment", "quickstart")
 PRETRAIN_STEPS = 1700
 FINETUNE_STEPS = 1300
 LATEST = os.path.join("model", "model_latest.pt")
-RECORD = os.path.join("model", "training.json")
 STATE = "state.pt"
 REPORTS = ("metrics.json", "results.md")
 ALL_SCALES = "2+3+4+1+1+1"
@@ -79,12 +78,7 @@ def phases(out: str, pretrain_steps: int, finetune_steps: int) -> list[Phase]:
 # ----------------------------------------------------------------------------------------
 def read_record(run: str) -> dict:
     """RUN/model/training.json, or {} when it is missing or unreadable (not started / unknown)."""
-    try:
-        with open(os.path.join(run, RECORD), encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+    return utility.read_training_record(os.path.join(run, LATEST)) or {}
 
 
 def fresh(path: str, since: str) -> bool:

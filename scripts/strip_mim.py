@@ -18,8 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import utility  # noqa: E402
-from model.checkpoint import CheckpointError, read_state_dict  # noqa: E402
-from model.mim import mim_heads, strip_mim  # noqa: E402
+from model.checkpoint import CheckpointError, read_state_dict, strip_mim  # noqa: E402
+from model.mim import mim_heads  # noqa: E402
 
 
 def head_names(path: str, tasks: str | None) -> list[str]:

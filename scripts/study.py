@@ -35,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import main as ipt_main  # noqa: E402
+import utility  # noqa: E402
 from data.images import IMAGE_EXTENSIONS, read_image, save_image, stem  # noqa: E402
 from data.sample import sample_photos  # noqa: E402
 
@@ -165,11 +166,8 @@ def run_main(args: list[str], launcher: str) -> None:
 def done(run: str, what: str) -> bool:
     """Whether a run finished already: its training.json says so, or its metrics.json exists."""
     if what == "training":
-        try:
-            with open(os.path.join(run, "model", "training.json"), encoding="utf-8") as f:
-                return bool(json.load(f).get("finished"))
-        except (OSError, ValueError):
-            return False
+        record = utility.read_training_record(os.path.join(run, "model", "model_latest.pt"))
+        return bool(record and record.get("finished"))
     return os.path.isfile(os.path.join(run, "metrics.json"))
 
 

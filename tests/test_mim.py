@@ -10,7 +10,8 @@ from conftest import FIXTURE_ATOL, ROOT, config_from
 import main as cli
 import trainer
 from model import IPT, CheckpointError, load_body, load_checkpoint
-from model.mim import masked_l1, pixel_mask, random_token_mask, strip_mim
+from model.checkpoint import strip_mim
+from model.mim import masked_l1, pixel_mask, random_token_mask
 from option import parse_args, settings
 
 SIX = ["sr2", "sr3", "sr4", "derain", "denoise30", "denoise50"]

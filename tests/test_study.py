@@ -49,9 +49,9 @@ def test_finished_runs_are_recognised(tmp_path):
     run = tmp_path / "run"
     assert not study.done(str(run), "training")
     (run / "model").mkdir(parents=True)
-    (run / "model" / "training.json").write_text(json.dumps({"finished": False}))
+    (run / "model" / "training.json").write_text(json.dumps({"architecture": {}, "finished": False}))
     assert not study.done(str(run), "training")
-    (run / "model" / "training.json").write_text(json.dumps({"finished": True}))
+    (run / "model" / "training.json").write_text(json.dumps({"architecture": {}, "finished": True}))
     assert study.done(str(run), "training")
     (run / "model" / "training.json").write_text("{not json")
     assert not study.done(str(run), "training")
