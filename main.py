@@ -55,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         log.info("command: %s", command)
         if stale:
             log.warning("%s", stale)
-        return run(args, s, device)
+        try:  # a stop signal in any phase: one line and exit 130 (training saves its state first)
+            with utility.StopSignals(raise_=True):
+                return run(args, s, device)
+        except KeyboardInterrupt as e:
+            name = e.args[0] if isinstance(e, utility.Interrupted) else "SIGINT"
+            log.warning("%s received: stopped", name)
+            return utility.INTERRUPTED
 
 
 def run(args: argparse.Namespace, s: option.Settings, device: torch.device) -> int:
@@ -65,6 +71,9 @@ def run(args: argparse.Namespace, s: option.Settings, device: torch.device) -> i
     if args.architecture_from:
         log.info("model options from the run that saved %s (%s): %s", s.run.pretrain,
                  utility.TRAINING_RECORD, " ".join(args.architecture_from))
+    for key in args.architecture_ignored:
+        log.warning("%s beside %s: ignored its key %r (a record may only give the options that "
+                    "shape the model)", utility.TRAINING_RECORD, s.run.pretrain, key)
     given = option.training_options_given(args)
     if given and s.run.test_only:
         log.warning("training options have no effect with --test_only: %s", " ".join(given))
@@ -137,9 +146,15 @@ def train(args: argparse.Namespace, s: option.Settings, device: torch.device) ->
         if world > 1:  # a rank that tears gloo down while another still saves can abort (SIGABRT)
             torch.distributed.barrier()
         return status
+    except torch.distributed.DistError as e:  # a peer died or stalled
+        if rank == 0:
+            log.error("another process of this torchrun job failed or stopped answering (%s): "
+                      "stopping; continue with --resume from the last saved state", last_line(e))
+        return 1
     finally:
         if world > 1:
-            torch.distributed.destroy_process_group()
+            with contextlib.suppress(torch.distributed.DistError, RuntimeError):
+                torch.distributed.destroy_process_group()
 
 
 def _train(args: argparse.Namespace, s: option.Settings, device: torch.device, rank: int,
@@ -172,9 +187,23 @@ def _train(args: argparse.Namespace, s: option.Settings, device: torch.device, r
                              s.record, option.architecture_record(s.evaluation.model_name, s.model),
                              schedule_steps)
     if saved:
-        runner.load_state(saved)
+        try:
+            runner.load_state(saved, os.path.join(s.run.save, utility.STATE_NAME))
+        except trainer.StateError as e:
+            log.error("%s", e)
+            return 1
         log.info("resumed at step %d", runner.progress.step)
+    warn_schedule(s.train, schedule_steps)
     return fit(runner)
+
+
+def warn_schedule(t: option.TrainSettings, steps: int) -> None:
+    """Warn when the cosine schedule's warm-up takes the whole run (its rate never comes down)."""
+    if t.schedule == "cosine" and t.warmup_steps >= steps:
+        log.warning("--warmup_steps %d is not shorter than the run's %d steps: the learning rate "
+                    "only warms up (to %.3g at the last step) and never follows the cosine; "
+                    "lower --warmup_steps", t.warmup_steps, steps,
+                    t.lr * min(steps, t.warmup_steps) / max(t.warmup_steps, 1))
 
 
 LOADER_SHARE = 4  # --threads 0 on the CPU: at most a quarter of the cores load data (2 cores: none)

@@ -50,14 +50,17 @@ HEAD_OPTIONS = ("scale", "tasks")  # the heads of a model, taken from a training
 HEAD_COUNT_OPTIONS = (*HEAD_OPTIONS, "num_queries")  # ... with the count of task queries
 NOT_ARCHITECTURE = ("attention",)  # model options that change the arithmetic, not the weights
 # what parse_args notes about the command line itself, kept out of the run's options record
-PARSE_NOTES = ("command_line", "architecture_from", "pretrain_tasks")
+PARSE_NOTES = ("command_line", "architecture_from", "architecture_ignored", "pretrain_tasks")
+PATH_OPTIONS = ("config", "dir_data", "dir_demo", "pretrain", "save", "streaks_dir")
+MAX_SEED = 2 ** 63 - 1  # torch.manual_seed and the SHA-256 generator seeds take 64-bit integers
 
 
 class OptionParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line and exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun every rank parses: one says it
+            sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         sys.exit(2)
 
 
@@ -368,26 +371,102 @@ def _given_on_command_line(argv: list[str]) -> list[str]:
 def _take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> None:
     """The model options of --pretrain's run (its training.json), where the user gave none.
 
-    --scale, --tasks and --num_queries are taken together or not at all; --task/--task_id pick
-    among them.
+    Only the options that shape the network (``architecture_keys``) may come from a record; any
+    other key is ignored (listed in args.architecture_ignored for a warning), and each value is
+    checked with its option's type. --scale, --tasks and --num_queries are taken together or not
+    at all; --task/--task_id pick among them.
     Sets args.architecture_from (the options taken, for the log) and args.pretrain_tasks (the
     checkpoint's head names, or None when unknown).
     """
-    args.architecture_from, args.pretrain_tasks = [], None
-    from utility import read_training_record
-    record = read_training_record(args.pretrain) if args.pretrain else None
+    args.architecture_from, args.architecture_ignored, args.pretrain_tasks = [], [], None
+    if not args.pretrain:
+        return
+    from utility import RecordError, read_training_record
+    try:
+        record = read_training_record(args.pretrain, strict=True)
+    except RecordError as e:
+        raise ValueError(f"--pretrain {args.pretrain}: {e}") from None
     if record is None:
         return
-    recorded = record["architecture"]
-    if isinstance(recorded.get("tasks"), str):
+    source = os.path.join(os.path.dirname(os.path.abspath(args.pretrain)), "training.json")
+    recorded, args.architecture_ignored = recorded_architecture(record["architecture"], source)
+    if "tasks" in recorded:
         args.pretrain_tasks = _split(recorded["tasks"])
     heads_given = bool(given & set(HEAD_COUNT_OPTIONS))
     for dest, value in recorded.items():
-        if dest in given or dest not in option_table() or (dest in HEAD_COUNT_OPTIONS and heads_given):
+        if dest in given or (dest in HEAD_COUNT_OPTIONS and heads_given):
             continue
         if getattr(args, dest) != value:
             setattr(args, dest, value)
             args.architecture_from.append(f"--{dest} {value}")
+
+
+@functools.lru_cache(maxsize=1)
+def architecture_keys() -> frozenset[str]:
+    """The keys a training record's ``architecture`` may set: what ``architecture_record`` writes
+    (the options that change the weights' keys or shapes, and --num_heads), nothing else."""
+    from model.ipt import IPTConfig
+    from model.restormer import RestormerConfig
+    fields = {f.name for config in (IPTConfig, RestormerConfig) for f in dataclasses.fields(config)}
+    dests = {"tasks" if name == "task_names" else name for name in fields}
+    return frozenset({"model"} | {d for d in dests if d in option_table()
+                                  and d not in refused_options() and d not in NOT_ARCHITECTURE})
+
+
+def recorded_architecture(recorded: dict, source: str) -> tuple[dict, list[str]]:
+    """(the options a record's ``architecture`` gives, checked with their types; the keys it may
+    not set, ignored). ValueError, naming the file and the key, for a value of the wrong type."""
+    table, allowed = option_table(), architecture_keys()
+    taken, ignored = {}, []
+    for key, value in recorded.items():
+        if key not in allowed:
+            ignored.append(key)
+            continue
+        try:
+            taken[key] = _record_value(table[key], value)
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            raise ValueError(f"{source}: architecture key {key!r} {e}; fix the record, or delete it "
+                             f"and give the model options on the command line") from None
+    return taken, ignored
+
+
+def _record_value(action: argparse.Action, value: object) -> object:
+    """A JSON value of a record, checked against its option: an int option takes an int (not
+    16.0, "16" or true), a float option a finite number, a switch a boolean, text a string (a
+    list option also a list of its items)."""
+    if isinstance(value, list) and action.dest in LIST_SEPARATORS and value:
+        if not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"takes a list of numbers or names, not {_short(value)}")
+        return _record_value(action, LIST_SEPARATORS[action.dest].join(map(str, value)))
+    if action.nargs == 0 and isinstance(action.const, bool):
+        ok = isinstance(value, bool)
+    elif action.type is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif action.type is _finite_float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        kind = {int: "an integer", _finite_float: "a finite number"}.get(action.type, "text")
+        kind = "true or false" if action.nargs == 0 else kind
+        raise ValueError(f"takes {kind}, not {_short(value)}")
+    if action.choices is not None and value not in action.choices:
+        raise ValueError(f"is {_short(value)}, not one of {', '.join(map(str, action.choices))}")
+    return value
+
+
+REPR_LIMIT = 60  # characters of a bad value quoted in an error message
+
+
+def _short(value: object) -> str:
+    """repr of a value for a message, cut to REPR_LIMIT characters (a huge YAML alias expansion
+    or record value must not build megabytes of text)."""
+    import reprlib
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = short.maxlong = REPR_LIMIT
+    short.maxlist = short.maxdict = short.maxtuple = 6
+    short.maxlevel = 3
+    return short.repr(value)
 
 
 def architecture_record(model_name: str, config: object) -> dict:
@@ -428,15 +507,24 @@ class _ConfigLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+CONFIG_MAX_BYTES = 1 << 20  # an options file is a few kB; anything larger is not one
+
+
 def _read_config(path: str, parser: argparse.ArgumentParser) -> dict:
-    """Options from a YAML mapping, each checked with its option's type and choices."""
+    """Options from a YAML mapping, each checked with its option's type and choices.
+
+    Values are read as the command line would give them: a plain scalar is its text as written
+    (``save: 10:30`` is the folder 10:30, not the sexagesimal 630; ``007`` stays 007), only
+    true/false are booleans. Anchors and aliases are refused (an option file needs none, and
+    nested aliases expand exponentially).
+    """
+    text = _config_text(path, parser)
     try:
-        with open(path, encoding="utf-8") as f:
-            values = yaml.load(f, Loader=_ConfigLoader)  # a SafeLoader: no arbitrary objects
-    except OSError as e:
-        parser.error(f"--config {path}: cannot read the file ({e.strerror})")
-    except UnicodeDecodeError as e:
-        parser.error(f"--config {path}: not UTF-8 text ({e.reason})")
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=yaml.SafeLoader)):
+            parser.error(f"--config {path}: YAML anchors and aliases (&name, *name) are not "
+                         f"supported in an options file: write each value out")
+        values = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: no arbitrary objects
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
     except DuplicateKeyError as e:
         parser.error(f"--config {path}: {e}")
     except yaml.YAMLError as e:
@@ -445,15 +533,49 @@ def _read_config(path: str, parser: argparse.ArgumentParser) -> dict:
         return {}
     if not isinstance(values, dict):
         parser.error(f"--config {path}: expected a mapping of option: value")
+    written = {key.value: _as_written(value) for key, value in node.value
+               if isinstance(key, yaml.ScalarNode)}
     actions = {a.dest: a for a in parser._actions if a.dest not in NOT_IN_CONFIG}
     for key, value in values.items():
         if key not in actions:
-            parser.error(f"--config {path}: unknown option {key!r}")
+            parser.error(f"--config {path}: unknown option {_short(key)}")
+        if (not isinstance(value, (bool, float)) and value is not None
+                and written.get(str(key)) is not None):  # a YAML float (.inf, 1.5e-4) is a number
+            value = written[str(key)]
         try:
             values[key] = _config_value(actions[key], value)
         except (ValueError, argparse.ArgumentTypeError) as e:
             parser.error(f"--config {path}: {key}: {e}")
     return values
+
+
+def _config_text(path: str, parser: argparse.ArgumentParser) -> str:
+    """The text of an options file: a regular file (a FIFO or device would hang the read) of at
+    most CONFIG_MAX_BYTES, UTF-8."""
+    import stat
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            parser.error(f"--config {path}: not a regular file: give a YAML file")
+        if info.st_size > CONFIG_MAX_BYTES:
+            parser.error(f"--config {path}: {info.st_size} bytes, more than an options file "
+                         f"holds ({CONFIG_MAX_BYTES}): give a YAML file of options")
+        with open(path, encoding="utf-8") as f:
+            return f.read(CONFIG_MAX_BYTES + 1)
+    except OSError as e:
+        parser.error(f"--config {path}: cannot read the file ({e.strerror})")
+    except UnicodeDecodeError as e:
+        parser.error(f"--config {path}: not UTF-8 text ({e.reason})")
+    raise AssertionError("unreachable")  # parser.error exits
+
+
+def _as_written(node: yaml.Node) -> object:
+    """A YAML value as its text was written: a scalar's text, a list of them; None otherwise."""
+    if isinstance(node, yaml.ScalarNode):
+        return node.value
+    if isinstance(node, yaml.SequenceNode) and all(isinstance(n, yaml.ScalarNode) for n in node.value):
+        return [n.value for n in node.value]
+    return None
 
 
 def _config_value(action: argparse.Action, value: object) -> object:
@@ -462,7 +584,7 @@ def _config_value(action: argparse.Action, value: object) -> object:
         raise ValueError("has no value: remove the key to keep the default")
     if (action.nargs == 0 and isinstance(action.const, bool)) or action.type is _bool:
         if not isinstance(value, bool):
-            raise ValueError(f"takes true or false (unquoted), not {value!r}")
+            raise ValueError(f"takes true or false (unquoted), not {_short(value)}")
         return value
     if isinstance(value, list) and action.dest in LIST_SEPARATORS:
         if not value:
@@ -471,15 +593,15 @@ def _config_value(action: argparse.Action, value: object) -> object:
     text = _config_scalar(value)
     if action.type is int:
         if isinstance(value, float):
-            raise ValueError(f"takes an integer, not {value!r}")
+            raise ValueError(f"takes an integer, not {_short(value)}")
         try:
             converted = int(text)
         except ValueError:
-            raise ValueError(f"takes an integer, not {value!r}") from None
+            raise ValueError(f"takes an integer, not {_short(value)}") from None
     else:
         converted = text if action.type is None else action.type(text)
     if action.choices is not None and converted not in action.choices:
-        raise ValueError(f"{converted!r} is not one of {', '.join(map(str, action.choices))}")
+        raise ValueError(f"{_short(converted)} is not one of {', '.join(map(str, action.choices))}")
     return converted
 
 
@@ -488,11 +610,11 @@ def _config_scalar(value: object) -> str:
     if isinstance(value, bool):
         raise ValueError(f"takes a number or text, not the boolean {str(value).lower()}")
     if isinstance(value, (list, tuple)):
-        raise ValueError(f"takes one value, not the list {value!r}")
+        raise ValueError(f"takes one value, not the list {_short(value)}")
     if isinstance(value, dict):
-        raise ValueError(f"takes one value, not the mapping {value!r}")
+        raise ValueError(f"takes one value, not the mapping {_short(value)}")
     if not isinstance(value, (int, float, str)):
-        raise ValueError(f"takes a number or text, not {value!r}")
+        raise ValueError(f"takes a number or text, not {_short(value)}")
     return str(value)
 
 
@@ -501,6 +623,11 @@ def _finish(args: argparse.Namespace) -> None:
     for dest, (default, message) in refused_options().items():
         if getattr(args, dest) != default:
             raise ValueError(message.format(value=getattr(args, dest)))
+    for dest in PATH_OPTIONS:  # "~/runs" from a config file (or --save=~/runs) as a shell would
+        if getattr(args, dest):
+            setattr(args, dest, os.path.expanduser(getattr(args, dest)))
+    if not 0 <= args.seed <= MAX_SEED:
+        raise ValueError(f"--seed {args.seed}: give an integer from 0 to {MAX_SEED} (2^63 - 1)")
     args.data_train = _split(args.data_train)
     args.scale_given = args.scale is not None
     args.scale = _scales(DEFAULT_SCALE if args.scale is None else args.scale)
@@ -518,6 +645,7 @@ def _finish(args: argparse.Namespace) -> None:
                          f"{', '.join(ALL_SETS)}, Demo")
     _check_numbers(args)
     _check_device(args)
+    _check_memory(args)
     _check_run(args)
     _check_training_data(args)
     _check_schedule(args)
@@ -781,6 +909,66 @@ def _check_device(args: argparse.Namespace) -> None:
         raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
 
 
+FLOAT_BYTES = 4  # weights, activations and images in float32
+# training keeps per weight: the weight, its gradient and Adam's two moments
+TRAINING_COPIES = 4
+GIB = 2 ** 30
+
+
+def _check_memory(args: argparse.Namespace) -> None:
+    """Refuse sizes that cannot fit before anything is allocated: a lower bound of the bytes the
+    model (built on torch's meta device, which allocates nothing) and its first batch need,
+    against the memory available (the CPU's, or the GPU's on CUDA). Names the options to lower."""
+    weights, activations, batch_option = _memory_needed(args)
+    available = _available_memory(args)
+    if available is None or weights + activations <= available:
+        return
+    if weights >= activations:
+        lower = "--patch_size, --n_feats or --num_layers" if args.model == "ipt" else "--dim or --num_blocks"
+        what = f"the model alone needs {weights / GIB:.1f} GiB"
+    else:
+        lower = f"{batch_option} or --patch_size"
+        what = (f"the first batch needs {activations / GIB:.1f} GiB beside the model's "
+                f"{weights / GIB:.1f} GiB")
+    raise ValueError(f"{what}, at least, and {available / GIB:.1f} GiB are available: lower {lower} "
+                     f"(--patch_size {args.patch_size}, {batch_option} "
+                     f"{getattr(args, batch_option[2:])})")
+
+
+def _memory_needed(args: argparse.Namespace) -> tuple[int, int, str]:
+    """(bytes of the weights, with gradients and Adam moments when training; a lower bound of the
+    first batch's bytes; the option that sets that batch)."""
+    import torch
+    from model import build_model
+    with torch.device("meta"):
+        model = build_model(_model_config(args, list(range(len(args.scale)))))
+    params = sum(p.numel() for p in model.parameters())
+    weights = params * FLOAT_BYTES * (1 if args.test_only else TRAINING_COPIES)
+    batch_option = "--crop_batch_size" if args.test_only else "--batch_size"
+    batch = args.crop_batch_size if args.test_only else args.batch_size
+    side = args.patch_size * max(args.scale)
+    images = batch * 3 * (args.patch_size ** 2 + side ** 2) * FLOAT_BYTES  # input and output
+    tokens = 0
+    if args.model == "ipt":  # each of the body's layers holds (or, testing, passes on) its tokens
+        count = (args.patch_size // args.patch_dim) ** 2
+        width = args.n_feats * args.patch_dim ** 2
+        layers = 1 if args.test_only else 2 * args.num_layers
+        tokens = batch * count * width * FLOAT_BYTES * layers
+    return weights, images + tokens, batch_option
+
+
+def _available_memory(args: argparse.Namespace) -> int | None:
+    """Bytes free where the model will run: the GPU of this process on CUDA, else the CPU."""
+    import torch
+    if torch.cuda.is_available() and not args.cpu:
+        try:
+            return torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory
+        except (RuntimeError, AssertionError, ValueError):  # no usable driver: not known here
+            return None
+    from utility import available_memory
+    return available_memory()
+
+
 def _check_run(args: argparse.Namespace) -> None:
     """--save names a run directory; --resume, --reset and --pretrain do not contradict each other."""
     if not str(args.save).strip():
@@ -807,14 +995,22 @@ def _data_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
             raise ValueError
     except ValueError:
         raise ValueError(f"--data_range {text!r}: expected FIRST-LAST/FIRST-LAST, like 1-800/801-810") from None
+    for first, last in (train, test):
+        if not 1 <= first <= last:
+            raise ValueError(f"--data_range {text!r}: {first}-{last} is no range of image numbers "
+                             f"(from 1, FIRST <= LAST), like 1-800/801-810")
     return train, test
 
 
 def _milestones(decay: str) -> list[int]:
-    try:
-        return [int(v) for v in str(decay).split("-") if v]
-    except ValueError:
-        raise ValueError(f"--decay {decay!r}: expected epochs joined by -, like 200-400") from None
+    """--decay 'a-b': step-decay milestones in epochs, positive and increasing."""
+    parts = str(decay).split("-")
+    if not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--decay {decay!r}: expected positive epochs joined by -, like 200-400")
+    milestones = [int(p) for p in parts]
+    if min(milestones) < 1 or milestones != sorted(set(milestones)):
+        raise ValueError(f"--decay {decay!r}: expected positive, increasing epochs, like 200-400")
+    return milestones
 
 
 def training_options_given(args: argparse.Namespace) -> list[str]:

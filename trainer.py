@@ -5,7 +5,6 @@ import logging
 import math
 import os
 import random
-import signal
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -42,13 +41,23 @@ def make_batches(d: DataSettings, rank: int = 0, world: int = 1,
 
     def batches(start: int) -> DataLoader:
         return DataLoader(stream.with_start(start), batch_size=None, num_workers=workers,
-                          pin_memory=d.pin_memory and torch.cuda.is_available())
+                          pin_memory=d.pin_memory and torch.cuda.is_available(),
+                          worker_init_fn=utility.ignore_stop_signals if workers else None)
 
     return batches, stream.steps_per_epoch, workers
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-INTERRUPTED = 130  # the exit status of a run stopped by SIGINT/SIGTERM (128 + SIGINT), as shells use
+INTERRUPTED = utility.INTERRUPTED  # the exit status of a run a signal stopped (its state saved)
+
+
+def signal_name(signum: int) -> str:
+    """SIGINT, SIGTERM, ... of a signal number."""
+    import signal
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 @dataclass
@@ -150,33 +159,6 @@ def progressive_crop(lr: Tensor, hr: Tensor, patch: int, size: int,
     return lr[pick][window], hr[pick][window]
 
 
-class StopRequested:
-    """Turns SIGINT/SIGTERM into a flag, so the loop can save before it exits."""
-
-    def __init__(self):
-        self.flag = False
-        self._previous = {}
-        self._pid = os.getpid()
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if os.getpid() != self._pid:  # a loader worker forked with the handler: its parent stops it
-            return
-        log.warning("signal %d received: saving the training state and stopping", signum)
-        self.flag = True
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 class Trainer:
     """Optimises the model on one-task batches; checkpoints, validates, resumes exactly."""
 
@@ -204,6 +186,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         self.progress = Progress()
         self.skipped_files: dict[int, int] = {}  # loader worker -> files it skipped so far
+        self.weights_written: dict[str, dict] = {}  # model/ file -> {step, size, mtime_ns}
         self.loss_average: float | None = None
         self.model_dir = os.path.join(t.save, "model")
         self.writer = None
@@ -223,9 +206,9 @@ class Trainer:
                    dynamic_ncols=True, disable=self.rank != 0)
         status = 0
         try:
-            with StopRequested() as stop:
+            with utility.StopSignals() as stop:
                 batches = iter(self.batches(p.step))
-                while p.step < self.total_steps and not stop.flag:
+                while p.step < self.total_steps and stop.received is None:
                     loss = self.train_step(next(batches))
                     p.step += 1
                     bar.update(1)
@@ -235,7 +218,10 @@ class Trainer:
                         status = 1
                         break
                     self._after_step(loss)
-                self.interrupted = stop.flag and p.step < self.total_steps
+                if stop.received is not None:
+                    log.warning("%s received: saving the training state and stopping",
+                                signal_name(stop.received))
+                self.interrupted = stop.received is not None and p.step < self.total_steps
         finally:
             bar.close()
             saved = self._save_on_exit()
@@ -379,7 +365,7 @@ class Trainer:
         mean = sum(psnr.values()) / len(psnr)
         if mean > p.best_psnr:
             p.best_psnr, p.best_step = mean, p.step
-            utility.atomic_save(bare_state_dict(self.model), os.path.join(self.model_dir, "model_best.pt"))
+            self.save_weights(bare_state_dict(self.model), "model_best.pt")
             self.write_record()  # its best_step, for evaluations of model_best.pt
         log.info("step %d: validation PSNR %.3f dB (best %.3f at step %d)", p.step, mean,
                  p.best_psnr, p.best_step)
@@ -400,9 +386,9 @@ class Trainer:
                       "the training state are those of the last good save", self.progress.step,
                       len(broken), broken[0], os.path.join(self.model_dir, "model_latest.pt"))
             return False
-        utility.atomic_save(weights, os.path.join(self.model_dir, "model_latest.pt"))
+        self.save_weights(weights, "model_latest.pt")
         if self.settings.save_models:
-            utility.atomic_save(weights, os.path.join(self.model_dir, f"model_{self.progress.step}.pt"))
+            self.save_weights(weights, f"model_{self.progress.step}.pt")
         state = {"model": weights, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "progress": vars(self.progress), "loss_average": self.loss_average,
@@ -411,6 +397,15 @@ class Trainer:
         utility.atomic_save(state, os.path.join(self.settings.save, STATE_NAME))
         self.write_record()
         return True
+
+    def save_weights(self, weights: dict[str, Tensor], name: str) -> None:
+        """model/NAME, written atomically; training.json will tell its step by its size and
+        modification time (a file replaced since, or saved after the record, is not described)."""
+        path = os.path.join(self.model_dir, name)
+        utility.atomic_save(weights, path)
+        info = os.stat(path)
+        self.weights_written[name] = {"step": self.progress.step, "size": info.st_size,
+                                      "mtime_ns": info.st_mtime_ns}
 
     def write_record(self) -> None:
         """model/training.json: what training_record says now."""
@@ -422,22 +417,32 @@ class Trainer:
         return {"model": self.architecture.get("model"), "architecture": self.architecture,
                 "step": p.step, "max_steps": self.total_steps, "schedule_steps": self.schedule_steps,
                 "finished": p.step >= self.total_steps, "interrupted": self.interrupted,
-                "best_step": p.best_step if p.best_step >= 0 else None}
+                "best_step": p.best_step if p.best_step >= 0 else None,
+                "weights": self.weights_written}
 
     def load(self, path: str) -> None:
         """Continue from a saved training state file."""
         self.load_state(read_state(path))
         log.info("resumed from %s at step %d", path, self.progress.step)
 
-    def load_state(self, state: dict) -> None:
-        """Continue from a training state already read (what ``save`` wrote)."""
-        unwrap(self.model).load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+    def load_state(self, state: dict, path: str = STATE_NAME) -> None:
+        """Continue from a training state already read (what ``save`` wrote, checked by
+        ``read_state``); StateError when it does not fit this model and optimiser."""
+        try:
+            unwrap(self.model).load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            _check_optimizer_shapes(self.optimizer)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise StateError(f"{path} does not fit this model and optimiser ("
+                             f"{utility.load_failure(e)}): continue it with the options it was "
+                             f"saved with, or start afresh with --reset") from None
         self.progress = Progress(**state["progress"])
         self.loss_average = state["loss_average"]
         set_rng_states(state["rng"])
+        record = utility.read_training_record(os.path.join(self.model_dir, "model_latest.pt"))
+        self.weights_written = dict((record or {}).get("weights", {}))
 
 
 class StateError(RuntimeError):
@@ -445,10 +450,13 @@ class StateError(RuntimeError):
 
 
 STATE_KEYS = ("model", "optimizer", "scheduler", "scaler", "progress", "loss_average", "rng", "options")
+PYTHON_RNG_VERSION, PYTHON_RNG_WORDS = 3, 625  # random.getstate(): (3, 625 words, gauss)
+NUMPY_RNG_WORDS = 624  # np.random.get_state()'s MT19937 key
 
 
 def read_state(path: str) -> dict:
-    """A training state written by ``Trainer.save``, read weights-only (no code can run)."""
+    """A training state written by ``Trainer.save``, read weights-only (no code can run) and
+    checked field by field (``state_problem``); StateError in one line otherwise."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle refusals, truncated or foreign files
@@ -459,7 +467,94 @@ def read_state(path: str) -> dict:
     if missing:
         raise StateError(f"{path} is not a training state of this program (no {', '.join(missing)}); "
                          f"start afresh with --reset")
+    problem = state_problem(state)
+    if problem:
+        raise StateError(f"{path} is damaged or not a training state of this program ({problem}); "
+                         f"start afresh with --reset (or another --save)")
     return state
+
+
+def state_problem(state: dict) -> str | None:
+    """What is wrong with the fields of a training state (None: nothing)."""
+    if not isinstance(state["model"], dict) or not all(
+            isinstance(k, str) and isinstance(v, Tensor) for k, v in state["model"].items()):
+        return "'model' is not a mapping of names to tensors"
+    opt = state["optimizer"]
+    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict)
+            and isinstance(opt.get("param_groups"), list)):
+        return "'optimizer' is not an optimiser's state"
+    for key in ("scheduler", "scaler", "options"):
+        if not isinstance(state[key], dict):
+            return f"{key!r} is not a mapping"
+    problem = _progress_problem(state["progress"]) or _rng_problem(state["rng"])
+    if problem:
+        return problem
+    average = state["loss_average"]
+    if average is not None and not (_is_number(average) and math.isfinite(average)):
+        return "'loss_average' is not a finite number"
+    workers = state.get("loader_workers")
+    if workers is not None and not _is_int(workers, 0):
+        return "'loader_workers' is not a count"
+    if "schedule_steps" in state and not _is_int(state["schedule_steps"], 1):
+        return "'schedule_steps' is not a positive integer"
+    return None
+
+
+def _progress_problem(progress: object) -> str | None:
+    """What is wrong with a saved Progress (None: nothing)."""
+    fields = {f for f in Progress.__dataclass_fields__}
+    if not isinstance(progress, dict) or set(progress) != fields:
+        return f"'progress' does not hold exactly {', '.join(sorted(fields))}"
+    counts = ("step", "nonfinite_total", "nonfinite_run")
+    if not all(_is_int(progress[k], 0) for k in counts) or not _is_int(progress["best_step"], -1):
+        return "'progress' holds a count that is not a non-negative integer"
+    if not _is_number(progress["best_psnr"]) or math.isnan(progress["best_psnr"]):
+        return "'progress.best_psnr' is not a number"
+    return None
+
+
+def _rng_problem(rng: object) -> str | None:
+    """What is wrong with saved random-generator states (None: nothing)."""
+    if not isinstance(rng, dict) or not {"torch", "numpy", "python"} <= set(rng):
+        return "'rng' lacks the torch, numpy or python generator"
+    own = torch.get_rng_state()
+    t = rng["torch"]
+    if not (isinstance(t, Tensor) and t.dtype == own.dtype and t.shape == own.shape):
+        return f"'rng.torch' is not a generator state of {own.numel()} bytes"
+    n = rng["numpy"]
+    if not (isinstance(n, (list, tuple)) and len(n) == 5 and isinstance(n[0], str)
+            and isinstance(n[1], Tensor) and tuple(n[1].shape) == (NUMPY_RNG_WORDS,)
+            and _is_int(n[2], 0) and _is_int(n[3], 0) and _is_number(n[4])):
+        return "'rng.numpy' is not a numpy generator state"
+    p = rng["python"]
+    if not (isinstance(p, (list, tuple)) and len(p) == 3 and p[0] == PYTHON_RNG_VERSION
+            and isinstance(p[1], (list, tuple)) and len(p[1]) == PYTHON_RNG_WORDS
+            and all(_is_int(w, 0) and w < 2 ** 32 for w in p[1])
+            and (p[2] is None or _is_number(p[2]))):
+        return "'rng.python' is not a Python generator state"
+    cuda = rng.get("cuda", [])
+    if not (isinstance(cuda, (list, tuple)) and all(isinstance(c, Tensor) for c in cuda)):
+        return "'rng.cuda' is not a list of generator states"
+    return None
+
+
+def _is_int(value: object, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_optimizer_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """ValueError when a loaded optimiser state holds a tensor of another shape than its weight
+    (load_state_dict checks the counts only; the first step would fail deep inside)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, Tensor) and value.dim() > 0 and value.shape != param.shape:
+                    raise ValueError(f"its optimiser's {name} has shape {tuple(value.shape)} for a "
+                                     f"weight of shape {tuple(param.shape)}")
 
 
 def _summary_writer(folder: str):

@@ -7,7 +7,9 @@
 - ``atomic_write`` / ``write_json`` / ``write_text`` / ``atomic_save``: files written to a
   temporary and renamed (SaveError on a full disk), ``nonfinite_tensors`` to check weights first;
 - ``RunLock``: ``RUN/.lock``, one process per run directory (stale locks taken over);
-- ``keep_freed_memory``: tunes glibc malloc (``mallopt``) so CPU forward passes reuse freed memory.
+- ``keep_freed_memory``: tunes glibc malloc (``mallopt``) so CPU forward passes reuse freed memory;
+- ``StopSignals`` / ``ignore_stop_signals``: SIGINT, SIGTERM and SIGUSR1 turned into a clean stop
+  (a flag, or ``Interrupted`` raised), and ignored by loader workers, whose parent stops them.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -206,6 +209,9 @@ def _umask() -> int:
 
 
 FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
+# torch.save reports a failed write (a full disk) as a RuntimeError of several wordings; a
+# loader worker's death, raised by its SIGCHLD handler while a save runs, is not about the file
+NOT_A_WRITE_FAILURE = re.compile(r"DataLoader worker")
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
@@ -228,7 +234,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
-        if isinstance(e, (OSError, RuntimeError)):  # torch.save reports a full disk as RuntimeError
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and not NOT_A_WRITE_FAILURE.search(str(e))):
             raise SaveError(_save_failure(path, e)) from None
         raise
 
@@ -254,18 +260,76 @@ def write_json(path: str, data: object) -> None:
     atomic_write(path, dump)
 
 
-def read_training_record(checkpoint: str) -> dict | None:
-    """The training.json beside a checkpoint file (None when absent or not a record of ours)."""
+class RecordError(ValueError):
+    """A record this program wrote (training.json, ...) that is damaged or was not written by it."""
+
+
+def read_training_record(checkpoint: str, strict: bool = False) -> dict | None:
+    """The training.json beside a checkpoint file, its fields checked (``training_record_problem``).
+
+    None when there is none. A record that is not a regular file under RECORD_MAX_BYTES (a FIFO
+    would hang the read), not JSON or not of the expected shape is None too, or with ``strict`` a
+    RecordError naming the file, the key and what to do.
+    """
     path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), TRAINING_RECORD)
-    try:  # a regular, small file only: a FIFO or a device would hang the read
-        if not os.path.isfile(path) or os.path.getsize(path) > RECORD_MAX_BYTES:
-            return None
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
+    if not os.path.lexists(path):
         return None
-    ok = isinstance(record, dict) and isinstance(record.get("architecture"), dict)
-    return record if ok else None
+    problem, record = None, None
+    try:
+        if not os.path.isfile(path):
+            problem = "not a regular file"
+        elif os.path.getsize(path) > RECORD_MAX_BYTES:
+            problem = f"larger than a record ({RECORD_MAX_BYTES} bytes)"
+        else:
+            with open(path, encoding="utf-8") as f:
+                record = json.load(f)
+            problem = training_record_problem(record)
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        problem = f"not readable JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    if problem is None:
+        return record
+    if strict:
+        raise RecordError(f"{path}: {problem}; it describes the run that saved {checkpoint}: fix "
+                          f"or delete it (the model options then come from the command line)")
+    return None
+
+
+RECORD_COUNTS = ("step", "max_steps", "schedule_steps")  # non-negative ints when present
+RECORD_FLAGS = ("finished", "interrupted")  # booleans when present
+RECORD_VALUES = (str, int, float, bool, type(None))  # what an architecture value may hold
+
+
+def training_record_problem(record: object) -> str | None:
+    """What is wrong with a parsed training.json (None: nothing). Its ``architecture`` is a
+    mapping of option names to plain values (option.py checks each against its option)."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    arch = record.get("architecture")
+    if not isinstance(arch, dict):
+        return "key 'architecture': missing or not an object"
+    for key, value in arch.items():
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, RECORD_VALUES) for v in items):
+            return f"key 'architecture.{key}': not a plain value or list of them"
+    for key in RECORD_COUNTS:
+        if key in record and not _is_count(record[key]):
+            return f"key {key!r}: not a non-negative integer"
+    if record.get("best_step") is not None and not _is_count(record["best_step"]):
+        return "key 'best_step': not a non-negative integer or null"
+    for key in RECORD_FLAGS:
+        if key in record and not isinstance(record[key], bool):
+            return f"key {key!r}: not true or false"
+    weights = record.get("weights", {})
+    if not isinstance(weights, dict) or not all(
+            isinstance(v, dict) and _is_count(v.get("size")) and _is_count(v.get("mtime_ns"))
+            and _is_count(v.get("step")) for v in weights.values()):
+        return "key 'weights': not a mapping of file name to {step, size, mtime_ns}"
+    return None
+
+
+def _is_count(value: object) -> bool:
+    """A non-negative int (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def write_text(path: str, text: str) -> None:
@@ -282,17 +346,23 @@ def atomic_save(obj: object, path: str) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")  # torch.load's weights-only refusal
+# torch.load's weights-only refusal names the global a pickle would call, in one of two wordings
+UNSAFE_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+# lines of torch's refusal that advise loading unsafely or point to its docs: never shown
+TORCH_ADVICE = re.compile(r"weights.only|Weights only load failed|Check the documentation", re.I)
 
 
 def load_failure(error: BaseException) -> str:
-    """One line saying why ``torch.load(..., weights_only=True)`` failed on a file."""
+    """One line saying why ``torch.load(..., weights_only=True)`` failed on a file (never torch's
+    advice to load it unsafely)."""
     text = ANSI_ESCAPE.sub("", str(error))
     unsafe = UNSAFE_GLOBAL.search(text)
     if unsafe:  # a pickle that would call something: refused, never run
-        return f"it would run code ({unsafe.group(1)}) when loaded, which is refused"
+        return f"it would run code ({unsafe.group(1).rstrip('.,')}) when loaded, which is refused"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if not TORCH_ADVICE.search(line)] or (
+        ["it holds objects other than tensors and plain values, which is refused"] if lines else [])
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
@@ -359,6 +429,11 @@ class RunLock:
                     os.remove(self.path)
                 continue
             self.held = True
+            removed = remove_stale_temporaries(os.path.dirname(self.path))
+            if removed:
+                note = (note + "; " if note else "") + (
+                    f"removed {len(removed)} temporary file(s) a killed process left: "
+                    + ", ".join(os.path.basename(r) for r in removed[:3]))
             return note
         raise LockError(f"cannot take the lock {self.path}: another process took it meanwhile")
 
@@ -399,6 +474,25 @@ class RunLock:
         self.release()
 
 
+TEMPORARY_NAME = re.compile(r"^\..+\.[^.]+\.tmp$")  # what atomic_write creates: .NAME.XXXXXX.tmp
+RUN_SUBFOLDERS = ("", "model")  # where a run writes its files atomically
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Remove the temporaries of atomic writes in a run directory (and its model/) that a killed
+    process left; only the holder of the run's lock may call it (no one else writes there)."""
+    removed = []
+    for sub in RUN_SUBFOLDERS:
+        where = os.path.join(folder, sub)
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(where):
+                if TEMPORARY_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.remove(entry.path)
+                        removed.append(entry.path)
+    return removed
+
+
 def _alive(holder: dict) -> bool:
     """Whether the lock holder may still run (True for another host: it cannot be checked)."""
     if holder.get("host") != socket.gethostname():
@@ -415,6 +509,29 @@ def _alive(holder: dict) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate on the CPU: MemAvailable, lowered by a cgroup's
+    memory limit when one is set (None when neither can be read)."""
+    found = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as f:
+            used = int(f.read().strip())
+        if limit.isdigit():
+            found.append(max(int(limit) - used, 0))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
@@ -435,3 +552,57 @@ def keep_freed_memory() -> bool:
         return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
     except (OSError, AttributeError):
         return False
+
+
+# ----------------------------------------------------------------------------------------
+# Stopping on a signal
+# ----------------------------------------------------------------------------------------
+# What a terminal (SIGINT), timeout/Slurm/Kubernetes (SIGTERM) and Slurm's --signal (SIGUSR1) send
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+INTERRUPTED = 130  # the exit status of a run stopped by a signal (128 + SIGINT), as shells use
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal raised as an exception (a KeyboardInterrupt, so Ctrl-C code handles it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """Within ``with``: SIGINT, SIGTERM and SIGUSR1 set ``received`` (the signal's number) and,
+    with ``raise_=True``, raise ``Interrupted`` in the main thread. Outside the main thread it
+    changes nothing. Only the process that entered it reacts: a forked child ignores them."""
+
+    def __init__(self, raise_: bool = False, on_signal: Callable[[int], None] | None = None):
+        self.raise_, self.on_signal = raise_, on_signal
+        self.received: int | None = None
+        self._previous: dict = {}
+        self._pid = os.getpid()
+
+    def __enter__(self) -> "StopSignals":
+        for sig in STOP_SIGNALS:
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if os.getpid() != self._pid:  # a forked child (a loader worker): its parent stops it
+            return
+        self.received = signum
+        if self.raise_:
+            raise Interrupted(signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A DataLoader ``worker_init_fn``: the worker ignores the stop signals, which reach the whole
+    process group, and leaves the stop to the main process (which ends its workers itself)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

@@ -9,6 +9,15 @@ import numpy as np
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Property-based tests (Hypothesis): the same examples on every run and machine (derandomized),
+# no example database written into the tree, no per-example deadline (torch's first calls are
+# slow); each test states its own max_examples.
+settings.register_profile("ipt", derandomize=True, database=None, deadline=None, print_blob=False,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                 HealthCheck.too_slow])
+settings.load_profile("ipt")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")

@@ -279,7 +279,6 @@ def test_yaml_lists_are_joined_like_the_command_line(tmp_path):
     ("betas: [2, 3]\n", "betas", ["[0, 1)"]),
     ("optimizer: adam\n", "optimizer", ["ADAM"]),
     ("model: ipt2\n", "model", ["restormer"]),
-    ("dir_data: 2024-01-01\n", "dir_data", ["number or text"]),
 ])
 def test_bad_yaml_values_exit_2_naming_file_and_key(tmp_path, capsys, text, key, words):
     cfg = tmp_path / "bad.yaml"
