@@ -13,6 +13,14 @@ Inside, it reads: ``HR/`` (or ``original/``, ``GT/``, ``*_HR/``) and ``LR_bicubi
 ``rain-<id>``/``norain-<id>`` files or ``rainy/``+``norain/`` (``input/``+``target/``) folders.
 Folders named ``*train*`` are skipped: these are test sets.
 
+Sources are converted into a temporary folder beside --out (``.prepare_data.*``, the same
+filesystem), and the files are moved into --out once every source converted; on any error that
+folder is removed and --out is left as it was. Refused, with one line: a SRC or image file that is
+not a regular file or folder once links are followed (a named pipe, a device: never opened);
+archive members with an absolute path, ``..``, a control character, a link, or a name used twice;
+a member declaring or holding more than 512 MiB (no test image comes near), an archive more than
+8 GiB in all (both checked before extracting, and again while copying); images that do not decode.
+
 It writes the layout of data/benchmark.py: ``benchmark/<set>/HR/<name>.png`` with
 ``benchmark/<set>/LR_bicubic/X<s>/<name>x<s>.png`` (SR sets), ``benchmark/CBSD68/HR``,
 ``Rain100L/{rain,norain}-<id>.png``, ``DIV2K/DIV2K_valid_HR`` with
@@ -25,12 +33,15 @@ files. Exit status: 0 all well; 1 problems found (each named, with its file); 2 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.client
 import json
 import os
 import re
 import shutil
+import stat
+import struct
 import sys
 import tarfile
 import tempfile
@@ -90,11 +101,19 @@ CLEAN_DIRS = ("norain", "target", "gt", "clean", "groundtruth")
 SEARCH_DEPTH = 3  # folders searched for set-named folders below a SRC that is not one
 GREY_MODES = ("1", "L", "LA", "P;L", "I", "I;16", "I;16B", "I;16L", "F")
 
-# Archives: extracted member by member into a temporary folder, never outside it
+# Archives: extracted member by member into a temporary folder beside --out, never outside it;
+# sizes checked as declared (before a byte is written) and as read (while copying each member)
 ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".txz", ".tar", ".zip")
 MAX_EXTRACT_BYTES = 8 * 2 ** 30  # the largest test set (SelfExSR's Urban100) holds about 1.2 GB
+MAX_MEMBER_BYTES = 512 * 2 ** 20  # per member or image file; real test images are a few MB each
 MAX_MEMBERS = 200_000
 CHUNK_BYTES = 1 << 20
+# Names refused in archives and folders: control characters (a newline would forge output lines)
+# and lone surrogates (tarfile's stand-ins for bytes that are not UTF-8; they cannot be printed)
+BAD_NAME_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+SCRATCH_PREFIX = ".prepare_data."  # the temporary folder beside --out, removed whatever happens
+FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, zlib.error, EOFError,
                   NotImplementedError, RuntimeError, OSError)
 
@@ -216,7 +235,11 @@ def archive_stem(path: str) -> Optional[str]:
 
 
 def member_parts(archive: str, name: str) -> list[str]:
-    """The path parts of archive member ``name``; a PrepareError for an absolute path or ``..``."""
+    """The path parts of archive member ``name``; a PrepareError for an absolute path, ``..`` or
+    a control character."""
+    if BAD_NAME_CHARS.search(name):
+        raise PrepareError(f"{archive}: member {name!r} has a control character or bytes that are "
+                           "not UTF-8 in its name; archive refused")
     clean = name.replace("\\", "/")
     if clean.startswith("/") or re.match(r"^[A-Za-z]:", clean):
         raise PrepareError(f"{archive}: member {name!r} has an absolute path; archive refused")
@@ -233,31 +256,67 @@ class Extractor:
     def __init__(self, archive: str, dest: str):
         self.archive, self.dest = archive, os.path.realpath(dest)
         self.members = self.bytes = 0
+        self.files: dict[tuple[str, ...], str] = {}  # path parts -> the member written there
 
-    def target(self, name: str) -> Optional[str]:
-        """The path for member ``name`` under dest (None for the archive's root folder)."""
+    def target(self, name: str, is_file: bool = True) -> Optional[str]:
+        """The path for member ``name`` under dest (None for the archive's root folder); a second
+        file member at one path is refused."""
         parts = member_parts(self.archive, name)
         self.members += 1
         if self.members > MAX_MEMBERS:
             raise PrepareError(f"{self.archive}: more than {MAX_MEMBERS} members; archive refused")
         if not parts:
             return None
+        key = tuple(parts)
+        if is_file and key in self.files:
+            raise PrepareError(f"{self.archive}: two members named {name!r} (the first: "
+                               f"{self.files[key]!r}); archive refused: remove one")
+        if is_file:
+            self.files[key] = name
         path = os.path.join(self.dest, *parts)
         if not os.path.realpath(path).startswith(self.dest + os.sep):
             raise PrepareError(f"{self.archive}: member {name!r} would land outside the "
                                "extraction folder; archive refused")
         return path
 
-    def write(self, stream: BinaryIO, path: str) -> None:
-        """Copy ``stream`` to ``path``, stopping once the archive's total passes MAX_EXTRACT_BYTES."""
+    def declared(self, name: str, size: int) -> None:
+        """A PrepareError if member ``name`` declares more than MAX_MEMBER_BYTES."""
+        if size > MAX_MEMBER_BYTES:
+            raise PrepareError(f"{self.archive}: member {name!r} declares {size} bytes, more than "
+                               f"any test image ({MAX_MEMBER_BYTES}); archive refused")
+
+    def declared_total(self, size: int) -> None:
+        """A PrepareError if the members declare more than MAX_EXTRACT_BYTES in all."""
+        if size > MAX_EXTRACT_BYTES:
+            raise PrepareError(f"{self.archive}: declares more than {MAX_EXTRACT_BYTES} bytes once "
+                               "extracted; archive refused")
+
+    def write(self, stream: BinaryIO, path: str, name: str) -> None:
+        """Copy ``stream`` to a new file ``path`` in chunks, refused (and removed) as soon as the
+        member passes MAX_MEMBER_BYTES or the archive MAX_EXTRACT_BYTES, whatever it declared."""
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as out:
-            while chunk := stream.read(CHUNK_BYTES):
-                self.bytes += len(chunk)
-                if self.bytes > MAX_EXTRACT_BYTES:
-                    raise PrepareError(f"{self.archive}: more than {MAX_EXTRACT_BYTES} bytes once "
-                                       "extracted; archive refused (a decompression bomb?)")
-                out.write(chunk)
+        with open(path, "xb") as out:
+            try:
+                size = 0
+                while chunk := stream.read(CHUNK_BYTES):
+                    size += len(chunk)
+                    self.count(name, size, len(chunk))
+                    out.write(chunk)
+            except BaseException:
+                os.remove(path)
+                raise
+
+    def count(self, name: str, size: int, more: int) -> None:
+        """Add ``more`` bytes read to the archive's total; a PrepareError once member ``name``
+        (``size`` bytes so far) or the archive passes its limit."""
+        self.bytes += more
+        if size > MAX_MEMBER_BYTES:
+            raise PrepareError(f"{self.archive}: member {name!r} holds more than "
+                               f"{MAX_MEMBER_BYTES} bytes once extracted, more than any test "
+                               "image; archive refused (a decompression bomb?)")
+        if self.bytes > MAX_EXTRACT_BYTES:
+            raise PrepareError(f"{self.archive}: more than {MAX_EXTRACT_BYTES} bytes once "
+                               "extracted; archive refused (a decompression bomb?)")
 
 
 def extract_zip(archive: str, dest: str) -> None:
@@ -265,11 +324,13 @@ def extract_zip(archive: str, dest: str) -> None:
     ex = Extractor(archive, dest)
     with zipfile.ZipFile(archive) as zf:
         infos = zf.infolist()
-        if sum(i.file_size for i in infos) > MAX_EXTRACT_BYTES:
-            raise PrepareError(f"{archive}: declares more than {MAX_EXTRACT_BYTES} bytes once "
-                               "extracted; archive refused")
+        if len(infos) > MAX_MEMBERS:
+            raise PrepareError(f"{archive}: more than {MAX_MEMBERS} members; archive refused")
         for info in infos:
-            path = ex.target(info.filename)
+            ex.declared(info.filename, info.file_size)
+        ex.declared_total(sum(i.file_size for i in infos))
+        for info in infos:
+            path = ex.target(info.filename, not info.is_dir())
             if (info.external_attr >> 16) & 0o170000 == 0o120000:
                 raise PrepareError(f"{archive}: member {info.filename!r} is a symbolic link; "
                                    "archive refused")
@@ -279,15 +340,29 @@ def extract_zip(archive: str, dest: str) -> None:
                 os.makedirs(path or ex.dest, exist_ok=True)
                 continue
             with zf.open(info) as stream:
-                ex.write(stream, path)
+                ex.write(stream, path, info.filename)
+
+
+def tar_members(ex: Extractor, tf: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """The members of ``tf``, their number and declared sizes checked before anything is written."""
+    members, total = [], 0
+    for member in tf:
+        members.append(member)
+        if len(members) > MAX_MEMBERS:
+            raise PrepareError(f"{ex.archive}: more than {MAX_MEMBERS} members; archive refused")
+        if member.isfile():
+            ex.declared(member.name, member.size)
+            total += member.size
+            ex.declared_total(total)  # as soon as it passes: the rest is not even decompressed
+    return members
 
 
 def extract_tar(archive: str, dest: str) -> None:
     """Extract a tar (any compression) member by member under ``dest``; links, devices refused."""
     ex = Extractor(archive, dest)
     with tarfile.open(archive, "r:*") as tf:
-        for member in tf:
-            path = ex.target(member.name)
+        for member in tar_members(ex, tf):
+            path = ex.target(member.name, not member.isdir())
             if member.issym() or member.islnk():
                 raise PrepareError(f"{archive}: member {member.name!r} is a link; archive refused")
             if member.isdir() or path is None:
@@ -299,7 +374,7 @@ def extract_tar(archive: str, dest: str) -> None:
             stream = tf.extractfile(member)
             if stream is not None:
                 with stream:
-                    ex.write(stream, path)
+                    ex.write(stream, path, member.name)
 
 
 def extract(archive: str, dest: str) -> None:
@@ -346,7 +421,8 @@ def find_sets(root: str, label: str, hint: Optional[str]) -> list[tuple[str, str
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
             for entry in entries:
-                if not entry.is_dir(follow_symlinks=False) or entry.name in SKIPPED_DIRS:
+                if not entry.is_dir(follow_symlinks=False) or entry.name in SKIPPED_DIRS \
+                        or entry.name.startswith("."):  # hidden, as walk_images; our scratch folder
                     continue
                 if canonical_set(entry.name):
                     found.append((canonical_set(entry.name), entry.path, entry.name))
@@ -361,8 +437,52 @@ def find_sets(root: str, label: str, hint: Optional[str]) -> list[tuple[str, str
                        f"{', '.join(SET_ORDER)} (or give a folder holding such folders)")
 
 
+def special_kind(path: str) -> Optional[str]:
+    """What ``path`` is (links followed) if neither a regular file nor a folder, else None.
+
+    Only stat()s it: a named pipe opened would block, a device (/dev/zero) never ends.
+    """
+    mode = os.stat(path).st_mode
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = next((what for is_kind, what in FILE_KINDS if is_kind(mode)), "not a regular file")
+    return f"a link to {os.path.realpath(path)}, {kind}" if os.path.islink(path) else kind
+
+
+def check_source(src: str) -> None:
+    """A PrepareError unless ``src`` is a folder or a regular file, links followed; never opened."""
+    if not os.path.exists(src):
+        broken = " (a broken link)" if os.path.islink(src) else ""
+        raise PrepareError(f"{src}: no such file or folder{broken}")
+    kind = special_kind(src)
+    if kind:
+        raise PrepareError(f"{src}: {kind}, not a file or folder; give a folder or a .zip/.tar "
+                           "archive")
+
+
+def check_image_file(root: str, path: str) -> None:
+    """A PrepareError unless image file ``path`` is a regular file of at most MAX_MEMBER_BYTES
+    whose name below ``root`` holds no control character."""
+    if BAD_NAME_CHARS.search(os.path.relpath(path, root)):
+        raise PrepareError(f"{path!r}: a control character or bytes that are not UTF-8 in the "
+                           "name; rename or remove it")
+    if not os.path.exists(path):
+        raise PrepareError(f"{path}: a broken link; remove it")
+    kind = special_kind(path)
+    if kind:
+        raise PrepareError(f"{path}: {kind}, not an image file; remove it")
+    size = os.path.getsize(path)
+    if size > MAX_MEMBER_BYTES:
+        raise PrepareError(f"{path}: {size} bytes, more than any test image ({MAX_MEMBER_BYTES}); "
+                           "remove it")
+
+
 def walk_images(root: str) -> list[tuple[list[str], str]]:
-    """(folder parts below root, path) of every image file, sorted; train and hidden folders skipped."""
+    """(folder parts below root, path) of every image file, sorted; train, hidden folders skipped.
+
+    A PrepareError for an image-named entry that is not a regular file (a pipe, a device, a link
+    to one) or is larger than any test image: such a file is never opened.
+    """
     images = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS
@@ -371,6 +491,7 @@ def walk_images(root: str) -> list[tuple[list[str], str]]:
         parts = [] if rel == "." else rel.split(os.sep)
         for name in sorted(files):
             if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."):
+                check_image_file(root, os.path.join(folder, name))
                 images.append((parts, os.path.join(folder, name)))
     return images
 
@@ -515,19 +636,37 @@ def lr_dir(dir_data: str, set_name: str, scale: int) -> str:
     return os.path.join(dir_data, LR_DIRS[set_name].format(s=scale))
 
 
+def verify_image(path: str) -> None:
+    """ImageReadError unless ``path`` is an image file whose header and chunks read whole."""
+    try:
+        with Image.open(path) as img:
+            img.verify()  # a PNG's chunk checksums, without decoding
+    except DECODE_ERRORS + (struct.error,) as e:
+        raise ImageReadError(f"cannot read image {path!r}: {e}") from None
+
+
 def copy_image(src: str, dst: str) -> None:
-    """``src`` at ``dst`` as PNG, atomically: PNG bytes copied as they are, other formats decoded."""
+    """``src`` at ``dst`` as PNG, atomically: PNG bytes copied as they are (once they read as an
+    image), other formats decoded."""
     if os.path.exists(dst) and os.path.samefile(src, dst):
         return
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     if src.lower().endswith(".png"):
+        verify_image(src)
         utility.atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
     else:
         save_image(read_image(src), dst)
 
 
-def write_found(found: Found, set_name: str, out: str, spec: Optional[SetSpec]) -> str:
-    """Write what ``found`` holds into ``out`` in the expected layout; a summary of what was written."""
+def image_stems(folder: str) -> set[str]:
+    """The names of the images in ``folder``; empty where it does not exist."""
+    return {stem(p) for p in list_images(folder)} if os.path.isdir(folder) else set()
+
+
+def write_found(found: Found, set_name: str, out: str, spec: Optional[SetSpec],
+                existing: Optional[str] = None) -> str:
+    """Write what ``found`` holds into ``out`` in the expected layout (LR files matched to HR
+    images written before, there or in DIR_DATA ``existing``); a summary of what was written."""
     if set_name == RAIN_SET:
         folder = os.path.join(out, OUT_DIRS[RAIN_SET])
         for key, path in found.rainy.items():
@@ -540,7 +679,9 @@ def write_found(found: Found, set_name: str, out: str, spec: Optional[SetSpec]) 
     hr_folder = os.path.join(out, OUT_DIRS[set_name])
     for name, path in hr.items():
         copy_image(path, os.path.join(hr_folder, f"{renamed.get(name, name)}.png"))
-    known = set(hr) | ({stem(p) for p in list_images(hr_folder)} if os.path.isdir(hr_folder) else set())
+    known = set(hr) | image_stems(hr_folder)
+    if existing:
+        known |= image_stems(os.path.join(existing, OUT_DIRS[set_name]))
     n_lr = 0
     for (scale, file_stem), path in found.lr.items():
         if set_name not in SR_SETS:
@@ -857,34 +998,93 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
-def convert_source(src: str, out: str, specs: dict[str, SetSpec], hint: Optional[str]) -> None:
-    """Read one folder or archive and write the sets in it to ``out``."""
-    if not os.path.exists(src):
-        raise PrepareError(f"{src}: no such file or folder")
-    with tempfile.TemporaryDirectory(prefix="prepare_data.") as tmp:
-        if os.path.isdir(src):
-            root, label = src, os.path.basename(os.path.normpath(os.path.abspath(src)))
-        else:
-            root, label = os.path.join(tmp, "x"), archive_stem(src) or stem(src)
-            extract(src, root)
-        for set_name, folder, name in find_sets(root, label, hint):
-            found = collect(folder, set_name, name)
-            summary = write_found(found, set_name, out, specs.get(set_name))
-            ignored = f"; {len(found.ignored)} files in no known layout skipped (first: " \
-                      f"{found.ignored[0]})" if found.ignored else ""
-            print(f"{set_name} <- {src}: {summary}{ignored}")
+def convert_tree(src: str, root: str, label: str, out: str, specs: dict[str, SetSpec],
+                 hint: Optional[str], existing: Optional[str]) -> None:
+    """Write the sets in folder ``root`` (read from ``src``, named ``label``) to ``out``."""
+    for set_name, folder, name in find_sets(root, label, hint):
+        found = collect(folder, set_name, name)
+        summary = write_found(found, set_name, out, specs.get(set_name), existing)
+        ignored = f"; {len(found.ignored)} files in no known layout skipped (first: " \
+                  f"{found.ignored[0].replace(root, src, 1)})" if found.ignored else ""
+        print(f"{set_name} <- {src}: {summary}{ignored}")
+
+
+def convert_source(src: str, out: str, specs: dict[str, SetSpec], hint: Optional[str],
+                   scratch: str, existing: Optional[str] = None) -> None:
+    """Read one folder or archive (extracted in a new folder in ``scratch``, removed after) and
+    write the sets in it to ``out``."""
+    check_source(src)
+    if os.path.isdir(src):
+        convert_tree(src, src, os.path.basename(os.path.normpath(os.path.abspath(src))), out, specs,
+                     hint, existing)
+        return
+    root = tempfile.mkdtemp(prefix="extract.", dir=scratch)
+    try:
+        extract(src, root)
+        convert_tree(src, root, archive_stem(src) or stem(src), out, specs, hint, existing)
+    except (PrepareError, ImageReadError) as e:  # the members named as <archive>/<member>
+        raise PrepareError(str(e).replace(root, src)) from None
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def run_download(set_name: str, out: str, specs: dict[str, SetSpec], url: Optional[str],
-                 sha256: Optional[str]) -> None:
-    """Fetch the set's files (checked) and convert them into ``out``."""
-    plan = planned_downloads(set_name, url, sha256)
-    with tempfile.TemporaryDirectory(prefix="prepare_data.download.") as tmp:
-        for item in plan:
-            print(f"downloading {item.url}")
-            path = download(item.url, item.sha256, tmp, item.size or MAX_DOWNLOAD_BYTES)
-            convert_source(path, out, specs, set_name)
-            os.remove(path)
+                 sha256: Optional[str], scratch: str, existing: Optional[str] = None) -> None:
+    """Fetch the set's files (checked) into ``scratch`` and convert them into ``out``."""
+    folder = tempfile.mkdtemp(prefix="download.", dir=scratch)
+    for item in planned_downloads(set_name, url, sha256):
+        print(f"downloading {item.url}")
+        path = download(item.url, item.sha256, folder, item.size or MAX_DOWNLOAD_BYTES)
+        convert_source(path, out, specs, set_name, scratch, existing)
+        os.remove(path)
+
+
+def make_scratch(out: str) -> str:
+    """A new temporary folder beside ``out`` (one filesystem: files move in by renaming), or in
+    it where its parent is not writable."""
+    try:
+        return tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=os.path.dirname(os.path.realpath(out)))
+    except PermissionError:
+        return tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=out)
+
+
+def merge(staged: str, out: str) -> None:
+    """Move every file under ``staged`` to the same place under ``out``, replacing files there."""
+    moves = [(os.path.join(folder, name), os.path.join(out, os.path.relpath(folder, staged), name))
+             for folder, _, files in os.walk(staged) for name in files]
+    for _, dst in moves:
+        if os.path.isdir(dst):
+            raise PrepareError(f"{dst}: a folder where an image goes; remove it")
+    for src, dst in moves:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.move(src, dst)
+
+
+def convert(args: argparse.Namespace, specs: dict[str, SetSpec]) -> None:
+    """Convert the download and SRCs into a scratch folder beside --out, then move the files in:
+    on any failure (or a stop signal) nothing is added to --out and the scratch folder is gone."""
+    for src in args.src:
+        check_source(src)
+    if os.path.lexists(args.out) and not os.path.isdir(args.out):
+        raise PrepareError(f"--out {args.out}: not a folder")
+    created = not os.path.lexists(args.out)
+    os.makedirs(args.out, exist_ok=True)
+    scratch = make_scratch(args.out)
+    staged = os.path.join(scratch, "out")
+    done = False
+    try:
+        with utility.StopSignals(raise_=True):
+            if args.download:
+                run_download(args.download, staged, specs, args.url, args.sha256, scratch, args.out)
+            for src in args.src:
+                convert_source(src, staged, specs, None, scratch, args.out)
+            merge(staged, args.out)
+        done = True
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if created and not done:
+            with contextlib.suppress(OSError):
+                os.rmdir(args.out)  # only if empty
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -894,23 +1094,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         specs = load_standard_sets()
         if args.check:
             if not os.path.isdir(args.check):
-                raise PrepareError(f"--check {args.check}: no such folder")
+                what = "not a folder" if os.path.lexists(args.check) else "no such folder"
+                raise PrepareError(f"--check {args.check}: {what}")
             return print_reports(args.check, check_tree(args.check, specs, args.make_lr))
-        missing = [src for src in args.src if not os.path.exists(src)]
-        if missing:
-            raise PrepareError(f"{missing[0]}: no such file or folder")
-        os.makedirs(args.out, exist_ok=True)
-        if args.download:
-            run_download(args.download, args.out, specs, args.url, args.sha256)
-        for src in args.src:
-            convert_source(src, args.out, specs, None)
+        convert(args, specs)
         return print_reports(args.out, check_tree(args.out, specs, make_lr=True))
-    except (PrepareError, ImageReadError, OSError) as e:
+    except (PrepareError, ImageReadError, OSError, UnicodeError) as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return utility.INTERRUPTED
 
 
 if __name__ == "__main__":
