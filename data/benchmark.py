@@ -163,11 +163,17 @@ class BenchmarkSet:
             return Pair(name, bicubic_lr(hr, s), hr[:, :hr.shape[1] // s * s, :hr.shape[2] // s * s])
         if self.family == "denoise":
             sigma = float(self.task[len("denoise"):])
-            return Pair(name, add_eval_noise(hr.float(), sigma, self.seed, self.dataset, name,
-                                                  self.clip_noise), hr)
-        generator = eval_noise_generator(self.seed, self.dataset, name)  # Sample only: procedural
+            return Pair(name, add_eval_noise(hr.float(), sigma, self.seed, self.dataset,
+                                             seed_name(name), self.clip_noise), hr)
+        generator = eval_noise_generator(self.seed, self.dataset, seed_name(name))  # Sample only
         streaks = procedural_streaks(tuple(hr.shape[-2:]), generator=generator)
         return Pair(name, add_rain(hr.float(), streaks).round().to(torch.uint8), hr)
+
+
+def seed_name(name: str) -> str:
+    """``name`` as text UTF-8 can encode, for seeding: unchanged if it can be, else with each lone
+    surrogate (a byte os.listdir could not decode) written as ``\\udcff``."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _div2k_test_files(files: list[str], bounds: tuple[int, int]) -> list[str]:
@@ -185,7 +191,7 @@ def _hr_files(dir_data: str, dataset: str) -> list[str]:
         folder = _first_dir(dir_data, dataset, [f"benchmark/{dataset}/HR"])
     files = list_images(folder)
     if not files:
-        raise BenchmarkError(f"{dataset}: no images (png, jpg, bmp, tif) in {folder}")
+        raise BenchmarkError(f"{dataset}: no images (png, jpg, bmp, tif, webp) in {folder}")
     return files
 
 

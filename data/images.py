@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import IO, Union
+import stat
+from typing import IO, BinaryIO, Union
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 import utility
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 UINT16_TO_UINT8 = 257  # 65535 / 255
 UINT16_MAX = 65535
 UINT8_MAX = 255
@@ -32,14 +33,63 @@ class DataLayoutError(RuntimeError):
     """A data set that is missing, empty or not in the expected layout."""
 
 
-def list_images(folder: str) -> list[str]:
-    """Image files directly inside ``folder``, sorted by name (pipes, sockets, folders left out)."""
+class NotRegularFile(OSError):
+    """A path that is (or links to) a folder, a pipe, a device or a socket, not a regular file."""
+
+
+# What os.stat's st_mode says a path is, for messages; anything else is a regular file
+FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+              (stat.S_ISSOCK, "a socket"))
+O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO this way returns at once
+
+
+def _require_regular(mode: int) -> None:
+    """NotRegularFile saying what ``mode`` is unless it is a regular file's."""
+    if not stat.S_ISREG(mode):
+        kind = next((what for test, what in FILE_KINDS if test(mode)), "not a file")
+        raise NotRegularFile(f"it is {kind}, not a regular file")
+
+
+def open_regular(path: str) -> BinaryIO:
+    """``path`` opened for binary reading if it is, or links to, a regular file; else OSError.
+
+    A pipe or device is never opened: the path is checked with os.stat first, and the open
+    descriptor again (opened non-blocking), so one swapped in between is not read either.
+    """
+    _require_regular(os.stat(path).st_mode)
+    f = open(path, "rb", opener=lambda p, flags: os.open(p, flags | O_NONBLOCK))
+    try:
+        _require_regular(os.fstat(f.fileno()).st_mode)
+        if O_NONBLOCK:
+            os.set_blocking(f.fileno(), True)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def why_unreadable(path: str, error: Exception) -> str:
+    """A short reason ``open_regular(path)`` failed: what it is instead, or the system's words."""
+    if isinstance(error, FileNotFoundError) and os.path.islink(path):
+        return "it is a link to a missing file"
+    return getattr(error, "strerror", None) or str(error)
+
+
+def list_entries(folder: str) -> list[str]:
+    """Everything directly inside ``folder`` named like an image, sorted by name, whatever it is
+    (pipes, devices, folders, broken links included: reading them is an error to report)."""
     if not os.path.exists(folder):
         raise FileNotFoundError(f"image folder {folder!r} does not exist")
     if not os.path.isdir(folder):
         raise DataLayoutError(f"image folder {folder!r} is not a folder")
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
-    return [p for p in (os.path.join(folder, n) for n in names) if os.path.isfile(p)]
+    return [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+            if n.lower().endswith(IMAGE_EXTENSIONS)]
+
+
+def list_images(folder: str) -> list[str]:
+    """Image files directly inside ``folder``, sorted by name (pipes, sockets, folders left out)."""
+    return [p for p in list_entries(folder) if os.path.isfile(p)]
 
 
 def stem(path: str) -> str:
@@ -98,8 +148,16 @@ def crop_to_lr(hr: torch.Tensor, lr: torch.Tensor, scale: int, names: tuple[str,
 
 
 def read_image(path: str) -> torch.Tensor:
-    """The image at ``path`` as an upright (3, H, W) uint8 tensor; greyscale, RGBA, 16-bit made RGB."""
-    return decode_image(path, path)
+    """The image at ``path`` as an upright (3, H, W) uint8 tensor; greyscale, RGBA, 16-bit made RGB.
+
+    A path that is not (a link to) a readable regular file raises ImageReadError saying what it is.
+    """
+    try:
+        f = open_regular(path)
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise ImageReadError(f"cannot read image {path!r}: {why_unreadable(path, e)}") from None
+    with f:
+        return decode_image(f, path)
 
 
 def decode_image(source: Union[str, IO[bytes]], name: str) -> torch.Tensor:
@@ -147,12 +205,15 @@ def _checked_levels(arr: np.ndarray, low: float, high: float, mode: str, name: s
 class ImageFolder:
     """The images directly inside a folder as (stem, image); a read error is returned, not raised.
 
+    Every entry named like an image is listed: one that is not a readable regular file (a pipe,
+    a device, a folder, a broken or looping link) gives its ImageReadError, to be counted.
+
     ``stems`` are unique (case-insensitively), so they can name output files: files sharing a stem
     (``same.png``, ``same.jpg``) get their extension appended (``same_png``, ``same_jpg``).
     """
 
     def __init__(self, folder: str):
-        self.paths = list_images(folder)
+        self.paths = list_entries(folder)
         self.stems = unique_stems(self.paths)
 
     def __len__(self) -> int:

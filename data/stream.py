@@ -4,7 +4,8 @@ Each batch is of one task, drawn at random per step (or fixed by ``task_id``): r
 patch * s for sr<s> (LR patch, 48 by default) and of patch for derain and denoise<sigma>, randomly
 flipped and transposed, then degraded on the fly (`data.degrade`): MATLAB bicubic LR for SR,
 float Gaussian noise for denoising, a rain-streak layer for deraining. Folders are searched at any
-depth for .png, .jpg, .jpeg, .bmp, .tif and .tiff files (any case), as are tar shards' members.
+depth for .png, .jpg, .jpeg, .bmp, .tif, .tiff and .webp files (any case), following links but
+entering each folder once, as are tar shards' members.
 
 A `PairStream` yields whole batches: ``{"lr", "hr", "task_id", "step", "skipped", "files"}``.
 Use it as ``DataLoader(stream, batch_size=None, num_workers=W)``.
@@ -23,7 +24,8 @@ a usable image of the same batch.
 
 Tar shards are streamed per worker: its run of members is contiguous in a per-epoch shuffle of the
 shards, members keep their order inside a shard (`scripts/make_shards.py` shuffles them when it
-packs). Shard member counts come from the ``shards.json`` that make_shards writes, else a scan.
+packs). Shard member counts come from the ``shards.json`` that make_shards writes, else a scan;
+a ``shards.json`` that is not such a record is a TrainingDataError (`read_shard_index`).
 """
 from __future__ import annotations
 
@@ -45,12 +47,16 @@ from tasks import task_family, task_kind, task_scale
 
 from .degrade import add_noise, add_rain, bicubic_lr, hashed_generator, procedural_streaks
 from .images import (IMAGE_EXTENSIONS, DataLayoutError, ImageReadError, crop_to_lr, decode_image,
-                     read_image)
+                     open_regular, read_image, why_unreadable)
 
 log = logging.getLogger("ipt")
 
 SHARD_SUFFIX = ".tar"
 SHARD_INDEX = "shards.json"  # {"shards": {basename: image member count}}, written by make_shards
+SHARD_INDEX_MAX_BYTES = 16 << 20  # ~40 bytes a shard: 400000 shards; anything larger is not one
+MAX_SHARD_MEMBERS = 1 << 32  # a count above this is no count of a real shard
+TAR_BLOCK = 512  # every tar member takes at least one header block of this many bytes
+REMAKE_INDEX = "re-run scripts/make_shards.py, or delete it to have the shards scanned"
 STREAK_PREFIX = "rainstreak-"  # RainTrainL's streak layers; preferred in a streaks folder
 DEFAULT_PATCH = 48
 DEFAULT_SEED = 1
@@ -115,11 +121,43 @@ def epoch_files(files: Sequence, epoch: int, seed: int, rank: int, world_size: i
 # ----------------------------------------------------------------------------------------
 def find_images(root: str) -> list[str]:
     """Every image file (IMAGE_EXTENSIONS, any case) under ``root`` at any depth, sorted (no pipes)."""
-    found = []
+    return walk_images(root)[0]
+
+
+def walk_images(root: str) -> tuple[list[str], list[str]]:
+    """(image files, other entries named like images: pipes, devices, broken or looping links)
+    under ``root`` at any depth, each sorted. Links are followed, but each folder is entered once
+    (the first time in sorted order), so links to a folder itself or to its parent end."""
+    try:
+        seen = {_identity(root)}
+    except OSError:  # missing or unreadable: nothing under it
+        return [], []
+    found, other = [], []
     for folder, dirs, names in os.walk(root, followlinks=True):
-        dirs.sort()
-        found += [os.path.join(folder, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
-    return sorted(f for f in found if os.path.isfile(f))
+        dirs[:] = [d for d in sorted(dirs) if _first_visit(os.path.join(folder, d), seen)]
+        for name in names:
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                path = os.path.join(folder, name)
+                (found if os.path.isfile(path) else other).append(path)
+    return sorted(found), sorted(other)
+
+
+def _identity(path: str) -> tuple[int, int]:
+    """(device, inode) of the folder at ``path``, links followed."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _first_visit(path: str, seen: set) -> bool:
+    """Whether the folder at ``path`` is new to ``seen`` (then added); False if it cannot be read."""
+    try:
+        key = _identity(path)
+    except OSError:
+        return False
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
 
 
 def decode_bytes(data: bytes, name: str) -> Tensor:
@@ -194,20 +232,95 @@ def _is_image_member(member: tarfile.TarInfo) -> bool:
 
 
 def shard_counts(shards: Sequence[str]) -> list[int]:
-    """Image members per shard, from make_shards' shards.json where it lists them, else a scan."""
-    indexes: dict[str, dict] = {}
+    """Image members per shard, from make_shards' shards.json where it lists them, else a scan.
+
+    A shards.json that is not make_shards' record, or that gives a shard more members than its
+    size can hold, raises TrainingDataError.
+    """
+    indexes: dict[str, dict[str, int]] = {}
     counts = []
     for path in shards:
         folder = os.path.dirname(os.path.abspath(path))
         if folder not in indexes:
-            index_path = os.path.join(folder, SHARD_INDEX)
-            indexes[folder] = {}
-            if os.path.isfile(index_path):
-                with open(index_path) as f:
-                    indexes[folder] = json.load(f).get("shards", {})
+            indexes[folder] = read_shard_index(folder) or {}
         known = indexes[folder].get(os.path.basename(path))
-        counts.append(known if known is not None else _scan_shard(path))
+        counts.append(_scan_shard(path) if known is None else _possible(known, path, folder))
     return counts
+
+
+def read_shard_index(folder: str) -> Optional[dict[str, int]]:
+    """The image member count of each shard by file name, from ``folder``'s shards.json (None
+    when there is none).
+
+    The record must be ``{"shards": {name: count}}`` with plain ``*.tar`` file names (no folder,
+    no ``..``) and counts that are whole numbers from 0 to MAX_SHARD_MEMBERS. Only a regular file
+    of at most SHARD_INDEX_MAX_BYTES is read. Anything else raises one TrainingDataError naming
+    the file, the key and what to do.
+    """
+    path = os.path.join(folder, SHARD_INDEX)
+    if not os.path.lexists(path):
+        return None
+    try:
+        if os.stat(path).st_size > SHARD_INDEX_MAX_BYTES:
+            raise _bad_index(path, f"it is larger than {SHARD_INDEX_MAX_BYTES} bytes")
+        with open_regular(path) as f:
+            data = f.read(SHARD_INDEX_MAX_BYTES + 1)
+    except (OSError, ValueError) as e:
+        raise _bad_index(path, f"cannot read it: {why_unreadable(path, e)}") from None
+    if len(data) > SHARD_INDEX_MAX_BYTES:
+        raise _bad_index(path, f"it is larger than {SHARD_INDEX_MAX_BYTES} bytes")
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise _bad_index(path, "it is not UTF-8 text") from None
+    except (ValueError, RecursionError) as e:  # RecursionError: nesting too deep to parse
+        raise _bad_index(path, f"it is not valid JSON ({str(e)[:80]})") from None
+    return _index_counts(record, path)
+
+
+def _index_counts(record: object, path: str) -> dict[str, int]:
+    """The counts of a parsed shards.json after checking every name and count."""
+    shards = record.get("shards") if isinstance(record, dict) else None
+    if not isinstance(shards, dict):
+        raise _bad_index(path, "key 'shards' must be an object {shard file name: image count}")
+    for name, count in shards.items():
+        if not _plain_shard_name(name):
+            raise _bad_index(path, f"key {_short(name)} under 'shards' is not a {SHARD_SUFFIX} "
+                                   f"file name in the shards' folder")
+        if type(count) is not int or not 0 <= count <= MAX_SHARD_MEMBERS:
+            raise _bad_index(path, f"'shards' -> {_short(name)} is {_short(count)}, not a count "
+                                   f"of images (a whole number 0..{MAX_SHARD_MEMBERS})")
+    return dict(shards)
+
+
+def _plain_shard_name(name: object) -> bool:
+    """Whether ``name`` names a shard file directly inside the index's folder."""
+    return (isinstance(name, str) and name.lower().endswith(SHARD_SUFFIX)
+            and name not in (".", "..") and not any(c in name for c in "/\\\0"))
+
+
+def _possible(count: int, shard: str, folder: str) -> int:
+    """``count`` if ``shard``'s size can hold that many members; else TrainingDataError."""
+    try:
+        size = os.path.getsize(shard)
+    except OSError as e:
+        raise TrainingDataError(f"cannot read shard {shard}: {why_unreadable(shard, e)}") from None
+    if count * TAR_BLOCK > size:
+        raise _bad_index(os.path.join(folder, SHARD_INDEX),
+                         f"'shards' -> {_short(os.path.basename(shard))} is {count}, more members "
+                         f"than its {size} bytes can hold")
+    return count
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """repr(value), cut to ``limit`` characters."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _bad_index(path: str, problem: str) -> TrainingDataError:
+    """The one error of a shards.json that is not make_shards' record."""
+    return TrainingDataError(f"{path}: {problem}; {REMAKE_INDEX}")
 
 
 def _scan_shard(path: str) -> int:
@@ -287,7 +400,10 @@ def _source_at(path: str) -> Source:
                     if n.lower().endswith(SHARD_SUFFIX) and os.path.isfile(os.path.join(path, n)))
     if shards:
         return ShardSource(shards)
-    files = find_images(path)
+    files, other = walk_images(path)
+    if other:
+        log.warning("skipping %d path(s) under %s named like images that are not regular files "
+                    "(first: %r)", len(other), path, other[0])
     if not files:
         raise TrainingDataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) or {SHARD_SUFFIX} "
                                 f"shards under {path}")

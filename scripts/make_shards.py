@@ -7,6 +7,11 @@ to SRC, and OUT/shards.json with the image count of each shard (so that readers 
 the shards). Files are packed in a shuffled order (seeded) unless --sorted: the training stream
 shuffles the shards each epoch but reads the members of a shard in order, and ImageNet sorted
 by path is grouped by class.
+
+Links are followed, each folder entered once (links to a folder or its parent end): a link to a
+file is packed as the file it points to, a regular member; a pipe, a device, a link to one, and
+a broken or looping link are skipped and counted (one line on stderr). OUT must be a folder, or
+not exist yet: anything else is exit status 2.
 """
 from __future__ import annotations
 
@@ -22,16 +27,18 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import utility  # noqa: E402
-from data.stream import SHARD_INDEX, find_images  # noqa: E402
+from data.images import IMAGE_EXTENSIONS, open_regular, why_unreadable  # noqa: E402
+from data.stream import SHARD_INDEX, walk_images  # noqa: E402
 
 SHARD_NAME = "shard-{:06d}.tar"
 DEFAULT_PER_SHARD = 1000
+BAD_OPTION = 2  # exit status for a command line that cannot work
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(description="Pack the images under a folder into tar shards.")
-    p.add_argument("src", help="folder of images (.png/.jpg/.jpeg/.bmp/.tif/.tiff, any depth)")
+    p.add_argument("src", help=f"folder of images ({'/'.join(IMAGE_EXTENSIONS)}, any depth)")
     p.add_argument("out", help="folder for shard-NNNNNN.tar and shards.json")
     p.add_argument("--per_shard", type=int, default=DEFAULT_PER_SHARD, help="images per shard")
     p.add_argument("--seed", type=int, default=0, help="seed of the packing order")
@@ -39,41 +46,86 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def write_shard(path: str, src: str, files: Sequence[str]) -> None:
-    """One tar of the files, named relative to src, written to a temporary name then renamed."""
+def write_shard(path: str, src: str, files: Sequence[str]) -> tuple[int, list[str]]:
+    """One tar of the files (what links point to), named relative to src, written to a temporary
+    name then renamed; (members packed, files skipped as not readable regular files)."""
+    packed, skipped = 0, []
+
     def pack(tmp: str) -> None:
+        nonlocal packed
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
             for f in files:
-                tar.add(f, arcname=os.path.relpath(f, src).replace(os.sep, "/"), recursive=False)
+                try:
+                    data = open_regular(f)
+                except OSError as e:
+                    skipped.append(f"{f} ({why_unreadable(f, e)})")
+                    continue
+                with data:
+                    info = tar.gettarinfo(arcname=os.path.relpath(f, src).replace(os.sep, "/"),
+                                          fileobj=data)
+                    tar.addfile(info, data)
+                packed += 1
 
     utility.atomic_write(path, pack)
+    return packed, skipped
+
+
+def say_skipped(skipped: Sequence[str]) -> None:
+    """One line on stderr counting what was not packed, naming the first."""
+    if skipped:
+        print(f"skipped {len(skipped)} path(s) named like images that are not readable regular "
+              f"files (first: {skipped[0]})", file=sys.stderr)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Pack SRC into OUT; 0 on success, 1 with nothing to pack or shards already in OUT."""
+    """Pack SRC into OUT; 0 on success, 1 with nothing to pack, shards already in OUT or a failed
+    write, 2 when OUT is not a folder."""
     args = parse_args(argv)
     if args.per_shard < 1:
         print("--per_shard must be at least 1", file=sys.stderr)
         return 1
-    files = find_images(args.src) if os.path.isdir(args.src) else []
+    if os.path.lexists(args.out) and not os.path.isdir(args.out):
+        print(f"OUT {args.out} exists and is not a folder: give an empty or new folder",
+              file=sys.stderr)
+        return BAD_OPTION
+    files, skipped = walk_images(args.src) if os.path.isdir(args.src) else ([], [])
+    skipped = [f"{f} ({_why(f)})" for f in skipped]
     if not files:
+        say_skipped(skipped)
         print(f"no images under {args.src}", file=sys.stderr)
         return 1
     if not args.sorted:
         random.Random(args.seed).shuffle(files)
-    os.makedirs(args.out, exist_ok=True)
-    if any(n.endswith(".tar") for n in os.listdir(args.out)):
-        print(f"{args.out} already holds .tar files: give an empty or new folder", file=sys.stderr)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        if any(n.endswith(".tar") for n in os.listdir(args.out)):
+            print(f"{args.out} already holds .tar files: give an empty or new folder",
+                  file=sys.stderr)
+            return 1
+        counts = {}
+        for i, start in enumerate(range(0, len(files), args.per_shard)):
+            name = SHARD_NAME.format(i)
+            counts[name], missed = write_shard(os.path.join(args.out, name), args.src,
+                                               files[start:start + args.per_shard])
+            skipped += missed
+        utility.write_json(os.path.join(args.out, SHARD_INDEX), {"shards": counts})
+    except OSError as e:  # SaveError names the shard, the reason and the free space
+        print(e if isinstance(e, utility.SaveError) else f"cannot write shards to {args.out}: "
+              f"{e.strerror or e}", file=sys.stderr)
         return 1
-    counts = {}
-    for i, start in enumerate(range(0, len(files), args.per_shard)):
-        name = SHARD_NAME.format(i)
-        chunk = files[start:start + args.per_shard]
-        write_shard(os.path.join(args.out, name), args.src, chunk)
-        counts[name] = len(chunk)
-    utility.write_json(os.path.join(args.out, SHARD_INDEX), {"shards": counts})
-    print(f"packed {len(files)} images into {len(counts)} shard(s) in {args.out}")
+    say_skipped(skipped)
+    shown = os.fsencode(args.out).decode("utf-8", "backslashreplace")  # any bytes, printable
+    print(f"packed {sum(counts.values())} images into {len(counts)} shard(s) in {shown}")
     return 0
+
+
+def _why(path: str) -> str:
+    """Why ``path`` cannot be packed, in a few words."""
+    try:
+        open_regular(path).close()
+    except OSError as e:
+        return why_unreadable(path, e)
+    return "it changed while the folder was read"
 
 
 if __name__ == "__main__":

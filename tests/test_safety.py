@@ -349,7 +349,8 @@ def test_demo_skips_bombs_and_pipes_and_restores_the_rest(tmp_path, monkeypatch,
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # bomb.png is 4096 pixels: 4x past it
     assert demo_run(tmp_path, demo, "--n_threads", "0") == 1
     assert os.listdir(tmp_path / "run" / "results-Demo") == ["good_x2_SR.png"]
-    assert "bomb.png" in caplog.text and "1 image(s) could not be read" in caplog.text
+    assert "bomb.png" in caplog.text and "fifo.png" in caplog.text  # each skipped and counted
+    assert "2 image(s) could not be read" in caplog.text
 
 
 @pytest.mark.parametrize("where", ["file", "under_a_file"])
