@@ -7,9 +7,11 @@ every ``--test_every`` steps. Both end in ``evaluate_set`` -> ``model.restore``.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import os
 import re
+import signal
 from collections.abc import Callable, Iterable
 
 import torch
@@ -34,27 +36,40 @@ log = logging.getLogger("ipt")
 # Whole runs: --test_only, and training's validation
 # ----------------------------------------------------------------------------------------
 def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
-             checkpoint: str) -> int:
-    """Restore the Demo folder and evaluate the test sets with every selected head; 1 on any failure."""
+             checkpoint: str, checkpoint_sha256: str | None = None) -> int:
+    """Restore the Demo folder and evaluate the test sets with every selected head; 1 on any
+    failure. ``checkpoint_sha256``: the hash of the bytes loaded from ``checkpoint``, recorded as
+    given (None: recorded as unknown). A stop signal (KeyboardInterrupt, ``utility.Interrupted``)
+    ends it with one line: the reports of the finished sets are written, marked interrupted, and
+    it returns ``utility.INTERRUPTED``."""
     task_ids = list(range(len(model.task_names))) if ev.task_id is None else [ev.task_id]
-    failed, results, printed = 0, {}, ""
-    for name in ev.data_test:
-        out_dir = os.path.join(ev.save, f"results-{name}") if ev.save_results else None
-        try:
-            if name == "Demo":
-                failed += restore_demo(model, ev, inference, task_ids, out_dir)
-            else:
-                results[name] = evaluate_benchmark(model, ev, inference, name, task_ids, out_dir)
-        except (DataLayoutError, FileNotFoundError, ImageReadError) as e:
-            log.error("%s", e)
-            return 1
-    if results:
-        printed = write_reports(model, ev, inference, results, checkpoint=checkpoint)
-        if ev.save_results:
-            index = report.write_index(ev.save, report.index_entries(results),
-                                       results_table(results, inference.metric_channel),
-                                       f"IPT evaluation: {ev.model_name}, {checkpoint or 'random weights'}")
-            log.info("comparison sheets: %s", index)
+    training = training_length(checkpoint)  # now, beside the weights just loaded
+    failed, results, finished, stop = 0, {}, [], None
+    try:
+        for name in ev.data_test:
+            out_dir = os.path.join(ev.save, f"results-{name}") if ev.save_results else None
+            try:
+                if name == "Demo":
+                    failed += restore_demo(model, ev, inference, task_ids, out_dir)
+                else:
+                    results[name] = evaluate_benchmark(model, ev, inference, name, task_ids, out_dir)
+            except (DataLayoutError, FileNotFoundError, ImageReadError) as e:
+                log.error("%s", e)
+                return 1
+            finished.append(name)
+    except KeyboardInterrupt as e:  # the traceback (and the loader it holds) freed before going on
+        stop = Interruption(signal_name(e), finished, ev.data_test[len(finished):])
+    title = f"IPT evaluation: {ev.model_name}, {checkpoint or 'random weights'}"
+    try:
+        written, printed = report_results(model, ev, inference, results, checkpoint,
+                                          checkpoint_sha256, training, title, stop)
+    except KeyboardInterrupt as e:
+        log.warning("%s while writing the reports: some may be missing", signal_name(e))
+        return utility.INTERRUPTED
+    if stop is not None:
+        where = f"reports written: {', '.join(written)}" if written else "no report written"
+        log.warning("%s; %s", stop.line(), where)
+        return utility.INTERRUPTED
     if failed:
         log.error("%d image(s) could not be read; see the messages above", failed)
     log.info("log: %s", os.path.join(ev.save, utility.LOG_NAME))
@@ -63,13 +78,57 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
     return 1 if failed else 0
 
 
+@dataclasses.dataclass
+class Interruption:
+    """An evaluation stopped by a signal: its name, the sets finished and those not evaluated."""
+
+    signal: str
+    finished: list[str]
+    not_evaluated: list[str]
+
+    def line(self) -> str:
+        """One line: the signal, the sets finished and those not evaluated."""
+        done = f"sets {', '.join(self.finished)} finished" if self.finished else "no set finished"
+        left = f"{', '.join(self.not_evaluated)} not evaluated" if self.not_evaluated else "none left"
+        return f"interrupted by {self.signal}: {done}; {left}"
+
+
+def signal_name(stop: KeyboardInterrupt) -> str:
+    """The signal behind a stop: ``utility.Interrupted``'s, else SIGINT (Ctrl-C)."""
+    signum = getattr(stop, "signum", signal.SIGINT)
+    return signal.Signals(signum).name
+
+
+def report_results(model: nn.Module, ev: EvalSettings, inference: InferenceSettings, results: dict,
+                   checkpoint: str, checkpoint_sha256: str | None, training: dict | None,
+                   title: str, stop: Interruption | None) -> tuple[list[str], str]:
+    """metrics.json, results.md and (--save_results) index.html of an evaluation's results, if
+    any; the files written and the Markdown to print."""
+    if not results:
+        return [], ""
+    printed = write_reports(model, ev, inference, results, checkpoint=checkpoint,
+                            checkpoint_sha256=checkpoint_sha256, training=training, interrupted=stop)
+    written = list(report_paths(ev.save, None))
+    if ev.save_results:
+        table = summary_rows(results)
+        index = report.write_index(ev.save, report.index_entries(results), table,
+                                   table_notes(inference.metric_channel),
+                                   title + (" (interrupted)" if stop else ""))
+        written.append(index)
+        if stop is None:
+            log.info("comparison sheets: %s", index)
+    return written, printed
+
+
 Validate = Callable[[nn.Module, int], tuple[dict[str, float], dict[str, Tensor]]]
 
 
 def validator(model: nn.Module, ev: EvalSettings, inference: InferenceSettings) -> Validate | None:
     """The validation a training run calls at a step: PSNR per "set/task" on the test sets (not
     Demo) and a preview image of each; it also writes metrics.json and results.md of that step.
-    None when the options name no test set. ``model`` is the bare network (not DDP-wrapped)."""
+    None when the options name no test set. ``model`` is the bare network (not DDP-wrapped).
+    A stop signal raised in it (KeyboardInterrupt) goes through to the trainer, which stops the
+    run: no report of that step is written."""
     sets = [d for d in ev.data_test if d != "Demo"]
     if not sets:
         return None
@@ -93,7 +152,7 @@ def restore_demo(model: nn.Module, ev: EvalSettings, inference: InferenceSetting
     folder = ImageFolder(ev.dir_demo)
     total = len(folder)
     if total == 0:
-        raise BenchmarkError(f"--dir_demo {ev.dir_demo}: no images (png, jpg, bmp, tif)")
+        raise BenchmarkError(f"--dir_demo {ev.dir_demo}: no images (png, jpg, bmp, tif, webp)")
     log.info("Demo: %d image(s) in %s, heads %s", total, ev.dir_demo,
              "+".join(model.task_names[t] for t in task_ids))
     images = prefetch(folder, ev.workers)
@@ -127,34 +186,62 @@ PRINTED_IMAGE_ROWS = 40  # at most this many per-image rows are printed; all are
 
 
 def write_reports(model: nn.Module, ev: EvalSettings, inference: InferenceSettings, results: dict,
-                  step: int | None = None, checkpoint: str = "") -> str:
+                  step: int | None = None, checkpoint: str = "", checkpoint_sha256: str | None = None,
+                  training: dict | None = None, interrupted: Interruption | None = None) -> str:
     """RUN/metrics.json and RUN/results.md, of a checkpoint or (``step``) of a training run's
-    validation at that step; the Markdown to print (without the per-image rows when many)."""
+    validation at that step; the Markdown to print (without the per-image rows when many).
+    ``checkpoint_sha256``: the hash of the loaded bytes; ``training``: ``training_length`` of the
+    checkpoint as read when it was loaded; ``interrupted``: the results are of the sets finished
+    before a stop signal. Every name is written as ``report.display`` shows it (in JSON as
+    ``report.printable``), so odd ones neither break the formats nor the writing."""
     mode = resolve_mode(model, inference.mode)
-    training = training_length(checkpoint) if step is None else None
     meta = {"checkpoint": checkpoint or None,
-            "checkpoint_sha256": utility.sha256_file(checkpoint) if checkpoint else None,
+            "checkpoint_sha256": checkpoint_sha256 if checkpoint else None,
             "step": step, "commit": utility.git_commit(os.path.dirname(os.path.abspath(__file__))),
             "options": ev.record, "model": ev.model_name,
             "tiling": mode, "self_ensemble": inference.self_ensemble,
             "metric_channel": inference.metric_channel,
-            "test_noise": "clipped" if ev.clip_noise else "unclipped", "training": training}
+            "test_noise": "clipped" if ev.clip_noise else "unclipped", "training": training,
+            "interrupted": interrupted is not None,
+            "not_evaluated": interrupted.not_evaluated if interrupted else []}
     metrics_path, table_path = report_paths(ev.save, step)
-    utility.write_json(metrics_path, {"meta": meta, "results": results})
+    utility.write_json(metrics_path, {"meta": printable_tree(meta), "results": printable_tree(results)})
     table = results_table(results, inference.metric_channel)
-    weights = (f"`{checkpoint}`" if checkpoint else
+    weights = (report.markdown_text(checkpoint) if checkpoint else
                "none (the weights being trained)" if step is not None else "none (random weights)")
-    head = (f"# Results\n\nmodel: {ev.model_name}, checkpoint: {weights}, "
+    stopped = f"{report.markdown_text(interrupted.line())}\n\n" if interrupted else ""
+    head = (f"# Results\n\n{stopped}model: {report.markdown_text(ev.model_name)}, checkpoint: {weights}, "
             f"tiling: {mode}, self-ensemble: {inference.self_ensemble}\n\n"
-            f"training: {training_note(checkpoint, step, training)}\n\n{table}")
+            f"training: {report.markdown_text(training_note(checkpoint, step, training))}\n\n{table}")
     images = "\n## Per image\n\n" + per_image_tables(results)
     utility.write_text(table_path, head + images)
     if step is not None:  # an evaluation prints its tables to stdout instead (``evaluate``)
         log.info("\n%s", table)
-    log.info("metrics: %s, table: %s", metrics_path, table_path)
+    if interrupted is None:  # else the one line of the interruption names them
+        log.info("metrics: %s, table: %s", metrics_path, table_path)
     rows = sum(r["n_images"] for tasks in results.values() for r in tasks.values())
     return head + (images if rows <= PRINTED_IMAGE_ROWS else
-                   f"\nPer-image rows ({rows}) left out here: see {table_path}\n")
+                   f"\nPer-image rows ({rows}) left out here: see {report.markdown_text(table_path)}\n")
+
+
+def printable_tree(value: object) -> object:
+    """Dicts and lists with every string, keys included, as ``report.printable`` (valid UTF-8);
+    keys that would become equal get a `` (2)``, `` (3)``... after them."""
+    if isinstance(value, str):
+        return report.printable(value)
+    if isinstance(value, (list, tuple)):
+        return [printable_tree(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict = {}
+    for k, v in value.items():
+        key = report.printable(k) if isinstance(k, str) else k
+        twin = 1
+        while key in out:
+            twin += 1
+            key = f"{report.printable(k)} ({twin})"
+        out[key] = printable_tree(v)
+    return out
 
 
 TRAINED_NAMES = re.compile(r"model_(\d+|best|latest)\.pt")  # the weights files training writes
@@ -162,28 +249,54 @@ TRAINED_NAMES = re.compile(r"model_(\d+|best|latest)\.pt")  # the weights files 
 
 def training_length(checkpoint: str) -> dict | None:
     """How long a checkpoint's weights were trained, from the training.json beside them (None
-    without one): steps (None for a file training does not write), max_steps, finished and
-    interrupted (of these weights), run_steps (the run's last save) and the record's path."""
+    without one): steps (None for a file the record does not describe as it is now:
+    ``unverified`` says why), max_steps, finished and interrupted (of these weights), run_steps
+    (the run's last save) and the record's path."""
     record = utility.read_training_record(checkpoint) if checkpoint else None
     if record is None:
         return None
-    steps, run_steps = trained_steps(checkpoint, record), _count(record.get("step"))
+    steps, unverified = described_steps(checkpoint, record)
+    run_steps = _count(record.get("step"))
     last = steps is not None and steps == run_steps
     return {"steps": steps, "max_steps": _count(record.get("max_steps")),
             "finished": last and record.get("finished") is True,
             "interrupted": last and record.get("interrupted") is True, "run_steps": run_steps,
             "source": os.path.join(os.path.dirname(os.path.abspath(checkpoint)),
-                                   utility.TRAINING_RECORD)}
+                                   utility.TRAINING_RECORD),
+            "unverified": unverified}
 
 
-def trained_steps(checkpoint: str, record: dict) -> int | None:
-    """The step training saved these weights at: N for model_<N>.pt, the record's best_step for
-    model_best.pt and its step for model_latest.pt; None for any other name."""
-    name = TRAINED_NAMES.fullmatch(os.path.basename(checkpoint))
-    if name is None:
-        return None
-    key = {"best": "best_step", "latest": "step"}.get(name[1])
-    return int(name[1]) if key is None else _count(record.get(key))
+def described_steps(checkpoint: str, record: dict) -> tuple[int | None, str | None]:
+    """(the step training saved the checkpoint at, None) when the record's ``weights`` entry for
+    its file name ({step, size, mtime_ns}, taken right after training wrote it) matches the file
+    now; else (None, why not), e.g. weights saved after the last training.json could be written.
+    (None, None) for a file name training never writes (the authors' checkpoints)."""
+    name = os.path.basename(checkpoint)
+    files = record.get("weights")
+    entry = files.get(name) if isinstance(files, dict) else None
+    entry = entry if isinstance(entry, dict) else {}
+    step, size, mtime = (_count(entry.get(k)) for k in ("step", "size", "mtime_ns"))
+    if step is None or size is None or mtime is None:
+        if TRAINED_NAMES.fullmatch(name) is None:
+            return None, None
+        return None, (f"training.json does not describe {name} (no step, size and time of it "
+                      f"under \"weights\")")
+    try:
+        now = os.stat(checkpoint)
+    except OSError as e:
+        return None, f"cannot read the size and time of {name} ({e.strerror or e})"
+    if (now.st_size, now.st_mtime_ns) == (size, mtime):
+        return step, None
+    which = ("newer than training.json" if now.st_mtime_ns > mtime else
+             "not the file training.json describes")
+    return None, (f"the weights are {which}: {name} is {now.st_size} bytes of "
+                  f"{_when(now.st_mtime_ns)}, training.json describes {size} bytes of {_when(mtime)} "
+                  f"(step {step})")
+
+
+def _when(mtime_ns: int) -> str:
+    """A file time, local, to the microsecond."""
+    return datetime.datetime.fromtimestamp(mtime_ns / 1e9).isoformat(sep=" ", timespec="microseconds")
 
 
 def _count(value: object) -> int | None:
@@ -201,6 +314,8 @@ def training_note(checkpoint: str, step: int | None, training: dict | None) -> s
     if training is None:
         return "training length unknown (no training.json beside the checkpoint)"
     t, name = training, os.path.basename(checkpoint)
+    if t.get("unverified"):
+        return f"training length unknown ({t['unverified']})"
     if t["steps"] is None:
         return f"training length unknown (the training.json beside it gives no step for {name})"
     state = ("finished" if t["finished"] else "interrupted" if t["interrupted"] else
@@ -230,9 +345,11 @@ def output_name(stem: str, task: str, scale: int, image: str = "SR") -> str:
 
 
 def prefetch(dataset: Dataset, workers: int) -> DataLoader:
-    """Items of a map-style dataset, read ahead by ``workers`` processes (0: in this process)."""
+    """Items of a map-style dataset, read ahead by ``workers`` processes (0: in this process),
+    which ignore the stop signals that reach the process group: this process stops them."""
     workers = min(workers, len(dataset), usable_cpus())
-    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers)
+    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                      worker_init_fn=utility.ignore_stop_signals)
 
 
 def restore_quantised(model: nn.Module, image: Tensor, task_id: int,
@@ -351,22 +468,31 @@ METRIC_COLUMNS = ["PSNR (Y)", "SSIM (Y)", "PSNR (RGB)", "SSIM (RGB)", "input PSN
                   "gain over input (dB)"]
 
 
-def results_table(results: dict, channel: str = "y") -> str:
-    """A Markdown table of our metrics per set and task (means), beside the input's and the paper's."""
-    lines = _header(["dataset", "task", "images", *METRIC_COLUMNS, "paper PSNR", "paper SSIM"])
+def summary_rows(results: dict) -> list[list[str]]:
+    """Our metrics per set and task (means), beside the paper's: plain cells, the header first."""
+    rows = [["dataset", "task", "images", *METRIC_COLUMNS, "paper PSNR", "paper SSIM"]]
     for dataset, tasks in results.items():
         for task, r in tasks.items():
             paper_psnr, paper_ssim = PAPER_RESULTS.get((dataset, task), (None, None))
-            lines.append(report.markdown_row([dataset, task, str(r["n_images"]), *metric_cells(r),
-                                              report.number(paper_psnr, 2),
-                                              report.number(paper_ssim, 4)]))
-    notes = (f"Y: the IPT paper's convention (Y channel, `scale` pixels shaved for SR, none for "
-             f"scale 1); RGB: all channels, same shave. Input: the network's input itself "
-             f"(bicubic-upscaled for SR, the noisy or rainy image otherwise), scored on "
-             f"{channel.upper()} (--metric_channel). Gain over input: our PSNR minus the input's, "
-             f"both on {channel.upper()}. Paper: the IPT paper (CVPR 2021, Y channel); "
-             f"- where it gives no number.")
-    return "\n".join(lines) + "\n\n" + notes + "\n"
+            rows.append([dataset, task, str(r["n_images"]), *metric_cells(r),
+                         report.number(paper_psnr, 2), report.number(paper_ssim, 4)])
+    return rows
+
+
+def table_notes(channel: str = "y") -> str:
+    """What the columns of ``summary_rows`` mean (plain text)."""
+    return (f"Y: the IPT paper's convention (Y channel, as many pixels shaved as the scale for SR, "
+            f"none for scale 1); RGB: all channels, same shave. Input: the network's input itself "
+            f"(bicubic-upscaled for SR, the noisy or rainy image otherwise), scored on "
+            f"{channel.upper()} (--metric_channel). Gain over input: our PSNR minus the input's, "
+            f"both on {channel.upper()}. Paper: the IPT paper (CVPR 2021, Y channel); "
+            f"- where it gives no number.")
+
+
+def results_table(results: dict, channel: str = "y") -> str:
+    """A Markdown table of our metrics per set and task (means), beside the input's and the paper's."""
+    notes = report.markdown_text(table_notes(channel))
+    return report.markdown_table(summary_rows(results)) + "\n\n" + notes + "\n"
 
 
 def per_image_tables(results: dict) -> str:
@@ -374,8 +500,10 @@ def per_image_tables(results: dict) -> str:
     parts = []
     for dataset, tasks in results.items():
         for task, r in tasks.items():
-            rows = [report.markdown_row([image, *metric_cells(m)]) for image, m in r["per_image"].items()]
-            parts.append(f"### {dataset} {task}\n\n" + "\n".join(_header(["image", *METRIC_COLUMNS]) + rows))
+            rows = [["image", *METRIC_COLUMNS],
+                    *([image, *metric_cells(m)] for image, m in r["per_image"].items())]
+            parts.append(f"### {report.markdown_text(dataset)} {report.markdown_text(task)}\n\n"
+                         + report.markdown_table(rows))
     return "\n\n".join(parts) + "\n"
 
 
@@ -384,8 +512,3 @@ def metric_cells(m: dict) -> list[str]:
     return [report.number(m["psnr_y"], 2), report.number(m["ssim_y"], 4), report.number(m["psnr_rgb"], 2),
             report.number(m["ssim_rgb"], 4), report.number(m["baseline_psnr"], 2),
             report.number(m["baseline_ssim"], 4), f"{m['gain_psnr']:+.2f}"]
-
-
-def _header(columns: list[str]) -> list[str]:
-    """A Markdown table's header row and the rule under it."""
-    return [report.markdown_row(columns), "|" + "---|" * len(columns)]

@@ -4,7 +4,9 @@
   the three zoomed on the window where the output gains most over the input
   (``best_gain_window``); ``write_sheet`` saves one as PNG;
 - ``write_index``: ``RUN/index.html``, plain HTML (no script, no external resource) with the
-  metrics table and, per set and task, the sheets; ``index_entries`` lists them from the results.
+  metrics table and, per set and task, the sheets; ``index_entries`` lists them from the results;
+- ``display`` / ``markdown_text`` / ``markdown_table``: names (of images, sets, files) as shown in
+  results.md and index.html: literally, whatever characters or undecodable bytes they hold.
 
 Images are (C, H, W) tensors of 0..255 values on the CPU (C = 3, or 1 shown as grey).
 """
@@ -167,58 +169,96 @@ def index_entries(results: dict) -> list[dict]:
     return entries
 
 
-def _cells(row: str) -> list[str]:
-    """The cells of a Markdown table row ``| a | b |`` (``\\|`` is a literal bar)."""
-    row = row.strip()
-    row = row[1:] if row.startswith("|") else row
-    row = row[:-1] if row.endswith("|") and not row.endswith("\\|") else row
-    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", row)]
+# Characters a shown name writes as escapes: C0 and C1 controls (line breaks among them), line and
+# paragraph separators, bidirectional controls (which reorder the text around them) and surrogates
+BIDI_CONTROLS = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
+UNPRINTABLE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{BIDI_CONTROLS}\ud800-\udfff]")
+SURROGATE = re.compile("[\ud800-\udfff]")
+# A byte that is not UTF-8, as os.fsdecode gives it in a Linux file name (surrogateescape)
+ESCAPED_BYTES = range(0xDC80, 0xDD00)
+# Markdown: characters written as HTML entities (tags, code spans, table cells, strikethrough,
+# GitHub's math) and those written with a backslash (emphasis, links, headings' closing #s);
+# both forms read back literally in GitHub (CommonMark) and Python-Markdown
+MARKDOWN_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "`": "&#96;", "|": "&#124;",
+                     "~": "&#126;", "$": "&#36;"}
+MARKDOWN_BACKSLASHED = "\\*_[]#"
+
+
+def _escape_char(c: str) -> str:
+    """One character as a Python escape; an escaped undecodable byte as that byte (``\\xff``)."""
+    if ord(c) in ESCAPED_BYTES:
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    return c.encode("unicode_escape").decode("ascii")
+
+
+def printable(text: str) -> str:
+    """``text`` as valid Unicode: the undecodable bytes of a file name (surrogate escapes) written
+    ``\\xNN``, as ``os.fsencode(text).decode("utf-8", "backslashreplace")`` does."""
+    return SURROGATE.sub(lambda m: _escape_char(m[0]), text)
+
+
+def display(text: str) -> str:
+    """``printable(text)`` on one line: line breaks, control and bidirectional characters written
+    as Python escapes (``\\n``, ``\\x00``, ``\\u202e``)."""
+    return UNPRINTABLE.sub(lambda m: _escape_char(m[0]), text)
+
+
+def _markdown_char(text: str, i: int) -> str:
+    """The Markdown of ``text[i]``: an entity, a backslash escape or the character itself."""
+    c = text[i]
+    if c in MARKDOWN_ENTITIES:
+        return MARKDOWN_ENTITIES[c]
+    if c == "_" and 0 < i < len(text) - 1 and _word(text[i - 1]) and _word(text[i + 1]):
+        return c  # an underscore inside a word never emphasises (img_001)
+    if c in MARKDOWN_BACKSLASHED:
+        return "\\" + c
+    if c.isspace() and (i == 0 or i == len(text) - 1):
+        return f"&#{ord(c)};"  # Markdown strips the spaces around a cell or a line
+    return c
+
+
+def _word(c: str) -> bool:
+    """An ASCII letter or digit."""
+    return c.isascii() and c.isalnum()
+
+
+def markdown_text(text: str) -> str:
+    """``display(text)`` as Markdown text that renders as exactly that, in a table cell or a line:
+    no tag, code span, emphasis, link or cell break; ordinary names (img_001, Set5) unchanged."""
+    shown = display(text)
+    return "".join(_markdown_char(shown, i) for i in range(len(shown)))
 
 
 def markdown_row(cells: list[str]) -> str:
-    """A Markdown table row ``| a | b |`` of the cells, a bar in one written ``\\|`` (``_cells``
-    reads it back); line breaks become spaces."""
-    return "| " + " | ".join(re.sub(r"[\r\n]+", " ", c).replace("|", "\\|") for c in cells) + " |"
+    """A Markdown table row ``| a | b |`` of the cells, each as ``markdown_text``."""
+    return "| " + " | ".join(markdown_text(c) for c in cells) + " |"
 
 
-def _is_rule(row: str) -> bool:
-    """Whether a Markdown table row is the rule under the header (``|---|:--:|``)."""
-    return all(re.fullmatch(r":?-+:?", c) for c in _cells(row))
+def markdown_table(rows: list[list[str]]) -> str:
+    """A Markdown table of rows of plain cells, the first row the header."""
+    return "\n".join([markdown_row(rows[0]), "|" + "---|" * len(rows[0]),
+                      *(markdown_row(r) for r in rows[1:])])
 
 
-def _inline(text: str) -> str:
-    """Escaped text, with Markdown `code` spans as <code>."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+def html_text(text: str) -> str:
+    """``display(text)`` escaped for HTML text and attribute values."""
+    return html.escape(display(text))
 
 
-def _table_html(rows: list[str]) -> str:
-    """An HTML table of Markdown table rows; the row before a rule is the header."""
-    header = len(rows) > 1 and _is_rule(rows[1])
-    out = ["<table>"]
-    for i, row in enumerate(rows):
-        if header and i == 1:
-            continue
-        tag = "th" if header and i == 0 else "td"
-        out.append("<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in _cells(row)) + "</tr>")
+def table_html(rows: list[list[str]]) -> str:
+    """An HTML table of rows of plain cells, the first row the header."""
+    out = ["<table>", "<tr>" + "".join(f"<th>{html_text(c)}</th>" for c in rows[0]) + "</tr>"]
+    out += ["<tr>" + "".join(f"<td>{html_text(c)}</td>" for c in r) + "</tr>" for r in rows[1:]]
     return "\n".join(out + ["</table>"])
 
 
-def markdown_to_html(markdown: str) -> str:
-    """Markdown tables (``| a | b |`` rows) as HTML tables, other blocks as escaped paragraphs."""
-    blocks, rows, lines = [], [], []
-    for line in markdown.splitlines() + [""]:
-        is_row = line.strip().startswith("|")
-        if rows and not is_row:
-            blocks.append(_table_html(rows))
-            rows = []
-        if lines and (is_row or not line.strip()):
-            blocks.append("<p>" + _inline(" ".join(lines)) + "</p>")
-            lines = []
-        if is_row:
-            rows.append(line)
-        elif line.strip():
-            lines.append(line.strip())
-    return "\n".join(blocks)
+def url_path(path: str) -> str:
+    """A relative file path as a URL path: its bytes (undecodable ones included) percent-encoded."""
+    try:
+        raw = path.encode("utf-8", "surrogateescape")  # the bytes of the file's name on Linux
+    except UnicodeEncodeError:  # a surrogate no file name holds: any stable spelling will do
+        raw = path.encode("utf-8", "surrogatepass")
+    return urllib.parse.quote(raw)
 
 
 def number(value: float | None, digits: int, unit: str = "") -> str:
@@ -228,13 +268,13 @@ def number(value: float | None, digits: int, unit: str = "") -> str:
 
 def _anchor(dataset: str, task: str) -> str:
     """The id of a set and task's section."""
-    return "s-" + urllib.parse.quote(f"{dataset}-{task}", safe="")
+    return "s-" + url_path(f"{dataset}-{task}").replace("/", "%2F")
 
 
 def _figure(entry: dict) -> str:
     """One sheet as a linked <img> with its image name and the input's and output's metrics."""
-    url = html.escape(urllib.parse.quote(entry["sheet"]))
-    name = html.escape(str(entry["image"]))
+    url = html.escape(url_path(entry["sheet"]))
+    name = html_text(str(entry["image"]))
     psnr, base = entry.get("psnr"), entry.get("baseline_psnr")
     gain = "" if psnr is None or base is None else f' <span class="gain">({psnr - base:+.2f} dB)</span>'
     return (f'<figure><a href="{url}"><img src="{url}" alt="{name}" loading="lazy"></a>\n'
@@ -243,30 +283,33 @@ def _figure(entry: dict) -> str:
             f"SSIM {number(entry.get('ssim'), 4)}{gain}</figcaption></figure>")
 
 
-def index_html(entries: list[dict], table_markdown: str, title: str) -> str:
-    """The page: title, metrics table and, per set and task (in the entries' order), the sheets."""
+def index_html(entries: list[dict], table: list[list[str]], notes: str, title: str) -> str:
+    """The page: title, metrics table (rows of plain cells, the header first) with its notes and,
+    per set and task (in the entries' order), the sheets."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for e in entries:
         groups.setdefault((str(e["set"]), str(e["task"])), []).append(e)
-    toc = "".join(f'<li><a href="#{_anchor(s, t)}">{html.escape(s)} {html.escape(t)}</a> '
+    toc = "".join(f'<li><a href="#{_anchor(s, t)}">{html_text(s)} {html_text(t)}</a> '
                   f"({len(g)})</li>" for (s, t), g in groups.items())
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>{html.escape(title)}</title><style>{INDEX_CSS}</style></head><body>",
-             f"<h1>{html.escape(title)}</h1>", "<h2>Metrics</h2>", markdown_to_html(table_markdown),
+             f"<title>{html_text(title)}</title><style>{INDEX_CSS}</style></head><body>",
+             f"<h1>{html_text(title)}</h1>", "<h2>Metrics</h2>", table_html(table),
+             *([f"<p>{html_text(notes)}</p>"] if notes else []),
              "<h2>Comparison sheets</h2>",
              "<p>Input | output | target; below, the three zoomed on the outlined window where "
              "the output gains most over the input. Click a sheet for its full size.</p>",
              f"<ul>{toc}</ul>" if groups else "<p>No sheets.</p>"]
     for (s, t), group in groups.items():
-        parts.append(f'<h3 id="{_anchor(s, t)}">{html.escape(s)}: {html.escape(t)}</h3>')
+        parts.append(f'<h3 id="{_anchor(s, t)}">{html_text(s)}: {html_text(t)}</h3>')
         parts.extend(_figure(e) for e in group)
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
 
-def write_index(save_dir: str, entries: list[dict], table_markdown: str, title: str) -> str:
+def write_index(save_dir: str, entries: list[dict], table: list[list[str]], notes: str,
+                title: str) -> str:
     """Write ``save_dir/index.html`` atomically (see ``index_html``); its path."""
     path = os.path.join(save_dir, INDEX_NAME)
     os.makedirs(save_dir, exist_ok=True)
-    utility.write_text(path, index_html(entries, table_markdown, title))
+    utility.write_text(path, index_html(entries, table, notes, title))
     return path

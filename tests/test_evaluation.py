@@ -1,11 +1,17 @@
 """The evaluation run on benchmark trees built from scikit-image photos."""
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -20,7 +26,7 @@ from data.benchmark import BenchmarkSet
 from data.degrade import bicubic_lr
 from evaluation import evaluate_set
 from model import IPTConfig, build_model
-from option import InferenceSettings
+from option import EvalSettings, InferenceSettings
 
 TINY = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "1", "--chop", "fast", "--cpu"]
 
@@ -65,7 +71,8 @@ def test_sr_metrics_equal_the_saved_images(tmp_path, tree, caplog):
     assert report["meta"]["step"] is None  # a checkpoint's evaluation, not a training validation
     assert set(report["meta"]) == {"checkpoint", "checkpoint_sha256", "step", "commit", "options",
                                    "model", "tiling", "self_ensemble", "metric_channel", "test_noise",
-                                   "training"}
+                                   "training", "interrupted", "not_evaluated"}
+    assert report["meta"]["interrupted"] is False and report["meta"]["not_evaluated"] == []
     assert report["meta"]["training"] is None  # random weights: no training.json
     assert report["meta"]["tiling"] == "fast" and report["meta"]["metric_channel"] == "y"  # TINY: fast
     r = report["results"]["Set5"]["sr2"]
@@ -238,40 +245,86 @@ def test_gain_over_the_input_by_hand():
     assert cells_[-1] == "+2.50"
 
 
-def write_record(folder, **fields) -> None:
+def write_record(folder, described: dict | None = None, **fields) -> None:
+    """training.json in ``folder``, describing the files of ``described`` ({name: step}) by
+    their size and mtime_ns now, as training records the weights it writes."""
+    weights = {}
+    for name, step in (described or {}).items():
+        st = os.stat(folder / name)
+        weights[name] = {"step": step, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     record = {"model": "ipt", "architecture": {"model": "ipt", "n_feats": 16}, "step": 2000,
               "max_steps": 2000, "schedule_steps": 2000, "finished": True, "interrupted": False,
-              "best_step": 1500, **fields}
+              "best_step": 1500, "weights": weights, **fields}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "training.json").write_text(json.dumps(record))
 
 
-@pytest.mark.parametrize("name,fields,steps,finished,interrupted,note", [
-    ("model_latest.pt", {}, 2000, True, False, "trained 2000 of 2000 steps (finished)"),
-    ("model_latest.pt", {"step": 511, "finished": False, "interrupted": True}, 511, False, True,
+def weights_file(path, content: bytes = b"weights") -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return str(path)
+
+
+@pytest.mark.parametrize("name,saved_at,fields,steps,finished,interrupted,note", [
+    ("model_latest.pt", 2000, {}, 2000, True, False, "trained 2000 of 2000 steps (finished)"),
+    ("model_latest.pt", 511, {"step": 511, "finished": False, "interrupted": True}, 511, False, True,
      "trained 511 of 2000 steps (interrupted)"),
-    ("model_latest.pt", {"step": 700, "finished": False}, 700, False, False,
+    ("model_latest.pt", 700, {"step": 700, "finished": False}, 700, False, False,
      "trained 700 of 2000 steps (not finished)"),
-    ("model_2000.pt", {}, 2000, True, False, "trained 2000 of 2000 steps (finished)"),
-    ("model_500.pt", {}, 500, False, False,
+    ("model_2000.pt", 2000, {}, 2000, True, False, "trained 2000 of 2000 steps (finished)"),
+    ("model_500.pt", 500, {}, 500, False, False,
      "trained 500 of 2000 steps (saved at step 500; training.json records the run at step 2000)"),
-    ("model_best.pt", {}, 1500, False, False,
+    ("model_best.pt", 1500, {}, 1500, False, False,
      "trained 1500 of 2000 steps (saved at step 1500; training.json records the run at step 2000)"),
-    ("model_best.pt", {"step": 511, "best_step": 511, "finished": False, "interrupted": True}, 511,
-     False, True, "trained 511 of 2000 steps (interrupted)"),
-    ("model_best.pt", {"best_step": None}, None, False, False,
-     "training length unknown (the training.json beside it gives no step for model_best.pt)"),
-    ("IPT_sr2.pt", {}, None, False, False,
+    ("model_best.pt", 511, {"step": 511, "best_step": 511, "finished": False, "interrupted": True},
+     511, False, True, "trained 511 of 2000 steps (interrupted)"),
+    ("IPT_sr2.pt", None, {}, None, False, False,
      "training length unknown (the training.json beside it gives no step for IPT_sr2.pt)"),
 ])
-def test_training_length_from_training_json(tmp_path, name, fields, steps, finished, interrupted, note):
+def test_training_length_from_training_json(tmp_path, name, saved_at, fields, steps, finished,
+                                            interrupted, note):
     folder = tmp_path / "run" / "model"
-    write_record(folder, **fields)
-    checkpoint = str(folder / name)
+    checkpoint = weights_file(folder / name)
+    write_record(folder, {name: saved_at} if saved_at is not None else {}, **fields)
     t = evaluation.training_length(checkpoint)
     assert t == {"steps": steps, "max_steps": 2000, "finished": finished, "interrupted": interrupted,
-                 "run_steps": fields.get("step", 2000), "source": str(folder / "training.json")}
+                 "run_steps": fields.get("step", 2000), "source": str(folder / "training.json"),
+                 "unverified": None}
     assert evaluation.training_note(checkpoint, None, t) == note
+
+
+def test_training_length_only_for_the_weights_the_record_describes(tmp_path):
+    """A step is told only for a file whose size and mtime_ns are those training.json records
+    for its name: weights saved after the last training.json (a failed state save) are not
+    reported as the record's step."""
+    folder = tmp_path / "run" / "model"
+    latest = weights_file(folder / "model_latest.pt", b"step 4 weights")
+    write_record(folder, {"model_latest.pt": 4}, step=4, max_steps=4, finished=True)
+    assert evaluation.training_note(latest, None, evaluation.training_length(latest)) == (
+        "trained 4 of 4 steps (finished)")
+    st = os.stat(latest)
+    weights_file(folder / "model_latest.pt", b"step 6 weights!")  # saved again; the record not
+    os.utime(latest, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    t = evaluation.training_length(latest)
+    assert t["steps"] is None and not t["finished"] and t["run_steps"] == 4
+    note = evaluation.training_note(latest, None, t)
+    assert note.startswith("training length unknown (the weights are newer than training.json: "
+                           "model_latest.pt is 15 bytes of ")
+    assert "training.json describes 14 bytes of " in note and note.endswith("(step 4))")
+    weights_file(folder / "model_latest.pt", b"step 4 weights")  # same size, another time
+    os.utime(latest, ns=(st.st_atime_ns, st.st_mtime_ns - 1))
+    assert "not the file training.json describes" in evaluation.training_note(
+        latest, None, evaluation.training_length(latest))
+    os.utime(latest, ns=(st.st_atime_ns, st.st_mtime_ns))  # the described file again
+    assert evaluation.training_length(latest)["steps"] == 4
+    best = weights_file(folder / "model_best.pt")  # a trained name the record does not describe
+    t = evaluation.training_length(best)
+    assert t["steps"] is None and t["unverified"] == (
+        'training.json does not describe model_best.pt (no step, size and time of it under "weights")')
+    assert evaluation.training_note(best, None, t) == f"training length unknown ({t['unverified']})"
+    os.remove(latest)
+    assert evaluation.training_length(latest)["unverified"].startswith(
+        "cannot read the size and time of model_latest.pt (No such file")
 
 
 def test_training_length_without_a_record(tmp_path):
@@ -286,18 +339,20 @@ def test_training_length_without_a_record(tmp_path):
 
 def test_evaluated_checkpoint_reports_its_training(tmp_path, tree, capsys, monkeypatch):
     folder = tmp_path / "trained" / "model"
-    write_record(folder, step=511, finished=False, interrupted=True)
     checkpoint = folder / "model_latest.pt"
     torch.manual_seed(0)
     model = build_model(IPTConfig(n_feats=16, num_heads=4, num_layers=1, scale=[2], num_queries=1))
+    folder.mkdir(parents=True)
     torch.save(model.state_dict(), checkpoint)
+    write_record(folder, {"model_latest.pt": 511}, step=511, finished=False, interrupted=True)
     monkeypatch.setattr(evaluation, "PRINTED_IMAGE_ROWS", 1)  # two images: their rows not printed
     code, run = evaluate(tmp_path, tree, "--scale", "2", "--data_test", "Set5",
                          "--pretrain", str(checkpoint))
     assert code == 0
     meta = json.loads((run / "metrics.json").read_text())["meta"]
     assert meta["training"] == {"steps": 511, "max_steps": 2000, "finished": False, "interrupted": True,
-                                "run_steps": 511, "source": str(folder / "training.json")}
+                                "run_steps": 511, "source": str(folder / "training.json"),
+                                "unverified": None}
     text = (run / "results.md").read_text()
     assert "training: trained 511 of 2000 steps (interrupted)" in text
     assert set(table_after(text, "### Set5 sr2")) == {"a", "b"}
@@ -305,3 +360,161 @@ def test_evaluated_checkpoint_reports_its_training(tmp_path, tree, capsys, monke
     head = text.split("\n## Per image")[0]
     assert out.startswith(head) and "### Set5" not in out
     assert f"Per-image rows (2) left out here: see {run / 'results.md'}" in out
+
+
+# ----------------------------------------------------------------------------------------
+# Stopped evaluations and what the records say
+# ----------------------------------------------------------------------------------------
+STUB_MODEL = types.SimpleNamespace(task_names=["sr2"], scale=[2])  # all evaluate asks of a model
+FAST = InferenceSettings(mode="fast")  # resolve_mode needs no network for it
+METRICS = {"psnr": 30.0, "ssim": 0.9, "psnr_y": 30.0, "ssim_y": 0.9, "psnr_rgb": 29.0,
+           "ssim_rgb": 0.8, "baseline_psnr": 28.0, "baseline_ssim": 0.7, "gain_psnr": 2.0}
+
+
+def eval_settings(tmp_path, data_test: list[str], save_results: bool = False) -> EvalSettings:
+    os.makedirs(tmp_path / "run", exist_ok=True)  # main.py makes it before
+    return EvalSettings(data_test=data_test, dir_data=str(tmp_path / "data"),
+                        dir_demo=str(tmp_path / "demo"), test_range=(801, 810), clip_noise=True,
+                        seed=1, save=str(tmp_path / "run"), save_results=save_results, save_gt=False,
+                        workers=0, task_id=None, model_name="ipt", record={"scale": [2]})
+
+
+def fake_results(*images: str) -> dict:
+    """evaluate_benchmark's answer for one set and the head sr2."""
+    return {"sr2": {**METRICS, "n_images": len(images), "per_image": {i: dict(METRICS) for i in images}}}
+
+
+def stop_at(monkeypatch, stopped_set: str, stop: BaseException) -> None:
+    """evaluate_benchmark answers at once, and raises ``stop`` for ``stopped_set``."""
+    def fake(model, ev, inference, name, task_ids, out_dir, previews=None):
+        if name == stopped_set:
+            raise stop
+        return fake_results("a", "b")
+
+    monkeypatch.setattr(evaluation, "evaluate_benchmark", fake)
+
+
+def run_evaluate(*args) -> int:
+    try:
+        return evaluation.evaluate(*args)
+    except KeyboardInterrupt:
+        pytest.fail("the stop went through evaluate (a traceback, no report)")
+
+
+@pytest.mark.parametrize("stop,name", [(KeyboardInterrupt(), "SIGINT"),
+                                       (utility.Interrupted(signal.SIGTERM), "SIGTERM")])
+def test_interrupted_evaluation_reports_the_finished_sets(tmp_path, monkeypatch, caplog, capsys,
+                                                         stop, name):
+    stop_at(monkeypatch, "Set14", stop)
+    ev = eval_settings(tmp_path, ["Set5", "Set14", "Urban100"], save_results=True)
+    caplog.set_level(logging.INFO, logger="ipt")
+    assert run_evaluate(STUB_MODEL, ev, FAST, "") == utility.INTERRUPTED == 130
+    run = tmp_path / "run"
+    report = json.loads((run / "metrics.json").read_text())
+    meta = report["meta"]
+    assert meta["interrupted"] is True and meta["not_evaluated"] == ["Set14", "Urban100"]
+    assert set(report["results"]) == {"Set5"}
+    line = f"interrupted by {name}: sets Set5 finished; Set14, Urban100 not evaluated"
+    assert f"\n{line}\n" in (run / "results.md").read_text()
+    assert "(interrupted)" in (run / "index.html").read_text()
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert said == [f"{line}; reports written: {run / 'metrics.json'}, {run / 'results.md'}, "
+                    f"{run / 'index.html'}"]
+    assert capsys.readouterr().out == ""  # the one line only: no tables printed
+
+
+def test_interrupted_in_the_first_set_writes_no_report(tmp_path, monkeypatch, caplog):
+    stop_at(monkeypatch, "Set5", KeyboardInterrupt())
+    ev = eval_settings(tmp_path, ["Set5", "Set14"])
+    assert run_evaluate(STUB_MODEL, ev, FAST, "") == utility.INTERRUPTED
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "interrupted by SIGINT: no set finished; Set5, Set14 not evaluated; no report written"]
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_interrupted_again_while_writing_the_reports(tmp_path, monkeypatch, caplog):
+    stop_at(monkeypatch, "Set14", KeyboardInterrupt())
+
+    def second_stop(*args, **kwargs):
+        raise utility.Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(evaluation, "write_reports", second_stop)
+    assert run_evaluate(STUB_MODEL, eval_settings(tmp_path, ["Set5", "Set14"]), FAST, "") == 130
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "SIGTERM while writing the reports: some may be missing"]
+
+
+def test_recorded_hash_is_of_the_bytes_loaded(tmp_path, monkeypatch):
+    """metrics.json records the SHA-256 given by the loader, not one of the file at report time
+    (replaced meanwhile here); without one, null (the file is not hashed again)."""
+    checkpoint = weights_file(tmp_path / "IPT_sr2.pt", b"another file, written after loading")
+    loaded = hashlib.sha256(b"the weights loaded").hexdigest()
+    monkeypatch.setattr(evaluation, "evaluate_benchmark", lambda *args, **kwargs: fake_results("a"))
+    ev = eval_settings(tmp_path, ["Set5"])
+    assert run_evaluate(STUB_MODEL, ev, FAST, checkpoint, loaded) == 0
+    metrics = tmp_path / "run" / "metrics.json"
+    assert json.loads(metrics.read_text())["meta"]["checkpoint_sha256"] == loaded
+    evaluation.write_reports(STUB_MODEL, ev, FAST, {"Set5": fake_results("a")}, checkpoint=checkpoint)
+    meta = json.loads(metrics.read_text())["meta"]
+    assert meta["checkpoint"] == checkpoint and meta["checkpoint_sha256"] is None
+
+
+def test_validation_lets_a_stop_through_to_the_trainer(tmp_path, monkeypatch):
+    stop_at(monkeypatch, "Set5", utility.Interrupted(signal.SIGUSR1))
+    validate = evaluation.validator(STUB_MODEL, eval_settings(tmp_path, ["Set5"]), FAST)
+    with pytest.raises(utility.Interrupted):
+        validate(STUB_MODEL, 100)
+    assert os.listdir(tmp_path / "run") == []  # no report of that step
+
+
+def test_image_loader_workers_ignore_stop_signals(tree):
+    loader = evaluation.prefetch(BenchmarkSet(str(tree), "Set5", "sr2", 2), 2)
+    assert loader.worker_init_fn is utility.ignore_stop_signals
+
+
+SLOW_SECOND_SET = """
+import multiprocessing, sys, time
+import evaluation, main
+real = evaluation.evaluate_set
+def slow_set14(model, data, *args, **kwargs):
+    if data.dataset == "Set14":  # its loader's workers are running when the signal comes
+        def wait(*a, **k):
+            print("waiting with loader workers:", len(multiprocessing.active_children()), flush=True)
+            time.sleep(60)
+        evaluation.restore_quantised = wait
+    return real(model, data, *args, **kwargs)
+evaluation.evaluate_set = slow_set14
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_signal_during_test_only_one_line_and_reports(tmp_path, tree, sig):
+    """A signal to the process group (Ctrl-C: SIGINT; Slurm/timeout: SIGTERM) while the second
+    set is restored, its image loader's workers running: exit 130, one line, no traceback, the
+    first set's reports written and marked interrupted."""
+    save(photo("astronaut", 0, 0, 40, 40), tree / "benchmark/Set14/HR/x.png")
+    save(photo("coffee", 0, 0, 40, 40), tree / "benchmark/Set14/HR/y.png")
+    run = tmp_path / "run"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_SECOND_SET, "--test_only", "--dir_data", str(tree), "--save",
+         str(run), *TINY, "--scale", "2", "--data_test", "Set5+Set14", "--n_threads", "2"],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        started = proc.stdout.readline()
+        assert started == "waiting with loader workers: 2\n", proc.communicate(timeout=60)[1]
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == utility.INTERRUPTED, err
+    assert "Traceback" not in err and "Error" not in err, err
+    stops = [line for line in err.splitlines() if "interrupted by" in line or "received" in line]
+    assert stops == [f"WARNING interrupted by {sig.name}: sets Set5 finished; Set14 not evaluated; "
+                     f"reports written: {run / 'metrics.json'}, {run / 'results.md'}"], err
+    meta = json.loads((run / "metrics.json").read_text())["meta"]
+    assert meta["interrupted"] is True and meta["not_evaluated"] == ["Set14"]
+    assert out == ""

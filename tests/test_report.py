@@ -15,13 +15,10 @@ import report
 H, W = 96, 128  # crop_side: 24; zoom factor 128 // 24 = 5
 PLANTED = (40, 72)  # (top, left) of the square where the output equals the target
 CHROMIUM = "/usr/bin/chromium"
-TABLE = """| dataset | task | images | PSNR (Y) | SSIM (Y) | input PSNR | input SSIM |
-|---|---|---|---|---|---|---|
-| Set5 | sr2 | 2 | 31.25 | 0.8876 | 29.12 | 0.8411 |
-| CBSD68 | denoise30 | 1 | 28.03 | 0.7990 | 18.59 | 0.3001 |
-
-Y: the IPT paper's convention (`scale` pixels shaved); <b>not bold</b>.
-"""
+TABLE = [["dataset", "task", "images", "PSNR (Y)", "SSIM (Y)", "input PSNR", "input SSIM"],
+         ["Set5", "sr2", "2", "31.25", "0.8876", "29.12", "0.8411"],
+         ["CBSD68", "denoise30", "1", "28.03", "0.7990", "18.59", "0.3001"]]
+NOTES = "Y: the IPT paper's convention (scale pixels shaved); <b>not bold</b>."
 
 
 def planted(side: int, h: int = H, w: int = W) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -58,7 +55,7 @@ def write_run(run: str) -> list[dict]:
     for e in entries:
         inputs, output, target = planted(16, 64, 80)
         report.write_sheet(os.path.join(run, e["sheet"]), inputs, output, target, 29.12, e["psnr"])
-    report.write_index(run, entries, TABLE, "IPT <tiny> & co")
+    report.write_index(run, entries, TABLE, NOTES, "IPT <tiny> & co")
     return entries
 
 
@@ -155,22 +152,21 @@ def test_write_sheet_is_a_png_and_leaves_no_temporary(tmp_path):
         assert image.size == report.comparison_sheet(inputs, output, target, 28.42, 30.1).size
 
 
-def test_markdown_table_to_html():
-    page = report.markdown_to_html(TABLE)
+def test_table_html_and_markdown_of_the_same_cells():
+    page = report.table_html(TABLE)
     assert page.count("<tr>") == 3 and page.count("<th>") == 7 and page.count("<td>") == 14
     assert "<td>31.25</td>" in page and "<td>denoise30</td>" in page
-    assert "<code>scale</code>" in page and "&lt;b&gt;not bold&lt;/b&gt;" in page
-    assert "<b>" not in page
+    odd = report.table_html([["image"], ["<b>x</b> & a|b"]])  # escaped once: no tag, no &amp;lt;
+    assert "<td>&lt;b&gt;x&lt;/b&gt; &amp; a|b</td>" in odd and "<b>" not in odd
+    markdown = report.markdown_table(TABLE).splitlines()
+    assert markdown[:3] == ["| dataset | task | images | PSNR (Y) | SSIM (Y) | input PSNR | input SSIM |",
+                            "|---|---|---|---|---|---|---|",
+                            "| Set5 | sr2 | 2 | 31.25 | 0.8876 | 29.12 | 0.8411 |"]
 
 
-def test_markdown_row_escapes_bars_and_reads_back():
-    names = ["a|b", "plain", "two\nlines", "<i>x</i>"]
-    row = report.markdown_row(names)
-    assert row == "| a\\|b | plain | two lines | <i>x</i> |"
-    assert report._cells(row) == ["a|b", "plain", "two lines", "<i>x</i>"]
-    page = report.markdown_to_html("\n".join([report.markdown_row(["image", "PSNR"]), "|---|---|",
-                                              report.markdown_row(["a|b", "31.25"])]))
-    assert page.count("<td>") == 2 and "<td>a|b</td>" in page and "&lt;" not in page
+def test_markdown_row_escapes_bars_and_line_breaks():
+    row = report.markdown_row(["a|b", "plain", "two\nlines", "<i>x</i>"])
+    assert row == "| a&#124;b | plain | two\\\\nlines | &lt;i&gt;x&lt;/i&gt; |"
 
 
 def test_number_formats_or_dashes():
@@ -202,6 +198,8 @@ def test_index_html_lists_every_sheet_escaped(tmp_path):
                    "+4.38 dB"):
         assert number in words
     assert "<script>alert(1)" in words and "IPT <tiny> & co" in words
+    assert NOTES in words and "<b>not bold" not in text  # the notes as text
+    assert [a["alt"] for a in images] == ["<script>alert(1)", "a b&c#1?", "zebra"]
     assert sum(1 for tag, _ in page.tags if tag == "h3") == 2  # one section per set and task
 
 
