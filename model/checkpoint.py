@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 import utility
-from tasks import default_task_names
+from tasks import default_task_names, task_scale
 
 from .mim import MASK_TOKEN_KEY, mim_heads
 
@@ -99,11 +99,17 @@ def head_names(state: Mapping[str, Tensor], path: str, file_tasks: Sequence[str]
 
 def strip_mim(state: Mapping[str, Tensor], task_names: Sequence[str]) -> dict[str, Tensor]:
     """A checkpoint without its MIM entries: the mim heads, tails and query rows and the mask
-    token go; the other heads are renumbered in order (the authors' code loads the result)."""
+    token go; the other heads are renumbered in order (the authors' code loads the result).
+    ValueError when the names do not fit the heads: their count, or a head's scale."""
     n_heads = len(checkpoint_scales(state))
     if len(task_names) != n_heads:
         raise ValueError(f"the task names ({'+'.join(task_names)}) do not match the checkpoint's "
                          f"{n_heads} heads")
+    wrong = [_misnamed(state, i, name) for i, name in enumerate(task_names)]
+    wrong = [w for w in wrong if w]
+    if wrong:
+        raise ValueError(f"the head names {'+'.join(task_names)} contradict the file's shapes: "
+                         f"{'; '.join(wrong)}")
     drop = set(mim_heads(task_names))
     kept = [i for i in range(n_heads) if i not in drop]
     renumber = {old: new for new, old in enumerate(kept)}
@@ -119,6 +125,36 @@ def strip_mim(state: Mapping[str, Tensor], task_names: Sequence[str]) -> dict[st
     if QUERY_KEY in state:
         out[QUERY_KEY] = state[QUERY_KEY][kept]
     return out
+
+
+def _tail_scale(state: Mapping[str, Tensor], index: int) -> int | None:
+    """The factor head ``index``'s tail upsamples by, from its PixelShuffle convolutions (each
+    has n_feats * r^2 output channels for a factor r; a scale-1 tail has none); None when a
+    convolution has no such shape."""
+    scale, k = 1, 0
+    while (weight := state.get(f"tail.{index}.0.{k}.weight")) is not None:
+        if weight.dim() != 4 or weight.shape[1] == 0 or weight.shape[0] % weight.shape[1]:
+            return None
+        ratio = weight.shape[0] // weight.shape[1]
+        factor = math.isqrt(ratio)
+        if factor < 2 or factor * factor != ratio:
+            return None
+        scale, k = scale * factor, k + 2  # each convolution is followed by its PixelShuffle
+    return scale
+
+
+def _misnamed(state: Mapping[str, Tensor], index: int, name: str) -> str:
+    """Why head ``index`` cannot be the task ``name`` by its tail's shapes ('' when it can)."""
+    try:
+        want = task_scale(name)
+    except ValueError as e:
+        return f"head {index}: {e}"
+    have = _tail_scale(state, index)
+    if have == want:
+        return ""
+    shape = "an unreadable upsampler" if have is None else \
+        "no upsampler (scale 1)" if have == 1 else f"an x{have} upsampler"
+    return f"head {index} ({name}, scale {want}) has {shape}"
 
 
 def resolve_task(state: Mapping[str, Tensor], task: int | str, path: str,
@@ -174,8 +210,7 @@ def load_body(model: nn.Module, path: str, init_from: str,
     if init_from == "none":
         picked = {k: v for k, v in state.items() if not _per_task(k)}
     else:
-        one_head = len(checkpoint_scales(state)) == 1  # a one-head file's head, whatever its name
-        picked = select_task(state, 0 if one_head else resolve_task(state, init_from, path, file_tasks))
+        picked = select_task(state, _init_head(state, init_from, path, file_tasks))
     if MASK_TOKEN_KEY not in own:
         picked.pop(MASK_TOKEN_KEY, None)
     fitting = {k: v for k, v in picked.items()
@@ -186,6 +221,32 @@ def load_body(model: nn.Module, path: str, init_from: str,
     check_values(model, state, path)
     model.load_state_dict(state, strict=True)
     return initial
+
+
+def _init_head(state: Mapping[str, Tensor], init_from: str, path: str,
+               file_tasks: Sequence[str] | None) -> int:
+    """The index of the file's head ``init_from``: by the file's head names (``file_tasks`` when
+    they count its heads, else the six-task order), or, for a one-head file of unknown name, its
+    head when its scale is ``init_from``'s; CheckpointError when there is no such head."""
+    n_heads = len(checkpoint_scales(state))
+    if file_tasks and len(file_tasks) == n_heads:
+        if init_from not in file_tasks:
+            raise CheckpointError(f"{path!r} has heads {'+'.join(file_tasks)}; none is "
+                                  f"{init_from!r}: give --init_from one of them, or none")
+        index = list(file_tasks).index(init_from)
+        wrong = _misnamed(state, index, init_from)
+        if wrong:
+            raise CheckpointError(f"{path!r}: its head names {'+'.join(file_tasks)} contradict "
+                                  f"its shapes: {wrong}; check the training.json beside it")
+        return index
+    if n_heads != 1:
+        return resolve_task(state, init_from, path, file_tasks)
+    wrong = _misnamed(state, 0, init_from)
+    if wrong:  # the one head's name is unknown: only its scale can say which it is not
+        raise CheckpointError(f"{path!r} has one head, of unknown name (no training.json beside "
+                              f"it): {wrong}, so it is not {init_from!r}; give --init_from a head "
+                              f"of its scale, or none")
+    return 0
 
 
 def _per_task(key: str) -> bool:

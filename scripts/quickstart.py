@@ -2,14 +2,16 @@
 
 Usage: python scripts/quickstart.py [--out experiment/quickstart] [--pretrain_steps N]
 [--finetune_steps N] [--resume]. Options shared by the phases are in configs/quickstart.yaml.
-Ctrl-C stops the whole quickstart (exit status 130, a training phase saves its state first);
---resume then skips the finished phases and continues the interrupted one.
+Ctrl-C (or SIGTERM, SIGUSR1) stops the whole quickstart at any moment, in a phase or between
+two (exit status 130, a training phase saves its state first); --resume then skips the finished
+phases and continues the interrupted one.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -19,7 +21,8 @@ sys.path.insert(0, ROOT)
 
 import main as ipt_main  # noqa: E402
 import utility  # noqa: E402
-from trainer import INTERRUPTED  # noqa: E402  (130: a run stopped by SIGINT/SIGTERM, state saved)
+from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
+from utility import INTERRUPTED  # noqa: E402  (130: a run stopped by a signal, state saved)
 
 CONFIG = os.path.join(ROOT, "configs", "quickstart.yaml")
 OUT = os.path.join("experiment", "quickstart")
@@ -37,6 +40,7 @@ ALL_SCALES = "2+3+4+1+1+1"
 STEPS_PER_EVAL_UNIT = 20
 BUSY_CORES = 0.5  # other processes keeping this many cores busy make the machine a busy one
 BUSY_SAMPLE_S = 0.5  # how long the quickstart watches the CPU before it starts
+PAUSE_ENV = "IPT_QUICKSTART_PAUSE_S"  # tests: seconds to wait between phases (to signal there)
 
 
 @dataclass(frozen=True)
@@ -245,11 +249,33 @@ def resume_command(a: argparse.Namespace) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def stopped(a: argparse.Namespace, where: str, clock: Clock) -> int:
-    """Say how to continue after Ctrl-C; the exit status 130."""
-    print(f"\nquickstart: stopped {where} after {duration(time.time() - clock.start)}; continue "
-          f"with:\n  {resume_command(a)}", file=sys.stderr, flush=True)
+def stopped(a: argparse.Namespace, where: str, clock: Clock, stop: utility.StopSignals,
+            signum: int | None = None) -> int:
+    """Say how to continue after a stop signal (a later one is only recorded); the exit status 130."""
+    stop.raise_ = False
+    signum = stop.received or signum
+    by = f" by {signal.Signals(signum).name}" if signum else ""
+    print(f"\nquickstart: stopped{by} {where} after {duration(time.time() - clock.start)}; "
+          f"continue with:\n  {resume_command(a)}", file=sys.stderr, flush=True)
     return INTERRUPTED
+
+
+def quiet_interruptions(unraisable: "sys.UnraisableHookArgs") -> None:
+    """sys.unraisablehook: a stop raised inside a finaliser (a DataLoader's ``__del__``) cannot
+    propagate; it is recorded in StopSignals.received, so say nothing. Others as usual."""
+    if not isinstance(unraisable.exc_value, utility.Interrupted):
+        sys.__unraisablehook__(unraisable)
+
+
+def pause_between_phases() -> None:
+    """Wait PAUSE_ENV seconds when set (tests send a signal then), saying so."""
+    try:
+        seconds = float(os.environ.get(PAUSE_ENV) or 0)
+    except ValueError:
+        seconds = 0.0
+    if seconds > 0:
+        print(f"quickstart: pausing {seconds:g} s between phases ({PAUSE_ENV})", flush=True)
+        time.sleep(seconds)
 
 
 def summary(plan: list[Phase], ran: dict[int, int | None], clock: Clock) -> str:
@@ -298,29 +324,34 @@ def compute_threads(requested: int) -> int:
     return threads
 
 
-def run_all(a: argparse.Namespace, clock: Clock) -> int:
-    """Run (or, with --resume, skip or continue) the phases in order; stop at the first that fails."""
+def run_all(a: argparse.Namespace, clock: Clock, stop: utility.StopSignals) -> int:
+    """Run (or, with --resume, skip or continue) the phases in order; stop at the first that
+    fails or at a stop signal (``stop.received``, or a phase's exit status 130)."""
     plan, ran = phases(a.out, a.pretrain_steps, a.finetune_steps), {}
     threads = compute_threads(a.threads)
     for i, p in enumerate(plan):
+        if stop.received is not None:  # raised where Python swallows it (a finaliser)
+            return stopped(a, f"between phases, before phase {i + 1}/{len(plan)}", clock, stop)
         print(f"\n{headline(plan, i, a.resume, clock)}", flush=True)
         how = mode(plan, i, a.resume)
         if how == "skip":
             continue
         code, ran[i] = run_phase(plan, i, how, clock, threads)
-        if code == INTERRUPTED:
-            return stopped(a, f"in phase {i + 1}/{len(plan)} ({p.title})", clock)
+        if code == INTERRUPTED or stop.received is not None:
+            return stopped(a, f"in phase {i + 1}/{len(plan)} ({p.title})", clock, stop)
         if code != 0:
             print(f"quickstart: phase {i + 1}/{len(plan)} ({p.title}) failed (exit status {code}); "
                   f"once its cause is fixed, continue with:\n  {resume_command(a)}", file=sys.stderr)
             return code
+        if i + 1 < len(plan):
+            pause_between_phases()
     print(f"\n{summary(plan, ran, clock)}", flush=True)
     return 0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The quickstart's own options."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OptionParser(prog="quickstart.py", description=__doc__.splitlines()[0])
     p.add_argument("--out", default=OUT, help="where the four phases write their runs")
     p.add_argument("--pretrain_steps", type=int, default=PRETRAIN_STEPS)
     p.add_argument("--finetune_steps", type=int, default=FINETUNE_STEPS)
@@ -335,13 +366,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The quickstart's exit status: 0 done, 130 stopped by Ctrl-C, else the failed phase's."""
+    """The quickstart's exit status: 0 done, 130 stopped by a signal, else the failed phase's.
+
+    SIGINT, SIGTERM and SIGUSR1 are handled for the whole journey; a phase's main.main puts its
+    own handlers in place while it trains or evaluates and returns 130 when they stopped it."""
     a = parse_args(argv)
     clock = Clock(time.time())
+    hook, sys.unraisablehook = sys.unraisablehook, quiet_interruptions
     try:
-        return run_all(a, clock)
-    except KeyboardInterrupt:  # between phases
-        return stopped(a, "between phases", clock)
+        with utility.StopSignals(raise_=True) as stop:
+            try:
+                return run_all(a, clock, stop)
+            except KeyboardInterrupt as e:  # outside a phase (Ctrl-C or a stop signal)
+                return stopped(a, "between phases", clock, stop, getattr(e, "signum", None))
+    finally:
+        sys.unraisablehook = hook
 
 
 if __name__ == "__main__":

@@ -13,14 +13,17 @@ for each --seeds; then docs/STUDY.md gets the table (mean and spread per variant
 the noisy input) and a plot of validation PSNR against fine-tuning step.
 
 Every run is a main.py run under --work; a finished one (its metrics.json) is not redone, so a
-killed study continues where it stopped. --launcher "torchrun --nproc_per_node 8" runs each as a
-subprocess under that launcher, and --options "--n_feats 64 --num_layers 12 ..." scales the model.
-``--smoke`` runs every stage at a few steps on two images (CI).
+killed study continues where it stopped; a damaged metrics.json stops the study with one line
+naming the file, the key and the run folder to delete (its run is then redone). --launcher
+"torchrun --nproc_per_node 8" runs each as a subprocess under that launcher, and --options
+"--n_feats 64 --num_layers 12 ..." scales the model. ``--smoke`` runs every stage at a few steps
+on two images (CI).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -36,7 +39,8 @@ sys.path.insert(0, ROOT)
 
 import main as ipt_main  # noqa: E402
 import utility  # noqa: E402
-from data.images import IMAGE_EXTENSIONS, read_image, save_image, stem  # noqa: E402
+from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
+from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image, save_image, stem  # noqa: E402
 from data.sample import sample_photos  # noqa: E402
 
 SIX_SCALES, SIX_TASKS = "2+3+4+1+1+1", "sr2+sr3+sr4+derain+denoise30+denoise50"
@@ -69,11 +73,17 @@ NO_VALIDATION = "1000000000"
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", re.MULTILINE)
 POOL_TILE = 256  # training photos are cut into squares of this side (sr4 crops 192)
 VALIDATION = re.compile(r"step (\d+): validation PSNR ([-\d.]+) dB")
+PROG = "study.py"
+MAX_SEED = 2 ** 63 - 1  # main.py's --seed: torch.manual_seed takes a 64-bit integer
+SEED = re.compile(r"[0-9]{1,19}")  # MAX_SEED has 19 digits
+METRICS = "metrics.json"
+METRICS_MAX_BYTES = 16 << 20  # a metrics.json of a few hundred images is tens of kB
+SCORES = ("psnr_y", "ssim_y", "baseline_psnr", "baseline_ssim")  # what the table and plot read
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """The study's options."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OptionParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--pool", action="append", default=[],
                    help="a folder of photos for (pre-)training, at any depth; repeat for more")
     p.add_argument("--dir_data", required=True, help="holds benchmark/Set5 and benchmark/CBSD68")
@@ -90,11 +100,106 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--launcher", default="", help="run each main.py under this (e.g. torchrun ...)")
     p.add_argument("--smoke", action="store_true", help="a few steps on two images: checks the wiring")
     a = p.parse_args(argv)
-    a.seeds = [int(s) for s in a.seeds.split("+")]
+    a.seeds = parse_seeds(p, a.seeds)
+    for name in ("pretrain_steps", "finetune_steps", "val_every", "noise_images", "val_images"):
+        if getattr(a, name) < 1:  # main.py reads --max_steps 0 as "train --epochs"
+            p.error(f"--{name} {getattr(a, name)}: give at least 1")
+    for name in ("options", "launcher"):
+        try:
+            shlex.split(getattr(a, name))
+        except ValueError as e:
+            p.error(f"--{name} {getattr(a, name)!r}: {e} (quote it as a shell would)")
     if a.smoke:
         a.pretrain_steps, a.finetune_steps, a.val_every = 4, 4, 2
         a.noise_images, a.val_images = 2, 1
     return a
+
+
+def parse_seeds(p: OptionParser, text: str) -> list[int]:
+    """--seeds A+B as distinct integers 0..MAX_SEED (argparse's one-line error otherwise)."""
+    words = text.split("+")
+    if not all(SEED.fullmatch(w) for w in words):
+        p.error(f"--seeds {text!r}: give non-negative integers joined by +, like 1+2")
+    seeds = [int(w) for w in words]
+    if max(seeds) > MAX_SEED or len(set(seeds)) != len(seeds):
+        p.error(f"--seeds {text!r}: give distinct seeds of at most {MAX_SEED}")
+    return seeds
+
+
+# ----------------------------------------------------------------------------------------
+# The runs' metrics.json, read back
+# ----------------------------------------------------------------------------------------
+class MetricsError(utility.RecordError):
+    """A metrics.json that is not what an evaluation writes: one line naming the file and key."""
+
+
+def read_metrics(path: str) -> dict[str, dict[str, dict[str, float]]]:
+    """A run's metrics.json: {set: {task: {metric: value}}} with every SCORES metric a finite
+    number (other entries, like per_image, are left out); MetricsError names what is wrong."""
+    redo = f"delete the run's folder {os.path.dirname(os.path.abspath(path))} to redo it"
+    if not os.path.isfile(path):
+        raise MetricsError(f"{path}: not a regular file; {redo}")
+    if os.path.getsize(path) > METRICS_MAX_BYTES:
+        raise MetricsError(f"{path}: larger than {METRICS_MAX_BYTES} bytes, not an evaluation's; {redo}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise MetricsError(f"{path}: not readable JSON ({type(e).__name__}); {redo}") from None
+    results = record.get("results") if isinstance(record, dict) else None
+    if not isinstance(results, dict) or not results:
+        raise MetricsError(f"{path}: no 'results' object; {redo}")
+    found: dict[str, dict[str, dict[str, float]]] = {}
+    for set_name, tasks in results.items():
+        if not isinstance(tasks, dict) or not tasks:
+            raise MetricsError(f"{path}: results.{shown(set_name)} is not an object of tasks; {redo}")
+        found[set_name] = {}
+        for task, scores in tasks.items():
+            where = f"results.{shown(set_name)}.{shown(task)}"
+            if not isinstance(scores, dict):
+                raise MetricsError(f"{path}: {where} is not an object of metrics; {redo}")
+            found[set_name][task] = {k: finite(scores.get(k), f"{path}: {where}.{k}", redo)
+                                     for k in SCORES}
+    return found
+
+
+def finite(value: object, where: str, redo: str) -> float:
+    """A metric as a finite float; MetricsError naming ``where`` for anything else."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    try:
+        if number and math.isfinite(float(value)):
+            return float(value)
+    except OverflowError:  # an integer too large for a float
+        pass
+    what = "missing" if value is None else f"{type(value).__name__}, not a finite number"
+    raise MetricsError(f"{where}: {what}; {redo}")
+
+
+def shown(key: str) -> str:
+    """A key read from a file, as a message shows it: quoted when it is not printable text."""
+    return key if key.isprintable() else repr(key)
+
+
+def scores(run: str, set_name: str | None = None, task: str | None = None) -> dict[str, float]:
+    """The SCORES of ``task`` on ``set_name`` in RUN/metrics.json (None: its only set / task)."""
+    path = os.path.join(run, METRICS)
+    results = read_metrics(path)
+    redo = f"delete the run's folder {os.path.abspath(run)} to redo it"
+    if set_name is None:
+        if len(results) != 1:
+            raise MetricsError(f"{path}: results: {len(results)} test sets, expected one; {redo}")
+        set_name = next(iter(results))
+    if set_name not in results:
+        raise MetricsError(f"{path}: results.{set_name}: missing; {redo}")
+    tasks = results[set_name]
+    if task is None:
+        if len(tasks) != 1:
+            raise MetricsError(f"{path}: results.{shown(set_name)}: {len(tasks)} tasks, expected "
+                               f"one; {redo}")
+        task = next(iter(tasks))
+    if task not in tasks:
+        raise MetricsError(f"{path}: results.{set_name}.{task}: missing; {redo}")
+    return tasks[task]
 
 
 # ----------------------------------------------------------------------------------------
@@ -109,23 +214,32 @@ def make_pool(folders: list[str], root: str, smoke: bool) -> None:
     photos = [(f"pool{i}_{stem(path)}", path) for i, folder in enumerate(folders)
               for path in sorted(images_under(folder))[:2 if smoke else None]]
     photos += [(f"sample_{name}", image) for name, image in sample_photos("train")]
+    unreadable = []
     for name, photo in photos:
         if os.path.exists(os.path.join(target, f"{name}_0.png")):
             continue
-        image = read_image(photo) if isinstance(photo, str) else photo
+        try:
+            image = read_image(photo) if isinstance(photo, str) else photo
+        except ImageReadError as e:
+            print(f"{PROG}: warning: {e}; left out of the pool", file=sys.stderr, flush=True)
+            unreadable.append(photo)
+            continue
         _, h, w = image.shape
         corners = [(y, x) for y in range(0, h - POOL_TILE + 1, POOL_TILE)
                    for x in range(0, w - POOL_TILE + 1, POOL_TILE)]
         for k, (y, x) in enumerate(corners):
             save_image(image[:, y:y + POOL_TILE, x:x + POOL_TILE], os.path.join(target, f"{name}_{k}.png"))
+    if unreadable:
+        print(f"{PROG}: warning: {len(unreadable)} of {len(photos)} pool photo(s) could not be "
+              f"read and were left out", file=sys.stderr, flush=True)
 
 
 def images_under(folder: str) -> list[str]:
-    """The image files under ``folder`` (any depth)."""
+    """The image files under ``folder`` (any depth; regular files only: a FIFO would hang a read)."""
     if not os.path.isdir(folder):
         raise SystemExit(f"study.py: --pool {folder}: not a folder")
     return [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files
-            if f.lower().endswith(IMAGE_EXTENSIONS)]
+            if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(d, f))]
 
 
 def link(source: str, name: str) -> None:
@@ -155,7 +269,10 @@ def test_sets(dir_data: str, root: str, images: int) -> None:
 def run_main(args: list[str], launcher: str) -> None:
     """One main.py run, in this process or under the launcher; stops the study if it fails."""
     if launcher:
-        code = subprocess.call([*shlex.split(launcher), os.path.join(ROOT, "main.py"), *args])
+        try:
+            code = subprocess.call([*shlex.split(launcher), os.path.join(ROOT, "main.py"), *args])
+        except OSError as e:
+            raise SystemExit(f"{PROG}: --launcher {launcher!r}: cannot start it ({e.strerror})") from None
     else:
         code = ipt_main.main(args)
     if code != 0:
@@ -164,11 +281,12 @@ def run_main(args: list[str], launcher: str) -> None:
 
 
 def done(run: str, what: str) -> bool:
-    """Whether a run finished already: its training.json says so, or its metrics.json exists."""
+    """Whether a run finished already: its training.json says so, or its metrics.json exists
+    (any file there: a bad one is refused when read, not silently redone)."""
     if what == "training":
         record = utility.read_training_record(os.path.join(run, "model", "model_latest.pt"))
         return bool(record and record.get("finished"))
-    return os.path.isfile(os.path.join(run, "metrics.json"))
+    return os.path.lexists(os.path.join(run, METRICS))
 
 
 def pretrain(a: argparse.Namespace, name: str, seed: int, data: str) -> str:
@@ -210,8 +328,7 @@ def evaluate(a: argparse.Namespace, run: str, task: str, test_data: str) -> dict
                   "--data_test", TASKS[task], "--dir_data", test_data, "--save", out,
                   "--chop", "fast" if a.smoke else "official", *common(a)],
                  a.launcher)
-    with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
-        return json.load(f)["results"][TASKS[task]][task]
+    return scores(out, TASKS[task], task)
 
 
 def common(a: argparse.Namespace) -> list[str]:
@@ -228,11 +345,7 @@ def curve(run: str) -> list[tuple[int, float]]:
     """(step, validation PSNR) of a training run, from its log; step 0 is the input's PSNR."""
     with open(os.path.join(run, "log.txt"), encoding="utf-8") as f:
         points = [(int(m.group(1)), float(m.group(2))) for m in VALIDATION.finditer(f.read())]
-    with open(os.path.join(run, "metrics.json"), encoding="utf-8") as f:  # the last validation's
-        results = json.load(f)["results"]
-    (tasks,) = results.values()
-    (scores,) = tasks.values()
-    return [(0, scores["baseline_psnr"]), *points]
+    return [(0, scores(run)["baseline_psnr"]), *points]  # the last validation's metrics.json
 
 
 # ----------------------------------------------------------------------------------------
@@ -385,7 +498,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run the study and write its doc and plot."""
     a = parse(argv)
     a.argv = sys.argv[1:] if argv is None else list(argv)
-    found = study(a)
+    try:
+        found = study(a)
+    except MetricsError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
     minutes = run_minutes(a.work)
     plot_path = os.path.splitext(a.doc)[0] + ".png"
     os.makedirs(os.path.dirname(os.path.abspath(a.doc)), exist_ok=True)

@@ -181,3 +181,63 @@ def test_a_mim_batch_trains_the_mask_token_and_only_masked_pixels_count(tmp_path
     loss = run.loss(hr, hr, 0, step=0)
     loss.backward()
     assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0
+
+
+def sr2_mim_model(authors_model) -> IPT:
+    return IPT(config_from(authors_model["config"], scale=[2, 1], num_queries=2,
+                           task_names=["sr2", "mim"])).eval()
+
+
+def test_strip_mim_refuses_head_names_the_shapes_contradict(authors_model):
+    state = sr2_mim_model(authors_model).state_dict()
+    with pytest.raises(ValueError, match=r"head 0 \(mim, scale 1\) has an x2 upsampler"):
+        strip_mim(state, ["mim", "sr2"])  # the old code dropped the sr2 head
+    with pytest.raises(ValueError, match="unknown task 'foo'"):
+        strip_mim(state, ["foo", "mim"])
+    assert "tail.0.0.0.weight" in strip_mim(state, ["sr2", "mim"])  # the right names pass
+    six = tiny_mim_model(authors_model).state_dict()  # x2, x3, x4 tails read apart
+    with pytest.raises(ValueError, match=r"head 1 \(sr4, scale 4\) has an x3 upsampler"):
+        strip_mim(six, ["sr2", "sr4", "sr3", "derain", "denoise30", "denoise50", "mim"])
+
+
+def strip_script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("strip_mim_script", f"{ROOT}/scripts/strip_mim.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_the_strip_script_refuses_a_record_the_file_contradicts_and_names_the_dropped_head(
+        tmp_path, authors_model, capsys):
+    model = sr2_mim_model(authors_model)
+    wrong = save(tmp_path, model, ["mim", "sr2"], "wrong")  # a record in the wrong order
+    out = tmp_path / "out.pt"
+    assert strip_script().main([wrong, str(out)]) == 1 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "contradict the file's shapes" in err[0] and wrong in err[0]
+    right = save(tmp_path, model, ["sr2", "mim"], "right")
+    assert strip_script().main([right, str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "dropping head 1 (mim, per training.json; its shapes match any scale-1 head)" in printed
+    sr2 = IPT(config_from(authors_model["config"], scale=[2], num_queries=1, task_names=["sr2"]))
+    assert torch.load(out, weights_only=True).keys() == sr2.state_dict().keys()
+
+
+def test_init_from_refuses_a_head_the_file_does_not_have(tmp_path, authors_model):
+    sr2 = IPT(config_from(authors_model["config"], scale=[2], num_queries=1, task_names=["sr2"]))
+    named = save(tmp_path, sr2, ["sr2"], "named")  # a training.json says sr2
+    s = settings(parse_args(["--scale", "3", "--pretrain", named, "--init_from", "sr3"]))
+    with pytest.raises(CheckpointError, match="has heads sr2; none is 'sr3'"):
+        load_body(IPT(s.model), named, "sr3", s.run.pretrain_tasks)  # the old code took sr2
+    unnamed = tmp_path / "unnamed.pt"
+    torch.save(sr2.state_dict(), unnamed)  # no record: its name is unknown, its scale is 2
+    three = IPT(config_from(authors_model["config"], scale=[3], num_queries=1, task_names=["sr3"]))
+    with pytest.raises(CheckpointError, match=r"one head, of unknown name .*x2 upsampler"):
+        load_body(three, str(unnamed), "sr3")
+    with pytest.raises(CheckpointError, match=r"one head, of unknown name .*\(mim, scale 1\)"):
+        load_body(three, str(unnamed), "mim")
+    assert load_body(three, str(unnamed), "sr2") == ["tail.0.0.0.weight", "tail.0.0.0.bias"]
+    mislabelled = save(tmp_path, sr2, ["derain"], "mislabelled")  # a record its shapes contradict
+    with pytest.raises(CheckpointError, match=r"contradict its shapes: head 0 \(derain"):
+        load_body(three, mislabelled, "derain", ["derain"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import io
 import os
+import signal
+import subprocess
 import sys
 
 import pytest
@@ -12,6 +14,7 @@ from conftest import ROOT
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import quickstart  # noqa: E402
+import utility  # noqa: E402
 
 STEPS = ["--pretrain_steps", "4", "--finetune_steps", "3"]
 
@@ -195,3 +198,89 @@ def test_busy_cores_counts_what_others_use(monkeypatch):
     monkeypatch.setattr(quickstart.os, "cpu_count", lambda: 2)
     # 200 ticks passed, 100 of them idle: half of 2 CPUs busy
     assert quickstart.busy_cores(0) == pytest.approx(1.0)
+
+
+class Finaliser:
+    """Sends this process SIGINT from its ``__del__``, where Python swallows what the handler
+    raises (as in a DataLoader iterator freed between two phases)."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_stop_swallowed_in_a_finaliser_between_phases_still_stops(monkeypatch, tmp_path, capsys):
+    out = str(tmp_path / "qs")
+    fake = FakeMain()
+
+    def first_phase_then_finalised(args: list[str]) -> int:
+        code = fake(args)
+        Finaliser()  # freed at once: SIGINT arrives inside __del__
+        return code
+
+    monkeypatch.setattr(quickstart.ipt_main, "main", first_phase_then_finalised)
+    assert quickstart.main(["--out", out, *STEPS]) == 130
+    assert len(fake.calls) == 1  # phase 2 never started
+    err = capsys.readouterr().err
+    assert "stopped by SIGINT" in err and "python scripts/quickstart.py --resume" in err
+    assert "Exception ignored" not in err
+
+
+def test_a_phase_s_own_handlers_nest_inside_the_quickstart_s(monkeypatch, tmp_path, capsys):
+    out = str(tmp_path / "qs")
+    fake = FakeMain()
+    before = signal.getsignal(signal.SIGINT)
+
+    def main_with_its_own_handlers(args: list[str]) -> int:
+        with utility.StopSignals() as own:  # as main.main does while training
+            os.kill(os.getpid(), signal.SIGINT)
+        assert own.received == signal.SIGINT
+        return fake(args) if len(fake.calls) else 130  # the first phase: stopped by its handler
+
+    monkeypatch.setattr(quickstart.ipt_main, "main", main_with_its_own_handlers)
+    assert quickstart.main(["--out", out, *STEPS]) == 130
+    assert "in phase 1/4" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before  # the quickstart's own handler is gone
+
+
+FAKE_DRIVER = """
+import sys
+sys.path.insert(0, {scripts!r})
+import quickstart
+quickstart.ipt_main.main = lambda args: 0  # every phase done at once
+sys.exit(quickstart.main(sys.argv[1:]))
+"""
+
+
+def journey(tmp_path) -> subprocess.Popen:
+    """The quickstart in its own process group, its phases returning at once, pausing 30 s
+    between them (real phases take 13 s more here: the in-process tests cover their handlers)."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(FAKE_DRIVER.format(scripts=os.path.join(ROOT, "scripts")))
+    env = {**os.environ, quickstart.PAUSE_ENV: "30"}
+    return subprocess.Popen(
+        [sys.executable, str(driver), "--out", str(tmp_path / "qs"), "--pretrain_steps", "1",
+         "--finetune_steps", "1", "--threads", "1"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1], ids=lambda s: s.name)
+def test_a_signal_between_phases_stops_the_quickstart(tmp_path, sig):
+    proc = journey(tmp_path)
+    try:
+        seen = []
+        for line in proc.stdout:  # ends when the process does: then the pause never came
+            seen.append(line)
+            if line.startswith("quickstart: pausing"):
+                break
+        assert seen and seen[-1].startswith("quickstart: pausing"), "".join(seen)
+        os.killpg(proc.pid, sig)  # as a terminal's Ctrl-C, timeout or Slurm reach every process
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert f"stopped by {sig.name} between phases" in err
+    assert "--resume --out" in err and "Traceback" not in err and "Exception ignored" not in err
+    assert "phase 2/4" not in out

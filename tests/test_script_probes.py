@@ -1,0 +1,51 @@
+"""The scripts' refusals of bad arguments, as a user meets them: one line on stderr and exit
+status 2 (bad options) or 1 (a failed job), never a traceback; one subprocess per probe."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, config_from
+
+from model import IPT
+
+PROBE_TIMEOUT_S = 60  # a probe takes about 3 s (most of it importing torch)
+
+
+@pytest.fixture(scope="module")
+def sr2_mim(tmp_path_factory, authors_model) -> str:
+    """A two-head file (sr2+mim) whose training.json lists its heads the wrong way round."""
+    folder = tmp_path_factory.mktemp("wrong") / "model"
+    folder.mkdir()
+    model = IPT(config_from(authors_model["config"], scale=[2, 1], num_queries=2,
+                            task_names=["sr2", "mim"]))
+    torch.save(model.state_dict(), folder / "model_latest.pt")
+    (folder / "training.json").write_text(json.dumps({"architecture": {"tasks": "mim+sr2"}}))
+    return str(folder / "model_latest.pt")
+
+
+PROBES = [  # (script, arguments ({ckpt}: the sr2+mim file, {tmp}: a fresh folder), status, says)
+    ("study.py", ["--dir_data", "{tmp}", "--seeds", "x"], 2, "--seeds 'x'"),
+    ("study.py", ["--dir_data", "{tmp}", "--pretrain_steps", "0"], 2, "--pretrain_steps 0"),
+    ("study.py", ["--dir_data", "{tmp}", "--options", '--n_feats "16'], 2, "No closing quotation"),
+    ("strip_mim.py", ["{ckpt}", "{tmp}"], 2, "is a folder"),
+    ("strip_mim.py", ["{ckpt}", "{tmp}/missing/out.pt"], 2, "does not exist"),
+    ("strip_mim.py", ["{ckpt}", "{tmp}/out.pt"], 1, "contradict the file's shapes"),
+    ("quickstart.py", ["--out", "{tmp}", "--pretrain_steps", "0"], 2, "give at least 1"),
+]
+
+
+@pytest.mark.parametrize("script,args,status,says", PROBES,
+                         ids=[f"{p[0]}-{p[3]}" for p in PROBES])
+def test_a_bad_argument_is_refused_in_one_line(tmp_path, sr2_mim, script, args, status, says):
+    argv = [a.format(ckpt=sr2_mim, tmp=tmp_path) for a in args]
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *argv],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == status, done.stderr
+    assert len(lines) == 1 and says in lines[0], done.stderr
+    assert not os.path.exists(tmp_path / "out.pt")  # nothing written before a refusal
