@@ -19,6 +19,7 @@ import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import tempfile  # noqa: E402
 
 import torch  # noqa: E402
@@ -146,15 +147,23 @@ def train(args: argparse.Namespace, s: option.Settings, device: torch.device) ->
         if world > 1:  # a rank that tears gloo down while another still saves can abort (SIGABRT)
             torch.distributed.barrier()
         return status
-    except torch.distributed.DistError as e:  # a peer died or stalled
-        if rank == 0:
+    except (torch.distributed.DistError, RuntimeError) as e:
+        if world == 1 or not PEER_FAILURE.search(str(e)):
+            raise
+        if rank == 0:  # a peer died or stalled: gloo/NCCL report it in one of these wordings
             log.error("another process of this torchrun job failed or stopped answering (%s): "
-                      "stopping; continue with --resume from the last saved state", last_line(e))
+                      "stopping; continue with --resume from the last saved state",
+                      GLOO_SOURCE.sub("", last_line(e)).split(". This is typically")[0])
         return 1
     finally:
         if world > 1:
             with contextlib.suppress(torch.distributed.DistError, RuntimeError):
                 torch.distributed.destroy_process_group()
+
+
+GLOO_SOURCE = re.compile(r"^\[[^\]]*\]\s*")  # "[.../pair.cc:545] " before gloo's message
+PEER_FAILURE = re.compile(r"closed by peer|reset by peer|remote worker|gloo|NCCL|timed? ?out",
+                          re.IGNORECASE)
 
 
 def _train(args: argparse.Namespace, s: option.Settings, device: torch.device, rank: int,

@@ -205,8 +205,10 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=p.step, desc="training", unit="step",
                    dynamic_ncols=True, disable=self.rank != 0)
         status = 0
-        try:
-            with utility.StopSignals() as stop:
+        # the handler stays until the final save is written: a signal then (torchrun stopping
+        # the other ranks of a failed job, a second Ctrl-C) cannot cut that save short
+        with utility.StopSignals() as stop:
+            try:
                 batches = iter(self.batches(p.step))
                 while p.step < self.total_steps and stop.received is None:
                     loss = self.train_step(next(batches))
@@ -222,13 +224,14 @@ class Trainer:
                     log.warning("%s received: saving the training state and stopping",
                                 signal_name(stop.received))
                 self.interrupted = stop.received is not None and p.step < self.total_steps
-        finally:
-            bar.close()
-            saved = self._save_on_exit()
-            how = "finished" if p.step >= self.total_steps else "stopped"
-            log.info("%s at step %d of %d; %d step(s) skipped for non-finite losses; %d training "
-                     "file read(s) skipped (unreadable or smaller than the crop)", how, p.step,
-                     self.total_steps, p.nonfinite_total, sum(self.skipped_files.values()))
+            finally:
+                bar.close()
+                saved = self._save_on_exit()
+                how = "finished" if p.step >= self.total_steps else "stopped"
+                log.info("%s at step %d of %d; %d step(s) skipped for non-finite losses; %d "
+                         "training file read(s) skipped (unreadable or smaller than the crop)",
+                         how, p.step, self.total_steps, p.nonfinite_total,
+                         sum(self.skipped_files.values()))
         if self.interrupted and saved:
             log.info("interrupted: continue this run with the same command and --resume")
             return INTERRUPTED

@@ -155,7 +155,9 @@ def setup_logging(save_dir: str, debug: bool = False, quiet: bool = False) -> lo
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-    to_file = logging.FileHandler(os.path.join(save_dir, LOG_NAME), encoding="utf-8")
+    # a file name that is not UTF-8 (undecodable bytes) is logged as \xNN, never a logging error
+    to_file = logging.FileHandler(os.path.join(save_dir, LOG_NAME), encoding="utf-8",
+                                  errors="backslashreplace")
     to_file.setFormatter(logging.Formatter(LOG_FORMAT))
     logger.addHandler(console)
     logger.addHandler(to_file)
@@ -284,7 +286,7 @@ def read_training_record(checkpoint: str, strict: bool = False) -> dict | None:
             with open(path, encoding="utf-8") as f:
                 record = json.load(f)
             problem = training_record_problem(record)
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
         problem = f"not readable JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     if problem is None:
         return record
@@ -573,10 +575,11 @@ class Interrupted(KeyboardInterrupt):
 class StopSignals:
     """Within ``with``: SIGINT, SIGTERM and SIGUSR1 set ``received`` (the signal's number) and,
     with ``raise_=True``, raise ``Interrupted`` in the main thread. Outside the main thread it
-    changes nothing. Only the process that entered it reacts: a forked child ignores them."""
+    changes nothing. Only the process that entered it reacts: a forked child ignores them. The
+    handler logs nothing: logging from a signal handler can re-enter a logging handler's lock."""
 
-    def __init__(self, raise_: bool = False, on_signal: Callable[[int], None] | None = None):
-        self.raise_, self.on_signal = raise_, on_signal
+    def __init__(self, raise_: bool = False):
+        self.raise_ = raise_
         self.received: int | None = None
         self._previous: dict = {}
         self._pid = os.getpid()
