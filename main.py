@@ -82,10 +82,11 @@ def run(args: argparse.Namespace, s: option.Settings, device: torch.device) -> i
     if not s.run.test_only:
         return train(args, s, device)
     share_cpu(s.run.threads, 0, device)
-    model = prepare_model(s, device)
-    if model is None:
+    prepared = prepare_model(s, device)
+    if prepared is None:
         return 1
-    return evaluation.evaluate(model, s.evaluation, s.inference, s.run.checkpoint)
+    model, sha256 = prepared
+    return evaluation.evaluate(model, s.evaluation, s.inference, s.run.checkpoint, sha256)
 
 
 def run_dir_problem(r: option.RunSettings) -> str | None:
@@ -116,13 +117,15 @@ def pick_device(r: option.RunSettings) -> torch.device:
     return torch.device(f"cuda:{local}" if use_cuda else "cpu")
 
 
-def prepare_model(s: option.Settings, device: torch.device) -> torch.nn.Module | None:
-    """The model of the options with its checkpoint loaded, on ``device``, in eval mode."""
+def prepare_model(s: option.Settings, device: torch.device) -> tuple[torch.nn.Module, str | None] | None:
+    """(the model of the options with its checkpoint loaded, on ``device``, in eval mode; the
+    SHA-256 of the checkpoint bytes loaded, None without one); None after a message when the
+    checkpoint does not fit."""
     model = build_model(s.model)
-    path = s.run.checkpoint
+    path, sha256 = s.run.checkpoint, None
     if path:
         try:
-            load_checkpoint(model, path, file_tasks=s.run.pretrain_tasks)
+            sha256 = load_checkpoint(model, path, file_tasks=s.run.pretrain_tasks)
         except CheckpointError as e:
             log.error("%s", e)
             return None
@@ -133,7 +136,7 @@ def prepare_model(s: option.Settings, device: torch.device) -> torch.nn.Module |
     log.info("model: %s, heads %s, %s parameters, on %s", type(model).__name__,
              "+".join(model.task_names), f"{n_params:,}", device)
     model = model.to(device).eval().requires_grad_(False)
-    return model.half() if s.run.precision == "half" else model
+    return (model.half() if s.run.precision == "half" else model), sha256
 
 
 # ----------------------------------------------------------------------------------------

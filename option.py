@@ -50,7 +50,8 @@ HEAD_OPTIONS = ("scale", "tasks")  # the heads of a model, taken from a training
 HEAD_COUNT_OPTIONS = (*HEAD_OPTIONS, "num_queries")  # ... with the count of task queries
 NOT_ARCHITECTURE = ("attention",)  # model options that change the arithmetic, not the weights
 # what parse_args notes about the command line itself, kept out of the run's options record
-PARSE_NOTES = ("command_line", "architecture_from", "architecture_ignored", "pretrain_tasks")
+PARSE_NOTES = ("command_line", "architecture_from", "architecture_ignored", "architecture_source",
+               "pretrain_tasks")
 PATH_OPTIONS = ("config", "dir_data", "dir_demo", "pretrain", "save", "streaks_dir")
 MAX_SEED = 2 ** 63 - 1  # torch.manual_seed and the SHA-256 generator seeds take 64-bit integers
 
@@ -356,7 +357,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         _take_recorded_architecture(args, set(args.command_line) | set(from_config))
         _finish(args)
     except ValueError as e:
-        parser.error(str(e))
+        taken = getattr(args, "architecture_from", None)
+        where = (f" (model options taken from {args.architecture_source}: {' '.join(taken)}; fix "
+                 f"or delete that record, or give them on the command line)") if taken else ""
+        parser.error(str(e) + where)
     return args
 
 
@@ -389,6 +393,7 @@ def _take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> No
     if record is None:
         return
     source = os.path.join(os.path.dirname(os.path.abspath(args.pretrain)), "training.json")
+    args.architecture_source = source
     recorded, args.architecture_ignored = recorded_architecture(record["architecture"], source)
     if "tasks" in recorded:
         args.pretrain_tasks = _split(recorded["tasks"])

@@ -1,6 +1,7 @@
 """Load the authors' checkpoints (and ours) strictly, and say what differs when they do not fit."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -29,15 +30,30 @@ class CheckpointError(RuntimeError):
 
 def read_state_dict(path: str) -> dict[str, Tensor]:
     """Read a checkpoint file and return its bare state_dict (unwrapped, without `module.`)."""
+    return read_checkpoint(path)[0]
+
+
+HASH_BLOCK = 1 << 20  # bytes hashed at a time
+
+
+def read_checkpoint(path: str) -> tuple[dict[str, Tensor], str]:
+    """(the bare state_dict of a checkpoint file, the SHA-256 of the bytes it was read from): the
+    file is opened once, hashed and loaded from that one handle, so a file replaced meanwhile
+    cannot give the hash of other bytes than the weights."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist (check --pretrain)")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} is not a file (give the .pt file to --pretrain)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with open(path, "rb") as f:
+            digest = hashlib.sha256()
+            for block in iter(lambda: f.read(HASH_BLOCK), b""):
+                digest.update(block)
+            f.seek(0)
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncated files, non-tensor payloads
         raise CheckpointError(f"cannot read checkpoint {path!r}: {utility.load_failure(e)}") from None
-    return unwrap_state_dict(obj, path)
+    return unwrap_state_dict(obj, path), digest.hexdigest()
 
 
 def unwrap_state_dict(obj: object, path: str = "<checkpoint>") -> dict[str, Tensor]:
@@ -173,11 +189,11 @@ def resolve_task(state: Mapping[str, Tensor], task: int | str, path: str,
 
 
 def load_checkpoint(model: nn.Module, path: str, task: int | str | None = None,
-                    file_tasks: Sequence[str] | None = None) -> None:
+                    file_tasks: Sequence[str] | None = None) -> str:
     """Load ``path`` into ``model`` strictly; a multi-head file fills a single-head model by task
     (the file's heads named by ``file_tasks`` when given). A mim head's mask token is dropped
-    when the model has none."""
-    state = read_state_dict(path)
+    when the model has none. Returns the SHA-256 of the bytes loaded."""
+    state, sha256 = read_checkpoint(path)
     n_model = len(getattr(model, "head", [None]))
     n_file = len(checkpoint_scales(state))
     own_task = getattr(model, "task_names", [None])[0]
@@ -198,6 +214,7 @@ def load_checkpoint(model: nn.Module, path: str, task: int | str | None = None,
     check_fits(model, state, path)
     check_values(model, state, path)
     model.load_state_dict(state, strict=True)
+    return sha256
 
 
 def load_body(model: nn.Module, path: str, init_from: str,
