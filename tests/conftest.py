@@ -7,9 +7,16 @@ import sys
 
 import numpy as np
 
-import pytest
-import torch
-from hypothesis import HealthCheck, settings
+import tempfile
+
+# Hypothesis keeps caches (and would keep its example database) in a folder it creates: outside
+# the repository, so a test run leaves the working tree as it found it
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY",
+                      os.path.join(tempfile.gettempdir(), "ipt-tests-hypothesis"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # Property-based tests (Hypothesis): the same examples on every run and machine (derandomized),
 # no example database written into the tree, no per-example deadline (torch's first calls are
