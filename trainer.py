@@ -210,7 +210,7 @@ class Trainer:
         with utility.StopSignals() as stop:
             try:
                 batches = iter(self.batches(p.step))
-                while p.step < self.total_steps and stop.received is None:
+                while p.step < self.total_steps and not self._stop_agreed(stop.received):
                     loss = self.train_step(next(batches))
                     p.step += 1
                     bar.update(1)
@@ -220,10 +220,13 @@ class Trainer:
                         status = 1
                         break
                     self._after_step(loss)
+                stopped = self._stop_agreed(stop.received)
                 if stop.received is not None:
                     log.warning("%s received: saving the training state and stopping",
                                 signal_name(stop.received))
-                self.interrupted = stop.received is not None and p.step < self.total_steps
+                elif stopped:
+                    log.warning("another process of this job received a stop signal: stopping")
+                self.interrupted = stopped and p.step < self.total_steps
             finally:
                 bar.close()
                 saved = self._save_on_exit()
@@ -236,6 +239,17 @@ class Trainer:
             log.info("interrupted: continue this run with the same command and --resume")
             return INTERRUPTED
         return status if saved else 1
+
+    def _stop_agreed(self, received: int | None) -> bool:
+        """Whether to stop before the next step: a signal reached this process or, under
+        torchrun, any other (one tiny all-reduce a step), so every rank stops at the same step
+        and rank 0 saves the state that all of them reached."""
+        stop = received is not None
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return stop
+        flag = torch.tensor([int(stop)], device=self.device if self.device.type == "cuda" else "cpu")
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
 
     def _cannot_go_on(self) -> bool:
         """Whether training must stop: too many non-finite losses in a row, or broken weights."""

@@ -132,6 +132,26 @@ def test_a_rank_killed_under_torchrun_is_one_line_and_leaves_nothing(tmp_path):
     assert not [n for n in os.listdir(run) if n.endswith(".tmp") or n == utility.LOCK_NAME]
 
 
+def test_sigterm_to_a_torchrun_group_stops_every_rank_at_one_saved_step(tmp_path):
+    """What Slurm and Kubernetes do: every rank and torchrun get SIGTERM; the ranks agree on the
+    step (one all-reduce of the stop flag a step), rank 0 saves it and both exit 130."""
+    run = tmp_path / "run"
+    process, lines = train_until(torchrun([*TRAIN, "--n_threads", "1", "--threads", "1",
+                                           "--max_steps", "100000", "--save", str(run)]), 10)
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        lines.append(process.communicate(timeout=PROBE_TIMEOUT)[0])
+    finally:
+        os.killpg(process.pid, signal.SIGKILL) if process.poll() is None else None
+    out = "".join(lines)
+    assert "[rank" not in out and "main.py: error" not in out, out[-3000:]  # torchrun's own report may stay
+    stopped = int(re.search(r"stopped at step (\d+) of 100000", out).group(1))
+    state = torch.load(run / utility.STATE_NAME, weights_only=True)
+    record = json.loads((run / "model" / utility.TRAINING_RECORD).read_text())
+    assert state["progress"]["step"] == record["step"] == stopped >= 10 and record["interrupted"]
+    assert not [n for n in os.listdir(run) if n.endswith(".tmp") or n == utility.LOCK_NAME]
+
+
 def is_rank_one_of(pid: int, run) -> bool:
     """Whether process ``pid`` is rank 1 of the torchrun job writing to ``run``."""
     try:
