@@ -284,6 +284,10 @@ def previous_state(args: argparse.Namespace, r: option.RunSettings) -> dict | No
         with contextlib.suppress(FileNotFoundError):  # it describes the run being replaced
             os.remove(os.path.join(r.save, "model", utility.TRAINING_RECORD))
         return None
+    if os.path.lexists(state_path) and not os.path.isfile(state_path):
+        log.error("--resume: %s is not a regular file (a pipe, a folder or a broken link): not a "
+                  "training state; move it away and start afresh with --reset", state_path)
+        return False
     if not os.path.isfile(state_path):
         log.error("--resume: no training state %s to continue from", state_path)
         return False

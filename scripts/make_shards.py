@@ -77,29 +77,32 @@ def say_skipped(skipped: Sequence[str]) -> None:
               f"files (first: {skipped[0]})", file=sys.stderr)
 
 
+PROG = "make_shards.py"  # the name its error lines start with
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Pack SRC into OUT; 0 on success, 1 with nothing to pack, shards already in OUT or a failed
     write, 2 when OUT is not a folder."""
     args = parse_args(argv)
     if args.per_shard < 1:
-        print("--per_shard must be at least 1", file=sys.stderr)
+        print(f"{PROG}: --per_shard must be at least 1", file=sys.stderr)
         return 1
     if os.path.lexists(args.out) and not os.path.isdir(args.out):
-        print(f"OUT {args.out} exists and is not a folder: give an empty or new folder",
+        print(f"{PROG}: OUT {args.out} exists and is not a folder: give an empty or new folder",
               file=sys.stderr)
         return BAD_OPTION
     files, skipped = walk_images(args.src) if os.path.isdir(args.src) else ([], [])
     skipped = [f"{f} ({_why(f)})" for f in skipped]
     if not files:
         say_skipped(skipped)
-        print(f"no images under {args.src}", file=sys.stderr)
+        print(f"{PROG}: no images under {args.src}", file=sys.stderr)
         return 1
     if not args.sorted:
         random.Random(args.seed).shuffle(files)
     try:
         os.makedirs(args.out, exist_ok=True)
         if any(n.endswith(".tar") for n in os.listdir(args.out)):
-            print(f"{args.out} already holds .tar files: give an empty or new folder",
+            print(f"{PROG}: {args.out} already holds .tar files: give an empty or new folder",
                   file=sys.stderr)
             return 1
         counts = {}
@@ -110,8 +113,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             skipped += missed
         utility.write_json(os.path.join(args.out, SHARD_INDEX), {"shards": counts})
     except OSError as e:  # SaveError names the shard, the reason and the free space
-        print(e if isinstance(e, utility.SaveError) else f"cannot write shards to {args.out}: "
-              f"{e.strerror or e}", file=sys.stderr)
+        print(f"{PROG}: " + (str(e) if isinstance(e, utility.SaveError) else f"cannot write shards to {args.out}: "
+              f"{e.strerror or e}"), file=sys.stderr)
         return 1
     say_skipped(skipped)
     shown = os.fsencode(args.out).decode("utf-8", "backslashreplace")  # any bytes, printable

@@ -275,6 +275,10 @@ def run_main(args: list[str], launcher: str) -> None:
             raise SystemExit(f"{PROG}: --launcher {launcher!r}: cannot start it ({e.strerror})") from None
     else:
         code = ipt_main.main(args)
+    if code == utility.INTERRUPTED:  # a stop signal: the study stops as main.py did
+        print(f"{PROG}: stopped by a signal; run the study again to go on: finished runs are "
+              f"kept, the interrupted one starts again", file=sys.stderr)
+        raise SystemExit(utility.INTERRUPTED)
     if code != 0:
         raise SystemExit(f"study.py: main.py {' '.join(args)} failed (exit status {code}); "
                          f"fix it and run the study again: finished runs are kept")

@@ -22,10 +22,10 @@ TRAIN = [*TINY, "--data_train", "Sample", "--data_test", "Demo", "--print_every"
 
 
 def alias_bomb(tmp) -> list[str]:
-    """A 500-byte YAML file whose aliases expand to 10^9 items under a known key."""
-    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
-    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
-    (tmp / "bomb.yaml").write_text("\n".join(levels) + "\ndata_test: *a8\n")
+    """A 500-byte YAML file whose aliases expand to 10^9 items inside a known key's value."""
+    levels = ["  - &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"  - &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    (tmp / "bomb.yaml").write_text("data_test:\n" + "\n".join(levels) + "\n")
     return ["--config", str(tmp / "bomb.yaml")]
 
 

@@ -314,10 +314,10 @@ def test_yaml_sexagesimal_ints_and_aliases_are_refused(tmp_path, capsys, text, w
 
 
 def test_a_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path, capsys):
-    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
-    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    levels = ["  - &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"  - &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
     cfg = tmp_path / "bomb.yaml"
-    cfg.write_text("\n".join(levels) + "\ndata_test: *a8\n")  # 10^9 items once expanded
+    cfg.write_text("data_test:\n" + "\n".join(levels) + "\n")  # 10^9 items once expanded
     line = refused(["--config", str(cfg)], capsys)
     assert len(line) < 400 and "aliases" in line
 

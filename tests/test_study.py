@@ -15,6 +15,8 @@ from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import utility
+
 spec = importlib.util.spec_from_file_location("study", os.path.join(ROOT, "scripts", "study.py"))
 study = importlib.util.module_from_spec(spec)
 sys.modules["study"] = study  # its dataclasses look their module up
@@ -239,3 +241,12 @@ def test_an_unreadable_pool_photo_is_left_out_with_a_warning(tmp_path, monkeypat
     assert os.listdir(tmp_path / "data" / "ImageNet") == ["pool0_good_0.png"]
     err = capsys.readouterr().err
     assert "broken.png" in err and "1 of 2 pool photo(s) could not be read" in err
+
+
+def test_a_stopped_run_stops_the_study_with_exit_130(monkeypatch, capsys):
+    """main.py stopped by a signal (130): the study exits 130 too, not 'failed, fix it'."""
+    monkeypatch.setattr(study.ipt_main, "main", lambda args: utility.INTERRUPTED)
+    with pytest.raises(SystemExit) as stop:
+        study.run_main(["--save", "x"], launcher="")
+    assert stop.value.code == utility.INTERRUPTED
+    assert "stopped by a signal" in capsys.readouterr().err
