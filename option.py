@@ -643,11 +643,21 @@ def _finish(args: argparse.Namespace) -> None:
         only_derain = args.task_names == ["derain"] or args.task == "derain"
         args.data_test = "Rain100L" if only_derain else "DIV2K"
     args.data_test = _split(args.data_test)
-    from data.benchmark import ALL_SETS
-    unknown = [d for d in args.data_test if d not in ALL_SETS + ("Demo",)]
+    from data.benchmark import ALL_SETS, DEMO, BenchmarkError, canonical_test_set
+    try:  # an alias (CSet14, set14) is evaluated, and written, as its set (Set14)
+        canonical = [canonical_test_set(d) for d in args.data_test]
+    except BenchmarkError as e:
+        raise ValueError(str(e)) from None
+    unknown = [d for d, c in zip(args.data_test, canonical) if c is None]
     if unknown:
         raise ValueError(f"--data_test {'+'.join(unknown)}: unknown test set; known: "
-                         f"{', '.join(ALL_SETS)}, Demo")
+                         f"{', '.join(ALL_SETS)}, {DEMO} (or an alias such as CSet14; any case)")
+    again = next((i for i, c in enumerate(canonical) if c in canonical[:i]), None)
+    if again is not None:
+        first = args.data_test[canonical.index(canonical[again])]
+        raise ValueError(f"--data_test {'+'.join(args.data_test)}: {first} and "
+                         f"{args.data_test[again]} are both {canonical[again]}; give each set once")
+    args.data_test = canonical
     _check_numbers(args)
     _check_device(args)
     _check_memory(args)

@@ -8,9 +8,13 @@ Under ``dir_data``:
   added at test time, per image, from a generator seeded by (seed, set, image name);
 - deraining: ``Rain100L/`` (or ``benchmark/Rain100L/``) with ``rain-*.png`` / ``norain-*.png`` pairs;
 - ``Sample``: scikit-image's astronaut and coffee, degraded like the others (rain procedurally).
+
+A set may be named in any case or by an alias of standard_sets.json (``CSet14`` -> Set14).
 """
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -34,6 +38,9 @@ NOISE_SETS = ("CBSD68", "Urban100")
 RAIN_SETS = ("Rain100L",)
 DIV2K_TEST_RANGE = (801, 810)  # the authors' --data_range test part
 ALL_SETS = tuple(dict.fromkeys(SR_SETS + NOISE_SETS + RAIN_SETS + ("Sample",)))
+DEMO = "Demo"  # --data_test Demo: the images of --dir_demo, not a benchmark set
+# The table of standard sets; its per-set "aliases" (CSet14, BSD100 ...) name the sets too
+STANDARD_SETS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standard_sets.json")
 # by task family; mim (masked image modelling) is a pre-training task without a test set
 SETS_OF_FAMILY = {"sr": SR_SETS, "denoise": NOISE_SETS, "derain": RAIN_SETS, "mim": ()}
 
@@ -51,6 +58,37 @@ PAPER_RESULTS: dict[tuple[str, str], tuple[float, float | None]] = {
 
 class BenchmarkError(DataLayoutError):
     """A test set that is missing or not in the expected layout."""
+
+
+@functools.lru_cache(maxsize=None)
+def set_aliases() -> dict[str, tuple[str, ...]]:
+    """Each set's other names, as standard_sets.json spells them (Set14: ("CSet14",))."""
+    try:
+        with open(STANDARD_SETS_FILE, encoding="utf-8") as f:
+            table = json.load(f)
+        return {s: tuple(str(a) for a in entry.get("aliases", ())) for s, entry in table.items()
+                if not s.startswith("_")}
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise BenchmarkError(f"{STANDARD_SETS_FILE}: cannot read the set names: {e}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def set_names() -> dict[str, str]:
+    """Every name a test set goes by, lower-cased, -> the set: ALL_SETS, Demo and the aliases
+    (``cset14`` -> Set14, ``bsd100`` -> B100)."""
+    names = {s.lower(): s for s in ALL_SETS + (DEMO,)}
+    for set_name, aliases in set_aliases().items():
+        for alias in aliases:
+            if set_name not in ALL_SETS or names.get(alias.lower(), set_name) != set_name:
+                raise BenchmarkError(f"{STANDARD_SETS_FILE}: alias {alias!r} of {set_name} names "
+                                     f"{names.get(alias.lower(), 'no known set')}; fix the table")
+            names[alias.lower()] = set_name
+    return names
+
+
+def canonical_test_set(name: str) -> str | None:
+    """The test set ``name`` stands for, in any case (``CSet14``, ``set14`` -> Set14), or None."""
+    return set_names().get(name.strip().lower())
 
 
 @dataclass
@@ -81,8 +119,10 @@ class BenchmarkSet:
 
     def __init__(self, dir_data: str, dataset: str, task: str, scale: int, seed: int = 1,
                  div2k_range: tuple[int, int] = DIV2K_TEST_RANGE, clip_noise: bool = True):
+        dataset = canonical_test_set(dataset) or dataset  # noise is seeded by the set's own name
         if dataset not in ALL_SETS:
-            raise BenchmarkError(f"unknown test set {dataset!r}; known: {', '.join(ALL_SETS)}, Demo")
+            raise BenchmarkError(f"unknown test set {dataset!r}; known: {', '.join(ALL_SETS)}, "
+                                 f"{DEMO}")
         if not supports(dataset, task):
             raise BenchmarkError(f"{dataset} is not a test set for {task}")
         self.dataset, self.task, self.scale, self.seed = dataset, task, scale, seed

@@ -4,9 +4,10 @@
     python scripts/prepare_data.py --check DIR_DATA [--make_lr]
     python scripts/prepare_data.py --download SET --out DIR_DATA [--url URL --sha256 HEX]
 
-A SRC is a folder or a .zip/.tar(.gz/.bz2/.xz) archive named after a set (Set5, Set14, B100 or
-BSD100/BSDS100, Urban100, Manga109, CBSD68, Rain100L, DIV2K; case ignored, e.g. ``Set5``,
-``Urban100_SR``, ``DIV2K_valid_HR.zip``), or one holding such folders (EDSR's ``benchmark``).
+A SRC is a folder or a .zip/.tar(.gz/.bz2/.xz) archive named after a set (Set5, Set14, B100,
+Urban100, Manga109, CBSD68, Rain100L, DIV2K) or one of its aliases in data/standard_sets.json
+(CSet5, CSet14, CUrban100, CManga109, BSD100, BSDS100); case ignored, e.g. ``Set5``, ``cset14``,
+``Urban100_SR``, ``DIV2K_valid_HR.zip``; or one holding such folders (EDSR's ``benchmark``).
 Inside, it reads: ``HR/`` (or ``original/``, ``GT/``, ``*_HR/``) and ``LR_bicubic/X<s>/``
 (``<name>x<s>.png`` or ``<name>.png``, also ``LRbicx<s>/``); flat folders of images; SelfExSR's
 ``image_SRF_<s>/<name>_SRF_<s>_{HR,LR}.png`` (its method outputs are skipped); Rain100L as
@@ -27,8 +28,11 @@ It writes the layout of data/benchmark.py: ``benchmark/<set>/HR/<name>.png`` wit
 ``DIV2K/DIV2K_valid_LR_bicubic/X<s>``; missing LR files are made with MATLAB-exact bicubic.
 
 ``--check`` compares each set found with data/standard_sets.json: images missing or extra, sizes,
-greyscale files where the set is in colour, LR files missing or of the wrong size, unpaired rain
-files. Exit status: 0 all well; 1 problems found (each named, with its file); 2 an error (one line).
+a greyscale copy of an image that is in colour in the standard version and a colour copy of one
+that is greyscale there, LR files missing or of the wrong size, unpaired rain files; and says how
+many images have the pixels recorded for the standard version (Set5, CBSD68; a differing image is
+a note, not a problem: no checksum is published). Exit status: 0 all well; 1 problems found (each
+named, with its file); 2 an error (one line).
 """
 from __future__ import annotations
 
@@ -61,7 +65,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import utility  # noqa: E402
-from data.benchmark import SR_SETS  # noqa: E402 (the sets with LR_bicubic files)
+from data.benchmark import (SR_SETS, BenchmarkError, set_aliases,  # noqa: E402 (SR_SETS: with LR)
+                            set_names)
 from data.degrade import bicubic_lr  # noqa: E402
 from data.images import (DECODE_ERRORS, IMAGE_EXTENSIONS, ImageReadError, list_images,  # noqa: E402
                          read_image, save_image, stem)
@@ -71,11 +76,6 @@ STANDARD_SETS_FILE = os.path.join(ROOT, "data", "standard_sets.json")
 SCALES = (2, 3, 4)  # the LR files made and checked for SR sets
 SET_ORDER = ("Set5", "Set14", "B100", "Urban100", "Manga109", "CBSD68", "Rain100L", "DIV2K")
 RAIN_SET = "Rain100L"
-# (lower-case name a folder or archive starts with, set); a match must end the name or be
-# followed by a character that is not a letter or digit ("Urban100_SR", "DIV2K_valid_HR")
-SET_ALIASES = (("set5", "Set5"), ("set14", "Set14"), ("b100", "B100"), ("bsd100", "B100"),
-               ("bsds100", "B100"), ("urban100", "Urban100"), ("manga109", "Manga109"),
-               ("cbsd68", "CBSD68"), ("rain100l", "Rain100L"), ("div2k", "DIV2K"))
 # Where each set goes under DIR_DATA, and where --check (like data/benchmark.py) looks for it
 OUT_DIRS = {**{s: f"benchmark/{s}/HR" for s in SET_ORDER}, "DIV2K": "DIV2K/DIV2K_valid_HR",
             RAIN_SET: RAIN_SET}
@@ -100,6 +100,7 @@ RAINY_DIRS = ("rain", "rainy", "input")
 CLEAN_DIRS = ("norain", "target", "gt", "clean", "groundtruth")
 SEARCH_DEPTH = 3  # folders searched for set-named folders below a SRC that is not one
 GREY_MODES = ("1", "L", "LA", "P;L", "I", "I;16", "I;16B", "I;16L", "F")
+SHA256_OF_PIXELS = "pixels_sha256"  # the table's key: {image: SHA-256 of pixel_sha256's bytes}
 
 # Archives: extracted member by member into a temporary folder beside --out, never outside it;
 # sizes checked as declared (before a byte is written) and as read (while copying each member)
@@ -173,14 +174,17 @@ class PrepareError(Exception):
 # ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SetSpec:
-    """What a standard set holds: a count and its names and sizes (width, height), where known."""
+    """What a standard set holds: a count and its names and sizes (width, height), where known;
+    the images that are greyscale in the standard version (the others are in colour); the SHA-256
+    of some images' pixels."""
 
     name: str
     count: int
-    colour: bool = True
     sizes: Optional[dict[str, tuple[int, int]]] = None  # per image
     names: Optional[tuple[str, ...]] = None  # names known, sizes not
     allowed: Optional[tuple[tuple[int, int], ...]] = None  # sizes any image may have
+    greyscale: frozenset[str] = frozenset()
+    pixels_sha256: dict[str, str] = field(default_factory=dict)
 
     def expected_names(self) -> Optional[tuple[str, ...]]:
         """The image names, or None where they are not recorded."""
@@ -205,18 +209,48 @@ def load_standard_sets(path: Optional[str] = None) -> dict[str, SetSpec]:
 
 
 def _spec(name: str, entry: dict) -> SetSpec:
-    """One set's SetSpec from its JSON entry."""
+    """One set's SetSpec from its JSON entry; a ValueError for a greyscale or hashed image that
+    is not one of its images, or a hash that is not 64 hexadecimal digits."""
     images = entry.get("images")
-    return SetSpec(name, int(entry["count"]), bool(entry.get("colour", True)),
+    spec = SetSpec(name, int(entry["count"]),
                    {k: (int(v[0]), int(v[1])) for k, v in images.items()} if images else None,
                    tuple(entry["names"]) if "names" in entry else None,
-                   tuple((int(w), int(h)) for w, h in entry["sizes"]) if "sizes" in entry else None)
+                   tuple((int(w), int(h)) for w, h in entry["sizes"]) if "sizes" in entry else None,
+                   frozenset(entry.get("greyscale", ())),
+                   {str(k): str(v) for k, v in entry.get(SHA256_OF_PIXELS, {}).items()})
+    known = spec.expected_names()
+    for key, listed in (("greyscale", spec.greyscale), (SHA256_OF_PIXELS, spec.pixels_sha256)):
+        stray = sorted(n for n in listed if known is None or n not in known)
+        if stray:
+            raise ValueError(f"{name}: {key} names {stray[0]!r}, not one of its images")
+    bad = sorted(n for n, h in spec.pixels_sha256.items() if not SHA256_HEX.match(h))
+    if bad:
+        raise ValueError(f"{name}: {SHA256_OF_PIXELS} of {bad[0]!r} is not 64 hexadecimal digits")
+    return spec
+
+
+def folder_aliases() -> list[tuple[str, str]]:
+    """(lower-case name, set) of every name a set's folder or archive may start with."""
+    try:
+        return [(alias, s) for alias, s in set_names().items() if s in SET_ORDER]
+    except BenchmarkError as e:
+        raise PrepareError(str(e)) from None
+
+
+def alias_text() -> str:
+    """``CSet5, CSet14, ...``: the sets' other names, as data/standard_sets.json spells them."""
+    try:
+        return ", ".join(alias for set_name, aliases in set_aliases().items()
+                         if set_name in SET_ORDER for alias in aliases)
+    except BenchmarkError as e:
+        raise PrepareError(str(e)) from None
 
 
 def canonical_set(name: str) -> Optional[str]:
-    """The set a folder or archive name stands for (``BSD100_x`` -> B100), or None."""
+    """The set a folder or archive name stands for (``BSD100_x`` -> B100, ``CSet14`` -> Set14),
+    or None; the name must end there or go on with a character that is not a letter or digit."""
     low = name.lower()
-    for alias, set_name in SET_ALIASES:
+    for alias, set_name in folder_aliases():
         if low == alias or (low.startswith(alias) and not low[len(alias)].isalnum()):
             return set_name
     return None
@@ -434,7 +468,8 @@ def find_sets(root: str, label: str, hint: Optional[str]) -> list[tuple[str, str
     if hint:
         return [(hint, root, label)]
     raise PrepareError(f"{label}: no test set found: name the folder or archive after one of "
-                       f"{', '.join(SET_ORDER)} (or give a folder holding such folders)")
+                       f"{', '.join(SET_ORDER)} or {alias_text()}, any case (or give a folder "
+                       "holding such folders)")
 
 
 def special_kind(path: str) -> Optional[str]:
@@ -709,6 +744,9 @@ class SetReport:
     lr_wrong: dict[int, int] = field(default_factory=dict)
     lr_made: int = 0
     problems: list[str] = field(default_factory=list)
+    hashed: int = 0  # images found whose standard pixels' SHA-256 is recorded
+    hash_matched: int = 0  # ... and whose pixels have it
+    notes: list[str] = field(default_factory=list)  # worth knowing, not problems
 
     def line(self) -> str:
         """``Set5: 5 of 5 images, LR x2 x3 x4 complete``."""
@@ -725,6 +763,13 @@ class SetReport:
         made = f" ({self.lr_made} made)" if self.lr_made else ""
         return f"{text}, LR {', '.join(parts)}{made}"
 
+    def hash_line(self) -> Optional[str]:
+        """``Set5: 5 of 5 images match the standard version's pixels``; None if none is recorded."""
+        if not self.hashed:
+            return None
+        return f"{self.name}: {self.hash_matched} of {self.hashed} images match the standard " \
+               "version's pixels"
+
 
 def locate(dir_data: str, set_name: str) -> Optional[str]:
     """The folder of ``set_name`` under ``dir_data`` where data/benchmark.py looks, or None."""
@@ -735,7 +780,8 @@ def locate(dir_data: str, set_name: str) -> Optional[str]:
 
 
 def grey_reason(path: str, img: torch.Tensor) -> Optional[str]:
-    """Why ``img`` (read from ``path``) is greyscale (its mode, or equal channels), or None."""
+    """Why ``img`` (read from ``path``) is greyscale, or None: greyscale is three equal channels
+    as read (read_image makes mode L, LA and 16-bit greyscale so), named by its mode if it has one."""
     if not (torch.equal(img[0], img[1]) and torch.equal(img[1], img[2])):
         return None
     try:
@@ -751,9 +797,33 @@ def size_text(sizes: Sequence[tuple[int, int]]) -> str:
     return " or ".join(f"{w}x{h}" for w, h in sizes)
 
 
+def pixel_sha256(img: torch.Tensor) -> str:
+    """SHA-256 of an image's pixels as read: ``<width>x<height> RGB8`` and a newline, then its
+    uint8 R, G, B values pixel by pixel, row by row (a (height, width, 3) array's bytes)."""
+    h, w = img.shape[1:]
+    digest = hashlib.sha256(f"{w}x{h} RGB8\n".encode("ascii"))
+    digest.update(img.permute(1, 2, 0).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_colour(path: str, img: torch.Tensor, spec: SetSpec, name: Optional[str],
+                 problems: list[str]) -> None:
+    """A problem if ``img`` is greyscale where the standard image is in colour, or the reverse."""
+    reason = grey_reason(path, img)
+    standard_grey = name in spec.greyscale
+    what = f"{spec.name}'s {name}" if name is not None else f"every {spec.name} image"
+    if reason and not standard_grey:
+        problems.append(f"{path}: greyscale ({reason}); {what} is in colour in the standard "
+                        "version: a wrong version")
+    elif standard_grey and not reason:
+        problems.append(f"{path}: in colour; {what} is greyscale in the standard version: a "
+                        "re-coloured or re-encoded copy, a wrong version")
+
+
 def check_image(path: str, allowed: Sequence[tuple[int, int]], spec: SetSpec,
-                problems: list[str]) -> Optional[torch.Tensor]:
-    """The image at ``path``, its size and colour checked (problems appended); None if unreadable."""
+                problems: list[str], name: Optional[str] = None) -> Optional[torch.Tensor]:
+    """The image at ``path`` (image ``name`` of the set, None for a rain file), its size and
+    colour checked (problems appended); None if unreadable."""
     try:
         img = read_image(path)
     except ImageReadError as e:
@@ -764,10 +834,23 @@ def check_image(path: str, allowed: Sequence[tuple[int, int]], spec: SetSpec,
         crop = next((s for s in SCALES if any(size == cropped(a, s) for a in allowed)), None)
         note = f" (cropped to a multiple of {crop}: use the uncropped image)" if crop else ""
         problems.append(f"{path}: {size_text([size])}, expected {size_text(allowed)}{note}")
-    reason = grey_reason(path, img) if spec.colour else None
-    if reason:
-        problems.append(f"{path}: greyscale ({reason}); {spec.name} is in colour: a wrong version")
+    check_colour(path, img, spec, name, problems)
     return img
+
+
+def check_hash(path: str, img: torch.Tensor, spec: SetSpec, name: str, report: SetReport) -> None:
+    """Count ``img`` against the SHA-256 recorded for the standard image ``name``, if there is one;
+    a note (no checksum is published: the recorded one is of a single copy) when they differ."""
+    recorded = spec.pixels_sha256.get(name)
+    if recorded is None:
+        return
+    report.hashed += 1
+    if pixel_sha256(img) == recorded:
+        report.hash_matched += 1
+    else:
+        report.notes.append(f"{path}: its pixels differ from the standard {spec.name} {name}'s "
+                            "(SHA-256 of the decoded pixels); its metrics may not compare with "
+                            "published ones")
 
 
 def check_lr(dir_data: str, set_name: str, name: str, hr: torch.Tensor, hr_path: str,
@@ -830,7 +913,9 @@ def check_images(dir_data: str, folder: str, spec: SetSpec, make_lr: bool) -> Se
     elif len(files) != spec.count:
         report.problems.append(f"{folder}: {len(files)} image(s), {spec.name} has {spec.count}")
     for path, name in zip(files, names):
-        img = check_image(path, spec.sizes_of(name), spec, report.problems)
+        img = check_image(path, spec.sizes_of(name), spec, report.problems, name)
+        if img is not None:
+            check_hash(path, img, spec, name, report)
         if img is not None and spec.name in SR_SETS:
             check_lr(dir_data, spec.name, name, img, path, make_lr, report)
     if spec.name in SR_SETS:
@@ -879,18 +964,23 @@ def check_tree(dir_data: str, specs: dict[str, SetSpec], make_lr: bool) -> list[
 
 
 def print_reports(dir_data: str, reports: list[SetReport]) -> int:
-    """Print one line per set, then every problem; 0 if there is none, else 1."""
+    """Print one line per set (and one on its recorded pixels), every problem, then the notes;
+    0 if there is no problem, else 1."""
     if not reports:
         print(f"{dir_data}: no test sets found (expected e.g. "
               f"{os.path.join(dir_data, OUT_DIRS['Set5'])}; see README, 'Evaluating')")
         return 1
     for report in reports:
         print(report.line())
+        if report.hash_line():
+            print(report.hash_line())
     problems = [p for r in reports for p in r.problems]
     for problem in problems:
         print(f"  {problem}")
     if problems:
         print(f"{len(problems)} problem(s) found")
+    for note in (n for r in reports for n in r.notes):
+        print(f"  note: {note}")
     return 1 if problems else 0
 
 
@@ -990,10 +1080,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         if not SHA256_HEX.match(args.sha256):
             raise PrepareError(f"--sha256 {args.sha256}: not 64 hexadecimal digits")
     if args.download:
-        set_name = canonical_set(args.download)
-        if set_name is None or args.download.lower() not in dict(SET_ALIASES):
+        set_name = dict(folder_aliases()).get(args.download.lower())
+        if set_name is None:
             raise PrepareError(f"--download {args.download}: unknown set; known: "
-                               f"{', '.join(SET_ORDER)}")
+                               f"{', '.join(SET_ORDER)} (or {alias_text()})")
         args.download = set_name
     return args
 
@@ -1006,7 +1096,8 @@ def convert_tree(src: str, root: str, label: str, out: str, specs: dict[str, Set
         summary = write_found(found, set_name, out, specs.get(set_name), existing)
         ignored = f"; {len(found.ignored)} files in no known layout skipped (first: " \
                   f"{found.ignored[0].replace(root, src, 1)})" if found.ignored else ""
-        print(f"{set_name} <- {src}: {summary}{ignored}")
+        taken = f" ({name} -> {set_name})" if name != set_name else ""
+        print(f"{set_name} <- {src}{taken}: {summary}{ignored}")
 
 
 def convert_source(src: str, out: str, specs: dict[str, SetSpec], hint: Optional[str],

@@ -1,7 +1,9 @@
-"""Reading images from disk: orientation, float and 32-bit modes, bombs, pipes, names, test sets."""
+"""Reading images from disk: orientation, float and 32-bit modes, bombs, pipes, names, test sets,
+greyscale test images."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import zlib
@@ -11,8 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
+import main as cli
 import utility
 from data.benchmark import BenchmarkError, BenchmarkSet
+from data.degrade import bicubic_lr
 from data.images import DataLayoutError, ImageFolder, ImageReadError, list_images, read_image
 from data.stream import PairStream, TrainingDataError, decode_bytes, find_images
 
@@ -190,3 +194,28 @@ def test_the_smallest_scorable_image_can_be_scored(tmp_path, scale):
     with pytest.raises(ValueError):  # one pixel less is cut to whole LR pixels: too small
         utility.calc_ssim(pair.hr[:, :least - scale, :least - scale].float(),
                           pair.hr[:, :least - scale, :least - scale].float(), scale)
+
+
+def test_greyscale_hr_is_evaluated_as_three_equal_channels(tmp_path):
+    """A mode-L HR image (and LR file), as Set14's bridge is, evaluates as the SR literature does:
+    made three-channel, Y computed from that; exactly as the same image saved as RGB."""
+    grey = blocks(48, 64)[..., 0]
+    three = np.repeat(grey[..., None], 3, axis=2)
+    lr = bicubic_lr(chw(three), 2).permute(1, 2, 0).numpy()
+    root = tmp_path / "data/benchmark/Set5"
+    save(grey, root / "HR/g.png")  # mode L
+    save(lr[..., 0], root / "LR_bicubic/X2/gx2.png")
+    save(three, root / "HR/c.png")  # RGB, three equal channels
+    save(lr, root / "LR_bicubic/X2/cx2.png")
+    assert Image.open(root / "HR/g.png").mode == "L" and Image.open(root / "HR/c.png").mode == "RGB"
+    run = tmp_path / "run"
+    code = cli.main(["--test_only", "--dir_data", str(tmp_path / "data"), "--save", str(run),
+                     "--save_results", "--n_feats", "16", "--num_heads", "4", "--num_layers", "1",
+                     "--chop", "fast", "--cpu", "--scale", "2", "--data_test", "Set5"])
+    assert code == 0
+    per_image = json.loads((run / "metrics.json").read_text())["results"]["Set5"]["sr2"]["per_image"]
+    assert per_image["g"] == per_image["c"]
+    sr = chw(np.array(Image.open(run / "results-Set5/g_x2_SR.png"))).float()
+    assert sr.shape == (3, 48, 64)
+    assert per_image["g"]["psnr_y"] == pytest.approx(
+        utility.calc_psnr(sr, chw(three).float(), 2)[0], abs=1e-9)

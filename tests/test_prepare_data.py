@@ -21,14 +21,14 @@ from scripts import prepare_data
 
 # name -> (width, height) of the fake sets; the real table is data/standard_sets.json
 TINY_SETS = {
-    "Set5": {"count": 2, "colour": True, "images": {"baby": [24, 20], "bird": [20, 24]}},
-    "Set14": {"count": 1, "colour": True, "images": {"comic": [25, 19]}},
-    "B100": {"count": 2, "colour": True, "sizes": [[25, 17], [17, 25]]},
-    "Urban100": {"count": 2, "colour": True, "images": {"img_001": [24, 24], "img_002": [32, 24]}},
-    "Manga109": {"count": 2, "colour": True, "images": {"ARMS": [16, 24], "Akuhamu": [16, 24]}},
-    "CBSD68": {"count": 2, "colour": True, "images": {"3096": [20, 14], "12084": [14, 20]}},
-    "Rain100L": {"count": 2, "colour": True, "sizes": [[16, 12], [12, 16]]},
-    "DIV2K": {"count": 2, "colour": True, "names": ["0801", "0802"]},
+    "Set5": {"count": 2, "images": {"baby": [24, 20], "bird": [20, 24]}},
+    "Set14": {"count": 1, "images": {"comic": [25, 19]}},
+    "B100": {"count": 2, "sizes": [[25, 17], [17, 25]]},
+    "Urban100": {"count": 2, "images": {"img_001": [24, 24], "img_002": [32, 24]}},
+    "Manga109": {"count": 2, "images": {"ARMS": [16, 24], "Akuhamu": [16, 24]}},
+    "CBSD68": {"count": 2, "images": {"3096": [20, 14], "12084": [14, 20]}},
+    "Rain100L": {"count": 2, "sizes": [[16, 12], [12, 16]]},
+    "DIV2K": {"count": 2, "names": ["0801", "0802"]},
 }
 SCALES = (2, 3, 4)
 
@@ -353,3 +353,5 @@ def test_shipped_table_lists_the_sets(monkeypatch):
     assert len(specs["Manga109"].sizes) == 109 and specs["B100"].allowed == ((481, 321), (321, 481))
     assert specs["DIV2K"].names[0] == "0801" and specs["DIV2K"].names[-1] == "0900"
     assert prepare_data.canonical_set("BSDS100") == "B100" and prepare_data.canonical_set("set50") is None
+    assert prepare_data.canonical_set("CSet14_HR") == "Set14"
+    assert prepare_data.canonical_set("BSD68") is None  # the greyscale set, not CBSD68
