@@ -17,6 +17,7 @@ if __name__ == "__main__" and option.asks_for_help(sys.argv[1:]):
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
+import datetime  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
@@ -80,13 +81,28 @@ def run(args: argparse.Namespace, s: option.Settings, device: torch.device) -> i
         log.warning("training options have no effect with --test_only: %s", " ".join(given))
     torch.manual_seed(s.run.seed)
     if not s.run.test_only:
-        return train(args, s, device)
+        return train(args, auto_resume(s), device)
     share_cpu(s.run.threads, 0, device)
     prepared = prepare_model(s, device)
     if prepared is None:
         return 1
     model, sha256 = prepared
     return evaluation.evaluate(model, s.evaluation, s.inference, s.run.checkpoint, sha256)
+
+
+def auto_resume(s: option.Settings) -> option.Settings:
+    """With --auto_resume and a state.pt in the run directory: the settings of --resume (its
+    --pretrain and --init_from ignored, with a warning); otherwise the settings as they are."""
+    state = os.path.join(s.run.save, utility.STATE_NAME)
+    if not s.run.auto_resume or not os.path.lexists(state):
+        if s.run.auto_resume:
+            log.info("--auto_resume: no %s yet, starting afresh", state)
+        return s
+    if s.run.pretrain:
+        log.warning("--auto_resume: continuing from %s; --pretrain %s is ignored (it only "
+                    "starts a fresh run)", state, s.run.pretrain)
+    return dataclasses.replace(s, run=dataclasses.replace(s.run, resume=-1, pretrain="",
+                                                          init_from=""))
 
 
 def run_dir_problem(r: option.RunSettings) -> str | None:
@@ -144,7 +160,12 @@ def prepare_model(s: option.Settings, device: torch.device) -> tuple[torch.nn.Mo
 # ----------------------------------------------------------------------------------------
 def train(args: argparse.Namespace, s: option.Settings, device: torch.device) -> int:
     """Pre-train (several heads, no --task) or fine-tune (one head) as the options say."""
-    rank, world = start_distributed(device)
+    try:
+        rank, world = start_distributed(device, s.run.dist_timeout)
+    except (torch.distributed.DistError, RuntimeError, ValueError) as e:  # peers unreachable
+        log.error("cannot join the torchrun job's processes (%s): check the rendezvous and the "
+                  "network, then start again", GLOO_SOURCE.sub("", last_line(e)))
+        return 1
     try:
         status = _train(args, s, device, rank, world)
         if world > 1:  # a rank that tears gloo down while another still saves can abort (SIGABRT)
@@ -326,14 +347,23 @@ def last_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def start_distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size): joins the torchrun process group (gloo on the CPU, nccl on CUDA)."""
+def start_distributed(device: torch.device, timeout: int = option.DIST_TIMEOUT) -> tuple[int, int]:
+    """(rank, world size): joins the torchrun process group (gloo on the CPU, nccl on CUDA),
+    whose collectives give up after ``timeout`` seconds (a rank that died or stalls)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    wait = datetime.timedelta(seconds=timeout)
+    rank = int(os.environ["RANK"])
+    # torchrun keeps one store across the restarts of a job (--max-restarts): the keys of each
+    # attempt get their own prefix, or a restarted rank reads a dead rank's address from it
+    store, _, _ = next(torch.distributed.rendezvous("env://", rank, world, timeout=wait))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    torch.distributed.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo", timeout=wait, rank=rank, world_size=world,
+        store=torch.distributed.PrefixStore(f"ipt_attempt_{attempt}", store))
     return torch.distributed.get_rank(), world
 
 

@@ -33,6 +33,7 @@ SUPPORTED_SCALES = (1, 2, 3, 4, 8, 16)
 DEFAULT_SCALE = "4"  # the authors' default
 
 RESTORMER_TILE = 256  # default --tile_size of Restormer's fast tiling
+DIST_TIMEOUT = 1800  # seconds: torch's own default for the process group, kept
 # options whose command-line value joins several items: a YAML list is joined the same way
 LIST_SEPARATORS = {**dict.fromkeys(("scale", "tasks", "data_test", "data_train", "num_blocks", "heads",
                                     "periods", "eta_mins", "progressive_patches",
@@ -221,6 +222,14 @@ def build_parser() -> OptionParser:
 
     g = p.add_argument_group("training")
     add(g, "--reset", action="store_true", help="start the run directory afresh", roles=TRAINING)
+    add(g, "--auto_resume", action="store_true",
+            help="continue from the run directory's state.pt when there is one, else start afresh "
+                 "(for torchrun --max-restarts and requeued jobs; --pretrain only starts a fresh "
+                 "run)", roles=TRAINING)
+    add(g, "--dist_timeout", type=int, default=DIST_TIMEOUT,
+            help=f"torchrun: seconds a process waits for the others in a collective before it "
+                 f"stops (a rank that died or stalls); longer than a validation ({DIST_TIMEOUT})",
+            roles=TRAINING)
     add(g, "--test_every", type=int, default=1000, help="validate every N steps", roles=TRAINING)
     add(g, "--epochs", type=int, default=300, help="epochs (0: no limit)", roles=TRAINING)
     add(g, "--batch_size", type=int, default=16, roles=TRAINING | RESUME)
@@ -1000,6 +1009,12 @@ def _check_run(args: argparse.Namespace) -> None:
     if args.resume and args.pretrain:
         raise ValueError("--pretrain FILE and --resume both name the weights to start from: "
                          "give one of them")
+    if args.auto_resume and (args.reset or args.resume or args.test_only):
+        given = "--reset" if args.reset else "--resume" if args.resume else "--test_only"
+        raise ValueError(f"--auto_resume continues a training run when it can and starts it "
+                         f"otherwise: {given} contradicts it, give one of them")
+    if args.dist_timeout < 1:
+        raise ValueError(f"--dist_timeout must be at least 1 second, got {args.dist_timeout}")
 
 
 def _data_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -1065,6 +1080,8 @@ class RunSettings:
     debug: bool
     precision: str  # single or half (inference)
     amp: str  # none, bf16 or fp16 (training)
+    auto_resume: bool = False  # continue from state.pt when there is one
+    dist_timeout: int = DIST_TIMEOUT  # seconds a collective waits for the other processes
 
     @property
     def checkpoint(self) -> str:
@@ -1188,7 +1205,8 @@ def settings(args: argparse.Namespace) -> Settings:
     record = jsonable({k: v for k, v in vars(args).items() if k not in PARSE_NOTES})
     return Settings(
         run=RunSettings(args.save, args.test_only, args.resume, args.pretrain, args.reset, args.seed,
-                        _pretrain_tasks(args), args.threads, args.init_from, args.cpu, args.debug, args.precision, args.amp),
+                        _pretrain_tasks(args), args.threads, args.init_from, args.cpu, args.debug,
+                        args.precision, args.amp, args.auto_resume, args.dist_timeout),
         model=_model_config(args, heads),
         data=DataSettings(args.data_train[0], args.dir_data, task_names, task_id, args.batch_size,
                           args.patch_size, args.seed, not args.no_augment, args.streaks_dir or None,

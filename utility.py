@@ -401,7 +401,8 @@ class RunLock:
         The record is written to a temporary first and hard-linked into place, which fails if the
         lock exists: another process never sees a lock without its record.
         """
-        record = {"host": socket.gethostname(), "pid": os.getpid(), "command": self.command}
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "command": self.command,
+                  "run_id": os.environ.get(ELASTIC_RUN_ID) or None}
         tmp = f"{self.path}.{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(record, f)
@@ -419,6 +420,13 @@ class RunLock:
                 self._create(record_file)
             except FileExistsError:
                 holder = self._holder()
+                if _same_elastic_job(holder):  # a restarted torchrun group: its own lock
+                    note = (f"took over {self.path} from the previous attempt of this torchrun job "
+                            f"(run id {holder['run_id']}, process {holder.get('pid')} on "
+                            f"{holder.get('host')})")
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(self.path)
+                    continue
                 if _alive(holder):
                     raise LockError(
                         f"{os.path.dirname(self.path)} is in use by process {holder.get('pid')} on "
@@ -493,6 +501,16 @@ def remove_stale_temporaries(folder: str) -> list[str]:
                         os.remove(entry.path)
                         removed.append(entry.path)
     return removed
+
+
+ELASTIC_RUN_ID = "TORCHELASTIC_RUN_ID"  # set by torchrun: the same for every restart of one job
+
+
+def _same_elastic_job(holder: dict) -> bool:
+    """Whether a lock was taken by an earlier attempt of this very torchrun job (any host): the
+    group torchrun restarts after a failure may take it over; an independent run may not."""
+    ours = os.environ.get(ELASTIC_RUN_ID)
+    return bool(ours) and holder.get("run_id") == ours
 
 
 def _alive(holder: dict) -> bool:

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -162,3 +163,56 @@ def is_rank_one_of(pid: int, run) -> bool:
     except OSError:
         return False
     return b"RANK=1" in env and str(run).encode() in command and b"main.py" in command
+
+
+def rank_one(run) -> int:
+    """The PID of rank 1 of the torchrun job writing to ``run``."""
+    found = [int(p) for p in os.listdir("/proc") if p.isdigit() and is_rank_one_of(int(p), run)]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_torchrun_max_restarts_and_auto_resume_continue_after_a_killed_rank(tmp_path):
+    """kill -9 of a rank: torchrun restarts the group, which continues from the last state."""
+    run = tmp_path / "run"
+    command = torchrun([*TRAIN, "--n_threads", "0", "--max_steps", "30", "--save_every", "3",
+                        "--auto_resume", "--save", str(run)])
+    command[command.index("--nproc_per_node"):command.index("--nproc_per_node")] = ["--max-restarts", "1"]
+    process, lines = train_until(command, 8)
+    try:
+        os.kill(rank_one(run), signal.SIGKILL)
+        lines.append(process.communicate(timeout=PROBE_TIMEOUT)[0])
+    finally:
+        os.killpg(process.pid, signal.SIGKILL) if process.poll() is None else None
+    out = "".join(lines)
+    assert process.returncode == 0, out[-3000:]
+    resumed = int(re.search(r"resumed at step (\d+)", out).group(1))
+    assert resumed >= 8 and "finished at step 30 of 30" in out
+    state = torch.load(run / utility.STATE_NAME, weights_only=True)
+    assert state["progress"]["step"] == 30
+    assert not [n for n in os.listdir(run) if n.endswith(".tmp") or n == utility.LOCK_NAME]
+
+
+def test_a_stalled_rank_stops_the_others_within_dist_timeout(tmp_path):
+    """SIGSTOP (no signal reaches the code): the other rank gives up after --dist_timeout."""
+    run = tmp_path / "run"
+    timeout = 4
+    process, lines = train_until(torchrun([*TRAIN, "--n_threads", "0", "--max_steps", "100000",
+                                           "--dist_timeout", str(timeout), "--save", str(run)]), 8)
+    stalled = rank_one(run)
+    try:
+        os.kill(stalled, signal.SIGSTOP)
+        started = time.monotonic()
+        for line in process.stdout:
+            lines.append(line)
+            if "stopped answering" in line:
+                break
+        waited = time.monotonic() - started
+    finally:
+        os.kill(stalled, signal.SIGKILL)
+        process.communicate(timeout=PROBE_TIMEOUT)
+    out = "".join(lines)
+    assert "Timed out" in out and waited < timeout + 10, (waited, out[-2000:])
+    assert len([line for line in out.splitlines() if line.startswith("ERROR")]) == 1
+    stopped = int(re.search(r"stopped at step (\d+)", out).group(1))
+    assert torch.load(run / utility.STATE_NAME, weights_only=True)["progress"]["step"] == stopped

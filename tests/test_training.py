@@ -228,3 +228,43 @@ def test_imagenet_folder_training_counts_skipped_files(tmp_path, caplog):
     import re
     line = [r.getMessage() for r in caplog.records if "training file read(s) skipped" in r.getMessage()][-1]
     assert int(re.search(r"(\d+) training file read", line).group(1)) >= 1  # the truncated file
+
+
+AUTO = ["--cpu", "--n_feats", "16", "--num_heads", "4", "--num_layers", "1", "--scale", "2",
+        "--patch_size", "12", "--batch_size", "2", "--data_train", "Sample", "--data_test", "Demo",
+        "--n_threads", "0", "--save_every", "2"]
+
+
+def test_auto_resume_starts_afresh_then_continues_ignoring_pretrain(tmp_path, caplog):
+    import main as cli
+    run = str(tmp_path / "run")
+    assert cli.main([*AUTO, "--max_steps", "2", "--auto_resume", "--save", run]) == 0
+    assert "no " + os.path.join(run, utility.STATE_NAME) + " yet, starting afresh" in caplog.text
+    first = torch.load(os.path.join(run, "model", "model_latest.pt"), weights_only=True)
+    other = tmp_path / "other.pt"
+    torch.save({k: torch.zeros_like(v) for k, v in first.items()}, other)
+    caplog.clear()
+    assert cli.main([*AUTO, "--max_steps", "4", "--auto_resume", "--pretrain", str(other),
+                     "--save", run]) == 0
+    assert "resumed at step 2" in caplog.text and "--pretrain" in caplog.text and "ignored" in caplog.text
+    assert trainer.read_state(os.path.join(run, utility.STATE_NAME))["progress"]["step"] == 4
+
+
+@pytest.mark.parametrize("other", ["--reset", "--resume", "--test_only"])
+def test_auto_resume_refuses_what_contradicts_it(capsys, other):
+    with pytest.raises(SystemExit) as err:
+        parse_args(["--auto_resume", other])
+    assert err.value.code == 2 and "--auto_resume" in capsys.readouterr().err
+
+
+def test_a_lock_of_the_same_torchrun_job_is_taken_over_and_another_is_refused(tmp_path, monkeypatch):
+    held = {"host": "node-7", "pid": 4242, "command": "main.py", "run_id": "job-1"}
+    (tmp_path / utility.LOCK_NAME).write_text(json.dumps(held))
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-2")  # another job: node-7 cannot be checked
+    with pytest.raises(utility.LockError):
+        utility.RunLock(str(tmp_path)).acquire()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")  # a restart of the same job, any host
+    lock = utility.RunLock(str(tmp_path))
+    assert "previous attempt of this torchrun job" in lock.acquire()
+    assert json.loads((tmp_path / utility.LOCK_NAME).read_text())["run_id"] == "job-1"
+    lock.release()
