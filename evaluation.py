@@ -11,7 +11,6 @@ import datetime
 import logging
 import os
 import re
-import signal
 from collections.abc import Callable, Iterable
 
 import torch
@@ -94,9 +93,8 @@ class Interruption:
 
 
 def signal_name(stop: KeyboardInterrupt) -> str:
-    """The signal behind a stop: ``utility.Interrupted``'s, else SIGINT (Ctrl-C)."""
-    signum = getattr(stop, "signum", signal.SIGINT)
-    return signal.Signals(signum).name
+    """The name of the signal behind a stop (SIGINT for a plain Ctrl-C)."""
+    return utility.signal_name(utility.stop_signal(stop))
 
 
 def report_results(model: nn.Module, ev: EvalSettings, inference: InferenceSettings, results: dict,
@@ -301,8 +299,7 @@ def _when(mtime_ns: int) -> str:
 
 def _count(value: object) -> int | None:
     """A count read from a record: a non-negative int, else None."""
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    return value if ok else None
+    return value if utility.is_count(value) else None
 
 
 def training_note(checkpoint: str, step: int | None, training: dict | None) -> str:

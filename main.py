@@ -61,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             with utility.StopSignals(raise_=True):
                 return run(args, s, device)
         except KeyboardInterrupt as e:
-            name = e.args[0] if isinstance(e, utility.Interrupted) else "SIGINT"
-            log.warning("%s received: stopped", name)
+            log.warning("%s received: stopped", utility.signal_name(utility.stop_signal(e)))
             return utility.INTERRUPTED
 
 

@@ -51,14 +51,6 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 INTERRUPTED = utility.INTERRUPTED  # the exit status of a run a signal stopped (its state saved)
 
 
-def signal_name(signum: int) -> str:
-    """SIGINT, SIGTERM, ... of a signal number."""
-    import signal
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
 
 @dataclass
 class Progress:
@@ -223,7 +215,7 @@ class Trainer:
                 stopped = self._stop_agreed(stop.received)
                 if stop.received is not None:
                     log.warning("%s received: saving the training state and stopping",
-                                signal_name(stop.received))
+                                utility.signal_name(stop.received))
                 elif stopped:
                     log.warning("another process of this job received a stop signal: stopping")
                 self.interrupted = stopped and p.step < self.total_steps
@@ -510,9 +502,9 @@ def state_problem(state: dict) -> str | None:
     if average is not None and not (_is_number(average) and math.isfinite(average)):
         return "'loss_average' is not a finite number"
     workers = state.get("loader_workers")
-    if workers is not None and not _is_int(workers, 0):
+    if workers is not None and not utility.is_count(workers, 0):
         return "'loader_workers' is not a count"
-    if "schedule_steps" in state and not _is_int(state["schedule_steps"], 1):
+    if "schedule_steps" in state and not utility.is_count(state["schedule_steps"], 1):
         return "'schedule_steps' is not a positive integer"
     return None
 
@@ -523,7 +515,7 @@ def _progress_problem(progress: object) -> str | None:
     if not isinstance(progress, dict) or set(progress) != fields:
         return f"'progress' does not hold exactly {', '.join(sorted(fields))}"
     counts = ("step", "nonfinite_total", "nonfinite_run")
-    if not all(_is_int(progress[k], 0) for k in counts) or not _is_int(progress["best_step"], -1):
+    if not all(utility.is_count(progress[k], 0) for k in counts) or not utility.is_count(progress["best_step"], -1):
         return "'progress' holds a count that is not a non-negative integer"
     if not _is_number(progress["best_psnr"]) or math.isnan(progress["best_psnr"]):
         return "'progress.best_psnr' is not a number"
@@ -541,22 +533,18 @@ def _rng_problem(rng: object) -> str | None:
     n = rng["numpy"]
     if not (isinstance(n, (list, tuple)) and len(n) == 5 and isinstance(n[0], str)
             and isinstance(n[1], Tensor) and tuple(n[1].shape) == (NUMPY_RNG_WORDS,)
-            and _is_int(n[2], 0) and _is_int(n[3], 0) and _is_number(n[4])):
+            and utility.is_count(n[2], 0) and utility.is_count(n[3], 0) and _is_number(n[4])):
         return "'rng.numpy' is not a numpy generator state"
     p = rng["python"]
     if not (isinstance(p, (list, tuple)) and len(p) == 3 and p[0] == PYTHON_RNG_VERSION
             and isinstance(p[1], (list, tuple)) and len(p[1]) == PYTHON_RNG_WORDS
-            and all(_is_int(w, 0) and w < 2 ** 32 for w in p[1])
+            and all(utility.is_count(w, 0) and w < 2 ** 32 for w in p[1])
             and (p[2] is None or _is_number(p[2]))):
         return "'rng.python' is not a Python generator state"
     cuda = rng.get("cuda", [])
     if not (isinstance(cuda, (list, tuple)) and all(isinstance(c, Tensor) for c in cuda)):
         return "'rng.cuda' is not a list of generator states"
     return None
-
-
-def _is_int(value: object, least: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def _is_number(value: object) -> bool:

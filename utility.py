@@ -314,24 +314,24 @@ def training_record_problem(record: object) -> str | None:
         if not all(isinstance(v, RECORD_VALUES) for v in items):
             return f"key 'architecture.{key}': not a plain value or list of them"
     for key in RECORD_COUNTS:
-        if key in record and not _is_count(record[key]):
+        if key in record and not is_count(record[key]):
             return f"key {key!r}: not a non-negative integer"
-    if record.get("best_step") is not None and not _is_count(record["best_step"]):
+    if record.get("best_step") is not None and not is_count(record["best_step"]):
         return "key 'best_step': not a non-negative integer or null"
     for key in RECORD_FLAGS:
         if key in record and not isinstance(record[key], bool):
             return f"key {key!r}: not true or false"
     weights = record.get("weights", {})
     if not isinstance(weights, dict) or not all(
-            isinstance(v, dict) and _is_count(v.get("size")) and _is_count(v.get("mtime_ns"))
-            and _is_count(v.get("step")) for v in weights.values()):
+            isinstance(v, dict) and is_count(v.get("size")) and is_count(v.get("mtime_ns"))
+            and is_count(v.get("step")) for v in weights.values()):
         return "key 'weights': not a mapping of file name to {step, size, mtime_ns}"
     return None
 
 
-def _is_count(value: object) -> bool:
-    """A non-negative int (not a bool)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+def is_count(value: object, least: int = 0) -> bool:
+    """An int (not a bool) of at least ``least``: what a record's counts and steps must be."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def write_text(path: str, text: str) -> None:
@@ -582,11 +582,24 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
 INTERRUPTED = 130  # the exit status of a run stopped by a signal (128 + SIGINT), as shells use
 
 
+def signal_name(signum: int) -> str:
+    """SIGINT, SIGTERM, ... of a signal number."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def stop_signal(stop: KeyboardInterrupt) -> int:
+    """The signal behind a stop: ``Interrupted``'s, else SIGINT (a plain Ctrl-C)."""
+    return getattr(stop, "signum", signal.SIGINT)
+
+
 class Interrupted(KeyboardInterrupt):
     """A stop signal raised as an exception (a KeyboardInterrupt, so Ctrl-C code handles it)."""
 
     def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
+        super().__init__(signal_name(signum))
         self.signum = signum
 
 

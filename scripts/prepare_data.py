@@ -68,8 +68,8 @@ import utility  # noqa: E402
 from data.benchmark import (SR_SETS, BenchmarkError, set_aliases,  # noqa: E402 (SR_SETS: with LR)
                             set_names)
 from data.degrade import bicubic_lr  # noqa: E402
-from data.images import (DECODE_ERRORS, IMAGE_EXTENSIONS, ImageReadError, list_images,  # noqa: E402
-                         read_image, save_image, stem)
+from data.images import (DECODE_ERRORS, FILE_KINDS, IMAGE_EXTENSIONS, ImageReadError,  # noqa: E402
+                         list_images, read_image, save_image, stem)
 
 PROG = "prepare_data.py"
 STANDARD_SETS_FILE = os.path.join(ROOT, "data", "standard_sets.json")
@@ -113,8 +113,6 @@ CHUNK_BYTES = 1 << 20
 # and lone surrogates (tarfile's stand-ins for bytes that are not UTF-8; they cannot be printed)
 BAD_NAME_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 SCRATCH_PREFIX = ".prepare_data."  # the temporary folder beside --out, removed whatever happens
-FILE_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, zlib.error, EOFError,
                   NotImplementedError, RuntimeError, OSError)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -254,7 +253,7 @@ def stopped(a: argparse.Namespace, where: str, clock: Clock, stop: utility.StopS
     """Say how to continue after a stop signal (a later one is only recorded); the exit status 130."""
     stop.raise_ = False
     signum = stop.received or signum
-    by = f" by {signal.Signals(signum).name}" if signum else ""
+    by = f" by {utility.signal_name(signum)}" if signum else ""
     print(f"\nquickstart: stopped{by} {where} after {duration(time.time() - clock.start)}; "
           f"continue with:\n  {resume_command(a)}", file=sys.stderr, flush=True)
     return INTERRUPTED
