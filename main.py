@@ -306,7 +306,7 @@ def previous_state(args: argparse.Namespace, r: option.RunSettings) -> dict | No
         return None
     if os.path.lexists(state_path) and not os.path.isfile(state_path):
         log.error("--resume: %s is not a regular file (a pipe, a folder or a broken link): not a "
-                  "training state; move it away and start afresh with --reset", state_path)
+                  "training state; move it away, then start afresh (--reset or --auto_resume)", state_path)
         return False
     if not os.path.isfile(state_path):
         log.error("--resume: no training state %s to continue from", state_path)

@@ -34,6 +34,7 @@ DEFAULT_SCALE = "4"  # the authors' default
 
 RESTORMER_TILE = 256  # default --tile_size of Restormer's fast tiling
 DIST_TIMEOUT = 1800  # seconds: torch's own default for the process group, kept
+MAX_DIST_TIMEOUT = 7 * 24 * 3600  # a week: longer waits overflow timedelta and help no one
 # options whose command-line value joins several items: a YAML list is joined the same way
 LIST_SEPARATORS = {**dict.fromkeys(("scale", "tasks", "data_test", "data_train", "num_blocks", "heads",
                                     "periods", "eta_mins", "progressive_patches",
@@ -1013,8 +1014,9 @@ def _check_run(args: argparse.Namespace) -> None:
         given = "--reset" if args.reset else "--resume" if args.resume else "--test_only"
         raise ValueError(f"--auto_resume continues a training run when it can and starts it "
                          f"otherwise: {given} contradicts it, give one of them")
-    if args.dist_timeout < 1:
-        raise ValueError(f"--dist_timeout must be at least 1 second, got {args.dist_timeout}")
+    if not 1 <= args.dist_timeout <= MAX_DIST_TIMEOUT:
+        raise ValueError(f"--dist_timeout {args.dist_timeout}: give 1 to {MAX_DIST_TIMEOUT} seconds "
+                         f"(a week)")
 
 
 def _data_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:

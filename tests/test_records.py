@@ -354,6 +354,7 @@ def test_any_yaml_value_is_taken_or_refused_in_one_line(tmp_path_factory, key, t
     (["--decay=-5"], "--decay"), (["--decay", "400-200"], "--decay"), (["--decay", "200-"], "--decay"),
     (["--batch_size", "1000000000", "--max_steps", "1"], "--batch_size"),
     (["--patch_size", "100002", "--test_only"], "--patch_size"),
+    (["--dist_timeout", "0"], "--dist_timeout"), (["--dist_timeout", str(10 ** 15)], "--dist_timeout"),
 ])
 def test_numbers_that_cannot_work_are_refused_naming_the_option(capsys, argv, words):
     assert words in refused(argv, capsys)
