@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         if stale:
             log.warning("%s", stale)
         try:  # a stop signal in any phase: one line and exit 130 (training saves its state first)
-            with utility.StopSignals(raise_=True):
+            with utility.StopSignals(raise_=True, ignore_after=torchrun_world() > 1):
                 return run(args, s, device)
         except KeyboardInterrupt as e:
             log.warning("%s received: stopped", utility.signal_name(utility.stop_signal(e)))
@@ -120,6 +120,11 @@ def run_dir_problem(r: option.RunSettings) -> str | None:
     return None
 
 
+def torchrun_world() -> int:
+    """The number of processes of this torchrun job (1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def distributed_rank() -> int:
     """This process's rank under torchrun (0 otherwise)."""
     return int(os.environ.get("RANK", "0"))
@@ -167,7 +172,11 @@ def train(args: argparse.Namespace, s: option.Settings, device: torch.device) ->
         return 1
     try:
         status = _train(args, s, device, rank, world)
-        if world > 1:  # a rank that tears gloo down while another still saves can abort (SIGABRT)
+        if world > 1:
+            # training has ended and its state is saved: torchrun stopping the ranks still
+            # running (one rank exited first) must not turn this exit into a kill
+            utility.ignore_stop_signals()
+            # a rank that tears gloo down while another still saves can abort (SIGABRT)
             torch.distributed.barrier()
         return status
     except (torch.distributed.DistError, RuntimeError) as e:
@@ -180,6 +189,7 @@ def train(args: argparse.Namespace, s: option.Settings, device: torch.device) ->
         return 1
     finally:
         if world > 1:
+            utility.ignore_stop_signals()
             with contextlib.suppress(torch.distributed.DistError, RuntimeError):
                 torch.distributed.destroy_process_group()
 
@@ -200,11 +210,14 @@ def _train(args: argparse.Namespace, s: option.Settings, device: torch.device, r
     if s.run.pretrain and not initialise(model, s.run):
         return 1
     model = model.to(device)
-    data = training_data(s.data, rank, world, saved.get("loader_workers") if saved else None)
+    kept_workers, split_origin = trainer.resumed_split(saved, world)
+    data = training_data(s.data, rank, world, kept_workers, split_origin)
     if data is None:
         return 1
     batches, steps_per_epoch, workers = data
-    total = s.total_steps or s.epochs * steps_per_epoch
+    # --epochs and the schedule's milestones count in the epoch the run started with
+    epoch_steps = (saved or {}).get("epoch_steps", steps_per_epoch)
+    total = s.total_steps or s.epochs * epoch_steps
     net = torch.compile(model) if s.compile else model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -215,9 +228,9 @@ def _train(args: argparse.Namespace, s: option.Settings, device: torch.device, r
              total, s.data.batch_size, world, steps_per_epoch)
     validate = evaluation.validator(model, s.evaluation, s.inference)
     schedule_steps = kept_schedule(saved, total)
-    runner = trainer.Trainer(s.train, net, batches, validate, total, steps_per_epoch, rank, workers,
+    runner = trainer.Trainer(s.train, net, batches, validate, total, epoch_steps, rank, workers,
                              s.record, option.architecture_record(s.evaluation.model_name, s.model),
-                             schedule_steps)
+                             schedule_steps, world, split_origin)
     if saved:
         try:
             runner.load_state(saved, os.path.join(s.run.save, utility.STATE_NAME))
@@ -349,7 +362,7 @@ def last_line(error: BaseException) -> str:
 def start_distributed(device: torch.device, timeout: int = option.DIST_TIMEOUT) -> tuple[int, int]:
     """(rank, world size): joins the torchrun process group (gloo on the CPU, nccl on CUDA),
     whose collectives give up after ``timeout`` seconds (a rank that died or stalls)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = torchrun_world()
     if world == 1:
         return 0, 1
     if device.type == "cuda":
@@ -366,10 +379,11 @@ def start_distributed(device: torch.device, timeout: int = option.DIST_TIMEOUT) 
     return torch.distributed.get_rank(), world
 
 
-def training_data(d: option.DataSettings, rank: int, world: int, saved_workers: int | None = None):
+def training_data(d: option.DataSettings, rank: int, world: int, saved_workers: int | None = None,
+                  split_origin: int = 0):
     """(batch factory, steps per epoch, loader workers) of the training set; None on errors."""
     try:
-        return trainer.make_batches(d, rank, world, saved_workers)
+        return trainer.make_batches(d, rank, world, saved_workers, split_origin)
     except (DataLayoutError, FileNotFoundError, ValueError) as e:
         log.error("--data_train %s: %s", d.name, e)
         return None

@@ -1114,6 +1114,7 @@ class DataSettings:
     train_range: tuple[int, int]  # DIV2K image numbers
     workers: int  # --n_threads, before the cap of data/training.loader_workers
     pin_memory: bool
+    run_dir: str  # --save: where the training folder's file list is cached
 
 
 @dataclass(frozen=True)
@@ -1212,7 +1213,8 @@ def settings(args: argparse.Namespace) -> Settings:
         model=_model_config(args, heads),
         data=DataSettings(args.data_train[0], args.dir_data, task_names, task_id, args.batch_size,
                           args.patch_size, args.seed, not args.no_augment, args.streaks_dir or None,
-                          not args.gpu_degrade, args.train_range, args.n_threads, not args.cpu),
+                          not args.gpu_degrade, args.train_range, args.n_threads, not args.cpu,
+                          args.save),
         train=TrainSettings(
             args.save, task_names, args.seed, args.optimizer, args.lr, args.betas, args.epsilon,
             args.momentum, args.weight_decay, args.schedule, args.decay_milestones, args.gamma,

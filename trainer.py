@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import utility
+from data.listing import FILE_LIST
 from data.stream import seeded, synthesize_lr
 from data.training import loader_workers, training_stream
 from model.loss import contrastive_loss, l1_loss
@@ -29,22 +30,44 @@ log = logging.getLogger("ipt")
 Batches = Callable[[int], Iterable[dict]]  # the first step -> one-task batches from that step on
 
 
-def make_batches(d: DataSettings, rank: int = 0, world: int = 1,
-                 saved_workers: int | None = None) -> tuple[Batches, int, int]:
+def make_batches(d: DataSettings, rank: int = 0, world: int = 1, saved_workers: int | None = None,
+                 split_origin: int = 0) -> tuple[Batches, int, int]:
     """(batch factory, steps per epoch, loader workers) of the training set. A resumed run keeps
-    the workers it started with (``saved_workers``): batch k depends on them."""
+    the workers it started with (``saved_workers``): batch k depends on them; ``split_origin`` is
+    the step its files were last split over the processes and workers at (`resumed_split`)."""
     stream = training_stream(d.name, d.dir_data, d.tasks, train_range=d.train_range,
                              batch_size=d.batch_size, patch_size=d.patch_size, seed=d.seed,
                              rank=rank, world_size=world, augment=d.augment, task_id=d.task_id,
-                             streaks_dir=d.streaks_dir, lr_in_loader=d.lr_in_loader)
+                             streaks_dir=d.streaks_dir, lr_in_loader=d.lr_in_loader,
+                             listing_cache=os.path.join(d.run_dir, FILE_LIST))
     workers = loader_workers(d.workers, len(stream.source), world, saved_workers)
 
     def batches(start: int) -> DataLoader:
-        return DataLoader(stream.with_start(start), batch_size=None, num_workers=workers,
+        return DataLoader(stream.with_start(start, split_origin), batch_size=None, num_workers=workers,
                           pin_memory=d.pin_memory and torch.cuda.is_available(),
                           worker_init_fn=utility.ignore_stop_signals if workers else None)
 
     return batches, stream.steps_per_epoch, workers
+
+
+def resumed_split(saved: dict | None, world: int) -> tuple[int | None, int]:
+    """(loader workers to keep, or None to choose afresh; the step the files are split at) for a
+    run continuing ``saved`` with ``world`` processes. At the saved world size the split is kept,
+    so batch k is what it would have been; at another one the files are re-split from the step
+    reached, and a WARNING says what that changes."""
+    if not saved:
+        return None, 0
+    saved_world = saved.get("world_size", world)  # states of older versions: as before
+    if saved_world == world:
+        return saved.get("loader_workers"), saved.get("split_origin", 0)
+    step = saved["progress"]["step"]
+    log.warning("the training state was saved by %d process(es); this job has %d: the training "
+                "files are re-split from step %d, where a new epoch starts (every file once an "
+                "epoch from there). The learning rate follows the same schedule by step and each "
+                "process keeps --batch_size, so a step now averages %d batches; the batches are "
+                "not those an uninterrupted run would have had (bit-exact resume holds only at "
+                "the same world size)", saved_world, world, step, world)
+    return None, step
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -158,9 +181,11 @@ class Trainer:
                  validate: Callable[[nn.Module, int], tuple[dict[str, float], dict[str, Tensor]]] | None,
                  total_steps: int, steps_per_epoch: int, rank: int = 0, loader_workers: int = 0,
                  record: dict | None = None, architecture: dict | None = None,
-                 schedule_steps: int | None = None):
+                 schedule_steps: int | None = None, world_size: int = 1, split_origin: int = 0):
         self.settings, self.model, self.batches, self.validate = settings, model, batches, validate
-        self.loader_workers = loader_workers  # recorded: batch k depends on the worker count
+        # recorded: batch k depends on the worker count, the world size and where they were set
+        self.loader_workers, self.world_size, self.split_origin = loader_workers, world_size, split_origin
+        self.epoch_steps = steps_per_epoch  # recorded: the schedule's milestones are counted in it
         self.record = record or {}  # the run's options, kept in the state for --resume's checks
         self.architecture = architecture or {}  # the options that built the model (training.json)
         self.total_steps, self.rank = total_steps, rank
@@ -402,7 +427,9 @@ class Trainer:
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "progress": vars(self.progress), "loss_average": self.loss_average,
                  "rng": rng_states(), "options": self.record,
-                 "loader_workers": self.loader_workers, "schedule_steps": self.schedule_steps}
+                 "loader_workers": self.loader_workers, "schedule_steps": self.schedule_steps,
+                 "world_size": self.world_size, "split_origin": self.split_origin,
+                 "epoch_steps": self.epoch_steps}
         utility.atomic_save(state, os.path.join(self.settings.save, STATE_NAME))
         self.write_record()
         return True
@@ -504,8 +531,12 @@ def state_problem(state: dict) -> str | None:
     workers = state.get("loader_workers")
     if workers is not None and not utility.is_count(workers, 0):
         return "'loader_workers' is not a count"
-    if "schedule_steps" in state and not utility.is_count(state["schedule_steps"], 1):
-        return "'schedule_steps' is not a positive integer"
+    for key in ("schedule_steps", "world_size", "epoch_steps"):
+        if key in state and not utility.is_count(state[key], 1):
+            return f"{key!r} is not a positive integer"
+    origin = state.get("split_origin", 0)
+    if not (utility.is_count(origin, 0) and origin <= state["progress"]["step"]):
+        return "'split_origin' is not a step this run has reached"
     return None
 
 

@@ -607,10 +607,13 @@ class StopSignals:
     """Within ``with``: SIGINT, SIGTERM and SIGUSR1 set ``received`` (the signal's number) and,
     with ``raise_=True``, raise ``Interrupted`` in the main thread. Outside the main thread it
     changes nothing. Only the process that entered it reacts: a forked child ignores them. The
-    handler logs nothing: logging from a signal handler can re-enter a logging handler's lock."""
+    handler logs nothing: logging from a signal handler can re-enter a logging handler's lock.
+    With ``ignore_after=True`` they are ignored from the end of the block on (a torchrun rank
+    whose work is over: torchrun stopping the ranks still running must not turn its exit into a
+    kill; torchrun itself kills a rank that does not end within its shutdown timeout)."""
 
-    def __init__(self, raise_: bool = False):
-        self.raise_ = raise_
+    def __init__(self, raise_: bool = False, ignore_after: bool = False):
+        self.raise_, self.ignore_after = raise_, ignore_after
         self.received: int | None = None
         self._previous: dict = {}
         self._pid = os.getpid()
@@ -632,7 +635,7 @@ class StopSignals:
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if self.ignore_after else handler)
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:

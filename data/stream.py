@@ -17,7 +17,10 @@ DataLoader's round robin returns steps in order. Slot ``s`` of rank ``r`` is glo
 reads its run front to back, epoch after epoch, ``batch_size`` files a batch (a batch may run over
 into the next epoch). So every file is read exactly once an epoch across all ranks and workers, and
 batch k depends only on (seed, k, rank, world_size, W): it can be rebuilt after a restart
-(`start_step`) without reading what came before. Each file read gives one random crop
+(`start_step`) without reading what came before. A run resumed at another world size or worker
+count re-splits the files from the step it reached (`split_origin`): a new epoch starts there, in
+an order no earlier epoch had, so every file is again read once an epoch from that step on (the
+files the interrupted epoch had not reached yet wait for the next epoch). Each file read gives one random crop
 (`crops_per_file` crops with the option); a file that cannot be decoded, or that is smaller than
 the batch task's crop, is skipped, counted, and its place in the batch is taken by another crop of
 a usable image of the same batch.
@@ -48,6 +51,7 @@ from tasks import task_family, task_kind, task_scale
 from .degrade import add_noise, add_rain, bicubic_lr, hashed_generator, procedural_streaks
 from .images import (IMAGE_EXTENSIONS, DataLayoutError, ImageReadError, crop_to_lr, decode_image,
                      open_regular, read_image, why_unreadable)
+from .listing import PathIndex, find_images, list_folder
 
 log = logging.getLogger("ipt")
 
@@ -119,47 +123,6 @@ def epoch_files(files: Sequence, epoch: int, seed: int, rank: int, world_size: i
 # ----------------------------------------------------------------------------------------
 # Sources: folders of files, in-memory photos, tar shards
 # ----------------------------------------------------------------------------------------
-def find_images(root: str) -> list[str]:
-    """Every image file (IMAGE_EXTENSIONS, any case) under ``root`` at any depth, sorted (no pipes)."""
-    return walk_images(root)[0]
-
-
-def walk_images(root: str) -> tuple[list[str], list[str]]:
-    """(image files, other entries named like images: pipes, devices, broken or looping links)
-    under ``root`` at any depth, each sorted. Links are followed, but each folder is entered once
-    (the first time in sorted order), so links to a folder itself or to its parent end."""
-    try:
-        seen = {_identity(root)}
-    except OSError:  # missing or unreadable: nothing under it
-        return [], []
-    found, other = [], []
-    for folder, dirs, names in os.walk(root, followlinks=True):
-        dirs[:] = [d for d in sorted(dirs) if _first_visit(os.path.join(folder, d), seen)]
-        for name in names:
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                path = os.path.join(folder, name)
-                (found if os.path.isfile(path) else other).append(path)
-    return sorted(found), sorted(other)
-
-
-def _identity(path: str) -> tuple[int, int]:
-    """(device, inode) of the folder at ``path``, links followed."""
-    info = os.stat(path)
-    return info.st_dev, info.st_ino
-
-
-def _first_visit(path: str, seen: set) -> bool:
-    """Whether the folder at ``path`` is new to ``seen`` (then added); False if it cannot be read."""
-    try:
-        key = _identity(path)
-    except OSError:
-        return False
-    if key in seen:
-        return False
-    seen.add(key)
-    return True
-
-
 def decode_bytes(data: bytes, name: str) -> Tensor:
     """An encoded image as a (3, H, W) uint8 tensor; ImageReadError if it cannot be decoded."""
     return decode_image(io.BytesIO(data), name)
@@ -169,7 +132,8 @@ class FileSource:
     """Items read one by one: image paths (or, for subclasses, tuples of paths)."""
 
     def __init__(self, items: Sequence, names: Sequence[str]):
-        self.items, self.names = list(items), list(names)
+        self.items = items if isinstance(items, PathIndex) else list(items)
+        self.names = names if isinstance(names, PathIndex) else list(names)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -371,12 +335,13 @@ class _ShardReader:
 Source = Union[FileSource, ShardSource]
 
 
-def open_source(source: object) -> Source:
-    """A source from a folder, a shard, a list of shards or images, or (name, tensor) pairs."""
+def open_source(source: object, listing_cache: Optional[str] = None) -> Source:
+    """A source from a folder, a shard, a list of shards or images, or (name, tensor) pairs.
+    ``listing_cache``: a file (in the run folder) keeping a folder's listing between runs."""
     if isinstance(source, (FileSource, ShardSource)):
         return source
     if isinstance(source, (str, os.PathLike)):
-        return _source_at(os.fspath(source))
+        return _source_at(os.fspath(source), listing_cache)
     items = list(source)
     if not items:
         raise TrainingDataError("the training source is an empty list")
@@ -388,8 +353,9 @@ def open_source(source: object) -> Source:
     return FileSource(paths, paths)
 
 
-def _source_at(path: str) -> Source:
-    """The shards or the images at a path: a .tar file, or a folder of shards or of images."""
+def _source_at(path: str, listing_cache: Optional[str] = None) -> Source:
+    """The shards or the images at a path: a .tar file, or a folder of shards or of images
+    (listed through ``listing_cache``, see `list_folder`; shards have shards.json)."""
     if os.path.isfile(path) and path.lower().endswith(SHARD_SUFFIX):
         return ShardSource([path])
     if not os.path.exists(path):
@@ -400,14 +366,14 @@ def _source_at(path: str) -> Source:
                     if n.lower().endswith(SHARD_SUFFIX) and os.path.isfile(os.path.join(path, n)))
     if shards:
         return ShardSource(shards)
-    files, other = walk_images(path)
-    if other:
+    listing = list_folder(path, listing_cache)
+    if len(listing.other):
         log.warning("skipping %d path(s) under %s named like images that are not regular files "
-                    "(first: %r)", len(other), path, other[0])
-    if not files:
+                    "(first: %r)", len(listing.other), path, listing.other.under(path)[0])
+    if not len(listing.names):
         raise TrainingDataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) or {SHARD_SUFFIX} "
                                 f"shards under {path}")
-    return FileSource(files, [os.path.relpath(f, path) for f in files])
+    return FileSource(listing.names.under(path), listing.names)
 
 
 # ----------------------------------------------------------------------------------------
@@ -499,7 +465,9 @@ class PairStream(IterableDataset):
     image paths, or (name, uint8 tensor) pairs. ``tasks``: the heads in head order. ``task_id``:
     None draws the task of step k from (seed, k), the same on every rank; an int fixes it.
     Each file read gives ``crops_per_file`` random crops (1: one crop per file per epoch).
-    Batch k is the same for the same (seed, k, rank, world_size, num_workers). Each item:
+    Batch k is the same for the same (seed, k, rank, world_size, num_workers, split_origin);
+    ``split_origin`` is the step at which this split of the files began (0, or the step a run
+    resumed at another world size or worker count). Each item:
     ``lr`` float (B, 3, patch, patch) and ``hr`` float (B, 3, patch * s, patch * s) in 0..255
     (noisy LR unclamped), ``task_id`` int, ``step`` int, ``skipped`` int (files this worker has
     skipped so far), ``worker`` int (its global index), ``files`` [(epoch, name)] of the files
@@ -514,20 +482,24 @@ class PairStream(IterableDataset):
                  rank: Optional[int] = None, world_size: Optional[int] = None,
                  augment: bool = True, task_id: Optional[int] = None,
                  streaks_dir: Optional[str] = None, start_step: int = 0, crops_per_file: int = 1,
-                 lr_in_loader: bool = True):
+                 lr_in_loader: bool = True, split_origin: int = 0,
+                 listing_cache: Optional[str] = None):
         super().__init__()
-        self.source = open_source(source)
+        self.source = open_source(source, listing_cache)
         self.tasks = list(tasks)
         for task in self.tasks:
             family_of(task)  # an unknown name is an error now, not in a worker later
         if batch_size < 1 or patch_size < 1 or crops_per_file < 1 or start_step < 0:
             raise ValueError("batch_size, patch_size and crops_per_file must be positive, "
                              "start_step not negative")
+        if not 0 <= split_origin <= start_step:
+            raise ValueError(f"split_origin {split_origin} is not in 0..start_step ({start_step})")
         if task_id is not None and not 0 <= task_id < len(self.tasks):
             raise ValueError(f"task_id {task_id} is not a head of {self.tasks}")
         self.batch_size, self.patch_size, self.seed = batch_size, patch_size, seed
         self.rank, self.world_size = _distributed(rank, world_size)
         self.augment, self.task_id, self.start_step = augment, task_id, start_step
+        self.split_origin = split_origin
         self.crops_per_file = crops_per_file
         self.lr_in_loader = lr_in_loader  # False: SR and noise inputs are left to the trainer
         rain = self.SYNTHETIC_RAIN and any(task_family(t) == "derain" for t in self.used_tasks)
@@ -552,16 +524,26 @@ class PairStream(IterableDataset):
             return self.task_id
         return int(torch.randint(len(self.tasks), (1,), generator=seeded(self.seed, "task", step)))
 
-    def with_start(self, start_step: int) -> "PairStream":
-        """This stream, resumed at ``start_step``."""
+    def with_start(self, start_step: int, split_origin: Optional[int] = None) -> "PairStream":
+        """This stream, resumed at ``start_step`` (with its files re-split there when
+        ``split_origin`` says so)."""
         resumed = copy.copy(self)
         resumed.start_step = start_step
+        resumed.split_origin = self.split_origin if split_origin is None else split_origin
+        if not 0 <= resumed.split_origin <= start_step:
+            raise ValueError(f"split_origin {resumed.split_origin} is not in 0..{start_step}")
         return resumed
+
+    @property
+    def first_epoch(self) -> int:
+        """The epoch number the split's first epoch has: 0, or one past any epoch a run that
+        reached ``split_origin`` can have begun (a worker reads at most batch_size files a step)."""
+        return self.split_origin * self.batch_size
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        reader = _Worker(self, (self.start_step + worker) % workers, workers)
+        reader = _Worker(self, (self.start_step - self.split_origin + worker) % workers, workers)
         for step in itertools.count(self.start_step + worker, workers):
             yield reader.batch(step)
 
@@ -621,6 +603,7 @@ class _Worker:
         """(epoch, item ref, file number) of a position in this worker's endless stream."""
         q = position // self.stream.crops_per_file
         epoch, offset = divmod(q, self.per_epoch)
+        epoch += self.stream.first_epoch
         if epoch not in self.refs:
             self.refs = {e: r for e, r in self.refs.items() if e == epoch - 1}
             self.refs[epoch] = self.stream.source.epoch_refs(epoch, self.stream.seed,
@@ -681,7 +664,7 @@ class _Worker:
         task_id = stream.task_of(step)
         task = stream.tasks[task_id]
         g = seeded(stream.seed, "batch", stream.rank, step)
-        crops, files = self.gather(step // self.slots, task, g)
+        crops, files = self.gather((step - stream.split_origin) // self.slots, task, g)
         lr, hr = stream.degrade(crops, task, g, self.streak_layers)
         return {"lr": lr, "hr": hr, "task_id": task_id, "step": step, "skipped": self.skipped,
                 "worker": self.index, "files": files}

@@ -29,7 +29,8 @@ def training_stream(name: str, dir_data: str, tasks: Sequence[str], *, batch_siz
                     patch_size: int = DEFAULT_PATCH, seed: int = DEFAULT_SEED,
                     rank: Optional[int] = None, world_size: Optional[int] = None,
                     augment: bool = True, task_id: Optional[int] = None,
-                    streaks_dir: Optional[str] = None, lr_in_loader: bool = True) -> PairStream:
+                    streaks_dir: Optional[str] = None, lr_in_loader: bool = True,
+                    listing_cache: Optional[str] = None) -> PairStream:
     """The stream of training set ``name`` (one of TRAINING_SETS) for the heads ``tasks``.
 
     Raises ValueError for an unknown name or impossible sizes, DataLayoutError (TrainingDataError)
@@ -41,7 +42,7 @@ def training_stream(name: str, dir_data: str, tasks: Sequence[str], *, batch_siz
     if name == "Sample":
         return PairStream(sample_photos("train"), tasks, **common)
     if name == "ImageNet":
-        return PairStream(imagenet_root(dir_data), tasks, **common)
+        return PairStream(imagenet_root(dir_data), tasks, listing_cache=listing_cache, **common)
     if name == "DIV2K":
         return DIV2K(dir_data, tasks, data_range=train_range, **common)
     if name == "RainTrainL":

@@ -58,7 +58,7 @@ def looped_folder(root) -> str:
     return src
 
 
-WALK = "from data.stream import find_images; import sys; print(len(find_images(sys.argv[1])))"
+WALK = "from data.listing import find_images; import sys; print(len(find_images(sys.argv[1])))"
 HANG_PROBES = [  # (name, argv after the interpreter, expected stdout fragment)
     ("make_shards", ["scripts/make_shards.py", "{src}", "{out}"], "packed 2 images into 1 shard"),
     ("find_images", ["-c", WALK, "{src}"], "2"),

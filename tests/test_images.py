@@ -18,7 +18,8 @@ import utility
 from data.benchmark import BenchmarkError, BenchmarkSet
 from data.degrade import bicubic_lr
 from data.images import DataLayoutError, ImageFolder, ImageReadError, list_images, read_image
-from data.stream import PairStream, TrainingDataError, decode_bytes, find_images
+from data.listing import find_images
+from data.stream import PairStream, TrainingDataError, decode_bytes
 
 EXIF_ORIENTATION = 0x0112
 ROTATED_90_CW = 6  # viewers turn the stored pixels 90 degrees clockwise

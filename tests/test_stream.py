@@ -101,6 +101,30 @@ def test_two_ranks_two_workers_read_every_file_once_per_epoch(folder):
     assert skipped == [name for _, name in read].count(BROKEN) >= 1  # each read of it skipped
 
 
+def test_a_resume_at_another_world_size_reads_every_file_once_an_epoch_from_there(folder):
+    """2 ranks x 2 workers to step 3, then 3 ranks x 1 worker from there: a new epoch starts at
+    step 3, in an order no earlier epoch had, and its 4 steps of 3 x 1 x 1 files cover the 11."""
+    def files_of(world, workers, start, steps, origin):
+        read = {}
+        for rank in range(world):
+            stream = PairStream(folder, ["sr2"], batch_size=1, patch_size=PATCH, seed=3, rank=rank,
+                                world_size=world, split_origin=origin, start_step=start)
+            read |= {(rank, b["step"]): [tuple(f) for f in b["files"]]
+                     for b in run_loader(stream, steps, workers)}
+        return read
+
+    before = files_of(2, 2, 0, 3, 0)
+    after = files_of(3, 1, 3, 4, 3)
+    old_epochs = {epoch for files in before.values() for epoch, _ in files}
+    first = min(epoch for files in after.values() for epoch, _ in files)
+    assert first not in old_epochs
+    assert sorted(n for files in after.values() for e, n in files if e == first) == ALL
+    again = files_of(3, 1, 5, 2, 3)  # a later resume at the same size keeps that split
+    assert again == {key: files for key, files in after.items() if key[1] >= 5}
+    with pytest.raises(ValueError, match="split_origin"):
+        PairStream(folder, ["sr2"], batch_size=1, patch_size=PATCH, split_origin=4, start_step=3)
+
+
 def test_truncated_skipped_greyscale_and_cmyk_converted(folder):
     stream = PairStream(folder, ["sr2"], batch_size=11, patch_size=PATCH, seed=0, augment=False,
                         world_size=1)

@@ -221,6 +221,8 @@ def test_imagenet_folder_training_counts_skipped_files(tmp_path, caplog):
         Image.fromarray(np.ascontiguousarray(photo[i * 60:i * 60 + 50, :50])).save(folder / f"{i}.jpg")
     Image.fromarray(photo[:40, :40, 0]).save(folder / "grey.png")
     (folder / "cut.jpg").write_bytes((folder / "0.jpg").read_bytes()[:200])  # truncated
+    for path in (folder, folder.parent):  # changed an hour ago (a listing seconds old is not cached)
+        os.utime(path, (os.stat(path).st_atime, os.stat(path).st_mtime - 3600))
     argv = [*CLI, "--data_train", "ImageNet", "--dir_data", str(tmp_path / "data"), "--max_steps", "6",
             "--save", str(tmp_path / "run")]
     assert cli.main(argv) == 0
@@ -228,6 +230,11 @@ def test_imagenet_folder_training_counts_skipped_files(tmp_path, caplog):
     import re
     line = [r.getMessage() for r in caplog.records if "training file read(s) skipped" in r.getMessage()][-1]
     assert int(re.search(r"(\d+) training file read", line).group(1)) >= 1  # the truncated file
+    cache = str(tmp_path / "run" / "file_list.npz")
+    assert f"listed 6 images under {folder.parent} in" in caplog.text and f"cached in {cache}" in caplog.text
+    caplog.clear()  # a second run (a restart) reads the list from the run directory
+    assert cli.main([*argv[:-4], "--max_steps", "2", "--reset", "--save", str(tmp_path / "run")]) == 0
+    assert f"from the cache {cache}" in caplog.text
 
 
 AUTO = ["--cpu", "--n_feats", "16", "--num_heads", "4", "--num_layers", "1", "--scale", "2",
@@ -268,3 +275,28 @@ def test_a_lock_of_the_same_torchrun_job_is_taken_over_and_another_is_refused(tm
     assert "previous attempt of this torchrun job" in lock.acquire()
     assert json.loads((tmp_path / utility.LOCK_NAME).read_text())["run_id"] == "job-1"
     lock.release()
+
+
+def test_a_state_of_another_world_size_is_re_split_from_its_step(tmp_path, caplog):
+    """A state saved by a two-process job, continued by one process: the files are re-split at
+    the step reached (said once), the schedule keeps its epoch length, a later resume keeps it."""
+    import main as cli
+    run = str(tmp_path / "run")
+    assert cli.main([*AUTO, "--max_steps", "4", "--auto_resume", "--save", run]) == 0
+    path = os.path.join(run, utility.STATE_NAME)
+    state = torch.load(path, weights_only=True)
+    assert (state["world_size"], state["split_origin"]) == (1, 0)
+    torch.save({**state, "world_size": 2, "epoch_steps": 3}, path)  # as two processes saved it
+    caplog.clear()
+    assert cli.main([*AUTO, "--max_steps", "6", "--auto_resume", "--save", run]) == 0
+    assert "saved by 2 process(es); this job has 1" in caplog.text
+    assert "re-split from step 4" in caplog.text
+    state = trainer.read_state(path)
+    assert (state["world_size"], state["split_origin"], state["epoch_steps"]) == (1, 4, 3)
+    caplog.clear()
+    assert cli.main([*AUTO, "--max_steps", "8", "--auto_resume", "--save", run]) == 0
+    assert "re-split" not in caplog.text and "resumed at step 6" in caplog.text
+    assert trainer.read_state(path)["split_origin"] == 4
+    torch.save({**state, "split_origin": 7}, path)  # beyond the step it reached
+    with pytest.raises(trainer.StateError, match="split_origin"):
+        trainer.read_state(path)

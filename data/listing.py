@@ -1,0 +1,353 @@
+"""A folder's image files at ImageNet's size: found at any depth, kept compact, cached.
+
+`walk_images` finds the files (links followed, each folder entered once). `PathIndex` keeps a
+million paths in two numpy arrays instead of a million str objects, which forked DataLoader
+workers would otherwise copy page by page as reference counts change. `list_folder` caches a
+walk in a file (`FILE_LIST`, in the run folder: the data folder may be read-only) and uses it
+while no folder it entered has changed (inode, mtime, ctime); `read_file_list` is that file's one
+validating reader. A file replaced in place, its folder's entries unchanged, is not noticed.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import math
+import operator
+import os
+import struct
+import time
+import zipfile
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+
+import utility
+
+from .images import IMAGE_EXTENSIONS, open_regular, why_unreadable
+
+log = logging.getLogger("ipt")
+
+
+def find_images(root: str) -> list[str]:
+    """Every image file (IMAGE_EXTENSIONS, any case) under ``root`` at any depth, sorted (no pipes)."""
+    return walk_images(root)[0]
+
+
+def walk_images(root: str, folders: Optional[list] = None) -> tuple[list[str], list[str]]:
+    """(image files, other entries named like images: pipes, devices, broken or looping links)
+    under ``root`` at any depth, each sorted. Links are followed, but each folder is entered once
+    (the first time in sorted order), so links to a folder itself or to its parent end.
+    ``folders`` gets (path, os.stat_result) of every folder entered, each stat taken before the
+    folder is listed, ``root`` first."""
+    try:
+        info = os.stat(root)
+    except OSError:  # missing or unreadable: nothing under it
+        return [], []
+    seen = {(info.st_dev, info.st_ino)}
+    if folders is not None:
+        folders.append((root, info))
+    found, other, pending = [], [], [root]
+    while pending:  # depth first, sub-folders in sorted order, as os.walk(followlinks=True)
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError:  # unreadable: nothing under it
+            continue
+        dirs = []
+        for entry in entries:
+            if _entry_is(entry, os.DirEntry.is_dir):
+                dirs.append(entry.name)
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):  # no stat unless a link
+                (found if _entry_is(entry, os.DirEntry.is_file) else other).append(entry.path)
+        subs = [os.path.join(folder, d) for d in sorted(dirs)]
+        pending += reversed([d for d in subs if _first_visit(d, seen, folders)])
+    return sorted(found), sorted(other)
+
+
+def _entry_is(entry: os.DirEntry, test: Callable[[os.DirEntry], bool]) -> bool:
+    """``test(entry)`` (links followed), False where it cannot be told."""
+    try:
+        return test(entry)
+    except OSError:
+        return False
+
+
+def _first_visit(path: str, seen: set, folders: Optional[list] = None) -> bool:
+    """Whether the folder at ``path`` (links followed) is new to ``seen`` (then added, and noted
+    in ``folders`` with its stat); False if it cannot be read."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    key = info.st_dev, info.st_ino
+    if key in seen:
+        return False
+    seen.add(key)
+    if folders is not None:
+        folders.append((path, info))
+    return True
+
+
+class PathIndex(Sequence):
+    """Paths as two numpy arrays: their bytes one after another (uint8) and where each starts
+    (int64, one more than there are paths); each path is ``prefix`` + its bytes, decoded when
+    asked for. A list of a million str objects is copied into every forked loader worker page by
+    page as their reference counts change; these two arrays are only read, so workers share them.
+    """
+
+    def __init__(self, blob: np.ndarray, offsets: np.ndarray, prefix: str = ""):
+        self.blob, self.offsets, self.prefix = blob, offsets, prefix
+
+    @classmethod
+    def pack(cls, paths: Sequence[str]) -> "PathIndex":
+        """The paths (str, any bytes a file name can have) packed in order."""
+        encoded = [os.fsencode(p) for p in paths]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)),
+                  out=offsets[1:])
+        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets)
+
+    def under(self, root: str) -> "PathIndex":
+        """The same paths joined to ``root`` (as os.path.join), sharing the arrays."""
+        return PathIndex(self.blob, self.offsets, os.path.join(root, ""))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: Union[int, slice]) -> Union[str, list[str]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        i = operator.index(i)
+        i = i + n if i < 0 else i
+        if not 0 <= i < n:
+            raise IndexError(f"path {i} of {n}")
+        data = self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes()
+        return self.prefix + os.fsdecode(data)
+
+
+# -- a folder's listing, and its cache in the run folder -----------------------------------
+FILE_LIST = "file_list.npz"  # the cached listing's usual name in a run folder (listing_cache)
+FILE_LIST_FORMAT = 1  # the layout of that file; bump when it changes
+FILE_LIST_MAX_BYTES = 4 << 30  # ~50 bytes a file: ~80M files; anything larger is not one
+STAMP_FIELDS = 3  # a folder's (inode, mtime_ns, ctime_ns)
+# A folder modified this shortly before its walk may be modified again within the same tick of
+# the file system's clock (ext4: a few ms) with no change of its mtime: its listing is not cached.
+RECENT_CHANGE_NS = 2_000_000_000
+INT64, BYTES = np.dtype("<i8"), np.dtype("|u1")
+# the arrays of a file list: (dtype, number of dimensions)
+FILE_LIST_ARRAYS = {"meta": (INT64, 1), "root": (BYTES, 1), "names": (BYTES, 1),
+                    "name_offsets": (INT64, 1), "other": (BYTES, 1), "other_offsets": (INT64, 1),
+                    "folders": (BYTES, 1), "folder_offsets": (INT64, 1), "stamps": (INT64, 2),
+                    "digest": (BYTES, 1)}
+# what reading a damaged zip or .npy can raise (RuntimeError: an encrypted member)
+_LIST_DAMAGE = (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, OverflowError,
+                MemoryError, RecursionError, SyntaxError, NotImplementedError, RuntimeError,
+                struct.error, zipfile.BadZipFile, zipfile.LargeZipFile)
+
+
+class FileListDamage(ValueError):
+    """A cached file list that is not one `write_file_list` wrote."""
+
+
+@dataclass
+class FolderListing:
+    """A walk of a folder: paths relative to it, and the stamp of every folder it entered."""
+
+    names: PathIndex  # the image files, sorted
+    other: PathIndex  # entries named like images that are not regular files, sorted
+    folders: PathIndex  # the sub-folders entered, in walk order (not the folder itself)
+    stamps: np.ndarray  # (1 + len(folders), STAMP_FIELDS) int64: the folder itself first
+
+
+def list_folder(root: str, listing_cache: Optional[str] = None) -> FolderListing:
+    """The images under ``root``: from ``listing_cache`` while it is valid (`read_file_list`),
+    else walked (`walk_images`) and saved there. Logs one line saying how many, how long, how."""
+    start, started_ns = time.monotonic(), time.time_ns()
+    listing = read_file_list(listing_cache, root) if listing_cache else None
+    how = f"from the cache {listing_cache}"
+    if listing is None:
+        listing, how = walk_folder(root), "not cached"
+        recent = int(listing.stamps[:, 1].max(initial=0)) > started_ns - RECENT_CHANGE_NS
+        if listing_cache and recent:
+            how = f"not cached: a folder changed less than {RECENT_CHANGE_NS / 1e9:.0f} s before"
+        elif listing_cache and len(listing.names) \
+                and write_file_list(listing_cache, root, listing):
+            how = f"cached in {listing_cache}"
+    log.info("listed %d images under %s in %.1f s (%s)", len(listing.names), root,
+             time.monotonic() - start, how)
+    return listing
+
+
+def walk_folder(root: str) -> FolderListing:
+    """`walk_images` of ``root``, packed, with the stamp of each folder taken before it was read."""
+    folders: list[tuple[str, os.stat_result]] = []
+    files, other = walk_images(root, folders)
+    cut = len(os.path.join(root, ""))  # every path walked starts with this
+    names = PathIndex.pack([f[cut:] for f in files])
+    del files
+    stamps = np.array([_stamp(info) for _, info in folders], dtype=INT64)
+    return FolderListing(names, PathIndex.pack([f[cut:] for f in other]),
+                         PathIndex.pack([p[cut:] for p, _ in folders[1:]]),
+                         stamps.reshape(-1, STAMP_FIELDS))
+
+
+def _stamp(info: os.stat_result) -> tuple[int, int, int]:
+    """What changes when entries are added to, removed from or renamed in a folder."""
+    return info.st_ino, info.st_mtime_ns, info.st_ctime_ns
+
+
+def write_file_list(path: str, root: str, listing: FolderListing) -> bool:
+    """Save the listing of ``root`` to ``path`` (an uncompressed .npz, written atomically);
+    False, with one warning, when it cannot be written."""
+    arrays = {"meta": np.array([FILE_LIST_FORMAT, len(listing.names), len(listing.folders),
+                                len(listing.other)], dtype=INT64),
+              "root": np.frombuffer(os.fsencode(os.path.abspath(root)), dtype=BYTES),
+              "names": listing.names.blob, "name_offsets": listing.names.offsets,
+              "other": listing.other.blob, "other_offsets": listing.other.offsets,
+              "folders": listing.folders.blob, "folder_offsets": listing.folders.offsets,
+              "stamps": listing.stamps}
+    arrays = {k: np.ascontiguousarray(a, dtype=FILE_LIST_ARRAYS[k][0]) for k, a in arrays.items()}
+    arrays["digest"] = np.frombuffer(_digest(arrays), dtype=BYTES)
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    try:
+        utility.atomic_write(path, save)
+    except OSError as e:  # SaveError names the file, the reason and the free space
+        log.warning("not caching the file list: %s; the folder will be walked again next time", e)
+        return False
+    return True
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> bytes:
+    """SHA-256 of a file list's arrays (but the digest): their names, types, shapes and bytes."""
+    h = hashlib.sha256()
+    for key in sorted(FILE_LIST_ARRAYS):
+        if key != "digest":
+            a = arrays[key]
+            h.update(f"{key} {a.dtype.str} {a.shape}\n".encode())
+            h.update(np.ascontiguousarray(a))
+    return h.digest()
+
+
+def read_file_list(path: str, root: str) -> Optional[FolderListing]:
+    """The listing of ``root`` that `write_file_list` saved in ``path``, if it is still valid.
+
+    None when there is no such file, when it lists another folder (by absolute path), or when a
+    folder it entered has changed since (inode, mtime or ctime): ``root`` must then be walked. A
+    file that is not such a listing (not a regular file, over FILE_LIST_MAX_BYTES, not an .npz of
+    the expected arrays, a digest that does not match, offsets out of range or not increasing,
+    names that are empty or absolute or hold NUL, '.' or '..' parts) is None with one warning
+    naming it. Nothing else is raised; nothing is unpickled; a pipe or device is never opened.
+    """
+    if not os.path.lexists(path):
+        return None
+    try:
+        listing = _checked_listing(_read_arrays(path), root)
+    except _LIST_DAMAGE as e:
+        why = str(e) if isinstance(e, FileListDamage) else (
+            why_unreadable(path, e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}")
+        log.warning("ignoring the cached file list %s (%s); walking the folder again", path,
+                    " ".join(why.split())[:200])
+        return None
+    if listing is None:
+        log.info("the cached file list %s is of another folder; walking %s", path, root)
+        return None
+    changed = _changed_folder(root, listing)
+    if changed is not None:
+        log.info("the cached file list %s is out of date (%s changed); walking the folder again",
+                 path, changed)
+        return None
+    return listing
+
+
+def _read_arrays(path: str) -> dict[str, np.ndarray]:
+    """The arrays of a file list, each of the type FILE_LIST_ARRAYS says; FileListDamage (or
+    what zipfile or numpy raise) otherwise."""
+    size = os.stat(path).st_size
+    if size > FILE_LIST_MAX_BYTES:
+        raise FileListDamage(f"it is larger than {FILE_LIST_MAX_BYTES} bytes")
+    with open_regular(path) as f, zipfile.ZipFile(f) as zf:
+        if sorted(zf.namelist()) != sorted(k + ".npy" for k in FILE_LIST_ARRAYS):
+            raise FileListDamage(f"it does not hold the arrays {', '.join(FILE_LIST_ARRAYS)}")
+        return {key: _read_npy(zf, key, size) for key in FILE_LIST_ARRAYS}
+
+
+def _read_npy(zf: zipfile.ZipFile, key: str, limit: int) -> np.ndarray:
+    """Array ``key`` of an .npz, stored uncompressed, of its expected type, at most ``limit``
+    bytes (so a header cannot make numpy allocate more than the file holds)."""
+    dtype, ndim = FILE_LIST_ARRAYS[key]
+    member = zf.getinfo(key + ".npy")
+    if member.compress_type != zipfile.ZIP_STORED or member.file_size > limit:
+        raise FileListDamage(f"array {key!r} is compressed or larger than the file")
+    headers = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0}
+    with zf.open(member) as f:
+        read_header = headers.get(np.lib.format.read_magic(f))
+        if read_header is None:
+            raise FileListDamage(f"array {key!r} is not of a known .npy version")
+        shape, fortran, found = read_header(f)
+        if found != dtype or len(shape) != ndim or fortran:
+            raise FileListDamage(f"array {key!r} is not a {ndim}-D {dtype} array")
+        size = math.prod(shape) * dtype.itemsize
+        if size > member.file_size:
+            raise FileListDamage(f"array {key!r} says it is larger than it is")
+        data = f.read(size)
+    if len(data) != size:
+        raise FileListDamage(f"array {key!r} is cut short")
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _checked_listing(arrays: dict[str, np.ndarray], root: str) -> Optional[FolderListing]:
+    """The listing in a file list's arrays; None if it is of another folder than ``root``;
+    FileListDamage if it is not what `write_file_list` wrote."""
+    meta = arrays["meta"]
+    if meta.shape != (4,) or meta[0] != FILE_LIST_FORMAT:
+        raise FileListDamage(f"it is not a file list of format {FILE_LIST_FORMAT}")
+    if arrays["digest"].tobytes() != _digest(arrays):
+        raise FileListDamage("its digest does not match its contents")
+    if arrays["root"].tobytes() != os.fsencode(os.path.abspath(root)):
+        return None
+    files, folders, other = (int(n) for n in meta[1:])
+    stamps = arrays["stamps"]
+    if stamps.shape != (folders + 1, STAMP_FIELDS):
+        raise FileListDamage(f"'stamps' is not {folders + 1} x {STAMP_FIELDS}")
+    return FolderListing(_checked_paths(arrays, "names", "name_offsets", files),
+                         _checked_paths(arrays, "other", "other_offsets", other),
+                         _checked_paths(arrays, "folders", "folder_offsets", folders), stamps)
+
+
+def _checked_paths(arrays: dict[str, np.ndarray], key: str, offsets_key: str,
+                   count: int) -> PathIndex:
+    """``count`` relative paths packed in two arrays, each non-empty, in range, with no NUL, no
+    empty, '.' or '..' part and no leading or trailing separator; else FileListDamage."""
+    blob, offsets = arrays[key], arrays[offsets_key]
+    if offsets.shape != (count + 1,) or offsets[0] != 0 or offsets[-1] != len(blob) \
+            or np.any(offsets[1:] <= offsets[:-1]):
+        raise FileListDamage(f"'{offsets_key}' are not {count + 1} increasing offsets into "
+                             f"'{key}' ({len(blob)} bytes)")
+    sep = os.fsencode(os.sep)
+    framed = np.insert(blob, offsets, sep[0]).tobytes()  # SEP name SEP name ... SEP
+    if b"\0" in framed or any(p in framed for p in (sep * 2, sep + b"." + sep,
+                                                    sep + b".." + sep)):
+        raise FileListDamage(f"a path in '{key}' is absolute, holds a NUL byte or an empty, "
+                             f"'.' or '..' part")
+    return PathIndex(blob, offsets)
+
+
+def _changed_folder(root: str, listing: FolderListing) -> Optional[str]:
+    """The first folder of the listing that is gone or whose stamp differs, else None."""
+    for path, stamp in zip(itertools.chain([root], listing.folders.under(root)), listing.stamps):
+        try:
+            info = os.stat(path)
+        except OSError:
+            return path
+        if list(_stamp(info)) != stamp.tolist():
+            return path
+    return None
