@@ -2,7 +2,7 @@
 
     python scripts/measure_loading.py FOLDER [--workers 4] [--batch_size 16] [--patch_size 48]
                                              [--steps 300] [--throughput_batches 30]
-                                             [--parts startup,throughput]
+                                             [--parts startup,throughput] [--cache FILE]
 
 FOLDER is what the stream reads (e.g. the ROOT/train of scripts/simulate_imagenet.py). Prints
 Markdown tables:
@@ -19,18 +19,26 @@ Markdown tables:
   warm-up batch) for each task, its task fixed by ``task_id``.
 
 Figures on a shared machine move with the other load: run it when the machine is quiet.
+
+A bad command line is one line on stderr and exit status 2 (FOLDER not a folder of images,
+--cache not a file that can be written, a number out of range, an unknown part); a failed
+measurement one line and exit status 1. SIGINT, SIGTERM or SIGUSR1, to this process or its whole
+process group, stop it within seconds (exit status 130): the fresh process measuring a row and
+its loader workers are ended first.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -40,8 +48,12 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import utility  # noqa: E402
-from data.listing import walk_images  # noqa: E402
+from data.images import ImageReadError  # noqa: E402
+from data.listing import FILE_LIST, RECENT_CHANGE_NS, walk_images  # noqa: E402
 from data.stream import FileSource, PairStream, open_source  # noqa: E402
+from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
+from scripts.simulate_imagenet import kind_of, path_problem, shown  # noqa: E402
+from tasks import task_scale  # noqa: E402
 
 TASKS = ("sr2", "sr3", "sr4", "derain", "denoise30", "denoise50")
 VARIANTS = {"list": "Python lists (before), walked",
@@ -51,12 +63,37 @@ PARTS = ("startup", "throughput")
 KIB = 1024
 MIB = 1 << 20
 CHILD_TIMEOUT_S = 1800
+CHILD_STOP_S = 30  # a row's process asked to stop ends its loader workers well within this
 SMAPS_FIELDS = ("Rss", "Pss", "Private_Clean", "Private_Dirty")
+SMAPS = "/proc/self/smaps_rollup"  # Linux 4.14 and later
+PROG = "measure_loading.py"
+BAD_OPTION = 2
+# Upper limits of the options: beyond them a run would exhaust memory or never end
+MAX_WORKERS = 64
+MAX_BATCH_SIZE = 1024
+MAX_PATCH_SIZE = 256  # the LR patch; sr4's HR crop is 4 times its side
+MAX_BATCH_PIXELS = 1 << 26  # batch_size x HR crop area: a float HR batch of at most 768 MiB
+MAX_STEPS = 100_000
+MAX_THROUGHPUT_BATCHES = 10_000
+MAX_SCALE = max(task_scale(t) for t in TASKS)  # sr4: its HR crop is this times the patch
+PROBE_IMAGES = 8  # images decoded before measuring: the crops must fit in one of them
+LIMITS = {"workers": (1, MAX_WORKERS), "batch_size": (1, MAX_BATCH_SIZE),
+          "patch_size": (1, MAX_PATCH_SIZE), "steps": (1, MAX_STEPS),
+          "throughput_batches": (1, MAX_THROUGHPUT_BATCHES)}
+# what a measurement can fail with (DataLayoutError, ImageReadError and MeasureError are
+# RuntimeErrors, as is a loader worker's death): one line and exit status 1
+FAILURES = (OSError, RuntimeError, MemoryError)
+
+
+class MeasureError(RuntimeError):
+    """A measurement that cannot be made or trusted."""
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    """The command line."""
-    p = argparse.ArgumentParser(description="Measure start-up, memory and throughput of loading.")
+    """The command line, its numbers and parts checked (one line on stderr and SystemExit(2)
+    otherwise); ``parts`` as a tuple."""
+    p = OptionParser(prog=PROG,
+                     description="Measure start-up, memory and throughput of loading.")
     p.add_argument("folder", help="the folder of images the stream reads")
     p.add_argument("--workers", type=int, default=4, help="loader workers (memory, start-up)")
     p.add_argument("--batch_size", type=int, default=16)
@@ -66,7 +103,77 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--parts", default=",".join(PARTS), help=f"some of {', '.join(PARTS)}")
     p.add_argument("--cache", help="the listing cache file (default: a temporary folder's)")
     p.add_argument("--child", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name, (least, most) in LIMITS.items():
+        value = getattr(args, name)
+        if not least <= value <= most:
+            p.error(f"--{name} {value}: give {least} to {most:,}")
+    hr_side = args.patch_size * MAX_SCALE
+    if args.batch_size * hr_side ** 2 > MAX_BATCH_PIXELS:
+        p.error(f"--batch_size {args.batch_size} with --patch_size {args.patch_size}: a batch of "
+                f"{hr_side}x{hr_side} crops is over {MAX_BATCH_PIXELS:,} pixels; give smaller")
+    parts = tuple(args.parts.split(","))
+    unknown = [part for part in parts if part not in PARTS]
+    if unknown:
+        p.error(f"--parts {shown(args.parts)!r}: {shown(unknown[0])!r} is not a part; give some "
+                f"of {','.join(PARTS)} joined by commas")
+    args.parts = parts
+    return args
+
+
+def check_paths(args: argparse.Namespace) -> Optional[str]:
+    """What is wrong with FOLDER or --cache (nothing is written), or None."""
+    problem = path_problem(args.folder)
+    if problem:
+        return f"FOLDER {shown(args.folder)} {problem}: give a folder of images"
+    if not os.path.isdir(args.folder):
+        what = "does not exist" if not os.path.lexists(args.folder) else f"is {_kind(args.folder)}"
+        return f"FOLDER {shown(args.folder)} {what}: give a folder of images"
+    if "startup" in args.parts and not os.path.exists(SMAPS):
+        return f"--parts startup reads {SMAPS} (Linux 4.14 and later), missing here: give " \
+               f"--parts throughput"
+    return cache_problem(args.cache) if args.cache is not None else None
+
+
+def _kind(path: str) -> str:
+    """What a path that is not a folder is, in a few words."""
+    try:
+        return kind_of(path)
+    except OSError:
+        return "a broken link"
+
+
+def cache_problem(cache: str) -> Optional[str]:
+    """Why --cache cannot be the listing cache (a file this process can replace), or None; a
+    file is created beside it and removed to find out."""
+    named = f"--cache {shown(cache)}"
+    problem = path_problem(cache)
+    if problem:
+        return f"{named} {problem}: give a file name"
+    if os.path.lexists(cache) and not os.path.isfile(cache):
+        return f"{named} is {_kind(cache)}: give a file name (the file is replaced)"
+    folder = os.path.dirname(cache) or "."
+    if not os.path.isdir(folder):
+        return f"{named}: its folder does not exist; give a file in an existing folder"
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        return f"{named}: its folder cannot be written ({e.strerror or e}); give a file " \
+               f"in a folder you can write"
+    return None
+
+
+def one_line(error: BaseException) -> str:
+    """An error in one line: a loader worker's own error (its last line), else the first line."""
+    text = str(error).strip() or type(error).__name__
+    lines = text.splitlines()
+    line = lines[-1] if "Original Traceback" in text else lines[0]
+    for prefix in (f"{type(error).__module__}.{type(error).__name__}: ",
+                   f"{type(error).__name__}: "):
+        line = line[len(prefix):] if line.startswith(prefix) else line
+    return shown(line)
 
 
 def memory(pid: int) -> dict[str, float]:
@@ -113,20 +220,23 @@ def run_loader(args: argparse.Namespace, stream, touch: bool) -> tuple[float, di
     loader = DataLoader(Touching(stream, touch), batch_size=None,
                         num_workers=args.workers, worker_init_fn=utility.ignore_stop_signals)
     batches = iter(loader)
-    next(batches)
-    first = time.monotonic() - start
-    for _ in range(args.steps - 1):
+    try:
         next(batches)
-    found = {"main": memory(os.getpid())}
-    for i, worker in enumerate(batches._workers):
-        found[f"worker {i}"] = memory(worker.pid)
-    del batches
+        first = time.monotonic() - start
+        for _ in range(args.steps - 1):
+            next(batches)
+        found = {"main": memory(os.getpid())}
+        for i, worker in enumerate(batches._workers):
+            found[f"worker {i}"] = memory(worker.pid)
+    finally:
+        # the workers ended now, on an error or a stop too: they ignore SIGTERM, which is how
+        # multiprocessing ends them at exit, while it waits for them (a hang)
+        batches._shutdown_workers()
     return first, found
 
 
 def child(args: argparse.Namespace) -> dict:
     """One variant's start-up and memory, measured in this fresh process."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     before = memory(os.getpid())
     start = time.monotonic()
     source = open_variant(args.folder, args.child, args.cache)
@@ -142,22 +252,98 @@ def child(args: argparse.Namespace) -> dict:
             "steps": steps, "touched": touched}
 
 
+class StopOnce(utility.StopSignals):
+    """StopSignals raising Interrupted at the first stop signal only: a row's process that is
+    ending its loader workers is not interrupted again (its parent may signal it too)."""
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.received is None:
+            super()._handle(signum, frame)
+
+
+def run_child(args: argparse.Namespace) -> int:
+    """A row's process: its figures as one JSON line on stdout; 0, 1 with one line on stderr,
+    130 when stopped (its loader workers ended, quietly: the parent says it)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    with StopOnce(raise_=True, ignore_after=True):
+        try:
+            print(json.dumps(child(args)), flush=True)
+            return 0
+        except KeyboardInterrupt:
+            return utility.INTERRUPTED
+        except FAILURES as e:
+            print(f"{PROG}: {one_line(e)}", file=sys.stderr)
+            return 1
+
+
+@contextlib.contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """Within ``with``: the stop signals wait (delivered at its end)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, utility.STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, utility.STOP_SIGNALS)
+
+
+def end_child(process: subprocess.Popen) -> None:
+    """Stop a row's process (SIGTERM; it ends its loader workers), killed if it has not ended
+    within CHILD_STOP_S; the stop signals wait meanwhile."""
+    with stop_signals_held():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.communicate(timeout=CHILD_STOP_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
 def measure_variant(args: argparse.Namespace, variant: str, cache: str) -> dict:
-    """Run one variant in a fresh process; its figures."""
+    """Run one variant in a fresh process; its figures (MeasureError when it fails)."""
     command = [sys.executable, os.path.abspath(__file__), args.folder, "--child", variant,
                "--cache", cache, "--workers", str(args.workers), "--batch_size",
                str(args.batch_size), "--patch_size", str(args.patch_size), "--steps",
                str(args.steps)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
-    sys.stderr.write(done.stderr)
-    if done.returncode:
-        raise SystemExit(f"measure_loading.py: the {variant} run failed (exit {done.returncode})")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, errors="backslashreplace")
+    try:
+        out, err = process.communicate(timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        end_child(process)
+        raise MeasureError(f"the {variant} run took more than {CHILD_TIMEOUT_S} s: give fewer "
+                           f"--steps") from None
+    except BaseException:  # a stop: the row's process ends first
+        end_child(process)
+        raise
+    if process.returncode:
+        said = err.strip().splitlines()[-1:] or [f"exit status {process.returncode}"]
+        raise MeasureError(f"the {variant} run failed: {said[0].removeprefix(PROG + ': ')}")
+    sys.stderr.write(err)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def cache_stamp(cache: str) -> Optional[tuple[int, int]]:
+    """(inode, mtime) of the listing cache, None if there is none."""
+    try:
+        info = os.stat(cache)
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns
 
 
 def startup_tables(args: argparse.Namespace, cache: str) -> str:
     """The start-up and memory tables, one fresh process per variant."""
-    results = [measure_variant(args, v, cache) for v in VARIANTS]
+    results = []
+    for variant in VARIANTS:
+        written = cache_stamp(cache)
+        results.append(measure_variant(args, variant, cache))
+        if variant == "walked" and cache_stamp(cache) is None:
+            raise MeasureError(f"the walked run did not cache the listing in {shown(cache)} (a "
+                               f"folder under FOLDER changed meanwhile?): run again")
+        if variant == "cached" and cache_stamp(cache) != written:
+            raise MeasureError("the cached run walked FOLDER again (it changed during the "
+                               "measurement): run again")
     lines = [f"Start-up ({results[0]['files']:,} files, {args.workers} workers, batch "
              f"{args.batch_size}, patch {args.patch_size}):", "",
              "| file list | listed s | listed + stream built s | first batch s | list in main MiB |",
@@ -165,8 +351,7 @@ def startup_tables(args: argparse.Namespace, cache: str) -> str:
     for r in results:
         lines.append(f"| {VARIANTS[r['variant']]} | {r['listed_s']:.1f} | {r['built_s']:.1f} | "
                      f"{r['first_batch_s']:.1f} | {r['source_mib']:.0f} |")
-    if os.path.exists(cache):
-        lines += ["", f"Cache file: {os.path.getsize(cache) / MIB:.1f} MiB."]
+    lines += ["", f"Cache file: {os.path.getsize(cache) / MIB:.1f} MiB."]
     for when in ("steps", "touched"):
         title = (f"after {args.steps} steps" if when == "steps" else
                  "after each worker looked up the name and path of its whole epoch share")
@@ -179,10 +364,24 @@ def startup_tables(args: argparse.Namespace, cache: str) -> str:
     return "\n".join(lines)
 
 
-def throughput_table(args: argparse.Namespace) -> str:
+def rate_line(what: str, pairs: int, seconds: float) -> str:
+    """A throughput table row: pairs per second and milliseconds per pair."""
+    rate = pairs / max(seconds, 1e-9)
+    return f"| {what} | {rate:.0f} | {1000 / rate:.1f} |"
+
+
+def throughput_table(args: argparse.Namespace, source) -> str:
     """Steady pairs per second of one core for each task (in this process, no workers)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    source = open_source(args.folder, listing_cache=args.cache)
+    try:
+        return _throughput_rows(args, source)
+    finally:
+        torch.set_num_threads(threads)  # as it was: main() may be called in a longer process
+
+
+def _throughput_rows(args: argparse.Namespace, source) -> str:
+    """The throughput table, measured with the torch threads as they are."""
     lines = [f"Throughput, one core (num_workers=0, 1 torch thread), batch {args.batch_size}, "
              f"patch {args.patch_size}, {args.throughput_batches} batches after a warm-up:", "",
              "| task | pairs/s | ms per pair |", "| --- | ---: | ---: |"]
@@ -194,39 +393,104 @@ def throughput_table(args: argparse.Namespace) -> str:
         start = time.monotonic()
         for _ in range(args.throughput_batches):
             next(batches)
-        rate = args.throughput_batches * args.batch_size / (time.monotonic() - start)
-        lines.append(f"| {task} | {rate:.0f} | {1000 / rate:.1f} |")
+        lines.append(rate_line(task, args.throughput_batches * args.batch_size,
+                               time.monotonic() - start))
     load, refs = source.opener(), source.epoch_refs(0, 0, 0, 1)
-    count = args.throughput_batches * args.batch_size
-    load(refs[-1])  # warm-up
-    start = time.monotonic()
-    for ref in refs[:count]:
-        load(ref)
-    rate = count / (time.monotonic() - start)
-    lines.append(f"| (reading and decoding the JPEG alone) | {rate:.0f} | {1000 / rate:.1f} |")
+    refs = refs[:args.throughput_batches * args.batch_size]  # each file once, at most
+    with contextlib.suppress(ImageReadError):
+        load(refs[-1])  # warm-up
+    decoded, start = 0, time.monotonic()
+    for ref in refs:
+        try:
+            load(ref)
+            decoded += 1
+        except ImageReadError:  # as the stream does: skipped (and not counted)
+            pass
+    if not decoded:
+        raise MeasureError(f"none of the first {len(refs)} files under {shown(args.folder)} "
+                           f"could be decoded")
+    lines.append(rate_line("(reading and decoding the JPEG alone)", decoded,
+                           time.monotonic() - start))
     return "\n".join(lines)
 
 
+def source_problem(args: argparse.Namespace, source, cache: str) -> Optional[tuple[int, str]]:
+    """(exit status, why) when FOLDER's listing cannot serve the parts asked for, else None."""
+    problem = crop_problem(args, source)
+    if problem:
+        return problem
+    if "startup" not in args.parts:
+        return None
+    if not isinstance(source, FileSource):
+        return BAD_OPTION, (f"FOLDER {shown(args.folder)} holds tar shards: the start-up part "
+                            f"measures folder listings; give --parts throughput")
+    if args.workers > len(source):
+        return BAD_OPTION, (f"--workers {args.workers}: FOLDER {shown(args.folder)} holds "
+                            f"{len(source)} image(s), give at most that many workers")
+    if cache_stamp(cache) is None:  # list_folder does not cache what may still be changing
+        return 1, (f"the listing of FOLDER {shown(args.folder)} was not cached in "
+                   f"{shown(cache)}: a folder under it changed less than "
+                   f"{RECENT_CHANGE_NS / 1e9:.0f} s ago; run again")
+    return None
+
+
+def crop_problem(args: argparse.Namespace, source) -> Optional[tuple[int, str]]:
+    """(exit status, why) when none of the first images can be decoded or holds the largest
+    crop (the stream would read a whole epoch looking for one), else None."""
+    load, sides = source.opener(), []
+    refs = source.epoch_refs(0, 0, 0, 1)[:PROBE_IMAGES]
+    for ref in refs:
+        with contextlib.suppress(ImageReadError):
+            sides.append(min(load(ref).shape[-2:]))
+    if not sides:
+        return 1, (f"none of the first {len(refs)} files under FOLDER {shown(args.folder)} "
+                   f"could be decoded")
+    crop = args.patch_size * MAX_SCALE
+    if max(sides) < crop:
+        return BAD_OPTION, (f"--patch_size {args.patch_size}: sr{MAX_SCALE}'s {crop}x{crop} "
+                            f"crops are larger than the first images of FOLDER (short sides up "
+                            f"to {max(sides)}); give at most {max(sides) // MAX_SCALE}")
+    return None
+
+
+def measure(args: argparse.Namespace, scratch: str) -> int:
+    """Print the tables asked for; 0, or the exit status of a refusal."""
+    cache = args.cache if args.cache is not None else os.path.join(scratch, FILE_LIST)
+    source = open_source(args.folder, listing_cache=cache)
+    refused = source_problem(args, source, cache)
+    if refused:
+        print(f"{PROG}: {refused[1]}", file=sys.stderr)
+        return refused[0]
+    print(f"measured: {shown(args.folder)}, python {sys.version.split()[0]}, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
+    if "startup" in args.parts:
+        print(startup_tables(args, cache) + "\n", flush=True)
+    if "throughput" in args.parts:
+        print(throughput_table(args, source), flush=True)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Measure and print the tables."""
+    """Measure and print the tables; 0, 1 for a failed measurement, 2 for a bad command line,
+    130 when stopped."""
     args = parse_args(argv)
     if args.child:
-        print(json.dumps(child(args)))
-        return 0
-    parts = set(args.parts.split(","))
-    if not parts <= set(PARTS) or not os.path.isdir(args.folder):
-        print(f"measure_loading.py: give a folder of images and --parts among {PARTS}",
-              file=sys.stderr)
-        return 2
-    with tempfile.TemporaryDirectory(prefix="measure_loading.") as scratch:
-        args.cache = args.cache or os.path.join(scratch, "file_list.npz")
-        print(f"measured: {os.path.abspath(args.folder)}, python {sys.version.split()[0]}, "
-              f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
-        if "startup" in parts:
-            print(startup_tables(args, args.cache) + "\n", flush=True)
-        if "throughput" in parts:
-            print(throughput_table(args), flush=True)
-    return 0
+        return run_child(args)
+    problem = check_paths(args)
+    if problem:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        return BAD_OPTION
+    with utility.StopSignals(raise_=True):
+        try:
+            with tempfile.TemporaryDirectory(prefix="measure_loading.") as scratch:
+                return measure(args, scratch)
+        except KeyboardInterrupt as stop:
+            print(f"{PROG}: stopped by {utility.signal_name(utility.stop_signal(stop))}: the "
+                  f"tables printed so far are complete", file=sys.stderr)
+            return utility.INTERRUPTED
+        except FAILURES as e:
+            print(f"{PROG}: {one_line(e)}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Build a stand-in for ImageNet's train set at its full size, cheaply, to measure data loading.
 
     python scripts/simulate_imagenet.py ROOT [--files 1281167] [--classes 1000] [--pool 128]
-                                             [--shards N] [--shard_members 128]
+                                             [--shards N] [--shard_members 128] [--seed 0]
 
 Writes ROOT/pool/pool-NNN.JPEG: ``--pool`` real JPEGs of ImageNet's usual sizes (500x375,
 375x500, 500x333, 500x500; quality 95, ~90 KB on average), random crops of the scikit-image
@@ -15,19 +15,25 @@ files named like ImageNet's, so N x members x ~100 KB of disk) and their shards.
 scripts/make_shards.py writes them.
 
 Each class folder is built under ROOT/.building and renamed into ROOT/train when complete, so
-Ctrl-C (or SIGTERM) leaves complete classes only (exit status 130, a partial tree that the stream
-can read); running again finishes it. ROOT/simulated.json records what was built and how long it
-took, once the tree is complete.
+Ctrl-C, SIGTERM or SIGUSR1 (to the process or its group) leave complete classes only (exit status
+130, a partial tree that the stream can read); running again finishes it. ROOT/simulated.json
+records the options when the build starts, and what was built and how long it took once the tree
+is complete (``"complete": true``); running again with other options, or on a ROOT/train that
+this script did not build, is refused (exit status 2): give a new ROOT. Every option has an upper
+limit (LIMITS), and the disk's free space is checked against the tree's estimated size before
+anything is written (exit status 1).
 """
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import random
 import shutil
 import sys
 import tarfile
+import tempfile
 import time
 from typing import Optional, Sequence
 
@@ -38,7 +44,9 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 
 import utility  # noqa: E402
-from data.stream import SHARD_INDEX  # noqa: E402
+from data.images import FILE_KINDS, open_regular  # noqa: E402
+from data.stream import SHARD_INDEX, TAR_BLOCK  # noqa: E402
+from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 
 IMAGENET_FILES = 1281167  # ILSVRC-2012 train images
 IMAGENET_CLASSES = 1000
@@ -54,14 +62,31 @@ WNID_RANGE = (1_000_000, 15_000_000)  # ImageNet's WordNet ids n01440764 .. n150
 PROGRESS_EVERY_S = 5.0
 SHARD_NAME = "shard-{:06d}.tar"
 RECORD = "simulated.json"
+RECORD_MAX_BYTES = 64 << 10  # the record is a few hundred bytes; anything larger is not one
+OPTIONS = ("files", "classes", "pool", "shards", "shard_members", "seed")  # kept in the record
 BUILDING = ".building"
 BAD_OPTION = 2
 PROG = "simulate_imagenet.py"
+# Upper limits of the options: beyond them a run would fill the disk or memory, or run for days.
+# Every file's number is held in memory (class_names, and the names of build_shards).
+MAX_FILES = 20_000_000  # above ImageNet-21k's 14.2M images
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
+MAX_POOL = 10_000  # ~1 GB of JPEGs, a few minutes to make
+MAX_SHARDS = 100_000  # shards.json at ~40 bytes a shard stays far below the stream's 16 MiB
+MAX_SHARD_MEMBERS = 100_000
+MAX_SEED = 2 ** 63 - 1  # as main.py's --seed
+# Disk estimates, checked against the free space before anything is written
+MEAN_JPEG_BYTES = 100 << 10  # the pool's JPEGs: 93-97 KB on average, measured
+ENTRY_BYTES = 64  # a directory entry of ROOT/train: 71 MB for 1.28M links, measured on ext4
+GIB = 1 << 30
+LIMITS = {"files": (1, MAX_FILES), "classes": (1, MAX_CLASSES), "pool": (1, MAX_POOL),
+          "shards": (0, MAX_SHARDS), "shard_members": (1, MAX_SHARD_MEMBERS),
+          "seed": (0, MAX_SEED)}
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    """The command line."""
-    p = argparse.ArgumentParser(description="Build an ImageNet-sized tree of hard-linked JPEGs.")
+    """The command line, its numbers checked (one line on stderr and SystemExit(2) otherwise)."""
+    p = OptionParser(prog=PROG, description="Build an ImageNet-sized tree of hard-linked JPEGs.")
     p.add_argument("root", help="folder to build (ROOT/train, ROOT/pool, ROOT/shards)")
     p.add_argument("--files", type=int, default=IMAGENET_FILES, help="entries under ROOT/train")
     p.add_argument("--classes", type=int, default=IMAGENET_CLASSES, help="class folders")
@@ -69,18 +94,126 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--shards", type=int, default=0, help="tar shards to write under ROOT/shards")
     p.add_argument("--shard_members", type=int, default=DEFAULT_POOL, help="images per shard")
     p.add_argument("--seed", type=int, default=0, help="seed of names, sizes and crops")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name, (least, most) in LIMITS.items():
+        value = getattr(args, name)
+        if not least <= value <= most:
+            p.error(f"--{name} {value}: give {least} to {most:,}")
+    if args.classes > args.files:
+        p.error(f"--classes {args.classes}: give at most --files ({args.files})")
+    if args.pool * MAX_LINKS < args.files:
+        p.error(f"--pool {args.pool}: give at least --files / {MAX_LINKS} "
+                f"({-(-args.files // MAX_LINKS)}; ext4's hard-link limit)")
+    return args
 
 
-def check_args(args: argparse.Namespace) -> Optional[str]:
-    """What is wrong with the command line, or None."""
-    if args.classes < 1 or args.files < args.classes:
-        return "--classes must be at least 1 and --files at least --classes"
-    if args.pool < 1 or args.pool * MAX_LINKS < args.files:
-        return f"--pool must be at least --files / {MAX_LINKS} (ext4's hard-link limit)"
-    if args.shards < 0 or args.shard_members < 1:
-        return "--shards must not be negative and --shard_members must be positive"
+def shown(text: str) -> str:
+    """``text`` (a path, or a message holding one) printable whatever bytes its names have."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate no file name can hold
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def path_problem(path: str) -> Optional[str]:
+    """Why ``path`` can be no file name (empty, a NUL byte, characters it cannot be encoded
+    with), or None."""
+    if not path:
+        return "is empty"
+    if "\0" in path:
+        return "holds a NUL byte"
+    try:
+        os.fsencode(path)
+    except UnicodeError:
+        return "holds characters no file name can hold"
     return None
+
+
+def kind_of(path: str) -> str:
+    """What ``path`` is, in a few words ("a named pipe (FIFO)", "a file", ...)."""
+    mode = os.stat(path).st_mode
+    return next((what for test, what in FILE_KINDS if test(mode)), "a file")
+
+
+def read_record(root: str) -> Optional[dict]:
+    """ROOT/simulated.json, None if there is none; ValueError if it is not this script's."""
+    path = os.path.join(root, RECORD)
+    if not os.path.lexists(path):
+        return None
+    try:
+        with open_regular(path) as f:
+            record = json.loads(f.read(RECORD_MAX_BYTES + 1) or b"null")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    if not isinstance(record, dict) or not all(utility.is_count(record.get(k)) for k in OPTIONS):
+        raise ValueError("is not this script's record")
+    return record
+
+
+def check_root(args: argparse.Namespace) -> Optional[str]:
+    """What is wrong with ROOT (nothing is written), or None."""
+    root = args.root
+    named = f"ROOT {shown(root)}"
+    problem = path_problem(root)
+    if problem:
+        return f"{named} {problem}: give a folder to build"
+    above = os.path.abspath(root)
+    while not os.path.lexists(above):  # the path itself, or the part of it that exists
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        try:
+            kind = kind_of(above)
+        except OSError:
+            kind = "a broken link"
+        where = "is" if above == os.path.abspath(root) else f"is under {shown(above)}, which is"
+        return f"{named} {where} {kind}: give a new folder, or one this script built"
+    try:
+        record = read_record(root)
+    except ValueError as e:
+        return f"{named}/{RECORD} {e}: give a new folder"
+    wanted = {k: getattr(args, k) for k in OPTIONS}
+    if record is None and os.path.lexists(os.path.join(root, "train")):
+        return f"{named}/train exists but {RECORD} does not (not built by this script): " \
+               f"give a new folder"
+    if record is not None and {k: record[k] for k in OPTIONS} != wanted:
+        before = " ".join(f"--{k} {record[k]}" for k in OPTIONS)
+        return f"{named} holds a tree built with {before}: give those options, or a new folder"
+    return None
+
+
+def nearest_folder(path: str) -> str:
+    """``path`` if it is a folder, else the nearest folder above it (where it would be made)."""
+    where = os.path.abspath(path)
+    while not os.path.isdir(where):
+        where = os.path.dirname(where)
+    return where
+
+
+def unwritable(root: str) -> Optional[str]:
+    """Why ROOT (or the folder it would be made in) cannot be written, or None; a file is
+    created there and removed to find out."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=nearest_folder(root))
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        return f"ROOT {shown(root)} cannot be written ({e.strerror or e}): give a folder you " \
+               f"can write"
+    return None
+
+
+def space_problem(args: argparse.Namespace) -> Optional[str]:
+    """Why ROOT's file system cannot hold the tree (by the estimates above), or None."""
+    missing = sum(not os.path.isfile(os.path.join(args.root, "shards", SHARD_NAME.format(i)))
+                  for i in range(args.shards))  # a run again writes only what is missing
+    shard_bytes = missing * args.shard_members * (MEAN_JPEG_BYTES + 2 * TAR_BLOCK)
+    need = args.pool * MEAN_JPEG_BYTES + args.files * ENTRY_BYTES + shard_bytes
+    free = shutil.disk_usage(nearest_folder(args.root)).free
+    if need <= free:
+        return None
+    return (f"the tree needs about {need / GIB:,.1f} GiB ({shard_bytes / GIB:,.1f} GiB of it "
+            f"shards), {free / GIB:,.1f} GiB is free under {shown(args.root)}: give fewer "
+            f"--shards or --shard_members, or another ROOT")
 
 
 def pool_image(photo, rng: random.Random):
@@ -168,7 +301,10 @@ def build_shards(root: str, pool: Sequence[str], classes: list[tuple[str, list[i
     """``shards`` tars of ``members`` pool copies named like ImageNet's, and their shards.json."""
     folder = os.path.join(root, "shards")
     os.makedirs(folder, exist_ok=True)
-    data = [open(p, "rb").read() for p in pool]
+    data = []
+    for p in pool:  # what make_pool wrote: regular files of ~100 KB
+        with open_regular(p) as f:
+            data.append(f.read())
     names = [f"{w}/{w}_{k}.JPEG" for w, numbers in classes for k in numbers]
     random.Random(seed).shuffle(names)
     counts, progress = {}, Progress("shards", shards)
@@ -197,36 +333,49 @@ def _write_tar(path: str, names: Sequence[str], data: Sequence[bytes], first: in
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Build the tree; 0 when complete, 130 when stopped (complete classes kept), 1 on a failed
-    write, 2 for a bad command line."""
+    write or too little disk space, 2 for a bad command line."""
     args = parse_args(argv)
-    problem = check_args(args)
-    if problem:
-        print(f"{PROG}: {problem}", file=sys.stderr)
-        return BAD_OPTION
+    with utility.StopSignals(raise_=True):
+        try:
+            problem = check_root(args) or unwritable(args.root)
+            if problem:
+                print(f"{PROG}: {problem}", file=sys.stderr)
+                return BAD_OPTION
+            problem = space_problem(args)
+            if problem:
+                print(f"{PROG}: {problem}", file=sys.stderr)
+                return 1
+            return build(args)
+        except KeyboardInterrupt as stop:
+            print(f"{PROG}: stopped by {utility.signal_name(utility.stop_signal(stop))}: "
+                  f"{shown(args.root)}/train holds the classes finished so far (a partial tree "
+                  f"the stream can read); run the same command again to finish it",
+                  file=sys.stderr)
+            return utility.INTERRUPTED
+        except OSError as e:  # SaveError names the file, the reason and the free space
+            why = str(e) if isinstance(e, utility.SaveError) else \
+                f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+            print(f"{PROG}: cannot build {shown(args.root)}: {shown(why)}", file=sys.stderr)
+            return 1
+
+
+def build(args: argparse.Namespace) -> int:
+    """The pool, the class folders and the shards, recorded in ROOT/simulated.json; 0."""
     start = time.monotonic()
-    try:
-        with utility.StopSignals(raise_=True):
-            pool = make_pool(os.path.join(args.root, "pool"), args.pool, args.seed)
-            classes = class_names(args.classes, args.files, args.seed)
-            files = build_train(args.root, pool, classes)
-            members = (build_shards(args.root, pool, classes, args.shards, args.shard_members,
-                                    args.seed) if args.shards else 0)
-    except KeyboardInterrupt:
-        print(f"{PROG}: stopped: {args.root}/train holds the classes finished so far (a partial "
-              f"tree the stream can read); run the same command again to finish it",
-              file=sys.stderr)
-        return utility.INTERRUPTED
-    except OSError as e:
-        print(f"{PROG}: cannot build {args.root}: {e}", file=sys.stderr)
-        return 1
+    options = {k: getattr(args, k) for k in OPTIONS}
+    os.makedirs(args.root, exist_ok=True)
+    utility.write_json(os.path.join(args.root, RECORD), {**options, "complete": False})
+    pool = make_pool(os.path.join(args.root, "pool"), args.pool, args.seed)
+    classes = class_names(args.classes, args.files, args.seed)
+    files = build_train(args.root, pool, classes)
+    members = (build_shards(args.root, pool, classes, args.shards, args.shard_members,
+                            args.seed) if args.shards else 0)
     seconds = time.monotonic() - start
     sizes = [os.path.getsize(p) for p in pool]
-    record = {"files": files, "classes": args.classes, "pool": args.pool,
-              "pool_mean_bytes": round(sum(sizes) / len(sizes)), "shards": args.shards,
-              "shard_members": args.shard_members, "shard_images": members,
-              "seconds": round(seconds, 1)}
+    record = {**options, "complete": True, "pool_mean_bytes": round(sum(sizes) / len(sizes)),
+              "shard_images": members, "seconds": round(seconds, 1)}
     utility.write_json(os.path.join(args.root, RECORD), record)
-    print(f"built {files} entries in {args.classes} classes under {args.root}/train "
+    print(f"built {files} entries in {args.classes} classes under {shown(args.root)}/train "
           f"(links to {args.pool} JPEGs of {record['pool_mean_bytes'] / 1024:.0f} KB on average)"
           + (f" and {args.shards} shards of {args.shard_members}" if args.shards else "")
           + f" in {seconds:.0f} s", flush=True)
