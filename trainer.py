@@ -1,6 +1,7 @@
 """Training: one-task batches through the network, L1 (+ contrastive) loss, checkpoints, resume."""
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -64,9 +65,10 @@ def resumed_split(saved: dict | None, world: int) -> tuple[int | None, int]:
     log.warning("the training state was saved by %d process(es); this job has %d: the training "
                 "files are re-split from step %d, where a new epoch starts (every file once an "
                 "epoch from there). The learning rate follows the same schedule by step and each "
-                "process keeps --batch_size, so a step now averages %d batches; the batches are "
-                "not those an uninterrupted run would have had (bit-exact resume holds only at "
-                "the same world size)", saved_world, world, step, world)
+                "process keeps --batch_size, so a step now averages the gradients of %d process(es) "
+                "instead of %d; the batches are not those an uninterrupted run would have had "
+                "(bit-exact resume holds only at the same world size)", saved_world, world, step,
+                world, saved_world)
     return None, step
 
 
@@ -216,7 +218,8 @@ class Trainer:
         """Train until --max_steps; 0 when done, 130 when a signal stopped it (the state is saved
         for --resume), 1 when it cannot go on.
 
-        The training state is saved on every exit, an exception included (it is re-raised).
+        The training state is saved on every exit, an exception included (it is re-raised);
+        every save is written when this returns (periodic ones by a thread, while training goes on).
         """
         p = self.progress
         bar = tqdm(total=self.total_steps, initial=p.step, desc="training", unit="step",
@@ -244,6 +247,7 @@ class Trainer:
                 elif stopped:
                     log.warning("another process of this job received a stop signal: stopping")
                 self.interrupted = stopped and p.step < self.total_steps
+                self.saver.wait()  # a save still being written: its failure ends the run here
             finally:
                 bar.close()
                 saved = self._save_on_exit()
@@ -286,11 +290,16 @@ class Trainer:
         return False
 
     def _save_on_exit(self) -> bool:
-        """The final save; a failure is logged (not raised over the error that ended training)."""
+        """The final save, written when this returns; a failure is logged (not raised over the
+        error that ended training), as is one of the save that was still being written."""
+        try:
+            self.saver.wait()  # only after an error: otherwise fit waited for it already
+        except utility.SaveError as e:
+            log.error(SAVE_FAILED, e)
         try:
             return self.save()
         except utility.SaveError as e:
-            log.error("training state not saved: %s; make room and continue with --resume", e)
+            log.error(SAVE_FAILED, e)
             return False
 
     def train_step(self, batch: dict) -> float | None:
@@ -373,6 +382,7 @@ class Trainer:
         return avg is not None and value > self.settings.skip_threshold * avg
 
     def _after_step(self, loss: float | None) -> None:
+        self.saver.check()  # a save that failed in the background stops training, as ever
         step = self.progress.step
         if self.writer is not None and loss is not None:
             self.writer.add_scalar("train/loss", loss, step)
@@ -381,7 +391,7 @@ class Trainer:
             log.info("step %d: loss %s, lr %.3g, %d file read(s) skipped so far", step, loss,
                      self.scheduler.get_last_lr()[0], sum(self.skipped_files.values()))
         if step % self.settings.save_every == 0:
-            self.save()
+            self.save(background=True)
         if self.validate is not None and step % self.settings.test_every == 0:
             self.run_validation()
 
@@ -405,24 +415,45 @@ class Trainer:
                  p.best_psnr, p.best_step)
 
     # -- checkpoints ------------------------------------------------------------------
-    def save(self) -> bool:
-        """model_latest.pt (bare weights) and the full training state, both written atomically.
+    _last_snapshot: Snapshot | None = None  # its memory is reused by the next snapshot
 
-        Weights holding a NaN or an infinity are never written (False; the old files are kept).
-        With --save_models the weights are also kept as model/model_<step>.pt.
+    @functools.cached_property
+    def saver(self) -> utility.BackgroundWriter:
+        """The thread that writes the checkpoints: one save in flight at most."""
+        return utility.BackgroundWriter("checkpoint writer")
+
+    def save(self, background: bool = False) -> bool:
+        """model_latest.pt (bare weights), the full training state, then training.json, each
+        written atomically, of the training as it is now.
+
+        The files are written from a copy on the CPU by the checkpoint thread, after the save
+        before this one (waited for; its failure is raised here). With ``background`` training
+        goes on while they are written; otherwise they are written when this returns. Weights
+        holding a NaN or an infinity are never written (False; the old files are kept). With
+        --save_models the weights are also kept as model/model_<step>.pt.
         """
         if self.rank != 0:
             return True
-        weights = bare_state_dict(self.model)
-        broken = utility.nonfinite_tensors(weights)
+        self.saver.wait()
+        weights = unwrap(self.model).state_dict()
+        broken = utility.nonfinite_tensors(weights)  # on the device
         if broken:
             log.error("not saving step %d: %d weight tensor(s) are NaN or infinite (%s); %s and "
                       "the training state are those of the last good save", self.progress.step,
                       len(broken), broken[0], os.path.join(self.model_dir, "model_latest.pt"))
             return False
-        self.save_weights(weights, "model_latest.pt")
-        if self.settings.save_models:
-            self.save_weights(weights, f"model_{self.progress.step}.pt")
+        snapshot = self.snapshot(weights)
+        self.saver.submit(lambda: self._write(snapshot))
+        if not background:
+            self.saver.wait()
+        return True
+
+    def snapshot(self, weights: dict[str, Tensor]) -> Snapshot:
+        """What a save writes, of this step, copied to the CPU: one more copy of the state in
+        memory (the weights and the optimiser's moments), kept for the next snapshot to copy
+        into; so no save may be being written while this runs."""
+        step = self.progress.step
+        names = ["model_latest.pt"] + ([f"model_{step}.pt"] if self.settings.save_models else [])
         state = {"model": weights, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "progress": vars(self.progress), "loss_average": self.loss_average,
@@ -430,22 +461,42 @@ class Trainer:
                  "loader_workers": self.loader_workers, "schedule_steps": self.schedule_steps,
                  "world_size": self.world_size, "split_origin": self.split_origin,
                  "epoch_steps": self.epoch_steps}
-        utility.atomic_save(state, os.path.join(self.settings.save, STATE_NAME))
-        self.write_record()
-        return True
+        last = self._last_snapshot.state if self._last_snapshot else None
+        state, record = utility.host_copy((state, self.training_record()), reuse=(last, None))
+        self._last_snapshot = Snapshot(step, names, state, record)
+        return self._last_snapshot
+
+    def _write(self, snapshot: Snapshot) -> None:
+        """The files of a snapshot, always in this order: the weights, state.pt, then
+        training.json, which describes weights written before it."""
+        for name in snapshot.weight_files:
+            self._write_weights(snapshot.state["model"], name, snapshot.step)
+        utility.atomic_save(snapshot.state, os.path.join(self.settings.save, STATE_NAME))
+        utility.write_json(self.record_path, {**snapshot.record, "weights": dict(self.weights_written)})
 
     def save_weights(self, weights: dict[str, Tensor], name: str) -> None:
-        """model/NAME, written atomically; training.json will tell its step by its size and
-        modification time (a file replaced since, or saved after the record, is not described)."""
+        """model/NAME, written atomically once the save in flight is written; training.json will
+        tell its step by its size and modification time (a file replaced since, or saved after
+        the record, is not described)."""
+        self.saver.wait()
+        self._write_weights(weights, name, self.progress.step)
+
+    def _write_weights(self, weights: dict[str, Tensor], name: str, step: int) -> None:
+        """model/NAME, written atomically, and what training.json says of it."""
         path = os.path.join(self.model_dir, name)
         utility.atomic_save(weights, path)
         info = os.stat(path)
-        self.weights_written[name] = {"step": self.progress.step, "size": info.st_size,
-                                      "mtime_ns": info.st_mtime_ns}
+        self.weights_written[name] = {"step": step, "size": info.st_size, "mtime_ns": info.st_mtime_ns}
+
+    @property
+    def record_path(self) -> str:
+        """model/training.json."""
+        return os.path.join(self.model_dir, utility.TRAINING_RECORD)
 
     def write_record(self) -> None:
-        """model/training.json: what training_record says now."""
-        utility.write_json(os.path.join(self.model_dir, utility.TRAINING_RECORD), self.training_record())
+        """model/training.json: what training_record says now (once the save in flight is written)."""
+        self.saver.wait()
+        utility.write_json(self.record_path, self.training_record())
 
     def training_record(self) -> dict:
         """What training.json holds: the model's options and how far training went."""
@@ -479,6 +530,19 @@ class Trainer:
         set_rng_states(state["rng"])
         record = utility.read_training_record(os.path.join(self.model_dir, "model_latest.pt"))
         self.weights_written = dict((record or {}).get("weights", {}))
+
+
+SAVE_FAILED = "training state not saved: %s; make room and continue with --resume"
+
+
+@dataclass
+class Snapshot:
+    """What one save writes: the training state of a step, copied off the tensors training uses."""
+
+    step: int
+    weight_files: list[str]  # the model/ files that get the weights
+    state: dict  # state.pt; its "model" is the weights
+    record: dict  # training.json, but for its "weights", filled in once they are written
 
 
 class StateError(RuntimeError):

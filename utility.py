@@ -9,11 +9,14 @@
 - ``RunLock``: ``RUN/.lock``, one process per run directory (stale locks taken over);
 - ``keep_freed_memory``: tunes glibc malloc (``mallopt``) so CPU forward passes reuse freed memory;
 - ``StopSignals`` / ``ignore_stop_signals``: SIGINT, SIGTERM and SIGUSR1 turned into a clean stop
-  (a flag, or ``Interrupted`` raised), and ignored by loader workers, whose parent stops them.
+  (a flag, or ``Interrupted`` raised), and ignored by loader workers, whose parent stops them;
+- ``host_copy`` / ``BackgroundWriter``: a snapshot of tensors on the CPU, written by one thread
+  while training goes on.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -25,6 +28,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Mapping
 
 import torch
@@ -216,8 +220,10 @@ FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
 NOT_A_WRITE_FAILURE = re.compile(r"DataLoader worker")
 
 
-def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp)`` on a fresh temporary beside ``path``, then rename it over ``path``.
+def atomic_write(path: str, write: Callable[[str], None], durable: bool = False) -> None:
+    """Call ``write(tmp)`` on a fresh temporary beside ``path``, then rename it over ``path``
+    (``durable``: with the temporary's data flushed to disk first, so a power cut or kernel crash
+    after the rename cannot leave an empty file in its place).
 
     The temporary has a unique name (two processes never share one) and is created anew, so a
     symlink at ``path`` is replaced, never followed. On failure the temporary is removed, the
@@ -232,6 +238,9 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     try:
         os.chmod(tmp, FILE_MODE)
         write(tmp)
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -344,8 +353,9 @@ def write_text(path: str, text: str) -> None:
 
 
 def atomic_save(obj: object, path: str) -> None:
-    """torch.save atomically (see ``atomic_write``): a crash mid-write leaves the old file intact."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save atomically and durably (see ``atomic_write``): a crash mid-write, or a machine
+    that goes down just after, leaves the old file or the new one, never a damaged one."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), durable=True)
 
 
 # torch.load's weights-only refusal names the global a pickle would call, in one of two wordings
@@ -643,3 +653,83 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     process group, and leaves the stop to the main process (which ends its workers itself)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+# ----------------------------------------------------------------------------------------
+# Writing checkpoints beside the training
+# ----------------------------------------------------------------------------------------
+def host_copy(value: object, reuse: object = None) -> object:
+    """A copy of nested dicts, lists and tuples whose tensors are on the CPU: a clone of a CPU
+    tensor, page-locked (pinned) memory for a CUDA tensor. It shares no storage with ``value``, so
+    training may go on while it is written. ``reuse``, an earlier copy of the same layout that
+    nothing reads any more, has its tensors overwritten where shape and dtype match, instead of
+    memory allocated (and page-faulted in) afresh. Other values are copied with deepcopy."""
+    cuda_devices = set()
+
+    def copy_of(item: object, old: object) -> object:
+        if isinstance(item, torch.Tensor):
+            item = item.detach()
+            fits = (isinstance(old, torch.Tensor) and old.device.type == "cpu"
+                    and old.shape == item.shape and old.dtype == item.dtype)
+            if item.device.type == "cuda":
+                cuda_devices.add(item.device)
+                target = old if fits else torch.empty_like(item, device="cpu", pin_memory=True)
+                return target.copy_(item, non_blocking=True)
+            if fits:
+                return old.copy_(item)
+            return item.clone() if item.device.type == "cpu" else item.to("cpu")
+        if isinstance(item, dict):
+            olds = old if isinstance(old, dict) else {}
+            return {k: copy_of(v, olds.get(k)) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            olds = old if isinstance(old, (list, tuple)) and len(old) == len(item) else [None] * len(item)
+            items = [copy_of(v, o) for v, o in zip(item, olds)]
+            return type(item)(*items) if hasattr(item, "_fields") else type(item)(items)
+        return copy.deepcopy(item)
+
+    result = copy_of(value, reuse)
+    for device in cuda_devices:  # the copies, queued on each device's stream, have landed
+        torch.cuda.synchronize(device)
+    return result
+
+
+class BackgroundWriter:
+    """Runs one job at a time in a thread of its own (never two, never a queue): ``submit`` first
+    waits for the job in flight. An exception a job raises is raised again in the caller's thread
+    by the next ``wait``, ``submit`` or ``check``, once."""
+
+    def __init__(self, name: str = "writer"):
+        self.name = name
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Start ``job`` in the background once the previous one is done (its error raised here)."""
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(job,), name=self.name)
+        self._thread.start()
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as e:  # handed to the caller's thread, never a thread's traceback
+            self._error = e
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job is being run now."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self) -> None:
+        """Block until the job in flight is done; raise the exception it ended with, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def check(self) -> None:
+        """Raise the exception of a job that has ended with one (without waiting for a running job)."""
+        if self._error is not None and not self.busy:
+            self.wait()

@@ -3,6 +3,7 @@ SIGUSR1 before the time limit stops the ranks through srun and requeues; SIGTERM
 without a requeue (scancel; preemption requeues by itself)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -36,7 +37,7 @@ def fakes(tmp_path):
 def start(fakes) -> subprocess.Popen:
     env = {**os.environ, "PATH": f"{fakes}:{os.environ['PATH']}", "FAKES": str(fakes),
            "SLURM_JOB_ID": "4242", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "node-[a-b]"}
-    process = subprocess.Popen(["bash", SCRIPT], cwd=ROOT, env=env, text=True,
+    process = subprocess.Popen(["bash", SCRIPT], cwd=ROOT, env=env, text=True, start_new_session=True,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
     while not (fakes / "srun.started").exists():
@@ -47,7 +48,7 @@ def start(fakes) -> subprocess.Popen:
 
 def test_the_batch_script_is_valid_bash_and_launches_torchrun_to_save_and_resume(fakes):
     process = start(fakes)
-    process.kill()
+    os.killpg(process.pid, signal.SIGKILL)  # the script and its stand-in srun
     process.wait(timeout=10)
     args = (fakes / "srun.args").read_text().split()
     assert args[0] == "--kill-on-bad-exit=0" and args[1] == "torchrun"
@@ -62,7 +63,11 @@ def test_the_batch_script_is_valid_bash_and_launches_torchrun_to_save_and_resume
 def test_a_stop_signal_reaches_the_ranks_and_only_sigusr1_requeues(fakes, sig, requeued):
     process = start(fakes)
     process.send_signal(sig)
-    out = process.communicate(timeout=20)[0]
+    try:
+        out = process.communicate(timeout=20)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # nothing of the job outlives the test
     assert (fakes / "srun.signals").read_text().split() == [signal.Signals(sig).name[3:]], out
     calls = (fakes / "scontrol.calls").read_text() if (fakes / "scontrol.calls").exists() else ""
     assert (calls.strip() == "requeue 4242") == requeued and (calls == "") != requeued, out
