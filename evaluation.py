@@ -43,6 +43,7 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
     it returns ``utility.INTERRUPTED``."""
     task_ids = list(range(len(model.task_names))) if ev.task_id is None else [ev.task_id]
     training = training_length(checkpoint)  # now, beside the weights just loaded
+    warn_precision(model, inference.precision)
     failed, results, finished, stop = 0, {}, [], None
     try:
         for name in ev.data_test:
@@ -130,8 +131,9 @@ def validator(model: nn.Module, ev: EvalSettings, inference: InferenceSettings) 
     sets = [d for d in ev.data_test if d != "Demo"]
     if not sets:
         return None
-    plain = dataclasses.replace(inference, self_ensemble=False)
+    plain = dataclasses.replace(inference, self_ensemble=False)  # keeps --precision
     task_ids = list(range(len(model.task_names)))
+    warn_precision(model, inference.precision)
 
     def validate(net: nn.Module, step: int) -> tuple[dict[str, float], dict[str, Tensor]]:
         previews: dict[str, Tensor] = {}
@@ -209,7 +211,8 @@ def write_reports(model: nn.Module, ev: EvalSettings, inference: InferenceSettin
                "none (the weights being trained)" if step is not None else "none (random weights)")
     stopped = f"{report.markdown_text(interrupted.line())}\n\n" if interrupted else ""
     head = (f"# Results\n\n{stopped}model: {report.markdown_text(ev.model_name)}, checkpoint: {weights}, "
-            f"tiling: {mode}, self-ensemble: {inference.self_ensemble}\n\n"
+            f"tiling: {mode}, self-ensemble: {inference.self_ensemble}, "
+            f"precision: {inference.precision}\n\n"
             f"training: {report.markdown_text(training_note(checkpoint, step, training))}\n\n{table}")
     images = "\n## Per image\n\n" + per_image_tables(results)
     utility.write_text(table_path, head + images)
@@ -355,8 +358,63 @@ def restore_quantised(model: nn.Module, image: Tensor, task_id: int,
     device = next(model.parameters()).device
     x = image.float().unsqueeze(0).to(device) * (settings.rgb_range / 255)
     y = restore(model, x, task_id, settings.mode, settings.crop_batch_size, settings.self_ensemble,
-                settings.tile_size, progress=True)
+                settings.tile_size, progress=True, precision=settings.precision)
     return utility.quantize(y, settings.rgb_range)[0].cpu() * (255 / settings.rgb_range)
+
+
+# --precision bf16: what stays fp32, and why (measured in docs/BENCHMARKS.md, "bf16 inference").
+# Only the network's forward runs under autocast (model.tiling.restore); its output is cast to
+# fp32 before the tiles are blended. fp32 throughout the rest:
+# - MATLAB bicubic (data.degrade: the LR inputs made from HR, the SR baseline of
+#   ``input_baseline``) runs outside autocast. On uint8 images it works in float64, which autocast
+#   leaves alone; its fp32 path under CPU autocast would run its matmuls in bf16: on Set5 baby x2,
+#   up to 1.05 grey levels off, 9% of the pixels by half a level or more;
+# - the blending of the tiles and the x8 ensemble's mean (see model/tiling.py);
+# - the quantisation to 8-bit levels (bf16 has no fractional bits from 128 up, so rounding a
+#   bf16 value to levels would round twice) and the metrics; PSNR and SSIM convert to float64
+#   (utility._as_batch), which autocast leaves alone, so even SSIM's window conv2d would stay
+#   exact inside it (Set5 baby x2: identical values);
+# - LayerNorm and softmax follow autocast's policy, unchanged: on CUDA it runs them in fp32; on
+#   the CPU it leaves them in their input's dtype (bf16), where torch's kernels compute in fp32
+#   and round only the result (bit-equal to fp32 then rounding, checked with torch 2.14), and
+#   the matmul after each rounds its input to bf16 anyway: fp32 there would change nothing.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 (AVX-512, AMX) and Arm cpuinfo flags
+NATIVE_BF16_CAPABILITY = 8  # CUDA compute capability with bf16 tensor cores (Ampere and later)
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags ("flags" on x86, "Features" on Arm) in /proc/cpuinfo; None where
+    it cannot be read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        return None
+    return None
+
+
+def emulated_bf16(device: torch.device) -> str | None:
+    """Why bf16 arithmetic is emulated (slow) on ``device``; None where it is native or unknown."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return (None if major >= NATIVE_BF16_CAPABILITY else
+                f"this GPU (compute capability {major}.{minor}) has no bf16 tensor cores")
+    flags = cpu_flags() if device.type == "cpu" else None
+    if flags is None or flags & set(BF16_CPU_FLAGS):
+        return None
+    return (f"this CPU has no native bf16 arithmetic (none of {', '.join(BF16_CPU_FLAGS)} in "
+            f"/proc/cpuinfo; torch uses {torch.backends.cpu.get_cpu_capability()})")
+
+
+def warn_precision(model: nn.Module, precision: str) -> None:
+    """One warning line when --precision bf16 would be emulated on the model's device."""
+    why = emulated_bf16(next(model.parameters()).device) if precision == "bf16" else None
+    if why:
+        log.warning("--precision bf16: %s, so autocast emulates it, usually slower than "
+                    "--precision single", why)
 
 
 def restore_images(model: nn.Module, images: Iterable[tuple[str, Tensor | Exception]],

@@ -70,11 +70,11 @@ def run(args: argparse.Namespace, s: option.Settings, device: torch.device) -> i
     if device.type == "cpu" and utility.keep_freed_memory():
         log.debug("glibc malloc keeps freed blocks for reuse (fewer page faults per forward)")
     if args.architecture_from:
-        log.info("model options from the run that saved %s (%s): %s", s.run.pretrain,
-                 utility.TRAINING_RECORD, " ".join(args.architecture_from))
+        log.info("model options from %s: %s", args.architecture_source,
+                 " ".join(args.architecture_from))
     for key in args.architecture_ignored:
-        log.warning("%s beside %s: ignored its key %r (a record may only give the options that "
-                    "shape the model)", utility.TRAINING_RECORD, s.run.pretrain, key)
+        log.warning("%s: ignored its key %r (a record may only give the options that shape the "
+                    "model)", args.architecture_source, key)
     given = option.training_options_given(args)
     if given and s.run.test_only:
         log.warning("training options have no effect with --test_only: %s", " ".join(given))
@@ -156,6 +156,9 @@ def prepare_model(s: option.Settings, device: torch.device) -> tuple[torch.nn.Mo
     log.info("model: %s, heads %s, %s parameters, on %s", type(model).__name__,
              "+".join(model.task_names), f"{n_params:,}", device)
     model = model.to(device).eval().requires_grad_(False)
+    if s.run.precision == "bf16":  # the weights stay fp32: restore() autocasts the forward only
+        log.info("--precision bf16: the network's forward under autocast (fp32 weights); tiling, "
+                 "quantisation and metrics in fp32")
     return (model.half() if s.run.precision == "half" else model), sha256
 
 

@@ -137,8 +137,11 @@ def build_parser() -> OptionParser:
     add(g, "--n_feats", type=int, default=64, help="feature maps", roles=IPT | RESUME)
     add(g, "--shift_mean", default=True, type=_bool, help="refused: always on",
             refused="--shift_mean cannot be changed: IPT always shifts by the RGB mean")
-    add(g, "--precision", default="single", choices=("single", "half"),
-            help="inference precision (half needs CUDA)")
+    add(g, "--precision", default="single", choices=("single", "half", "bf16"),
+            help="precision of every evaluation (--test_only and validation while training; "
+                 "--amp is training's): single (fp32), half (fp16 weights, CUDA only) or bf16 "
+                 "(the network's forward under autocast, fp32 weights; CUDA, or a CPU with "
+                 "avx512_bf16/amx_bf16)")
     add(g, "--patch_dim", type=int, default=3, help="pixels per token side", roles=IPT | RESUME)
     add(g, "--num_heads", type=int, default=12, help="attention heads", roles=IPT | RESUME)
     add(g, "--num_layers", type=int, default=12, help="encoder and decoder layers",
@@ -383,26 +386,26 @@ def _given_on_command_line(argv: list[str]) -> list[str]:
 
 
 def _take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> None:
-    """The model options of --pretrain's run (its training.json), where the user gave none.
+    """The model options of --pretrain's run (its training.json, or a .safetensors file's
+    metadata: ``pretrain_record``), where the user gave none.
 
     Only the options that shape the network (``architecture_keys``) may come from a record; any
     other key is ignored (listed in args.architecture_ignored for a warning), and each value is
     checked with its option's type. --scale, --tasks and --num_queries are taken together or not
     at all; --task/--task_id pick among them.
-    Sets args.architecture_from (the options taken, for the log) and args.pretrain_tasks (the
-    checkpoint's head names, or None when unknown).
+    Sets args.architecture_from (the options taken, for the log), args.architecture_source (the
+    record's file) and args.pretrain_tasks (the checkpoint's head names, or None when unknown).
     """
     args.architecture_from, args.architecture_ignored, args.pretrain_tasks = [], [], None
     if not args.pretrain:
         return
-    from utility import RecordError, read_training_record
+    from utility import RecordError
     try:
-        record = read_training_record(args.pretrain, strict=True)
+        record, source = pretrain_record(args.pretrain)
     except RecordError as e:
         raise ValueError(f"--pretrain {args.pretrain}: {e}") from None
     if record is None:
         return
-    source = os.path.join(os.path.dirname(os.path.abspath(args.pretrain)), "training.json")
     args.architecture_source = source
     recorded, args.architecture_ignored = recorded_architecture(record["architecture"], source)
     if "tasks" in recorded:
@@ -414,6 +417,42 @@ def _take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> No
         if getattr(args, dest) != value:
             setattr(args, dest, value)
             args.architecture_from.append(f"--{dest} {value}")
+
+
+def pretrain_record(path: str) -> tuple[dict | None, str]:
+    """(the record of the options that built a checkpoint's model, the file it is in): a
+    .safetensors file's ``ipt_architecture`` metadata, else the training.json beside the file;
+    (None, "") without one. Either is checked by the same rules (``training_record_problem``,
+    then ``recorded_architecture``); a damaged one is a RecordError naming it. A .safetensors
+    file whose header is damaged has no record here: loading it says what is wrong."""
+    import json
+
+    from model.checkpoint import (ARCHITECTURE_METADATA, CheckpointError, is_safetensors,
+                                  read_safetensors_metadata)
+    from utility import TRAINING_RECORD, RecordError, read_training_record, training_record_problem
+    if is_safetensors(path):
+        try:
+            metadata = read_safetensors_metadata(path)
+        except CheckpointError:
+            return None, ""
+        if ARCHITECTURE_METADATA in metadata:
+            source = f"{path} (its {ARCHITECTURE_METADATA} metadata)"
+            try:
+                architecture = json.loads(metadata[ARCHITECTURE_METADATA])
+            except (ValueError, RecursionError):
+                architecture = None
+            record = {"architecture": architecture}
+            problem = "not a JSON object" if not isinstance(architecture, dict) else \
+                training_record_problem(record)
+            if problem:
+                raise RecordError(f"{source}: {problem}; export the file again from a checkpoint "
+                                  f"with a sound {TRAINING_RECORD}, or give the model options on "
+                                  f"the command line")
+            return record, source
+    record = read_training_record(path, strict=True)
+    if record is None:
+        return None, ""
+    return record, os.path.join(os.path.dirname(os.path.abspath(path)), TRAINING_RECORD)
 
 
 @functools.lru_cache(maxsize=1)
@@ -925,11 +964,12 @@ def _check_training_data(args: argparse.Namespace) -> None:
 
 
 def _check_device(args: argparse.Namespace) -> None:
-    """--precision half and --amp fp16 run on CUDA only."""
+    """--precision half and --amp fp16 run on CUDA only (--precision bf16 runs anywhere)."""
     import torch
     on_cuda = torch.cuda.is_available() and not args.cpu
     if args.precision == "half" and not on_cuda:
-        raise ValueError("--precision half needs a CUDA device; drop it (or --cpu)")
+        raise ValueError("--precision half needs a CUDA device; on the CPU use --precision bf16 "
+                         "or single")
     if args.amp == "fp16" and not on_cuda:
         raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
 
@@ -1160,6 +1200,7 @@ class InferenceSettings:
     rgb_range: float = 255
     tile_size: int | None = None  # fast tiles of a network that takes any size (Restormer)
     metric_channel: str = "y"  # what psnr/ssim are computed on: y (IPT) or rgb (Restormer, noise)
+    precision: str = "single"  # --precision: single, half (fp16 weights) or bf16 (autocast)
 
 
 @dataclass(frozen=True)
@@ -1224,7 +1265,8 @@ def settings(args: argparse.Namespace) -> Settings:
             list(zip(args.progressive_patches or [], args.progressive_batches or [],
                      args.progressive_steps or []))),
         inference=InferenceSettings(args.chop, args.crop_batch_size, args.self_ensemble,
-                                    args.rgb_range, args.tile_size, args.metric_channel),
+                                    args.rgb_range, args.tile_size, args.metric_channel,
+                                    args.precision),
         evaluation=EvalSettings(args.data_test, args.dir_data, args.dir_demo, args.test_range,
                                 args.test_noise == "clipped", args.seed, args.save,
                                 args.save_results, args.save_gt, args.n_threads, task_id,

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -14,6 +16,7 @@ from torch import Tensor, nn
 import utility
 from tasks import default_task_names, task_scale
 
+from .ipt import RGB_MEAN
 from .mim import MASK_TOKEN_KEY, mim_heads
 
 WRAPPER_KEYS = ("state_dict", "model", "params")  # dict keys that may hold the weights
@@ -44,6 +47,9 @@ def read_checkpoint(path: str) -> tuple[dict[str, Tensor], str]:
         raise CheckpointError(f"checkpoint {path!r} does not exist (check --pretrain)")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} is not a file (give the .pt file to --pretrain)")
+    if is_safetensors(path):
+        state, sha256 = read_safetensors(path)
+        return unwrap_state_dict(state, path), sha256
     try:
         with open(path, "rb") as f:
             digest = hashlib.sha256()
@@ -54,6 +60,163 @@ def read_checkpoint(path: str) -> tuple[dict[str, Tensor], str]:
     except Exception as e:  # pickle errors, truncated files, non-tensor payloads
         raise CheckpointError(f"cannot read checkpoint {path!r}: {utility.load_failure(e)}") from None
     return unwrap_state_dict(obj, path), digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------
+# .safetensors: a JSON header and raw little-endian tensor bytes, nothing that could run code
+# ----------------------------------------------------------------------------------------
+SAFETENSORS_SUFFIX = ".safetensors"
+SAFETENSORS_LENGTH_BYTES = 8  # the file opens with the header's length, a little-endian u64
+SAFETENSORS_HEADER_MAX = 100 * 2 ** 20  # bytes: the safetensors library's own limit
+SAFETENSORS_METADATA = "__metadata__"  # the header's one entry that is not a tensor: text to text
+ARCHITECTURE_METADATA = "ipt_architecture"  # metadata key: the JSON of training.json's architecture
+SAFETENSORS_DTYPES = {  # the safetensors format's dtype names that torch holds
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "C64": torch.complex64,
+}
+
+
+def is_safetensors(path: str) -> bool:
+    """Whether a checkpoint path names a .safetensors file (read as one, not with torch.load)."""
+    return path.lower().endswith(SAFETENSORS_SUFFIX)
+
+
+def read_safetensors(path: str) -> tuple[dict[str, Tensor], str]:
+    """(the tensors of a .safetensors file, the SHA-256 of its bytes): one sequential read of
+    one handle, every byte hashed as it is loaded. The header is checked against the file's size
+    before anything is allocated for a tensor; a damaged file is a CheckpointError."""
+    with _open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        digest = hashlib.sha256()
+        header, start = _safetensors_header(f, size, path, digest)
+        state = {}
+        for name, dtype, shape, length in _safetensors_entries(header, size - start, path):
+            data = bytearray(length)
+            if f.readinto(data) != length:
+                raise _damaged(path, "it is shorter than its header says (truncated, or changed "
+                                     "while read)")
+            digest.update(data)
+            state[name] = _tensor_of(data, dtype, shape)
+    return state, digest.hexdigest()
+
+
+def read_safetensors_metadata(path: str) -> dict[str, str]:
+    """The text metadata of a .safetensors file's header ({} when it has none); CheckpointError
+    when the file is missing, not a regular file, or its header is damaged or does not fit the
+    file's size (the tensors themselves are not read)."""
+    with _open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        header, start = _safetensors_header(f, size, path, hashlib.sha256())
+    _safetensors_entries(header, size - start, path)
+    return dict(header.get(SAFETENSORS_METADATA) or {})
+
+
+def _open_regular(path: str):
+    """``path`` opened for reading when it is a regular file (a FIFO would hang the read)."""
+    if not os.path.isfile(path):
+        what = "does not exist" if not os.path.lexists(path) else "is not a regular file"
+        raise CheckpointError(f"checkpoint {path!r} {what} (check --pretrain)")
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path!r}: {e.strerror or e}") from None
+
+
+def _damaged(path: str, why: str) -> CheckpointError:
+    return CheckpointError(f"cannot read checkpoint {path!r}: not a valid safetensors file: {why}")
+
+
+def _safetensors_header(f, size: int, path: str, digest) -> tuple[dict, int]:
+    """(the parsed JSON header of an open .safetensors file of ``size`` bytes, the offset of its
+    tensor data); the bytes read are added to ``digest``."""
+    opening = f.read(SAFETENSORS_LENGTH_BYTES)
+    if len(opening) < SAFETENSORS_LENGTH_BYTES:
+        raise _damaged(path, f"{size} bytes, too short for a header")
+    length = int.from_bytes(opening, "little")
+    if length > min(SAFETENSORS_HEADER_MAX, size - SAFETENSORS_LENGTH_BYTES):
+        limit = "larger than the file" if length > size - SAFETENSORS_LENGTH_BYTES else \
+            f"over the format's limit of {SAFETENSORS_HEADER_MAX} bytes"
+        raise _damaged(path, f"its header length ({length} bytes) is {limit} (truncated, or "
+                             f"another format)")
+    raw = f.read(length)
+    digest.update(opening)
+    digest.update(raw)
+    if len(raw) < length:
+        raise _damaged(path, "it is shorter than its header length says")
+    try:
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, repeated keys
+        raise _damaged(path, f"its header is not JSON ({str(e).splitlines()[0][:80]})") from None
+    if not isinstance(header, dict):
+        raise _damaged(path, "its header is not a JSON object")
+    metadata = header.get(SAFETENSORS_METADATA)
+    if metadata is not None and not (isinstance(metadata, dict) and all(
+            isinstance(v, str) for v in metadata.values())):
+        raise _damaged(path, f"its {SAFETENSORS_METADATA} is not a mapping of text to text")
+    return header, SAFETENSORS_LENGTH_BYTES + length
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object's pairs as a dict; ValueError when a key is repeated (which would win?)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a key is repeated")
+    return out
+
+
+def _safetensors_entries(header: dict, data_size: int,
+                         path: str) -> list[tuple[str, torch.dtype, list[int], int]]:
+    """(name, dtype, shape, byte length) of the header's tensors in file order, checked: each
+    dtype known, each shape's bytes the span of its offsets, the spans tiling the data exactly."""
+    entries = []
+    for name, entry in header.items():
+        if name == SAFETENSORS_METADATA:
+            continue
+        if not (isinstance(entry, dict) and set(entry) == {"dtype", "shape", "data_offsets"}):
+            raise _damaged(path, f"tensor {name!r}: expected dtype, shape and data_offsets")
+        dtype = SAFETENSORS_DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        if dtype is None:
+            raise _damaged(path, f"tensor {name!r}: dtype {str(entry['dtype'])[:20]!r} is not one "
+                                 f"of {', '.join(SAFETENSORS_DTYPES)}")
+        if not (_counts(shape) and _counts(offsets) and len(offsets) == 2
+                and offsets[0] <= offsets[1] <= data_size):
+            raise _damaged(path, f"tensor {name!r}: its shape or data_offsets are not counts "
+                                 f"within the file's {data_size} data bytes")
+        length = math.prod(shape) * dtype.itemsize
+        if length != offsets[1] - offsets[0]:
+            raise _damaged(path, f"tensor {name!r}: shape {shape} of {entry['dtype']} is "
+                                 f"{length} bytes, its data_offsets span {offsets[1] - offsets[0]}")
+        entries.append((offsets[0], offsets[1], name, dtype, shape))
+    entries.sort(key=lambda e: (e[0], e[1]))
+    end = 0
+    for begin, stop, name, _, _ in entries:
+        if begin != end:
+            raise _damaged(path, f"tensor {name!r} starts at data byte {begin}, not {end} (tensors "
+                                 f"overlap or leave gaps)")
+        end = stop
+    if end != data_size:
+        raise _damaged(path, f"its tensors end at data byte {end}, the file's data at {data_size}")
+    return [(name, dtype, shape, stop - begin) for begin, stop, name, dtype, shape in entries]
+
+
+def _counts(values: object) -> bool:
+    """Whether ``values`` is a JSON list of non-negative integers."""
+    return isinstance(values, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+
+
+def _tensor_of(data: bytearray, dtype: torch.dtype, shape: list[int]) -> Tensor:
+    """The tensor of little-endian bytes ``data``, without a copy (on a little-endian CPU)."""
+    if not data:  # torch.frombuffer refuses an empty buffer
+        return torch.empty(shape, dtype=dtype)
+    tensor = torch.frombuffer(data, dtype=dtype).reshape(shape)
+    if sys.byteorder == "big":
+        tensor = torch.from_numpy(tensor.numpy().byteswap())
+    return tensor
 
 
 def unwrap_state_dict(obj: object, path: str = "<checkpoint>") -> dict[str, Tensor]:
@@ -82,7 +245,7 @@ def checkpoint_scales(state: Mapping[str, Tensor]) -> list[int]:
         elif f"tail.{i}.0.2.weight" in state:
             scales.append(4)
         else:
-            scales.append(2 if first.shape[0] == 4 * first.shape[1] else 3)
+            scales.append(2 if first.dim() > 1 and first.shape[0] == 4 * first.shape[1] else 3)
     return scales
 
 
@@ -194,6 +357,13 @@ def load_checkpoint(model: nn.Module, path: str, task: int | str | None = None,
     (the file's heads named by ``file_tasks`` when given). A mim head's mask token is dropped
     when the model has none. Returns the SHA-256 of the bytes loaded."""
     state, sha256 = read_checkpoint(path)
+    load_state(model, state, path, task, file_tasks)
+    return sha256
+
+
+def load_state(model: nn.Module, state: Mapping[str, Tensor], path: str,
+               task: int | str | None = None, file_tasks: Sequence[str] | None = None) -> None:
+    """Load the state_dict read from ``path`` into ``model`` as ``load_checkpoint`` does."""
     n_model = len(getattr(model, "head", [None]))
     n_file = len(checkpoint_scales(state))
     own_task = getattr(model, "task_names", [None])[0]
@@ -214,7 +384,6 @@ def load_checkpoint(model: nn.Module, path: str, task: int | str | None = None,
     check_fits(model, state, path)
     check_values(model, state, path)
     model.load_state_dict(state, strict=True)
-    return sha256
 
 
 def load_body(model: nn.Module, path: str, init_from: str,
@@ -334,6 +503,39 @@ def ipt_options_of(state: Mapping[str, Tensor]) -> str:
     words += [] if f"body.encoder.layers.{min(layers)}.norm1.weight" in state else ["--no_norm"]
     return (" ".join(words) + f" (and --num_heads, which the weights do not record: a divisor "
             f"of the token width {dim}; the authors' models use {AUTHORS_NUM_HEADS})")
+
+
+def ipt_architecture_of(state: Mapping[str, Tensor]) -> dict | None:
+    """The architecture record (training.json's keys and value types) that an IPT state_dict's
+    shapes give away: all but num_heads and pos_every, which leave no trace in the weights (the
+    record says neither). None for another network, or shapes that do not read as IPT's."""
+    head, bias = state.get("head.0.0.weight"), state.get("sub_mean.bias")
+    layers = {int(m.group(1)) for k in state if (m := ENCODER_LAYER.match(k))}
+    attn = state.get(f"body.encoder.layers.{min(layers)}.self_attn.in_proj_weight") if layers else None
+    if head is None or attn is None or bias is None or head.dim() != 4 or attn.dim() != 2 \
+            or bias.shape != (len(RGB_MEAN),) or not head.shape[0]:
+        return None
+    n_feats, dim = head.shape[0], attn.shape[1]
+    patch_dim = math.isqrt(dim // n_feats)
+    scales = [_tail_scale(state, i) for i in range(len(checkpoint_scales(state)))]
+    if not patch_dim or n_feats * patch_dim ** 2 != dim or None in scales:
+        return None
+    positions, query = state.get("body.position_encoding.pe.weight"), state.get(QUERY_KEY)
+    if (positions is not None and positions.dim() != 2) or (query is not None and query.dim() != 2):
+        return None
+    tokens = positions.shape[0] if positions is not None else \
+        query.shape[1] // dim if query is not None else None
+    arch = {"model": "ipt", "scale": "+".join(map(str, scales)), "n_feats": n_feats,
+            "num_layers": len(layers), "patch_dim": patch_dim,
+            "num_queries": query.shape[0] if query is not None else len(scales),
+            "no_mlp": query is None, "no_pos": positions is None,
+            "no_norm": f"body.encoder.layers.{min(layers)}.norm1.weight" not in state}
+    rgb_range = -float(bias[0]) / RGB_MEAN[0]  # MeanShift's bias is -rgb_range x the mean
+    if math.isfinite(rgb_range):  # else the default; loading refuses the NaN weights
+        arch["rgb_range"] = round(rgb_range)
+    if tokens is not None:  # else any multiple of patch_dim fits the weights
+        arch["patch_size"] = math.isqrt(tokens) * patch_dim
+    return arch
 
 
 HINTS = (  # (pattern in a differing key, option that shapes it)

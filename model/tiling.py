@@ -13,6 +13,16 @@ the network ``crop_batch_size`` at a time, and blend the outputs back into one i
   rows above the first margin and left of the first tile's far edge come from tile (0, 0) alone.
 - ``fast``: patch-sized tiles with a small overlap, blended with linear ramps.
 - ``whole``: the network on the whole input at once.
+
+Precision (``restore``'s ``precision``): ``bf16`` runs only the network's forward under
+``torch.autocast`` to bfloat16, the weights staying fp32 (as ``--amp bf16`` trains); each call's
+output is cast back to fp32 before it is blended. The tilers themselves (which tiles, in which
+order, their 0/1 or ramp weights, the sums and the division by the coverage) and the x8
+ensemble's mean run in fp32 whatever the precision: bf16 keeps 8 significant bits, so a sum of
+four overlapping tiles near 255 (about 1000) would be held to steps of 4 grey levels, far coarser
+than the final rounding to 8-bit levels. ``single`` and ``half`` run the network in the weights'
+dtype (``half``: the caller has cast the weights) with autocast switched off, so that an
+autocast around the caller (a training step's) cannot change an evaluation.
 """
 from __future__ import annotations
 
@@ -28,6 +38,8 @@ from tqdm import tqdm
 FAST_OVERLAP = 8  # input pixels shared by neighbouring tiles in `fast` mode
 PROGRESS_DELAY_S = 2.0  # a tile progress bar appears once one image has taken this long
 MODES = ("auto", "official", "fast", "whole")
+PRECISIONS = ("single", "half", "bf16")  # --precision
+AUTOCAST = {"bf16": torch.bfloat16}  # precision -> the dtype its forward autocasts to
 
 # The default cap on tiles per network call on the CPU (restore's cpu_tiles_per_call), below
 # any larger crop_batch_size. Bigger calls allocate activations past glibc's 32 MiB mmap
@@ -51,19 +63,25 @@ class AxisPlan:
 def restore(model: nn.Module, x: Tensor, task_id: int = 0, mode: str = "auto",
             crop_batch_size: int = 64, self_ensemble: bool = False,
             tile_size: int | None = None, progress: bool = False,
-            cpu_tiles_per_call: int = CPU_TILES_PER_CALL) -> Tensor:
-    """Restore whole images x (B, C, H, W, 0..rgb_range) with task ``task_id``; unquantised output.
+            cpu_tiles_per_call: int = CPU_TILES_PER_CALL, precision: str = "single") -> Tensor:
+    """Restore whole images x (B, C, H, W, 0..rgb_range) with task ``task_id``; unquantised
+    fp32 output.
 
     A network with a fixed input size (``model.patch_size``, IPT) is tiled at that size; one
     that takes any size (Restormer) runs whole, or in ``fast`` tiles of ``tile_size``.
     ``progress``: show a bar of the tiles done when an image takes more than a few seconds.
     ``cpu_tiles_per_call``: on the CPU the network takes at most this many tiles per call, below
     any larger ``crop_batch_size`` (see CPU_TILES_PER_CALL).
+    ``precision``: bf16 runs the network's forward under autocast (see the module's docstring);
+    single and half run it in the weights' dtype.
     """
     if x.dim() != 4:
         raise ValueError(f"restore expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
     if cpu_tiles_per_call < 1:
         raise ValueError(f"cpu_tiles_per_call must be at least 1, got {cpu_tiles_per_call}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    autocast = AUTOCAST.get(precision)
     mode = resolve_mode(model, mode)
     patch = getattr(model, "patch_size", None) or tile_size
     if mode != "whole" and not patch:
@@ -75,9 +93,9 @@ def restore(model: nn.Module, x: Tensor, task_id: int = 0, mode: str = "auto",
 
     def run(v: Tensor) -> Tensor:
         if mode == "whole":
-            return _forward(model, v, task_id)
-        return tile(lambda t: _forward(model, t, task_id), v, patch, scale, mode, crop_batch_size,
-                    progress, cpu_tiles_per_call)
+            return _forward(model, v, task_id, autocast)
+        return tile(lambda t: _forward(model, t, task_id, autocast), v, patch, scale, mode,
+                    crop_batch_size, progress, cpu_tiles_per_call)
 
     with torch.no_grad():
         return ensemble_x8(run, x) if self_ensemble else run(x)
@@ -92,9 +110,14 @@ def resolve_mode(model: nn.Module, mode: str) -> str:
     return mode
 
 
-def _forward(model: nn.Module, x: Tensor, task_id: int) -> Tensor:
+def _forward(model: nn.Module, x: Tensor, task_id: int,
+             autocast: torch.dtype | None = None) -> Tensor:
+    """The network on x: under autocast to ``autocast``, else in its weights' dtype with autocast
+    off; the output in fp32."""
     dtype = next(model.parameters()).dtype
-    return model(x.to(dtype), task_id).float()
+    on = autocast is not None
+    with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16, enabled=on):
+        return model(x.to(dtype), task_id).float()
 
 
 def ensemble_x8(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

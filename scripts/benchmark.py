@@ -83,6 +83,7 @@ class Sizes:
     # the forward in a fresh child process (glibc only): with glibc malloc as it is (False),
     # tuned (True)
     fresh_tuned: tuple[bool, ...] = (False, True)
+    saving_model: dict = field(default_factory=dict)  # IPT options of the checkpointed model
 
 
 FULL = Sizes(loader_tasks=("sr2", "sr3", "sr4", "derain", "denoise30"), loader_workers=(0, 1, 2),
@@ -92,7 +93,7 @@ FULL = Sizes(loader_tasks=("sr2", "sr3", "sr4", "derain", "denoise30"), loader_w
 SMOKE = Sizes(loader_tasks=("sr2",), loader_workers=(0, 2), loader_batch=4, loader_batches=1,
               tiling_sizes=(60,), forward_model=TINY_IPT, forward_batches=(1, 2),
               backward_batches=(2,), gemm_calls=1, training=(("tiny", TRAIN_TINY, 2, 2),),
-              threads=1, peak_modes=("official",), fresh_tuned=(True,))
+              threads=1, peak_modes=("official",), fresh_tuned=(True,), saving_model=TRAIN_TINY)
 SMOKE_NOTE = ("Smoke run (`--smoke`): minimal sizes, one repetition, one torch thread; its "
               "figures show that the code runs, not how fast it is.")
 
@@ -759,11 +760,302 @@ def loader_ratio(doc: str, consumed: Optional[float]) -> str:
 
 
 # ----------------------------------------------------------------------------------------
+# saving: what writing a checkpoint costs the training loop
+# ----------------------------------------------------------------------------------------
+SAVE_BATCH = 1  # the training steps timed beside the saves: batch 1 of 48x48 sr2 inputs
+SAVE_PHASES = ("torch.save", "fsync", "rename")
+
+
+def fill_moments(optimizer: torch.optim.Optimizer) -> None:
+    """Optimiser state for every weight, as after a step on each head (a step on one head
+    leaves the others' moments unmade): a zero-gradient step of the weights that have none."""
+    optimizer.zero_grad(set_to_none=True)
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if not optimizer.state.get(param):
+                param.grad = torch.zeros_like(param)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def timed_atomic_save(obj: object, path: str) -> dict[str, float]:
+    """Seconds of each phase of writing ``obj`` as ``utility.atomic_save`` does (a temporary,
+    torch.save, rename), with an fsync of the temporary before the rename, which atomic_save
+    does not do: what making the file durable would add."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=os.path.dirname(path))
+    os.close(fd)
+    times = {}
+    start = time.perf_counter()
+    torch.save(obj, tmp)
+    times["torch.save"] = time.perf_counter() - start
+    start = time.perf_counter()
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    times["fsync"] = time.perf_counter() - start
+    start = time.perf_counter()
+    os.replace(tmp, path)
+    times["rename"] = time.perf_counter() - start
+    return times
+
+
+@dataclass
+class SavingFigures:
+    """What the saving section measures: seconds of each repetition by row, and sizes."""
+
+    parameters: int = 0
+    sizes: dict = field(default_factory=dict)  # file -> bytes
+    times: dict = field(default_factory=dict)  # row -> seconds of each repetition
+    steps_during: list = field(default_factory=list)  # training steps taken while a save was written
+
+    def add(self, row: str, seconds: float) -> None:
+        self.times.setdefault(row, []).append(seconds)
+
+
+def timed(call: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    """(seconds, result) of one call, the device's queued work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = call()
+    synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def saving_rep(runner: Trainer, batch: dict, folder: str, figures: SavingFigures) -> None:
+    """One repetition of every saving measurement."""
+    device = runner.device
+    figures.add("step", timed(lambda: runner.train_step(batch), device)[0])
+    seconds, snapshot = timed(lambda: runner.snapshot(runner.model.state_dict()), device)
+    figures.add("snapshot", seconds)
+    split = os.path.join(folder, "split")
+    os.makedirs(split, exist_ok=True)
+    for name, obj in (("model_latest.pt", snapshot.state["model"]), ("state.pt", snapshot.state)):
+        path = os.path.join(split, name)
+        for phase, sec in timed_atomic_save(obj, path).items():
+            figures.add(f"{name} {phase}", sec)
+        figures.sizes[name] = os.path.getsize(path)
+        os.remove(path)
+    figures.add("save", timed(runner.save, device)[0])
+    figures.add("background", timed(lambda: runner.save(background=True), device)[0])
+    start, steps = time.perf_counter(), 0
+    while steps == 0 or runner.saver.busy:  # the first step begins while the files are written
+        runner.train_step(batch)
+        steps += 1
+    synchronize(device)
+    runner.saver.wait()
+    figures.add("during", (time.perf_counter() - start) / max(steps, 1))
+    figures.steps_during.append(steps)
+
+
+def saving_section(args: argparse.Namespace) -> str:
+    """Seconds a checkpoint of the six-head model takes: its copy, its files, and the training
+    loop's wait for it before and after the writer thread."""
+    device, figures = bench_device(), SavingFigures()
+    if device.type == "cpu":  # as main.py does: a copy reuses the heap memory the last one freed
+        utility.keep_freed_memory()
+    with tempfile.TemporaryDirectory() as folder:
+        options = training_options(args.sizes.saving_model, SAVE_BATCH, "none", folder)
+        runner = make_trainer(options, device)
+        figures.parameters = sum(p.numel() for p in runner.model.parameters())
+        batch = task_batches(SAVE_BATCH, 48, device)[0]
+        runner.train_step(batch)  # warm-up
+        fill_moments(runner.optimizer)
+        for _ in range(args.reps):
+            saving_rep(runner, batch, folder, figures)
+    return saving_table(args, device, figures)
+
+
+def saving_table(args: argparse.Namespace, device: torch.device, f: SavingFigures) -> str:
+    """The saving section's Markdown."""
+    sec = {row: median(times) for row, times in f.times.items()}
+    mb = {name: size / 1e6 for name, size in f.sizes.items()}
+    size = "full-size" if not args.sizes.saving_model else "tiny (smoke)"
+    lines = [f"## Saving a checkpoint ({device.type})", "", machine_line(args), "",
+             f"`Trainer.save` of the {size} six-head IPT ({f.parameters / 1e6:.1f} M parameters), "
+             "Adam moments filled for every weight, into a temporary folder on this machine's "
+             f"disk: model/model_latest.pt {mb['model_latest.pt']:.0f} MB, state.pt "
+             f"{mb['state.pt']:.0f} MB (weights, two Adam moments, the rest). A save copies the "
+             "state to the CPU (pinned memory from CUDA): one more copy of the state in memory, "
+             "allocated by the first save of a run and overwritten by the next ones; then a "
+             "thread writes model_latest.pt, state.pt and training.json, each to a temporary "
+             "renamed over the file. Periodic saves return once the copy is made, the final one "
+             "once the files are written. While the thread writes, training steps share the CPU "
+             "with it: where the step's threads occupy every core, as on a CPU-only machine, "
+             "those steps are slower. On the CPU glibc malloc is tuned as `main.py` tunes it "
+             "(`utility.keep_freed_memory`). "
+             "The file rows write the copy as `utility.atomic_save` does, plus an fsync before "
+             "the rename, which atomic_save does not do (the kernel writes the pages back "
+             f"later): what durability would add. Seconds are medians of {args.reps} "
+             "repetitions.", "",
+             "| what | seconds |", "|---|---|",
+             f"| copy of the state to the CPU (`Trainer.snapshot`) | {sec['snapshot']:.3f} |"]
+    for name in ("model_latest.pt", "state.pt"):
+        lines += [f"| {name}: {phase} | {sec[f'{name} {phase}']:.3f} |" for phase in SAVE_PHASES]
+    steps = median(f.steps_during)
+    lines += [f"| `save()`: copy, files written, as every save waited before the writer thread "
+              f"(now the final save only) | {sec['save']:.3f} |",
+              f"| `save(background=True)`: the wait of a periodic save now | {sec['background']:.3f} |",
+              f"| a training step (batch {SAVE_BATCH}, 48x48, sr2), alone | {sec['step']:.3f} |",
+              f"| a training step while a save is written ({steps:g} step(s) meanwhile) | "
+              f"{sec['during']:.3f} |"]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------
+# bf16: --precision bf16 against single, whole-image restoration and a whole --test_only run
+# ----------------------------------------------------------------------------------------
+BF16_MODES = ("official", "fast")
+PRECISIONS = ("single", "bf16")
+BF16_SIZE = {False: 126, True: 64}  # --smoke or not -> side of the image restore() is timed on
+BF16_MODEL = {False: {}, True: TINY_IPT}  # --smoke or not -> IPT options: full size, or tiny
+SMOKE_DEMO_SIDE = 60  # --smoke: the --test_only run restores one Demo image of this side
+TEST_ONLY_TIMEOUT_S = 3600  # one --test_only child (the full-size model on the two Sample photos)
+
+
+@dataclass
+class Bf16Figures:
+    """What the bf16 section measures."""
+
+    times: dict = field(default_factory=dict)  # (mode, precision) -> seconds of each repetition
+    tiles: dict = field(default_factory=dict)  # (mode, precision) -> tile evaluations
+    diffs: dict = field(default_factory=dict)  # mode -> max |bf16 - single| of the outputs
+    runs: dict = field(default_factory=dict)  # precision -> seconds of each whole --test_only run
+
+
+def bf16_model(smoke: bool, device: torch.device) -> torch.nn.Module:
+    """The x2 IPT of the bf16 section, random weights: full size, or tiny for --smoke."""
+    torch.manual_seed(0)
+    return IPT(IPTConfig(scale=[2], num_queries=1, **BF16_MODEL[smoke])).to(device).eval()
+
+
+def timed_restore(model: torch.nn.Module, x: torch.Tensor, mode: str,
+                  precision: str) -> tuple[float, torch.Tensor, int]:
+    """(seconds, output, tile evaluations) of one restore() of x at this precision."""
+    count = [0]
+    hook = model.register_forward_pre_hook(lambda m, inp: count.__setitem__(0, count[0] + inp[0].shape[0]))
+    try:
+        synchronize(x.device)
+        start = time.perf_counter()
+        out = restore(model, x, 0, mode, crop_batch_size=CROP_BATCH, precision=precision)
+        synchronize(x.device)
+    finally:
+        hook.remove()
+    return time.perf_counter() - start, out, count[0]
+
+
+def test_only_argv(precision: str, save: str, demo: Optional[str], smoke: bool,
+                   device: torch.device) -> list[str]:
+    """main.py's command line of the timed --test_only run: the Sample photos (sr2, scored), or
+    with --smoke one small Demo image, fast tiling, the torch threads of this process."""
+    argv = [sys.executable, os.path.join(ROOT, "main.py"), "--test_only", "--scale", "2",
+            "--precision", precision, "--chop", "fast", "--save", save,
+            "--threads", str(torch.get_num_threads())]
+    argv += ["--data_test", "Demo", "--dir_demo", demo] if demo else ["--data_test", "Sample"]
+    for key, value in BF16_MODEL[smoke].items():
+        argv += [f"--{key}", str(value)]
+    return argv + (["--cpu"] if device.type == "cpu" else [])
+
+
+def test_only_seconds(argv: list[str]) -> float:
+    """Wall-clock seconds of one main.py run in a child process (its start-up included)."""
+    start = time.perf_counter()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=TEST_ONLY_TIMEOUT_S)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+        raise RuntimeError(f"main.py --test_only failed (exit {done.returncode}): {lines[-1]}")
+    return seconds
+
+
+def measure_bf16(args: argparse.Namespace, device: torch.device, folder: str) -> Bf16Figures:
+    """restore() per tiling mode and precision, then whole --test_only runs, interleaved."""
+    model, figures = bf16_model(args.smoke, device), Bf16Figures()
+    size = BF16_SIZE[args.smoke]
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size)).mul(255).to(device)
+    demo = None
+    if args.smoke:
+        demo = os.path.join(folder, "demo")
+        os.makedirs(demo)
+        Image.fromarray(x[0, :, :SMOKE_DEMO_SIDE, :SMOKE_DEMO_SIDE].byte().permute(1, 2, 0)
+                        .cpu().numpy()).save(os.path.join(demo, "image.png"))
+    for mode in BF16_MODES:  # warm-up, and the outputs compared
+        outs = {p: timed_restore(model, x, mode, p)[1] for p in PRECISIONS}
+        figures.diffs[mode] = (outs["bf16"] - outs["single"]).abs().max().item()
+    for rep in range(args.reps):
+        for mode in BF16_MODES:
+            for p in PRECISIONS:
+                sec, _, figures.tiles[(mode, p)] = timed_restore(model, x, mode, p)
+                figures.times.setdefault((mode, p), []).append(sec)
+        for p in PRECISIONS:
+            argv = test_only_argv(p, os.path.join(folder, f"run-{p}-{rep}"), demo, args.smoke, device)
+            figures.runs.setdefault(p, []).append(test_only_seconds(argv))
+    return figures
+
+
+def bf16_section(args: argparse.Namespace) -> str:
+    """Seconds of restore() per tiling mode and of a whole --test_only run, single and bf16."""
+    device = bench_device()
+    with tempfile.TemporaryDirectory(prefix="bench-bf16-") as folder:
+        return bf16_table(args, device, measure_bf16(args, device, folder))
+
+
+def bf16_support(device: torch.device) -> str:
+    """Whether bf16 arithmetic is native on ``device``, in words."""
+    from evaluation import cpu_flags, emulated_bf16
+    why = emulated_bf16(device)
+    if why:
+        return f"bf16 is emulated here: {why}"
+    if device.type == "cuda":
+        return "bf16 is native on this GPU"
+    if cpu_flags() is None:
+        return "whether this CPU has native bf16 is unknown (no /proc/cpuinfo)"
+    return (f"bf16 is native on this CPU (avx512_bf16 or amx_bf16 in /proc/cpuinfo; torch's CPU "
+            f"capability {torch.backends.cpu.get_cpu_capability()})")
+
+
+def bf16_intro(args: argparse.Namespace, device: torch.device) -> str:
+    """The paragraph above the bf16 table."""
+    cfg, size = IPTConfig(scale=[2], **BF16_MODEL[args.smoke]), BF16_SIZE[args.smoke]
+    kind = "tiny (smoke)" if args.smoke else "full-size"
+    run = (f"one {SMOKE_DEMO_SIDE}x{SMOKE_DEMO_SIDE} Demo image" if args.smoke else
+           "the two Sample photos (sr2, scored: bicubic baseline, PSNR and SSIM)")
+    return (f"{kind} x2 IPT (n_feats {cfg.n_feats}, {cfg.num_heads} heads, {cfg.num_layers} "
+            f"layer(s)), random weights, {torch.get_num_threads()} torch thread(s). `restore()` "
+            f"of one {size}x{size} image, crop batch {CROP_BATCH}; `--precision bf16` runs the "
+            "network's forward under `torch.autocast` (fp32 weights) and blends in fp32. "
+            f"{bf16_support(device)}. The whole run: `main.py --test_only --chop fast` "
+            f"on {run} in a child process, its start-up (about 2.5 s of imports) included. "
+            f"Seconds are medians of {args.reps} interleaved repetitions after one warm-up of "
+            "each restoration. Max abs diff: of the unquantised outputs, bf16 against single, "
+            "in grey levels (random weights; what bf16 does to the PSNR of trained weights is "
+            "in the table below this section).")
+
+
+def bf16_table(args: argparse.Namespace, device: torch.device, figures: Bf16Figures) -> str:
+    """The bf16 section's Markdown."""
+    lines = [f"## bf16 inference ({device.type})", "", machine_line(args), "",
+             bf16_intro(args, device), "",
+             "| what | tiling | single s | bf16 s | speed-up | tile evaluations | "
+             "max abs diff |", "|---|---|---|---|---|---|---|"]
+    for mode in BF16_MODES:
+        single, bf16 = (median(figures.times[(mode, p)]) for p in PRECISIONS)
+        tiles = figures.tiles[(mode, "single")]
+        if figures.tiles[(mode, "bf16")] != tiles:  # the same tiles in both precisions
+            raise RuntimeError(f"{mode}: {figures.tiles[(mode, 'bf16')]} tiles in bf16, {tiles} in single")
+        lines.append(f"| `restore()` | {mode} | {single:.3f} | {bf16:.3f} | {single / bf16:.2f}x | "
+                     f"{tiles} | {figures.diffs[mode]:.2f} |")
+    single, bf16 = (median(figures.runs[p]) for p in PRECISIONS)
+    lines.append(f"| whole `--test_only` run | fast | {single:.1f} | {bf16:.1f} | "
+                 f"{single / bf16:.2f}x |  |  |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------
 # command line
 # ----------------------------------------------------------------------------------------
 SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
     "loader": loader_section, "tiling": tiling_section, "forward": forward_section,
-    "training": training_section}
+    "training": training_section, "saving": saving_section, "bf16": bf16_section}
 
 
 def parse_options(argv: Optional[Sequence[str]]) -> argparse.Namespace:

@@ -1,0 +1,422 @@
+"""Export a checkpoint out of PyTorch: .safetensors (the weights, no code) or .onnx (one head).
+
+    python scripts/export.py RUN/model/model_latest.pt ipt_sr2.safetensors
+    python scripts/export.py IPT_pretrain.pt ipt_denoise50.onnx --task denoise50 [--patch_size 48]
+
+The format follows OUT's suffix. ``.safetensors`` holds the state_dict under the authors' key
+names, bit for bit, and the model options (the ``architecture`` of the training.json beside the
+checkpoint) as JSON in its metadata key ``ipt_architecture``; ``--pretrain FILE.safetensors``
+reads both. A checkpoint without a training.json (the authors' files) has its options read off
+its shapes, all but --num_heads, which leaves no trace in the weights: give it (12 for theirs).
+``.onnx`` holds ONE head (``--task NAME`` of a multi-head file) on fixed ``--patch_size`` tiles
+with a dynamic batch, 0..rgb_range in and out like the model; tiling whole images stays in
+Python (``model/tiling.py``). The graph is checked with onnx's checker and, when onnxruntime is
+installed, run against PyTorch on a batch of random tiles.
+
+Exit status 0; 1 when the export fails (an unreadable checkpoint, one its options do not fit, an
+output that cannot be written); 2 for a bad command line; 130 when stopped by SIGINT, SIGTERM
+or SIGUSR1 (OUT is then not written: it appears only when complete).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+import option  # noqa: E402
+import utility  # noqa: E402
+from model import MODELS, IPTConfig, build_model  # noqa: E402
+from model.checkpoint import (ARCHITECTURE_METADATA, AUTHORS_NUM_HEADS, CheckpointError,  # noqa: E402
+                              check_fits, check_values, head_names, ipt_architecture_of,
+                              load_state, read_checkpoint, read_safetensors)
+
+PROG = "export.py"
+FAILED, BAD_OPTIONS = 1, 2
+SAFETENSORS, ONNX = ".safetensors", ".onnx"
+FORMATS = (SAFETENSORS, ONNX)
+ONNX_INPUT, ONNX_OUTPUT = "lr", "sr"  # the graph's input and output names
+ONNX_BATCH = "batch"  # the name of the graph's one dynamic dimension
+VERIFY_BATCH = 2  # random tiles run through ONNX Runtime and PyTorch to compare them
+# Largest ONNX Runtime vs PyTorch difference (0..255 outputs) accepted: other kernels move
+# outputs by float rounding (up to 0.14 for a full-size 12-layer model with random weights, 4e-4
+# for a 1-layer one); a wrong weight or head moves them by tens.
+ONNX_MAX_DIFF = 1.0
+SAFETENSORS_FORMAT = {"format": "pt"}  # the metadata entry safetensors' own writers add
+
+
+class Refusal(Exception):
+    """An export that cannot be done: its one-line message and exit status."""
+
+    def __init__(self, message: str, status: int = FAILED):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass
+class Source:
+    """A checkpoint read, and the model options that built it."""
+
+    path: str
+    state: dict[str, Tensor]
+    architecture: dict  # the record's keys and values as training.json writes them
+    origin: str  # where the architecture comes from, for messages
+    config: object  # the IPTConfig / RestormerConfig of the whole file
+
+
+# ----------------------------------------------------------------------------------------
+# The command line
+# ----------------------------------------------------------------------------------------
+def positive(text: str) -> int:
+    """An integer above 0 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The options (errors in one line, exit status 2)."""
+    p = option.OptionParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint", help="the .pt (or .safetensors) file to export")
+    p.add_argument("output", help="OUT.safetensors or OUT.onnx")
+    p.add_argument("--task", default=None, help="the head to export to ONNX (its name, as in --tasks)")
+    p.add_argument("--patch_size", type=positive, default=None,
+                   help="ONNX: the tile size in LR pixels (default: the model's, 48)")
+    p.add_argument("--num_heads", type=positive, default=None,
+                   help="attention heads, when no training.json records them (the authors': 12)")
+    p.add_argument("--tasks", default=None, help="the file's head names A+B, when no record gives them")
+    return p.parse_args(argv)
+
+
+def output_problem(path: str) -> tuple[str, int]:
+    """('', 0) when ``path`` can be written as an export, else (why not, exit status)."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in FORMATS:
+        return (f"output {path}: give a file name ending in {' or '.join(FORMATS)} (the format "
+                f"follows the suffix)", BAD_OPTIONS)
+    if os.path.isdir(path):
+        return f"output {path} is a folder: give a file name, like {os.path.join(path, 'ipt' + suffix)}", \
+            BAD_OPTIONS
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"output {path}: its folder {folder} does not exist: create it first", BAD_OPTIONS
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return f"output {path}: cannot write in {folder} ({e.strerror or e})", FAILED
+    return "", 0
+
+
+# ----------------------------------------------------------------------------------------
+# The checkpoint and its model options
+# ----------------------------------------------------------------------------------------
+def read_source(path: str, num_heads: int | None, tasks: str | None) -> Source:
+    """The checkpoint's weights and the options that built its model: its record's (training.json,
+    or a .safetensors file's metadata), else those its shapes give away plus --num_heads."""
+    state, _ = read_checkpoint(path)
+    try:
+        record, origin = option.pretrain_record(path)
+    except utility.RecordError as e:
+        raise Refusal(f"{path}: {e}") from None
+    if record is not None:
+        written = record["architecture"]
+        try:
+            taken, ignored = option.recorded_architecture(written, origin)
+        except ValueError as e:
+            raise Refusal(str(e)) from None
+        for key in ignored:
+            print(f"{PROG}: {origin}: ignored its key {key!r} (a record may only give the options "
+                  f"that shape the model); it is not exported", file=sys.stderr)
+        architecture = {key: written[key] for key in taken}
+    else:
+        architecture, origin = inferred_architecture(path, state, num_heads), "its weights' shapes"
+    if num_heads is not None:
+        architecture["num_heads"] = num_heads
+    if tasks:
+        architecture["tasks"] = tasks
+    if architecture.get("model", "ipt") == "ipt" and not architecture.get("tasks"):
+        architecture["tasks"] = "+".join(head_names(state, path))  # the six-task order by scale
+    config = config_of(architecture, origin)
+    return Source(path, state, architecture, origin, config)
+
+
+def inferred_architecture(path: str, state: Mapping[str, Tensor], num_heads: int | None) -> dict:
+    """The options an IPT state_dict's shapes give away, with --num_heads (which they do not)."""
+    architecture = ipt_architecture_of(state)
+    if architecture is None:
+        raise Refusal(f"{path}: no {utility.TRAINING_RECORD} beside it, and its shapes do not read "
+                      f"as IPT's: export a checkpoint of a training run (its record gives the model "
+                      f"options)")
+    if num_heads is None:
+        width = architecture["n_feats"] * architecture["patch_dim"] ** 2
+        raise Refusal(f"{path}: no {utility.TRAINING_RECORD} beside it, and the weights do not "
+                      f"record the number of attention heads: give --num_heads (a divisor of the "
+                      f"token width {width}; the authors' models use {AUTHORS_NUM_HEADS})", BAD_OPTIONS)
+    return architecture
+
+
+def config_of(architecture: dict, origin: str) -> object:
+    """The IPTConfig / RestormerConfig of an architecture record (checked by option.py's rules)."""
+    try:
+        taken, _ = option.recorded_architecture(architecture, origin)
+    except ValueError as e:
+        raise Refusal(str(e)) from None
+    _, config_type = MODELS[taken.pop("model", "ipt")]
+    fields = {f.name for f in dataclasses.fields(config_type)}
+    values = {}
+    for key, value in taken.items():
+        name = "task_names" if key == "tasks" else key
+        if name not in fields:
+            continue
+        if key in option.LIST_SEPARATORS:
+            items = [v.strip() for v in str(value).split(option.LIST_SEPARATORS[key])]
+            try:
+                value = items if key == "tasks" else [int(v) for v in items]
+            except ValueError:
+                raise Refusal(f"{origin}: {key} {value!r} is not numbers joined by "
+                              f"{option.LIST_SEPARATORS[key]}") from None
+        values[name] = value
+    try:
+        config = config_type(**values)
+        if isinstance(config, IPTConfig) and config.task_names is not None \
+                and len(config.task_names) != len(config.scale):
+            raise ValueError(f"{len(config.task_names)} task names for {len(config.scale)} scales")
+    except (TypeError, ValueError) as e:
+        raise Refusal(f"{origin}: the model options do not build a network: {e}") from None
+    return config
+
+
+def built(config: object, origin: str) -> nn.Module:
+    """The network of a config, in eval mode (a config that cannot build one: a Refusal)."""
+    try:
+        return build_model(config).eval()
+    except ValueError as e:
+        raise Refusal(f"{origin}: the model options do not build a network: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------
+# .safetensors
+# ----------------------------------------------------------------------------------------
+def export_safetensors(source: Source, out: str) -> str:
+    """Write the state_dict and the architecture to ``out``; read it back bit for bit before it
+    takes its name. Returns a description for the final line."""
+    from safetensors.torch import save_file
+    model = built(source.config, source.origin)
+    check_fits(model, source.state, source.path)  # the metadata must describe these weights
+    check_values(model, source.state, source.path)
+    tensors = plain_tensors(source.state)
+    metadata = {**SAFETENSORS_FORMAT, ARCHITECTURE_METADATA: json.dumps(source.architecture)}
+
+    def write(tmp: str) -> None:
+        save_file(tensors, tmp, metadata=metadata)
+        again, _ = read_safetensors(tmp)  # by its format: the temporary's name ends in .tmp
+        if not same_tensors(again, source.state):
+            raise Refusal(f"{out}: the file written does not read back as {source.path}")
+
+    utility.atomic_write(out, write)
+    return f"{len(tensors)} tensors, model options from {source.origin}"
+
+
+def plain_tensors(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The tensors as safetensors writes them: contiguous, on the CPU, none sharing memory."""
+    out, seen = {}, set()
+    for key, value in state.items():
+        value = value.detach().cpu().contiguous()
+        pointer = value.untyped_storage().data_ptr()
+        if value.numel() and pointer in seen:
+            value = value.clone()
+        seen.add(value.untyped_storage().data_ptr())
+        out[key] = value
+    return out
+
+
+def same_tensors(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
+    """Whether two state_dicts have the same keys, dtypes, shapes and bytes."""
+    return a.keys() == b.keys() and all(
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(_bytes(a[k]), _bytes(b[k]))
+        for k in a)
+
+
+def _bytes(tensor: Tensor) -> Tensor:
+    """A tensor's bytes as uint8 (NaN == NaN, -0.0 != 0.0, as on disk)."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
+# ----------------------------------------------------------------------------------------
+# .onnx
+# ----------------------------------------------------------------------------------------
+class OneHead(nn.Module):
+    """IPT with its head fixed: tiles (B, C, P, P) in 0..rgb_range -> restored tiles."""
+
+    def __init__(self, model: nn.Module, task_id: int = 0):
+        super().__init__()
+        self.model, self.task_id = model, task_id
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x, self.task_id)
+
+
+def pick_head(source: Source, task: str | None) -> tuple[int, str]:
+    """(index, name) of the head to export: the only one, or --task's."""
+    names = list(source.config.task_names)
+    if task is None:
+        if len(names) > 1:
+            raise Refusal(f"{source.path} has {len(names)} heads ({'+'.join(names)}): an ONNX file "
+                          f"holds one: give --task NAME", BAD_OPTIONS)
+        return 0, names[0]
+    if task not in names:
+        raise Refusal(f"--task {task}: {source.path} has the head(s) {'+'.join(names)}, none of "
+                      f"them {task}", BAD_OPTIONS)
+    return names.index(task), task
+
+
+def tile_size(config: IPTConfig, patch_size: int | None) -> int:
+    """The ONNX tile: --patch_size, which the weights allow only at the model's own size unless
+    they have neither positions nor task queries (then any multiple of patch_dim)."""
+    if patch_size is None or patch_size == config.patch_size:
+        return config.patch_size
+    if not (config.no_pos and config.no_mlp):
+        raise Refusal(f"--patch_size {patch_size}: this model's position encoding and task queries "
+                      f"are sized for {config.patch_size}x{config.patch_size} tiles: give "
+                      f"--patch_size {config.patch_size} or leave it out", BAD_OPTIONS)
+    if patch_size % config.patch_dim:
+        raise Refusal(f"--patch_size {patch_size}: must be a multiple of the model's patch_dim "
+                      f"{config.patch_dim}", BAD_OPTIONS)
+    return patch_size
+
+
+def export_onnx(source: Source, out: str, task: str | None, patch_size: int | None) -> str:
+    """Write one head on fixed tiles to ``out`` as ONNX (dynamic batch), checked with onnx's
+    checker and against PyTorch with ONNX Runtime. Returns a description for the final line."""
+    config = source.config
+    if not isinstance(config, IPTConfig):
+        raise Refusal(f"{source.path} is a {type(config).__name__[:-len('Config')]} model: ONNX "
+                      f"export is for IPT; export it to {SAFETENSORS}")
+    index, name = pick_head(source, task)
+    tile = tile_size(config, patch_size)
+    several = len(config.scale) > 1
+    single = dataclasses.replace(config, scale=[config.scale[index]], task_names=[name],
+                                 num_queries=1 if several else config.num_queries,
+                                 patch_size=tile, attention="math", dropout_rate=0.0)
+    model = built(single, source.origin)
+    load_state(model, source.state, source.path, name if several else None,
+               config.task_names if several else None)
+    network = OneHead(model.requires_grad_(False)).eval()
+    example = torch.rand(VERIFY_BATCH, config.n_colors, tile, tile) * config.rgb_range
+    program = onnx_program(network, example)
+    program.model.metadata_props.update({
+        ARCHITECTURE_METADATA: json.dumps({**source.architecture, "scale": str(single.scale[0]),
+                                           "tasks": name, "num_queries": single.num_queries,
+                                           "patch_size": tile}),
+        "ipt_task": name, "ipt_scale": str(single.scale[0]), "ipt_tile": str(tile),
+        "ipt_rgb_range": str(config.rgb_range)})
+    difference: list[float | None] = [None]
+
+    def write(tmp: str) -> None:
+        program.save(tmp, external_data=False)
+        check_onnx(tmp)
+        difference[0] = compare_with_torch(tmp, network, example)
+
+    utility.atomic_write(out, write)
+    compared = "onnxruntime not installed: not run" if difference[0] is None else \
+        f"ONNX Runtime vs PyTorch on {VERIFY_BATCH} random tiles: max |diff| {difference[0]:.3g}"
+    return (f"head {name} (x{single.scale[0]}), {tile}x{tile} tiles in, "
+            f"{tile * single.scale[0]}x{tile * single.scale[0]} out, dynamic batch; {compared}")
+
+
+def onnx_program(network: nn.Module, example: Tensor):
+    """torch.onnx's dynamo export of ``network`` on ``example``, its batch dimension dynamic."""
+    batch = torch.export.Dim(ONNX_BATCH, min=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+            return torch.onnx.export(network, (example,), dynamo=True, verbose=False,
+                                     input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+                                     dynamic_shapes={"x": {0: batch}})
+    except Exception as e:  # torch.onnx.errors.*, torch.export's errors
+        line = next((t for t in str(e).splitlines() if t.strip()), type(e).__name__)
+        raise Refusal(f"torch.onnx could not export the network: {line}") from None
+
+
+def check_onnx(path: str) -> None:
+    """onnx's checker on the written file (a failure: a Refusal)."""
+    import onnx
+    try:
+        onnx.checker.check_model(path, full_check=True)
+    except Exception as e:  # onnx.checker.ValidationError, shape inference errors
+        raise Refusal(f"the ONNX graph fails onnx's checker: {str(e).splitlines()[0]}") from None
+
+
+def compare_with_torch(path: str, network: nn.Module, example: Tensor) -> float | None:
+    """The largest |ONNX Runtime - PyTorch| on ``example`` (None without onnxruntime); a Refusal
+    when it is above ONNX_MAX_DIFF or not finite."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run([ONNX_OUTPUT], {ONNX_INPUT: example.numpy()})[0])
+    with torch.no_grad():
+        want = network(example)
+    difference = (got - want).abs().max().item() if got.shape == want.shape else float("inf")
+    if not difference <= ONNX_MAX_DIFF:
+        raise Refusal(f"ONNX Runtime's output differs from PyTorch's by {difference:.3g} (over "
+                      f"{ONNX_MAX_DIFF}): the graph is not written")
+    return difference
+
+
+# ----------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Export; the exit status (0, 1 failed, 2 bad command line, 130 stopped)."""
+    a = parse(argv)
+    problem, status = output_problem(a.output)
+    if not problem and a.output.lower().endswith(SAFETENSORS) and (a.task or a.patch_size):
+        problem, status = (f"--task and --patch_size choose what goes into an ONNX file; a "
+                           f"{SAFETENSORS} file holds every head"), BAD_OPTIONS
+    if problem:
+        print(f"{PROG}: {problem}", file=sys.stderr)
+        return status
+    started = time.perf_counter()
+    try:
+        with utility.StopSignals(raise_=True):
+            source = read_source(a.checkpoint, a.num_heads, a.tasks)
+            if a.output.lower().endswith(SAFETENSORS):
+                what = export_safetensors(source, a.output)
+            else:
+                what = export_onnx(source, a.output, a.task, a.patch_size)
+    except KeyboardInterrupt as e:
+        print(f"{PROG}: {utility.signal_name(utility.stop_signal(e))} received: stopped; "
+              f"{a.output} not written", file=sys.stderr)
+        return utility.INTERRUPTED
+    except Refusal as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return e.status
+    except (CheckpointError, utility.SaveError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return FAILED
+    size = os.path.getsize(a.output)
+    print(f"{PROG}: wrote {a.output} ({size:,} bytes) in {time.perf_counter() - started:.1f} s: "
+          f"{what}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
