@@ -245,7 +245,7 @@ def printable_tree(value: object) -> object:
     return out
 
 
-TRAINED_NAMES = re.compile(r"model_(\d+|best|latest)\.pt")  # the weights files training writes
+TRAINED_NAMES = re.compile(r"model_(\d+|best|latest)\.(pt|safetensors)")  # weights training writes
 
 
 def training_length(checkpoint: str) -> dict | None:

@@ -301,6 +301,10 @@ def build_parser() -> OptionParser:
                  "evaluate DIR/model/model_latest.pt; N (--test_only): DIR/model/model_N.pt")
     add(g, "--save_models", action="store_true",
             help="also keep model/model_<step>.pt at every --save_every step", roles=TRAINING)
+    add(g, "--save_format", default="pt", choices=SAVE_FORMATS,
+            help="the trained weights' files (model/model_latest, _best, _<step>): pt (a torch "
+                 "file), safetensors (holds no code; read by spandrel, chaiNNer, ComfyUI) or "
+                 "both; state.pt is always a torch file", roles=TRAINING)
     add(g, "--print_every", type=int, default=100, help="log every N steps", roles=TRAINING)
     add(g, "--save_results", action="store_true", help="write the restored images")
     add(g, "--save_gt", action="store_true", help="also write the inputs (and targets)")
@@ -1131,10 +1135,25 @@ class RunSettings:
         if self.pretrain:
             return self.pretrain
         if self.resume == -1:
-            return os.path.join(self.save, "model", "model_latest.pt")
+            return trained_weights(os.path.join(self.save, "model"), "model_latest")
         if self.resume > 0:
-            return os.path.join(self.save, "model", f"model_{self.resume}.pt")
+            return trained_weights(os.path.join(self.save, "model"), f"model_{self.resume}")
         return ""
+
+
+SAVE_FORMATS = ("pt", "safetensors", "both")
+WEIGHT_SUFFIXES = (".pt", ".safetensors")  # the trained weights' files, preferred first
+
+
+def weight_suffixes(save_format: str) -> tuple[str, ...]:
+    """The suffixes of the weights files a run writes with --save_format."""
+    return WEIGHT_SUFFIXES if save_format == "both" else ("." + save_format,)
+
+
+def trained_weights(folder: str, stem: str) -> str:
+    """folder/stem.pt, or folder/stem.safetensors when only that one exists."""
+    paths = [os.path.join(folder, stem + suffix) for suffix in WEIGHT_SUFFIXES]
+    return next((p for p in paths if os.path.exists(p)), paths[0])
 
 
 @dataclass(frozen=True)
@@ -1187,6 +1206,7 @@ class TrainSettings:
     save_every: int
     test_every: int
     save_models: bool
+    weight_suffixes: tuple[str, ...]  # --save_format: the weights files' suffixes
     progressive: list[tuple[int, int, int]]  # (patch, batch, steps) per stage; [] when off
 
 
@@ -1262,6 +1282,7 @@ def settings(args: argparse.Namespace) -> Settings:
             args.warmup_steps, args.periods or [], args.eta_mins or [], args.gclip,
             args.skip_threshold, args.max_nonfinite, args.amp, args.con_loss, args.con_weight,
             args.mask_ratio, args.print_every, args.save_every, args.test_every, args.save_models,
+            weight_suffixes(args.save_format),
             list(zip(args.progressive_patches or [], args.progressive_batches or [],
                      args.progressive_steps or []))),
         inference=InferenceSettings(args.chop, args.crop_batch_size, args.self_ensemble,

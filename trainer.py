@@ -19,6 +19,7 @@ import utility
 from data.listing import FILE_LIST
 from data.stream import seeded, synthesize_lr
 from data.training import loader_workers, training_stream
+from model.checkpoint import SAFETENSORS_SUFFIX, write_safetensors
 from model.loss import contrastive_loss, l1_loss
 from model.mim import masked_l1, random_token_mask
 from option import DataSettings, TrainSettings
@@ -409,7 +410,9 @@ class Trainer:
         mean = sum(psnr.values()) / len(psnr)
         if mean > p.best_psnr:
             p.best_psnr, p.best_step = mean, p.step
-            self.save_weights(bare_state_dict(self.model), "model_best.pt")
+            weights = bare_state_dict(self.model)
+            for name in self.weight_names("model_best"):
+                self.save_weights(weights, name)
             self.write_record()  # its best_step, for evaluations of model_best.pt
         log.info("step %d: validation PSNR %.3f dB (best %.3f at step %d)", p.step, mean,
                  p.best_psnr, p.best_step)
@@ -453,7 +456,8 @@ class Trainer:
         memory (the weights and the optimiser's moments), kept for the next snapshot to copy
         into; so no save may be being written while this runs."""
         step = self.progress.step
-        names = ["model_latest.pt"] + ([f"model_{step}.pt"] if self.settings.save_models else [])
+        names = self.weight_names("model_latest") + (
+            self.weight_names(f"model_{step}") if self.settings.save_models else [])
         state = {"model": weights, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "progress": vars(self.progress), "loss_average": self.loss_average,
@@ -481,10 +485,19 @@ class Trainer:
         self.saver.wait()
         self._write_weights(weights, name, self.progress.step)
 
+    def weight_names(self, stem: str) -> list[str]:
+        """The files of model/ that get the weights called ``stem`` (--save_format)."""
+        return [stem + suffix for suffix in self.settings.weight_suffixes]
+
     def _write_weights(self, weights: dict[str, Tensor], name: str, step: int) -> None:
-        """model/NAME, written atomically, and what training.json says of it."""
+        """model/NAME (a torch file, or .safetensors with the model's options in its metadata),
+        written atomically, and what training.json says of it."""
         path = os.path.join(self.model_dir, name)
-        utility.atomic_save(weights, path)
+        if name.endswith(SAFETENSORS_SUFFIX):
+            utility.atomic_write(path, lambda tmp: write_safetensors(weights, tmp, self.architecture or None),
+                                 durable=True)
+        else:
+            utility.atomic_save(weights, path)
         info = os.stat(path)
         self.weights_written[name] = {"step": step, "size": info.st_size, "mtime_ns": info.st_mtime_ns}
 
@@ -528,7 +541,7 @@ class Trainer:
         self.progress = Progress(**state["progress"])
         self.loss_average = state["loss_average"]
         set_rng_states(state["rng"])
-        record = utility.read_training_record(os.path.join(self.model_dir, "model_latest.pt"))
+        record = utility.read_training_record(self.record_path)
         self.weights_written = dict((record or {}).get("weights", {}))
 
 

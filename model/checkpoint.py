@@ -219,6 +219,27 @@ def _tensor_of(data: bytearray, dtype: torch.dtype, shape: list[int]) -> Tensor:
     return tensor
 
 
+WEIGHT_SUFFIXES = {"pt": ".pt", "safetensors": SAFETENSORS_SUFFIX}  # --save_format -> suffix
+
+
+def write_safetensors(state: Mapping[str, Tensor], path: str, architecture: dict | None = None) -> None:
+    """``state`` as a .safetensors file at ``path`` (the keys as given; ``architecture``, the
+    options that built the model, as JSON in the metadata key ``ipt_architecture``)."""
+    from safetensors.torch import save_file  # only writing needs the package
+
+    tensors, seen = {}, set()
+    for key, value in state.items():  # contiguous CPU tensors that share no memory, as it needs
+        value = value.detach().cpu().contiguous()
+        if value.numel() and value.untyped_storage().data_ptr() in seen:
+            value = value.clone()
+        seen.add(value.untyped_storage().data_ptr())
+        tensors[key] = value
+    metadata = {"format": "pt"}
+    if architecture is not None:
+        metadata[ARCHITECTURE_METADATA] = json.dumps(architecture)
+    save_file(tensors, path, metadata=metadata)
+
+
 def unwrap_state_dict(obj: object, path: str = "<checkpoint>") -> dict[str, Tensor]:
     """The tensors of a bare state_dict or of one wrapped under state_dict/model/params."""
     for key in WRAPPER_KEYS:

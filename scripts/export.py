@@ -40,7 +40,7 @@ import utility  # noqa: E402
 from model import MODELS, IPTConfig, build_model  # noqa: E402
 from model.checkpoint import (ARCHITECTURE_METADATA, AUTHORS_NUM_HEADS, CheckpointError,  # noqa: E402
                               check_fits, check_values, head_names, ipt_architecture_of,
-                              load_state, read_checkpoint, read_safetensors)
+                              load_state, read_checkpoint, read_safetensors, write_safetensors)
 
 PROG = "export.py"
 FAILED, BAD_OPTIONS = 1, 2
@@ -53,7 +53,6 @@ VERIFY_BATCH = 2  # random tiles run through ONNX Runtime and PyTorch to compare
 # outputs by float rounding (up to 0.14 for a full-size 12-layer model with random weights, 4e-4
 # for a 1-layer one); a wrong weight or head moves them by tens.
 ONNX_MAX_DIFF = 1.0
-SAFETENSORS_FORMAT = {"format": "pt"}  # the metadata entry safetensors' own writers add
 
 
 class Refusal(Exception):
@@ -216,34 +215,18 @@ def built(config: object, origin: str) -> nn.Module:
 def export_safetensors(source: Source, out: str) -> str:
     """Write the state_dict and the architecture to ``out``; read it back bit for bit before it
     takes its name. Returns a description for the final line."""
-    from safetensors.torch import save_file
     model = built(source.config, source.origin)
     check_fits(model, source.state, source.path)  # the metadata must describe these weights
     check_values(model, source.state, source.path)
-    tensors = plain_tensors(source.state)
-    metadata = {**SAFETENSORS_FORMAT, ARCHITECTURE_METADATA: json.dumps(source.architecture)}
 
     def write(tmp: str) -> None:
-        save_file(tensors, tmp, metadata=metadata)
+        write_safetensors(source.state, tmp, source.architecture)
         again, _ = read_safetensors(tmp)  # by its format: the temporary's name ends in .tmp
         if not same_tensors(again, source.state):
             raise Refusal(f"{out}: the file written does not read back as {source.path}")
 
-    utility.atomic_write(out, write)
-    return f"{len(tensors)} tensors, model options from {source.origin}"
-
-
-def plain_tensors(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The tensors as safetensors writes them: contiguous, on the CPU, none sharing memory."""
-    out, seen = {}, set()
-    for key, value in state.items():
-        value = value.detach().cpu().contiguous()
-        pointer = value.untyped_storage().data_ptr()
-        if value.numel() and pointer in seen:
-            value = value.clone()
-        seen.add(value.untyped_storage().data_ptr())
-        out[key] = value
-    return out
+    utility.atomic_write(out, write, durable=True)
+    return f"{len(source.state)} tensors, model options from {source.origin}"
 
 
 def same_tensors(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:

@@ -27,7 +27,9 @@ CONFIG = os.path.join(ROOT, "configs", "quickstart.yaml")
 OUT = os.path.join("experiment", "quickstart")
 PRETRAIN_STEPS = 1700
 FINETUNE_STEPS = 1300
-LATEST = os.path.join("model", "model_latest.pt")
+LATEST = os.path.join("model", "model_latest.pt")  # the next phase reads this one
+# trained weights as a torch file and as .safetensors (no code inside; spandrel, chaiNNer, ComfyUI)
+SAVE_FORMAT = ["--save_format", "both"]
 STATE = "state.pt"
 REPORTS = ("metrics.json", "results.md")
 ALL_SCALES = "2+3+4+1+1+1"
@@ -63,9 +65,9 @@ def phases(out: str, pretrain_steps: int, finetune_steps: int) -> list[Phase]:
     """The four phases, in order."""
     pre, fine = os.path.join(out, "pretrain"), os.path.join(out, "finetune_sr2")
     return [
-        Phase("pre-train six tasks", pre, ["--scale", ALL_SCALES, "--max_steps", str(pretrain_steps)],
-              steps=pretrain_steps),
-        Phase("fine-tune sr2", fine, ["--task", "sr2", "--max_steps", str(finetune_steps)],
+        Phase("pre-train six tasks", pre, ["--scale", ALL_SCALES, "--max_steps", str(pretrain_steps),
+                                           *SAVE_FORMAT], steps=pretrain_steps),
+        Phase("fine-tune sr2", fine, ["--task", "sr2", "--max_steps", str(finetune_steps), *SAVE_FORMAT],
               os.path.join(pre, LATEST), steps=finetune_steps),
         Phase("evaluate sr2 (fine-tuned)", os.path.join(out, "eval_sr2"),
               ["--test_only", "--task", "sr2", "--save_results"], os.path.join(fine, LATEST),

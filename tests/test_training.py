@@ -300,3 +300,29 @@ def test_a_state_of_another_world_size_is_re_split_from_its_step(tmp_path, caplo
     torch.save({**state, "split_origin": 7}, path)  # beyond the step it reached
     with pytest.raises(trainer.StateError, match="split_origin"):
         trainer.read_state(path)
+
+
+def test_save_format_writes_the_weights_as_safetensors_too_and_evaluation_finds_them(tmp_path, caplog):
+    """--save_format both: model_latest.pt and .safetensors hold the same tensors, the latter with
+    the model's options in its metadata, training.json describes both; a safetensors-only run is
+    evaluated by --test_only --resume like a .pt one."""
+    import json as json_module
+
+    import main as cli
+    from model.checkpoint import read_checkpoint, read_safetensors_metadata
+    both, only = tmp_path / "both", tmp_path / "only"
+    assert cli.main([*AUTO, "--max_steps", "2", "--save_format", "both", "--save", str(both)]) == 0
+    pt, _ = read_checkpoint(str(both / "model" / "model_latest.pt"))
+    st, _ = read_checkpoint(str(both / "model" / "model_latest.safetensors"))
+    assert pt.keys() == st.keys() and all(torch.equal(pt[k], st[k]) for k in pt)
+    record = json_module.loads((both / "model" / utility.TRAINING_RECORD).read_text())
+    metadata = read_safetensors_metadata(str(both / "model" / "model_latest.safetensors"))
+    assert json_module.loads(metadata["ipt_architecture"]) == record["architecture"]
+    assert {"model_latest.pt", "model_latest.safetensors"} <= set(record["weights"])
+    assert cli.main([*AUTO, "--max_steps", "2", "--save_format", "safetensors", "--save", str(only)]) == 0
+    assert sorted(os.listdir(only / "model")) == ["model_latest.safetensors", utility.TRAINING_RECORD]
+    caplog.clear()
+    assert cli.main(["--cpu", "--test_only", "--resume", "--save", str(only), "--data_test", "Sample",
+                     "--scale", "2", "--n_feats", "16", "--num_heads", "4", "--num_layers", "1",
+                     "--patch_size", "12"]) == 0
+    assert "model_latest.safetensors" in caplog.text
