@@ -21,7 +21,6 @@ import datetime  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
-import tempfile  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -113,11 +112,10 @@ def run_dir_problem(r: option.RunSettings) -> str | None:
         return f"--resume: no run directory {r.save} to continue (check --save)"
     try:
         os.makedirs(r.save, exist_ok=True)
-        with tempfile.TemporaryFile(dir=r.save):
-            pass
     except OSError as e:
         return f"{where}: cannot write there ({e.strerror or e})"
-    return None
+    why = utility.unwritable(r.save)
+    return f"{where}: cannot write there ({why})" if why else None
 
 
 def torchrun_world() -> int:

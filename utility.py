@@ -220,6 +220,16 @@ FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
 NOT_A_WRITE_FAILURE = re.compile(r"DataLoader worker")
 
 
+def unwritable(folder: str) -> str | None:
+    """Why no file can be written in ``folder`` (the OS's reason), or None when one can: a
+    temporary file is made there and removed to find out."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as e:
+        return e.strerror or str(e)
+
+
 def atomic_write(path: str, write: Callable[[str], None], durable: bool = False) -> None:
     """Call ``write(tmp)`` on a fresh temporary beside ``path``, then rename it over ``path``
     (``durable``: with the temporary's data flushed to disk first, so a power cut or kernel crash

@@ -24,7 +24,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping
@@ -114,11 +113,9 @@ def output_problem(path: str) -> tuple[str, int]:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         return f"output {path}: its folder {folder} does not exist: create it first", BAD_OPTIONS
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as e:
-        return f"output {path}: cannot write in {folder} ({e.strerror or e})", FAILED
+    why = utility.unwritable(folder)
+    if why:
+        return f"output {path}: cannot write in {folder} ({why})", FAILED
     return "", 0
 
 

@@ -155,13 +155,9 @@ def cache_problem(cache: str) -> Optional[str]:
     folder = os.path.dirname(cache) or "."
     if not os.path.isdir(folder):
         return f"{named}: its folder does not exist; give a file in an existing folder"
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=folder)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as e:
-        return f"{named}: its folder cannot be written ({e.strerror or e}); give a file " \
-               f"in a folder you can write"
+    why = utility.unwritable(folder)
+    if why:
+        return f"{named}: its folder cannot be written ({why}); give a file in a folder you can write"
     return None
 
 

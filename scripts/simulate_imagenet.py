@@ -33,7 +33,6 @@ import random
 import shutil
 import sys
 import tarfile
-import tempfile
 import time
 from typing import Optional, Sequence
 
@@ -192,13 +191,9 @@ def nearest_folder(path: str) -> str:
 def unwritable(root: str) -> Optional[str]:
     """Why ROOT (or the folder it would be made in) cannot be written, or None; a file is
     created there and removed to find out."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=nearest_folder(root))
-        os.close(fd)
-        os.remove(probe)
-    except OSError as e:
-        return f"ROOT {shown(root)} cannot be written ({e.strerror or e}): give a folder you " \
-               f"can write"
+    why = utility.unwritable(nearest_folder(root))
+    if why:
+        return f"ROOT {shown(root)} cannot be written ({why}): give a folder you can write"
     return None
 
 

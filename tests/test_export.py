@@ -275,7 +275,7 @@ def test_refusals_are_one_line_with_the_exit_status(tmp_path, capsys, monkeypatc
     elif case == "unwritable":
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
-        monkeypatch.setattr(export.tempfile, "TemporaryFile", refuse)
+        monkeypatch.setattr(utility.tempfile, "TemporaryFile", refuse)  # the write probe
         status = 1
     elif case == "disk full":
         import safetensors.torch
