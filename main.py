@@ -36,6 +36,7 @@ log = logging.getLogger("ipt")
 
 def main(argv: list[str] | None = None) -> int:
     """Run the job the options describe; the exit status (0 ok, 1 failures, 2 bad options)."""
+    world, rank = torchrun_world(), distributed_rank()  # checked before anything is written
     args = option.parse_args(argv)
     s = option.settings(args)
     device = pick_device(s.run)
@@ -45,19 +46,19 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     command = " ".join(sys.argv if argv is None else ["main.py", *argv])
     lock, stale = utility.RunLock(s.run.save, command), None
-    if distributed_rank() == 0:  # the other ranks of a torchrun job write nothing there
+    if rank == 0:  # the other ranks of a torchrun job write nothing there
         try:
             stale = lock.acquire()
         except utility.LockError as e:
             print(f"main.py: error: {e}", file=sys.stderr)
             return 1
     with lock:
-        utility.setup_logging(s.run.save, s.run.debug, quiet=distributed_rank() > 0)
+        utility.setup_logging(s.run.save, s.run.debug, quiet=rank > 0)
         log.info("command: %s", command)
         if stale:
             log.warning("%s", stale)
         try:  # a stop signal in any phase: one line and exit 130 (training saves its state first)
-            with utility.StopSignals(raise_=True, ignore_after=torchrun_world() > 1):
+            with utility.StopSignals(raise_=True, ignore_after=world > 1):
                 return run(args, s, device)
         except KeyboardInterrupt as e:
             log.warning("%s received: stopped", utility.signal_name(utility.stop_signal(e)))
@@ -120,12 +121,23 @@ def run_dir_problem(r: option.RunSettings) -> str | None:
 
 def torchrun_world() -> int:
     """The number of processes of this torchrun job (1 otherwise)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+    return torchrun_count("WORLD_SIZE", 1)
 
 
 def distributed_rank() -> int:
     """This process's rank under torchrun (0 otherwise)."""
-    return int(os.environ.get("RANK", "0"))
+    return torchrun_count("RANK", 0)
+
+
+def torchrun_count(name: str, default: int) -> int:
+    """The count torchrun sets in environment variable ``name`` (``default`` without it); one
+    line and exit status 2 when it holds something else."""
+    text = os.environ.get(name, str(default))
+    if not (text.isascii() and text.isdigit() and len(text) < 10 and int(text) >= min(default, 1)):
+        print(f"main.py: error: the environment variable {name}={text[:40]!r} is not a count "
+              f"(torchrun sets it; unset it to run one process)", file=sys.stderr)
+        sys.exit(2)
+    return int(text)
 
 
 def pick_device(r: option.RunSettings) -> torch.device:

@@ -95,3 +95,12 @@ def test_a_stop_signal_saves_the_step_it_stopped_at_and_exits_130(tmp_path, work
     assert state["progress"]["step"] == record["step"] == stopped >= 5
     assert record["interrupted"] is True and record["finished"] is False
     assert not [n for n in os.listdir(run) if n.endswith(".tmp") or n == utility.LOCK_NAME]
+
+
+@pytest.mark.parametrize("name,value", [("WORLD_SIZE", "abc"), ("WORLD_SIZE", "0"), ("RANK", "-1")])
+def test_a_bad_torchrun_variable_is_one_line(tmp_path, name, value):
+    result = subprocess.run([sys.executable, "main.py", *TRAIN, "--max_steps", "1", "--save",
+                             str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True,
+                            timeout=PROBE_TIMEOUT, env={**os.environ, name: value})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and name in lines[0], result.stderr[-2000:]
