@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -75,7 +76,7 @@ def resumed_split(saved: dict | None, world: int) -> tuple[int | None, int]:
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 INTERRUPTED = utility.INTERRUPTED  # the exit status of a run a signal stopped (its state saved)
-
+clock = time.perf_counter  # what training seconds are measured with
 
 
 @dataclass
@@ -208,6 +209,7 @@ class Trainer:
         self.skipped_files: dict[int, int] = {}  # loader worker -> files it skipped so far
         self.weights_written: dict[str, dict] = {}  # model/ file -> {step, size, mtime_ns}
         self.loss_average: float | None = None
+        self.train_seconds = 0.0  # wall-clock seconds in training steps (data included), all sessions
         self.model_dir = os.path.join(t.save, "model")
         self.writer = None
         if rank == 0:
@@ -232,7 +234,9 @@ class Trainer:
             try:
                 batches = iter(self.batches(p.step))
                 while p.step < self.total_steps and not self._stop_agreed(stop.received):
+                    started = clock()
                     loss = self.train_step(next(batches))
+                    self.train_seconds += clock() - started
                     p.step += 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4g}" if loss is not None else "skipped",
@@ -253,9 +257,10 @@ class Trainer:
                 bar.close()
                 saved = self._save_on_exit()
                 how = "finished" if p.step >= self.total_steps else "stopped"
-                log.info("%s at step %d of %d; %d step(s) skipped for non-finite losses; %d "
-                         "training file read(s) skipped (unreadable or smaller than the crop)",
-                         how, p.step, self.total_steps, p.nonfinite_total,
+                log.info("%s at step %d of %d after %.1f s of training steps; %d step(s) skipped "
+                         "for non-finite losses; %d training file read(s) skipped (unreadable or "
+                         "smaller than the crop)", how, p.step, self.total_steps,
+                         self.train_seconds, p.nonfinite_total,
                          sum(self.skipped_files.values()))
         if self.interrupted and saved:
             log.info("interrupted: continue this run with the same command and --resume")
@@ -464,7 +469,7 @@ class Trainer:
                  "rng": rng_states(), "options": self.record,
                  "loader_workers": self.loader_workers, "schedule_steps": self.schedule_steps,
                  "world_size": self.world_size, "split_origin": self.split_origin,
-                 "epoch_steps": self.epoch_steps}
+                 "epoch_steps": self.epoch_steps, "train_seconds": self.train_seconds}
         last = self._last_snapshot.state if self._last_snapshot else None
         state, record = utility.host_copy((state, self.training_record()), reuse=(last, None))
         self._last_snapshot = Snapshot(step, names, state, record)
@@ -518,6 +523,7 @@ class Trainer:
                 "step": p.step, "max_steps": self.total_steps, "schedule_steps": self.schedule_steps,
                 "finished": p.step >= self.total_steps, "interrupted": self.interrupted,
                 "best_step": p.best_step if p.best_step >= 0 else None,
+                "train_seconds": round(self.train_seconds, 3),
                 "weights": self.weights_written}
 
     def load(self, path: str) -> None:
@@ -540,6 +546,7 @@ class Trainer:
                              f"saved with, or start afresh with --reset") from None
         self.progress = Progress(**state["progress"])
         self.loss_average = state["loss_average"]
+        self.train_seconds = float(state.get("train_seconds", 0.0))  # states before it: 0
         set_rng_states(state["rng"])
         record = utility.read_training_record(self.record_path)
         self.weights_written = dict((record or {}).get("weights", {}))
@@ -611,6 +618,8 @@ def state_problem(state: dict) -> str | None:
     for key in ("schedule_steps", "world_size", "epoch_steps"):
         if key in state and not utility.is_count(state[key], 1):
             return f"{key!r} is not a positive integer"
+    if not utility.is_seconds(state.get("train_seconds", 0.0)):
+        return "'train_seconds' is not a finite non-negative number"
     origin = state.get("split_origin", 0)
     if not (utility.is_count(origin, 0) and origin <= state["progress"]["step"]):
         return "'split_origin' is not a step this run has reached"

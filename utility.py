@@ -340,12 +340,24 @@ def training_record_problem(record: object) -> str | None:
     for key in RECORD_FLAGS:
         if key in record and not isinstance(record[key], bool):
             return f"key {key!r}: not true or false"
+    if not is_seconds(record.get("train_seconds", 0.0)):
+        return "key 'train_seconds': not a finite non-negative number"
     weights = record.get("weights", {})
     if not isinstance(weights, dict) or not all(
             isinstance(v, dict) and is_count(v.get("size")) and is_count(v.get("mtime_ns"))
             and is_count(v.get("step")) for v in weights.values()):
         return "key 'weights': not a mapping of file name to {step, size, mtime_ns}"
     return None
+
+
+def is_seconds(value: object) -> bool:
+    """A finite non-negative int or float (not a bool): a duration a record may hold."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value) and value >= 0
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def is_count(value: object, least: int = 0) -> bool:

@@ -326,3 +326,34 @@ def test_save_format_writes_the_weights_as_safetensors_too_and_evaluation_finds_
                      "--scale", "2", "--n_feats", "16", "--num_heads", "4", "--num_layers", "1",
                      "--patch_size", "12"]) == 0
     assert "model_latest.safetensors" in caplog.text
+
+
+def test_training_seconds_count_each_step_once_across_a_resume(tmp_path, monkeypatch):
+    """training.json's train_seconds: the time inside training steps, carried by state.pt
+    through a resume; the time between the two sessions is not counted."""
+    ticks = iter(range(10 ** 6))
+    monkeypatch.setattr(trainer, "clock", lambda: float(next(ticks)))  # 1 s a step: start, end
+    first, _ = make_trainer(tmp_path, 3)
+    assert first.fit() == 0
+    record = utility.read_training_record(str(tmp_path / "model" / "model_latest.pt"))
+    assert record["train_seconds"] == 3.0
+    for _ in range(1000):  # the gap between sessions: a clock that moved on
+        next(ticks)
+    second, _ = make_trainer(tmp_path, 6)
+    second.load(str(tmp_path / trainer.STATE_NAME))
+    assert second.fit() == 0
+    record = utility.read_training_record(str(tmp_path / "model" / "model_latest.pt"))
+    assert record["train_seconds"] == 6.0 and record["step"] == 6
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf"), "3", True, 10 ** 400])
+def test_a_bad_train_seconds_is_refused_by_both_readers(tmp_path, value):
+    run, _ = make_trainer(tmp_path, 2)
+    assert run.fit() == 0
+    state = torch.load(tmp_path / trainer.STATE_NAME, weights_only=True)
+    assert trainer.state_problem({**state, "train_seconds": value}) == \
+        "'train_seconds' is not a finite non-negative number"
+    assert trainer.state_problem({k: v for k, v in state.items() if k != "train_seconds"}) is None
+    record = utility.read_training_record(str(tmp_path / "model" / "model_latest.pt"))
+    assert utility.training_record_problem({**record, "train_seconds": value}) == \
+        "key 'train_seconds': not a finite non-negative number"
