@@ -549,18 +549,17 @@ def curve(run: str) -> list[tuple[int, float]]:
 # ----------------------------------------------------------------------------------------
 # Statistics: mean, spread, and paired-by-seed intervals of differences
 # ----------------------------------------------------------------------------------------
-# two-sided 95% quantiles of Student's t (0.975) by degrees of freedom
+# two-sided 95% quantiles of Student's t (its 0.975 quantile) by degrees of freedom
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
         9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-Z975 = 1.960  # the normal quantile: t's limit
 
 
 def t975(df: int) -> float:
-    """t's 0.975 quantile for ``df`` degrees of freedom (between table entries: the next
-    smaller df's, a slightly wider interval)."""
+    """t's 0.975 quantile for ``df`` degrees of freedom (between or beyond the table's entries:
+    the next smaller df's, so the interval is never too narrow)."""
     if df < 1:
         raise ValueError("an interval needs two seeds")
-    return T975[max(d for d in T975 if d <= df)] if df <= 30 else Z975
+    return T975[max(d for d in T975 if d <= df)]
 
 
 def paired_interval(differences: list[float]) -> tuple[float, float, float] | None:

@@ -32,17 +32,6 @@ def metrics(psnr: float, ssim: float, base: float) -> dict:
     return {"psnr_y": psnr, "ssim_y": ssim, "baseline_psnr": base, "baseline_ssim": 0.5}
 
 
-def test_the_table_has_the_input_row_and_one_row_per_variant():
-    found = {seed: {v.name: {"sr2": (metrics(30 + seed, 0.9, 28.0), []),
-                             "denoise30": (metrics(25 - seed, 0.7, 20.0), [])}
-                    for v in study.VARIANTS} for seed in (1, 3)}
-    lines = study.table(found).splitlines()
-    assert len(lines) == 3 + len(study.VARIANTS)
-    assert lines[2].startswith("| *input") and "28.000" in lines[2] and "20.000" in lines[2]
-    # seeds 1 and 3: PSNR 31 and 33 (sr2), 24 and 22 (denoise30); deviation sqrt(2)
-    assert lines[3] == "| none | 32.000 ± 1.414 | 0.9000 ± 0.0000 | 23.000 ± 1.414 | 0.7000 ± 0.0000 |"
-
-
 def test_a_curve_starts_at_the_input_and_follows_the_log(tmp_path):
     (tmp_path / "log.txt").write_text(
         "2026-01-01 INFO step 60: validation PSNR 30.125 dB (best 30.125 at step 60)\n"
@@ -71,14 +60,6 @@ def test_finished_runs_are_recognised(tmp_path):
 def test_the_test_sets_need_prepared_data(tmp_path):
     with pytest.raises(SystemExit, match="prepare_data.py"):
         study.test_sets(str(tmp_path / "missing"), str(tmp_path / "out"), 3)
-
-
-def test_the_study_time_sums_its_runs_logs(tmp_path):
-    for name, (start, end) in {"a": ("10:00:00", "10:02:30"), "b": ("11:00:00", "11:01:30")}.items():
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "log.txt").write_text(f"2026-11-26 {start},1 INFO command\n"
-                                                 f"2026-11-26 {end},9 INFO finished\n")
-    assert study.run_minutes(str(tmp_path)) == pytest.approx(4.0)  # 2.5 + 1.5 minutes
 
 
 def test_a_remade_doc_keeps_its_conclusions(tmp_path):
@@ -153,7 +134,7 @@ def test_a_finished_evaluation_with_a_bad_record_is_refused_not_redone(tmp_path,
     a = study.parse(["--dir_data", str(tmp_path)])
     with pytest.raises(study.MetricsError, match="finetune_none_sr2_eval"):
         study.evaluate(a, str(run), "sr2", str(tmp_path))
-    monkeypatch.setattr(study, "study", lambda a: study.scores(str(tmp_path / "finetune_none_sr2_eval")))
+    monkeypatch.setattr(study, "run_all", lambda a: study.scores(str(tmp_path / "finetune_none_sr2_eval")))
     assert study.main(["--dir_data", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("study.py: ") and "metrics.json" in err[0]
@@ -250,3 +231,173 @@ def test_a_stopped_run_stops_the_study_with_exit_130(monkeypatch, capsys):
         study.run_main(["--save", "x"], launcher="")
     assert stop.value.code == utility.INTERRUPTED
     assert "stopped by a signal" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------
+# Statistics
+# ----------------------------------------------------------------------------------------
+def test_t_quantiles_are_students_and_never_too_small():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df in range(1, 61):
+        exact = float(scipy_stats.t.ppf(0.975, df))
+        if df in study.T975:
+            assert study.t975(df) == pytest.approx(exact, abs=1e-3)
+        assert study.t975(df) >= exact - 1e-3  # between entries: a wider interval, not narrower
+    with pytest.raises(ValueError):
+        study.t975(0)
+
+
+def test_a_paired_interval_by_hand():
+    mean, low, high = study.paired_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(2) = 4.303
+    assert mean == 2.0 and high - mean == pytest.approx(4.303 / math.sqrt(3)) and mean - low == high - mean
+    assert study.paired_interval([0.5]) is None
+
+
+# ----------------------------------------------------------------------------------------
+# Records: a study's small files, and the report made from them alone
+# ----------------------------------------------------------------------------------------
+P, F = 400, 1000
+SEEDS = (1, 2, 3)
+BICUBIC, NOISY = 33.5, 20.0
+# PSNR per seed of each row over the reference: six +1.0/+1.2/+1.4 (sd 0.2), mim +0.1/-0.1/+0.3
+OVER_NONE = {"none": (0, 0, 0), "none, equal seconds": (0.5, 0.5, 0.5), "six": (1.0, 1.2, 1.4),
+             "mim, head from mim": (0.1, -0.1, 0.3), "six+mim": (-0.2, -0.3, -0.4)}
+PRE_SECONDS = {"six": 50.0, "mim": 40.0, "six+mim": 60.0}
+
+
+def write_run(run, steps: int, seconds: float, results: dict | None = None, log: str | None = None):
+    (run / "model").mkdir(parents=True, exist_ok=True)
+    (run / "model" / "training.json").write_text(json.dumps(
+        {"architecture": {"n_feats": 16}, "step": steps, "max_steps": steps, "finished": True,
+         "interrupted": False, "train_seconds": seconds}))
+    if results is not None:
+        (run / "metrics.json").write_text(json.dumps({"results": results}))
+    if log is not None:
+        (run / "log.txt").write_text(log)
+
+
+def manifest(**changes) -> dict:
+    return {"seeds": list(SEEDS), "pretrain_steps": P, "finetune_steps": F, "val_every": 500,
+            "noise_images": 68, "val_images": 3, "pool_photos": 80, "sample_photos": 8,
+            "options": "--threads 2", "machine": "a CPU; torch 2", "pool": ["CSun_Hays80"],
+            "command": ["--pool", "CSun_Hays80", "--dir_data", "data"], **changes}
+
+
+def make_records(root, **changes):
+    """A finished study's records: every run of every seed, with the PSNRs of OVER_NONE."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "study.json").write_text(json.dumps(manifest(**changes)))
+    for seed in SEEDS:
+        for name, seconds in PRE_SECONDS.items():
+            write_run(root / f"seed{seed}" / f"pretrain_{name}", P, seconds)
+        for i, row in enumerate(study.RUN_ROWS):
+            for task, (test_set, base) in {"sr2": ("Set5", BICUBIC), "denoise30": ("CBSD68", NOISY)}.items():
+                steps = {"finetune": F, "steps": P + F, "seconds": P + F + 100 * seed}[row.budget]
+                psnr = (34.0 if task == "sr2" else 28.0) + OVER_NONE[row.name][seed - 1]
+                run = root / f"seed{seed}" / study.finetune_name(row, task)
+                log = "".join(f"2026 INFO step {k}: validation PSNR {psnr - 1 + k / steps:.3f} dB (best)\n"
+                              for k in (steps // 2, steps))
+                write_run(run, steps, 70.0 + 10 * i + seed, {test_set: {task: metrics(psnr, 0.9, base)}}, log)
+                (run.parent / (run.name + "_eval")).mkdir()
+                (run.parent / (run.name + "_eval") / "metrics.json").write_text(json.dumps(
+                    {"results": {test_set: {task: metrics(psnr, 0.8 + i / 100, base)}}}))
+    return root
+
+
+def test_the_report_is_remade_from_the_records_alone(tmp_path, capsys):
+    records = make_records(tmp_path / "records")
+    doc = tmp_path / "docs" / "STUDY.md"
+    doc.parent.mkdir()
+    doc.write_text("old\n\n## What the numbers show\n\nKept.\n")
+    assert study.main(["--report_only", "--records", str(records), "--doc", str(doc)]) == 0  # no data
+    text = doc.read_text()
+    assert text.endswith("## What the numbers show\n\nKept.\n")
+    assert (tmp_path / "docs" / "STUDY.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sr2 = text[text.index("### sr2"):text.index("### denoise30")]
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in sr2.splitlines()
+             if line.startswith("| ")]
+    rows = {c[0]: c for c in cells}
+    assert rows["*input (bicubic)*"][3] == "33.500"
+    # six: +1.0, +1.2, +1.4 over none: mean 1.2, sd 0.2, half-width 4.303 * 0.2 / sqrt(3) = 0.497
+    assert rows["six"][1] == f"{P} + {F}" and rows["six"][3] == "35.200 ± 0.200"
+    assert rows["six"][5] == "**+1.200 [+0.703, +1.697]**"
+    assert rows["six"][6] == "**+0.700 [+0.203, +1.197]**"  # over none at equal seconds
+    assert rows["mim, head from mim"][5] == "+0.100 [-0.397, +0.597]"  # its interval holds 0: not bold
+    assert rows["none"][1] == str(P + F) and rows["none"][5] == "reference"
+    assert rows["none, equal seconds"][1] == f"{P + F + 100}–{P + F + 300}"
+    # seconds: the pre-training's charged to each row: six = 50 + 70 + 10 * 1 + seed
+    assert rows["six"][2] == "132 ± 1"
+    assert "six (sr2, to none): +1.200 [+0.703, +1.697] dB" in text
+    assert "mim, head from mim (sr2" not in text.split("Differences larger")[1].split("![")[0]
+    assert "| six |" in capsys.readouterr().out
+
+
+def test_user_text_in_the_records_is_escaped_in_the_doc(tmp_path):
+    records = make_records(tmp_path / "records", pool=["a|b<img src=x>`c`*d*"],
+                           options="--x `y` | <b>", command=["--pool", "<script>|"])
+    doc = tmp_path / "STUDY.md"
+    assert study.main(["--report_only", "--records", str(records), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    for raw in ("<img", "<b>", "<script>", "`c`", "`y`", "*d*"):
+        assert raw not in text
+    assert "a&#124;b&lt;img src=x&gt;&#96;c&#96;\\*d\\*" in text
+
+
+def test_a_missing_or_damaged_record_is_one_line_and_exit_1(tmp_path, capsys):
+    records = make_records(tmp_path / "records")
+    run = records / "seed2" / "finetune_six_sr2"
+    (run / "model" / "training.json").write_text('{"architecture": {}, "finished": true, "train_seconds": -1}')
+    assert study.main(["--report_only", "--records", str(records), "--doc", str(tmp_path / "d.md")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train_seconds" in err[0] and str(run) in err[0]
+    (run / "model" / "training.json").unlink()
+    assert study.main(["--report_only", "--records", str(records), "--doc", str(tmp_path / "d.md")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "finetune_six_sr2" in err[0] and "redo it" in err[0]
+    assert not (tmp_path / "d.md").exists()
+
+
+MANIFEST_VALUES = st.one_of(st.integers(-2, 3), st.floats(), st.booleans(), st.none(),
+                            st.text(max_size=4), st.lists(st.integers(-1, 3) | st.text(max_size=2), max_size=3))
+
+
+@settings(max_examples=150)
+@given(changes=st.dictionaries(st.sampled_from(sorted(manifest())), MANIFEST_VALUES, max_size=3),
+       whole=st.one_of(st.none(), JSON_VALUES))
+def test_a_manifest_is_read_or_refused_in_one_line(tmp_path, changes, whole):
+    record = manifest(**changes) if whole is None else whole
+    (tmp_path / "study.json").write_text(json.dumps(record))
+    try:
+        found = study.read_manifest(str(tmp_path))
+    except study.StudyError as e:
+        assert "\n" not in str(e) and str(tmp_path / "study.json") in str(e)
+        return
+    assert set(found) == set(manifest())  # nothing else: never where anything is written
+    assert found["seeds"] and all(type(s) is int and s >= 0 for s in found["seeds"])
+    assert all(type(found[k]) is int for k in study.MANIFEST_COUNTS)
+    assert all(isinstance(x, str) for k in ("pool", "command") for x in found[k])
+
+
+def test_the_equal_seconds_reference_gets_the_six_rows_seconds_at_its_own_speed(tmp_path):
+    a = study.parse(["--dir_data", "data", "--work", str(tmp_path), "--pretrain_steps", str(P),
+                     "--finetune_steps", str(F)])
+    write_run(tmp_path / "seed1" / "pretrain_six", P, 100.0)
+    write_run(tmp_path / "seed1" / "finetune_six_sr2", F, 150.0)
+    write_run(tmp_path / "seed1" / "finetune_none_sr2", P + F, 200.0)  # 1/7 s a step
+    assert study.row_steps(a, str(tmp_path), study.SECONDS_REFERENCE, "sr2", 1) == 1750  # 250 s
+    assert study.row_steps(a, str(tmp_path), study.REFERENCE, "sr2", 1) == P + F
+    assert study.row_steps(a, str(tmp_path), study.ROWS[1], "sr2", 1) == F
+
+
+def test_a_finished_run_of_other_steps_is_refused_not_reused(tmp_path):
+    write_run(tmp_path / "run", 4, 1.0)
+    assert study.done(str(tmp_path / "run"), "training", 4)
+    with pytest.raises(study.StudyError, match="a finished run of 4 steps, where this study trains 5"):
+        study.done(str(tmp_path / "run"), "training", 5)
+
+
+def test_only_the_report_needs_no_test_sets(capsys):
+    assert study.parse(["--report_only"]).report_only
+    with pytest.raises(SystemExit) as e:
+        study.parse([])
+    assert e.value.code == 2 and "--dir_data" in capsys.readouterr().err
