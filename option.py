@@ -923,6 +923,10 @@ def _check_ipt(args: argparse.Namespace) -> None:
                          f"n_feats * patch_dim^2 = {args.n_feats * args.patch_dim ** 2}")
     if args.pos_every and args.no_pos:
         raise ValueError("--pos_every needs a position embedding: drop --no_pos")
+    if args.chop == "whole":  # the model's own ValueError came as a traceback from evaluation
+        raise ValueError(f"--chop whole gives IPT each image at once, but its body takes only "
+                         f"--patch_size x --patch_size ({args.patch_size}x{args.patch_size}) inputs: "
+                         f"use --chop official (the authors' tiling), fast or auto")
     if not 0 <= args.dropout_rate < 1:
         raise ValueError(f"--dropout_rate must be in [0, 1), got {args.dropout_rate}")
     if not 0 < args.mask_ratio < 1:

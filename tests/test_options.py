@@ -206,6 +206,8 @@ def test_empty_save_exits_2(capsys):
     ("--scale 2+3+4+1+1+1 --task sr2 --denoise", ["--denoise", "--task sr2"]),
     ("--scale 2+3+4+1+1+1 --task_id 0 --derain", ["--derain", "--task_id 0"]),
     ("--tasks sr2 --derain", ["--derain", "no head derain"]),
+    # IPT's body takes patch-sized inputs only (was: a ValueError traceback per image)
+    ("--test_only --chop whole", ["--chop whole", "48x48", "--chop official"]),
 ])
 def test_contradictory_options_exit_2(capsys, argv, words):
     code, line = exit_line(capsys, argv.split())
