@@ -138,6 +138,8 @@ def test_a_background_save_writes_what_a_synchronous_save_writes(tmp_path, monke
     assert background.state_write(3)["ended"] >= 5  # training changed the tensors meanwhile
     a, b = load(tmp_path / "sync_copies" / "state_3.pt"), load(tmp_path / "bg_copies" / "state_3.pt")
     assert a["progress"]["step"] == 3
+    for state in (a, b):  # a wall-clock measurement: the only field timing may change
+        assert state.pop("train_seconds") >= 0
     assert_same(a, b)
     for name in ("model_3.pt", "model_latest.pt"):
         assert_same(load(tmp_path / "sync" / "model" / name), load(tmp_path / "bg" / "model" / name))
@@ -146,6 +148,7 @@ def test_a_background_save_writes_what_a_synchronous_save_writes(tmp_path, monke
     for record in records:  # the weights entries differ by their modification times only
         for entry in record[0]["weights"].values():
             entry.pop("mtime_ns")
+        assert record[0].pop("train_seconds") >= 0
     assert records[0] == records[1] and len(records[0]) == 1
 
 
