@@ -363,8 +363,8 @@ def row_steps(a: argparse.Namespace, root: str, row: Row, task: str, seed: int) 
     return max(1, round(target / per_step)) if per_step > 0 else total
 
 
-def train_seconds(run: str) -> float:
-    """The training seconds a finished run recorded in its training.json."""
+def finished_record(run: str) -> dict:
+    """A finished run's training.json, with its training seconds; StudyError otherwise."""
     path = os.path.join(run, "model", utility.TRAINING_RECORD)
     try:
         record = utility.read_training_record(os.path.join(run, "model", "model_latest.pt"),
@@ -374,7 +374,12 @@ def train_seconds(run: str) -> float:
     if not record or not record.get("finished") or "train_seconds" not in record:
         raise StudyError(f"{path}: not the record of a finished run with its training seconds; "
                          f"delete the run's folder {os.path.abspath(run)} to redo it")
-    return float(record["train_seconds"])
+    return record
+
+
+def train_seconds(run: str) -> float:
+    """The training seconds a finished run recorded in its training.json."""
+    return float(finished_record(run)["train_seconds"])
 
 
 def finetune(a: argparse.Namespace, row: Row, task: str, seed: int, data: str,
@@ -515,22 +520,17 @@ def gather(records: str, manifest: dict) -> dict[int, dict[str, dict[str, Result
         for row in RUN_ROWS:
             pre_steps, pre_seconds = 0, 0.0
             if row.pretraining:
-                pre = run_dir(records, seed, f"pretrain_{row.pretraining}")
-                pre_steps, pre_seconds = finished_steps(pre), train_seconds(pre)
+                pre = finished_record(run_dir(records, seed, f"pretrain_{row.pretraining}"))
+                pre_steps, pre_seconds = int(pre.get("step", 0)), float(pre["train_seconds"])
             found[seed][row.name] = {}
             for task in TASKS:
                 run = run_dir(records, seed, finetune_name(row, task))
+                fine = finished_record(run)
                 found[seed][row.name][task] = Result(
-                    scores(run + "_eval", TASKS[task], task), pre_steps + finished_steps(run),
-                    pre_seconds + train_seconds(run), [(pre_steps + k, v) for k, v in curve(run)])
+                    scores(run + "_eval", TASKS[task], task), pre_steps + int(fine.get("step", 0)),
+                    pre_seconds + float(fine["train_seconds"]),
+                    [(pre_steps + k, v) for k, v in curve(run)])
     return found
-
-
-def finished_steps(run: str) -> int:
-    """The steps a finished run trained (its training.json)."""
-    train_seconds(run)  # checks the record is a finished run's
-    record = utility.read_training_record(os.path.join(run, "model", "model_latest.pt"), strict=True)
-    return int(record.get("step", 0))
 
 
 def curve(run: str) -> list[tuple[int, float]]:
