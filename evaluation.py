@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import report
+import stops
 import utility
 from data.benchmark import PAPER_RESULTS, BenchmarkError, BenchmarkSet, Pair, supports
 from data.degrade import imresize, imresize_uint8
@@ -38,9 +39,9 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
              checkpoint: str, checkpoint_sha256: str | None = None) -> int:
     """Restore the Demo folder and evaluate the test sets with every selected head; 1 on any
     failure. ``checkpoint_sha256``: the hash of the bytes loaded from ``checkpoint``, recorded as
-    given (None: recorded as unknown). A stop signal (KeyboardInterrupt, ``utility.Interrupted``)
+    given (None: recorded as unknown). A stop signal (KeyboardInterrupt, ``stops.Interrupted``)
     ends it with one line: the reports of the finished sets are written, marked interrupted, and
-    it returns ``utility.INTERRUPTED``."""
+    it returns ``stops.INTERRUPTED``."""
     task_ids = list(range(len(model.task_names))) if ev.task_id is None else [ev.task_id]
     training = training_length(checkpoint)  # now, beside the weights just loaded
     warn_precision(model, inference.precision)
@@ -65,11 +66,11 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
                                           checkpoint_sha256, training, title, stop)
     except KeyboardInterrupt as e:
         log.warning("%s while writing the reports: some may be missing", signal_name(e))
-        return utility.INTERRUPTED
+        return stops.INTERRUPTED
     if stop is not None:
         where = f"reports written: {', '.join(written)}" if written else "no report written"
         log.warning("%s; %s", stop.line(), where)
-        return utility.INTERRUPTED
+        return stops.INTERRUPTED
     if failed:
         log.error("%d image(s) could not be read; see the messages above", failed)
     log.info("log: %s", os.path.join(ev.save, utility.LOG_NAME))
@@ -95,7 +96,7 @@ class Interruption:
 
 def signal_name(stop: KeyboardInterrupt) -> str:
     """The name of the signal behind a stop (SIGINT for a plain Ctrl-C)."""
-    return utility.signal_name(utility.stop_signal(stop))
+    return stops.signal_name(stops.stop_signal(stop))
 
 
 def report_results(model: nn.Module, ev: EvalSettings, inference: InferenceSettings, results: dict,
@@ -122,17 +123,21 @@ def report_results(model: nn.Module, ev: EvalSettings, inference: InferenceSetti
 Validate = Callable[[nn.Module, int], tuple[dict[str, float], dict[str, Tensor]]]
 
 
-def validator(model: nn.Module, ev: EvalSettings, inference: InferenceSettings) -> Validate | None:
+def validator(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
+              check: bool = False) -> Validate | None:
     """The validation a training run calls at a step: PSNR per "set/task" on the test sets (not
     Demo) and a preview image of each; it also writes metrics.json and results.md of that step.
     None when the options name no test set. ``model`` is the bare network (not DDP-wrapped).
-    A stop signal raised in it (KeyboardInterrupt) goes through to the trainer, which stops the
-    run: no report of that step is written."""
+    With ``check``, a missing or malformed test set is a BenchmarkError now (its files listed,
+    none decoded), not at the first validation. A stop signal raised in it (KeyboardInterrupt)
+    goes through to the trainer, which stops the run: no report of that step is written."""
     sets = [d for d in ev.data_test if d != "Demo"]
     if not sets:
         return None
-    plain = dataclasses.replace(inference, self_ensemble=False)  # keeps --precision
     task_ids = list(range(len(model.task_names)))
+    for name in sets if check else []:
+        benchmark_sets(model, ev, name, task_ids)
+    plain = dataclasses.replace(inference, self_ensemble=False)  # keeps --precision
     warn_precision(model, inference.precision)
 
     def validate(net: nn.Module, step: int) -> tuple[dict[str, float], dict[str, Tensor]]:
@@ -166,20 +171,26 @@ def evaluate_benchmark(model: nn.Module, ev: EvalSettings, inference: InferenceS
                        task_ids: list[int], out_dir: str | None, previews: dict | None = None) -> dict:
     """Metrics of each selected head that ``name`` is a test set for."""
     model.eval()
-    tasks = [t for t in task_ids if supports(name, model.task_names[t])]
-    if not tasks:
-        heads = "+".join(model.task_names[t] for t in task_ids)
-        raise BenchmarkError(f"--data_test {name} is not a test set for {heads}")
     results = {}
-    for t in tasks:
-        task, scale = model.task_names[t], model.scale[t]
-        data = BenchmarkSet(ev.dir_data, name, task, scale, ev.seed, ev.test_range,
-                            clip_noise=ev.clip_noise)
+    for t, data in benchmark_sets(model, ev, name, task_ids):
+        task = model.task_names[t]
         r = evaluate_set(model, data, t, inference, out_dir, ev.workers, previews, ev.save_gt)
         log.info("%s %s: PSNR %.2f dB, SSIM %.4f (Y); PSNR %.2f dB, SSIM %.4f (RGB); %d images",
                  name, task, r["psnr_y"], r["ssim_y"], r["psnr_rgb"], r["ssim_rgb"], r["n_images"])
         results[task] = r
     return results
+
+
+def benchmark_sets(model: nn.Module, ev: EvalSettings, name: str,
+                   task_ids: list[int]) -> list[tuple[int, BenchmarkSet]]:
+    """(head, its pairs) of test set ``name`` for each selected head it is a test set for; a
+    BenchmarkError when there is none, or the set is missing or malformed (files listed only)."""
+    tasks = [t for t in task_ids if supports(name, model.task_names[t])]
+    if not tasks:
+        heads = "+".join(model.task_names[t] for t in task_ids)
+        raise BenchmarkError(f"--data_test {name} is not a test set for {heads}")
+    return [(t, BenchmarkSet(ev.dir_data, name, model.task_names[t], model.scale[t], ev.seed,
+                             ev.test_range, clip_noise=ev.clip_noise)) for t in tasks]
 
 
 PRINTED_IMAGE_ROWS = 40  # at most this many per-image rows are printed; all are in results.md
@@ -349,7 +360,7 @@ def prefetch(dataset: Dataset, workers: int) -> DataLoader:
     which ignore the stop signals that reach the process group: this process stops them."""
     workers = min(workers, len(dataset), usable_cpus())
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                      worker_init_fn=utility.ignore_stop_signals)
+                      worker_init_fn=stops.ignore_stop_signals)
 
 
 def restore_quantised(model: nn.Module, image: Tensor, task_id: int,

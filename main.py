@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import sys
 
-import option  # loads no torch, so that --help answers at once
+import stops  # loads no torch: a stop signal while torch loads is kept, not a silent kill
+
+if __name__ == "__main__":
+    stops.early()
+
+import option  # loads no torch, so that --help answers at once  # noqa: E402
 
 if __name__ == "__main__" and option.asks_for_help(sys.argv[1:]):
     option.build_parser().print_help()
@@ -27,6 +32,7 @@ import torch  # noqa: E402
 import evaluation  # noqa: E402
 import trainer  # noqa: E402
 import utility  # noqa: E402
+from data.benchmark import BenchmarkError  # noqa: E402
 from data.images import DataLayoutError, ImageReadError  # noqa: E402
 from data.training import usable_cpus  # noqa: E402
 from model import CheckpointError, build_model, load_body, load_checkpoint  # noqa: E402
@@ -44,25 +50,51 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"main.py: error: {problem}", file=sys.stderr)
         return 1
+    group = world > 1 and not s.run.test_only  # training joins the torchrun job's process group
+    if group:
+        try:
+            start_distributed(device, s.run.dist_timeout)
+        except (torch.distributed.DistError, RuntimeError, ValueError) as e:  # peers unreachable
+            print(f"main.py: error: cannot join the torchrun job's processes "
+                  f"({GLOO_SOURCE.sub('', last_line(e))}): check the rendezvous and the network, "
+                  f"then start again", file=sys.stderr)
+            return 1
+    try:
+        return locked_run(args, s, device, argv, rank, world)
+    finally:
+        if group:
+            stops.ignore_stop_signals()
+            with contextlib.suppress(torch.distributed.DistError, RuntimeError):
+                torch.distributed.destroy_process_group()
+
+
+def locked_run(args: argparse.Namespace, s: option.Settings, device: torch.device,
+               argv: list[str] | None, rank: int, world: int) -> int:
+    """The job, once rank 0 holds the run directory's lock (every rank learns whether it does)."""
     command = " ".join(sys.argv if argv is None else ["main.py", *argv])
-    lock, stale = utility.RunLock(s.run.save, command), None
+    lock, stale, refused = utility.RunLock(s.run.save, command, stale_after=s.run.dist_timeout), None, None
     if rank == 0:  # the other ranks of a torchrun job write nothing there
         try:
             stale = lock.acquire()
         except utility.LockError as e:
-            print(f"main.py: error: {e}", file=sys.stderr)
-            return 1
+            refused = str(e)
+    if not all_ranks_agree(refused is None, device):  # a refusal ends every rank at once
+        if refused:
+            print(f"main.py: error: {refused}", file=sys.stderr)
+        return 1
     with lock:
         utility.setup_logging(s.run.save, s.run.debug, quiet=rank > 0)
         log.info("command: %s", command)
         if stale:
             log.warning("%s", stale)
+        if world > 1:  # torchrun's agent killed: its ranks stop as on SIGTERM, not train on as orphans
+            stops.stop_when_orphaned(log)
         try:  # a stop signal in any phase: one line and exit 130 (training saves its state first)
-            with utility.StopSignals(raise_=True, ignore_after=world > 1):
+            with stops.StopSignals(raise_=True, ignore_after=world > 1):
                 return run(args, s, device)
         except KeyboardInterrupt as e:
-            log.warning("%s received: stopped", utility.signal_name(utility.stop_signal(e)))
-            return utility.INTERRUPTED
+            log.warning("%s received: stopped", stops.signal_name(stops.stop_signal(e)))
+            return stops.INTERRUPTED
 
 
 def run(args: argparse.Namespace, s: option.Settings, device: torch.device) -> int:
@@ -177,18 +209,13 @@ def prepare_model(s: option.Settings, device: torch.device) -> tuple[torch.nn.Mo
 # ----------------------------------------------------------------------------------------
 def train(args: argparse.Namespace, s: option.Settings, device: torch.device) -> int:
     """Pre-train (several heads, no --task) or fine-tune (one head) as the options say."""
-    try:
-        rank, world = start_distributed(device, s.run.dist_timeout)
-    except (torch.distributed.DistError, RuntimeError, ValueError) as e:  # peers unreachable
-        log.error("cannot join the torchrun job's processes (%s): check the rendezvous and the "
-                  "network, then start again", GLOO_SOURCE.sub("", last_line(e)))
-        return 1
+    rank, world = distributed_rank(), torchrun_world()
     try:
         status = _train(args, s, device, rank, world)
-        if world > 1:
+        if world > 1 and status != 1:  # a failed rank exits at once: its peers' collectives fail
             # training has ended and its state is saved: torchrun stopping the ranks still
             # running (one rank exited first) must not turn this exit into a kill
-            utility.ignore_stop_signals()
+            stops.ignore_stop_signals()
             # a rank that tears gloo down while another still saves can abort (SIGABRT)
             torch.distributed.barrier()
         return status
@@ -200,11 +227,6 @@ def train(args: argparse.Namespace, s: option.Settings, device: torch.device) ->
                       "stopping; continue with --resume from the last saved state",
                       GLOO_SOURCE.sub("", last_line(e)).split(". This is typically")[0])
         return 1
-    finally:
-        if world > 1:
-            utility.ignore_stop_signals()
-            with contextlib.suppress(torch.distributed.DistError, RuntimeError):
-                torch.distributed.destroy_process_group()
 
 
 GLOO_SOURCE = re.compile(r"^\[[^\]]*\]\s*")  # "[.../pair.cc:545] " before gloo's message
@@ -239,7 +261,12 @@ def _train(args: argparse.Namespace, s: option.Settings, device: torch.device, r
     log.info("training %s (%s), %d steps of batch %d x %d process(es), %d step(s) an epoch",
              "+".join(model.task_names), "pre-training" if len(model.task_names) > 1 else "fine-tuning",
              total, s.data.batch_size, world, steps_per_epoch)
-    validate = evaluation.validator(model, s.evaluation, s.inference)
+    try:  # every test set's layout, checked before step 1 when a validation will happen
+        validate = evaluation.validator(model, s.evaluation, s.inference,
+                                        check=s.train.test_every <= total)
+    except BenchmarkError as e:
+        log.error("%s", e)
+        return 1
     schedule_steps = kept_schedule(saved, total)
     runner = trainer.Trainer(s.train, net, batches, validate, total, epoch_steps, rank, workers,
                              s.record, option.architecture_record(s.evaluation.model_name, s.model),
@@ -355,8 +382,8 @@ def fit(runner: trainer.Trainer) -> int:
     try:
         return runner.fit()
     except utility.SaveError as e:
-        log.error("training stopped at step %d: %s; make room and continue with --resume",
-                  runner.progress.step, e)
+        log.error("training stopped at step %d: %s; %s", runner.progress.step, e,
+                  trainer.after_failed_save(runner.settings.save))
         return 1
     except (DataLayoutError, ImageReadError) as e:
         log.error("training stopped at step %d: %s (the training state of that step is saved; "
@@ -370,6 +397,16 @@ def last_line(error: BaseException) -> str:
     if len(lines) > 1 and "Traceback" in str(error):  # raised in a loader worker
         return lines[-1].split(": ", 1)[-1]
     return lines[0] if lines else type(error).__name__
+
+
+def all_ranks_agree(ok: bool, device: torch.device) -> bool:
+    """Whether ``ok`` holds on every rank of the torchrun job (one all-reduce; ``ok`` alone
+    without a process group)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return ok
+    flag = torch.tensor([int(ok)], device=device if device.type == "cuda" else "cpu")
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def start_distributed(device: torch.device, timeout: int = option.DIST_TIMEOUT) -> tuple[int, int]:

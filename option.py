@@ -51,6 +51,9 @@ RESUME_DERIVED = ("task_names", "task_id")  # what --tasks/--task/--denoise/... 
 HEAD_OPTIONS = ("scale", "tasks")  # the heads of a model, taken from a training record together
 HEAD_COUNT_OPTIONS = (*HEAD_OPTIONS, "num_queries")  # ... with the count of task queries
 NOT_ARCHITECTURE = ("attention",)  # model options that change the arithmetic, not the weights
+# model options the weights keep no trace of: given against the record of the same weights, they
+# would build another network that loads them without an error and restores wrongly; refused
+RECORD_BOUND = ("num_heads",)
 # what parse_args notes about the command line itself, kept out of the run's options record
 PARSE_NOTES = ("command_line", "architecture_from", "architecture_ignored", "architecture_source",
                "pretrain_tasks")
@@ -396,7 +399,8 @@ def _take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> No
     Only the options that shape the network (``architecture_keys``) may come from a record; any
     other key is ignored (listed in args.architecture_ignored for a warning), and each value is
     checked with its option's type. --scale, --tasks and --num_queries are taken together or not
-    at all; --task/--task_id pick among them.
+    at all; --task/--task_id pick among them. An option of RECORD_BOUND given with another value
+    than the record's is refused (``record_contradiction``): the command line wins elsewhere.
     Sets args.architecture_from (the options taken, for the log), args.architecture_source (the
     record's file) and args.pretrain_tasks (the checkpoint's head names, or None when unknown).
     """
@@ -412,6 +416,10 @@ def _take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> No
         return
     args.architecture_source = source
     recorded, args.architecture_ignored = recorded_architecture(record["architecture"], source)
+    bound = {dest: getattr(args, dest) for dest in given & set(RECORD_BOUND)}
+    contradiction = record_contradiction(recorded, bound, source)
+    if contradiction:
+        raise ValueError(contradiction)
     if "tasks" in recorded:
         args.pretrain_tasks = _split(recorded["tasks"])
     heads_given = bool(given & set(HEAD_COUNT_OPTIONS))
@@ -486,6 +494,18 @@ def recorded_architecture(recorded: dict, source: str) -> tuple[dict, list[str]]
             raise ValueError(f"{source}: architecture key {key!r} {e}; fix the record, or delete it "
                              f"and give the model options on the command line") from None
     return taken, ignored
+
+
+def record_contradiction(recorded: dict, given: dict, source: str) -> str:
+    """Why options ``given`` (command line or --config) contradict the record of the same weights
+    in an option of RECORD_BOUND ('' when they do not): the first such option, both values."""
+    for dest in RECORD_BOUND:
+        if dest in recorded and dest in given and given[dest] != recorded[dest]:
+            return (f"--{dest} {given[dest]} contradicts {source}, which records {dest} "
+                    f"{recorded[dest]} for these weights (they keep no trace of it: another value "
+                    f"loads them without an error and restores wrongly): leave --{dest} out or "
+                    f"give {recorded[dest]}")
+    return ""
 
 
 def _record_value(action: argparse.Action, value: object) -> object:
@@ -566,6 +586,7 @@ class _ConfigLoader(yaml.SafeLoader):
 
 
 CONFIG_MAX_BYTES = 1 << 20  # an options file is a few kB; anything larger is not one
+CONFIG_MAX_DEPTH = 4  # the file's mapping, an option's list, its stages' lists: 3 levels used
 
 
 def _read_config(path: str, parser: argparse.ArgumentParser) -> dict:
@@ -578,9 +599,17 @@ def _read_config(path: str, parser: argparse.ArgumentParser) -> dict:
     """
     text = _config_text(path, parser)
     try:
-        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=yaml.SafeLoader)):
-            parser.error(f"--config {path}: YAML anchors and aliases (&name, *name) are not "
-                         f"supported in an options file: write each value out")
+        depth = 0  # the event stream is read without recursion; building the values recurses
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                parser.error(f"--config {path}: YAML anchors and aliases (&name, *name) are not "
+                             f"supported in an options file: write each value out")
+            if isinstance(event, (yaml.CollectionStartEvent, yaml.CollectionEndEvent)):
+                depth += 1 if isinstance(event, yaml.CollectionStartEvent) else -1
+            if depth > CONFIG_MAX_DEPTH:
+                parser.error(f"--config {path}: lists or mappings nested more than {CONFIG_MAX_DEPTH} "
+                             f"deep (line {event.start_mark.line + 1}); an option's value nests "
+                             f"at most {CONFIG_MAX_DEPTH - 1}")
         values = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: no arbitrary objects
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except DuplicateKeyError as e:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import stops
 import utility
 from data.listing import FILE_LIST
 from data.stream import seeded, synthesize_lr
@@ -48,7 +49,7 @@ def make_batches(d: DataSettings, rank: int = 0, world: int = 1, saved_workers: 
     def batches(start: int) -> DataLoader:
         return DataLoader(stream.with_start(start, split_origin), batch_size=None, num_workers=workers,
                           pin_memory=d.pin_memory and torch.cuda.is_available(),
-                          worker_init_fn=utility.ignore_stop_signals if workers else None)
+                          worker_init_fn=stops.ignore_stop_signals if workers else None)
 
     return batches, stream.steps_per_epoch, workers
 
@@ -75,7 +76,7 @@ def resumed_split(saved: dict | None, world: int) -> tuple[int | None, int]:
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-INTERRUPTED = utility.INTERRUPTED  # the exit status of a run a signal stopped (its state saved)
+INTERRUPTED = stops.INTERRUPTED  # the exit status of a run a signal stopped (its state saved)
 clock = time.perf_counter  # what training seconds are measured with
 
 
@@ -230,7 +231,7 @@ class Trainer:
         status = 0
         # the handler stays until the final save is written: a signal then (torchrun stopping
         # the other ranks of a failed job, a second Ctrl-C) cannot cut that save short
-        with utility.StopSignals() as stop:
+        with stops.StopSignals() as stop:
             try:
                 batches = iter(self.batches(p.step))
                 while p.step < self.total_steps and not self._stop_agreed(stop.received):
@@ -248,7 +249,7 @@ class Trainer:
                 stopped = self._stop_agreed(stop.received)
                 if stop.received is not None:
                     log.warning("%s received: saving the training state and stopping",
-                                utility.signal_name(stop.received))
+                                stops.signal_name(stop.received))
                 elif stopped:
                     log.warning("another process of this job received a stop signal: stopping")
                 self.interrupted = stopped and p.step < self.total_steps
@@ -263,7 +264,7 @@ class Trainer:
                          self.train_seconds, p.nonfinite_total,
                          sum(self.skipped_files.values()))
         if self.interrupted and saved:
-            log.info("interrupted: continue this run with the same command and --resume")
+            log.info(RESUME_HINT)
             return INTERRUPTED
         return status if saved else 1
 
@@ -301,11 +302,11 @@ class Trainer:
         try:
             self.saver.wait()  # only after an error: otherwise fit waited for it already
         except utility.SaveError as e:
-            log.error(SAVE_FAILED, e)
+            log.error(SAVE_FAILED, e, after_failed_save(self.settings.save))
         try:
             return self.save()
         except utility.SaveError as e:
-            log.error(SAVE_FAILED, e)
+            log.error(SAVE_FAILED, e, after_failed_save(self.settings.save))
             return False
 
     def train_step(self, batch: dict) -> float | None:
@@ -552,7 +553,15 @@ class Trainer:
         self.weights_written = dict((record or {}).get("weights", {}))
 
 
-SAVE_FAILED = "training state not saved: %s; make room and continue with --resume"
+SAVE_FAILED = "training state not saved: %s; %s"
+RESUME_HINT = "interrupted: continue this run with the same command and --resume"
+
+
+def after_failed_save(save: str) -> str:
+    """What to do after a save failed: continue from the state saved before, or start again."""
+    if os.path.isfile(os.path.join(save, STATE_NAME)):
+        return "make room and continue with --resume"
+    return "make room and start again (nothing was saved yet)"
 
 
 @dataclass

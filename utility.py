@@ -6,10 +6,9 @@
 - run records: ``sha256_file``, ``git_commit`` (runs ``git`` in a subprocess), ``jsonable``;
 - ``atomic_write`` / ``write_json`` / ``write_text`` / ``atomic_save``: files written to a
   temporary and renamed (SaveError on a full disk), ``nonfinite_tensors`` to check weights first;
-- ``RunLock``: ``RUN/.lock``, one process per run directory (stale locks taken over);
+- ``read_small_file``: a record's bytes, read only from a regular file of bounded size;
+- ``RunLock``: ``RUN/.lock``, one process per run directory (a live holder is never displaced);
 - ``keep_freed_memory``: tunes glibc malloc (``mallopt``) so CPU forward passes reuse freed memory;
-- ``StopSignals`` / ``ignore_stop_signals``: SIGINT, SIGTERM and SIGUSR1 turned into a clean stop
-  (a flag, or ``Interrupted`` raised), and ignored by loader workers, whose parent stops them;
 - ``host_copy`` / ``BackgroundWriter``: a snapshot of tensors on the CPU, written by one thread
   while training goes on.
 """
@@ -24,11 +23,12 @@ import math
 import os
 import re
 import shutil
-import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 import torch
@@ -285,6 +285,29 @@ class RecordError(ValueError):
     """A record this program wrote (training.json, ...) that is damaged or was not written by it."""
 
 
+# What os.stat's st_mode says a path is, for messages; anything else is a regular file
+FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+              (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"))
+O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO this way returns at once
+
+
+def read_small_file(path: str, max_bytes: int = RECORD_MAX_BYTES) -> bytes:
+    """The bytes of ``path`` if it is (or links to) a regular file of at most ``max_bytes``;
+    RecordError saying what it is otherwise. A pipe or device is never read: the descriptor is
+    opened non-blocking and checked before one byte is read."""
+    fd = os.open(path, os.O_RDONLY | O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((what for test, what in FILE_KINDS if test(mode)), "not a file")
+            raise RecordError(f"{path}: it is {kind}, not a regular file")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise RecordError(f"{path}: larger than a record ({max_bytes} bytes)")
+    return data
+
+
 def read_training_record(checkpoint: str, strict: bool = False) -> dict | None:
     """The training.json beside a checkpoint file, its fields checked (``training_record_problem``).
 
@@ -297,14 +320,10 @@ def read_training_record(checkpoint: str, strict: bool = False) -> dict | None:
         return None
     problem, record = None, None
     try:
-        if not os.path.isfile(path):
-            problem = "not a regular file"
-        elif os.path.getsize(path) > RECORD_MAX_BYTES:
-            problem = f"larger than a record ({RECORD_MAX_BYTES} bytes)"
-        else:
-            with open(path, encoding="utf-8") as f:
-                record = json.load(f)
-            problem = training_record_problem(record)
+        record = json.loads(read_small_file(path))
+        problem = training_record_problem(record)
+    except RecordError as e:
+        problem = str(e).split(": ", 1)[-1]
     except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
         problem = f"not readable JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
     if problem is None:
@@ -408,7 +427,10 @@ def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
 # ----------------------------------------------------------------------------------------
 # One process per run directory
 # ----------------------------------------------------------------------------------------
-LOCK_NAME = ".lock"  # {"host", "pid", "command"} of the process using the run directory
+LOCK_NAME = ".lock"  # {"host", "pid", "started", "command", "run_id"} of the process using the run
+LOCK_RENEW_SECONDS = 30  # the holder touches its lock this often: proof of life for other hosts
+# another host's lock not renewed for this long is a dead process's: 3 renewals missed
+LOCK_MISSED_RENEWALS = 3
 
 
 class LockError(RuntimeError):
@@ -418,14 +440,21 @@ class LockError(RuntimeError):
 class RunLock:
     """``RUN/.lock``: created atomically by the process that runs there, removed when it ends.
 
-    A lock whose process is gone (same host, no such PID) is stale: it is reported and taken
-    over. A lock from another host cannot be checked, so it is refused with how to clear it.
+    A live holder is never displaced. On this host the holder is alive while its process runs
+    (its PID and start time); the lock of another host is alive while the holder renews it (it
+    touches the file every LOCK_RENEW_SECONDS). A lock of another host counts as stale once not
+    renewed for ``stale_after`` seconds (--dist_timeout), or for LOCK_MISSED_RENEWALS renewals when
+    it was taken under the same torchrun run id (``--rdzv_id``) as ours: the earlier attempt of
+    this job, whose node died. A stale lock is reported and taken over.
     """
 
-    def __init__(self, folder: str, command: str = ""):
+    def __init__(self, folder: str, command: str = "", stale_after: float = 1800):
         self.path = os.path.join(folder, LOCK_NAME)
         self.command = command
+        self.stale_after = max(stale_after, LOCK_RENEW_SECONDS * LOCK_MISSED_RENEWALS)
         self.held = False
+        self._fd: int | None = None  # the lock file this process created, open for renewals
+        self._stop_renewing = threading.Event()
 
     def acquire(self) -> str | None:
         """Take the lock; a note when a stale one was replaced, LockError when it is held.
@@ -433,16 +462,19 @@ class RunLock:
         The record is written to a temporary first and hard-linked into place, which fails if the
         lock exists: another process never sees a lock without its record.
         """
-        record = {"host": socket.gethostname(), "pid": os.getpid(), "command": self.command,
-                  "run_id": os.environ.get(ELASTIC_RUN_ID) or None}
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start(os.getpid()),
+                  "command": self.command, "run_id": os.environ.get(ELASTIC_RUN_ID) or None}
         tmp = f"{self.path}.{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(record, f)
         try:
-            return self._link(tmp)
+            note = self._link(tmp)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
+        self._fd = os.open(self.path, os.O_RDONLY | O_NONBLOCK)
+        threading.Thread(target=self._renew, name="run lock renewal", daemon=True).start()
+        return note
 
     def _link(self, record_file: str) -> str | None:
         """Link the written record to the lock's name, replacing a stale lock once."""
@@ -451,24 +483,17 @@ class RunLock:
             try:
                 self._create(record_file)
             except FileExistsError:
-                holder = self._holder()
-                if _same_elastic_job(holder):  # a restarted torchrun group: its own lock
-                    note = (f"took over {self.path} from the previous attempt of this torchrun job "
-                            f"(run id {holder['run_id']}, process {holder.get('pid')} on "
-                            f"{holder.get('host')})")
-                    with contextlib.suppress(FileNotFoundError):
-                        os.remove(self.path)
-                    continue
-                if _alive(holder):
+                holder, identity = self._holder()
+                why_stale = self._stale(holder)
+                if why_stale is None:
                     raise LockError(
                         f"{os.path.dirname(self.path)} is in use by process {holder.get('pid')} on "
-                        f"{holder.get('host')} ({holder.get('command') or 'command unknown'}): "
-                        f"wait for it or give another --save; if that process is gone, delete "
-                        f"{self.path}") from None
-                note = (f"removed a stale lock {self.path} of process {holder.get('pid')} on "
-                        f"{holder.get('host')}, which no longer runs")
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(self.path)
+                        f"{holder.get('host')} ({holder.get('command') or 'command unknown'}): wait "
+                        f"for it or give another --save; if that process is gone, delete "
+                        f"{self.path}{self._expiry(holder)}") from None
+                note = f"removed a stale lock {self.path} of process {holder.get('pid')} on " \
+                       f"{holder.get('host')}: {why_stale}"
+                self._remove_if(identity)
                 continue
             self.held = True
             removed = remove_stale_temporaries(os.path.dirname(self.path))
@@ -490,20 +515,88 @@ class RunLock:
             with os.fdopen(fd, "w", encoding="utf-8") as f, open(record_file, encoding="utf-8") as r:
                 f.write(r.read())
 
-    def _holder(self) -> dict:
-        """The holder's record; an unreadable one (left by a crash) reads as a dead process here."""
+    def _holder(self) -> tuple[dict, tuple[int, int] | None]:
+        """(the holder's record, the lock file's (device, inode)); a record that cannot be read
+        (left by a crash, or larger than a record) reads as a dead process of this host; anything
+        but a regular file is refused (LockError)."""
+        identity, holder = None, {}
         try:
-            with open(self.path, encoding="utf-8") as f:
-                holder = json.load(f)
-        except (OSError, ValueError):
-            holder = {}
-        if not isinstance(holder, dict):
+            info = os.lstat(self.path)
+            identity = (info.st_dev, info.st_ino)
+            if not stat.S_ISREG(info.st_mode):  # never a lock this program wrote: not ours to remove
+                kind = next((what for test, what in FILE_KINDS if test(info.st_mode)), "not a file")
+                raise LockError(f"{self.path} is {kind}, not a lock file this program wrote: move it "
+                                f"away, then start again")
+            holder = json.loads(read_small_file(self.path))
+            holder = holder if isinstance(holder, dict) else {}
+            holder["renewed"] = info.st_mtime
+        except (OSError, ValueError, RecursionError):
             holder = {}
         holder.setdefault("host", socket.gethostname())
-        return holder
+        return holder, identity
+
+    def _stale(self, holder: dict) -> str | None:
+        """Why the holder no longer runs; None while it may."""
+        if holder.get("host") == socket.gethostname():
+            pid = holder.get("pid")
+            if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid == os.getpid():
+                return "its record names no other process"
+            started = process_start(pid)
+            if not pid_exists(pid) or (holder.get("started") and started != holder.get("started")):
+                return "that process no longer runs"
+            return None
+        age, limit, same_job = self._age(holder)
+        if age > limit:
+            return (f"not renewed for {age:.0f} s, stale after {limit:.0f} s"
+                    + (" (an earlier attempt of this torchrun job)" if same_job else ""))
+        return None
+
+    def _age(self, holder: dict) -> tuple[float, float, bool]:
+        """(seconds since another host's holder renewed its lock, the seconds after which it is
+        stale, whether it was taken under our torchrun run id); "none", torchrun's id of every
+        job without --rdzv_id, identifies no job."""
+        renewed = holder.get("renewed")
+        ours = os.environ.get(ELASTIC_RUN_ID)
+        same_job = bool(ours) and ours != "none" and holder.get("run_id") == ours
+        limit = LOCK_RENEW_SECONDS * LOCK_MISSED_RENEWALS if same_job else self.stale_after
+        return (time.time() - renewed if isinstance(renewed, float) else math.inf), limit, same_job
+
+    def _expiry(self, holder: dict) -> str:
+        """When another host's lock will count as stale, for the refusal ("" on this host)."""
+        if holder.get("host") == socket.gethostname():
+            return ""
+        age, limit, same_job = self._age(holder)
+        return (f" (its holder renews it every {LOCK_RENEW_SECONDS} s, last {age:.0f} s ago; it is "
+                f"stale {limit:.0f} s after that{'' if same_job else ', --dist_timeout'})")
+
+    def _remove_if(self, identity: tuple[int, int] | None) -> None:
+        """Remove the lock if it is still the file judged stale: moved aside first (atomic), and
+        put back if another process replaced it meanwhile (its fresh lock)."""
+        aside = f"{self.path}.{os.getpid()}.stale"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        info = os.lstat(aside)
+        if identity is not None and (info.st_dev, info.st_ino) != identity:
+            with contextlib.suppress(OSError):
+                os.link(aside, self.path)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(aside)
+
+    def _renew(self) -> None:
+        """Touch the lock this process created (through its descriptor: never another's file)."""
+        while not self._stop_renewing.wait(LOCK_RENEW_SECONDS):
+            with contextlib.suppress(OSError, TypeError):
+                os.utime(self._fd)
 
     def release(self) -> None:
         """Remove the lock if this process holds it."""
+        self._stop_renewing.set()
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
         if self.held:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.path)
@@ -514,6 +607,30 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def process_start(pid: int) -> str | None:
+    """When process ``pid`` started (boot id and clock ticks since boot, from /proc), so that a
+    PID reused by another process is told apart; None where /proc does not say."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return f"{boot}:{fields[19]}"  # starttime, the 22nd field of stat (2 before the split)
+    except (OSError, IndexError):
+        return None
+
+
+def pid_exists(pid: int) -> bool:
+    """Whether a process of that number runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 TEMPORARY_NAME = re.compile(r"^\..+\.[^.]+\.tmp$")  # what atomic_write creates: .NAME.XXXXXX.tmp
@@ -535,32 +652,8 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     return removed
 
 
-ELASTIC_RUN_ID = "TORCHELASTIC_RUN_ID"  # set by torchrun: the same for every restart of one job
-
-
-def _same_elastic_job(holder: dict) -> bool:
-    """Whether a lock was taken by an earlier attempt of this very torchrun job (any host): the
-    group torchrun restarts after a failure may take it over; an independent run may not."""
-    ours = os.environ.get(ELASTIC_RUN_ID)
-    return bool(ours) and holder.get("run_id") == ours
-
-
-def _alive(holder: dict) -> bool:
-    """Whether the lock holder may still run (True for another host: it cannot be checked)."""
-    if holder.get("host") != socket.gethostname():
-        return True
-    pid = holder.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    if pid == os.getpid():
-        return False  # a lock of an earlier run of this very process (a reused PID)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+# set by torchrun: the same for every restart of one job, "none" for every job without --rdzv_id
+ELASTIC_RUN_ID = "TORCHELASTIC_RUN_ID"
 
 
 def available_memory() -> int | None:
@@ -604,77 +697,6 @@ def keep_freed_memory() -> bool:
         return bool(libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED_BYTES))
     except (OSError, AttributeError):
         return False
-
-
-# ----------------------------------------------------------------------------------------
-# Stopping on a signal
-# ----------------------------------------------------------------------------------------
-# What a terminal (SIGINT), timeout/Slurm/Kubernetes (SIGTERM) and Slurm's --signal (SIGUSR1) send
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-INTERRUPTED = 130  # the exit status of a run stopped by a signal (128 + SIGINT), as shells use
-
-
-def signal_name(signum: int) -> str:
-    """SIGINT, SIGTERM, ... of a signal number."""
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
-def stop_signal(stop: KeyboardInterrupt) -> int:
-    """The signal behind a stop: ``Interrupted``'s, else SIGINT (a plain Ctrl-C)."""
-    return getattr(stop, "signum", signal.SIGINT)
-
-
-class Interrupted(KeyboardInterrupt):
-    """A stop signal raised as an exception (a KeyboardInterrupt, so Ctrl-C code handles it)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal_name(signum))
-        self.signum = signum
-
-
-class StopSignals:
-    """Within ``with``: SIGINT, SIGTERM and SIGUSR1 set ``received`` (the signal's number) and,
-    with ``raise_=True``, raise ``Interrupted`` in the main thread. Outside the main thread it
-    changes nothing. Only the process that entered it reacts: a forked child ignores them. The
-    handler logs nothing: logging from a signal handler can re-enter a logging handler's lock.
-    With ``ignore_after=True`` they are ignored from the end of the block on (a torchrun rank
-    whose work is over: torchrun stopping the ranks still running must not turn its exit into a
-    kill; torchrun itself kills a rank that does not end within its shutdown timeout)."""
-
-    def __init__(self, raise_: bool = False, ignore_after: bool = False):
-        self.raise_, self.ignore_after = raise_, ignore_after
-        self.received: int | None = None
-        self._previous: dict = {}
-        self._pid = os.getpid()
-
-    def __enter__(self) -> "StopSignals":
-        for sig in STOP_SIGNALS:
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum: int, frame) -> None:
-        if os.getpid() != self._pid:  # a forked child (a loader worker): its parent stops it
-            return
-        self.received = signum
-        if self.raise_:
-            raise Interrupted(signum)
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, signal.SIG_IGN if self.ignore_after else handler)
-
-
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """A DataLoader ``worker_init_fn``: the worker ignores the stop signals, which reach the whole
-    process group, and leaves the stop to the main process (which ends its workers itself)."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
 
 
 # ----------------------------------------------------------------------------------------

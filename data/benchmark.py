@@ -26,7 +26,7 @@ from tasks import task_family
 from utility import SSIM_WINDOW
 
 from .degrade import add_eval_noise, add_rain, bicubic_lr, eval_noise_generator, procedural_streaks
-from .images import (DataLayoutError, ImageReadError, crop_to_lr, list_images, numbered_files,
+from .images import (DataLayoutError, ImageReadError, crop_to_lr, list_entries, numbered_files,
                      rain_pairs, read_image, read_rain_pair, stem)
 from .sample import TEST_PHOTOS, sample_photo
 
@@ -223,13 +223,16 @@ def _div2k_test_files(files: list[str], bounds: tuple[int, int]) -> list[str]:
 
 
 def _hr_files(dir_data: str, dataset: str) -> list[str]:
+    """Everything in the set's HR folder named like an image: an entry that is not a regular file
+    (a pipe, a device, a folder, a broken link) is kept, so reading it is an error that is counted
+    and named, never an image silently left out of the set."""
     if dataset == "DIV2K":
         folder = _first_dir(dir_data, dataset, ["DIV2K/DIV2K_valid_HR", "DIV2K/DIV2K_train_HR"])
     elif dataset == "CBSD68":
         folder = _first_dir(dir_data, dataset, ["benchmark/CBSD68/HR", "CBSD68"])
     else:
         folder = _first_dir(dir_data, dataset, [f"benchmark/{dataset}/HR"])
-    files = list_images(folder)
+    files = list_entries(folder)
     if not files:
         raise BenchmarkError(f"{dataset}: no images (png, jpg, bmp, tif, webp) in {folder}")
     return files

@@ -39,16 +39,18 @@ def read_state_dict(path: str) -> dict[str, Tensor]:
 HASH_BLOCK = 1 << 20  # bytes hashed at a time
 
 
-def read_checkpoint(path: str) -> tuple[dict[str, Tensor], str]:
+def read_checkpoint(path: str, argument: str = "--pretrain") -> tuple[dict[str, Tensor], str]:
     """(the bare state_dict of a checkpoint file, the SHA-256 of the bytes it was read from): the
     file is opened once, hashed and loaded from that one handle, so a file replaced meanwhile
-    cannot give the hash of other bytes than the weights."""
+    cannot give the hash of other bytes than the weights. ``argument``: the command-line argument
+    that gave ``path``, named by the message of a path that is no file."""
     if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist (check --pretrain)")
+        raise CheckpointError(f"checkpoint {path!r} does not exist (check {argument})")
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} is not a file (give the .pt file to --pretrain)")
+        raise CheckpointError(f"checkpoint {path!r} is not a file (give a .pt or .safetensors file "
+                              f"as {argument})")
     if is_safetensors(path):
-        state, sha256 = read_safetensors(path)
+        state, sha256 = read_safetensors(path, argument)
         return unwrap_state_dict(state, path), sha256
     try:
         with open(path, "rb") as f:
@@ -84,11 +86,12 @@ def is_safetensors(path: str) -> bool:
     return path.lower().endswith(SAFETENSORS_SUFFIX)
 
 
-def read_safetensors(path: str) -> tuple[dict[str, Tensor], str]:
+def read_safetensors(path: str, argument: str = "--pretrain") -> tuple[dict[str, Tensor], str]:
     """(the tensors of a .safetensors file, the SHA-256 of its bytes): one sequential read of
     one handle, every byte hashed as it is loaded. The header is checked against the file's size
-    before anything is allocated for a tensor; a damaged file is a CheckpointError."""
-    with _open_regular(path) as f:
+    before anything is allocated for a tensor; a damaged file is a CheckpointError (``argument``:
+    as ``read_checkpoint``'s)."""
+    with _open_regular(path, argument) as f:
         size = os.fstat(f.fileno()).st_size
         digest = hashlib.sha256()
         header, start = _safetensors_header(f, size, path, digest)
@@ -114,11 +117,11 @@ def read_safetensors_metadata(path: str) -> dict[str, str]:
     return dict(header.get(SAFETENSORS_METADATA) or {})
 
 
-def _open_regular(path: str):
+def _open_regular(path: str, argument: str = "--pretrain"):
     """``path`` opened for reading when it is a regular file (a FIFO would hang the read)."""
     if not os.path.isfile(path):
         what = "does not exist" if not os.path.lexists(path) else "is not a regular file"
-        raise CheckpointError(f"checkpoint {path!r} {what} (check --pretrain)")
+        raise CheckpointError(f"checkpoint {path!r} {what} (check {argument})")
     try:
         return open(path, "rb")
     except OSError as e:
@@ -224,8 +227,14 @@ WEIGHT_SUFFIXES = {"pt": ".pt", "safetensors": SAFETENSORS_SUFFIX}  # --save_for
 
 def write_safetensors(state: Mapping[str, Tensor], path: str, architecture: dict | None = None) -> None:
     """``state`` as a .safetensors file at ``path`` (the keys as given; ``architecture``, the
-    options that built the model, as JSON in the metadata key ``ipt_architecture``)."""
-    from safetensors.torch import save_file  # only writing needs the package
+    options that built the model, as JSON in the metadata key ``ipt_architecture``).
+
+    The library lays out the bytes (``safetensors.torch.save``); this function writes them with
+    Python's file I/O into the file ``path`` names. The library's own ``save_file`` reports a
+    full disk as a SafetensorError, not an OSError, and renames a 0600 temporary of its own over
+    ``path``; here a failed write is the OSError that ``utility.atomic_write`` turns into a
+    SaveError, and the file keeps the mode it was created with."""
+    from safetensors.torch import save  # only writing needs the package
 
     tensors, seen = {}, set()
     for key, value in state.items():  # contiguous CPU tensors that share no memory, as it needs
@@ -237,7 +246,9 @@ def write_safetensors(state: Mapping[str, Tensor], path: str, architecture: dict
     metadata = {"format": "pt"}
     if architecture is not None:
         metadata[ARCHITECTURE_METADATA] = json.dumps(architecture)
-    save_file(tensors, path, metadata=metadata)
+    data = save(tensors, metadata=metadata)
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def unwrap_state_dict(obj: object, path: str = "<checkpoint>") -> dict[str, Tensor]:

@@ -5,9 +5,10 @@
 
 The format follows OUT's suffix. ``.safetensors`` holds the state_dict under the authors' key
 names, bit for bit, and the model options (the ``architecture`` of the training.json beside the
-checkpoint) as JSON in its metadata key ``ipt_architecture``; ``--pretrain FILE.safetensors``
-reads both. A checkpoint without a training.json (the authors' files) has its options read off
-its shapes, all but --num_heads, which leaves no trace in the weights: give it (12 for theirs).
+checkpoint) as JSON in its metadata key ``ipt_architecture``; main.py's ``--pretrain
+FILE.safetensors`` reads both. A checkpoint without a training.json (the authors' files) has its
+options read off its shapes, all but --num_heads, which leaves no trace in the weights: give it
+(12 for theirs); a --num_heads that contradicts the record of the weights is refused.
 ``.onnx`` holds ONE head (``--task NAME`` of a multi-head file) on fixed ``--patch_size`` tiles
 with a dynamic batch, 0..rgb_range in and out like the model; tiling whole images stays in
 Python (``model/tiling.py``). The graph is checked with onnx's checker and, when onnxruntime is
@@ -31,6 +32,11 @@ from collections.abc import Mapping
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import stops  # noqa: E402  (loads no torch)
+
+if __name__ == "__main__":  # a stop while torch loads is kept; imported (by tests), nothing changes
+    stops.early()
+
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
@@ -42,6 +48,7 @@ from model.checkpoint import (ARCHITECTURE_METADATA, AUTHORS_NUM_HEADS, Checkpoi
                               load_state, read_checkpoint, read_safetensors, write_safetensors)
 
 PROG = "export.py"
+CHECKPOINT = "CHECKPOINT"  # the name of the first argument, in the usage line and in messages
 FAILED, BAD_OPTIONS = 1, 2
 SAFETENSORS, ONNX = ".safetensors", ".onnx"
 FORMATS = (SAFETENSORS, ONNX)
@@ -90,7 +97,7 @@ def positive(text: str) -> int:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """The options (errors in one line, exit status 2)."""
     p = option.OptionParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("checkpoint", help="the .pt (or .safetensors) file to export")
+    p.add_argument("checkpoint", metavar=CHECKPOINT, help="the .pt (or .safetensors) file to export")
     p.add_argument("output", help="OUT.safetensors or OUT.onnx")
     p.add_argument("--task", default=None, help="the head to export to ONNX (its name, as in --tasks)")
     p.add_argument("--patch_size", type=positive, default=None,
@@ -125,7 +132,7 @@ def output_problem(path: str) -> tuple[str, int]:
 def read_source(path: str, num_heads: int | None, tasks: str | None) -> Source:
     """The checkpoint's weights and the options that built its model: its record's (training.json,
     or a .safetensors file's metadata), else those its shapes give away plus --num_heads."""
-    state, _ = read_checkpoint(path)
+    state, _ = read_checkpoint(path, CHECKPOINT)
     try:
         record, origin = option.pretrain_record(path)
     except utility.RecordError as e:
@@ -136,6 +143,10 @@ def read_source(path: str, num_heads: int | None, tasks: str | None) -> Source:
             taken, ignored = option.recorded_architecture(written, origin)
         except ValueError as e:
             raise Refusal(str(e)) from None
+        contradiction = option.record_contradiction(
+            taken, {} if num_heads is None else {"num_heads": num_heads}, origin)
+        if contradiction:
+            raise Refusal(contradiction, BAD_OPTIONS)
         for key in ignored:
             print(f"{PROG}: {origin}: ignored its key {key!r} (a record may only give the options "
                   f"that shape the model); it is not exported", file=sys.stderr)
@@ -281,9 +292,12 @@ def tile_size(config: IPTConfig, patch_size: int | None) -> int:
     return patch_size
 
 
-def export_onnx(source: Source, out: str, task: str | None, patch_size: int | None) -> str:
+def export_onnx(source: Source, out: str, task: str | None, patch_size: int | None,
+                stop: stops.StopSignals | None = None) -> str:
     """Write one head on fixed tiles to ``out`` as ONNX (dynamic batch), checked with onnx's
-    checker and against PyTorch with ONNX Runtime. Returns a description for the final line."""
+    checker and against PyTorch with ONNX Runtime. Returns a description for the final line.
+    A stop ``stop`` received is raised before ``out`` takes its name, even when torch.onnx
+    swallowed its KeyboardInterrupt (it tries its next way of capturing the network)."""
     config = source.config
     if not isinstance(config, IPTConfig):
         raise Refusal(f"{source.path} is a {type(config).__name__[:-len('Config')]} model: ONNX "
@@ -312,6 +326,8 @@ def export_onnx(source: Source, out: str, task: str | None, patch_size: int | No
         program.save(tmp, external_data=False)
         check_onnx(tmp)
         difference[0] = compare_with_torch(tmp, network, example)
+        if stop is not None and stop.received is not None:
+            raise stops.Interrupted(stop.received)
 
     utility.atomic_write(out, write)
     compared = "onnxruntime not installed: not run" if difference[0] is None else \
@@ -375,27 +391,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: {problem}", file=sys.stderr)
         return status
     started = time.perf_counter()
+    stop = stops.StopSignals(raise_=True)
     try:
-        with utility.StopSignals(raise_=True):
+        with stop:
             source = read_source(a.checkpoint, a.num_heads, a.tasks)
             if a.output.lower().endswith(SAFETENSORS):
                 what = export_safetensors(source, a.output)
             else:
-                what = export_onnx(source, a.output, a.task, a.patch_size)
+                what = export_onnx(source, a.output, a.task, a.patch_size, stop)
     except KeyboardInterrupt as e:
-        print(f"{PROG}: {utility.signal_name(utility.stop_signal(e))} received: stopped; "
-              f"{a.output} not written", file=sys.stderr)
-        return utility.INTERRUPTED
-    except Refusal as e:
+        return stopped(stops.stop_signal(e), a.output)
+    except (Refusal, CheckpointError, utility.SaveError) as e:
+        if stop.received is not None:  # torch.onnx turns the stop into an error of its own
+            return stopped(stop.received, a.output)
         print(f"{PROG}: {e}", file=sys.stderr)
-        return e.status
-    except (CheckpointError, utility.SaveError) as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return FAILED
+        return e.status if isinstance(e, Refusal) else FAILED
     size = os.path.getsize(a.output)
     print(f"{PROG}: wrote {a.output} ({size:,} bytes) in {time.perf_counter() - started:.1f} s: "
           f"{what}")
     return 0
+
+
+def stopped(signum: int, output: str) -> int:
+    """Say that a stop signal ended the export; the exit status of a stop."""
+    print(f"{PROG}: {stops.signal_name(signum)} received: stopped; {output} not written", file=sys.stderr)
+    return stops.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -40,12 +40,17 @@ import tempfile
 import time
 from typing import Iterator, Optional, Sequence
 
-import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+import stops  # noqa: E402  (loads no torch)
+
+if __name__ == "__main__":  # a stop signal while torch loads is kept, not a silent kill
+    stops.early()
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info  # noqa: E402
 
 import utility  # noqa: E402
 from data.images import ImageReadError  # noqa: E402
@@ -214,7 +219,7 @@ def run_loader(args: argparse.Namespace, stream, touch: bool) -> tuple[float, di
     """(seconds to the first batch, memory after the steps) of a DataLoader over the stream."""
     start = time.monotonic()
     loader = DataLoader(Touching(stream, touch), batch_size=None,
-                        num_workers=args.workers, worker_init_fn=utility.ignore_stop_signals)
+                        num_workers=args.workers, worker_init_fn=stops.ignore_stop_signals)
     batches = iter(loader)
     try:
         next(batches)
@@ -248,7 +253,7 @@ def child(args: argparse.Namespace) -> dict:
             "steps": steps, "touched": touched}
 
 
-class StopOnce(utility.StopSignals):
+class StopOnce(stops.StopSignals):
     """StopSignals raising Interrupted at the first stop signal only: a row's process that is
     ending its loader workers is not interrupted again (its parent may signal it too)."""
 
@@ -266,7 +271,7 @@ def run_child(args: argparse.Namespace) -> int:
             print(json.dumps(child(args)), flush=True)
             return 0
         except KeyboardInterrupt:
-            return utility.INTERRUPTED
+            return stops.INTERRUPTED
         except FAILURES as e:
             print(f"{PROG}: {one_line(e)}", file=sys.stderr)
             return 1
@@ -275,11 +280,11 @@ def run_child(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def stop_signals_held() -> Iterator[None]:
     """Within ``with``: the stop signals wait (delivered at its end)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, utility.STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops.STOP_SIGNALS)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, utility.STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops.STOP_SIGNALS)
 
 
 def end_child(process: subprocess.Popen) -> None:
@@ -476,14 +481,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if problem:
         print(f"{PROG}: {problem}", file=sys.stderr)
         return BAD_OPTION
-    with utility.StopSignals(raise_=True):
+    with stops.StopSignals(raise_=True):
         try:
             with tempfile.TemporaryDirectory(prefix="measure_loading.") as scratch:
                 return measure(args, scratch)
         except KeyboardInterrupt as stop:
-            print(f"{PROG}: stopped by {utility.signal_name(utility.stop_signal(stop))}: the "
+            print(f"{PROG}: stopped by {stops.signal_name(stops.stop_signal(stop))}: the "
                   f"tables printed so far are complete", file=sys.stderr)
-            return utility.INTERRUPTED
+            return stops.INTERRUPTED
         except FAILURES as e:
             print(f"{PROG}: {one_line(e)}", file=sys.stderr)
             return 1

@@ -15,12 +15,17 @@ Inside, it reads: ``HR/`` (or ``original/``, ``GT/``, ``*_HR/``) and ``LR_bicubi
 Folders named ``*train*`` are skipped: these are test sets.
 
 Sources are converted into a temporary folder beside --out (``.prepare_data.*``, the same
-filesystem), and the files are moved into --out once every source converted; on any error that
-folder is removed and --out is left as it was. Refused, with one line: a SRC or image file that is
-not a regular file or folder once links are followed (a named pipe, a device: never opened);
-archive members with an absolute path, ``..``, a control character, a link, or a name used twice;
-a member declaring or holding more than 512 MiB (no test image comes near), an archive more than
-8 GiB in all (both checked before extracting, and again while copying); images that do not decode.
+filesystem), and the files are moved into --out once every source converted; the missing LR files
+are then made in that folder and moved in last. On any error, or a stop signal (SIGINT, SIGTERM,
+SIGUSR1: one line, exit status 130) in any of these steps, the files moved in are moved out again
+and the ones they replaced put back: --out is left as it was, and the temporary folder is removed.
+Refused, with one line: two sources of one set under two of its names (``CSet14`` and ``Set14``,
+``BSD100`` and ``B100``: versions of one set, whose same-named images would replace each other), or
+two files that would be one file in --out; a SRC or image file that is not a regular file or
+folder once links are followed (a named pipe, a device: never opened); archive members with an
+absolute path, ``..``, a control character, a link, or a name used twice; a member declaring or
+holding more than 512 MiB (no test image comes near), an archive more than 8 GiB in all (both
+checked before extracting, and again while copying); images that do not decode.
 
 It writes the layout of data/benchmark.py: ``benchmark/<set>/HR/<name>.png`` with
 ``benchmark/<set>/LR_bicubic/X<s>/<name>x<s>.png`` (SR sets), ``benchmark/CBSD68/HR``,
@@ -29,10 +34,12 @@ It writes the layout of data/benchmark.py: ``benchmark/<set>/HR/<name>.png`` wit
 
 ``--check`` compares each set found with data/standard_sets.json: images missing or extra, sizes,
 a greyscale copy of an image that is in colour in the standard version and a colour copy of one
-that is greyscale there, LR files missing or of the wrong size, unpaired rain files; and says how
-many images have the pixels recorded for the standard version (Set5, CBSD68; a differing image is
-a note, not a problem: no checksum is published). Exit status: 0 all well; 1 problems found (each
-named, with its file); 2 an error (one line).
+that is greyscale there, LR files missing or of the wrong size, unpaired rain files, an entry
+named like an image that cannot be read (a pipe, a device, a folder, a broken link: never opened);
+and says how many images have the pixels recorded for the standard version (Set5, CBSD68; a
+differing image is a note, not a problem: no checksum is published). ``--make_lr`` moves the LR
+files it makes in at the end, as converting does. Exit status: 0 all well; 1 problems found (each
+named, with its file); 2 an error (one line); 130 stopped by a signal (nothing written).
 """
 from __future__ import annotations
 
@@ -55,21 +62,26 @@ import urllib.request
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from typing import BinaryIO, Optional, Sequence
-
-import torch
-from PIL import Image
+from typing import BinaryIO, Iterator, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+import stops  # noqa: E402  (loads no torch)
+
+if __name__ == "__main__":  # a stop signal while torch loads is kept, not a silent kill
+    stops.early()
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 import utility  # noqa: E402
 from data.benchmark import (SR_SETS, BenchmarkError, set_aliases,  # noqa: E402 (SR_SETS: with LR)
                             set_names)
 from data.degrade import bicubic_lr  # noqa: E402
 from data.images import (DECODE_ERRORS, FILE_KINDS, IMAGE_EXTENSIONS, ImageReadError,  # noqa: E402
-                         list_images, read_image, save_image, stem)
+                         list_entries, list_images, read_image, save_image, stem)
 
 PROG = "prepare_data.py"
 STANDARD_SETS_FILE = os.path.join(ROOT, "data", "standard_sets.json")
@@ -244,14 +256,21 @@ def alias_text() -> str:
         raise PrepareError(str(e)) from None
 
 
-def canonical_set(name: str) -> Optional[str]:
-    """The set a folder or archive name stands for (``BSD100_x`` -> B100, ``CSet14`` -> Set14),
-    or None; the name must end there or go on with a character that is not a letter or digit."""
+def set_alias(name: str) -> Optional[tuple[str, str]]:
+    """(the name, lower-cased, and the set) a folder or archive name stands for (``BSD100_x`` ->
+    ("bsd100", "B100"), ``CSet14`` -> ("cset14", "Set14")), or None; the name must end there or
+    go on with a character that is not a letter or digit."""
     low = name.lower()
     for alias, set_name in folder_aliases():
         if low == alias or (low.startswith(alias) and not low[len(alias)].isalnum()):
-            return set_name
+            return alias, set_name
     return None
+
+
+def canonical_set(name: str) -> Optional[str]:
+    """The set a folder or archive name stands for (``BSD100_x`` -> B100), or None."""
+    found = set_alias(name)
+    return found[1] if found else None
 
 
 # ----------------------------------------------------------------------------------------
@@ -696,22 +715,65 @@ def image_stems(folder: str) -> set[str]:
     return {stem(p) for p in list_images(folder)} if os.path.isdir(folder) else set()
 
 
+@dataclass
+class Sources:
+    """What the sources of one run gave, so that nothing they hold silently replaces another:
+    each set is taken under one of its names only (CSet14 and Set14 are two versions of one set,
+    not two parts of it: their same-named images would replace each other), each file once."""
+
+    sets: dict[str, tuple[str, str]] = field(default_factory=dict)  # set -> (its name, folder)
+    files: dict[str, str] = field(default_factory=dict)  # file under --out -> the file it is from
+    shown: tuple[str, str] = ("", "")  # (extraction folder, the archive named in its place)
+
+    def show(self, path: str) -> str:
+        """``path`` as the user knows it: a file extracted from an archive as <archive>/<member>."""
+        root, src = self.shown
+        return src + path[len(root):] if root and path.startswith(root) else path
+
+    def take_sets(self, found: Sequence[tuple[str, str, str]]) -> None:
+        """Note each (set, folder, folder's name) of ``found``; a PrepareError naming both folders
+        for a set taken before under another of its names (the rule of ``--data_test``)."""
+        for set_name, folder, name in found:
+            alias = set_alias(name)  # None: a --download archive, named by the set it is for
+            key = alias[0] if alias else set_name.lower()
+            first_key, first = self.sets.setdefault(set_name, (key, self.show(folder)))
+            if first_key != key:
+                raise PrepareError(f"{first} and {self.show(folder)} are both {set_name}; give "
+                                   "each set once")
+
+    def take_file(self, path: str, rel: str) -> None:
+        """Note that ``path`` becomes ``rel`` under --out; a PrepareError naming both if another
+        file did already (two copies of one image: which one to keep is not for us to guess)."""
+        first = self.files.setdefault(rel, self.show(path))
+        if first != self.show(path):
+            raise PrepareError(f"{first} and {self.show(path)} would both be {rel} in --out; give "
+                               "one of them")
+
+
 def write_found(found: Found, set_name: str, out: str, spec: Optional[SetSpec],
-                existing: Optional[str] = None) -> str:
+                existing: Optional[str] = None, sources: Optional[Sources] = None) -> str:
     """Write what ``found`` holds into ``out`` in the expected layout (LR files matched to HR
-    images written before, there or in DIR_DATA ``existing``); a summary of what was written."""
+    images written before, there or in DIR_DATA ``existing``); a summary of what was written.
+    Each file is noted in ``sources`` first: one written before is refused, not replaced."""
+
+    def put(path: str, dst: str) -> None:
+        """copy_image, ``dst`` noted in ``sources`` first."""
+        if sources is not None:
+            sources.take_file(path, os.path.relpath(dst, out))
+        copy_image(path, dst)
+
     if set_name == RAIN_SET:
         folder = os.path.join(out, OUT_DIRS[RAIN_SET])
         for key, path in found.rainy.items():
-            copy_image(path, os.path.join(folder, f"rain-{key}.png"))
+            put(path, os.path.join(folder, f"rain-{key}.png"))
         for key, path in found.clean.items():
-            copy_image(path, os.path.join(folder, f"norain-{key}.png"))
+            put(path, os.path.join(folder, f"norain-{key}.png"))
         return f"{len(found.rainy)} rainy and {len(found.clean)} clean images"
     hr = {name: path for name, (_, path) in found.hr.items()}
     renamed = standard_names(hr, spec)
     hr_folder = os.path.join(out, OUT_DIRS[set_name])
     for name, path in hr.items():
-        copy_image(path, os.path.join(hr_folder, f"{renamed.get(name, name)}.png"))
+        put(path, os.path.join(hr_folder, f"{renamed.get(name, name)}.png"))
     known = set(hr) | image_stems(hr_folder)
     if existing:
         known |= image_stems(os.path.join(existing, OUT_DIRS[set_name]))
@@ -721,7 +783,7 @@ def write_found(found: Found, set_name: str, out: str, spec: Optional[SetSpec],
             continue
         name = lr_name(file_stem, scale, known)
         name = renamed.get(name, name)
-        copy_image(path, os.path.join(lr_dir(out, set_name, scale), f"{name}x{scale}.png"))
+        put(path, os.path.join(lr_dir(out, set_name, scale), f"{name}x{scale}.png"))
         n_lr += 1
     note = f" (SelfExSR's {min(renamed)}..{max(renamed)} named as the set's images)" if renamed else ""
     return f"{len(hr)} HR images, {n_lr} LR files{note}"
@@ -852,15 +914,17 @@ def check_hash(path: str, img: torch.Tensor, spec: SetSpec, name: str, report: S
 
 
 def check_lr(dir_data: str, set_name: str, name: str, hr: torch.Tensor, hr_path: str,
-             make_lr: bool, report: SetReport) -> None:
-    """Check (or make, with make_lr) the LR files of one HR image at every scale."""
+             make_lr: bool, report: SetReport, lr_into: Optional[str] = None) -> None:
+    """Check (or make, with make_lr) the LR files of one HR image at every scale; made ones are
+    written under ``lr_into`` (in the layout of ``dir_data``) where given."""
     h, w = hr.shape[1:]
     for s in SCALES:
         folder = lr_dir(dir_data, set_name, s)
         path = os.path.join(folder, f"{name}x{s}.png")
         if not os.path.isfile(path):
             if make_lr:
-                save_image(bicubic_lr(hr, s), path)
+                save_image(bicubic_lr(hr, s), os.path.join(lr_dir(lr_into or dir_data, set_name, s),
+                                                           os.path.basename(path)))
                 report.lr_made += 1
             else:
                 report.lr_missing[s] = report.lr_missing.get(s, 0) + 1
@@ -894,9 +958,12 @@ def check_lr_folders(dir_data: str, set_name: str, names: set[str], report: SetR
                                        f"<name>x{s}.png for an HR <name>.png)")
 
 
-def check_images(dir_data: str, folder: str, spec: SetSpec, make_lr: bool) -> SetReport:
-    """Check a folder of HR images (and its LR files for SR sets) against ``spec``."""
-    files = list_images(folder)
+def check_images(dir_data: str, folder: str, spec: SetSpec, make_lr: bool,
+                 lr_into: Optional[str] = None) -> SetReport:
+    """Check a folder of HR images (and its LR files for SR sets) against ``spec``; an entry named
+    like an image that is not a regular file (a pipe, a device, a folder, a broken link) is listed
+    as data/benchmark.py lists it, so it is named as unreadable (never opened), not left out."""
+    files = list_entries(folder)
     names = [stem(f) for f in files]
     expected = spec.expected_names()
     report = SetReport(spec.name, len(files), spec.count)
@@ -915,7 +982,7 @@ def check_images(dir_data: str, folder: str, spec: SetSpec, make_lr: bool) -> Se
         if img is not None:
             check_hash(path, img, spec, name, report)
         if img is not None and spec.name in SR_SETS:
-            check_lr(dir_data, spec.name, name, img, path, make_lr, report)
+            check_lr(dir_data, spec.name, name, img, path, make_lr, report, lr_into)
     if spec.name in SR_SETS:
         check_lr_folders(dir_data, spec.name, set(names), report)
     return report
@@ -924,7 +991,7 @@ def check_images(dir_data: str, folder: str, spec: SetSpec, make_lr: bool) -> Se
 def check_rain(folder: str, spec: SetSpec) -> SetReport:
     """Check a Rain100L folder: pairs, sizes (both the same), colour."""
     rainy, clean = {}, {}
-    for path in list_images(folder):
+    for path in list_entries(folder):  # a pipe or device named like an image: read, so named
         m = re.match(r"^(no)?rain-(.+)$", stem(path))  # the names data/images.rain_pairs reads
         if m:
             (clean if m.group(1) else rainy)[m.group(2)] = path
@@ -946,8 +1013,10 @@ def check_rain(folder: str, spec: SetSpec) -> SetReport:
     return report
 
 
-def check_tree(dir_data: str, specs: dict[str, SetSpec], make_lr: bool) -> list[SetReport]:
-    """A SetReport for each set found under ``dir_data``, in SET_ORDER."""
+def check_tree(dir_data: str, specs: dict[str, SetSpec], make_lr: bool,
+               lr_into: Optional[str] = None) -> list[SetReport]:
+    """A SetReport for each set found under ``dir_data``, in SET_ORDER; the LR files made (with
+    make_lr) are written under ``lr_into`` where given, to be moved in with `merge`."""
     reports = []
     for set_name in SET_ORDER:
         folder = locate(dir_data, set_name)
@@ -957,7 +1026,7 @@ def check_tree(dir_data: str, specs: dict[str, SetSpec], make_lr: bool) -> list[
         if spec is None:
             raise PrepareError(f"{STANDARD_SETS_FILE}: no entry for {set_name}")
         reports.append(check_rain(folder, spec) if set_name == RAIN_SET
-                       else check_images(dir_data, folder, spec, make_lr))
+                       else check_images(dir_data, folder, spec, make_lr, lr_into))
     return reports
 
 
@@ -1086,12 +1155,20 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
+def folder_label(src: str) -> str:
+    """The name a folder SRC is read by (``downloads/CSet14/`` -> CSet14)."""
+    return os.path.basename(os.path.normpath(os.path.abspath(src)))
+
+
 def convert_tree(src: str, root: str, label: str, out: str, specs: dict[str, SetSpec],
-                 hint: Optional[str], existing: Optional[str]) -> None:
+                 hint: Optional[str], existing: Optional[str], sources: Sources) -> None:
     """Write the sets in folder ``root`` (read from ``src``, named ``label``) to ``out``."""
-    for set_name, folder, name in find_sets(root, label, hint):
+    sets = find_sets(root, label, hint)
+    sources.shown = (root, src) if root != src else ("", "")
+    sources.take_sets(sets)  # all of them before any is read: a set given twice writes nothing
+    for set_name, folder, name in sets:
         found = collect(folder, set_name, name)
-        summary = write_found(found, set_name, out, specs.get(set_name), existing)
+        summary = write_found(found, set_name, out, specs.get(set_name), existing, sources)
         ignored = f"; {len(found.ignored)} files in no known layout skipped (first: " \
                   f"{found.ignored[0].replace(root, src, 1)})" if found.ignored else ""
         taken = f" ({name} -> {set_name})" if name != set_name else ""
@@ -1099,18 +1176,17 @@ def convert_tree(src: str, root: str, label: str, out: str, specs: dict[str, Set
 
 
 def convert_source(src: str, out: str, specs: dict[str, SetSpec], hint: Optional[str],
-                   scratch: str, existing: Optional[str] = None) -> None:
+                   scratch: str, existing: Optional[str], sources: Sources) -> None:
     """Read one folder or archive (extracted in a new folder in ``scratch``, removed after) and
     write the sets in it to ``out``."""
     check_source(src)
     if os.path.isdir(src):
-        convert_tree(src, src, os.path.basename(os.path.normpath(os.path.abspath(src))), out, specs,
-                     hint, existing)
+        convert_tree(src, src, folder_label(src), out, specs, hint, existing, sources)
         return
     root = tempfile.mkdtemp(prefix="extract.", dir=scratch)
     try:
         extract(src, root)
-        convert_tree(src, root, archive_stem(src) or stem(src), out, specs, hint, existing)
+        convert_tree(src, root, archive_stem(src) or stem(src), out, specs, hint, existing, sources)
     except (PrepareError, ImageReadError) as e:  # the members named as <archive>/<member>
         raise PrepareError(str(e).replace(root, src)) from None
     finally:
@@ -1118,13 +1194,14 @@ def convert_source(src: str, out: str, specs: dict[str, SetSpec], hint: Optional
 
 
 def run_download(set_name: str, out: str, specs: dict[str, SetSpec], url: Optional[str],
-                 sha256: Optional[str], scratch: str, existing: Optional[str] = None) -> None:
+                 sha256: Optional[str], scratch: str, existing: Optional[str],
+                 sources: Sources) -> None:
     """Fetch the set's files (checked) into ``scratch`` and convert them into ``out``."""
     folder = tempfile.mkdtemp(prefix="download.", dir=scratch)
     for item in planned_downloads(set_name, url, sha256):
         print(f"downloading {item.url}")
         path = download(item.url, item.sha256, folder, item.size or MAX_DOWNLOAD_BYTES)
-        convert_source(path, out, specs, set_name, scratch, existing)
+        convert_source(path, out, specs, set_name, scratch, existing, sources)
         os.remove(path)
 
 
@@ -1137,43 +1214,133 @@ def make_scratch(out: str) -> str:
         return tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=out)
 
 
-def merge(staged: str, out: str) -> None:
-    """Move every file under ``staged`` to the same place under ``out``, replacing files there."""
-    moves = [(os.path.join(folder, name), os.path.join(out, os.path.relpath(folder, staged), name))
+Undo = list[tuple[str, Optional[str]]]  # merge's steps: (made under --out, its old file kept in)
+
+
+def merge(staged: str, out: str, scratch: str, undo: Undo) -> None:
+    """Move every file under ``staged`` to the same place under ``out``, replacing files there.
+
+    Each step is noted in ``undo`` as it is made, for `unmerge`: a folder or file made under
+    ``out``, and where the file it replaced is kept meanwhile (a new folder in ``scratch``). The
+    moves are not cut short by a stop signal: it is acted on once they are over (renames, quick).
+    """
+    moves = [(os.path.join(folder, name),
+              os.path.normpath(os.path.join(out, os.path.relpath(folder, staged), name)))
              for folder, _, files in os.walk(staged) for name in files]
     for _, dst in moves:
         if os.path.isdir(dst):
             raise PrepareError(f"{dst}: a folder where an image goes; remove it")
-    for src, dst in moves:
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.move(src, dst)
+    if not moves:
+        return
+    kept = tempfile.mkdtemp(prefix="kept.", dir=scratch)
+    with stops.StopSignals() as held:
+        for src, dst in moves:
+            for folder in missing_folders(os.path.dirname(dst), os.path.normpath(out)):
+                os.mkdir(folder)
+                undo.append((folder, None))
+            old = None
+            if os.path.lexists(dst):
+                old = os.path.join(kept, os.path.relpath(dst, out))
+                os.makedirs(os.path.dirname(old), exist_ok=True)
+                shutil.move(dst, old)
+            undo.append((dst, old))  # before the move: a failed one leaves nothing to remove
+            shutil.move(src, dst)
+    if held.received is not None:
+        raise stops.Interrupted(held.received)
 
 
-def convert(args: argparse.Namespace, specs: dict[str, SetSpec]) -> None:
-    """Convert the download and SRCs into a scratch folder beside --out, then move the files in:
-    on any failure (or a stop signal) nothing is added to --out and the scratch folder is gone."""
+def missing_folders(folder: str, top: str) -> list[str]:
+    """The folders from ``top`` (excluded) down to ``folder`` that do not exist, outermost first."""
+    missing = []
+    while folder != top and not os.path.lexists(folder) and os.path.dirname(folder) != folder:
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing[::-1]
+
+
+def unmerge(undo: Undo) -> None:
+    """Undo `merge`'s steps, last first: each file moved in removed and the file it replaced put
+    back, each folder made removed. What cannot be put back is named on stderr."""
+    for path, old in reversed(undo):
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+            if old is not None:
+                shutil.move(old, path)
+        except OSError as e:
+            print(f"{PROG}: cannot put back {path} as it was: {e}", file=sys.stderr)
+    undo.clear()
+
+
+@contextlib.contextmanager
+def transaction(out: str) -> Iterator[tuple[str, Undo]]:
+    """A scratch folder beside ``out`` and a list for `merge`'s steps: on any exception (a stop
+    signal's included) the steps are undone, so ``out`` is as it was, and the scratch folder is
+    removed whatever happens; both with the stop signals held off (a second one cannot cut the
+    undoing short)."""
+    scratch = make_scratch(out)
+    undo: Undo = []
+    try:
+        yield scratch, undo
+    except BaseException:
+        with stops.StopSignals():
+            unmerge(undo)
+        raise
+    finally:
+        with stops.StopSignals():
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def convert(args: argparse.Namespace, specs: dict[str, SetSpec]) -> list[SetReport]:
+    """Convert the download and SRCs into a scratch folder beside --out, move the files in, then
+    check --out, the missing LR files made in the scratch folder and moved in last; the reports.
+    On any failure or a stop signal, in any of these steps, the files moved in are moved out and
+    those they replaced put back: --out is left as it was, and the scratch folder is gone."""
     for src in args.src:
         check_source(src)
     if os.path.lexists(args.out) and not os.path.isdir(args.out):
         raise PrepareError(f"--out {args.out}: not a folder")
+    sources = Sources()
+    for src in args.src:  # a set given twice (CSet14 and Set14) is refused before any is read
+        if os.path.isdir(src):
+            sources.take_sets(find_sets(src, folder_label(src), None))
     created = not os.path.lexists(args.out)
-    os.makedirs(args.out, exist_ok=True)
-    scratch = make_scratch(args.out)
-    staged = os.path.join(scratch, "out")
-    done = False
     try:
-        with utility.StopSignals(raise_=True):
-            if args.download:
-                run_download(args.download, staged, specs, args.url, args.sha256, scratch, args.out)
-            for src in args.src:
-                convert_source(src, staged, specs, None, scratch, args.out)
-            merge(staged, args.out)
-        done = True
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        if created and not done:
+        with stops.StopSignals(raise_=True):
+            os.makedirs(args.out, exist_ok=True)
+            with transaction(args.out) as (scratch, undo):
+                staged, made = os.path.join(scratch, "out"), os.path.join(scratch, "lr")
+                if args.download:
+                    run_download(args.download, staged, specs, args.url, args.sha256, scratch,
+                                 args.out, sources)
+                for src in args.src:
+                    convert_source(src, staged, specs, None, scratch, args.out, sources)
+                merge(staged, args.out, scratch, undo)
+                reports = check_tree(args.out, specs, make_lr=True, lr_into=made)
+                merge(made, args.out, scratch, undo)
+        return reports
+    except BaseException:
+        if created:
             with contextlib.suppress(OSError):
                 os.rmdir(args.out)  # only if empty
+        raise
+
+
+def check(dir_data: str, specs: dict[str, SetSpec], make_lr: bool) -> list[SetReport]:
+    """--check: the reports of ``dir_data``; the LR files made (make_lr) moved in at the end, so a
+    failure or a stop signal leaves it as it was."""
+    if not os.path.isdir(dir_data):
+        what = "not a folder" if os.path.lexists(dir_data) else "no such folder"
+        raise PrepareError(f"--check {dir_data}: {what}")
+    with stops.StopSignals(raise_=True):
+        if not make_lr:
+            return check_tree(dir_data, specs, make_lr)
+        with transaction(dir_data) as (scratch, undo):
+            reports = check_tree(dir_data, specs, make_lr, lr_into=os.path.join(scratch, "lr"))
+            merge(os.path.join(scratch, "lr"), dir_data, scratch, undo)
+        return reports
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -1182,18 +1349,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parse_args(argv)
         specs = load_standard_sets()
         if args.check:
-            if not os.path.isdir(args.check):
-                what = "not a folder" if os.path.lexists(args.check) else "no such folder"
-                raise PrepareError(f"--check {args.check}: {what}")
-            return print_reports(args.check, check_tree(args.check, specs, args.make_lr))
-        convert(args, specs)
-        return print_reports(args.out, check_tree(args.out, specs, make_lr=True))
+            return print_reports(args.check, check(args.check, specs, args.make_lr))
+        return print_reports(args.out, convert(args, specs))
     except (PrepareError, ImageReadError, OSError, UnicodeError) as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return utility.INTERRUPTED
+    except KeyboardInterrupt as stop:  # after the undoing: nothing of this run is left
+        print(f"{PROG}: stopped by {stops.signal_name(stops.stop_signal(stop))}; nothing was "
+              "written", file=sys.stderr)
+        return stops.INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ phases and continues the interrupted one.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import sys
@@ -18,10 +19,16 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import stops  # noqa: E402  (loads no torch)
+
+if __name__ == "__main__":  # a stop signal while torch loads is kept, not a silent kill
+    stops.early()
+
 import main as ipt_main  # noqa: E402
+import trainer  # noqa: E402
 import utility  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
-from utility import INTERRUPTED  # noqa: E402  (130: a run stopped by a signal, state saved)
+from stops import INTERRUPTED  # noqa: E402  (130: a run stopped by a signal, state saved)
 
 CONFIG = os.path.join(ROOT, "configs", "quickstart.yaml")
 OUT = os.path.join("experiment", "quickstart")
@@ -250,12 +257,12 @@ def resume_command(a: argparse.Namespace) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def stopped(a: argparse.Namespace, where: str, clock: Clock, stop: utility.StopSignals,
+def stopped(a: argparse.Namespace, where: str, clock: Clock, stop: stops.StopSignals,
             signum: int | None = None) -> int:
     """Say how to continue after a stop signal (a later one is only recorded); the exit status 130."""
     stop.raise_ = False
     signum = stop.received or signum
-    by = f" by {utility.signal_name(signum)}" if signum else ""
+    by = f" by {stops.signal_name(signum)}" if signum else ""
     print(f"\nquickstart: stopped{by} {where} after {duration(time.time() - clock.start)}; "
           f"continue with:\n  {resume_command(a)}", file=sys.stderr, flush=True)
     return INTERRUPTED
@@ -264,7 +271,7 @@ def stopped(a: argparse.Namespace, where: str, clock: Clock, stop: utility.StopS
 def quiet_interruptions(unraisable: "sys.UnraisableHookArgs") -> None:
     """sys.unraisablehook: a stop raised inside a finaliser (a DataLoader's ``__del__``) cannot
     propagate; it is recorded in StopSignals.received, so say nothing. Others as usual."""
-    if not isinstance(unraisable.exc_value, utility.Interrupted):
+    if not isinstance(unraisable.exc_value, stops.Interrupted):
         sys.__unraisablehook__(unraisable)
 
 
@@ -325,7 +332,7 @@ def compute_threads(requested: int) -> int:
     return threads
 
 
-def run_all(a: argparse.Namespace, clock: Clock, stop: utility.StopSignals) -> int:
+def run_all(a: argparse.Namespace, clock: Clock, stop: stops.StopSignals) -> int:
     """Run (or, with --resume, skip or continue) the phases in order; stop at the first that
     fails or at a stop signal (``stop.received``, or a phase's exit status 130)."""
     plan, ran = phases(a.out, a.pretrain_steps, a.finetune_steps), {}
@@ -374,14 +381,24 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     clock = Clock(time.time())
     hook, sys.unraisablehook = sys.unraisablehook, quiet_interruptions
+    # a stopped phase's own advice (its main.py command and --resume) would contradict the
+    # quickstart's one stop line, which says how to continue the whole journey
+    logger = logging.getLogger("ipt")
+    logger.addFilter(not_the_phase_resume_hint)
     try:
-        with utility.StopSignals(raise_=True) as stop:
+        with stops.StopSignals(raise_=True) as stop:
             try:
                 return run_all(a, clock, stop)
             except KeyboardInterrupt as e:  # outside a phase (Ctrl-C or a stop signal)
                 return stopped(a, "between phases", clock, stop, getattr(e, "signum", None))
     finally:
         sys.unraisablehook = hook
+        logger.removeFilter(not_the_phase_resume_hint)
+
+
+def not_the_phase_resume_hint(record: logging.LogRecord) -> bool:
+    """A logging filter: every record but a phase's own "continue with --resume" line."""
+    return record.msg != trainer.RESUME_HINT
 
 
 if __name__ == "__main__":

@@ -40,6 +40,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+import stops  # noqa: E402  (loads no torch)
+
+if __name__ == "__main__":  # a stop signal while torch loads is kept, not a silent kill
+    stops.early()
+
 import numpy as np  # noqa: E402
 
 import utility  # noqa: E402
@@ -330,7 +335,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Build the tree; 0 when complete, 130 when stopped (complete classes kept), 1 on a failed
     write or too little disk space, 2 for a bad command line."""
     args = parse_args(argv)
-    with utility.StopSignals(raise_=True):
+    with stops.StopSignals(raise_=True):
         try:
             problem = check_root(args) or unwritable(args.root)
             if problem:
@@ -342,11 +347,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return 1
             return build(args)
         except KeyboardInterrupt as stop:
-            print(f"{PROG}: stopped by {utility.signal_name(utility.stop_signal(stop))}: "
+            print(f"{PROG}: stopped by {stops.signal_name(stops.stop_signal(stop))}: "
                   f"{shown(args.root)}/train holds the classes finished so far (a partial tree "
                   f"the stream can read); run the same command again to finish it",
                   file=sys.stderr)
-            return utility.INTERRUPTED
+            return stops.INTERRUPTED
         except OSError as e:  # SaveError names the file, the reason and the free space
             why = str(e) if isinstance(e, utility.SaveError) else \
                 f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)

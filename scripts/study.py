@@ -42,6 +42,11 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import stops  # noqa: E402  (loads no torch)
+
+if __name__ == "__main__":  # a stop signal while torch loads is kept, not a silent kill
+    stops.early()
+
 import main as ipt_main  # noqa: E402
 import utility  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
@@ -291,10 +296,10 @@ def run_main(args: list[str], launcher: str) -> None:
             raise SystemExit(f"{PROG}: --launcher {launcher!r}: cannot start it ({e.strerror})") from None
     else:
         code = ipt_main.main(args)
-    if code == utility.INTERRUPTED:  # a stop signal: the study stops as main.py did
+    if code == stops.INTERRUPTED:  # a stop signal: the study stops as main.py did
         print(f"{PROG}: stopped by a signal; run the study again to go on: finished runs are "
               f"kept, the interrupted one continues from its last save", file=sys.stderr)
-        raise SystemExit(utility.INTERRUPTED)
+        raise SystemExit(stops.INTERRUPTED)
     if code != 0:
         raise SystemExit(f"study.py: main.py {' '.join(args)} failed (exit status {code}); "
                          f"fix it and run the study again: finished runs are kept")

@@ -89,3 +89,41 @@ class TileCounter:
 
     def close(self) -> None:
         self._handle.remove()
+
+
+DEV_FULL = "/dev/full"  # every write to it fails with ENOSPC: a full disk, without filling one
+
+
+def dev_full() -> str:
+    """/dev/full; the test is skipped where there is no such device."""
+    import stat
+    if not (os.path.exists(DEV_FULL) and stat.S_ISCHR(os.stat(DEV_FULL).st_mode)):
+        pytest.skip(f"no {DEV_FULL} to stand for a full disk")
+    return DEV_FULL
+
+
+def full_disk_for_safetensors(monkeypatch, after: int = 0) -> None:
+    """The files model.checkpoint opens for writing (.safetensors), after the first ``after``,
+    are /dev/full: their writes fail with ENOSPC as on a full disk. Skips where it is missing."""
+    import builtins
+
+    from model import checkpoint
+    full, real_open, opened = dev_full(), builtins.open, []
+
+    def open_full(file, mode="r", *args, **kwargs):
+        if "w" in mode:
+            opened.append(file)
+            if len(opened) > after:
+                file = full
+        return real_open(file, mode, *args, **kwargs)
+    monkeypatch.setattr(checkpoint, "open", open_full, raising=False)
+
+
+def read_until(stream, wanted) -> None:
+    """Read lines of ``stream`` up to the first for which ``wanted(line)`` holds; fail at its end."""
+    seen = []
+    for line in stream:
+        if wanted(line):
+            return
+        seen.append(line)
+    pytest.fail("the process ended before the awaited line: " + "".join(seen)[-2000:])

@@ -1,11 +1,17 @@
 """Loading checkpoints strictly, in the layouts people have them."""
 from __future__ import annotations
 
+import errno
+import os
+import stat
+
 import pytest
 import torch
-from conftest import FIXTURE_ATOL, config_from
+from conftest import FIXTURE_ATOL, config_from, full_disk_for_safetensors
 
+import utility
 from model import IPT, CheckpointError, load_checkpoint
+from model.checkpoint import SAFETENSORS_DTYPES, read_safetensors, write_safetensors
 
 
 def save(tmp_path, obj, name="ckpt.pt"):
@@ -72,3 +78,58 @@ def test_unreadable_files_are_named(tmp_path):
         load_checkpoint(model, str(junk))
     with pytest.raises(CheckpointError, match="no state_dict"):
         load_checkpoint(model, save(tmp_path, {"epoch": 1}, "empty.pt"))
+
+
+# ----------------------------------------------------------------------------------------
+# The .safetensors writer: the library reads what it writes; a failed write is an OSError
+# ----------------------------------------------------------------------------------------
+def every_dtype() -> dict[str, torch.Tensor]:
+    """A tensor of random bytes of each dtype the format names, and the awkward shapes."""
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for name, dtype in SAFETENSORS_DTYPES.items():
+        size = torch.empty(0, dtype=dtype).element_size()
+        raw = torch.randint(0, 256, (3, 5 * size), dtype=torch.uint8, generator=generator)
+        state[name] = raw.view(torch.uint8 if dtype == torch.bool else dtype)
+        if dtype == torch.bool:
+            state[name] = raw[:, :5] % 2 == 1
+    state.update(empty=torch.zeros(0, 4), scalar=torch.tensor(3.5), transposed=torch.randn(4, 6).t(),
+                 shared=state["F32"][1])  # a view of another entry's memory
+    return state
+
+
+def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and bytes (NaN patterns included)."""
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(
+        a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+
+
+def test_written_safetensors_read_back_bit_for_bit_by_the_library_and_ours(tmp_path):
+    from safetensors import safe_open
+    state, path = every_dtype(), str(tmp_path / "all.safetensors")
+    utility.atomic_write(path, lambda tmp: write_safetensors(state, tmp, {"num_heads": 4}), durable=True)
+    ours, _ = read_safetensors(path)
+    with safe_open(path, "pt") as f:
+        library = {key: f.get_tensor(key) for key in f.keys()}
+        metadata = f.metadata()
+    assert set(ours) == set(library) == set(state)
+    assert all(same_bytes(ours[k], v) and same_bytes(library[k], v) for k, v in state.items())
+    assert metadata == {"format": "pt", "ipt_architecture": '{"num_heads": 4}'}
+    torch_file = str(tmp_path / "all.pt")
+    utility.atomic_save({"a": torch.zeros(1)}, torch_file)
+    modes = {stat.S_IMODE(os.stat(written).st_mode) for written in (path, torch_file)}
+    assert modes == {utility.FILE_MODE}  # what .pt files get, not the 0600 of a temporary
+
+
+def test_a_full_disk_while_writing_safetensors_is_an_oserror_then_a_save_error(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"the previous file")
+    full_disk_for_safetensors(monkeypatch)
+    state = {"weight": torch.randn(64, 64)}  # more than a write buffer: the bytes reach the disk
+    with pytest.raises(OSError) as failed:
+        write_safetensors(state, str(tmp_path / "direct.safetensors"))
+    assert failed.value.errno == errno.ENOSPC
+    with pytest.raises(utility.SaveError, match=r"No space left on device; .* MiB free there"):
+        utility.atomic_write(str(path), lambda tmp: write_safetensors(state, tmp), durable=True)
+    assert path.read_bytes() == b"the previous file"
+    assert os.listdir(tmp_path) == ["model.safetensors"]  # no temporary left

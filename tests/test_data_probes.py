@@ -260,6 +260,35 @@ def test_a_benchmark_file_named_in_bytes_that_are_not_utf8_is_read(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------
+# 5b. A test set's entry named like an image that is no regular file: an unreadable image
+# ----------------------------------------------------------------------------------------
+def special_entry(path, kind: str) -> str:
+    """Make ``path`` a FIFO, a folder, a link to /dev/zero or a broken link; the words that name it."""
+    if kind == "fifo":
+        os.mkfifo(path)
+        return "named pipe"
+    if kind == "folder":
+        os.makedirs(path)
+        return "folder"
+    os.symlink("/dev/zero" if kind == "dev_zero" else "missing.png", path)
+    return "character device" if kind == "dev_zero" else "link to a missing file"
+
+
+SPECIAL_KINDS = ("fifo", "folder", "dev_zero", "broken_link")
+
+
+@pytest.mark.parametrize("kind", SPECIAL_KINDS)
+def test_a_test_set_entry_that_is_no_regular_file_is_an_unreadable_image(tmp_path, kind):
+    """The old listing dropped it, so a set with a.png and z.png -> /dev/zero was '1 images'."""
+    save(tmp_path / "benchmark/Set14/HR/a.png")
+    words = special_entry(tmp_path / "benchmark/Set14/HR/z.png", kind)
+    data = BenchmarkSet(str(tmp_path), "Set14", "sr2", 2)
+    assert len(data) == 2 and isinstance(data[0], Pair)
+    assert isinstance(data[1], ImageReadError)  # never opened: a pipe or /dev/zero would not end
+    assert "z.png" in str(data[1]) and words in str(data[1])
+
+
+# ----------------------------------------------------------------------------------------
 # 6b. Any file name in a Demo folder or a test set: listed and read, or counted as skipped
 # ----------------------------------------------------------------------------------------
 SPECIAL = [b"<b>bold</b>", b"`rm -rf`", b" spaced name ", b"-rf", b"--help", b"\xff\xfe", b"a\nb",

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -216,4 +217,94 @@ def test_a_stalled_rank_stops_every_process_within_dist_timeout(tmp_path):
     assert len([line for line in out.splitlines() if line.startswith("ERROR")]) == 1
     stopped = int(re.search(r"stopped at step (\d+)", out).group(1))
     assert torch.load(run / utility.STATE_NAME, weights_only=True)["progress"]["step"] == stopped
+    assert_nothing_left(run)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def static_torchrun(argv: list[str], rdzv_id: str | None = None) -> list[str]:
+    """A two-process torchrun with static rendezvous (SCALING.md's multi-node recipe on one
+    node): its run id is ``rdzv_id``, or torchrun's "none" without one."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--node_rank", "0",
+            "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+            *(["--rdzv_id", rdzv_id] if rdzv_id else []), os.path.join(ROOT, "main.py"), *argv]
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie that nobody reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_a_second_job_into_a_folder_in_use_is_refused_and_the_first_ends_as_if_alone(tmp_path,
+                                                                                     uninterrupted):
+    """Both jobs without --rdzv_id: torchrun's run id is "none" for both. The first holds the
+    folder, its ranks paused mid-run; the second is refused in one line. (Run ids shared on
+    purpose, as --rdzv_id or the Slurm script's ${SLURM_JOB_ID:-0}: test_training's lock tests.)"""
+    run = tmp_path / "run"
+    first, lines = train_until(static_torchrun(job(run, "--auto_resume")), 3)
+    ranks = [rank_zero(run), rank_one(run)]
+    for pid in ranks:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        second = subprocess.run(static_torchrun(job(run, "--auto_resume")), cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=PROBE_TIMEOUT)
+    finally:
+        for pid in ranks:
+            os.kill(pid, signal.SIGCONT)
+    refusals = [line for line in second.stdout.splitlines() if line.startswith("main.py: error:")]
+    assert second.returncode != 0 and len(refusals) == 1, second.stdout[-2000:]
+    assert f"in use by process {ranks[0]}" in refusals[0] and "resumed" not in second.stdout
+    out = finish(first, lines)
+    assert first.returncode == 0 and "stale" not in out, out[-2000:]
+    assert_same_weights(weights(run), uninterrupted)
+    assert_nothing_left(run)
+
+
+def test_a_failure_on_rank_0_mid_run_ends_the_job_at_once_in_one_line(tmp_path):
+    """The test set is removed after step 1: the validation at step 10 fails on rank 0, whose
+    peer is waiting in the next step's all-reduce."""
+    from PIL import Image
+    hr = tmp_path / "data" / "benchmark" / "Set5" / "HR"
+    hr.mkdir(parents=True)
+    Image.new("RGB", (48, 48), (90, 120, 30)).save(hr / "baby.png")
+    run = tmp_path / "run"
+    validated = ["--data_test", "Set5", "--dir_data", str(tmp_path / "data"), "--test_every", "10"]
+    process, lines = train_until(torchrun(job(run, "--max_steps", "100000", *validated)), 1)
+    (hr / "baby.png").unlink()
+    started = time.monotonic()
+    out = finish(process, lines)
+    assert time.monotonic() - started < 30 and process.returncode != 0
+    errors = [line for line in out.splitlines() if line.startswith("ERROR")]
+    assert len(errors) == 1 and "training stopped at step 10: Set5: no images" in errors[0], out[-2000:]
+    assert torch.load(run / utility.STATE_NAME, weights_only=True)["progress"]["step"] == 10
+    assert not ours_in_a_traceback(out)
+
+
+def test_ranks_whose_torchrun_is_killed_stop_as_on_sigterm_and_save_the_step_they_reached(tmp_path):
+    run = tmp_path / "run"
+    process, lines = train_until(torchrun(job(run, "--max_steps", "100000")), 3)
+    ranks = [rank_zero(run), rank_one(run)]
+    os.kill(process.pid, signal.SIGKILL)  # the agent: kill -9, or the OOM killer
+    started = time.monotonic()
+    while any(running(pid) for pid in ranks) and time.monotonic() - started < 30:
+        time.sleep(0.1)
+    orphans = [pid for pid in ranks if running(pid)]
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    out = finish(process, lines)
+    assert not orphans, out[-2000:]
+    # the rank that sees it first stops; the other learns it from the per-step stop flag
+    assert re.search(r"torchrun\) is gone: stopping as on SIGTERM|another process of this job received a "
+                     r"stop signal", out), out[-3000:]
+    stopped = int(re.search(r"stopped at step (\d+)", out).group(1))
+    assert torch.load(run / utility.STATE_NAME, weights_only=True)["progress"]["step"] == stopped
+    assert json.loads((run / "model" / utility.TRAINING_RECORD).read_text())["interrupted"] is True
     assert_nothing_left(run)

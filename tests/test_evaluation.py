@@ -21,6 +21,7 @@ from PIL import Image
 
 import evaluation
 import main as cli
+import stops
 import utility
 from data.benchmark import BenchmarkSet
 from data.degrade import bicubic_lr
@@ -402,13 +403,13 @@ def run_evaluate(*args) -> int:
 
 
 @pytest.mark.parametrize("stop,name", [(KeyboardInterrupt(), "SIGINT"),
-                                       (utility.Interrupted(signal.SIGTERM), "SIGTERM")])
+                                       (stops.Interrupted(signal.SIGTERM), "SIGTERM")])
 def test_interrupted_evaluation_reports_the_finished_sets(tmp_path, monkeypatch, caplog, capsys,
                                                          stop, name):
     stop_at(monkeypatch, "Set14", stop)
     ev = eval_settings(tmp_path, ["Set5", "Set14", "Urban100"], save_results=True)
     caplog.set_level(logging.INFO, logger="ipt")
-    assert run_evaluate(STUB_MODEL, ev, FAST, "") == utility.INTERRUPTED == 130
+    assert run_evaluate(STUB_MODEL, ev, FAST, "") == stops.INTERRUPTED == 130
     run = tmp_path / "run"
     report = json.loads((run / "metrics.json").read_text())
     meta = report["meta"]
@@ -426,7 +427,7 @@ def test_interrupted_evaluation_reports_the_finished_sets(tmp_path, monkeypatch,
 def test_interrupted_in_the_first_set_writes_no_report(tmp_path, monkeypatch, caplog):
     stop_at(monkeypatch, "Set5", KeyboardInterrupt())
     ev = eval_settings(tmp_path, ["Set5", "Set14"])
-    assert run_evaluate(STUB_MODEL, ev, FAST, "") == utility.INTERRUPTED
+    assert run_evaluate(STUB_MODEL, ev, FAST, "") == stops.INTERRUPTED
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         "interrupted by SIGINT: no set finished; Set5, Set14 not evaluated; no report written"]
     assert not (tmp_path / "run" / "metrics.json").exists()
@@ -436,7 +437,7 @@ def test_interrupted_again_while_writing_the_reports(tmp_path, monkeypatch, capl
     stop_at(monkeypatch, "Set14", KeyboardInterrupt())
 
     def second_stop(*args, **kwargs):
-        raise utility.Interrupted(signal.SIGTERM)
+        raise stops.Interrupted(signal.SIGTERM)
 
     monkeypatch.setattr(evaluation, "write_reports", second_stop)
     assert run_evaluate(STUB_MODEL, eval_settings(tmp_path, ["Set5", "Set14"]), FAST, "") == 130
@@ -460,16 +461,16 @@ def test_recorded_hash_is_of_the_bytes_loaded(tmp_path, monkeypatch):
 
 
 def test_validation_lets_a_stop_through_to_the_trainer(tmp_path, monkeypatch):
-    stop_at(monkeypatch, "Set5", utility.Interrupted(signal.SIGUSR1))
+    stop_at(monkeypatch, "Set5", stops.Interrupted(signal.SIGUSR1))
     validate = evaluation.validator(STUB_MODEL, eval_settings(tmp_path, ["Set5"]), FAST)
-    with pytest.raises(utility.Interrupted):
+    with pytest.raises(stops.Interrupted):
         validate(STUB_MODEL, 100)
     assert os.listdir(tmp_path / "run") == []  # no report of that step
 
 
 def test_image_loader_workers_ignore_stop_signals(tree):
     loader = evaluation.prefetch(BenchmarkSet(str(tree), "Set5", "sr2", 2), 2)
-    assert loader.worker_init_fn is utility.ignore_stop_signals
+    assert loader.worker_init_fn is stops.ignore_stop_signals
 
 
 SLOW_SECOND_SET = """
@@ -510,10 +511,10 @@ def test_signal_during_test_only_one_line_and_reports(tmp_path, tree, sig):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-    assert proc.returncode == utility.INTERRUPTED, err
+    assert proc.returncode == stops.INTERRUPTED, err
     assert "Traceback" not in err and "Error" not in err, err
-    stops = [line for line in err.splitlines() if "interrupted by" in line or "received" in line]
-    assert stops == [f"WARNING interrupted by {sig.name}: sets Set5 finished; Set14 not evaluated; "
+    stop_lines = [line for line in err.splitlines() if "interrupted by" in line or "received" in line]
+    assert stop_lines == [f"WARNING interrupted by {sig.name}: sets Set5 finished; Set14 not evaluated; "
                      f"reports written: {run / 'metrics.json'}, {run / 'results.md'}"], err
     meta = json.loads((run / "metrics.json").read_text())["meta"]
     assert meta["interrupted"] is True and meta["not_evaluated"] == ["Set14"]

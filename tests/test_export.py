@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import time
 import tracemalloc
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE_ATOL, ROOT
+from conftest import FIXTURE_ATOL, ROOT, dev_full, full_disk_for_safetensors, read_until
 from hypothesis import given, settings as hyp_settings, strategies as st
 from PIL import Image
 
 import main as cli
 import option
+import stops
 import utility
 from model import IPT, IPTConfig, restore
 from model.checkpoint import (ARCHITECTURE_METADATA, CheckpointError, read_checkpoint,
@@ -278,13 +283,7 @@ def test_refusals_are_one_line_with_the_exit_status(tmp_path, capsys, monkeypatc
         monkeypatch.setattr(utility.tempfile, "TemporaryFile", refuse)  # the write probe
         status = 1
     elif case == "disk full":
-        import safetensors.torch
-
-        def full(tensors, tmp, metadata=None):
-            with open(tmp, "wb") as f:
-                f.write(b"partial")
-            raise OSError(28, "No space left on device")
-        monkeypatch.setattr(safetensors.torch, "save_file", full)
+        full_disk_for_safetensors(monkeypatch)
         status = 1
     with pytest.raises(SystemExit) if case == "patch zero" else _nothing() as err:
         assert export.main(argv) == status
@@ -313,7 +312,7 @@ def test_a_stop_signal_leaves_no_output(tmp_path, capsys, monkeypatch, sig):
         os.kill(os.getpid(), sig)
         return written(tmp)
     monkeypatch.setattr(export, "read_safetensors", stop_while_checking)
-    assert export.main([path, str(out)]) == utility.INTERRUPTED
+    assert export.main([path, str(out)]) == stops.INTERRUPTED
     assert f"{sig.name} received" in one_line(capsys)
     assert not out.exists() and not leftovers(tmp_path)
 
@@ -333,9 +332,142 @@ def test_sigterm_during_an_onnx_export_exits_130_in_one_line(tmp_path):
     code = STOP_DURING_EXPORT.format(scripts=os.path.join(ROOT, "scripts"))
     done = subprocess.run([sys.executable, "-c", code, path, str(out), "--task", "sr2"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert done.returncode == utility.INTERRUPTED, done.stderr
+    assert done.returncode == stops.INTERRUPTED, done.stderr
     assert done.stderr.strip().splitlines() == [f"export.py: SIGTERM received: stopped; {out} not written"]
     assert not out.exists() and not leftovers(tmp_path)
+
+
+# torch.onnx.export as torch 2.14 behaves when a stop lands in its lazy import of torch._dynamo:
+# an except clause reads the half-imported module, and that error replaces the KeyboardInterrupt
+STOP_DURING_ONNX_EXPORT = """
+import sys, time
+sys.path.insert(0, {scripts!r})
+import export, torch
+
+
+def export_losing_the_stop(*args, **kwargs):
+    print("exporting", file=sys.stderr, flush=True)
+    try:
+        time.sleep(60)  # the test's signal ends it
+    except KeyboardInterrupt:
+        raise RuntimeError("Failed to export the model with torch.export.") from None
+
+
+torch.onnx.export = export_losing_the_stop
+sys.exit(export.main(sys.argv[1:]))
+"""
+
+
+STOPS = {signal.SIGTERM: os.kill, signal.SIGINT: os.kill, signal.SIGUSR1: os.killpg}  # to the pid or group
+
+
+@pytest.fixture(scope="module")
+def exports_to_stop(tmp_path_factory) -> dict:
+    """An ONNX export (STOP_DURING_ONNX_EXPORT) per signal of STOPS, in a session of its own,
+    started together: each loads torch for seconds, its test stops it. {signal: (run, folder)}."""
+    code = STOP_DURING_ONNX_EXPORT.format(scripts=os.path.join(ROOT, "scripts"))
+    runs = {}
+    for sig in STOPS:
+        folder = tmp_path_factory.mktemp(sig.name)
+        path, _ = save_run(folder / "run")
+        runs[sig] = (subprocess.Popen([sys.executable, "-c", code, path, str(folder / "ipt.onnx"), "--task",
+                                       "sr2"], cwd=folder, stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True), folder)
+    yield runs
+    for run, _ in runs.values():
+        if run.poll() is None:  # its test failed before stopping it
+            run.kill()
+        run.communicate()
+
+
+@pytest.mark.parametrize("sig", list(STOPS), ids=lambda sig: sig.name)
+def test_a_stop_the_onnx_exporter_turns_into_its_error_exits_130_in_one_line(exports_to_stop, sig):
+    run, folder = exports_to_stop[sig]
+    read_until(run.stderr, lambda line: line == "exporting\n")
+    STOPS[sig](run.pid, sig)
+    err = run.communicate(timeout=60)[1]
+    assert run.returncode == stops.INTERRUPTED, err
+    out = folder / "ipt.onnx"
+    assert err.strip().splitlines() == [f"export.py: {sig.name} received: stopped; {out} not written"]
+    assert not out.exists() and not leftovers(folder)
+
+
+def test_a_stop_the_onnx_exporter_swallows_stops_the_export_before_out_appears(tmp_path, capsys,
+                                                                               monkeypatch, onnx_export):
+    exported, _ = onnx_export  # this model's denoise30 head, as torch.onnx gives it
+    path, _ = save_run(tmp_path / "run")
+    out = tmp_path / "ipt.onnx"
+
+    def swallowing(network, example):  # torch.onnx catching the stop and capturing another way
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+        except KeyboardInterrupt:
+            pass
+        return SimpleNamespace(model=SimpleNamespace(metadata_props={}),
+                               save=lambda tmp, external_data: shutil.copyfile(exported, tmp))
+    monkeypatch.setattr(export, "onnx_program", swallowing)
+    assert export.main([path, str(out), "--task", "denoise30"]) == stops.INTERRUPTED
+    assert one_line(capsys) == f"export.py: SIGTERM received: stopped; {out} not written"
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+# the files model.checkpoint writes are /dev/full: each write fails with ENOSPC, as on a full disk
+DISK_FULL_EXPORT = """
+import builtins, sys
+sys.path.insert(0, {scripts!r})
+import export
+from model import checkpoint
+checkpoint.open = lambda file, mode="r", *args, **kwargs: builtins.open(
+    {full!r} if "w" in mode else file, mode, *args, **kwargs)
+sys.exit(export.main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_is_one_line_and_status_1_from_the_script(tmp_path):
+    path, _ = save_run(tmp_path / "run")
+    out = tmp_path / "ipt.safetensors"
+    code = DISK_FULL_EXPORT.format(scripts=os.path.join(ROOT, "scripts"), full=dev_full())
+    done = subprocess.run([sys.executable, "-c", code, path, str(out)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"export.py: cannot write {out} (No space left on device; "), line
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_exports_get_the_mode_of_a_new_file(tmp_path, onnx_export):
+    path, _ = save_run(tmp_path / "run")
+    out = tmp_path / "ipt.safetensors"
+    assert export.main([path, str(out)]) == 0
+    for written in (out, onnx_export[0]):
+        assert stat.S_IMODE(os.stat(written).st_mode) == utility.FILE_MODE, written
+
+
+def test_a_num_heads_that_contradicts_the_record_is_refused_naming_both(tmp_path, capsys):
+    path, _ = save_run(tmp_path / "run")  # its training.json: 4 heads
+    onnx = tmp_path / "ipt.onnx"
+    assert export.main([path, str(onnx), "--task", "sr2", "--num_heads", "2"]) == 2
+    line = one_line(capsys)
+    assert f"--num_heads 2 contradicts {tmp_path / 'run' / utility.TRAINING_RECORD}, which records " \
+           f"num_heads 4" in line
+    weights = tmp_path / "ipt.safetensors"
+    assert export.main([path, str(weights), "--num_heads", "4"]) == 0  # the record's own value
+    capsys.readouterr()
+    again = tmp_path / "again.safetensors"
+    assert export.main([str(weights), str(again), "--num_heads", "2"]) == 2
+    assert f"contradicts {weights} (its {ARCHITECTURE_METADATA} metadata), which records num_heads 4" \
+        in one_line(capsys)
+    assert not onnx.exists() and not again.exists()
+
+
+def test_messages_name_the_checkpoint_argument(tmp_path, capsys):
+    out = str(tmp_path / "ipt.safetensors")
+    for checkpoint, words in ((tmp_path / "missing.pt", "does not exist (check CHECKPOINT)"),
+                              (tmp_path, "is not a file (give a .pt or .safetensors file as CHECKPOINT)")):
+        assert export.main([str(checkpoint), out]) == 1
+        line = one_line(capsys)
+        assert words in line and "--pretrain" not in line
 
 
 # ----------------------------------------------------------------------------------------

@@ -365,3 +365,37 @@ def test_settings_give_a_single_head_model_to_fine_tuning():
 def test_cuda_only_modes_exit_2_on_the_cpu(capsys, argv):
     code, line = exit_line(capsys, argv.split())
     assert code == 2 and argv.split()[0] in line and "CUDA" in line
+
+
+SIX_TASK_RECORD = {"model": "ipt", "n_feats": 16, "num_heads": 4, "num_layers": 1, "num_queries": 6,
+                   "scale": "2+3+4+1+1+1", "tasks": "sr2+sr3+sr4+derain+denoise30+denoise50"}
+
+
+def weights_with_record(folder, kind: str) -> str:
+    """Weights of a 4-head six-task model with their record: a training.json beside a (dummy,
+    never read) .pt, or the metadata of a .safetensors file."""
+    import json
+
+    import utility
+    from model.checkpoint import write_safetensors
+    if kind == "safetensors":
+        path = str(folder / "ipt.safetensors")
+        write_safetensors({"unread": torch.zeros(1)}, path, SIX_TASK_RECORD)
+        return path
+    (folder / "model_latest.pt").write_bytes(b"not read by parse_args")
+    (folder / utility.TRAINING_RECORD).write_text(json.dumps({"architecture": SIX_TASK_RECORD}))
+    return str(folder / "model_latest.pt")
+
+
+@pytest.mark.parametrize("kind", ["training.json", "safetensors"])
+def test_a_num_heads_against_the_record_of_the_weights_is_refused_naming_both(tmp_path, capsys, kind):
+    pretrain = weights_with_record(tmp_path, kind)
+    code, line = exit_line(capsys, ["--test_only", "--pretrain", pretrain, "--num_heads", "2"])
+    assert code == 2 and "--num_heads 2 contradicts" in line and "records num_heads 4" in line
+    assert (pretrain if kind == "safetensors" else "training.json") in line
+    assert parse_args(["--test_only", "--pretrain", pretrain, "--num_heads", "4"]).num_heads == 4
+    # the other options: the command line wins, a head of the six may be taken
+    wider = parse_args(["--test_only", "--pretrain", pretrain, "--n_feats", "32"])
+    assert (wider.n_feats, wider.num_heads, wider.num_layers) == (32, 4, 1)
+    one_head = parse_args(["--pretrain", pretrain, "--scale", "1", "--task", "denoise50"])
+    assert (one_head.task_names, one_head.num_heads) == (["denoise50"], 4)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import zipfile
 import zlib
 
@@ -18,7 +20,9 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import stops
 from scripts import prepare_data
+from test_data_probes import SPECIAL_KINDS, special_entry
 from test_prepare_data import TINY_SETS, rgb, run, save, tiny_table  # noqa: F401 (autouse fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,6 +98,18 @@ def test_pipes_and_devices_refused_unopened(tmp_path, probe):
         pytest.fail(f"prepare_data.py on {probe.__name__} did not end in {PROBE_TIMEOUT} s")
     assert done.stdout == ""
     assert_refused(done.returncode, done.stderr, tmp_path, f"{named}: {kind}")
+
+
+@pytest.mark.parametrize("kind", SPECIAL_KINDS)
+def test_check_names_an_hr_entry_that_is_no_regular_file(tmp_path, capsys, kind):
+    """--check listed only regular files, so z.png -> /dev/zero was not among the problems."""
+    hr = tmp_path / "data/benchmark/Set14/HR"
+    save(hr / "comic.png", 25, 19)
+    words = special_entry(hr / "z.png", kind)
+    rc, out, err = run(capsys, "--check", tmp_path / "data", "--make_lr")
+    problems = [line.strip() for line in out.splitlines() if line.startswith("  ")]
+    assert (rc, err) == (1, "") and out.startswith("Set14: 1 of 1 images, LR x2 x3 x4 complete"), out
+    assert any(p.startswith(f"{hr / 'z.png'}: cannot read image") and words in p for p in problems)
 
 
 # ----------------------------------------------------------------------------------------
@@ -390,3 +406,63 @@ def test_any_member_name_refused_or_written_under_out(tmp_path, capsys, monkeypa
     for n in NAMES:
         with open(os.path.join(out, "benchmark/Set5/HR", f"{n}.png"), "rb") as f:
             assert f.read() == SET5_PNGS[f"HR/{n}.png"]
+
+
+# ----------------------------------------------------------------------------------------
+# 6. A stop signal while the missing LR files are made: one line, 130, --out as it was
+# ----------------------------------------------------------------------------------------
+LR_PHASE_IMAGES = 40  # HR images whose LR files take about a second to make: the stop lands then
+POLL_S = 0.005
+
+
+def tree_bytes(root) -> dict[str, bytes]:
+    """Every file below ``root`` with its bytes."""
+    return {f: open(os.path.join(root, f), "rb").read() for f in files_under(root)}
+
+
+def making_lr(work) -> bool:
+    """Whether an LR file was made below ``work`` (in --out or the scratch folder beside it): the
+    run is in its last phase, as the sources hold no LR files."""
+    return any(files and "LR_bicubic" in folder for folder, _, files in os.walk(work))
+
+
+def test_a_stop_while_lr_files_are_made_leaves_out_as_it_was(tmp_path):
+    """The LR files were made in --out after the move, outside the stop handling: SIGTERM killed
+    it (143, no line) and left the images moved in and the LR files made so far. SIGTERM to the
+    pid and to the process group, in two runs side by side (the time of one start)."""
+    for i in range(LR_PHASE_IMAGES):
+        save(tmp_path / f"Urban100/img_{i + 1:03d}.png", 64, 48, i)
+    runs: dict[str, tuple[subprocess.Popen, dict[str, bytes]]] = {}
+    try:
+        for target in ("pid", "group"):
+            out = tmp_path / target / "data"
+            save(out / "benchmark/Urban100/HR/img_001.png", 8, 8, 99)  # replaced, then put back
+            (out / "notes.txt").write_text("mine")
+            runs[target] = (subprocess.Popen(
+                [sys.executable, "scripts/prepare_data.py", str(tmp_path / "Urban100"), "--out",
+                 str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                start_new_session=target == "group"), tree_bytes(out))
+        deadline, waiting = time.monotonic() + PROBE_TIMEOUT, set(runs)
+        while waiting:
+            for target in sorted(waiting):
+                proc = runs[target][0]
+                if making_lr(tmp_path / target):
+                    os.killpg(proc.pid, signal.SIGTERM) if target == "group" \
+                        else proc.send_signal(signal.SIGTERM)
+                    waiting.remove(target)
+                else:
+                    assert proc.poll() is None, (target, proc.communicate())
+            assert time.monotonic() < deadline, f"no LR file made by {sorted(waiting)}"
+            time.sleep(POLL_S)
+        errors = {target: proc.communicate(timeout=PROBE_TIMEOUT)[1]
+                  for target, (proc, _) in runs.items()}
+    finally:
+        for proc, _ in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    for target, (proc, before) in runs.items():
+        assert proc.returncode == stops.INTERRUPTED, (target, errors[target])
+        assert errors[target] == "prepare_data.py: stopped by SIGTERM; nothing was written\n"
+        assert tree_bytes(tmp_path / target / "data") == before
+        assert os.listdir(tmp_path / target) == ["data"]  # no scratch folder beside it

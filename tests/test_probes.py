@@ -12,8 +12,9 @@ import sys
 import pytest
 import torch
 
+import stops
 import utility
-from conftest import ROOT
+from conftest import ROOT, read_until
 
 PROBE_TIMEOUT = 60  # seconds: a probe that takes longer hangs
 TINY = ["--cpu", "--n_feats", "16", "--num_heads", "4", "--num_layers", "1", "--scale", "2",
@@ -34,10 +35,17 @@ def fifo_config(tmp) -> list[str]:
     return ["--config", str(tmp / "pipe.yaml")]
 
 
+def deep_config(tmp) -> list[str]:
+    """A 200 kB YAML file whose one value nests lists 100,000 deep (building it would recurse)."""
+    (tmp / "deep.yaml").write_text("data_test: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    return ["--config", str(tmp / "deep.yaml")]
+
+
 # name -> (the command line given a temporary folder, exit status, words of the one line)
 EXIT_PROBES = {
     "config is a FIFO": (fifo_config, 2, "not a regular file"),
     "YAML alias bomb": (alias_bomb, 2, "aliases"),
+    "YAML nested 100,000 deep": (deep_config, 2, "nested more than"),
     "batch that cannot fit": (lambda tmp: [*TRAIN, "--batch_size", "1000000000", "--max_steps", "1"],
                               2, "--batch_size"),
     "patch that cannot fit": (lambda tmp: ["--test_only", "--patch_size", "100002"], 2, "--patch_size"),
@@ -87,7 +95,7 @@ def test_a_stop_signal_saves_the_step_it_stopped_at_and_exits_130(tmp_path, work
     finally:
         process.kill()
     out = "".join(lines)
-    assert process.returncode == utility.INTERRUPTED, out[-3000:]
+    assert process.returncode == stops.INTERRUPTED, out[-3000:]
     assert "Traceback" not in out and f"{signal.Signals(sig).name} received" in out
     stopped = int(re.search(r"stopped at step (\d+) of 100000", out).group(1))
     state = torch.load(run / utility.STATE_NAME, weights_only=True)
@@ -104,3 +112,41 @@ def test_a_bad_torchrun_variable_is_one_line(tmp_path, name, value):
                             timeout=PROBE_TIMEOUT, env={**os.environ, name: value})
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and name in lines[0], result.stderr[-2000:]
+
+
+def imported_module(line: str) -> str:
+    """The module of a line of ``python -X importtime`` ('' for another line)."""
+    return line.rsplit("|", 1)[-1].strip() if line.startswith("import time:") else ""
+
+
+@pytest.mark.parametrize("script,argv", [
+    ("main.py", ["--cpu", "--max_steps", "1", "--save", "{tmp}/run"]),
+    ("scripts/export.py", ["{tmp}/run/model_latest.pt", "{tmp}/ipt.safetensors"]),
+])
+def test_a_stop_while_torch_loads_is_one_line_and_exit_130(tmp_path, script, argv):
+    """-X importtime writes a line as each module is loaded: the first of torch's comes while the
+    rest of torch (seconds) still loads."""
+    command = [sys.executable, "-X", "importtime", os.path.join(ROOT, script),
+               *(a.format(tmp=tmp_path) for a in argv)]
+    with subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True) as run:
+        read_until(run.stderr, lambda line: imported_module(line).startswith("torch."))
+        run.send_signal(signal.SIGTERM)
+        err = run.communicate(timeout=PROBE_TIMEOUT)[1]
+    lines = [line for line in err.splitlines() if not line.startswith("import time:")]
+    assert run.returncode == stops.INTERRUPTED, err[-2000:]
+    assert lines == [f"{os.path.basename(script)}: SIGTERM received: stopped"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_every_entry_point_keeps_stop_signals_before_it_loads_torch():
+    """Each script that handles stop signals calls stops.early() before it imports torch (or the
+    project modules that do), so a stop while it starts is one line too."""
+    scripts = sorted(os.listdir(os.path.join(ROOT, "scripts")))
+    for name in ["main.py", *(os.path.join("scripts", n) for n in scripts if n.endswith(".py"))]:
+        text = open(os.path.join(ROOT, name), encoding="utf-8").read()
+        if "stops." not in text:
+            continue
+        early = text.find("stops.early()")
+        heavy = re.search(r"^(import|from) (torch|numpy|main|utility|option|trainer|model|data)\b", text,
+                          re.M)
+        assert early >= 0 and (heavy is None or early < heavy.start()), name

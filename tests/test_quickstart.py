@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import io
+import logging
 import os
 import signal
 import subprocess
@@ -14,7 +15,8 @@ from conftest import ROOT
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 import quickstart  # noqa: E402
-import utility  # noqa: E402
+import stops  # noqa: E402
+import trainer  # noqa: E402
 
 STEPS = ["--pretrain_steps", "4", "--finetune_steps", "3"]
 
@@ -44,6 +46,8 @@ class FakeMain:
             return self.status if stop else self.evaluate(save)
         total = int(option(args, "--max_steps"))
         self.train(save, total, self.stop_step if stop else total)
+        if stop and self.status == 130:  # what a stopped training run says last
+            logging.getLogger("ipt").info(trainer.RESUME_HINT)
         return self.status if stop else 0
 
     @staticmethod
@@ -102,7 +106,7 @@ def test_phase_order_and_arguments(monkeypatch, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("raise_interrupt", [False, True])
-def test_interruption_stops_everything(monkeypatch, tmp_path, capsys, raise_interrupt):
+def test_interruption_stops_everything(monkeypatch, tmp_path, capsys, caplog, raise_interrupt):
     out = str(tmp_path / "qs")
     fake = FakeMain(stop_at=1, raise_interrupt=raise_interrupt)
     assert run(monkeypatch, out, fake) == 130
@@ -110,6 +114,8 @@ def test_interruption_stops_everything(monkeypatch, tmp_path, capsys, raise_inte
     err = capsys.readouterr().err
     assert "phase 1/4" in err and "python scripts/quickstart.py --resume --out" in err
     assert "--pretrain_steps 4 --finetune_steps 3" in err
+    # one stop line: the phase's own "same command and --resume" would contradict it
+    assert err.count("continue with") == 1 and trainer.RESUME_HINT not in caplog.text
 
 
 def test_resume_runs_only_the_remaining_phases(monkeypatch, tmp_path, capsys):
@@ -231,7 +237,7 @@ def test_a_phase_s_own_handlers_nest_inside_the_quickstart_s(monkeypatch, tmp_pa
     before = signal.getsignal(signal.SIGINT)
 
     def main_with_its_own_handlers(args: list[str]) -> int:
-        with utility.StopSignals() as own:  # as main.main does while training
+        with stops.StopSignals() as own:  # as main.main does while training
             os.kill(os.getpid(), signal.SIGINT)
         assert own.received == signal.SIGINT
         return fake(args) if len(fake.calls) else 130  # the first phase: stopped by its handler

@@ -13,6 +13,7 @@ from hypothesis import given, settings as hyp_settings, strategies as st
 
 import main as cli
 import option
+import stops
 import trainer
 import utility
 from test_training import make_trainer, synthetic_batches
@@ -438,10 +439,10 @@ def test_a_loader_workers_death_is_not_reported_as_a_full_disk(tmp_path):
 
 def test_stop_signals_set_the_flag_or_raise(tmp_path):
     import signal
-    with utility.StopSignals() as stop:
+    with stops.StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGUSR1)
     assert stop.received == signal.SIGUSR1
-    with pytest.raises(utility.Interrupted) as err, utility.StopSignals(raise_=True):
+    with pytest.raises(stops.Interrupted) as err, stops.StopSignals(raise_=True):
         os.kill(os.getpid(), signal.SIGTERM)
     assert err.value.signum == signal.SIGTERM and isinstance(err.value, KeyboardInterrupt)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # put back as it was

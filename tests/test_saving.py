@@ -9,13 +9,14 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
 import time
 
 import torch
-from conftest import ROOT
+from conftest import ROOT, full_disk_for_safetensors
 from test_training import synthetic_batches
 
 import main as cli
@@ -209,6 +210,25 @@ def failure_lines(caplog) -> list[str]:
             for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+def test_a_full_disk_says_resume_only_when_a_state_was_saved(tmp_path, monkeypatch, caplog):
+    real = utility.atomic_save
+    first_fails = {"step": 0}
+
+    def save(obj, path):
+        if path.endswith(utility.STATE_NAME) and obj["progress"]["step"] >= first_fails["step"]:
+            raise utility.SaveError(f"cannot write {path} (No space left on device)")
+        real(obj, path)
+
+    monkeypatch.setattr(utility, "atomic_save", save)
+    synchronous(monkeypatch)
+    for fails, advice in [(0, "start again (nothing was saved yet)"), (6, "continue with --resume")]:
+        first_fails["step"] = fails
+        caplog.clear()
+        assert cli.fit(make_trainer(tmp_path / str(fails), 9)) == 1
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert errors and all(e.endswith("make room and " + advice) for e in errors), errors
+
+
 def test_a_save_failing_in_the_writer_ends_the_run_as_a_synchronous_one(tmp_path, monkeypatch, caplog):
     with monkeypatch.context() as patch:
         synchronous(patch)
@@ -229,6 +249,20 @@ def test_a_save_failing_in_the_writer_ends_the_run_as_a_synchronous_one(tmp_path
     assert not runner.saver.busy
     record = utility.read_training_record(str(tmp_path / "bg" / "model" / "model_latest.pt"))
     assert record is None or record["step"] < 3  # never a record of weights without their state
+
+
+def test_a_full_disk_while_writing_safetensors_stops_training_in_one_line(tmp_path, monkeypatch, caplog):
+    runner = make_trainer(tmp_path, 7, "--save_format safetensors")
+    full_disk_for_safetensors(monkeypatch, after=1)  # step 3's weights are written, step 6's are not
+    unhandled = []
+    monkeypatch.setattr(threading, "excepthook", unhandled.append)
+    assert cli.fit(runner) == 1
+    stopped = [line for line in failure_lines(caplog) if line.startswith("training stopped at step")]
+    assert len(stopped) == 1 and "model_latest.safetensors (No space left on device; " in stopped[0]
+    assert not unhandled and "Traceback" not in caplog.text and not runner.saver.busy
+    latest, state = tmp_path / "model" / "model_latest.safetensors", tmp_path / utility.STATE_NAME
+    assert stat.S_IMODE(latest.stat().st_mode) == utility.FILE_MODE == stat.S_IMODE(state.stat().st_mode)
+    assert not [n for n in os.listdir(tmp_path) + os.listdir(tmp_path / "model") if n.endswith(".tmp")]
 
 
 def test_a_stop_signal_during_a_background_save_keeps_it_whole(tmp_path, monkeypatch):

@@ -149,6 +149,37 @@ def test_unknown_folder_names_the_aliases(tmp_path, capsys):
     assert rc == 2 and "no test set found" in err and "CSet14" in err and "BSDS100" in err
 
 
+TWO_COPIES = {  # case: (images made under src/ at (w, h), the SRCs, what the refusal names)
+    "CSet14+Set14": ({"CSet14/comic.png": (25, 19), "Set14/HR/comic.png": (25, 19)},
+                     ["CSet14", "Set14"], ["CSet14 and ", "Set14 are both Set14; give each set once"]),
+    "BSD100+B100": ({"BSD100/1.png": (25, 17), "B100/HR/1.png": (25, 17)},
+                    ["BSD100", "B100"], ["BSD100 and ", "B100 are both B100"]),
+    "one folder": ({"benchmark/CSet14/comic.png": (25, 19), "benchmark/Set14/comic.png": (25, 19)},
+                   ["benchmark"], ["benchmark/CSet14 and ", "benchmark/Set14 are both Set14"]),
+    "zip+folder": ({"zip/CSet14/comic.png": (25, 19), "Set14/comic.png": (25, 19)},
+                   ["CSet14.zip", "Set14"], ["Set14 and ", "CSet14.zip are both Set14"]),
+    "same name twice": ({"a/Set14/comic.png": (25, 19), "b/Set14/comic.png": (25, 19)},
+                        ["a/Set14", "b/Set14"],
+                        ["a/Set14/comic.png and ", "b/Set14/comic.png would both be "
+                         "benchmark/Set14/HR/comic.png in --out"]),
+}
+
+
+@pytest.mark.parametrize("case", TWO_COPIES)
+def test_two_copies_of_one_set_are_refused(tmp_path, capsys, case):
+    """The second copy's same-named images silently replaced the first's (two 'Set14 <-' lines)."""
+    images, srcs, named = TWO_COPIES[case]
+    src = tmp_path / "src"
+    for i, (path, (w, h)) in enumerate(images.items()):
+        save(src / path, w, h, i)  # other pixels in each copy
+    if "zip" in case:
+        shutil.make_archive(str(src / "CSet14"), "zip", src / "zip")
+    rc, _, err = run(capsys, *[src / s for s in srcs], "--out", tmp_path / "data")
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("prepare_data.py: "), err
+    assert all(text in err for text in named), err
+    assert sorted(os.listdir(tmp_path)) == ["sets.json", "src"]  # no --out, no scratch folder
+
+
 def test_data_test_aliases_are_their_sets():
     args = parse_args(["--data_test", "cset14+BSDS100+sample+demo+CBSD68"])
     assert args.data_test == ["Set14", "B100", "Sample", "Demo", "CBSD68"]
@@ -179,6 +210,16 @@ def test_evaluated_under_the_sets_own_name(tmp_path):
     assert code == 0
     report = json.loads((tmp_path / "run/metrics.json").read_text())
     assert list(report["results"]) == ["Set14"]
+
+
+def test_an_hr_link_to_dev_zero_is_an_unreadable_image(tmp_path):
+    """It was left out of the set: exit 0, '1 images', z.png never named."""
+    save(tmp_path / "data/benchmark/Set14/HR/a.png", 32, 24)
+    os.symlink("/dev/zero", tmp_path / "data/benchmark/Set14/HR/z.png")
+    code = cli.main(["--test_only", "--dir_data", str(tmp_path / "data"), "--save",
+                     str(tmp_path / "run"), *TINY_MODEL, "--scale", "2", "--data_test", "Set14"])
+    log = (tmp_path / "run/log.txt").read_text()
+    assert code == 1 and "HR/z.png': it is a character device, not a regular file" in log, log
 
 
 # ----------------------------------------------------------------------------------------

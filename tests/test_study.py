@@ -15,7 +15,7 @@ from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import utility
+import stops
 
 spec = importlib.util.spec_from_file_location("study", os.path.join(ROOT, "scripts", "study.py"))
 study = importlib.util.module_from_spec(spec)
@@ -226,10 +226,10 @@ def test_an_unreadable_pool_photo_is_left_out_with_a_warning(tmp_path, monkeypat
 
 def test_a_stopped_run_stops_the_study_with_exit_130(monkeypatch, capsys):
     """main.py stopped by a signal (130): the study exits 130 too, not 'failed, fix it'."""
-    monkeypatch.setattr(study.ipt_main, "main", lambda args: utility.INTERRUPTED)
+    monkeypatch.setattr(study.ipt_main, "main", lambda args: stops.INTERRUPTED)
     with pytest.raises(SystemExit) as stop:
         study.run_main(["--save", "x"], launcher="")
-    assert stop.value.code == utility.INTERRUPTED
+    assert stop.value.code == stops.INTERRUPTED
     assert "stopped by a signal" in capsys.readouterr().err
 
 

@@ -4,6 +4,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -257,6 +262,16 @@ def test_auto_resume_starts_afresh_then_continues_ignoring_pretrain(tmp_path, ca
     assert trainer.read_state(os.path.join(run, utility.STATE_NAME))["progress"]["step"] == 4
 
 
+def test_a_missing_test_set_is_refused_before_step_1_when_a_validation_will_happen(tmp_path, caplog):
+    import main as cli
+    run, missing = tmp_path / "run", str(tmp_path / "no-data")
+    argv = [*AUTO, "--data_test", "Set5", "--dir_data", missing, "--max_steps", "4", "--save", str(run)]
+    assert cli.main([*argv, "--test_every", "4"]) == 1
+    assert f"Set5: no folder {missing}" in caplog.text and "step 1:" not in caplog.text
+    assert not (run / utility.STATE_NAME).exists()
+    assert cli.main([*argv, "--test_every", "5"]) == 0  # no validation within the run: not needed
+
+
 @pytest.mark.parametrize("other", ["--reset", "--resume", "--test_only"])
 def test_auto_resume_refuses_what_contradicts_it(capsys, other):
     with pytest.raises(SystemExit) as err:
@@ -264,17 +279,106 @@ def test_auto_resume_refuses_what_contradicts_it(capsys, other):
     assert err.value.code == 2 and "--auto_resume" in capsys.readouterr().err
 
 
-def test_a_lock_of_the_same_torchrun_job_is_taken_over_and_another_is_refused(tmp_path, monkeypatch):
-    held = {"host": "node-7", "pid": 4242, "command": "main.py", "run_id": "job-1"}
-    (tmp_path / utility.LOCK_NAME).write_text(json.dumps(held))
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-2")  # another job: node-7 cannot be checked
-    with pytest.raises(utility.LockError):
-        utility.RunLock(str(tmp_path)).acquire()
-    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")  # a restart of the same job, any host
-    lock = utility.RunLock(str(tmp_path))
-    assert "previous attempt of this torchrun job" in lock.acquire()
-    assert json.loads((tmp_path / utility.LOCK_NAME).read_text())["run_id"] == "job-1"
+def other_host_lock(folder, run_id: str | None, age: float) -> None:
+    """A lock of process 4242 on node-7 under torchrun run id ``run_id``, last renewed ``age``
+    seconds ago."""
+    path = folder / utility.LOCK_NAME
+    path.write_text(json.dumps({"host": "node-7", "pid": 4242, "command": "main.py", "run_id": run_id}))
+    os.utime(path, (time.time() - age, time.time() - age))
+
+
+@pytest.mark.parametrize("ours,theirs,age,taken", [
+    ("job-1", "job-1", 10, False),    # a live holder of the same run id: never displaced
+    ("job-1", "job-1", 100, True),    # 3 renewals missed: the job's earlier attempt, node gone
+    ("none", "none", 100, False),     # torchrun's id of every job without --rdzv_id: no identity
+    ("0", "job-2", 100, False),       # another job: stale only after --dist_timeout
+    ("0", "job-2", 1900, True),
+    (None, None, 1900, True),
+])
+def test_another_hosts_lock_is_stale_only_once_its_holder_stops_renewing_it(tmp_path, monkeypatch, ours,
+                                                                          theirs, age, taken):
+    if ours is None:
+        monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    else:
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", ours)
+    other_host_lock(tmp_path, theirs, age)
+    lock = utility.RunLock(str(tmp_path), stale_after=1800)
+    if not taken:
+        with pytest.raises(utility.LockError, match=r"in use by process 4242 on node-7 .*last \d+ s ago"):
+            lock.acquire()
+        assert json.loads((tmp_path / utility.LOCK_NAME).read_text())["pid"] == 4242
+        return
+    assert f"not renewed for {age}" in lock.acquire()
+    assert json.loads((tmp_path / utility.LOCK_NAME).read_text())["pid"] == os.getpid()
     lock.release()
+
+
+@pytest.mark.parametrize("run_id", ["none", "0", "pretrain-1"])  # no --rdzv_id, Slurm's fallback, shared
+def test_a_live_lock_of_this_host_is_kept_whatever_its_run_id_and_a_reused_pid_is_not(tmp_path,
+                                                                                    monkeypatch, run_id):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", run_id)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = {"host": socket.gethostname(), "pid": child.pid, "run_id": run_id,
+                  "started": utility.process_start(child.pid)}
+        (tmp_path / utility.LOCK_NAME).write_text(json.dumps(record))
+        with pytest.raises(utility.LockError, match=f"in use by process {child.pid}"):
+            utility.RunLock(str(tmp_path)).acquire()
+        record["started"] = "another-boot:1"  # the PID now belongs to another process
+        (tmp_path / utility.LOCK_NAME).write_text(json.dumps(record))
+        lock = utility.RunLock(str(tmp_path))
+        assert "no longer runs" in lock.acquire()
+        lock.release()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def dev_zero(path) -> None:
+    os.symlink("/dev/zero", path)
+
+
+@pytest.mark.parametrize("make,kind", [(os.mkfifo, "named pipe"), (os.mkdir, "folder"),
+                                       (dev_zero, "symbolic link"),
+                                       (lambda p: os.symlink("missing", p), "symbolic link")])
+def test_a_lock_that_is_not_a_regular_file_is_refused_in_one_line_and_kept(tmp_path, make, kind):
+    path = tmp_path / utility.LOCK_NAME
+    make(path)
+    outcome = []
+
+    def take() -> None:
+        try:
+            utility.RunLock(str(tmp_path)).acquire()
+        except utility.LockError as e:
+            outcome.append(str(e))
+
+    thread = threading.Thread(target=take, daemon=True)  # a FIFO opened for reading would block
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive() and len(outcome) == 1, outcome
+    assert kind in outcome[0] and "move it away" in outcome[0] and "\n" not in outcome[0]
+    assert os.path.lexists(path)
+
+
+def test_the_holder_renews_its_lock_and_a_lock_replaced_meanwhile_is_put_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(utility, "LOCK_RENEW_SECONDS", 0.05)
+    lock = utility.RunLock(str(tmp_path))
+    lock.acquire()
+    path = tmp_path / utility.LOCK_NAME
+    os.utime(path, (0, 0))
+    deadline = time.monotonic() + 10
+    while os.stat(path).st_mtime < time.time() - 60 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.stat(path).st_mtime > time.time() - 60  # renewed through its descriptor
+    lock.release()
+    assert not path.exists()
+    # judged stale as file A, but another process replaced it by its own lock B meanwhile
+    path.write_text("A")
+    judged = os.stat(path)
+    path.rename(tmp_path / "A")  # kept: its inode is not reused by B
+    path.write_text("B")
+    utility.RunLock(str(tmp_path))._remove_if((judged.st_dev, judged.st_ino))
+    assert path.read_text() == "B" and sorted(os.listdir(tmp_path)) == [utility.LOCK_NAME, "A"]
 
 
 def test_a_state_of_another_world_size_is_re_split_from_its_step(tmp_path, caplog):
