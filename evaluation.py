@@ -287,7 +287,8 @@ def described_steps(checkpoint: str, record: dict) -> tuple[int | None, str | No
     files = record.get("weights")
     entry = files.get(name) if isinstance(files, dict) else None
     entry = entry if isinstance(entry, dict) else {}
-    step, size, mtime = (_count(entry.get(k)) for k in ("step", "size", "mtime_ns"))
+    step = _count(entry.get("step"))
+    size, mtime = (_count(entry.get(k), utility.MAX_INT64) for k in ("size", "mtime_ns"))
     if step is None or size is None or mtime is None:
         if TRAINED_NAMES.fullmatch(name) is None:
             return None, None
@@ -311,9 +312,9 @@ def _when(mtime_ns: int) -> str:
     return datetime.datetime.fromtimestamp(mtime_ns / 1e9).isoformat(sep=" ", timespec="microseconds")
 
 
-def _count(value: object) -> int | None:
-    """A count read from a record: a non-negative int, else None."""
-    return value if utility.is_count(value) else None
+def _count(value: object, most: int = utility.MAX_COUNT) -> int | None:
+    """A count read from a record: a non-negative int up to ``most``, else None."""
+    return value if utility.is_count(value, 0, most) else None
 
 
 def training_note(checkpoint: str, step: int | None, training: dict | None) -> str:

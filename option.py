@@ -984,6 +984,13 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for dest in ("gamma", "skip_threshold"):
         if getattr(args, dest) <= 0:
             raise ValueError(f"--{dest} must be positive, got {getattr(args, dest)}")
+    from utility import MAX_COUNT, MAX_LOADER_WORKERS  # the ceilings the records share
+    ceilings = {"n_threads": MAX_LOADER_WORKERS, **dict.fromkeys(
+        ("epochs", "max_steps", "warmup_steps", "test_every", "print_every", "save_every", "max_nonfinite"),
+        MAX_COUNT)}
+    for dest, most in ceilings.items():
+        if getattr(args, dest) > most:
+            raise ValueError(f"--{dest} {getattr(args, dest)}: at most {most}")
 
 
 def _check_training_data(args: argparse.Namespace) -> None:
@@ -1027,24 +1034,26 @@ def _check_memory(args: argparse.Namespace) -> None:
         return
     if weights >= activations:
         lower = "--patch_size, --n_feats or --num_layers" if args.model == "ipt" else "--dim or --num_blocks"
-        what = f"the model alone needs {weights / GIB:.1f} GiB"
+        what = f"the model alone needs {_gib(weights)} GiB"
     else:
         lower = f"{batch_option} or --patch_size"
-        what = (f"the first batch needs {activations / GIB:.1f} GiB beside the model's "
-                f"{weights / GIB:.1f} GiB")
-    raise ValueError(f"{what}, at least, and {available / GIB:.1f} GiB are available: lower {lower} "
+        what = f"the first batch needs {_gib(activations)} GiB beside the model's {_gib(weights)} GiB"
+    raise ValueError(f"{what}, at least, and {_gib(available)} GiB are available: lower {lower} "
                      f"(--patch_size {args.patch_size}, {batch_option} "
                      f"{getattr(args, batch_option[2:])})")
+
+
+def _gib(size: int) -> str:
+    """Bytes as GiB with one decimal; a power of ten past what a float holds (10^30 widths)."""
+    gib = size // GIB
+    return f"{size / GIB:.1f}" if gib < 10 ** 15 else f"10^{len(str(gib)) - 1}"
 
 
 def _memory_needed(args: argparse.Namespace) -> tuple[int, int, str]:
     """(bytes of the weights, with gradients and Adam moments when training; a lower bound of the
     first batch's bytes; the option that sets that batch)."""
-    import torch
-    from model import build_model
-    with torch.device("meta"):
-        model = build_model(_model_config(args, list(range(len(args.scale)))))
-    params = sum(p.numel() for p in model.parameters())
+    from model import parameter_count  # worked out from the options: any size, nothing built
+    params = parameter_count(_model_config(args, list(range(len(args.scale)))))
     weights = params * FLOAT_BYTES * (1 if args.test_only else TRAINING_COPIES)
     batch_option = "--crop_batch_size" if args.test_only else "--batch_size"
     batch = args.crop_batch_size if args.test_only else args.batch_size

@@ -226,6 +226,11 @@ class Trainer:
         every save is written when this returns (periodic ones by a thread, while training goes on).
         """
         p = self.progress
+        if p.step >= self.total_steps:  # a resumed run already there: its files stay as they are
+            log.info("step %d of the saved state is not before step %d, where this run ends: nothing "
+                     "to train, nothing written (a larger --max_steps continues it)", p.step,
+                     self.total_steps)
+            return 0
         bar = tqdm(total=self.total_steps, initial=p.step, desc="training", unit="step",
                    dynamic_ncols=True, disable=self.rank != 0)
         status = 0
@@ -622,8 +627,8 @@ def state_problem(state: dict) -> str | None:
     if average is not None and not (_is_number(average) and math.isfinite(average)):
         return "'loss_average' is not a finite number"
     workers = state.get("loader_workers")
-    if workers is not None and not utility.is_count(workers, 0):
-        return "'loader_workers' is not a count"
+    if workers is not None and not utility.is_count(workers, 0, utility.MAX_LOADER_WORKERS):
+        return f"'loader_workers' is not a count up to {utility.MAX_LOADER_WORKERS}"
     for key in ("schedule_steps", "world_size", "epoch_steps"):
         if key in state and not utility.is_count(state[key], 1):
             return f"{key!r} is not a positive integer"
@@ -642,7 +647,7 @@ def _progress_problem(progress: object) -> str | None:
         return f"'progress' does not hold exactly {', '.join(sorted(fields))}"
     counts = ("step", "nonfinite_total", "nonfinite_run")
     if not all(utility.is_count(progress[k], 0) for k in counts) or not utility.is_count(progress["best_step"], -1):
-        return "'progress' holds a count that is not a non-negative integer"
+        return f"'progress' holds a count that is not an integer from 0 to {utility.MAX_COUNT}"
     if not _is_number(progress["best_psnr"]) or math.isnan(progress["best_psnr"]):
         return "'progress.best_psnr' is not a number"
     return None

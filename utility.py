@@ -363,8 +363,8 @@ def training_record_problem(record: object) -> str | None:
         return "key 'train_seconds': not a finite non-negative number"
     weights = record.get("weights", {})
     if not isinstance(weights, dict) or not all(
-            isinstance(v, dict) and is_count(v.get("size")) and is_count(v.get("mtime_ns"))
-            and is_count(v.get("step")) for v in weights.values()):
+            isinstance(v, dict) and is_count(v.get("step")) and is_count(v.get("size"), 0, MAX_INT64)
+            and is_count(v.get("mtime_ns"), 0, MAX_INT64) for v in weights.values()):
         return "key 'weights': not a mapping of file name to {step, size, mtime_ns}"
     return None
 
@@ -379,9 +379,14 @@ def is_seconds(value: object) -> bool:
         return False
 
 
-def is_count(value: object, least: int = 0) -> bool:
-    """An int (not a bool) of at least ``least``: what a record's counts and steps must be."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+MAX_COUNT = 10 ** 12  # steps, epochs, and every other count of a record or option: past any real run
+MAX_LOADER_WORKERS = 1024  # loader worker processes of one rank: a large node's cores, with room
+MAX_INT64 = 2 ** 63 - 1  # file sizes and st_mtime_ns: what the operating system's fields hold
+
+
+def is_count(value: object, least: int = 0, most: int = MAX_COUNT) -> bool:
+    """An int (not a bool) from ``least`` to ``most``: what a record's counts and steps must be."""
+    return isinstance(value, int) and not isinstance(value, bool) and least <= value <= most
 
 
 def write_text(path: str, text: str) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 from torch import nn
 
 from .checkpoint import CheckpointError, load_body, load_checkpoint
+from . import ipt, restormer
 from .ipt import IPT, IPTConfig
 from .restormer import Restormer, RestormerConfig
 from .tiling import restore
 
 __all__ = ["IPT", "IPTConfig", "Restormer", "RestormerConfig", "build_model", "load_body", "load_checkpoint",
-           "CheckpointError", "restore", "MODELS"]
+           "CheckpointError", "restore", "MODELS", "parameter_count"]
 
 # --model name -> (network, its config)
 MODELS = {"ipt": (IPT, IPTConfig), "restormer": (Restormer, RestormerConfig)}
@@ -21,3 +22,9 @@ def build_model(config: IPTConfig | RestormerConfig) -> nn.Module:
         if isinstance(config, config_type):
             return network(config)
     raise TypeError(f"build_model takes an IPTConfig or a RestormerConfig, not {type(config).__name__}")
+
+
+def parameter_count(config: IPTConfig | RestormerConfig) -> int:
+    """The number of weights of the network a config describes, without building it."""
+    count = ipt.parameter_count if isinstance(config, IPTConfig) else restormer.parameter_count
+    return count(config)

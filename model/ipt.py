@@ -289,6 +289,33 @@ class VisionTransformer(nn.Module):
 # ----------------------------------------------------------------------------------------
 # The whole network
 # ----------------------------------------------------------------------------------------
+def parameter_count(cfg: IPTConfig) -> int:
+    """The number of weights ``IPT(cfg)`` holds, worked out from the options alone: exact, and as
+    cheap for a width of 10^30 or 10^13 layers as for the paper's (nothing is built)."""
+    f, c, p = cfg.n_feats, cfg.n_colors, cfg.patch_dim
+    dim, tokens = f * p * p, (cfg.patch_size // p) ** 2
+    hidden = dim * MLP_RATIO
+
+    def conv_weights(in_ch: int, out_ch: int, kernel: int) -> int:
+        return in_ch * out_ch * kernel * kernel + out_ch
+
+    def tail(scale: int) -> int:
+        steps = [4] * (scale.bit_length() - 1) if scale & (scale - 1) == 0 else [9]
+        return sum(conv_weights(f, k * f, 3) for k in steps) + conv_weights(f, c, HEAD_KERNEL)
+
+    head = conv_weights(c, f, HEAD_KERNEL) + 4 * conv_weights(f, f, RESBLOCK_KERNEL)
+    attention = 4 * dim * dim  # the in-projection (3 dim x dim) and the out-projection, no biases
+    ffn = 2 * dim * hidden + hidden + dim
+    layer_norm = 0 if cfg.no_norm else 2 * dim
+    body = cfg.num_layers * (attention + ffn + 2 * layer_norm + 2 * attention + ffn + 3 * layer_norm)
+    if not cfg.no_mlp:  # linear_encoding, mlp_head, query_embed
+        body += dim * dim + dim + 2 * dim * hidden + hidden + dim + cfg.num_queries * dim * tokens
+    if not cfg.no_pos:
+        body += tokens * dim
+    mask = f * p * p if MIM in (cfg.task_names or default_task_names(cfg.scale)) else 0
+    return 2 * conv_weights(3, 3, 1) + len(cfg.scale) * head + sum(map(tail, cfg.scale)) + body + mask
+
+
 class IPT(nn.Module):
     """Heads, the shared body and tails; ``forward(x, task_id)`` runs one task."""
 

@@ -202,6 +202,28 @@ class Upsample(nn.Module):
 # ----------------------------------------------------------------------------------------
 # The whole network
 # ----------------------------------------------------------------------------------------
+def parameter_count(cfg: RestormerConfig) -> int:
+    """The number of weights ``Restormer(cfg)`` holds, worked out from the options alone: exact,
+    and as cheap for any width or depth (nothing is built)."""
+    d, n, h, b = cfg.dim, cfg.num_blocks, cfg.heads, int(cfg.bias)
+
+    def block(dim: int, heads: int) -> int:
+        hidden = int(dim * cfg.ffn_expansion_factor)
+        norm = dim * (2 if cfg.layernorm_type == "WithBias" else 1)
+        attention = heads + dim * 3 * dim + 3 * dim * b + 3 * dim * 9 + 3 * dim * b + dim * dim + dim * b
+        ffn = dim * 2 * hidden + 2 * hidden * b + 2 * hidden * 9 + 2 * hidden * b + hidden * dim + dim * b
+        return 2 * norm + attention + ffn
+
+    levels = (sum(n[i] * block(d * 2 ** i, h[i]) for i in range(LEVELS))  # the encoder and latent
+              + n[2] * block(d * 4, h[2]) + n[1] * block(d * 2, h[1])  # decoder levels 3 and 2
+              + (n[0] + cfg.num_refinement_blocks) * block(d * 2, h[0]))  # level 1, refinement
+    down = sum(ch * (ch // 2) * 9 for ch in (d, d * 2, d * 4))
+    up = sum(ch * ch * 2 * 9 for ch in (d * 8, d * 4, d * 2))
+    reduce = d * 8 * d * 4 + d * 4 * b + d * 4 * d * 2 + d * 2 * b
+    ends = cfg.inp_channels * d * 9 + d * b + d * 2 * cfg.out_channels * 9 + cfg.out_channels * b
+    return levels + down + up + reduce + ends
+
+
 class Restormer(nn.Module):
     """Encoder levels at dim, 2dim, 4dim, latent at 8dim, decoder back up, refinement, residual."""
 

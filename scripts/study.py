@@ -492,7 +492,7 @@ def read_manifest(records: str) -> dict:
     if not isinstance(record, dict):
         raise StudyError(f"{path}: not a JSON object; {fix}")
     seeds = record.get("seeds")
-    if not (isinstance(seeds, list) and seeds and all(utility.is_count(s) and s <= MAX_SEED for s in seeds)
+    if not (isinstance(seeds, list) and seeds and all(utility.is_count(s, 0, MAX_SEED) for s in seeds)
             and len(set(seeds)) == len(seeds)):
         raise StudyError(f"{path}: key 'seeds': not a list of distinct seeds; {fix}")
     for key in MANIFEST_COUNTS:

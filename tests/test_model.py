@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import FIXTURE_ATOL, config_from
 
-from model import IPT, IPTConfig
+from model import IPT, IPTConfig, RestormerConfig, build_model, parameter_count
 
 
 # (scale, num_queries) -> (state-dict entries incl. position_ids, parameters), counted from the
@@ -77,9 +77,24 @@ def test_full_size_counts_match_the_authors_models(key):
     entries, params = FULL_SIZE[key]
     state = model.state_dict()
     assert len(state) == entries
-    assert sum(p.numel() for p in model.parameters()) == params
+    assert sum(p.numel() for p in model.parameters()) == params == parameter_count(model.cfg)
     unmatched = [k for k in state if not any(re.fullmatch(p, k) for p in AUTHORS_KEYS)]
     assert unmatched == []
+
+
+@pytest.mark.parametrize("config", [
+    IPTConfig(n_feats=16, num_heads=4, num_layers=2, scale=[2], patch_size=12),
+    IPTConfig(n_feats=8, num_heads=2, num_layers=1, scale=[3, 8, 1], patch_size=24, no_mlp=True,
+              no_pos=True, no_norm=True, task_names=["sr3", "sr8", "mim"]),
+    RestormerConfig(),
+    RestormerConfig(dim=16, num_blocks=[1, 2, 1, 1], bias=True, layernorm_type="BiasFree",
+                    num_refinement_blocks=1, ffn_expansion_factor=1.5),
+], ids=["ipt tiny", "ipt variants and mim", "restormer", "restormer variants"])
+def test_parameter_counts_worked_out_equal_the_built_networks(config):
+    """What the memory check uses instead of building the network (any width, any depth)."""
+    with torch.device("meta"):
+        model = build_model(config)
+    assert parameter_count(config) == sum(p.numel() for p in model.parameters())
 
 
 def test_full_size_token_shape():

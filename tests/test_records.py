@@ -192,6 +192,8 @@ BAD_STATES = {
     "sliced weights": sliced,
     "a sliced optimiser moment": adam_sliced,
     "an optimiser of another model": lambda s: {**s, "optimizer": {"state": {}, "param_groups": []}},
+    "10^9 loader workers": lambda s: {**s, "loader_workers": 10 ** 9},  # would start them all
+    "a step of 10^18": lambda s: {**s, "progress": {**s["progress"], "step": 10 ** 18}},
 }
 
 
@@ -203,6 +205,29 @@ def test_a_damaged_state_is_one_state_error(tmp_path, saved_state, damage):
     with pytest.raises(trainer.StateError) as err:
         runner.load_state(trainer.read_state(str(path)), str(path))
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--n_feats", "100000000"], "the model alone needs"),
+    (["--n_feats", str(10 ** 30)], "GiB"),
+    (["--num_layers", "9999999999999"], "the model alone needs"),  # built layer by layer: a hang
+    (["--patch_size", "99999999999999999999"], "the first batch needs"),
+    (["--num_queries", "99999999999999999999"], "the model alone needs"),
+    (["--n_threads", str(10 ** 9), "--data_train", "Sample"], "--n_threads"),
+    (["--max_steps", str(10 ** 18), "--data_train", "Sample"], "--max_steps"),
+])
+def test_sizes_past_any_machine_are_one_line(capsys, argv, words):
+    """Worked out from the options (nothing built, no float overflow), against the memory there is."""
+    line = refused(["--cpu", *argv], capsys)
+    assert words in line and "Traceback" not in line
+
+
+def test_a_record_of_an_impossible_width_is_one_line(tmp_path, capsys):
+    weights = tmp_path / "model_latest.pt"
+    torch.save({}, weights)
+    record = {"model": "ipt", "architecture": {"model": "ipt", "n_feats": 10 ** 30, "num_heads": 4}}
+    (tmp_path / utility.TRAINING_RECORD).write_text(json.dumps(record))
+    assert "the model alone needs" in refused(["--cpu", "--test_only", "--pretrain", str(weights)], capsys)
 
 
 def test_a_damaged_state_is_one_line_for_resume(tmp_path, caplog):

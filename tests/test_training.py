@@ -262,6 +262,17 @@ def test_auto_resume_starts_afresh_then_continues_ignoring_pretrain(tmp_path, ca
     assert trainer.read_state(os.path.join(run, utility.STATE_NAME))["progress"]["step"] == 4
 
 
+def test_a_saved_step_at_or_past_max_steps_writes_nothing(tmp_path, caplog):
+    import main as cli
+    run = tmp_path / "run"
+    assert cli.main([*AUTO, "--max_steps", "4", "--save", str(run)]) == 0
+    files = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file() and p.name != utility.LOG_NAME}
+    caplog.clear()
+    assert cli.main([*AUTO, "--max_steps", "2", "--resume", "--save", str(run)]) == 0
+    assert "nothing to train, nothing written" in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in files} == files
+
+
 def test_a_missing_test_set_is_refused_before_step_1_when_a_validation_will_happen(tmp_path, caplog):
     import main as cli
     run, missing = tmp_path / "run", str(tmp_path / "no-data")
