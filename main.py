@@ -341,7 +341,8 @@ def kept_schedule(saved: dict | None, total: int) -> int:
     if original != total:
         log.warning("--resume: the learning-rate schedule keeps the %d steps this run started "
                     "with; training now stops at step %d%s", original, total,
-                    " (past the schedule's end the rate stays at its final value)" if total > original else "")
+                    " (past the schedule's end the rate stays at its final value)"
+                    if total > original else "")
     return original
 
 

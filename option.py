@@ -439,8 +439,12 @@ def pretrain_record(path: str) -> tuple[dict | None, str]:
     file whose header is damaged has no record here: loading it says what is wrong."""
     import json
 
-    from model.checkpoint import (ARCHITECTURE_METADATA, CheckpointError, is_safetensors,
-                                  read_safetensors_metadata)
+    from model.checkpoint import (
+        ARCHITECTURE_METADATA,
+        CheckpointError,
+        is_safetensors,
+        read_safetensors_metadata,
+    )
     from utility import TRAINING_RECORD, RecordError, read_training_record, training_record_problem
     if is_safetensors(path):
         try:
@@ -730,7 +734,7 @@ def _finish(args: argparse.Namespace) -> None:
         canonical = [canonical_test_set(d) for d in args.data_test]
     except BenchmarkError as e:
         raise ValueError(str(e)) from None
-    unknown = [d for d, c in zip(args.data_test, canonical) if c is None]
+    unknown = [d for d, c in zip(args.data_test, canonical, strict=False) if c is None]
     if unknown:
         raise ValueError(f"--data_test {'+'.join(unknown)}: unknown test set; known: "
                          f"{', '.join(ALL_SETS)}, {DEMO} (or an alias such as CSet14; any case)")
@@ -1112,7 +1116,8 @@ def _data_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
         if len(train) != 2 or len(test) != 2:
             raise ValueError
     except ValueError:
-        raise ValueError(f"--data_range {text!r}: expected FIRST-LAST/FIRST-LAST, like 1-800/801-810") from None
+        raise ValueError(f"--data_range {text!r}: expected FIRST-LAST/FIRST-LAST, like "
+                         f"1-800/801-810") from None
     for first, last in (train, test):
         if not 1 <= first <= last:
             raise ValueError(f"--data_range {text!r}: {first}-{last} is no range of image numbers "
@@ -1326,7 +1331,7 @@ def settings(args: argparse.Namespace) -> Settings:
             args.mask_ratio, args.print_every, args.save_every, args.test_every, args.save_models,
             weight_suffixes(args.save_format),
             list(zip(args.progressive_patches or [], args.progressive_batches or [],
-                     args.progressive_steps or []))),
+                     args.progressive_steps or [], strict=False))),
         inference=InferenceSettings(args.chop, args.crop_batch_size, args.self_ensemble,
                                     args.rgb_range, args.tile_size, args.metric_channel,
                                     args.precision),

@@ -126,7 +126,7 @@ def comparison_sheet(inputs: Tensor, output: Tensor, target: Tensor, psnr_input:
     sheet = Image.new("RGB", (width, zoom_y + zoom + CAPTION_HEIGHT + MARGIN), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     window = (left, top, left + side, top + side)
-    for i, (image, caption) in enumerate(zip((inputs, output, target), captions)):
+    for i, (image, caption) in enumerate(zip((inputs, output, target), captions, strict=False)):
         x = MARGIN + i * (column + GAP)
         panel = to_pil(image)
         sheet.paste(panel, (x, MARGIN))

@@ -58,7 +58,7 @@ class StopSignals:
         self._previous: dict = {}
         self._pid = os.getpid()
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         for sig in STOP_SIGNALS:
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)

@@ -120,7 +120,7 @@ def lr_factor(schedule: str, milestones: list[int], gamma: float, warmup: int, t
 
     def cyclic_cosine(step: int) -> float:
         start = 0
-        for period, end in zip(periods, end_factors):
+        for period, end in zip(periods, end_factors, strict=False):
             if step < start + period:
                 return half_cosine((step - start) / period, end)
             start += period
@@ -646,7 +646,8 @@ def _progress_problem(progress: object) -> str | None:
     if not isinstance(progress, dict) or set(progress) != fields:
         return f"'progress' does not hold exactly {', '.join(sorted(fields))}"
     counts = ("step", "nonfinite_total", "nonfinite_run")
-    if not all(utility.is_count(progress[k], 0) for k in counts) or not utility.is_count(progress["best_step"], -1):
+    if not (all(utility.is_count(progress[k], 0) for k in counts)
+            and utility.is_count(progress["best_step"], -1)):
         return f"'progress' holds a count that is not an integer from 0 to {utility.MAX_COUNT}"
     if not _is_number(progress["best_psnr"]) or math.isnan(progress["best_psnr"]):
         return "'progress.best_psnr' is not a number"

@@ -607,7 +607,7 @@ class RunLock:
                 os.remove(self.path)
             self.held = False
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -732,7 +732,7 @@ def host_copy(value: object, reuse: object = None) -> object:
             return {k: copy_of(v, olds.get(k)) for k, v in item.items()}
         if isinstance(item, (list, tuple)):
             olds = old if isinstance(old, (list, tuple)) and len(old) == len(item) else [None] * len(item)
-            items = [copy_of(v, o) for v, o in zip(item, olds)]
+            items = [copy_of(v, o) for v, o in zip(item, olds, strict=False)]
             return type(item)(*items) if hasattr(item, "_fields") else type(item)(items)
         return copy.deepcopy(item)
 

@@ -26,8 +26,17 @@ from tasks import task_family
 from utility import SSIM_WINDOW
 
 from .degrade import add_eval_noise, add_rain, bicubic_lr, eval_noise_generator, procedural_streaks
-from .images import (DataLayoutError, ImageReadError, crop_to_lr, list_entries, numbered_files,
-                     rain_pairs, read_image, read_rain_pair, stem)
+from .images import (
+    DataLayoutError,
+    ImageReadError,
+    crop_to_lr,
+    list_entries,
+    numbered_files,
+    rain_pairs,
+    read_image,
+    read_rain_pair,
+    stem,
+)
 from .sample import TEST_PHOTOS, sample_photo
 
 log = logging.getLogger("ipt")
@@ -47,9 +56,9 @@ SETS_OF_FAMILY = {"sr": SR_SETS, "denoise": NOISE_SETS, "derain": RAIN_SETS, "mi
 # The paper's results, (PSNR in dB, SSIM or None where it gives none), by (dataset, task); the
 # denoising and deraining ones are not confirmed by the authors' released code
 PAPER_RESULTS: dict[tuple[str, str], tuple[float, float | None]] = {
-    **{(d, "sr2"): (p, None) for d, p in zip(PAPER_SR_SETS, (38.37, 34.43, 32.48, 33.76))},
-    **{(d, "sr3"): (p, None) for d, p in zip(PAPER_SR_SETS, (34.81, 30.85, 29.38, 29.49))},
-    **{(d, "sr4"): (p, None) for d, p in zip(PAPER_SR_SETS, (32.64, 29.01, 27.82, 27.26))},
+    **{(d, "sr2"): (p, None) for d, p in zip(PAPER_SR_SETS, (38.37, 34.43, 32.48, 33.76), strict=True)},
+    **{(d, "sr3"): (p, None) for d, p in zip(PAPER_SR_SETS, (34.81, 30.85, 29.38, 29.49), strict=True)},
+    **{(d, "sr4"): (p, None) for d, p in zip(PAPER_SR_SETS, (32.64, 29.01, 27.82, 27.26), strict=True)},
     ("CBSD68", "denoise30"): (32.32, None), ("Urban100", "denoise30"): (33.75, None),
     ("CBSD68", "denoise50"): (29.88, None), ("Urban100", "denoise50"): (31.12, None),
     ("Rain100L", "derain"): (41.62, 0.9880),
@@ -60,7 +69,7 @@ class BenchmarkError(DataLayoutError):
     """A test set that is missing or not in the expected layout."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def set_aliases() -> dict[str, tuple[str, ...]]:
     """Each set's other names, as standard_sets.json spells them (Set14: ("CSet14",))."""
     try:
@@ -72,7 +81,7 @@ def set_aliases() -> dict[str, tuple[str, ...]]:
         raise BenchmarkError(f"{STANDARD_SETS_FILE}: cannot read the set names: {e}") from None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def set_names() -> dict[str, str]:
     """Every name a test set goes by, lower-cased, -> the set: ALL_SETS, Demo and the aliases
     (``cset14`` -> Set14, ``bsd100`` -> B100)."""

@@ -147,7 +147,7 @@ def hashed_generator(key: bytes) -> torch.Generator:
 
 def eval_noise_generator(seed: int, dataset: str, name: str) -> torch.Generator:
     """A CPU generator seeded from (seed, dataset, image name) by SHA-256 (stable across runs)."""
-    return hashed_generator(f"{seed}\0{dataset}\0{name}".encode("utf-8"))
+    return hashed_generator(f"{seed}\0{dataset}\0{name}".encode())
 
 
 def add_eval_noise(hr: Tensor, sigma: float, seed: int, dataset: str, name: str,

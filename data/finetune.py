@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
@@ -44,7 +44,7 @@ def _images_in(folder: str, what: str, layout: str) -> list[str]:
 
 
 def div2k_files(dir_data: str,
-                data_range: Optional[tuple[int, int]] = DIV2K_TRAIN_RANGE) -> list[str]:
+                data_range: tuple[int, int] | None = DIV2K_TRAIN_RANGE) -> list[str]:
     """The DIV2K training HR files whose number is in ``data_range`` (None: all)."""
     folder = os.path.join(dir_data, DIV2K_HR)
     files = _images_in(folder, "DIV2K", DIV2K_LAYOUT)
@@ -58,7 +58,7 @@ class DIV2K(PairStream):
 
     def __init__(self, dir_data: str, tasks: Sequence[str], batch_size: int,
                  patch_size: int = DEFAULT_PATCH,
-                 data_range: Optional[tuple[int, int]] = DIV2K_TRAIN_RANGE, **kwargs):
+                 data_range: tuple[int, int] | None = DIV2K_TRAIN_RANGE, **kwargs):
         files = div2k_files(dir_data, data_range)
         super().__init__(FileSource(files, [os.path.basename(f) for f in files]), tasks,
                          batch_size, patch_size, **kwargs)

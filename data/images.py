@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from typing import IO, BinaryIO, Union
+from typing import IO, BinaryIO
 
 import numpy as np
 import torch
@@ -160,7 +160,7 @@ def read_image(path: str) -> torch.Tensor:
         return decode_image(f, path)
 
 
-def decode_image(source: Union[str, IO[bytes]], name: str) -> torch.Tensor:
+def decode_image(source: str | IO[bytes], name: str) -> torch.Tensor:
     """An image file or stream as (3, H, W) uint8, turned as its EXIF Orientation says.
 
     Anything that cannot be decoded (including a decompression bomb) raises ImageReadError naming

@@ -18,8 +18,8 @@ import os
 import struct
 import time
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -35,7 +35,7 @@ def find_images(root: str) -> list[str]:
     return walk_images(root)[0]
 
 
-def walk_images(root: str, folders: Optional[list] = None) -> tuple[list[str], list[str]]:
+def walk_images(root: str, folders: list | None = None) -> tuple[list[str], list[str]]:
     """(image files, other entries named like images: pipes, devices, broken or looping links)
     under ``root`` at any depth, each sorted. Links are followed, but each folder is entered once
     (the first time in sorted order), so links to a folder itself or to its parent end.
@@ -75,7 +75,7 @@ def _entry_is(entry: os.DirEntry, test: Callable[[os.DirEntry], bool]) -> bool:
         return False
 
 
-def _first_visit(path: str, seen: set, folders: Optional[list] = None) -> bool:
+def _first_visit(path: str, seen: set, folders: list | None = None) -> bool:
     """Whether the folder at ``path`` (links followed) is new to ``seen`` (then added, and noted
     in ``folders`` with its stat); False if it cannot be read."""
     try:
@@ -102,7 +102,7 @@ class PathIndex(Sequence):
         self.blob, self.offsets, self.prefix = blob, offsets, prefix
 
     @classmethod
-    def pack(cls, paths: Sequence[str]) -> "PathIndex":
+    def pack(cls, paths: Sequence[str]) -> PathIndex:
         """The paths (str, any bytes a file name can have) packed in order."""
         encoded = [os.fsencode(p) for p in paths]
         offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
@@ -110,14 +110,14 @@ class PathIndex(Sequence):
                   out=offsets[1:])
         return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets)
 
-    def under(self, root: str) -> "PathIndex":
+    def under(self, root: str) -> PathIndex:
         """The same paths joined to ``root`` (as os.path.join), sharing the arrays."""
         return PathIndex(self.blob, self.offsets, os.path.join(root, ""))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
-    def __getitem__(self, i: Union[int, slice]) -> Union[str, list[str]]:
+    def __getitem__(self, i: int | slice) -> str | list[str]:
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         n = len(self)
@@ -163,7 +163,7 @@ class FolderListing:
     stamps: np.ndarray  # (1 + len(folders), STAMP_FIELDS) int64: the folder itself first
 
 
-def list_folder(root: str, listing_cache: Optional[str] = None) -> FolderListing:
+def list_folder(root: str, listing_cache: str | None = None) -> FolderListing:
     """The images under ``root``: from ``listing_cache`` while it is valid (`read_file_list`),
     else walked (`walk_images`) and saved there. Logs one line saying how many, how long, how."""
     start, started_ns = time.monotonic(), time.time_ns()
@@ -236,7 +236,7 @@ def _digest(arrays: dict[str, np.ndarray]) -> bytes:
     return h.digest()
 
 
-def read_file_list(path: str, root: str) -> Optional[FolderListing]:
+def read_file_list(path: str, root: str) -> FolderListing | None:
     """The listing of ``root`` that `write_file_list` saved in ``path``, if it is still valid.
 
     None when there is no such file, when it lists another folder (by absolute path), or when a
@@ -304,7 +304,7 @@ def _read_npy(zf: zipfile.ZipFile, key: str, limit: int) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
-def _checked_listing(arrays: dict[str, np.ndarray], root: str) -> Optional[FolderListing]:
+def _checked_listing(arrays: dict[str, np.ndarray], root: str) -> FolderListing | None:
     """The listing in a file list's arrays; None if it is of another folder than ``root``;
     FileListDamage if it is not what `write_file_list` wrote."""
     meta = arrays["meta"]
@@ -341,9 +341,10 @@ def _checked_paths(arrays: dict[str, np.ndarray], key: str, offsets_key: str,
     return PathIndex(blob, offsets)
 
 
-def _changed_folder(root: str, listing: FolderListing) -> Optional[str]:
+def _changed_folder(root: str, listing: FolderListing) -> str | None:
     """The first folder of the listing that is gone or whose stamp differs, else None."""
-    for path, stamp in zip(itertools.chain([root], listing.folders.under(root)), listing.stamps):
+    folders = itertools.chain([root], listing.folders.under(root))
+    for path, stamp in zip(folders, listing.stamps, strict=False):
         try:
             info = os.stat(path)
         except OSError:

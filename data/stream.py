@@ -40,7 +40,7 @@ import logging
 import math
 import os
 import tarfile
-from typing import Callable, Iterator, Optional, Sequence, Union
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -49,8 +49,16 @@ from torch.utils.data import IterableDataset, get_worker_info
 from tasks import task_family, task_kind, task_scale
 
 from .degrade import add_noise, add_rain, bicubic_lr, hashed_generator, procedural_streaks
-from .images import (IMAGE_EXTENSIONS, DataLayoutError, ImageReadError, crop_to_lr, decode_image,
-                     open_regular, read_image, why_unreadable)
+from .images import (
+    IMAGE_EXTENSIONS,
+    DataLayoutError,
+    ImageReadError,
+    crop_to_lr,
+    decode_image,
+    open_regular,
+    read_image,
+    why_unreadable,
+)
 from .listing import PathIndex, find_images, list_folder
 
 log = logging.getLogger("ipt")
@@ -65,7 +73,7 @@ STREAK_PREFIX = "rainstreak-"  # RainTrainL's streak layers; preferred in a stre
 DEFAULT_PATCH = 48
 DEFAULT_SEED = 1
 
-Views = tuple[Tensor, Optional[Tensor]]  # (target HR image, given LR input or None), uint8
+Views = tuple[Tensor, Tensor | None]  # (target HR image, given LR input or None), uint8
 _procedural_said = False
 
 
@@ -84,7 +92,7 @@ def family_of(task: str, error: type[DataLayoutError] = TrainingDataError) -> st
         raise error(str(e)) from None
 
 
-def synthesize_lr(hr: Tensor, task: str, generator: Optional[torch.Generator] = None) -> Tensor:
+def synthesize_lr(hr: Tensor, task: str, generator: torch.Generator | None = None) -> Tensor:
     """The input of an SR, denoising or mim task made from clean (B, C, H, W) crops on their device."""
     family, value = task_kind(task)
     if family == "sr":  # MATLAB's imresize of the 8-bit crops
@@ -212,7 +220,7 @@ def shard_counts(shards: Sequence[str]) -> list[int]:
     return counts
 
 
-def read_shard_index(folder: str) -> Optional[dict[str, int]]:
+def read_shard_index(folder: str) -> dict[str, int] | None:
     """The image member count of each shard by file name, from ``folder``'s shards.json (None
     when there is none).
 
@@ -332,10 +340,10 @@ class _ShardReader:
         return decode_bytes(data, f"{name} ({member.name})")
 
 
-Source = Union[FileSource, ShardSource]
+Source = FileSource | ShardSource
 
 
-def open_source(source: object, listing_cache: Optional[str] = None) -> Source:
+def open_source(source: object, listing_cache: str | None = None) -> Source:
     """A source from a folder, a shard, a list of shards or images, or (name, tensor) pairs.
     ``listing_cache``: a file (in the run folder) keeping a folder's listing between runs."""
     if isinstance(source, (FileSource, ShardSource)):
@@ -353,7 +361,7 @@ def open_source(source: object, listing_cache: Optional[str] = None) -> Source:
     return FileSource(paths, paths)
 
 
-def _source_at(path: str, listing_cache: Optional[str] = None) -> Source:
+def _source_at(path: str, listing_cache: str | None = None) -> Source:
     """The shards or the images at a path: a .tar file, or a folder of shards or of images
     (listed through ``listing_cache``, see `list_folder`; shards have shards.json)."""
     if os.path.isfile(path) and path.lower().endswith(SHARD_SUFFIX):
@@ -410,7 +418,7 @@ def augment(views: Views, g: torch.Generator) -> Views:
     """The same random horizontal flip, vertical flip and transpose of every view."""
     hflip, vflip, transpose = torch.randint(2, (3,), generator=g).tolist()
 
-    def apply(t: Optional[Tensor]) -> Optional[Tensor]:
+    def apply(t: Tensor | None) -> Tensor | None:
         if t is None:
             return None
         t = t.flip(-1) if hflip else t
@@ -444,7 +452,7 @@ def _say_procedural() -> None:
         _procedural_said = True
 
 
-def _distributed(rank: Optional[int], world_size: Optional[int]) -> tuple[int, int]:
+def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """(rank, world size): as given, else from torch.distributed when initialised, else (0, 1)."""
     dist = torch.distributed
     on = dist.is_available() and dist.is_initialized()
@@ -479,11 +487,11 @@ class PairStream(IterableDataset):
 
     def __init__(self, source: object, tasks: Sequence[str], batch_size: int,
                  patch_size: int = DEFAULT_PATCH, seed: int = DEFAULT_SEED,
-                 rank: Optional[int] = None, world_size: Optional[int] = None,
-                 augment: bool = True, task_id: Optional[int] = None,
-                 streaks_dir: Optional[str] = None, start_step: int = 0, crops_per_file: int = 1,
+                 rank: int | None = None, world_size: int | None = None,
+                 augment: bool = True, task_id: int | None = None,
+                 streaks_dir: str | None = None, start_step: int = 0, crops_per_file: int = 1,
                  lr_in_loader: bool = True, split_origin: int = 0,
-                 listing_cache: Optional[str] = None):
+                 listing_cache: str | None = None):
         super().__init__()
         self.source = open_source(source, listing_cache)
         self.tasks = list(tasks)
@@ -524,7 +532,7 @@ class PairStream(IterableDataset):
             return self.task_id
         return int(torch.randint(len(self.tasks), (1,), generator=seeded(self.seed, "task", step)))
 
-    def with_start(self, start_step: int, split_origin: Optional[int] = None) -> "PairStream":
+    def with_start(self, start_step: int, split_origin: int | None = None) -> PairStream:
         """This stream, resumed at ``start_step`` (with its files re-split there when
         ``split_origin`` says so)."""
         resumed = copy.copy(self)
@@ -596,7 +604,7 @@ class _Worker:
                 f"({stream.world_size} rank(s) x {slots}): use fewer workers or more files")
         self.per_epoch, self.load = hi - lo, stream.source.opener()
         self.refs: dict[int, list] = {}
-        self.cached: tuple[object, Optional[Views]] = (None, None)
+        self.cached: tuple[object, Views | None] = (None, None)
         self.skipped, self.last_skip, self.layers = 0, -1, {}
 
     def locate(self, position: int) -> tuple[int, object, int]:
@@ -610,7 +618,7 @@ class _Worker:
                                                              self.index, self.count)
         return epoch, self.refs[epoch][offset], q
 
-    def views_at(self, position: int, task: str) -> tuple[Optional[Views], tuple[int, str]]:
+    def views_at(self, position: int, task: str) -> tuple[Views | None, tuple[int, str]]:
         """The image(s) at a position, None if unreadable or too small; and (epoch, name)."""
         epoch, ref, q = self.locate(position)
         if self.cached[0] != (q, task):

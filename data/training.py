@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from .finetune import DIV2K, DIV2K_TRAIN_RANGE, RainTrainL
 from .sample import sample_photos
@@ -27,10 +27,10 @@ IMAGENET_TRAIN = "train"
 def training_stream(name: str, dir_data: str, tasks: Sequence[str], *, batch_size: int,
                     train_range: tuple[int, int] = DIV2K_TRAIN_RANGE,
                     patch_size: int = DEFAULT_PATCH, seed: int = DEFAULT_SEED,
-                    rank: Optional[int] = None, world_size: Optional[int] = None,
-                    augment: bool = True, task_id: Optional[int] = None,
-                    streaks_dir: Optional[str] = None, lr_in_loader: bool = True,
-                    listing_cache: Optional[str] = None) -> PairStream:
+                    rank: int | None = None, world_size: int | None = None,
+                    augment: bool = True, task_id: int | None = None,
+                    streaks_dir: str | None = None, lr_in_loader: bool = True,
+                    listing_cache: str | None = None) -> PairStream:
     """The stream of training set ``name`` (one of TRAINING_SETS) for the heads ``tasks``.
 
     Raises ValueError for an unknown name or impossible sizes, DataLayoutError (TrainingDataError)
@@ -66,7 +66,7 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def loader_workers(requested: int, n_files: int, world: int, saved: Optional[int] = None) -> int:
+def loader_workers(requested: int, n_files: int, world: int, saved: int | None = None) -> int:
     """Loader workers per process: ``requested``, capped by the cores each process may use and by
     the files (each worker of each process reads its own run of them); one INFO line says why.
     A resumed run passes the ``saved`` count it started with: batch k depends on it."""

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .checkpoint import CheckpointError, load_body, load_checkpoint
 from . import ipt, restormer
+from .checkpoint import CheckpointError, load_body, load_checkpoint
 from .ipt import IPT, IPTConfig
 from .restormer import Restormer, RestormerConfig
 from .tiling import restore

@@ -29,7 +29,7 @@ def grid_average(fn: Callable[[Tensor], Tensor], x: Tensor, rows: list[int], col
     height, width = (rows[-1] - rows[0]) * scale + size, (cols[-1] - cols[0]) * scale + size
     total = x.new_zeros(x.shape[0], x.shape[1], height, width)
     count = x.new_zeros(height, width)
-    for (r, c), out in zip(starts, outs.split(x.shape[0])):
+    for (r, c), out in zip(starts, outs.split(x.shape[0]), strict=False):
         r0 = 0 if r == rows[0] else quarter
         r1 = size if r == rows[-1] else size - quarter
         c0 = 0 if c == cols[0] else quarter

@@ -45,10 +45,12 @@ class RestormerConfig:
         if self.layernorm_type not in LAYERNORM_TYPES:
             raise ValueError(f"layernorm_type must be one of {LAYERNORM_TYPES}, got {self.layernorm_type!r}")
         if len(self.num_blocks) != LEVELS or len(self.heads) != LEVELS:
-            raise ValueError(f"num_blocks and heads need {LEVELS} entries, got {self.num_blocks} and {self.heads}")
+            raise ValueError(f"num_blocks and heads need {LEVELS} entries, got {self.num_blocks} and "
+                             f"{self.heads}")
         for level, h in enumerate(self.heads):
             if (self.dim * 2 ** level) % h:
-                raise ValueError(f"heads[{level}] = {h} does not divide the level's width {self.dim * 2 ** level}")
+                raise ValueError(f"heads[{level}] = {h} does not divide the level's width "
+                                 f"{self.dim * 2 ** level}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -77,7 +79,8 @@ class WithBiasLayerNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         mu = x.mean(1, keepdim=True)
         var = x.var(1, keepdim=True, unbiased=False)
-        return (x - mu) / torch.sqrt(var + LAYERNORM_EPS) * self.weight[:, None, None] + self.bias[:, None, None]
+        normed = (x - mu) / torch.sqrt(var + LAYERNORM_EPS)
+        return normed * self.weight[:, None, None] + self.bias[:, None, None]
 
 
 class LayerNorm(nn.Module):

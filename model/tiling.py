@@ -181,7 +181,7 @@ def _chunks(count: int, size: int, alone_last: bool) -> list[tuple[int, int]]:
     """(first, end) spans of at most ``size`` tiles; the last tile alone when ``alone_last``."""
     last = count - 1 if alone_last else count
     bounds = list(range(0, last, size)) + [last]
-    spans = [(a, z) for a, z in zip(bounds, bounds[1:]) if z > a]
+    spans = [(a, z) for a, z in zip(bounds, bounds[1:], strict=False) if z > a]
     return spans + [(last, count)] if alone_last else spans
 
 

@@ -23,8 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -38,15 +38,14 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 import utility  # noqa: E402
 from data.sample import sample_photos  # noqa: E402
 from data.stream import PairStream  # noqa: E402
-from tasks import task_scale  # noqa: E402
+from hostinfo import cpu_cores, machine  # noqa: E402 (scripts/hostinfo.py)
 from model import IPT, IPTConfig, build_model, restore  # noqa: E402
 from model.ipt import MLP_RATIO  # noqa: E402
 from model.reference_chop import reference_chop  # noqa: E402
 from model.tiling import CPU_TILES_PER_CALL  # noqa: E402
 from option import parse_args, settings  # noqa: E402
+from tasks import task_scale  # noqa: E402
 from trainer import Trainer  # noqa: E402
-
-from hostinfo import cpu_cores, machine  # noqa: E402 (scripts/hostinfo.py)
 
 DOC = os.path.join(ROOT, "docs", "BENCHMARKS.md")
 DOC_TITLE = ("# Benchmarks\n\nMade by `python scripts/benchmark.py [SECTION ...] [--reps N]`; "
@@ -77,9 +76,9 @@ class Sizes:
     # torch threads of the run and of its children (None: torch's default, every core). One
     # thread keeps a smoke run short on a busy machine: with more threads than free cores, each
     # small operator waits for a descheduled thread (4x to 6x slower on 2 shared cores)
-    threads: Optional[int] = None
+    threads: int | None = None
     # tiling modes whose CPU peak memory is measured, in a child process each (None: every mode)
-    peak_modes: Optional[tuple[str, ...]] = None
+    peak_modes: tuple[str, ...] | None = None
     # the forward in a fresh child process (glibc only): with glibc malloc as it is (False),
     # tuned (True)
     fresh_tuned: tuple[bool, ...] = (False, True)
@@ -135,7 +134,7 @@ def write_section(doc: str, name: str, body: str) -> None:
         f.write(text)
 
 
-def read_section(doc: str, name: str) -> Optional[str]:
+def read_section(doc: str, name: str) -> str | None:
     """The text between a section's markers, or None."""
     text = open(doc).read() if os.path.isfile(doc) else ""
     found = re.search(f"<!-- {name}:begin -->(.*?)<!-- {name}:end -->", text, re.DOTALL)
@@ -230,7 +229,7 @@ def loader_table(args: argparse.Namespace, workers: tuple[int, ...],
     return "\n".join(lines) + "\n"
 
 
-def loader_figures(doc: str) -> Optional[tuple[int, dict[str, float]]]:
+def loader_figures(doc: str) -> tuple[int, dict[str, float]] | None:
     """(workers, {task: pairs/s}) from the doc's loader table, at the most workers <= cores."""
     body = read_section(doc, "loader")
     if body is None:
@@ -737,15 +736,16 @@ def training_table(args: argparse.Namespace, device: torch.device, runs: list[Tr
              f"medians of {args.reps} interleaved repetitions.", "",
              "| configuration | batch | amp | s/step | steps/s | pairs/s consumed |",
              "|---|---|---|---|---|---|"]
-    for run, sec in zip(runs, seconds):
+    for run, sec in zip(runs, seconds, strict=False):
         lines.append(f"| {run.describe()} | {run.batch} | {run.amp} | {sec:.3f} | {1 / sec:.2f} | "
                      f"{run.batch / sec:.1f} |")
-    tiny = [sec / r.batch for r, sec in zip(runs, seconds) if r.name == "tiny" and r.amp == "none"]
+    tiny = [sec / r.batch for r, sec in zip(runs, seconds, strict=False)
+            if r.name == "tiny" and r.amp == "none"]
     lines += ["", loader_ratio(args.doc, 1 / tiny[0] if tiny else None)]
     return "\n".join(lines) + "\n"
 
 
-def loader_ratio(doc: str, consumed: Optional[float]) -> str:
+def loader_ratio(doc: str, consumed: float | None) -> str:
     """A sentence: the loader's pairs/s with all cores over what tiny training consumes."""
     figures = loader_figures(doc)
     if figures is None or consumed is None:
@@ -943,7 +943,7 @@ def timed_restore(model: torch.nn.Module, x: torch.Tensor, mode: str,
     return time.perf_counter() - start, out, count[0]
 
 
-def test_only_argv(precision: str, save: str, demo: Optional[str], smoke: bool,
+def test_only_argv(precision: str, save: str, demo: str | None, smoke: bool,
                    device: torch.device) -> list[str]:
     """main.py's command line of the timed --test_only run: the Sample photos (sr2, scored), or
     with --smoke one small Demo image, fast tiling, the torch threads of this process."""
@@ -1058,7 +1058,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
     "training": training_section, "saving": saving_section, "bf16": bf16_section}
 
 
-def parse_options(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line, with the sizes, repetitions and doc that it implies filled in."""
     p = argparse.ArgumentParser(description="Run the project's benchmarks.")
     p.add_argument("sections", nargs="*", metavar="SECTION",
@@ -1082,7 +1082,7 @@ def parse_options(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the named sections (default: all), print them and write them into the doc."""
     args = parse_options(argv)
     logging.basicConfig(level=logging.ERROR)

@@ -35,8 +35,8 @@ import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from typing import Callable, Optional  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -49,10 +49,9 @@ import evaluation  # noqa: E402
 import trainer  # noqa: E402
 import utility  # noqa: E402
 from data.benchmark import BenchmarkSet, Pair  # noqa: E402
+from hostinfo import machine  # noqa: E402 (scripts/hostinfo.py)
 from model import build_model  # noqa: E402
 from option import parse_args, settings  # noqa: E402
-
-from hostinfo import machine  # noqa: E402 (scripts/hostinfo.py)
 
 DOC = os.path.join(ROOT, "docs", "COMPARE.md")
 DEFAULT_SECONDS = 480.0
@@ -116,7 +115,7 @@ class EvalPlan:
     """How the trained models are evaluated: IPT's tiler and the test photos' centre crop."""
 
     ipt_mode: str  # "official" or "fast"; the Restormer runs whole
-    crop: Optional[int]  # the side of the centre crops; None: the whole photos
+    crop: int | None  # the side of the centre crops; None: the whole photos
 
     def mode(self, model: str) -> str:
         return self.ipt_mode if model == "ipt" else "whole"
@@ -182,7 +181,7 @@ class PhotoSet(list):
     dataset = "Sample"
 
 
-def centre_crop(pair: Pair, side: Optional[int]) -> Pair:
+def centre_crop(pair: Pair, side: int | None) -> Pair:
     """The pair's centre ``side`` x ``side`` (less where the photo is smaller); the pair when None.
     Input and target are cut alike (the compared tasks keep the size)."""
     if side is None:
@@ -197,7 +196,7 @@ def centre_crop(pair: Pair, side: Optional[int]) -> Pair:
                 pair.hr[..., top:top + ch, left:left + cw])
 
 
-def sample_pairs(args: argparse.Namespace, crop: Optional[int]) -> PhotoSet:
+def sample_pairs(args: argparse.Namespace, crop: int | None) -> PhotoSet:
     """The Sample test pairs of the run's task, whole or centre-cropped."""
     data = BenchmarkSet(args.dir_data, "Sample", args.task, 1, args.seed)
     pairs = [data[i] for i in range(len(data))]
@@ -421,7 +420,7 @@ def table(result: Comparison) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Optional[list[str]] = None, started: Optional[float] = None) -> int:
+def main(argv: list[str] | None = None, started: float | None = None) -> int:
     """Run the comparison within --seconds, print the table and write it to --doc."""
     started = time.monotonic() if started is None else started
     p = argparse.ArgumentParser(description="Train IPT and Restormer for the same time and compare.")

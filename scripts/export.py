@@ -43,9 +43,19 @@ from torch import Tensor, nn  # noqa: E402
 import option  # noqa: E402
 import utility  # noqa: E402
 from model import MODELS, IPTConfig, build_model  # noqa: E402
-from model.checkpoint import (ARCHITECTURE_METADATA, AUTHORS_NUM_HEADS, CheckpointError,  # noqa: E402
-                              check_fits, check_values, head_names, ipt_architecture_of,
-                              load_state, read_checkpoint, read_safetensors, write_safetensors)
+from model.checkpoint import (  # noqa: E402
+    ARCHITECTURE_METADATA,
+    AUTHORS_NUM_HEADS,
+    CheckpointError,
+    check_fits,
+    check_values,
+    head_names,
+    ipt_architecture_of,
+    load_state,
+    read_checkpoint,
+    read_safetensors,
+    write_safetensors,
+)
 
 PROG = "export.py"
 CHECKPOINT = "CHECKPOINT"  # the name of the first argument, in the usage line and in messages

@@ -20,7 +20,7 @@ import os
 import random
 import sys
 import tarfile
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -36,7 +36,7 @@ DEFAULT_PER_SHARD = 1000
 BAD_OPTION = 2  # exit status for a command line that cannot work
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line."""
     p = argparse.ArgumentParser(description="Pack the images under a folder into tar shards.")
     p.add_argument("src", help=f"folder of images ({'/'.join(IMAGE_EXTENSIONS)}, any depth)")
@@ -81,7 +81,7 @@ def say_skipped(skipped: Sequence[str]) -> None:
 PROG = "make_shards.py"  # the name its error lines start with
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Pack SRC into OUT; 0 on success, 1 with nothing to pack, shards already in OUT or a failed
     write, 2 when OUT is not a folder."""
     args = parse_args(argv)
@@ -114,8 +114,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             skipped += missed
         utility.write_json(os.path.join(args.out, SHARD_INDEX), {"shards": counts})
     except OSError as e:  # SaveError names the shard, the reason and the free space
-        print(f"{PROG}: " + (str(e) if isinstance(e, utility.SaveError) else f"cannot write shards to {args.out}: "
-              f"{e.strerror or e}"), file=sys.stderr)
+        why = str(e) if isinstance(e, utility.SaveError) else \
+            f"cannot write shards to {args.out}: {e.strerror or e}"
+        print(f"{PROG}: {why}", file=sys.stderr)
         return 1
     say_skipped(skipped)
     shown = os.fsencode(args.out).decode("utf-8", "backslashreplace")  # any bytes, printable

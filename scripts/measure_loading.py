@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -94,7 +94,7 @@ class MeasureError(RuntimeError):
     """A measurement that cannot be made or trusted."""
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line, its numbers and parts checked (one line on stderr and SystemExit(2)
     otherwise); ``parts`` as a tuple."""
     p = OptionParser(prog=PROG,
@@ -126,7 +126,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
-def check_paths(args: argparse.Namespace) -> Optional[str]:
+def check_paths(args: argparse.Namespace) -> str | None:
     """What is wrong with FOLDER or --cache (nothing is written), or None."""
     problem = path_problem(args.folder)
     if problem:
@@ -148,7 +148,7 @@ def _kind(path: str) -> str:
         return "a broken link"
 
 
-def cache_problem(cache: str) -> Optional[str]:
+def cache_problem(cache: str) -> str | None:
     """Why --cache cannot be the listing cache (a file this process can replace), or None; a
     file is created beside it and removed to find out."""
     named = f"--cache {shown(cache)}"
@@ -324,7 +324,7 @@ def measure_variant(args: argparse.Namespace, variant: str, cache: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def cache_stamp(cache: str) -> Optional[tuple[int, int]]:
+def cache_stamp(cache: str) -> tuple[int, int] | None:
     """(inode, mtime) of the listing cache, None if there is none."""
     try:
         info = os.stat(cache)
@@ -415,7 +415,7 @@ def _throughput_rows(args: argparse.Namespace, source) -> str:
     return "\n".join(lines)
 
 
-def source_problem(args: argparse.Namespace, source, cache: str) -> Optional[tuple[int, str]]:
+def source_problem(args: argparse.Namespace, source, cache: str) -> tuple[int, str] | None:
     """(exit status, why) when FOLDER's listing cannot serve the parts asked for, else None."""
     problem = crop_problem(args, source)
     if problem:
@@ -435,7 +435,7 @@ def source_problem(args: argparse.Namespace, source, cache: str) -> Optional[tup
     return None
 
 
-def crop_problem(args: argparse.Namespace, source) -> Optional[tuple[int, str]]:
+def crop_problem(args: argparse.Namespace, source) -> tuple[int, str] | None:
     """(exit status, why) when none of the first images can be decoded or holds the largest
     crop (the stream would read a whole epoch looking for one), else None."""
     load, sides = source.opener(), []
@@ -471,7 +471,7 @@ def measure(args: argparse.Namespace, scratch: str) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Measure and print the tables; 0, 1 for a failed measurement, 2 for a bad command line,
     130 when stopped."""
     args = parse_args(argv)

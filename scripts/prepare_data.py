@@ -61,8 +61,9 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator, Optional, Sequence
+from typing import BinaryIO
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -77,11 +78,19 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import utility  # noqa: E402
-from data.benchmark import (SR_SETS, BenchmarkError, set_aliases,  # noqa: E402 (SR_SETS: with LR)
-                            set_names)
+from data.benchmark import SR_SETS, BenchmarkError, set_aliases, set_names  # noqa: E402 (SR_SETS: with LR)
 from data.degrade import bicubic_lr  # noqa: E402
-from data.images import (DECODE_ERRORS, FILE_KINDS, IMAGE_EXTENSIONS, ImageReadError,  # noqa: E402
-                         list_entries, list_images, read_image, save_image, stem)
+from data.images import (  # noqa: E402
+    DECODE_ERRORS,
+    FILE_KINDS,
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    list_entries,
+    list_images,
+    read_image,
+    save_image,
+    stem,
+)
 
 PROG = "prepare_data.py"
 STANDARD_SETS_FILE = os.path.join(ROOT, "data", "standard_sets.json")
@@ -141,9 +150,9 @@ EDSR_BENCHMARK_URL = "https://cv.snu.ac.kr/research/EDSR/benchmark.tar"
 class Download:
     """One file to fetch: its address, SHA-256 and byte size (None where unknown), what it holds."""
 
-    url: Optional[str]
-    sha256: Optional[str]
-    size: Optional[int]
+    url: str | None
+    sha256: str | None
+    size: int | None
     layout: str
 
 
@@ -190,13 +199,13 @@ class SetSpec:
 
     name: str
     count: int
-    sizes: Optional[dict[str, tuple[int, int]]] = None  # per image
-    names: Optional[tuple[str, ...]] = None  # names known, sizes not
-    allowed: Optional[tuple[tuple[int, int], ...]] = None  # sizes any image may have
+    sizes: dict[str, tuple[int, int]] | None = None  # per image
+    names: tuple[str, ...] | None = None  # names known, sizes not
+    allowed: tuple[tuple[int, int], ...] | None = None  # sizes any image may have
     greyscale: frozenset[str] = frozenset()
     pixels_sha256: dict[str, str] = field(default_factory=dict)
 
-    def expected_names(self) -> Optional[tuple[str, ...]]:
+    def expected_names(self) -> tuple[str, ...] | None:
         """The image names, or None where they are not recorded."""
         return tuple(self.sizes) if self.sizes is not None else self.names
 
@@ -207,7 +216,7 @@ class SetSpec:
         return self.allowed or ()
 
 
-def load_standard_sets(path: Optional[str] = None) -> dict[str, SetSpec]:
+def load_standard_sets(path: str | None = None) -> dict[str, SetSpec]:
     """The SetSpec of each set in ``path`` (data/standard_sets.json by default)."""
     path = path or STANDARD_SETS_FILE
     try:
@@ -256,7 +265,7 @@ def alias_text() -> str:
         raise PrepareError(str(e)) from None
 
 
-def set_alias(name: str) -> Optional[tuple[str, str]]:
+def set_alias(name: str) -> tuple[str, str] | None:
     """(the name, lower-cased, and the set) a folder or archive name stands for (``BSD100_x`` ->
     ("bsd100", "B100"), ``CSet14`` -> ("cset14", "Set14")), or None; the name must end there or
     go on with a character that is not a letter or digit."""
@@ -267,7 +276,7 @@ def set_alias(name: str) -> Optional[tuple[str, str]]:
     return None
 
 
-def canonical_set(name: str) -> Optional[str]:
+def canonical_set(name: str) -> str | None:
     """The set a folder or archive name stands for (``BSD100_x`` -> B100), or None."""
     found = set_alias(name)
     return found[1] if found else None
@@ -276,7 +285,7 @@ def canonical_set(name: str) -> Optional[str]:
 # ----------------------------------------------------------------------------------------
 # Archives
 # ----------------------------------------------------------------------------------------
-def archive_stem(path: str) -> Optional[str]:
+def archive_stem(path: str) -> str | None:
     """The name of an archive without its suffix, or None if ``path`` is not named as one."""
     base = os.path.basename(path)
     for suffix in ARCHIVE_SUFFIXES:
@@ -309,7 +318,7 @@ class Extractor:
         self.members = self.bytes = 0
         self.files: dict[tuple[str, ...], str] = {}  # path parts -> the member written there
 
-    def target(self, name: str, is_file: bool = True) -> Optional[str]:
+    def target(self, name: str, is_file: bool = True) -> str | None:
         """The path for member ``name`` under dest (None for the archive's root folder); a second
         file member at one path is refused."""
         parts = member_parts(self.archive, name)
@@ -455,7 +464,7 @@ class Found:
     ignored: list[str] = field(default_factory=list)
 
 
-def find_sets(root: str, label: str, hint: Optional[str]) -> list[tuple[str, str, str]]:
+def find_sets(root: str, label: str, hint: str | None) -> list[tuple[str, str, str]]:
     """(set, folder, folder's name) of each set in ``root`` (named ``label``).
 
     ``root`` itself if its name names a set; else the set-named folders below it (EDSR's
@@ -489,7 +498,7 @@ def find_sets(root: str, label: str, hint: Optional[str]) -> list[tuple[str, str
                        "holding such folders)")
 
 
-def special_kind(path: str) -> Optional[str]:
+def special_kind(path: str) -> str | None:
     """What ``path`` is (links followed) if neither a regular file nor a folder, else None.
 
     Only stat()s it: a named pipe opened would block, a device (/dev/zero) never ends.
@@ -548,7 +557,7 @@ def walk_images(root: str) -> list[tuple[list[str], str]]:
     return images
 
 
-def lr_scale(parts: list[str]) -> Optional[int]:
+def lr_scale(parts: list[str]) -> int | None:
     """The scale of an LR folder (``LR_bicubic/X2``, ``LRbicx2``) among ``parts``, deepest first."""
     for i in range(len(parts) - 1, -1, -1):
         m = LR_NAMED_DIR.search(parts[i])
@@ -560,7 +569,7 @@ def lr_scale(parts: list[str]) -> Optional[int]:
     return None
 
 
-def hr_rank(parts: list[str]) -> Optional[int]:
+def hr_rank(parts: list[str]) -> int | None:
     """How sure a file in folder ``parts`` (the source's name first) is an HR image; None: not one."""
     parent = parts[-1]
     if HR_DIR.match(parent):
@@ -660,7 +669,7 @@ def lr_name(file_stem: str, scale: int, hr_names: set[str]) -> str:
     return file_stem[:-len(suffix)]
 
 
-def standard_names(hr: dict[str, str], spec: Optional[SetSpec]) -> dict[str, str]:
+def standard_names(hr: dict[str, str], spec: SetSpec | None) -> dict[str, str]:
     """SelfExSR's img_001... mapped to the set's names by order, when every size agrees; else {}."""
     if spec is None or spec.sizes is None or len(hr) != len(spec.sizes):
         return {}
@@ -668,11 +677,11 @@ def standard_names(hr: dict[str, str], spec: Optional[SetSpec]) -> dict[str, str
     if set(ours) == set(spec.sizes) or not all(SELFEXSR_NUMBERED.match(n) for n in ours):
         return {}
     theirs = sorted(spec.sizes, key=str.lower)
-    for mine, name in zip(ours, theirs):
+    for mine, name in zip(ours, theirs, strict=False):
         size, want = image_size(hr[mine]), spec.sizes[name]
         if size != want and not any(size == cropped(want, s) for s in SCALES):
             return {}
-    return dict(zip(ours, theirs))
+    return dict(zip(ours, theirs, strict=False))
 
 
 def cropped(size: tuple[int, int], multiple: int) -> tuple[int, int]:
@@ -750,8 +759,8 @@ class Sources:
                                "one of them")
 
 
-def write_found(found: Found, set_name: str, out: str, spec: Optional[SetSpec],
-                existing: Optional[str] = None, sources: Optional[Sources] = None) -> str:
+def write_found(found: Found, set_name: str, out: str, spec: SetSpec | None,
+                existing: str | None = None, sources: Sources | None = None) -> str:
     """Write what ``found`` holds into ``out`` in the expected layout (LR files matched to HR
     images written before, there or in DIR_DATA ``existing``); a summary of what was written.
     Each file is noted in ``sources`` first: one written before is refused, not replaced."""
@@ -823,7 +832,7 @@ class SetReport:
         made = f" ({self.lr_made} made)" if self.lr_made else ""
         return f"{text}, LR {', '.join(parts)}{made}"
 
-    def hash_line(self) -> Optional[str]:
+    def hash_line(self) -> str | None:
         """``Set5: 5 of 5 images match the standard version's pixels``; None if none is recorded."""
         if not self.hashed:
             return None
@@ -831,7 +840,7 @@ class SetReport:
                "version's pixels"
 
 
-def locate(dir_data: str, set_name: str) -> Optional[str]:
+def locate(dir_data: str, set_name: str) -> str | None:
     """The folder of ``set_name`` under ``dir_data`` where data/benchmark.py looks, or None."""
     for rel in READ_DIRS[set_name]:
         if os.path.isdir(os.path.join(dir_data, rel)):
@@ -839,7 +848,7 @@ def locate(dir_data: str, set_name: str) -> Optional[str]:
     return None
 
 
-def grey_reason(path: str, img: torch.Tensor) -> Optional[str]:
+def grey_reason(path: str, img: torch.Tensor) -> str | None:
     """Why ``img`` (read from ``path``) is greyscale, or None: greyscale is three equal channels
     as read (read_image makes mode L, LA and 16-bit greyscale so), named by its mode if it has one."""
     if not (torch.equal(img[0], img[1]) and torch.equal(img[1], img[2])):
@@ -866,7 +875,7 @@ def pixel_sha256(img: torch.Tensor) -> str:
     return digest.hexdigest()
 
 
-def check_colour(path: str, img: torch.Tensor, spec: SetSpec, name: Optional[str],
+def check_colour(path: str, img: torch.Tensor, spec: SetSpec, name: str | None,
                  problems: list[str]) -> None:
     """A problem if ``img`` is greyscale where the standard image is in colour, or the reverse."""
     reason = grey_reason(path, img)
@@ -881,7 +890,7 @@ def check_colour(path: str, img: torch.Tensor, spec: SetSpec, name: Optional[str
 
 
 def check_image(path: str, allowed: Sequence[tuple[int, int]], spec: SetSpec,
-                problems: list[str], name: Optional[str] = None) -> Optional[torch.Tensor]:
+                problems: list[str], name: str | None = None) -> torch.Tensor | None:
     """The image at ``path`` (image ``name`` of the set, None for a rain file), its size and
     colour checked (problems appended); None if unreadable."""
     try:
@@ -914,7 +923,7 @@ def check_hash(path: str, img: torch.Tensor, spec: SetSpec, name: str, report: S
 
 
 def check_lr(dir_data: str, set_name: str, name: str, hr: torch.Tensor, hr_path: str,
-             make_lr: bool, report: SetReport, lr_into: Optional[str] = None) -> None:
+             make_lr: bool, report: SetReport, lr_into: str | None = None) -> None:
     """Check (or make, with make_lr) the LR files of one HR image at every scale; made ones are
     written under ``lr_into`` (in the layout of ``dir_data``) where given."""
     h, w = hr.shape[1:]
@@ -959,7 +968,7 @@ def check_lr_folders(dir_data: str, set_name: str, names: set[str], report: SetR
 
 
 def check_images(dir_data: str, folder: str, spec: SetSpec, make_lr: bool,
-                 lr_into: Optional[str] = None) -> SetReport:
+                 lr_into: str | None = None) -> SetReport:
     """Check a folder of HR images (and its LR files for SR sets) against ``spec``; an entry named
     like an image that is not a regular file (a pipe, a device, a folder, a broken link) is listed
     as data/benchmark.py lists it, so it is named as unreadable (never opened), not left out."""
@@ -968,16 +977,16 @@ def check_images(dir_data: str, folder: str, spec: SetSpec, make_lr: bool,
     expected = spec.expected_names()
     report = SetReport(spec.name, len(files), spec.count)
     report.problems += [f"{f}: a second image named {n!r} in {folder}; keep one"
-                        for i, (f, n) in enumerate(zip(files, names)) if n in names[:i]]
+                        for i, (f, n) in enumerate(zip(files, names, strict=False)) if n in names[:i]]
     if expected is not None:
         report.found = len(set(names) & set(expected))
         report.problems += [f"{os.path.join(folder, n + '.png')}: missing ({spec.name} has "
                             f"{spec.count} images)" for n in expected if n not in names]
-        report.problems += [f"{f}: not an image of {spec.name}" for f, n in zip(files, names)
+        report.problems += [f"{f}: not an image of {spec.name}" for f, n in zip(files, names, strict=False)
                             if n not in expected]
     elif len(files) != spec.count:
         report.problems.append(f"{folder}: {len(files)} image(s), {spec.name} has {spec.count}")
-    for path, name in zip(files, names):
+    for path, name in zip(files, names, strict=False):
         img = check_image(path, spec.sizes_of(name), spec, report.problems, name)
         if img is not None:
             check_hash(path, img, spec, name, report)
@@ -1014,7 +1023,7 @@ def check_rain(folder: str, spec: SetSpec) -> SetReport:
 
 
 def check_tree(dir_data: str, specs: dict[str, SetSpec], make_lr: bool,
-               lr_into: Optional[str] = None) -> list[SetReport]:
+               lr_into: str | None = None) -> list[SetReport]:
     """A SetReport for each set found under ``dir_data``, in SET_ORDER; the LR files made (with
     make_lr) are written under ``lr_into`` where given, to be moved in with `merge`."""
     reports = []
@@ -1082,7 +1091,7 @@ def download(url: str, sha256: str, folder: str, max_bytes: int = MAX_DOWNLOAD_B
             os.remove(partial)
 
 
-def planned_downloads(set_name: str, url: Optional[str], sha256: Optional[str]) -> tuple[Download, ...]:
+def planned_downloads(set_name: str, url: str | None, sha256: str | None) -> tuple[Download, ...]:
     """The files to fetch for ``set_name``; a PrepareError naming what is unknown."""
     if url:
         return (Download(url, sha256, None, "given by --url"),)
@@ -1113,7 +1122,7 @@ class Parser(argparse.ArgumentParser):
         raise PrepareError(message)
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line, its combinations checked."""
     p = Parser(prog=PROG, description="Turn downloaded test sets into the layout --dir_data "
                                       "expects, and check them.")
@@ -1161,7 +1170,7 @@ def folder_label(src: str) -> str:
 
 
 def convert_tree(src: str, root: str, label: str, out: str, specs: dict[str, SetSpec],
-                 hint: Optional[str], existing: Optional[str], sources: Sources) -> None:
+                 hint: str | None, existing: str | None, sources: Sources) -> None:
     """Write the sets in folder ``root`` (read from ``src``, named ``label``) to ``out``."""
     sets = find_sets(root, label, hint)
     sources.shown = (root, src) if root != src else ("", "")
@@ -1175,8 +1184,8 @@ def convert_tree(src: str, root: str, label: str, out: str, specs: dict[str, Set
         print(f"{set_name} <- {src}{taken}: {summary}{ignored}")
 
 
-def convert_source(src: str, out: str, specs: dict[str, SetSpec], hint: Optional[str],
-                   scratch: str, existing: Optional[str], sources: Sources) -> None:
+def convert_source(src: str, out: str, specs: dict[str, SetSpec], hint: str | None,
+                   scratch: str, existing: str | None, sources: Sources) -> None:
     """Read one folder or archive (extracted in a new folder in ``scratch``, removed after) and
     write the sets in it to ``out``."""
     check_source(src)
@@ -1193,8 +1202,8 @@ def convert_source(src: str, out: str, specs: dict[str, SetSpec], hint: Optional
         shutil.rmtree(root, ignore_errors=True)
 
 
-def run_download(set_name: str, out: str, specs: dict[str, SetSpec], url: Optional[str],
-                 sha256: Optional[str], scratch: str, existing: Optional[str],
+def run_download(set_name: str, out: str, specs: dict[str, SetSpec], url: str | None,
+                 sha256: str | None, scratch: str, existing: str | None,
                  sources: Sources) -> None:
     """Fetch the set's files (checked) into ``scratch`` and convert them into ``out``."""
     folder = tempfile.mkdtemp(prefix="download.", dir=scratch)
@@ -1214,7 +1223,7 @@ def make_scratch(out: str) -> str:
         return tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=out)
 
 
-Undo = list[tuple[str, Optional[str]]]  # merge's steps: (made under --out, its old file kept in)
+Undo = list[tuple[str, str | None]]  # merge's steps: (made under --out, its old file kept in)
 
 
 def merge(staged: str, out: str, scratch: str, undo: Undo) -> None:
@@ -1343,7 +1352,7 @@ def check(dir_data: str, specs: dict[str, SetSpec], make_lr: bool) -> list[SetRe
         return reports
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Convert, check or download; 0 all well, 1 problems found, 2 an error (one line)."""
     try:
         args = parse_args(argv)

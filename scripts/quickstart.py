@@ -268,7 +268,7 @@ def stopped(a: argparse.Namespace, where: str, clock: Clock, stop: stops.StopSig
     return INTERRUPTED
 
 
-def quiet_interruptions(unraisable: "sys.UnraisableHookArgs") -> None:
+def quiet_interruptions(unraisable: sys.UnraisableHookArgs) -> None:
     """sys.unraisablehook: a stop raised inside a finaliser (a DataLoader's ``__del__``) cannot
     propagate; it is recorded in StopSignals.received, so say nothing. Others as usual."""
     if not isinstance(unraisable.exc_value, stops.Interrupted):

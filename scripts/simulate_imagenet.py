@@ -34,7 +34,7 @@ import shutil
 import sys
 import tarfile
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -88,7 +88,7 @@ LIMITS = {"files": (1, MAX_FILES), "classes": (1, MAX_CLASSES), "pool": (1, MAX_
           "seed": (0, MAX_SEED)}
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line, its numbers checked (one line on stderr and SystemExit(2) otherwise)."""
     p = OptionParser(prog=PROG, description="Build an ImageNet-sized tree of hard-linked JPEGs.")
     p.add_argument("root", help="folder to build (ROOT/train, ROOT/pool, ROOT/shards)")
@@ -119,7 +119,7 @@ def shown(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def path_problem(path: str) -> Optional[str]:
+def path_problem(path: str) -> str | None:
     """Why ``path`` can be no file name (empty, a NUL byte, characters it cannot be encoded
     with), or None."""
     if not path:
@@ -139,7 +139,7 @@ def kind_of(path: str) -> str:
     return next((what for test, what in FILE_KINDS if test(mode)), "a file")
 
 
-def read_record(root: str) -> Optional[dict]:
+def read_record(root: str) -> dict | None:
     """ROOT/simulated.json, None if there is none; ValueError if it is not this script's."""
     path = os.path.join(root, RECORD)
     if not os.path.lexists(path):
@@ -154,7 +154,7 @@ def read_record(root: str) -> Optional[dict]:
     return record
 
 
-def check_root(args: argparse.Namespace) -> Optional[str]:
+def check_root(args: argparse.Namespace) -> str | None:
     """What is wrong with ROOT (nothing is written), or None."""
     root = args.root
     named = f"ROOT {shown(root)}"
@@ -193,7 +193,7 @@ def nearest_folder(path: str) -> str:
     return where
 
 
-def unwritable(root: str) -> Optional[str]:
+def unwritable(root: str) -> str | None:
     """Why ROOT (or the folder it would be made in) cannot be written, or None; a file is
     created there and removed to find out."""
     why = utility.unwritable(nearest_folder(root))
@@ -202,7 +202,7 @@ def unwritable(root: str) -> Optional[str]:
     return None
 
 
-def space_problem(args: argparse.Namespace) -> Optional[str]:
+def space_problem(args: argparse.Namespace) -> str | None:
     """Why ROOT's file system cannot hold the tree (by the estimates above), or None."""
     missing = sum(not os.path.isfile(os.path.join(args.root, "shards", SHARD_NAME.format(i)))
                   for i in range(args.shards))  # a run again writes only what is missing
@@ -246,7 +246,7 @@ def make_pool(folder: str, count: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     for i, path in enumerate(paths):
         image = pool_image(photos[i % len(photos)], rng)
-        utility.atomic_write(path, lambda tmp: image.save(tmp, "JPEG", quality=JPEG_QUALITY))
+        utility.atomic_write(path, lambda tmp, image=image: image.save(tmp, "JPEG", quality=JPEG_QUALITY))
     return paths
 
 
@@ -256,7 +256,7 @@ def class_names(classes: int, files: int, seed: int) -> list[tuple[str, list[int
     wnids = sorted(rng.sample(range(*WNID_RANGE), classes))
     per_class = [files // classes + (i < files % classes) for i in range(classes)]
     return [(f"n{w:08d}", sorted(rng.sample(range(1, max(MAX_IMAGE_NUMBER, n + 1)), n)))
-            for w, n in zip(wnids, per_class)]
+            for w, n in zip(wnids, per_class, strict=False)]
 
 
 class Progress:
@@ -313,7 +313,9 @@ def build_shards(root: str, pool: Sequence[str], classes: list[tuple[str, list[i
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             chunk = [names[(s * members + m) % len(names)] for m in range(members)]
-            utility.atomic_write(path, lambda tmp: _write_tar(tmp, chunk, data, s * members))
+            first = s * members  # atomic_write calls the writer at once: this iteration's values
+            utility.atomic_write(path, lambda tmp, chunk=chunk, first=first:
+                                 _write_tar(tmp, chunk, data, first))
         counts[name] = members
         progress.update(s + 1)
     progress.update(shards, force=True)
@@ -331,7 +333,7 @@ def _write_tar(path: str, names: Sequence[str], data: Sequence[bytes], first: in
             tar.addfile(info, io.BytesIO(blob))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Build the tree; 0 when complete, 130 when stopped (complete classes kept), 1 on a failed
     write or too little disk space, 2 for a bad command line."""
     args = parse_args(argv)

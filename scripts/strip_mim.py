@@ -19,9 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import utility  # noqa: E402
-from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 from model.checkpoint import CheckpointError, read_state_dict, strip_mim  # noqa: E402
 from model.mim import mim_heads  # noqa: E402
+from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 
 PROG = "strip_mim.py"
 FAILED, BAD_OPTIONS = 1, 2

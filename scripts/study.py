@@ -49,10 +49,10 @@ if __name__ == "__main__":  # a stop signal while torch loads is kept, not a sil
 
 import main as ipt_main  # noqa: E402
 import utility  # noqa: E402
-from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
-from report import markdown_text  # noqa: E402
 from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image, save_image, stem  # noqa: E402
 from data.sample import sample_photos  # noqa: E402
+from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
+from report import markdown_text  # noqa: E402
 
 SIX_SCALES, SIX_TASKS = "2+3+4+1+1+1", "sr2+sr3+sr4+derain+denoise30+denoise50"
 PRETRAININGS = {  # name -> (--scale, --tasks, the contrastive loss or not)
@@ -638,7 +638,7 @@ def plot(found: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(TASKS), figsize=(5.5 * len(TASKS), 3.8))
-    for ax, task in zip(axes, TASKS):
+    for ax, task in zip(axes, TASKS, strict=False):
         for row in (REFERENCE, SECONDS_REFERENCE, *ROWS[1:]):
             curves = [dict(found[s][row.name][task].curve[1:]) for s in found]
             steps = sorted(set.intersection(*(set(c) for c in curves)))

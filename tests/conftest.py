@@ -4,10 +4,9 @@ from __future__ import annotations
 import os
 import random
 import sys
+import tempfile
 
 import numpy as np
-
-import tempfile
 
 # Hypothesis keeps caches (and would keep its example database) in a folder it creates: outside
 # the repository, so a test run leaves the working tree as it found it

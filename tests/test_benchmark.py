@@ -8,8 +8,8 @@ import tempfile
 
 import pytest
 import torch
-from conftest import FIXTURE_ATOL, ROOT, TileCounter
 
+from conftest import FIXTURE_ATOL, ROOT, TileCounter
 from model import restore
 from model.reference_chop import reference_chop
 
@@ -83,7 +83,7 @@ def table(doc: str, section: str) -> list[dict[str, str]]:
     body = doc.split(f"<!-- {section}:begin -->")[1].split(f"<!-- {section}:end -->")[0]
     rows = [[c.strip() for c in line.strip().strip("|").split("|")]
             for line in body.splitlines() if line.startswith("|")]
-    return [dict(zip(rows[0], row)) for row in rows[2:]]
+    return [dict(zip(rows[0], row, strict=False)) for row in rows[2:]]
 
 
 def test_every_section_has_its_markers_and_a_table(smoke_doc):

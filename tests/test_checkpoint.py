@@ -7,9 +7,9 @@ import stat
 
 import pytest
 import torch
-from conftest import FIXTURE_ATOL, config_from, full_disk_for_safetensors
 
 import utility
+from conftest import FIXTURE_ATOL, config_from, full_disk_for_safetensors
 from model import IPT, CheckpointError, load_checkpoint
 from model.checkpoint import SAFETENSORS_DTYPES, read_safetensors, write_safetensors
 

@@ -18,8 +18,15 @@ from PIL import Image
 from data.benchmark import BenchmarkError, BenchmarkSet, Pair
 from data.degrade import add_eval_noise
 from data.images import IMAGE_EXTENSIONS, ImageFolder, ImageReadError, list_images, read_image
-from data.stream import (SHARD_INDEX, SHARD_INDEX_MAX_BYTES, PairStream, TrainingDataError,
-                         find_images, read_shard_index, shard_counts)
+from data.stream import (
+    SHARD_INDEX,
+    SHARD_INDEX_MAX_BYTES,
+    PairStream,
+    TrainingDataError,
+    find_images,
+    read_shard_index,
+    shard_counts,
+)
 from scripts import make_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,7 +98,7 @@ BAD_INDEXES = [  # (contents of shards.json, what the error names)
     ('{"shards": {"shard-000000.tar": -1}}', GOOD_NAME),
     ('{"shards": {"shard-000000.tar": 1.5}}', GOOD_NAME),
     ('{"shards": {"shard-000000.tar": 1e400}}', GOOD_NAME),
-    ('{"shards": {"shard-000000.tar": %d}}' % 10 ** 30, GOOD_NAME),
+    (f'{{"shards": {{"shard-000000.tar": {10 ** 30}}}}}', GOOD_NAME),
     ('{"shards": {"../shard-000000.tar": 1}}', "../shard-000000.tar"),
     ('{"shards": {"/abs/shard-000000.tar": 1}}', "/abs/shard-000000.tar"),
     ('{"shards": {"": 1}}', "''"),

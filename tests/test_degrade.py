@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from data.degrade import (add_eval_noise, add_noise, add_rain, bicubic_lr, eval_noise_generator,
-                          imresize, procedural_streaks, resize_matrix)
+from data.degrade import (
+    add_eval_noise,
+    add_noise,
+    add_rain,
+    bicubic_lr,
+    eval_noise_generator,
+    imresize,
+    procedural_streaks,
+    resize_matrix,
+)
 from data.images import read_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -27,7 +27,7 @@ def both_ranks(args):
                           rank=r, world_size=2) for r in (0, 1)]
 
     def batches(start):
-        for parts in zip(*(iter(s.with_start(start)) for s in streams)):
+        for parts in zip(*(iter(s.with_start(start)) for s in streams), strict=False):
             assert parts[0]["task_id"] == parts[1]["task_id"]  # one task per step on every rank
             yield {"lr": torch.cat([p["lr"] for p in parts]), "hr": torch.cat([p["hr"] for p in parts]),
                    "task_id": parts[0]["task_id"]}

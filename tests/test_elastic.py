@@ -68,7 +68,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 def ours_in_a_traceback(out: str) -> bool:
     """Whether a traceback shows a frame of this project (torchrun's own report may stay)."""
-    return re.search(r'File "%s/(?!tests/)' % re.escape(ROOT), out) is not None
+    return re.search(rf'File "{re.escape(ROOT)}/(?!tests/)', out) is not None
 
 
 def assert_nothing_left(run) -> None:
@@ -95,7 +95,8 @@ def is_rank_of(pid: int, run, rank: int = 1) -> bool:
     except OSError:
         return False
     return (f"RANK={rank}".encode() in env and str(run).encode() in command
-            and any(c.endswith(b"main.py") for c in command) and not any(c.endswith(b"rank_exit.py") for c in command))
+            and any(c.endswith(b"main.py") for c in command)
+            and not any(c.endswith(b"rank_exit.py") for c in command))
 
 
 def rank_one(run, rank: int = 1) -> int:

@@ -189,7 +189,7 @@ def table_after(markdown: str, marker: str) -> dict[str, dict[str, str]]:
     rows = list(itertools.takewhile(lambda line: line.startswith("|"), rest))
     header = cells(rows[0])
     assert set(cells(rows[1])) == {"---"}
-    return {c[0]: dict(zip(header, c)) for c in map(cells, rows[2:])}
+    return {c[0]: dict(zip(header, c, strict=False)) for c in map(cells, rows[2:])}
 
 
 def assert_printed(printed: str, value: float) -> None:

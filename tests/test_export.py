@@ -16,17 +16,23 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURE_ATOL, ROOT, dev_full, full_disk_for_safetensors, read_until
-from hypothesis import given, settings as hyp_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import main as cli
 import option
 import stops
 import utility
+from conftest import FIXTURE_ATOL, ROOT, dev_full, full_disk_for_safetensors, read_until
 from model import IPT, IPTConfig, restore
-from model.checkpoint import (ARCHITECTURE_METADATA, CheckpointError, read_checkpoint,
-                              read_safetensors_metadata)
+from model.checkpoint import (
+    ARCHITECTURE_METADATA,
+    CheckpointError,
+    read_checkpoint,
+    read_safetensors_metadata,
+)
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import export  # noqa: E402
@@ -186,6 +192,7 @@ def test_onnx_runtime_gives_the_chosen_heads_output_at_any_batch(onnx_export):
 
 def test_onnx_tiles_restore_a_whole_image_with_the_projects_tiler(onnx_export):
     import onnxruntime
+
     from model.tiling import tile
     out, model = onnx_export
     session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])

@@ -146,7 +146,7 @@ def test_image_folder_stems_are_unique(tmp_path):
     for name in ("same.png", "same.jpg", "other.bmp", "A.png", "a.PNG", "same_png.png"):
         save(blocks(), tmp_path / name)
     folder = ImageFolder(str(tmp_path))
-    by_file = dict(zip((os.path.basename(p) for p in folder.paths), folder.stems))
+    by_file = dict(zip((os.path.basename(p) for p in folder.paths), folder.stems, strict=False))
     assert by_file["same.png"] == "same_png" and by_file["same.jpg"] == "same_jpg"
     assert by_file["other.bmp"] == "other"
     assert by_file["A.png"].startswith("A_") and by_file["a.PNG"].startswith("a_")

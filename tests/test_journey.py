@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import torch
-from conftest import ROOT
 
 import main as cli
 import trainer
+from conftest import ROOT
 from model.checkpoint import ipt_options_of
 from option import parse_args, settings
 

@@ -25,7 +25,7 @@ def test_psnr_constant_difference_by_hand():
     hr = image(0).clamp(10, 240)
     d = (3.0, -2.0, 5.0)  # per-channel offsets
     sr = hr + torch.tensor(d).view(3, 1, 1)
-    y_diff = sum(w * di for w, di in zip(W_PSNR, d)) / 256 / 255
+    y_diff = sum(w * di for w, di in zip(W_PSNR, d, strict=False)) / 256 / 255
     expected = -10 * math.log10(y_diff ** 2)
     assert calc_psnr(sr, hr, 2) == [pytest.approx(expected, abs=1e-9)]
     rgb_mse = sum((di / 255) ** 2 for di in d) / 3

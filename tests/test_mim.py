@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
-from conftest import FIXTURE_ATOL, ROOT, config_from
 
 import main as cli
 import trainer
+from conftest import FIXTURE_ATOL, ROOT, config_from
 from model import IPT, CheckpointError, load_body, load_checkpoint
 from model.checkpoint import strip_mim
 from model.mim import masked_l1, pixel_mask, random_token_mask

@@ -5,10 +5,9 @@ import re
 
 import pytest
 import torch
+
 from conftest import FIXTURE_ATOL, config_from
-
 from model import IPT, IPTConfig, RestormerConfig, build_model, parameter_count
-
 
 # (scale, num_queries) -> (state-dict entries incl. position_ids, parameters), counted from the
 # authors' code (docs/DESIGN.md, "Sizes")

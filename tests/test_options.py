@@ -72,7 +72,8 @@ def test_six_task_model_from_scale_alone():
 @pytest.mark.parametrize("argv,names,task_id", [
     ("--scale 2+3+4+1+1+1 --task denoise50", ["sr2", "sr3", "sr4", "derain", "denoise30", "denoise50"], 5),
     ("--scale 2+3+4+1+1+1 --task_id 4", ["sr2", "sr3", "sr4", "derain", "denoise30", "denoise50"], 4),
-    ("--scale 2+3+4+1+1+1 --denoise --sigma 50", ["sr2", "sr3", "sr4", "derain", "denoise30", "denoise50"], 5),
+    ("--scale 2+3+4+1+1+1 --denoise --sigma 50",
+     ["sr2", "sr3", "sr4", "derain", "denoise30", "denoise50"], 5),
     ("--task denoise50", ["denoise50"], 0),
     ("--task sr3", ["sr3"], 0),
     ("--scale 1 --task denoise50", ["denoise50"], 0),

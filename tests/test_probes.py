@@ -76,7 +76,7 @@ def train_until(command: list[str], step: int) -> tuple[subprocess.Popen, list[s
         lines.append(line)
         if f"INFO step {step}:" in line:
             return process, lines
-    raise AssertionError("training ended before step %d:\n%s" % (step, "".join(lines[-20:])))
+    raise AssertionError(f"training ended before step {step}:\n" + "".join(lines[-20:]))
 
 
 @pytest.mark.parametrize("workers,sig,to_group", [

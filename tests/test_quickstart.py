@@ -1,8 +1,8 @@
 """scripts/quickstart.py with main.main faked: phase order and arguments, Ctrl-C, --resume."""
 from __future__ import annotations
 
-import json
 import io
+import json
 import logging
 import os
 import signal
@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))

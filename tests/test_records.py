@@ -9,7 +9,9 @@ import random
 
 import pytest
 import torch
-from hypothesis import given, settings as hyp_settings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 import main as cli
 import option
@@ -186,7 +188,8 @@ BAD_STATES = {
     "options as text": lambda s: {**s, "options": "n_feats=16"},
     "an unknown progress field": lambda s: {**s, "progress": {**s["progress"], "epoch": 3}},
     "a negative step": lambda s: {**s, "progress": {**s["progress"], "step": -2}},
-    "a 3-byte torch RNG state": lambda s: {**s, "rng": {**s["rng"], "torch": torch.zeros(3, dtype=torch.uint8)}},
+    "a 3-byte torch RNG state": lambda s: {**s, "rng": {**s["rng"],
+                                                         "torch": torch.zeros(3, dtype=torch.uint8)}},
     "a short python RNG state": lambda s: {**s, "rng": {**s["rng"], "python": (3, (1, 2), None)}},
     "a NaN loss average": lambda s: {**s, "loss_average": float("nan")},
     "sliced weights": sliced,

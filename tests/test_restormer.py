@@ -56,7 +56,8 @@ def test_full_size_params_file_loads_strictly_and_keeps_odd_sizes(tmp_path):
     args = parse_args(["--model", "restormer", "--task", "denoise30", "--rgb_range", "1"])
     model = build_model(settings(args).model)
     load_checkpoint(model, str(path))
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
+    ours, theirs = model.state_dict().values(), source.state_dict().values()
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
     x = torch.rand(1, 3, 37, 45)  # neither side a multiple of 8
     with torch.no_grad():
         y = restore(model.eval(), x)

@@ -12,16 +12,15 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
 from PIL import Image
 
 import main as cli
 import trainer
 import utility
+from conftest import ROOT
 from data import training
 from data.images import DataLayoutError
-from model import IPT, CheckpointError, IPTConfig, load_checkpoint, restore
-from model import tiling
+from model import IPT, CheckpointError, IPTConfig, load_checkpoint, restore, tiling
 from option import parse_args, settings
 
 TINY = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "1"]

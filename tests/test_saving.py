@@ -16,14 +16,14 @@ import threading
 import time
 
 import torch
-from conftest import ROOT, full_disk_for_safetensors
-from test_training import synthetic_batches
 
 import main as cli
 import trainer
 import utility
+from conftest import ROOT, full_disk_for_safetensors
 from model import build_model
 from option import parse_args, settings
+from test_training import synthetic_batches
 
 TINY = "--n_feats 16 --num_heads 4 --num_layers 1 --patch_size 12 --batch_size 2"
 SAVE_EVERY = 3
@@ -111,7 +111,7 @@ def assert_same(a, b, where: str = "") -> None:
             assert_same(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
             assert_same(x, y, f"{where}[{i}]")
     else:
         assert a == b, where

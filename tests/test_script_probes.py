@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, config_from
 
+from conftest import ROOT, config_from
 from model import IPT
 
 PROBE_TIMEOUT_S = 60  # a probe takes about 3 s (most of it importing torch)

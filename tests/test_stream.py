@@ -15,8 +15,7 @@ from torch.utils.data import DataLoader
 
 from data.degrade import bicubic_lr
 from data.sample import sample_photos
-from data.stream import (PairStream, TrainingDataError, epoch_files, find_images, shard_counts,
-                         task_kind)
+from data.stream import PairStream, TrainingDataError, epoch_files, find_images, shard_counts, task_kind
 from scripts import make_shards
 
 SIX = ["sr2", "sr3", "sr4", "derain", "denoise30", "denoise50"]
@@ -156,11 +155,11 @@ def photos():
 
 def test_same_seed_same_batches_other_seed_other(photos):
     a, b, c = (take(PairStream(photos, SIX, 3, PATCH, seed=s), 4) for s in (5, 5, 6))
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         assert x["task_id"] == y["task_id"] and x["files"] == y["files"]
         assert torch.equal(x["lr"], y["lr"]) and torch.equal(x["hr"], y["hr"])
     assert any(x["hr"].shape != z["hr"].shape or not torch.equal(x["hr"], z["hr"])
-               for x, z in zip(a, c))
+               for x, z in zip(a, c, strict=False))
 
 
 def test_shapes_and_degradations_per_task(photos):
@@ -202,7 +201,7 @@ def test_resume_gives_the_same_batches(photos):
     straight = run_loader(stream, 7, workers=2)
     resumed = run_loader(stream.with_start(3), 4, workers=2)
     assert [b["step"] for b in resumed] == [3, 4, 5, 6]
-    for x, y in zip(straight[3:], resumed):
+    for x, y in zip(straight[3:], resumed, strict=False):
         assert x["files"] == y["files"] and torch.equal(x["lr"], y["lr"])
 
 

@@ -11,11 +11,11 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import stops
+from conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("study", os.path.join(ROOT, "scripts", "study.py"))
 study = importlib.util.module_from_spec(spec)
@@ -346,7 +346,8 @@ def test_user_text_in_the_records_is_escaped_in_the_doc(tmp_path):
 def test_a_missing_or_damaged_record_is_one_line_and_exit_1(tmp_path, capsys):
     records = make_records(tmp_path / "records")
     run = records / "seed2" / "finetune_six_sr2"
-    (run / "model" / "training.json").write_text('{"architecture": {}, "finished": true, "train_seconds": -1}')
+    record = '{"architecture": {}, "finished": true, "train_seconds": -1}'
+    (run / "model" / "training.json").write_text(record)
     assert study.main(["--report_only", "--records", str(records), "--doc", str(tmp_path / "d.md")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train_seconds" in err[0] and str(run) in err[0]
@@ -357,8 +358,8 @@ def test_a_missing_or_damaged_record_is_one_line_and_exit_1(tmp_path, capsys):
     assert not (tmp_path / "d.md").exists()
 
 
-MANIFEST_VALUES = st.one_of(st.integers(-2, 3), st.floats(), st.booleans(), st.none(),
-                            st.text(max_size=4), st.lists(st.integers(-1, 3) | st.text(max_size=2), max_size=3))
+MANIFEST_VALUES = st.one_of(st.integers(-2, 3), st.floats(), st.booleans(), st.none(), st.text(max_size=4),
+                            st.lists(st.integers(-1, 3) | st.text(max_size=2), max_size=3))
 
 
 @settings(max_examples=150)

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FIXTURE_ATOL, TileCounter
 
+from conftest import FIXTURE_ATOL, TileCounter
 from model import restore
 from model.reference_chop import reference_chop
 from model.tiling import ensemble_x8
-
 
 
 @pytest.mark.parametrize("task_id", [0, 1, 2, 3, 5])

@@ -12,8 +12,8 @@ from PIL import Image
 
 import tasks
 from data import training
-from data.finetune import DIV2K, RainTrainL
 from data.degrade import eval_noise_generator
+from data.finetune import DIV2K, RainTrainL
 from data.stream import PairStream, TrainingDataError, seeded
 
 PATCH = 16
