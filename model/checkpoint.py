@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import re
-import sys
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -68,17 +67,7 @@ def read_checkpoint(path: str, argument: str = "--pretrain") -> tuple[dict[str, 
 # .safetensors: a JSON header and raw little-endian tensor bytes, nothing that could run code
 # ----------------------------------------------------------------------------------------
 SAFETENSORS_SUFFIX = ".safetensors"
-SAFETENSORS_LENGTH_BYTES = 8  # the file opens with the header's length, a little-endian u64
-SAFETENSORS_HEADER_MAX = 100 * 2 ** 20  # bytes: the safetensors library's own limit
-SAFETENSORS_METADATA = "__metadata__"  # the header's one entry that is not a tensor: text to text
 ARCHITECTURE_METADATA = "ipt_architecture"  # metadata key: the JSON of training.json's architecture
-SAFETENSORS_DTYPES = {  # the safetensors format's dtype names that torch holds
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8,
-    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    "C64": torch.complex64,
-}
 
 
 def is_safetensors(path: str) -> bool:
@@ -87,34 +76,33 @@ def is_safetensors(path: str) -> bool:
 
 
 def read_safetensors(path: str, argument: str = "--pretrain") -> tuple[dict[str, Tensor], str]:
-    """(the tensors of a .safetensors file, the SHA-256 of its bytes): one sequential read of
-    one handle, every byte hashed as it is loaded. The header is checked against the file's size
-    before anything is allocated for a tensor; a damaged file is a CheckpointError (``argument``:
-    as ``read_checkpoint``'s)."""
+    """(the tensors of a .safetensors file, the SHA-256 of its bytes): the file is read once, its
+    bytes hashed, and those very bytes parsed by the safetensors library, which checks the header
+    against them (offsets, sizes, dtypes, metadata of text to text) before it allocates a tensor;
+    a damaged file is a CheckpointError (``argument``: as ``read_checkpoint``'s)."""
+    from safetensors.torch import load
+
     with _open_regular(path, argument) as f:
-        size = os.fstat(f.fileno()).st_size
-        digest = hashlib.sha256()
-        header, start = _safetensors_header(f, size, path, digest)
-        state = {}
-        for name, dtype, shape, length in _safetensors_entries(header, size - start, path):
-            data = bytearray(length)
-            if f.readinto(data) != length:
-                raise _damaged(path, "it is shorter than its header says (truncated, or changed "
-                                     "while read)")
-            digest.update(data)
-            state[name] = _tensor_of(data, dtype, shape)
-    return state, digest.hexdigest()
+        data = f.read()
+    try:
+        state = load(data)
+    except Exception as e:  # SafetensorError (a damaged header or body), or one the binding raises
+        raise _damaged(path, _first_line(e)) from None
+    return state, hashlib.sha256(data).hexdigest()
 
 
 def read_safetensors_metadata(path: str) -> dict[str, str]:
     """The text metadata of a .safetensors file's header ({} when it has none); CheckpointError
-    when the file is missing, not a regular file, or its header is damaged or does not fit the
-    file's size (the tensors themselves are not read)."""
-    with _open_regular(path) as f:
-        size = os.fstat(f.fileno()).st_size
-        header, start = _safetensors_header(f, size, path, hashlib.sha256())
-    _safetensors_entries(header, size - start, path)
-    return dict(header.get(SAFETENSORS_METADATA) or {})
+    when the file is missing, not a regular file, or damaged (the library checks the header
+    against the file; the tensors themselves are not read)."""
+    from safetensors import safe_open
+
+    _open_regular(path).close()
+    try:
+        with safe_open(path, framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # SafetensorError, or one the binding raises for a bad header
+        raise _damaged(path, _first_line(e)) from None
 
 
 def _open_regular(path: str, argument: str = "--pretrain"):
@@ -132,94 +120,8 @@ def _damaged(path: str, why: str) -> CheckpointError:
     return CheckpointError(f"cannot read checkpoint {path!r}: not a valid safetensors file: {why}")
 
 
-def _safetensors_header(f, size: int, path: str, digest) -> tuple[dict, int]:
-    """(the parsed JSON header of an open .safetensors file of ``size`` bytes, the offset of its
-    tensor data); the bytes read are added to ``digest``."""
-    opening = f.read(SAFETENSORS_LENGTH_BYTES)
-    if len(opening) < SAFETENSORS_LENGTH_BYTES:
-        raise _damaged(path, f"{size} bytes, too short for a header")
-    length = int.from_bytes(opening, "little")
-    if length > min(SAFETENSORS_HEADER_MAX, size - SAFETENSORS_LENGTH_BYTES):
-        limit = "larger than the file" if length > size - SAFETENSORS_LENGTH_BYTES else \
-            f"over the format's limit of {SAFETENSORS_HEADER_MAX} bytes"
-        raise _damaged(path, f"its header length ({length} bytes) is {limit} (truncated, or "
-                             f"another format)")
-    raw = f.read(length)
-    digest.update(opening)
-    digest.update(raw)
-    if len(raw) < length:
-        raise _damaged(path, "it is shorter than its header length says")
-    try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, repeated keys
-        raise _damaged(path, f"its header is not JSON ({str(e).splitlines()[0][:80]})") from None
-    if not isinstance(header, dict):
-        raise _damaged(path, "its header is not a JSON object")
-    metadata = header.get(SAFETENSORS_METADATA)
-    if metadata is not None and not (isinstance(metadata, dict) and all(
-            isinstance(v, str) for v in metadata.values())):
-        raise _damaged(path, f"its {SAFETENSORS_METADATA} is not a mapping of text to text")
-    return header, SAFETENSORS_LENGTH_BYTES + length
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    """A JSON object's pairs as a dict; ValueError when a key is repeated (which would win?)."""
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise ValueError("a key is repeated")
-    return out
-
-
-def _safetensors_entries(header: dict, data_size: int,
-                         path: str) -> list[tuple[str, torch.dtype, list[int], int]]:
-    """(name, dtype, shape, byte length) of the header's tensors in file order, checked: each
-    dtype known, each shape's bytes the span of its offsets, the spans tiling the data exactly."""
-    entries = []
-    for name, entry in header.items():
-        if name == SAFETENSORS_METADATA:
-            continue
-        if not (isinstance(entry, dict) and set(entry) == {"dtype", "shape", "data_offsets"}):
-            raise _damaged(path, f"tensor {name!r}: expected dtype, shape and data_offsets")
-        dtype = SAFETENSORS_DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
-        shape, offsets = entry["shape"], entry["data_offsets"]
-        if dtype is None:
-            raise _damaged(path, f"tensor {name!r}: dtype {str(entry['dtype'])[:20]!r} is not one "
-                                 f"of {', '.join(SAFETENSORS_DTYPES)}")
-        if not (_counts(shape) and _counts(offsets) and len(offsets) == 2
-                and offsets[0] <= offsets[1] <= data_size):
-            raise _damaged(path, f"tensor {name!r}: its shape or data_offsets are not counts "
-                                 f"within the file's {data_size} data bytes")
-        length = math.prod(shape) * dtype.itemsize
-        if length != offsets[1] - offsets[0]:
-            raise _damaged(path, f"tensor {name!r}: shape {shape} of {entry['dtype']} is "
-                                 f"{length} bytes, its data_offsets span {offsets[1] - offsets[0]}")
-        entries.append((offsets[0], offsets[1], name, dtype, shape))
-    entries.sort(key=lambda e: (e[0], e[1]))
-    end = 0
-    for begin, stop, name, _, _ in entries:
-        if begin != end:
-            raise _damaged(path, f"tensor {name!r} starts at data byte {begin}, not {end} (tensors "
-                                 f"overlap or leave gaps)")
-        end = stop
-    if end != data_size:
-        raise _damaged(path, f"its tensors end at data byte {end}, the file's data at {data_size}")
-    return [(name, dtype, shape, stop - begin) for begin, stop, name, dtype, shape in entries]
-
-
-def _counts(values: object) -> bool:
-    """Whether ``values`` is a JSON list of non-negative integers."""
-    return isinstance(values, list) and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
-
-
-def _tensor_of(data: bytearray, dtype: torch.dtype, shape: list[int]) -> Tensor:
-    """The tensor of little-endian bytes ``data``, without a copy (on a little-endian CPU)."""
-    if not data:  # torch.frombuffer refuses an empty buffer
-        return torch.empty(shape, dtype=dtype)
-    tensor = torch.frombuffer(data, dtype=dtype).reshape(shape)
-    if sys.byteorder == "big":
-        tensor = torch.from_numpy(tensor.numpy().byteswap())
-    return tensor
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0][:160]
 
 
 WEIGHT_SUFFIXES = {"pt": ".pt", "safetensors": SAFETENSORS_SUFFIX}  # --save_format -> suffix

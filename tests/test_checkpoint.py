@@ -11,7 +11,7 @@ import torch
 import utility
 from conftest import FIXTURE_ATOL, config_from, full_disk_for_safetensors
 from model import IPT, CheckpointError, load_checkpoint
-from model.checkpoint import SAFETENSORS_DTYPES, read_safetensors, write_safetensors
+from model.checkpoint import read_safetensors, write_safetensors
 
 
 def save(tmp_path, obj, name="ckpt.pt"):
@@ -83,6 +83,15 @@ def test_unreadable_files_are_named(tmp_path):
 # ----------------------------------------------------------------------------------------
 # The .safetensors writer: the library reads what it writes; a failed write is an OSError
 # ----------------------------------------------------------------------------------------
+SAFETENSORS_DTYPES = {  # the safetensors format's dtype names that torch holds (its spec)
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U64": torch.uint64, "U32": torch.uint32, "U16": torch.uint16, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "C64": torch.complex64,
+}
+
+
 def every_dtype() -> dict[str, torch.Tensor]:
     """A tensor of random bytes of each dtype the format names, and the awkward shapes."""
     generator = torch.Generator().manual_seed(0)
