@@ -554,17 +554,12 @@ def curve(run: str) -> list[tuple[int, float]]:
 # ----------------------------------------------------------------------------------------
 # Statistics: mean, spread, and paired-by-seed intervals of differences
 # ----------------------------------------------------------------------------------------
-# two-sided 95% quantiles of Student's t (its 0.975 quantile) by degrees of freedom
-T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
-        9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
-
-
 def t975(df: int) -> float:
-    """t's 0.975 quantile for ``df`` degrees of freedom (between or beyond the table's entries:
-    the next smaller df's, so the interval is never too narrow)."""
+    """Student's t 0.975 quantile (a two-sided 95% interval) for ``df`` degrees of freedom."""
     if df < 1:
         raise ValueError("an interval needs two seeds")
-    return T975[max(d for d in T975 if d <= df)]
+    from scipy.stats import t  # installed with scikit-image; only the report needs it
+    return float(t.ppf(0.975, df))
 
 
 def paired_interval(differences: list[float]) -> tuple[float, float, float] | None:
