@@ -24,7 +24,6 @@ import utility
 from data.benchmark import PAPER_RESULTS, BenchmarkError, BenchmarkSet, Pair, supports
 from data.degrade import imresize, imresize_uint8
 from data.images import DataLayoutError, ImageFolder, ImageReadError, save_image
-from data.training import usable_cpus
 from model import restore
 from model.tiling import resolve_mode
 from option import EvalSettings, InferenceSettings
@@ -359,7 +358,7 @@ def output_name(stem: str, task: str, scale: int, image: str = "SR") -> str:
 def prefetch(dataset: Dataset, workers: int) -> DataLoader:
     """Items of a map-style dataset, read ahead by ``workers`` processes (0: in this process),
     which ignore the stop signals that reach the process group: this process stops them."""
-    workers = min(workers, len(dataset), usable_cpus())
+    workers = min(workers, len(dataset), utility.usable_cpus())
     return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                       worker_init_fn=stops.ignore_stop_signals)
 
@@ -397,15 +396,8 @@ NATIVE_BF16_CAPABILITY = 8  # CUDA compute capability with bf16 tensor cores (Am
 def cpu_flags() -> set[str] | None:
     """The CPU's feature flags ("flags" on x86, "Features" on Arm) in /proc/cpuinfo; None where
     it cannot be read (not Linux)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return set(value.split())
-    except OSError:
-        return None
-    return None
+    flags = utility.cpuinfo("flags", "Features")
+    return None if flags is None else set(flags.split())
 
 
 def emulated_bf16(device: torch.device) -> str | None:

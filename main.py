@@ -34,7 +34,6 @@ import trainer  # noqa: E402
 import utility  # noqa: E402
 from data.benchmark import BenchmarkError  # noqa: E402
 from data.images import DataLayoutError, ImageReadError  # noqa: E402
-from data.training import usable_cpus  # noqa: E402
 from model import CheckpointError, build_model, load_body, load_checkpoint  # noqa: E402
 
 log = logging.getLogger("ipt")
@@ -300,7 +299,7 @@ def share_cpu(threads: int, workers: int, device: torch.device, world: int = 1) 
     torch's threads spin-wait for each other: several times slower on a busy machine."""
     if device.type != "cpu":
         return workers
-    cores = max(usable_cpus() // world, 1)
+    cores = max(utility.usable_cpus() // world, 1)
     from_env = os.environ.get("OMP_NUM_THREADS", "")
     if threads == 0 and from_env.isdigit() and int(from_env) > 0:
         threads, why = int(from_env), "OMP_NUM_THREADS"

@@ -661,6 +661,28 @@ def remove_stale_temporaries(folder: str) -> list[str]:
 ELASTIC_RUN_ID = "TORCHELASTIC_RUN_ID"
 
 
+def usable_cpus() -> int:
+    """The CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpuinfo(*keys: str) -> str | None:
+    """The first value in /proc/cpuinfo of one of ``keys`` ("model name"; "flags" on x86,
+    "Features" on Arm); None where it has none or cannot be read (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in keys:
+                    return value.strip()
+    except OSError:
+        return None
+    return None
+
+
 def available_memory() -> int | None:
     """Bytes this process may still allocate on the CPU: MemAvailable, lowered by a cgroup's
     memory limit when one is set (None when neither can be read)."""

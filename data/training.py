@@ -13,6 +13,8 @@ import logging
 import os
 from collections.abc import Sequence
 
+from utility import usable_cpus
+
 from .finetune import DIV2K, DIV2K_TRAIN_RANGE, RainTrainL
 from .sample import sample_photos
 from .stream import DEFAULT_PATCH, DEFAULT_SEED, PairStream
@@ -56,14 +58,6 @@ def imagenet_root(dir_data: str) -> str:
     base = os.path.join(dir_data, IMAGENET)
     train = os.path.join(base, IMAGENET_TRAIN)
     return train if os.path.isdir(train) else base
-
-
-def usable_cpus() -> int:
-    """The CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def loader_workers(requested: int, n_files: int, world: int, saved: int | None = None) -> int:

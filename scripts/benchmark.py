@@ -38,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 import utility  # noqa: E402
 from data.sample import sample_photos  # noqa: E402
 from data.stream import PairStream  # noqa: E402
-from hostinfo import cpu_cores, machine  # noqa: E402 (scripts/hostinfo.py)
+from hostinfo import machine  # noqa: E402 (scripts/hostinfo.py)
 from model import IPT, IPTConfig, build_model, restore  # noqa: E402
 from model.ipt import MLP_RATIO  # noqa: E402
 from model.reference_chop import reference_chop  # noqa: E402
@@ -237,7 +237,7 @@ def loader_figures(doc: str) -> tuple[int, dict[str, float]] | None:
     rows = [line.strip("|").split("|") for line in body.splitlines() if line.startswith("|")]
     head = [cell.strip() for cell in rows[0]]
     counts = {i: int(cell.split()[0]) for i, cell in enumerate(head) if cell.endswith("worker(s)")}
-    usable = [i for i, w in counts.items() if w <= cpu_cores()]
+    usable = [i for i, w in counts.items() if w <= utility.usable_cpus()]
     if not usable:
         return None
     column = max(usable, key=counts.get)
@@ -752,7 +752,7 @@ def loader_ratio(doc: str, consumed: float | None) -> str:
         return "Loader ratio: no loader figures in the doc (run the loader section)."
     workers, rates = figures
     slowest = min(rates, key=rates.get)
-    return (f"Loader ratio: with {workers} worker(s) (this machine's {cpu_cores()} core(s)) the "
+    return (f"Loader ratio: with {workers} worker(s) (this machine's {utility.usable_cpus()} core(s)) the "
             f"loader section's slowest task, {slowest}, delivers {significant(rates[slowest])} pairs/s; "
             f"the tiny training (fp32) consumes {consumed:.1f} pairs/s: ratio "
             f"{rates[slowest] / consumed:.1f}x (the loader runs beside the training in practice, "

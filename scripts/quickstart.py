@@ -323,7 +323,7 @@ def compute_threads(requested: int) -> int:
     torch's threads spin-wait for each other on busy cores, several times slower."""
     if requested:
         return requested
-    cores, busy = len(os.sched_getaffinity(0)), busy_cores()
+    cores, busy = utility.usable_cpus(), busy_cores()
     if busy < BUSY_CORES:
         return 0
     threads = max(1, cores - round(busy))

@@ -656,13 +656,8 @@ def machine() -> str:
     if torch.cuda.is_available():
         where = torch.cuda.get_device_name(0)
     else:
-        where = f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} usable cores"
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8") as f:
-                where = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name")) + \
-                    f", {len(os.sched_getaffinity(0))} usable cores"
-        except (OSError, StopIteration):
-            pass
+        model = utility.cpuinfo("model name") or platform.processor() or platform.machine()
+        where = f"{model}, {utility.usable_cpus()} usable cores"
     return f"{where}; torch {torch.__version__}"
 
 

@@ -15,6 +15,7 @@ from model.reference_chop import reference_chop
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import benchmark  # noqa: E402
+import utility  # noqa: E402
 
 NUMBER = r"[0-9]+(?:\.[0-9]+)?"
 
@@ -174,7 +175,7 @@ def test_training_reports_steps_and_the_loader_ratio(smoke_doc):
     pairs = over(batch, sec)
     assert overlap(printed(row["pairs/s consumed"]), pairs), (row, pairs)
     ratio = re.search(f"delivers ({NUMBER}) pairs/s; .* ratio ({NUMBER})x", smoke_doc)
-    workers = max(w for w in benchmark.loader_workers(benchmark.SMOKE) if w <= benchmark.cpu_cores())
+    workers = max(w for w in benchmark.loader_workers(benchmark.SMOKE) if w <= utility.usable_cpus())
     loader = [r[f"{workers} worker(s)"] for r in table(smoke_doc, "loader")]
     slowest = min(loader, key=float)
     assert ratio and ratio.group(1) == slowest  # the loader table's figure, as printed there

@@ -90,7 +90,7 @@ def test_config_options_do_not_warn_under_test_only(tmp_path, caplog):
 def test_threads_fit_the_usable_cores(caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger="ipt")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(cli, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(cli.utility, "usable_cpus", lambda: 4)
     before = torch.get_num_threads()
     try:
         cpu = torch.device("cpu")
