@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -70,6 +71,7 @@ class StopSignals:
         if os.getpid() != self._pid:  # a forked child (a loader worker): its parent stops it
             return
         self.received = signum
+        sys.unraisablehook = quiet_unraisable  # what the stop ends in finalisers is part of it
         if self.raise_:
             raise Interrupted(signum)
 
@@ -95,6 +97,22 @@ def stop_when_orphaned(log: logging.Logger) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="parent watch", daemon=True).start()
+
+
+# a loader worker that a signal to the process group ended before its worker_init_fn ran (torch
+# gives workers a SIGTERM handler of its own until then), as torch reports it to the parent
+WORKER_ENDED = re.compile(r"DataLoader worker \(pid\(?s?\)? ?[\d, ]+\) "
+                          r"(is killed by signal|exited unexpectedly)")
+
+
+def quiet_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """sys.unraisablehook once a stop came: a stop raised in a finaliser (a DataLoader's
+    ``__del__``), or a loader worker the same signal ended, is part of that stop and printed as no
+    error (the stop says itself in one line); anything else as usual."""
+    error = unraisable.exc_value
+    if isinstance(error, KeyboardInterrupt) or WORKER_ENDED.search(str(error)):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:

@@ -268,13 +268,6 @@ def stopped(a: argparse.Namespace, where: str, clock: Clock, stop: stops.StopSig
     return INTERRUPTED
 
 
-def quiet_interruptions(unraisable: sys.UnraisableHookArgs) -> None:
-    """sys.unraisablehook: a stop raised inside a finaliser (a DataLoader's ``__del__``) cannot
-    propagate; it is recorded in StopSignals.received, so say nothing. Others as usual."""
-    if not isinstance(unraisable.exc_value, stops.Interrupted):
-        sys.__unraisablehook__(unraisable)
-
-
 def pause_between_phases() -> None:
     """Wait PAUSE_ENV seconds when set (tests send a signal then), saying so."""
     try:
@@ -380,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     own handlers in place while it trains or evaluates and returns 130 when they stopped it."""
     a = parse_args(argv)
     clock = Clock(time.time())
-    hook, sys.unraisablehook = sys.unraisablehook, quiet_interruptions
+    hook, sys.unraisablehook = sys.unraisablehook, stops.quiet_unraisable
     # a stopped phase's own advice (its main.py command and --resume) would contradict the
     # quickstart's one stop line, which says how to continue the whole journey
     logger = logging.getLogger("ipt")

@@ -465,6 +465,25 @@ def test_a_loader_workers_death_is_not_reported_as_a_full_disk(tmp_path):
     assert not os.listdir(tmp_path)  # its temporary removed all the same
 
 
+def test_after_a_stop_what_it_ends_in_finalisers_is_not_reported_as_an_error(monkeypatch):
+    """A loader worker that the group's signal ended before its worker_init_fn (torch's own SIGTERM
+    handler runs until then), or a stop raised in a DataLoader's __del__: no traceback printed."""
+    import signal
+    import sys
+    import types
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)  # put back after the test
+    shown = []
+    monkeypatch.setattr(sys, "__unraisablehook__", shown.append)
+    with stops.StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.received == signal.SIGTERM and sys.unraisablehook is stops.quiet_unraisable
+    for error in (RuntimeError("DataLoader worker (pid 428) is killed by signal: Terminated. "),
+                  RuntimeError("DataLoader worker (pid(s) 12, 13) exited unexpectedly"),
+                  stops.Interrupted(signal.SIGTERM), RuntimeError("a real error")):
+        sys.unraisablehook(types.SimpleNamespace(exc_value=error))
+    assert [str(u.exc_value) for u in shown] == ["a real error"]
+
+
 def test_stop_signals_set_the_flag_or_raise(tmp_path):
     import signal
     with stops.StopSignals() as stop:

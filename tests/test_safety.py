@@ -389,7 +389,7 @@ def test_loader_workers_fit_the_cores_and_the_files(monkeypatch):
 
 def test_default_workers_train_on_sample(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(training, "usable_cpus", lambda: 2)
-    monkeypatch.setattr(cli, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(cli.utility, "usable_cpus", lambda: 2)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     argv = [a for a in TRAIN if a not in ("--n_threads", "0")]
     before = torch.get_num_threads()
