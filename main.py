@@ -30,6 +30,7 @@ import re  # noqa: E402
 import torch  # noqa: E402
 
 import evaluation  # noqa: E402
+import runlock  # noqa: E402
 import trainer  # noqa: E402
 import utility  # noqa: E402
 from data.benchmark import BenchmarkError  # noqa: E402
@@ -71,11 +72,11 @@ def locked_run(args: argparse.Namespace, s: option.Settings, device: torch.devic
                argv: list[str] | None, rank: int, world: int) -> int:
     """The job, once rank 0 holds the run directory's lock (every rank learns whether it does)."""
     command = " ".join(sys.argv if argv is None else ["main.py", *argv])
-    lock, stale, refused = utility.RunLock(s.run.save, command, stale_after=s.run.dist_timeout), None, None
+    lock, stale, refused = runlock.RunLock(s.run.save, command, stale_after=s.run.dist_timeout), None, None
     if rank == 0:  # the other ranks of a torchrun job write nothing there
         try:
             stale = lock.acquire()
-        except utility.LockError as e:
+        except runlock.LockError as e:
             refused = str(e)
     if not all_ranks_agree(refused is None, device):  # a refusal ends every rank at once
         if refused:

@@ -37,18 +37,10 @@ class NotRegularFile(OSError):
     """A path that is (or links to) a folder, a pipe, a device or a socket, not a regular file."""
 
 
-# What os.stat's st_mode says a path is, for messages; anything else is a regular file
-FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
-              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-              (stat.S_ISSOCK, "a socket"))
-O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # opening a FIFO this way returns at once
-
-
 def _require_regular(mode: int) -> None:
     """NotRegularFile saying what ``mode`` is unless it is a regular file's."""
     if not stat.S_ISREG(mode):
-        kind = next((what for test, what in FILE_KINDS if test(mode)), "not a file")
-        raise NotRegularFile(f"it is {kind}, not a regular file")
+        raise NotRegularFile(f"it is {utility.file_kind(mode)}, not a regular file")
 
 
 def open_regular(path: str) -> BinaryIO:
@@ -58,10 +50,10 @@ def open_regular(path: str) -> BinaryIO:
     descriptor again (opened non-blocking), so one swapped in between is not read either.
     """
     _require_regular(os.stat(path).st_mode)
-    f = open(path, "rb", opener=lambda p, flags: os.open(p, flags | O_NONBLOCK))
+    f = open(path, "rb", opener=lambda p, flags: os.open(p, flags | utility.O_NONBLOCK))
     try:
         _require_regular(os.fstat(f.fileno()).st_mode)
-        if O_NONBLOCK:
+        if utility.O_NONBLOCK:
             os.set_blocking(f.fileno(), True)
     except BaseException:
         f.close()

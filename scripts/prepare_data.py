@@ -82,7 +82,6 @@ from data.benchmark import SR_SETS, BenchmarkError, set_aliases, set_names  # no
 from data.degrade import bicubic_lr  # noqa: E402
 from data.images import (  # noqa: E402
     DECODE_ERRORS,
-    FILE_KINDS,
     IMAGE_EXTENSIONS,
     ImageReadError,
     list_entries,
@@ -506,7 +505,7 @@ def special_kind(path: str) -> str | None:
     mode = os.stat(path).st_mode
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
         return None
-    kind = next((what for is_kind, what in FILE_KINDS if is_kind(mode)), "not a regular file")
+    kind = utility.file_kind(mode, "not a regular file")
     return f"a link to {os.path.realpath(path)}, {kind}" if os.path.islink(path) else kind
 
 

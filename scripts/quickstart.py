@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     own handlers in place while it trains or evaluates and returns 130 when they stopped it."""
     a = parse_args(argv)
     clock = Clock(time.time())
-    hook, sys.unraisablehook = sys.unraisablehook, stops.quiet_unraisable
+    hook = sys.unraisablehook  # a stop sets stops.quiet_unraisable: the journey's end puts this back
     # a stopped phase's own advice (its main.py command and --resume) would contradict the
     # quickstart's one stop line, which says how to continue the whole journey
     logger = logging.getLogger("ipt")

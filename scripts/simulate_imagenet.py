@@ -48,7 +48,7 @@ if __name__ == "__main__":  # a stop signal while torch loads is kept, not a sil
 import numpy as np  # noqa: E402
 
 import utility  # noqa: E402
-from data.images import FILE_KINDS, open_regular  # noqa: E402
+from data.images import open_regular  # noqa: E402
 from data.stream import SHARD_INDEX, TAR_BLOCK  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 
@@ -136,7 +136,7 @@ def path_problem(path: str) -> str | None:
 def kind_of(path: str) -> str:
     """What ``path`` is, in a few words ("a named pipe (FIFO)", "a file", ...)."""
     mode = os.stat(path).st_mode
-    return next((what for test, what in FILE_KINDS if test(mode)), "a file")
+    return utility.file_kind(mode, "a file")
 
 
 def read_record(root: str) -> dict | None:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import main as cli
 import option
+import runlock
 import stops
 import trainer
 import utility
@@ -448,7 +449,7 @@ def test_the_next_lock_holder_removes_a_killed_writers_temporaries(tmp_path):
         path.write_bytes(b"")
     kept = tmp_path / "notes.tmp"
     kept.write_text("mine")
-    lock = utility.RunLock(str(tmp_path))
+    lock = runlock.RunLock(str(tmp_path))
     note = lock.acquire()
     lock.release()
     assert not any(p.exists() for p in left) and kept.exists()

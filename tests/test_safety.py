@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import main as cli
+import runlock
 import trainer
 import utility
 from conftest import ROOT
@@ -103,7 +104,7 @@ def test_a_run_directory_held_by_a_live_process_is_refused(tmp_path, capsys):
     run.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (run / utility.LOCK_NAME).write_text(json.dumps(
+        (run / runlock.LOCK_NAME).write_text(json.dumps(
             {"host": os.uname().nodename, "pid": holder.pid, "command": "main.py --save run"}))
         assert cli.main([*TRAIN, "--max_steps", "1", "--save", str(run)]) == 1
         err = capsys.readouterr().err
@@ -115,7 +116,7 @@ def test_a_run_directory_held_by_a_live_process_is_refused(tmp_path, capsys):
     # the holder is gone: its lock is stale, reported and replaced; released at the end
     assert cli.main([*TRAIN, "--max_steps", "1", "--save", str(run)]) == 0
     assert "stale lock" in (run / utility.LOG_NAME).read_text()
-    assert not (run / utility.LOCK_NAME).exists()
+    assert not (run / runlock.LOCK_NAME).exists()
 
 
 def test_two_runs_into_one_directory(tmp_path):
@@ -125,7 +126,7 @@ def test_two_runs_into_one_directory(tmp_path):
     first = subprocess.Popen([*argv, "400"], cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     try:
-        while not (run / utility.LOCK_NAME).exists():
+        while not (run / runlock.LOCK_NAME).exists():
             assert first.poll() is None, first.stderr.read()
             time.sleep(0.1)
         second = subprocess.run([*argv, "2"], cwd=ROOT, capture_output=True, text=True)
