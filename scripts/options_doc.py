@@ -67,10 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", action="store_true", help="only say whether the file is stale")
     args = p.parse_args(argv)
     text = options_markdown()
-    try:
-        with open(DOC, encoding="utf-8") as f:
-            current = f.read()
-    except FileNotFoundError:
+    try:  # a regular file of bounded size only: a FIFO or a folder there is stale, never read
+        current = utility.read_small_file(DOC).decode("utf-8", errors="replace")
+    except (OSError, utility.RecordError):
         current = None
     if args.check:
         if current != text:
