@@ -18,10 +18,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+import records
 import report
 import stops
 import utility
-from data.benchmark import PAPER_RESULTS, BenchmarkError, BenchmarkSet, Pair, supports
+from data.benchmark import BenchmarkError, BenchmarkSet, Pair, supports
 from data.degrade import imresize, imresize_uint8
 from data.images import DataLayoutError, ImageFolder, ImageReadError, save_image
 from model import restore
@@ -58,11 +59,12 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
                 return 1
             finished.append(name)
     except KeyboardInterrupt as e:  # the traceback (and the loader it holds) freed before going on
-        stop = Interruption(signal_name(e), finished, ev.data_test[len(finished):])
+        stop = report.Interruption(signal_name(e), finished, ev.data_test[len(finished):])
     title = f"IPT evaluation: {ev.model_name}, {checkpoint or 'random weights'}"
     try:
-        written, printed = report_results(model, ev, inference, results, checkpoint,
-                                          checkpoint_sha256, training, title, stop)
+        written, printed = report.report_results(resolve_mode(model, inference.mode), ev, inference,
+                                                 results, checkpoint, checkpoint_sha256, training, title,
+                                                 stop)
     except KeyboardInterrupt as e:
         log.warning("%s while writing the reports: some may be missing", signal_name(e))
         return stops.INTERRUPTED
@@ -78,45 +80,9 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
     return 1 if failed else 0
 
 
-@dataclasses.dataclass
-class Interruption:
-    """An evaluation stopped by a signal: its name, the sets finished and those not evaluated."""
-
-    signal: str
-    finished: list[str]
-    not_evaluated: list[str]
-
-    def line(self) -> str:
-        """One line: the signal, the sets finished and those not evaluated."""
-        done = f"sets {', '.join(self.finished)} finished" if self.finished else "no set finished"
-        left = f"{', '.join(self.not_evaluated)} not evaluated" if self.not_evaluated else "none left"
-        return f"interrupted by {self.signal}: {done}; {left}"
-
-
 def signal_name(stop: KeyboardInterrupt) -> str:
     """The name of the signal behind a stop (SIGINT for a plain Ctrl-C)."""
     return stops.signal_name(stops.stop_signal(stop))
-
-
-def report_results(model: nn.Module, ev: EvalSettings, inference: InferenceSettings, results: dict,
-                   checkpoint: str, checkpoint_sha256: str | None, training: dict | None,
-                   title: str, stop: Interruption | None) -> tuple[list[str], str]:
-    """metrics.json, results.md and (--save_results) index.html of an evaluation's results, if
-    any; the files written and the Markdown to print."""
-    if not results:
-        return [], ""
-    printed = write_reports(model, ev, inference, results, checkpoint=checkpoint,
-                            checkpoint_sha256=checkpoint_sha256, training=training, interrupted=stop)
-    written = list(report_paths(ev.save, None))
-    if ev.save_results:
-        table = summary_rows(results)
-        index = report.write_index(ev.save, report.index_entries(results), table,
-                                   table_notes(inference.metric_channel),
-                                   title + (" (interrupted)" if stop else ""))
-        written.append(index)
-        if stop is None:
-            log.info("comparison sheets: %s", index)
-    return written, printed
 
 
 Validate = Callable[[nn.Module, int], tuple[dict[str, float], dict[str, Tensor]]]
@@ -143,7 +109,7 @@ def validator(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
         previews: dict[str, Tensor] = {}
         results = {name: evaluate_benchmark(model, ev, plain, name, task_ids, None, previews)
                    for name in sets}
-        write_reports(model, ev, plain, results, step=step)
+        report.write_reports(resolve_mode(model, plain.mode), ev, plain, results, step=step)
         model.train()
         return {f"{name}/{task}": r["psnr"] for name in sets for task, r in results[name].items()}, previews
 
@@ -192,69 +158,6 @@ def benchmark_sets(model: nn.Module, ev: EvalSettings, name: str,
                              ev.test_range, clip_noise=ev.clip_noise)) for t in tasks]
 
 
-PRINTED_IMAGE_ROWS = 40  # at most this many per-image rows are printed; all are in results.md
-
-
-def write_reports(model: nn.Module, ev: EvalSettings, inference: InferenceSettings, results: dict,
-                  step: int | None = None, checkpoint: str = "", checkpoint_sha256: str | None = None,
-                  training: dict | None = None, interrupted: Interruption | None = None) -> str:
-    """RUN/metrics.json and RUN/results.md, of a checkpoint or (``step``) of a training run's
-    validation at that step; the Markdown to print (without the per-image rows when many).
-    ``checkpoint_sha256``: the hash of the loaded bytes; ``training``: ``training_length`` of the
-    checkpoint as read when it was loaded; ``interrupted``: the results are of the sets finished
-    before a stop signal. Every name is written as ``report.display`` shows it (in JSON as
-    ``report.printable``), so odd ones neither break the formats nor the writing."""
-    mode = resolve_mode(model, inference.mode)
-    meta = {"checkpoint": checkpoint or None,
-            "checkpoint_sha256": checkpoint_sha256 if checkpoint else None,
-            "step": step, "commit": utility.git_commit(os.path.dirname(os.path.abspath(__file__))),
-            "options": ev.record, "model": ev.model_name,
-            "tiling": mode, "self_ensemble": inference.self_ensemble,
-            "metric_channel": inference.metric_channel,
-            "test_noise": "clipped" if ev.clip_noise else "unclipped", "training": training,
-            "interrupted": interrupted is not None,
-            "not_evaluated": interrupted.not_evaluated if interrupted else []}
-    metrics_path, table_path = report_paths(ev.save, step)
-    utility.write_json(metrics_path, {"meta": printable_tree(meta), "results": printable_tree(results)})
-    table = results_table(results, inference.metric_channel)
-    weights = (report.markdown_text(checkpoint) if checkpoint else
-               "none (the weights being trained)" if step is not None else "none (random weights)")
-    stopped = f"{report.markdown_text(interrupted.line())}\n\n" if interrupted else ""
-    head = (f"# Results\n\n{stopped}model: {report.markdown_text(ev.model_name)}, checkpoint: {weights}, "
-            f"tiling: {mode}, self-ensemble: {inference.self_ensemble}, "
-            f"precision: {inference.precision}\n\n"
-            f"training: {report.markdown_text(training_note(checkpoint, step, training))}\n\n{table}")
-    images = "\n## Per image\n\n" + per_image_tables(results)
-    utility.write_text(table_path, head + images)
-    if step is not None:  # an evaluation prints its tables to stdout instead (``evaluate``)
-        log.info("\n%s", table)
-    if interrupted is None:  # else the one line of the interruption names them
-        log.info("metrics: %s, table: %s", metrics_path, table_path)
-    rows = sum(r["n_images"] for tasks in results.values() for r in tasks.values())
-    return head + (images if rows <= PRINTED_IMAGE_ROWS else
-                   f"\nPer-image rows ({rows}) left out here: see {report.markdown_text(table_path)}\n")
-
-
-def printable_tree(value: object) -> object:
-    """Dicts and lists with every string, keys included, as ``report.printable`` (valid UTF-8);
-    keys that would become equal get a `` (2)``, `` (3)``... after them."""
-    if isinstance(value, str):
-        return report.printable(value)
-    if isinstance(value, (list, tuple)):
-        return [printable_tree(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    out: dict = {}
-    for k, v in value.items():
-        key = report.printable(k) if isinstance(k, str) else k
-        twin = 1
-        while key in out:
-            twin += 1
-            key = f"{report.printable(k)} ({twin})"
-        out[key] = printable_tree(v)
-    return out
-
-
 TRAINED_NAMES = re.compile(r"model_(\d+|best|latest)\.(pt|safetensors)")  # weights training writes
 
 
@@ -263,13 +166,13 @@ def training_length(checkpoint: str) -> dict | None:
     without one): steps (None for a file the record does not describe as it is now:
     ``unverified`` says why), max_steps, finished and interrupted (of these weights), run_steps
     (the run's last save) and the record's path."""
-    record = utility.read_training_record(checkpoint) if checkpoint else None
+    record = records.read_training_record(checkpoint) if checkpoint else None
     if record is None:
         return None
     steps, unverified = described_steps(checkpoint, record)
-    run_steps = _count(record.get("step"))
+    run_steps = record.get("step")  # the record's counts are checked by records.TRAINING
     last = steps is not None and steps == run_steps
-    return {"steps": steps, "max_steps": _count(record.get("max_steps")),
+    return {"steps": steps, "max_steps": record.get("max_steps"),
             "finished": last and record.get("finished") is True,
             "interrupted": last and record.get("interrupted") is True, "run_steps": run_steps,
             "source": os.path.join(os.path.dirname(os.path.abspath(checkpoint)),
@@ -283,16 +186,13 @@ def described_steps(checkpoint: str, record: dict) -> tuple[int | None, str | No
     now; else (None, why not), e.g. weights saved after the last training.json could be written.
     (None, None) for a file name training never writes (the authors' checkpoints)."""
     name = os.path.basename(checkpoint)
-    files = record.get("weights")
-    entry = files.get(name) if isinstance(files, dict) else None
-    entry = entry if isinstance(entry, dict) else {}
-    step = _count(entry.get("step"))
-    size, mtime = (_count(entry.get(k), utility.MAX_INT64) for k in ("size", "mtime_ns"))
-    if step is None or size is None or mtime is None:
+    entry = record.get("weights", {}).get(name)  # checked by records.TRAINING: {step, size, mtime_ns}
+    if entry is None:
         if TRAINED_NAMES.fullmatch(name) is None:
             return None, None
         return None, (f"training.json does not describe {name} (no step, size and time of it "
                       f"under \"weights\")")
+    step, size, mtime = entry["step"], entry["size"], entry["mtime_ns"]
     try:
         now = os.stat(checkpoint)
     except OSError as e:
@@ -311,43 +211,6 @@ def _when(mtime_ns: int) -> str:
     return datetime.datetime.fromtimestamp(mtime_ns / 1e9).isoformat(sep=" ", timespec="microseconds")
 
 
-def _count(value: object, most: int = utility.MAX_COUNT) -> int | None:
-    """A count read from a record: a non-negative int up to ``most``, else None."""
-    return value if utility.is_count(value, 0, most) else None
-
-
-def training_note(checkpoint: str, step: int | None, training: dict | None) -> str:
-    """How long the evaluated weights were trained, in words (see ``training_length``)."""
-    if step is not None:
-        return f"validation of this training run at step {step}"
-    if not checkpoint:
-        return "random weights"
-    if training is None:
-        return "training length unknown (no training.json beside the checkpoint)"
-    t, name = training, os.path.basename(checkpoint)
-    if t.get("unverified"):
-        return f"training length unknown ({t['unverified']})"
-    if t["steps"] is None:
-        return f"training length unknown (the training.json beside it gives no step for {name})"
-    state = ("finished" if t["finished"] else "interrupted" if t["interrupted"] else
-             "not finished" if t["steps"] == t["run_steps"] else
-             f"saved at step {t['steps']}; training.json records the run at step {t['run_steps']}")
-    total = f" of {t['max_steps']}" if t["max_steps"] is not None else ""
-    return f"trained {t['steps']}{total} steps ({state})"
-
-
-def report_paths(save: str, step: int | None) -> tuple[str, str]:
-    """Where the reports go: metrics.json and results.md, except that an evaluation (``step``
-    None) in a training run's directory writes metrics_test.json and results_test.md beside the
-    validation's, which it must not replace."""
-    if step is None and os.path.isfile(os.path.join(save, utility.STATE_NAME)):
-        return os.path.join(save, "metrics_test.json"), os.path.join(save, "results_test.md")
-    return os.path.join(save, "metrics.json"), os.path.join(save, "results.md")
-
-
-# ----------------------------------------------------------------------------------------
-# Images and sets
-# ----------------------------------------------------------------------------------------
 def output_name(stem: str, task: str, scale: int, image: str = "SR") -> str:
     """``<stem>_x<s>_SR.png`` for super-resolution, ``<stem>_<task>_SR.png`` for scale-1 tasks;
     ``image``: SR (the output), LR (the input) or HR (the target)."""
@@ -521,53 +384,3 @@ def save_outputs(out_dir: str, pair: Pair, task: str, scale: int, y: Tensor, bas
 def _mean(values: list[float]) -> float:
     """The mean of per-image values (NaN for none)."""
     return sum(values) / len(values) if values else float("nan")
-
-
-METRIC_COLUMNS = ["PSNR (Y)", "SSIM (Y)", "PSNR (RGB)", "SSIM (RGB)", "input PSNR", "input SSIM",
-                  "gain over input (dB)"]
-
-
-def summary_rows(results: dict) -> list[list[str]]:
-    """Our metrics per set and task (means), beside the paper's: plain cells, the header first."""
-    rows = [["dataset", "task", "images", *METRIC_COLUMNS, "paper PSNR", "paper SSIM"]]
-    for dataset, tasks in results.items():
-        for task, r in tasks.items():
-            paper_psnr, paper_ssim = PAPER_RESULTS.get((dataset, task), (None, None))
-            rows.append([dataset, task, str(r["n_images"]), *metric_cells(r),
-                         report.number(paper_psnr, 2), report.number(paper_ssim, 4)])
-    return rows
-
-
-def table_notes(channel: str = "y") -> str:
-    """What the columns of ``summary_rows`` mean (plain text)."""
-    return (f"Y: the IPT paper's convention (Y channel, as many pixels shaved as the scale for SR, "
-            f"none for scale 1); RGB: all channels, same shave. Input: the network's input itself "
-            f"(bicubic-upscaled for SR, the noisy or rainy image otherwise), scored on "
-            f"{channel.upper()} (--metric_channel). Gain over input: our PSNR minus the input's, "
-            f"both on {channel.upper()}. Paper: the IPT paper (CVPR 2021, Y channel); "
-            f"- where it gives no number.")
-
-
-def results_table(results: dict, channel: str = "y") -> str:
-    """A Markdown table of our metrics per set and task (means), beside the input's and the paper's."""
-    notes = report.markdown_text(table_notes(channel))
-    return report.markdown_table(summary_rows(results)) + "\n\n" + notes + "\n"
-
-
-def per_image_tables(results: dict) -> str:
-    """Per set and task, a Markdown table of each image's metrics (columns as ``results_table``)."""
-    parts = []
-    for dataset, tasks in results.items():
-        for task, r in tasks.items():
-            rows = [["image", *METRIC_COLUMNS],
-                    *([image, *metric_cells(m)] for image, m in r["per_image"].items())]
-            parts.append(f"### {report.markdown_text(dataset)} {report.markdown_text(task)}\n\n"
-                         + report.markdown_table(rows))
-    return "\n\n".join(parts) + "\n"
-
-
-def metric_cells(m: dict) -> list[str]:
-    """The METRIC_COLUMNS cells of one image's or one set's metrics."""
-    return [report.number(m["psnr_y"], 2), report.number(m["ssim_y"], 4), report.number(m["psnr_rgb"], 2),
-            report.number(m["ssim_rgb"], 4), report.number(m["baseline_psnr"], 2),
-            report.number(m["baseline_ssim"], 4), f"{m['gain_psnr']:+.2f}"]

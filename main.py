@@ -22,13 +22,13 @@ if __name__ == "__main__" and option.asks_for_help(sys.argv[1:]):
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
-import datetime  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
-import re  # noqa: E402
 
 import torch  # noqa: E402
 
+import checkpointing  # noqa: E402
+import distributed  # noqa: E402
 import evaluation  # noqa: E402
 import runlock  # noqa: E402
 import trainer  # noqa: E402
@@ -40,32 +40,27 @@ from model import CheckpointError, build_model, load_body, load_checkpoint  # no
 log = logging.getLogger("ipt")
 
 
+class JobError(Exception):
+    """Why the job cannot go on, in one line (exit status 1); empty when another rank says it."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the job the options describe; the exit status (0 ok, 1 failures, 2 bad options)."""
-    world, rank = torchrun_world(), distributed_rank()  # checked before anything is written
+    world, rank = distributed.world_size(), distributed.rank()  # checked before anything is written
     args = option.parse_args(argv)
     s = option.settings(args)
-    device = pick_device(s.run)
-    problem = run_dir_problem(s.run)
-    if problem:
-        print(f"main.py: error: {problem}", file=sys.stderr)
-        return 1
-    group = world > 1 and not s.run.test_only  # training joins the torchrun job's process group
-    if group:
-        try:
-            start_distributed(device, s.run.dist_timeout)
-        except (torch.distributed.DistError, RuntimeError, ValueError) as e:  # peers unreachable
-            print(f"main.py: error: cannot join the torchrun job's processes "
-                  f"({GLOO_SOURCE.sub('', last_line(e))}): check the rendezvous and the network, "
-                  f"then start again", file=sys.stderr)
-            return 1
+    device = distributed.pick_device(s.run.cpu)
+    utility.close_logging()  # set up again once the run directory is ours
     try:
-        return locked_run(args, s, device, argv, rank, world)
-    finally:
-        if group:
-            stops.ignore_stop_signals()
-            with contextlib.suppress(torch.distributed.DistError, RuntimeError):
-                torch.distributed.destroy_process_group()
+        prepare_run_dir(s.run)
+        with distributed.process_group(device, s.run.dist_timeout, join=world > 1 and not s.run.test_only):
+            return locked_run(args, s, device, argv, rank, world)
+    except (JobError, distributed.JoinError) as e:  # every error that ends the job, said once
+        if str(e) and log.handlers:  # the run's log is set up: it says it (log.txt, stderr)
+            log.error("%s", e)
+        elif str(e):
+            print(f"main.py: error: {e}", file=sys.stderr)
+        return 1
 
 
 def locked_run(args: argparse.Namespace, s: option.Settings, device: torch.device,
@@ -78,10 +73,8 @@ def locked_run(args: argparse.Namespace, s: option.Settings, device: torch.devic
             stale = lock.acquire()
         except runlock.LockError as e:
             refused = str(e)
-    if not all_ranks_agree(refused is None, device):  # a refusal ends every rank at once
-        if refused:
-            print(f"main.py: error: {refused}", file=sys.stderr)
-        return 1
+    if not distributed.all_agree(refused is None, device):  # a refusal ends every rank at once
+        raise JobError(refused or "")
     with lock:
         utility.setup_logging(s.run.save, s.run.debug, quiet=rank > 0)
         log.info("command: %s", command)
@@ -114,10 +107,7 @@ def run(args: argparse.Namespace, s: option.Settings, device: torch.device) -> i
     if not s.run.test_only:
         return train(args, auto_resume(s), device)
     share_cpu(s.run.threads, 0, device)
-    prepared = prepare_model(s, device)
-    if prepared is None:
-        return 1
-    model, sha256 = prepared
+    model, sha256 = prepare_model(s, device)
     return evaluation.evaluate(model, s.evaluation, s.inference, s.run.checkpoint, sha256)
 
 
@@ -136,61 +126,32 @@ def auto_resume(s: option.Settings) -> option.Settings:
                                                           init_from=""))
 
 
-def run_dir_problem(r: option.RunSettings) -> str | None:
-    """Why --save cannot be this run's directory (None when it can); creates it if needed."""
+def prepare_run_dir(r: option.RunSettings) -> None:
+    """Create --save if needed; JobError when it cannot be this run's directory."""
     where = f"--save {r.save}"
     if os.path.exists(r.save) and not os.path.isdir(r.save):
-        return f"{where} is a file, not a folder: give a run directory"
+        raise JobError(f"{where} is a file, not a folder: give a run directory")
     if r.resume and not os.path.isdir(r.save):
-        return f"--resume: no run directory {r.save} to continue (check --save)"
+        raise JobError(f"--resume: no run directory {r.save} to continue (check --save)")
     try:
         os.makedirs(r.save, exist_ok=True)
     except OSError as e:
-        return f"{where}: cannot write there ({e.strerror or e})"
+        raise JobError(f"{where}: cannot write there ({e.strerror or e})") from None
     why = utility.unwritable(r.save)
-    return f"{where}: cannot write there ({why})" if why else None
+    if why:
+        raise JobError(f"{where}: cannot write there ({why})")
 
 
-def torchrun_world() -> int:
-    """The number of processes of this torchrun job (1 otherwise)."""
-    return torchrun_count("WORLD_SIZE", 1)
-
-
-def distributed_rank() -> int:
-    """This process's rank under torchrun (0 otherwise)."""
-    return torchrun_count("RANK", 0)
-
-
-def torchrun_count(name: str, default: int) -> int:
-    """The count torchrun sets in environment variable ``name`` (``default`` without it); one
-    line and exit status 2 when it holds something else."""
-    text = os.environ.get(name, str(default))
-    if not (text.isascii() and text.isdigit() and len(text) < 10 and int(text) >= min(default, 1)):
-        print(f"main.py: error: the environment variable {name}={text[:40]!r} is not a count "
-              f"(torchrun sets it; unset it to run one process)", file=sys.stderr)
-        sys.exit(2)
-    return int(text)
-
-
-def pick_device(r: option.RunSettings) -> torch.device:
-    """CUDA (this process's GPU under torchrun) unless --cpu or none is present."""
-    use_cuda = torch.cuda.is_available() and not r.cpu
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    return torch.device(f"cuda:{local}" if use_cuda else "cpu")
-
-
-def prepare_model(s: option.Settings, device: torch.device) -> tuple[torch.nn.Module, str | None] | None:
+def prepare_model(s: option.Settings, device: torch.device) -> tuple[torch.nn.Module, str | None]:
     """(the model of the options with its checkpoint loaded, on ``device``, in eval mode; the
-    SHA-256 of the checkpoint bytes loaded, None without one); None after a message when the
-    checkpoint does not fit."""
+    SHA-256 of the checkpoint bytes loaded, None without one); JobError when it does not fit."""
     model = build_model(s.model)
     path, sha256 = s.run.checkpoint, None
     if path:
         try:
             sha256 = load_checkpoint(model, path, file_tasks=s.run.pretrain_tasks)
         except CheckpointError as e:
-            log.error("%s", e)
-            return None
+            raise JobError(str(e)) from None
         log.info("loaded %s", path)
     else:
         log.warning("no --pretrain given: the network has random weights")
@@ -208,48 +169,40 @@ def prepare_model(s: option.Settings, device: torch.device) -> tuple[torch.nn.Mo
 # Training
 # ----------------------------------------------------------------------------------------
 def train(args: argparse.Namespace, s: option.Settings, device: torch.device) -> int:
-    """Pre-train (several heads, no --task) or fine-tune (one head) as the options say."""
-    rank, world = distributed_rank(), torchrun_world()
+    """Pre-train (several heads, no --task) or fine-tune (one head) as the options say. A rank
+    that fails raises at once, skipping the closing barrier: its peers' collectives then fail."""
+    rank, world = distributed.rank(), distributed.world_size()
     try:
-        status = _train(args, s, device, rank, world)
-        if world > 1 and status != 1:  # a failed rank exits at once: its peers' collectives fail
-            # training has ended and its state is saved: torchrun stopping the ranks still
-            # running (one rank exited first) must not turn this exit into a kill
-            stops.ignore_stop_signals()
-            # a rank that tears gloo down while another still saves can abort (SIGABRT)
-            torch.distributed.barrier()
+        status = fit(make_trainer(args, s, device, rank, world))
+        if status != 1:
+            distributed.finish(world)
         return status
     except (torch.distributed.DistError, RuntimeError) as e:
-        if world == 1 or not PEER_FAILURE.search(str(e)):
+        failure = distributed.peer_failure(e) if world > 1 else None
+        if failure is None:
             raise
-        if rank == 0:  # a peer died or stalled: gloo/NCCL report it in one of these wordings
-            log.error("another process of this torchrun job failed or stopped answering (%s): "
-                      "stopping; continue with --resume from the last saved state",
-                      GLOO_SOURCE.sub("", last_line(e)).split(". This is typically")[0])
-        return 1
+        if rank > 0:  # rank 0 says it
+            raise JobError("") from None
+        raise JobError(f"another process of this torchrun job failed or stopped answering "
+                       f"({failure}): stopping; continue with --resume from the last saved state") from None
 
 
-GLOO_SOURCE = re.compile(r"^\[[^\]]*\]\s*")  # "[.../pair.cc:545] " before gloo's message
-PEER_FAILURE = re.compile(r"closed by peer|reset by peer|remote worker|gloo|NCCL|timed? ?out",
-                          re.IGNORECASE)
-
-
-def _train(args: argparse.Namespace, s: option.Settings, device: torch.device, rank: int,
-           world: int) -> int:
+def make_trainer(args: argparse.Namespace, s: option.Settings, device: torch.device, rank: int,
+                 world: int) -> trainer.Trainer:
+    """The Trainer of the options: its model (initialised or resumed), data and validation."""
     saved = previous_state(args, s.run)
-    if saved is False:
-        return 1
     workers = share_cpu(s.run.threads, s.data.workers, device, world)
     s = dataclasses.replace(s, data=dataclasses.replace(s.data, workers=workers))
     model = build_model(s.model)
-    if s.run.pretrain and not initialise(model, s.run):
-        return 1
+    if s.run.pretrain:
+        initialise(model, s.run)
     model = model.to(device)
     kept_workers, split_origin = trainer.resumed_split(saved, world)
-    data = training_data(s.data, rank, world, kept_workers, split_origin)
-    if data is None:
-        return 1
-    batches, steps_per_epoch, workers = data
+    try:
+        batches, steps_per_epoch, workers = trainer.make_batches(s.data, rank, world, kept_workers,
+                                                                 split_origin)
+    except (DataLayoutError, FileNotFoundError, ValueError) as e:
+        raise JobError(f"--data_train {s.data.name}: {e}") from None
     # --epochs and the schedule's milestones count in the epoch the run started with
     epoch_steps = (saved or {}).get("epoch_steps", steps_per_epoch)
     total = s.total_steps or s.epochs * epoch_steps
@@ -265,8 +218,7 @@ def _train(args: argparse.Namespace, s: option.Settings, device: torch.device, r
         validate = evaluation.validator(model, s.evaluation, s.inference,
                                         check=s.train.test_every <= total)
     except BenchmarkError as e:
-        log.error("%s", e)
-        return 1
+        raise JobError(str(e)) from None
     schedule_steps = kept_schedule(saved, total)
     runner = trainer.Trainer(s.train, net, batches, validate, total, epoch_steps, rank, workers,
                              s.record, option.architecture_record(s.evaluation.model_name, s.model),
@@ -274,12 +226,11 @@ def _train(args: argparse.Namespace, s: option.Settings, device: torch.device, r
     if saved:
         try:
             runner.load_state(saved, os.path.join(s.run.save, utility.STATE_NAME))
-        except trainer.StateError as e:
-            log.error("%s", e)
-            return 1
+        except checkpointing.StateError as e:
+            raise JobError(str(e)) from None
         log.info("resumed at step %d", runner.progress.step)
     warn_schedule(s.train, schedule_steps)
-    return fit(runner)
+    return runner
 
 
 def warn_schedule(t: option.TrainSettings, steps: int) -> None:
@@ -316,9 +267,9 @@ def share_cpu(threads: int, workers: int, device: torch.device, world: int = 1) 
     return workers
 
 
-def initialise(model: torch.nn.Module, r: option.RunSettings) -> bool:
-    """Load --pretrain into the model about to train (its body only, with --init_from); False
-    (after a message) when the file does not fit."""
+def initialise(model: torch.nn.Module, r: option.RunSettings) -> None:
+    """Load --pretrain into the model about to train (its body only, with --init_from); JobError
+    when the file does not fit."""
     try:
         if r.init_from:
             initial = load_body(model, r.pretrain, r.init_from, r.pretrain_tasks)
@@ -329,9 +280,7 @@ def initialise(model: torch.nn.Module, r: option.RunSettings) -> bool:
             load_checkpoint(model, r.pretrain, file_tasks=r.pretrain_tasks)
             log.info("initialised from %s", r.pretrain)
     except CheckpointError as e:
-        log.error("%s", e)
-        return False
-    return True
+        raise JobError(str(e)) from None
 
 
 def kept_schedule(saved: dict | None, total: int) -> int:
@@ -346,35 +295,31 @@ def kept_schedule(saved: dict | None, total: int) -> int:
     return original
 
 
-def previous_state(args: argparse.Namespace, r: option.RunSettings) -> dict | None | bool:
-    """The saved training state to continue (--resume), None to start afresh, False (after a
-    message) when neither is possible."""
+def previous_state(args: argparse.Namespace, r: option.RunSettings) -> dict | None:
+    """The saved training state to continue (--resume), None to start afresh; JobError when
+    neither is possible."""
     state_path = os.path.join(r.save, utility.STATE_NAME)
     if not r.resume:
         if os.path.isfile(state_path) and not r.reset:
-            log.error("%s already holds a training run: continue it with --resume, or start afresh "
-                      "with --reset (or another --save)", r.save)
-            return False
+            raise JobError(f"{r.save} already holds a training run: continue it with --resume, or "
+                           f"start afresh with --reset (or another --save)")
         with contextlib.suppress(FileNotFoundError):  # it describes the run being replaced
             os.remove(os.path.join(r.save, "model", utility.TRAINING_RECORD))
         return None
     if os.path.lexists(state_path) and not os.path.isfile(state_path):
-        log.error("--resume: %s is not a regular file (a pipe, a folder or a broken link): not a "
-                  "training state; move it away, then start afresh (--reset or --auto_resume)", state_path)
-        return False
+        raise JobError(f"--resume: {state_path} is not a regular file (a pipe, a folder or a broken "
+                       f"link): not a training state; move it away, then start afresh (--reset or "
+                       f"--auto_resume)")
     if not os.path.isfile(state_path):
-        log.error("--resume: no training state %s to continue from", state_path)
-        return False
+        raise JobError(f"--resume: no training state {state_path} to continue from")
     try:
-        saved = trainer.read_state(state_path)
-    except trainer.StateError as e:
-        log.error("%s", e)
-        return False
+        saved = checkpointing.read_state(state_path)
+    except checkpointing.StateError as e:
+        raise JobError(str(e)) from None
     conflicts = option.resume_conflicts(saved["options"], args)
     if conflicts:
-        log.error("--resume: these options differ from the saved run and would change its "
-                  "model, data or learning rates: %s", "; ".join(conflicts))
-        return False
+        raise JobError(f"--resume: these options differ from the saved run and would change its "
+                       f"model, data or learning rates: {'; '.join(conflicts)}")
     return saved
 
 
@@ -384,60 +329,12 @@ def fit(runner: trainer.Trainer) -> int:
         return runner.fit()
     except utility.SaveError as e:
         log.error("training stopped at step %d: %s; %s", runner.progress.step, e,
-                  trainer.after_failed_save(runner.settings.save))
+                  checkpointing.after_failed_save(runner.settings.save))
         return 1
     except (DataLayoutError, ImageReadError) as e:
         log.error("training stopped at step %d: %s (the training state of that step is saved; "
-                  "fix the cause and continue with --resume)", runner.progress.step, last_line(e))
+                  "fix the cause and continue with --resume)", runner.progress.step, utility.last_line(e))
         return 1
-
-
-def last_line(error: BaseException) -> str:
-    """The message of an error, without the worker traceback a DataLoader puts before it."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if len(lines) > 1 and "Traceback" in str(error):  # raised in a loader worker
-        return lines[-1].split(": ", 1)[-1]
-    return lines[0] if lines else type(error).__name__
-
-
-def all_ranks_agree(ok: bool, device: torch.device) -> bool:
-    """Whether ``ok`` holds on every rank of the torchrun job (one all-reduce; ``ok`` alone
-    without a process group)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return ok
-    flag = torch.tensor([int(ok)], device=device if device.type == "cuda" else "cpu")
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag.item())
-
-
-def start_distributed(device: torch.device, timeout: int = option.DIST_TIMEOUT) -> tuple[int, int]:
-    """(rank, world size): joins the torchrun process group (gloo on the CPU, nccl on CUDA),
-    whose collectives give up after ``timeout`` seconds (a rank that died or stalls)."""
-    world = torchrun_world()
-    if world == 1:
-        return 0, 1
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    wait = datetime.timedelta(seconds=timeout)
-    rank = int(os.environ["RANK"])
-    # torchrun keeps one store across the restarts of a job (--max-restarts): the keys of each
-    # attempt get their own prefix, or a restarted rank reads a dead rank's address from it
-    store, _, _ = next(torch.distributed.rendezvous("env://", rank, world, timeout=wait))
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    torch.distributed.init_process_group(
-        "nccl" if device.type == "cuda" else "gloo", timeout=wait, rank=rank, world_size=world,
-        store=torch.distributed.PrefixStore(f"ipt_attempt_{attempt}", store))
-    return torch.distributed.get_rank(), world
-
-
-def training_data(d: option.DataSettings, rank: int, world: int, saved_workers: int | None = None,
-                  split_origin: int = 0):
-    """(batch factory, steps per epoch, loader workers) of the training set; None on errors."""
-    try:
-        return trainer.make_batches(d, rank, world, saved_workers, split_origin)
-    except (DataLayoutError, FileNotFoundError, ValueError) as e:
-        log.error("--data_train %s: %s", d.name, e)
-        return None
 
 
 if __name__ == "__main__":

@@ -434,7 +434,7 @@ def _take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> No
 def pretrain_record(path: str) -> tuple[dict | None, str]:
     """(the record of the options that built a checkpoint's model, the file it is in): a
     .safetensors file's ``ipt_architecture`` metadata, else the training.json beside the file;
-    (None, "") without one. Either is checked by the same rules (``training_record_problem``,
+    (None, "") without one. Either is checked by the same rules (records.TRAINING,
     then ``recorded_architecture``); a damaged one is a RecordError naming it. A .safetensors
     file whose header is damaged has no record here: loading it says what is wrong."""
     import json
@@ -445,7 +445,8 @@ def pretrain_record(path: str) -> tuple[dict | None, str]:
         is_safetensors,
         read_safetensors_metadata,
     )
-    from utility import TRAINING_RECORD, RecordError, read_training_record, training_record_problem
+    from records import TRAINING, problem, read_training_record
+    from utility import TRAINING_RECORD, RecordError
     if is_safetensors(path):
         try:
             metadata = read_safetensors_metadata(path)
@@ -459,7 +460,7 @@ def pretrain_record(path: str) -> tuple[dict | None, str]:
                 architecture = None
             record = {"architecture": architecture}
             problem = "not a JSON object" if not isinstance(architecture, dict) else \
-                training_record_problem(record)
+                problem(record, TRAINING)
             if problem:
                 raise RecordError(f"{source}: {problem}; export the file again from a checkpoint "
                                   f"with a sound {TRAINING_RECORD}, or give the model options on "

@@ -1,4 +1,5 @@
-"""Comparison sheets and an HTML index of an evaluation, to compare restorations by eye.
+"""Every report of an evaluation: results.md and metrics.json with their tables beside the paper's,
+comparison sheets and an HTML index, to compare restorations by eye.
 
 - ``comparison_sheet``: input | output | target side by side with their PSNR, and below them
   the three zoomed on the window where the output gains most over the input
@@ -12,8 +13,10 @@ Images are (C, H, W) tensors of 0..255 values on the CPU (C = 3, or 1 shown as g
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import html
+import logging
 import os
 import posixpath
 import re
@@ -25,6 +28,10 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 import utility
+from data.benchmark import PAPER_RESULTS
+from option import EvalSettings, InferenceSettings
+
+log = logging.getLogger("ipt")
 
 # the zoomed window: a quarter of the shorter image side, within [MIN_CROP, MAX_CROP] pixels
 CROP_FRACTION = 4
@@ -313,3 +320,183 @@ def write_index(save_dir: str, entries: list[dict], table: list[list[str]], note
     os.makedirs(save_dir, exist_ok=True)
     utility.write_text(path, index_html(entries, table, notes, title))
     return path
+
+
+# ----------------------------------------------------------------------------------------
+# results.md, metrics.json and the tables of an evaluation
+# ----------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Interruption:
+    """An evaluation stopped by a signal: its name, the sets finished and those not evaluated."""
+
+    signal: str
+    finished: list[str]
+    not_evaluated: list[str]
+
+    def line(self) -> str:
+        """One line: the signal, the sets finished and those not evaluated."""
+        done = f"sets {', '.join(self.finished)} finished" if self.finished else "no set finished"
+        left = f"{', '.join(self.not_evaluated)} not evaluated" if self.not_evaluated else "none left"
+        return f"interrupted by {self.signal}: {done}; {left}"
+
+
+PRINTED_IMAGE_ROWS = 40  # at most this many per-image rows are printed; all are in results.md
+
+
+def write_reports(mode: str, ev: EvalSettings, inference: InferenceSettings, results: dict,
+                  step: int | None = None, checkpoint: str = "", checkpoint_sha256: str | None = None,
+                  training: dict | None = None, interrupted: Interruption | None = None) -> str:
+    """RUN/metrics.json and RUN/results.md, of a checkpoint or (``step``) of a training run's
+    validation at that step; the Markdown to print (without the per-image rows when many).
+    ``checkpoint_sha256``: the hash of the loaded bytes; ``training``: ``training_length`` of the
+    checkpoint as read when it was loaded; ``interrupted``: the results are of the sets finished
+    before a stop signal. Every name is written as ``display`` shows it (in JSON as
+    ``printable``), so odd ones neither break the formats nor the writing."""
+    meta = {"checkpoint": checkpoint or None,
+            "checkpoint_sha256": checkpoint_sha256 if checkpoint else None,
+            "step": step, "commit": utility.git_commit(os.path.dirname(os.path.abspath(__file__))),
+            "options": ev.record, "model": ev.model_name,
+            "tiling": mode, "self_ensemble": inference.self_ensemble,
+            "metric_channel": inference.metric_channel,
+            "test_noise": "clipped" if ev.clip_noise else "unclipped", "training": training,
+            "interrupted": interrupted is not None,
+            "not_evaluated": interrupted.not_evaluated if interrupted else []}
+    metrics_path, table_path = report_paths(ev.save, step)
+    utility.write_json(metrics_path, {"meta": printable_tree(meta), "results": printable_tree(results)})
+    table = results_table(results, inference.metric_channel)
+    weights = (markdown_text(checkpoint) if checkpoint else
+               "none (the weights being trained)" if step is not None else "none (random weights)")
+    stopped = f"{markdown_text(interrupted.line())}\n\n" if interrupted else ""
+    head = (f"# Results\n\n{stopped}model: {markdown_text(ev.model_name)}, checkpoint: {weights}, "
+            f"tiling: {mode}, self-ensemble: {inference.self_ensemble}, "
+            f"precision: {inference.precision}\n\n"
+            f"training: {markdown_text(training_note(checkpoint, step, training))}\n\n{table}")
+    images = "\n## Per image\n\n" + per_image_tables(results)
+    utility.write_text(table_path, head + images)
+    if step is not None:  # an evaluation prints its tables to stdout instead (``evaluate``)
+        log.info("\n%s", table)
+    if interrupted is None:  # else the one line of the interruption names them
+        log.info("metrics: %s, table: %s", metrics_path, table_path)
+    rows = sum(r["n_images"] for tasks in results.values() for r in tasks.values())
+    return head + (images if rows <= PRINTED_IMAGE_ROWS else
+                   f"\nPer-image rows ({rows}) left out here: see {markdown_text(table_path)}\n")
+
+
+def printable_tree(value: object) -> object:
+    """Dicts and lists with every string, keys included, as ``printable`` (valid UTF-8);
+    keys that would become equal get a `` (2)``, `` (3)``... after them."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, (list, tuple)):
+        return [printable_tree(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out: dict = {}
+    for k, v in value.items():
+        key = printable(k) if isinstance(k, str) else k
+        twin = 1
+        while key in out:
+            twin += 1
+            key = f"{printable(k)} ({twin})"
+        out[key] = printable_tree(v)
+    return out
+
+
+def training_note(checkpoint: str, step: int | None, training: dict | None) -> str:
+    """How long the evaluated weights were trained, in words (see ``training_length``)."""
+    if step is not None:
+        return f"validation of this training run at step {step}"
+    if not checkpoint:
+        return "random weights"
+    if training is None:
+        return "training length unknown (no training.json beside the checkpoint)"
+    t, name = training, os.path.basename(checkpoint)
+    if t.get("unverified"):
+        return f"training length unknown ({t['unverified']})"
+    if t["steps"] is None:
+        return f"training length unknown (the training.json beside it gives no step for {name})"
+    state = ("finished" if t["finished"] else "interrupted" if t["interrupted"] else
+             "not finished" if t["steps"] == t["run_steps"] else
+             f"saved at step {t['steps']}; training.json records the run at step {t['run_steps']}")
+    total = f" of {t['max_steps']}" if t["max_steps"] is not None else ""
+    return f"trained {t['steps']}{total} steps ({state})"
+
+
+def report_paths(save: str, step: int | None) -> tuple[str, str]:
+    """Where the reports go: metrics.json and results.md, except that an evaluation (``step``
+    None) in a training run's directory writes metrics_test.json and results_test.md beside the
+    validation's, which it must not replace."""
+    if step is None and os.path.isfile(os.path.join(save, utility.STATE_NAME)):
+        return os.path.join(save, "metrics_test.json"), os.path.join(save, "results_test.md")
+    return os.path.join(save, "metrics.json"), os.path.join(save, "results.md")
+
+
+METRIC_COLUMNS = ["PSNR (Y)", "SSIM (Y)", "PSNR (RGB)", "SSIM (RGB)", "input PSNR", "input SSIM",
+                  "gain over input (dB)"]
+
+
+def summary_rows(results: dict) -> list[list[str]]:
+    """Our metrics per set and task (means), beside the paper's: plain cells, the header first."""
+    rows = [["dataset", "task", "images", *METRIC_COLUMNS, "paper PSNR", "paper SSIM"]]
+    for dataset, tasks in results.items():
+        for task, r in tasks.items():
+            paper_psnr, paper_ssim = PAPER_RESULTS.get((dataset, task), (None, None))
+            rows.append([dataset, task, str(r["n_images"]), *metric_cells(r),
+                         number(paper_psnr, 2), number(paper_ssim, 4)])
+    return rows
+
+
+def table_notes(channel: str = "y") -> str:
+    """What the columns of ``summary_rows`` mean (plain text)."""
+    return (f"Y: the IPT paper's convention (Y channel, as many pixels shaved as the scale for SR, "
+            f"none for scale 1); RGB: all channels, same shave. Input: the network's input itself "
+            f"(bicubic-upscaled for SR, the noisy or rainy image otherwise), scored on "
+            f"{channel.upper()} (--metric_channel). Gain over input: our PSNR minus the input's, "
+            f"both on {channel.upper()}. Paper: the IPT paper (CVPR 2021, Y channel); "
+            f"- where it gives no number.")
+
+
+def results_table(results: dict, channel: str = "y") -> str:
+    """A Markdown table of our metrics per set and task (means), beside the input's and the paper's."""
+    notes = markdown_text(table_notes(channel))
+    return markdown_table(summary_rows(results)) + "\n\n" + notes + "\n"
+
+
+def per_image_tables(results: dict) -> str:
+    """Per set and task, a Markdown table of each image's metrics (columns as ``results_table``)."""
+    parts = []
+    for dataset, tasks in results.items():
+        for task, r in tasks.items():
+            rows = [["image", *METRIC_COLUMNS],
+                    *([image, *metric_cells(m)] for image, m in r["per_image"].items())]
+            parts.append(f"### {markdown_text(dataset)} {markdown_text(task)}\n\n"
+                         + markdown_table(rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def metric_cells(m: dict) -> list[str]:
+    """The METRIC_COLUMNS cells of one image's or one set's metrics."""
+    return [number(m["psnr_y"], 2), number(m["ssim_y"], 4), number(m["psnr_rgb"], 2),
+            number(m["ssim_rgb"], 4), number(m["baseline_psnr"], 2),
+            number(m["baseline_ssim"], 4), f"{m['gain_psnr']:+.2f}"]
+
+
+def report_results(mode: str, ev: EvalSettings, inference: InferenceSettings, results: dict,
+                   checkpoint: str, checkpoint_sha256: str | None, training: dict | None,
+                   title: str, stop: Interruption | None) -> tuple[list[str], str]:
+    """metrics.json, results.md and (--save_results) index.html of an evaluation's results, if
+    any; the files written and the Markdown to print."""
+    if not results:
+        return [], ""
+    printed = write_reports(mode, ev, inference, results, checkpoint=checkpoint,
+                            checkpoint_sha256=checkpoint_sha256, training=training, interrupted=stop)
+    written = list(report_paths(ev.save, None))
+    if ev.save_results:
+        table = summary_rows(results)
+        index = write_index(ev.save, index_entries(results), table,
+                                   table_notes(inference.metric_channel),
+                                   title + (" (interrupted)" if stop else ""))
+        written.append(index)
+        if stop is None:
+            log.info("comparison sheets: %s", index)
+    return written, printed

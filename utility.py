@@ -144,10 +144,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 def setup_logging(save_dir: str, debug: bool = False, quiet: bool = False) -> logging.Logger:
     """The "ipt" logger, to the console and appended to ``save_dir/log.txt`` (quiet: errors only)."""
-    logger = logging.getLogger("ipt")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+    logger = close_logging()
     if quiet:  # the other ranks of a distributed run: no file, errors to the console
         logger.setLevel(logging.ERROR)
         logger.addHandler(logging.StreamHandler())
@@ -162,6 +159,15 @@ def setup_logging(save_dir: str, debug: bool = False, quiet: bool = False) -> lo
     to_file.setFormatter(logging.Formatter(LOG_FORMAT))
     logger.addHandler(console)
     logger.addHandler(to_file)
+    return logger
+
+
+def close_logging() -> logging.Logger:
+    """The "ipt" logger without handlers: what setup_logging set up is closed."""
+    logger = logging.getLogger("ipt")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
     return logger
 
 
@@ -310,77 +316,6 @@ def read_small_file(path: str, max_bytes: int = RECORD_MAX_BYTES) -> bytes:
     return data
 
 
-def read_training_record(checkpoint: str, strict: bool = False) -> dict | None:
-    """The training.json beside a checkpoint file, its fields checked (``training_record_problem``).
-
-    None when there is none. A record that is not a regular file under RECORD_MAX_BYTES (a FIFO
-    would hang the read), not JSON or not of the expected shape is None too, or with ``strict`` a
-    RecordError naming the file, the key and what to do.
-    """
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), TRAINING_RECORD)
-    if not os.path.lexists(path):
-        return None
-    problem, record = None, None
-    try:
-        record = json.loads(read_small_file(path))
-        problem = training_record_problem(record)
-    except RecordError as e:
-        problem = str(e).split(": ", 1)[-1]
-    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
-        problem = f"not readable JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-    if problem is None:
-        return record
-    if strict:
-        raise RecordError(f"{path}: {problem}; it describes the run that saved {checkpoint}: fix "
-                          f"or delete it (the model options then come from the command line)")
-    return None
-
-
-RECORD_COUNTS = ("step", "max_steps", "schedule_steps")  # non-negative ints when present
-RECORD_FLAGS = ("finished", "interrupted")  # booleans when present
-RECORD_VALUES = (str, int, float, bool, type(None))  # what an architecture value may hold
-
-
-def training_record_problem(record: object) -> str | None:
-    """What is wrong with a parsed training.json (None: nothing). Its ``architecture`` is a
-    mapping of option names to plain values (option.py checks each against its option)."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    arch = record.get("architecture")
-    if not isinstance(arch, dict):
-        return "key 'architecture': missing or not an object"
-    for key, value in arch.items():
-        items = value if isinstance(value, list) else [value]
-        if not all(isinstance(v, RECORD_VALUES) for v in items):
-            return f"key 'architecture.{key}': not a plain value or list of them"
-    for key in RECORD_COUNTS:
-        if key in record and not is_count(record[key]):
-            return f"key {key!r}: not a non-negative integer"
-    if record.get("best_step") is not None and not is_count(record["best_step"]):
-        return "key 'best_step': not a non-negative integer or null"
-    for key in RECORD_FLAGS:
-        if key in record and not isinstance(record[key], bool):
-            return f"key {key!r}: not true or false"
-    if not is_seconds(record.get("train_seconds", 0.0)):
-        return "key 'train_seconds': not a finite non-negative number"
-    weights = record.get("weights", {})
-    if not isinstance(weights, dict) or not all(
-            isinstance(v, dict) and is_count(v.get("step")) and is_count(v.get("size"), 0, MAX_INT64)
-            and is_count(v.get("mtime_ns"), 0, MAX_INT64) for v in weights.values()):
-        return "key 'weights': not a mapping of file name to {step, size, mtime_ns}"
-    return None
-
-
-def is_seconds(value: object) -> bool:
-    """A finite non-negative int or float (not a bool): a duration a record may hold."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return False
-    try:
-        return math.isfinite(value) and value >= 0
-    except OverflowError:  # an int too large for a float
-        return False
-
-
 MAX_COUNT = 10 ** 12  # steps, epochs, and every other count of a record or option: past any real run
 MAX_LOADER_WORKERS = 1024  # loader worker processes of one rank: a large node's cores, with room
 MAX_INT64 = 2 ** 63 - 1  # file sizes and st_mtime_ns: what the operating system's fields hold
@@ -389,6 +324,15 @@ MAX_INT64 = 2 ** 63 - 1  # file sizes and st_mtime_ns: what the operating system
 def is_count(value: object, least: int = 0, most: int = MAX_COUNT) -> bool:
     """An int (not a bool) from ``least`` to ``most``: what a record's counts and steps must be."""
     return isinstance(value, int) and not isinstance(value, bool) and least <= value <= most
+
+
+def last_line(error: BaseException) -> str:
+    """The message of an error in one line, without the worker traceback a DataLoader puts
+    before it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and "Traceback" in str(error):  # raised in a loader worker
+        return lines[-1].split(": ", 1)[-1]
+    return lines[0] if lines else type(error).__name__
 
 
 def write_text(path: str, text: str) -> None:

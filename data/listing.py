@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import records
 import utility
 
 from .images import IMAGE_EXTENSIONS, open_regular, why_unreadable
@@ -307,9 +308,10 @@ def _read_npy(zf: zipfile.ZipFile, key: str, limit: int) -> np.ndarray:
 def _checked_listing(arrays: dict[str, np.ndarray], root: str) -> FolderListing | None:
     """The listing in a file list's arrays; None if it is of another folder than ``root``;
     FileListDamage if it is not what `write_file_list` wrote."""
-    meta = arrays["meta"]
-    if meta.shape != (4,) or meta[0] != FILE_LIST_FORMAT:
-        raise FileListDamage(f"it is not a file list of format {FILE_LIST_FORMAT}")
+    meta = arrays["meta"].tolist()  # format, then the counts of names, folders and other files
+    found = records.problem(meta, records.FILE_LIST_META)
+    if found or meta[0] != FILE_LIST_FORMAT:
+        raise FileListDamage(f"it is not a file list of format {FILE_LIST_FORMAT} ({found or 'meta'})")
     if arrays["digest"].tobytes() != _digest(arrays):
         raise FileListDamage("its digest does not match its contents")
     if arrays["root"].tobytes() != os.fsencode(os.path.abspath(root)):

@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import io
 import itertools
-import json
 import logging
 import math
 import os
@@ -46,6 +45,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
+import records
 from tasks import task_family, task_kind, task_scale
 
 from .degrade import add_noise, add_rain, bicubic_lr, hashed_generator, procedural_streaks
@@ -55,7 +55,6 @@ from .images import (
     ImageReadError,
     crop_to_lr,
     decode_image,
-    open_regular,
     read_image,
     why_unreadable,
 )
@@ -66,9 +65,8 @@ log = logging.getLogger("ipt")
 SHARD_SUFFIX = ".tar"
 SHARD_INDEX = "shards.json"  # {"shards": {basename: image member count}}, written by make_shards
 SHARD_INDEX_MAX_BYTES = 16 << 20  # ~40 bytes a shard: 400000 shards; anything larger is not one
-MAX_SHARD_MEMBERS = 1 << 32  # a count above this is no count of a real shard
 TAR_BLOCK = 512  # every tar member takes at least one header block of this many bytes
-REMAKE_INDEX = "re-run scripts/make_shards.py, or delete it to have the shards scanned"
+REMAKE_INDEX = "re-run python -m scripts.scale.make_shards, or delete it to have the shards scanned"
 STREAK_PREFIX = "rainstreak-"  # RainTrainL's streak layers; preferred in a streaks folder
 DEFAULT_PATCH = 48
 DEFAULT_SEED = 1
@@ -222,53 +220,15 @@ def shard_counts(shards: Sequence[str]) -> list[int]:
 
 def read_shard_index(folder: str) -> dict[str, int] | None:
     """The image member count of each shard by file name, from ``folder``'s shards.json (None
-    when there is none).
-
-    The record must be ``{"shards": {name: count}}`` with plain ``*.tar`` file names (no folder,
-    no ``..``) and counts that are whole numbers from 0 to MAX_SHARD_MEMBERS. Only a regular file
-    of at most SHARD_INDEX_MAX_BYTES is read. Anything else raises one TrainingDataError naming
-    the file, the key and what to do.
-    """
+    when there is none), checked by records.SHARDS; one TrainingDataError naming the file, the
+    key and what to do otherwise."""
     path = os.path.join(folder, SHARD_INDEX)
     if not os.path.lexists(path):
         return None
     try:
-        if os.stat(path).st_size > SHARD_INDEX_MAX_BYTES:
-            raise _bad_index(path, f"it is larger than {SHARD_INDEX_MAX_BYTES} bytes")
-        with open_regular(path) as f:
-            data = f.read(SHARD_INDEX_MAX_BYTES + 1)
-    except (OSError, ValueError) as e:
-        raise _bad_index(path, f"cannot read it: {why_unreadable(path, e)}") from None
-    if len(data) > SHARD_INDEX_MAX_BYTES:
-        raise _bad_index(path, f"it is larger than {SHARD_INDEX_MAX_BYTES} bytes")
-    try:
-        record = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise _bad_index(path, "it is not UTF-8 text") from None
-    except (ValueError, RecursionError) as e:  # RecursionError: nesting too deep to parse
-        raise _bad_index(path, f"it is not valid JSON ({str(e)[:80]})") from None
-    return _index_counts(record, path)
-
-
-def _index_counts(record: object, path: str) -> dict[str, int]:
-    """The counts of a parsed shards.json after checking every name and count."""
-    shards = record.get("shards") if isinstance(record, dict) else None
-    if not isinstance(shards, dict):
-        raise _bad_index(path, "key 'shards' must be an object {shard file name: image count}")
-    for name, count in shards.items():
-        if not _plain_shard_name(name):
-            raise _bad_index(path, f"key {_short(name)} under 'shards' is not a {SHARD_SUFFIX} "
-                                   f"file name in the shards' folder")
-        if type(count) is not int or not 0 <= count <= MAX_SHARD_MEMBERS:
-            raise _bad_index(path, f"'shards' -> {_short(name)} is {_short(count)}, not a count "
-                                   f"of images (a whole number 0..{MAX_SHARD_MEMBERS})")
-    return dict(shards)
-
-
-def _plain_shard_name(name: object) -> bool:
-    """Whether ``name`` names a shard file directly inside the index's folder."""
-    return (isinstance(name, str) and name.lower().endswith(SHARD_SUFFIX)
-            and name not in (".", "..") and not any(c in name for c in "/\\\0"))
+        return dict(records.read_json(path, records.SHARDS, REMAKE_INDEX, SHARD_INDEX_MAX_BYTES)["shards"])
+    except records.RecordError as e:
+        raise TrainingDataError(str(e)) from None
 
 
 def _possible(count: int, shard: str, folder: str) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+import records
 import utility
 from tasks import default_task_names, task_scale
 
@@ -100,9 +101,13 @@ def read_safetensors_metadata(path: str) -> dict[str, str]:
     _open_regular(path).close()
     try:
         with safe_open(path, framework="pt") as f:
-            return dict(f.metadata() or {})
+            metadata = dict(f.metadata() or {})
     except Exception as e:  # SafetensorError, or one the binding raises for a bad header
         raise _damaged(path, _first_line(e)) from None
+    found = records.problem(metadata, records.SAFETENSORS_METADATA)
+    if found:
+        raise _damaged(path, f"its metadata: {found}")
+    return metadata
 
 
 def _open_regular(path: str, argument: str = "--pretrain"):

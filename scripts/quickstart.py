@@ -24,8 +24,8 @@ import stops  # noqa: E402  (loads no torch)
 if __name__ == "__main__":  # a stop signal while torch loads is kept, not a silent kill
     stops.early()
 
+import checkpointing  # noqa: E402
 import main as ipt_main  # noqa: E402
-import trainer  # noqa: E402
 import utility  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 from stops import INTERRUPTED  # noqa: E402  (130: a run stopped by a signal, state saved)
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def not_the_phase_resume_hint(record: logging.LogRecord) -> bool:
     """A logging filter: every record but a phase's own "continue with --resume" line."""
-    return record.msg != trainer.RESUME_HINT
+    return record.msg != checkpointing.RESUME_HINT
 
 
 if __name__ == "__main__":

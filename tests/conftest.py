@@ -25,6 +25,9 @@ settings.register_profile("ipt", derandomize=True, database=None, deadline=None,
                                                  HealthCheck.too_slow])
 settings.load_profile("ipt")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, one thread each
+    torch.set_num_threads(1)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 sys.path.insert(0, ROOT)

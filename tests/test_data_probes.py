@@ -117,7 +117,7 @@ def test_a_bad_shard_index_is_one_error_naming_file_and_key(tmp_path, text, name
         read_shard_index(str(tmp_path))
     message = str(e.value)
     assert "\n" not in message and str(path) in message and named in message
-    assert "make_shards.py" in message
+    assert "make_shards" in message
 
 
 def test_a_shard_index_that_is_no_regular_file_or_too_large_is_refused_unread(tmp_path):
@@ -144,7 +144,7 @@ def test_a_count_the_shard_cannot_hold_is_refused(tmp_path):
     (tmp_path / SHARD_INDEX).write_text(json.dumps({"shards": {GOOD_NAME: 1}}))
     assert shard_counts([str(shard)]) == [1]
     (tmp_path / SHARD_INDEX).write_text(json.dumps({"shards": {GOOD_NAME: 10 ** 6}}))
-    with pytest.raises(TrainingDataError, match="make_shards.py"):
+    with pytest.raises(TrainingDataError, match="make_shards"):
         shard_counts([str(shard)])
     with pytest.raises(TrainingDataError, match="more members than"):  # what main.py reports
         PairStream(str(tmp_path), ["sr2"], 1)

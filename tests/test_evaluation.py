@@ -21,6 +21,7 @@ from PIL import Image
 
 import evaluation
 import main as cli
+import report
 import stops
 import utility
 from data.benchmark import BenchmarkSet
@@ -241,7 +242,7 @@ def test_gain_over_the_input_by_hand():
         if channel == "rgb":
             assert psnr == pytest.approx(10 * math.log10(255 ** 2 / 25))
             assert m["baseline_psnr"] == pytest.approx(10 * math.log10(255 ** 2 / 100))
-    cells_ = evaluation.metric_cells({"psnr_y": 30.0, "ssim_y": 0.9, "psnr_rgb": 29.0, "ssim_rgb": 0.8,
+    cells_ = report.metric_cells({"psnr_y": 30.0, "ssim_y": 0.9, "psnr_rgb": 29.0, "ssim_rgb": 0.8,
                                       "baseline_psnr": 27.5, "baseline_ssim": 0.7, "gain_psnr": 2.5})
     assert cells_[-1] == "+2.50"
 
@@ -291,7 +292,7 @@ def test_training_length_from_training_json(tmp_path, name, saved_at, fields, st
     assert t == {"steps": steps, "max_steps": 2000, "finished": finished, "interrupted": interrupted,
                  "run_steps": fields.get("step", 2000), "source": str(folder / "training.json"),
                  "unverified": None}
-    assert evaluation.training_note(checkpoint, None, t) == note
+    assert report.training_note(checkpoint, None, t) == note
 
 
 def test_training_length_only_for_the_weights_the_record_describes(tmp_path):
@@ -301,20 +302,20 @@ def test_training_length_only_for_the_weights_the_record_describes(tmp_path):
     folder = tmp_path / "run" / "model"
     latest = weights_file(folder / "model_latest.pt", b"step 4 weights")
     write_record(folder, {"model_latest.pt": 4}, step=4, max_steps=4, finished=True)
-    assert evaluation.training_note(latest, None, evaluation.training_length(latest)) == (
+    assert report.training_note(latest, None, evaluation.training_length(latest)) == (
         "trained 4 of 4 steps (finished)")
     st = os.stat(latest)
     weights_file(folder / "model_latest.pt", b"step 6 weights!")  # saved again; the record not
     os.utime(latest, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
     t = evaluation.training_length(latest)
     assert t["steps"] is None and not t["finished"] and t["run_steps"] == 4
-    note = evaluation.training_note(latest, None, t)
+    note = report.training_note(latest, None, t)
     assert note.startswith("training length unknown (the weights are newer than training.json: "
                            "model_latest.pt is 15 bytes of ")
     assert "training.json describes 14 bytes of " in note and note.endswith("(step 4))")
     weights_file(folder / "model_latest.pt", b"step 4 weights")  # same size, another time
     os.utime(latest, ns=(st.st_atime_ns, st.st_mtime_ns - 1))
-    assert "not the file training.json describes" in evaluation.training_note(
+    assert "not the file training.json describes" in report.training_note(
         latest, None, evaluation.training_length(latest))
     os.utime(latest, ns=(st.st_atime_ns, st.st_mtime_ns))  # the described file again
     assert evaluation.training_length(latest)["steps"] == 4
@@ -322,7 +323,7 @@ def test_training_length_only_for_the_weights_the_record_describes(tmp_path):
     t = evaluation.training_length(best)
     assert t["steps"] is None and t["unverified"] == (
         'training.json does not describe model_best.pt (no step, size and time of it under "weights")')
-    assert evaluation.training_note(best, None, t) == f"training length unknown ({t['unverified']})"
+    assert report.training_note(best, None, t) == f"training length unknown ({t['unverified']})"
     os.remove(latest)
     assert evaluation.training_length(latest)["unverified"].startswith(
         "cannot read the size and time of model_latest.pt (No such file")
@@ -331,11 +332,11 @@ def test_training_length_only_for_the_weights_the_record_describes(tmp_path):
 def test_training_length_without_a_record(tmp_path):
     checkpoint = str(tmp_path / "IPT_sr2.pt")  # the authors' file: nothing beside it
     assert evaluation.training_length(checkpoint) is None
-    assert evaluation.training_note(checkpoint, None, None) == (
+    assert report.training_note(checkpoint, None, None) == (
         "training length unknown (no training.json beside the checkpoint)")
     assert evaluation.training_length("") is None
-    assert evaluation.training_note("", None, None) == "random weights"
-    assert evaluation.training_note("", 300, None) == "validation of this training run at step 300"
+    assert report.training_note("", None, None) == "random weights"
+    assert report.training_note("", 300, None) == "validation of this training run at step 300"
 
 
 def test_evaluated_checkpoint_reports_its_training(tmp_path, tree, capsys, monkeypatch):
@@ -455,7 +456,7 @@ def test_recorded_hash_is_of_the_bytes_loaded(tmp_path, monkeypatch):
     assert run_evaluate(STUB_MODEL, ev, FAST, checkpoint, loaded) == 0
     metrics = tmp_path / "run" / "metrics.json"
     assert json.loads(metrics.read_text())["meta"]["checkpoint_sha256"] == loaded
-    evaluation.write_reports(STUB_MODEL, ev, FAST, {"Set5": fake_results("a")}, checkpoint=checkpoint)
+    report.write_reports("fast", ev, FAST, {"Set5": fake_results("a")}, checkpoint=checkpoint)
     meta = json.loads(metrics.read_text())["meta"]
     assert meta["checkpoint"] == checkpoint and meta["checkpoint_sha256"] is None
 

@@ -10,6 +10,7 @@ import sys
 
 import torch
 
+import checkpointing
 import main as cli
 import trainer
 from conftest import ROOT
@@ -111,11 +112,11 @@ def test_resume_keeps_the_schedule_and_refuses_another_one(tmp_path, caplog):
     cosine = [*TINY, "--scale", "2", "--schedule", "cosine", "--save", str(tmp_path)]
     assert cli.main([*cosine, "--max_steps", "4"]) == 0
     assert "finished at step 4 of 4" in caplog.text
-    state = trainer.read_state(str(tmp_path / "state.pt"))
+    state = checkpointing.read_state(str(tmp_path / "state.pt"))
     assert state["schedule_steps"] == 4
     assert cli.main([*cosine, "--max_steps", "6", "--resume"]) == 0
     assert "keeps the 4 steps this run started with; training now stops at step 6" in caplog.text
-    state = trainer.read_state(str(tmp_path / "state.pt"))
+    state = checkpointing.read_state(str(tmp_path / "state.pt"))
     assert state["scheduler"]["_last_lr"] == [0.0]  # past the 4-step cosine: its final rate
     assert cli.main([*cosine, "--max_steps", "8", "--resume", "--lr", "5e-4"]) == 1
     assert "--lr (saved 0.001, now 0.0005)" in caplog.text

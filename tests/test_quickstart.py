@@ -15,9 +15,9 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
+import checkpointing  # noqa: E402
 import quickstart  # noqa: E402
 import stops  # noqa: E402
-import trainer  # noqa: E402
 
 STEPS = ["--pretrain_steps", "4", "--finetune_steps", "3"]
 
@@ -48,7 +48,7 @@ class FakeMain:
         total = int(option(args, "--max_steps"))
         self.train(save, total, self.stop_step if stop else total)
         if stop and self.status == 130:  # what a stopped training run says last
-            logging.getLogger("ipt").info(trainer.RESUME_HINT)
+            logging.getLogger("ipt").info(checkpointing.RESUME_HINT)
         return self.status if stop else 0
 
     @staticmethod
@@ -116,7 +116,7 @@ def test_interruption_stops_everything(monkeypatch, tmp_path, capsys, caplog, ra
     assert "phase 1/4" in err and "python scripts/quickstart.py --resume --out" in err
     assert "--pretrain_steps 4 --finetune_steps 3" in err
     # one stop line: the phase's own "same command and --resume" would contradict it
-    assert err.count("continue with") == 1 and trainer.RESUME_HINT not in caplog.text
+    assert err.count("continue with") == 1 and checkpointing.RESUME_HINT not in caplog.text
 
 
 def test_resume_runs_only_the_remaining_phases(monkeypatch, tmp_path, capsys):

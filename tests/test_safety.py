@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+import checkpointing
 import main as cli
 import runlock
 import trainer
@@ -57,10 +58,10 @@ def test_planted_state_runs_no_code_on_resume(tmp_path, caplog):
     run = tmp_path / "run"
     assert cli.main([*TRAIN, "--max_steps", "1", "--save", str(run)]) == 0
     marker = tmp_path / "marker"
-    torch.save({"options": Planted(str(marker))}, run / trainer.STATE_NAME)
+    torch.save({"options": Planted(str(marker))}, run / checkpointing.STATE_NAME)
     assert cli.main([*TRAIN, "--max_steps", "2", "--save", str(run), "--resume"]) == 1
     assert not marker.exists()
-    assert str(run / trainer.STATE_NAME) in caplog.text
+    assert str(run / checkpointing.STATE_NAME) in caplog.text
 
 
 def test_planted_checkpoint_runs_no_code(tmp_path, caplog):
@@ -77,18 +78,18 @@ def test_planted_checkpoint_runs_no_code(tmp_path, caplog):
 def test_training_state_round_trips_weights_only(tmp_path):
     run = tmp_path / "run"
     assert cli.main([*TRAIN, "--max_steps", "2", "--save", str(run)]) == 0
-    state = torch.load(run / trainer.STATE_NAME, weights_only=True)  # raises if not plain
+    state = torch.load(run / checkpointing.STATE_NAME, weights_only=True)  # raises if not plain
     np.random.seed(5)
-    trainer.set_rng_states(state["rng"])
+    checkpointing.set_rng_states(state["rng"])
     after = np.random.rand(3)
-    trainer.set_rng_states(state["rng"])
+    checkpointing.set_rng_states(state["rng"])
     assert np.array_equal(after, np.random.rand(3))
 
 
 def test_truncated_state_is_one_line(tmp_path, caplog):
     run = tmp_path / "run"
     assert cli.main([*TRAIN, "--max_steps", "1", "--save", str(run)]) == 0
-    path = run / trainer.STATE_NAME
+    path = run / checkpointing.STATE_NAME
     path.write_bytes(path.read_bytes()[:1000])
     assert cli.main([*TRAIN, "--max_steps", "2", "--save", str(run), "--resume"]) == 1
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
@@ -109,7 +110,7 @@ def test_a_run_directory_held_by_a_live_process_is_refused(tmp_path, capsys):
         assert cli.main([*TRAIN, "--max_steps", "1", "--save", str(run)]) == 1
         err = capsys.readouterr().err
         assert str(holder.pid) in err and "in use" in err
-        assert not (run / trainer.STATE_NAME).exists()
+        assert not (run / checkpointing.STATE_NAME).exists()
     finally:
         holder.kill()
         holder.wait()
@@ -135,7 +136,7 @@ def test_two_runs_into_one_directory(tmp_path):
         first.send_signal(signal.SIGTERM)  # saves and stops
         first.wait(timeout=120)
     assert first.returncode == 130  # interrupted, its state saved for --resume
-    state = torch.load(run / trainer.STATE_NAME, weights_only=True)
+    state = torch.load(run / checkpointing.STATE_NAME, weights_only=True)
     assert state["options"]["max_steps"] == 400  # the first run's, untouched by the second
     assert not [n for n in os.listdir(run) if n.endswith(".tmp")]
 
@@ -171,7 +172,7 @@ def test_an_error_during_training_saves_the_state_of_its_step(tmp_path):
     runner = tiny_trainer(tmp_path, failing_batches(9))
     with pytest.raises(DataLayoutError):
         runner.fit()
-    assert trainer.read_state(str(tmp_path / trainer.STATE_NAME))["progress"]["step"] == 9
+    assert checkpointing.read_state(str(tmp_path / checkpointing.STATE_NAME))["progress"]["step"] == 9
 
 
 def test_cli_reports_a_data_error_in_one_line(tmp_path, caplog):
@@ -188,7 +189,7 @@ def test_cli_reports_a_data_error_in_one_line(tmp_path, caplog):
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "sizes do not match" in errors[0] and "--resume" in errors[0]
     assert "Traceback" not in errors[0]
-    assert trainer.read_state(str(run / trainer.STATE_NAME))["progress"]["step"] == 0
+    assert checkpointing.read_state(str(run / checkpointing.STATE_NAME))["progress"]["step"] == 0
 
 
 @pytest.fixture
@@ -224,14 +225,14 @@ def limit_file_size(limit: int):
 def test_a_full_disk_during_training_is_one_line_and_keeps_the_state(tmp_path):
     run = tmp_path / "run"
     assert cli.main([*TRAIN, "--max_steps", "2", "--save", str(run)]) == 0
-    before = (run / trainer.STATE_NAME).read_bytes()  # about 10 MB; model_latest.pt about 3 MB
+    before = (run / checkpointing.STATE_NAME).read_bytes()  # about 10 MB; model_latest.pt about 3 MB
     child = subprocess.run([sys.executable, "main.py", *TRAIN, "--max_steps", "4", "--resume",
                             "--save", str(run)], cwd=ROOT, capture_output=True, text=True,
                            preexec_fn=limit_file_size(5 * 2 ** 20))
     assert child.returncode == 1 and "Traceback" not in child.stderr
     errors = [line for line in child.stderr.splitlines() if line.startswith("ERROR")]
-    assert any(str(run / trainer.STATE_NAME) in e and "MiB free" in e for e in errors), errors
-    assert (run / trainer.STATE_NAME).read_bytes() == before
+    assert any(str(run / checkpointing.STATE_NAME) in e and "MiB free" in e for e in errors), errors
+    assert (run / checkpointing.STATE_NAME).read_bytes() == before
     assert not [n for n in os.listdir(run) if n.endswith(".tmp")]
 
 

@@ -17,7 +17,9 @@ import time
 
 import torch
 
+import checkpointing
 import main as cli
+import records
 import trainer
 import utility
 from conftest import ROOT, full_disk_for_safetensors
@@ -124,7 +126,7 @@ def test_training_goes_on_while_a_save_is_written(tmp_path, monkeypatch):
     state = writes.state_write(3)
     assert not state["main_thread"]
     assert state["ended"] - state["began"] >= 2  # steps taken while state.pt of step 3 was written
-    assert trainer.read_state(str(tmp_path / "run" / utility.STATE_NAME))["progress"]["step"] == 6
+    assert checkpointing.read_state(str(tmp_path / "run" / utility.STATE_NAME))["progress"]["step"] == 6
 
 
 def test_a_background_save_writes_what_a_synchronous_save_writes(tmp_path, monkeypatch):
@@ -184,8 +186,8 @@ def test_a_save_still_running_when_training_ends_is_written_before_fit_returns(t
         ("model_latest.pt", None), (utility.STATE_NAME, 6), (utility.TRAINING_RECORD, 6),
         ("model_latest.pt", None), (utility.STATE_NAME, 7), (utility.TRAINING_RECORD, 7)]
     assert load(tmp_path / "copies" / "state_6.pt")["progress"]["step"] == 6
-    assert trainer.read_state(str(tmp_path / utility.STATE_NAME))["progress"]["step"] == 7
-    assert utility.read_training_record(str(tmp_path / "model" / "model_latest.pt"))["step"] == 7
+    assert checkpointing.read_state(str(tmp_path / utility.STATE_NAME))["progress"]["step"] == 7
+    assert records.read_training_record(str(tmp_path / "model" / "model_latest.pt"))["step"] == 7
     assert not [n for n in os.listdir(tmp_path) + os.listdir(tmp_path / "model") if n.endswith(".tmp")]
 
 
@@ -247,7 +249,7 @@ def test_a_save_failing_in_the_writer_ends_the_run_as_a_synchronous_one(tmp_path
     assert failure_lines(caplog) == expected
     assert not unhandled and "Traceback" not in caplog.text
     assert not runner.saver.busy
-    record = utility.read_training_record(str(tmp_path / "bg" / "model" / "model_latest.pt"))
+    record = records.read_training_record(str(tmp_path / "bg" / "model" / "model_latest.pt"))
     assert record is None or record["step"] < 3  # never a record of weights without their state
 
 
@@ -277,11 +279,11 @@ def test_a_stop_signal_during_a_background_save_keeps_it_whole(tmp_path, monkeyp
     state = writes.state_write(3)
     assert not state["main_thread"] and state["ended"] > 3  # training went on to the signal
     assert load(tmp_path / "copies" / "state_3.pt")["progress"]["step"] == 3
-    stopped = trainer.read_state(str(tmp_path / utility.STATE_NAME))["progress"]["step"]
+    stopped = checkpointing.read_state(str(tmp_path / utility.STATE_NAME))["progress"]["step"]
     assert 3 < stopped < 9
     assert [(w["name"], w["step"]) for w in writes.writes[-3:]] == [
         ("model_latest.pt", None), (utility.STATE_NAME, stopped), (utility.TRAINING_RECORD, stopped)]
-    record = utility.read_training_record(str(tmp_path / "model" / "model_latest.pt"))
+    record = records.read_training_record(str(tmp_path / "model" / "model_latest.pt"))
     assert record["interrupted"] and record["step"] == stopped
 
 

@@ -13,6 +13,8 @@ import time
 import pytest
 import torch
 
+import checkpointing
+import records
 import runlock
 import trainer
 import utility
@@ -79,7 +81,7 @@ def test_resume_is_exact(tmp_path):
     torch.manual_seed(123)  # the resumed run must not depend on anything drawn before
     second, model_b = make_trainer(tmp_path / "b", 6, "--con_loss")
     torch.nn.init.zeros_(model_b.head[0][0].weight)  # and not on the fresh weights
-    second.load(str(tmp_path / "b" / trainer.STATE_NAME))
+    second.load(str(tmp_path / "b" / checkpointing.STATE_NAME))
     assert second.fit() == 0
     a, b = weights(model_a), weights(model_b)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -90,9 +92,9 @@ def test_resume_is_exact(tmp_path):
 def test_a_kill_between_write_and_rename_keeps_the_previous_state(tmp_path, monkeypatch):
     run, _ = make_trainer(tmp_path, 3)
     run.fit()  # writes the state of step 3
-    saved = torch.load(tmp_path / trainer.STATE_NAME, weights_only=False)["progress"]["step"]
+    saved = torch.load(tmp_path / checkpointing.STATE_NAME, weights_only=False)["progress"]["step"]
     longer, _ = make_trainer(tmp_path, 6)
-    longer.load(str(tmp_path / trainer.STATE_NAME))
+    longer.load(str(tmp_path / checkpointing.STATE_NAME))
 
     def killed(src, dst):
         raise KeyboardInterrupt("killed between the temporary write and the rename")
@@ -101,10 +103,10 @@ def test_a_kill_between_write_and_rename_keeps_the_previous_state(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         longer.fit()
     monkeypatch.undo()
-    state = torch.load(tmp_path / trainer.STATE_NAME, weights_only=False)
+    state = torch.load(tmp_path / checkpointing.STATE_NAME, weights_only=False)
     assert state["progress"]["step"] == saved == 3
     again, model = make_trainer(tmp_path, 6)
-    again.load(str(tmp_path / trainer.STATE_NAME))
+    again.load(str(tmp_path / checkpointing.STATE_NAME))
     assert again.fit() == 0 and again.progress.step == 6
 
 
@@ -260,7 +262,7 @@ def test_auto_resume_starts_afresh_then_continues_ignoring_pretrain(tmp_path, ca
     assert cli.main([*AUTO, "--max_steps", "4", "--auto_resume", "--pretrain", str(other),
                      "--save", run]) == 0
     assert "resumed at step 2" in caplog.text and "--pretrain" in caplog.text and "ignored" in caplog.text
-    assert trainer.read_state(os.path.join(run, utility.STATE_NAME))["progress"]["step"] == 4
+    assert checkpointing.read_state(os.path.join(run, utility.STATE_NAME))["progress"]["step"] == 4
 
 
 def test_a_saved_step_at_or_past_max_steps_writes_nothing(tmp_path, caplog):
@@ -407,15 +409,15 @@ def test_a_state_of_another_world_size_is_re_split_from_its_step(tmp_path, caplo
     assert cli.main([*AUTO, "--max_steps", "6", "--auto_resume", "--save", run]) == 0
     assert "saved by 2 process(es); this job has 1" in caplog.text
     assert "re-split from step 4" in caplog.text
-    state = trainer.read_state(path)
+    state = checkpointing.read_state(path)
     assert (state["world_size"], state["split_origin"], state["epoch_steps"]) == (1, 4, 3)
     caplog.clear()
     assert cli.main([*AUTO, "--max_steps", "8", "--auto_resume", "--save", run]) == 0
     assert "re-split" not in caplog.text and "resumed at step 6" in caplog.text
-    assert trainer.read_state(path)["split_origin"] == 4
+    assert checkpointing.read_state(path)["split_origin"] == 4
     torch.save({**state, "split_origin": 7}, path)  # beyond the step it reached
-    with pytest.raises(trainer.StateError, match="split_origin"):
-        trainer.read_state(path)
+    with pytest.raises(checkpointing.StateError, match="split_origin"):
+        checkpointing.read_state(path)
 
 
 def test_save_format_writes_the_weights_as_safetensors_too_and_evaluation_finds_them(tmp_path, caplog):
@@ -451,14 +453,14 @@ def test_training_seconds_count_each_step_once_across_a_resume(tmp_path, monkeyp
     monkeypatch.setattr(trainer, "clock", lambda: float(next(ticks)))  # 1 s a step: start, end
     first, _ = make_trainer(tmp_path, 3)
     assert first.fit() == 0
-    record = utility.read_training_record(str(tmp_path / "model" / "model_latest.pt"))
+    record = records.read_training_record(str(tmp_path / "model" / "model_latest.pt"))
     assert record["train_seconds"] == 3.0
     for _ in range(1000):  # the gap between sessions: a clock that moved on
         next(ticks)
     second, _ = make_trainer(tmp_path, 6)
-    second.load(str(tmp_path / trainer.STATE_NAME))
+    second.load(str(tmp_path / checkpointing.STATE_NAME))
     assert second.fit() == 0
-    record = utility.read_training_record(str(tmp_path / "model" / "model_latest.pt"))
+    record = records.read_training_record(str(tmp_path / "model" / "model_latest.pt"))
     assert record["train_seconds"] == 6.0 and record["step"] == 6
 
 
@@ -466,10 +468,10 @@ def test_training_seconds_count_each_step_once_across_a_resume(tmp_path, monkeyp
 def test_a_bad_train_seconds_is_refused_by_both_readers(tmp_path, value):
     run, _ = make_trainer(tmp_path, 2)
     assert run.fit() == 0
-    state = torch.load(tmp_path / trainer.STATE_NAME, weights_only=True)
-    assert trainer.state_problem({**state, "train_seconds": value}) == \
-        "'train_seconds' is not a finite non-negative number"
-    assert trainer.state_problem({k: v for k, v in state.items() if k != "train_seconds"}) is None
-    record = utility.read_training_record(str(tmp_path / "model" / "model_latest.pt"))
-    assert utility.training_record_problem({**record, "train_seconds": value}) == \
-        "key 'train_seconds': not a finite non-negative number"
+    state = torch.load(tmp_path / checkpointing.STATE_NAME, weights_only=True)
+    found = records.problem({**state, "train_seconds": value}, records.STATE)
+    assert found.startswith("key 'train_seconds': ")
+    assert records.problem({k: v for k, v in state.items() if k != "train_seconds"}, records.STATE) is None
+    record = records.read_training_record(str(tmp_path / "model" / "model_latest.pt"))
+    assert records.problem({**record, "train_seconds": value}, records.TRAINING).startswith(
+        "key 'train_seconds': ")
