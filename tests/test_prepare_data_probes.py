@@ -1,4 +1,4 @@
-"""Hostile input for scripts/prepare_data.py: pipes and devices, duplicate members, zip and tar
+"""Hostile input for python -m scripts.prepare_data: pipes and devices, duplicate members, zip and tar
 bombs (under limits lowered to a few KB), odd member names. Every bad input is one line on stderr
 with exit status 2, and leaves nothing in --out or beside it."""
 from __future__ import annotations
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import stops
-from scripts import prepare_data
+from data import archives, prepare
 from test_data_probes import SPECIAL_KINDS, special_entry
 from test_prepare_data import TINY_SETS, rgb, run, save, tiny_table  # noqa: F401 (autouse fixture)
 
@@ -55,7 +55,7 @@ def assert_refused(rc: int, err: str, root, *named: str, out: str = "data") -> N
     assert rc == 2 and err.count("\n") == 1 and err.startswith("prepare_data.py: "), err
     for text in named:
         assert text in err, err
-    left = [f for f in os.listdir(root) if f.startswith(prepare_data.SCRATCH_PREFIX) or f == out]
+    left = [f for f in os.listdir(root) if f.startswith(prepare.SCRATCH_PREFIX) or f == out]
     assert left == [], left
 
 
@@ -91,11 +91,11 @@ SPECIAL_PROBES = [fifo_source, dev_zero_source, fifo_image, dev_zero_image]
 def test_pipes_and_devices_refused_unopened(tmp_path, probe):
     src, named, kind = probe(tmp_path)
     try:
-        done = subprocess.run([sys.executable, "scripts/prepare_data.py", src, "--out",
+        done = subprocess.run([sys.executable, "-m", "scripts.prepare_data", src, "--out",
                                str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True,
                               timeout=PROBE_TIMEOUT)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"prepare_data.py on {probe.__name__} did not end in {PROBE_TIMEOUT} s")
+        pytest.fail(f"scripts.prepare_data on {probe.__name__} did not end in {PROBE_TIMEOUT} s")
     assert done.stdout == ""
     assert_refused(done.returncode, done.stderr, tmp_path, f"{named}: {kind}")
 
@@ -155,16 +155,16 @@ def test_control_characters_in_member_names_refused(tmp_path, capsys):
 @pytest.fixture
 def small_limits(monkeypatch) -> list[str]:
     """MAX_MEMBER_BYTES lowered to LIMIT, reads of 4 KB; yields the paths Extractor.write made."""
-    monkeypatch.setattr(prepare_data, "MAX_MEMBER_BYTES", LIMIT)
-    monkeypatch.setattr(prepare_data, "CHUNK_BYTES", 4096)
+    monkeypatch.setattr(archives, "MAX_MEMBER_BYTES", LIMIT)
+    monkeypatch.setattr(archives, "CHUNK_BYTES", 4096)
     written: list[str] = []
-    write = prepare_data.Extractor.write
+    write = archives.Extractor.write
 
     def spy(self, stream, path, name):
         written.append(path)
         return write(self, stream, path, name)
 
-    monkeypatch.setattr(prepare_data.Extractor, "write", spy)
+    monkeypatch.setattr(archives.Extractor, "write", spy)
     return written
 
 
@@ -204,7 +204,7 @@ def test_bombs_under_the_member_limit_leave_nothing(tmp_path, capsys, small_limi
     zeros = {f"HR/z{i}.png": b"\0" * (LIMIT - 1) for i in range(3)}
     bomb_archive(archive, kind, {**SET5_PNGS, **zeros})
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(prepare_data, "MAX_EXTRACT_BYTES", 2 * LIMIT)
+        mp.setattr(archives, "MAX_EXTRACT_BYTES", 2 * LIMIT)
         rc, _, err = run(capsys, archive, "--out", tmp_path / "data")
     assert_refused(rc, err, tmp_path, f"declares more than {2 * LIMIT} bytes")
     assert small_limits == []
@@ -259,15 +259,15 @@ class Endless(io.RawIOBase):
 def test_streaming_counter_stops_each_member_and_the_archive(tmp_path, small_limits, monkeypatch):
     """Whatever a member declared, the copy stops at the first chunk past a limit, its partial
     file removed: MAX_MEMBER_BYTES per member, MAX_EXTRACT_BYTES over the archive."""
-    ex = prepare_data.Extractor("Set5.zip", str(tmp_path))
+    ex = archives.Extractor("Set5.zip", str(tmp_path))
     stream = Endless()
-    with pytest.raises(prepare_data.PrepareError, match=f"'HR/a.png' holds more than {LIMIT} "):
+    with pytest.raises(archives.ArchiveError, match=f"'HR/a.png' holds more than {LIMIT} "):
         ex.write(stream, str(tmp_path / "HR/a.png"), "HR/a.png")
     assert stream.given <= LIMIT + 4096 and not (tmp_path / "HR/a.png").exists()
-    monkeypatch.setattr(prepare_data, "MAX_EXTRACT_BYTES", LIMIT + LIMIT // 2)
-    ex = prepare_data.Extractor("Set5.zip", str(tmp_path))
+    monkeypatch.setattr(archives, "MAX_EXTRACT_BYTES", LIMIT + LIMIT // 2)
+    ex = archives.Extractor("Set5.zip", str(tmp_path))
     ex.write(io.BytesIO(bytes(LIMIT)), str(tmp_path / "HR/b.png"), "HR/b.png")
-    with pytest.raises(prepare_data.PrepareError, match=f"more than {LIMIT + LIMIT // 2} bytes"):
+    with pytest.raises(archives.ArchiveError, match=f"more than {LIMIT + LIMIT // 2} bytes"):
         ex.write(io.BytesIO(bytes(LIMIT)), str(tmp_path / "HR/c.png"), "HR/c.png")
     assert os.listdir(tmp_path / "HR") == ["b.png"]
 
@@ -279,8 +279,8 @@ def test_extracted_beside_out_and_out_untouched_on_failure(tmp_path, capsys, mon
     system_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
     dests: list[str] = []
-    extract = prepare_data.extract
-    monkeypatch.setattr(prepare_data, "extract", lambda a, d: (dests.append(d), extract(a, d)))
+    extract = prepare.extract
+    monkeypatch.setattr(prepare, "extract", lambda a, d: (dests.append(d), extract(a, d)))
     (tmp_path / "in").mkdir()
     bomb_archive(tmp_path / "in/Set5.zip", "zip", SET5_PNGS)
     bomb_archive(tmp_path / "in/Set14.zip", "zip", {"comic.png": b"not an image"})
@@ -383,14 +383,14 @@ def test_any_member_name_refused_or_written_under_out(tmp_path, capsys, monkeypa
     absolute = absolute if absolute.startswith("/") else None
     existed = absolute is not None and os.path.lexists(absolute)
     written: list[str] = []
-    write = prepare_data.Extractor.write
-    monkeypatch.setattr(prepare_data.Extractor, "write",
+    write = archives.Extractor.write
+    monkeypatch.setattr(archives.Extractor, "write",
                         lambda self, s, p, n: (written.append(os.path.realpath(p)),
                                                write(self, s, p, n)))
     out = os.path.join(case, "work", "data")
     rc, _, err = run(capsys, archive, "--out", out)
     work = os.path.join(case, "work")
-    assert all(p.startswith(os.path.join(os.path.realpath(work), prepare_data.SCRATCH_PREFIX))
+    assert all(p.startswith(os.path.join(os.path.realpath(work), prepare.SCRATCH_PREFIX))
                for p in written)
     if absolute is not None:
         assert os.path.lexists(absolute) == existed
@@ -439,7 +439,7 @@ def test_a_stop_while_lr_files_are_made_leaves_out_as_it_was(tmp_path):
             save(out / "benchmark/Urban100/HR/img_001.png", 8, 8, 99)  # replaced, then put back
             (out / "notes.txt").write_text("mine")
             runs[target] = (subprocess.Popen(
-                [sys.executable, "scripts/prepare_data.py", str(tmp_path / "Urban100"), "--out",
+                [sys.executable, "-m", "scripts.prepare_data", str(tmp_path / "Urban100"), "--out",
                  str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                 start_new_session=target == "group"), tree_bytes(out))
         deadline, waiting = time.monotonic() + PROBE_TIMEOUT, set(runs)
