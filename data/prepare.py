@@ -498,15 +498,12 @@ def convert(srcs: Sequence[str], out: str, specs: dict[str, SetSpec], prog: str,
 
 
 def check(dir_data: str, specs: dict[str, SetSpec], make_lr: bool, prog: str) -> list:
-    """The SetReports of ``dir_data``; the LR files made (make_lr) moved in at the end, so a
-    failure or a stop signal leaves it as it was."""
+    """The SetReports of ``dir_data``; the LR files made (make_lr) moved in at the end, as `convert`
+    does, so a failure or a stop signal leaves it as it was."""
     if not os.path.isdir(dir_data):
         raise PrepareError(f"--check {dir_data}: "
                            f"{'not a folder' if os.path.lexists(dir_data) else 'no such folder'}")
+    if make_lr:
+        return convert([], dir_data, specs, prog)
     with stops.StopSignals(raise_=True):
-        if not make_lr:
-            return check_tree(dir_data, specs)
-        with transaction(dir_data, prog) as (scratch, undo):
-            reports = check_tree(dir_data, specs, lr_into=os.path.join(scratch, "lr"))
-            merge(os.path.join(scratch, "lr"), dir_data, scratch, undo)
-        return reports
+        return check_tree(dir_data, specs)

@@ -62,42 +62,51 @@ def assert_refused(rc: int, err: str, root, *named: str, out: str = "data") -> N
 # ----------------------------------------------------------------------------------------
 # 1, 2. Pipes and devices: refused after a stat(), never opened (hangs need a real process)
 # ----------------------------------------------------------------------------------------
-def fifo_source(root) -> tuple[str, str, str]:
-    os.mkfifo(root / "Set5.zip")
-    return str(root / "Set5.zip"), str(root / "Set5.zip"), "a named pipe (FIFO)"
+SPECIAL_PROBES = {  # case: (the SRC, the entry made in it, a FIFO or a link to /dev/zero, its words)
+    "fifo_source": ("Set5.zip", "Set5.zip", "fifo", "a named pipe (FIFO)"),
+    "dev_zero_source": ("Set5.zip", "Set5.zip", "zero", "a link to /dev/zero, a character device"),
+    # not a PNG: the old code decoded it, and waited
+    "fifo_image": ("Set5", "Set5/HR/baby.bmp", "fifo", "a named pipe (FIFO)"),
+    "dev_zero_image": ("Set5", "Set5/HR/baby.png", "zero", "a link to /dev/zero"),  # copied, without end
+}
 
 
-def dev_zero_source(root) -> tuple[str, str, str]:
-    os.symlink("/dev/zero", root / "Set5.zip")
-    return str(root / "Set5.zip"), str(root / "Set5.zip"), "a link to /dev/zero, a character device"
-
-
-def fifo_image(root) -> tuple[str, str, str]:
-    save(root / "Set5/HR/bird.png", 20, 24)
-    os.mkfifo(root / "Set5/HR/baby.bmp")  # not a PNG: the old code decoded it, and waited
-    return str(root / "Set5"), str(root / "Set5/HR/baby.bmp"), "a named pipe (FIFO)"
-
-
-def dev_zero_image(root) -> tuple[str, str, str]:
-    save(root / "Set5/HR/bird.png", 20, 24)
-    os.symlink("/dev/zero", root / "Set5/HR/baby.png")  # the old code copied it, without end
-    return str(root / "Set5"), str(root / "Set5/HR/baby.png"), "a link to /dev/zero"
-
-
-SPECIAL_PROBES = [fifo_source, dev_zero_source, fifo_image, dev_zero_image]
-
-
-@pytest.mark.parametrize("probe", SPECIAL_PROBES, ids=[p.__name__ for p in SPECIAL_PROBES])
-def test_pipes_and_devices_refused_unopened(tmp_path, probe):
-    src, named, kind = probe(tmp_path)
+@pytest.fixture(scope="module")
+def special_runs(tmp_path_factory) -> dict[str, tuple]:
+    """Each SPECIAL_PROBES case run by the script in a process of its own (a hang needs one), all
+    side by side: (its folder, the return code, stdout, stderr; None, None where it hung)."""
+    procs = {}
+    for case, (src, entry, kind, _) in SPECIAL_PROBES.items():
+        root = tmp_path_factory.mktemp(case)
+        if src == "Set5":
+            save(root / "Set5/HR/bird.png", 20, 24)
+        os.mkfifo(root / entry) if kind == "fifo" else os.symlink("/dev/zero", root / entry)
+        procs[case] = (root, subprocess.Popen(
+            [sys.executable, "-m", "scripts.prepare_data", str(root / src), "--out", str(root / "data")],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    runs = {}
     try:
-        done = subprocess.run([sys.executable, "-m", "scripts.prepare_data", src, "--out",
-                               str(tmp_path / "data")], cwd=ROOT, capture_output=True, text=True,
-                              timeout=PROBE_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"scripts.prepare_data on {probe.__name__} did not end in {PROBE_TIMEOUT} s")
-    assert done.stdout == ""
-    assert_refused(done.returncode, done.stderr, tmp_path, f"{named}: {kind}")
+        for case, (root, proc) in procs.items():
+            try:
+                runs[case] = (root, proc.wait(PROBE_TIMEOUT), *proc.communicate())
+            except subprocess.TimeoutExpired:
+                runs[case] = (root, None, None, None)
+    finally:
+        for _, proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return runs
+
+
+@pytest.mark.parametrize("case", SPECIAL_PROBES)
+def test_pipes_and_devices_refused_unopened(special_runs, case):
+    root, rc, out, err = special_runs[case]
+    _, entry, _, kind = SPECIAL_PROBES[case]
+    if rc is None:
+        pytest.fail(f"scripts.prepare_data on {case} did not end in {PROBE_TIMEOUT} s")
+    assert out == ""
+    assert_refused(rc, err, root, f"{root / entry}: {kind}")
 
 
 @pytest.mark.parametrize("kind", SPECIAL_KINDS)
