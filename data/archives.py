@@ -36,8 +36,7 @@ def archive_stem(path: str) -> str | None:
 
 
 def member_parts(archive: str, name: str) -> list[str]:
-    """The path parts of member ``name`` (``\\`` a separator too); ArchiveError for an absolute
-    path, ``..`` or a control character."""
+    """The path parts of member ``name`` (``\\`` a separator too); refused: absolute, ``..``, control."""
     if BAD_NAME_CHARS.search(name):
         raise ArchiveError(f"{archive}: member {name!r} has a control character or bytes that are "
                            "not UTF-8 in its name; archive refused")
@@ -60,8 +59,7 @@ class Extractor:
         self.files: dict[tuple[str, ...], str] = {}  # path parts -> the member written there
 
     def plan(self, members: list[tuple[str, bool, int]]) -> None:
-        """Check every (name, is a file, declared size) before anything is written: the names,
-        one file per path, each member's size and the total."""
+        """Check each (name, is a file, declared size) before anything is written."""
         if len(members) > MAX_MEMBERS:
             raise ArchiveError(f"{self.archive}: more than {MAX_MEMBERS} members; archive refused")
         total = 0
@@ -86,8 +84,7 @@ class Extractor:
         return os.path.join(self.dest, *parts) if parts else None
 
     def write(self, stream: BinaryIO, path: str, name: str) -> None:
-        """Copy ``stream`` to a new file ``path`` in chunks, refused (and removed) as soon as the
-        member passes MAX_MEMBER_BYTES or the archive MAX_EXTRACT_BYTES, whatever it declared."""
+        """Copy ``stream`` to a new file ``path``, stopped (and removed) once past a limit."""
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "xb") as out:
             try:
@@ -129,8 +126,7 @@ def extract_zip(archive: str, dest: str) -> None:
 
 
 def extract_tar(archive: str, dest: str) -> None:
-    """Extract a tar (any compression) under ``dest``; links, devices refused. tarfile's own
-    extraction filter (Python 3.12, 3.11.4, 3.10.12) checks each path too, where it has one."""
+    """Extract a tar (any compression) under ``dest``; links, devices refused."""
     ex = Extractor(archive, dest)
     with tarfile.open(archive, "r:*") as tf:
         members = []
@@ -145,7 +141,7 @@ def extract_tar(archive: str, dest: str) -> None:
             if not (member.isfile() or member.isdir()):
                 raise ArchiveError(f"{archive}: member {member.name!r} is not a file or folder; "
                                    "archive refused")
-            if hasattr(tarfile, "data_filter"):
+            if hasattr(tarfile, "data_filter"):  # tarfile's own path checks (3.12, 3.11.4, 3.10.12)
                 tarfile.data_filter(member, ex.dest)
             path = ex.path(member.name)
             if path is None or member.isdir():

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+import utility
 from tasks import task_family
 from utility import SSIM_WINDOW
 
@@ -79,8 +80,7 @@ class BenchmarkError(DataLayoutError):
 def set_aliases() -> dict[str, tuple[str, ...]]:
     """Each set's other names, as standard_sets.json spells them (Set14: ("CSet14",))."""
     try:
-        with open(STANDARD_SETS_FILE, encoding="utf-8") as f:
-            table = json.load(f)
+        table = json.loads(utility.read_small_file(STANDARD_SETS_FILE))
         return {s: tuple(str(a) for a in entry.get("aliases", ())) for s, entry in table.items()
                 if not s.startswith("_")}
     except (OSError, ValueError, AttributeError, TypeError) as e:
@@ -89,8 +89,7 @@ def set_aliases() -> dict[str, tuple[str, ...]]:
 
 @functools.cache
 def set_names() -> dict[str, str]:
-    """Every name a test set goes by, lower-cased, -> the set: ALL_SETS, Demo and the aliases
-    (``cset14`` -> Set14, ``bsd100`` -> B100)."""
+    """Every name a test set goes by, lower-cased, -> the set (``cset14`` -> Set14)."""
     names = {s.lower(): s for s in ALL_SETS + (DEMO,)}
     for set_name, aliases in set_aliases().items():
         for alias in aliases:

@@ -77,8 +77,7 @@ def alias_text() -> str:
 
 
 def set_alias(name: str) -> tuple[str, str] | None:
-    """(lower-cased alias, set) that folder or archive ``name`` starts with, followed by the end or
-    a character that is not a letter or digit (``BSD100_x`` -> ("bsd100", "B100")); or None."""
+    """(alias, set) that ``name`` is or starts with before a non-alphanumeric (``BSD100_x``), or None."""
     low = name.lower()
     return next(((alias, s) for alias, s in folder_aliases()
                  if low == alias or (low.startswith(alias) and not low[len(alias)].isalnum())), None)
@@ -91,8 +90,7 @@ def canonical_set(name: str) -> str | None:
 
 
 def find_sets(root: str, label: str, hint: str | None) -> list[tuple[str, str, str]]:
-    """(set, folder, folder's name) of each set in ``root`` (named ``label``): itself, else the
-    set-named folders below it, else ``hint`` (the set given to --download)."""
+    """(set, folder, its name) of ``root`` itself, else of set-named folders below, else ``hint``."""
     if canonical_set(label):
         return [(canonical_set(label), root, label)]
     found, level = [], [root]
@@ -117,7 +115,7 @@ def find_sets(root: str, label: str, hint: str | None) -> list[tuple[str, str, s
 
 
 def check_file(path: str, what: str) -> None:
-    """A PrepareError unless ``path`` is a folder or regular file, links followed; only stat()ed:
+    """A PrepareError unless ``path`` is a regular file (or a folder, for a source); never opened:
     a named pipe opened would block, a device (/dev/zero) never ends."""
     if not os.path.exists(path):
         broken = os.path.islink(path)
@@ -133,9 +131,8 @@ def check_file(path: str, what: str) -> None:
 
 
 def walk_images(root: str) -> list[tuple[list[str], str]]:
-    """(folder parts below root, path) of every image file, sorted; train, hidden folders skipped.
-    A PrepareError for an image-named entry with a control character in its name, that is not a
-    regular file or is larger than any test image: such a file is never opened."""
+    """(folder parts below root, path) of every image file, sorted; train, hidden folders skipped;
+    a PrepareError for one with a control character, not a regular file, or too large."""
     images = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in SKIPPED_DIRS
@@ -260,8 +257,7 @@ def standard_names(hr: dict[str, str], spec: SetSpec | None) -> dict[str, str]:
 
 
 def copy_image(src: str, dst: str) -> None:
-    """``src`` at ``dst`` as PNG, atomically: PNG bytes copied as they are once they read as an
-    image (chunk checksums verified, not decoded), other formats decoded."""
+    """``src`` at ``dst`` as PNG, atomically: a PNG's bytes as they are (verified), others decoded."""
     if os.path.exists(dst) and os.path.samefile(src, dst):
         return
     os.makedirs(os.path.dirname(dst), exist_ok=True)
@@ -278,8 +274,7 @@ def copy_image(src: str, dst: str) -> None:
 
 @dataclass
 class Sources:
-    """What the sources of one run gave, so that nothing silently replaces another: each set
-    under one of its names only, each file once."""
+    """What the sources of one run gave: each set under one name only, each file once."""
 
     sets: dict[str, tuple[str, str]] = field(default_factory=dict)  # set -> (its name, folder)
     files: dict[str, str] = field(default_factory=dict)  # file under DIR_DATA -> the file it is from
@@ -291,8 +286,7 @@ class Sources:
         return src + path[len(root):] if root and path.startswith(root) else path
 
     def take_sets(self, found: Sequence[tuple[str, str, str]]) -> None:
-        """Note each (set, folder, folder's name); a PrepareError naming both folders for a set
-        taken before under another of its names (the rule of ``--data_test``)."""
+        """Note each (set, folder, its name); a PrepareError for a set taken under another name."""
         for set_name, folder, name in found:
             alias = set_alias(name)  # None: a --download archive, named by the set it is for
             key = alias[0] if alias else set_name.lower()
@@ -302,8 +296,8 @@ class Sources:
                                    "each set once")
 
     def put(self, path: str, out: str, rel: str) -> None:
-        """Copy ``path`` to ``rel`` under ``out``; a PrepareError naming both if another file
-        went there before (two copies of one image: which one to keep is not for us to guess)."""
+        """Copy ``path`` to ``rel`` under ``out``; a PrepareError naming both if a file went there
+        before (two copies of one image: which one to keep is not for us to guess)."""
         first = self.files.setdefault(rel, self.show(path))
         if first != self.show(path):
             raise PrepareError(f"{first} and {self.show(path)} would both be {rel} in --out; give "
@@ -313,8 +307,7 @@ class Sources:
 
 def write_found(found: Found, set_name: str, out: str, spec: SetSpec | None, existing: str,
                 sources: Sources) -> str:
-    """Write what ``found`` holds into ``out`` in the expected layout, LR files matched to the HR
-    images there or in DIR_DATA ``existing``; a summary of what was written."""
+    """Write ``found`` into ``out`` in the layout (LR matched to HR there or in ``existing``); a summary."""
     folder = HR_DIRS[set_name][0]
     if set_name == RAIN_SET:
         for prefix, files in (("rain", found.rainy), ("norain", found.clean)):
@@ -341,9 +334,8 @@ Undo = list[tuple[str, str | None]]  # merge's steps: (made under DIR_DATA, its 
 
 
 def merge(staged: str, out: str, scratch: str, undo: Undo) -> None:
-    """Move every file under ``staged`` to the same place under ``out``, replacing files there;
-    each step noted in ``undo`` as it is made (the replaced file kept in ``scratch``). A stop
-    signal is acted on once the moves (renames, quick) are over."""
+    """Move the files under ``staged`` into ``out`` (replaced ones kept in ``scratch``), each step
+    noted in ``undo``; a stop signal acted on once the moves (renames, quick) are over."""
     moves = [(os.path.join(folder, name),
               os.path.normpath(os.path.join(out, os.path.relpath(folder, staged), name)))
              for folder, _, files in os.walk(staged) for name in files]
@@ -395,9 +387,8 @@ def unmerge(undo: Undo, prog: str) -> None:
 
 @contextlib.contextmanager
 def transaction(out: str, prog: str) -> Iterator[tuple[str, Undo]]:
-    """A scratch folder beside ``out`` (one filesystem: files move in by renaming; in it where its
-    parent is not writable) and a list for `merge`'s steps: on any exception, a stop included, the
-    steps are undone; the scratch folder is removed whatever happens; both with stops held off."""
+    """A scratch folder beside ``out`` (files move in by renaming) and `merge`'s steps, undone on any
+    exception (a stop too); the folder removed whatever happens; both with stops held off."""
     try:
         scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=os.path.dirname(os.path.realpath(out)))
     except PermissionError:
@@ -465,9 +456,8 @@ def folder_label(src: str) -> str:
 
 def convert(srcs: Sequence[str], out: str, specs: dict[str, SetSpec], prog: str,
             fetch: tuple[str, str | None, str | None] | None = None) -> list:
-    """Convert the download ``fetch`` (set, url, sha256) and ``srcs`` into a scratch folder, move
-    the files into ``out``, check it, move the missing LR files made in last; the SetReports.
-    On any failure or stop signal ``out`` is left as it was (a folder made for it removed)."""
+    """Convert ``fetch`` (set, url, sha256) and ``srcs``, check ``out`` and make its missing LR
+    files, all moved in at the end: on any failure or stop ``out`` is left as it was."""
     for src in srcs:
         check_file(src, "source")
     if os.path.lexists(out) and not os.path.isdir(out):
@@ -498,8 +488,7 @@ def convert(srcs: Sequence[str], out: str, specs: dict[str, SetSpec], prog: str,
 
 
 def check(dir_data: str, specs: dict[str, SetSpec], make_lr: bool, prog: str) -> list:
-    """The SetReports of ``dir_data``; the LR files made (make_lr) moved in at the end, as `convert`
-    does, so a failure or a stop signal leaves it as it was."""
+    """The SetReports of ``dir_data``; the LR files made (make_lr) moved in at the end, as `convert`'s."""
     if not os.path.isdir(dir_data):
         raise PrepareError(f"--check {dir_data}: "
                            f"{'not a folder' if os.path.lexists(dir_data) else 'no such folder'}")

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+import utility
+
 from .benchmark import HR_DIRS, LR_DIRS, SR_SETS, STANDARD_SETS_FILE
 from .degrade import bicubic_lr
 from .images import DECODE_ERRORS, ImageReadError, list_entries, list_images, read_image, save_image, stem
@@ -37,8 +39,7 @@ class PrepareError(Exception):
 
 @dataclass(frozen=True)
 class SetSpec:
-    """What a standard set holds: its count, names and sizes (width, height) where known, the
-    images greyscale in the standard version, the SHA-256 of some images' pixels."""
+    """What a standard set holds, as far as the table records it."""
 
     name: str
     count: int
@@ -63,16 +64,14 @@ def load_standard_sets(path: str | None = None) -> dict[str, SetSpec]:
     """The SetSpec of each set in ``path`` (data/standard_sets.json by default)."""
     path = path or STANDARD_SETS_FILE
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
+        raw = json.loads(utility.read_small_file(path))  # a FIFO there is refused, not waited on
         return {name: _spec(name, entry) for name, entry in raw.items() if not name.startswith("_")}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise PrepareError(f"{path}: cannot read the table of standard sets: {e}") from None
 
 
 def _spec(name: str, entry: dict) -> SetSpec:
-    """One set's SetSpec from its JSON entry; ValueError where it names an image not in the set
-    or a hash is not 64 hexadecimal digits."""
+    """One set's SetSpec from its JSON entry; ValueError for a stray image name or a bad hash."""
     images = entry.get("images")
     spec = SetSpec(name, int(entry["count"]),
                    {k: (int(v[0]), int(v[1])) for k, v in images.items()} if images else None,
@@ -149,8 +148,7 @@ class SetReport:
     notes: list[str] = field(default_factory=list)  # worth knowing, not problems
 
     def lines(self) -> list[str]:
-        """``Set5: 5 of 5 images, LR x2 x3 x4 complete`` and, where pixels are recorded,
-        ``Set5: 5 of 5 images match the standard version's pixels``."""
+        """``Set5: 5 of 5 images, LR x2 x3 x4 complete``, then the recorded pixels matched."""
         text = f"{self.name}: {self.found} of {self.expected} {self.unit}"
         if self.name in SR_SETS and self.found:
             bad = {s: [f"{n} {what}" for n, what in ((self.lr_missing.get(s, 0), "missing"),
@@ -173,8 +171,7 @@ def count(table: dict[int, int], scale: int) -> None:
 
 def check_image(path: str, spec: SetSpec, problems: list[str],
                 name: str | None = None) -> torch.Tensor | None:
-    """The image at ``path`` (image ``name`` of the set, None for a rain file), its size and
-    colour checked (problems appended); None if unreadable."""
+    """The image at ``path`` (``name``: None for a rain file), size and colour checked; None if unreadable."""
     try:
         img = read_image(path)
     except ImageReadError as e:
@@ -223,8 +220,7 @@ def check_hash(path: str, img: torch.Tensor, spec: SetSpec, name: str, report: S
 
 def check_lr(dir_data: str, set_name: str, name: str, hr: torch.Tensor, hr_path: str,
              report: SetReport, lr_into: str | None) -> None:
-    """Check the LR files of one HR image at every scale; make the missing ones under ``lr_into``
-    (in the layout of ``dir_data``) where given."""
+    """Check one HR image's LR files at every scale; make the missing ones under ``lr_into`` if given."""
     h, w = hr.shape[1:]
     for s in SCALES:
         folder = lr_dir(dir_data, set_name, s)
@@ -267,10 +263,8 @@ def check_lr_folders(dir_data: str, set_name: str, names: set[str], report: SetR
 
 
 def check_images(dir_data: str, folder: str, spec: SetSpec, lr_into: str | None) -> SetReport:
-    """Check a folder of HR images (and their LR files for SR sets) against ``spec``; an entry
-    named like an image that is not a regular file is named as unreadable, as data/benchmark.py
-    would find it, not left out."""
-    files = list_entries(folder)
+    """Check a folder of HR images (and their LR files for SR sets) against ``spec``."""
+    files = list_entries(folder)  # a pipe named like an image is read, so named, not left out
     names = [stem(f) for f in files]
     expected = spec.expected_names()
     report = SetReport(spec.name, len(files), spec.count)
@@ -319,8 +313,7 @@ def check_rain(folder: str, spec: SetSpec) -> SetReport:
 
 
 def check_tree(dir_data: str, specs: dict[str, SetSpec], lr_into: str | None = None) -> list[SetReport]:
-    """A SetReport for each set found under ``dir_data``, in SET_ORDER; missing LR files are made
-    under ``lr_into`` where given (to be moved in by the caller)."""
+    """A SetReport for each set found under ``dir_data``; missing LR files made under ``lr_into``."""
     reports = []
     for set_name in SET_ORDER:
         folder = next((os.path.join(dir_data, d) for d in READ_DIRS[set_name]
