@@ -114,20 +114,24 @@ def find_sets(root: str, label: str, hint: str | None) -> list[tuple[str, str, s
                        "holding such folders)")
 
 
-def check_file(path: str, what: str) -> None:
-    """A PrepareError unless ``path`` is a regular file (or a folder, for a source); never opened:
-    a named pipe opened would block, a device (/dev/zero) never ends."""
-    if not os.path.exists(path):
-        broken = os.path.islink(path)
-        raise PrepareError(f"{path}: a broken link; remove it" if what == "image" else
-                           f"{path}: no such file or folder{' (a broken link)' if broken else ''}")
+def special_kind(path: str) -> str | None:
+    """What ``path`` is (links followed) if neither a regular file nor a folder, else None; only
+    stat()ed: a named pipe opened would block, a device (/dev/zero) never ends."""
     mode = os.stat(path).st_mode
-    if stat.S_ISREG(mode) or (stat.S_ISDIR(mode) and what != "image"):
-        return
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
     kind = utility.file_kind(mode, "not a regular file")
-    kind = f"a link to {os.path.realpath(path)}, {kind}" if os.path.islink(path) else kind
-    raise PrepareError(f"{path}: {kind}, not an image file; remove it" if what == "image" else
-                       f"{path}: {kind}, not a file or folder; give a folder or a .zip/.tar archive")
+    return f"a link to {os.path.realpath(path)}, {kind}" if os.path.islink(path) else kind
+
+
+def check_source(src: str) -> None:
+    """A PrepareError unless ``src`` is a folder or a regular file, links followed; never opened."""
+    if not os.path.exists(src):
+        broken = " (a broken link)" if os.path.islink(src) else ""
+        raise PrepareError(f"{src}: no such file or folder{broken}")
+    kind = special_kind(src)
+    if kind:
+        raise PrepareError(f"{src}: {kind}, not a file or folder; give a folder or a .zip/.tar archive")
 
 
 def walk_images(root: str) -> list[tuple[list[str], str]]:
@@ -143,7 +147,10 @@ def walk_images(root: str) -> list[tuple[list[str], str]]:
             if BAD_NAME_CHARS.search(os.path.relpath(path, root)):
                 raise PrepareError(f"{path!r}: a control character or bytes that are not UTF-8 in "
                                    "the name; rename or remove it")
-            check_file(path, "image")
+            if not os.path.exists(path):
+                raise PrepareError(f"{path}: a broken link; remove it")
+            if special_kind(path):
+                raise PrepareError(f"{path}: {special_kind(path)}, not an image file; remove it")
             if os.path.getsize(path) > archives.MAX_MEMBER_BYTES:
                 raise PrepareError(f"{path}: {os.path.getsize(path)} bytes, more than any test "
                                    f"image ({archives.MAX_MEMBER_BYTES}); remove it")
@@ -416,7 +423,7 @@ class Run:
 
     def convert_source(self, src: str, hint: str | None = None) -> None:
         """Write the sets of a folder or archive (extracted in the scratch folder) to staged/."""
-        check_file(src, "source")
+        check_source(src)
         root = src if os.path.isdir(src) else tempfile.mkdtemp(prefix="extract.", dir=self.scratch)
         try:
             if root != src:
@@ -459,7 +466,7 @@ def convert(srcs: Sequence[str], out: str, specs: dict[str, SetSpec], prog: str,
     """Convert ``fetch`` (set, url, sha256) and ``srcs``, check ``out`` and make its missing LR
     files, all moved in at the end: on any failure or stop ``out`` is left as it was."""
     for src in srcs:
-        check_file(src, "source")
+        check_source(src)
     if os.path.lexists(out) and not os.path.isdir(out):
         raise PrepareError(f"--out {out}: not a folder")
     sources = Sources()

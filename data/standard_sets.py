@@ -151,13 +151,17 @@ class SetReport:
         """``Set5: 5 of 5 images, LR x2 x3 x4 complete``, then the recorded pixels matched."""
         text = f"{self.name}: {self.found} of {self.expected} {self.unit}"
         if self.name in SR_SETS and self.found:
-            bad = {s: [f"{n} {what}" for n, what in ((self.lr_missing.get(s, 0), "missing"),
-                                                      (self.lr_wrong.get(s, 0), "wrong size")) if n]
-                   for s in SCALES}
-            complete = [f"x{s}" for s in SCALES if not bad[s]]
-            parts = [" ".join(complete) + " complete"] if complete else []
-            parts += [f"x{s}: " + ", ".join(bad[s]) for s in SCALES if bad[s]]
-            text += f", LR {', '.join(parts)}" + (f" ({self.lr_made} made)" if self.lr_made else "")
+            complete, bad = [], []
+            for s in SCALES:
+                wrong = [f"{n} {what}" for n, what in ((self.lr_missing.get(s, 0), "missing"),
+                                                        (self.lr_wrong.get(s, 0), "wrong size")) if n]
+                if wrong:
+                    bad.append(f"x{s}: " + ", ".join(wrong))
+                else:
+                    complete.append(f"x{s}")
+            parts = ([" ".join(complete) + " complete"] if complete else []) + bad
+            made = f" ({self.lr_made} made)" if self.lr_made else ""
+            text += f", LR {', '.join(parts)}{made}"
         if not self.hashed:
             return [text]
         return [text, f"{self.name}: {self.hash_matched} of {self.hashed} images match the standard "
