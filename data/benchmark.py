@@ -1,12 +1,13 @@
 """Test sets on disk in the layouts people have (EDSR convention), as (input, target) pairs.
 
-Under ``dir_data``:
-- super-resolution: ``benchmark/{Set5,Set14,B100,Urban100}/HR/*.png`` and
-  ``benchmark/<set>/LR_bicubic/X{s}/<name>x{s}.png`` (made from HR with MATLAB bicubic when
-  missing); ``DIV2K/DIV2K_valid_HR`` (or ``DIV2K_train_HR``) with ``DIV2K_*_LR_bicubic/X{s}``;
+Under ``dir_data`` (HR_DIRS, LR_DIRS: the first folder is where ``python -m scripts.prepare_data``
+writes a set, the others are read too):
+- super-resolution: ``benchmark/{Set5,Set14,B100,Urban100,Manga109}/HR/<name>.png`` with
+  ``benchmark/<set>/LR_bicubic/X<s>/<name>x<s>.png`` (made from HR with MATLAB bicubic when
+  missing); ``DIV2K/DIV2K_valid_HR`` (or ``DIV2K_train_HR``) with ``DIV2K_*_LR_bicubic/X<s>``;
 - denoising: ``benchmark/CBSD68/HR`` (or a flat ``CBSD68/``), ``benchmark/Urban100/HR``; noise is
   added at test time, per image, from a generator seeded by (seed, set, image name);
-- deraining: ``Rain100L/`` (or ``benchmark/Rain100L/``) with ``rain-*.png`` / ``norain-*.png`` pairs;
+- deraining: ``Rain100L/`` (or ``benchmark/Rain100L/``) with ``rain-<id>.png`` / ``norain-<id>.png``;
 - ``Sample``: scikit-image's astronaut and coffee, degraded like the others (rain procedurally).
 
 A set may be named in any case or by an alias of standard_sets.json (``CSet14`` -> Set14).
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+import utility
 from tasks import task_family
 from utility import SSIM_WINDOW
 
@@ -52,6 +54,11 @@ DEMO = "Demo"  # --data_test Demo: the images of --dir_demo, not a benchmark set
 STANDARD_SETS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "standard_sets.json")
 # by task family; mim (masked image modelling) is a pre-training task without a test set
 SETS_OF_FAMILY = {"sr": SR_SETS, "denoise": NOISE_SETS, "derain": RAIN_SETS, "mim": ()}
+HR_DIRS = {**{s: (f"benchmark/{s}/HR",) for s in SR_SETS + NOISE_SETS},
+           "DIV2K": ("DIV2K/DIV2K_valid_HR", "DIV2K/DIV2K_train_HR"),
+           "CBSD68": ("benchmark/CBSD68/HR", "CBSD68"), "Rain100L": ("Rain100L", "benchmark/Rain100L")}
+LR_DIRS = {**{s: (f"benchmark/{s}/LR_bicubic/X{{s}}",) for s in SR_SETS},
+           "DIV2K": ("DIV2K/DIV2K_valid_LR_bicubic/X{s}", "DIV2K/DIV2K_train_LR_bicubic/X{s}")}
 
 # The paper's results, (PSNR in dB, SSIM or None where it gives none), by (dataset, task); the
 # denoising and deraining ones are not confirmed by the authors' released code
@@ -73,8 +80,7 @@ class BenchmarkError(DataLayoutError):
 def set_aliases() -> dict[str, tuple[str, ...]]:
     """Each set's other names, as standard_sets.json spells them (Set14: ("CSet14",))."""
     try:
-        with open(STANDARD_SETS_FILE, encoding="utf-8") as f:
-            table = json.load(f)
+        table = json.loads(utility.read_small_file(STANDARD_SETS_FILE))
         return {s: tuple(str(a) for a in entry.get("aliases", ())) for s, entry in table.items()
                 if not s.startswith("_")}
     except (OSError, ValueError, AttributeError, TypeError) as e:
@@ -83,8 +89,7 @@ def set_aliases() -> dict[str, tuple[str, ...]]:
 
 @functools.cache
 def set_names() -> dict[str, str]:
-    """Every name a test set goes by, lower-cased, -> the set: ALL_SETS, Demo and the aliases
-    (``cset14`` -> Set14, ``bsd100`` -> B100)."""
+    """Every name a test set goes by, lower-cased, -> the set (``cset14`` -> Set14)."""
     names = {s.lower(): s for s in ALL_SETS + (DEMO,)}
     for set_name, aliases in set_aliases().items():
         for alias in aliases:
@@ -140,7 +145,7 @@ class BenchmarkSet:
         if dataset == "Sample":
             self.items = list(TEST_PHOTOS)
         elif self.family == "derain":
-            folder = _first_dir(dir_data, dataset, [dataset, f"benchmark/{dataset}"])
+            folder = _first_dir(dir_data, dataset)
             self.items = rain_pairs(folder, LAYOUTS["Rain100L"], BenchmarkError)
         else:
             self.items = _hr_files(dir_data, dataset)
@@ -235,12 +240,7 @@ def _hr_files(dir_data: str, dataset: str) -> list[str]:
     """Everything in the set's HR folder named like an image: an entry that is not a regular file
     (a pipe, a device, a folder, a broken link) is kept, so reading it is an error that is counted
     and named, never an image silently left out of the set."""
-    if dataset == "DIV2K":
-        folder = _first_dir(dir_data, dataset, ["DIV2K/DIV2K_valid_HR", "DIV2K/DIV2K_train_HR"])
-    elif dataset == "CBSD68":
-        folder = _first_dir(dir_data, dataset, ["benchmark/CBSD68/HR", "CBSD68"])
-    else:
-        folder = _first_dir(dir_data, dataset, [f"benchmark/{dataset}/HR"])
+    folder = _first_dir(dir_data, dataset)
     files = list_entries(folder)
     if not files:
         raise BenchmarkError(f"{dataset}: no images (png, jpg, bmp, tif, webp) in {folder}")
@@ -248,18 +248,16 @@ def _hr_files(dir_data: str, dataset: str) -> list[str]:
 
 
 def _lr_dir(dir_data: str, dataset: str, scale: int) -> str | None:
-    candidates = ([f"DIV2K/DIV2K_valid_LR_bicubic/X{scale}", f"DIV2K/DIV2K_train_LR_bicubic/X{scale}"]
-                  if dataset == "DIV2K" else [f"benchmark/{dataset}/LR_bicubic/X{scale}"])
-    found = [os.path.join(dir_data, c) for c in candidates if os.path.isdir(os.path.join(dir_data, c))]
-    return found[0] if found else None
+    found = [os.path.join(dir_data, c.format(s=scale)) for c in LR_DIRS[dataset]]
+    return next((f for f in found if os.path.isdir(f)), None)
 
 
-def _first_dir(dir_data: str, dataset: str, candidates: list[str]) -> str:
-    for c in candidates:
-        if os.path.isdir(os.path.join(dir_data, c)):
-            return os.path.join(dir_data, c)
-    tried = " or ".join(os.path.join(dir_data, c) for c in candidates)
-    raise BenchmarkError(f"{dataset}: no folder {tried} (check --dir_data; layout: "
+def _first_dir(dir_data: str, dataset: str) -> str:
+    found = [os.path.join(dir_data, c) for c in HR_DIRS[dataset]]
+    for folder in found:
+        if os.path.isdir(folder):
+            return folder
+    raise BenchmarkError(f"{dataset}: no folder {' or '.join(found)} (check --dir_data; layout: "
                          f"{LAYOUTS.get(dataset, 'see README')})")
 
 

@@ -1,4 +1,4 @@
-"""scripts/prepare_data.py: each download layout converted, --check's findings, safe archives,
+"""python -m scripts.prepare_data: each download layout converted, --check's findings, safe archives,
 checked downloads. Tiny trees under tmp_path, a tiny table of expected sets; nothing leaves
 127.0.0.1."""
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data import archives, downloads, prepare, standard_sets
 from scripts import prepare_data
 
 # name -> (width, height) of the fake sets; the real table is data/standard_sets.json
@@ -31,6 +32,8 @@ TINY_SETS = {
     "DIV2K": {"count": 2, "names": ["0801", "0802"]},
 }
 SCALES = (2, 3, 4)
+SHIPPED_TABLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                             "standard_sets.json")
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +41,7 @@ def tiny_table(tmp_path, monkeypatch):
     """The script reads TINY_SETS instead of data/standard_sets.json."""
     path = tmp_path / "sets.json"
     path.write_text(json.dumps(TINY_SETS))
-    monkeypatch.setattr(prepare_data, "STANDARD_SETS_FILE", str(path))
+    monkeypatch.setattr(standard_sets, "STANDARD_SETS_FILE", str(path))
 
 
 def rgb(w: int, h: int, seed: int = 0) -> np.ndarray:
@@ -258,7 +261,7 @@ def test_archive_links_and_bombs_refused(tmp_path, capsys, monkeypatch):
     assert rc == 2 and "is a link" in err
     with zipfile.ZipFile(tmp_path / "Set14.zip", "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("Set14/comic.png", b"\0" * 100_000)  # compresses to a few hundred bytes
-    monkeypatch.setattr(prepare_data, "MAX_EXTRACT_BYTES", 50_000)
+    monkeypatch.setattr(archives, "MAX_EXTRACT_BYTES", 50_000)
     rc, _, err = run(capsys, tmp_path / "Set14.zip", "--out", tmp_path / "data")
     assert rc == 2 and "more than 50000 bytes" in err and err.count("\n") == 1
 
@@ -314,7 +317,7 @@ def test_download_refuses_what_it_cannot_verify(tmp_path, capsys):
     assert rc == 2 and "no public address known" in err
     rc, _, err = run(capsys, "--download", "Set5", "--out", tmp_path)
     assert rc == 2 and "no SHA-256 known for https://cv.snu.ac.kr" in err
-    table = prepare_data.DOWNLOADS
+    table = downloads.DOWNLOADS
     assert all(d.sha256 and len(d.sha256) == 64 for d in table["DIV2K"])  # from tensorflow/datasets
     assert {d.sha256 for s in ("Set5", "Set14", "B100", "Urban100", "Manga109", "CBSD68", "Rain100L")
             for d in table[s]} == {None}
@@ -344,14 +347,13 @@ def test_unknown_source_and_empty_check(tmp_path, capsys):
 
 
 def test_shipped_table_lists_the_sets(monkeypatch):
-    monkeypatch.setattr(prepare_data, "STANDARD_SETS_FILE",
-                        os.path.join(prepare_data.ROOT, "data", "standard_sets.json"))
-    specs = prepare_data.load_standard_sets()
+    monkeypatch.setattr(standard_sets, "STANDARD_SETS_FILE", SHIPPED_TABLE)
+    specs = standard_sets.load_standard_sets()
     assert {n: s.count for n, s in specs.items()} == {
         "Set5": 5, "Set14": 14, "B100": 100, "Urban100": 100, "Manga109": 109, "CBSD68": 68,
         "Rain100L": 100, "DIV2K": 100}
     assert len(specs["Manga109"].sizes) == 109 and specs["B100"].allowed == ((481, 321), (321, 481))
     assert specs["DIV2K"].names[0] == "0801" and specs["DIV2K"].names[-1] == "0900"
-    assert prepare_data.canonical_set("BSDS100") == "B100" and prepare_data.canonical_set("set50") is None
-    assert prepare_data.canonical_set("CSet14_HR") == "Set14"
-    assert prepare_data.canonical_set("BSD68") is None  # the greyscale set, not CBSD68
+    assert prepare.canonical_set("BSDS100") == "B100" and prepare.canonical_set("set50") is None
+    assert prepare.canonical_set("CSet14_HR") == "Set14"
+    assert prepare.canonical_set("BSD68") is None  # the greyscale set, not CBSD68

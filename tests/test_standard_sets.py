@@ -1,5 +1,5 @@
 """The standard test sets as users download them: images that are greyscale in the standard
-versions, the sets' other names (CSet14, BSD100, any case) in prepare_data.py and --data_test,
+versions, the sets' other names (CSet14, BSD100, any case) in scripts.prepare_data and --data_test,
 and the recorded SHA-256 of the standard pixels. Tiny tables and trees under tmp_path."""
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 import main as cli
+from data import standard_sets
 from data.benchmark import BenchmarkSet, canonical_test_set
+from data.images import read_image
 from option import parse_args
-from scripts import prepare_data
 from test_prepare_data import rgb, run, save, tiny_table  # noqa: F401 (autouse: its tiny table)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,10 +33,10 @@ def shipped() -> dict:
 
 
 def use_table(tmp_path, monkeypatch, table: dict) -> None:
-    """prepare_data reads ``table`` instead of data/standard_sets.json."""
+    """scripts.prepare_data reads ``table`` instead of data/standard_sets.json."""
     path = tmp_path / "sets.json"
     path.write_text(json.dumps(table))
-    monkeypatch.setattr(prepare_data, "STANDARD_SETS_FILE", str(path))
+    monkeypatch.setattr(standard_sets, "STANDARD_SETS_FILE", str(path))
 
 
 def grey_rgb(seed: int) -> np.ndarray:
@@ -90,7 +91,7 @@ def test_a_colour_copy_of_a_greyscale_standard_image_is_reported(tmp_path, monke
 
 
 def test_shipped_table_lists_the_greyscale_images_of_the_standard_versions():
-    specs = prepare_data.load_standard_sets(SHIPPED_TABLE)
+    specs = standard_sets.load_standard_sets(SHIPPED_TABLE)
     assert {n: sorted(s.greyscale) for n, s in specs.items() if s.greyscale} == {
         "Set14": ["bridge", "man"],
         "Urban100": ["img_011", "img_028", "img_036", "img_042", "img_045", "img_072", "img_095"],
@@ -236,12 +237,12 @@ def test_pixel_sha256_is_of_the_size_and_rgb_bytes():
     path = os.path.join(SET5_BIRD, "HR/bird.png")
     img = np.asarray(Image.open(path).convert("RGB"))
     expected = hashlib.sha256(b"288x288 RGB8\n" + img.tobytes()).hexdigest()
-    assert prepare_data.pixel_sha256(prepare_data.read_image(path)) == expected
+    assert standard_sets.pixel_sha256(read_image(path)) == expected
     assert expected == bird_table()["Set5"]["pixels_sha256"]["bird"]  # the fixture is the standard bird
 
 
 def test_shipped_hashes_cover_set5_and_cbsd68():
-    specs = prepare_data.load_standard_sets(SHIPPED_TABLE)
+    specs = standard_sets.load_standard_sets(SHIPPED_TABLE)
     assert {n: len(s.pixels_sha256) for n, s in specs.items() if s.pixels_sha256} == {
         "Set5": 5, "CBSD68": 68}
 
