@@ -26,8 +26,8 @@ the batch task's crop, is skipped, counted, and its place in the batch is taken 
 a usable image of the same batch.
 
 Tar shards are streamed per worker: its run of members is contiguous in a per-epoch shuffle of the
-shards, members keep their order inside a shard (`scripts/make_shards.py` shuffles them when it
-packs). Shard member counts come from the ``shards.json`` that make_shards writes, else a scan;
+shards, members keep their order inside a shard (`python -m scripts.scale.make_shards` shuffles
+them when it packs). Shard member counts come from the ``shards.json`` that make_shards writes, else a scan;
 a ``shards.json`` that is not such a record is a TrainingDataError (`read_shard_index`).
 """
 from __future__ import annotations

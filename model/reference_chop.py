@@ -4,7 +4,7 @@ It follows their procedure step by step, repeated tiles included: the main grid,
 left strips, the bottom and right strips and the corner tile are each evaluated and averaged on
 their own, then pasted in the authors' order. ``model.tiling`` must give the same output while
 evaluating each distinct tile once: the tests check it against this module, and
-scripts/benchmark.py times it as the baseline. It needs only torch, and nothing else of the
+python -m scripts.benchmark times it as the baseline. It needs only torch, and nothing else of the
 project, so that it stays independent of the tiler it checks.
 """
 from __future__ import annotations
