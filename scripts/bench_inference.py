@@ -21,19 +21,8 @@ from model import IPT, IPTConfig, restore
 from model.ipt import MLP_RATIO
 from model.reference_chop import reference_chop
 from model.tiling import CPU_TILES_PER_CALL
-from scripts.timing import (
-    FULL,
-    ROOT,
-    SMOKE,
-    TINY_IPT,
-    Sizes,
-    bench_device,
-    counting_tiles,
-    in_child,
-    interleave,
-    section,
-    timed,
-)
+from scripts import timing
+from scripts.timing import bench_device, counting_tiles, in_child, interleave, section, text, timed
 
 median = statistics.median
 CUDA_BACKWARD_BATCH = 64  # about 29 GB on the CPU: GPU only
@@ -69,7 +58,7 @@ def tiling_modes(device: torch.device) -> list[str]:
 
 def tiling_model(device: torch.device) -> torch.nn.Module:
     """The x2 IPT the tiling section runs: full size on CUDA, the tiny one on the CPU."""
-    return x2_model(device, num_queries=1, **({} if device.type == "cuda" else TINY_IPT)).eval()
+    return x2_model(device, num_queries=1, **({} if device.type == "cuda" else timing.TINY_IPT)).eval()
 
 
 def run_tiling(mode: str, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -136,18 +125,9 @@ def tiling_section(args: argparse.Namespace) -> str:
     for size in args.sizes.tiling_sizes:
         tiling_size(args, model, size, rows)
     kind = "full-size x2 IPT" if device.type == "cuda" else "tiny x2 IPT (n_feats 16, 4 heads, 1 layer)"
-    cap = (f"On the CPU `official` and `fast` call the network on at most {CPU_TILES_PER_CALL} "
-           "tiles at a time (`restore`'s `cpu_tiles_per_call`, by default "
-           "`model.tiling.CPU_TILES_PER_CALL`: larger calls allocate blocks that glibc maps afresh "
-           f"on every call); `official-64` passes {CROP_BATCH}, the crop batch, to show what that "
-           "cap is worth. " if device.type == "cpu" else "")
-    intro = (f"{kind}, random weights, crop batch {CROP_BATCH}; seconds are medians of {args.reps} "
-             "interleaved repetitions; `reference` is the authors' strip-by-strip procedure "
-             f"(model/reference_chop.py, {CROP_BATCH} tiles per call). {cap}Peak memory: on CUDA "
-             "`max_memory_allocated`; on the CPU how far one restoration in a fresh process "
-             "raises its resident set at the peak (`VmHWM` reset through `/proc/self/clear_refs`, "
-             "after a one-tile warm-up)" + (f", measured for {', '.join(args.sizes.peak_modes)} only"
-                                            if args.sizes.peak_modes else "") + ".")
+    cap = text("tiling-cap", cap=CPU_TILES_PER_CALL, crop=CROP_BATCH) + " " if device.type == "cpu" else ""
+    only = f", measured for {', '.join(args.sizes.peak_modes)} only" if args.sizes.peak_modes else ""
+    intro = text("tiling", kind=kind, crop=CROP_BATCH, reps=args.reps, cap=cap, only=only)
     return section(f"Whole-image inference ({device.type})", args, [intro],
                    ["size", "mode", "seconds", "tile evaluations", "speed-up vs reference", "peak MiB",
                     "max abs diff official vs reference"], rows)
@@ -224,7 +204,7 @@ def time_pass(model: torch.nn.Module, x: torch.Tensor, run: Pass) -> float:
     return timed(step, x.device)[0]
 
 
-def forward_passes(sizes: Sizes, device: torch.device) -> list[Pass]:
+def forward_passes(sizes: timing.Sizes, device: torch.device) -> list[Pass]:
     """The timed configurations: fp32 (and bf16 on CUDA) forward and forward+backward."""
     cuda = device.type == "cuda"
     backward = sizes.backward_batches + ((CUDA_BACKWARD_BATCH,) if cuda else ())
@@ -246,7 +226,7 @@ def child_forward(batch: int, reps: int, smoke: bool, tuned: bool) -> str:
 
     if tuned and not utility.keep_freed_memory():
         raise RuntimeError("glibc mallopt is not available here")
-    model = x2_model(torch.device("cpu"), **(SMOKE if smoke else FULL).forward_model)
+    model = x2_model(torch.device("cpu"), **(timing.SMOKE if smoke else timing.FULL).forward_model)
     x = torch.rand(batch, 3, model.patch_size, model.patch_size) * 255
     run = Pass(False, "fp32", batch)
     time_pass(model, x, run)
@@ -258,26 +238,14 @@ def child_forward(batch: int, reps: int, smoke: bool, tuned: bool) -> str:
 
 def fresh_notes(fresh: dict[bool, tuple[float, float]]) -> list[str]:
     """The footnotes of the fresh-process rows (both, or only the tuned one in a smoke run)."""
-    child = ("In a child process that runs only this forward (a warm-up, then the repetitions), "
-             "as an evaluation does")
-    notes = []
+    notes, child = [], text("fresh-child")
     if False in fresh:
         against = f", against {fresh[True][1]:,.0f} in the row below" if True in fresh else ""
-        notes.append(f"\\* {child}: {fresh[False][1]:,.0f} minor page faults per call "
-                     f"(`getrusage`){against}. glibc "
-                     "maps large blocks on their own and unmaps them when freed, so such a process "
-                     "page-faults its activations in afresh on every call (the attention scores of "
-                     "16 full-size tiles take 50 MiB). The rows above run after the warm-up's "
-                     "forward+backward, after which glibc serves these blocks from its heap (its "
-                     "dynamic mmap and trim thresholds have risen).")
+        notes.append(text("fresh-untuned", child=child, faults=fresh[False][1], against=against))
     if True in fresh:
         first = ("The same" if False in fresh else
                  f"{child}, {fresh[True][1]:,.0f} minor page faults per call (`getrusage`),")
-        notes.append(f"\\*\\* {first} with `mallopt(M_MMAP_MAX, 0)` and "
-                     "`mallopt(M_TRIM_THRESHOLD, 1 GiB)` called first (`utility.keep_freed_memory`, "
-                     "which `main.py` calls when it runs on the CPU): no block is mapped on its own "
-                     "and the heap keeps up to 1 GiB of freed memory. The allocator changes no "
-                     "arithmetic.")
+        notes.append(text("fresh-tuned", first=first))
     return notes
 
 
@@ -318,21 +286,12 @@ def forward_intro(args: argparse.Namespace, cfg: IPTConfig, device: torch.device
                   shape: tuple[int, int, int], peak: dict[str, float]) -> list[str]:
     """The forward section's paragraphs on the model and on the GEMM peak."""
     size, (m, k, n) = "full-size" if not args.sizes.forward_model else "tiny (smoke)", shape
-    return [f"{size} x2 IPT (n_feats {cfg.n_feats}, {cfg.num_heads} heads, {cfg.num_layers} "
-            f"layer(s), {cfg.patch_size}x{cfg.patch_size} input, attention `{cfg.attention}`: "
-            f"{'sdpa' if device.type == 'cuda' else 'the authors arithmetic'} here), random "
-            "weights. "
-            f"FLOPs counted by `torch.utils.flop_counter.FlopCounterMode` on one tile: "
-            f"{flops[False] / 1e9:.2f} GFLOPs forward, {flops[True] / 1e9:.2f} GFLOPs forward+"
-            f"backward ({flops[True] / flops[False]:.2f}x); it counts matmuls, convolutions "
-            "and fused attention at 2 FLOPs per multiply-add, not softmax, LayerNorm, ReLU or "
-            "additions. Forward runs under `no_grad` in eval mode; forward+backward in train "
-            "mode with loss = mean of the output; bf16 is `torch.autocast`.",
-            f"GEMM peak: `torch.mm` of the model's largest matmul, the body's feed-forward "
-            f"Linear at batch {max(args.sizes.forward_batches)} ({m} tokens x {k} @ {k} x {n}), "
-            f"into a preallocated output, {args.sizes.gemm_calls} call(s) per repetition: "
-            + ", ".join(f"{d} {peak[d] / 1e9:.0f} GFLOP/s" for d in peak)
-            + f". Seconds are medians of {args.reps} interleaved repetitions after one warm-up."]
+    how = "sdpa" if device.type == "cuda" else "the authors arithmetic"
+    peaks = ", ".join(f"{d} {peak[d] / 1e9:.0f} GFLOP/s" for d in peak)
+    return [text("forward-model", size=size, cfg=cfg, how=how, forward=flops[False] / 1e9,
+                 both=flops[True] / 1e9, ratio=flops[True] / flops[False]),
+            text("forward-gemm", batch=max(args.sizes.forward_batches), m=m, k=k, n=n,
+                 calls=args.sizes.gemm_calls, peaks=peaks, reps=args.reps)]
 
 
 # ----------------------------------------------------------------------------------------
@@ -341,7 +300,7 @@ def forward_intro(args: argparse.Namespace, cfg: IPTConfig, device: torch.device
 BF16_MODES = ("official", "fast")
 PRECISIONS = ("single", "bf16")
 BF16_SIZE = {False: 126, True: 64}  # --smoke or not -> side of the image restore() is timed on
-BF16_MODEL = {False: {}, True: TINY_IPT}  # --smoke or not -> IPT options: full size, or tiny
+BF16_MODEL = {False: {}, True: timing.TINY_IPT}  # --smoke or not -> IPT options: full, or tiny
 SMOKE_DEMO_SIDE = 60  # --smoke: the --test_only run restores one Demo image of this side
 TEST_ONLY_TIMEOUT_S = 3600  # one --test_only child (the full-size model on the two Sample photos)
 
@@ -350,7 +309,7 @@ def test_only_argv(precision: str, save: str, demo: str | None, smoke: bool,
                    device: torch.device) -> list[str]:
     """main.py's command line of the timed --test_only run: the Sample photos (sr2, scored), or
     with --smoke one small Demo image, fast tiling, the torch threads of this process."""
-    argv = [sys.executable, os.path.join(ROOT, "main.py"), "--test_only", "--scale", "2",
+    argv = [sys.executable, os.path.join(timing.ROOT, "main.py"), "--test_only", "--scale", "2",
             "--precision", precision, "--chop", "fast", "--save", save,
             "--threads", str(torch.get_num_threads())]
     argv += ["--data_test", "Demo", "--dir_demo", demo] if demo else ["--data_test", "Sample"]
@@ -430,16 +389,8 @@ def bf16_section(args: argparse.Namespace) -> str:
     kind = "tiny (smoke)" if args.smoke else "full-size"
     run = (f"one {SMOKE_DEMO_SIDE}x{SMOKE_DEMO_SIDE} Demo image" if args.smoke else
            "the two Sample photos (sr2, scored: bicubic baseline, PSNR and SSIM)")
-    intro = (f"{kind} x2 IPT (n_feats {cfg.n_feats}, {cfg.num_heads} heads, {cfg.num_layers} "
-             f"layer(s)), random weights, {torch.get_num_threads()} torch thread(s). `restore()` "
-             f"of one {size}x{size} image, crop batch {CROP_BATCH}; `--precision bf16` runs the "
-             "network's forward under `torch.autocast` (fp32 weights) and blends in fp32. "
-             f"{bf16_support(device)}. The whole run: `main.py --test_only --chop fast` "
-             f"on {run} in a child process, its start-up (about 2.5 s of imports) included. "
-             f"Seconds are medians of {args.reps} interleaved repetitions after one warm-up of "
-             "each restoration. Max abs diff: of the unquantised outputs, bf16 against single, "
-             "in grey levels (random weights; what bf16 does to the PSNR of trained weights is "
-             "in the table below this section).")
+    intro = text("bf16", kind=kind, cfg=cfg, threads=torch.get_num_threads(), size=size, crop=CROP_BATCH,
+                 support=bf16_support(device), run=run, reps=args.reps)
     return section(f"bf16 inference ({device.type})", args, [intro],
                    ["what", "tiling", "single s", "bf16 s", "speed-up", "tile evaluations", "max abs diff"],
                    rows)

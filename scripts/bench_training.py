@@ -17,7 +17,17 @@ from data.sample import sample_photos
 from data.stream import PairStream
 from model import build_model
 from option import parse_args, settings
-from scripts.timing import HEADS, Sizes, bench_device, interleave, read_section, section, significant, timed
+from scripts.timing import (
+    HEADS,
+    Sizes,
+    bench_device,
+    interleave,
+    read_section,
+    section,
+    significant,
+    text,
+    timed,
+)
 from tasks import task_scale
 from trainer import Trainer
 
@@ -61,13 +71,8 @@ def loader_section(args: argparse.Namespace) -> str:
         megapixels = write_jpegs(folder)
         rates = interleave({(task, w): lambda rep, t=task, w=w: loader_rate(folder, t, w, rep, sizes)
                             for task in sizes.loader_tasks for w in workers}, args.reps)
-    intro = (f"`PairStream` over the 8 scikit-image training photos written as JPEG (quality "
-             f"{JPEG_QUALITY}, {megapixels:.2f} megapixels on average, larger than a typical "
-             f"ImageNet JPEG of 500x375, 0.19 MP, so decoding costs more here), batch "
-             f"{sizes.loader_batch}, one crop per file, augmentation on; "
-             f"`DataLoader(batch_size=None, num_workers=W)`. Pairs per second over "
-             f"{sizes.loader_batches} batches after a first untimed one, median of {args.reps} "
-             "interleaved repetitions. derain uses procedural streaks.")
+    intro = text("loader", quality=JPEG_QUALITY, megapixels=megapixels, batch=sizes.loader_batch,
+                 batches=sizes.loader_batches, reps=args.reps)
     rows = [[task, 48, 48 * task_scale(task), *(significant(median(rates[(task, w)])) for w in workers)]
             for task in sizes.loader_tasks]
     return section("Data loader (pairs/s)", args, [intro],
@@ -160,10 +165,7 @@ def training_section(args: argparse.Namespace) -> str:
             for run, sec in zip(runs, seconds, strict=True)]
     tiny = [sec / r.batch for r, sec in zip(runs, seconds, strict=True)
             if r.name == "tiny" and r.amp == "none"]
-    intro = ("`Trainer.train_step` (trainer.py) of a six-head IPT (sr2, sr3, sr4, derain, "
-             "denoise30, denoise50), 48x48 inputs, L1 + 0.1 x contrastive loss, Adam; one step "
-             "per head in turn on random in-memory batches (no loader), after one warm-up round; "
-             f"medians of {args.reps} interleaved repetitions.")
+    intro = text("training", reps=args.reps)
     return section(f"Training ({device.type})", args, [intro],
                    ["configuration", "batch", "amp", "s/step", "steps/s", "pairs/s consumed"], rows,
                    [loader_ratio(args.doc, 1 / tiny[0] if tiny else None)])
@@ -176,11 +178,8 @@ def loader_ratio(doc: str, consumed: float | None) -> str:
         return "Loader ratio: no loader figures in the doc (run the loader section)."
     workers, rates = figures
     slowest = min(rates, key=rates.get)
-    return (f"Loader ratio: with {workers} worker(s) (this machine's {utility.usable_cpus()} core(s)) the "
-            f"loader section's slowest task, {slowest}, delivers {significant(rates[slowest])} pairs/s; "
-            f"the tiny training (fp32) consumes {consumed:.1f} pairs/s: ratio "
-            f"{rates[slowest] / consumed:.1f}x (the loader runs beside the training in practice, "
-            "on the same cores).")
+    return text("loader-ratio", workers=workers, cores=utility.usable_cpus(), slowest=slowest,
+                rate=significant(rates[slowest]), consumed=consumed, ratio=rates[slowest] / consumed)
 
 
 # ----------------------------------------------------------------------------------------
@@ -263,22 +262,8 @@ def saving_section(args: argparse.Namespace) -> str:
     sec = {row: median(t) for row, t in times.items()}
     mb = {name: size / 1e6 for name, size in sizes.items()}
     size = "full-size" if not args.sizes.saving_model else "tiny (smoke)"
-    intro = (f"`Trainer.save` of the {size} six-head IPT ({parameters / 1e6:.1f} M parameters), "
-             "Adam moments filled for every weight, into a temporary folder on this machine's "
-             f"disk: model/model_latest.pt {mb['model_latest.pt']:.0f} MB, state.pt "
-             f"{mb['state.pt']:.0f} MB (weights, two Adam moments, the rest). A save copies the "
-             "state to the CPU (pinned memory from CUDA): one more copy of the state in memory, "
-             "allocated by the first save of a run and overwritten by the next ones; then a "
-             "thread writes model_latest.pt, state.pt and training.json, each to a temporary "
-             "renamed over the file. Periodic saves return once the copy is made, the final one "
-             "once the files are written. While the thread writes, training steps share the CPU "
-             "with it: where the step's threads occupy every core, as on a CPU-only machine, "
-             "those steps are slower. On the CPU glibc malloc is tuned as `main.py` tunes it "
-             "(`utility.keep_freed_memory`). "
-             "The file rows write the copy as `utility.atomic_save` does, plus an fsync before "
-             "the rename, which atomic_save does not do (the kernel writes the pages back "
-             f"later): what durability would add. Seconds are medians of {args.reps} "
-             "repetitions.")
+    intro = text("saving", size=size, parameters=parameters / 1e6, model_mb=mb["model_latest.pt"],
+                 state_mb=mb["state.pt"], reps=args.reps)
     rows = [["copy of the state to the CPU (`Trainer.snapshot`)", f"{sec['snapshot']:.3f}"]]
     rows += [[f"{name}: {phase}", f"{sec[f'{name} {phase}']:.3f}"]
              for name in ("model_latest.pt", "state.pt") for phase in SAVE_PHASES]

@@ -20,6 +20,7 @@ from scripts.study_records import (
     read_manifest,
 )
 
+TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "study_report.md")
 BASELINE = {"sr2": "bicubic", "denoise30": "noisy input"}
 
 
@@ -135,71 +136,22 @@ def excluding_zero(found: dict) -> list[str]:
 
 
 def report(m: dict, found: dict, plot_name: str) -> str:
-    """STUDY.md's text around the tables and the plot."""
-    seeds = "+".join(map(str, m["seeds"]))
-    command = " ".join(shlex.quote(x) for x in m["command"])
-    pool = ", ".join(m["pool"]) or "no --pool"
-    total = m["pretrain_steps"] + m["finetune_steps"]
-    hours = sum(r.seconds for s in found for row in found[s].values() for r in row.values()) / 3600
+    """STUDY.md's text around the tables and the plot: study_report.md with the study's figures."""
     tables = "\n\n".join(f"### {task}: {TASKS[task]}{' x2' if task == 'sr2' else ' σ30'}\n\n"
                          f"{table(found, task)}" for task in TASKS)
     clear = "\n".join(f"- {line}" for line in excluding_zero(found)) or "- none"
-    return f"""# Does pre-training help? Measured at equal compute, at a tiny scale
-
-Made by `python -m scripts.study` with {markdown_text(command)} on {markdown_text(m['machine'])},
-seeds {seeds}; the document and its plot are re-made from the committed records in
-`docs/study/` by `python -m scripts.study --report_only`.
-
-**The question.** Does pre-training on many tasks, then fine-tuning, beat fine-tuning alone
-*at the same cost*? The pre-training is charged in full to each task. Each row starts the
-fine-tuning of sr2 and of denoise30 differently; everything else is the same: the quickstart's
-tiny IPT (n_feats 16, 4 heads, 1 layer, batch 8, Adam at 5e-4 with a cosine schedule over each
-run{', ' + markdown_text(m['options']) if m['options'] else ''}), trained on the
-{m['pool_photos']} photos of {markdown_text(pool)} and the {m['sample_photos']} built-in sample
-photos, cut into {POOL_TILE}x{POOL_TILE} tiles.
-
-- **{REFERENCE.name}** (the reference at equal steps): fine-tuning only, for {total} steps:
-  as many as a pre-trained row's {m['pretrain_steps']} pre-training and {m['finetune_steps']}
-  fine-tuning steps together.
-- **{SECONDS_REFERENCE.name}** (the reference at equal seconds): fine-tuning only, for as many
-  steps as its own measured speed fits into the training seconds of the *{SECONDS_MATCH}* row
-  (that seed's pre-training plus its fine-tuning of the task).
-- **six**: {m['pretrain_steps']} steps on the paper's six tasks (sr2, sr3, sr4, derain,
-  denoise30, denoise50; one task a batch, L1 plus the contrastive loss at weight 0.1), then
-  {m['finetune_steps']} fine-tuning steps of the task's own head.
-- **mim, head from mim**: the same, pre-trained on masked image modelling alone (half the
-  body's tokens masked at random per sample), the task's head, tail (its last convolution) and
-  query started from the mim head's (`--init_from mim`).
-- **six+mim**: the six tasks and mim, one task a batch.
-
-*Training seconds* are what each run recorded in its training.json (the wall-clock time of its
-training steps, data loading included; validation, saving and any time between interrupted
-sessions left out), on an otherwise idle machine; {hours:.1f} h in all. Scores: sr2 on Set5 x2
-with the authors' tiling (`--chop official`), denoise30 on all {m['noise_images']} CBSD68 images
-with `--chop fast` (the authors' tiling takes about 7 minutes an evaluation here; the two
-differ by a few hundredths of a dB), seeded noise; PSNR and SSIM on the Y channel (sr2: 2
-pixels shaved); mean ± standard deviation over the seeds. Each Δ is the mean over seeds of the
-per-seed difference to the reference, with its paired 95% t-interval; **bold**: the interval
-leaves out 0.
-
-{tables}
-
-Differences larger than their interval:
-
-{clear}
-
-![validation PSNR against training step]({plot_name})
-
-The plot: validation PSNR (fast tiling; Set5 and the first {m['val_images']} CBSD68 images)
-every {m['val_every']} fine-tuning steps, mean over the seeds, against the run's training step
-with its pre-training counted (the pre-trained rows start at {m['pretrain_steps']}).
-
-**The data**, public sets under their usual names: Set5 (the `testsets/Set5` folder of the
-SwinIR repository, JingyunLiang/SwinIR), CBSD68 and Sun-Hays 80 (the `CBSD68` and
-`CSun_Hays80` folders of majedelhelou/denoising_datasets). Prepare the test sets with
-`python -m scripts.prepare_data Set5 CBSD68 --out DATA` (folders or archives as downloaded),
-then run `python -m scripts.study --pool CSun_Hays80 --dir_data DATA`.
-"""
+    with open(TEMPLATE, encoding="utf-8") as f:
+        template = f.read()
+    return template.format(
+        command=markdown_text(" ".join(shlex.quote(x) for x in m["command"])),
+        machine=markdown_text(m["machine"]), seeds="+".join(map(str, m["seeds"])),
+        options=", " + markdown_text(m["options"]) if m["options"] else "",
+        pool=markdown_text(", ".join(m["pool"]) or "no --pool"), tile=POOL_TILE, reference=REFERENCE.name,
+        seconds_reference=SECONDS_REFERENCE.name, match=SECONDS_MATCH, plot_name=plot_name,
+        total=m["pretrain_steps"] + m["finetune_steps"], clear=clear, tables=tables,
+        hours=sum(r.seconds for s in found for row in found[s].values() for r in row.values()) / 3600,
+        **{k: m[k] for k in ("pool_photos", "sample_photos", "pretrain_steps", "finetune_steps",
+                             "noise_images", "val_images", "val_every")})
 
 
 CONCLUSIONS = "## What the numbers show"  # written by a person: kept when the study is remade

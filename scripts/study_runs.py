@@ -13,25 +13,8 @@ import stops
 import utility
 from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image, save_image, stem
 from data.sample import sample_photos
-from scripts import hostinfo
-from scripts.study_records import (
-    MANIFEST,
-    MANIFEST_COUNTS,
-    METRICS,
-    POOL_TILE,
-    PROG,
-    REFERENCE,
-    ROWS,
-    RUN_ROWS,
-    SECONDS_MATCH,
-    TASKS,
-    Row,
-    StudyError,
-    finetune_name,
-    run_dir,
-    scores,
-    train_seconds,
-)
+from scripts import hostinfo, study_records
+from scripts.study_records import PROG, TASKS, Row, StudyError, finetune_name, run_dir, scores, train_seconds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIX_SCALES, SIX_TASKS = "2+3+4+1+1+1", "sr2+sr3+sr4+derain+denoise30+denoise50"
@@ -45,7 +28,7 @@ SAVE_EVERY = 200  # steps between saves, so a killed run loses little
 TINY = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "1", "--batch_size", "8",
         "--lr", "5e-4", "--schedule", "cosine"]
 NO_VALIDATION = "1000000000"
-RECORD_FILES = ("log.txt", os.path.join("model", utility.TRAINING_RECORD), METRICS)
+RECORD_FILES = ("log.txt", os.path.join("model", utility.TRAINING_RECORD), study_records.METRICS)
 
 
 # ----------------------------------------------------------------------------------------
@@ -55,7 +38,7 @@ def make_pool(folders: list[str], root: str, smoke: bool) -> None:
     """ROOT/ImageNet/: the photos of ``folders`` and the sample photos, cut into POOL_TILE
     squares (a small PNG decodes in a few ms, a 1024-pixel JPEG in 35: the loader kept up with
     the tiny model only on tiles)."""
-    target = os.path.join(root, "ImageNet")
+    target, tile = os.path.join(root, "ImageNet"), study_records.POOL_TILE
     os.makedirs(target, exist_ok=True)
     photos = [(f"pool{i}_{stem(path)}", path) for i, folder in enumerate(folders)
               for path in sorted(images_under(folder))[:2 if smoke else None]]
@@ -71,10 +54,9 @@ def make_pool(folders: list[str], root: str, smoke: bool) -> None:
             unreadable.append(photo)
             continue
         _, h, w = image.shape
-        corners = [(y, x) for y in range(0, h - POOL_TILE + 1, POOL_TILE)
-                   for x in range(0, w - POOL_TILE + 1, POOL_TILE)]
+        corners = [(y, x) for y in range(0, h - tile + 1, tile) for x in range(0, w - tile + 1, tile)]
         for k, (y, x) in enumerate(corners):
-            save_image(image[:, y:y + POOL_TILE, x:x + POOL_TILE], os.path.join(target, f"{name}_{k}.png"))
+            save_image(image[:, y:y + tile, x:x + tile], os.path.join(target, f"{name}_{k}.png"))
     if unreadable:
         print(f"{PROG}: warning: {len(unreadable)} of {len(photos)} pool photo(s) could not be "
               f"read and were left out", file=sys.stderr, flush=True)
@@ -141,7 +123,7 @@ def done(run: str, what: str, steps: int | None = None) -> bool:
             raise StudyError(f"{run}: a finished run of {record.get('max_steps')} steps, where this "
                              f"study trains {steps}: give another --work, or delete that folder")
         return finished
-    return os.path.lexists(os.path.join(run, METRICS))
+    return os.path.lexists(os.path.join(run, study_records.METRICS))
 
 
 def common(a: argparse.Namespace) -> list[str]:
@@ -177,10 +159,10 @@ def row_steps(a: argparse.Namespace, root: str, row: Row, task: str, seed: int) 
     total = a.pretrain_steps + a.finetune_steps
     if row.budget == "steps":
         return total
-    match = next(r for r in ROWS if r.name == SECONDS_MATCH)
+    match = next(r for r in study_records.ROWS if r.name == study_records.SECONDS_MATCH)
     target = (train_seconds(run_dir(root, seed, f"pretrain_{match.pretraining}"))
               + train_seconds(run_dir(root, seed, finetune_name(match, task))))
-    per_step = train_seconds(run_dir(root, seed, finetune_name(REFERENCE, task))) / total
+    per_step = train_seconds(run_dir(root, seed, finetune_name(study_records.REFERENCE, task))) / total
     return max(1, round(target / per_step)) if per_step > 0 else total
 
 
@@ -221,7 +203,7 @@ def run_all(a: argparse.Namespace) -> None:
     for seed in a.seeds:
         checkpoints = {name: pretrain(a, name, seed, data) for name in PRETRAININGS}
         for task in TASKS:
-            for row in RUN_ROWS:
+            for row in study_records.RUN_ROWS:
                 evaluate(a, finetune(a, row, task, seed, data, checkpoints), task, test)
 
 
@@ -234,8 +216,8 @@ def run_names(seeds: list[int]) -> list[str]:
     for seed in seeds:
         names += [run_dir("", seed, f"pretrain_{name}") for name in PRETRAININGS]
         for task in TASKS:
-            names += [run_dir("", seed, finetune_name(row, task)) + end for row in RUN_ROWS
-                      for end in ("", "_eval")]
+            names += [run_dir("", seed, finetune_name(row, task)) + end
+                      for row in study_records.RUN_ROWS for end in ("", "_eval")]
     return names
 
 
@@ -257,7 +239,7 @@ def collect(a: argparse.Namespace) -> None:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.copyfile(source, target)
     pool_photos = sum(len(images_under(folder)) for folder in a.pool)
-    manifest = {"seeds": a.seeds, **{k: getattr(a, k) for k in MANIFEST_COUNTS[:5]},
+    manifest = {"seeds": a.seeds, **{k: getattr(a, k) for k in study_records.MANIFEST_COUNTS[:5]},
                 "pool_photos": pool_photos, "sample_photos": len(sample_photos("train")),
                 "options": a.options, "machine": machine(), "pool": a.pool, "command": a.argv}
-    utility.write_json(os.path.join(a.records, MANIFEST), manifest)
+    utility.write_json(os.path.join(a.records, study_records.MANIFEST), manifest)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import re
@@ -18,6 +19,7 @@ from scripts.hostinfo import machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "BENCHMARKS.md")
+TEXT = os.path.join(ROOT, "scripts", "benchmark_text.md")  # the doc's paragraphs, with {fields}
 DOC_TITLE = ("# Benchmarks\n\nMade by `python -m scripts.benchmark [SECTION ...] [--reps N]`; "
              "each section is rewritten between its markers by its own run.\n")
 HEADS = ("sr2", "sr3", "sr4", "derain", "denoise30", "denoise50")  # the six-task head order
@@ -111,6 +113,19 @@ def significant(value: float, digits: int = 3) -> str:
     if not math.isfinite(value) or value <= 0:
         return f"{value:.0f}"
     return f"{value:.{max(0, digits - 1 - math.floor(math.log10(value)))}f}"
+
+
+@functools.cache
+def paragraphs() -> dict[str, str]:
+    """benchmark_text.md's paragraphs by name, each on one line."""
+    with open(TEXT, encoding="utf-8") as f:
+        parts = re.split(r"^\[([\w-]+)\]\n", f.read(), flags=re.M)[1:]
+    return {name: " ".join(body.split()) for name, body in zip(parts[::2], parts[1::2], strict=True)}
+
+
+def text(name: str, **fields: object) -> str:
+    """The doc's paragraph ``name`` with its fields filled in."""
+    return paragraphs()[name].format(**fields)
 
 
 def section(title: str, args: argparse.Namespace, paragraphs: list[str], header: list[str],
