@@ -111,9 +111,13 @@ def make_trainer(ipt_options: dict, batch: int, amp: str, save: str, device: tor
 
 def task_batches(batch: int, patch: int, device: torch.device) -> list[dict]:
     """One random batch per head, in head order, as the loader hands them over."""
-    return [{"lr": torch.rand(batch, 3, patch, patch, device=device) * 255,
-             "hr": torch.rand(batch, 3, *(2 * (patch * task_scale(task),)), device=device) * 255,
-             "task_id": task_id, "step": task_id} for task_id, task in enumerate(HEADS)]
+    out = []
+    for task_id, task in enumerate(HEADS):
+        hr = patch * task_scale(task)
+        out.append({"lr": torch.rand(batch, 3, patch, patch, device=device) * 255,
+                    "hr": torch.rand(batch, 3, hr, hr, device=device) * 255,
+                    "task_id": task_id, "step": task_id})
+    return out
 
 
 @dataclass

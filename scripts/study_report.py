@@ -8,17 +8,8 @@ import statistics
 
 import utility
 from report import markdown_text
-from scripts.study_records import (
-    POOL_TILE,
-    REFERENCE,
-    ROWS,
-    RUN_ROWS,
-    SECONDS_MATCH,
-    SECONDS_REFERENCE,
-    TASKS,
-    gather,
-    read_manifest,
-)
+from scripts import study_records
+from scripts.study_records import REFERENCE, ROWS, SECONDS_REFERENCE, TASKS, gather, read_manifest
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "study_report.md")
 BASELINE = {"sr2": "bicubic", "denoise30": "noisy input"}
@@ -75,11 +66,10 @@ def table(found: dict, task: str) -> str:
                  f"{first['baseline_ssim']:.4f} | | |")
     for row in (REFERENCE, SECONDS_REFERENCE, *ROWS[1:]):
         runs = [found[s][row.name][task] for s in seeds]
-        pre = f"{found[seeds[0]][row.name][task].steps - finetune_of(found, row.name, task)} + " \
-            if row.pretraining else ""
-        steps = sorted({r.steps for r in runs})
-        steps_text = pre + (f"{finetune_of(found, row.name, task)}" if len(steps) == 1 else
-                            f"{min(steps)}–{max(steps)}")
+        fine = runs[0].steps - (runs[0].curve[0][0] if row.pretraining else 0)  # the first seed's
+        pre = f"{runs[0].steps - fine} + " if row.pretraining else ""
+        steps = sorted({r.steps for r in runs})  # the same for every seed but the equal-seconds row's
+        steps_text = pre + (f"{fine}" if len(steps) == 1 else f"{min(steps)}–{max(steps)}")
         cells = [row.name, steps_text, spread([r.seconds for r in runs], 0),
                  spread([r.scores["psnr_y"] for r in runs]),
                  spread([r.scores["ssim_y"] for r in runs], 4)]
@@ -89,14 +79,6 @@ def table(found: dict, task: str) -> str:
                   "" if row is REFERENCE else difference(found, row.name, SECONDS_REFERENCE.name, task)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def finetune_of(found: dict, row: str, task: str) -> int:
-    """The fine-tuning steps of a row (its first seed's; the same for every seed but the
-    equal-seconds reference's)."""
-    r = next(r for r in RUN_ROWS if r.name == row)
-    first = found[next(iter(found))][row][task]
-    return first.steps - (first.curve[0][0] if r.pretraining else 0)
 
 
 def plot(found: dict, path: str) -> None:
@@ -146,8 +128,9 @@ def report(m: dict, found: dict, plot_name: str) -> str:
         command=markdown_text(" ".join(shlex.quote(x) for x in m["command"])),
         machine=markdown_text(m["machine"]), seeds="+".join(map(str, m["seeds"])),
         options=", " + markdown_text(m["options"]) if m["options"] else "",
-        pool=markdown_text(", ".join(m["pool"]) or "no --pool"), tile=POOL_TILE, reference=REFERENCE.name,
-        seconds_reference=SECONDS_REFERENCE.name, match=SECONDS_MATCH, plot_name=plot_name,
+        pool=markdown_text(", ".join(m["pool"]) or "no --pool"), tile=study_records.POOL_TILE,
+        reference=REFERENCE.name, seconds_reference=SECONDS_REFERENCE.name,
+        match=study_records.SECONDS_MATCH, plot_name=plot_name,
         total=m["pretrain_steps"] + m["finetune_steps"], clear=clear, tables=tables,
         hours=sum(r.seconds for s in found for row in found[s].values() for r in row.values()) / 3600,
         **{k: m[k] for k in ("pool_photos", "sample_photos", "pretrain_steps", "finetune_steps",

@@ -1,9 +1,13 @@
 """python -m scripts.benchmark --smoke: every section runs at minimal sizes and reports real figures."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -65,15 +69,30 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def project_doc() -> str | None:
+    """docs/BENCHMARKS.md as it stands (None when there is none)."""
+    return open(timing.DOC).read() if os.path.isfile(timing.DOC) else None
+
+
 @pytest.fixture(scope="module")
-def smoke_doc(tmp_path_factory) -> str:
-    """The doc that one smoke run of every section writes (its temporary files under tmp_path)."""
+def smoke_run(tmp_path_factory) -> SimpleNamespace:
+    """One smoke run of every section with no --doc (its temporary doc and files under a folder
+    of its own): what it wrote and printed, and the torch threads and project doc around it."""
     folder = tmp_path_factory.mktemp("bench")
-    doc = str(folder / "BENCHMARKS.md")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tempfile, "tempdir", str(folder))
-        assert benchmark.main(["--smoke", "--doc", doc]) == 0
-    return open(doc).read()
+    run = SimpleNamespace(folder=str(folder), project_before=project_doc(), threads=torch.get_num_threads())
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
+        patch.setattr(tempfile, "tempdir", str(folder))  # where its temporary doc goes
+        assert benchmark.main(["--smoke"]) == 0
+    run.threads_after, run.project_after = torch.get_num_threads(), project_doc()
+    run.written = re.search(r"updated (\S+)", out.getvalue()).group(1)
+    run.doc = open(run.written).read()
+    return run
+
+
+@pytest.fixture(scope="module")
+def smoke_doc(smoke_run) -> str:
+    """The doc that one smoke run of every section writes."""
+    return smoke_run.doc
 
 
 def table(doc: str, section: str) -> list[dict[str, str]]:
@@ -129,12 +148,15 @@ def test_tiling_counts_tiles_as_restore_does(smoke_doc, tiny_model, one_thread):
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="Linux peak-RSS reset")
 def test_cpu_peak_memory_grows_with_the_image(one_thread):
-    small, large = (float(timing.in_child("bench_inference", f"child_tiling_memory({side}, 'official')"))
-                    for side in (60, 240))
+    calls = [("bench_inference", f"child_tiling_memory({side}, 'official')") for side in (60, 240)]
+    with ThreadPoolExecutor(3) as pool:  # the children at once: each measures its own peak
+        small, large, threads = pool.map(lambda call: timing.in_child(*call),
+                                         [*calls, ("timing", "torch.get_num_threads()")])
+    small, large = float(small), float(large)
     # a 240x240 x2 output alone is 3 x 480 x 480 float32 = 2.6 MiB, and the averaging buffers
     # of the authors' procedure hold as much again
     assert 0 < small < large and large > 2.6
-    assert timing.in_child("timing", "torch.get_num_threads()") == "1"  # the children take this count
+    assert threads == "1"  # the children take this count
 
 
 def test_forward_reports_flops_and_the_gemm_fraction(smoke_doc):
@@ -180,16 +202,11 @@ def test_training_reports_steps_and_the_loader_ratio(smoke_doc):
     assert overlap(printed(ratio.group(2)), expected), (ratio.group(0), expected)
 
 
-def test_smoke_leaves_the_project_doc_alone(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where its temporary doc goes
-    before = open(timing.DOC).read() if os.path.isfile(timing.DOC) else None
-    threads = torch.get_num_threads()
-    assert benchmark.main(["tiling", "--smoke"]) == 0
-    assert torch.get_num_threads() == threads  # the smoke run's one thread is undone
-    written = re.search(r"updated (\S+)", capsys.readouterr().out).group(1)
-    assert os.path.dirname(os.path.abspath(written)) == str(tmp_path)
-    assert "<!-- tiling:begin -->" in open(written).read()
-    assert (open(timing.DOC).read() if os.path.isfile(timing.DOC) else None) == before
+def test_smoke_leaves_the_project_doc_alone(smoke_run):
+    assert smoke_run.threads_after == smoke_run.threads  # the smoke run's one thread is undone
+    assert os.path.dirname(os.path.abspath(smoke_run.written)) == smoke_run.folder
+    assert "<!-- tiling:begin -->" in open(smoke_run.written).read()
+    assert smoke_run.project_after == smoke_run.project_before
 
 
 def test_unknown_sections_are_refused():
