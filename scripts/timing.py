@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -129,7 +129,7 @@ def text(name: str, **fields: object) -> str:
 
 
 def section(title: str, args: argparse.Namespace, paragraphs: list[str], header: list[str],
-            rows: list[list[object]], notes: list[str] = ()) -> str:
+            rows: list[list[object]], notes: Sequence[str] = ()) -> str:
     """A section's Markdown: its heading, the machine, its paragraphs, its table, its notes."""
     lines = [f"## {title}", "", f"Machine: {machine()}." + (f" {SMOKE_NOTE}" if args.smoke else "")]
     for paragraph in paragraphs:
