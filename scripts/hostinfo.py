@@ -1,4 +1,4 @@
-"""The machine a script's figures come from, in one line (benchmark.py and compare.py write it)."""
+"""The machine a script's figures come from, in one line (the benchmark and compare write it)."""
 from __future__ import annotations
 
 import datetime
@@ -6,7 +6,7 @@ import platform
 
 import torch
 
-import utility  # the scripts that import this put the project's root on sys.path
+import utility
 
 
 def cpu_model() -> str:

@@ -1,21 +1,22 @@
-"""scripts/benchmark.py --smoke: every section runs at minimal sizes and reports real figures."""
+"""python -m scripts.benchmark --smoke: every section runs at minimal sizes and reports real figures."""
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
-import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import FIXTURE_ATOL, ROOT, TileCounter
+import utility
+from conftest import FIXTURE_ATOL, TileCounter
 from model import restore
 from model.reference_chop import reference_chop
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import benchmark  # noqa: E402
-import utility  # noqa: E402
+from scripts import bench_inference, bench_training, benchmark, timing
 
 NUMBER = r"[0-9]+(?:\.[0-9]+)?"
 
@@ -68,15 +69,30 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def project_doc() -> str | None:
+    """docs/BENCHMARKS.md as it stands (None when there is none)."""
+    return open(timing.DOC).read() if os.path.isfile(timing.DOC) else None
+
+
 @pytest.fixture(scope="module")
-def smoke_doc(tmp_path_factory) -> str:
-    """The doc that one smoke run of every section writes (its temporary files under tmp_path)."""
+def smoke_run(tmp_path_factory) -> SimpleNamespace:
+    """One smoke run of every section with no --doc (its temporary doc and files under a folder
+    of its own): what it wrote and printed, and the torch threads and project doc around it."""
     folder = tmp_path_factory.mktemp("bench")
-    doc = str(folder / "BENCHMARKS.md")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tempfile, "tempdir", str(folder))
-        assert benchmark.main(["--smoke", "--doc", doc]) == 0
-    return open(doc).read()
+    run = SimpleNamespace(folder=str(folder), project_before=project_doc(), threads=torch.get_num_threads())
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()) as out:
+        patch.setattr(tempfile, "tempdir", str(folder))  # where its temporary doc goes
+        assert benchmark.main(["--smoke"]) == 0
+    run.threads_after, run.project_after = torch.get_num_threads(), project_doc()
+    run.written = re.search(r"updated (\S+)", out.getvalue()).group(1)
+    run.doc = open(run.written).read()
+    return run
+
+
+@pytest.fixture(scope="module")
+def smoke_doc(smoke_run) -> str:
+    """The doc that one smoke run of every section writes."""
+    return smoke_run.doc
 
 
 def table(doc: str, section: str) -> list[dict[str, str]]:
@@ -96,21 +112,21 @@ def test_every_section_has_its_markers_and_a_table(smoke_doc):
 
 def test_loader_table_has_a_rate_per_task_and_worker_count(smoke_doc):
     rows = table(smoke_doc, "loader")
-    assert [r["task"] for r in rows] == list(benchmark.SMOKE.loader_tasks)
+    assert [r["task"] for r in rows] == list(timing.SMOKE.loader_tasks)
     for row in rows:
-        for w in benchmark.loader_workers(benchmark.SMOKE):
+        for w in bench_training.loader_workers(timing.SMOKE):
             assert float(row[f"{w} worker(s)"]) > 0  # printed to 3 significant digits: never 0
 
 
 def test_rates_print_to_three_significant_digits():
-    assert [benchmark.significant(v) for v in (325.4, 24.31, 0.42, 0.0123)] == [
+    assert [timing.significant(v) for v in (325.4, 24.31, 0.42, 0.0123)] == [
         "325", "24.3", "0.420", "0.0123"]
 
 
 def test_tiling_counts_tiles_as_restore_does(smoke_doc, tiny_model, one_thread):
     rows = table(smoke_doc, "tiling")
-    modes = [m for m in benchmark.TILING_MODES if m != "official-64" or not torch.cuda.is_available()]
-    assert len(rows) == len(benchmark.SMOKE.tiling_sizes) * len(modes)
+    modes = [m for m in bench_inference.TILING_MODES if m != "official-64" or not torch.cuda.is_available()]
+    assert len(rows) == len(timing.SMOKE.tiling_sizes) * len(modes)
     for row in rows:
         side = int(row["size"].split("x")[0])
         x = torch.rand(1, 3, side, side) * 255
@@ -132,12 +148,15 @@ def test_tiling_counts_tiles_as_restore_does(smoke_doc, tiny_model, one_thread):
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="Linux peak-RSS reset")
 def test_cpu_peak_memory_grows_with_the_image(one_thread):
-    small, large = (float(benchmark.in_child(f"child_tiling_memory({side}, 'official')"))
-                    for side in (60, 240))
+    calls = [("bench_inference", f"child_tiling_memory({side}, 'official')") for side in (60, 240)]
+    with ThreadPoolExecutor(3) as pool:  # the children at once: each measures its own peak
+        small, large, threads = pool.map(lambda call: timing.in_child(*call),
+                                         [*calls, ("timing", "torch.get_num_threads()")])
+    small, large = float(small), float(large)
     # a 240x240 x2 output alone is 3 x 480 x 480 float32 = 2.6 MiB, and the averaging buffers
     # of the authors' procedure hold as much again
     assert 0 < small < large and large > 2.6
-    assert benchmark.in_child("torch.get_num_threads()") == "1"  # the children take this count
+    assert threads == "1"  # the children take this count
 
 
 def test_forward_reports_flops_and_the_gemm_fraction(smoke_doc):
@@ -149,7 +168,7 @@ def test_forward_reports_flops_and_the_gemm_fraction(smoke_doc):
     peaks = {d: printed(v) for d, v in re.findall(f"(fp32|bf16) ({NUMBER}) GFLOP/s", body)}
     assert "fp32" in peaks
     rows = table(smoke_doc, "forward")
-    passes = benchmark.forward_passes(benchmark.SMOKE, benchmark.bench_device())
+    passes = bench_inference.forward_passes(timing.SMOKE, timing.bench_device())
     expected = [(p.name, p.batch) for p in passes]
     assert [(r["pass"], int(r["batch"])) for r in rows[:len(expected)]] == expected
     fresh = [r["pass"] for r in rows[len(expected):]]
@@ -175,7 +194,7 @@ def test_training_reports_steps_and_the_loader_ratio(smoke_doc):
     pairs = over(batch, sec)
     assert overlap(printed(row["pairs/s consumed"]), pairs), (row, pairs)
     ratio = re.search(f"delivers ({NUMBER}) pairs/s; .* ratio ({NUMBER})x", smoke_doc)
-    workers = max(w for w in benchmark.loader_workers(benchmark.SMOKE) if w <= utility.usable_cpus())
+    workers = max(w for w in bench_training.loader_workers(timing.SMOKE) if w <= utility.usable_cpus())
     loader = [r[f"{workers} worker(s)"] for r in table(smoke_doc, "loader")]
     slowest = min(loader, key=float)
     assert ratio and ratio.group(1) == slowest  # the loader table's figure, as printed there
@@ -183,16 +202,11 @@ def test_training_reports_steps_and_the_loader_ratio(smoke_doc):
     assert overlap(printed(ratio.group(2)), expected), (ratio.group(0), expected)
 
 
-def test_smoke_leaves_the_project_doc_alone(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where its temporary doc goes
-    before = open(benchmark.DOC).read() if os.path.isfile(benchmark.DOC) else None
-    threads = torch.get_num_threads()
-    assert benchmark.main(["tiling", "--smoke"]) == 0
-    assert torch.get_num_threads() == threads  # the smoke run's one thread is undone
-    written = re.search(r"updated (\S+)", capsys.readouterr().out).group(1)
-    assert os.path.dirname(os.path.abspath(written)) == str(tmp_path)
-    assert "<!-- tiling:begin -->" in open(written).read()
-    assert (open(benchmark.DOC).read() if os.path.isfile(benchmark.DOC) else None) == before
+def test_smoke_leaves_the_project_doc_alone(smoke_run):
+    assert smoke_run.threads_after == smoke_run.threads  # the smoke run's one thread is undone
+    assert os.path.dirname(os.path.abspath(smoke_run.written)) == smoke_run.folder
+    assert "<!-- tiling:begin -->" in open(smoke_run.written).read()
+    assert smoke_run.project_after == smoke_run.project_before
 
 
 def test_unknown_sections_are_refused():

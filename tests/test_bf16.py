@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from PIL import Image
 
 import evaluation
 import main as cli
-from conftest import ROOT
 from model import IPT, IPTConfig, restore
 from option import parse_args, settings
 
@@ -230,8 +228,7 @@ def test_half_on_the_cpu_is_refused_in_one_line_pointing_at_bf16(capsys):
 # scripts/benchmark.py bf16 --smoke
 # ----------------------------------------------------------------------------------------
 def test_benchmark_bf16_smoke(tmp_path, monkeypatch):
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import benchmark
+    from scripts import benchmark
 
     threads = torch.get_num_threads()
     doc = tmp_path / "BENCHMARKS.md"

@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import stat
-import sys
 import tempfile
 import threading
 import time
@@ -22,7 +21,7 @@ import main as cli
 import records
 import trainer
 import utility
-from conftest import ROOT, full_disk_for_safetensors
+from conftest import full_disk_for_safetensors
 from model import build_model
 from option import parse_args, settings
 from test_training import synthetic_batches
@@ -309,8 +308,7 @@ def test_a_resume_from_a_background_saved_state_is_exact(tmp_path, monkeypatch):
 
 
 def test_the_benchmark_measures_a_save(tmp_path, monkeypatch):
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import benchmark
+    from scripts import bench_training, benchmark
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     doc = tmp_path / "BENCHMARKS.md"
@@ -318,7 +316,7 @@ def test_the_benchmark_measures_a_save(tmp_path, monkeypatch):
     rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
             for line in doc.read_text().splitlines() if line.startswith("| ") and "---" not in line}
     for name in ("model_latest.pt", "state.pt"):
-        for phase in benchmark.SAVE_PHASES:
+        for phase in bench_training.SAVE_PHASES:
             assert float(rows[f"{name}: {phase}"]) >= 0
     assert float(rows["`save(background=True)`: the wait of a periodic save now"]) > 0
     assert re.search(r"model_latest.pt \d+ MB, state.pt \d+ MB", doc.read_text())

@@ -1,13 +1,11 @@
-"""scripts/study.py's bookkeeping: spreads, the table, validation curves, finished runs."""
+"""python -m scripts.study's bookkeeping: spreads, the table, validation curves, finished runs."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import re
 import shlex
-import sys
 
 import pytest
 import torch
@@ -15,17 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import stops
-from conftest import ROOT
-
-spec = importlib.util.spec_from_file_location("study", os.path.join(ROOT, "scripts", "study.py"))
-study = importlib.util.module_from_spec(spec)
-sys.modules["study"] = study  # its dataclasses look their module up
-spec.loader.exec_module(study)
+from scripts import study, study_records, study_report, study_runs
 
 
 def test_spread_is_the_mean_and_sample_deviation_over_seeds():
-    assert study.spread([30.0, 32.0]) == "31.000 ± 1.414"  # sqrt(((-1)^2 + 1^2) / 1)
-    assert study.spread([29.5]) == "29.500"
+    assert study_report.spread([30.0, 32.0]) == "31.000 ± 1.414"  # sqrt(((-1)^2 + 1^2) / 1)
+    assert study_report.spread([29.5]) == "29.500"
 
 
 def metrics(psnr: float, ssim: float, base: float) -> dict:
@@ -39,34 +32,34 @@ def test_a_curve_starts_at_the_input_and_follows_the_log(tmp_path):
         "2026-01-01 INFO step 120: validation PSNR 31.500 dB (best 31.500 at step 120)\n")
     (tmp_path / "metrics.json").write_text(json.dumps(
         {"results": {"Set5": {"sr2": metrics(31.5, 0.9, 29.0)}}}))
-    assert study.curve(str(tmp_path)) == [(0, 29.0), (60, 30.125), (120, 31.5)]
+    assert study_records.curve(str(tmp_path)) == [(0, 29.0), (60, 30.125), (120, 31.5)]
 
 
 def test_finished_runs_are_recognised(tmp_path):
     run = tmp_path / "run"
-    assert not study.done(str(run), "training")
+    assert not study_runs.done(str(run), "training")
     (run / "model").mkdir(parents=True)
     (run / "model" / "training.json").write_text(json.dumps({"architecture": {}, "finished": False}))
-    assert not study.done(str(run), "training")
+    assert not study_runs.done(str(run), "training")
     (run / "model" / "training.json").write_text(json.dumps({"architecture": {}, "finished": True}))
-    assert study.done(str(run), "training")
+    assert study_runs.done(str(run), "training")
     (run / "model" / "training.json").write_text("{not json")
-    assert not study.done(str(run), "training")
-    assert not study.done(str(run), "evaluation")
+    assert not study_runs.done(str(run), "training")
+    assert not study_runs.done(str(run), "evaluation")
     (run / "metrics.json").write_text("{}")
-    assert study.done(str(run), "evaluation")
+    assert study_runs.done(str(run), "evaluation")
 
 
 def test_the_test_sets_need_prepared_data(tmp_path):
-    with pytest.raises(SystemExit, match="prepare_data.py"):
-        study.test_sets(str(tmp_path / "missing"), str(tmp_path / "out"), 3)
+    with pytest.raises(SystemExit, match=r"python -m scripts\.prepare_data"):
+        study_runs.test_sets(str(tmp_path / "missing"), str(tmp_path / "out"), 3)
 
 
 def test_a_remade_doc_keeps_its_conclusions(tmp_path):
     doc = tmp_path / "STUDY.md"
-    assert study.kept_conclusions(str(doc)) == ""
+    assert study_report.kept_conclusions(str(doc)) == ""
     doc.write_text("# old table\n| a |\n\n## What the numbers show\n\nSix tasks help.\n")
-    assert study.kept_conclusions(str(doc)) == "\n## What the numbers show\n\nSix tasks help.\n"
+    assert study_report.kept_conclusions(str(doc)) == "\n## What the numbers show\n\nSix tasks help.\n"
 
 
 # ----------------------------------------------------------------------------------------
@@ -81,7 +74,7 @@ def one_error(path, call):
     """The reader's result, or None after checking its refusal is one line naming the file."""
     try:
         return call()
-    except study.MetricsError as e:
+    except study_records.MetricsError as e:
         text = str(e)
         assert "\n" not in text and str(path) in text and "delete the run's folder" in text
         return None
@@ -104,37 +97,38 @@ def one_error(path, call):
 ])
 def test_a_bad_metrics_json_is_one_line_naming_file_and_key(tmp_path, text, key):
     (tmp_path / "metrics.json").write_text(text)
-    with pytest.raises(study.MetricsError, match=re.escape(key)) as e:
-        study.scores(str(tmp_path), "Set5", "sr2")  # the old reader: JSONDecodeError, KeyError...
+    with pytest.raises(study_records.MetricsError, match=re.escape(key)) as e:
+        study_records.scores(str(tmp_path), "Set5", "sr2")  # the old reader: JSONDecodeError, KeyError...
     assert one_error(tmp_path, lambda: (_ for _ in ()).throw(e.value)) is None
 
 
 def test_metrics_json_must_be_a_small_regular_file(tmp_path):
     os.mkfifo(tmp_path / "metrics.json")  # the old reader hung on it
-    with pytest.raises(study.MetricsError, match="not a regular file"):
-        study.scores(str(tmp_path), "Set5", "sr2")
+    with pytest.raises(study_records.MetricsError, match="not a regular file"):
+        study_records.scores(str(tmp_path), "Set5", "sr2")
     os.remove(tmp_path / "metrics.json")
     with open(tmp_path / "metrics.json", "wb") as f:
-        f.truncate(study.METRICS_MAX_BYTES + 1)  # sparse: no disk used
-    with pytest.raises(study.MetricsError, match="larger than"):
-        study.scores(str(tmp_path), "Set5", "sr2")
+        f.truncate(study_records.METRICS_MAX_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(study_records.MetricsError, match="larger than"):
+        study_records.scores(str(tmp_path), "Set5", "sr2")
 
 
 def test_a_good_metrics_json_gives_the_scores(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(good_record()))
-    assert study.scores(str(tmp_path), "Set5", "sr2") == metrics(31.0, 0.9, 29.0)
-    assert study.scores(str(tmp_path)) == metrics(31.0, 0.9, 29.0)  # its only set and task
+    assert study_records.scores(str(tmp_path), "Set5", "sr2") == metrics(31.0, 0.9, 29.0)
+    assert study_records.scores(str(tmp_path)) == metrics(31.0, 0.9, 29.0)  # its only set and task
 
 
 def test_a_finished_evaluation_with_a_bad_record_is_refused_not_redone(tmp_path, monkeypatch, capsys):
     run = tmp_path / "finetune_none_sr2"
     (tmp_path / "finetune_none_sr2_eval").mkdir()
     (tmp_path / "finetune_none_sr2_eval" / "metrics.json").write_text('{"results": {"Set5"')
-    monkeypatch.setattr(study, "run_main", lambda *a: pytest.fail("redone"))
+    monkeypatch.setattr(study_runs, "run_main", lambda *a: pytest.fail("redone"))
     a = study.parse(["--dir_data", str(tmp_path)])
-    with pytest.raises(study.MetricsError, match="finetune_none_sr2_eval"):
-        study.evaluate(a, str(run), "sr2", str(tmp_path))
-    monkeypatch.setattr(study, "run_all", lambda a: study.scores(str(tmp_path / "finetune_none_sr2_eval")))
+    with pytest.raises(study_records.MetricsError, match="finetune_none_sr2_eval"):
+        study_runs.evaluate(a, str(run), "sr2", str(tmp_path))
+    evaluation = str(tmp_path / "finetune_none_sr2_eval")
+    monkeypatch.setattr(study, "run_all", lambda a: study_records.scores(evaluation))
     assert study.main(["--dir_data", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("study.py: ") and "metrics.json" in err[0]
@@ -149,7 +143,7 @@ METRIC_VALUES = st.one_of(st.floats(), st.integers(min_value=-10 ** 400, max_val
 NEAR_RECORDS = st.fixed_dictionaries({"results": st.dictionaries(
     st.sampled_from(["Set5", "CBSD68", "", "a\nb"]), st.dictionaries(
         st.sampled_from(["sr2", "denoise30"]),
-        st.dictionaries(st.sampled_from(study.SCORES + ("n_images",)), METRIC_VALUES, max_size=5)
+        st.dictionaries(st.sampled_from(study_records.SCORES + ("n_images",)), METRIC_VALUES, max_size=5)
         | JSON_VALUES, max_size=2) | JSON_VALUES, max_size=2)})
 
 
@@ -158,11 +152,11 @@ NEAR_RECORDS = st.fixed_dictionaries({"results": st.dictionaries(
 def test_the_reader_gives_scores_or_its_one_error(tmp_path, record, cut):
     text = json.dumps(record)  # NaN and Infinity as Python writes them
     (tmp_path / "metrics.json").write_text(text if cut is None else text[:cut])
-    found = one_error(tmp_path, lambda: study.read_metrics(str(tmp_path / "metrics.json")))
+    found = one_error(tmp_path, lambda: study_records.read_metrics(str(tmp_path / "metrics.json")))
     if found is not None:
         for tasks in found.values():
             for values in tasks.values():
-                assert set(values) == set(study.SCORES)
+                assert set(values) == set(study_records.SCORES)
                 assert all(type(v) is float and math.isfinite(v) for v in values.values())
 
 
@@ -205,8 +199,8 @@ def test_generated_seeds_and_options_are_accepted_or_refused_in_one_line(seeds, 
         assert len(err) == 1 and err[0].startswith("study.py: error: ")
         return
     assert a.seeds == [int(s) for s in seeds.split("+")] and len(set(a.seeds)) == len(a.seeds)
-    assert all(0 <= s <= study.MAX_SEED for s in a.seeds)
-    words, every_run = shlex.split(options), study.common(a)
+    assert all(0 <= s <= study_records.MAX_SEED for s in a.seeds)
+    words, every_run = shlex.split(options), study_runs.common(a)
     assert every_run[len(every_run) - len(words):] == words  # --options come last
 
 
@@ -214,11 +208,11 @@ def test_an_unreadable_pool_photo_is_left_out_with_a_warning(tmp_path, monkeypat
     pool = tmp_path / "pool"
     pool.mkdir()
     (pool / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # was: a traceback
-    study.save_image(torch.zeros(3, study.POOL_TILE, study.POOL_TILE, dtype=torch.uint8),
+    study_runs.save_image(torch.zeros(3, study_records.POOL_TILE, study_records.POOL_TILE, dtype=torch.uint8),
                      str(pool / "good.png"))
     os.mkfifo(pool / "pipe.png")  # not a regular file: never opened
-    monkeypatch.setattr(study, "sample_photos", lambda split: [])
-    study.make_pool([str(pool)], str(tmp_path / "data"), smoke=False)
+    monkeypatch.setattr(study_runs, "sample_photos", lambda split: [])
+    study_runs.make_pool([str(pool)], str(tmp_path / "data"), smoke=False)
     assert os.listdir(tmp_path / "data" / "ImageNet") == ["pool0_good_0.png"]
     err = capsys.readouterr().err
     assert "broken.png" in err and "1 of 2 pool photo(s) could not be read" in err
@@ -226,9 +220,9 @@ def test_an_unreadable_pool_photo_is_left_out_with_a_warning(tmp_path, monkeypat
 
 def test_a_stopped_run_stops_the_study_with_exit_130(monkeypatch, capsys):
     """main.py stopped by a signal (130): the study exits 130 too, not 'failed, fix it'."""
-    monkeypatch.setattr(study.ipt_main, "main", lambda args: stops.INTERRUPTED)
+    monkeypatch.setattr(study_runs.ipt_main, "main", lambda args: stops.INTERRUPTED)
     with pytest.raises(SystemExit) as stop:
-        study.run_main(["--save", "x"], launcher="")
+        study_runs.run_main(["--save", "x"], launcher="")
     assert stop.value.code == stops.INTERRUPTED
     assert "stopped by a signal" in capsys.readouterr().err
 
@@ -242,17 +236,17 @@ PRINTED_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 9: 2.262, 30: 2.042, 10
 
 def test_t_quantiles_are_students():
     for df, printed in PRINTED_T975.items():
-        assert study.t975(df) == pytest.approx(printed, abs=1e-3)
-    assert study.t975(10 ** 6) == pytest.approx(1.960, abs=1e-3)  # the normal's, far out
+        assert study_report.t975(df) == pytest.approx(printed, abs=1e-3)
+    assert study_report.t975(10 ** 6) == pytest.approx(1.960, abs=1e-3)  # the normal's, far out
     with pytest.raises(ValueError):
-        study.t975(0)
+        study_report.t975(0)
 
 
 def test_a_paired_interval_by_hand():
-    mean, low, high = study.paired_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(2) = 4.303
+    mean, low, high = study_report.paired_interval([1.0, 2.0, 3.0])  # mean 2, sd 1, t(2) = 4.303
     assert mean == 2.0 and high - mean == pytest.approx(4.303 / math.sqrt(3), abs=1e-3)
     assert mean - low == high - mean
-    assert study.paired_interval([0.5]) is None
+    assert study_report.paired_interval([0.5]) is None
 
 
 # ----------------------------------------------------------------------------------------
@@ -292,11 +286,11 @@ def make_records(root, **changes):
     for seed in SEEDS:
         for name, seconds in PRE_SECONDS.items():
             write_run(root / f"seed{seed}" / f"pretrain_{name}", P, seconds)
-        for i, row in enumerate(study.RUN_ROWS):
+        for i, row in enumerate(study_records.RUN_ROWS):
             for task, (test_set, base) in {"sr2": ("Set5", BICUBIC), "denoise30": ("CBSD68", NOISY)}.items():
                 steps = {"finetune": F, "steps": P + F, "seconds": P + F + 100 * seed}[row.budget]
                 psnr = (34.0 if task == "sr2" else 28.0) + OVER_NONE[row.name][seed - 1]
-                run = root / f"seed{seed}" / study.finetune_name(row, task)
+                run = root / f"seed{seed}" / study_records.finetune_name(row, task)
                 log = "".join(f"2026 INFO step {k}: validation PSNR {psnr - 1 + k / steps:.3f} dB (best)\n"
                               for k in (steps // 2, steps))
                 write_run(run, steps, 70.0 + 10 * i + seed, {test_set: {task: metrics(psnr, 0.9, base)}}, log)
@@ -371,13 +365,13 @@ def test_a_manifest_is_read_or_refused_in_one_line(tmp_path, changes, whole):
     record = manifest(**changes) if whole is None else whole
     (tmp_path / "study.json").write_text(json.dumps(record))
     try:
-        found = study.read_manifest(str(tmp_path))
-    except study.StudyError as e:
+        found = study_records.read_manifest(str(tmp_path))
+    except study_records.StudyError as e:
         assert "\n" not in str(e) and str(tmp_path / "study.json") in str(e)
         return
     assert set(found) == set(manifest())  # nothing else: never where anything is written
     assert found["seeds"] and all(type(s) is int and s >= 0 for s in found["seeds"])
-    assert all(type(found[k]) is int for k in study.MANIFEST_COUNTS)
+    assert all(type(found[k]) is int for k in study_records.MANIFEST_COUNTS)
     assert all(isinstance(x, str) for k in ("pool", "command") for x in found[k])
 
 
@@ -387,16 +381,17 @@ def test_the_equal_seconds_reference_gets_the_six_rows_seconds_at_its_own_speed(
     write_run(tmp_path / "seed1" / "pretrain_six", P, 100.0)
     write_run(tmp_path / "seed1" / "finetune_six_sr2", F, 150.0)
     write_run(tmp_path / "seed1" / "finetune_none_sr2", P + F, 200.0)  # 1/7 s a step
-    assert study.row_steps(a, str(tmp_path), study.SECONDS_REFERENCE, "sr2", 1) == 1750  # 250 s
-    assert study.row_steps(a, str(tmp_path), study.REFERENCE, "sr2", 1) == P + F
-    assert study.row_steps(a, str(tmp_path), study.ROWS[1], "sr2", 1) == F
+    assert study_runs.row_steps(a, str(tmp_path), study_records.SECONDS_REFERENCE, "sr2", 1) == 1750  # 250 s
+    assert study_runs.row_steps(a, str(tmp_path), study_records.REFERENCE, "sr2", 1) == P + F
+    assert study_runs.row_steps(a, str(tmp_path), study_records.ROWS[1], "sr2", 1) == F
 
 
 def test_a_finished_run_of_other_steps_is_refused_not_reused(tmp_path):
     write_run(tmp_path / "run", 4, 1.0)
-    assert study.done(str(tmp_path / "run"), "training", 4)
-    with pytest.raises(study.StudyError, match="a finished run of 4 steps, where this study trains 5"):
-        study.done(str(tmp_path / "run"), "training", 5)
+    assert study_runs.done(str(tmp_path / "run"), "training", 4)
+    refusal = "a finished run of 4 steps, where this study trains 5"
+    with pytest.raises(study_records.StudyError, match=refusal):
+        study_runs.done(str(tmp_path / "run"), "training", 5)
 
 
 def test_only_the_report_needs_no_test_sets(capsys):

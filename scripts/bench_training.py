@@ -1,0 +1,280 @@
+"""The benchmark's training sections: the data loader, training steps, and saving a checkpoint."""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import utility
+from data.sample import sample_photos
+from data.stream import PairStream
+from model import build_model
+from option import parse_args, settings
+from scripts.timing import (
+    HEADS,
+    Sizes,
+    bench_device,
+    interleave,
+    read_section,
+    section,
+    significant,
+    text,
+    timed,
+)
+from tasks import task_scale
+from trainer import Trainer
+
+median = statistics.median
+JPEG_QUALITY = 90
+CUDA_LOADER_WORKERS = (8, 16)
+
+
+# ----------------------------------------------------------------------------------------
+# loader: training pairs per second from a JPEG folder
+# ----------------------------------------------------------------------------------------
+def write_jpegs(folder: str) -> float:
+    """The sample training photos as JPEGs in folder; their mean size in megapixels."""
+    pixels = []
+    for name, image in sample_photos("train"):
+        arr = image.permute(1, 2, 0).numpy()
+        Image.fromarray(arr).save(os.path.join(folder, f"{name}.jpg"), quality=JPEG_QUALITY)
+        pixels.append(arr.shape[0] * arr.shape[1])
+    return statistics.mean(pixels) / 1e6
+
+
+def loader_rate(folder: str, task: str, workers: int, seed: int, sizes: Sizes) -> float:
+    """Pairs per second of a PairStream over the folder, after one untimed batch."""
+    stream = PairStream(folder, HEADS, sizes.loader_batch, task_id=HEADS.index(task), seed=seed)
+    batches = iter(DataLoader(stream, batch_size=None, num_workers=workers))
+    next(batches)
+    elapsed = timed(lambda it=batches: [next(it) for _ in range(sizes.loader_batches)])[0]
+    del batches  # stops the workers
+    return sizes.loader_batches * sizes.loader_batch / elapsed
+
+
+def loader_workers(sizes: Sizes) -> tuple[int, ...]:
+    """The worker counts measured: 8 and 16 as well on a GPU machine."""
+    return sizes.loader_workers + (CUDA_LOADER_WORKERS if torch.cuda.is_available() else ())
+
+
+def loader_section(args: argparse.Namespace) -> str:
+    """Data loader pairs/s per task and worker count: the median of interleaved repetitions."""
+    sizes, workers = args.sizes, loader_workers(args.sizes)
+    with tempfile.TemporaryDirectory() as folder:
+        megapixels = write_jpegs(folder)
+        rates = interleave({(task, w): lambda rep, t=task, w=w: loader_rate(folder, t, w, rep, sizes)
+                            for task in sizes.loader_tasks for w in workers}, args.reps)
+    intro = text("loader", quality=JPEG_QUALITY, megapixels=megapixels, batch=sizes.loader_batch,
+                 batches=sizes.loader_batches, reps=args.reps)
+    rows = [[task, 48, 48 * task_scale(task), *(significant(median(rates[(task, w)])) for w in workers)]
+            for task in sizes.loader_tasks]
+    return section("Data loader (pairs/s)", args, [intro],
+                   ["task", "LR", "HR", *(f"{w} worker(s)" for w in workers)], rows)
+
+
+def loader_figures(doc: str) -> tuple[int, dict[str, float]] | None:
+    """(workers, {task: pairs/s}) from the doc's loader table, at the most workers <= cores."""
+    body = read_section(doc, "loader")
+    if body is None:
+        return None
+    rows = [line.strip("|").split("|") for line in body.splitlines() if line.startswith("|")]
+    head = [cell.strip() for cell in rows[0]]
+    counts = {i: int(cell.split()[0]) for i, cell in enumerate(head) if cell.endswith("worker(s)")}
+    usable = [i for i, w in counts.items() if w <= utility.usable_cpus()]
+    if not usable:
+        return None
+    column = max(usable, key=counts.get)
+    return counts[column], {row[0].strip(): float(row[column]) for row in rows[2:]}
+
+
+# ----------------------------------------------------------------------------------------
+# training: steps per second of the project's Trainer, and the loader against it
+# ----------------------------------------------------------------------------------------
+def make_trainer(ipt_options: dict, batch: int, amp: str, save: str, device: torch.device) -> Trainer:
+    """A Trainer of a six-task IPT (these IPT options) over a fresh (seeded) model, with no data
+    of its own: the one place that builds the model and calls the Trainer's constructor."""
+    argv = ["--tasks", "+".join(HEADS), "--batch_size", str(batch), "--patch_size", "48",
+            "--con_loss", "--amp", amp, "--save", save, "--reset"]
+    for key, value in ipt_options.items():
+        argv += [f"--{key}", str(value)]
+    torch.manual_seed(0)
+    s = settings(parse_args(argv))
+    return Trainer(s.train, build_model(s.model).to(device), lambda step: iter(()), None, 10 ** 9, 1)
+
+
+def task_batches(batch: int, patch: int, device: torch.device) -> list[dict]:
+    """One random batch per head, in head order, as the loader hands them over."""
+    out = []
+    for task_id, task in enumerate(HEADS):
+        hr = patch * task_scale(task)
+        out.append({"lr": torch.rand(batch, 3, patch, patch, device=device) * 255,
+                    "hr": torch.rand(batch, 3, hr, hr, device=device) * 255,
+                    "task_id": task_id, "step": task_id})
+    return out
+
+
+@dataclass
+class TrainRun:
+    """One timed training configuration: its Trainer and its six batches."""
+
+    name: str
+    options: dict
+    batch: int
+    amp: str
+    trainer: Trainer
+    batches: list
+
+    def seconds_per_step(self, rep: int = 0) -> float:
+        """Seconds per train_step over one step of each head."""
+        def steps() -> None:
+            for batch in self.batches:
+                if self.trainer.train_step(batch) is None:
+                    raise RuntimeError("a benchmark training step was skipped (non-finite loss)")
+        return timed(steps, self.trainer.device)[0] / len(self.batches)
+
+    def describe(self) -> str:
+        """The configuration's name and options, for the table."""
+        given = ", ".join(f"{k} {v}" for k, v in self.options.items())
+        return f"{self.name} ({given or 'defaults: n_feats 64, 12 heads, 12 layers'})"
+
+
+def training_runs(sizes: Sizes, device: torch.device, save: str) -> list[TrainRun]:
+    """Every training configuration (fp32, and bf16 on CUDA), each warmed up by one round."""
+    cuda = device.type == "cuda"
+    runs = []
+    for name, options, cpu_batch, gpu_batch in sizes.training:
+        batch = gpu_batch if cuda else cpu_batch
+        for amp in ("none", "bf16") if cuda else ("none",):
+            trainer = make_trainer(options, batch, amp, os.path.join(save, f"{name}-{amp}"), device)
+            runs.append(TrainRun(name, options, batch, amp, trainer, task_batches(batch, 48, device)))
+            runs[-1].seconds_per_step()  # warm-up
+    return runs
+
+
+def training_section(args: argparse.Namespace) -> str:
+    """Training steps/s of the tiny and the full configuration through Trainer.train_step."""
+    device = bench_device()
+    with tempfile.TemporaryDirectory() as save:
+        runs = training_runs(args.sizes, device, save)
+        times = interleave(dict(enumerate(run.seconds_per_step for run in runs)), args.reps)
+    seconds = [median(times[i]) for i in range(len(runs))]
+    rows = [[run.describe(), run.batch, run.amp, f"{sec:.3f}", f"{1 / sec:.2f}", f"{run.batch / sec:.1f}"]
+            for run, sec in zip(runs, seconds, strict=True)]
+    tiny = [sec / r.batch for r, sec in zip(runs, seconds, strict=True)
+            if r.name == "tiny" and r.amp == "none"]
+    intro = text("training", reps=args.reps)
+    return section(f"Training ({device.type})", args, [intro],
+                   ["configuration", "batch", "amp", "s/step", "steps/s", "pairs/s consumed"], rows,
+                   [loader_ratio(args.doc, 1 / tiny[0] if tiny else None)])
+
+
+def loader_ratio(doc: str, consumed: float | None) -> str:
+    """A sentence: the loader's pairs/s with all cores over what tiny training consumes."""
+    figures = loader_figures(doc)
+    if figures is None or consumed is None:
+        return "Loader ratio: no loader figures in the doc (run the loader section)."
+    workers, rates = figures
+    slowest = min(rates, key=rates.get)
+    return text("loader-ratio", workers=workers, cores=utility.usable_cpus(), slowest=slowest,
+                rate=significant(rates[slowest]), consumed=consumed, ratio=rates[slowest] / consumed)
+
+
+# ----------------------------------------------------------------------------------------
+# saving: what writing a checkpoint costs the training loop
+# ----------------------------------------------------------------------------------------
+SAVE_BATCH = 1  # the training steps timed beside the saves: batch 1 of 48x48 sr2 inputs
+SAVE_PHASES = ("torch.save", "fsync", "rename")
+
+
+def fill_moments(optimizer: torch.optim.Optimizer) -> None:
+    """Optimiser state for every weight, as after a step on each head (a step on one head
+    leaves the others' moments unmade): a zero-gradient step of the weights that have none."""
+    optimizer.zero_grad(set_to_none=True)
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            if not optimizer.state.get(param):
+                param.grad = torch.zeros_like(param)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def timed_atomic_save(obj: object, path: str) -> dict[str, float]:
+    """Seconds of each phase of writing ``obj`` as ``utility.atomic_save`` does (a temporary,
+    torch.save, rename), with an fsync of the temporary before the rename, which atomic_save
+    does not do: what making the file durable would add."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                               dir=os.path.dirname(path))
+    os.close(fd)
+
+    def fsync() -> None:
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    return {phase: timed(call)[0] for phase, call in zip(
+        SAVE_PHASES, (lambda: torch.save(obj, tmp), fsync, lambda: os.replace(tmp, path)), strict=True)}
+
+
+def saving_rep(runner: Trainer, batch: dict, folder: str, times: dict[str, list[float]],
+               sizes: dict[str, int], steps_during: list[int]) -> None:
+    """One repetition of every saving measurement: seconds by row, file sizes, steps meanwhile."""
+    device = runner.device
+
+    def add(row: str, seconds: float) -> None:
+        times.setdefault(row, []).append(seconds)
+    add("step", timed(lambda: runner.train_step(batch), device)[0])
+    seconds, snapshot = timed(lambda: runner.snapshot(runner.model.state_dict()), device)
+    add("snapshot", seconds)
+    split = os.path.join(folder, "split")
+    os.makedirs(split, exist_ok=True)
+    for name, obj in (("model_latest.pt", snapshot.state["model"]), ("state.pt", snapshot.state)):
+        path = os.path.join(split, name)
+        for phase, sec in timed_atomic_save(obj, path).items():
+            add(f"{name} {phase}", sec)
+        sizes[name] = os.path.getsize(path)
+        os.remove(path)
+    add("save", timed(runner.save, device)[0])
+    add("background", timed(lambda: runner.save(background=True), device)[0])
+    start, steps = time.perf_counter(), 0
+    while steps == 0 or runner.saver.busy:  # the first step begins while the files are written
+        runner.train_step(batch)
+        steps += 1
+    timed(runner.saver.wait, device)
+    add("during", (time.perf_counter() - start) / max(steps, 1))
+    steps_during.append(steps)
+
+
+def saving_section(args: argparse.Namespace) -> str:
+    """Seconds a checkpoint of the six-head model takes: its copy, its files, and the training
+    loop's wait for it before and after the writer thread."""
+    device, times, sizes, steps_during = bench_device(), {}, {}, []
+    if device.type == "cpu":  # as main.py does: a copy reuses the heap memory the last one freed
+        utility.keep_freed_memory()
+    with tempfile.TemporaryDirectory() as folder:
+        runner = make_trainer(args.sizes.saving_model, SAVE_BATCH, "none", folder, device)
+        parameters = sum(p.numel() for p in runner.model.parameters())
+        batch = task_batches(SAVE_BATCH, 48, device)[0]
+        runner.train_step(batch)  # warm-up
+        fill_moments(runner.optimizer)
+        for _ in range(args.reps):
+            saving_rep(runner, batch, folder, times, sizes, steps_during)
+    sec = {row: median(t) for row, t in times.items()}
+    mb = {name: size / 1e6 for name, size in sizes.items()}
+    size = "full-size" if not args.sizes.saving_model else "tiny (smoke)"
+    intro = text("saving", size=size, parameters=parameters / 1e6, model_mb=mb["model_latest.pt"],
+                 state_mb=mb["state.pt"], reps=args.reps)
+    rows = [["copy of the state to the CPU (`Trainer.snapshot`)", f"{sec['snapshot']:.3f}"]]
+    rows += [[f"{name}: {phase}", f"{sec[f'{name} {phase}']:.3f}"]
+             for name in ("model_latest.pt", "state.pt") for phase in SAVE_PHASES]
+    rows += [["`save()`: copy, files written, as every save waited before the writer thread "
+              "(now the final save only)", f"{sec['save']:.3f}"],
+             ["`save(background=True)`: the wait of a periodic save now", f"{sec['background']:.3f}"],
+             [f"a training step (batch {SAVE_BATCH}, 48x48, sr2), alone", f"{sec['step']:.3f}"],
+             [f"a training step while a save is written ({median(steps_during):g} step(s) meanwhile)",
+              f"{sec['during']:.3f}"]]
+    return section(f"Saving a checkpoint ({device.type})", args, [intro], ["what", "seconds"], rows)

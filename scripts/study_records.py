@@ -1,0 +1,223 @@
+"""The study's design (its rows and tasks) and its records read back: metrics.json, study.json, logs."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import utility
+
+
+@dataclass(frozen=True)
+class Row:
+    """One way to reach a fine-tuned model: which pre-training, where the task's head comes
+    from, and how many fine-tuning steps (--finetune_steps; 'steps': as many as pre-training and
+    fine-tuning together; 'seconds': as many as fit into the SECONDS_MATCH row's seconds)."""
+
+    name: str
+    pretraining: str | None = None
+    init_from: str = ""  # --init_from of the fine-tuning: '' the task's own head
+    budget: str = "finetune"
+
+
+REFERENCE = Row("none", budget="steps")  # fine-tuning alone, at equal steps
+SECONDS_REFERENCE = Row("none, equal seconds", budget="seconds")
+SECONDS_MATCH = "six"  # the paper's pre-training: the row whose seconds SECONDS_REFERENCE gets
+ROWS = (REFERENCE, Row("six", "six"), Row("mim, head from mim", "mim", "mim"), Row("six+mim", "six+mim"))
+RUN_ROWS = (*ROWS, SECONDS_REFERENCE)  # in the order they run: SECONDS_REFERENCE needs the others
+TASKS = {"sr2": "Set5", "denoise30": "CBSD68"}  # fine-tuning task -> its test set
+POOL_TILE = 256  # training photos are cut into squares of this side (sr4 crops 192)
+PROG = "study.py"
+MAX_SEED = 2 ** 63 - 1  # main.py's --seed: torch.manual_seed takes a 64-bit integer
+VALIDATION = re.compile(r"step (\d+): validation PSNR ([-\d.]+) dB")
+METRICS = "metrics.json"
+METRICS_MAX_BYTES = 16 << 20  # a metrics.json of a few hundred images is tens of kB
+SCORES = ("psnr_y", "ssim_y", "baseline_psnr", "baseline_ssim")  # what the table and plot read
+MANIFEST = "study.json"
+MANIFEST_MAX_BYTES = 1 << 20
+LOG_MAX_BYTES = 16 << 20  # a run's log.txt at --print_every 100 is a few kB
+MANIFEST_COUNTS = ("pretrain_steps", "finetune_steps", "val_every", "noise_images", "val_images",
+                   "pool_photos", "sample_photos")
+MANIFEST_TEXTS = ("options", "machine")
+
+
+class MetricsError(utility.RecordError):
+    """A metrics.json that is not what an evaluation writes: one line naming the file and key."""
+
+
+class StudyError(utility.RecordError):
+    """A run's records that do not fit the study: one line naming the folder and what to do."""
+
+
+def run_dir(root: str, seed: int, what: str) -> str:
+    """ROOT/seedN/WHAT: where one run of the study lives (its records keep the same layout)."""
+    return os.path.join(root, f"seed{seed}", what)
+
+
+def finetune_name(row: Row, task: str) -> str:
+    """The folder of a row's fine-tuning of ``task`` (the row's name made folder-safe)."""
+    return f"finetune_{re.sub(r'[^a-z0-9+]+', '_', row.name.lower()).strip('_')}_{task}"
+
+
+def redo(run: str) -> str:
+    """What to do about a run's damaged record."""
+    return f"delete the run's folder {os.path.abspath(run)} to redo it"
+
+
+def read_record(path: str, max_bytes: int, error: type[utility.RecordError], fix: str,
+                parse: bool = True) -> object:
+    """The JSON (or with ``parse`` False the text) of a regular file of at most ``max_bytes``;
+    ``error`` in one line naming the file and ``fix`` otherwise (a FIFO is never read)."""
+    try:
+        data = utility.read_small_file(path, max_bytes)
+    except utility.RecordError as e:
+        raise error(f"{e}; {fix}") from None
+    except OSError as e:
+        raise error(f"{path}: not a regular file ({type(e).__name__}); {fix}") from None
+    if not parse:
+        return data.decode("utf-8", errors="replace")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise error(f"{path}: not readable JSON ({type(e).__name__}); {fix}") from None
+
+
+# ----------------------------------------------------------------------------------------
+# The fields of each record: metrics.json, study.json, training.json and log.txt
+# ----------------------------------------------------------------------------------------
+def read_metrics(path: str) -> dict[str, dict[str, dict[str, float]]]:
+    """A run's metrics.json: {set: {task: {metric: value}}} with every SCORES metric a finite
+    number (other entries, like per_image, are left out); MetricsError names what is wrong."""
+    fix = redo(os.path.dirname(os.path.abspath(path)))
+    record = read_record(path, METRICS_MAX_BYTES, MetricsError, fix)
+    results = record.get("results") if isinstance(record, dict) else None
+    if not isinstance(results, dict) or not results:
+        raise MetricsError(f"{path}: no 'results' object; {fix}")
+    found: dict[str, dict[str, dict[str, float]]] = {}
+    for set_name, tasks in results.items():
+        if not isinstance(tasks, dict) or not tasks:
+            raise MetricsError(f"{path}: results.{shown(set_name)} is not an object of tasks; {fix}")
+        found[set_name] = {}
+        for task, scores in tasks.items():
+            where = f"results.{shown(set_name)}.{shown(task)}"
+            if not isinstance(scores, dict):
+                raise MetricsError(f"{path}: {where} is not an object of metrics; {fix}")
+            found[set_name][task] = {k: finite(scores.get(k), f"{path}: {where}.{k}", fix)
+                                     for k in SCORES}
+    return found
+
+
+def finite(value: object, where: str, fix: str) -> float:
+    """A metric as a finite float; MetricsError naming ``where`` for anything else."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    try:
+        if number and math.isfinite(float(value)):
+            return float(value)
+    except OverflowError:  # an integer too large for a float
+        pass
+    what = "missing" if value is None else f"{type(value).__name__}, not a finite number"
+    raise MetricsError(f"{where}: {what}; {fix}")
+
+
+def shown(key: str) -> str:
+    """A key read from a file, as a message shows it: quoted when it is not printable text."""
+    return key if key.isprintable() else repr(key)
+
+
+def scores(run: str, set_name: str | None = None, task: str | None = None) -> dict[str, float]:
+    """The SCORES of ``task`` on ``set_name`` in RUN/metrics.json (None: its only set / task)."""
+    path = os.path.join(run, METRICS)
+    found: dict = read_metrics(path)
+    where = "results"
+    for key, what in ((set_name, "test sets"), (task, "tasks")):
+        if key is None:
+            if len(found) != 1:
+                raise MetricsError(f"{path}: {where}: {len(found)} {what}, expected one; {redo(run)}")
+            key = next(iter(found))
+        if key not in found:
+            raise MetricsError(f"{path}: {where}.{key}: missing; {redo(run)}")
+        where, found = f"{where}.{shown(key)}", found[key]
+    return found
+
+
+def read_manifest(records: str) -> dict:
+    """RECORDS/study.json, checked key by key; StudyError naming the file and key otherwise.
+    It says how the study was run (the report's text), never where anything is written."""
+    path = os.path.join(records, MANIFEST)
+    fix = "re-make it by running the study (finished runs are kept), or give another --records"
+    record = read_record(path, MANIFEST_MAX_BYTES, StudyError, fix)
+    if not isinstance(record, dict):
+        raise StudyError(f"{path}: not a JSON object; {fix}")
+    seeds = record.get("seeds")
+    if not (isinstance(seeds, list) and seeds and all(utility.is_count(s, 0, MAX_SEED) for s in seeds)
+            and len(set(seeds)) == len(seeds)):
+        raise StudyError(f"{path}: key 'seeds': not a list of distinct seeds; {fix}")
+    for key in MANIFEST_COUNTS:
+        if not utility.is_count(record.get(key), 1 if key not in ("pool_photos", "sample_photos") else 0):
+            raise StudyError(f"{path}: key {key!r}: not a count; {fix}")
+    for key in MANIFEST_TEXTS:
+        if not isinstance(record.get(key), str):
+            raise StudyError(f"{path}: key {key!r}: not a string; {fix}")
+    for key in ("pool", "command"):
+        if not (isinstance(record.get(key), list) and all(isinstance(x, str) for x in record[key])):
+            raise StudyError(f"{path}: key {key!r}: not a list of strings; {fix}")
+    return {k: record[k] for k in ("seeds", *MANIFEST_COUNTS, *MANIFEST_TEXTS, "pool", "command")}
+
+
+def finished_record(run: str) -> dict:
+    """A finished run's training.json, with its training seconds; StudyError otherwise."""
+    try:
+        record = utility.read_training_record(os.path.join(run, "model", "model_latest.pt"), strict=True)
+    except utility.RecordError as e:
+        raise StudyError(f"{e}") from None
+    if not record or not record.get("finished") or "train_seconds" not in record:
+        raise StudyError(f"{os.path.join(run, 'model', utility.TRAINING_RECORD)}: not the record of a "
+                         f"finished run with its training seconds; {redo(run)}")
+    return record
+
+
+def train_seconds(run: str) -> float:
+    """The training seconds a finished run recorded in its training.json."""
+    return float(finished_record(run)["train_seconds"])
+
+
+def curve(run: str) -> list[tuple[int, float]]:
+    """(step, validation PSNR) of a training run, from its log (a step validated twice, before
+    and after a resume: the later); step 0 is the input's PSNR."""
+    text = read_record(os.path.join(run, "log.txt"), LOG_MAX_BYTES, StudyError, redo(run), parse=False)
+    points = {int(m.group(1)): float(m.group(2)) for m in VALIDATION.finditer(text)}
+    start = scores(run)["baseline_psnr"]  # the last validation's metrics.json
+    return [(0, start), *((k, v) for k, v in sorted(points.items()) if math.isfinite(v))]
+
+
+@dataclass(frozen=True)
+class Result:
+    """One row's fine-tuning of one task with one seed, as its records tell it."""
+
+    scores: dict[str, float]  # the evaluation's SCORES
+    steps: int  # training steps, the pre-training's included
+    seconds: float  # training seconds, the pre-training's included
+    curve: list[tuple[int, float]]  # (training step, pre-training included; validation PSNR)
+
+
+def gather(records: str, manifest: dict) -> dict[int, dict[str, dict[str, Result]]]:
+    """{seed: {row: {task: Result}}} from the records of every run."""
+    found: dict[int, dict[str, dict[str, Result]]] = {}
+    for seed in manifest["seeds"]:
+        found[seed] = {}
+        for row in RUN_ROWS:
+            pre_steps, pre_seconds = 0, 0.0
+            if row.pretraining:
+                pre = finished_record(run_dir(records, seed, f"pretrain_{row.pretraining}"))
+                pre_steps, pre_seconds = int(pre.get("step", 0)), float(pre["train_seconds"])
+            found[seed][row.name] = {}
+            for task in TASKS:
+                run = run_dir(records, seed, finetune_name(row, task))
+                fine = finished_record(run)
+                found[seed][row.name][task] = Result(
+                    scores(run + "_eval", TASKS[task], task), pre_steps + int(fine.get("step", 0)),
+                    pre_seconds + float(fine["train_seconds"]),
+                    [(pre_steps + k, v) for k, v in curve(run)])
+    return found

@@ -1,0 +1,245 @@
+"""The study's runs: its training pool and test sets, each main.py run, and the records it copies."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+
+import main as ipt_main
+import stops
+import utility
+from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image, save_image, stem
+from data.sample import sample_photos
+from scripts import hostinfo, study_records
+from scripts.study_records import PROG, TASKS, Row, StudyError, finetune_name, run_dir, scores, train_seconds
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIX_SCALES, SIX_TASKS = "2+3+4+1+1+1", "sr2+sr3+sr4+derain+denoise30+denoise50"
+PRETRAININGS = {  # name -> (--scale, --tasks, the contrastive loss or not)
+    "six": (SIX_SCALES, SIX_TASKS, True),
+    "mim": ("1", "mim", True),
+    "six+mim": (SIX_SCALES + "+1", SIX_TASKS + "+mim", True),
+}
+TILING = {"sr2": "official", "denoise30": "fast"}  # official on all of CBSD68: ~7 min a model here
+SAVE_EVERY = 200  # steps between saves, so a killed run loses little
+TINY = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "1", "--batch_size", "8",
+        "--lr", "5e-4", "--schedule", "cosine"]
+NO_VALIDATION = "1000000000"
+RECORD_FILES = ("log.txt", os.path.join("model", utility.TRAINING_RECORD), study_records.METRICS)
+
+
+# ----------------------------------------------------------------------------------------
+# Data: the training pool and the (subsets of the) test sets, as main.py reads them
+# ----------------------------------------------------------------------------------------
+def make_pool(folders: list[str], root: str, smoke: bool) -> None:
+    """ROOT/ImageNet/: the photos of ``folders`` and the sample photos, cut into POOL_TILE
+    squares (a small PNG decodes in a few ms, a 1024-pixel JPEG in 35: the loader kept up with
+    the tiny model only on tiles)."""
+    target, tile = os.path.join(root, "ImageNet"), study_records.POOL_TILE
+    os.makedirs(target, exist_ok=True)
+    photos = [(f"pool{i}_{stem(path)}", path) for i, folder in enumerate(folders)
+              for path in sorted(images_under(folder))[:2 if smoke else None]]
+    photos += [(f"sample_{name}", image) for name, image in sample_photos("train")]
+    unreadable = []
+    for name, photo in photos:
+        if os.path.exists(os.path.join(target, f"{name}_0.png")):
+            continue
+        try:
+            image = read_image(photo) if isinstance(photo, str) else photo
+        except ImageReadError as e:
+            print(f"{PROG}: warning: {e}; left out of the pool", file=sys.stderr, flush=True)
+            unreadable.append(photo)
+            continue
+        _, h, w = image.shape
+        corners = [(y, x) for y in range(0, h - tile + 1, tile) for x in range(0, w - tile + 1, tile)]
+        for k, (y, x) in enumerate(corners):
+            save_image(image[:, y:y + tile, x:x + tile], os.path.join(target, f"{name}_{k}.png"))
+    if unreadable:
+        print(f"{PROG}: warning: {len(unreadable)} of {len(photos)} pool photo(s) could not be "
+              f"read and were left out", file=sys.stderr, flush=True)
+
+
+def images_under(folder: str) -> list[str]:
+    """The image files under ``folder`` (any depth; regular files only: a FIFO would hang a read)."""
+    if not os.path.isdir(folder):
+        raise SystemExit(f"{PROG}: --pool {folder}: not a folder")
+    return [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files
+            if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(d, f))]
+
+
+def link(source: str, name: str) -> None:
+    """A symbolic link ``name`` -> ``source`` (kept when it exists)."""
+    if not os.path.lexists(name):
+        os.symlink(os.path.abspath(source), name)
+
+
+def test_sets(dir_data: str, root: str, images: int) -> None:
+    """ROOT/benchmark/Set5 (all of it) and ROOT/benchmark/CBSD68 (its first ``images`` images)."""
+    bench = os.path.join(root, "benchmark")
+    os.makedirs(os.path.join(bench, "CBSD68", "HR"), exist_ok=True)
+    set5 = os.path.join(dir_data, "benchmark", "Set5")
+    noise = os.path.join(dir_data, "benchmark", "CBSD68", "HR")
+    for folder, what in ((set5, "Set5"), (noise, "CBSD68/HR")):
+        if not os.path.isdir(folder):
+            raise SystemExit(f"{PROG}: --dir_data {dir_data}: no benchmark/{what}; prepare it "
+                             f"with python -m scripts.prepare_data ... --out {dir_data}")
+    link(set5, os.path.join(bench, "Set5"))
+    for name in sorted(os.listdir(noise))[:images]:
+        link(os.path.join(noise, name), os.path.join(bench, "CBSD68", "HR", name))
+
+
+# ----------------------------------------------------------------------------------------
+# Runs
+# ----------------------------------------------------------------------------------------
+def run_main(args: list[str], launcher: str) -> None:
+    """One main.py run, in this process or under the launcher; stops the study if it fails."""
+    if launcher:
+        try:
+            code = subprocess.call([*shlex.split(launcher), os.path.join(ROOT, "main.py"), *args])
+        except OSError as e:
+            raise SystemExit(f"{PROG}: --launcher {launcher!r}: cannot start it ({e.strerror})") from None
+    else:
+        code = ipt_main.main(args)
+    if code == stops.INTERRUPTED:  # a stop signal: the study stops as main.py did
+        print(f"{PROG}: stopped by a signal; run the study again to go on: finished runs are "
+              f"kept, the interrupted one continues from its last save", file=sys.stderr)
+        raise SystemExit(stops.INTERRUPTED)
+    if code != 0:
+        raise SystemExit(f"{PROG}: main.py {' '.join(args)} failed (exit status {code}); "
+                         f"fix it and run the study again: finished runs are kept")
+
+
+def done(run: str, what: str, steps: int | None = None) -> bool:
+    """Whether a run finished already: its training.json says so (at ``steps`` steps, when
+    given), or its metrics.json exists (any file there: a bad one is refused when read, not
+    silently redone)."""
+    if what == "training":
+        record = utility.read_training_record(os.path.join(run, "model", "model_latest.pt"))
+        finished = bool(record and record.get("finished"))
+        if finished and steps is not None and record.get("max_steps") != steps:
+            raise StudyError(f"{run}: a finished run of {record.get('max_steps')} steps, where this "
+                             f"study trains {steps}: give another --work, or delete that folder")
+        return finished
+    return os.path.lexists(os.path.join(run, study_records.METRICS))
+
+
+def common(a: argparse.Namespace) -> list[str]:
+    """Options of every run: logging only now and then, then --options (which win)."""
+    return ["--print_every", "100", *shlex.split(a.options)]
+
+
+def train(a: argparse.Namespace, run: str, steps: int, args: list[str]) -> None:
+    """A training run of ``steps`` steps, unless it finished; an interrupted one continues from
+    its last save (``--auto_resume``), so its training seconds count each step once."""
+    if not done(run, "training", steps):
+        run_main([*TINY, *args, "--data_train", "ImageNet", "--max_steps", str(steps),
+                  "--save", run, "--auto_resume", "--save_every", str(SAVE_EVERY), *common(a)],
+                 a.launcher)
+
+
+def pretrain(a: argparse.Namespace, name: str, seed: int, data: str) -> str:
+    """Pre-train ``name`` (its heads, one task a batch, the contrastive loss or not); the model file."""
+    run = run_dir(a.work, seed, f"pretrain_{name}")
+    scale, tasks, contrastive = PRETRAININGS[name]
+    train(a, run, a.pretrain_steps, ["--scale", scale, "--tasks", tasks,
+                                     *(["--con_loss"] if contrastive else []), "--dir_data", data,
+                                     "--seed", str(seed), "--test_every", NO_VALIDATION])
+    return os.path.join(run, "model", "model_latest.pt")
+
+
+def row_steps(a: argparse.Namespace, root: str, row: Row, task: str, seed: int) -> int:
+    """The fine-tuning steps of a row: --finetune_steps; their sum with --pretrain_steps (the
+    reference at equal steps); or as many as the reference's own speed fits into the training
+    seconds of the SECONDS_MATCH row (its pre-training and its fine-tuning of the task)."""
+    if row.budget == "finetune":
+        return a.finetune_steps
+    total = a.pretrain_steps + a.finetune_steps
+    if row.budget == "steps":
+        return total
+    match = next(r for r in study_records.ROWS if r.name == study_records.SECONDS_MATCH)
+    target = (train_seconds(run_dir(root, seed, f"pretrain_{match.pretraining}"))
+              + train_seconds(run_dir(root, seed, finetune_name(match, task))))
+    per_step = train_seconds(run_dir(root, seed, finetune_name(study_records.REFERENCE, task))) / total
+    return max(1, round(target / per_step)) if per_step > 0 else total
+
+
+def finetune(a: argparse.Namespace, row: Row, task: str, seed: int, data: str,
+             checkpoints: dict[str, str]) -> str:
+    """Fine-tune ``task`` from the row's pre-training (validating on the way); the run."""
+    run = run_dir(a.work, seed, finetune_name(row, task))
+    start = []
+    if row.pretraining:
+        start = ["--pretrain", checkpoints[row.pretraining]]
+        start += ["--init_from", row.init_from] if row.init_from else []
+    train(a, run, row_steps(a, a.work, row, task, seed),
+          ["--scale", "2" if task == "sr2" else "1", "--task", task, *start, "--dir_data", data,
+           "--seed", str(seed), "--test_every", str(a.val_every), "--data_test", TASKS[task],
+           "--chop", "fast"])
+    return run
+
+
+def evaluate(a: argparse.Namespace, run: str, task: str, test_data: str) -> dict:
+    """The fine-tuned model's metrics on the task's test set (TILING of the task)."""
+    out = run + "_eval"
+    if not done(out, "evaluation"):
+        run_main(["--test_only", "--scale", "2" if task == "sr2" else "1",
+                  "--task", task, "--pretrain", os.path.join(run, "model", "model_latest.pt"),
+                  "--data_test", TASKS[task], "--dir_data", test_data, "--save", out,
+                  "--chop", "fast" if a.smoke else TILING[task], *common(a)],
+                 a.launcher)
+    return scores(out, TASKS[task], task)
+
+
+def run_all(a: argparse.Namespace) -> None:
+    """Every run of every seed: the pre-trainings, then per task each row's fine-tuning and
+    evaluation, the equal-seconds reference last (its steps come from the others' seconds)."""
+    data, test = os.path.join(a.work, "data"), os.path.join(a.work, "test")
+    make_pool(a.pool, data, a.smoke)
+    test_sets(a.dir_data, data, a.val_images)  # what fine-tuning validates on
+    test_sets(a.dir_data, test, a.noise_images)  # what the table scores
+    for seed in a.seeds:
+        checkpoints = {name: pretrain(a, name, seed, data) for name in PRETRAININGS}
+        for task in TASKS:
+            for row in study_records.RUN_ROWS:
+                evaluate(a, finetune(a, row, task, seed, data, checkpoints), task, test)
+
+
+# ----------------------------------------------------------------------------------------
+# The records: the runs' small files, copied under --records, and the study's own study.json
+# ----------------------------------------------------------------------------------------
+def run_names(seeds: list[int]) -> list[str]:
+    """Every run folder of the study, relative to its --work (and to its records)."""
+    names = []
+    for seed in seeds:
+        names += [run_dir("", seed, f"pretrain_{name}") for name in PRETRAININGS]
+        for task in TASKS:
+            names += [run_dir("", seed, finetune_name(row, task)) + end
+                      for row in study_records.RUN_ROWS for end in ("", "_eval")]
+    return names
+
+
+def machine() -> str:
+    """The CPU (or GPU) and torch version the study ran on."""
+    import torch
+    where = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else
+             f"{hostinfo.cpu_model()}, {utility.usable_cpus()} usable cores")
+    return f"{where}; torch {torch.__version__}"
+
+
+def collect(a: argparse.Namespace) -> None:
+    """Copy each run's small records (no weights) from --work into --records, with study.json."""
+    for name in run_names(a.seeds):
+        for file in RECORD_FILES:
+            source = os.path.join(a.work, name, file)
+            if os.path.isfile(source):
+                target = os.path.join(a.records, name, file)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copyfile(source, target)
+    pool_photos = sum(len(images_under(folder)) for folder in a.pool)
+    manifest = {"seeds": a.seeds, **{k: getattr(a, k) for k in study_records.MANIFEST_COUNTS[:5]},
+                "pool_photos": pool_photos, "sample_photos": len(sample_photos("train")),
+                "options": a.options, "machine": machine(), "pool": a.pool, "command": a.argv}
+    utility.write_json(os.path.join(a.records, study_records.MANIFEST), manifest)

@@ -1,0 +1,171 @@
+"""What every benchmark section shares: the sizes it runs at, its timing, and its part of the doc."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from scripts.hostinfo import machine
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, "docs", "BENCHMARKS.md")
+TEXT = os.path.join(ROOT, "scripts", "benchmark_text.md")  # the doc's paragraphs, with {fields}
+DOC_TITLE = ("# Benchmarks\n\nMade by `python -m scripts.benchmark [SECTION ...] [--reps N]`; "
+             "each section is rewritten between its markers by its own run.\n")
+HEADS = ("sr2", "sr3", "sr4", "derain", "denoise30", "denoise50")  # the six-task head order
+TINY_IPT = dict(n_feats=16, num_heads=4, num_layers=1)  # the tiling section's CPU model
+TRAIN_TINY = dict(n_feats=16, num_heads=4, num_layers=2)  # the tiny training configuration
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What a run measures: the full benchmark, or a smoke run of a few seconds for CI."""
+
+    loader_tasks: tuple[str, ...]
+    loader_workers: tuple[int, ...]  # CUDA_LOADER_WORKERS are added on a GPU machine
+    loader_batch: int
+    loader_batches: int  # timed batches per measurement, after one untimed (worker start-up)
+    tiling_sizes: tuple[int, ...]
+    forward_model: dict  # IPTConfig overrides of the x2 model of the forward section
+    forward_batches: tuple[int, ...]
+    backward_batches: tuple[int, ...]  # CUDA_BACKWARD_BATCH is added on a GPU
+    gemm_calls: int  # matmuls per GEMM-peak measurement
+    training: tuple[tuple[str, dict, int, int], ...]  # (name, IPT options, CPU batch, GPU batch)
+    # torch threads of the run and of its children (None: torch's default, every core). One
+    # thread keeps a smoke run short on a busy machine: with more threads than free cores, each
+    # small operator waits for a descheduled thread (4x to 6x slower on 2 shared cores)
+    threads: int | None = None
+    # tiling modes whose CPU peak memory is measured, in a child process each (None: every mode)
+    peak_modes: tuple[str, ...] | None = None
+    # the forward in a fresh child process (glibc only): with glibc malloc as it is (False),
+    # tuned (True)
+    fresh_tuned: tuple[bool, ...] = (False, True)
+    saving_model: dict = field(default_factory=dict)  # IPT options of the checkpointed model
+
+
+FULL = Sizes(loader_tasks=("sr2", "sr3", "sr4", "derain", "denoise30"), loader_workers=(0, 1, 2),
+             loader_batch=16, loader_batches=16, tiling_sizes=(126, 240, 256, 512),
+             forward_model={}, forward_batches=(1, 16), backward_batches=(8,), gemm_calls=3,
+             training=(("tiny", TRAIN_TINY, 8, 8), ("full", {}, 2, 8)))
+SMOKE = Sizes(loader_tasks=("sr2",), loader_workers=(0, 2), loader_batch=4, loader_batches=1,
+              tiling_sizes=(60,), forward_model=TINY_IPT, forward_batches=(1, 2),
+              backward_batches=(2,), gemm_calls=1, training=(("tiny", TRAIN_TINY, 2, 2),),
+              threads=1, peak_modes=("official",), fresh_tuned=(True,), saving_model=TRAIN_TINY)
+SMOKE_NOTE = ("Smoke run (`--smoke`): minimal sizes, one repetition, one torch thread; its "
+              "figures show that the code runs, not how fast it is.")
+
+
+def bench_device() -> torch.device:
+    """CUDA when present, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(call: Callable[[], object], device: torch.device | None = None) -> tuple[float, object]:
+    """(seconds, result) of one call, the device's queued work included."""
+    device = device or torch.device("cpu")
+    synchronize(device)
+    start = time.perf_counter()
+    result = call()
+    synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def interleave(measures: dict[Hashable, Callable[[int], float]], reps: int) -> dict[Hashable, list[float]]:
+    """key -> the figure of each repetition of ``measures[key](rep)``, the repetitions interleaved
+    (every measure once, then every measure again) so that a machine's drift reaches them alike."""
+    figures: dict[Hashable, list[float]] = {key: [] for key in measures}
+    for rep in range(reps):
+        for key, measure in measures.items():
+            figures[key].append(measure(rep))
+    return figures
+
+
+@contextlib.contextmanager
+def counting_tiles(model: torch.nn.Module) -> Iterator[list[int]]:
+    """A one-item list that counts the tiles ``model`` is called on inside the block."""
+    count = [0]
+    hook = model.register_forward_pre_hook(lambda m, inp: count.__setitem__(0, count[0] + inp[0].shape[0]))
+    try:
+        yield count
+    finally:
+        hook.remove()
+
+
+def significant(value: float, digits: int = 3) -> str:
+    """``value`` to at least ``digits`` significant digits, without an exponent: 325, 24.3, 0.420
+    (a positive rate never prints as 0)."""
+    if not math.isfinite(value) or value <= 0:
+        return f"{value:.0f}"
+    return f"{value:.{max(0, digits - 1 - math.floor(math.log10(value)))}f}"
+
+
+@functools.cache
+def paragraphs() -> dict[str, str]:
+    """benchmark_text.md's paragraphs by name, each on one line."""
+    with open(TEXT, encoding="utf-8") as f:
+        parts = re.split(r"^\[([\w-]+)\]\n", f.read(), flags=re.M)[1:]
+    return {name: " ".join(body.split()) for name, body in zip(parts[::2], parts[1::2], strict=True)}
+
+
+def text(name: str, **fields: object) -> str:
+    """The doc's paragraph ``name`` with its fields filled in."""
+    return paragraphs()[name].format(**fields)
+
+
+def section(title: str, args: argparse.Namespace, paragraphs: list[str], header: list[str],
+            rows: list[list[object]], notes: Sequence[str] = ()) -> str:
+    """A section's Markdown: its heading, the machine, its paragraphs, its table, its notes."""
+    lines = [f"## {title}", "", f"Machine: {machine()}." + (f" {SMOKE_NOTE}" if args.smoke else "")]
+    for paragraph in paragraphs:
+        lines += ["", paragraph]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    for note in notes:
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(doc: str, name: str, body: str) -> None:
+    """Replace (or append) the text between the section's markers in the doc."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = open(doc).read() if os.path.isfile(doc) and os.path.getsize(doc) else DOC_TITLE
+    block = f"{begin}\n{body.strip()}\n{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(doc)), exist_ok=True)
+    with open(doc, "w") as f:
+        f.write(text)
+
+
+def read_section(doc: str, name: str) -> str | None:
+    """The text between a section's markers, or None."""
+    text = open(doc).read() if os.path.isfile(doc) else ""
+    found = re.search(f"<!-- {name}:begin -->(.*?)<!-- {name}:end -->", text, re.DOTALL)
+    return found.group(1) if found else None
+
+
+def in_child(module: str, call: str) -> str:
+    """The last line printed by ``scripts.<module>.<call>`` run in a fresh Python process at the
+    repository root, with as many torch threads as this process has."""
+    code = (f"import torch; torch.set_num_threads({torch.get_num_threads()}); "
+            f"from scripts import {module}; print({module}.{call})")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return done.stdout.strip().splitlines()[-1]
