@@ -29,7 +29,7 @@ from utility import (
 
 MAX_SECONDS = 10 ** 10  # durations: three centuries
 MAX_VALUE = 10 ** 15  # any other number a record holds (options are then checked against their own)
-MAX_SEED = 2 ** 32 - 1  # numpy's seeds
+MAX_SEED = 2 ** 63 - 1  # main.py's --seed: torch.manual_seed takes a 64-bit integer
 MAX_SHARD_MEMBERS = 1 << 32  # images in one tar shard: above this, no count of a real one
 PYTHON_RNG_WORDS, NUMPY_RNG_WORDS, TORCH_RNG_BYTES = 625, 624, 5056  # the generators' state sizes
 
@@ -128,22 +128,27 @@ SHARDS = {
                           "description": "a *.tar file name in the shards' folder"}}},
 }
 
-# metrics.json of an evaluation: {results: {set: {task: {metric: value}}}}
+# metrics.json of an evaluation: {results: {set: {task: {metric: value}}}}; the study reads SCORES
+SCORES = ("psnr_y", "ssim_y", "baseline_psnr", "baseline_ssim")
 SCORE = number(-1e6, 1e6)
 METRICS = {
     "type": "object", "required": ["results"],
-    "properties": {"results": {**mapping(mapping(mapping({"anyOf": [SCORE, {"type": [
-        "string", "boolean", "null", "object", "array"]}]}), 1024), 1024), "minProperties": 1}},
+    "properties": {"results": {**mapping({**mapping({
+        "type": "object", "required": list(SCORES), "properties": dict.fromkeys(SCORES, SCORE)}, 1024),
+        "minProperties": 1}, 1024), "minProperties": 1}},
 }
 
-# study.json: how a study was run, for its report
-STUDY_COUNTS = ("steps", "pretrain_steps", "batch_size", "patch_size", "pool_photos", "sample_photos")
+# study.json: how a study was run, for its report (never where anything is written)
+STUDY_COUNTS = {"pretrain_steps": 1, "finetune_steps": 1, "val_every": 1, "noise_images": 1,
+                "val_images": 1, "pool_photos": 0, "sample_photos": 0}  # count -> its least value
+STUDY_TEXTS = ("options", "machine")
 STUDY = {
     "type": "object",
-    "required": ["seeds", "pool", "command"],
+    "required": ["seeds", *STUDY_COUNTS, *STUDY_TEXTS, "pool", "command"],
     "properties": {"seeds": {"type": "array", "minItems": 1, "maxItems": 1000, "uniqueItems": True,
                              "items": count(0, MAX_SEED)},
-                   "pool": strings(), "command": strings()},
+                   **{k: count(least) for k, least in STUDY_COUNTS.items()},
+                   **dict.fromkeys(STUDY_TEXTS, TEXT), "pool": strings(), "command": strings()},
 }
 
 # simulated.json of scripts/scale/simulate_imagenet: the options a simulated tree was made with

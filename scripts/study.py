@@ -26,7 +26,8 @@ if __name__ == "__main__":  # a stop signal while torch loads is kept, not a sil
 
 import utility  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
-from scripts.study_records import MAX_SEED, PROG, TASKS  # noqa: E402
+from records import MAX_SEED  # noqa: E402
+from scripts.study_records import PROG, TASKS  # noqa: E402
 from scripts.study_report import table, write_report  # noqa: E402
 from scripts.study_runs import collect, run_all  # noqa: E402
 

@@ -7,6 +7,7 @@ import os
 import re
 from dataclasses import dataclass
 
+import records
 import utility
 
 
@@ -30,17 +31,14 @@ RUN_ROWS = (*ROWS, SECONDS_REFERENCE)  # in the order they run: SECONDS_REFERENC
 TASKS = {"sr2": "Set5", "denoise30": "CBSD68"}  # fine-tuning task -> its test set
 POOL_TILE = 256  # training photos are cut into squares of this side (sr4 crops 192)
 PROG = "study.py"
-MAX_SEED = 2 ** 63 - 1  # main.py's --seed: torch.manual_seed takes a 64-bit integer
 VALIDATION = re.compile(r"step (\d+): validation PSNR ([-\d.]+) dB")
 METRICS = "metrics.json"
 METRICS_MAX_BYTES = 16 << 20  # a metrics.json of a few hundred images is tens of kB
-SCORES = ("psnr_y", "ssim_y", "baseline_psnr", "baseline_ssim")  # what the table and plot read
+SCORES = records.SCORES  # what the table and plot read
 MANIFEST = "study.json"
 MANIFEST_MAX_BYTES = 1 << 20
 LOG_MAX_BYTES = 16 << 20  # a run's log.txt at --print_every 100 is a few kB
-MANIFEST_COUNTS = ("pretrain_steps", "finetune_steps", "val_every", "noise_images", "val_images",
-                   "pool_photos", "sample_photos")
-MANIFEST_TEXTS = ("options", "machine")
+MANIFEST_COUNTS, MANIFEST_TEXTS = tuple(records.STUDY_COUNTS), records.STUDY_TEXTS
 
 
 class MetricsError(utility.RecordError):
@@ -88,37 +86,15 @@ def read_record(path: str, max_bytes: int, error: type[utility.RecordError], fix
 # The fields of each record: metrics.json, study.json, training.json and log.txt
 # ----------------------------------------------------------------------------------------
 def read_metrics(path: str) -> dict[str, dict[str, dict[str, float]]]:
-    """A run's metrics.json: {set: {task: {metric: value}}} with every SCORES metric a finite
-    number (other entries, like per_image, are left out); MetricsError names what is wrong."""
-    fix = redo(os.path.dirname(os.path.abspath(path)))
-    record = read_record(path, METRICS_MAX_BYTES, MetricsError, fix)
-    results = record.get("results") if isinstance(record, dict) else None
-    if not isinstance(results, dict) or not results:
-        raise MetricsError(f"{path}: no 'results' object; {fix}")
-    found: dict[str, dict[str, dict[str, float]]] = {}
-    for set_name, tasks in results.items():
-        if not isinstance(tasks, dict) or not tasks:
-            raise MetricsError(f"{path}: results.{shown(set_name)} is not an object of tasks; {fix}")
-        found[set_name] = {}
-        for task, scores in tasks.items():
-            where = f"results.{shown(set_name)}.{shown(task)}"
-            if not isinstance(scores, dict):
-                raise MetricsError(f"{path}: {where} is not an object of metrics; {fix}")
-            found[set_name][task] = {k: finite(scores.get(k), f"{path}: {where}.{k}", fix)
-                                     for k in SCORES}
-    return found
-
-
-def finite(value: object, where: str, fix: str) -> float:
-    """A metric as a finite float; MetricsError naming ``where`` for anything else."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A run's metrics.json, checked by records.METRICS: {set: {task: {metric: value}}} of the
+    SCORES (other entries, like per_image, are left out); MetricsError names what is wrong."""
     try:
-        if number and math.isfinite(float(value)):
-            return float(value)
-    except OverflowError:  # an integer too large for a float
-        pass
-    what = "missing" if value is None else f"{type(value).__name__}, not a finite number"
-    raise MetricsError(f"{where}: {what}; {fix}")
+        record = records.read_json(path, records.METRICS, redo(os.path.dirname(os.path.abspath(path))),
+                                   METRICS_MAX_BYTES)
+    except utility.RecordError as e:
+        raise MetricsError(str(e)) from None
+    return {name: {task: {k: float(found[k]) for k in SCORES} for task, found in tasks.items()}
+            for name, tasks in record["results"].items()}
 
 
 def shown(key: str) -> str:
@@ -142,34 +118,21 @@ def scores(run: str, set_name: str | None = None, task: str | None = None) -> di
     return found
 
 
-def read_manifest(records: str) -> dict:
-    """RECORDS/study.json, checked key by key; StudyError naming the file and key otherwise.
+def read_manifest(folder: str) -> dict:
+    """FOLDER/study.json, checked by records.STUDY; StudyError naming the file and key otherwise.
     It says how the study was run (the report's text), never where anything is written."""
-    path = os.path.join(records, MANIFEST)
     fix = "re-make it by running the study (finished runs are kept), or give another --records"
-    record = read_record(path, MANIFEST_MAX_BYTES, StudyError, fix)
-    if not isinstance(record, dict):
-        raise StudyError(f"{path}: not a JSON object; {fix}")
-    seeds = record.get("seeds")
-    if not (isinstance(seeds, list) and seeds and all(utility.is_count(s, 0, MAX_SEED) for s in seeds)
-            and len(set(seeds)) == len(seeds)):
-        raise StudyError(f"{path}: key 'seeds': not a list of distinct seeds; {fix}")
-    for key in MANIFEST_COUNTS:
-        if not utility.is_count(record.get(key), 1 if key not in ("pool_photos", "sample_photos") else 0):
-            raise StudyError(f"{path}: key {key!r}: not a count; {fix}")
-    for key in MANIFEST_TEXTS:
-        if not isinstance(record.get(key), str):
-            raise StudyError(f"{path}: key {key!r}: not a string; {fix}")
-    for key in ("pool", "command"):
-        if not (isinstance(record.get(key), list) and all(isinstance(x, str) for x in record[key])):
-            raise StudyError(f"{path}: key {key!r}: not a list of strings; {fix}")
+    try:
+        record = records.read_json(os.path.join(folder, MANIFEST), records.STUDY, fix, MANIFEST_MAX_BYTES)
+    except utility.RecordError as e:
+        raise StudyError(str(e)) from None
     return {k: record[k] for k in ("seeds", *MANIFEST_COUNTS, *MANIFEST_TEXTS, "pool", "command")}
 
 
 def finished_record(run: str) -> dict:
     """A finished run's training.json, with its training seconds; StudyError otherwise."""
     try:
-        record = utility.read_training_record(os.path.join(run, "model", "model_latest.pt"), strict=True)
+        record = records.read_training_record(os.path.join(run, "model", "model_latest.pt"), strict=True)
     except utility.RecordError as e:
         raise StudyError(f"{e}") from None
     if not record or not record.get("finished") or "train_seconds" not in record:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import main as ipt_main
+import records
 import stops
 import utility
 from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image, save_image, stem
@@ -117,7 +118,7 @@ def done(run: str, what: str, steps: int | None = None) -> bool:
     given), or its metrics.json exists (any file there: a bad one is refused when read, not
     silently redone)."""
     if what == "training":
-        record = utility.read_training_record(os.path.join(run, "model", "model_latest.pt"))
+        record = records.read_training_record(os.path.join(run, "model", "model_latest.pt"))
         finished = bool(record and record.get("finished"))
         if finished and steps is not None and record.get("max_steps") != steps:
             raise StudyError(f"{run}: a finished run of {record.get('max_steps')} steps, where this "
