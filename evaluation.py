@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+import metrics
 import records
 import report
 import stops
@@ -233,7 +234,7 @@ def restore_quantised(model: nn.Module, image: Tensor, task_id: int,
     x = image.float().unsqueeze(0).to(device) * (settings.rgb_range / 255)
     y = restore(model, x, task_id, settings.mode, settings.crop_batch_size, settings.self_ensemble,
                 settings.tile_size, progress=True, precision=settings.precision)
-    return utility.quantize(y, settings.rgb_range)[0].cpu() * (255 / settings.rgb_range)
+    return metrics.quantize(y, settings.rgb_range)[0].cpu() * (255 / settings.rgb_range)
 
 
 # --precision bf16: what stays fp32, and why (measured in docs/BENCHMARKS.md, "bf16 inference").
@@ -316,16 +317,16 @@ def input_baseline(lr: Tensor, scale: int) -> Tensor:
     if scale > 1 and lr.dtype == torch.uint8:
         return imresize_uint8(lr, scale).float()
     x = lr.float()
-    return utility.quantize(imresize(x, scale) if scale > 1 else x)
+    return metrics.quantize(imresize(x, scale) if scale > 1 else x)
 
 
 def image_metrics(sr: Tensor, hr: Tensor, scale: int, channel: str = "y") -> dict[str, float]:
     """PSNR and SSIM of one quantised output on Y and on RGB; psnr/ssim repeat ``channel``'s."""
     m = {  # calc_* shave `scale` pixels a side, none at scale 1
-        "psnr_y": utility.calc_psnr(sr, hr, scale)[0],
-        "ssim_y": utility.calc_ssim(sr, hr, scale)[0],
-        "psnr_rgb": utility.calc_psnr(sr, hr, scale, y_channel=False)[0],
-        "ssim_rgb": utility.calc_ssim(sr, hr, scale, y_channel=False)[0],
+        "psnr_y": metrics.calc_psnr(sr, hr, scale)[0],
+        "ssim_y": metrics.calc_ssim(sr, hr, scale)[0],
+        "psnr_rgb": metrics.calc_psnr(sr, hr, scale, y_channel=False)[0],
+        "ssim_rgb": metrics.calc_ssim(sr, hr, scale, y_channel=False)[0],
     }
     return {"psnr": m[f"psnr_{channel}"], "ssim": m[f"ssim_{channel}"], **m}
 
@@ -364,8 +365,8 @@ def input_metrics(baseline: Tensor, hr: Tensor, scale: int, channel: str,
                   psnr: float) -> dict[str, float]:
     """The input's PSNR and SSIM on ``channel`` and the gain of the output's ``psnr`` over it."""
     on_y = channel == "y"
-    base = utility.calc_psnr(baseline, hr, scale, y_channel=on_y)[0]
-    return {"baseline_psnr": base, "baseline_ssim": utility.calc_ssim(baseline, hr, scale, y_channel=on_y)[0],
+    base = metrics.calc_psnr(baseline, hr, scale, y_channel=on_y)[0]
+    return {"baseline_psnr": base, "baseline_ssim": metrics.calc_ssim(baseline, hr, scale, y_channel=on_y)[0],
             "gain_psnr": psnr - base}
 
 

@@ -24,7 +24,8 @@ from checkpointing import (
     unwrap,
 )
 from data.listing import FILE_LIST
-from data.stream import seeded, synthesize_lr
+from data.sources import seeded
+from data.stream import synthesize_lr
 from data.training import loader_workers, training_stream
 from model.loss import contrastive_loss, l1_loss
 from model.mim import masked_l1, random_token_mask

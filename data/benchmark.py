@@ -24,8 +24,8 @@ import torch
 from torch import Tensor
 
 import utility
+from metrics import SSIM_WINDOW
 from tasks import task_family
-from utility import SSIM_WINDOW
 
 from .degrade import add_eval_noise, add_rain, bicubic_lr, eval_noise_generator, procedural_streaks
 from .images import (

@@ -20,7 +20,8 @@ from torch import Tensor
 from tasks import task_family, task_scale
 
 from .images import list_images, numbered_files, rain_pairs, read_image, read_rain_pair, stem
-from .stream import DEFAULT_PATCH, FileSource, PairStream, TrainingDataError, Views, check_aligned
+from .sources import FileSource, TrainingDataError
+from .stream import DEFAULT_PATCH, PairStream, Views, check_aligned
 
 log = logging.getLogger("ipt")
 

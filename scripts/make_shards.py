@@ -29,7 +29,7 @@ if ROOT not in sys.path:
 import utility  # noqa: E402
 from data.images import IMAGE_EXTENSIONS, open_regular, why_unreadable  # noqa: E402
 from data.listing import walk_images  # noqa: E402
-from data.stream import SHARD_INDEX  # noqa: E402
+from data.sources import SHARD_INDEX  # noqa: E402
 
 SHARD_NAME = "shard-{:06d}.tar"
 DEFAULT_PER_SHARD = 1000

@@ -55,7 +55,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info  # noq
 import utility  # noqa: E402
 from data.images import ImageReadError  # noqa: E402
 from data.listing import FILE_LIST, RECENT_CHANGE_NS, walk_images  # noqa: E402
-from data.stream import FileSource, PairStream, open_source  # noqa: E402
+from data.sources import FileSource, open_source  # noqa: E402
+from data.stream import PairStream  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 from scripts.simulate_imagenet import kind_of, path_problem, shown  # noqa: E402
 from tasks import task_scale  # noqa: E402

@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 
 import utility  # noqa: E402
 from data.images import open_regular  # noqa: E402
-from data.stream import SHARD_INDEX, TAR_BLOCK  # noqa: E402
+from data.sources import SHARD_INDEX, TAR_BLOCK  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 
 IMAGENET_FILES = 1281167  # ILSVRC-2012 train images

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-import utility
+import metrics
 from conftest import ROOT
 from model import build_model
 from option import settings
@@ -172,5 +172,5 @@ def test_cropped_photos_are_evaluated_on_the_crops(tmp_path):
     result = compare.evaluate(args, net, "fast", photos)
     assert result["n_images"] == 2 and result["ms_per_mp"] > 0
     # the input's PSNR (Y) is that of the cropped noisy input (quantised) against the cropped target
-    inputs = [utility.calc_psnr(utility.quantize(p.lr.float()), p.hr.float(), 1)[0] for p in photos]
+    inputs = [metrics.calc_psnr(metrics.quantize(p.lr.float()), p.hr.float(), 1)[0] for p in photos]
     assert result["baseline_psnr"] == pytest.approx(sum(inputs) / 2, abs=1e-6)

@@ -18,15 +18,8 @@ from PIL import Image
 from data.benchmark import BenchmarkError, BenchmarkSet, Pair
 from data.degrade import add_eval_noise
 from data.images import IMAGE_EXTENSIONS, ImageFolder, ImageReadError, list_images, read_image
-from data.stream import (
-    SHARD_INDEX,
-    SHARD_INDEX_MAX_BYTES,
-    PairStream,
-    TrainingDataError,
-    find_images,
-    read_shard_index,
-    shard_counts,
-)
+from data.sources import SHARD_INDEX, SHARD_INDEX_MAX_BYTES, TrainingDataError, read_shard_index, shard_counts
+from data.stream import PairStream, find_images
 from scripts import make_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

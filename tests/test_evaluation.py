@@ -21,9 +21,9 @@ from PIL import Image
 
 import evaluation
 import main as cli
+import metrics
 import report
 import stops
-import utility
 from data.benchmark import BenchmarkSet
 from data.degrade import bicubic_lr
 from evaluation import evaluate_set
@@ -84,10 +84,10 @@ def test_sr_metrics_equal_the_saved_images(tmp_path, tree, caplog):
         hr = torch.from_numpy(np.array(Image.open(tree / f"benchmark/Set5/HR/{stem}.png")))
         hr = hr[:sr.shape[0], :sr.shape[1]]  # HR cropped to LR x 2 (61 -> 60 rows)
         sr, hr = sr.permute(2, 0, 1).float(), hr.permute(2, 0, 1).float()
-        assert r["per_image"][stem]["psnr"] == pytest.approx(utility.calc_psnr(sr, hr, 2)[0], abs=1e-9)
+        assert r["per_image"][stem]["psnr"] == pytest.approx(metrics.calc_psnr(sr, hr, 2)[0], abs=1e-9)
         assert r["per_image"][stem]["psnr_y"] == r["per_image"][stem]["psnr"]
         assert r["per_image"][stem]["psnr_rgb"] == pytest.approx(
-            utility.calc_psnr(sr, hr, 2, y_channel=False)[0], abs=1e-9)
+            metrics.calc_psnr(sr, hr, 2, y_channel=False)[0], abs=1e-9)
     assert r["psnr"] == pytest.approx(np.mean([v["psnr"] for v in r["per_image"].values()]))
     table = (run / "results.md").read_text()
     assert "| Set5 | sr2 | 2 |" in table and "38.37" in table
@@ -235,7 +235,7 @@ def test_gain_over_the_input_by_hand():
     hr = torch.full((3, 12, 12), 100.0)
     output, inputs = hr + 5, hr + 10  # errors 5 and 10 everywhere: MSE 25 and 100 (scaled alike on Y)
     for channel in ("rgb", "y"):
-        psnr = utility.calc_psnr(output, hr, 1, y_channel=channel == "y")[0]
+        psnr = metrics.calc_psnr(output, hr, 1, y_channel=channel == "y")[0]
         m = evaluation.input_metrics(inputs, hr, 1, channel, psnr)
         assert m["gain_psnr"] == pytest.approx(10 * math.log10(100 / 25))  # 6.02 dB
         assert m["gain_psnr"] == pytest.approx(psnr - m["baseline_psnr"])

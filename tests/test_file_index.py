@@ -16,7 +16,8 @@ from PIL import Image
 import utility
 from data import listing as listing_module
 from data.listing import FILE_LIST_ARRAYS, FolderListing, PathIndex, read_file_list, walk_folder, walk_images
-from data.stream import FileSource, PairStream, open_source
+from data.sources import FileSource, open_source
+from data.stream import PairStream
 
 FILES = ("n01/b.png", "n01/a.JPEG", "n01/deep/c.jpg", "n02/d.png", "n02/é.png", "top.bmp")
 OLD_NS = 1_000_000_000 * 1_000_000_000  # 2001: folder times far from any walk's

@@ -12,7 +12,7 @@ from PIL import Image
 
 from data.degrade import bicubic_lr
 from data.finetune import DIV2K, RainTrainL
-from data.stream import TrainingDataError
+from data.sources import TrainingDataError
 
 PATCH = 16
 RAIN = 40  # the test's "rain": a constant added to the clean image, clipped

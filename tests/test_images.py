@@ -14,12 +14,13 @@ import torch
 from PIL import Image
 
 import main as cli
-import utility
+import metrics
 from data.benchmark import BenchmarkError, BenchmarkSet
 from data.degrade import bicubic_lr
 from data.images import DataLayoutError, ImageFolder, ImageReadError, list_images, read_image
 from data.listing import find_images
-from data.stream import PairStream, TrainingDataError, decode_bytes
+from data.sources import TrainingDataError, decode_bytes
+from data.stream import PairStream
 
 EXIF_ORIENTATION = 0x0112
 ROTATED_90_CW = 6  # viewers turn the stored pixels 90 degrees clockwise
@@ -191,9 +192,9 @@ def test_the_smallest_scorable_image_can_be_scored(tmp_path, scale):
     save(blocks(48, 48)[:least, :least], tmp_path / "benchmark/Set5/HR/small.png")
     pair = BenchmarkSet(str(tmp_path), "Set5", f"sr{scale}", scale)[0]
     assert pair.hr.shape == (3, least, least) and pair.lr.shape == (3, least // scale, least // scale)
-    utility.calc_ssim(pair.hr.float(), pair.hr.float(), scale)
+    metrics.calc_ssim(pair.hr.float(), pair.hr.float(), scale)
     with pytest.raises(ValueError):  # one pixel less is cut to whole LR pixels: too small
-        utility.calc_ssim(pair.hr[:, :least - scale, :least - scale].float(),
+        metrics.calc_ssim(pair.hr[:, :least - scale, :least - scale].float(),
                           pair.hr[:, :least - scale, :least - scale].float(), scale)
 
 
@@ -219,4 +220,4 @@ def test_greyscale_hr_is_evaluated_as_three_equal_channels(tmp_path):
     sr = chw(np.array(Image.open(run / "results-Set5/g_x2_SR.png"))).float()
     assert sr.shape == (3, 48, 64)
     assert per_image["g"]["psnr_y"] == pytest.approx(
-        utility.calc_psnr(sr, chw(three).float(), 2)[0], abs=1e-9)
+        metrics.calc_psnr(sr, chw(three).float(), 2)[0], abs=1e-9)

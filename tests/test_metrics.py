@@ -8,7 +8,7 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from utility import calc_psnr, calc_ssim, quantize
+from metrics import calc_psnr, calc_ssim, quantize
 
 W_PSNR = (65.738, 129.057, 25.064)  # the authors' Y weights, divided by 256
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 
 from data.degrade import bicubic_lr
 from data.sample import sample_photos
-from data.stream import PairStream, TrainingDataError, epoch_files, find_images, shard_counts, task_kind
+from data.sources import TrainingDataError, epoch_files, shard_counts
+from data.stream import PairStream, find_images, task_kind
 from scripts import make_shards
 
 SIX = ["sr2", "sr3", "sr4", "derain", "denoise30", "denoise50"]

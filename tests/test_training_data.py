@@ -14,7 +14,8 @@ import tasks
 from data import training
 from data.degrade import eval_noise_generator
 from data.finetune import DIV2K, RainTrainL
-from data.stream import PairStream, TrainingDataError, seeded
+from data.sources import TrainingDataError, seeded
+from data.stream import PairStream
 
 PATCH = 16
 # the generators' seeds for (1, "epoch", 0) and (1, "CBSD68", "x"), from the code before this module
