@@ -27,7 +27,7 @@ from data.stream import (
     read_shard_index,
     shard_counts,
 )
-from scripts import make_shards
+from scripts.scale import make_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE_TIMEOUT = 60  # seconds; a walk that loops never ends, the fixed one takes ~3 s (torch import)

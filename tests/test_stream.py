@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from data.degrade import bicubic_lr
 from data.sample import sample_photos
 from data.stream import PairStream, TrainingDataError, epoch_files, find_images, shard_counts, task_kind
-from scripts import make_shards
+from scripts.scale import make_shards
 
 SIX = ["sr2", "sr3", "sr4", "derain", "denoise30", "denoise50"]
 PATCH = 16  # small crops keep the tests fast; test_default_patch_48 checks the real size
