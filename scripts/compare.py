@@ -170,9 +170,7 @@ def fresh_trainer(args: argparse.Namespace, total_steps: int) -> tuple[torch.nn.
     return net, trainer.Trainer(s.train, net, batches, None, total_steps, per_epoch, 0, workers)
 
 
-# ----------------------------------------------------------------------------------------
-# test photos and evaluation
-# ----------------------------------------------------------------------------------------
+# ---- test photos and evaluation ----------------------------------------------------------
 class PhotoSet(list):
     """Test pairs in the form evaluation.evaluate_set takes (a sized, indexable set with a name)."""
 
@@ -237,9 +235,7 @@ def probe(workdir: str) -> Probe:
     return Probe(rates, gflops, shapes)
 
 
-# ----------------------------------------------------------------------------------------
-# the plan: evaluation first, the rest to training
-# ----------------------------------------------------------------------------------------
+# ---- the plan: evaluation first, the rest to training ------------------------------------
 def plan_pixels(plan: EvalPlan, shapes: tuple) -> float:
     """Megapixels of one evaluation (one model, one task) under the plan."""
     side = plan.crop or 10 ** 9
@@ -289,9 +285,7 @@ def too_short(budget: Budget, needed: float, what: str) -> BudgetTooShort:
                           f"the {max(0.0, budget.left()):.0f} s left; give --seconds {least} or more")
 
 
-# ----------------------------------------------------------------------------------------
-# training
-# ----------------------------------------------------------------------------------------
+# ---- training ----------------------------------------------------------------------------
 def calibrate(args: argparse.Namespace, seconds: float, clock: Callable[[], float]) -> Calibration:
     """The set-up time and the training steps per second of a throwaway model."""
     start = clock()
@@ -326,9 +320,7 @@ def train(args: argparse.Namespace, deadline: float,
     return net.eval(), seconds, p.step
 
 
-# ----------------------------------------------------------------------------------------
-# the run
-# ----------------------------------------------------------------------------------------
+# ---- the run -----------------------------------------------------------------------------
 @dataclass
 class Comparison:
     """What compare() hands to the report."""

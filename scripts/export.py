@@ -1,7 +1,7 @@
 """Export a checkpoint out of PyTorch: .safetensors (the weights, no code) or .onnx (one head).
 
-    python scripts/export.py RUN/model/model_latest.pt ipt_sr2.safetensors
-    python scripts/export.py IPT_pretrain.pt ipt_denoise50.onnx --task denoise50 [--patch_size 48]
+    python -m scripts.export RUN/model/model_latest.pt ipt_sr2.safetensors
+    python -m scripts.export IPT_pretrain.pt ipt_denoise50.onnx --task denoise50 [--patch_size 48]
 
 The format follows OUT's suffix. ``.safetensors`` holds the state_dict under the authors' key
 names, bit for bit, and the model options (the ``architecture`` of the training.json beside the
@@ -79,9 +79,7 @@ class Source:
     config: object  # the IPTConfig / RestormerConfig of the whole file
 
 
-# ----------------------------------------------------------------------------------------
-# The command line
-# ----------------------------------------------------------------------------------------
+# ---- The command line --------------------------------------------------------------------
 def positive(text: str) -> int:
     """An integer above 0 (argparse type)."""
     try:
@@ -120,33 +118,13 @@ def output_problem_of(a: argparse.Namespace) -> tuple[str, int] | None:
     return problem
 
 
-# ----------------------------------------------------------------------------------------
-# The checkpoint and its model options
-# ----------------------------------------------------------------------------------------
+# ---- The checkpoint and its model options ------------------------------------------------
 def read_source(path: str, num_heads: int | None, tasks: str | None) -> Source:
     """The checkpoint's weights and the options that built its model: its record's (training.json,
     or a .safetensors file's metadata), else those its shapes give away plus --num_heads."""
     state, _ = read_checkpoint(path, CHECKPOINT)
-    try:
-        record, origin = option.pretrain_record(path)
-    except utility.RecordError as e:
-        raise Refusal(f"{path}: {e}") from None
-    if record is not None:
-        written = record["architecture"]
-        try:
-            taken, ignored = option.recorded_architecture(written, origin)
-        except ValueError as e:
-            raise Refusal(str(e)) from None
-        contradiction = option.record_contradiction(
-            taken, {} if num_heads is None else {"num_heads": num_heads}, origin)
-        if contradiction:
-            raise Refusal(contradiction, BAD_OPTION)
-        for key in ignored:
-            print(f"{PROG}: {origin}: ignored its key {key!r} (a record may only give the options "
-                  f"that shape the model); it is not exported", file=sys.stderr)
-        architecture = {key: written[key] for key in taken}
-    else:
-        architecture, origin = inferred_architecture(path, state, num_heads), "its weights' shapes"
+    architecture, origin = (recorded_architecture(path, num_heads)
+                            or (inferred_architecture(path, state, num_heads), "its weights' shapes"))
     if num_heads is not None:
         architecture["num_heads"] = num_heads
     if tasks:
@@ -155,6 +133,31 @@ def read_source(path: str, num_heads: int | None, tasks: str | None) -> Source:
         architecture["tasks"] = "+".join(head_names(state, path))  # the six-task order by scale
     config = config_of(architecture, origin)
     return Source(path, state, architecture, origin, config)
+
+
+def recorded_architecture(path: str, num_heads: int | None) -> tuple[dict, str] | None:
+    """(the architecture of the checkpoint's record, the record's name): the training.json beside
+    it, or a .safetensors file's metadata; None without one. The keys a record may not set are
+    said and left out; a --num_heads that contradicts the record is refused."""
+    try:
+        record, origin = option.pretrain_record(path)
+    except utility.RecordError as e:
+        raise Refusal(f"{path}: {e}") from None
+    if record is None:
+        return None
+    written = record["architecture"]
+    try:
+        taken, ignored = option.recorded_architecture(written, origin)
+    except ValueError as e:
+        raise Refusal(str(e)) from None
+    contradiction = option.record_contradiction(taken, {} if num_heads is None else {"num_heads": num_heads},
+                                                origin)
+    if contradiction:
+        raise Refusal(contradiction, BAD_OPTION)
+    for key in ignored:
+        print(f"{PROG}: {origin}: ignored its key {key!r} (a record may only give the options that "
+              f"shape the model); it is not exported", file=sys.stderr)
+    return {key: written[key] for key in taken}, origin
 
 
 def inferred_architecture(path: str, state: Mapping[str, Tensor], num_heads: int | None) -> dict:
@@ -211,9 +214,7 @@ def built(config: object, origin: str) -> nn.Module:
         raise Refusal(f"{origin}: the model options do not build a network: {e}") from None
 
 
-# ----------------------------------------------------------------------------------------
-# .safetensors
-# ----------------------------------------------------------------------------------------
+# ---- .safetensors ------------------------------------------------------------------------
 def export_safetensors(source: Source, out: str) -> str:
     """Write the state_dict and the architecture to ``out``; read it back bit for bit before it
     takes its name. Returns a description for the final line."""
@@ -243,9 +244,7 @@ def _bytes(tensor: Tensor) -> Tensor:
     return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
 
 
-# ----------------------------------------------------------------------------------------
-# .onnx
-# ----------------------------------------------------------------------------------------
+# ---- .onnx -------------------------------------------------------------------------------
 class OneHead(nn.Module):
     """IPT with its head fixed: tiles (B, C, P, P) in 0..rgb_range -> restored tiles."""
 
@@ -371,9 +370,7 @@ def compare_with_torch(path: str, network: nn.Module, example: Tensor) -> float 
     return difference
 
 
-# ----------------------------------------------------------------------------------------
-# main
-# ----------------------------------------------------------------------------------------
+# ---- main --------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Export; the exit status (0, 1 failed, 2 bad command line, 130 stopped)."""
     a = parse(argv)

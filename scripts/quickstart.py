@@ -85,9 +85,7 @@ def phases(out: str, pretrain_steps: int, finetune_steps: int) -> list[Phase]:
     ]
 
 
-# ----------------------------------------------------------------------------------------
-# What is done already (--resume)
-# ----------------------------------------------------------------------------------------
+# ---- What is done already (--resume) -----------------------------------------------------
 def training_record(p: Phase) -> dict:
     """The step, max_steps and finished of phase p's RUN/model/training.json; None for each
     when it is missing or unreadable (not started / unknown)."""
@@ -144,9 +142,7 @@ def arguments(p: Phase, how: str, threads: int = 0) -> list[str]:
     return [*args, "--reset"] if p.steps else args
 
 
-# ----------------------------------------------------------------------------------------
-# Time
-# ----------------------------------------------------------------------------------------
+# ---- Time --------------------------------------------------------------------------------
 @dataclass
 class Clock:
     """This invocation's start and the speed it measured: training steps and evaluation units."""
@@ -234,9 +230,7 @@ def compute_threads(requested: int) -> int:
     return threads
 
 
-# ----------------------------------------------------------------------------------------
-# The journey
-# ----------------------------------------------------------------------------------------
+# ---- The journey -------------------------------------------------------------------------
 def call_main(args: list[str]) -> int:
     """main.main(args)'s exit status; Ctrl-C (KeyboardInterrupt) counts as an interruption."""
     try:

@@ -330,14 +330,31 @@ sys.exit(export.main(sys.argv[1:]))
 """
 
 
-def test_sigterm_during_an_onnx_export_exits_130_in_one_line(tmp_path):
-    path, _ = save_run(tmp_path / "run")
-    out = tmp_path / "ipt.onnx"
-    done = subprocess.run([sys.executable, "-c", STOP_DURING_EXPORT, path, str(out), "--task", "sr2"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert done.returncode == stops.INTERRUPTED, done.stderr
-    assert done.stderr.strip().splitlines() == [f"export.py: SIGTERM received: stopped; {out} not written"]
-    assert not out.exists() and not leftovers(tmp_path)
+@pytest.fixture(scope="module")
+def script_runs(tmp_path_factory) -> dict:
+    """export.main as a script, stopped during the export (STOP_DURING_EXPORT) and on a full disk
+    (DISK_FULL_EXPORT), started together: each loads torch for seconds. {name: (run, folder, OUT)}"""
+    runs = {}
+    for name, code, out, extra in (("stop", STOP_DURING_EXPORT, "ipt.onnx", ["--task", "sr2"]),
+                                   ("full", DISK_FULL_EXPORT.format(full=dev_full()), "ipt.safetensors", [])):
+        folder = tmp_path_factory.mktemp(name)
+        path, _ = save_run(folder / "run")
+        argv = [sys.executable, "-c", code, path, str(folder / out), *extra]
+        runs[name] = (subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True), folder, folder / out)
+    yield runs
+    for run, _, _ in runs.values():
+        if run.poll() is None:  # its test failed before it ended
+            run.kill()
+        run.communicate()
+
+
+def test_sigterm_during_an_onnx_export_exits_130_in_one_line(script_runs):
+    run, folder, out = script_runs["stop"]
+    err = run.communicate(timeout=120)[1]
+    assert run.returncode == stops.INTERRUPTED, err
+    assert err.strip().splitlines() == [f"export.py: SIGTERM received: stopped; {out} not written"]
+    assert not out.exists() and not leftovers(folder)
 
 
 # torch.onnx.export as torch 2.14 behaves when a stop lands in its lazy import of torch._dynamo:
@@ -426,16 +443,13 @@ sys.exit(export.main(sys.argv[1:]))
 """
 
 
-def test_a_full_disk_is_one_line_and_status_1_from_the_script(tmp_path):
-    path, _ = save_run(tmp_path / "run")
-    out = tmp_path / "ipt.safetensors"
-    code = DISK_FULL_EXPORT.format(full=dev_full())
-    done = subprocess.run([sys.executable, "-c", code, path, str(out)], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
-    assert done.returncode == 1, done.stderr
-    [line] = done.stderr.strip().splitlines()
+def test_a_full_disk_is_one_line_and_status_1_from_the_script(script_runs):
+    run, folder, out = script_runs["full"]
+    err = run.communicate(timeout=120)[1]
+    assert run.returncode == 1, err
+    [line] = err.strip().splitlines()
     assert line.startswith(f"export.py: cannot write {out} (No space left on device; "), line
-    assert not out.exists() and not leftovers(tmp_path)
+    assert not out.exists() and not leftovers(folder)
 
 
 def test_exports_get_the_mode_of_a_new_file(tmp_path, onnx_export):

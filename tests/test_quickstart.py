@@ -254,20 +254,30 @@ sys.exit(quickstart.main(sys.argv[1:]))
 """
 
 
-def journey(tmp_path) -> subprocess.Popen:
-    """The quickstart in its own process group, its phases returning at once, pausing 30 s
-    between them (real phases take 13 s more here: the in-process tests cover their handlers)."""
+STOPS = [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1]
+
+
+@pytest.fixture(scope="module")
+def journeys(tmp_path_factory) -> dict:
+    """A quickstart per signal of STOPS, started together, each in its own process group, its
+    phases returning at once, pausing 30 s between them (real phases take 13 s more here: the
+    in-process tests cover their handlers). {signal: process}"""
     env = {**os.environ, quickstart.PAUSE_ENV: "30"}
-    return subprocess.Popen(
-        [sys.executable, "-c", FAKE_DRIVER, "--out", str(tmp_path / "qs"), "--pretrain_steps", "1",
-         "--finetune_steps", "1", "--threads", "1"],
+    runs = {sig: subprocess.Popen(
+        [sys.executable, "-c", FAKE_DRIVER, "--out", str(tmp_path_factory.mktemp(sig.name) / "qs"),
+         "--pretrain_steps", "1", "--finetune_steps", "1", "--threads", "1"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+        start_new_session=True) for sig in STOPS}
+    yield runs
+    for proc in runs.values():
+        if proc.poll() is None:  # its test failed before it ended
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1], ids=lambda s: s.name)
-def test_a_signal_between_phases_stops_the_quickstart(tmp_path, sig):
-    proc = journey(tmp_path)
+@pytest.mark.parametrize("sig", STOPS, ids=lambda s: s.name)
+def test_a_signal_between_phases_stops_the_quickstart(journeys, sig):
+    proc = journeys[sig]
     try:
         seen = []
         for line in proc.stdout:  # ends when the process does: then the pause never came

@@ -53,17 +53,7 @@ from data.listing import FILE_LIST, RECENT_CHANGE_NS, walk_images  # noqa: E402
 from data.stream import FileSource, PairStream, open_source  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 from report import printable as shown  # noqa: E402
-from scripts.cli import (  # noqa: E402
-    BAD_OPTION,
-    FAILED,
-    REPOSITORY,
-    Refusal,
-    check_limits,
-    kind_of,
-    path_problem,
-    run_stoppable,
-    say,
-)
+from scripts import cli  # noqa: E402
 from tasks import task_scale  # noqa: E402
 
 TASKS = ("sr2", "sr3", "sr4", "derain", "denoise30", "denoise50")
@@ -109,7 +99,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cache", help="the listing cache file (default: a temporary folder's)")
     p.add_argument("--child", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    check_limits(p, args, LIMITS)
+    cli.check_limits(p, args, LIMITS)
     hr_side = args.patch_size * MAX_SCALE
     if args.batch_size * hr_side ** 2 > MAX_BATCH_PIXELS:
         p.error(f"--batch_size {args.batch_size} with --patch_size {args.patch_size}: a batch of "
@@ -125,11 +115,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def check_paths(args: argparse.Namespace) -> str | None:
     """What is wrong with FOLDER or --cache (nothing is written), or None."""
-    problem = path_problem(args.folder)
+    problem = cli.path_problem(args.folder)
     if problem:
         return f"FOLDER {shown(args.folder)} {problem}: give a folder of images"
     if not os.path.isdir(args.folder):
-        what = "does not exist" if not os.path.lexists(args.folder) else f"is {kind_of(args.folder)}"
+        what = "does not exist" if not os.path.lexists(args.folder) else f"is {cli.kind_of(args.folder)}"
         return f"FOLDER {shown(args.folder)} {what}: give a folder of images"
     if "startup" in args.parts and not os.path.exists(SMAPS):
         return f"--parts startup reads {SMAPS} (Linux 4.14 and later), missing here: give " \
@@ -141,11 +131,11 @@ def cache_problem(cache: str) -> str | None:
     """Why --cache cannot be the listing cache (a file this process can replace), or None; a
     file is created beside it and removed to find out."""
     named = f"--cache {shown(cache)}"
-    problem = path_problem(cache)
+    problem = cli.path_problem(cache)
     if problem:
         return f"{named} {problem}: give a file name"
     if os.path.lexists(cache) and not os.path.isfile(cache):
-        return f"{named} is {kind_of(cache)}: give a file name (the file is replaced)"
+        return f"{named} is {cli.kind_of(cache)}: give a file name (the file is replaced)"
     folder = os.path.dirname(cache) or "."
     if not os.path.isdir(folder):
         return f"{named}: its folder does not exist; give a file in an existing folder"
@@ -262,7 +252,7 @@ def run_child(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return stops.INTERRUPTED
         except FAILURES as e:
-            return say(PROG, one_line(e), FAILED)
+            return cli.say(PROG, one_line(e), cli.FAILED)
 
 
 @contextlib.contextmanager
@@ -294,7 +284,7 @@ def measure_variant(args: argparse.Namespace, variant: str, cache: str) -> dict:
     command = [sys.executable, "-m", MODULE, os.path.abspath(args.folder), "--child", variant,
                "--cache", os.path.abspath(cache), *numbers]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               cwd=REPOSITORY, text=True, errors="backslashreplace")
+                               cwd=cli.REPOSITORY, text=True, errors="backslashreplace")
     try:
         out, err = process.communicate(timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -411,23 +401,23 @@ def check_source(args: argparse.Namespace, source, cache: str) -> None:
             sides.append(min(load(ref).shape[-2:]))
     folder = f"FOLDER {shown(args.folder)}"
     if not sides:
-        raise Refusal(f"none of the first {len(refs)} files under {folder} could be decoded")
+        raise cli.Refusal(f"none of the first {len(refs)} files under {folder} could be decoded")
     crop = args.patch_size * MAX_SCALE
     if max(sides) < crop:
-        raise Refusal(f"--patch_size {args.patch_size}: sr{MAX_SCALE}'s {crop}x{crop} crops are larger "
-                      f"than the first images of FOLDER (short sides up to {max(sides)}); give at most "
-                      f"{max(sides) // MAX_SCALE}", BAD_OPTION)
+        raise cli.Refusal(f"--patch_size {args.patch_size}: sr{MAX_SCALE}'s {crop}x{crop} crops are larger "
+                          f"than the first images of FOLDER (short sides up to {max(sides)}); give at most "
+                          f"{max(sides) // MAX_SCALE}", cli.BAD_OPTION)
     if "startup" not in args.parts:
         return
     if not isinstance(source, FileSource):
-        raise Refusal(f"{folder} holds tar shards: the start-up part measures folder listings; give "
-                      f"--parts throughput", BAD_OPTION)
+        raise cli.Refusal(f"{folder} holds tar shards: the start-up part measures folder listings; give "
+                          f"--parts throughput", cli.BAD_OPTION)
     if args.workers > len(source):
-        raise Refusal(f"--workers {args.workers}: {folder} holds {len(source)} image(s), give at "
-                      f"most that many workers", BAD_OPTION)
+        raise cli.Refusal(f"--workers {args.workers}: {folder} holds {len(source)} image(s), give at "
+                          f"most that many workers", cli.BAD_OPTION)
     if cache_stamp(cache) is None:  # list_folder does not cache what may still be changing
-        raise Refusal(f"the listing of {folder} was not cached in {shown(cache)}: a folder under it "
-                      f"changed less than {RECENT_CHANGE_NS / 1e9:.0f} s ago; run again")
+        raise cli.Refusal(f"the listing of {folder} was not cached in {shown(cache)}: a folder under it "
+                          f"changed less than {RECENT_CHANGE_NS / 1e9:.0f} s ago; run again")
 
 
 def measure(args: argparse.Namespace) -> int:
@@ -446,15 +436,14 @@ def measure(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Measure and print the tables; 0, 1 for a failed measurement, 2 for a bad command line,
-    130 when stopped."""
+    """Measure and print the tables; the exit status (0, 1, 2 or 130, as the docstring above says)."""
     args = parse_args(argv)
     if args.child:
         return run_child(args)
     problem = check_paths(args)
     if problem:
-        return say(PROG, problem, BAD_OPTION)
-    return run_stoppable(PROG, lambda stop: measure(args), lambda signum: (
+        return cli.say(PROG, problem, cli.BAD_OPTION)
+    return cli.run_stoppable(PROG, lambda stop: measure(args), lambda signum: (
         f"stopped by {stops.signal_name(signum)}: the tables printed so far are complete"),
         FAILURES, one_line)
 
