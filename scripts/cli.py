@@ -6,8 +6,8 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 
-import stops
 import utility
+from stops import INTERRUPTED, StopSignals, stop_signal
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where python -m scripts.NAME runs
 FAILED, BAD_OPTION = 1, 2  # exit statuses: a job that failed, a command line that cannot work
@@ -27,22 +27,22 @@ def say(prog: str, line: str, status: int = BAD_OPTION) -> int:
     return status
 
 
-def run_stoppable(prog: str, job: Callable[[stops.StopSignals], int], stopped: Callable[[int], str],
+def run_stoppable(prog: str, job: Callable[[StopSignals], int], stopped: Callable[[int], str],
                   failures: tuple[type[BaseException], ...] = (),
                   describe: Callable[[BaseException], str] = str) -> int:
     """``job(stop)`` with SIGINT, SIGTERM and SIGUSR1 raising KeyboardInterrupt: its exit status;
     after a stop the line ``stopped(signal)`` and 130; after a Refusal or one of ``failures`` the
     line ``describe(error)`` and the Refusal's status (else 1). A failure raised once a stop came
     is that stop: torch.onnx, for one, turns the KeyboardInterrupt into an error of its own."""
-    stop = stops.StopSignals(raise_=True)
+    stop = StopSignals(raise_=True)
     try:
         with stop:
             return job(stop)
     except KeyboardInterrupt as e:
-        return say(prog, stopped(stops.stop_signal(e)), stops.INTERRUPTED)
+        return say(prog, stopped(stop_signal(e)), INTERRUPTED)
     except (Refusal, *failures) as e:
         if stop.received is not None:
-            return say(prog, stopped(stop.received), stops.INTERRUPTED)
+            return say(prog, stopped(stop.received), INTERRUPTED)
         return say(prog, describe(e), getattr(e, "status", FAILED))
 
 
