@@ -212,6 +212,24 @@ def check_parse(parse, argv: list[str], capsys):
         return None
 
 
+def odd_files(tree: str | None = None) -> None:
+    """A file and a FIFO in the current folder (and a link to ``tree``), made once per test."""
+    if not os.path.exists("file"):
+        open("file", "w").close()
+        os.mkfifo("fifo")
+        if tree:
+            os.symlink(tree, "tree")
+
+
+def parsed(script, argv: list[str], capsys):
+    """``check_parse`` of the script's parse_args; each number of the namespace asserted within
+    the script's LIMITS."""
+    args = check_parse(script.parse_args, argv, capsys)
+    for name, (least, most) in script.LIMITS.items() if args is not None else ():
+        assert least <= getattr(args, name) <= most
+    return args
+
+
 @settings(max_examples=40)
 @given(root=st.one_of(st.sampled_from(["new", "file", "fifo", "file/sub", "", "a\0b", "\ud800",
                                        ".."]), PATH_TEXT),
@@ -222,15 +240,11 @@ def test_simulate_arguments_property(tmp_path, capsys, monkeypatch, root, pairs,
     within their limits and a ROOT check that answers (in words, nothing written), never
     another exception. Before: two-line usage errors, negative or huge numbers taken."""
     monkeypatch.chdir(tmp_path)
-    if not os.path.exists("file"):
-        open("file", "w").close()
-        os.mkfifo("fifo")
+    odd_files()
     argv = [root] + [a for pair in pairs for a in pair] + (["--pool"] if dangling else [])
-    args = check_parse(simulate_imagenet.parse_args, argv, capsys)
+    args = parsed(simulate_imagenet, argv, capsys)
     if args is None:
         return
-    for name, (least, most) in simulate_imagenet.LIMITS.items():
-        assert least <= getattr(args, name) <= most
     assert args.classes <= args.files <= args.pool * simulate_imagenet.MAX_LINKS
     before = sorted(os.listdir("."))
     problem = simulate_imagenet.check_root(args)
@@ -349,16 +363,11 @@ def test_measure_arguments_property(tmp_path, capsys, monkeypatch, tree, folder,
     parts within their limits and path checks that answer in words, never another exception.
     Before: two-line usage errors, zero, negative or huge numbers and empty parts taken."""
     monkeypatch.chdir(tmp_path)
-    if not os.path.exists("file"):
-        open("file", "w").close()
-        os.mkfifo("fifo")
-        os.symlink(tree, "tree")
+    odd_files(tree)
     argv = [folder] + [a for pair in pairs for a in pair] + (["--steps"] if dangling else [])
-    args = check_parse(measure_loading.parse_args, argv, capsys)
+    args = parsed(measure_loading, argv, capsys)
     if args is None:
         return
-    for name, (least, most) in measure_loading.LIMITS.items():
-        assert least <= getattr(args, name) <= most
     assert args.parts and set(args.parts) <= set(measure_loading.PARTS)
     problem = measure_loading.check_paths(args)
     assert problem is None or (re.match(r"FOLDER |--cache |--parts ", problem)

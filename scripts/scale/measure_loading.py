@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import stops  # loads no torch
 
@@ -255,20 +255,11 @@ def run_child(args: argparse.Namespace) -> int:
             return cli.say(PROG, one_line(e), cli.FAILED)
 
 
-@contextlib.contextmanager
-def stop_signals_held() -> Iterator[None]:
-    """Within ``with``: the stop signals wait (delivered at its end)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops.STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops.STOP_SIGNALS)
-
-
 def end_child(process: subprocess.Popen) -> None:
     """Stop a row's process (SIGTERM; it ends its loader workers), killed if it has not ended
-    within CHILD_STOP_S; the stop signals wait meanwhile."""
-    with stop_signals_held():
+    within CHILD_STOP_S; the stop signals wait meanwhile (delivered once it has ended)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops.STOP_SIGNALS)
+    try:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
         try:
@@ -276,6 +267,8 @@ def end_child(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.communicate()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops.STOP_SIGNALS)
 
 
 def measure_variant(args: argparse.Namespace, variant: str, cache: str) -> dict:
