@@ -1,6 +1,6 @@
 """IPT against a Restormer of similar size, trained for the same wall-clock on the sample photos.
 
-    python scripts/compare.py [--seconds 480] [--threads 1] [--doc docs/COMPARE.md]
+    python -m scripts.compare [--seconds 480] [--threads 1] [--doc docs/COMPARE.md]
 
 ``--seconds`` bounds the whole run, from the start of the script to the doc written: imports,
 probes, training and evaluation. The script
@@ -38,10 +38,6 @@ import tempfile  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -49,11 +45,13 @@ import evaluation  # noqa: E402
 import trainer  # noqa: E402
 import utility  # noqa: E402
 from data.benchmark import BenchmarkSet, Pair  # noqa: E402
-from hostinfo import machine  # noqa: E402 (scripts/hostinfo.py)
 from model import build_model  # noqa: E402
 from option import parse_args, settings  # noqa: E402
+from report import markdown_table  # noqa: E402
+from scripts.cli import BAD_OPTION, REPOSITORY, say  # noqa: E402
+from scripts.hostinfo import machine  # noqa: E402
 
-DOC = os.path.join(ROOT, "docs", "COMPARE.md")
+DOC = os.path.join(REPOSITORY, "docs", "COMPARE.md")
 DEFAULT_SECONDS = 480.0
 DEFAULT_THREADS = 1
 TASKS = ("denoise30", "derain")
@@ -172,9 +170,7 @@ def fresh_trainer(args: argparse.Namespace, total_steps: int) -> tuple[torch.nn.
     return net, trainer.Trainer(s.train, net, batches, None, total_steps, per_epoch, 0, workers)
 
 
-# ----------------------------------------------------------------------------------------
-# test photos and evaluation
-# ----------------------------------------------------------------------------------------
+# ---- test photos and evaluation ----------------------------------------------------------
 class PhotoSet(list):
     """Test pairs in the form evaluation.evaluate_set takes (a sized, indexable set with a name)."""
 
@@ -239,9 +235,7 @@ def probe(workdir: str) -> Probe:
     return Probe(rates, gflops, shapes)
 
 
-# ----------------------------------------------------------------------------------------
-# the plan: evaluation first, the rest to training
-# ----------------------------------------------------------------------------------------
+# ---- the plan: evaluation first, the rest to training ------------------------------------
 def plan_pixels(plan: EvalPlan, shapes: tuple) -> float:
     """Megapixels of one evaluation (one model, one task) under the plan."""
     side = plan.crop or 10 ** 9
@@ -291,9 +285,7 @@ def too_short(budget: Budget, needed: float, what: str) -> BudgetTooShort:
                           f"the {max(0.0, budget.left()):.0f} s left; give --seconds {least} or more")
 
 
-# ----------------------------------------------------------------------------------------
-# training
-# ----------------------------------------------------------------------------------------
+# ---- training ----------------------------------------------------------------------------
 def calibrate(args: argparse.Namespace, seconds: float, clock: Callable[[], float]) -> Calibration:
     """The set-up time and the training steps per second of a throwaway model."""
     start = clock()
@@ -328,9 +320,7 @@ def train(args: argparse.Namespace, deadline: float,
     return net.eval(), seconds, p.step
 
 
-# ----------------------------------------------------------------------------------------
-# the run
-# ----------------------------------------------------------------------------------------
+# ---- the run -----------------------------------------------------------------------------
 @dataclass
 class Comparison:
     """What compare() hands to the report."""
@@ -395,7 +385,7 @@ def table(result: Comparison) -> str:
     stopped = (f" {len(short)} training(s) stopped at their deadline before the planned steps "
                "(the steps column shows done of planned)." if short else "")
     lines = ["# IPT and Restormer side by side", "",
-             f"Made by `python scripts/compare.py --seconds {result.seconds:g} --threads "
+             f"Made by `python -m scripts.compare --seconds {result.seconds:g} --threads "
              f"{result.threads}` on {machine()}. `--seconds` bounds the whole run; this one took "
              f"{result.elapsed:.0f} s, with {result.threads} torch thread(s) beside the loader's "
              "2 worker processes. The script "
@@ -407,17 +397,20 @@ def table(result: Comparison) -> str:
              stopped + " The derain task uses procedural streaks. GFLOPs count 2 per "
              "multiply-add, for one forward pass over a megapixel of input (IPT's tiling evaluates "
              "each pixel several times more); inference ms / MP includes quantising and scoring "
-             "the outputs.", "",
-             "| task | model | parameters | GFLOPs / MP | steps | train s | steps/s | inference ms / MP "
-             "| PSNR (Y) | SSIM (Y) | PSNR (RGB) | SSIM (RGB) | input PSNR (Y) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        steps = str(r["steps"]) if r["steps"] >= r["planned"] else f"{r['steps']} of {r['planned']}"
-        lines.append(f"| {r['task']} | {r['model']} | {r['params']:,} | {r['gflops']:.0f} | {steps} | "
-                     f"{r['seconds']:.0f} | {r['steps'] / r['seconds']:.2f} | {r['ms_per_mp']:.0f} | "
-                     f"{r['psnr_y']:.2f} | {r['ssim_y']:.4f} | {r['psnr_rgb']:.2f} | {r['ssim_rgb']:.4f} | "
-                     f"{r['baseline_psnr']:.2f} |")
+             "the outputs.", "", markdown_table([COLUMNS, *(row_cells(r) for r in rows)])]
     return "\n".join(lines) + "\n"
+
+
+COLUMNS = ["task", "model", "parameters", "GFLOPs / MP", "steps", "train s", "steps/s", "inference ms / MP",
+           "PSNR (Y)", "SSIM (Y)", "PSNR (RGB)", "SSIM (RGB)", "input PSNR (Y)"]
+
+
+def row_cells(r: dict) -> list[str]:
+    """The table's cells of one run (the steps as done of planned when it stopped early)."""
+    steps = str(r["steps"]) if r["steps"] >= r["planned"] else f"{r['steps']} of {r['planned']}"
+    return [r["task"], r["model"], f"{r['params']:,}", f"{r['gflops']:.0f}", steps, f"{r['seconds']:.0f}",
+            f"{r['steps'] / r['seconds']:.2f}", f"{r['ms_per_mp']:.0f}", f"{r['psnr_y']:.2f}",
+            f"{r['ssim_y']:.4f}", f"{r['psnr_rgb']:.2f}", f"{r['ssim_rgb']:.4f}", f"{r['baseline_psnr']:.2f}"]
 
 
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
@@ -425,17 +418,11 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     started = time.monotonic() if started is None else started
     p = argparse.ArgumentParser(description="Train IPT and Restormer for the same time and compare.")
     p.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
-                   help="wall-clock budget of the WHOLE run, imports, probes, training and "
-                        "evaluation included (default %(default)g): evaluation takes at most "
-                        f"{EVAL_SHARE * 100:.0f}%% of it (IPT's official tiling on the whole test photos "
-                        "when it fits, else fast tiling, else centre crops), the rest is split "
-                        "evenly among the 4 trainings (2 models x 2 tasks); too short a budget "
-                        "for this machine is refused with the least that would do")
+                   help="wall-clock budget of the WHOLE run, imports included (default %(default)g); "
+                        "too short a budget for this machine is refused with the least that would do")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                   help="torch threads (default %(default)s). The training's data loader runs 2 "
-                        "worker processes beside them; on 2 cores shared with another busy "
-                        "process, 2 threads made IPT's official tiling 11x, IPT's training 13x "
-                        "and the Restormer's 33x slower than 1 thread")
+                   help="torch threads (default %(default)s; on 2 cores shared with another busy "
+                        "process, 2 threads made IPT's training 13x and the Restormer's 33x slower)")
     p.add_argument("--doc", default=DOC, help="Markdown file to write")
     a = p.parse_args(argv)
     if not a.seconds > 0:
@@ -448,16 +435,14 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         with tempfile.TemporaryDirectory() as workdir:
             result = compare(budget, workdir)
     except BudgetTooShort as e:
-        print(f"compare.py: {e}", file=sys.stderr)
-        return 2
+        return say("compare.py", str(e), BAD_OPTION)
     finally:
         torch.set_num_threads(threads)
     result.elapsed = budget.elapsed()
     report = table(result)
     print(report)
     os.makedirs(os.path.dirname(os.path.abspath(a.doc)), exist_ok=True)
-    with open(a.doc, "w", encoding="utf-8") as f:
-        f.write(report)
+    utility.write_text(a.doc, report)
     print(f"written to {a.doc} after {budget.elapsed():.0f} s of {a.seconds:g}")
     return 0
 

@@ -1,7 +1,7 @@
 """Export a checkpoint out of PyTorch: .safetensors (the weights, no code) or .onnx (one head).
 
-    python scripts/export.py RUN/model/model_latest.pt ipt_sr2.safetensors
-    python scripts/export.py IPT_pretrain.pt ipt_denoise50.onnx --task denoise50 [--patch_size 48]
+    python -m scripts.export RUN/model/model_latest.pt ipt_sr2.safetensors
+    python -m scripts.export IPT_pretrain.pt ipt_denoise50.onnx --task denoise50 [--patch_size 48]
 
 The format follows OUT's suffix. ``.safetensors`` holds the state_dict under the authors' key
 names, bit for bit, and the model options (the ``architecture`` of the training.json beside the
@@ -29,10 +29,7 @@ import time
 import warnings
 from collections.abc import Mapping
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import stops  # noqa: E402  (loads no torch)
+import stops  # loads no torch
 
 if __name__ == "__main__":  # a stop while torch loads is kept; imported (by tests), nothing changes
     stops.early()
@@ -56,10 +53,10 @@ from model.checkpoint import (  # noqa: E402
     read_safetensors,
     write_safetensors,
 )
+from scripts.cli import BAD_OPTION, Refusal, output_problem, run_stoppable, say  # noqa: E402
 
 PROG = "export.py"
 CHECKPOINT = "CHECKPOINT"  # the name of the first argument, in the usage line and in messages
-FAILED, BAD_OPTIONS = 1, 2
 SAFETENSORS, ONNX = ".safetensors", ".onnx"
 FORMATS = (SAFETENSORS, ONNX)
 ONNX_INPUT, ONNX_OUTPUT = "lr", "sr"  # the graph's input and output names
@@ -69,14 +66,6 @@ VERIFY_BATCH = 2  # random tiles run through ONNX Runtime and PyTorch to compare
 # outputs by float rounding (up to 0.14 for a full-size 12-layer model with random weights, 4e-4
 # for a 1-layer one); a wrong weight or head moves them by tens.
 ONNX_MAX_DIFF = 1.0
-
-
-class Refusal(Exception):
-    """An export that cannot be done: its one-line message and exit status."""
-
-    def __init__(self, message: str, status: int = FAILED):
-        super().__init__(message)
-        self.status = status
 
 
 @dataclasses.dataclass
@@ -90,9 +79,7 @@ class Source:
     config: object  # the IPTConfig / RestormerConfig of the whole file
 
 
-# ----------------------------------------------------------------------------------------
-# The command line
-# ----------------------------------------------------------------------------------------
+# ---- The command line --------------------------------------------------------------------
 def positive(text: str) -> int:
     """An integer above 0 (argparse type)."""
     try:
@@ -118,51 +105,26 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def output_problem(path: str) -> tuple[str, int]:
-    """('', 0) when ``path`` can be written as an export, else (why not, exit status)."""
-    suffix = os.path.splitext(path)[1].lower()
+def output_problem_of(a: argparse.Namespace) -> tuple[str, int] | None:
+    """(why, exit status) when OUT cannot be written as the export asked for, else None."""
+    suffix = os.path.splitext(a.output)[1].lower()
     if suffix not in FORMATS:
-        return (f"output {path}: give a file name ending in {' or '.join(FORMATS)} (the format "
-                f"follows the suffix)", BAD_OPTIONS)
-    if os.path.isdir(path):
-        return f"output {path} is a folder: give a file name, like {os.path.join(path, 'ipt' + suffix)}", \
-            BAD_OPTIONS
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        return f"output {path}: its folder {folder} does not exist: create it first", BAD_OPTIONS
-    why = utility.unwritable(folder)
-    if why:
-        return f"output {path}: cannot write in {folder} ({why})", FAILED
-    return "", 0
+        return (f"output {a.output}: give a file name ending in {' or '.join(FORMATS)} (the format "
+                f"follows the suffix)", BAD_OPTION)
+    problem = output_problem(a.output, "ipt" + suffix)
+    if not problem and suffix == SAFETENSORS and (a.task or a.patch_size):
+        return (f"--task and --patch_size choose what goes into an ONNX file; a {SAFETENSORS} file "
+                f"holds every head", BAD_OPTION)
+    return problem
 
 
-# ----------------------------------------------------------------------------------------
-# The checkpoint and its model options
-# ----------------------------------------------------------------------------------------
+# ---- The checkpoint and its model options ------------------------------------------------
 def read_source(path: str, num_heads: int | None, tasks: str | None) -> Source:
     """The checkpoint's weights and the options that built its model: its record's (training.json,
     or a .safetensors file's metadata), else those its shapes give away plus --num_heads."""
     state, _ = read_checkpoint(path, CHECKPOINT)
-    try:
-        record, origin = option.pretrain_record(path)
-    except utility.RecordError as e:
-        raise Refusal(f"{path}: {e}") from None
-    if record is not None:
-        written = record["architecture"]
-        try:
-            taken, ignored = option.recorded_architecture(written, origin)
-        except ValueError as e:
-            raise Refusal(str(e)) from None
-        contradiction = option.record_contradiction(
-            taken, {} if num_heads is None else {"num_heads": num_heads}, origin)
-        if contradiction:
-            raise Refusal(contradiction, BAD_OPTIONS)
-        for key in ignored:
-            print(f"{PROG}: {origin}: ignored its key {key!r} (a record may only give the options "
-                  f"that shape the model); it is not exported", file=sys.stderr)
-        architecture = {key: written[key] for key in taken}
-    else:
-        architecture, origin = inferred_architecture(path, state, num_heads), "its weights' shapes"
+    architecture, origin = (recorded_architecture(path, num_heads)
+                            or (inferred_architecture(path, state, num_heads), "its weights' shapes"))
     if num_heads is not None:
         architecture["num_heads"] = num_heads
     if tasks:
@@ -171,6 +133,31 @@ def read_source(path: str, num_heads: int | None, tasks: str | None) -> Source:
         architecture["tasks"] = "+".join(head_names(state, path))  # the six-task order by scale
     config = config_of(architecture, origin)
     return Source(path, state, architecture, origin, config)
+
+
+def recorded_architecture(path: str, num_heads: int | None) -> tuple[dict, str] | None:
+    """(the architecture of the checkpoint's record, the record's name): the training.json beside
+    it, or a .safetensors file's metadata; None without one. The keys a record may not set are
+    said and left out; a --num_heads that contradicts the record is refused."""
+    try:
+        record, origin = option.pretrain_record(path)
+    except utility.RecordError as e:
+        raise Refusal(f"{path}: {e}") from None
+    if record is None:
+        return None
+    written = record["architecture"]
+    try:
+        taken, ignored = option.recorded_architecture(written, origin)
+    except ValueError as e:
+        raise Refusal(str(e)) from None
+    contradiction = option.record_contradiction(taken, {} if num_heads is None else {"num_heads": num_heads},
+                                                origin)
+    if contradiction:
+        raise Refusal(contradiction, BAD_OPTION)
+    for key in ignored:
+        print(f"{PROG}: {origin}: ignored its key {key!r} (a record may only give the options that "
+              f"shape the model); it is not exported", file=sys.stderr)
+    return {key: written[key] for key in taken}, origin
 
 
 def inferred_architecture(path: str, state: Mapping[str, Tensor], num_heads: int | None) -> dict:
@@ -184,7 +171,7 @@ def inferred_architecture(path: str, state: Mapping[str, Tensor], num_heads: int
         width = architecture["n_feats"] * architecture["patch_dim"] ** 2
         raise Refusal(f"{path}: no {utility.TRAINING_RECORD} beside it, and the weights do not "
                       f"record the number of attention heads: give --num_heads (a divisor of the "
-                      f"token width {width}; the authors' models use {AUTHORS_NUM_HEADS})", BAD_OPTIONS)
+                      f"token width {width}; the authors' models use {AUTHORS_NUM_HEADS})", BAD_OPTION)
     return architecture
 
 
@@ -227,9 +214,7 @@ def built(config: object, origin: str) -> nn.Module:
         raise Refusal(f"{origin}: the model options do not build a network: {e}") from None
 
 
-# ----------------------------------------------------------------------------------------
-# .safetensors
-# ----------------------------------------------------------------------------------------
+# ---- .safetensors ------------------------------------------------------------------------
 def export_safetensors(source: Source, out: str) -> str:
     """Write the state_dict and the architecture to ``out``; read it back bit for bit before it
     takes its name. Returns a description for the final line."""
@@ -259,9 +244,7 @@ def _bytes(tensor: Tensor) -> Tensor:
     return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
 
 
-# ----------------------------------------------------------------------------------------
-# .onnx
-# ----------------------------------------------------------------------------------------
+# ---- .onnx -------------------------------------------------------------------------------
 class OneHead(nn.Module):
     """IPT with its head fixed: tiles (B, C, P, P) in 0..rgb_range -> restored tiles."""
 
@@ -279,11 +262,11 @@ def pick_head(source: Source, task: str | None) -> tuple[int, str]:
     if task is None:
         if len(names) > 1:
             raise Refusal(f"{source.path} has {len(names)} heads ({'+'.join(names)}): an ONNX file "
-                          f"holds one: give --task NAME", BAD_OPTIONS)
+                          f"holds one: give --task NAME", BAD_OPTION)
         return 0, names[0]
     if task not in names:
         raise Refusal(f"--task {task}: {source.path} has the head(s) {'+'.join(names)}, none of "
-                      f"them {task}", BAD_OPTIONS)
+                      f"them {task}", BAD_OPTION)
     return names.index(task), task
 
 
@@ -295,10 +278,10 @@ def tile_size(config: IPTConfig, patch_size: int | None) -> int:
     if not (config.no_pos and config.no_mlp):
         raise Refusal(f"--patch_size {patch_size}: this model's position encoding and task queries "
                       f"are sized for {config.patch_size}x{config.patch_size} tiles: give "
-                      f"--patch_size {config.patch_size} or leave it out", BAD_OPTIONS)
+                      f"--patch_size {config.patch_size} or leave it out", BAD_OPTION)
     if patch_size % config.patch_dim:
         raise Refusal(f"--patch_size {patch_size}: must be a multiple of the model's patch_dim "
-                      f"{config.patch_dim}", BAD_OPTIONS)
+                      f"{config.patch_dim}", BAD_OPTION)
     return patch_size
 
 
@@ -387,45 +370,29 @@ def compare_with_torch(path: str, network: nn.Module, example: Tensor) -> float 
     return difference
 
 
-# ----------------------------------------------------------------------------------------
-# main
-# ----------------------------------------------------------------------------------------
+# ---- main --------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Export; the exit status (0, 1 failed, 2 bad command line, 130 stopped)."""
     a = parse(argv)
-    problem, status = output_problem(a.output)
-    if not problem and a.output.lower().endswith(SAFETENSORS) and (a.task or a.patch_size):
-        problem, status = (f"--task and --patch_size choose what goes into an ONNX file; a "
-                           f"{SAFETENSORS} file holds every head"), BAD_OPTIONS
+    problem = output_problem_of(a)
     if problem:
-        print(f"{PROG}: {problem}", file=sys.stderr)
-        return status
-    started = time.perf_counter()
-    stop = stops.StopSignals(raise_=True)
-    try:
-        with stop:
-            source = read_source(a.checkpoint, a.num_heads, a.tasks)
-            if a.output.lower().endswith(SAFETENSORS):
-                what = export_safetensors(source, a.output)
-            else:
-                what = export_onnx(source, a.output, a.task, a.patch_size, stop)
-    except KeyboardInterrupt as e:
-        return stopped(stops.stop_signal(e), a.output)
-    except (Refusal, CheckpointError, utility.SaveError) as e:
-        if stop.received is not None:  # torch.onnx turns the stop into an error of its own
-            return stopped(stop.received, a.output)
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return e.status if isinstance(e, Refusal) else FAILED
-    size = os.path.getsize(a.output)
-    print(f"{PROG}: wrote {a.output} ({size:,} bytes) in {time.perf_counter() - started:.1f} s: "
-          f"{what}")
-    return 0
+        return say(PROG, *problem)
+    started, what = time.perf_counter(), []
 
+    def export(stop: stops.StopSignals) -> int:
+        source = read_source(a.checkpoint, a.num_heads, a.tasks)
+        if a.output.lower().endswith(SAFETENSORS):
+            what.append(export_safetensors(source, a.output))
+        else:
+            what.append(export_onnx(source, a.output, a.task, a.patch_size, stop))
+        return 0
 
-def stopped(signum: int, output: str) -> int:
-    """Say that a stop signal ended the export; the exit status of a stop."""
-    print(f"{PROG}: {stops.signal_name(signum)} received: stopped; {output} not written", file=sys.stderr)
-    return stops.INTERRUPTED
+    status = run_stoppable(PROG, export, lambda signum: (f"{stops.signal_name(signum)} received: "
+                           f"stopped; {a.output} not written"), (CheckpointError, utility.SaveError))
+    if status == 0:
+        print(f"{PROG}: wrote {a.output} ({os.path.getsize(a.output):,} bytes) in "
+              f"{time.perf_counter() - started:.1f} s: {what[0]}")
+    return status
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """The quickstart journey: pre-train a tiny IPT on six tasks, fine-tune SR x2, evaluate.
 
-Usage: python scripts/quickstart.py [--out experiment/quickstart] [--pretrain_steps N]
-[--finetune_steps N] [--resume]. Options shared by the phases are in configs/quickstart.yaml.
-Ctrl-C (or SIGTERM, SIGUSR1) stops the whole quickstart at any moment, in a phase or between
-two (exit status 130, a training phase saves its state first); --resume then skips the finished
-phases and continues the interrupted one.
+    python -m scripts.quickstart [--out experiment/quickstart] [--pretrain_steps N]
+                                 [--finetune_steps N] [--threads N] [--resume]
+
+Options shared by the phases are in configs/quickstart.yaml. Ctrl-C (or SIGTERM, SIGUSR1) stops
+the whole quickstart at any moment, in a phase or between two (exit status 130, a training phase
+saves its state first); --resume then skips the finished phases and continues the interrupted one.
 """
 from __future__ import annotations
 
@@ -16,21 +17,20 @@ import sys
 import time
 from dataclasses import dataclass
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import stops  # noqa: E402  (loads no torch)
+import stops  # loads no torch
 
 if __name__ == "__main__":  # a stop signal while torch loads is kept, not a silent kill
     stops.early()
 
 import checkpointing  # noqa: E402
 import main as ipt_main  # noqa: E402
+import records  # noqa: E402
 import utility  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
+from scripts.cli import REPOSITORY  # noqa: E402
 from stops import INTERRUPTED  # noqa: E402  (130: a run stopped by a signal, state saved)
 
-CONFIG = os.path.join(ROOT, "configs", "quickstart.yaml")
+CONFIG = os.path.join(REPOSITORY, "configs", "quickstart.yaml")
 OUT = os.path.join("experiment", "quickstart")
 PRETRAIN_STEPS = 1700
 FINETUNE_STEPS = 1300
@@ -49,6 +49,7 @@ STEPS_PER_EVAL_UNIT = 20
 BUSY_CORES = 0.5  # other processes keeping this many cores busy make the machine a busy one
 BUSY_SAMPLE_S = 0.5  # how long the quickstart watches the CPU before it starts
 PAUSE_ENV = "IPT_QUICKSTART_PAUSE_S"  # tests: seconds to wait between phases (to signal there)
+PRETRAIN, FINETUNE, EVALUATE_FINETUNED, EVALUATE_PRETRAINED = range(4)  # the phases, in order
 
 
 @dataclass(frozen=True)
@@ -85,12 +86,18 @@ def phases(out: str, pretrain_steps: int, finetune_steps: int) -> list[Phase]:
     ]
 
 
-# ----------------------------------------------------------------------------------------
-# What is done already (--resume)
-# ----------------------------------------------------------------------------------------
-def read_record(run: str) -> dict:
-    """RUN/model/training.json, or {} when it is missing or unreadable (not started / unknown)."""
-    return utility.read_training_record(os.path.join(run, LATEST)) or {}
+# ---- What is done already (--resume) -----------------------------------------------------
+def training_record(p: Phase) -> dict:
+    """The step, max_steps and finished of phase p's RUN/model/training.json; None for each
+    when it is missing or unreadable (not started / unknown)."""
+    record = records.read_training_record(os.path.join(p.save, LATEST)) or {}
+    return {key: record.get(key) for key in ("step", "max_steps", "finished")}
+
+
+def steps_done(p: Phase) -> int:
+    """The steps phase p's training run has taken, 0 if unknown."""
+    step = training_record(p)["step"]
+    return step if isinstance(step, int) else 0
 
 
 def fresh(path: str, since: str) -> bool:
@@ -101,38 +108,27 @@ def fresh(path: str, since: str) -> bool:
         return False
 
 
-def producer(plan: list[Phase], i: int) -> int | None:
-    """The phase whose checkpoint phase i reads, if any."""
-    return next((j for j, p in enumerate(plan) if os.path.join(p.save, LATEST) == plan[i].source), None)
-
-
-def is_done(plan: list[Phase], i: int) -> bool:
-    """Whether phase i finished after the phase it reads, itself done."""
-    p, j = plan[i], producer(plan, i)
-    if j is not None and not is_done(plan, j):
-        return False
+def state(plan: list[Phase], i: int) -> str:
+    """"done" when phase i finished, "stopped" when its training was interrupted, after the phase
+    whose checkpoint it reads was done; else "" (to run afresh)."""
+    p = plan[i]
+    producer = next((j for j, q in enumerate(plan) if os.path.join(q.save, LATEST) == p.source), None)
+    if producer is not None and state(plan, producer) != "done":
+        return ""
     if not p.steps:
-        return all(fresh(os.path.join(p.save, name), p.source) for name in REPORTS)
-    r = read_record(p.save)
-    return (r.get("finished") is True and r.get("max_steps") == p.steps
-            and fresh(os.path.join(p.save, LATEST), p.source))
-
-
-def can_continue(plan: list[Phase], i: int) -> bool:
-    """Whether training phase i was interrupted after the phase it reads, itself done."""
-    p, j = plan[i], producer(plan, i)
-    if not p.steps or (j is not None and not is_done(plan, j)):
-        return False
-    r = read_record(p.save)
-    return (r.get("finished") is False and r.get("max_steps") == p.steps
-            and fresh(os.path.join(p.save, STATE), p.source))
+        return "done" if all(fresh(os.path.join(p.save, name), p.source) for name in REPORTS) else ""
+    r = training_record(p)
+    if r["max_steps"] != p.steps:
+        return ""
+    if r["finished"] is True and fresh(os.path.join(p.save, LATEST), p.source):
+        return "done"
+    return "stopped" if r["finished"] is False and fresh(os.path.join(p.save, STATE), p.source) else ""
 
 
 def mode(plan: list[Phase], i: int, resume: bool) -> str:
     """skip (done), resume (continue its training) or run (afresh)."""
-    if resume and is_done(plan, i):
-        return "skip"
-    return "resume" if resume and can_continue(plan, i) else "run"
+    found = state(plan, i) if resume else ""
+    return {"done": "skip", "stopped": "resume"}.get(found, "run")
 
 
 def arguments(p: Phase, how: str, threads: int = 0) -> list[str]:
@@ -147,15 +143,7 @@ def arguments(p: Phase, how: str, threads: int = 0) -> list[str]:
     return [*args, "--reset"] if p.steps else args
 
 
-def steps_done(p: Phase) -> int:
-    """The steps phase p's training run has taken (training.json), 0 if unknown."""
-    step = read_record(p.save).get("step")
-    return step if isinstance(step, int) else 0
-
-
-# ----------------------------------------------------------------------------------------
-# Time
-# ----------------------------------------------------------------------------------------
+# ---- Time --------------------------------------------------------------------------------
 @dataclass
 class Clock:
     """This invocation's start and the speed it measured: training steps and evaluation units."""
@@ -213,88 +201,6 @@ def headline(plan: list[Phase], i: int, resume: bool, clock: Clock) -> str:
     return f"{head}{doing} (elapsed {duration(time.time() - clock.start)}, {eta})"
 
 
-# ----------------------------------------------------------------------------------------
-# The journey
-# ----------------------------------------------------------------------------------------
-def call_main(args: list[str]) -> int:
-    """main.main(args)'s exit status; Ctrl-C (KeyboardInterrupt) counts as an interruption."""
-    try:
-        return ipt_main.main(args)
-    except KeyboardInterrupt:
-        return INTERRUPTED
-    except SystemExit as e:  # an argparse error: 2
-        return e.code if isinstance(e.code, int) else 1
-
-
-def run_phase(plan: list[Phase], i: int, how: str, clock: Clock,
-              threads: int = 0) -> tuple[int, int | None]:
-    """Run phase i; its exit status and the training steps it took (None: an evaluation)."""
-    p, began = plan[i], time.time()
-    before = steps_done(p) if how == "resume" else 0
-    code = call_main(arguments(p, how, threads))
-    took = time.time() - began
-    if not p.steps:
-        if code == 0:
-            clock.eval_s, clock.eval_units = clock.eval_s + took, clock.eval_units + p.units
-        return code, None
-    ran = max(steps_done(p) - before, 0)
-    if ran:
-        clock.train_s, clock.train_steps = clock.train_s + took, clock.train_steps + ran
-    return code, ran
-
-
-def resume_command(a: argparse.Namespace) -> str:
-    """The command that continues this quickstart."""
-    words = ["python", "scripts/quickstart.py", "--resume"]
-    if os.path.normpath(a.out) != os.path.normpath(OUT):
-        words += ["--out", a.out]
-    if a.pretrain_steps != PRETRAIN_STEPS:
-        words += ["--pretrain_steps", str(a.pretrain_steps)]
-    if a.finetune_steps != FINETUNE_STEPS:
-        words += ["--finetune_steps", str(a.finetune_steps)]
-    if a.threads:
-        words += ["--threads", str(a.threads)]
-    return " ".join(shlex.quote(w) for w in words)
-
-
-def stopped(a: argparse.Namespace, where: str, clock: Clock, stop: stops.StopSignals,
-            signum: int | None = None) -> int:
-    """Say how to continue after a stop signal (a later one is only recorded); the exit status 130."""
-    stop.raise_ = False
-    signum = stop.received or signum
-    by = f" by {stops.signal_name(signum)}" if signum else ""
-    print(f"\nquickstart: stopped{by} {where} after {duration(time.time() - clock.start)}; "
-          f"continue with:\n  {resume_command(a)}", file=sys.stderr, flush=True)
-    return INTERRUPTED
-
-
-def pause_between_phases() -> None:
-    """Wait PAUSE_ENV seconds when set (tests send a signal then), saying so."""
-    try:
-        seconds = float(os.environ.get(PAUSE_ENV) or 0)
-    except ValueError:
-        seconds = 0.0
-    if seconds > 0:
-        print(f"quickstart: pausing {seconds:g} s between phases ({PAUSE_ENV})", flush=True)
-        time.sleep(seconds)
-
-
-def summary(plan: list[Phase], ran: dict[int, int | None], clock: Clock) -> str:
-    """The total time, the steps of each training phase and where the tables are."""
-    lines = [f"quickstart done: {duration(time.time() - clock.start)} in this session"]
-    for i, p in enumerate(plan):
-        head = f"  phase {i + 1}/{len(plan)} {p.title}:"
-        if p.steps:
-            r = read_record(p.save)
-            now = f"{ran[i]} in this session" if ran.get(i) is not None else "done before"
-            lines.append(f"{head} {r.get('step', '?')}/{r.get('max_steps', p.steps)} steps ({now}), "
-                         f"{os.path.join(p.save, LATEST)}")
-        else:
-            done = "" if i in ran else " (done before)"
-            lines.append(f"{head} table {os.path.join(p.save, 'results.md')}{done}")
-    return "\n".join(lines)
-
-
 def busy_cores(seconds: float = BUSY_SAMPLE_S) -> float:
     """How many cores other processes keep busy now: /proc/stat over a moment (Linux; this
     process is idle meanwhile), else the 1-minute load average."""
@@ -325,29 +231,126 @@ def compute_threads(requested: int) -> int:
     return threads
 
 
-def run_all(a: argparse.Namespace, clock: Clock, stop: stops.StopSignals) -> int:
-    """Run (or, with --resume, skip or continue) the phases in order; stop at the first that
-    fails or at a stop signal (``stop.received``, or a phase's exit status 130)."""
-    plan, ran = phases(a.out, a.pretrain_steps, a.finetune_steps), {}
-    threads = compute_threads(a.threads)
-    for i, p in enumerate(plan):
-        if stop.received is not None:  # raised where Python swallows it (a finaliser)
-            return stopped(a, f"between phases, before phase {i + 1}/{len(plan)}", clock, stop)
-        print(f"\n{headline(plan, i, a.resume, clock)}", flush=True)
-        how = mode(plan, i, a.resume)
+# ---- The journey -------------------------------------------------------------------------
+def call_main(args: list[str]) -> int:
+    """main.main(args)'s exit status; Ctrl-C (KeyboardInterrupt) counts as an interruption."""
+    try:
+        return ipt_main.main(args)
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except SystemExit as e:  # an argparse error: 2
+        return e.code if isinstance(e.code, int) else 1
+
+
+def resume_command(a: argparse.Namespace) -> str:
+    """The command that continues this quickstart."""
+    words = ["python", "-m", "scripts.quickstart", "--resume"]
+    if os.path.normpath(a.out) != os.path.normpath(OUT):
+        words += ["--out", a.out]
+    if a.pretrain_steps != PRETRAIN_STEPS:
+        words += ["--pretrain_steps", str(a.pretrain_steps)]
+    if a.finetune_steps != FINETUNE_STEPS:
+        words += ["--finetune_steps", str(a.finetune_steps)]
+    if a.threads:
+        words += ["--threads", str(a.threads)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def pause_between_phases() -> None:
+    """Wait PAUSE_ENV seconds when set (tests send a signal then), saying so."""
+    try:
+        seconds = float(os.environ.get(PAUSE_ENV) or 0)
+    except ValueError:
+        seconds = 0.0
+    if seconds > 0:
+        print(f"quickstart: pausing {seconds:g} s between phases ({PAUSE_ENV})", flush=True)
+        time.sleep(seconds)
+
+
+class Journey:
+    """The phases of one quickstart, each run, continued or skipped (--resume) in turn."""
+
+    def __init__(self, a: argparse.Namespace, clock: Clock, stop: stops.StopSignals):
+        self.a, self.clock, self.stop = a, clock, stop
+        self.plan, self.ran = phases(a.out, a.pretrain_steps, a.finetune_steps), {}
+        self.threads = 0  # main.py's choice until compute_threads says
+
+    def phase(self, i: int) -> int:
+        """Phase i run, continued or skipped; 0 to go on, else the exit status that ends the
+        journey: the phase's failure, or 130 at a stop signal (``stop.received``, or the phase's
+        exit status 130)."""
+        plan, resume, where = self.plan, self.a.resume, f"phase {i + 1}/{len(self.plan)}"
+        if self.stop.received is not None:  # raised where Python swallows it (a finaliser)
+            return self.stopped(f"between phases, before {where}")
+        print(f"\n{headline(plan, i, resume, self.clock)}", flush=True)
+        how = mode(plan, i, resume)
         if how == "skip":
-            continue
-        code, ran[i] = run_phase(plan, i, how, clock, threads)
-        if code == INTERRUPTED or stop.received is not None:
-            return stopped(a, f"in phase {i + 1}/{len(plan)} ({p.title})", clock, stop)
+            return 0
+        code = self.run(plan[i], i, how)
+        if code == INTERRUPTED or self.stop.received is not None:
+            return self.stopped(f"in {where} ({plan[i].title})")
         if code != 0:
-            print(f"quickstart: phase {i + 1}/{len(plan)} ({p.title}) failed (exit status {code}); "
-                  f"once its cause is fixed, continue with:\n  {resume_command(a)}", file=sys.stderr)
+            print(f"quickstart: {where} ({plan[i].title}) failed (exit status {code}); once its cause "
+                  f"is fixed, continue with:\n  {resume_command(self.a)}", file=sys.stderr)
             return code
         if i + 1 < len(plan):
             pause_between_phases()
-    print(f"\n{summary(plan, ran, clock)}", flush=True)
-    return 0
+        return 0
+
+    def run(self, p: Phase, i: int, how: str) -> int:
+        """Run phase p (the i-th), timing it into the clock; its exit status."""
+        clock, began = self.clock, time.time()
+        before = steps_done(p) if how == "resume" else 0
+        code = call_main(arguments(p, how, self.threads))
+        took = time.time() - began
+        if not p.steps:
+            self.ran[i] = None
+            if code == 0:
+                clock.eval_s, clock.eval_units = clock.eval_s + took, clock.eval_units + p.units
+            return code
+        self.ran[i] = ran = max(steps_done(p) - before, 0)
+        if ran:
+            clock.train_s, clock.train_steps = clock.train_s + took, clock.train_steps + ran
+        return code
+
+    def stopped(self, where: str, signum: int | None = None) -> int:
+        """Say how to continue after a stop signal (a later one is only recorded); 130."""
+        self.stop.raise_ = False
+        signum = self.stop.received or signum
+        by = f" by {stops.signal_name(signum)}" if signum else ""
+        print(f"\nquickstart: stopped{by} {where} after {duration(time.time() - self.clock.start)}; "
+              f"continue with:\n  {resume_command(self.a)}", file=sys.stderr, flush=True)
+        return INTERRUPTED
+
+    def done(self) -> int:
+        """The total time, the steps of each training phase and where the tables are; 0."""
+        lines = [f"quickstart done: {duration(time.time() - self.clock.start)} in this session"]
+        for i, p in enumerate(self.plan):
+            head = f"  phase {i + 1}/{len(self.plan)} {p.title}:"
+            if p.steps:
+                r = training_record(p)
+                now = f"{self.ran[i]} in this session" if self.ran.get(i) is not None else "done before"
+                step = "?" if r["step"] is None else r["step"]
+                total = p.steps if r["max_steps"] is None else r["max_steps"]
+                lines.append(f"{head} {step}/{total} steps ({now}), "
+                             f"{os.path.join(p.save, LATEST)}")
+            else:
+                done = "" if i in self.ran else " (done before)"
+                lines.append(f"{head} table {os.path.join(p.save, 'results.md')}{done}")
+        print("\n" + "\n".join(lines), flush=True)
+        return 0
+
+
+def journey(a: argparse.Namespace, clock: Clock, stop: stops.StopSignals) -> int:
+    """The four phases in order (with --resume, those done skipped); the first that does not end
+    with 0 ends the journey with its exit status."""
+    run = Journey(a, clock, stop)
+    try:
+        run.threads = compute_threads(a.threads)
+        return (run.phase(PRETRAIN) or run.phase(FINETUNE) or run.phase(EVALUATE_FINETUNED)
+                or run.phase(EVALUATE_PRETRAINED) or run.done())
+    except KeyboardInterrupt as e:  # outside a phase (Ctrl-C or a stop signal)
+        return run.stopped("between phases", getattr(e, "signum", None))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -372,7 +375,6 @@ def main(argv: list[str] | None = None) -> int:
     SIGINT, SIGTERM and SIGUSR1 are handled for the whole journey; a phase's main.main puts its
     own handlers in place while it trains or evaluates and returns 130 when they stopped it."""
     a = parse_args(argv)
-    clock = Clock(time.time())
     hook = sys.unraisablehook  # a stop sets stops.quiet_unraisable: the journey's end puts this back
     # a stopped phase's own advice (its main.py command and --resume) would contradict the
     # quickstart's one stop line, which says how to continue the whole journey
@@ -380,10 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.addFilter(not_the_phase_resume_hint)
     try:
         with stops.StopSignals(raise_=True) as stop:
-            try:
-                return run_all(a, clock, stop)
-            except KeyboardInterrupt as e:  # outside a phase (Ctrl-C or a stop signal)
-                return stopped(a, "between phases", clock, stop, getattr(e, "signum", None))
+            return journey(a, Clock(time.time()), stop)
     finally:
         sys.unraisablehook = hook
         logger.removeFilter(not_the_phase_resume_hint)

@@ -225,7 +225,7 @@ def test_half_on_the_cpu_is_refused_in_one_line_pointing_at_bf16(capsys):
 
 
 # ----------------------------------------------------------------------------------------
-# scripts/benchmark.py bf16 --smoke
+# python -m scripts.benchmark bf16 --smoke
 # ----------------------------------------------------------------------------------------
 def test_benchmark_bf16_smoke(tmp_path, monkeypatch):
     from scripts import benchmark

@@ -1,21 +1,16 @@
-"""scripts/compare.py: the FLOP count, the two models it pits against each other, and how it keeps
+"""scripts.compare: the FLOP count, the two models it pits against each other, and how it keeps
 the whole run within --seconds."""
 from __future__ import annotations
 
-import os
 import re
-import sys
 
 import pytest
 import torch
 
 import metrics
-from conftest import ROOT
 from model import build_model
 from option import settings
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import compare  # noqa: E402
+from scripts import compare
 
 
 def test_gflops_per_megapixel_of_a_hand_counted_network():

@@ -20,7 +20,7 @@ from data.degrade import add_eval_noise
 from data.images import IMAGE_EXTENSIONS, ImageFolder, ImageReadError, list_images, read_image
 from data.sources import SHARD_INDEX, SHARD_INDEX_MAX_BYTES, TrainingDataError, read_shard_index, shard_counts
 from data.stream import PairStream, find_images
-from scripts import make_shards
+from scripts.scale import make_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE_TIMEOUT = 60  # seconds; a walk that loops never ends, the fixed one takes ~3 s (torch import)
@@ -60,7 +60,7 @@ def looped_folder(root) -> str:
 
 WALK = "from data.listing import find_images; import sys; print(len(find_images(sys.argv[1])))"
 HANG_PROBES = [  # (name, argv after the interpreter, expected stdout fragment)
-    ("make_shards", ["scripts/make_shards.py", "{src}", "{out}"], "packed 2 images into 1 shard"),
+    ("make_shards", ["-m", "scripts.scale.make_shards", "{src}", "{out}"], "packed 2 images into 1 shard"),
     ("find_images", ["-c", WALK, "{src}"], "2"),
 ]
 

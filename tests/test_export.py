@@ -1,4 +1,4 @@
-"""Weights out of PyTorch: scripts/export.py to .safetensors and .onnx, --pretrain FILE.safetensors,
+"""Weights out of PyTorch: scripts.export to .safetensors and .onnx, --pretrain FILE.safetensors,
 spandrel reading the export, and damaged .safetensors files refused in one line."""
 from __future__ import annotations
 
@@ -33,9 +33,7 @@ from model.checkpoint import (
     read_checkpoint,
     read_safetensors_metadata,
 )
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import export  # noqa: E402
+from scripts import export
 
 TASKS = ["sr2", "derain", "denoise30"]
 TINY = IPTConfig(scale=[2, 1, 1], n_feats=16, num_heads=4, num_layers=1, num_queries=3,
@@ -326,30 +324,45 @@ def test_a_stop_signal_leaves_no_output(tmp_path, capsys, monkeypatch, sig):
 
 STOP_DURING_EXPORT = """
 import os, signal, sys
-sys.path.insert(0, {scripts!r})
-import export
+from scripts import export
 export.onnx_program = lambda network, example: os.kill(os.getpid(), signal.SIGTERM)
 sys.exit(export.main(sys.argv[1:]))
 """
 
 
-def test_sigterm_during_an_onnx_export_exits_130_in_one_line(tmp_path):
-    path, _ = save_run(tmp_path / "run")
-    out = tmp_path / "ipt.onnx"
-    code = STOP_DURING_EXPORT.format(scripts=os.path.join(ROOT, "scripts"))
-    done = subprocess.run([sys.executable, "-c", code, path, str(out), "--task", "sr2"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert done.returncode == stops.INTERRUPTED, done.stderr
-    assert done.stderr.strip().splitlines() == [f"export.py: SIGTERM received: stopped; {out} not written"]
-    assert not out.exists() and not leftovers(tmp_path)
+@pytest.fixture(scope="module")
+def script_runs(tmp_path_factory) -> dict:
+    """export.main as a script, stopped during the export (STOP_DURING_EXPORT) and on a full disk
+    (DISK_FULL_EXPORT), started together: each loads torch for seconds. {name: (run, folder, OUT)}"""
+    runs = {}
+    for name, code, out, extra in (("stop", STOP_DURING_EXPORT, "ipt.onnx", ["--task", "sr2"]),
+                                   ("full", DISK_FULL_EXPORT.format(full=dev_full()), "ipt.safetensors", [])):
+        folder = tmp_path_factory.mktemp(name)
+        path, _ = save_run(folder / "run")
+        argv = [sys.executable, "-c", code, path, str(folder / out), *extra]
+        runs[name] = (subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True), folder, folder / out)
+    yield runs
+    for run, _, _ in runs.values():
+        if run.poll() is None:  # its test failed before it ended
+            run.kill()
+        run.communicate()
+
+
+def test_sigterm_during_an_onnx_export_exits_130_in_one_line(script_runs):
+    run, folder, out = script_runs["stop"]
+    err = run.communicate(timeout=120)[1]
+    assert run.returncode == stops.INTERRUPTED, err
+    assert err.strip().splitlines() == [f"export.py: SIGTERM received: stopped; {out} not written"]
+    assert not out.exists() and not leftovers(folder)
 
 
 # torch.onnx.export as torch 2.14 behaves when a stop lands in its lazy import of torch._dynamo:
 # an except clause reads the half-imported module, and that error replaces the KeyboardInterrupt
 STOP_DURING_ONNX_EXPORT = """
 import sys, time
-sys.path.insert(0, {scripts!r})
-import export, torch
+import torch
+from scripts import export
 
 
 def export_losing_the_stop(*args, **kwargs):
@@ -372,13 +385,13 @@ STOPS = {signal.SIGTERM: os.kill, signal.SIGINT: os.kill, signal.SIGUSR1: os.kil
 def exports_to_stop(tmp_path_factory) -> dict:
     """An ONNX export (STOP_DURING_ONNX_EXPORT) per signal of STOPS, in a session of its own,
     started together: each loads torch for seconds, its test stops it. {signal: (run, folder)}."""
-    code = STOP_DURING_ONNX_EXPORT.format(scripts=os.path.join(ROOT, "scripts"))
     runs = {}
     for sig in STOPS:
         folder = tmp_path_factory.mktemp(sig.name)
         path, _ = save_run(folder / "run")
-        runs[sig] = (subprocess.Popen([sys.executable, "-c", code, path, str(folder / "ipt.onnx"), "--task",
-                                       "sr2"], cwd=folder, stderr=subprocess.PIPE, text=True,
+        argv = [sys.executable, "-c", STOP_DURING_ONNX_EXPORT, path, str(folder / "ipt.onnx"), "--task",
+                "sr2"]
+        runs[sig] = (subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True,
                                       start_new_session=True), folder)
     yield runs
     for run, _ in runs.values():
@@ -422,25 +435,21 @@ def test_a_stop_the_onnx_exporter_swallows_stops_the_export_before_out_appears(t
 # the files model.checkpoint writes are /dev/full: each write fails with ENOSPC, as on a full disk
 DISK_FULL_EXPORT = """
 import builtins, sys
-sys.path.insert(0, {scripts!r})
-import export
 from model import checkpoint
+from scripts import export
 checkpoint.open = lambda file, mode="r", *args, **kwargs: builtins.open(
     {full!r} if "w" in mode else file, mode, *args, **kwargs)
 sys.exit(export.main(sys.argv[1:]))
 """
 
 
-def test_a_full_disk_is_one_line_and_status_1_from_the_script(tmp_path):
-    path, _ = save_run(tmp_path / "run")
-    out = tmp_path / "ipt.safetensors"
-    code = DISK_FULL_EXPORT.format(scripts=os.path.join(ROOT, "scripts"), full=dev_full())
-    done = subprocess.run([sys.executable, "-c", code, path, str(out)], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
-    assert done.returncode == 1, done.stderr
-    [line] = done.stderr.strip().splitlines()
+def test_a_full_disk_is_one_line_and_status_1_from_the_script(script_runs):
+    run, folder, out = script_runs["full"]
+    err = run.communicate(timeout=120)[1]
+    assert run.returncode == 1, err
+    [line] = err.strip().splitlines()
     assert line.startswith(f"export.py: cannot write {out} (No space left on device; "), line
-    assert not out.exists() and not leftovers(tmp_path)
+    assert not out.exists() and not leftovers(folder)
 
 
 def test_exports_get_the_mode_of_a_new_file(tmp_path, onnx_export):

@@ -8,7 +8,7 @@ import torch
 
 import main as cli
 import trainer
-from conftest import FIXTURE_ATOL, ROOT, config_from
+from conftest import FIXTURE_ATOL, config_from
 from model import IPT, CheckpointError, load_body, load_checkpoint
 from model.checkpoint import strip_mim
 from model.mim import masked_l1, pixel_mask, random_token_mask
@@ -81,10 +81,7 @@ def test_the_six_task_part_keeps_the_authors_keys_and_strips_to_their_file(autho
 
 
 def test_the_strip_script_reads_the_head_names_from_the_record(tmp_path, authors_model):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("strip_mim_script", f"{ROOT}/scripts/strip_mim.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = strip_script()
     path = save(tmp_path, tiny_mim_model(authors_model), SEVEN)
     assert script.main([path, str(tmp_path / "six.pt")]) == 0
     six = torch.load(tmp_path / "six.pt", weights_only=True)
@@ -201,10 +198,8 @@ def test_strip_mim_refuses_head_names_the_shapes_contradict(authors_model):
 
 
 def strip_script():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("strip_mim_script", f"{ROOT}/scripts/strip_mim.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    """The strip_mim script's module (its name is taken by model.checkpoint's function here)."""
+    from scripts import strip_mim as script
     return script
 
 

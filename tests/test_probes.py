@@ -2,6 +2,7 @@
 only a process shows (hangs, exit statuses, signals to the process group, torchrun)."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -121,29 +122,29 @@ def imported_module(line: str) -> str:
 
 
 @pytest.mark.parametrize("script,argv", [
-    ("main.py", ["--cpu", "--max_steps", "1", "--save", "{tmp}/run"]),
-    ("scripts/export.py", ["{tmp}/run/model_latest.pt", "{tmp}/ipt.safetensors"]),
+    ("main.py", [os.path.join(ROOT, "main.py"), "--cpu", "--max_steps", "1", "--save", "{tmp}/run"]),
+    ("export.py", ["-m", "scripts.export", "{tmp}/run/model_latest.pt", "{tmp}/ipt.safetensors"]),
 ])
 def test_a_stop_while_torch_loads_is_one_line_and_exit_130(tmp_path, script, argv):
     """-X importtime writes a line as each module is loaded: the first of torch's comes while the
     rest of torch (seconds) still loads."""
-    command = [sys.executable, "-X", "importtime", os.path.join(ROOT, script),
-               *(a.format(tmp=tmp_path) for a in argv)]
-    with subprocess.Popen(command, cwd=tmp_path, stderr=subprocess.PIPE, text=True) as run:
+    command = [sys.executable, "-X", "importtime", *(a.format(tmp=tmp_path) for a in argv)]
+    env = {**os.environ, "PYTHONPATH": ROOT}  # the repository's modules, from the empty folder
+    with subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True) as run:
         read_until(run.stderr, lambda line: imported_module(line).startswith("torch."))
         run.send_signal(signal.SIGTERM)
         err = run.communicate(timeout=PROBE_TIMEOUT)[1]
     lines = [line for line in err.splitlines() if not line.startswith("import time:")]
     assert run.returncode == stops.INTERRUPTED, err[-2000:]
-    assert lines == [f"{os.path.basename(script)}: SIGTERM received: stopped"]
+    assert lines == [f"{script}: SIGTERM received: stopped"]
     assert os.listdir(tmp_path) == []
 
 
 def test_every_entry_point_keeps_stop_signals_before_it_loads_torch():
     """Each script that handles stop signals calls stops.early() before it imports torch (or the
     project modules that do), so a stop while it starts is one line too."""
-    scripts = sorted(os.listdir(os.path.join(ROOT, "scripts")))
-    for name in ["main.py", *(os.path.join("scripts", n) for n in scripts if n.endswith(".py"))]:
+    scripts = sorted(glob.glob("scripts/*.py", root_dir=ROOT) + glob.glob("scripts/*/*.py", root_dir=ROOT))
+    for name in ["main.py", *scripts]:
         text = open(os.path.join(ROOT, name), encoding="utf-8").read()
         if "stops." not in text:
             continue

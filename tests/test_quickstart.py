@@ -1,4 +1,4 @@
-"""scripts/quickstart.py with main.main faked: phase order and arguments, Ctrl-C, --resume."""
+"""scripts.quickstart with main.main faked: phase order and arguments, Ctrl-C, --resume."""
 from __future__ import annotations
 
 import io
@@ -11,13 +11,10 @@ import sys
 
 import pytest
 
+import checkpointing
+import stops
 from conftest import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-
-import checkpointing  # noqa: E402
-import quickstart  # noqa: E402
-import stops  # noqa: E402
+from scripts import quickstart
 
 STEPS = ["--pretrain_steps", "4", "--finetune_steps", "3"]
 
@@ -113,7 +110,7 @@ def test_interruption_stops_everything(monkeypatch, tmp_path, capsys, caplog, ra
     assert run(monkeypatch, out, fake) == 130
     assert len(fake.calls) == 1
     err = capsys.readouterr().err
-    assert "phase 1/4" in err and "python scripts/quickstart.py --resume --out" in err
+    assert "phase 1/4" in err and "python -m scripts.quickstart --resume --out" in err
     assert "--pretrain_steps 4 --finetune_steps 3" in err
     # one stop line: the phase's own "same command and --resume" would contradict it
     assert err.count("continue with") == 1 and checkpointing.RESUME_HINT not in caplog.text
@@ -228,7 +225,7 @@ def test_a_stop_swallowed_in_a_finaliser_between_phases_still_stops(monkeypatch,
     assert quickstart.main(["--out", out, *STEPS]) == 130
     assert len(fake.calls) == 1  # phase 2 never started
     err = capsys.readouterr().err
-    assert "stopped by SIGINT" in err and "python scripts/quickstart.py --resume" in err
+    assert "stopped by SIGINT" in err and "python -m scripts.quickstart --resume" in err
     assert "Exception ignored" not in err
 
 
@@ -251,29 +248,36 @@ def test_a_phase_s_own_handlers_nest_inside_the_quickstart_s(monkeypatch, tmp_pa
 
 FAKE_DRIVER = """
 import sys
-sys.path.insert(0, {scripts!r})
-import quickstart
+from scripts import quickstart
 quickstart.ipt_main.main = lambda args: 0  # every phase done at once
 sys.exit(quickstart.main(sys.argv[1:]))
 """
 
 
-def journey(tmp_path) -> subprocess.Popen:
-    """The quickstart in its own process group, its phases returning at once, pausing 30 s
-    between them (real phases take 13 s more here: the in-process tests cover their handlers)."""
-    driver = tmp_path / "driver.py"
-    driver.write_text(FAKE_DRIVER.format(scripts=os.path.join(ROOT, "scripts")))
+STOPS = [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1]
+
+
+@pytest.fixture(scope="module")
+def journeys(tmp_path_factory) -> dict:
+    """A quickstart per signal of STOPS, started together, each in its own process group, its
+    phases returning at once, pausing 30 s between them (real phases take 13 s more here: the
+    in-process tests cover their handlers). {signal: process}"""
     env = {**os.environ, quickstart.PAUSE_ENV: "30"}
-    return subprocess.Popen(
-        [sys.executable, str(driver), "--out", str(tmp_path / "qs"), "--pretrain_steps", "1",
-         "--finetune_steps", "1", "--threads", "1"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+    runs = {sig: subprocess.Popen(
+        [sys.executable, "-c", FAKE_DRIVER, "--out", str(tmp_path_factory.mktemp(sig.name) / "qs"),
+         "--pretrain_steps", "1", "--finetune_steps", "1", "--threads", "1"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True) for sig in STOPS}
+    yield runs
+    for proc in runs.values():
+        if proc.poll() is None:  # its test failed before it ended
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1], ids=lambda s: s.name)
-def test_a_signal_between_phases_stops_the_quickstart(tmp_path, sig):
-    proc = journey(tmp_path)
+@pytest.mark.parametrize("sig", STOPS, ids=lambda s: s.name)
+def test_a_signal_between_phases_stops_the_quickstart(journeys, sig):
+    proc = journeys[sig]
     try:
         seen = []
         for line in proc.stdout:  # ends when the process does: then the pause never came

@@ -1,4 +1,4 @@
-"""scripts/simulate_imagenet.py and scripts/measure_loading.py as a user meets them: every bad
+"""scripts.scale.simulate_imagenet and scripts.scale.measure_loading as a user meets them: every bad
 option or path refused in one line (exit status 2; 1 for a failed run), never a traceback, a hang
 or a silent wrong result; SIGINT, SIGTERM and SIGUSR1, to the process or its whole group, stop
 them with one line and exit status 130, leaving no process behind. Tiny trees (20 files)."""
@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from scripts import measure_loading, simulate_imagenet
+from scripts.scale import measure_loading, simulate_imagenet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SIMULATE = os.path.join(ROOT, "scripts", "simulate_imagenet.py")
-MEASURE = os.path.join(ROOT, "scripts", "measure_loading.py")
+SIMULATE = [sys.executable, "-m", "scripts.scale.simulate_imagenet"]  # run with cwd=ROOT
+MEASURE = [sys.executable, "-m", "scripts.scale.measure_loading"]
 TINY = ["--files", "20", "--classes", "2", "--pool", "4"]
 QUICK = ["--steps", "2", "--throughput_batches", "1", "--workers", "1"]
 PROBE_TIMEOUT_S = 60  # a run here takes a few seconds (most of it importing torch)
@@ -97,7 +97,7 @@ def stopped(process: subprocess.Popen, how: str, sig: int) -> tuple[int, str, li
 
 
 # ----------------------------------------------------------------------------------------
-# simulate_imagenet.py
+# simulate_imagenet
 # ----------------------------------------------------------------------------------------
 def test_simulate_builds_finishes_and_refuses_other_options(tmp_path, capsys):
     """The tree and its record; a run again with the same options is fine, with other options
@@ -212,6 +212,24 @@ def check_parse(parse, argv: list[str], capsys):
         return None
 
 
+def odd_files(tree: str | None = None) -> None:
+    """A file and a FIFO in the current folder (and a link to ``tree``), made once per test."""
+    if not os.path.exists("file"):
+        open("file", "w").close()
+        os.mkfifo("fifo")
+        if tree:
+            os.symlink(tree, "tree")
+
+
+def parsed(script, argv: list[str], capsys):
+    """``check_parse`` of the script's parse_args; each number of the namespace asserted within
+    the script's LIMITS."""
+    args = check_parse(script.parse_args, argv, capsys)
+    for name, (least, most) in script.LIMITS.items() if args is not None else ():
+        assert least <= getattr(args, name) <= most
+    return args
+
+
 @settings(max_examples=40)
 @given(root=st.one_of(st.sampled_from(["new", "file", "fifo", "file/sub", "", "a\0b", "\ud800",
                                        ".."]), PATH_TEXT),
@@ -222,15 +240,11 @@ def test_simulate_arguments_property(tmp_path, capsys, monkeypatch, root, pairs,
     within their limits and a ROOT check that answers (in words, nothing written), never
     another exception. Before: two-line usage errors, negative or huge numbers taken."""
     monkeypatch.chdir(tmp_path)
-    if not os.path.exists("file"):
-        open("file", "w").close()
-        os.mkfifo("fifo")
+    odd_files()
     argv = [root] + [a for pair in pairs for a in pair] + (["--pool"] if dangling else [])
-    args = check_parse(simulate_imagenet.parse_args, argv, capsys)
+    args = parsed(simulate_imagenet, argv, capsys)
     if args is None:
         return
-    for name, (least, most) in simulate_imagenet.LIMITS.items():
-        assert least <= getattr(args, name) <= most
     assert args.classes <= args.files <= args.pool * simulate_imagenet.MAX_LINKS
     before = sorted(os.listdir("."))
     problem = simulate_imagenet.check_root(args)
@@ -242,8 +256,8 @@ def test_simulate_stops_cleanly_on_a_group_signal(tmp_path):
     """SIGUSR1 to the process group while it links: exit status 130, one line, whole classes
     only under ROOT/train, no temporary left. Already so before (save the line's wording)."""
     root = tmp_path / "root"
-    process = subprocess.Popen([sys.executable, SIMULATE, str(root), "--files", "200000",
-                                "--classes", "200", "--pool", "4"], cwd=tmp_path,
+    process = subprocess.Popen([*SIMULATE, str(root), "--files", "200000",
+                                "--classes", "200", "--pool", "4"], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     wait_for(lambda: os.path.exists(root / "train") or process.poll() is not None)
@@ -257,7 +271,7 @@ def test_simulate_stops_cleanly_on_a_group_signal(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------
-# measure_loading.py
+# measure_loading
 # ----------------------------------------------------------------------------------------
 def folder_of(tmp_path, kind: str, tree: str) -> list[str]:
     """Arguments naming a bad FOLDER or --cache of the given kind."""
@@ -349,16 +363,11 @@ def test_measure_arguments_property(tmp_path, capsys, monkeypatch, tree, folder,
     parts within their limits and path checks that answer in words, never another exception.
     Before: two-line usage errors, zero, negative or huge numbers and empty parts taken."""
     monkeypatch.chdir(tmp_path)
-    if not os.path.exists("file"):
-        open("file", "w").close()
-        os.mkfifo("fifo")
-        os.symlink(tree, "tree")
+    odd_files(tree)
     argv = [folder] + [a for pair in pairs for a in pair] + (["--steps"] if dangling else [])
-    args = check_parse(measure_loading.parse_args, argv, capsys)
+    args = parsed(measure_loading, argv, capsys)
     if args is None:
         return
-    for name, (least, most) in measure_loading.LIMITS.items():
-        assert least <= getattr(args, name) <= most
     assert args.parts and set(args.parts) <= set(measure_loading.PARTS)
     problem = measure_loading.check_paths(args)
     assert problem is None or (re.match(r"FOLDER |--cache |--parts ", problem)
@@ -407,8 +416,8 @@ def test_measure_stops_cleanly(tmp_path, tree, how, sig):
     """A stop while a row's process runs its loader worker: exit status 130, one line, and the
     row's process and its worker gone. Before: SIGTERM killed the parent alone (its row's
     process and worker ran on, up to 30 minutes); SIGINT to the group printed tracebacks."""
-    process = subprocess.Popen([sys.executable, MEASURE, tree, "--parts", "startup", "--steps",
-                                str(measure_loading.MAX_STEPS), "--workers", "1"], cwd=tmp_path,
+    process = subprocess.Popen([*MEASURE, tree, "--parts", "startup", "--steps",
+                                str(measure_loading.MAX_STEPS), "--workers", "1"], cwd=ROOT,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     wait_for(lambda: len(session(process.pid)) >= 3 or process.poll() is not None)
@@ -423,9 +432,9 @@ def test_measure_a_failing_row_process_ends(tmp_path):
     it printed a traceback and then waited forever at exit for its worker, which ignores the
     SIGTERM multiprocessing ends workers with (its parent, and `timeout`, waited too)."""
     (tmp_path / "a.txt").write_text("no image")
-    done = subprocess.run([sys.executable, MEASURE, str(tmp_path), "--child", "list", "--cache",
+    done = subprocess.run([*MEASURE, str(tmp_path), "--child", "list", "--cache",
                            str(tmp_path / "list.npz"), "--workers", "1", "--steps", "2"],
-                          capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+                          capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, cwd=ROOT)
     assert done.returncode == 1, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("measure_loading.py: ") and "cannot feed 1 loader workers" in last

@@ -29,13 +29,13 @@ def sr2_mim(tmp_path_factory, authors_model) -> str:
 
 
 PROBES = [  # (script, arguments ({ckpt}: the sr2+mim file, {tmp}: a fresh folder), status, says)
-    ("study.py", ["--dir_data", "{tmp}", "--seeds", "x"], 2, "--seeds 'x'"),
-    ("study.py", ["--dir_data", "{tmp}", "--pretrain_steps", "0"], 2, "--pretrain_steps 0"),
-    ("study.py", ["--dir_data", "{tmp}", "--options", '--n_feats "16'], 2, "No closing quotation"),
-    ("strip_mim.py", ["{ckpt}", "{tmp}"], 2, "is a folder"),
-    ("strip_mim.py", ["{ckpt}", "{tmp}/missing/out.pt"], 2, "does not exist"),
-    ("strip_mim.py", ["{ckpt}", "{tmp}/out.pt"], 1, "contradict the file's shapes"),
-    ("quickstart.py", ["--out", "{tmp}", "--pretrain_steps", "0"], 2, "give at least 1"),
+    ("study", ["--dir_data", "{tmp}", "--seeds", "x"], 2, "--seeds 'x'"),
+    ("study", ["--dir_data", "{tmp}", "--pretrain_steps", "0"], 2, "--pretrain_steps 0"),
+    ("study", ["--dir_data", "{tmp}", "--options", '--n_feats "16'], 2, "No closing quotation"),
+    ("strip_mim", ["{ckpt}", "{tmp}"], 2, "is a folder"),
+    ("strip_mim", ["{ckpt}", "{tmp}/missing/out.pt"], 2, "does not exist"),
+    ("strip_mim", ["{ckpt}", "{tmp}/out.pt"], 1, "contradict the file's shapes"),
+    ("quickstart", ["--out", "{tmp}", "--pretrain_steps", "0"], 2, "give at least 1"),
 ]
 
 
@@ -43,8 +43,8 @@ PROBES = [  # (script, arguments ({ckpt}: the sr2+mim file, {tmp}: a fresh folde
                          ids=[f"{p[0]}-{p[3]}" for p in PROBES])
 def test_a_bad_argument_is_refused_in_one_line(tmp_path, sr2_mim, script, args, status, says):
     argv = [a.format(ckpt=sr2_mim, tmp=tmp_path) for a in args]
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), *argv],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    done = subprocess.run([sys.executable, "-m", f"scripts.{script}", *argv],
+                          cwd=ROOT, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == status, done.stderr
     assert len(lines) == 1 and says in lines[0], done.stderr

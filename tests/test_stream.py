@@ -17,7 +17,7 @@ from data.degrade import bicubic_lr
 from data.sample import sample_photos
 from data.sources import TrainingDataError, epoch_files, shard_counts
 from data.stream import PairStream, find_images, task_kind
-from scripts import make_shards
+from scripts.scale import make_shards
 
 SIX = ["sr2", "sr3", "sr4", "derain", "denoise30", "denoise50"]
 PATCH = 16  # small crops keep the tests fast; test_default_patch_48 checks the real size

@@ -1,6 +1,6 @@
 """Pack a folder of images (any depth, e.g. ImageNet's train/nXXXX/*.JPEG) into tar shards.
 
-    python scripts/make_shards.py SRC_FOLDER OUT_FOLDER [--per_shard 1000] [--seed 0 | --sorted]
+    python -m scripts.scale.make_shards SRC_FOLDER OUT_FOLDER [--per_shard 1000] [--seed 0 | --sorted]
 
 Writes OUT/shard-000000.tar, ... with the files' bytes as they are, named by their path relative
 to SRC, and OUT/shards.json with the image count of each shard (so that readers need not scan
@@ -22,18 +22,16 @@ import sys
 import tarfile
 from collections.abc import Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+import utility
+from data.images import IMAGE_EXTENSIONS, open_regular, why_unreadable
+from data.listing import walk_images
+from data.sources import SHARD_INDEX
+from report import printable
+from scripts.cli import FAILED, say
 
-import utility  # noqa: E402
-from data.images import IMAGE_EXTENSIONS, open_regular, why_unreadable  # noqa: E402
-from data.listing import walk_images  # noqa: E402
-from data.sources import SHARD_INDEX  # noqa: E402
-
+PROG = "make_shards.py"  # the name its error lines start with
 SHARD_NAME = "shard-{:06d}.tar"
 DEFAULT_PER_SHARD = 1000
-BAD_OPTION = 2  # exit status for a command line that cannot work
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -71,6 +69,18 @@ def write_shard(path: str, src: str, files: Sequence[str]) -> tuple[int, list[st
     return packed, skipped
 
 
+def write_shards(out: str, src: str, files: Sequence[str],
+                 per_shard: int) -> tuple[dict[str, int], list[str]]:
+    """The shards of ``files`` and their shards.json in ``out``: ({shard: images}, skipped)."""
+    counts, skipped = {}, []
+    for i, start in enumerate(range(0, len(files), per_shard)):
+        name = SHARD_NAME.format(i)
+        counts[name], missed = write_shard(os.path.join(out, name), src, files[start:start + per_shard])
+        skipped += missed
+    utility.write_json(os.path.join(out, SHARD_INDEX), {"shards": counts})
+    return counts, skipped
+
+
 def say_skipped(skipped: Sequence[str]) -> None:
     """One line on stderr counting what was not packed, naming the first."""
     if skipped:
@@ -78,49 +88,32 @@ def say_skipped(skipped: Sequence[str]) -> None:
               f"files (first: {skipped[0]})", file=sys.stderr)
 
 
-PROG = "make_shards.py"  # the name its error lines start with
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Pack SRC into OUT; 0 on success, 1 with nothing to pack, shards already in OUT or a failed
     write, 2 when OUT is not a folder."""
     args = parse_args(argv)
     if args.per_shard < 1:
-        print(f"{PROG}: --per_shard must be at least 1", file=sys.stderr)
-        return 1
+        return say(PROG, "--per_shard must be at least 1", FAILED)
     if os.path.lexists(args.out) and not os.path.isdir(args.out):
-        print(f"{PROG}: OUT {args.out} exists and is not a folder: give an empty or new folder",
-              file=sys.stderr)
-        return BAD_OPTION
+        return say(PROG, f"OUT {args.out} exists and is not a folder: give an empty or new folder")
     files, skipped = walk_images(args.src) if os.path.isdir(args.src) else ([], [])
     skipped = [f"{f} ({_why(f)})" for f in skipped]
     if not files:
         say_skipped(skipped)
-        print(f"{PROG}: no images under {args.src}", file=sys.stderr)
-        return 1
+        return say(PROG, f"no images under {args.src}", FAILED)
     if not args.sorted:
         random.Random(args.seed).shuffle(files)
     try:
         os.makedirs(args.out, exist_ok=True)
         if any(n.endswith(".tar") for n in os.listdir(args.out)):
-            print(f"{PROG}: {args.out} already holds .tar files: give an empty or new folder",
-                  file=sys.stderr)
-            return 1
-        counts = {}
-        for i, start in enumerate(range(0, len(files), args.per_shard)):
-            name = SHARD_NAME.format(i)
-            counts[name], missed = write_shard(os.path.join(args.out, name), args.src,
-                                               files[start:start + args.per_shard])
-            skipped += missed
-        utility.write_json(os.path.join(args.out, SHARD_INDEX), {"shards": counts})
+            return say(PROG, f"{args.out} already holds .tar files: give an empty or new folder", FAILED)
+        counts, missed = write_shards(args.out, args.src, files, args.per_shard)
     except OSError as e:  # SaveError names the shard, the reason and the free space
         why = str(e) if isinstance(e, utility.SaveError) else \
             f"cannot write shards to {args.out}: {e.strerror or e}"
-        print(f"{PROG}: {why}", file=sys.stderr)
-        return 1
-    say_skipped(skipped)
-    shown = os.fsencode(args.out).decode("utf-8", "backslashreplace")  # any bytes, printable
-    print(f"packed {sum(counts.values())} images into {len(counts)} shard(s) in {shown}")
+        return say(PROG, why, FAILED)
+    say_skipped(skipped + missed)
+    print(f"packed {sum(counts.values())} images into {len(counts)} shard(s) in {printable(args.out)}")
     return 0
 
 

@@ -1,10 +1,9 @@
 """Measure the training stream on a big folder: start-up, memory per loader worker, throughput.
 
-    python scripts/measure_loading.py FOLDER [--workers 4] [--batch_size 16] [--patch_size 48]
-                                             [--steps 300] [--throughput_batches 30]
-                                             [--parts startup,throughput] [--cache FILE]
+    python -m scripts.scale.measure_loading FOLDER [--workers 4] [--batch_size 16] [--patch_size 48]
+        [--steps 300] [--throughput_batches 30] [--parts startup,throughput] [--cache FILE]
 
-FOLDER is what the stream reads (e.g. the ROOT/train of scripts/simulate_imagenet.py). Prints
+FOLDER is what the stream reads (e.g. the ROOT/train of scripts.scale.simulate_imagenet). Prints
 Markdown tables:
 
 - start-up and memory, each row in a fresh process: the time to list FOLDER and build the
@@ -38,13 +37,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import stops  # noqa: E402  (loads no torch)
+import stops  # loads no torch
 
 if __name__ == "__main__":  # a stop signal while torch loads is kept, not a silent kill
     stops.early()
@@ -58,7 +53,8 @@ from data.listing import FILE_LIST, RECENT_CHANGE_NS, walk_images  # noqa: E402
 from data.sources import FileSource, open_source  # noqa: E402
 from data.stream import PairStream  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
-from scripts.simulate_imagenet import kind_of, path_problem, shown  # noqa: E402
+from report import printable as shown  # noqa: E402
+from scripts import cli  # noqa: E402
 from tasks import task_scale  # noqa: E402
 
 TASKS = ("sr2", "sr3", "sr4", "derain", "denoise30", "denoise50")
@@ -66,26 +62,21 @@ VARIANTS = {"list": "Python lists (before), walked",
             "walked": "compact index, walked, cache written",
             "cached": "compact index, from the cache"}
 PARTS = ("startup", "throughput")
-KIB = 1024
 MIB = 1 << 20
 CHILD_TIMEOUT_S = 1800
 CHILD_STOP_S = 30  # a row's process asked to stop ends its loader workers well within this
 SMAPS_FIELDS = ("Rss", "Pss", "Private_Clean", "Private_Dirty")
 SMAPS = "/proc/self/smaps_rollup"  # Linux 4.14 and later
 PROG = "measure_loading.py"
-BAD_OPTION = 2
-# Upper limits of the options: beyond them a run would exhaust memory or never end
-MAX_WORKERS = 64
-MAX_BATCH_SIZE = 1024
-MAX_PATCH_SIZE = 256  # the LR patch; sr4's HR crop is 4 times its side
-MAX_BATCH_PIXELS = 1 << 26  # batch_size x HR crop area: a float HR batch of at most 768 MiB
+MODULE = "scripts.scale.measure_loading"  # a row's process runs this with --child
 MAX_STEPS = 100_000
-MAX_THROUGHPUT_BATCHES = 10_000
+# Upper limits of the options: beyond them a run would exhaust memory or never end
+LIMITS = {"workers": (1, 64), "batch_size": (1, 1024),
+          "patch_size": (1, 256),  # the LR patch; sr4's HR crop is 4 times its side
+          "steps": (1, MAX_STEPS), "throughput_batches": (1, 10_000)}
+MAX_BATCH_PIXELS = 1 << 26  # batch_size x HR crop area: a float HR batch of at most 768 MiB
 MAX_SCALE = max(task_scale(t) for t in TASKS)  # sr4: its HR crop is this times the patch
 PROBE_IMAGES = 8  # images decoded before measuring: the crops must fit in one of them
-LIMITS = {"workers": (1, MAX_WORKERS), "batch_size": (1, MAX_BATCH_SIZE),
-          "patch_size": (1, MAX_PATCH_SIZE), "steps": (1, MAX_STEPS),
-          "throughput_batches": (1, MAX_THROUGHPUT_BATCHES)}
 # what a measurement can fail with (DataLayoutError, ImageReadError and MeasureError are
 # RuntimeErrors, as is a loader worker's death): one line and exit status 1
 FAILURES = (OSError, RuntimeError, MemoryError)
@@ -98,8 +89,7 @@ class MeasureError(RuntimeError):
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line, its numbers and parts checked (one line on stderr and SystemExit(2)
     otherwise); ``parts`` as a tuple."""
-    p = OptionParser(prog=PROG,
-                     description="Measure start-up, memory and throughput of loading.")
+    p = OptionParser(prog=PROG, description="Measure start-up, memory and throughput of loading.")
     p.add_argument("folder", help="the folder of images the stream reads")
     p.add_argument("--workers", type=int, default=4, help="loader workers (memory, start-up)")
     p.add_argument("--batch_size", type=int, default=16)
@@ -110,10 +100,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--cache", help="the listing cache file (default: a temporary folder's)")
     p.add_argument("--child", choices=tuple(VARIANTS), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    for name, (least, most) in LIMITS.items():
-        value = getattr(args, name)
-        if not least <= value <= most:
-            p.error(f"--{name} {value}: give {least} to {most:,}")
+    cli.check_limits(p, args, LIMITS)
     hr_side = args.patch_size * MAX_SCALE
     if args.batch_size * hr_side ** 2 > MAX_BATCH_PIXELS:
         p.error(f"--batch_size {args.batch_size} with --patch_size {args.patch_size}: a batch of "
@@ -129,11 +116,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def check_paths(args: argparse.Namespace) -> str | None:
     """What is wrong with FOLDER or --cache (nothing is written), or None."""
-    problem = path_problem(args.folder)
+    problem = cli.path_problem(args.folder)
     if problem:
         return f"FOLDER {shown(args.folder)} {problem}: give a folder of images"
     if not os.path.isdir(args.folder):
-        what = "does not exist" if not os.path.lexists(args.folder) else f"is {_kind(args.folder)}"
+        what = "does not exist" if not os.path.lexists(args.folder) else f"is {cli.kind_of(args.folder)}"
         return f"FOLDER {shown(args.folder)} {what}: give a folder of images"
     if "startup" in args.parts and not os.path.exists(SMAPS):
         return f"--parts startup reads {SMAPS} (Linux 4.14 and later), missing here: give " \
@@ -141,23 +128,15 @@ def check_paths(args: argparse.Namespace) -> str | None:
     return cache_problem(args.cache) if args.cache is not None else None
 
 
-def _kind(path: str) -> str:
-    """What a path that is not a folder is, in a few words."""
-    try:
-        return kind_of(path)
-    except OSError:
-        return "a broken link"
-
-
 def cache_problem(cache: str) -> str | None:
     """Why --cache cannot be the listing cache (a file this process can replace), or None; a
     file is created beside it and removed to find out."""
     named = f"--cache {shown(cache)}"
-    problem = path_problem(cache)
+    problem = cli.path_problem(cache)
     if problem:
         return f"{named} {problem}: give a file name"
     if os.path.lexists(cache) and not os.path.isfile(cache):
-        return f"{named} is {_kind(cache)}: give a file name (the file is replaced)"
+        return f"{named} is {cli.kind_of(cache)}: give a file name (the file is replaced)"
     folder = os.path.dirname(cache) or "."
     if not os.path.isdir(folder):
         return f"{named}: its folder does not exist; give a file in an existing folder"
@@ -174,7 +153,7 @@ def one_line(error: BaseException) -> str:
     line = lines[-1] if "Original Traceback" in text else lines[0]
     for prefix in (f"{type(error).__module__}.{type(error).__name__}: ",
                    f"{type(error).__name__}: "):
-        line = line[len(prefix):] if line.startswith(prefix) else line
+        line = line.removeprefix(prefix)
     return shown(line)
 
 
@@ -185,7 +164,7 @@ def memory(pid: int) -> dict[str, float]:
         for line in f:
             key, _, rest = line.partition(":")
             if key in SMAPS_FIELDS:
-                values[key] = int(rest.split()[0]) * KIB / MIB
+                values[key] = int(rest.split()[0]) / 1024  # kB
     return {"rss": values["Rss"], "pss": values["Pss"],
             "uss": values["Private_Clean"] + values["Private_Dirty"]}
 
@@ -274,24 +253,14 @@ def run_child(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return stops.INTERRUPTED
         except FAILURES as e:
-            print(f"{PROG}: {one_line(e)}", file=sys.stderr)
-            return 1
-
-
-@contextlib.contextmanager
-def stop_signals_held() -> Iterator[None]:
-    """Within ``with``: the stop signals wait (delivered at its end)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops.STOP_SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops.STOP_SIGNALS)
+            return cli.say(PROG, one_line(e), cli.FAILED)
 
 
 def end_child(process: subprocess.Popen) -> None:
     """Stop a row's process (SIGTERM; it ends its loader workers), killed if it has not ended
-    within CHILD_STOP_S; the stop signals wait meanwhile."""
-    with stop_signals_held():
+    within CHILD_STOP_S; the stop signals wait meanwhile (delivered once it has ended)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops.STOP_SIGNALS)
+    try:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
         try:
@@ -299,16 +268,17 @@ def end_child(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.communicate()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops.STOP_SIGNALS)
 
 
 def measure_variant(args: argparse.Namespace, variant: str, cache: str) -> dict:
     """Run one variant in a fresh process; its figures (MeasureError when it fails)."""
-    command = [sys.executable, os.path.abspath(__file__), args.folder, "--child", variant,
-               "--cache", cache, "--workers", str(args.workers), "--batch_size",
-               str(args.batch_size), "--patch_size", str(args.patch_size), "--steps",
-               str(args.steps)]
+    numbers = [f"--{name}={getattr(args, name)}" for name in ("workers", "batch_size", "patch_size", "steps")]
+    command = [sys.executable, "-m", MODULE, os.path.abspath(args.folder), "--child", variant,
+               "--cache", os.path.abspath(cache), *numbers]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, errors="backslashreplace")
+                               cwd=cli.REPOSITORY, text=True, errors="backslashreplace")
     try:
         out, err = process.communicate(timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -334,6 +304,12 @@ def cache_stamp(cache: str) -> tuple[int, int] | None:
     return info.st_ino, info.st_mtime_ns
 
 
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a Markdown table, its first column text and the others figures (right-aligned)."""
+    return ["| " + " | ".join(cells) + " |" for cells in (header, ["---"] + ["---:"] * (len(header) - 1),
+                                                            *rows)]
+
+
 def startup_tables(args: argparse.Namespace, cache: str) -> str:
     """The start-up and memory tables, one fresh process per variant."""
     results = []
@@ -348,21 +324,17 @@ def startup_tables(args: argparse.Namespace, cache: str) -> str:
                                "measurement): run again")
     lines = [f"Start-up ({results[0]['files']:,} files, {args.workers} workers, batch "
              f"{args.batch_size}, patch {args.patch_size}):", "",
-             "| file list | listed s | listed + stream built s | first batch s | list in main MiB |",
-             "| --- | ---: | ---: | ---: | ---: |"]
-    for r in results:
-        lines.append(f"| {VARIANTS[r['variant']]} | {r['listed_s']:.1f} | {r['built_s']:.1f} | "
-                     f"{r['first_batch_s']:.1f} | {r['source_mib']:.0f} |")
-    lines += ["", f"Cache file: {os.path.getsize(cache) / MIB:.1f} MiB."]
-    for when in ("steps", "touched"):
-        title = (f"after {args.steps} steps" if when == "steps" else
-                 "after each worker looked up the name and path of its whole epoch share")
+             *table(["file list", "listed s", "listed + stream built s", "first batch s",
+                     "list in main MiB"],
+                    [[VARIANTS[r["variant"]], f"{r['listed_s']:.1f}", f"{r['built_s']:.1f}",
+                      f"{r['first_batch_s']:.1f}", f"{r['source_mib']:.0f}"] for r in results]),
+             "", f"Cache file: {os.path.getsize(cache) / MIB:.1f} MiB."]
+    for when, title in (("steps", f"after {args.steps} steps"), ("touched", "after each worker looked "
+                        "up the name and path of its whole epoch share")):
         lines += ["", f"Memory {title} (MiB, RSS / PSS / USS):", "",
-                  "| file list | " + " | ".join(results[0][when]) + " |",
-                  "| --- |" + " ---: |" * len(results[0][when])]
-        for r in results:
-            cells = [f"{m['rss']:.0f} / {m['pss']:.0f} / {m['uss']:.0f}" for m in r[when].values()]
-            lines.append(f"| {VARIANTS[r['variant']]} | " + " | ".join(cells) + " |")
+                  *table(["file list", *results[0][when]],
+                         [[VARIANTS[r["variant"]], *(f"{m['rss']:.0f} / {m['pss']:.0f} / {m['uss']:.0f}"
+                                                     for m in r[when].values())] for r in results])]
     return "\n".join(lines)
 
 
@@ -377,122 +349,97 @@ def throughput_table(args: argparse.Namespace, source) -> str:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _throughput_rows(args, source)
+        lines = [f"Throughput, one core (num_workers=0, 1 torch thread), batch {args.batch_size}, "
+                 f"patch {args.patch_size}, {args.throughput_batches} batches after a warm-up:", "",
+                 *table(["task", "pairs/s", "ms per pair"], [])]
+        for task_id, task in enumerate(TASKS):
+            batches = iter(PairStream(source, list(TASKS), batch_size=args.batch_size,
+                                      patch_size=args.patch_size, task_id=task_id))
+            next(batches)  # warm-up: the first JPEGs, lazy imports, allocations
+            start = time.monotonic()
+            for _ in range(args.throughput_batches):
+                next(batches)
+            lines.append(rate_line(task, args.throughput_batches * args.batch_size,
+                                   time.monotonic() - start))
+        return "\n".join([*lines, decoding_line(args, source)])
     finally:
         torch.set_num_threads(threads)  # as it was: main() may be called in a longer process
 
 
-def _throughput_rows(args: argparse.Namespace, source) -> str:
-    """The throughput table, measured with the torch threads as they are."""
-    lines = [f"Throughput, one core (num_workers=0, 1 torch thread), batch {args.batch_size}, "
-             f"patch {args.patch_size}, {args.throughput_batches} batches after a warm-up:", "",
-             "| task | pairs/s | ms per pair |", "| --- | ---: | ---: |"]
-    for task_id, task in enumerate(TASKS):
-        stream = PairStream(source, list(TASKS), batch_size=args.batch_size,
-                            patch_size=args.patch_size, task_id=task_id)
-        batches = iter(stream)
-        next(batches)  # warm-up: the first JPEGs, lazy imports, allocations
-        start = time.monotonic()
-        for _ in range(args.throughput_batches):
-            next(batches)
-        lines.append(rate_line(task, args.throughput_batches * args.batch_size,
-                               time.monotonic() - start))
-    load, refs = source.opener(), source.epoch_refs(0, 0, 0, 1)
-    refs = refs[:args.throughput_batches * args.batch_size]  # each file once, at most
+def decoding_line(args: argparse.Namespace, source) -> str:
+    """The throughput row of reading and decoding alone: each file once, at most as many as the
+    tasks' rows took; the files that fail to decode are skipped, as the stream does, and not counted."""
+    load = source.opener()
+    refs = source.epoch_refs(0, 0, 0, 1)[:args.throughput_batches * args.batch_size]
     with contextlib.suppress(ImageReadError):
         load(refs[-1])  # warm-up
     decoded, start = 0, time.monotonic()
     for ref in refs:
-        try:
+        with contextlib.suppress(ImageReadError):
             load(ref)
             decoded += 1
-        except ImageReadError:  # as the stream does: skipped (and not counted)
-            pass
     if not decoded:
         raise MeasureError(f"none of the first {len(refs)} files under {shown(args.folder)} "
                            f"could be decoded")
-    lines.append(rate_line("(reading and decoding the JPEG alone)", decoded,
-                           time.monotonic() - start))
-    return "\n".join(lines)
+    return rate_line("(reading and decoding the JPEG alone)", decoded, time.monotonic() - start)
 
 
-def source_problem(args: argparse.Namespace, source, cache: str) -> tuple[int, str] | None:
-    """(exit status, why) when FOLDER's listing cannot serve the parts asked for, else None."""
-    problem = crop_problem(args, source)
-    if problem:
-        return problem
-    if "startup" not in args.parts:
-        return None
-    if not isinstance(source, FileSource):
-        return BAD_OPTION, (f"FOLDER {shown(args.folder)} holds tar shards: the start-up part "
-                            f"measures folder listings; give --parts throughput")
-    if args.workers > len(source):
-        return BAD_OPTION, (f"--workers {args.workers}: FOLDER {shown(args.folder)} holds "
-                            f"{len(source)} image(s), give at most that many workers")
-    if cache_stamp(cache) is None:  # list_folder does not cache what may still be changing
-        return 1, (f"the listing of FOLDER {shown(args.folder)} was not cached in "
-                   f"{shown(cache)}: a folder under it changed less than "
-                   f"{RECENT_CHANGE_NS / 1e9:.0f} s ago; run again")
-    return None
-
-
-def crop_problem(args: argparse.Namespace, source) -> tuple[int, str] | None:
-    """(exit status, why) when none of the first images can be decoded or holds the largest
-    crop (the stream would read a whole epoch looking for one), else None."""
+def check_source(args: argparse.Namespace, source, cache: str) -> None:
+    """A Refusal when FOLDER's listing cannot serve the parts asked for: none of the first images
+    decodes or holds the largest crop (the stream would read a whole epoch looking for one), or
+    the start-up part cannot measure it."""
     load, sides = source.opener(), []
     refs = source.epoch_refs(0, 0, 0, 1)[:PROBE_IMAGES]
     for ref in refs:
         with contextlib.suppress(ImageReadError):
             sides.append(min(load(ref).shape[-2:]))
+    folder = f"FOLDER {shown(args.folder)}"
     if not sides:
-        return 1, (f"none of the first {len(refs)} files under FOLDER {shown(args.folder)} "
-                   f"could be decoded")
+        raise cli.Refusal(f"none of the first {len(refs)} files under {folder} could be decoded")
     crop = args.patch_size * MAX_SCALE
     if max(sides) < crop:
-        return BAD_OPTION, (f"--patch_size {args.patch_size}: sr{MAX_SCALE}'s {crop}x{crop} "
-                            f"crops are larger than the first images of FOLDER (short sides up "
-                            f"to {max(sides)}); give at most {max(sides) // MAX_SCALE}")
-    return None
+        raise cli.Refusal(f"--patch_size {args.patch_size}: sr{MAX_SCALE}'s {crop}x{crop} crops are larger "
+                          f"than the first images of FOLDER (short sides up to {max(sides)}); give at most "
+                          f"{max(sides) // MAX_SCALE}", cli.BAD_OPTION)
+    if "startup" not in args.parts:
+        return
+    if not isinstance(source, FileSource):
+        raise cli.Refusal(f"{folder} holds tar shards: the start-up part measures folder listings; give "
+                          f"--parts throughput", cli.BAD_OPTION)
+    if args.workers > len(source):
+        raise cli.Refusal(f"--workers {args.workers}: {folder} holds {len(source)} image(s), give at "
+                          f"most that many workers", cli.BAD_OPTION)
+    if cache_stamp(cache) is None:  # list_folder does not cache what may still be changing
+        raise cli.Refusal(f"the listing of {folder} was not cached in {shown(cache)}: a folder under it "
+                          f"changed less than {RECENT_CHANGE_NS / 1e9:.0f} s ago; run again")
 
 
-def measure(args: argparse.Namespace, scratch: str) -> int:
-    """Print the tables asked for; 0, or the exit status of a refusal."""
-    cache = args.cache if args.cache is not None else os.path.join(scratch, FILE_LIST)
-    source = open_source(args.folder, listing_cache=cache)
-    refused = source_problem(args, source, cache)
-    if refused:
-        print(f"{PROG}: {refused[1]}", file=sys.stderr)
-        return refused[0]
-    print(f"measured: {shown(args.folder)}, python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
-    if "startup" in args.parts:
-        print(startup_tables(args, cache) + "\n", flush=True)
-    if "throughput" in args.parts:
-        print(throughput_table(args, source), flush=True)
+def measure(args: argparse.Namespace) -> int:
+    """Print the tables asked for; 0 (a Refusal when FOLDER cannot serve them)."""
+    with tempfile.TemporaryDirectory(prefix="measure_loading.") as scratch:
+        cache = args.cache if args.cache is not None else os.path.join(scratch, FILE_LIST)
+        source = open_source(args.folder, listing_cache=cache)
+        check_source(args, source, cache)
+        print(f"measured: {shown(args.folder)}, python {sys.version.split()[0]}, "
+              f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}", flush=True)
+        if "startup" in args.parts:
+            print(startup_tables(args, cache) + "\n", flush=True)
+        if "throughput" in args.parts:
+            print(throughput_table(args, source), flush=True)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Measure and print the tables; 0, 1 for a failed measurement, 2 for a bad command line,
-    130 when stopped."""
+    """Measure and print the tables; the exit status (0, 1, 2 or 130, as the docstring above says)."""
     args = parse_args(argv)
     if args.child:
         return run_child(args)
     problem = check_paths(args)
     if problem:
-        print(f"{PROG}: {problem}", file=sys.stderr)
-        return BAD_OPTION
-    with stops.StopSignals(raise_=True):
-        try:
-            with tempfile.TemporaryDirectory(prefix="measure_loading.") as scratch:
-                return measure(args, scratch)
-        except KeyboardInterrupt as stop:
-            print(f"{PROG}: stopped by {stops.signal_name(stops.stop_signal(stop))}: the "
-                  f"tables printed so far are complete", file=sys.stderr)
-            return stops.INTERRUPTED
-        except FAILURES as e:
-            print(f"{PROG}: {one_line(e)}", file=sys.stderr)
-            return 1
+        return cli.say(PROG, problem, cli.BAD_OPTION)
+    return cli.run_stoppable(PROG, lambda stop: measure(args), lambda signum: (
+        f"stopped by {stops.signal_name(signum)}: the tables printed so far are complete"),
+        FAILURES, one_line)
 
 
 if __name__ == "__main__":

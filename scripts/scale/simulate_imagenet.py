@@ -1,7 +1,7 @@
 """Build a stand-in for ImageNet's train set at its full size, cheaply, to measure data loading.
 
-    python scripts/simulate_imagenet.py ROOT [--files 1281167] [--classes 1000] [--pool 128]
-                                             [--shards N] [--shard_members 128] [--seed 0]
+    python -m scripts.scale.simulate_imagenet ROOT [--files 1281167] [--classes 1000] [--pool 128]
+                                                   [--shards N] [--shard_members 128] [--seed 0]
 
 Writes ROOT/pool/pool-NNN.JPEG: ``--pool`` real JPEGs of ImageNet's usual sizes (500x375,
 375x500, 500x333, 500x500; quality 95, ~90 KB on average), random crops of the scikit-image
@@ -12,7 +12,7 @@ HARD LINK to a pool file, so the tree costs directory entries, not 140 GB (ext4 
 links to a file: the pool must be at least files / 65000). With ``--shards N``, also
 ROOT/shards/shard-NNNNNN.tar, N tar shards of ``--shard_members`` members each (copies of pool
 files named like ImageNet's, so N x members x ~100 KB of disk) and their shards.json, as
-scripts/make_shards.py writes them.
+make_shards writes them.
 
 Each class folder is built under ROOT/.building and renamed into ROOT/train when complete, so
 Ctrl-C, SIGTERM or SIGUSR1 (to the process or its group) leave complete classes only (exit status
@@ -36,11 +36,7 @@ import tarfile
 import time
 from collections.abc import Sequence
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-import stops  # noqa: E402  (loads no torch)
+import stops  # loads no torch
 
 if __name__ == "__main__":  # a stop signal while torch loads is kept, not a silent kill
     stops.early()
@@ -51,6 +47,9 @@ import utility  # noqa: E402
 from data.images import open_regular  # noqa: E402
 from data.sources import SHARD_INDEX, TAR_BLOCK  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
+from report import printable as shown  # noqa: E402
+from scripts.cli import BAD_OPTION, FAILED, check_limits, kind_of, path_problem, run_stoppable, say  # noqa: E402
+from scripts.scale.make_shards import SHARD_NAME  # noqa: E402
 
 IMAGENET_FILES = 1281167  # ILSVRC-2012 train images
 IMAGENET_CLASSES = 1000
@@ -64,28 +63,22 @@ SCALE_JITTER = (1.0, 1.6)  # the crop covers 1/1..1/1.6 of the resized photo's s
 MAX_IMAGE_NUMBER = 60000  # ImageNet's file numbers (nXXXXXXXX_K) run up to about this
 WNID_RANGE = (1_000_000, 15_000_000)  # ImageNet's WordNet ids n01440764 .. n15075141
 PROGRESS_EVERY_S = 5.0
-SHARD_NAME = "shard-{:06d}.tar"
 RECORD = "simulated.json"
 RECORD_MAX_BYTES = 64 << 10  # the record is a few hundred bytes; anything larger is not one
 OPTIONS = ("files", "classes", "pool", "shards", "shard_members", "seed")  # kept in the record
 BUILDING = ".building"
-BAD_OPTION = 2
 PROG = "simulate_imagenet.py"
 # Upper limits of the options: beyond them a run would fill the disk or memory, or run for days.
 # Every file's number is held in memory (class_names, and the names of build_shards).
-MAX_FILES = 20_000_000  # above ImageNet-21k's 14.2M images
-MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
-MAX_POOL = 10_000  # ~1 GB of JPEGs, a few minutes to make
-MAX_SHARDS = 100_000  # shards.json at ~40 bytes a shard stays far below the stream's 16 MiB
-MAX_SHARD_MEMBERS = 100_000
-MAX_SEED = 2 ** 63 - 1  # as main.py's --seed
+LIMITS = {"files": (1, 20_000_000),  # above ImageNet-21k's 14.2M images
+          "classes": (1, 100_000),  # ImageNet-21k has 21,841
+          "pool": (1, 10_000),  # ~1 GB of JPEGs, a few minutes to make
+          "shards": (0, 100_000),  # shards.json at ~40 bytes a shard stays far below the stream's 16 MiB
+          "shard_members": (1, 100_000), "seed": (0, 2 ** 63 - 1)}  # the seed as main.py's --seed
 # Disk estimates, checked against the free space before anything is written
 MEAN_JPEG_BYTES = 100 << 10  # the pool's JPEGs: 93-97 KB on average, measured
 ENTRY_BYTES = 64  # a directory entry of ROOT/train: 71 MB for 1.28M links, measured on ext4
 GIB = 1 << 30
-LIMITS = {"files": (1, MAX_FILES), "classes": (1, MAX_CLASSES), "pool": (1, MAX_POOL),
-          "shards": (0, MAX_SHARDS), "shard_members": (1, MAX_SHARD_MEMBERS),
-          "seed": (0, MAX_SEED)}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -99,10 +92,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--shard_members", type=int, default=DEFAULT_POOL, help="images per shard")
     p.add_argument("--seed", type=int, default=0, help="seed of names, sizes and crops")
     args = p.parse_args(argv)
-    for name, (least, most) in LIMITS.items():
-        value = getattr(args, name)
-        if not least <= value <= most:
-            p.error(f"--{name} {value}: give {least} to {most:,}")
+    check_limits(p, args, LIMITS)
     if args.classes > args.files:
         p.error(f"--classes {args.classes}: give at most --files ({args.files})")
     if args.pool * MAX_LINKS < args.files:
@@ -111,42 +101,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def shown(text: str) -> str:
-    """``text`` (a path, or a message holding one) printable whatever bytes its names have."""
-    try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a lone surrogate no file name can hold
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def path_problem(path: str) -> str | None:
-    """Why ``path`` can be no file name (empty, a NUL byte, characters it cannot be encoded
-    with), or None."""
-    if not path:
-        return "is empty"
-    if "\0" in path:
-        return "holds a NUL byte"
-    try:
-        os.fsencode(path)
-    except UnicodeError:
-        return "holds characters no file name can hold"
-    return None
-
-
-def kind_of(path: str) -> str:
-    """What ``path`` is, in a few words ("a named pipe (FIFO)", "a file", ...)."""
-    mode = os.stat(path).st_mode
-    return utility.file_kind(mode, "a file")
-
-
 def read_record(root: str) -> dict | None:
     """ROOT/simulated.json, None if there is none; ValueError if it is not this script's."""
     path = os.path.join(root, RECORD)
     if not os.path.lexists(path):
         return None
     try:
-        with open_regular(path) as f:
-            record = json.loads(f.read(RECORD_MAX_BYTES + 1) or b"null")
+        record = json.loads(utility.read_small_file(path, RECORD_MAX_BYTES) or b"null")
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot be read ({getattr(e, 'strerror', None) or e})") from None
     if not isinstance(record, dict) or not all(utility.is_count(record.get(k)) for k in OPTIONS):
@@ -165,24 +126,20 @@ def check_root(args: argparse.Namespace) -> str | None:
     while not os.path.lexists(above):  # the path itself, or the part of it that exists
         above = os.path.dirname(above)
     if not os.path.isdir(above):
-        try:
-            kind = kind_of(above)
-        except OSError:
-            kind = "a broken link"
         where = "is" if above == os.path.abspath(root) else f"is under {shown(above)}, which is"
-        return f"{named} {where} {kind}: give a new folder, or one this script built"
+        return f"{named} {where} {kind_of(above)}: give a new folder, or one this script built"
     try:
         record = read_record(root)
     except ValueError as e:
         return f"{named}/{RECORD} {e}: give a new folder"
-    wanted = {k: getattr(args, k) for k in OPTIONS}
     if record is None and os.path.lexists(os.path.join(root, "train")):
         return f"{named}/train exists but {RECORD} does not (not built by this script): " \
                f"give a new folder"
-    if record is not None and {k: record[k] for k in OPTIONS} != wanted:
+    if record is not None and {k: record[k] for k in OPTIONS} != {k: getattr(args, k) for k in OPTIONS}:
         before = " ".join(f"--{k} {record[k]}" for k in OPTIONS)
         return f"{named} holds a tree built with {before}: give those options, or a new folder"
-    return None
+    why = utility.unwritable(nearest_folder(root))  # a file is created there and removed
+    return f"{named} cannot be written ({why}): give a folder you can write" if why else None
 
 
 def nearest_folder(path: str) -> str:
@@ -191,15 +148,6 @@ def nearest_folder(path: str) -> str:
     while not os.path.isdir(where):
         where = os.path.dirname(where)
     return where
-
-
-def unwritable(root: str) -> str | None:
-    """Why ROOT (or the folder it would be made in) cannot be written, or None; a file is
-    created there and removed to find out."""
-    why = utility.unwritable(nearest_folder(root))
-    if why:
-        return f"ROOT {shown(root)} cannot be written ({why}): give a folder you can write"
-    return None
 
 
 def space_problem(args: argparse.Namespace) -> str | None:
@@ -333,34 +281,6 @@ def _write_tar(path: str, names: Sequence[str], data: Sequence[bytes], first: in
             tar.addfile(info, io.BytesIO(blob))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Build the tree; 0 when complete, 130 when stopped (complete classes kept), 1 on a failed
-    write or too little disk space, 2 for a bad command line."""
-    args = parse_args(argv)
-    with stops.StopSignals(raise_=True):
-        try:
-            problem = check_root(args) or unwritable(args.root)
-            if problem:
-                print(f"{PROG}: {problem}", file=sys.stderr)
-                return BAD_OPTION
-            problem = space_problem(args)
-            if problem:
-                print(f"{PROG}: {problem}", file=sys.stderr)
-                return 1
-            return build(args)
-        except KeyboardInterrupt as stop:
-            print(f"{PROG}: stopped by {stops.signal_name(stops.stop_signal(stop))}: "
-                  f"{shown(args.root)}/train holds the classes finished so far (a partial tree "
-                  f"the stream can read); run the same command again to finish it",
-                  file=sys.stderr)
-            return stops.INTERRUPTED
-        except OSError as e:  # SaveError names the file, the reason and the free space
-            why = str(e) if isinstance(e, utility.SaveError) else \
-                f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
-            print(f"{PROG}: cannot build {shown(args.root)}: {shown(why)}", file=sys.stderr)
-            return 1
-
-
 def build(args: argparse.Namespace) -> int:
     """The pool, the class folders and the shards, recorded in ROOT/simulated.json; 0."""
     start = time.monotonic()
@@ -382,6 +302,29 @@ def build(args: argparse.Namespace) -> int:
           + (f" and {args.shards} shards of {args.shard_members}" if args.shards else "")
           + f" in {seconds:.0f} s", flush=True)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Build the tree; 0 when complete, 130 when stopped (complete classes kept), 1 on a failed
+    write or too little disk space, 2 for a bad command line."""
+    args = parse_args(argv)
+
+    def job(stop: stops.StopSignals) -> int:
+        problem = check_root(args)
+        if problem:
+            return say(PROG, problem, BAD_OPTION)
+        problem = space_problem(args)
+        return say(PROG, problem, FAILED) if problem else build(args)
+
+    def failed(e: OSError) -> str:  # SaveError names the file, the reason and the free space
+        why = str(e) if isinstance(e, utility.SaveError) else \
+            f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+        return f"cannot build {shown(args.root)}: {shown(why)}"
+
+    return run_stoppable(PROG, job, lambda signum: (
+        f"stopped by {stops.signal_name(signum)}: {shown(args.root)}/train holds the classes "
+        f"finished so far (a partial tree the stream can read); run the same command again to "
+        f"finish it"), (OSError,), failed)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The tools for data at ImageNet scale."""
