@@ -247,7 +247,7 @@ def restore_quantised(model: nn.Module, image: Tensor, task_id: int,
 # - the blending of the tiles and the x8 ensemble's mean (see model/tiling.py);
 # - the quantisation to 8-bit levels (bf16 has no fractional bits from 128 up, so rounding a
 #   bf16 value to levels would round twice) and the metrics; PSNR and SSIM convert to float64
-#   (utility._as_batch), which autocast leaves alone, so even SSIM's window conv2d would stay
+#   (metrics._as_batch), which autocast leaves alone, so even SSIM's window conv2d would stay
 #   exact inside it (Set5 baby x2: identical values);
 # - LayerNorm and softmax follow autocast's policy, unchanged: on CUDA it runs them in fp32; on
 #   the CPU it leaves them in their input's dtype (bf16), where torch's kernels compute in fp32

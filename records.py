@@ -151,6 +151,11 @@ STUDY = {
                    **dict.fromkeys(STUDY_TEXTS, TEXT), "pool": strings(), "command": strings()},
 }
 
+# RUN/.lock, written by the process that runs there (runlock.py); anything else reads as no holder
+LOCK = {"type": "object", "required": ["host", "pid"],
+        "properties": {"host": {"type": "string", "maxLength": 255}, "pid": count(1, 2 ** 31 - 1),
+                       "started": optional(TEXT), "command": TEXT, "run_id": optional(TEXT)}}
+
 # simulated.json of scripts/scale/simulate_imagenet: the options a simulated tree was made with
 SIMULATED = mapping(PLAIN, 64)
 
@@ -277,4 +282,4 @@ def numeric_fields(schema: object, path: str = "") -> list[tuple[str, dict]]:
 
 SCHEMAS = {"training.json": TRAINING, "state.pt": STATE, "safetensors metadata": SAFETENSORS_METADATA,
            "architecture": ARCHITECTURE, "shards.json": SHARDS, "metrics.json": METRICS,
-           "study.json": STUDY, "simulated.json": SIMULATED, "file list": FILE_LIST_META}
+           "study.json": STUDY, "simulated.json": SIMULATED, ".lock": LOCK, "file list": FILE_LIST_META}

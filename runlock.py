@@ -2,7 +2,7 @@
 
 On the holder's host it is alive while its process runs (its PID and start time); the lock of
 another host is alive while the holder renews it. The lock is read like every record, through
-``utility.read_small_file``; a lock that is not a regular file is refused, never removed.
+``utility.read_small_file`` and records.LOCK; a lock that is not a regular file is refused, never removed.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import stat
 import threading
 import time
 
+import records
 from utility import FILE_MODE, O_NONBLOCK, file_kind, read_small_file, remove_stale_temporaries
 
 # set by torchrun: the same for every restart of one job, "none" for every job without --rdzv_id
@@ -119,7 +120,7 @@ class RunLock:
                 raise LockError(f"{self.path} is {file_kind(info.st_mode)}, not a lock file this program "
                                 f"wrote: move it away, then start again")
             holder = json.loads(read_small_file(self.path))
-            holder = holder if isinstance(holder, dict) else {}
+            holder = holder if records.problem(holder, records.LOCK) is None else {}
             holder["renewed"] = info.st_mtime
         except (OSError, ValueError, RecursionError):
             holder = {}
@@ -129,8 +130,8 @@ class RunLock:
     def _stale(self, holder: dict) -> str | None:
         """Why the holder no longer runs; None while it may."""
         if holder.get("host") == socket.gethostname():
-            pid = holder.get("pid")
-            if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or pid == os.getpid():
+            pid = holder.get("pid")  # checked by records.LOCK
+            if pid is None or pid == os.getpid():
                 return "its record names no other process"
             started = process_start(pid)
             if not pid_exists(pid) or (holder.get("started") and started != holder.get("started")):

@@ -39,6 +39,7 @@ def valid_records() -> dict[str, object]:
         "metrics.json": {"results": {"Set5": {"sr2": {"psnr": 30.5, "ssim": 0.9, "per_image": {}}}}},
         "study.json": {"seeds": [0, 1], "pool": ["a.png"], "command": ["python", "-m", "scripts.study"]},
         "file list": [1, 5, 2, 0],
+        ".lock": {"host": "node1", "pid": 1234, "started": "boot:99", "command": "main.py", "run_id": None},
     }
 
 
