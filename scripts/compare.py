@@ -2,26 +2,11 @@
 
     python -m scripts.compare [--seconds 480] [--threads 1] [--doc docs/COMPARE.md]
 
-``--seconds`` bounds the whole run, from the start of the script to the doc written: imports,
-probes, training and evaluation. The script
-
-1. probes inference: counts each model's GFLOPs and times its inference (IPT's ``official`` and
-   ``fast`` tiling, Restormer whole) on a crop of a Sample test photo, after a warm-up;
-2. calibrates training: for each task (denoise30, derain) and model, times the set-up up to a
-   first step and a few training steps of a throwaway model, for about 2% of the budget;
-3. plans: picks the evaluation whose predicted cost fits in EVAL_SHARE of the time left (IPT's
-   ``official`` tiling on the two whole Sample test photos, else ``fast`` tiling on them, else
-   ``fast`` tiling on centre crops of the photos, as large as fit; Restormer always runs whole),
-   and splits the rest evenly among the four trainings; it stops with a message if the budget
-   cannot hold a second of training per model and task;
-4. trains each model from scratch with a cosine schedule through the project's Trainer for its
-   share (the step count from the calibrated speed; it stops at the share's deadline if the
-   machine slows), and evaluates it as planned.
-
-Both models see the same crops, degradations, optimiser, test pixels and metrics. The table,
-with what the run used, is printed and written to the doc. ``--threads`` sets torch's threads
-(default 1: the data loader's 2 worker processes run beside them, and on cores shared with other
-busy processes more threads made inference and training 10x to 30x slower).
+``--seconds`` bounds the whole run, from the start of the script to the doc written. The script
+times each model's inference and a few training steps, picks the most faithful evaluation that
+fits (``choose_plan``), splits the rest evenly among the four trainings (each model from scratch,
+cosine schedule, through the project's Trainer) and evaluates. Both models see the same crops,
+degradations, optimiser, test pixels and metrics; the table is printed and written to ``--doc``.
 """
 from __future__ import annotations
 
