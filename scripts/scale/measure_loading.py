@@ -101,11 +101,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def check_paths(args: argparse.Namespace) -> str | None:
     """What is wrong with FOLDER or --cache (nothing is written), or None."""
     problem = cli.path_problem(args.folder)
+    if problem is None and not os.path.isdir(args.folder):
+        problem = f"is {cli.kind_of(args.folder)}" if os.path.lexists(args.folder) else "does not exist"
     if problem:
         return f"FOLDER {shown(args.folder)} {problem}: give a folder of images"
-    if not os.path.isdir(args.folder):
-        what = "does not exist" if not os.path.lexists(args.folder) else f"is {cli.kind_of(args.folder)}"
-        return f"FOLDER {shown(args.folder)} {what}: give a folder of images"
     if "startup" in args.parts and not os.path.exists(SMAPS):
         return f"--parts startup reads {SMAPS} (Linux 4.14 and later), missing here: give " \
                f"--parts throughput"
@@ -125,9 +124,8 @@ def cache_problem(cache: str) -> str | None:
     if not os.path.isdir(folder):
         return f"{named}: its folder does not exist; give a file in an existing folder"
     why = utility.unwritable(folder)
-    if why:
-        return f"{named}: its folder cannot be written ({why}); give a file in a folder you can write"
-    return None
+    return (f"{named}: its folder cannot be written ({why}); give a file in a folder you can write"
+            if why else None)
 
 
 def one_line(error: BaseException) -> str:

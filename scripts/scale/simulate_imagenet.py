@@ -233,14 +233,15 @@ def build_shards(root: str, classes: list[tuple[str, list[int]]], shards: int, m
     by an interrupted run is kept."""
     folder = os.path.join(root, "shards")
     os.makedirs(folder, exist_ok=True)
-    names = [os.path.join(root, "train", w, f"{w}_{k}.JPEG") for w, numbers in classes for k in numbers]
+    names = [f"{w}/{w}_{k}.JPEG" for w, numbers in classes for k in numbers]
     random.Random(seed).shuffle(names)
     counts, progress = {}, Progress("shards", shards)
     for s in range(shards):
         name = SHARD_NAME.format(s)
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
-            write_shard(path, root, [names[(s * members + m) % len(names)] for m in range(members)])
+            chunk = [names[(s * members + m) % len(names)] for m in range(members)]
+            write_shard(path, root, [os.path.join(root, "train", member) for member in chunk])
         counts[name] = members
         progress.update(s + 1)
     progress.update(shards, force=True)
