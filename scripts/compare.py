@@ -33,7 +33,7 @@ from data.benchmark import BenchmarkSet, Pair  # noqa: E402
 from model import build_model  # noqa: E402
 from option import parse_args, settings  # noqa: E402
 from report import markdown_table  # noqa: E402
-from scripts.cli import BAD_OPTION, REPOSITORY, say  # noqa: E402
+from scripts.cli import BAD_OPTION, REPOSITORY, Refusal, say  # noqa: E402
 from scripts.hostinfo import machine  # noqa: E402
 
 DOC = os.path.join(REPOSITORY, "docs", "COMPARE.md")
@@ -65,10 +65,6 @@ MIN_CROP = 48
 MIN_TRAIN_SECONDS = 1.0  # per model and task: below this the budget is refused
 FLOP_SIDE = 48  # GFLOPs are counted on one 48x48 input (IPT's patch) and scaled to a megapixel
 INFERENCE = {"ipt": ("official", "fast"), "restormer": ("whole",)}  # tilers, preferred first
-
-
-class BudgetTooShort(RuntimeError):
-    """--seconds cannot hold the run on this machine."""
 
 
 def reserve(seconds: float) -> float:
@@ -262,12 +258,12 @@ def calibration_seconds(seconds: float) -> float:
     return min(MAX_CALIBRATION_SECONDS, CALIBRATION_SHARE * seconds)
 
 
-def too_short(budget: Budget, needed: float, what: str) -> BudgetTooShort:
-    """The error for a budget that cannot hold ``needed`` more seconds of ``what``."""
+def too_short(budget: Budget, needed: float, what: str) -> Refusal:
+    """The refusal of a budget that cannot hold ``needed`` more seconds of ``what``."""
     least = math.ceil(budget.seconds + needed - budget.left())
-    return BudgetTooShort(f"--seconds {budget.seconds:g} is too short on this machine: after "
-                          f"{budget.elapsed():.0f} s, {what} need about {needed:.0f} s more than "
-                          f"the {max(0.0, budget.left()):.0f} s left; give --seconds {least} or more")
+    return Refusal(f"--seconds {budget.seconds:g} is too short on this machine: after {budget.elapsed():.0f} "
+                   f"s, {what} need about {needed:.0f} s more than the {max(0.0, budget.left()):.0f} s left; "
+                   f"give --seconds {least} or more", BAD_OPTION)
 
 
 # ---- training ----------------------------------------------------------------------------
@@ -419,8 +415,8 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as workdir:
             result = compare(budget, workdir)
-    except BudgetTooShort as e:
-        return say("compare.py", str(e), BAD_OPTION)
+    except Refusal as e:
+        return say("compare.py", str(e), e.status)
     finally:
         torch.set_num_threads(threads)
     result.elapsed = budget.elapsed()
