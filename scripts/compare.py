@@ -2,26 +2,11 @@
 
     python -m scripts.compare [--seconds 480] [--threads 1] [--doc docs/COMPARE.md]
 
-``--seconds`` bounds the whole run, from the start of the script to the doc written: imports,
-probes, training and evaluation. The script
-
-1. probes inference: counts each model's GFLOPs and times its inference (IPT's ``official`` and
-   ``fast`` tiling, Restormer whole) on a crop of a Sample test photo, after a warm-up;
-2. calibrates training: for each task (denoise30, derain) and model, times the set-up up to a
-   first step and a few training steps of a throwaway model, for about 2% of the budget;
-3. plans: picks the evaluation whose predicted cost fits in EVAL_SHARE of the time left (IPT's
-   ``official`` tiling on the two whole Sample test photos, else ``fast`` tiling on them, else
-   ``fast`` tiling on centre crops of the photos, as large as fit; Restormer always runs whole),
-   and splits the rest evenly among the four trainings; it stops with a message if the budget
-   cannot hold a second of training per model and task;
-4. trains each model from scratch with a cosine schedule through the project's Trainer for its
-   share (the step count from the calibrated speed; it stops at the share's deadline if the
-   machine slows), and evaluates it as planned.
-
-Both models see the same crops, degradations, optimiser, test pixels and metrics. The table,
-with what the run used, is printed and written to the doc. ``--threads`` sets torch's threads
-(default 1: the data loader's 2 worker processes run beside them, and on cores shared with other
-busy processes more threads made inference and training 10x to 30x slower).
+``--seconds`` bounds the whole run, from the start of the script to the doc written. The script
+times each model's inference and a few training steps, picks the most faithful evaluation that
+fits (``choose_plan``), splits the rest evenly among the four trainings (each model from scratch,
+cosine schedule, through the project's Trainer) and evaluates. Both models see the same crops,
+degradations, optimiser, test pixels and metrics; the table is printed and written to ``--doc``.
 """
 from __future__ import annotations
 
@@ -48,7 +33,7 @@ from data.benchmark import BenchmarkSet, Pair  # noqa: E402
 from model import build_model  # noqa: E402
 from option import parse_args, settings  # noqa: E402
 from report import markdown_table  # noqa: E402
-from scripts.cli import BAD_OPTION, REPOSITORY, say  # noqa: E402
+from scripts.cli import BAD_OPTION, REPOSITORY, Refusal, say  # noqa: E402
 from scripts.hostinfo import machine  # noqa: E402
 
 DOC = os.path.join(REPOSITORY, "docs", "COMPARE.md")
@@ -80,10 +65,6 @@ MIN_CROP = 48
 MIN_TRAIN_SECONDS = 1.0  # per model and task: below this the budget is refused
 FLOP_SIDE = 48  # GFLOPs are counted on one 48x48 input (IPT's patch) and scaled to a megapixel
 INFERENCE = {"ipt": ("official", "fast"), "restormer": ("whole",)}  # tilers, preferred first
-
-
-class BudgetTooShort(RuntimeError):
-    """--seconds cannot hold the run on this machine."""
 
 
 def reserve(seconds: float) -> float:
@@ -277,12 +258,12 @@ def calibration_seconds(seconds: float) -> float:
     return min(MAX_CALIBRATION_SECONDS, CALIBRATION_SHARE * seconds)
 
 
-def too_short(budget: Budget, needed: float, what: str) -> BudgetTooShort:
-    """The error for a budget that cannot hold ``needed`` more seconds of ``what``."""
+def too_short(budget: Budget, needed: float, what: str) -> Refusal:
+    """The refusal of a budget that cannot hold ``needed`` more seconds of ``what``."""
     least = math.ceil(budget.seconds + needed - budget.left())
-    return BudgetTooShort(f"--seconds {budget.seconds:g} is too short on this machine: after "
-                          f"{budget.elapsed():.0f} s, {what} need about {needed:.0f} s more than "
-                          f"the {max(0.0, budget.left()):.0f} s left; give --seconds {least} or more")
+    return Refusal(f"--seconds {budget.seconds:g} is too short on this machine: after {budget.elapsed():.0f} "
+                   f"s, {what} need about {needed:.0f} s more than the {max(0.0, budget.left()):.0f} s left; "
+                   f"give --seconds {least} or more", BAD_OPTION)
 
 
 # ---- training ----------------------------------------------------------------------------
@@ -434,8 +415,8 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as workdir:
             result = compare(budget, workdir)
-    except BudgetTooShort as e:
-        return say("compare.py", str(e), BAD_OPTION)
+    except Refusal as e:
+        return say("compare.py", str(e), e.status)
     finally:
         torch.set_num_threads(threads)
     result.elapsed = budget.elapsed()

@@ -88,15 +88,13 @@ def phases(out: str, pretrain_steps: int, finetune_steps: int) -> list[Phase]:
 
 # ---- What is done already (--resume) -----------------------------------------------------
 def training_record(p: Phase) -> dict:
-    """The step, max_steps and finished of phase p's RUN/model/training.json; None for each
-    when it is missing or unreadable (not started / unknown)."""
-    record = records.read_training_record(os.path.join(p.save, LATEST)) or {}
-    return {key: record.get(key) for key in ("step", "max_steps", "finished")}
+    """Phase p's RUN/model/training.json ({} when it is missing or unreadable: not started / unknown)."""
+    return records.read_training_record(os.path.join(p.save, LATEST)) or {}
 
 
 def steps_done(p: Phase) -> int:
     """The steps phase p's training run has taken, 0 if unknown."""
-    step = training_record(p)["step"]
+    step = training_record(p).get("step")
     return step if isinstance(step, int) else 0
 
 
@@ -108,27 +106,21 @@ def fresh(path: str, since: str) -> bool:
         return False
 
 
-def state(plan: list[Phase], i: int) -> str:
-    """"done" when phase i finished, "stopped" when its training was interrupted, after the phase
-    whose checkpoint it reads was done; else "" (to run afresh)."""
+def mode(plan: list[Phase], i: int, resume: bool) -> str:
+    """With --resume, "skip" when phase i finished and "resume" when its training was interrupted,
+    after the phase whose checkpoint it reads was done; else "run" (afresh)."""
     p = plan[i]
     producer = next((j for j, q in enumerate(plan) if os.path.join(q.save, LATEST) == p.source), None)
-    if producer is not None and state(plan, producer) != "done":
-        return ""
+    if not resume or (producer is not None and mode(plan, producer, resume) != "skip"):
+        return "run"
     if not p.steps:
-        return "done" if all(fresh(os.path.join(p.save, name), p.source) for name in REPORTS) else ""
+        return "skip" if all(fresh(os.path.join(p.save, name), p.source) for name in REPORTS) else "run"
     r = training_record(p)
-    if r["max_steps"] != p.steps:
-        return ""
-    if r["finished"] is True and fresh(os.path.join(p.save, LATEST), p.source):
-        return "done"
-    return "stopped" if r["finished"] is False and fresh(os.path.join(p.save, STATE), p.source) else ""
-
-
-def mode(plan: list[Phase], i: int, resume: bool) -> str:
-    """skip (done), resume (continue its training) or run (afresh)."""
-    found = state(plan, i) if resume else ""
-    return {"done": "skip", "stopped": "resume"}.get(found, "run")
+    if r.get("max_steps") != p.steps:
+        return "run"
+    if r.get("finished") is True and fresh(os.path.join(p.save, LATEST), p.source):
+        return "skip"
+    return "resume" if r.get("finished") is False and fresh(os.path.join(p.save, STATE), p.source) else "run"
 
 
 def arguments(p: Phase, how: str, threads: int = 0) -> list[str]:
@@ -245,14 +237,11 @@ def call_main(args: list[str]) -> int:
 def resume_command(a: argparse.Namespace) -> str:
     """The command that continues this quickstart."""
     words = ["python", "-m", "scripts.quickstart", "--resume"]
-    if os.path.normpath(a.out) != os.path.normpath(OUT):
-        words += ["--out", a.out]
-    if a.pretrain_steps != PRETRAIN_STEPS:
-        words += ["--pretrain_steps", str(a.pretrain_steps)]
-    if a.finetune_steps != FINETUNE_STEPS:
-        words += ["--finetune_steps", str(a.finetune_steps)]
-    if a.threads:
-        words += ["--threads", str(a.threads)]
+    for name, default in (("out", OUT), ("pretrain_steps", PRETRAIN_STEPS),
+                          ("finetune_steps", FINETUNE_STEPS), ("threads", 0)):
+        value = str(getattr(a, name))
+        if os.path.normpath(value) != os.path.normpath(str(default)):  # --out ./experiment/quickstart too
+            words += [f"--{name}", value]
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -330,9 +319,7 @@ class Journey:
             if p.steps:
                 r = training_record(p)
                 now = f"{self.ran[i]} in this session" if self.ran.get(i) is not None else "done before"
-                step = "?" if r["step"] is None else r["step"]
-                total = p.steps if r["max_steps"] is None else r["max_steps"]
-                lines.append(f"{head} {step}/{total} steps ({now}), "
+                lines.append(f"{head} {r.get('step', '?')}/{r.get('max_steps', p.steps)} steps ({now}), "
                              f"{os.path.join(p.save, LATEST)}")
             else:
                 done = "" if i in self.ran else " (done before)"

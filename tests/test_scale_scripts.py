@@ -411,15 +411,34 @@ def test_measure_startup_needs_the_listing_cached(tmp_path, capsys, monkeypatch,
     assert cache.is_file()
 
 
+@pytest.fixture(scope="module")
+def measuring(tree, tmp_path_factory) -> dict:
+    """The runs of the two tests below, started together (each takes seconds to import torch and
+    start its processes), each in its own session: {"process"/"group": a start-up measurement of
+    MAX_STEPS steps, "failing": a row's process on a folder without images}."""
+    empty = tmp_path_factory.mktemp("no_images")
+    (empty / "a.txt").write_text("no image")
+    commands = {how: [*MEASURE, tree, "--parts", "startup", "--steps", str(measure_loading.MAX_STEPS),
+                      "--workers", "1"] for how in ("process", "group")}
+    commands["failing"] = [*MEASURE, str(empty), "--child", "list", "--cache", str(empty / "list.npz"),
+                           "--workers", "1", "--steps", "2"]
+    runs = {name: subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, start_new_session=True) for name, command in commands.items()}
+    yield runs
+    for process in runs.values():  # what a failed test left
+        for pid in session(process.pid):
+            os.kill(pid, signal.SIGKILL)
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
 @pytest.mark.parametrize("how,sig", [("process", signal.SIGTERM), ("group", signal.SIGINT)])
-def test_measure_stops_cleanly(tmp_path, tree, how, sig):
+def test_measure_stops_cleanly(measuring, how, sig):
     """A stop while a row's process runs its loader worker: exit status 130, one line, and the
     row's process and its worker gone. Before: SIGTERM killed the parent alone (its row's
     process and worker ran on, up to 30 minutes); SIGINT to the group printed tracebacks."""
-    process = subprocess.Popen([*MEASURE, tree, "--parts", "startup", "--steps",
-                                str(measure_loading.MAX_STEPS), "--workers", "1"], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = measuring[how]
     wait_for(lambda: len(session(process.pid)) >= 3 or process.poll() is not None)
     status, err, left = stopped(process, how, sig)
     assert status == 130 and not left, (err, left)
@@ -427,15 +446,13 @@ def test_measure_stops_cleanly(tmp_path, tree, how, sig):
     assert f"stopped by {signal.Signals(sig).name}" in line
 
 
-def test_measure_a_failing_row_process_ends(tmp_path):
+def test_measure_a_failing_row_process_ends(measuring):
     """A row's process whose loader worker fails (no image to read) ends with one line. Before:
     it printed a traceback and then waited forever at exit for its worker, which ignores the
     SIGTERM multiprocessing ends workers with (its parent, and `timeout`, waited too)."""
-    (tmp_path / "a.txt").write_text("no image")
-    done = subprocess.run([*MEASURE, str(tmp_path), "--child", "list", "--cache",
-                           str(tmp_path / "list.npz"), "--workers", "1", "--steps", "2"],
-                          capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, cwd=ROOT)
-    assert done.returncode == 1, done.stderr
-    last = done.stderr.strip().splitlines()[-1]
+    process = measuring["failing"]
+    _, err = process.communicate(timeout=PROBE_TIMEOUT_S)
+    assert process.returncode == 1, err
+    last = err.strip().splitlines()[-1]
     assert last.startswith("measure_loading.py: ") and "cannot feed 1 loader workers" in last
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in err

@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, config_from
 from model import IPT
 
-PROBE_TIMEOUT_S = 60  # a probe takes about 3 s (most of it importing torch)
+PROBE_TIMEOUT_S = 120  # a probe takes about 3 s alone (most of it importing torch), all at once longer
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +39,29 @@ PROBES = [  # (script, arguments ({ckpt}: the sr2+mim file, {tmp}: a fresh folde
 ]
 
 
-@pytest.mark.parametrize("script,args,status,says", PROBES,
-                         ids=[f"{p[0]}-{p[3]}" for p in PROBES])
-def test_a_bad_argument_is_refused_in_one_line(tmp_path, sr2_mim, script, args, status, says):
-    argv = [a.format(ckpt=sr2_mim, tmp=tmp_path) for a in args]
-    done = subprocess.run([sys.executable, "-m", f"scripts.{script}", *argv],
-                          cwd=ROOT, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
-    lines = done.stderr.strip().splitlines()
-    assert done.returncode == status, done.stderr
-    assert len(lines) == 1 and says in lines[0], done.stderr
-    assert not os.path.exists(tmp_path / "out.pt")  # nothing written before a refusal
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory, sr2_mim) -> dict:
+    """Every probe of PROBES started at once (each importing torch takes seconds), each with its
+    own fresh folder: {probe's index: (process, folder)}."""
+    started = {}
+    for i, (script, args, _, _) in enumerate(PROBES):
+        folder = tmp_path_factory.mktemp(f"probe{i}")
+        argv = [a.format(ckpt=sr2_mim, tmp=folder) for a in args]
+        started[i] = subprocess.Popen([sys.executable, "-m", f"scripts.{script}", *argv], cwd=ROOT,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), folder
+    yield started
+    for process, _ in started.values():
+        if process.poll() is None:  # its test failed before it ended
+            process.kill()
+        process.communicate()
+
+
+@pytest.mark.parametrize("i", range(len(PROBES)), ids=[f"{p[0]}-{p[3]}" for p in PROBES])
+def test_a_bad_argument_is_refused_in_one_line(probes, i):
+    _, _, status, says = PROBES[i]
+    process, folder = probes[i]
+    _, err = process.communicate(timeout=PROBE_TIMEOUT_S)
+    lines = err.strip().splitlines()
+    assert process.returncode == status, err
+    assert len(lines) == 1 and says in lines[0], err
+    assert not os.path.exists(folder / "out.pt")  # nothing written before a refusal

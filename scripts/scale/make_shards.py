@@ -2,16 +2,11 @@
 
     python -m scripts.scale.make_shards SRC_FOLDER OUT_FOLDER [--per_shard 1000] [--seed 0 | --sorted]
 
-Writes OUT/shard-000000.tar, ... with the files' bytes as they are, named by their path relative
-to SRC, and OUT/shards.json with the image count of each shard (so that readers need not scan
-the shards). Files are packed in a shuffled order (seeded) unless --sorted: the training stream
-shuffles the shards each epoch but reads the members of a shard in order, and ImageNet sorted
-by path is grouped by class.
-
-Links are followed, each folder entered once (links to a folder or its parent end): a link to a
-file is packed as the file it points to, a regular member; a pipe, a device, a link to one, and
-a broken or looping link are skipped and counted (one line on stderr). OUT must be a folder, or
-not exist yet: anything else is exit status 2.
+Writes OUT/shard-000000.tar, ... (the files' bytes, named by their path relative to SRC) and
+OUT/shards.json with each shard's image count, so that readers need not scan the shards. The order
+is shuffled (seeded) unless --sorted: the stream shuffles the shards each epoch but reads a
+shard's members in order, and ImageNet sorted by path is grouped by class. Links are followed,
+each folder entered once; what is not a readable regular file is skipped and counted on stderr.
 """
 from __future__ import annotations
 

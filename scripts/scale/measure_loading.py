@@ -3,32 +3,16 @@
     python -m scripts.scale.measure_loading FOLDER [--workers 4] [--batch_size 16] [--patch_size 48]
         [--steps 300] [--throughput_batches 30] [--parts startup,throughput] [--cache FILE]
 
-FOLDER is what the stream reads (e.g. the ROOT/train of scripts.scale.simulate_imagenet). Prints
-Markdown tables:
-
-- start-up and memory, each row in a fresh process: the time to list FOLDER and build the
-  `PairStream`, then to the first batch through ``DataLoader(stream, batch_size=None,
-  num_workers=W)``; then RSS, PSS and USS (from /proc/PID/smaps_rollup; PSS and USS are what
-  count when workers share pages) of the main process and of each worker after ``--steps``
-  steps, and again after every worker has looked up the name and path of each file of its share
-  of an epoch (what a whole epoch does to the pages of the file list). Rows: the file list as two
-  Python lists of str (the code before the compact index, walked), the compact index walked with
-  the listing cached, and the compact index from that cache;
-- throughput: steady pairs per second of one core (``num_workers=0``, one torch thread, after a
-  warm-up batch) for each task, its task fixed by ``task_id``.
-
-Figures on a shared machine move with the other load: run it when the machine is quiet.
-
-A bad command line is one line on stderr and exit status 2 (FOLDER not a folder of images,
---cache not a file that can be written, a number out of range, an unknown part); a failed
-measurement one line and exit status 1. SIGINT, SIGTERM or SIGUSR1, to this process or its whole
-process group, stop it within seconds (exit status 130): the fresh process measuring a row and
-its loader workers are ended first.
+FOLDER is what the stream reads (e.g. the ROOT/train of scripts.scale.simulate_imagenet); the
+Markdown tables it prints, and what their rows mean, are described in docs/SCALING.md. Each
+start-up row runs in a fresh process. Exit status: 1 for a failed measurement, 2 for a bad
+command line, 130 when SIGINT, SIGTERM or SIGUSR1 (to it or its process group) stopped it, the
+row's process and its loader workers ended first. Figures on a shared machine move with the
+other load: run it when the machine is quiet.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -37,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import stops  # loads no torch
 
@@ -117,11 +101,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def check_paths(args: argparse.Namespace) -> str | None:
     """What is wrong with FOLDER or --cache (nothing is written), or None."""
     problem = cli.path_problem(args.folder)
+    if problem is None and not os.path.isdir(args.folder):
+        problem = f"is {cli.kind_of(args.folder)}" if os.path.lexists(args.folder) else "does not exist"
     if problem:
         return f"FOLDER {shown(args.folder)} {problem}: give a folder of images"
-    if not os.path.isdir(args.folder):
-        what = "does not exist" if not os.path.lexists(args.folder) else f"is {cli.kind_of(args.folder)}"
-        return f"FOLDER {shown(args.folder)} {what}: give a folder of images"
     if "startup" in args.parts and not os.path.exists(SMAPS):
         return f"--parts startup reads {SMAPS} (Linux 4.14 and later), missing here: give " \
                f"--parts throughput"
@@ -141,20 +124,13 @@ def cache_problem(cache: str) -> str | None:
     if not os.path.isdir(folder):
         return f"{named}: its folder does not exist; give a file in an existing folder"
     why = utility.unwritable(folder)
-    if why:
-        return f"{named}: its folder cannot be written ({why}); give a file in a folder you can write"
-    return None
+    return (f"{named}: its folder cannot be written ({why}); give a file in a folder you can write"
+            if why else None)
 
 
 def one_line(error: BaseException) -> str:
     """An error in one line: a loader worker's own error (its last line), else the first line."""
-    text = str(error).strip() or type(error).__name__
-    lines = text.splitlines()
-    line = lines[-1] if "Original Traceback" in text else lines[0]
-    for prefix in (f"{type(error).__module__}.{type(error).__name__}: ",
-                   f"{type(error).__name__}: "):
-        line = line.removeprefix(prefix)
-    return shown(line)
+    return shown(utility.last_line(error))
 
 
 def memory(pid: int) -> dict[str, float]:
@@ -366,33 +342,35 @@ def throughput_table(args: argparse.Namespace, source) -> str:
         torch.set_num_threads(threads)  # as it was: main() may be called in a longer process
 
 
+def decoded(load: Callable, refs: Sequence[int]) -> Iterator:
+    """The images of ``refs`` that ``load`` decodes; the others are skipped, as the stream skips them."""
+    for ref in refs:
+        try:
+            image = load(ref)
+        except ImageReadError:
+            continue
+        yield image
+
+
 def decoding_line(args: argparse.Namespace, source) -> str:
     """The throughput row of reading and decoding alone: each file once, at most as many as the
-    tasks' rows took; the files that fail to decode are skipped, as the stream does, and not counted."""
-    load = source.opener()
-    refs = source.epoch_refs(0, 0, 0, 1)[:args.throughput_batches * args.batch_size]
-    with contextlib.suppress(ImageReadError):
-        load(refs[-1])  # warm-up
-    decoded, start = 0, time.monotonic()
-    for ref in refs:
-        with contextlib.suppress(ImageReadError):
-            load(ref)
-            decoded += 1
-    if not decoded:
+    tasks' rows took; the files that fail to decode are not counted."""
+    load, refs = source.opener(), source.epoch_refs(0, 0, 0, 1)[:args.throughput_batches * args.batch_size]
+    next(decoded(load, refs[-1:]), None)  # warm-up
+    start = time.monotonic()
+    count = sum(1 for _ in decoded(load, refs))
+    if not count:
         raise MeasureError(f"none of the first {len(refs)} files under {shown(args.folder)} "
                            f"could be decoded")
-    return rate_line("(reading and decoding the JPEG alone)", decoded, time.monotonic() - start)
+    return rate_line("(reading and decoding the JPEG alone)", count, time.monotonic() - start)
 
 
 def check_source(args: argparse.Namespace, source, cache: str) -> None:
     """A Refusal when FOLDER's listing cannot serve the parts asked for: none of the first images
     decodes or holds the largest crop (the stream would read a whole epoch looking for one), or
     the start-up part cannot measure it."""
-    load, sides = source.opener(), []
     refs = source.epoch_refs(0, 0, 0, 1)[:PROBE_IMAGES]
-    for ref in refs:
-        with contextlib.suppress(ImageReadError):
-            sides.append(min(load(ref).shape[-2:]))
+    sides = [min(image.shape[-2:]) for image in decoded(source.opener(), refs)]
     folder = f"FOLDER {shown(args.folder)}"
     if not sides:
         raise cli.Refusal(f"none of the first {len(refs)} files under {folder} could be decoded")

@@ -3,36 +3,21 @@
     python -m scripts.scale.simulate_imagenet ROOT [--files 1281167] [--classes 1000] [--pool 128]
                                                    [--shards N] [--shard_members 128] [--seed 0]
 
-Writes ROOT/pool/pool-NNN.JPEG: ``--pool`` real JPEGs of ImageNet's usual sizes (500x375,
-375x500, 500x333, 500x500; quality 95, ~90 KB on average), random crops of the scikit-image
-photos the project ships as samples (`data.sample`), resized, flipped, with Gaussian grain
-(sigma 6) added, as those photos are smoother than most of ImageNet's. Then ROOT/train/nXXXXXXXX/
-nXXXXXXXX_K.JPEG, ``--files`` entries in ``--classes`` folders named as ImageNet's are: each a
-HARD LINK to a pool file, so the tree costs directory entries, not 140 GB (ext4 allows 65000
-links to a file: the pool must be at least files / 65000). With ``--shards N``, also
-ROOT/shards/shard-NNNNNN.tar, N tar shards of ``--shard_members`` members each (copies of pool
-files named like ImageNet's, so N x members x ~100 KB of disk) and their shards.json, as
-make_shards writes them.
-
-Each class folder is built under ROOT/.building and renamed into ROOT/train when complete, so
-Ctrl-C, SIGTERM or SIGUSR1 (to the process or its group) leave complete classes only (exit status
-130, a partial tree that the stream can read); running again finishes it. ROOT/simulated.json
-records the options when the build starts, and what was built and how long it took once the tree
-is complete (``"complete": true``); running again with other options, or on a ROOT/train that
-this script did not build, is refused (exit status 2): give a new ROOT. Every option has an upper
-limit (LIMITS), and the disk's free space is checked against the tree's estimated size before
-anything is written (exit status 1).
+ROOT/pool holds ``--pool`` real JPEGs made from the sample photos; ROOT/train/nXXXXXXXX/
+nXXXXXXXX_K.JPEG are ``--files`` HARD LINKS to them in ``--classes`` folders named as ImageNet's,
+so the tree costs directory entries, not 140 GB; ``--shards N`` adds ROOT/shards as make_shards
+writes them (docs/SCALING.md). A stop (exit status 130) leaves complete classes only, and running
+again finishes the tree; ROOT/simulated.json records the options, and other options on the same
+ROOT are refused (exit status 2).
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import random
 import shutil
 import sys
-import tarfile
 import time
 from collections.abc import Sequence
 
@@ -44,12 +29,11 @@ if __name__ == "__main__":  # a stop signal while torch loads is kept, not a sil
 import numpy as np  # noqa: E402
 
 import utility  # noqa: E402
-from data.images import open_regular  # noqa: E402
 from data.sources import SHARD_INDEX, TAR_BLOCK  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 from report import printable as shown  # noqa: E402
 from scripts.cli import BAD_OPTION, FAILED, check_limits, kind_of, path_problem, run_stoppable, say  # noqa: E402
-from scripts.scale.make_shards import SHARD_NAME  # noqa: E402
+from scripts.scale.make_shards import SHARD_NAME, write_shard  # noqa: E402
 
 IMAGENET_FILES = 1281167  # ILSVRC-2012 train images
 IMAGENET_CLASSES = 1000
@@ -122,9 +106,7 @@ def check_root(args: argparse.Namespace) -> str | None:
     problem = path_problem(root)
     if problem:
         return f"{named} {problem}: give a folder to build"
-    above = os.path.abspath(root)
-    while not os.path.lexists(above):  # the path itself, or the part of it that exists
-        above = os.path.dirname(above)
+    above = nearest(root)
     if not os.path.isdir(above):
         where = "is" if above == os.path.abspath(root) else f"is under {shown(above)}, which is"
         return f"{named} {where} {kind_of(above)}: give a new folder, or one this script built"
@@ -138,14 +120,14 @@ def check_root(args: argparse.Namespace) -> str | None:
     if record is not None and {k: record[k] for k in OPTIONS} != {k: getattr(args, k) for k in OPTIONS}:
         before = " ".join(f"--{k} {record[k]}" for k in OPTIONS)
         return f"{named} holds a tree built with {before}: give those options, or a new folder"
-    why = utility.unwritable(nearest_folder(root))  # a file is created there and removed
+    why = utility.unwritable(above)  # a file is created there and removed
     return f"{named} cannot be written ({why}): give a folder you can write" if why else None
 
 
-def nearest_folder(path: str) -> str:
-    """``path`` if it is a folder, else the nearest folder above it (where it would be made)."""
+def nearest(path: str) -> str:
+    """``path`` if it exists, else the nearest folder above it that does (where it would be made)."""
     where = os.path.abspath(path)
-    while not os.path.isdir(where):
+    while not os.path.lexists(where):
         where = os.path.dirname(where)
     return where
 
@@ -156,7 +138,7 @@ def space_problem(args: argparse.Namespace) -> str | None:
                   for i in range(args.shards))  # a run again writes only what is missing
     shard_bytes = missing * args.shard_members * (MEAN_JPEG_BYTES + 2 * TAR_BLOCK)
     need = args.pool * MEAN_JPEG_BYTES + args.files * ENTRY_BYTES + shard_bytes
-    free = shutil.disk_usage(nearest_folder(args.root)).free
+    free = shutil.disk_usage(nearest(args.root)).free
     if need <= free:
         return None
     return (f"the tree needs about {need / GIB:,.1f} GiB ({shard_bytes / GIB:,.1f} GiB of it "
@@ -244,15 +226,13 @@ def build_train(root: str, pool: Sequence[str], classes: list[tuple[str, list[in
     return done
 
 
-def build_shards(root: str, pool: Sequence[str], classes: list[tuple[str, list[int]]],
-                 shards: int, members: int, seed: int) -> int:
-    """``shards`` tars of ``members`` pool copies named like ImageNet's, and their shards.json."""
+def build_shards(root: str, classes: list[tuple[str, list[int]]], shards: int, members: int,
+                 seed: int) -> int:
+    """``shards`` tars of ``members`` copies of ROOT/train's files (in a seeded order, again from
+    the first after the last), under their names, and their shards.json; a shard already written
+    by an interrupted run is kept."""
     folder = os.path.join(root, "shards")
     os.makedirs(folder, exist_ok=True)
-    data = []
-    for p in pool:  # what make_pool wrote: regular files of ~100 KB
-        with open_regular(p) as f:
-            data.append(f.read())
     names = [f"{w}/{w}_{k}.JPEG" for w, numbers in classes for k in numbers]
     random.Random(seed).shuffle(names)
     counts, progress = {}, Progress("shards", shards)
@@ -261,24 +241,12 @@ def build_shards(root: str, pool: Sequence[str], classes: list[tuple[str, list[i
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             chunk = [names[(s * members + m) % len(names)] for m in range(members)]
-            first = s * members  # atomic_write calls the writer at once: this iteration's values
-            utility.atomic_write(path, lambda tmp, chunk=chunk, first=first:
-                                 _write_tar(tmp, chunk, data, first))
+            write_shard(path, root, [os.path.join(root, "train", member) for member in chunk])
         counts[name] = members
         progress.update(s + 1)
     progress.update(shards, force=True)
     utility.write_json(os.path.join(folder, SHARD_INDEX), {"shards": counts})
     return shards * members
-
-
-def _write_tar(path: str, names: Sequence[str], data: Sequence[bytes], first: int) -> None:
-    """A tar of the pool's bytes (in turn, from ``first``) under ``names``."""
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for i, name in enumerate(names):
-            blob = data[(first + i) % len(data)]
-            info = tarfile.TarInfo("train/" + name)
-            info.size, info.mtime = len(blob), 0
-            tar.addfile(info, io.BytesIO(blob))
 
 
 def build(args: argparse.Namespace) -> int:
@@ -290,8 +258,8 @@ def build(args: argparse.Namespace) -> int:
     pool = make_pool(os.path.join(args.root, "pool"), args.pool, args.seed)
     classes = class_names(args.classes, args.files, args.seed)
     files = build_train(args.root, pool, classes)
-    members = (build_shards(args.root, pool, classes, args.shards, args.shard_members,
-                            args.seed) if args.shards else 0)
+    members = (build_shards(args.root, classes, args.shards, args.shard_members, args.seed)
+               if args.shards else 0)
     seconds = time.monotonic() - start
     sizes = [os.path.getsize(p) for p in pool]
     record = {**options, "complete": True, "pool_mean_bytes": round(sum(sizes) / len(sizes)),
