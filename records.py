@@ -156,8 +156,16 @@ LOCK = {"type": "object", "required": ["host", "pid"],
         "properties": {"host": {"type": "string", "maxLength": 255}, "pid": count(1, 2 ** 31 - 1),
                        "started": optional(TEXT), "command": TEXT, "run_id": optional(TEXT)}}
 
-# simulated.json of scripts/scale/simulate_imagenet: the options a simulated tree was made with
-SIMULATED = mapping(PLAIN, 64)
+# simulated.json: the options a tree of scripts.scale.simulate_imagenet was made with, and the
+# bounds of those options (beyond them a run would fill the disk or memory, or run for days)
+SIMULATED = {
+    "type": "object", "required": ["files", "classes", "pool", "shards", "shard_members", "seed"],
+    "properties": {"files": count(1, 20_000_000),  # above ImageNet-21k's 14.2M images
+                   "classes": count(1, 100_000),  # ImageNet-21k has 21,841
+                   "pool": count(1, 10_000),  # ~1 GB of JPEGs, a few minutes to make
+                   "shards": count(0, 100_000),  # shards.json stays far below its 16 MiB
+                   "shard_members": count(1, 100_000), "seed": count(0, MAX_SEED), "complete": BOOL},
+}
 
 # the cached file list's counts (its arrays are checked against these, and by their digest)
 FILE_LIST_META = {"type": "array", "minItems": 4, "maxItems": 4,

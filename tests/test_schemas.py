@@ -39,6 +39,8 @@ def valid_records() -> dict[str, object]:
         "metrics.json": {"results": {"Set5": {"sr2": {"psnr": 30.5, "ssim": 0.9, "per_image": {}}}}},
         "study.json": {"seeds": [0, 1], "pool": ["a.png"], "command": ["python", "-m", "scripts.study"]},
         "file list": [1, 5, 2, 0],
+        "simulated.json": {"files": 1000, "classes": 10, "pool": 20, "shards": 2, "shard_members": 8,
+                           "seed": 2 ** 62, "complete": True},
         ".lock": {"host": "node1", "pid": 1234, "started": "boot:99", "command": "main.py", "run_id": None},
     }
 

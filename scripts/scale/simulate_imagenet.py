@@ -28,6 +28,7 @@ if __name__ == "__main__":  # a stop signal while torch loads is kept, not a sil
 
 import numpy as np  # noqa: E402
 
+import records  # noqa: E402
 import utility  # noqa: E402
 from data.sources import SHARD_INDEX, TAR_BLOCK  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
@@ -52,13 +53,7 @@ RECORD_MAX_BYTES = 64 << 10  # the record is a few hundred bytes; anything large
 OPTIONS = ("files", "classes", "pool", "shards", "shard_members", "seed")  # kept in the record
 BUILDING = ".building"
 PROG = "simulate_imagenet.py"
-# Upper limits of the options: beyond them a run would fill the disk or memory, or run for days.
-# Every file's number is held in memory (class_names, and the names of build_shards).
-LIMITS = {"files": (1, 20_000_000),  # above ImageNet-21k's 14.2M images
-          "classes": (1, 100_000),  # ImageNet-21k has 21,841
-          "pool": (1, 10_000),  # ~1 GB of JPEGs, a few minutes to make
-          "shards": (0, 100_000),  # shards.json at ~40 bytes a shard stays far below the stream's 16 MiB
-          "shard_members": (1, 100_000), "seed": (0, 2 ** 63 - 1)}  # the seed as main.py's --seed
+LIMITS = {k: (f["minimum"], f["maximum"]) for k, f in records.SIMULATED["properties"].items() if k in OPTIONS}
 # Disk estimates, checked against the free space before anything is written
 MEAN_JPEG_BYTES = 100 << 10  # the pool's JPEGs: 93-97 KB on average, measured
 ENTRY_BYTES = 64  # a directory entry of ROOT/train: 71 MB for 1.28M links, measured on ext4
@@ -94,7 +89,7 @@ def read_record(root: str) -> dict | None:
         record = json.loads(utility.read_small_file(path, RECORD_MAX_BYTES) or b"null")
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot be read ({getattr(e, 'strerror', None) or e})") from None
-    if not isinstance(record, dict) or not all(utility.is_count(record.get(k)) for k in OPTIONS):
+    if records.problem(record, records.SIMULATED):
         raise ValueError("is not this script's record")
     return record
 
