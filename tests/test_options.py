@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
-import sys
 
 import pytest
 import torch
@@ -405,10 +404,9 @@ def test_a_num_heads_against_the_record_of_the_weights_is_refused_naming_both(tm
 
 def test_the_options_reference_is_generated_and_up_to_date():
     """docs/OPTIONS.md is what scripts/options_doc.py writes from the option table, every option in it."""
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    import options_doc
+    from scripts import options_doc
     expected = options_doc.options_markdown()
     with open(options_doc.DOC, encoding="utf-8") as f:
-        assert f.read() == expected, "docs/OPTIONS.md is stale: run python scripts/options_doc.py"
+        assert f.read() == expected, "docs/OPTIONS.md is stale: run python -m scripts.options_doc"
     flags = [flag for action in option_table().values() for flag in action.option_strings]
     assert flags and all(f"| {flag} |" in expected or f"| {flag}, " in expected for flag in flags)
