@@ -139,8 +139,7 @@ def _finish(args: argparse.Namespace) -> None:
     for dest in PATH_OPTIONS:  # "~/runs" from a config file (or --save=~/runs) as a shell would
         if getattr(args, dest):
             setattr(args, dest, os.path.expanduser(getattr(args, dest)))
-    if not 0 <= args.seed <= MAX_SEED:
-        raise ValueError(f"--seed {args.seed}: give an integer from 0 to {MAX_SEED} (2^63 - 1)")
+    _check_numbers(args)
     args.data_train = _split(args.data_train)
     args.scale_given = args.scale is not None
     args.scale = _scales(DEFAULT_SCALE if args.scale is None else args.scale)
@@ -166,7 +165,6 @@ def _finish(args: argparse.Namespace) -> None:
         raise ValueError(f"--data_test {'+'.join(args.data_test)}: {first} and "
                          f"{args.data_test[again]} are both {canonical[again]}; give each set once")
     args.data_test = canonical
-    _check_numbers(args)
     _check_device(args)
     _check_memory(args)
     _check_run(args)
@@ -234,8 +232,6 @@ def _resolve_tasks(args: argparse.Namespace) -> None:
 
 def _check_sigma(args: argparse.Namespace) -> None:
     """--sigma is positive and, with --denoise, prints as the number in the head's name."""
-    if args.sigma <= 0:
-        raise ValueError(f"--sigma must be positive, got {args.sigma}")
     printed = f"{args.sigma:g}"
     if args.denoise and not (SIGMA_IN_NAME.match(printed) and float(printed) == args.sigma):
         raise ValueError(f"--sigma {args.sigma}: names no head denoise<sigma> exactly (it prints as "
@@ -310,9 +306,6 @@ def _check_architecture(args: argparse.Namespace) -> None:
     args.tile_size = table.RESTORMER_TILE if args.tile_size is None else args.tile_size
     if args.tile_size < SIZE_MULTIPLE or args.tile_size % SIZE_MULTIPLE:
         raise ValueError(f"--tile_size {args.tile_size}: must be a positive multiple of {SIZE_MULTIPLE}")
-    for dest in ("dim", "num_refinement_blocks", "ffn_expansion_factor"):
-        if getattr(args, dest) <= 0:
-            raise ValueError(f"--{dest} must be positive, got {getattr(args, dest)}")
     _check_progressive(args)
 
 
@@ -368,9 +361,6 @@ def _check_schedule(args: argparse.Namespace) -> None:
 
 
 def _check_ipt(args: argparse.Namespace) -> None:
-    for dest in ("n_feats", "patch_dim", "num_heads", "num_layers", "patch_size"):
-        if getattr(args, dest) < 1:
-            raise ValueError(f"--{dest} must be at least 1, got {getattr(args, dest)}")
     if args.patch_size % args.patch_dim:
         raise ValueError(f"--patch_size {args.patch_size} is not divisible by --patch_dim {args.patch_dim}")
     if (args.n_feats * args.patch_dim ** 2) % args.num_heads:
@@ -382,10 +372,6 @@ def _check_ipt(args: argparse.Namespace) -> None:
         raise ValueError(f"--chop whole gives IPT each image at once, but its body takes only "
                          f"--patch_size x --patch_size ({args.patch_size}x{args.patch_size}) inputs: "
                          f"use --chop official (the authors' tiling), fast or auto")
-    if not 0 <= args.dropout_rate < 1:
-        raise ValueError(f"--dropout_rate must be in [0, 1), got {args.dropout_rate}")
-    if not 0 < args.mask_ratio < 1:
-        raise ValueError(f"--mask_ratio must be between 0 and 1 (exclusive), got {args.mask_ratio}")
     if args.init_from:
         one_head = args.task_id is not None or len(args.task_names) == 1
         if args.test_only or not args.pretrain or not one_head:
@@ -398,25 +384,29 @@ def _check_ipt(args: argparse.Namespace) -> None:
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    positive = ("patch_size", "crop_batch_size", "rgb_range", "batch_size", "test_every",
-                "print_every", "save_every")
-    for dest in positive:
-        if getattr(args, dest) < 1:
-            raise ValueError(f"--{dest} must be at least 1, got {getattr(args, dest)}")
-    for dest in ("n_threads", "threads", "lr", "gclip", "weight_decay", "epochs", "max_steps", "warmup_steps",
-                 "con_weight", "max_nonfinite", "momentum", "epsilon"):
-        if getattr(args, dest) < 0:
-            raise ValueError(f"--{dest} must not be negative, got {getattr(args, dest)}")
-    for dest in ("gamma", "skip_threshold"):
-        if getattr(args, dest) <= 0:
-            raise ValueError(f"--{dest} must be positive, got {getattr(args, dest)}")
-    from utility import MAX_COUNT, MAX_LOADER_WORKERS  # the ceilings the records share
-    ceilings = {"n_threads": MAX_LOADER_WORKERS, **dict.fromkeys(
-        ("epochs", "max_steps", "warmup_steps", "test_every", "print_every", "save_every", "max_nonfinite"),
-        MAX_COUNT)}
-    for dest, most in ceilings.items():
-        if getattr(args, dest) > most:
-            raise ValueError(f"--{dest} {getattr(args, dest)}: at most {most}")
+    """Each number option within its bounds (one not given, None, has none)."""
+    from utility import MAX_COUNT, MAX_LOADER_WORKERS  # the ceilings the records share (loads torch)
+    bounds = [  # (options, what each must be, the test of a value)
+        (("patch_size", "crop_batch_size", "rgb_range", "batch_size", "test_every", "print_every",
+          "save_every", "n_feats", "patch_dim", "num_heads", "num_layers"), "must be at least 1",
+         lambda v: v >= 1),
+        (("n_threads", "threads", "lr", "gclip", "weight_decay", "epochs", "max_steps", "warmup_steps",
+          "con_weight", "max_nonfinite", "momentum", "epsilon"), "must not be negative", lambda v: v >= 0),
+        (("gamma", "skip_threshold", "sigma", "dim", "num_refinement_blocks", "ffn_expansion_factor"),
+         "must be positive", lambda v: v > 0),
+        (("n_threads",), f"must be at most {MAX_LOADER_WORKERS}", lambda v: v <= MAX_LOADER_WORKERS),
+        (("epochs", "max_steps", "warmup_steps", "test_every", "print_every", "save_every", "max_nonfinite"),
+         f"must be at most {MAX_COUNT}", lambda v: v <= MAX_COUNT),
+        (("dropout_rate",), "must be in [0, 1)", lambda v: 0 <= v < 1),
+        (("mask_ratio",), "must be between 0 and 1 (exclusive)", lambda v: 0 < v < 1),
+        (("seed",), f"must be an integer from 0 to {MAX_SEED} (2^63 - 1)", lambda v: 0 <= v <= MAX_SEED),
+        (("dist_timeout",), f"must be 1 to {MAX_DIST_TIMEOUT} seconds (a week)",
+         lambda v: 1 <= v <= MAX_DIST_TIMEOUT),
+    ]
+    for names, must, ok in bounds:
+        for dest in names:
+            if getattr(args, dest) is not None and not ok(getattr(args, dest)):
+                raise ValueError(f"--{dest} {must}, got {getattr(args, dest)}")
 
 
 def _check_training_data(args: argparse.Namespace) -> None:
@@ -526,9 +516,6 @@ def _check_run(args: argparse.Namespace) -> None:
         given = "--reset" if args.reset else "--resume" if args.resume else "--test_only"
         raise ValueError(f"--auto_resume continues a training run when it can and starts it "
                          f"otherwise: {given} contradicts it, give one of them")
-    if not 1 <= args.dist_timeout <= MAX_DIST_TIMEOUT:
-        raise ValueError(f"--dist_timeout {args.dist_timeout}: give 1 to {MAX_DIST_TIMEOUT} seconds "
-                         f"(a week)")
 
 
 def _data_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
