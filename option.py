@@ -176,15 +176,18 @@ def _finish(args: argparse.Namespace) -> None:
         args.epochs = None  # the authors' 0: no limit
 
 
+def _items(value: object) -> list | tuple:
+    """The items of a list option: a YAML list's, or the text's joined by +."""
+    return value if isinstance(value, (list, tuple)) else str(value).split("+")
+
+
 def _split(value: object) -> list[str]:
-    items = value if isinstance(value, (list, tuple)) else str(value).split("+")
-    return [str(v).strip() for v in items if str(v).strip()]
+    return [str(v).strip() for v in _items(value) if str(v).strip()]
 
 
 def _scales(value: object) -> list[int]:
-    items = value if isinstance(value, (list, tuple)) else str(value).split("+")
     try:
-        scales = [int(v) for v in items]
+        scales = [int(v) for v in _items(value)]
     except ValueError:
         raise ValueError(f"--scale {value!r}: expected integers joined by +, like 2+3+4+1+1+1") from None
     bad = [s for s in scales if s not in SUPPORTED_SCALES]
@@ -313,9 +316,8 @@ def _ints(dest: str, value: object, default: list[int], length: int | None = Non
     """A list option of positive integers joined by + (the default when not given)."""
     if value is None:
         return list(default)
-    items = value if isinstance(value, (list, tuple)) else str(value).split("+")
     try:
-        numbers = [int(v) for v in items]
+        numbers = [int(v) for v in _items(value)]
     except ValueError:
         raise ValueError(f"--{dest} {value!r}: expected integers joined by +") from None
     if (length is not None and len(numbers) != length) or not numbers or min(numbers) < 1:
@@ -351,8 +353,7 @@ def _check_schedule(args: argparse.Namespace) -> None:
         raise ValueError("--schedule cyclic_cosine needs --periods A+B and --eta_mins A+B")
     args.periods = _ints("periods", args.periods, [])
     try:
-        items = args.eta_mins if isinstance(args.eta_mins, (list, tuple)) else str(args.eta_mins).split("+")
-        args.eta_mins = [table.finite_float(str(v)) for v in items]
+        args.eta_mins = [table.finite_float(str(v)) for v in _items(args.eta_mins)]
     except argparse.ArgumentTypeError:
         raise ValueError(f"--eta_mins {args.eta_mins!r}: expected finite numbers joined by +") from None
     if len(args.eta_mins) != len(args.periods) or min(args.eta_mins) < 0:

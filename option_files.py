@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import math
 import os
+import reprlib
 
 import yaml
 
@@ -169,18 +170,13 @@ def _record_value(option: Option, value: object) -> object:
     return value
 
 
-REPR_LIMIT = 60  # characters of a bad value quoted in an error message
-
-
-def _short(value: object) -> str:
-    """repr of a value for a message, cut to REPR_LIMIT characters (a huge YAML alias expansion
-    or record value must not build megabytes of text)."""
-    import reprlib
-    short = reprlib.Repr()
-    short.maxstring = short.maxother = short.maxlong = REPR_LIMIT
-    short.maxlist = short.maxdict = short.maxtuple = 6
-    short.maxlevel = 3
-    return short.repr(value)
+# a bad value quoted in a message, cut short: a huge YAML alias expansion or record value must not
+# build megabytes of text
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+_SHORT.maxlist = _SHORT.maxdict = _SHORT.maxtuple = 6
+_SHORT.maxlevel = 3
+_short = _SHORT.repr
 
 
 def architecture_record(model_name: str, config: object) -> dict:
