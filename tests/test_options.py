@@ -294,6 +294,13 @@ def test_yaml_file_that_is_not_utf8_exits_2(tmp_path, capsys):
     assert code == 2 and str(cfg) in line and "UTF-8" in line
 
 
+def test_yaml_value_that_pyyaml_cannot_build_exits_2(tmp_path, capsys):
+    cfg = tmp_path / "date.yaml"
+    cfg.write_text("save: 2001-13-45\n")  # a timestamp with no month 13: PyYAML raised a ValueError
+    code, line = exit_line(capsys, ["--config", str(cfg)])
+    assert code == 2 and str(cfg) in line and "month" in line
+
+
 def test_yaml_path_that_is_a_directory_exits_2(tmp_path, capsys):
     code, line = exit_line(capsys, ["--config", str(tmp_path)])
     assert code == 2 and str(tmp_path) in line
