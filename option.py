@@ -67,7 +67,7 @@ def build_parser() -> OptionParser:
             how = {"action": "store_true"} if switch else {"type": o.type, "choices": o.choices}
             if o.bare is not None:
                 how.update(nargs="?", const=o.bare)
-            group.add_argument(f"--{o.name}", default=o.default, help=o.help, **how)
+            group.add_argument(f"--{o.name}", default=o.default, help=o.what, **how)
     return p
 
 

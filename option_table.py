@@ -77,12 +77,17 @@ class Option:
     choices: tuple[str, ...] | None = None
     bare: int | None = None  # the value of the option given without one
 
+    @property
+    def what(self) -> str:
+        """Its help: a refused option's is its refusal line, unless it has its own."""
+        return self.help or self.refused or ""
+
 
 GROUPS: list[tuple[str | None, list[Option]]] = [
     (None, [  # argparse's own group
         Option("config", None, None, "YAML file of options; the command line wins"),
         Option("debug", False, SWITCH, "verbose (DEBUG) logging"),
-        Option("template", ".", None, "refused: use --config",
+        Option("template", ".", None,
                refused="--template is not supported: put options in a YAML file and pass --config FILE.yaml"),
     ]),
     ("hardware", [
@@ -104,20 +109,19 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
                "test set(s), A+B: Demo, Sample, Set5, Set14, B100, Urban100, Manga109, CBSD68, Rain100L, "
                "DIV2K (default DIV2K; Rain100L for a derain model)"),
         Option("data_range", "1-800/801-810", None, "DIV2K train/test index ranges", TR),
-        Option("ext", "sep", None, "refused: images are read directly",
+        Option("ext", "sep", None,
                refused="--ext is not needed: images are always read directly from their files"),
         Option("scale", None, None, "one scale per head, A+B (default 4)", RESUME),
         Option("patch_size", 48, int, "LR patch size the body takes", RESUME),
         Option("rgb_range", 255, int, "maximum pixel value", RESUME),
-        Option("n_colors", 3, int, "colour channels (3)",
-               refused="--n_colors must be 3: IPT's mean shift and heads are RGB"),
+        Option("n_colors", 3, int, refused="--n_colors must be 3: IPT's mean shift and heads are RGB"),
         Option("no_augment", False, SWITCH, "no flips/transposes in training", TR),
     ]),
     ("model", [
         Option("model", "ipt", None, "architecture: ipt (the options below) or restormer (its group)",
                RESUME, choices=("ipt", "restormer")),
         Option("n_feats", 64, int, "feature maps", IPT | RESUME),
-        Option("shift_mean", True, boolean, "refused: always on",
+        Option("shift_mean", True, boolean,
                refused="--shift_mean cannot be changed: IPT always shifts by the RGB mean"),
         Option("precision", "single", None,
                "precision of every evaluation (--test_only and validation while training; --amp is "
@@ -129,9 +133,8 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
         Option("num_layers", 12, int, "encoder and decoder layers", IPT | RESUME),
         Option("dropout_rate", 0.0, finite_float, None, IPT | RESUME),
         Option("no_norm", False, SWITCH, "Identity instead of LayerNorm", IPT | RESUME),
-        Option("freeze_norm", False, SWITCH, "refused",
-               refused="--freeze_norm is not part of the released IPT model"),
-        Option("post_norm", False, SWITCH, "refused",
+        Option("freeze_norm", False, SWITCH, refused="--freeze_norm is not part of the released IPT model"),
+        Option("post_norm", False, SWITCH,
                refused="--post_norm is not part of the released IPT model (it is pre-norm)"),
         Option("no_mlp", False, SWITCH, "no linear_encoding, mlp_head or query_embed", IPT | RESUME),
         Option("pos_every", False, SWITCH, "add positions in every layer", IPT | RESUME),
@@ -166,11 +169,11 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
         Option("denoise", False, SWITCH, "the scale-1 head is denoise<sigma>"),
         Option("sigma", 30, finite_float, "noise level for --denoise"),
         Option("derain", False, SWITCH, "the scale-1 head is derain"),
-        Option("derain_test", 1, int, "refused",
+        Option("derain_test", 1, int,
                refused="--derain_test is not supported: test deraining with --data_test Rain100L"),
-        Option("deblur", False, SWITCH, "refused",
+        Option("deblur", False, SWITCH,
                refused="--deblur is not one of IPT's tasks (sr<s>, derain, denoise<sigma>)"),
-        Option("deblur_test", 1, int, "refused",
+        Option("deblur_test", 1, int,
                refused="--deblur_test is not supported: deblurring is not one of IPT's tasks"),
     ]),
     ("testing", [
@@ -188,9 +191,9 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
         Option("metric_channel", "y", None,
                "what psnr/ssim are computed on: the Y channel (IPT) or RGB (Restormer's colour "
                "denoising); both are always reported", choices=("y", "rgb")),
-        Option("test_batch_size", 1, int, "refused above 1",
+        Option("test_batch_size", 1, int,
                refused="--test_batch_size is fixed at 1: bound memory with --crop_batch_size"),
-        Option("split_batch", 1, int, "refused",
+        Option("split_batch", 1, int,
                refused="--split_batch is not supported: bound memory with --crop_batch_size"),
     ]),
     ("training", [
@@ -204,7 +207,7 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
         Option("test_every", 1000, int, "validate every N steps", TRAINING),
         Option("epochs", 300, int, "epochs (0: no limit)", TRAINING),
         Option("batch_size", 16, int, None, TR),
-        Option("gan_k", 1, int, "refused", refused="--gan_k is not supported: IPT has no adversarial loss"),
+        Option("gan_k", 1, int, refused="--gan_k is not supported: IPT has no adversarial loss"),
         Option("lr", 1e-4, finite_float, "learning rate", TR),
         Option("decay", "200", None, "step-decay milestones in epochs, A-B", TR),
         Option("gamma", 0.5, finite_float, "step-decay factor", TR),
@@ -214,8 +217,7 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
         Option("epsilon", 1e-8, finite_float, "Adam epsilon", TR),
         Option("weight_decay", 0.0, finite_float, None, TR),
         Option("gclip", 0.0, finite_float, "gradient clipping (0: none)", TRAINING),
-        Option("loss", "1*L1", None, "fixed to 1*L1",
-               refused="--loss cannot be changed: IPT trains with 1*L1"),
+        Option("loss", "1*L1", None, refused="--loss cannot be changed: IPT trains with 1*L1"),
         Option("skip_threshold", 1e8, finite_float,
                "skip a batch whose loss is this many times the running mean", TRAINING),
         Option("max_steps", 0, int, "training steps (0: --epochs worth)", TRAINING),
@@ -247,7 +249,7 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
     ]),
     ("logging and checkpoints", [
         Option("save", "./experiment/ipt", None, "run directory (logs, results, models)"),
-        Option("load", "", None, "refused: use --save DIR --resume",
+        Option("load", "", None,
                refused="--load is not supported: use --save DIR --resume, or --pretrain FILE"),
         Option("resume", 0, int,
                "bare (or -1): continue training from DIR/state.pt, or with --test_only evaluate "

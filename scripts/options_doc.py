@@ -41,8 +41,8 @@ def what_text(o: Option) -> str:
     if o.choices:
         notes.insert(0, "one of " + ", ".join(o.choices))
     if o.refused:  # its help says what to use instead
-        notes = [] if "refused" in (o.help or "") else ["refused"]
-    return (o.help or "") + (f" ({'; '.join(notes)})" if notes else "")
+        notes = [] if "refused" in o.what else ["refused"]
+    return o.what + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def options_markdown() -> str:
