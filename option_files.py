@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import math
 import os
 import reprlib
+import stat
 
 import yaml
 
@@ -72,24 +74,17 @@ def pretrain_record(path: str) -> tuple[dict | None, str]:
     (None, "") without one. Either is checked by the same rules (``training_record_problem``,
     then ``recorded_architecture``); a damaged one is a RecordError naming it. A .safetensors
     file whose header is damaged has no record here: loading it says what is wrong."""
-    import json
-
-    from model.checkpoint import (
-        ARCHITECTURE_METADATA,
-        CheckpointError,
-        is_safetensors,
-        read_safetensors_metadata,
-    )
+    from model import checkpoint
     from utility import TRAINING_RECORD, RecordError, read_training_record, training_record_problem
-    if is_safetensors(path):
+    if checkpoint.is_safetensors(path):
         try:
-            metadata = read_safetensors_metadata(path)
-        except CheckpointError:
+            metadata = checkpoint.read_safetensors_metadata(path)
+        except checkpoint.CheckpointError:
             return None, ""
-        if ARCHITECTURE_METADATA in metadata:
-            source = f"{path} (its {ARCHITECTURE_METADATA} metadata)"
+        if checkpoint.ARCHITECTURE_METADATA in metadata:
+            source = f"{path} (its {checkpoint.ARCHITECTURE_METADATA} metadata)"
             try:
-                architecture = json.loads(metadata[ARCHITECTURE_METADATA])
+                architecture = json.loads(metadata[checkpoint.ARCHITECTURE_METADATA])
             except (ValueError, RecursionError):
                 architecture = None
             record = {"architecture": architecture}
@@ -146,27 +141,27 @@ def record_contradiction(recorded: dict, given: dict, source: str) -> str:
     return ""
 
 
-def _record_value(option: Option, value: object) -> object:
-    """A JSON value of a record, checked against its option: an int option takes an int (not
+def _record_value(o: Option, value: object) -> object:
+    """A JSON value of a record, checked against its option o: an int option takes an int (not
     16.0, "16" or true), a float option a finite number, a switch a boolean, text a string (a
     list option also a list of its items)."""
-    if isinstance(value, list) and option.name in LIST_SEPARATORS and value:
+    if isinstance(value, list) and o.name in LIST_SEPARATORS and value:
         if not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
             raise ValueError(f"takes a list of numbers or names, not {_short(value)}")
-        return _record_value(option, LIST_SEPARATORS[option.name].join(map(str, value)))
-    if option.type is SWITCH:
+        return _record_value(o, LIST_SEPARATORS[o.name].join(map(str, value)))
+    if o.type is SWITCH:
         ok = isinstance(value, bool)
-    elif option.type is int:
+    elif o.type is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
-    elif option.type is finite_float:
+    elif o.type is finite_float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     else:
         ok = isinstance(value, str)
     if not ok:
         kind = {int: "an integer", finite_float: "a finite number", SWITCH: "true or false"}
-        raise ValueError(f"takes {kind.get(option.type, 'text')}, not {_short(value)}")
-    if option.choices is not None and value not in option.choices:
-        raise ValueError(f"is {_short(value)}, not one of {', '.join(option.choices)}")
+        raise ValueError(f"takes {kind.get(o.type, 'text')}, not {_short(value)}")
+    if o.choices is not None and value not in o.choices:
+        raise ValueError(f"is {_short(value)}, not one of {', '.join(o.choices)}")
     return value
 
 
@@ -238,7 +233,6 @@ def read_config(path: str) -> dict:
 def _config_text(path: str) -> str:
     """The text of an options file: a regular file (a FIFO or device would hang the read) of at
     most CONFIG_MAX_BYTES, UTF-8."""
-    import stat
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
@@ -290,20 +284,20 @@ def _as_written(node: yaml.Node) -> object:
     return None
 
 
-def _config_value(option: Option, value: object) -> object:
+def _config_value(o: Option, value: object) -> object:
     """A YAML value checked and converted as its command-line form would be (ValueError: why not)."""
     if value is None:
         raise ValueError("has no value: remove the key to keep the default")
-    if option.type in (SWITCH, boolean):
+    if o.type in (SWITCH, boolean):
         if not isinstance(value, bool):
             raise ValueError(f"takes true or false (unquoted), not {_short(value)}")
         return value
-    if isinstance(value, list) and option.name in LIST_SEPARATORS:
+    if isinstance(value, list) and o.name in LIST_SEPARATORS:
         if not value:
             raise ValueError("is an empty list: remove the key to keep the default")
-        value = LIST_SEPARATORS[option.name].join(_config_scalar(v) for v in value)
+        value = LIST_SEPARATORS[o.name].join(_config_scalar(v) for v in value)
     text = _config_scalar(value)
-    if option.type is int:
+    if o.type is int:
         if isinstance(value, float):
             raise ValueError(f"takes an integer, not {_short(value)}")
         try:
@@ -311,9 +305,9 @@ def _config_value(option: Option, value: object) -> object:
         except ValueError:
             raise ValueError(f"takes an integer, not {_short(value)}") from None
     else:
-        converted = text if option.type is None else option.type(text)
-    if option.choices is not None and converted not in option.choices:
-        raise ValueError(f"{_short(converted)} is not one of {', '.join(option.choices)}")
+        converted = text if o.type is None else o.type(text)
+    if o.choices is not None and converted not in o.choices:
+        raise ValueError(f"{_short(converted)} is not one of {', '.join(o.choices)}")
     return converted
 
 
