@@ -284,7 +284,7 @@ def _check_architecture(args: argparse.Namespace) -> None:
                              f"({len(args.scale)}, from --scale {'+'.join(map(str, args.scale))})")
         _check_ipt(args)
         return
-    given = [f"--{d}" for d in with_role(table.IPT) if getattr(args, d) != option_table()[d].default]
+    given = [f"--{d}" for d in with_role(table.IPT) if getattr(args, d) != table.OPTIONS[d].default]
     if given:
         raise ValueError(f"{' '.join(given)}: IPT option(s), not used by --model restormer")
     if args.scale != [1]:

@@ -52,7 +52,7 @@ TRAINING = frozenset({"training"})  # changes training only: reported when given
 IPT = frozenset({"ipt"})  # IPT's: refused with --model restormer unless at its default
 RESTORMER = frozenset({"restormer"})  # Restormer's: refused with --model ipt
 RESUME = frozenset({"resume"})  # shapes the model, the data or the schedule: a resumed run keeps it
-TR = TRAINING | RESUME
+TR = TRAINING | RESUME  # most training options: a resumed run keeps them
 
 RESTORMER_TILE = 256  # default --tile_size of Restormer's fast tiling
 DIST_TIMEOUT = 1800  # seconds: torch's own default for the process group, kept
@@ -72,7 +72,7 @@ class Option:
     default: object = None
     type: Callable[[str], object] | None = None  # None: text; SWITCH: takes no value
     help: str | None = None
-    roles: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()  # TRAINING, IPT, RESTORMER, RESUME: what it is for
     refused: str | None = None  # the line refusing any value but the default ({value}: the value)
     choices: tuple[str, ...] | None = None
     bare: int | None = None  # the value of the option given without one
