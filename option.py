@@ -146,25 +146,7 @@ def _finish(args: argparse.Namespace) -> None:
     _check_sigma(args)
     _resolve_tasks(args)
     _check_architecture(args)
-    if args.data_test is None:  # the authors' default; their derain command relies on Rain100L
-        only_derain = args.task_names == ["derain"] or args.task == "derain"
-        args.data_test = "Rain100L" if only_derain else "DIV2K"
-    args.data_test = _split(args.data_test)
-    from data.benchmark import ALL_SETS, DEMO, BenchmarkError, canonical_test_set
-    try:  # an alias (CSet14, set14) is evaluated, and written, as its set (Set14)
-        canonical = [canonical_test_set(d) for d in args.data_test]
-    except BenchmarkError as e:
-        raise ValueError(str(e)) from None
-    unknown = [d for d, c in zip(args.data_test, canonical, strict=False) if c is None]
-    if unknown:
-        raise ValueError(f"--data_test {'+'.join(unknown)}: unknown test set; known: "
-                         f"{', '.join(ALL_SETS)}, {DEMO} (or an alias such as CSet14; any case)")
-    again = next((i for i, c in enumerate(canonical) if c in canonical[:i]), None)
-    if again is not None:
-        first = args.data_test[canonical.index(canonical[again])]
-        raise ValueError(f"--data_test {'+'.join(args.data_test)}: {first} and "
-                         f"{args.data_test[again]} are both {canonical[again]}; give each set once")
-    args.data_test = canonical
+    args.data_test = _test_sets(args)
     _check_device(args)
     _check_memory(args)
     _check_run(args)
@@ -174,6 +156,29 @@ def _finish(args: argparse.Namespace) -> None:
     args.train_range, args.test_range = _data_range(args.data_range)
     if args.epochs == 0:
         args.epochs = None  # the authors' 0: no limit
+
+
+def _test_sets(args: argparse.Namespace) -> list[str]:
+    """--data_test as the known sets it names, each once (the authors' default when not given)."""
+    given = args.data_test
+    if given is None:  # the authors' default; their derain command relies on Rain100L
+        given = "Rain100L" if args.task_names == ["derain"] or args.task == "derain" else "DIV2K"
+    names = _split(given)
+    from data.benchmark import ALL_SETS, DEMO, BenchmarkError, canonical_test_set
+    try:  # an alias (CSet14, set14) is evaluated, and written, as its set (Set14)
+        canonical = [canonical_test_set(d) for d in names]
+    except BenchmarkError as e:
+        raise ValueError(str(e)) from None
+    unknown = [d for d, c in zip(names, canonical, strict=False) if c is None]
+    if unknown:
+        raise ValueError(f"--data_test {'+'.join(unknown)}: unknown test set; known: "
+                         f"{', '.join(ALL_SETS)}, {DEMO} (or an alias such as CSet14; any case)")
+    again = next((i for i, c in enumerate(canonical) if c in canonical[:i]), None)
+    if again is not None:
+        first = names[canonical.index(canonical[again])]
+        raise ValueError(f"--data_test {'+'.join(names)}: {first} and "
+                         f"{names[again]} are both {canonical[again]}; give each set once")
+    return canonical
 
 
 def _items(value: object) -> list | tuple:
