@@ -92,10 +92,9 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
     ]),
     ("hardware", [
         Option("n_threads", 6, int, "data loading workers"),
-        Option("threads", 0, int,
-               "CPU compute threads (0: the cores this process may use less the loader workers, which "
-               "get at most a quarter of them; OMP_NUM_THREADS when set). On a shared or busy CPU, 1 is "
-               "often fastest"),
+        Option("threads", 0, int, "CPU compute threads (0: the cores this process may use less the loader "
+               "workers, which get at most a quarter of them; OMP_NUM_THREADS when set). On a shared or busy "
+               "CPU, 1 is often fastest"),
         Option("cpu", False, SWITCH, "use the CPU even when CUDA is present"),
         Option("n_GPUs", 1, int, "refused above 1: use torchrun",
                refused="--n_GPUs is not supported: use torchrun --nproc_per_node {value} main.py ..."),
@@ -105,9 +104,8 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
         Option("dir_data", "./datasets", None, "root of the datasets", RESUME),
         Option("dir_demo", "../test", None, "folder of images for --data_test Demo"),
         Option("data_train", "DIV2K", None, "training set(s), A+B", TR),
-        Option("data_test", None, None,
-               "test set(s), A+B: Demo, Sample, Set5, Set14, B100, Urban100, Manga109, CBSD68, Rain100L, "
-               "DIV2K (default DIV2K; Rain100L for a derain model)"),
+        Option("data_test", None, None, "test set(s), A+B: Demo, Sample, Set5, Set14, B100, Urban100, "
+               "Manga109, CBSD68, Rain100L, DIV2K (default DIV2K; Rain100L for a derain model)"),
         Option("data_range", "1-800/801-810", None, "DIV2K train/test index ranges", TR),
         Option("ext", "sep", None,
                refused="--ext is not needed: images are always read directly from their files"),
@@ -123,10 +121,9 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
         Option("n_feats", 64, int, "feature maps", IPT | RESUME),
         Option("shift_mean", True, boolean,
                refused="--shift_mean cannot be changed: IPT always shifts by the RGB mean"),
-        Option("precision", "single", None,
-               "precision of every evaluation (--test_only and validation while training; --amp is "
-               "training's): single (fp32), half (fp16 weights, CUDA only) or bf16 (the network's forward "
-               "under autocast, fp32 weights; CUDA, or a CPU with avx512_bf16/amx_bf16)",
+        Option("precision", "single", None, "precision of every evaluation (--test_only and validation while "
+               "training; --amp is training's): single (fp32), half (fp16 weights, CUDA only) or bf16 (the "
+               "network's forward under autocast, fp32 weights; CUDA, or a CPU with avx512_bf16/amx_bf16)",
                choices=("single", "half", "bf16")),
         Option("patch_dim", 3, int, "pixels per token side", IPT | RESUME),
         Option("num_heads", 12, int, "attention heads", IPT | RESUME),
@@ -140,9 +137,8 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
         Option("pos_every", False, SWITCH, "add positions in every layer", IPT | RESUME),
         Option("no_pos", False, SWITCH, "no position embedding", IPT | RESUME),
         Option("num_queries", None, int, "task queries (default: heads)", IPT | RESUME),
-        Option("attention", "auto", None,
-               "math: the authors' arithmetic, bit for bit; sdpa: fused kernels; auto: sdpa on CUDA, "
-               "math on the CPU", IPT, choices=("auto", "math", "sdpa")),
+        Option("attention", "auto", None, "math: the authors' arithmetic, bit for bit; sdpa: fused kernels; "
+               "auto: sdpa on CUDA, math on the CPU", IPT, choices=("auto", "math", "sdpa")),
     ]),
     ("restormer (with --model restormer; defaults: the authors' models)", [
         Option("dim", None, int, "width of level 1 (48)", RESTORMER | RESUME),
@@ -155,9 +151,8 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
         Option("layernorm_type", None, None, "WithBias or BiasFree (WithBias)", RESTORMER | RESUME),
         Option("tile_size", None, int, f"tile side for --chop fast, a multiple of 8 ({RESTORMER_TILE})",
                RESTORMER),
-        Option("progressive_patches", None, None,
-               "progressive training: patch size of each stage, A+B+... (largest = --patch_size)",
-               TR | RESTORMER),
+        Option("progressive_patches", None, None, "progressive training: patch size of each stage, A+B+... "
+               "(largest = --patch_size)", TR | RESTORMER),
         Option("progressive_batches", None, None,
                "batch size of each stage, A+B+... (largest = --batch_size)", TR | RESTORMER),
         Option("progressive_steps", None, None, "steps of each stage, A+B+...", TR | RESTORMER),
@@ -181,16 +176,13 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
         Option("pretrain", "", None, "checkpoint to load"),
         Option("self_ensemble", False, SWITCH, "x8 flips/transposes, averaged"),
         Option("crop_batch_size", 64, int, "tiles per network call"),
-        Option("chop", "auto", None,
-               "whole-image inference: auto (official for IPT, whole for Restormer), official (IPT "
-               "authors' forward_chop), fast (few overlapping tiles), whole (one call)",
+        Option("chop", "auto", None, "whole-image inference: auto (official for IPT, whole for Restormer), "
+               "official (IPT authors' forward_chop), fast (few overlapping tiles), whole (one call)",
                choices=("auto", "official", "fast", "whole")),
-        Option("test_noise", "clipped", None,
-               "denoising test inputs: clipped to [0, 255] (IPT) or not (Restormer)",
-               choices=("clipped", "unclipped")),
-        Option("metric_channel", "y", None,
-               "what psnr/ssim are computed on: the Y channel (IPT) or RGB (Restormer's colour "
-               "denoising); both are always reported", choices=("y", "rgb")),
+        Option("test_noise", "clipped", None, "denoising test inputs: clipped to [0, 255] (IPT) or not "
+               "(Restormer)", choices=("clipped", "unclipped")),
+        Option("metric_channel", "y", None, "what psnr/ssim are computed on: the Y channel (IPT) or RGB "
+               "(Restormer's colour denoising); both are always reported", choices=("y", "rgb")),
         Option("test_batch_size", 1, int,
                refused="--test_batch_size is fixed at 1: bound memory with --crop_batch_size"),
         Option("split_batch", 1, int,
@@ -221,18 +213,16 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
         Option("skip_threshold", 1e8, finite_float,
                "skip a batch whose loss is this many times the running mean", TRAINING),
         Option("max_steps", 0, int, "training steps (0: --epochs worth)", TRAINING),
-        Option("schedule", "step", None,
-               "step: x --gamma at each --decay milestone; cosine: --warmup_steps then cosine; "
-               "cyclic_cosine: one cosine from --lr to each --eta_mins per --periods",
+        Option("schedule", "step", None, "step: x --gamma at each --decay milestone; cosine: --warmup_steps "
+               "then cosine; cyclic_cosine: one cosine from --lr to each --eta_mins per --periods",
                TR, choices=("step", "cosine", "cyclic_cosine")),
         Option("warmup_steps", 0, int, "linear warm-up for --schedule cosine", TR),
         Option("periods", None, None, "steps of each cycle of cyclic_cosine, A+B", TR),
         Option("eta_mins", None, None, "learning rate at the end of each cycle, A+B", TR),
         Option("con_loss", False, SWITCH, "add the contrastive loss on the tokens", TR | IPT),
         Option("con_weight", 0.1, finite_float, "weight of the contrastive loss", TRAINING | IPT),
-        Option("mask_ratio", 0.5, finite_float,
-               "masked image modelling (a mim head): the fraction of the body's tokens masked at random "
-               "per sample", TR | IPT),
+        Option("mask_ratio", 0.5, finite_float, "masked image modelling (a mim head): the fraction of the "
+               "body's tokens masked at random per sample", TR | IPT),
         Option("init_from", "", None,
                "fine-tuning: start the head, tail and query from this head of the --pretrain file (e.g. "
                "mim) instead of the task's own; 'none' keeps them random", TRAINING | IPT),
@@ -241,9 +231,8 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
         Option("amp", "none", None, "mixed precision for training (bf16: CUDA or CPU; fp16: CUDA)",
                TRAINING, choices=("none", "bf16", "fp16")),
         Option("compile", False, SWITCH, "torch.compile the model", TRAINING),
-        Option("gpu_degrade", False, SWITCH,
-               "make SR (bicubic) and noisy inputs on the training device, a batch at a time, instead "
-               "of in the loader workers (rain stays in the loader)", TRAINING),
+        Option("gpu_degrade", False, SWITCH, "make SR (bicubic) and noisy inputs on the training device, a "
+               "batch at a time, instead of in the loader workers (rain stays in the loader)", TRAINING),
         Option("streaks_dir", "", None,
                "real rain-streak layers for derain pre-training (default: procedural)", TR),
     ]),
@@ -251,15 +240,13 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
         Option("save", "./experiment/ipt", None, "run directory (logs, results, models)"),
         Option("load", "", None,
                refused="--load is not supported: use --save DIR --resume, or --pretrain FILE"),
-        Option("resume", 0, int,
-               "bare (or -1): continue training from DIR/state.pt, or with --test_only evaluate "
-               "DIR/model/model_latest.pt; N (--test_only): DIR/model/model_N.pt", bare=-1),
+        Option("resume", 0, int, "bare (or -1): continue training from DIR/state.pt, or with --test_only "
+               "evaluate DIR/model/model_latest.pt; N (--test_only): DIR/model/model_N.pt", bare=-1),
         Option("save_models", False, SWITCH, "also keep model/model_<step>.pt at every --save_every step",
                TRAINING),
-        Option("save_format", "pt", None,
-               "the trained weights' files (model/model_latest, _best, _<step>): pt (a torch file), "
-               "safetensors (holds no code; read by spandrel, chaiNNer, ComfyUI) or both; state.pt is "
-               "always a torch file", TRAINING, choices=SAVE_FORMATS),
+        Option("save_format", "pt", None, "the trained weights' files (model/model_latest, _best, _<step>): "
+               "pt (a torch file), safetensors (holds no code; read by spandrel, chaiNNer, ComfyUI) or both; "
+               "state.pt is always a torch file", TRAINING, choices=SAVE_FORMATS),
         Option("print_every", 100, int, "log every N steps", TRAINING),
         Option("save_results", False, SWITCH, "write the restored images"),
         Option("save_gt", False, SWITCH, "also write the inputs (and targets)"),
