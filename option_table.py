@@ -78,9 +78,9 @@ class Option:
     bare: int | None = None  # the value of the option given without one
 
     @property
-    def what(self) -> str:
+    def what(self) -> str | None:
         """Its help: a refused option's is its refusal line, unless it has its own."""
-        return self.help or self.refused or ""
+        return self.help or self.refused
 
 
 GROUPS: list[tuple[str | None, list[Option]]] = [

@@ -42,7 +42,7 @@ def what_text(o: Option) -> str:
         notes.insert(0, "one of " + ", ".join(o.choices))
     if o.refused:  # its help says what to use instead
         notes = [] if "refused" in o.what else ["refused"]
-    return o.what + (f" ({'; '.join(notes)})" if notes else "")
+    return (o.what or "") + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def options_markdown() -> str:
