@@ -34,12 +34,11 @@ def take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> Non
     metadata: ``pretrain_record``), where the user gave none.
 
     Only the options that shape the network (``architecture_keys``) may come from a record; any
-    other key is ignored (listed in args.architecture_ignored for a warning), and each value is
-    checked with its option's type. --scale, --tasks and --num_queries are taken together or not
-    at all; --task/--task_id pick among them. An option of RECORD_BOUND given with another value
-    than the record's is refused (``record_contradiction``): the command line wins elsewhere.
-    Sets args.architecture_from (the options taken, for the log), args.architecture_source (the
-    record's file) and args.pretrain_tasks (the checkpoint's head names, or None when unknown).
+    other key is ignored (listed in args.architecture_ignored for a warning). --scale, --tasks and
+    --num_queries are taken together or not at all; --task/--task_id pick among them. Beside
+    RECORD_BOUND's, the command line wins. Sets args.architecture_from (the options taken, for the
+    log), args.architecture_source (the record's file) and args.pretrain_tasks (the checkpoint's
+    head names, or None when unknown).
     """
     args.architecture_from, args.architecture_ignored, args.pretrain_tasks = [], [], None
     if not args.pretrain:
