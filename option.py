@@ -97,14 +97,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate the options (from argv, or sys.argv when None)."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    config = _config_path(argv)
+    given = _given_on_command_line(argv)  # the command line's own errors are said first
     try:
-        from_config = {} if config is None else read_config(config)
+        from_config = read_config(given["config"]) if given.get("config") is not None else {}
     except ValueError as e:
         parser.error(str(e))
     parser.set_defaults(**from_config)
     args = parser.parse_args(argv)
-    args.command_line = _given_on_command_line(argv)
+    args.command_line = sorted(given)
     try:
         take_recorded_architecture(args, set(args.command_line) | set(from_config))
         _finish(args)
@@ -116,19 +116,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _given_on_command_line(argv: list[str]) -> list[str]:
-    """The destinations of the options argv gives (abbreviated or not), config file aside."""
+def _given_on_command_line(argv: list[str]) -> dict[str, object]:
+    """The options argv gives (abbreviated or not) by destination, config file aside."""
     probe = build_parser()
     for action in probe._actions:
         action.default = argparse.SUPPRESS  # an option left out leaves no attribute
-    return sorted(vars(probe.parse_args(argv)))
-
-
-def _config_path(argv: list[str]) -> str | None:
-    """The --config FILE of argv (None: not given), read before the other options."""
-    pre = OptionParser(prog="main.py", add_help=False)
-    pre.add_argument("--config", default=None)
-    return pre.parse_known_args(argv)[0].config
+    return vars(probe.parse_args(argv))
 
 
 def _finish(args: argparse.Namespace) -> None:
