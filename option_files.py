@@ -1,0 +1,318 @@
+"""Options read from files: a --config YAML file, and the record of the options that built
+--pretrain's weights (its training.json, or a .safetensors file's metadata).
+
+Each value is checked against its option in the option table, with the same types and choices
+as the command line; a bad one is a ValueError naming the file and the key.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import math
+import os
+import reprlib
+import stat
+
+import yaml
+
+from option_table import LIST_SEPARATORS, OPTIONS, SWITCH, Option, boolean, finite_float
+
+NOT_IN_CONFIG = ("help", "config")  # parser destinations that a YAML config cannot set
+YAML_MERGE_TAG = "tag:yaml.org,2002:merge"  # the << key, which PyYAML resolves itself
+HEAD_OPTIONS = ("scale", "tasks")  # the heads of a model, taken from a training record together
+HEAD_COUNT_OPTIONS = (*HEAD_OPTIONS, "num_queries")  # ... with the count of task queries
+NOT_ARCHITECTURE = ("attention",)  # model options that change the arithmetic, not the weights
+# model options the weights keep no trace of: given against the record of the same weights, they
+# would build another network that loads them without an error and restores wrongly; refused
+RECORD_BOUND = ("num_heads",)
+
+
+def take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> None:
+    """The model options of --pretrain's run (its training.json, or a .safetensors file's
+    metadata: ``pretrain_record``), where the user gave none.
+
+    Only the options that shape the network (``architecture_keys``) may come from a record; any
+    other key is ignored (listed in args.architecture_ignored for a warning). --scale, --tasks and
+    --num_queries are taken together or not at all; --task/--task_id pick among them. Beside
+    RECORD_BOUND's, the command line wins. Sets args.architecture_from (the options taken, for the
+    log), args.architecture_source (the record's file) and args.pretrain_tasks (the checkpoint's
+    head names, or None when unknown).
+    """
+    args.architecture_from, args.architecture_ignored, args.pretrain_tasks = [], [], None
+    if not args.pretrain:
+        return
+    from utility import RecordError
+    try:
+        record, source = pretrain_record(args.pretrain)
+    except RecordError as e:
+        raise ValueError(f"--pretrain {args.pretrain}: {e}") from None
+    if record is None:
+        return
+    args.architecture_source = source
+    recorded, args.architecture_ignored = recorded_architecture(record["architecture"], source)
+    bound = {dest: getattr(args, dest) for dest in given & set(RECORD_BOUND)}
+    contradiction = record_contradiction(recorded, bound, source)
+    if contradiction:
+        raise ValueError(contradiction)
+    if "tasks" in recorded:
+        args.pretrain_tasks = [t.strip() for t in recorded["tasks"].split("+") if t.strip()]
+    heads_given = bool(given & set(HEAD_COUNT_OPTIONS))
+    for dest, value in recorded.items():
+        if dest in given or (dest in HEAD_COUNT_OPTIONS and heads_given):
+            continue
+        if getattr(args, dest) != value:
+            setattr(args, dest, value)
+            args.architecture_from.append(f"--{dest} {value}")
+
+
+def pretrain_record(path: str) -> tuple[dict | None, str]:
+    """(the record of the options that built a checkpoint's model, the file it is in): a
+    .safetensors file's ``ipt_architecture`` metadata, else the training.json beside the file;
+    (None, "") without one. Either is checked by records.TRAINING, then by
+    ``recorded_architecture``; a damaged one is a RecordError naming it. A .safetensors file
+    whose header is damaged has no record here: loading it says what is wrong."""
+    import records
+    from model import checkpoint
+    from utility import TRAINING_RECORD
+    if checkpoint.is_safetensors(path):
+        try:
+            metadata = checkpoint.read_safetensors_metadata(path)
+        except checkpoint.CheckpointError:
+            return None, ""
+        if checkpoint.ARCHITECTURE_METADATA in metadata:
+            source = f"{path} (its {checkpoint.ARCHITECTURE_METADATA} metadata)"
+            fix = (f"export the file again from a checkpoint with a sound {TRAINING_RECORD}, or "
+                   f"give the model options on the command line")
+            text = metadata[checkpoint.ARCHITECTURE_METADATA].encode()
+            architecture = records.parse_json(text, source, fix)
+            return records.check({"architecture": architecture}, records.TRAINING, source, fix), source
+    record = records.read_training_record(path, strict=True)
+    if record is None:
+        return None, ""
+    return record, os.path.join(os.path.dirname(os.path.abspath(path)), TRAINING_RECORD)
+
+
+@functools.lru_cache(maxsize=1)
+def architecture_keys() -> frozenset[str]:
+    """The keys a training record's ``architecture`` may set: what ``architecture_record`` writes
+    (the options that change the weights' keys or shapes, and --num_heads), nothing else."""
+    from model.ipt import IPTConfig
+    from model.restormer import RestormerConfig
+    fields = {f.name for config in (IPTConfig, RestormerConfig) for f in dataclasses.fields(config)}
+    dests = {"tasks" if name == "task_names" else name for name in fields}
+    return frozenset({"model"} | {d for d in dests if d in OPTIONS and not OPTIONS[d].refused
+                                  and d not in NOT_ARCHITECTURE})
+
+
+def recorded_architecture(recorded: dict, source: str) -> tuple[dict, list[str]]:
+    """(the options a record's ``architecture`` gives, checked with their types; the keys it may
+    not set, ignored). ValueError, naming the file and the key, for a value of the wrong type."""
+    taken, ignored = {}, []
+    for key, value in recorded.items():
+        if key not in architecture_keys():
+            ignored.append(key)
+            continue
+        try:
+            taken[key] = _record_value(OPTIONS[key], value)
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            raise ValueError(f"{source}: architecture key {key!r} {e}; fix the record, or delete it "
+                             f"and give the model options on the command line") from None
+    return taken, ignored
+
+
+def record_contradiction(recorded: dict, given: dict, source: str) -> str:
+    """Why options ``given`` (command line or --config) contradict the record of the same weights
+    in an option of RECORD_BOUND ('' when they do not): the first such option, both values."""
+    for dest in RECORD_BOUND:
+        if dest in recorded and dest in given and given[dest] != recorded[dest]:
+            return (f"--{dest} {given[dest]} contradicts {source}, which records {dest} "
+                    f"{recorded[dest]} for these weights (they keep no trace of it: another value "
+                    f"loads them without an error and restores wrongly): leave --{dest} out or "
+                    f"give {recorded[dest]}")
+    return ""
+
+
+def _record_value(o: Option, value: object) -> object:
+    """A JSON value of a record, checked against its option o: an int option takes an int (not
+    16.0, "16" or true), a float option a finite number, a switch a boolean, text a string (a
+    list option also a list of its items)."""
+    if isinstance(value, list) and o.name in LIST_SEPARATORS and value:
+        if not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"takes a list of numbers or names, not {_short(value)}")
+        return _record_value(o, LIST_SEPARATORS[o.name].join(map(str, value)))
+    if o.type is SWITCH:
+        ok = isinstance(value, bool)
+    elif o.type is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif o.type is finite_float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        kind = {int: "an integer", finite_float: "a finite number", SWITCH: "true or false"}
+        raise ValueError(f"takes {kind.get(o.type, 'text')}, not {_short(value)}")
+    if o.choices is not None and value not in o.choices:
+        raise ValueError(f"is {_short(value)}, not one of {', '.join(o.choices)}")
+    return value
+
+
+# a bad value quoted in a message, cut short: a huge YAML alias expansion or record value must not
+# build megabytes of text
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+_SHORT.maxlist = _SHORT.maxdict = _SHORT.maxtuple = 6
+_SHORT.maxlevel = 3
+_short = _SHORT.repr
+
+
+def architecture_record(model_name: str, config: object) -> dict:
+    """The options that build ``config``'s network, as training.json keeps them."""
+    record = {"model": model_name}
+    for name, value in dataclasses.asdict(config).items():
+        dest = "tasks" if name == "task_names" else name
+        if dest in architecture_keys():
+            record[dest] = "+".join(map(str, value)) if dest in HEAD_OPTIONS else value
+    return record
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, except that a key given twice is an error (safe_load keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """The mapping of node, once every key is known to differ from the ones before it."""
+        keys: list = []
+        for key_node, _ in node.value:
+            if key_node.tag == YAML_MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in keys:
+                line = key_node.start_mark.line + 1
+                raise ValueError(f"{key}: given twice (again on line {line}); give each option once")
+            keys.append(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+CONFIG_MAX_BYTES = 1 << 20  # an options file is a few kB; anything larger is not one
+CONFIG_MAX_DEPTH = 4  # the file's mapping, an option's list, its stages' lists: 3 levels used
+
+
+def read_config(path: str) -> dict:
+    """Options from a YAML mapping, each checked with its option's type and choices (ValueError:
+    what is wrong, naming the file and the key).
+
+    Values are read as the command line would give them: a plain scalar is its text as written
+    (``save: 10:30`` is the folder 10:30, not the sexagesimal 630; ``007`` stays 007), only
+    true/false are booleans.
+    """
+    try:
+        values, written = _config_mapping(_config_text(path))
+        for key, value in values.items():
+            if key not in OPTIONS or key in NOT_IN_CONFIG:
+                raise ValueError(f"unknown option {_short(key)}")
+            if (not isinstance(value, (bool, float)) and value is not None
+                    and written.get(str(key)) is not None):  # a YAML float (.inf, 1.5e-4) is a number
+                value = written[str(key)]
+            try:
+                values[key] = _config_value(OPTIONS[key], value)
+            except (ValueError, argparse.ArgumentTypeError) as e:
+                raise ValueError(f"{key}: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"--config {path}: {e}") from None
+    return values
+
+
+def _config_text(path: str) -> str:
+    """The text of an options file: a regular file (a FIFO or device would hang the read) of at
+    most CONFIG_MAX_BYTES, UTF-8."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file: give a YAML file")
+        if info.st_size > CONFIG_MAX_BYTES:
+            raise ValueError(f"{info.st_size} bytes, more than an options file holds "
+                             f"({CONFIG_MAX_BYTES}): give a YAML file of options")
+        with open(path, encoding="utf-8") as f:
+            return f.read(CONFIG_MAX_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"cannot read the file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8 text ({e.reason})") from None
+
+
+def _config_mapping(text: str) -> tuple[dict, dict]:
+    """(the options file's mapping, each key's value as its text was written). Anchors and aliases
+    are refused: an option file needs none, and nested aliases expand exponentially."""
+    try:
+        depth = 0  # the event stream is read without recursion; building the values recurses
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                raise ValueError("YAML anchors and aliases (&name, *name) are not supported in an "
+                                 "options file: write each value out")
+            if isinstance(event, (yaml.CollectionStartEvent, yaml.CollectionEndEvent)):
+                depth += 1 if isinstance(event, yaml.CollectionStartEvent) else -1
+            if depth > CONFIG_MAX_DEPTH:
+                raise ValueError(f"lists or mappings nested more than {CONFIG_MAX_DEPTH} deep (line "
+                                 f"{event.start_mark.line + 1}); an option's value nests at most "
+                                 f"{CONFIG_MAX_DEPTH - 1}")
+        values = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: no arbitrary objects
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        raise ValueError(f"not valid YAML ({str(e).splitlines()[0]})") from None
+    if values is None:
+        return {}, {}
+    if not isinstance(values, dict):
+        raise ValueError("expected a mapping of option: value")
+    return values, {key.value: _as_written(value) for key, value in node.value
+                    if isinstance(key, yaml.ScalarNode)}
+
+
+def _as_written(node: yaml.Node) -> object:
+    """A YAML value as its text was written: a scalar's text, a list of them; None otherwise."""
+    if isinstance(node, yaml.ScalarNode):
+        return node.value
+    if isinstance(node, yaml.SequenceNode) and all(isinstance(n, yaml.ScalarNode) for n in node.value):
+        return [n.value for n in node.value]
+    return None
+
+
+def _config_value(o: Option, value: object) -> object:
+    """A YAML value checked and converted as its command-line form would be (ValueError: why not)."""
+    if value is None:
+        raise ValueError("has no value: remove the key to keep the default")
+    if o.type in (SWITCH, boolean):
+        if not isinstance(value, bool):
+            raise ValueError(f"takes true or false (unquoted), not {_short(value)}")
+        return value
+    if isinstance(value, list) and o.name in LIST_SEPARATORS:
+        if not value:
+            raise ValueError("is an empty list: remove the key to keep the default")
+        value = LIST_SEPARATORS[o.name].join(_config_scalar(v) for v in value)
+    text = _config_scalar(value)
+    if o.type is int:
+        if isinstance(value, float):
+            raise ValueError(f"takes an integer, not {_short(value)}")
+        try:
+            converted = int(text)
+        except ValueError:
+            raise ValueError(f"takes an integer, not {_short(value)}") from None
+    else:
+        converted = text if o.type is None else o.type(text)
+    if o.choices is not None and converted not in o.choices:
+        raise ValueError(f"{_short(converted)} is not one of {', '.join(o.choices)}")
+    return converted
+
+
+def _config_scalar(value: object) -> str:
+    """One YAML value as the command line would give it: a number or text."""
+    if isinstance(value, bool):
+        raise ValueError(f"takes a number or text, not the boolean {str(value).lower()}")
+    if isinstance(value, (list, tuple)):
+        raise ValueError(f"takes one value, not the list {_short(value)}")
+    if isinstance(value, dict):
+        raise ValueError(f"takes one value, not the mapping {_short(value)}")
+    if not isinstance(value, (int, float, str)):
+        raise ValueError(f"takes a number or text, not {_short(value)}")
+    return str(value)
+
+
