@@ -19,6 +19,7 @@ any error or stop signal the files moved in are moved out again and those they r
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -66,11 +67,6 @@ RAINY_DIRS = ("rain", "rainy", "input")
 CLEAN_DIRS = ("norain", "target", "gt", "clean", "groundtruth")
 SEARCH_DEPTH = 3  # folders searched for set-named folders below a source that is not one
 SCRATCH_PREFIX = ".prepare_data."  # the temporary folder beside DIR_DATA, removed whatever happens
-def folder_aliases() -> list[tuple[str, str]]:
-    """(lower-case name, set) of every name a set's folder or archive may start with."""
-    return [(alias, s) for alias, s in set_names().items() if s in SET_ORDER]
-
-
 def alias_text() -> str:
     """``CSet5, CSet14, ...``: the sets' other names, as data/standard_sets.json spells them."""
     return ", ".join(a for s, aliases in set_aliases().items() if s in SET_ORDER for a in aliases)
@@ -79,8 +75,8 @@ def alias_text() -> str:
 def set_alias(name: str) -> tuple[str, str] | None:
     """(alias, set) that ``name`` is or starts with before a non-alphanumeric (``BSD100_x``), or None."""
     low = name.lower()
-    return next(((alias, s) for alias, s in folder_aliases()
-                 if low == alias or (low.startswith(alias) and not low[len(alias)].isalnum())), None)
+    return next(((alias, s) for alias, s in set_names().items() if s in SET_ORDER
+                 and (low == alias or (low.startswith(alias) and not low[len(alias)].isalnum()))), None)
 
 
 def canonical_set(name: str) -> str | None:
@@ -91,8 +87,8 @@ def canonical_set(name: str) -> str | None:
 
 def find_sets(root: str, label: str, hint: str | None) -> list[tuple[str, str, str]]:
     """(set, folder, its name) of ``root`` itself, else of set-named folders below, else ``hint``."""
-    if canonical_set(label):
-        return [(canonical_set(label), root, label)]
+    if set_name := canonical_set(label):
+        return [(set_name, root, label)]
     found, level = [], [root]
     for _ in range(SEARCH_DEPTH):
         below = []
@@ -102,8 +98,8 @@ def find_sets(root: str, label: str, hint: str | None) -> list[tuple[str, str, s
                     if not entry.is_dir(follow_symlinks=False) or entry.name in SKIPPED_DIRS \
                             or entry.name.startswith("."):  # hidden, as walk_images; our scratch
                         continue
-                    if canonical_set(entry.name):
-                        found.append((canonical_set(entry.name), entry.path, entry.name))
+                    if set_name := canonical_set(entry.name):
+                        found.append((set_name, entry.path, entry.name))
                     else:
                         below.append(entry.path)
         level = below
@@ -194,7 +190,8 @@ class Found:
         old_rank, old_path = self.hr.get(name, (rank + 1, ""))
         if rank == old_rank and rank != RANK_SELFEXSR:
             add_once({name: old_path}, name, path, "HR image")
-        if rank > old_rank or (rank == old_rank and area(path) <= area(old_path)):
+        if rank > old_rank or (rank == old_rank and math.prod(image_size(path))
+                               <= math.prod(image_size(old_path))):
             return  # SelfExSR: each scale's HR may be cropped to a multiple of it; keep the largest
         self.hr[name] = (rank, path)
 
@@ -208,12 +205,6 @@ class Found:
         clean = bool(m.group(1)) if m else parent in CLEAN_DIRS
         add_once(self.clean if clean else self.rainy, m.group(2) if m else name, path,
                  "clean image" if clean else "rainy image")
-
-
-def area(path: str) -> int:
-    """width * height of an image file."""
-    w, h = image_size(path)
-    return w * h
 
 
 def add_once(table: dict, key, path: str, what: str) -> None:

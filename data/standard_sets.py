@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -139,8 +140,8 @@ class SetReport:
     found: int
     expected: int
     unit: str = "images"
-    lr_missing: dict[int, int] = field(default_factory=dict)
-    lr_wrong: dict[int, int] = field(default_factory=dict)
+    lr_missing: Counter[int] = field(default_factory=Counter)  # scale -> LR files
+    lr_wrong: Counter[int] = field(default_factory=Counter)
     lr_made: int = 0
     problems: list[str] = field(default_factory=list)
     hashed: int = 0  # images found whose standard pixels' SHA-256 is recorded
@@ -151,26 +152,18 @@ class SetReport:
         """``Set5: 5 of 5 images, LR x2 x3 x4 complete``, then the recorded pixels matched."""
         text = f"{self.name}: {self.found} of {self.expected} {self.unit}"
         if self.name in SR_SETS and self.found:
-            complete, bad = [], []
-            for s in SCALES:
-                wrong = [f"{n} {what}" for n, what in ((self.lr_missing.get(s, 0), "missing"),
-                                                        (self.lr_wrong.get(s, 0), "wrong size")) if n]
-                if wrong:
-                    bad.append(f"x{s}: " + ", ".join(wrong))
-                else:
-                    complete.append(f"x{s}")
-            parts = ([" ".join(complete) + " complete"] if complete else []) + bad
+            bad = {s: ", ".join(f"{n} {what}" for n, what in ((self.lr_missing[s], "missing"),
+                                                               (self.lr_wrong[s], "wrong size")) if n)
+                   for s in SCALES}
+            complete = " ".join(f"x{s}" for s, wrong in bad.items() if not wrong)
+            parts = [f"{complete} complete"] if complete else []
+            parts += [f"x{s}: {wrong}" for s, wrong in bad.items() if wrong]
             made = f" ({self.lr_made} made)" if self.lr_made else ""
             text += f", LR {', '.join(parts)}{made}"
         if not self.hashed:
             return [text]
         return [text, f"{self.name}: {self.hash_matched} of {self.hashed} images match the standard "
                       "version's pixels"]
-
-
-def count(table: dict[int, int], scale: int) -> None:
-    """One more at ``scale``."""
-    table[scale] = table.get(scale, 0) + 1
 
 
 def check_image(path: str, spec: SetSpec, problems: list[str],
@@ -208,20 +201,6 @@ def grey_reason(path: str) -> str:
     return f"mode {mode}" if mode in GREY_MODES else "its three channels are equal"
 
 
-def check_hash(path: str, img: torch.Tensor, spec: SetSpec, name: str, report: SetReport) -> None:
-    """Count ``img`` against the SHA-256 recorded for the standard image ``name``, if any."""
-    recorded = spec.pixels_sha256.get(name)
-    if recorded is None:
-        return
-    report.hashed += 1
-    if pixel_sha256(img) == recorded:
-        report.hash_matched += 1
-    else:
-        report.notes.append(f"{path}: its pixels differ from the standard {spec.name} {name}'s "
-                            "(SHA-256 of the decoded pixels); its metrics may not compare with "
-                            "published ones")
-
-
 def check_lr(dir_data: str, set_name: str, name: str, hr: torch.Tensor, hr_path: str,
              report: SetReport, lr_into: str | None) -> None:
     """Check one HR image's LR files at every scale; make the missing ones under ``lr_into`` if given."""
@@ -235,7 +214,7 @@ def check_lr(dir_data: str, set_name: str, name: str, hr: torch.Tensor, hr_path:
                                                            os.path.basename(path)))
                 report.lr_made += 1
             else:
-                count(report.lr_missing, s)
+                report.lr_missing[s] += 1
                 if os.path.isdir(folder):
                     report.problems.append(f"{path}: missing (LR x{s} of {hr_path})")
             continue
@@ -243,12 +222,12 @@ def check_lr(dir_data: str, set_name: str, name: str, hr: torch.Tensor, hr_path:
             size = image_size(path)
         except ImageReadError as e:
             report.problems.append(f"{path}: {e}")
-            count(report.lr_wrong, s)
+            report.lr_wrong[s] += 1
             continue
         if size != (w // s, h // s):
             report.problems.append(f"{path}: {size_text([size])}, expected "
                                    f"{size_text([(w // s, h // s)])} (HR {w}x{h} // {s})")
-            count(report.lr_wrong, s)
+            report.lr_wrong[s] += 1
 
 
 def check_lr_folders(dir_data: str, set_name: str, names: set[str], report: SetReport) -> None:
@@ -256,7 +235,7 @@ def check_lr_folders(dir_data: str, set_name: str, names: set[str], report: SetR
     for s in SCALES:
         folder = lr_dir(dir_data, set_name, s)
         if not os.path.isdir(folder):
-            if report.lr_missing.get(s):
+            if report.lr_missing[s]:
                 report.problems.append(f"{folder}: missing ({report.lr_missing[s]} LR x{s} "
                                        "files; --make_lr makes them)")
             continue
@@ -284,9 +263,17 @@ def check_images(dir_data: str, folder: str, spec: SetSpec, lr_into: str | None)
         report.problems.append(f"{folder}: {len(files)} image(s), {spec.name} has {spec.count}")
     for path, name in zip(files, names, strict=True):
         img = check_image(path, spec, report.problems, name)
-        if img is not None:
-            check_hash(path, img, spec, name, report)
-        if img is not None and spec.name in SR_SETS:
+        if img is None:
+            continue
+        if name in spec.pixels_sha256:
+            report.hashed += 1
+            if pixel_sha256(img) == spec.pixels_sha256[name]:
+                report.hash_matched += 1
+            else:
+                report.notes.append(f"{path}: its pixels differ from the standard {spec.name} {name}'s "
+                                    "(SHA-256 of the decoded pixels); its metrics may not compare with "
+                                    "published ones")
+        if spec.name in SR_SETS:
             check_lr(dir_data, spec.name, name, img, path, report, lr_into)
     if spec.name in SR_SETS:
         check_lr_folders(dir_data, spec.name, set(names), report)
