@@ -77,13 +77,20 @@ class BenchmarkError(DataLayoutError):
 
 
 @functools.cache
+def standard_entries() -> dict[str, dict]:
+    """Each set's entry in the shipped standard_sets.json: its other names, its downloads."""
+    try:
+        table = json.loads(utility.read_small_file(STANDARD_SETS_FILE))
+        return {s: entry for s, entry in table.items() if not s.startswith("_")}
+    except (OSError, ValueError, AttributeError) as e:
+        raise BenchmarkError(f"{STANDARD_SETS_FILE}: cannot read the table of sets: {e}") from None
+
+
 def set_aliases() -> dict[str, tuple[str, ...]]:
     """Each set's other names, as standard_sets.json spells them (Set14: ("CSet14",))."""
     try:
-        table = json.loads(utility.read_small_file(STANDARD_SETS_FILE))
-        return {s: tuple(str(a) for a in entry.get("aliases", ())) for s, entry in table.items()
-                if not s.startswith("_")}
-    except (OSError, ValueError, AttributeError, TypeError) as e:
+        return {s: tuple(str(a) for a in entry.get("aliases", ())) for s, entry in standard_entries().items()}
+    except (AttributeError, TypeError) as e:
         raise BenchmarkError(f"{STANDARD_SETS_FILE}: cannot read the set names: {e}") from None
 
 
