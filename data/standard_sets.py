@@ -21,7 +21,7 @@ from PIL import Image
 
 import utility
 
-from .benchmark import HR_DIRS, LR_DIRS, SR_SETS, STANDARD_SETS_FILE
+from .benchmark import HR_DIRS, LR_DIRS, SR_SETS, STANDARD_SETS_FILE, first_folder
 from .degrade import bicubic_lr
 from .images import DECODE_ERRORS, ImageReadError, list_entries, list_images, read_image, save_image, stem
 
@@ -307,8 +307,7 @@ def check_tree(dir_data: str, specs: dict[str, SetSpec], lr_into: str | None = N
     """A SetReport for each set found under ``dir_data``; missing LR files made under ``lr_into``."""
     reports = []
     for set_name in SET_ORDER:
-        folder = next((os.path.join(dir_data, d) for d in READ_DIRS[set_name]
-                       if os.path.isdir(os.path.join(dir_data, d))), None)
+        folder = first_folder(dir_data, READ_DIRS[set_name])
         if folder is None:
             continue
         spec = specs.get(set_name)
