@@ -12,9 +12,6 @@ Refused in one line: one set given under two of its names (``CSet14`` and ``Set1
 whose same-named images would replace each other), two files that would be one, a source or
 image that is not a regular file or folder (a pipe, a device: never opened), an image over
 MAX_MEMBER_BYTES or that does not decode, the archives of data/archives.py.
-
-Everything is written into a scratch folder beside DIR_DATA first and moved in at the end; on
-any error or stop signal the files moved in are moved out again and those they replaced put back.
 """
 from __future__ import annotations
 
@@ -345,7 +342,11 @@ def merge(staged: str, out: str, scratch: str, undo: Undo) -> None:
     kept = tempfile.mkdtemp(prefix="kept.", dir=scratch)
     with stops.StopSignals() as held:
         for src, dst in moves:
-            for folder in missing_folders(os.path.dirname(dst), os.path.normpath(out)):
+            missing, folder = [], os.path.dirname(dst)
+            while not os.path.lexists(folder):  # stops at out, which exists
+                missing.append(folder)
+                folder = os.path.dirname(folder)
+            for folder in reversed(missing):  # outermost first
                 os.mkdir(folder)
                 undo.append((folder, None))
             old = None
@@ -357,15 +358,6 @@ def merge(staged: str, out: str, scratch: str, undo: Undo) -> None:
             shutil.move(src, dst)
     if held.received is not None:
         raise stops.Interrupted(held.received)
-
-
-def missing_folders(folder: str, top: str) -> list[str]:
-    """The folders from ``top`` (excluded) down to ``folder`` that do not exist, outermost first."""
-    missing = []
-    while folder != top and not os.path.lexists(folder) and os.path.dirname(folder) != folder:
-        missing.append(folder)
-        folder = os.path.dirname(folder)
-    return missing[::-1]
 
 
 def unmerge(undo: Undo, prog: str) -> None:

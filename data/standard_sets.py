@@ -45,20 +45,10 @@ class SetSpec:
     name: str
     count: int
     sizes: dict[str, tuple[int, int]] | None = None  # per image
-    names: tuple[str, ...] | None = None  # names known, sizes not
+    names: tuple[str, ...] | None = None  # the image names, None where not recorded
     allowed: tuple[tuple[int, int], ...] | None = None  # sizes any image may have
     greyscale: frozenset[str] = frozenset()
     pixels_sha256: dict[str, str] = field(default_factory=dict)
-
-    def expected_names(self) -> tuple[str, ...] | None:
-        """The image names, or None where they are not recorded."""
-        return tuple(self.sizes) if self.sizes is not None else self.names
-
-    def sizes_of(self, name: str) -> tuple[tuple[int, int], ...]:
-        """The sizes image ``name`` may have; empty where not recorded."""
-        if self.sizes is not None:
-            return (self.sizes[name],) if name in self.sizes else ()
-        return self.allowed or ()
 
 
 def load_standard_sets(path: str | None = None) -> dict[str, SetSpec]:
@@ -76,13 +66,12 @@ def _spec(name: str, entry: dict) -> SetSpec:
     images = entry.get("images")
     spec = SetSpec(name, int(entry["count"]),
                    {k: (int(v[0]), int(v[1])) for k, v in images.items()} if images else None,
-                   tuple(entry["names"]) if "names" in entry else None,
+                   tuple(images) if images else tuple(entry["names"]) if "names" in entry else None,
                    tuple((int(w), int(h)) for w, h in entry["sizes"]) if "sizes" in entry else None,
                    frozenset(entry.get("greyscale", ())),
                    {str(k): str(v) for k, v in entry.get(SHA256_OF_PIXELS, {}).items()})
-    known = spec.expected_names()
     for key, listed in (("greyscale", spec.greyscale), (SHA256_OF_PIXELS, spec.pixels_sha256)):
-        stray = sorted(n for n in listed if known is None or n not in known)
+        stray = sorted(n for n in listed if spec.names is None or n not in spec.names)
         if stray:
             raise ValueError(f"{name}: {key} names {stray[0]!r}, not one of its images")
     bad = sorted(n for n, h in spec.pixels_sha256.items() if not SHA256_HEX.match(h))
@@ -175,7 +164,10 @@ def check_image(path: str, spec: SetSpec, problems: list[str],
         problems.append(f"{path}: {e}")
         return None
     size = (img.shape[2], img.shape[1])
-    allowed = spec.sizes_of(name) if name is not None else spec.allowed or ()
+    if spec.sizes is not None:  # sizes per image; an image not in the table is named elsewhere
+        allowed = (spec.sizes[name],) if name in spec.sizes else ()
+    else:
+        allowed = spec.allowed or ()
     if allowed and size not in allowed:
         crop = next((s for s in SCALES if any(size == cropped(a, s) for a in allowed)), None)
         note = f" (cropped to a multiple of {crop}: use the uncropped image)" if crop else ""
@@ -249,7 +241,7 @@ def check_images(dir_data: str, folder: str, spec: SetSpec, lr_into: str | None)
     """Check a folder of HR images (and their LR files for SR sets) against ``spec``."""
     files = list_entries(folder)  # a pipe named like an image is read, so named, not left out
     names = [stem(f) for f in files]
-    expected = spec.expected_names()
+    expected = spec.names
     report = SetReport(spec.name, len(files), spec.count)
     report.problems += [f"{f}: a second image named {n!r} in {folder}; keep one"
                         for i, (f, n) in enumerate(zip(files, names, strict=True)) if n in names[:i]]
