@@ -152,12 +152,14 @@ class BenchmarkSet:
         if dataset == "Sample":
             self.items = list(TEST_PHOTOS)
         elif self.family == "derain":
-            folder = _first_dir(dir_data, dataset)
-            self.items = rain_pairs(folder, LAYOUTS["Rain100L"], BenchmarkError)
+            self.items = rain_pairs(_first_dir(dir_data, dataset), LAYOUTS["Rain100L"], BenchmarkError)
         else:
-            self.items = _hr_files(dir_data, dataset)
+            folder = _first_dir(dir_data, dataset)
+            self.items = list_entries(folder)  # not list_images: no entry silently left out of the set
+            if not self.items:
+                raise BenchmarkError(f"{dataset}: no images (png, jpg, bmp, tif, webp) in {folder}")
             if dataset == "DIV2K":
-                self.items = numbered_files(self.items, div2k_range, os.path.dirname(self.items[0]),
+                self.items = numbered_files(self.items, div2k_range, folder,
                                             " (the test part of --data_range)", BenchmarkError)
         given_lr = self.family == "sr" and dataset != "Sample"  # LR files may be on disk
         self.lr_dir = first_folder(dir_data, tuple(c.format(s=scale) for c in LR_DIRS[dataset])) \
@@ -237,17 +239,6 @@ def seed_name(name: str) -> str:
     """``name`` as text UTF-8 can encode, for seeding: unchanged if it can be, else with each lone
     surrogate (a byte os.listdir could not decode) written as ``\\udcff``."""
     return name.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _hr_files(dir_data: str, dataset: str) -> list[str]:
-    """Everything in the set's HR folder named like an image: an entry that is not a regular file
-    (a pipe, a device, a folder, a broken link) is kept, so reading it is an error that is counted
-    and named, never an image silently left out of the set."""
-    folder = _first_dir(dir_data, dataset)
-    files = list_entries(folder)
-    if not files:
-        raise BenchmarkError(f"{dataset}: no images (png, jpg, bmp, tif, webp) in {folder}")
-    return files
 
 
 def first_folder(dir_data: str, folders: tuple[str, ...]) -> str | None:

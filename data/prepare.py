@@ -48,8 +48,7 @@ from .standard_sets import (
     lr_name,
 )
 
-# Source layouts. HR files by preference (rank): an HR-named folder, the set's own folder (flat),
-# a BasicSR GTmod<n> crop, a SelfExSR *_HR file
+# Source layouts; HR files ranked in the module docstring's order of preference (lower: surer)
 HR_DIR = re.compile(r"^(hr|original|gt|groundtruth|.*_hr)$", re.I)
 GTMOD_DIR = re.compile(r"^gtmod\d+$", re.I)
 RANK_HR_DIR, RANK_SET_DIR, RANK_GTMOD, RANK_SELFEXSR = 0, 1, 2, 3
