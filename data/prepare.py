@@ -63,6 +63,8 @@ RAINY_DIRS = ("rain", "rainy", "input")
 CLEAN_DIRS = ("norain", "target", "gt", "clean", "groundtruth")
 SEARCH_DEPTH = 3  # folders searched for set-named folders below a source that is not one
 SCRATCH_PREFIX = ".prepare_data."  # the temporary folder beside DIR_DATA, removed whatever happens
+
+
 def alias_text() -> str:
     """``CSet5, CSet14, ...``: the sets' other names, as data/standard_sets.json spells them."""
     return ", ".join(a for s, aliases in set_aliases().items() if s in SET_ORDER for a in aliases)
@@ -121,8 +123,7 @@ def check_source(src: str) -> None:
     if not os.path.exists(src):
         broken = " (a broken link)" if os.path.islink(src) else ""
         raise PrepareError(f"{src}: no such file or folder{broken}")
-    kind = special_kind(src)
-    if kind:
+    if kind := special_kind(src):
         raise PrepareError(f"{src}: {kind}, not a file or folder; give a folder or a .zip/.tar archive")
 
 
@@ -141,8 +142,8 @@ def walk_images(root: str) -> list[tuple[list[str], str]]:
                                    "the name; rename or remove it")
             if not os.path.exists(path):
                 raise PrepareError(f"{path}: a broken link; remove it")
-            if special_kind(path):
-                raise PrepareError(f"{path}: {special_kind(path)}, not an image file; remove it")
+            if kind := special_kind(path):
+                raise PrepareError(f"{path}: {kind}, not an image file; remove it")
             if os.path.getsize(path) > archives.MAX_MEMBER_BYTES:
                 raise PrepareError(f"{path}: {os.path.getsize(path)} bytes, more than any test "
                                    f"image ({archives.MAX_MEMBER_BYTES}); remove it")
@@ -267,9 +268,13 @@ def copy_image(src: str, dst: str) -> None:
 
 
 @dataclass
-class Sources:
-    """What the sources of one run gave: each set under one name only, each file once."""
+class Conversion:
+    """One run's standard sets, DIR_DATA, scratch folder and what its sources gave: each set under
+    one name only, each file once."""
 
+    specs: dict[str, SetSpec]
+    out: str
+    scratch: str = ""  # made by `transaction`, once the sources are known
     sets: dict[str, tuple[str, str]] = field(default_factory=dict)  # set -> (its name, folder)
     files: dict[str, str] = field(default_factory=dict)  # file under DIR_DATA -> the file it is from
     shown: tuple[str, str] = ("", "")  # (extraction folder, the archive named in its place)
@@ -289,36 +294,69 @@ class Sources:
                 raise PrepareError(f"{first} and {self.show(folder)} are both {set_name}; give "
                                    "each set once")
 
-    def put(self, path: str, out: str, rel: str) -> None:
-        """Copy ``path`` to ``rel`` under ``out``; a PrepareError naming both if a file went there
-        before (two copies of one image: which one to keep is not for us to guess)."""
+    def put(self, path: str, rel: str) -> None:
+        """Copy ``path`` to ``rel`` under the scratch folder's out/; a PrepareError naming both if a
+        file went there before (two copies of one image: which one to keep is not for us to guess)."""
         first = self.files.setdefault(rel, self.show(path))
         if first != self.show(path):
             raise PrepareError(f"{first} and {self.show(path)} would both be {rel} in --out; give "
                                "one of them")
-        copy_image(path, os.path.join(out, rel))
+        copy_image(path, os.path.join(self.scratch, "out", rel))
+
+    def convert_source(self, src: str, hint: str | None = None) -> None:
+        """Write the sets of a folder or archive (extracted in the scratch folder) to its out/."""
+        check_source(src)
+        root = src if os.path.isdir(src) else tempfile.mkdtemp(prefix="extract.", dir=self.scratch)
+        try:
+            if root != src:
+                extract(src, root)
+            label = folder_label(src) if root == src else archive_stem(src) or stem(src)
+            self.shown = (root, src) if root != src else ("", "")
+            sets = find_sets(root, label, hint)
+            self.take_sets(sets)  # all before any is read: a set given twice writes nothing
+            for set_name, folder, name in sets:
+                found = collect(folder, set_name, name)
+                summary = write_found(found, set_name, self)
+                ignored = f"; {len(found.ignored)} files in no known layout skipped (first: " \
+                          f"{found.ignored[0].replace(root, src, 1)})" if found.ignored else ""
+                taken = f" ({name} -> {set_name})" if name != set_name else ""
+                print(f"{set_name} <- {src}{taken}: {summary}{ignored}")
+        except (PrepareError, ArchiveError, ImageReadError) as e:  # members as <archive>/<member>
+            raise PrepareError(str(e).replace(root, src)) from None
+        finally:
+            if root != src:
+                shutil.rmtree(root, ignore_errors=True)
+
+    def download(self, set_name: str, url: str | None, sha256: str | None) -> None:
+        """Fetch the set's files (checked) into the scratch folder and convert them."""
+        folder = tempfile.mkdtemp(prefix="download.", dir=self.scratch)
+        for item in downloads.planned_downloads(set_name, url, sha256):
+            print(f"downloading {item.url}")
+            path = downloads.download(item.url, item.sha256, folder, item.size)
+            self.convert_source(path, set_name)
+            os.remove(path)
 
 
-def write_found(found: Found, set_name: str, out: str, spec: SetSpec | None, existing: str,
-                sources: Sources) -> str:
-    """Write ``found`` into ``out`` in the layout (LR matched to HR there or in ``existing``); a summary."""
+def write_found(found: Found, set_name: str, run: Conversion) -> str:
+    """Write ``found`` into the scratch folder's out/ in the layout (LR matched to HR there or in
+    DIR_DATA); a summary."""
     folder = HR_DIRS[set_name][0]
     if set_name == RAIN_SET:
         for prefix, files in (("rain", found.rainy), ("norain", found.clean)):
             for key, path in files.items():
-                sources.put(path, out, os.path.join(folder, f"{prefix}-{key}.png"))
+                run.put(path, os.path.join(folder, f"{prefix}-{key}.png"))
         return f"{len(found.rainy)} rainy and {len(found.clean)} clean images"
     hr = {name: path for name, (_, path) in found.hr.items()}
-    renamed = standard_names(hr, spec)
+    renamed = standard_names(hr, run.specs.get(set_name))
     for name, path in hr.items():
-        sources.put(path, out, os.path.join(folder, f"{renamed.get(name, name)}.png"))
-    known = set(hr) | {stem(p) for d in (out, existing) if os.path.isdir(os.path.join(d, folder))
+        run.put(path, os.path.join(folder, f"{renamed.get(name, name)}.png"))
+    known = set(hr) | {stem(p) for d in (os.path.join(run.scratch, "out"), run.out)
+                       if os.path.isdir(os.path.join(d, folder))
                        for p in list_images(os.path.join(d, folder))}
     n_lr = 0
     for (s, file_stem), path in found.lr.items() if set_name in SR_SETS else ():
         name = lr_name(file_stem, s, known)
-        sources.put(path, out, os.path.join(LR_DIRS[set_name][0].format(s=s),
-                                            f"{renamed.get(name, name)}x{s}.png"))
+        run.put(path, os.path.join(LR_DIRS[set_name][0].format(s=s), f"{renamed.get(name, name)}x{s}.png"))
         n_lr += 1
     note = f" (SelfExSR's {min(renamed)}..{max(renamed)} named as the set's images)" if renamed else ""
     return f"{len(hr)} HR images, {n_lr} LR files{note}"
@@ -394,50 +432,6 @@ def transaction(out: str, prog: str) -> Iterator[tuple[str, Undo]]:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-@dataclass
-class Run:
-    """One conversion: the standard sets, DIR_DATA, the scratch folder and what was taken."""
-
-    specs: dict[str, SetSpec]
-    out: str
-    scratch: str
-    sources: Sources = field(default_factory=Sources)
-
-    def convert_source(self, src: str, hint: str | None = None) -> None:
-        """Write the sets of a folder or archive (extracted in the scratch folder) to staged/."""
-        check_source(src)
-        root = src if os.path.isdir(src) else tempfile.mkdtemp(prefix="extract.", dir=self.scratch)
-        try:
-            if root != src:
-                extract(src, root)
-            label = folder_label(src) if root == src else archive_stem(src) or stem(src)
-            self.sources.shown = (root, src) if root != src else ("", "")
-            sets = find_sets(root, label, hint)
-            self.sources.take_sets(sets)  # all before any is read: a set given twice writes nothing
-            for set_name, folder, name in sets:
-                found = collect(folder, set_name, name)
-                summary = write_found(found, set_name, os.path.join(self.scratch, "out"),
-                                      self.specs.get(set_name), self.out, self.sources)
-                ignored = f"; {len(found.ignored)} files in no known layout skipped (first: " \
-                          f"{found.ignored[0].replace(root, src, 1)})" if found.ignored else ""
-                taken = f" ({name} -> {set_name})" if name != set_name else ""
-                print(f"{set_name} <- {src}{taken}: {summary}{ignored}")
-        except (PrepareError, ArchiveError, ImageReadError) as e:  # members as <archive>/<member>
-            raise PrepareError(str(e).replace(root, src)) from None
-        finally:
-            if root != src:
-                shutil.rmtree(root, ignore_errors=True)
-
-    def download(self, set_name: str, url: str | None, sha256: str | None) -> None:
-        """Fetch the set's files (checked) into the scratch folder and convert them."""
-        folder = tempfile.mkdtemp(prefix="download.", dir=self.scratch)
-        for item in downloads.planned_downloads(set_name, url, sha256):
-            print(f"downloading {item.url}")
-            path = downloads.download(item.url, item.sha256, folder, item.size)
-            self.convert_source(path, set_name)
-            os.remove(path)
-
-
 def folder_label(src: str) -> str:
     """The name a folder source is read by (``downloads/CSet14/`` -> CSet14)."""
     return os.path.basename(os.path.normpath(os.path.abspath(src)))
@@ -451,16 +445,16 @@ def convert(srcs: Sequence[str], out: str, specs: dict[str, SetSpec], prog: str,
         check_source(src)
     if os.path.lexists(out) and not os.path.isdir(out):
         raise PrepareError(f"--out {out}: not a folder")
-    sources = Sources()
+    run = Conversion(specs, out)
     for src in srcs:  # a set given twice (CSet14 and Set14) is refused before any is read
         if os.path.isdir(src):
-            sources.take_sets(find_sets(src, folder_label(src), None))
+            run.take_sets(find_sets(src, folder_label(src), None))
     created = not os.path.lexists(out)
     try:
         with stops.StopSignals(raise_=True):
             os.makedirs(out, exist_ok=True)
             with transaction(out, prog) as (scratch, undo):
-                run = Run(specs, out, scratch, sources)
+                run.scratch = scratch
                 if fetch:
                     run.download(*fetch)
                 for src in srcs:
