@@ -211,14 +211,13 @@ def check_lr(dir_data: str, set_name: str, name: str, hr: torch.Tensor, hr_path:
                     report.problems.append(f"{path}: missing (LR x{s} of {hr_path})")
             continue
         try:
-            size = image_size(path)
+            size, wrong = image_size(path), None
+            if size != (w // s, h // s):
+                wrong = f"{size_text([size])}, expected {size_text([(w // s, h // s)])} (HR {w}x{h} // {s})"
         except ImageReadError as e:
-            report.problems.append(f"{path}: {e}")
-            report.lr_wrong[s] += 1
-            continue
-        if size != (w // s, h // s):
-            report.problems.append(f"{path}: {size_text([size])}, expected "
-                                   f"{size_text([(w // s, h // s)])} (HR {w}x{h} // {s})")
+            wrong = str(e)
+        if wrong:
+            report.problems.append(f"{path}: {wrong}")
             report.lr_wrong[s] += 1
 
 
@@ -241,16 +240,15 @@ def check_images(dir_data: str, folder: str, spec: SetSpec, lr_into: str | None)
     """Check a folder of HR images (and their LR files for SR sets) against ``spec``."""
     files = list_entries(folder)  # a pipe named like an image is read, so named, not left out
     names = [stem(f) for f in files]
-    expected = spec.names
     report = SetReport(spec.name, len(files), spec.count)
     report.problems += [f"{f}: a second image named {n!r} in {folder}; keep one"
                         for i, (f, n) in enumerate(zip(files, names, strict=True)) if n in names[:i]]
-    if expected is not None:
-        report.found = len(set(names) & set(expected))
+    if spec.names is not None:
+        report.found = len(set(names) & set(spec.names))
         report.problems += [f"{os.path.join(folder, n + '.png')}: missing ({spec.name} has "
-                            f"{spec.count} images)" for n in expected if n not in names]
+                            f"{spec.count} images)" for n in spec.names if n not in names]
         report.problems += [f"{f}: not an image of {spec.name}"
-                            for f, n in zip(files, names, strict=True) if n not in expected]
+                            for f, n in zip(files, names, strict=True) if n not in spec.names]
     elif len(files) != spec.count:
         report.problems.append(f"{folder}: {len(files)} image(s), {spec.name} has {spec.count}")
     for path, name in zip(files, names, strict=True):
