@@ -253,8 +253,6 @@ def standard_names(hr: dict[str, str], spec: SetSpec | None) -> dict[str, str]:
 
 def copy_image(src: str, dst: str) -> None:
     """``src`` at ``dst`` as PNG, atomically: a PNG's bytes as they are (verified), others decoded."""
-    if os.path.exists(dst) and os.path.samefile(src, dst):
-        return
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     if not src.lower().endswith(".png"):
         save_image(read_image(src), dst)
@@ -305,7 +303,6 @@ class Conversion:
 
     def convert_source(self, src: str, hint: str | None = None) -> None:
         """Write the sets of a folder or archive (extracted in the scratch folder) to its out/."""
-        check_source(src)
         root = src if os.path.isdir(src) else tempfile.mkdtemp(prefix="extract.", dir=self.scratch)
         try:
             if root != src:
