@@ -5,11 +5,14 @@ MAX_EXTRACT_BYTES, checked as declared (before a byte is written) and as inflate
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import re
 import tarfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from typing import BinaryIO
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".txz", ".tar", ".zip")
@@ -23,10 +26,17 @@ BAD_NAME_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, zlib.error, EOFError,
                   NotImplementedError, RuntimeError, OSError)
 ZIP_LINK, FILE_TYPE_BITS = 0o120000, 0o170000  # a zip member's st_mode, in external_attr >> 16
+# (name, a folder, declared size, why it is refused or None, how to open it)
+Member = tuple[str, bool, int, "str | None", Callable[[], BinaryIO]]
 
 
 class ArchiveError(Exception):
     """An archive refused or unreadable, in one line naming it."""
+
+
+def refused(archive: str, name: str, why: str, tail: str = "") -> ArchiveError:
+    """``<archive>: member '<name>' <why>; archive refused<tail>``."""
+    return ArchiveError(f"{archive}: member {name!r} {why}; archive refused{tail}")
 
 
 def archive_stem(path: str) -> str | None:
@@ -38,15 +48,13 @@ def archive_stem(path: str) -> str | None:
 def member_parts(archive: str, name: str) -> list[str]:
     """The path parts of member ``name`` (``\\`` a separator too); refused: absolute, ``..``, control."""
     if BAD_NAME_CHARS.search(name):
-        raise ArchiveError(f"{archive}: member {name!r} has a control character or bytes that are "
-                           "not UTF-8 in its name; archive refused")
+        raise refused(archive, name, "has a control character or bytes that are not UTF-8 in its name")
     clean = name.replace("\\", "/")
     if clean.startswith("/") or re.match(r"^[A-Za-z]:", clean):
-        raise ArchiveError(f"{archive}: member {name!r} has an absolute path; archive refused")
+        raise refused(archive, name, "has an absolute path")
     parts = [p for p in clean.split("/") if p not in ("", ".")]
     if ".." in parts:
-        raise ArchiveError(f"{archive}: member {name!r} points outside the archive (..); "
-                           "archive refused")
+        raise refused(archive, name, "points outside the archive (..)")
     return parts
 
 
@@ -58,30 +66,38 @@ class Extractor:
         self.bytes = 0
         self.files: dict[tuple[str, ...], str] = {}  # path parts -> the member written there
 
-    def plan(self, members: list[tuple[str, bool, int]]) -> None:
-        """Check each (name, is a file, declared size) before anything is written."""
+    def plan(self, members: list[Member]) -> None:
+        """Check each member's name and declared size before anything is written."""
         if len(members) > MAX_MEMBERS:
             raise ArchiveError(f"{self.archive}: more than {MAX_MEMBERS} members; archive refused")
         total = 0
-        for name, is_file, size in members:
+        for name, is_dir, size, _, _ in members:
             key = tuple(member_parts(self.archive, name))
-            if is_file and key and key in self.files:
+            if not is_dir and key and key in self.files:
                 raise ArchiveError(f"{self.archive}: two members named {name!r} (the first: "
                                    f"{self.files[key]!r}); archive refused: remove one")
-            if is_file and key:
+            if not is_dir and key:
                 self.files[key] = name
             if size > MAX_MEMBER_BYTES:
-                raise ArchiveError(f"{self.archive}: member {name!r} declares {size} bytes, more "
-                                   f"than any test image ({MAX_MEMBER_BYTES}); archive refused")
+                raise refused(self.archive, name, f"declares {size} bytes, more than any test image "
+                                                  f"({MAX_MEMBER_BYTES})")
             total += size
             if total > MAX_EXTRACT_BYTES:  # as soon as it passes: the rest is not even read
                 raise ArchiveError(f"{self.archive}: declares more than {MAX_EXTRACT_BYTES} bytes "
                                    "once extracted; archive refused")
 
-    def path(self, name: str) -> str | None:
-        """Where member ``name`` goes under dest; None for the archive's root folder."""
-        parts = member_parts(self.archive, name)
-        return os.path.join(self.dest, *parts) if parts else None
+    def run(self, members: list[Member]) -> None:
+        """Plan, then write each member in order; the first one refused stops the extraction."""
+        self.plan(members)
+        for name, is_dir, _, problem, open_member in members:
+            if problem:
+                raise refused(self.archive, name, problem)
+            parts = member_parts(self.archive, name)
+            if not parts or is_dir:
+                os.makedirs(os.path.join(self.dest, *parts), exist_ok=True)
+                continue
+            with open_member() as stream:
+                self.write(stream, os.path.join(self.dest, *parts), name)
 
     def write(self, stream: BinaryIO, path: str, name: str) -> None:
         """Copy ``stream`` to a new file ``path``, stopped (and removed) once past a limit."""
@@ -93,9 +109,9 @@ class Extractor:
                     size += len(chunk)
                     self.bytes += len(chunk)
                     if size > MAX_MEMBER_BYTES:
-                        raise ArchiveError(f"{self.archive}: member {name!r} holds more than "
-                                           f"{MAX_MEMBER_BYTES} bytes once extracted, more than any "
-                                           "test image; archive refused (a decompression bomb?)")
+                        raise refused(self.archive, name, f"holds more than {MAX_MEMBER_BYTES} bytes "
+                                      "once extracted, more than any test image",
+                                      " (a decompression bomb?)")
                     if self.bytes > MAX_EXTRACT_BYTES:
                         raise ArchiveError(f"{self.archive}: more than {MAX_EXTRACT_BYTES} bytes "
                                            "once extracted; archive refused (a decompression bomb?)")
@@ -105,59 +121,42 @@ class Extractor:
                 raise
 
 
-def extract_zip(archive: str, dest: str) -> None:
-    """Extract a zip under ``dest``; links and encrypted members refused."""
-    ex = Extractor(archive, dest)
-    with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
-        ex.plan([(i.filename, not i.is_dir(), i.file_size) for i in infos])
-        for info in infos:
-            if (info.external_attr >> 16) & FILE_TYPE_BITS == ZIP_LINK:
-                raise ArchiveError(f"{archive}: member {info.filename!r} is a symbolic link; "
-                                   "archive refused")
-            if info.flag_bits & 0x1:
-                raise ArchiveError(f"{archive}: member {info.filename!r} is encrypted")
-            path = ex.path(info.filename)
-            if path is None or info.is_dir():
-                os.makedirs(path or ex.dest, exist_ok=True)
-                continue
-            with zf.open(info) as stream:
-                ex.write(stream, path, info.filename)
+def zip_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why a zip member is refused (a link, encrypted), or None."""
+    if (info.external_attr >> 16) & FILE_TYPE_BITS == ZIP_LINK:
+        return "is a symbolic link"
+    return "is encrypted" if info.flag_bits & 0x1 else None
 
 
-def extract_tar(archive: str, dest: str) -> None:
-    """Extract a tar (any compression) under ``dest``; links, devices refused."""
-    ex = Extractor(archive, dest)
-    with tarfile.open(archive, "r:*") as tf:
-        members = []
-        for member in tf:  # every header read (and counted) before the first member is written
-            members.append(member)
-            if len(members) > MAX_MEMBERS:
-                break
-        ex.plan([(m.name, not m.isdir(), m.size if m.isfile() else 0) for m in members])
-        for member in members:
-            if member.issym() or member.islnk():
-                raise ArchiveError(f"{archive}: member {member.name!r} is a link; archive refused")
-            if not (member.isfile() or member.isdir()):
-                raise ArchiveError(f"{archive}: member {member.name!r} is not a file or folder; "
-                                   "archive refused")
-            if hasattr(tarfile, "data_filter"):  # tarfile's own path checks (3.12, 3.11.4, 3.10.12)
-                tarfile.data_filter(member, ex.dest)
-            path = ex.path(member.name)
-            if path is None or member.isdir():
-                os.makedirs(path or ex.dest, exist_ok=True)
-                continue
-            with tf.extractfile(member) as stream:
-                ex.write(stream, path, member.name)
+def tar_problem(member: tarfile.TarInfo, dest: str) -> str | None:
+    """Why a tar member is refused (a link, a device, what tarfile's own checks refuse), or None."""
+    if member.issym() or member.islnk():
+        return "is a link"
+    if not (member.isfile() or member.isdir()):
+        return "is not a file or folder"
+    try:
+        if hasattr(tarfile, "data_filter"):  # tarfile's own path checks (3.12, 3.11.4, 3.10.12)
+            tarfile.data_filter(member, dest)
+    except tarfile.FilterError as e:
+        return f"is refused by tarfile ({e})"
+    return None
 
 
 def extract(archive: str, dest: str) -> None:
     """Extract a .zip or .tar(.gz/.bz2/.xz) archive safely under ``dest``."""
     try:
         if zipfile.is_zipfile(archive):
-            extract_zip(archive, dest)
+            with zipfile.ZipFile(archive) as zf:
+                Extractor(archive, dest).run([(i.filename, i.is_dir(), i.file_size, zip_problem(i),
+                                               functools.partial(zf.open, i)) for i in zf.infolist()])
         elif tarfile.is_tarfile(archive):
-            extract_tar(archive, dest)
+            with tarfile.open(archive, "r:*") as tf:
+                # every header read (and counted) before the first member is written
+                members = list(itertools.islice(tf, MAX_MEMBERS + 1))
+                dest = os.path.realpath(dest)
+                Extractor(archive, dest).run([(m.name, m.isdir(), m.size if m.isfile() else 0,
+                                               tar_problem(m, dest), functools.partial(tf.extractfile, m))
+                                              for m in members])
         else:
             raise ArchiveError(f"{archive}: not a folder, .zip or .tar archive")
     except ARCHIVE_ERRORS as e:

@@ -77,13 +77,20 @@ class BenchmarkError(DataLayoutError):
 
 
 @functools.cache
+def standard_entries() -> dict[str, dict]:
+    """Each set's entry in the shipped standard_sets.json: its other names, its downloads."""
+    try:
+        table = json.loads(utility.read_small_file(STANDARD_SETS_FILE))
+        return {s: entry for s, entry in table.items() if not s.startswith("_")}
+    except (OSError, ValueError, AttributeError) as e:
+        raise BenchmarkError(f"{STANDARD_SETS_FILE}: cannot read the table of sets: {e}") from None
+
+
 def set_aliases() -> dict[str, tuple[str, ...]]:
     """Each set's other names, as standard_sets.json spells them (Set14: ("CSet14",))."""
     try:
-        table = json.loads(utility.read_small_file(STANDARD_SETS_FILE))
-        return {s: tuple(str(a) for a in entry.get("aliases", ())) for s, entry in table.items()
-                if not s.startswith("_")}
-    except (OSError, ValueError, AttributeError, TypeError) as e:
+        return {s: tuple(str(a) for a in entry.get("aliases", ())) for s, entry in standard_entries().items()}
+    except (AttributeError, TypeError) as e:
         raise BenchmarkError(f"{STANDARD_SETS_FILE}: cannot read the set names: {e}") from None
 
 
@@ -145,14 +152,18 @@ class BenchmarkSet:
         if dataset == "Sample":
             self.items = list(TEST_PHOTOS)
         elif self.family == "derain":
-            folder = _first_dir(dir_data, dataset)
-            self.items = rain_pairs(folder, LAYOUTS["Rain100L"], BenchmarkError)
+            self.items = rain_pairs(_first_dir(dir_data, dataset), LAYOUTS["Rain100L"], BenchmarkError)
         else:
-            self.items = _hr_files(dir_data, dataset)
+            folder = _first_dir(dir_data, dataset)
+            self.items = list_entries(folder)  # not list_images: no entry silently left out of the set
+            if not self.items:
+                raise BenchmarkError(f"{dataset}: no images (png, jpg, bmp, tif, webp) in {folder}")
             if dataset == "DIV2K":
-                self.items = _div2k_test_files(self.items, div2k_range)
+                self.items = numbered_files(self.items, div2k_range, folder,
+                                            " (the test part of --data_range)", BenchmarkError)
         given_lr = self.family == "sr" and dataset != "Sample"  # LR files may be on disk
-        self.lr_dir = _lr_dir(dir_data, dataset, scale) if given_lr else None
+        self.lr_dir = first_folder(dir_data, tuple(c.format(s=scale) for c in LR_DIRS[dataset])) \
+            if given_lr else None
         if given_lr:
             missing = [f for f in self.items if not os.path.isfile(self._lr_path(f))]
             if missing:
@@ -230,35 +241,19 @@ def seed_name(name: str) -> str:
     return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _div2k_test_files(files: list[str], bounds: tuple[int, int]) -> list[str]:
-    """The DIV2K HR files numbered within ``bounds``; a BenchmarkError naming the folder if none."""
-    return numbered_files(files, bounds, os.path.dirname(files[0]),
-                          " (the test part of --data_range)", BenchmarkError)
-
-
-def _hr_files(dir_data: str, dataset: str) -> list[str]:
-    """Everything in the set's HR folder named like an image: an entry that is not a regular file
-    (a pipe, a device, a folder, a broken link) is kept, so reading it is an error that is counted
-    and named, never an image silently left out of the set."""
-    folder = _first_dir(dir_data, dataset)
-    files = list_entries(folder)
-    if not files:
-        raise BenchmarkError(f"{dataset}: no images (png, jpg, bmp, tif, webp) in {folder}")
-    return files
-
-
-def _lr_dir(dir_data: str, dataset: str, scale: int) -> str | None:
-    found = [os.path.join(dir_data, c.format(s=scale)) for c in LR_DIRS[dataset]]
-    return next((f for f in found if os.path.isdir(f)), None)
+def first_folder(dir_data: str, folders: tuple[str, ...]) -> str | None:
+    """The first of ``folders`` (under ``dir_data``) that exists, or None."""
+    return next((path for f in folders if os.path.isdir(path := os.path.join(dir_data, f))), None)
 
 
 def _first_dir(dir_data: str, dataset: str) -> str:
-    found = [os.path.join(dir_data, c) for c in HR_DIRS[dataset]]
-    for folder in found:
-        if os.path.isdir(folder):
-            return folder
-    raise BenchmarkError(f"{dataset}: no folder {' or '.join(found)} (check --dir_data; layout: "
-                         f"{LAYOUTS.get(dataset, 'see README')})")
+    """The set's HR folder; a BenchmarkError naming where it was looked for and the layout."""
+    found = first_folder(dir_data, HR_DIRS[dataset])
+    if found is None:
+        looked = " or ".join(os.path.join(dir_data, c) for c in HR_DIRS[dataset])
+        raise BenchmarkError(f"{dataset}: no folder {looked} (check --dir_data; layout: "
+                             f"{LAYOUTS.get(dataset, 'see README')})")
+    return found
 
 
 LAYOUTS = {

@@ -1,4 +1,5 @@
-"""Test sets fetched over HTTP(S) with urllib, checked against their SHA-256 before use."""
+"""Test sets fetched over HTTP(S) with urllib, checked against their SHA-256 before use; the files
+of each set are listed in data/standard_sets.json ("download")."""
 from __future__ import annotations
 
 import hashlib
@@ -11,11 +12,11 @@ import urllib.request
 from dataclasses import dataclass
 
 from .archives import CHUNK_BYTES
+from .benchmark import standard_entries
 from .standard_sets import PrepareError
 
 MAX_DOWNLOAD_BYTES = 4 * 2 ** 30
 DOWNLOAD_TIMEOUT_S = 60
-DIV2K_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K"
 
 
 @dataclass(frozen=True)
@@ -26,29 +27,6 @@ class Download:
     sha256: str | None
     size: int | None
     layout: str
-
-
-EDSR_BENCHMARK = Download("https://cv.snu.ac.kr/research/EDSR/benchmark.tar", None, None,
-                          "benchmark/{Set5,Set14,B100,Urban100}/HR + LR_bicubic/X2..X4 "
-                          "(EDSR's release; no SHA-256 published: pass --sha256)")
-# The DIV2K checksums and sizes are those of tensorflow/datasets (url_checksums/div2k.txt)
-DOWNLOADS: dict[str, tuple[Download, ...]] = {
-    "DIV2K": tuple(Download(f"{DIV2K_URL}/DIV2K_valid_{part}.zip", sha256, size, layout) for
-                   part, sha256, size, layout in (
-        ("HR", "20dd31fd84d777bc1cf5d6b7654a3f569c0aec74458ae094122ad1d0489900fc", 448993893,
-         "DIV2K_valid_HR/0801.png ..."),
-        ("LR_bicubic_X2", "60eed9875c697df51204aa579e2a699e1d5215095788a097ff54dd17e2664d57",
-         117763600, "DIV2K_valid_LR_bicubic/X2/0801x2.png ..."),
-        ("LR_bicubic_X3", "04b9a2ed3b4a0715d3924d3ae8514830c3328fac8d30512ce716d6f419e052a3",
-         54513392, "DIV2K_valid_LR_bicubic/X3/0801x3.png ..."),
-        ("LR_bicubic_X4", "a50a5d1c4b88de4e8d300d8fb2b904c52fe93b2b298a4899697760d7cbb6d553",
-         31505881, "DIV2K_valid_LR_bicubic/X4/0801x4.png ..."))),
-    **{s: (EDSR_BENCHMARK,) for s in ("Set5", "Set14", "B100", "Urban100")},
-    "Manga109": (Download(None, None, None, "given by its authors on request (manga109.org), "
-                                            "for academic use"),),
-    "CBSD68": (Download(None, None, None, "no archive with a published checksum known"),),
-    "Rain100L": (Download(None, None, None, "no stable address with a published checksum known"),),
-}
 
 
 def download(url: str, sha256: str, folder: str, max_bytes: int | None = None) -> str:
@@ -82,7 +60,7 @@ def planned_downloads(set_name: str, url: str | None, sha256: str | None) -> tup
     """The files to fetch for ``set_name``; a PrepareError naming what is unknown."""
     if url:
         return (Download(url, sha256, None, "given by --url"),)
-    table = DOWNLOADS[set_name]
+    table = tuple(Download(**item) for item in standard_entries()[set_name]["download"])
     if sha256:
         if len(table) != 1:
             raise PrepareError(f"--sha256: {set_name} is {len(table)} files; give --url with it")

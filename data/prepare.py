@@ -12,13 +12,11 @@ Refused in one line: one set given under two of its names (``CSet14`` and ``Set1
 whose same-named images would replace each other), two files that would be one, a source or
 image that is not a regular file or folder (a pipe, a device: never opened), an image over
 MAX_MEMBER_BYTES or that does not decode, the archives of data/archives.py.
-
-Everything is written into a scratch folder beside DIR_DATA first and moved in at the end; on
-any error or stop signal the files moved in are moved out again and those they replaced put back.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -50,8 +48,7 @@ from .standard_sets import (
     lr_name,
 )
 
-# Source layouts. HR files by preference (rank): an HR-named folder, the set's own folder (flat),
-# a BasicSR GTmod<n> crop, a SelfExSR *_HR file
+# Source layouts; HR files ranked in the module docstring's order of preference (lower: surer)
 HR_DIR = re.compile(r"^(hr|original|gt|groundtruth|.*_hr)$", re.I)
 GTMOD_DIR = re.compile(r"^gtmod\d+$", re.I)
 RANK_HR_DIR, RANK_SET_DIR, RANK_GTMOD, RANK_SELFEXSR = 0, 1, 2, 3
@@ -66,9 +63,6 @@ RAINY_DIRS = ("rain", "rainy", "input")
 CLEAN_DIRS = ("norain", "target", "gt", "clean", "groundtruth")
 SEARCH_DEPTH = 3  # folders searched for set-named folders below a source that is not one
 SCRATCH_PREFIX = ".prepare_data."  # the temporary folder beside DIR_DATA, removed whatever happens
-def folder_aliases() -> list[tuple[str, str]]:
-    """(lower-case name, set) of every name a set's folder or archive may start with."""
-    return [(alias, s) for alias, s in set_names().items() if s in SET_ORDER]
 
 
 def alias_text() -> str:
@@ -79,8 +73,8 @@ def alias_text() -> str:
 def set_alias(name: str) -> tuple[str, str] | None:
     """(alias, set) that ``name`` is or starts with before a non-alphanumeric (``BSD100_x``), or None."""
     low = name.lower()
-    return next(((alias, s) for alias, s in folder_aliases()
-                 if low == alias or (low.startswith(alias) and not low[len(alias)].isalnum())), None)
+    return next(((alias, s) for alias, s in set_names().items() if s in SET_ORDER
+                 and (low == alias or (low.startswith(alias) and not low[len(alias)].isalnum()))), None)
 
 
 def canonical_set(name: str) -> str | None:
@@ -91,8 +85,8 @@ def canonical_set(name: str) -> str | None:
 
 def find_sets(root: str, label: str, hint: str | None) -> list[tuple[str, str, str]]:
     """(set, folder, its name) of ``root`` itself, else of set-named folders below, else ``hint``."""
-    if canonical_set(label):
-        return [(canonical_set(label), root, label)]
+    if set_name := canonical_set(label):
+        return [(set_name, root, label)]
     found, level = [], [root]
     for _ in range(SEARCH_DEPTH):
         below = []
@@ -102,8 +96,8 @@ def find_sets(root: str, label: str, hint: str | None) -> list[tuple[str, str, s
                     if not entry.is_dir(follow_symlinks=False) or entry.name in SKIPPED_DIRS \
                             or entry.name.startswith("."):  # hidden, as walk_images; our scratch
                         continue
-                    if canonical_set(entry.name):
-                        found.append((canonical_set(entry.name), entry.path, entry.name))
+                    if set_name := canonical_set(entry.name):
+                        found.append((set_name, entry.path, entry.name))
                     else:
                         below.append(entry.path)
         level = below
@@ -129,8 +123,7 @@ def check_source(src: str) -> None:
     if not os.path.exists(src):
         broken = " (a broken link)" if os.path.islink(src) else ""
         raise PrepareError(f"{src}: no such file or folder{broken}")
-    kind = special_kind(src)
-    if kind:
+    if kind := special_kind(src):
         raise PrepareError(f"{src}: {kind}, not a file or folder; give a folder or a .zip/.tar archive")
 
 
@@ -149,8 +142,8 @@ def walk_images(root: str) -> list[tuple[list[str], str]]:
                                    "the name; rename or remove it")
             if not os.path.exists(path):
                 raise PrepareError(f"{path}: a broken link; remove it")
-            if special_kind(path):
-                raise PrepareError(f"{path}: {special_kind(path)}, not an image file; remove it")
+            if kind := special_kind(path):
+                raise PrepareError(f"{path}: {kind}, not an image file; remove it")
             if os.path.getsize(path) > archives.MAX_MEMBER_BYTES:
                 raise PrepareError(f"{path}: {os.path.getsize(path)} bytes, more than any test "
                                    f"image ({archives.MAX_MEMBER_BYTES}); remove it")
@@ -194,7 +187,8 @@ class Found:
         old_rank, old_path = self.hr.get(name, (rank + 1, ""))
         if rank == old_rank and rank != RANK_SELFEXSR:
             add_once({name: old_path}, name, path, "HR image")
-        if rank > old_rank or (rank == old_rank and area(path) <= area(old_path)):
+        if rank > old_rank or (rank == old_rank and math.prod(image_size(path))
+                               <= math.prod(image_size(old_path))):
             return  # SelfExSR: each scale's HR may be cropped to a multiple of it; keep the largest
         self.hr[name] = (rank, path)
 
@@ -208,12 +202,6 @@ class Found:
         clean = bool(m.group(1)) if m else parent in CLEAN_DIRS
         add_once(self.clean if clean else self.rainy, m.group(2) if m else name, path,
                  "clean image" if clean else "rainy image")
-
-
-def area(path: str) -> int:
-    """width * height of an image file."""
-    w, h = image_size(path)
-    return w * h
 
 
 def add_once(table: dict, key, path: str, what: str) -> None:
@@ -265,8 +253,6 @@ def standard_names(hr: dict[str, str], spec: SetSpec | None) -> dict[str, str]:
 
 def copy_image(src: str, dst: str) -> None:
     """``src`` at ``dst`` as PNG, atomically: a PNG's bytes as they are (verified), others decoded."""
-    if os.path.exists(dst) and os.path.samefile(src, dst):
-        return
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     if not src.lower().endswith(".png"):
         save_image(read_image(src), dst)
@@ -280,9 +266,13 @@ def copy_image(src: str, dst: str) -> None:
 
 
 @dataclass
-class Sources:
-    """What the sources of one run gave: each set under one name only, each file once."""
+class Conversion:
+    """One run's standard sets, DIR_DATA, scratch folder and what its sources gave: each set under
+    one name only, each file once."""
 
+    specs: dict[str, SetSpec]
+    out: str
+    scratch: str = ""  # made by `transaction`, once the sources are known
     sets: dict[str, tuple[str, str]] = field(default_factory=dict)  # set -> (its name, folder)
     files: dict[str, str] = field(default_factory=dict)  # file under DIR_DATA -> the file it is from
     shown: tuple[str, str] = ("", "")  # (extraction folder, the archive named in its place)
@@ -302,36 +292,68 @@ class Sources:
                 raise PrepareError(f"{first} and {self.show(folder)} are both {set_name}; give "
                                    "each set once")
 
-    def put(self, path: str, out: str, rel: str) -> None:
-        """Copy ``path`` to ``rel`` under ``out``; a PrepareError naming both if a file went there
-        before (two copies of one image: which one to keep is not for us to guess)."""
+    def put(self, path: str, rel: str) -> None:
+        """Copy ``path`` to ``rel`` under the scratch folder's out/; a PrepareError naming both if a
+        file went there before (two copies of one image: which one to keep is not for us to guess)."""
         first = self.files.setdefault(rel, self.show(path))
         if first != self.show(path):
             raise PrepareError(f"{first} and {self.show(path)} would both be {rel} in --out; give "
                                "one of them")
-        copy_image(path, os.path.join(out, rel))
+        copy_image(path, os.path.join(self.scratch, "out", rel))
+
+    def convert_source(self, src: str, hint: str | None = None) -> None:
+        """Write the sets of a folder or archive (extracted in the scratch folder) to its out/."""
+        root = src if os.path.isdir(src) else tempfile.mkdtemp(prefix="extract.", dir=self.scratch)
+        try:
+            if root != src:
+                extract(src, root)
+            label = folder_label(src) if root == src else archive_stem(src) or stem(src)
+            self.shown = (root, src) if root != src else ("", "")
+            sets = find_sets(root, label, hint)
+            self.take_sets(sets)  # all before any is read: a set given twice writes nothing
+            for set_name, folder, name in sets:
+                found = collect(folder, set_name, name)
+                summary = write_found(found, set_name, self)
+                ignored = f"; {len(found.ignored)} files in no known layout skipped (first: " \
+                          f"{found.ignored[0].replace(root, src, 1)})" if found.ignored else ""
+                taken = f" ({name} -> {set_name})" if name != set_name else ""
+                print(f"{set_name} <- {src}{taken}: {summary}{ignored}")
+        except (PrepareError, ArchiveError, ImageReadError) as e:  # members as <archive>/<member>
+            raise PrepareError(str(e).replace(root, src)) from None
+        finally:
+            if root != src:
+                shutil.rmtree(root, ignore_errors=True)
+
+    def download(self, set_name: str, url: str | None, sha256: str | None) -> None:
+        """Fetch the set's files (checked) into the scratch folder and convert them."""
+        folder = tempfile.mkdtemp(prefix="download.", dir=self.scratch)
+        for item in downloads.planned_downloads(set_name, url, sha256):
+            print(f"downloading {item.url}")
+            path = downloads.download(item.url, item.sha256, folder, item.size)
+            self.convert_source(path, set_name)
+            os.remove(path)
 
 
-def write_found(found: Found, set_name: str, out: str, spec: SetSpec | None, existing: str,
-                sources: Sources) -> str:
-    """Write ``found`` into ``out`` in the layout (LR matched to HR there or in ``existing``); a summary."""
+def write_found(found: Found, set_name: str, run: Conversion) -> str:
+    """Write ``found`` into the scratch folder's out/ in the layout (LR matched to HR there or in
+    DIR_DATA); a summary."""
     folder = HR_DIRS[set_name][0]
     if set_name == RAIN_SET:
         for prefix, files in (("rain", found.rainy), ("norain", found.clean)):
             for key, path in files.items():
-                sources.put(path, out, os.path.join(folder, f"{prefix}-{key}.png"))
+                run.put(path, os.path.join(folder, f"{prefix}-{key}.png"))
         return f"{len(found.rainy)} rainy and {len(found.clean)} clean images"
     hr = {name: path for name, (_, path) in found.hr.items()}
-    renamed = standard_names(hr, spec)
+    renamed = standard_names(hr, run.specs.get(set_name))
     for name, path in hr.items():
-        sources.put(path, out, os.path.join(folder, f"{renamed.get(name, name)}.png"))
-    known = set(hr) | {stem(p) for d in (out, existing) if os.path.isdir(os.path.join(d, folder))
+        run.put(path, os.path.join(folder, f"{renamed.get(name, name)}.png"))
+    known = set(hr) | {stem(p) for d in (os.path.join(run.scratch, "out"), run.out)
+                       if os.path.isdir(os.path.join(d, folder))
                        for p in list_images(os.path.join(d, folder))}
     n_lr = 0
     for (s, file_stem), path in found.lr.items() if set_name in SR_SETS else ():
         name = lr_name(file_stem, s, known)
-        sources.put(path, out, os.path.join(LR_DIRS[set_name][0].format(s=s),
-                                            f"{renamed.get(name, name)}x{s}.png"))
+        run.put(path, os.path.join(LR_DIRS[set_name][0].format(s=s), f"{renamed.get(name, name)}x{s}.png"))
         n_lr += 1
     note = f" (SelfExSR's {min(renamed)}..{max(renamed)} named as the set's images)" if renamed else ""
     return f"{len(hr)} HR images, {n_lr} LR files{note}"
@@ -354,7 +376,11 @@ def merge(staged: str, out: str, scratch: str, undo: Undo) -> None:
     kept = tempfile.mkdtemp(prefix="kept.", dir=scratch)
     with stops.StopSignals() as held:
         for src, dst in moves:
-            for folder in missing_folders(os.path.dirname(dst), os.path.normpath(out)):
+            missing, folder = [], os.path.dirname(dst)
+            while not os.path.lexists(folder):  # stops at out, which exists
+                missing.append(folder)
+                folder = os.path.dirname(folder)
+            for folder in reversed(missing):  # outermost first
                 os.mkdir(folder)
                 undo.append((folder, None))
             old = None
@@ -366,15 +392,6 @@ def merge(staged: str, out: str, scratch: str, undo: Undo) -> None:
             shutil.move(src, dst)
     if held.received is not None:
         raise stops.Interrupted(held.received)
-
-
-def missing_folders(folder: str, top: str) -> list[str]:
-    """The folders from ``top`` (excluded) down to ``folder`` that do not exist, outermost first."""
-    missing = []
-    while folder != top and not os.path.lexists(folder) and os.path.dirname(folder) != folder:
-        missing.append(folder)
-        folder = os.path.dirname(folder)
-    return missing[::-1]
 
 
 def unmerge(undo: Undo, prog: str) -> None:
@@ -412,50 +429,6 @@ def transaction(out: str, prog: str) -> Iterator[tuple[str, Undo]]:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-@dataclass
-class Run:
-    """One conversion: the standard sets, DIR_DATA, the scratch folder and what was taken."""
-
-    specs: dict[str, SetSpec]
-    out: str
-    scratch: str
-    sources: Sources = field(default_factory=Sources)
-
-    def convert_source(self, src: str, hint: str | None = None) -> None:
-        """Write the sets of a folder or archive (extracted in the scratch folder) to staged/."""
-        check_source(src)
-        root = src if os.path.isdir(src) else tempfile.mkdtemp(prefix="extract.", dir=self.scratch)
-        try:
-            if root != src:
-                extract(src, root)
-            label = folder_label(src) if root == src else archive_stem(src) or stem(src)
-            self.sources.shown = (root, src) if root != src else ("", "")
-            sets = find_sets(root, label, hint)
-            self.sources.take_sets(sets)  # all before any is read: a set given twice writes nothing
-            for set_name, folder, name in sets:
-                found = collect(folder, set_name, name)
-                summary = write_found(found, set_name, os.path.join(self.scratch, "out"),
-                                      self.specs.get(set_name), self.out, self.sources)
-                ignored = f"; {len(found.ignored)} files in no known layout skipped (first: " \
-                          f"{found.ignored[0].replace(root, src, 1)})" if found.ignored else ""
-                taken = f" ({name} -> {set_name})" if name != set_name else ""
-                print(f"{set_name} <- {src}{taken}: {summary}{ignored}")
-        except (PrepareError, ArchiveError, ImageReadError) as e:  # members as <archive>/<member>
-            raise PrepareError(str(e).replace(root, src)) from None
-        finally:
-            if root != src:
-                shutil.rmtree(root, ignore_errors=True)
-
-    def download(self, set_name: str, url: str | None, sha256: str | None) -> None:
-        """Fetch the set's files (checked) into the scratch folder and convert them."""
-        folder = tempfile.mkdtemp(prefix="download.", dir=self.scratch)
-        for item in downloads.planned_downloads(set_name, url, sha256):
-            print(f"downloading {item.url}")
-            path = downloads.download(item.url, item.sha256, folder, item.size)
-            self.convert_source(path, set_name)
-            os.remove(path)
-
-
 def folder_label(src: str) -> str:
     """The name a folder source is read by (``downloads/CSet14/`` -> CSet14)."""
     return os.path.basename(os.path.normpath(os.path.abspath(src)))
@@ -469,16 +442,16 @@ def convert(srcs: Sequence[str], out: str, specs: dict[str, SetSpec], prog: str,
         check_source(src)
     if os.path.lexists(out) and not os.path.isdir(out):
         raise PrepareError(f"--out {out}: not a folder")
-    sources = Sources()
+    run = Conversion(specs, out)
     for src in srcs:  # a set given twice (CSet14 and Set14) is refused before any is read
         if os.path.isdir(src):
-            sources.take_sets(find_sets(src, folder_label(src), None))
+            run.take_sets(find_sets(src, folder_label(src), None))
     created = not os.path.lexists(out)
     try:
         with stops.StopSignals(raise_=True):
             os.makedirs(out, exist_ok=True)
             with transaction(out, prog) as (scratch, undo):
-                run = Run(specs, out, scratch, sources)
+                run.scratch = scratch
                 if fetch:
                     run.download(*fetch)
                 for src in srcs:

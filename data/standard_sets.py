@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ from PIL import Image
 
 import utility
 
-from .benchmark import HR_DIRS, LR_DIRS, SR_SETS, STANDARD_SETS_FILE
+from .benchmark import HR_DIRS, LR_DIRS, SR_SETS, STANDARD_SETS_FILE, first_folder
 from .degrade import bicubic_lr
 from .images import DECODE_ERRORS, ImageReadError, list_entries, list_images, read_image, save_image, stem
 
@@ -44,20 +45,10 @@ class SetSpec:
     name: str
     count: int
     sizes: dict[str, tuple[int, int]] | None = None  # per image
-    names: tuple[str, ...] | None = None  # names known, sizes not
+    names: tuple[str, ...] | None = None  # the image names, None where not recorded
     allowed: tuple[tuple[int, int], ...] | None = None  # sizes any image may have
     greyscale: frozenset[str] = frozenset()
     pixels_sha256: dict[str, str] = field(default_factory=dict)
-
-    def expected_names(self) -> tuple[str, ...] | None:
-        """The image names, or None where they are not recorded."""
-        return tuple(self.sizes) if self.sizes is not None else self.names
-
-    def sizes_of(self, name: str) -> tuple[tuple[int, int], ...]:
-        """The sizes image ``name`` may have; empty where not recorded."""
-        if self.sizes is not None:
-            return (self.sizes[name],) if name in self.sizes else ()
-        return self.allowed or ()
 
 
 def load_standard_sets(path: str | None = None) -> dict[str, SetSpec]:
@@ -75,13 +66,12 @@ def _spec(name: str, entry: dict) -> SetSpec:
     images = entry.get("images")
     spec = SetSpec(name, int(entry["count"]),
                    {k: (int(v[0]), int(v[1])) for k, v in images.items()} if images else None,
-                   tuple(entry["names"]) if "names" in entry else None,
+                   tuple(images) if images else tuple(entry["names"]) if "names" in entry else None,
                    tuple((int(w), int(h)) for w, h in entry["sizes"]) if "sizes" in entry else None,
                    frozenset(entry.get("greyscale", ())),
                    {str(k): str(v) for k, v in entry.get(SHA256_OF_PIXELS, {}).items()})
-    known = spec.expected_names()
     for key, listed in (("greyscale", spec.greyscale), (SHA256_OF_PIXELS, spec.pixels_sha256)):
-        stray = sorted(n for n in listed if known is None or n not in known)
+        stray = sorted(n for n in listed if spec.names is None or n not in spec.names)
         if stray:
             raise ValueError(f"{name}: {key} names {stray[0]!r}, not one of its images")
     bad = sorted(n for n, h in spec.pixels_sha256.items() if not SHA256_HEX.match(h))
@@ -139,8 +129,8 @@ class SetReport:
     found: int
     expected: int
     unit: str = "images"
-    lr_missing: dict[int, int] = field(default_factory=dict)
-    lr_wrong: dict[int, int] = field(default_factory=dict)
+    lr_missing: Counter[int] = field(default_factory=Counter)  # scale -> LR files
+    lr_wrong: Counter[int] = field(default_factory=Counter)
     lr_made: int = 0
     problems: list[str] = field(default_factory=list)
     hashed: int = 0  # images found whose standard pixels' SHA-256 is recorded
@@ -151,26 +141,18 @@ class SetReport:
         """``Set5: 5 of 5 images, LR x2 x3 x4 complete``, then the recorded pixels matched."""
         text = f"{self.name}: {self.found} of {self.expected} {self.unit}"
         if self.name in SR_SETS and self.found:
-            complete, bad = [], []
-            for s in SCALES:
-                wrong = [f"{n} {what}" for n, what in ((self.lr_missing.get(s, 0), "missing"),
-                                                        (self.lr_wrong.get(s, 0), "wrong size")) if n]
-                if wrong:
-                    bad.append(f"x{s}: " + ", ".join(wrong))
-                else:
-                    complete.append(f"x{s}")
-            parts = ([" ".join(complete) + " complete"] if complete else []) + bad
+            bad = {s: ", ".join(f"{n} {what}" for n, what in ((self.lr_missing[s], "missing"),
+                                                               (self.lr_wrong[s], "wrong size")) if n)
+                   for s in SCALES}
+            complete = " ".join(f"x{s}" for s, wrong in bad.items() if not wrong)
+            parts = [f"{complete} complete"] if complete else []
+            parts += [f"x{s}: {wrong}" for s, wrong in bad.items() if wrong]
             made = f" ({self.lr_made} made)" if self.lr_made else ""
             text += f", LR {', '.join(parts)}{made}"
         if not self.hashed:
             return [text]
         return [text, f"{self.name}: {self.hash_matched} of {self.hashed} images match the standard "
                       "version's pixels"]
-
-
-def count(table: dict[int, int], scale: int) -> None:
-    """One more at ``scale``."""
-    table[scale] = table.get(scale, 0) + 1
 
 
 def check_image(path: str, spec: SetSpec, problems: list[str],
@@ -182,7 +164,10 @@ def check_image(path: str, spec: SetSpec, problems: list[str],
         problems.append(f"{path}: {e}")
         return None
     size = (img.shape[2], img.shape[1])
-    allowed = spec.sizes_of(name) if name is not None else spec.allowed or ()
+    if spec.sizes is not None:  # sizes per image; an image not in the table is named elsewhere
+        allowed = (spec.sizes[name],) if name in spec.sizes else ()
+    else:
+        allowed = spec.allowed or ()
     if allowed and size not in allowed:
         crop = next((s for s in SCALES if any(size == cropped(a, s) for a in allowed)), None)
         note = f" (cropped to a multiple of {crop}: use the uncropped image)" if crop else ""
@@ -208,20 +193,6 @@ def grey_reason(path: str) -> str:
     return f"mode {mode}" if mode in GREY_MODES else "its three channels are equal"
 
 
-def check_hash(path: str, img: torch.Tensor, spec: SetSpec, name: str, report: SetReport) -> None:
-    """Count ``img`` against the SHA-256 recorded for the standard image ``name``, if any."""
-    recorded = spec.pixels_sha256.get(name)
-    if recorded is None:
-        return
-    report.hashed += 1
-    if pixel_sha256(img) == recorded:
-        report.hash_matched += 1
-    else:
-        report.notes.append(f"{path}: its pixels differ from the standard {spec.name} {name}'s "
-                            "(SHA-256 of the decoded pixels); its metrics may not compare with "
-                            "published ones")
-
-
 def check_lr(dir_data: str, set_name: str, name: str, hr: torch.Tensor, hr_path: str,
              report: SetReport, lr_into: str | None) -> None:
     """Check one HR image's LR files at every scale; make the missing ones under ``lr_into`` if given."""
@@ -235,20 +206,19 @@ def check_lr(dir_data: str, set_name: str, name: str, hr: torch.Tensor, hr_path:
                                                            os.path.basename(path)))
                 report.lr_made += 1
             else:
-                count(report.lr_missing, s)
+                report.lr_missing[s] += 1
                 if os.path.isdir(folder):
                     report.problems.append(f"{path}: missing (LR x{s} of {hr_path})")
             continue
         try:
-            size = image_size(path)
+            size, wrong = image_size(path), None
+            if size != (w // s, h // s):
+                wrong = f"{size_text([size])}, expected {size_text([(w // s, h // s)])} (HR {w}x{h} // {s})"
         except ImageReadError as e:
-            report.problems.append(f"{path}: {e}")
-            count(report.lr_wrong, s)
-            continue
-        if size != (w // s, h // s):
-            report.problems.append(f"{path}: {size_text([size])}, expected "
-                                   f"{size_text([(w // s, h // s)])} (HR {w}x{h} // {s})")
-            count(report.lr_wrong, s)
+            wrong = str(e)
+        if wrong:
+            report.problems.append(f"{path}: {wrong}")
+            report.lr_wrong[s] += 1
 
 
 def check_lr_folders(dir_data: str, set_name: str, names: set[str], report: SetReport) -> None:
@@ -256,7 +226,7 @@ def check_lr_folders(dir_data: str, set_name: str, names: set[str], report: SetR
     for s in SCALES:
         folder = lr_dir(dir_data, set_name, s)
         if not os.path.isdir(folder):
-            if report.lr_missing.get(s):
+            if report.lr_missing[s]:
                 report.problems.append(f"{folder}: missing ({report.lr_missing[s]} LR x{s} "
                                        "files; --make_lr makes them)")
             continue
@@ -270,23 +240,30 @@ def check_images(dir_data: str, folder: str, spec: SetSpec, lr_into: str | None)
     """Check a folder of HR images (and their LR files for SR sets) against ``spec``."""
     files = list_entries(folder)  # a pipe named like an image is read, so named, not left out
     names = [stem(f) for f in files]
-    expected = spec.expected_names()
     report = SetReport(spec.name, len(files), spec.count)
     report.problems += [f"{f}: a second image named {n!r} in {folder}; keep one"
                         for i, (f, n) in enumerate(zip(files, names, strict=True)) if n in names[:i]]
-    if expected is not None:
-        report.found = len(set(names) & set(expected))
+    if spec.names is not None:
+        report.found = len(set(names) & set(spec.names))
         report.problems += [f"{os.path.join(folder, n + '.png')}: missing ({spec.name} has "
-                            f"{spec.count} images)" for n in expected if n not in names]
+                            f"{spec.count} images)" for n in spec.names if n not in names]
         report.problems += [f"{f}: not an image of {spec.name}"
-                            for f, n in zip(files, names, strict=True) if n not in expected]
+                            for f, n in zip(files, names, strict=True) if n not in spec.names]
     elif len(files) != spec.count:
         report.problems.append(f"{folder}: {len(files)} image(s), {spec.name} has {spec.count}")
     for path, name in zip(files, names, strict=True):
         img = check_image(path, spec, report.problems, name)
-        if img is not None:
-            check_hash(path, img, spec, name, report)
-        if img is not None and spec.name in SR_SETS:
+        if img is None:
+            continue
+        if name in spec.pixels_sha256:
+            report.hashed += 1
+            if pixel_sha256(img) == spec.pixels_sha256[name]:
+                report.hash_matched += 1
+            else:
+                report.notes.append(f"{path}: its pixels differ from the standard {spec.name} {name}'s "
+                                    "(SHA-256 of the decoded pixels); its metrics may not compare with "
+                                    "published ones")
+        if spec.name in SR_SETS:
             check_lr(dir_data, spec.name, name, img, path, report, lr_into)
     if spec.name in SR_SETS:
         check_lr_folders(dir_data, spec.name, set(names), report)
@@ -320,8 +297,7 @@ def check_tree(dir_data: str, specs: dict[str, SetSpec], lr_into: str | None = N
     """A SetReport for each set found under ``dir_data``; missing LR files made under ``lr_into``."""
     reports = []
     for set_name in SET_ORDER:
-        folder = next((os.path.join(dir_data, d) for d in READ_DIRS[set_name]
-                       if os.path.isdir(os.path.join(dir_data, d))), None)
+        folder = first_folder(dir_data, READ_DIRS[set_name])
         if folder is None:
             continue
         spec = specs.get(set_name)

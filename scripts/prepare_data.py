@@ -19,9 +19,9 @@ if __name__ == "__main__":  # a stop signal while torch loads is kept, not a sil
     stops.early()
 
 from data.archives import ArchiveError  # noqa: E402
-from data.benchmark import BenchmarkError  # noqa: E402
+from data.benchmark import BenchmarkError, canonical_test_set  # noqa: E402
 from data.images import ImageReadError  # noqa: E402
-from data.prepare import alias_text, check, convert, folder_aliases  # noqa: E402
+from data.prepare import alias_text, check, convert  # noqa: E402
 from data.standard_sets import (  # noqa: E402
     SET_ORDER,
     SHA256_HEX,
@@ -29,6 +29,7 @@ from data.standard_sets import (  # noqa: E402
     load_standard_sets,
     print_reports,
 )
+from scripts import cli  # noqa: E402
 
 PROG = "prepare_data.py"  # the name its error lines start with
 
@@ -73,8 +74,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.sha256 and not SHA256_HEX.match(args.sha256):
         raise PrepareError(f"--sha256 {args.sha256}: not 64 hexadecimal digits")
     if args.download:
-        set_name = dict(folder_aliases()).get(args.download.lower())
-        if set_name is None:
+        set_name = canonical_test_set(args.download)
+        if set_name not in SET_ORDER:
             raise PrepareError(f"--download {args.download}: unknown set; known: "
                                f"{', '.join(SET_ORDER)} (or {alias_text()})")
         args.download = set_name
@@ -91,12 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         fetch = (args.download, args.url, args.sha256) if args.download else None
         return print_reports(args.out, convert(args.src, args.out, specs, PROG, fetch))
     except (PrepareError, ArchiveError, BenchmarkError, ImageReadError, OSError, UnicodeError) as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2
+        return cli.say(PROG, str(e))
     except KeyboardInterrupt as stop:  # after the undoing: nothing of this run is left
-        print(f"{PROG}: stopped by {stops.signal_name(stops.stop_signal(stop))}; nothing was "
-              "written", file=sys.stderr)
-        return stops.INTERRUPTED
+        return cli.say(PROG, f"stopped by {stops.signal_name(stops.stop_signal(stop))}; nothing was "
+                       "written", stops.INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import archives, downloads, prepare, standard_sets
+from data import archives, benchmark, downloads, prepare, standard_sets
 from scripts import prepare_data
 
 # name -> (width, height) of the fake sets; the real table is data/standard_sets.json
@@ -317,7 +317,8 @@ def test_download_refuses_what_it_cannot_verify(tmp_path, capsys):
     assert rc == 2 and "no public address known" in err
     rc, _, err = run(capsys, "--download", "Set5", "--out", tmp_path)
     assert rc == 2 and "no SHA-256 known for https://cv.snu.ac.kr" in err
-    table = downloads.DOWNLOADS
+    table = {s: [downloads.Download(**d) for d in entry["download"]]
+             for s, entry in benchmark.standard_entries().items()}
     assert all(d.sha256 and len(d.sha256) == 64 for d in table["DIV2K"])  # from tensorflow/datasets
     assert {d.sha256 for s in ("Set5", "Set14", "B100", "Urban100", "Manga109", "CBSD68", "Rain100L")
             for d in table[s]} == {None}
