@@ -347,7 +347,7 @@ def test_evaluated_checkpoint_reports_its_training(tmp_path, tree, capsys, monke
     folder.mkdir(parents=True)
     torch.save(model.state_dict(), checkpoint)
     write_record(folder, {"model_latest.pt": 511}, step=511, finished=False, interrupted=True)
-    monkeypatch.setattr(evaluation, "PRINTED_IMAGE_ROWS", 1)  # two images: their rows not printed
+    monkeypatch.setattr(report, "PRINTED_IMAGE_ROWS", 1)  # two images: their rows not printed
     code, run = evaluate(tmp_path, tree, "--scale", "2", "--data_test", "Set5",
                          "--pretrain", str(checkpoint))
     assert code == 0
@@ -440,7 +440,7 @@ def test_interrupted_again_while_writing_the_reports(tmp_path, monkeypatch, capl
     def second_stop(*args, **kwargs):
         raise stops.Interrupted(signal.SIGTERM)
 
-    monkeypatch.setattr(evaluation, "write_reports", second_stop)
+    monkeypatch.setattr(report, "write_reports", second_stop)
     assert run_evaluate(STUB_MODEL, eval_settings(tmp_path, ["Set5", "Set14"]), FAST, "") == 130
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         "SIGTERM while writing the reports: some may be missing"]
