@@ -1,6 +1,7 @@
 """Read images from disk as RGB uint8 tensors, whatever their mode."""
 from __future__ import annotations
 
+import collections
 import os
 import re
 import stat
@@ -13,7 +14,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 import utility
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-UINT16_TO_UINT8 = 257  # 65535 / 255
 UINT16_MAX = 65535
 UINT8_MAX = 255
 INT_MODES = ("I;16", "I;16B", "I;16L", "I")  # integer greyscale read as 16-bit
@@ -171,27 +171,24 @@ def pil_to_tensor(img: Image.Image, name: str = "image") -> torch.Tensor:
 
     Float images must hold 0..1 and 32-bit integer ones 0..65535; others raise ImageReadError.
     """
-    if img.mode in INT_MODES:
-        arr = _checked_levels(np.asarray(img, dtype=np.float64), 0, UINT16_MAX, img.mode, name)
-        arr = arr / UINT16_TO_UINT8
-    elif img.mode == FLOAT_MODE:
-        arr = _checked_levels(np.asarray(img, dtype=np.float64), 0, 1, img.mode, name) * UINT8_MAX
-    else:
+    if img.mode not in INT_MODES + (FLOAT_MODE,):
         return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
-    arr = np.repeat(np.clip(np.rint(arr), 0, UINT8_MAX).astype(np.uint8)[..., None], 3, axis=2)
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    high = 1 if img.mode == FLOAT_MODE else UINT16_MAX
+    arr = _checked_levels(np.asarray(img, dtype=np.float64), high, img.mode, name) * (UINT8_MAX / high)
+    grey = torch.from_numpy(np.clip(np.rint(arr), 0, UINT8_MAX).astype(np.uint8))
+    return grey.expand(3, -1, -1).contiguous()
 
 
-def _checked_levels(arr: np.ndarray, low: float, high: float, mode: str, name: str) -> np.ndarray:
-    """``arr`` if all its values are finite and in [low, high]; else ImageReadError naming the range."""
-    if arr.size == 0 or (np.isfinite(arr).all() and low <= arr.min() and arr.max() <= high):
+def _checked_levels(arr: np.ndarray, high: float, mode: str, name: str) -> np.ndarray:
+    """``arr`` if all its values are finite and in [0, high]; else ImageReadError naming the range."""
+    if arr.size == 0 or (np.isfinite(arr).all() and 0 <= arr.min() and arr.max() <= high):
         return arr
     finite = arr[np.isfinite(arr)]
     found = f"{finite.min():g}..{finite.max():g}" if finite.size else "no finite values"
     if finite.size < arr.size:
         found += f", with {arr.size - finite.size} NaN/inf value(s)"
     raise ImageReadError(f"cannot read image {name!r}: mode {mode} with values {found}, "
-                         f"expected {low:g}..{high:g}; convert it to 8- or 16-bit")
+                         f"expected 0..{high:g}; convert it to 8- or 16-bit")
 
 
 class ImageFolder:
@@ -221,9 +218,7 @@ class ImageFolder:
 
 def unique_stems(paths: list[str]) -> list[str]:
     """Stems of ``paths``, with ``_<ext>`` added to shared ones and ``_<n>`` to any still equal."""
-    counts: dict[str, int] = {}
-    for path in paths:
-        counts[stem(path).lower()] = counts.get(stem(path).lower(), 0) + 1
+    counts = collections.Counter(stem(path).lower() for path in paths)
     names = [stem(p) if counts[stem(p).lower()] == 1 else f"{stem(p)}_{os.path.splitext(p)[1][1:]}"
              for p in paths]
     taken: set[str] = set()

@@ -1,11 +1,10 @@
 """A folder's image files at ImageNet's size: found at any depth, kept compact, cached.
 
-`walk_images` finds the files (links followed, each folder entered once). `PathIndex` keeps a
-million paths in two numpy arrays instead of a million str objects, which forked DataLoader
-workers would otherwise copy page by page as reference counts change. `list_folder` caches a
-walk in a file (`FILE_LIST`, in the run folder: the data folder may be read-only) and uses it
-while no folder it entered has changed (inode, mtime, ctime); `read_file_list` is that file's one
-validating reader. A file replaced in place, its folder's entries unchanged, is not noticed.
+`walk_images` finds the files; `PathIndex` keeps them in two numpy arrays that forked loader
+workers share. `list_folder` caches a walk in a file (`FILE_LIST`, in the run folder: the data
+folder may be read-only) and uses it while no folder it entered has changed (`read_file_list`,
+the file's one validating reader). A file replaced in place, its folder's entries unchanged, is
+not noticed.
 """
 from __future__ import annotations
 
@@ -13,9 +12,7 @@ import hashlib
 import itertools
 import logging
 import math
-import operator
 import os
-import struct
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -120,14 +117,9 @@ class PathIndex(Sequence):
 
     def __getitem__(self, i: int | slice) -> str | list[str]:
         if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        n = len(self)
-        i = operator.index(i)
-        i = i + n if i < 0 else i
-        if not 0 <= i < n:
-            raise IndexError(f"path {i} of {n}")
-        data = self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes()
-        return self.prefix + os.fsdecode(data)
+            return [self[j] for j in range(len(self))[i]]
+        i = range(len(self))[i]  # from the end if negative; IndexError past either end
+        return self.prefix + os.fsdecode(self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes())
 
 
 # -- a folder's listing, and its cache in the run folder -----------------------------------
@@ -144,10 +136,6 @@ FILE_LIST_ARRAYS = {"meta": (INT64, 1), "root": (BYTES, 1), "names": (BYTES, 1),
                     "name_offsets": (INT64, 1), "other": (BYTES, 1), "other_offsets": (INT64, 1),
                     "folders": (BYTES, 1), "folder_offsets": (INT64, 1), "stamps": (INT64, 2),
                     "digest": (BYTES, 1)}
-# what reading a damaged zip or .npy can raise (RuntimeError: an encrypted member)
-_LIST_DAMAGE = (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, OverflowError,
-                MemoryError, RecursionError, SyntaxError, NotImplementedError, RuntimeError,
-                struct.error, zipfile.BadZipFile, zipfile.LargeZipFile)
 
 
 class FileListDamage(ValueError):
@@ -251,7 +239,7 @@ def read_file_list(path: str, root: str) -> FolderListing | None:
         return None
     try:
         listing = _checked_listing(_read_arrays(path), root)
-    except _LIST_DAMAGE as e:
+    except Exception as e:  # all that a damaged zip or .npy raises (an encrypted member: RuntimeError)
         why = str(e) if isinstance(e, FileListDamage) else (
             why_unreadable(path, e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}")
         log.warning("ignoring the cached file list %s (%s); walking the folder again", path,
@@ -287,13 +275,10 @@ def _read_npy(zf: zipfile.ZipFile, key: str, limit: int) -> np.ndarray:
     member = zf.getinfo(key + ".npy")
     if member.compress_type != zipfile.ZIP_STORED or member.file_size > limit:
         raise FileListDamage(f"array {key!r} is compressed or larger than the file")
-    headers = {(1, 0): np.lib.format.read_array_header_1_0,
-               (2, 0): np.lib.format.read_array_header_2_0}
     with zf.open(member) as f:
-        read_header = headers.get(np.lib.format.read_magic(f))
-        if read_header is None:
-            raise FileListDamage(f"array {key!r} is not of a known .npy version")
-        shape, fortran, found = read_header(f)
+        if np.lib.format.read_magic(f) != (1, 0):  # what np.savez writes for headers this small
+            raise FileListDamage(f"array {key!r} is not of .npy version 1.0")
+        shape, fortran, found = np.lib.format.read_array_header_1_0(f)
         if found != dtype or len(shape) != ndim or fortran:
             raise FileListDamage(f"array {key!r} is not a {ndim}-D {dtype} array")
         size = math.prod(shape) * dtype.itemsize

@@ -206,10 +206,10 @@ def test_resume_gives_the_same_batches(photos):
         assert x["files"] == y["files"] and torch.equal(x["lr"], y["lr"])
 
 
-def test_procedural_rain_is_said_and_real_streaks_are_used(photos, tmp_path, caplog, monkeypatch):
+def test_procedural_rain_is_said_and_real_streaks_are_used(photos, tmp_path, caplog):
     import data.stream
 
-    monkeypatch.setattr(data.stream, "_procedural_said", False)
+    data.stream._say_procedural.cache_clear()
     with caplog.at_level(logging.WARNING, logger="ipt"):
         PairStream(photos, SIX, 2, PATCH)
         PairStream(photos, SIX, 2, PATCH)

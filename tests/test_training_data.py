@@ -13,9 +13,9 @@ from PIL import Image
 import tasks
 from data import training
 from data.degrade import eval_noise_generator
-from data.finetune import DIV2K, RainTrainL
 from data.sources import TrainingDataError, seeded
 from data.stream import PairStream
+from data.training import DIV2K, RainTrainL
 
 PATCH = 16
 # the generators' seeds for (1, "epoch", 0) and (1, "CBSD68", "x"), from the code before this module
