@@ -196,9 +196,7 @@ class ImageFolder:
 
     Every entry named like an image is listed: one that is not a readable regular file (a pipe,
     a device, a folder, a broken or looping link) gives its ImageReadError, to be counted.
-
-    ``stems`` are unique (case-insensitively), so they can name output files: files sharing a stem
-    (``same.png``, ``same.jpg``) get their extension appended (``same_png``, ``same_jpg``).
+    ``stems`` are unique (`unique_stems`), so they can name output files.
     """
 
     def __init__(self, folder: str):
@@ -217,7 +215,8 @@ class ImageFolder:
 
 
 def unique_stems(paths: list[str]) -> list[str]:
-    """Stems of ``paths``, with ``_<ext>`` added to shared ones and ``_<n>`` to any still equal."""
+    """Stems of ``paths``, unique case-insensitively: ``_<ext>`` added to shared ones (``same.png``,
+    ``same.jpg``: ``same_png``, ``same_jpg``) and ``_<n>`` to any still equal."""
     counts = collections.Counter(stem(path).lower() for path in paths)
     names = [stem(p) if counts[stem(p).lower()] == 1 else f"{stem(p)}_{os.path.splitext(p)[1][1:]}"
              for p in paths]

@@ -74,13 +74,6 @@ def check_aligned(views: Views, scale: int, names: tuple[str, str] = ("HR", "LR"
         crop_to_lr(hr, lr, scale, names, TrainingDataError)
 
 
-def fits(views: Views, patch: int, scale: int) -> bool:
-    """Whether a patch (LR) / patch * scale (HR) crop fits in the image(s)."""
-    hr, lr = views
-    need, image = (patch, lr) if lr is not None else (patch * scale, hr)
-    return min(image.shape[-2:]) >= need
-
-
 def random_crop(views: Views, patch: int, scale: int, g: torch.Generator) -> Views:
     """An aligned random crop: HR patch * scale, and the given LR patch when there is one."""
     hr, lr = views
@@ -224,9 +217,12 @@ class PairStream(IterableDataset):
         return load(ref), None
 
     def usable(self, views: Views, task: str) -> bool:
-        """Whether the task's crop fits in the item's image(s)."""
-        check_aligned(views, task_scale(task))
-        return fits(views, self.patch_size, task_scale(task))
+        """Whether the task's crop (of the given LR, else of HR patch * scale) fits in the item."""
+        (hr, lr), scale = views, task_scale(task)
+        check_aligned(views, scale)
+        if lr is not None:
+            return min(lr.shape[-2:]) >= self.patch_size
+        return min(hr.shape[-2:]) >= self.patch_size * scale
 
     def crop(self, views: Views, task: str, g: torch.Generator) -> Views:
         """A random aligned crop, randomly flipped and transposed when ``augment``."""

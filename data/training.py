@@ -4,13 +4,10 @@
 - ``Sample``: scikit-image's training photos, in memory (nothing to download);
 - ``ImageNet``: ``ImageNet/train`` (or ``ImageNet``), a folder of images at any depth or of tar
   shards, for pre-training;
-- ``DIV2K``: ``DIV2K/DIV2K_train_HR/0001.png ...`` (numbers within ``train_range``), for SR and
-  denoising, and ``DIV2K/DIV2K_train_LR_bicubic/X{s}/0001x{s}.png`` when present: SR crops are
-  then aligned LR/HR crops of the two files; otherwise (a missing folder or file) LR is made with
-  MATLAB bicubic;
-- ``RainTrainL``: ``RainTrainL/rain-<id>.png`` with ``norain-<id>.png`` (other files, such as
-  ``rainstreak-<id>.png``, are ignored), for deraining: aligned crops of the rainy input and the
-  clean target.
+- ``DIV2K`` (DIV2K_LAYOUT) for SR and denoising: SR crops are aligned crops of the HR and LR files
+  where the LR file is there, else LR is made with MATLAB bicubic;
+- ``RainTrainL`` (RAIN_LAYOUT; other files, such as ``rainstreak-<id>.png``, are ignored) for
+  deraining: aligned crops of the rainy input and the clean target.
 The authors' fine-tuning sets, DIV2K and RainTrainL, are `PairStream`s over a file list, so they
 yield the same one-task batches, split the files over ranks and workers, and resume the same way.
 """

@@ -71,6 +71,7 @@ def test_loader_workers_fit_the_cores_and_the_files(monkeypatch, caplog):
     assert training.loader_workers(6, 8, 2) == 1  # two processes on two cores: one worker each
     assert "loader workers: 1 per process instead of --n_threads 6 (2 usable core(s) for 2 " \
            "process(es))" in caplog.text
+    assert training.loader_workers(6, 8, 1) == 2
     monkeypatch.setattr(training, "usable_cpus", lambda: 64)
     assert training.loader_workers(6, 8, 2) == 4  # 8 files feed 4 workers in each of 2 processes
     assert "(8 training files for 2 process(es))" in caplog.text
