@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
-import math
 import os
 import time
 import zipfile
@@ -258,36 +257,20 @@ def read_file_list(path: str, root: str) -> FolderListing | None:
 
 def _read_arrays(path: str) -> dict[str, np.ndarray]:
     """The arrays of a file list, each of the type FILE_LIST_ARRAYS says; FileListDamage (or
-    what zipfile or numpy raise) otherwise."""
-    size = os.stat(path).st_size
-    if size > FILE_LIST_MAX_BYTES:
+    what zipfile or numpy raise) otherwise. Arrays are read only from an uncompressed .npz of at
+    most FILE_LIST_MAX_BYTES, so reading stops at the end of the file whatever a header claims."""
+    if os.stat(path).st_size > FILE_LIST_MAX_BYTES:
         raise FileListDamage(f"it is larger than {FILE_LIST_MAX_BYTES} bytes")
-    with open_regular(path) as f, zipfile.ZipFile(f) as zf:
-        if sorted(zf.namelist()) != sorted(k + ".npy" for k in FILE_LIST_ARRAYS):
+    with open_regular(path) as f, np.load(f, allow_pickle=False) as npz:
+        if sorted(npz.zip.namelist()) != sorted(k + ".npy" for k in FILE_LIST_ARRAYS):
             raise FileListDamage(f"it does not hold the arrays {', '.join(FILE_LIST_ARRAYS)}")
-        return {key: _read_npy(zf, key, size) for key in FILE_LIST_ARRAYS}
-
-
-def _read_npy(zf: zipfile.ZipFile, key: str, limit: int) -> np.ndarray:
-    """Array ``key`` of an .npz, stored uncompressed, of its expected type, at most ``limit``
-    bytes (so a header cannot make numpy allocate more than the file holds)."""
-    dtype, ndim = FILE_LIST_ARRAYS[key]
-    member = zf.getinfo(key + ".npy")
-    if member.compress_type != zipfile.ZIP_STORED or member.file_size > limit:
-        raise FileListDamage(f"array {key!r} is compressed or larger than the file")
-    with zf.open(member) as f:
-        if np.lib.format.read_magic(f) != (1, 0):  # what np.savez writes for headers this small
-            raise FileListDamage(f"array {key!r} is not of .npy version 1.0")
-        shape, fortran, found = np.lib.format.read_array_header_1_0(f)
-        if found != dtype or len(shape) != ndim or fortran:
+        if any(member.compress_type != zipfile.ZIP_STORED for member in npz.zip.infolist()):
+            raise FileListDamage("its arrays are compressed")
+        arrays = {key: npz[key] for key in FILE_LIST_ARRAYS}
+    for key, (dtype, ndim) in FILE_LIST_ARRAYS.items():
+        if arrays[key].dtype != dtype or arrays[key].ndim != ndim:
             raise FileListDamage(f"array {key!r} is not a {ndim}-D {dtype} array")
-        size = math.prod(shape) * dtype.itemsize
-        if size > member.file_size:
-            raise FileListDamage(f"array {key!r} says it is larger than it is")
-        data = f.read(size)
-    if len(data) != size:
-        raise FileListDamage(f"array {key!r} is cut short")
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    return arrays
 
 
 def _checked_listing(arrays: dict[str, np.ndarray], root: str) -> FolderListing | None:
