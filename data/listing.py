@@ -27,15 +27,11 @@ from .images import IMAGE_EXTENSIONS, open_regular, why_unreadable
 log = logging.getLogger("ipt")
 
 
-def find_images(root: str) -> list[str]:
-    """Every image file (IMAGE_EXTENSIONS, any case) under ``root`` at any depth, sorted (no pipes)."""
-    return walk_images(root)[0]
-
-
 def walk_images(root: str, folders: list | None = None) -> tuple[list[str], list[str]]:
-    """(image files, other entries named like images: pipes, devices, broken or looping links)
-    under ``root`` at any depth, each sorted. Links are followed, but each folder is entered once
-    (the first time in sorted order), so links to a folder itself or to its parent end.
+    """(image files (IMAGE_EXTENSIONS, any case), other entries named like images: pipes, devices,
+    broken or looping links) under ``root`` at any depth, each sorted. Links are followed, but
+    each folder is entered once (the first time in sorted order), so links to a folder itself or
+    to its parent end.
     ``folders`` gets (path, os.stat_result) of every folder entered, each stat taken before the
     folder is listed, ``root`` first."""
     try:

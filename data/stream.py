@@ -40,7 +40,7 @@ from tasks import task_family, task_kind, task_scale
 
 from .degrade import add_noise, add_rain, bicubic_lr, procedural_streaks
 from .images import ImageReadError, crop_to_lr, read_image
-from .listing import find_images
+from .listing import walk_images
 from .sources import TrainingDataError, open_source, seeded, worker_bounds
 
 log = logging.getLogger("ipt")
@@ -99,15 +99,6 @@ def augment(views: Views, g: torch.Generator) -> Views:
         return t.transpose(-1, -2).contiguous() if transpose else t.contiguous()
 
     return apply(views[0]), apply(views[1])
-
-
-def streak_files(folder: str) -> list[str]:
-    """The streak layers of a folder: its ``rainstreak-*`` images if any, else all its images."""
-    files = find_images(folder) if os.path.isdir(folder) else []
-    streaks = [f for f in files if os.path.basename(f).startswith(STREAK_PREFIX)]
-    if not (streaks or files):
-        raise TrainingDataError(f"no rain-streak layers (images) in {folder!r}")
-    return streaks or files
 
 
 @functools.cache  # said once a process
@@ -170,8 +161,13 @@ class PairStream(IterableDataset):
         self.crops_per_file = crops_per_file
         self.lr_in_loader = lr_in_loader  # False: SR and noise inputs are left to the trainer
         rain = self.SYNTHETIC_RAIN and any(task_family(t) == "derain" for t in self.used_tasks)
-        self.streaks = streak_files(streaks_dir) if rain and streaks_dir else []
-        if rain and not streaks_dir:
+        self.streaks = []  # the streak folder's rainstreak-* images if any, else all its images
+        if rain and streaks_dir:
+            files = walk_images(streaks_dir)[0] if os.path.isdir(streaks_dir) else []
+            self.streaks = [f for f in files if os.path.basename(f).startswith(STREAK_PREFIX)] or files
+            if not self.streaks:
+                raise TrainingDataError(f"no rain-streak layers (images) in {streaks_dir!r}")
+        elif rain:
             _say_procedural()
 
     @property

@@ -19,8 +19,9 @@ from PIL import Image
 from data.benchmark import BenchmarkError, BenchmarkSet, Pair
 from data.degrade import add_eval_noise
 from data.images import IMAGE_EXTENSIONS, ImageFolder, ImageReadError, list_images, read_image
+from data.listing import walk_images
 from data.sources import SHARD_INDEX, SHARD_INDEX_MAX_BYTES, TrainingDataError, read_shard_index, shard_counts
-from data.stream import PairStream, find_images
+from data.stream import PairStream
 from scripts.scale import make_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,13 +71,13 @@ def test_links_to_the_folder_or_an_ancestor_end_make_shards(tmp_path):
     assert "packed 2 images into 1 shard" in done.stdout.strip().splitlines()[-1]
 
 
-def test_links_to_the_folder_or_an_ancestor_end_find_images(tmp_path):
+def test_links_to_the_folder_or_an_ancestor_end_walk_images(tmp_path):
     src = looped_folder(tmp_path)
     found = []  # in a daemon thread: a walk that loops would keep it busy, the test still ends
-    walker = threading.Thread(target=lambda: found.append(find_images(src)), daemon=True)
+    walker = threading.Thread(target=lambda: found.append(walk_images(src)[0]), daemon=True)
     walker.start()
     walker.join(PROBE_TIMEOUT)
-    assert found, f"find_images on a folder with links to '.' did not end in {PROBE_TIMEOUT} s"
+    assert found, f"walk_images on a folder with links to '.' did not end in {PROBE_TIMEOUT} s"
     assert len(found[0]) == 2
 
 
@@ -228,7 +229,7 @@ def test_demo_folder_lists_pipes_links_and_folders_as_errors_and_reads_webp(tmp_
     with pytest.raises(ImageReadError, match="named pipe"):
         read_image(str(tmp_path / "fifo.png"))  # never opened: opening it would wait forever
     assert ".webp" in IMAGE_EXTENSIONS and list_images(str(tmp_path))[-1].endswith("photo.webp")
-    assert find_images(str(tmp_path)) == list_images(str(tmp_path))
+    assert walk_images(str(tmp_path))[0] == list_images(str(tmp_path))
 
 
 def test_a_pipe_swapped_in_after_the_check_is_not_read(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import metrics
 from data.benchmark import BenchmarkError, BenchmarkSet
 from data.degrade import bicubic_lr
 from data.images import DataLayoutError, ImageFolder, ImageReadError, decode_image, list_images, read_image
-from data.listing import find_images
+from data.listing import walk_images
 from data.sources import TrainingDataError
 from data.stream import PairStream
 
@@ -129,7 +129,7 @@ def test_pipes_and_folders_named_like_images_are_not_listed(tmp_path):
     os.makedirs(tmp_path / "folder.png")
     os.symlink(tmp_path / "a.png", tmp_path / "link.png")
     assert list_images(str(tmp_path)) == [str(tmp_path / "a.png"), str(tmp_path / "link.png")]
-    assert find_images(str(tmp_path)) == [str(tmp_path / "a.png"), str(tmp_path / "deep/b.jpg"),
+    assert walk_images(str(tmp_path))[0] == [str(tmp_path / "a.png"), str(tmp_path / "deep/b.jpg"),
                                           str(tmp_path / "link.png")]
 
 

@@ -14,9 +14,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from data.degrade import bicubic_lr
+from data.listing import walk_images
 from data.sample import sample_photos
 from data.sources import TrainingDataError, epoch_files, shard_counts
-from data.stream import PairStream, find_images, task_kind
+from data.stream import PairStream, task_kind
 from scripts.scale import make_shards
 
 SIX = ["sr2", "sr3", "sr4", "derain", "denoise30", "denoise50"]
@@ -58,8 +59,8 @@ def folder(tmp_path_factory) -> str:
 ALL = sorted(list(GOOD) + [GREY, CMYK, BROKEN])
 
 
-def test_find_images_any_depth_and_case(folder):
-    found = find_images(folder)
+def test_walk_images_any_depth_and_case(folder):
+    found = walk_images(folder)[0]
     assert [os.path.relpath(f, folder) for f in found] == ALL
     assert found == sorted(found)
 
