@@ -25,7 +25,7 @@ from utility import usable_cpus
 from .images import list_images, numbered_files, rain_pairs, read_image, read_rain_pair, stem
 from .sample import sample_photos
 from .sources import FileSource, TrainingDataError
-from .stream import DEFAULT_PATCH, DEFAULT_SEED, PairStream, Views, check_aligned
+from .stream import DEFAULT_PATCH, PairStream, Views, check_aligned
 
 log = logging.getLogger("ipt")
 
@@ -41,29 +41,22 @@ RAINTRAINL = "RainTrainL"
 RAIN_LAYOUT = "RainTrainL/rain-<id>.png with RainTrainL/norain-<id>.png"
 
 
-def training_stream(name: str, dir_data: str, tasks: Sequence[str], *, batch_size: int,
-                    train_range: tuple[int, int] = DIV2K_TRAIN_RANGE,
-                    patch_size: int = DEFAULT_PATCH, seed: int = DEFAULT_SEED,
-                    rank: int | None = None, world_size: int | None = None,
-                    augment: bool = True, task_id: int | None = None,
-                    streaks_dir: str | None = None, lr_in_loader: bool = True,
-                    listing_cache: str | None = None) -> PairStream:
-    """The stream of training set ``name`` (one of TRAINING_SETS) for the heads ``tasks``.
+def training_stream(name: str, dir_data: str, tasks: Sequence[str], *,
+                    train_range: tuple[int, int] = DIV2K_TRAIN_RANGE, **options: object) -> PairStream:
+    """The stream of training set ``name`` (one of TRAINING_SETS) for the heads ``tasks``;
+    ``options`` are PairStream's (batch_size, patch_size, seed, rank, ..., listing_cache).
 
     Raises ValueError for an unknown name or impossible sizes, DataLayoutError (TrainingDataError)
     or FileNotFoundError for data that is missing or not in the set's layout.
     """
-    common = dict(batch_size=batch_size, patch_size=patch_size, seed=seed, rank=rank,
-                  world_size=world_size, augment=augment, task_id=task_id,
-                  streaks_dir=streaks_dir or None, lr_in_loader=lr_in_loader)
     if name == "Sample":
-        return PairStream(sample_photos("train"), tasks, **common)
+        return PairStream(sample_photos("train"), tasks, **options)
     if name == "ImageNet":
-        return PairStream(imagenet_root(dir_data), tasks, listing_cache=listing_cache, **common)
+        return PairStream(imagenet_root(dir_data), tasks, **options)
     if name == "DIV2K":
-        return DIV2K(dir_data, tasks, data_range=train_range, **common)
+        return DIV2K(dir_data, tasks, data_range=train_range, **options)
     if name == "RainTrainL":
-        return RainTrainL(dir_data, tasks=tasks, **common)
+        return RainTrainL(dir_data, tasks=tasks, **options)
     raise ValueError(f"unknown training set {name!r}; use {', '.join(TRAINING_SETS[:-1])} "
                      f"or {TRAINING_SETS[-1]}")
 
