@@ -62,10 +62,8 @@ def _matrices(x: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     apply as ``mh @ x``, (out, W) as ``x @ mw.T``."""
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
-    h, w = x.shape[-2:]
-    out_h, out_w = math.ceil(h * scale), math.ceil(w * scale)  # MATLAB: ceil(scale * size)
-    mh = resize_matrix(h, out_h, scale, x.device).to(x.dtype)
-    mw = resize_matrix(w, out_w, scale, x.device).to(x.dtype)
+    mh, mw = (resize_matrix(n, math.ceil(n * scale), scale, x.device).to(x.dtype)  # MATLAB: ceil(scale * n)
+              for n in x.shape[-2:])
     return mh, mw
 
 
