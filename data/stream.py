@@ -146,7 +146,8 @@ class PairStream(IterableDataset):
         self.source = open_source(source, listing_cache)
         self.tasks = list(tasks)
         try:  # an unknown name is an error now, not in a worker later
-            [task_family(task) for task in self.tasks]
+            for task in self.tasks:
+                task_family(task)
         except ValueError as e:
             raise TrainingDataError(str(e)) from None
         if batch_size < 1 or patch_size < 1 or crops_per_file < 1 or start_step < 0:
