@@ -33,14 +33,10 @@ class DataLayoutError(RuntimeError):
     """A data set that is missing, empty or not in the expected layout."""
 
 
-class NotRegularFile(OSError):
-    """A path that is (or links to) a folder, a pipe, a device or a socket, not a regular file."""
-
-
 def _require_regular(mode: int) -> None:
-    """NotRegularFile saying what ``mode`` is unless it is a regular file's."""
+    """OSError saying what ``mode`` is (a folder, a pipe, a device...) unless it is a regular file's."""
     if not stat.S_ISREG(mode):
-        raise NotRegularFile(f"it is {utility.file_kind(mode)}, not a regular file")
+        raise OSError(f"it is {utility.file_kind(mode)}, not a regular file")
 
 
 def open_regular(path: str) -> BinaryIO:
@@ -101,8 +97,7 @@ def rain_pairs(folder: str, layout: str,
     lonely = sorted(set(rain) ^ set(clean))
     if lonely:
         names = [rain.get(k) or clean.get(k) for k in lonely]
-        raise error(f"{names[0]} has no partner ({len(names)} unpaired file(s)); "
-                              f"layout: {layout}")
+        raise error(f"{names[0]} has no partner ({len(names)} unpaired file(s)); layout: {layout}")
     if not rain:
         raise error(f"no rain-*.png / norain-*.png pairs in {folder} (layout: {layout})")
     return [(rain[k], clean[k]) for k in sorted(rain)]
