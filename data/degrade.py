@@ -22,9 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# ----------------------------------------------------------------------------------------
-# MATLAB imresize(..., 'bicubic')
-# ----------------------------------------------------------------------------------------
+# -- MATLAB imresize(..., 'bicubic') -------------------------------------------------------
 CUBIC_A = -0.5  # Keys' cubic convolution parameter used by MATLAB
 CUBIC_WIDTH = 4.0  # support of the cubic kernel, in input pixels, at scale 1
 UINT8_MAX = 255.0
@@ -59,24 +57,13 @@ def resize_matrix(in_len: int, out_len: int, scale: float,
     return matrix.scatter_add_(1, src, w)
 
 
-def _resize_rows(x: Tensor, m: Tensor) -> Tensor:
-    """Apply an (out, H) matrix along the H axis of (..., H, W)."""
-    return torch.matmul(m, x)
-
-
-def _resize_cols(x: Tensor, m: Tensor) -> Tensor:
-    """Apply an (out, W) matrix along the W axis of (..., H, W)."""
-    return torch.matmul(x, m.transpose(0, 1))
-
-
 def _matrices(x: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """MATLAB's H and W resize matrices for `x`, in x's dtype and on x's device."""
+    """MATLAB's H and W resize matrices for `x`, in x's dtype and on x's device: (out, H) to
+    apply as ``mh @ x``, (out, W) as ``x @ mw.T``."""
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
-    h, w = x.shape[-2:]
-    out_h, out_w = math.ceil(h * scale), math.ceil(w * scale)  # MATLAB: ceil(scale * size)
-    mh = resize_matrix(h, out_h, scale, x.device).to(x.dtype)
-    mw = resize_matrix(w, out_w, scale, x.device).to(x.dtype)
+    mh, mw = (resize_matrix(n, math.ceil(n * scale), scale, x.device).to(x.dtype)  # MATLAB: ceil(scale * n)
+              for n in x.shape[-2:])
     return mh, mw
 
 
@@ -86,7 +73,7 @@ def imresize(x: Tensor, scale: float) -> Tensor:
         raise TypeError(f"imresize expects a float tensor, got {x.dtype}; use bicubic_lr for uint8")
     mh, mw = _matrices(x, scale)
     # MATLAB resizes the dimension with the smaller scale first: rows first for equal scales
-    return _resize_cols(_resize_rows(x, mh), mw)
+    return (mh @ x) @ mw.T
 
 
 def _to_uint8_levels(x: Tensor) -> Tensor:
@@ -106,24 +93,20 @@ def imresize_uint8(x: Tensor, scale: float, per_pass_rounding: bool = True) -> T
         raise TypeError(f"imresize_uint8 expects a uint8 image, got {x.dtype}")
     x = x.to(torch.float64)  # MATLAB works in double
     mh, mw = _matrices(x, scale)
-    x = _resize_rows(x, mh)
+    x = mh @ x
     if per_pass_rounding:
         x = _to_uint8_levels(x)
-    return _to_uint8_levels(_resize_cols(x, mw)).to(torch.uint8)
+    return _to_uint8_levels(x @ mw.T).to(torch.uint8)
 
 
 def bicubic_lr(hr: Tensor, s: int, per_pass_rounding: bool = True) -> Tensor:
     """The LR image of uint8 `hr`: cropped to a multiple of s, MATLAB bicubic by 1/s, uint8
     (rounded after each pass, as MATLAB and the published LR files; see imresize_uint8)."""
-    if hr.dtype != torch.uint8:
-        raise TypeError(f"bicubic_lr expects a uint8 image, got {hr.dtype}")
     h, w = hr.shape[-2:]
     return imresize_uint8(hr[..., :h // s * s, :w // s * s], 1 / s, per_pass_rounding)
 
 
-# ----------------------------------------------------------------------------------------
-# Gaussian noise
-# ----------------------------------------------------------------------------------------
+# -- Gaussian noise ------------------------------------------------------------------------
 SEED_BYTES = 8  # bytes of the SHA-256 digest used as a generator seed
 
 
@@ -152,16 +135,11 @@ def eval_noise_generator(seed: int, dataset: str, name: str) -> torch.Generator:
 
 def add_eval_noise(hr: Tensor, sigma: float, seed: int, dataset: str, name: str,
                    clip: bool = True) -> Tensor:
-    """Test-time noisy input: hr + CPU-drawn noise * sigma, not rounded; clamped to [0, 255] if clip.
-
-    IPT's evaluation clips; Restormer's adds the noise to float images and leaves it unclipped.
-    """
+    """Test-time noisy input: hr + CPU-drawn noise * sigma, not rounded; clamped to [0, 255] if clip."""
     return add_noise(hr, sigma, eval_noise_generator(seed, dataset, name), clamp=clip)
 
 
-# ----------------------------------------------------------------------------------------
-# Rain
-# ----------------------------------------------------------------------------------------
+# -- Rain ----------------------------------------------------------------------------------
 def add_rain(x: Tensor, streaks: Tensor) -> Tensor:
     """A clean image plus a rain-streak layer (0..255, broadcastable), clipped to [0, 255]."""
     base = x if x.is_floating_point() else x.float()
@@ -189,22 +167,17 @@ def _line_kernel(length: float, angle: float, device: torch.device) -> Tensor:
     return kernel[None, None]
 
 
-def _draw(value: float | None, bounds: tuple[float, float], u: float) -> float:
-    """`value` if given, else the uniform draw `u` mapped into `bounds`."""
-    return value if value is not None else bounds[0] + (bounds[1] - bounds[0]) * u
-
-
 def procedural_streaks(shape: tuple[int, int], generator: torch.Generator | None = None,
                        density: float | None = None, length: float | None = None,
                        angle: float | None = None, intensity: float | None = None,
                        device: torch.device | str | None = None) -> Tensor:
     """PROCEDURAL STAND-IN rain layer (1, H, W) in 0..255, not the authors' RainTrainL streaks."""
     gen_device = generator.device if generator is not None else torch.device(device or "cpu")
-    u = torch.rand(4, generator=generator, device=gen_device).tolist()  # parameters left as None
-    density = _draw(density, DENSITY_RANGE, u[0])
-    length = _draw(length, LENGTH_RANGE, u[1])
-    angle = _draw(angle, ANGLE_RANGE, u[2])
-    intensity = _draw(intensity, INTENSITY_RANGE, u[3])
+    u = torch.rand(4, generator=generator, device=gen_device).tolist()  # for parameters left as None
+    ranges = DENSITY_RANGE, LENGTH_RANGE, ANGLE_RANGE, INTENSITY_RANGE
+    density, length, angle, intensity = (
+        value if value is not None else low + (high - low) * draw
+        for value, (low, high), draw in zip((density, length, angle, intensity), ranges, u, strict=True))
     h, w = shape
     drops = (torch.rand(1, 1, h, w, generator=generator, device=gen_device) < density).float()
     drops = drops.to(device or gen_device)

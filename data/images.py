@@ -1,6 +1,7 @@
 """Read images from disk as RGB uint8 tensors, whatever their mode."""
 from __future__ import annotations
 
+import collections
 import os
 import re
 import stat
@@ -13,7 +14,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 import utility
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-UINT16_TO_UINT8 = 257  # 65535 / 255
 UINT16_MAX = 65535
 UINT8_MAX = 255
 INT_MODES = ("I;16", "I;16B", "I;16L", "I")  # integer greyscale read as 16-bit
@@ -33,14 +33,10 @@ class DataLayoutError(RuntimeError):
     """A data set that is missing, empty or not in the expected layout."""
 
 
-class NotRegularFile(OSError):
-    """A path that is (or links to) a folder, a pipe, a device or a socket, not a regular file."""
-
-
 def _require_regular(mode: int) -> None:
-    """NotRegularFile saying what ``mode`` is unless it is a regular file's."""
+    """OSError saying what ``mode`` is (a folder, a pipe, a device...) unless it is a regular file's."""
     if not stat.S_ISREG(mode):
-        raise NotRegularFile(f"it is {utility.file_kind(mode)}, not a regular file")
+        raise OSError(f"it is {utility.file_kind(mode)}, not a regular file")
 
 
 def open_regular(path: str) -> BinaryIO:
@@ -101,8 +97,7 @@ def rain_pairs(folder: str, layout: str,
     lonely = sorted(set(rain) ^ set(clean))
     if lonely:
         names = [rain.get(k) or clean.get(k) for k in lonely]
-        raise error(f"{names[0]} has no partner ({len(names)} unpaired file(s)); "
-                              f"layout: {layout}")
+        raise error(f"{names[0]} has no partner ({len(names)} unpaired file(s)); layout: {layout}")
     if not rain:
         raise error(f"no rain-*.png / norain-*.png pairs in {folder} (layout: {layout})")
     return [(rain[k], clean[k]) for k in sorted(rain)]
@@ -171,27 +166,24 @@ def pil_to_tensor(img: Image.Image, name: str = "image") -> torch.Tensor:
 
     Float images must hold 0..1 and 32-bit integer ones 0..65535; others raise ImageReadError.
     """
-    if img.mode in INT_MODES:
-        arr = _checked_levels(np.asarray(img, dtype=np.float64), 0, UINT16_MAX, img.mode, name)
-        arr = arr / UINT16_TO_UINT8
-    elif img.mode == FLOAT_MODE:
-        arr = _checked_levels(np.asarray(img, dtype=np.float64), 0, 1, img.mode, name) * UINT8_MAX
-    else:
+    if img.mode not in INT_MODES + (FLOAT_MODE,):
         return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
-    arr = np.repeat(np.clip(np.rint(arr), 0, UINT8_MAX).astype(np.uint8)[..., None], 3, axis=2)
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    high = 1 if img.mode == FLOAT_MODE else UINT16_MAX
+    arr = _checked_levels(np.asarray(img, dtype=np.float64), high, img.mode, name) * (UINT8_MAX / high)
+    grey = torch.from_numpy(np.clip(np.rint(arr), 0, UINT8_MAX).astype(np.uint8))
+    return grey.expand(3, -1, -1).contiguous()
 
 
-def _checked_levels(arr: np.ndarray, low: float, high: float, mode: str, name: str) -> np.ndarray:
-    """``arr`` if all its values are finite and in [low, high]; else ImageReadError naming the range."""
-    if arr.size == 0 or (np.isfinite(arr).all() and low <= arr.min() and arr.max() <= high):
+def _checked_levels(arr: np.ndarray, high: float, mode: str, name: str) -> np.ndarray:
+    """``arr`` if all its values are finite and in [0, high]; else ImageReadError naming the range."""
+    if arr.size == 0 or (np.isfinite(arr).all() and 0 <= arr.min() and arr.max() <= high):
         return arr
     finite = arr[np.isfinite(arr)]
     found = f"{finite.min():g}..{finite.max():g}" if finite.size else "no finite values"
     if finite.size < arr.size:
         found += f", with {arr.size - finite.size} NaN/inf value(s)"
     raise ImageReadError(f"cannot read image {name!r}: mode {mode} with values {found}, "
-                         f"expected {low:g}..{high:g}; convert it to 8- or 16-bit")
+                         f"expected 0..{high:g}; convert it to 8- or 16-bit")
 
 
 class ImageFolder:
@@ -199,9 +191,7 @@ class ImageFolder:
 
     Every entry named like an image is listed: one that is not a readable regular file (a pipe,
     a device, a folder, a broken or looping link) gives its ImageReadError, to be counted.
-
-    ``stems`` are unique (case-insensitively), so they can name output files: files sharing a stem
-    (``same.png``, ``same.jpg``) get their extension appended (``same_png``, ``same_jpg``).
+    ``stems`` are unique (`unique_stems`), so they can name output files.
     """
 
     def __init__(self, folder: str):
@@ -220,10 +210,9 @@ class ImageFolder:
 
 
 def unique_stems(paths: list[str]) -> list[str]:
-    """Stems of ``paths``, with ``_<ext>`` added to shared ones and ``_<n>`` to any still equal."""
-    counts: dict[str, int] = {}
-    for path in paths:
-        counts[stem(path).lower()] = counts.get(stem(path).lower(), 0) + 1
+    """Stems of ``paths``, unique case-insensitively: ``_<ext>`` added to shared ones (``same.png``,
+    ``same.jpg``: ``same_png``, ``same_jpg``) and ``_<n>`` to any still equal."""
+    counts = collections.Counter(stem(path).lower() for path in paths)
     names = [stem(p) if counts[stem(p).lower()] == 1 else f"{stem(p)}_{os.path.splitext(p)[1][1:]}"
              for p in paths]
     taken: set[str] = set()

@@ -1,21 +1,17 @@
 """A folder's image files at ImageNet's size: found at any depth, kept compact, cached.
 
-`walk_images` finds the files (links followed, each folder entered once). `PathIndex` keeps a
-million paths in two numpy arrays instead of a million str objects, which forked DataLoader
-workers would otherwise copy page by page as reference counts change. `list_folder` caches a
-walk in a file (`FILE_LIST`, in the run folder: the data folder may be read-only) and uses it
-while no folder it entered has changed (inode, mtime, ctime); `read_file_list` is that file's one
-validating reader. A file replaced in place, its folder's entries unchanged, is not noticed.
+`walk_images` finds the files; `PathIndex` keeps them in two numpy arrays that forked loader
+workers share. `list_folder` caches a walk in a file (`FILE_LIST`, in the run folder: the data
+folder may be read-only) and uses it while no folder it entered has changed (`read_file_list`,
+the file's one validating reader). A file replaced in place, its folder's entries unchanged, is
+not noticed.
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
 import logging
-import math
-import operator
 import os
-import struct
 import time
 import zipfile
 from collections.abc import Callable, Sequence
@@ -31,15 +27,11 @@ from .images import IMAGE_EXTENSIONS, open_regular, why_unreadable
 log = logging.getLogger("ipt")
 
 
-def find_images(root: str) -> list[str]:
-    """Every image file (IMAGE_EXTENSIONS, any case) under ``root`` at any depth, sorted (no pipes)."""
-    return walk_images(root)[0]
-
-
 def walk_images(root: str, folders: list | None = None) -> tuple[list[str], list[str]]:
-    """(image files, other entries named like images: pipes, devices, broken or looping links)
-    under ``root`` at any depth, each sorted. Links are followed, but each folder is entered once
-    (the first time in sorted order), so links to a folder itself or to its parent end.
+    """(image files (IMAGE_EXTENSIONS, any case), other entries named like images: pipes, devices,
+    broken or looping links) under ``root`` at any depth, each sorted. Links are followed, but
+    each folder is entered once (the first time in sorted order), so links to a folder itself or
+    to its parent end.
     ``folders`` gets (path, os.stat_result) of every folder entered, each stat taken before the
     folder is listed, ``root`` first."""
     try:
@@ -120,14 +112,9 @@ class PathIndex(Sequence):
 
     def __getitem__(self, i: int | slice) -> str | list[str]:
         if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        n = len(self)
-        i = operator.index(i)
-        i = i + n if i < 0 else i
-        if not 0 <= i < n:
-            raise IndexError(f"path {i} of {n}")
-        data = self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes()
-        return self.prefix + os.fsdecode(data)
+            return [self[j] for j in range(len(self))[i]]
+        i = range(len(self))[i]  # from the end if negative; IndexError past either end
+        return self.prefix + os.fsdecode(self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes())
 
 
 # -- a folder's listing, and its cache in the run folder -----------------------------------
@@ -144,10 +131,6 @@ FILE_LIST_ARRAYS = {"meta": (INT64, 1), "root": (BYTES, 1), "names": (BYTES, 1),
                     "name_offsets": (INT64, 1), "other": (BYTES, 1), "other_offsets": (INT64, 1),
                     "folders": (BYTES, 1), "folder_offsets": (INT64, 1), "stamps": (INT64, 2),
                     "digest": (BYTES, 1)}
-# what reading a damaged zip or .npy can raise (RuntimeError: an encrypted member)
-_LIST_DAMAGE = (OSError, ValueError, EOFError, KeyError, IndexError, TypeError, OverflowError,
-                MemoryError, RecursionError, SyntaxError, NotImplementedError, RuntimeError,
-                struct.error, zipfile.BadZipFile, zipfile.LargeZipFile)
 
 
 class FileListDamage(ValueError):
@@ -251,7 +234,7 @@ def read_file_list(path: str, root: str) -> FolderListing | None:
         return None
     try:
         listing = _checked_listing(_read_arrays(path), root)
-    except _LIST_DAMAGE as e:
+    except Exception as e:  # all that a damaged zip or .npy raises (an encrypted member: RuntimeError)
         why = str(e) if isinstance(e, FileListDamage) else (
             why_unreadable(path, e) if isinstance(e, OSError) else f"{type(e).__name__}: {e}")
         log.warning("ignoring the cached file list %s (%s); walking the folder again", path,
@@ -270,39 +253,20 @@ def read_file_list(path: str, root: str) -> FolderListing | None:
 
 def _read_arrays(path: str) -> dict[str, np.ndarray]:
     """The arrays of a file list, each of the type FILE_LIST_ARRAYS says; FileListDamage (or
-    what zipfile or numpy raise) otherwise."""
-    size = os.stat(path).st_size
-    if size > FILE_LIST_MAX_BYTES:
+    what zipfile or numpy raise) otherwise. Arrays are read only from an uncompressed .npz of at
+    most FILE_LIST_MAX_BYTES, so reading stops at the end of the file whatever a header claims."""
+    if os.stat(path).st_size > FILE_LIST_MAX_BYTES:
         raise FileListDamage(f"it is larger than {FILE_LIST_MAX_BYTES} bytes")
-    with open_regular(path) as f, zipfile.ZipFile(f) as zf:
-        if sorted(zf.namelist()) != sorted(k + ".npy" for k in FILE_LIST_ARRAYS):
+    with open_regular(path) as f, np.load(f, allow_pickle=False) as npz:
+        if sorted(npz.zip.namelist()) != sorted(k + ".npy" for k in FILE_LIST_ARRAYS):
             raise FileListDamage(f"it does not hold the arrays {', '.join(FILE_LIST_ARRAYS)}")
-        return {key: _read_npy(zf, key, size) for key in FILE_LIST_ARRAYS}
-
-
-def _read_npy(zf: zipfile.ZipFile, key: str, limit: int) -> np.ndarray:
-    """Array ``key`` of an .npz, stored uncompressed, of its expected type, at most ``limit``
-    bytes (so a header cannot make numpy allocate more than the file holds)."""
-    dtype, ndim = FILE_LIST_ARRAYS[key]
-    member = zf.getinfo(key + ".npy")
-    if member.compress_type != zipfile.ZIP_STORED or member.file_size > limit:
-        raise FileListDamage(f"array {key!r} is compressed or larger than the file")
-    headers = {(1, 0): np.lib.format.read_array_header_1_0,
-               (2, 0): np.lib.format.read_array_header_2_0}
-    with zf.open(member) as f:
-        read_header = headers.get(np.lib.format.read_magic(f))
-        if read_header is None:
-            raise FileListDamage(f"array {key!r} is not of a known .npy version")
-        shape, fortran, found = read_header(f)
-        if found != dtype or len(shape) != ndim or fortran:
+        if any(member.compress_type != zipfile.ZIP_STORED for member in npz.zip.infolist()):
+            raise FileListDamage("its arrays are compressed")
+        arrays = {key: npz[key] for key in FILE_LIST_ARRAYS}
+    for key, (dtype, ndim) in FILE_LIST_ARRAYS.items():
+        if arrays[key].dtype != dtype or arrays[key].ndim != ndim:
             raise FileListDamage(f"array {key!r} is not a {ndim}-D {dtype} array")
-        size = math.prod(shape) * dtype.itemsize
-        if size > member.file_size:
-            raise FileListDamage(f"array {key!r} says it is larger than it is")
-        data = f.read(size)
-    if len(data) != size:
-        raise FileListDamage(f"array {key!r} is cut short")
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    return arrays
 
 
 def _checked_listing(arrays: dict[str, np.ndarray], root: str) -> FolderListing | None:

@@ -2,14 +2,15 @@
 
 Sources: image files (a folder searched at any depth, through a cached listing), (name, tensor)
 pairs in memory, or tar shards, whose member counts come from the ``shards.json`` that make_shards
-writes (checked by records.SHARDS), else a scan. Each epoch the files are shuffled by a generator
-seeded by (seed, epoch) and cut into ``world_size * W`` contiguous, disjoint runs (`epoch_files`).
+writes (checked by records.SHARDS), else a scan. `epoch_files` is the split that `data.stream`
+describes.
 """
 from __future__ import annotations
 
 import io
 import logging
 import os
+import reprlib
 import tarfile
 from collections.abc import Callable, Sequence
 
@@ -42,9 +43,7 @@ class TrainingDataError(DataLayoutError):
     """Training data that is missing, empty or not in the expected layout."""
 
 
-# ----------------------------------------------------------------------------------------
-# The split of files over epochs, ranks and workers
-# ----------------------------------------------------------------------------------------
+# -- The split of files over epochs, ranks and workers -------------------------------------
 def seeded(*keys: object) -> torch.Generator:
     """A CPU generator seeded from the keys by SHA-256 (the same in every process and run)."""
     return hashed_generator(repr(keys).encode("utf-8"))
@@ -68,14 +67,7 @@ def epoch_files(files: Sequence, epoch: int, seed: int, rank: int, world_size: i
     return [files[i] for i in order[lo:hi]]
 
 
-# ----------------------------------------------------------------------------------------
-# Sources: folders of files, in-memory photos, tar shards
-# ----------------------------------------------------------------------------------------
-def decode_bytes(data: bytes, name: str) -> Tensor:
-    """An encoded image as a (3, H, W) uint8 tensor; ImageReadError if it cannot be decoded."""
-    return decode_image(io.BytesIO(data), name)
-
-
+# -- Sources: folders of files, in-memory photos, tar shards -------------------------------
 class FileSource:
     """Items read one by one: image paths (or, for subclasses, tuples of paths)."""
 
@@ -144,7 +136,8 @@ def _is_image_member(member: tarfile.TarInfo) -> bool:
 
 
 def shard_counts(shards: Sequence[str]) -> list[int]:
-    """Image members per shard, from make_shards' shards.json where it lists them, else a scan.
+    """Image members per shard, from make_shards' shards.json where it lists them, else a scan
+    of its headers.
 
     A shards.json that is not make_shards' record, or that gives a shard more members than its
     size can hold, raises TrainingDataError.
@@ -155,8 +148,19 @@ def shard_counts(shards: Sequence[str]) -> list[int]:
         folder = os.path.dirname(os.path.abspath(path))
         if folder not in indexes:
             indexes[folder] = read_shard_index(folder) or {}
-        known = indexes[folder].get(os.path.basename(path))
-        counts.append(_scan_shard(path) if known is None else _possible(known, path, folder))
+        count = indexes[folder].get(os.path.basename(path))
+        try:
+            if count is None:
+                with tarfile.open(path, "r:") as tar:
+                    count = sum(_is_image_member(m) for m in tar)
+            size = os.path.getsize(path)
+        except (OSError, tarfile.TarError) as e:
+            raise TrainingDataError(f"cannot read shard {path}: {why_unreadable(path, e)}") from None
+        if count * TAR_BLOCK > size:  # a scan's count always fits
+            name = reprlib.repr(os.path.basename(path))
+            raise TrainingDataError(f"{os.path.join(folder, SHARD_INDEX)}: 'shards' -> {name} is "
+                                    f"{count}, more members than its {size} bytes can hold; {REMAKE_INDEX}")
+        counts.append(count)
     return counts
 
 
@@ -173,54 +177,18 @@ def read_shard_index(folder: str) -> dict[str, int] | None:
         raise TrainingDataError(str(e)) from None
 
 
-def _possible(count: int, shard: str, folder: str) -> int:
-    """``count`` if ``shard``'s size can hold that many members; else TrainingDataError."""
-    try:
-        size = os.path.getsize(shard)
-    except OSError as e:
-        raise TrainingDataError(f"cannot read shard {shard}: {why_unreadable(shard, e)}") from None
-    if count * TAR_BLOCK > size:
-        raise _bad_index(os.path.join(folder, SHARD_INDEX),
-                         f"'shards' -> {_short(os.path.basename(shard))} is {count}, more members "
-                         f"than its {size} bytes can hold")
-    return count
-
-
-def _short(value: object, limit: int = 60) -> str:
-    """repr(value), cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _bad_index(path: str, problem: str) -> TrainingDataError:
-    """The one error of a shards.json that is not make_shards' record."""
-    return TrainingDataError(f"{path}: {problem}; {REMAKE_INDEX}")
-
-
-def _scan_shard(path: str) -> int:
-    """Image members of one shard, by reading its headers."""
-    try:
-        with tarfile.open(path, "r:") as tar:
-            return sum(_is_image_member(m) for m in tar)
-    except (OSError, tarfile.TarError) as e:
-        raise TrainingDataError(f"cannot read shard {path}: {e}") from None
-
-
 class _ShardReader:
     """Reads shard members in order, keeping the current shard open between calls."""
 
     def __init__(self, shards: Sequence[str]):
         self.shards, self.shard, self.tar, self.next = shards, None, None, 0
 
-    def _open(self, shard: int) -> None:
-        if self.tar is not None:
-            self.tar.close()
-        self.shard, self.tar, self.next = shard, None, 0
-        self.tar = tarfile.open(self.shards[shard], "r:")
-
     def _member(self, shard: int, index: int) -> tarfile.TarInfo:
-        if shard != self.shard or index < self.next or self.tar is None:
-            self._open(shard)
+        if shard != self.shard or index < self.next or self.tar is None:  # (re)open the shard
+            if self.tar is not None:
+                self.tar.close()
+            self.shard, self.tar, self.next = shard, None, 0
+            self.tar = tarfile.open(self.shards[shard], "r:")
         while True:
             member = self.tar.next()
             if member is None:
@@ -239,7 +207,7 @@ class _ShardReader:
         except (OSError, EOFError, tarfile.TarError) as e:
             self.shard = None  # reopen on the next call
             raise ImageReadError(f"cannot read {name}: {e}") from None
-        return decode_bytes(data, f"{name} ({member.name})")
+        return decode_image(io.BytesIO(data), f"{name} ({member.name})")
 
 
 Source = FileSource | ShardSource

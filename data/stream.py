@@ -1,14 +1,9 @@
-"""Pre-training pairs streamed from image folders, tar shards or in-memory photos.
+"""Pre-training pairs streamed from the sources of `data.sources` (folders, shards, photos).
 
 Each batch is of one task, drawn at random per step (or fixed by ``task_id``): random HR crops of
 patch * s for sr<s> (LR patch, 48 by default) and of patch for derain and denoise<sigma>, randomly
-flipped and transposed, then degraded on the fly (`data.degrade`): MATLAB bicubic LR for SR,
-float Gaussian noise for denoising, a rain-streak layer for deraining. Folders are searched at any
-depth for .png, .jpg, .jpeg, .bmp, .tif, .tiff and .webp files (any case), following links but
-entering each folder once, as are tar shards' members.
-
-A `PairStream` yields whole batches: ``{"lr", "hr", "task_id", "step", "skipped", "files"}``.
-Use it as ``DataLoader(stream, batch_size=None, num_workers=W)``.
+flipped and transposed, then degraded on the fly (`data.degrade`). A `PairStream` yields whole
+batches: use it as ``DataLoader(stream, batch_size=None, num_workers=W)``.
 
 How the work is split. Every loader worker owns a *slot* ``k % W`` of the step numbers k, so the
 DataLoader's round robin returns steps in order. Slot ``s`` of rank ``r`` is global worker
@@ -20,19 +15,17 @@ batch k depends only on (seed, k, rank, world_size, W): it can be rebuilt after 
 (`start_step`) without reading what came before. A run resumed at another world size or worker
 count re-splits the files from the step it reached (`split_origin`): a new epoch starts there, in
 an order no earlier epoch had, so every file is again read once an epoch from that step on (the
-files the interrupted epoch had not reached yet wait for the next epoch). Each file read gives one random crop
-(`crops_per_file` crops with the option); a file that cannot be decoded, or that is smaller than
-the batch task's crop, is skipped, counted, and its place in the batch is taken by another crop of
-a usable image of the same batch.
-
-Tar shards are streamed per worker: its run of members is contiguous in a per-epoch shuffle of the
-shards, members keep their order inside a shard (`python -m scripts.scale.make_shards` shuffles
-them when it packs). Shard member counts come from the ``shards.json`` that make_shards writes, else a scan;
-a ``shards.json`` that is not such a record is a TrainingDataError (`read_shard_index`).
+files the interrupted epoch had not reached yet wait for the next epoch). Each file read gives one
+random crop (`crops_per_file` crops with the option); a file that cannot be decoded, or that is
+smaller than the batch task's crop, is skipped, counted, and its place in the batch is taken by
+another crop of a usable image of the same batch. A worker's run of tar shard members is
+contiguous in a per-epoch shuffle of the shards; members keep their order inside a shard
+(`python -m scripts.scale.make_shards` shuffles them when it packs).
 """
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import logging
 import math
@@ -46,19 +39,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from tasks import task_family, task_kind, task_scale
 
 from .degrade import add_noise, add_rain, bicubic_lr, procedural_streaks
-from .images import (
-    DataLayoutError,
-    ImageReadError,
-    crop_to_lr,
-    read_image,
-)
-from .listing import find_images
-from .sources import (
-    TrainingDataError,
-    open_source,
-    seeded,
-    worker_bounds,
-)
+from .images import ImageReadError, crop_to_lr, read_image
+from .listing import walk_images
+from .sources import TrainingDataError, open_source, seeded, worker_bounds
 
 log = logging.getLogger("ipt")
 
@@ -67,20 +50,9 @@ DEFAULT_PATCH = 48
 DEFAULT_SEED = 1
 
 Views = tuple[Tensor, Tensor | None]  # (target HR image, given LR input or None), uint8
-_procedural_said = False
 
 
-# ----------------------------------------------------------------------------------------
-# Tasks, seeds and the split of files over ranks and workers
-# ----------------------------------------------------------------------------------------
-def family_of(task: str, error: type[DataLayoutError] = TrainingDataError) -> str:
-    """The task's family (sr, derain, denoise); ``error`` for a name that is not a task."""
-    try:
-        return task_family(task)
-    except ValueError as e:
-        raise error(str(e)) from None
-
-
+# -- Inputs made from clean crops ----------------------------------------------------------
 def synthesize_lr(hr: Tensor, task: str, generator: torch.Generator | None = None) -> Tensor:
     """The input of an SR, denoising or mim task made from clean (B, C, H, W) crops on their device."""
     family, value = task_kind(task)
@@ -94,21 +66,12 @@ def synthesize_lr(hr: Tensor, task: str, generator: torch.Generator | None = Non
     raise ValueError(f"{task}: rain is added from streak layers in the loader, not here")
 
 
-# ----------------------------------------------------------------------------------------
-# Crops, augmentation, degradation
-# ----------------------------------------------------------------------------------------
+# -- Crops, augmentation, degradation ------------------------------------------------------
 def check_aligned(views: Views, scale: int, names: tuple[str, str] = ("HR", "LR")) -> None:
     """TrainingDataError unless a given LR image fits its HR image by `crop_to_lr`'s rule."""
     hr, lr = views
     if lr is not None:
         crop_to_lr(hr, lr, scale, names, TrainingDataError)
-
-
-def fits(views: Views, patch: int, scale: int) -> bool:
-    """Whether a patch (LR) / patch * scale (HR) crop fits in the image(s)."""
-    hr, lr = views
-    need, image = (patch, lr) if lr is not None else (patch * scale, hr)
-    return min(image.shape[-2:]) >= need
 
 
 def random_crop(views: Views, patch: int, scale: int, g: torch.Generator) -> Views:
@@ -138,28 +101,10 @@ def augment(views: Views, g: torch.Generator) -> Views:
     return apply(views[0]), apply(views[1])
 
 
-def tile_crop(layer: Tensor, size: int, g: torch.Generator) -> Tensor:
-    """A random size x size crop of a layer, tiled first if it is smaller."""
-    h, w = layer.shape[-2:]
-    layer = layer.repeat(1, math.ceil(size / h), math.ceil(size / w))
-    return random_crop((layer, None), size, 1, g)[0]
-
-
-def streak_files(folder: str) -> list[str]:
-    """The streak layers of a folder: its ``rainstreak-*`` images if any, else all its images."""
-    files = find_images(folder) if os.path.isdir(folder) else []
-    streaks = [f for f in files if os.path.basename(f).startswith(STREAK_PREFIX)]
-    if not (streaks or files):
-        raise TrainingDataError(f"no rain-streak layers (images) in {folder!r}")
-    return streaks or files
-
-
+@functools.cache  # said once a process
 def _say_procedural() -> None:
-    global _procedural_said
-    if not _procedural_said:
-        log.warning("derain: no rain-streak folder given (streaks_dir), adding PROCEDURAL rain "
-                    "streaks: a stand-in, not the authors' RainTrainL streak layers")
-        _procedural_said = True
+    log.warning("derain: no rain-streak folder given (streaks_dir), adding PROCEDURAL rain "
+                "streaks: a stand-in, not the authors' RainTrainL streak layers")
 
 
 def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -173,24 +118,19 @@ def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-# ----------------------------------------------------------------------------------------
-# The stream
-# ----------------------------------------------------------------------------------------
+# -- The stream ----------------------------------------------------------------------------
 class PairStream(IterableDataset):
     """Endless one-task batches of (LR, HR) pairs made on the fly; see the module docstring.
 
-    ``source``: a folder of images (any depth) or of ``*.tar`` shards, a shard, a list of shard or
-    image paths, or (name, uint8 tensor) pairs. ``tasks``: the heads in head order. ``task_id``:
+    ``source``: anything `open_source` takes. ``tasks``: the heads in head order. ``task_id``:
     None draws the task of step k from (seed, k), the same on every rank; an int fixes it.
-    Each file read gives ``crops_per_file`` random crops (1: one crop per file per epoch).
-    Batch k is the same for the same (seed, k, rank, world_size, num_workers, split_origin);
-    ``split_origin`` is the step at which this split of the files began (0, or the step a run
-    resumed at another world size or worker count). Each item:
-    ``lr`` float (B, 3, patch, patch) and ``hr`` float (B, 3, patch * s, patch * s) in 0..255
-    (noisy LR unclamped), ``task_id`` int, ``step`` int, ``skipped`` int (files this worker has
-    skipped so far), ``worker`` int (its global index), ``files`` [(epoch, name)] of the files
-    read for the batch. With ``lr_in_loader=False`` SR and denoising batches come with ``lr``
-    None, for the trainer to make on its device (``synthesize_lr``).
+    ``split_origin``: the step at which this split of the files began (0, or the step a run
+    resumed at another world size or worker count). Each item: ``lr`` float (B, 3, patch, patch)
+    and ``hr`` float (B, 3, patch * s, patch * s) in 0..255 (noisy LR unclamped), ``task_id``,
+    ``step``, ``skipped`` (files this worker has skipped so far), ``worker`` (its global index),
+    ``files`` [(epoch, name)] of the files read for the batch. With ``lr_in_loader=False`` SR and
+    denoising batches come with ``lr`` None, for the trainer to make on its device
+    (``synthesize_lr``).
     """
 
     SYNTHETIC_RAIN = True  # derain inputs are made by adding streak layers to clean crops
@@ -205,24 +145,30 @@ class PairStream(IterableDataset):
         super().__init__()
         self.source = open_source(source, listing_cache)
         self.tasks = list(tasks)
-        for task in self.tasks:
-            family_of(task)  # an unknown name is an error now, not in a worker later
+        try:  # an unknown name is an error now, not in a worker later
+            for task in self.tasks:
+                task_family(task)
+        except ValueError as e:
+            raise TrainingDataError(str(e)) from None
         if batch_size < 1 or patch_size < 1 or crops_per_file < 1 or start_step < 0:
             raise ValueError("batch_size, patch_size and crops_per_file must be positive, "
                              "start_step not negative")
-        if not 0 <= split_origin <= start_step:
-            raise ValueError(f"split_origin {split_origin} is not in 0..start_step ({start_step})")
         if task_id is not None and not 0 <= task_id < len(self.tasks):
             raise ValueError(f"task_id {task_id} is not a head of {self.tasks}")
         self.batch_size, self.patch_size, self.seed = batch_size, patch_size, seed
         self.rank, self.world_size = _distributed(rank, world_size)
-        self.augment, self.task_id, self.start_step = augment, task_id, start_step
-        self.split_origin = split_origin
+        self.augment, self.task_id = augment, task_id
+        self._start(start_step, split_origin)
         self.crops_per_file = crops_per_file
         self.lr_in_loader = lr_in_loader  # False: SR and noise inputs are left to the trainer
         rain = self.SYNTHETIC_RAIN and any(task_family(t) == "derain" for t in self.used_tasks)
-        self.streaks = streak_files(streaks_dir) if rain and streaks_dir else []
-        if rain and not streaks_dir:
+        self.streaks = []  # the streak folder's rainstreak-* images if any, else all its images
+        if rain and streaks_dir:
+            files = walk_images(streaks_dir)[0] if os.path.isdir(streaks_dir) else []
+            self.streaks = [f for f in files if os.path.basename(f).startswith(STREAK_PREFIX)] or files
+            if not self.streaks:
+                raise TrainingDataError(f"no rain-streak layers (images) in {streaks_dir!r}")
+        elif rain:
             _say_procedural()
 
     @property
@@ -246,17 +192,14 @@ class PairStream(IterableDataset):
         """This stream, resumed at ``start_step`` (with its files re-split there when
         ``split_origin`` says so)."""
         resumed = copy.copy(self)
-        resumed.start_step = start_step
-        resumed.split_origin = self.split_origin if split_origin is None else split_origin
-        if not 0 <= resumed.split_origin <= start_step:
-            raise ValueError(f"split_origin {resumed.split_origin} is not in 0..{start_step}")
+        resumed._start(start_step, self.split_origin if split_origin is None else split_origin)
         return resumed
 
-    @property
-    def first_epoch(self) -> int:
-        """The epoch number the split's first epoch has: 0, or one past any epoch a run that
-        reached ``split_origin`` can have begun (a worker reads at most batch_size files a step)."""
-        return self.split_origin * self.batch_size
+    def _start(self, start_step: int, split_origin: int) -> None:
+        """Begin at ``start_step``, in the split of the files that began at ``split_origin``."""
+        if not 0 <= split_origin <= start_step:
+            raise ValueError(f"split_origin {split_origin} is not in 0..start_step ({start_step})")
+        self.start_step, self.split_origin = start_step, split_origin
 
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
@@ -271,9 +214,12 @@ class PairStream(IterableDataset):
         return load(ref), None
 
     def usable(self, views: Views, task: str) -> bool:
-        """Whether the task's crop fits in the item's image(s)."""
-        check_aligned(views, task_scale(task))
-        return fits(views, self.patch_size, task_scale(task))
+        """Whether the task's crop (of the given LR, else of HR patch * scale) fits in the item."""
+        (hr, lr), scale = views, task_scale(task)
+        check_aligned(views, scale)
+        if lr is not None:
+            return min(lr.shape[-2:]) >= self.patch_size
+        return min(hr.shape[-2:]) >= self.patch_size * scale
 
     def crop(self, views: Views, task: str, g: torch.Generator) -> Views:
         """A random aligned crop, randomly flipped and transposed when ``augment``."""
@@ -321,7 +267,9 @@ class _Worker:
         """(epoch, item ref, file number) of a position in this worker's endless stream."""
         q = position // self.stream.crops_per_file
         epoch, offset = divmod(q, self.per_epoch)
-        epoch += self.stream.first_epoch
+        # the split's first epoch is numbered past any epoch a run that reached split_origin can
+        # have begun (a worker reads at most batch_size files a step)
+        epoch += self.stream.split_origin * self.stream.batch_size
         if epoch not in self.refs:
             self.refs = {e: r for e, r in self.refs.items() if e == epoch - 1}
             self.refs[epoch] = self.stream.source.epoch_refs(epoch, self.stream.seed,
@@ -373,7 +321,9 @@ class _Worker:
             i = int(torch.randint(len(files), (1,), generator=g))
             if i not in self.layers:
                 self.layers[i] = read_image(files[i])  # kept: streak folders are small
-            layers.append(tile_crop(self.layers[i], size, g))
+            h, w = self.layers[i].shape[-2:]  # tiled first where it is smaller than the crop
+            tiled = self.layers[i].repeat(1, math.ceil(size / h), math.ceil(size / w))
+            layers.append(random_crop((tiled, None), size, 1, g)[0])
         return torch.stack(layers)
 
     def batch(self, step: int) -> dict:

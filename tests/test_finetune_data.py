@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from data.degrade import bicubic_lr
-from data.finetune import DIV2K, RainTrainL
 from data.sources import TrainingDataError
+from data.training import DIV2K, RainTrainL
 
 PATCH = 16
 RAIN = 40  # the test's "rain": a constant added to the clean image, clipped

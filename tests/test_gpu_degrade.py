@@ -11,9 +11,13 @@ from data.stream import PairStream, synthesize_lr
 TASKS = ["sr2", "sr3", "denoise30"]
 
 
+@pytest.fixture(scope="module")
+def photos():
+    return sample_photos("train")
+
+
 @pytest.mark.parametrize("task_id", [0, 1])
-def test_deferred_bicubic_equals_the_loaders(task_id):
-    photos = sample_photos("train")
+def test_deferred_bicubic_equals_the_loaders(photos, task_id):
     loader = PairStream(photos, TASKS, batch_size=3, patch_size=16, seed=5, task_id=task_id)
     deferred = PairStream(photos, TASKS, batch_size=3, patch_size=16, seed=5, task_id=task_id,
                           lr_in_loader=False)

@@ -17,9 +17,9 @@ import main as cli
 import metrics
 from data.benchmark import BenchmarkError, BenchmarkSet
 from data.degrade import bicubic_lr
-from data.images import DataLayoutError, ImageFolder, ImageReadError, list_images, read_image
-from data.listing import find_images
-from data.sources import TrainingDataError, decode_bytes
+from data.images import DataLayoutError, ImageFolder, ImageReadError, decode_image, list_images, read_image
+from data.listing import walk_images
+from data.sources import TrainingDataError
 from data.stream import PairStream
 
 EXIF_ORIENTATION = 0x0112
@@ -61,7 +61,7 @@ def test_exif_orientation_is_applied(tmp_path):
     assert (got.int() - viewed.int()).abs().float().mean() < 3
     buffer = io.BytesIO()
     Image.fromarray(arr).save(buffer, "PNG", exif=with_orientation(ROTATED_90_CW))
-    assert torch.equal(decode_bytes(buffer.getvalue(), "turned.png"), viewed)
+    assert torch.equal(decode_image(io.BytesIO(buffer.getvalue()), "turned.png"), viewed)
 
 
 def test_float_images_in_0_1_are_scaled(tmp_path):
@@ -116,7 +116,7 @@ def test_decompression_bombs_are_unreadable_images(tmp_path):
     with pytest.raises(ImageReadError, match="bomb.png"):
         read_image(str(tmp_path / "bomb.png"))
     with pytest.raises(ImageReadError, match="bomb.png"):
-        decode_bytes(bomb_png(), "bomb.png")
+        decode_image(io.BytesIO(bomb_png()), "bomb.png")
     results = dict(ImageFolder(str(tmp_path))[i] for i in range(2))
     assert isinstance(results["bomb"], ImageReadError) and results["fine"].shape == (3, 32, 48)
 
@@ -129,7 +129,7 @@ def test_pipes_and_folders_named_like_images_are_not_listed(tmp_path):
     os.makedirs(tmp_path / "folder.png")
     os.symlink(tmp_path / "a.png", tmp_path / "link.png")
     assert list_images(str(tmp_path)) == [str(tmp_path / "a.png"), str(tmp_path / "link.png")]
-    assert find_images(str(tmp_path)) == [str(tmp_path / "a.png"), str(tmp_path / "deep/b.jpg"),
+    assert walk_images(str(tmp_path))[0] == [str(tmp_path / "a.png"), str(tmp_path / "deep/b.jpg"),
                                           str(tmp_path / "link.png")]
 
 

@@ -378,17 +378,6 @@ def test_a_folder_given_as_checkpoint_is_not_said_to_be_missing(tmp_path):
         load_checkpoint(small_model(), str(tmp_path))
 
 
-def test_loader_workers_fit_the_cores_and_the_files(monkeypatch):
-    monkeypatch.setattr(training, "usable_cpus", lambda: 2)
-    assert training.loader_workers(6, 8, 2) == 1  # two processes on two cores: one worker each
-    assert training.loader_workers(6, 8, 1) == 2
-    monkeypatch.setattr(training, "usable_cpus", lambda: 64)
-    assert training.loader_workers(6, 8, 2) == 4  # 8 files feed 4 workers in each of 2 processes
-    assert training.loader_workers(6, 8, 2, saved=3) == 3  # a resumed run keeps its data order
-    with pytest.raises(ValueError, match="cannot feed"):
-        training.loader_workers(6, 1, 2)
-
-
 def test_default_workers_train_on_sample(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(training, "usable_cpus", lambda: 2)
     monkeypatch.setattr(cli.utility, "usable_cpus", lambda: 2)

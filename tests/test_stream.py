@@ -14,9 +14,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from data.degrade import bicubic_lr
+from data.listing import walk_images
 from data.sample import sample_photos
 from data.sources import TrainingDataError, epoch_files, shard_counts
-from data.stream import PairStream, find_images, task_kind
+from data.stream import PairStream, task_kind
 from scripts.scale import make_shards
 
 SIX = ["sr2", "sr3", "sr4", "derain", "denoise30", "denoise50"]
@@ -58,8 +59,8 @@ def folder(tmp_path_factory) -> str:
 ALL = sorted(list(GOOD) + [GREY, CMYK, BROKEN])
 
 
-def test_find_images_any_depth_and_case(folder):
-    found = find_images(folder)
+def test_walk_images_any_depth_and_case(folder):
+    found = walk_images(folder)[0]
     assert [os.path.relpath(f, folder) for f in found] == ALL
     assert found == sorted(found)
 
@@ -206,10 +207,10 @@ def test_resume_gives_the_same_batches(photos):
         assert x["files"] == y["files"] and torch.equal(x["lr"], y["lr"])
 
 
-def test_procedural_rain_is_said_and_real_streaks_are_used(photos, tmp_path, caplog, monkeypatch):
+def test_procedural_rain_is_said_and_real_streaks_are_used(photos, tmp_path, caplog):
     import data.stream
 
-    monkeypatch.setattr(data.stream, "_procedural_said", False)
+    data.stream._say_procedural.cache_clear()
     with caplog.at_level(logging.WARNING, logger="ipt"):
         PairStream(photos, SIX, 2, PATCH)
         PairStream(photos, SIX, 2, PATCH)

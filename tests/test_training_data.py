@@ -13,9 +13,9 @@ from PIL import Image
 import tasks
 from data import training
 from data.degrade import eval_noise_generator
-from data.finetune import DIV2K, RainTrainL
 from data.sources import TrainingDataError, seeded
 from data.stream import PairStream
+from data.training import DIV2K, RainTrainL
 
 PATCH = 16
 # the generators' seeds for (1, "epoch", 0) and (1, "CBSD68", "x"), from the code before this module
@@ -71,6 +71,7 @@ def test_loader_workers_fit_the_cores_and_the_files(monkeypatch, caplog):
     assert training.loader_workers(6, 8, 2) == 1  # two processes on two cores: one worker each
     assert "loader workers: 1 per process instead of --n_threads 6 (2 usable core(s) for 2 " \
            "process(es))" in caplog.text
+    assert training.loader_workers(6, 8, 1) == 2
     monkeypatch.setattr(training, "usable_cpus", lambda: 64)
     assert training.loader_workers(6, 8, 2) == 4  # 8 files feed 4 workers in each of 2 processes
     assert "(8 training files for 2 process(es))" in caplog.text
