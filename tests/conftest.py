@@ -129,3 +129,12 @@ def read_until(stream, wanted) -> None:
             return
         seen.append(line)
     pytest.fail("the process ended before the awaited line: " + "".join(seen)[-2000:])
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Captured output as valid UTF-8 (undecodable names escaped): pytest -n sends every report to
+    the main process as UTF-8, and a test of odd file names logs them as they are."""
+    report = (yield).get_result()
+    report.sections = [(title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+                       for title, text in report.sections]
