@@ -57,7 +57,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--launcher", default="", help="run each main.py under this (e.g. torchrun ...)")
     p.add_argument("--smoke", action="store_true", help="a few steps on two images: checks the wiring")
     a = p.parse_args(argv)
-    a.seeds = parse_seeds(p, a.seeds)
+    words = a.seeds.split("+")  # distinct integers 0..MAX_SEED
+    if not all(SEED.fullmatch(w) for w in words):
+        p.error(f"--seeds {a.seeds!r}: give non-negative integers joined by +, like 1+2")
+    if max(map(int, words)) > MAX_SEED or len(set(map(int, words))) != len(words):
+        p.error(f"--seeds {a.seeds!r}: give distinct seeds of at most {MAX_SEED}")
+    a.seeds = [int(w) for w in words]
     if not a.report_only and not a.dir_data:
         p.error("--dir_data: give the folder of the prepared test sets (or --report_only)")
     for name in ("pretrain_steps", "finetune_steps", "val_every", "noise_images", "val_images"):
@@ -72,17 +77,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         a.pretrain_steps, a.finetune_steps, a.val_every = 4, 4, 2
         a.noise_images, a.val_images = 2, 1
     return a
-
-
-def parse_seeds(p: OptionParser, text: str) -> list[int]:
-    """--seeds A+B as distinct integers 0..MAX_SEED (argparse's one-line error otherwise)."""
-    words = text.split("+")
-    if not all(SEED.fullmatch(w) for w in words):
-        p.error(f"--seeds {text!r}: give non-negative integers joined by +, like 1+2")
-    seeds = [int(w) for w in words]
-    if max(seeds) > MAX_SEED or len(set(seeds)) != len(seeds):
-        p.error(f"--seeds {text!r}: give distinct seeds of at most {MAX_SEED}")
-    return seeds
 
 
 def main(argv: list[str] | None = None) -> int:

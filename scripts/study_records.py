@@ -1,7 +1,6 @@
 """The study's design (its rows and tasks) and its records read back: metrics.json, study.json, logs."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -64,24 +63,6 @@ def redo(run: str) -> str:
     return f"delete the run's folder {os.path.abspath(run)} to redo it"
 
 
-def read_record(path: str, max_bytes: int, error: type[utility.RecordError], fix: str,
-                parse: bool = True) -> object:
-    """The JSON (or with ``parse`` False the text) of a regular file of at most ``max_bytes``;
-    ``error`` in one line naming the file and ``fix`` otherwise (a FIFO is never read)."""
-    try:
-        data = utility.read_small_file(path, max_bytes)
-    except utility.RecordError as e:
-        raise error(f"{e}; {fix}") from None
-    except OSError as e:
-        raise error(f"{path}: not a regular file ({type(e).__name__}); {fix}") from None
-    if not parse:
-        return data.decode("utf-8", errors="replace")
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-        raise error(f"{path}: not readable JSON ({type(e).__name__}); {fix}") from None
-
-
 # ----------------------------------------------------------------------------------------
 # The fields of each record: metrics.json, study.json, training.json and log.txt
 # ----------------------------------------------------------------------------------------
@@ -97,11 +78,6 @@ def read_metrics(path: str) -> dict[str, dict[str, dict[str, float]]]:
             for name, tasks in record["results"].items()}
 
 
-def shown(key: str) -> str:
-    """A key read from a file, as a message shows it: quoted when it is not printable text."""
-    return key if key.isprintable() else repr(key)
-
-
 def scores(run: str, set_name: str | None = None, task: str | None = None) -> dict[str, float]:
     """The SCORES of ``task`` on ``set_name`` in RUN/metrics.json (None: its only set / task)."""
     path = os.path.join(run, METRICS)
@@ -114,7 +90,7 @@ def scores(run: str, set_name: str | None = None, task: str | None = None) -> di
             key = next(iter(found))
         if key not in found:
             raise MetricsError(f"{path}: {where}.{key}: missing; {redo(run)}")
-        where, found = f"{where}.{shown(key)}", found[key]
+        where, found = f"{where}.{key if key.isprintable() else repr(key)}", found[key]
     return found
 
 
@@ -149,7 +125,13 @@ def train_seconds(run: str) -> float:
 def curve(run: str) -> list[tuple[int, float]]:
     """(step, validation PSNR) of a training run, from its log (a step validated twice, before
     and after a resume: the later); step 0 is the input's PSNR."""
-    text = read_record(os.path.join(run, "log.txt"), LOG_MAX_BYTES, StudyError, redo(run), parse=False)
+    path = os.path.join(run, "log.txt")
+    try:
+        text = utility.read_small_file(path, LOG_MAX_BYTES).decode("utf-8", errors="replace")
+    except utility.RecordError as e:
+        raise StudyError(f"{e}; {redo(run)}") from None
+    except OSError as e:  # a FIFO is never read
+        raise StudyError(f"{path}: not a regular file ({type(e).__name__}); {redo(run)}") from None
     points = {int(m.group(1)): float(m.group(2)) for m in VALIDATION.finditer(text)}
     start = scores(run)["baseline_psnr"]  # the last validation's metrics.json
     return [(0, start), *((k, v) for k, v in sorted(points.items()) if math.isfinite(v))]

@@ -105,23 +105,13 @@ def plot(found: dict, path: str) -> None:
     plt.close(fig)
 
 
-def excluding_zero(found: dict) -> list[str]:
-    """'row, task, reference: mean' for every difference whose interval leaves out 0."""
-    out = []
-    for task in TASKS:
-        for row in ROWS[1:]:
-            for ref in (REFERENCE, SECONDS_REFERENCE):
-                text = difference(found, row.name, ref.name, task)
-                if text.startswith("**"):
-                    out.append(f"{row.name} ({task}, to {ref.name}): {text.strip('*')} dB")
-    return out
-
-
 def report(m: dict, found: dict, plot_name: str) -> str:
     """STUDY.md's text around the tables and the plot: study_report.md with the study's figures."""
     tables = "\n\n".join(f"### {task}: {TASKS[task]}{' x2' if task == 'sr2' else ' σ30'}\n\n"
                          f"{table(found, task)}" for task in TASKS)
-    clear = "\n".join(f"- {line}" for line in excluding_zero(found)) or "- none"
+    clear = [f"- {row.name} ({task}, to {ref.name}): {diff.strip('*')} dB" for task in TASKS
+             for row in ROWS[1:] for ref in (REFERENCE, SECONDS_REFERENCE)
+             if (diff := difference(found, row.name, ref.name, task)).startswith("**")]  # bold: excludes 0
     with open(TEMPLATE, encoding="utf-8") as f:
         template = f.read()
     return template.format(
@@ -131,7 +121,7 @@ def report(m: dict, found: dict, plot_name: str) -> str:
         pool=markdown_text(", ".join(m["pool"]) or "no --pool"), tile=study_records.POOL_TILE,
         reference=REFERENCE.name, seconds_reference=SECONDS_REFERENCE.name,
         match=study_records.SECONDS_MATCH, plot_name=plot_name,
-        total=m["pretrain_steps"] + m["finetune_steps"], clear=clear, tables=tables,
+        total=m["pretrain_steps"] + m["finetune_steps"], clear="\n".join(clear) or "- none", tables=tables,
         hours=sum(r.seconds for s in found for row in found[s].values() for r in row.values()) / 3600,
         **{k: m[k] for k in ("pool_photos", "sample_photos", "pretrain_steps", "finetune_steps",
                              "noise_images", "val_images", "val_every")})

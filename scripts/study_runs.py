@@ -132,22 +132,29 @@ def common(a: argparse.Namespace) -> list[str]:
     return ["--print_every", "100", *shlex.split(a.options)]
 
 
-def train(a: argparse.Namespace, run: str, steps: int, args: list[str]) -> None:
-    """A training run of ``steps`` steps, unless it finished; an interrupted one continues from
-    its last save (``--auto_resume``), so its training seconds count each step once."""
-    if not done(run, "training", steps):
-        run_main([*TINY, *args, "--data_train", "ImageNet", "--max_steps", str(steps),
-                  "--save", run, "--auto_resume", "--save_every", str(SAVE_EVERY), *common(a)],
-                 a.launcher)
+def task_options(task: str) -> list[str]:
+    """main.py's options of a run of ``task``, scored on its test set."""
+    return ["--scale", "2" if task == "sr2" else "1", "--task", task, "--data_test", TASKS[task]]
+
+
+def launch(a: argparse.Namespace, save: str, args: list[str], steps: int | None = None) -> None:
+    """One main.py run into ``save``, unless it finished: with ``steps`` a training run of that
+    many steps on the pool (an interrupted one continues from its last save, ``--auto_resume``,
+    so its training seconds count each step once), else an evaluation."""
+    if done(save, "training" if steps else "evaluation", steps):
+        return
+    if steps:
+        args = [*TINY, *args, "--data_train", "ImageNet", "--max_steps", str(steps), "--auto_resume",
+                "--save_every", str(SAVE_EVERY)]
+    run_main([*args, "--save", save, *common(a)], a.launcher)
 
 
 def pretrain(a: argparse.Namespace, name: str, seed: int, data: str) -> str:
     """Pre-train ``name`` (its heads, one task a batch, the contrastive loss or not); the model file."""
     run = run_dir(a.work, seed, f"pretrain_{name}")
     scale, tasks, contrastive = PRETRAININGS[name]
-    train(a, run, a.pretrain_steps, ["--scale", scale, "--tasks", tasks,
-                                     *(["--con_loss"] if contrastive else []), "--dir_data", data,
-                                     "--seed", str(seed), "--test_every", NO_VALIDATION])
+    launch(a, run, ["--scale", scale, "--tasks", tasks, *(["--con_loss"] if contrastive else []),
+                    "--dir_data", data, "--seed", str(seed), "--test_every", NO_VALIDATION], a.pretrain_steps)
     return os.path.join(run, "model", "model_latest.pt")
 
 
@@ -175,23 +182,17 @@ def finetune(a: argparse.Namespace, row: Row, task: str, seed: int, data: str,
     if row.pretraining:
         start = ["--pretrain", checkpoints[row.pretraining]]
         start += ["--init_from", row.init_from] if row.init_from else []
-    train(a, run, row_steps(a, a.work, row, task, seed),
-          ["--scale", "2" if task == "sr2" else "1", "--task", task, *start, "--dir_data", data,
-           "--seed", str(seed), "--test_every", str(a.val_every), "--data_test", TASKS[task],
-           "--chop", "fast"])
+    launch(a, run, [*task_options(task), *start, "--dir_data", data, "--seed", str(seed), "--test_every",
+                    str(a.val_every), "--chop", "fast"], row_steps(a, a.work, row, task, seed))
     return run
 
 
 def evaluate(a: argparse.Namespace, run: str, task: str, test_data: str) -> dict:
     """The fine-tuned model's metrics on the task's test set (TILING of the task)."""
-    out = run + "_eval"
-    if not done(out, "evaluation"):
-        run_main(["--test_only", "--scale", "2" if task == "sr2" else "1",
-                  "--task", task, "--pretrain", os.path.join(run, "model", "model_latest.pt"),
-                  "--data_test", TASKS[task], "--dir_data", test_data, "--save", out,
-                  "--chop", "fast" if a.smoke else TILING[task], *common(a)],
-                 a.launcher)
-    return scores(out, TASKS[task], task)
+    launch(a, run + "_eval", ["--test_only", *task_options(task), "--dir_data", test_data,
+                              "--pretrain", os.path.join(run, "model", "model_latest.pt"),
+                              "--chop", "fast" if a.smoke else TILING[task]])
+    return scores(run + "_eval", TASKS[task], task)
 
 
 def run_all(a: argparse.Namespace) -> None:
@@ -211,17 +212,6 @@ def run_all(a: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------
 # The records: the runs' small files, copied under --records, and the study's own study.json
 # ----------------------------------------------------------------------------------------
-def run_names(seeds: list[int]) -> list[str]:
-    """Every run folder of the study, relative to its --work (and to its records)."""
-    names = []
-    for seed in seeds:
-        names += [run_dir("", seed, f"pretrain_{name}") for name in PRETRAININGS]
-        for task in TASKS:
-            names += [run_dir("", seed, finetune_name(row, task)) + end
-                      for row in study_records.RUN_ROWS for end in ("", "_eval")]
-    return names
-
-
 def machine() -> str:
     """The CPU (or GPU) and torch version the study ran on."""
     import torch
@@ -232,7 +222,12 @@ def machine() -> str:
 
 def collect(a: argparse.Namespace) -> None:
     """Copy each run's small records (no weights) from --work into --records, with study.json."""
-    for name in run_names(a.seeds):
+    names = []  # every run folder, relative to --work and to --records
+    for seed in a.seeds:
+        names += [run_dir("", seed, f"pretrain_{name}") for name in PRETRAININGS]
+        names += [run_dir("", seed, finetune_name(row, task)) + end
+                  for task in TASKS for row in study_records.RUN_ROWS for end in ("", "_eval")]
+    for name in names:
         for file in RECORD_FILES:
             source = os.path.join(a.work, name, file)
             if os.path.isfile(source):

@@ -7,6 +7,7 @@ import functools
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -70,30 +71,26 @@ def bench_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(call: Callable[[], object], device: torch.device | None = None) -> tuple[float, object]:
     """(seconds, result) of one call, the device's queued work included."""
-    device = device or torch.device("cpu")
-    synchronize(device)
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     result = call()
-    synchronize(device)
+    if cuda:
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start, result
 
 
-def interleave(measures: dict[Hashable, Callable[[int], float]], reps: int) -> dict[Hashable, list[float]]:
-    """key -> the figure of each repetition of ``measures[key](rep)``, the repetitions interleaved
-    (every measure once, then every measure again) so that a machine's drift reaches them alike."""
+def medians(measures: dict[Hashable, Callable[[int], float]], reps: int) -> dict[Hashable, float]:
+    """key -> the median figure of ``measures[key](rep)`` over the repetitions, interleaved (every
+    measure once, then every measure again) so that a machine's drift reaches them alike."""
     figures: dict[Hashable, list[float]] = {key: [] for key in measures}
     for rep in range(reps):
         for key, measure in measures.items():
             figures[key].append(measure(rep))
-    return figures
+    return {key: statistics.median(values) for key, values in figures.items()}
 
 
 @contextlib.contextmanager
@@ -153,13 +150,6 @@ def write_section(doc: str, name: str, body: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(doc)), exist_ok=True)
     with open(doc, "w") as f:
         f.write(text)
-
-
-def read_section(doc: str, name: str) -> str | None:
-    """The text between a section's markers, or None."""
-    text = open(doc).read() if os.path.isfile(doc) else ""
-    found = re.search(f"<!-- {name}:begin -->(.*?)<!-- {name}:end -->", text, re.DOTALL)
-    return found.group(1) if found else None
 
 
 def in_child(module: str, call: str) -> str:
