@@ -40,12 +40,9 @@ LOG_MAX_BYTES = 16 << 20  # a run's log.txt at --print_every 100 is a few kB
 MANIFEST_COUNTS, MANIFEST_TEXTS = tuple(records.STUDY_COUNTS), records.STUDY_TEXTS
 
 
-class MetricsError(utility.RecordError):
-    """A metrics.json that is not what an evaluation writes: one line naming the file and key."""
-
-
-class StudyError(utility.RecordError):
-    """A run's records that do not fit the study: one line naming the folder and what to do."""
+# a metrics.json that is not what an evaluation writes; a run's records that do not fit the study:
+# records' own one-line error, naming the file (and key) and what to do
+MetricsError = StudyError = utility.RecordError
 
 
 def run_dir(root: str, seed: int, what: str) -> str:
@@ -69,11 +66,8 @@ def redo(run: str) -> str:
 def read_metrics(path: str) -> dict[str, dict[str, dict[str, float]]]:
     """A run's metrics.json, checked by records.METRICS: {set: {task: {metric: value}}} of the
     SCORES (other entries, like per_image, are left out); MetricsError names what is wrong."""
-    try:
-        record = records.read_json(path, records.METRICS, redo(os.path.dirname(os.path.abspath(path))),
-                                   METRICS_MAX_BYTES)
-    except utility.RecordError as e:
-        raise MetricsError(str(e)) from None
+    record = records.read_json(path, records.METRICS, redo(os.path.dirname(os.path.abspath(path))),
+                               METRICS_MAX_BYTES)
     return {name: {task: {k: float(found[k]) for k in SCORES} for task, found in tasks.items()}
             for name, tasks in record["results"].items()}
 
@@ -98,19 +92,13 @@ def read_manifest(folder: str) -> dict:
     """FOLDER/study.json, checked by records.STUDY; StudyError naming the file and key otherwise.
     It says how the study was run (the report's text), never where anything is written."""
     fix = "re-make it by running the study (finished runs are kept), or give another --records"
-    try:
-        record = records.read_json(os.path.join(folder, MANIFEST), records.STUDY, fix, MANIFEST_MAX_BYTES)
-    except utility.RecordError as e:
-        raise StudyError(str(e)) from None
+    record = records.read_json(os.path.join(folder, MANIFEST), records.STUDY, fix, MANIFEST_MAX_BYTES)
     return {k: record[k] for k in ("seeds", *MANIFEST_COUNTS, *MANIFEST_TEXTS, "pool", "command")}
 
 
 def finished_record(run: str) -> dict:
     """A finished run's training.json, with its training seconds; StudyError otherwise."""
-    try:
-        record = records.read_training_record(os.path.join(run, "model", "model_latest.pt"), strict=True)
-    except utility.RecordError as e:
-        raise StudyError(f"{e}") from None
+    record = records.read_training_record(os.path.join(run, "model", "model_latest.pt"), strict=True)
     if not record or not record.get("finished") or "train_seconds" not in record:
         raise StudyError(f"{os.path.join(run, 'model', utility.TRAINING_RECORD)}: not the record of a "
                          f"finished run with its training seconds; {redo(run)}")
@@ -128,9 +116,9 @@ def curve(run: str) -> list[tuple[int, float]]:
     path = os.path.join(run, "log.txt")
     try:
         text = utility.read_small_file(path, LOG_MAX_BYTES).decode("utf-8", errors="replace")
-    except utility.RecordError as e:
+    except utility.RecordError as e:  # a FIFO is never read
         raise StudyError(f"{e}; {redo(run)}") from None
-    except OSError as e:  # a FIFO is never read
+    except OSError as e:
         raise StudyError(f"{path}: not a regular file ({type(e).__name__}); {redo(run)}") from None
     points = {int(m.group(1)): float(m.group(2)) for m in VALIDATION.finditer(text)}
     start = scores(run)["baseline_psnr"]  # the last validation's metrics.json
