@@ -30,8 +30,8 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
     "training": training_section, "saving": saving_section, "bf16": bf16_section}
 
 
-def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line, with the sizes, repetitions and doc that it implies filled in."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the named sections (default: all), print them and write them into the doc."""
     p = argparse.ArgumentParser(description="Run the project's benchmarks.")
     p.add_argument("sections", nargs="*", metavar="SECTION",
                    help=f"one or more of {', '.join(SECTIONS)} (default: all)")
@@ -51,12 +51,6 @@ def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
     args.reps = args.reps or (1 if args.smoke else DEFAULT_REPS)
     if args.doc is None:
         args.doc = tempfile.mkstemp(prefix="benchmarks-smoke-", suffix=".md")[1] if args.smoke else DOC
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the named sections (default: all), print them and write them into the doc."""
-    args = parse_options(argv)
     logging.basicConfig(level=logging.ERROR)
     threads = torch.get_num_threads()
     if args.sizes.threads:

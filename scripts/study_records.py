@@ -60,9 +60,7 @@ def redo(run: str) -> str:
     return f"delete the run's folder {os.path.abspath(run)} to redo it"
 
 
-# ----------------------------------------------------------------------------------------
 # The fields of each record: metrics.json, study.json, training.json and log.txt
-# ----------------------------------------------------------------------------------------
 def read_metrics(path: str) -> dict[str, dict[str, dict[str, float]]]:
     """A run's metrics.json, checked by records.METRICS: {set: {task: {metric: value}}} of the
     SCORES (other entries, like per_image, are left out); MetricsError names what is wrong."""

@@ -15,9 +15,7 @@ TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "study_repor
 BASELINE = {"sr2": "bicubic", "denoise30": "noisy input"}
 
 
-# ----------------------------------------------------------------------------------------
 # Statistics: mean, spread, and paired-by-seed intervals of differences
-# ----------------------------------------------------------------------------------------
 def t975(df: int) -> float:
     """Student's t 0.975 quantile (a two-sided 95% interval) for ``df`` degrees of freedom."""
     if df < 1:
@@ -114,7 +112,7 @@ def report(m: dict, found: dict, plot_name: str) -> str:
              if (diff := difference(found, row.name, ref.name, task)).startswith("**")]  # bold: excludes 0
     with open(TEMPLATE, encoding="utf-8") as f:
         template = f.read()
-    return template.format(
+    return template.format_map({**m, **dict(
         command=markdown_text(" ".join(shlex.quote(x) for x in m["command"])),
         machine=markdown_text(m["machine"]), seeds="+".join(map(str, m["seeds"])),
         options=", " + markdown_text(m["options"]) if m["options"] else "",
@@ -122,9 +120,7 @@ def report(m: dict, found: dict, plot_name: str) -> str:
         reference=REFERENCE.name, seconds_reference=SECONDS_REFERENCE.name,
         match=study_records.SECONDS_MATCH, plot_name=plot_name,
         total=m["pretrain_steps"] + m["finetune_steps"], clear="\n".join(clear) or "- none", tables=tables,
-        hours=sum(r.seconds for s in found for row in found[s].values() for r in row.values()) / 3600,
-        **{k: m[k] for k in ("pool_photos", "sample_photos", "pretrain_steps", "finetune_steps",
-                             "noise_images", "val_images", "val_every")})
+        hours=sum(r.seconds for s in found for row in found[s].values() for r in row.values()) / 3600)})
 
 
 CONCLUSIONS = "## What the numbers show"  # written by a person: kept when the study is remade
@@ -132,11 +128,7 @@ CONCLUSIONS = "## What the numbers show"  # written by a person: kept when the s
 
 def kept_conclusions(doc: str) -> str:
     """The doc's CONCLUSIONS section as it stands (empty when there is none yet)."""
-    try:
-        with open(doc, encoding="utf-8") as f:
-            text = f.read()
-    except OSError:
-        return ""
+    text = open(doc, encoding="utf-8").read() if os.path.isfile(doc) else ""
     return "\n" + text[text.index(CONCLUSIONS):] if CONCLUSIONS in text else ""
 
 

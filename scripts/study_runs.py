@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+import torch
+
 import main as ipt_main
 import records
 import stops
@@ -19,11 +21,8 @@ from scripts.study_records import PROG, TASKS, Row, StudyError, finetune_name, r
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIX_SCALES, SIX_TASKS = "2+3+4+1+1+1", "sr2+sr3+sr4+derain+denoise30+denoise50"
-PRETRAININGS = {  # name -> (--scale, --tasks, the contrastive loss or not)
-    "six": (SIX_SCALES, SIX_TASKS, True),
-    "mim": ("1", "mim", True),
-    "six+mim": (SIX_SCALES + "+1", SIX_TASKS + "+mim", True),
-}
+PRETRAININGS = {"six": (SIX_SCALES, SIX_TASKS), "mim": ("1", "mim"),  # name -> (--scale, --tasks)
+                "six+mim": (SIX_SCALES + "+1", SIX_TASKS + "+mim")}  # each with the contrastive loss
 TILING = {"sr2": "official", "denoise30": "fast"}  # official on all of CBSD68: ~7 min a model here
 SAVE_EVERY = 200  # steps between saves, so a killed run loses little
 TINY = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "1", "--batch_size", "8",
@@ -32,9 +31,7 @@ NO_VALIDATION = "1000000000"
 RECORD_FILES = ("log.txt", os.path.join("model", utility.TRAINING_RECORD), study_records.METRICS)
 
 
-# ----------------------------------------------------------------------------------------
 # Data: the training pool and the (subsets of the) test sets, as main.py reads them
-# ----------------------------------------------------------------------------------------
 def make_pool(folders: list[str], root: str, smoke: bool) -> None:
     """ROOT/ImageNet/: the photos of ``folders`` and the sample photos, cut into POOL_TILE
     squares (a small PNG decodes in a few ms, a 1024-pixel JPEG in 35: the loader kept up with
@@ -92,9 +89,7 @@ def test_sets(dir_data: str, root: str, images: int) -> None:
         link(os.path.join(noise, name), os.path.join(bench, "CBSD68", "HR", name))
 
 
-# ----------------------------------------------------------------------------------------
 # Runs
-# ----------------------------------------------------------------------------------------
 def run_main(args: list[str], launcher: str) -> None:
     """One main.py run, in this process or under the launcher; stops the study if it fails."""
     if launcher:
@@ -150,11 +145,11 @@ def launch(a: argparse.Namespace, save: str, args: list[str], steps: int | None 
 
 
 def pretrain(a: argparse.Namespace, name: str, seed: int, data: str) -> str:
-    """Pre-train ``name`` (its heads, one task a batch, the contrastive loss or not); the model file."""
+    """Pre-train ``name`` (its heads, one task a batch); the model file."""
     run = run_dir(a.work, seed, f"pretrain_{name}")
-    scale, tasks, contrastive = PRETRAININGS[name]
-    launch(a, run, ["--scale", scale, "--tasks", tasks, *(["--con_loss"] if contrastive else []),
-                    "--dir_data", data, "--seed", str(seed), "--test_every", NO_VALIDATION], a.pretrain_steps)
+    scale, tasks = PRETRAININGS[name]
+    launch(a, run, ["--scale", scale, "--tasks", tasks, "--con_loss", "--dir_data", data, "--seed", str(seed),
+                    "--test_every", NO_VALIDATION], a.pretrain_steps)
     return os.path.join(run, "model", "model_latest.pt")
 
 
@@ -209,17 +204,7 @@ def run_all(a: argparse.Namespace) -> None:
                 evaluate(a, finetune(a, row, task, seed, data, checkpoints), task, test)
 
 
-# ----------------------------------------------------------------------------------------
 # The records: the runs' small files, copied under --records, and the study's own study.json
-# ----------------------------------------------------------------------------------------
-def machine() -> str:
-    """The CPU (or GPU) and torch version the study ran on."""
-    import torch
-    where = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else
-             f"{hostinfo.cpu_model()}, {utility.usable_cpus()} usable cores")
-    return f"{where}; torch {torch.__version__}"
-
-
 def collect(a: argparse.Namespace) -> None:
     """Copy each run's small records (no weights) from --work into --records, with study.json."""
     names = []  # every run folder, relative to --work and to --records
@@ -234,8 +219,10 @@ def collect(a: argparse.Namespace) -> None:
                 target = os.path.join(a.records, name, file)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.copyfile(source, target)
-    pool_photos = sum(len(images_under(folder)) for folder in a.pool)
+    machine = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else
+               f"{hostinfo.cpu_model()}, {utility.usable_cpus()} usable cores")  # and its torch
     manifest = {"seeds": a.seeds, **{k: getattr(a, k) for k in study_records.MANIFEST_COUNTS[:5]},
-                "pool_photos": pool_photos, "sample_photos": len(sample_photos("train")),
-                "options": a.options, "machine": machine(), "pool": a.pool, "command": a.argv}
+                "pool_photos": sum(len(images_under(folder)) for folder in a.pool),
+                "sample_photos": len(sample_photos("train")), "options": a.options,
+                "machine": f"{machine}; torch {torch.__version__}", "pool": a.pool, "command": a.argv}
     utility.write_json(os.path.join(a.records, study_records.MANIFEST), manifest)
