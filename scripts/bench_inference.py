@@ -22,7 +22,7 @@ from model.ipt import MLP_RATIO
 from model.reference_chop import reference_chop
 from model.tiling import CPU_TILES_PER_CALL
 from scripts import timing
-from scripts.timing import bench_device, counting_tiles, in_child, medians, section, text, timed
+from scripts.timing import bench_device, in_child, medians, section, text, timed
 
 CUDA_BACKWARD_BATCH = 64  # about 29 GB on the CPU: GPU only
 
@@ -38,9 +38,7 @@ def random_image(size: int, device: torch.device) -> torch.Tensor:
     return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size)).mul(255).to(device)
 
 
-# ----------------------------------------------------------------------------------------
 # tiling: whole-image inference, official and fast against the authors' strip-by-strip procedure
-# ----------------------------------------------------------------------------------------
 # reference: the authors' strip-by-strip procedure; official-64: official with the CPU's cap on
 # tiles per network call lifted to the crop batch, to show what that cap is worth
 TILING_MODES = ("reference", "official", "official-64", "fast")
@@ -58,13 +56,16 @@ def tiling_model(device: torch.device) -> torch.nn.Module:
 def run_tiling(mode: str, model: torch.nn.Module, x: torch.Tensor,
                precision: str = "single") -> tuple[torch.Tensor, int]:
     """(output, tile evaluations) of one whole-image restoration."""
-    with counting_tiles(model) as count, torch.no_grad():
+    count = [0]
+    hook = model.register_forward_pre_hook(lambda m, inp: count.__setitem__(0, count[0] + inp[0].shape[0]))
+    with torch.no_grad():
         if mode == "reference":
             out = reference_chop(lambda t: model(t, 0), x, 2, batch=CROP_BATCH)
         else:
             tiler, cap = TILERS[mode]
             out = restore(model, x, 0, tiler, crop_batch_size=CROP_BATCH, cpu_tiles_per_call=cap,
                           precision=precision)
+    hook.remove()
     return out, count[0]
 
 
@@ -128,9 +129,7 @@ def tiling_section(args: argparse.Namespace) -> str:
                     "max abs diff official vs reference"], rows)
 
 
-# ----------------------------------------------------------------------------------------
 # forward: the x2 model's forward and forward+backward against a GEMM peak
-# ----------------------------------------------------------------------------------------
 class Pass(NamedTuple):
     """One timed configuration of the forward section."""
 
@@ -276,9 +275,7 @@ def forward_section(args: argparse.Namespace) -> str:
                     "% of GEMM peak"], rows, fresh_notes(fresh))
 
 
-# ----------------------------------------------------------------------------------------
 # bf16: --precision bf16 against single, whole-image restoration and a whole --test_only run
-# ----------------------------------------------------------------------------------------
 BF16_MODES = ("official", "fast")
 PRECISIONS = ("single", "bf16")
 BF16_SIZE = {False: 126, True: 64}  # --smoke or not -> side of the image restore() is timed on

@@ -25,9 +25,7 @@ JPEG_QUALITY = 90
 CUDA_LOADER_WORKERS = (8, 16)
 
 
-# ----------------------------------------------------------------------------------------
 # loader: training pairs per second from a JPEG folder
-# ----------------------------------------------------------------------------------------
 def loader_rate(folder: str, task: str, workers: int, seed: int, sizes: Sizes) -> float:
     """Pairs per second of a PairStream over the folder, after one untimed batch."""
     stream = PairStream(folder, HEADS, sizes.loader_batch, task_id=HEADS.index(task), seed=seed)
@@ -62,9 +60,7 @@ def loader_section(args: argparse.Namespace) -> str:
                    ["task", "LR", "HR", *(f"{w} worker(s)" for w in workers)], rows)
 
 
-# ----------------------------------------------------------------------------------------
 # training: steps per second of the project's Trainer, and the loader against it
-# ----------------------------------------------------------------------------------------
 def make_trainer(ipt_options: dict, batch: int, amp: str, save: str, device: torch.device) -> Trainer:
     """A Trainer of a six-task IPT (these IPT options) over a fresh (seeded) model, with no data
     of its own: the one place that builds the model and calls the Trainer's constructor."""
@@ -140,9 +136,7 @@ def loader_ratio(doc: str, consumed: float | None) -> str:
                 rate=significant(rates[slowest]), consumed=consumed, ratio=rates[slowest] / consumed)
 
 
-# ----------------------------------------------------------------------------------------
 # saving: what writing a checkpoint costs the training loop
-# ----------------------------------------------------------------------------------------
 SAVE_BATCH = 1  # the training steps timed beside the saves: batch 1 of 48x48 sr2 inputs
 SAVE_PHASES = ("torch.save", "fsync", "rename")
 

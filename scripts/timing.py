@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import math
 import os
@@ -11,11 +10,12 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+import utility
 from scripts.hostinfo import machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,17 +93,6 @@ def medians(measures: dict[Hashable, Callable[[int], float]], reps: int) -> dict
     return {key: statistics.median(values) for key, values in figures.items()}
 
 
-@contextlib.contextmanager
-def counting_tiles(model: torch.nn.Module) -> Iterator[list[int]]:
-    """A one-item list that counts the tiles ``model`` is called on inside the block."""
-    count = [0]
-    hook = model.register_forward_pre_hook(lambda m, inp: count.__setitem__(0, count[0] + inp[0].shape[0]))
-    try:
-        yield count
-    finally:
-        hook.remove()
-
-
 def significant(value: float, digits: int = 3) -> str:
     """``value`` to at least ``digits`` significant digits, without an exponent: 325, 24.3, 0.420
     (a positive rate never prints as 0)."""
@@ -148,8 +137,7 @@ def write_section(doc: str, name: str, body: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(doc)), exist_ok=True)
-    with open(doc, "w") as f:
-        f.write(text)
+    utility.write_text(doc, text)
 
 
 def in_child(module: str, call: str) -> str:
