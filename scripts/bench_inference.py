@@ -131,17 +131,14 @@ def tiling_section(args: argparse.Namespace) -> str:
 
 # forward: the x2 model's forward and forward+backward against a GEMM peak
 class Pass(NamedTuple):
-    """One timed configuration of the forward section."""
+    """One timed configuration of the forward section (its name: PASS_NAME[backward])."""
 
     backward: bool
     dtype: str  # "fp32" or "bf16" (autocast)
     batch: int
 
-    @property
-    def name(self) -> str:
-        return "forward+backward" if self.backward else "forward"
 
-
+PASS_NAME = {False: "forward", True: "forward+backward"}
 AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
 
 
@@ -260,7 +257,7 @@ def forward_section(args: argparse.Namespace) -> str:
         work = flops[backward] * batch
         return [label, dtype, batch, f"{sec:.3f}", f"{work / 1e9:.1f}", f"{work / sec / 1e9:.1f}",
                 f"{100 * work / sec / peak[dtype]:.0f}%"]
-    rows = [row(r.name, r.dtype, r.batch, sec[r], r.backward) for r in runs]
+    rows = [row(PASS_NAME[r.backward], r.dtype, r.batch, sec[r], r.backward) for r in runs]
     rows += [row("forward, fresh process, malloc tuned**" if tuned else "forward, fresh process*",
                  "fp32", batch, seconds, False) for tuned, (seconds, _) in fresh.items()]
     how = "sdpa" if device.type == "cuda" else "the authors arithmetic"
@@ -318,29 +315,31 @@ def bf16_support(device: torch.device) -> str:
             f"capability {torch.backends.cpu.get_cpu_capability()})")
 
 
-def bf16_rows(args: argparse.Namespace, device: torch.device, folder: str) -> list[list[object]]:
-    """restore() per tiling mode and precision, then whole --test_only runs, interleaved."""
-    model, size = x2_model(device, num_queries=1, **BF16_MODEL[args.smoke]).eval(), BF16_SIZE[args.smoke]
-    x, demo, tiles = random_image(size, device), None, {}
-    if args.smoke:
-        demo = os.path.join(folder, "demo")
-        os.makedirs(demo)
-        Image.fromarray(x[0, :, :SMOKE_DEMO_SIDE, :SMOKE_DEMO_SIDE].byte().permute(1, 2, 0)
-                        .cpu().numpy()).save(os.path.join(demo, "image.png"))
+def bf16_section(args: argparse.Namespace) -> str:
+    """Seconds of restore() per tiling mode and precision, then of whole --test_only runs, single
+    and bf16, interleaved."""
+    device, size = bench_device(), BF16_SIZE[args.smoke]
+    model = x2_model(device, num_queries=1, **BF16_MODEL[args.smoke]).eval()
+    x, demo, tiles, diffs = random_image(size, device), None, {}, {}
 
     def measure(mode: str, p: str) -> tuple[float, torch.Tensor]:
         seconds, (out, tiles[(mode, p)]) = timed(lambda: run_tiling(mode, model, x, p), device)
         return seconds, out
 
-    diffs = {}
     for mode in BF16_MODES:  # warm-up, and the outputs compared
         outs = {p: measure(mode, p)[1] for p in PRECISIONS}
         diffs[mode] = (outs["bf16"] - outs["single"]).abs().max().item()
     measures = {(mode, p): lambda rep, m=mode, p=p: measure(m, p)[0]
                 for mode in BF16_MODES for p in PRECISIONS}
-    measures.update({p: lambda rep, p=p: test_only_seconds(
-        p, os.path.join(folder, f"run-{p}-{rep}"), demo, args.smoke, device) for p in PRECISIONS})
-    sec, rows = medians(measures, args.reps), []
+    with tempfile.TemporaryDirectory(prefix="bench-bf16-") as folder:
+        if args.smoke:
+            demo = os.path.join(folder, "demo")
+            os.makedirs(demo)
+            Image.fromarray(x[0, :, :SMOKE_DEMO_SIDE, :SMOKE_DEMO_SIDE].byte().permute(1, 2, 0)
+                            .cpu().numpy()).save(os.path.join(demo, "image.png"))
+        measures.update({p: lambda rep, p=p: test_only_seconds(
+            p, os.path.join(folder, f"run-{p}-{rep}"), demo, args.smoke, device) for p in PRECISIONS})
+        sec, rows = medians(measures, args.reps), []
     for mode in BF16_MODES:
         single, bf16 = (sec[(mode, p)] for p in PRECISIONS)
         if tiles[(mode, "bf16")] != tiles[(mode, "single")]:  # the same tiles in both precisions
@@ -349,21 +348,13 @@ def bf16_rows(args: argparse.Namespace, device: torch.device, folder: str) -> li
         rows.append(["`restore()`", mode, f"{single:.3f}", f"{bf16:.3f}", f"{single / bf16:.2f}x",
                      tiles[(mode, "single")], f"{diffs[mode]:.2f}"])
     single, bf16 = (sec[p] for p in PRECISIONS)
-    return rows + [["whole `--test_only` run", "fast", f"{single:.1f}", f"{bf16:.1f}",
-                    f"{single / bf16:.2f}x", "", ""]]
-
-
-def bf16_section(args: argparse.Namespace) -> str:
-    """Seconds of restore() per tiling mode and of a whole --test_only run, single and bf16."""
-    device = bench_device()
-    with tempfile.TemporaryDirectory(prefix="bench-bf16-") as folder:
-        rows = bf16_rows(args, device, folder)
-    cfg, size = IPTConfig(scale=[2], **BF16_MODEL[args.smoke]), BF16_SIZE[args.smoke]
-    kind = "tiny (smoke)" if args.smoke else "full-size"
+    rows.append(["whole `--test_only` run", "fast", f"{single:.1f}", f"{bf16:.1f}", f"{single / bf16:.2f}x",
+                 "", ""])
     run = (f"one {SMOKE_DEMO_SIDE}x{SMOKE_DEMO_SIDE} Demo image" if args.smoke else
            "the two Sample photos (sr2, scored: bicubic baseline, PSNR and SSIM)")
-    intro = text("bf16", kind=kind, cfg=cfg, threads=torch.get_num_threads(), size=size, crop=CROP_BATCH,
-                 support=bf16_support(device), run=run, reps=args.reps)
+    intro = text("bf16", kind="tiny (smoke)" if args.smoke else "full-size", cfg=model.cfg,
+                 threads=torch.get_num_threads(), size=size, crop=CROP_BATCH, support=bf16_support(device),
+                 run=run, reps=args.reps)
     return section(f"bf16 inference ({device.type})", args, [intro],
                    ["what", "tiling", "single s", "bf16 s", "speed-up", "tile evaluations", "max abs diff"],
                    rows)

@@ -168,39 +168,33 @@ def timed_atomic_save(obj: object, path: str) -> dict[str, float]:
         SAVE_PHASES, (lambda: torch.save(obj, tmp), fsync, lambda: os.replace(tmp, path)), strict=True)}
 
 
-def saving_rep(runner: Trainer, batch: dict, folder: str, times: dict[str, list[float]],
-               sizes: dict[str, int]) -> None:
-    """One repetition of every saving measurement: seconds by row (and steps meanwhile), file sizes."""
-    device = runner.device
-
-    def add(row: str, seconds: float) -> None:
-        times.setdefault(row, []).append(seconds)
-    add("step", timed(lambda: runner.train_step(batch), device)[0])
-    seconds, snapshot = timed(lambda: runner.snapshot(runner.model.state_dict()), device)
-    add("snapshot", seconds)
+def saving_rep(runner: Trainer, batch: dict, folder: str) -> dict[str, float]:
+    """One repetition of every saving measurement: seconds by row, steps meanwhile, file MB."""
+    device, figures = runner.device, {}
+    figures["step"] = timed(lambda: runner.train_step(batch), device)[0]
+    figures["snapshot"], snapshot = timed(lambda: runner.snapshot(runner.model.state_dict()), device)
     split = os.path.join(folder, "split")
     os.makedirs(split, exist_ok=True)
     for name, obj in (("model_latest.pt", snapshot.state["model"]), ("state.pt", snapshot.state)):
         path = os.path.join(split, name)
-        for phase, sec in timed_atomic_save(obj, path).items():
-            add(f"{name} {phase}", sec)
-        sizes[name] = os.path.getsize(path)
+        figures.update({f"{name} {phase}": sec for phase, sec in timed_atomic_save(obj, path).items()})
+        figures[f"{name} MB"] = os.path.getsize(path) / 1e6
         os.remove(path)
-    add("save", timed(runner.save, device)[0])
-    add("background", timed(lambda: runner.save(background=True), device)[0])
+    figures["save"] = timed(runner.save, device)[0]
+    figures["background"] = timed(lambda: runner.save(background=True), device)[0]
     start, steps = time.perf_counter(), 0
     while steps == 0 or runner.saver.busy:  # the first step begins while the files are written
         runner.train_step(batch)
         steps += 1
     timed(runner.saver.wait, device)
-    add("during", (time.perf_counter() - start) / max(steps, 1))
-    add("steps during", steps)
+    figures["during"], figures["steps during"] = (time.perf_counter() - start) / max(steps, 1), steps
+    return figures
 
 
 def saving_section(args: argparse.Namespace) -> str:
     """Seconds a checkpoint of the six-head model takes: its copy, its files, and the training
     loop's wait for it before and after the writer thread."""
-    device, times, sizes = bench_device(), {}, {}
+    device = bench_device()
     if device.type == "cpu":  # as main.py does: a copy reuses the heap memory the last one freed
         utility.keep_freed_memory()
     with tempfile.TemporaryDirectory() as folder:
@@ -209,13 +203,11 @@ def saving_section(args: argparse.Namespace) -> str:
         batch = task_batches(SAVE_BATCH, 48, device)[0]
         runner.train_step(batch)  # warm-up
         fill_moments(runner.optimizer)
-        for _ in range(args.reps):
-            saving_rep(runner, batch, folder, times, sizes)
-    sec = {row: statistics.median(t) for row, t in times.items()}
-    mb = {name: size / 1e6 for name, size in sizes.items()}
+        reps = [saving_rep(runner, batch, folder) for _ in range(args.reps)]
+    sec = {row: statistics.median(rep[row] for rep in reps) for row in reps[0]}
     size = "full-size" if not args.sizes.saving_model else "tiny (smoke)"
-    intro = text("saving", size=size, parameters=parameters / 1e6, model_mb=mb["model_latest.pt"],
-                 state_mb=mb["state.pt"], reps=args.reps)
+    intro = text("saving", size=size, parameters=parameters / 1e6, model_mb=sec["model_latest.pt MB"],
+                 state_mb=sec["state.pt MB"], reps=args.reps)
     rows = [["copy of the state to the CPU (`Trainer.snapshot`)", f"{sec['snapshot']:.3f}"]]
     rows += [[f"{name}: {phase}", f"{sec[f'{name} {phase}']:.3f}"]
              for name in ("model_latest.pt", "state.pt") for phase in SAVE_PHASES]

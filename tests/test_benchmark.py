@@ -170,7 +170,7 @@ def test_forward_reports_flops_and_the_gemm_fraction(smoke_doc):
     assert "fp32" in peaks
     rows = table(smoke_doc, "forward")
     passes = bench_inference.forward_passes(timing.SMOKE, timing.bench_device())
-    expected = [(p.name, p.batch) for p in passes]
+    expected = [(bench_inference.PASS_NAME[p.backward], p.batch) for p in passes]
     assert [(r["pass"], int(r["batch"])) for r in rows[:len(expected)]] == expected
     fresh = [r["pass"] for r in rows[len(expected):]]
     assert fresh in ([], ["forward, fresh process, malloc tuned**"])  # glibc only, smoke: tuned
