@@ -38,9 +38,8 @@ def random_image(size: int, device: torch.device) -> torch.Tensor:
     return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size)).mul(255).to(device)
 
 
-# tiling: whole-image inference, official and fast against the authors' strip-by-strip procedure
-# reference: the authors' strip-by-strip procedure; official-64: official with the CPU's cap on
-# tiles per network call lifted to the crop batch, to show what that cap is worth
+# tiling: whole-image inference. reference: the authors' strip-by-strip procedure; official-64:
+# official with the CPU's cap on tiles per network call lifted to the crop batch (what it is worth)
 TILING_MODES = ("reference", "official", "official-64", "fast")
 CROP_BATCH = 64
 # mode -> (restore's mode, its cpu_tiles_per_call); "reference" runs model.reference_chop

@@ -35,7 +35,6 @@ METRICS = "metrics.json"
 METRICS_MAX_BYTES = 16 << 20  # a metrics.json of a few hundred images is tens of kB
 SCORES = records.SCORES  # what the table and plot read
 MANIFEST = "study.json"
-MANIFEST_MAX_BYTES = 1 << 20
 LOG_MAX_BYTES = 16 << 20  # a run's log.txt at --print_every 100 is a few kB
 MANIFEST_COUNTS, MANIFEST_TEXTS = tuple(records.STUDY_COUNTS), records.STUDY_TEXTS
 
@@ -90,7 +89,7 @@ def read_manifest(folder: str) -> dict:
     """FOLDER/study.json, checked by records.STUDY; StudyError naming the file and key otherwise.
     It says how the study was run (the report's text), never where anything is written."""
     fix = "re-make it by running the study (finished runs are kept), or give another --records"
-    record = records.read_json(os.path.join(folder, MANIFEST), records.STUDY, fix, MANIFEST_MAX_BYTES)
+    record = records.read_json(os.path.join(folder, MANIFEST), records.STUDY, fix)  # at most 1 MiB
     return {k: record[k] for k in ("seeds", *MANIFEST_COUNTS, *MANIFEST_TEXTS, "pool", "command")}
 
 

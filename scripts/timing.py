@@ -117,14 +117,11 @@ def text(name: str, **fields: object) -> str:
 def section(title: str, args: argparse.Namespace, paragraphs: list[str], header: list[str],
             rows: list[list[object]], notes: Sequence[str] = ()) -> str:
     """A section's Markdown: its heading, the machine, its paragraphs, its table, its notes."""
-    lines = [f"## {title}", "", f"Machine: {machine()}." + (f" {SMOKE_NOTE}" if args.smoke else "")]
-    for paragraph in paragraphs:
-        lines += ["", paragraph]
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
-    for note in notes:
-        lines += ["", note]
-    return "\n".join(lines) + "\n"
+    table = ["| " + " | ".join(map(str, row)) + " |" for row in [header, *rows]]
+    table.insert(1, "|" + "---|" * len(header))
+    blocks = [f"## {title}", f"Machine: {machine()}." + (f" {SMOKE_NOTE}" if args.smoke else ""), *paragraphs,
+              "\n".join(table), *notes]
+    return "\n\n".join(blocks) + "\n"
 
 
 def write_section(doc: str, name: str, body: str) -> None:
