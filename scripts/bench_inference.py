@@ -142,11 +142,8 @@ AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def largest_gemm(cfg: IPTConfig, batch: int) -> tuple[int, int, int]:
-    """(M, K, N) of the model's largest matmul: a feed-forward Linear of the body at ``batch``.
-
-    Every Transformer block and the mlp_head run tokens x dim @ dim x 4 dim (and back); the
-    convolutions and attention products are smaller.
-    """
+    """(M, K, N) of the model's largest matmul, a feed-forward Linear of the body at ``batch``: every
+    Transformer block and the mlp_head run tokens x dim @ dim x 4 dim (and back); the rest is smaller."""
     tokens = batch * (cfg.patch_size // cfg.patch_dim) ** 2
     dim = cfg.n_feats * cfg.patch_dim ** 2
     return tokens, dim, MLP_RATIO * dim
@@ -217,19 +214,6 @@ def child_forward(batch: int, reps: int, smoke: bool, tuned: bool) -> str:
     return f"{statistics.median(seconds)!r} {faults / reps}"
 
 
-def fresh_notes(fresh: dict[bool, tuple[float, float]]) -> list[str]:
-    """The footnotes of the fresh-process rows (both, or only the tuned one in a smoke run)."""
-    notes, child = [], text("fresh-child")
-    if False in fresh:
-        against = f", against {fresh[True][1]:,.0f} in the row below" if True in fresh else ""
-        notes.append(text("fresh-untuned", child=child, faults=fresh[False][1], against=against))
-    if True in fresh:
-        first = ("The same" if False in fresh else
-                 f"{child}, {fresh[True][1]:,.0f} minor page faults per call (`getrusage`),")
-        notes.append(text("fresh-tuned", first=first))
-    return notes
-
-
 def forward_section(args: argparse.Namespace) -> str:
     """Achieved FLOP/s of the x2 model's forward and forward+backward, and its share of a GEMM."""
     sizes, device, batch = args.sizes, bench_device(), max(args.sizes.forward_batches)
@@ -266,9 +250,17 @@ def forward_section(args: argparse.Namespace) -> str:
                   ratio=flops[True] / flops[False]),
              text("forward-gemm", batch=batch, m=shape[0], k=shape[1], n=shape[2], calls=sizes.gemm_calls,
                   peaks=peaks, reps=args.reps)]
+    notes, child = [], text("fresh-child")  # of the fresh-process rows: both, or the tuned one (smoke)
+    if False in fresh:
+        against = f", against {fresh[True][1]:,.0f} in the row below" if True in fresh else ""
+        notes.append(text("fresh-untuned", child=child, faults=fresh[False][1], against=against))
+    if True in fresh:
+        first = ("The same" if False in fresh else
+                 f"{child}, {fresh[True][1]:,.0f} minor page faults per call (`getrusage`),")
+        notes.append(text("fresh-tuned", first=first))
     return section(f"Model forward and backward ({device.type})", args, intro,
                    ["pass", "dtype", "batch", "seconds", "GFLOP per call", "achieved GFLOP/s",
-                    "% of GEMM peak"], rows, fresh_notes(fresh))
+                    "% of GEMM peak"], rows, notes)
 
 
 # bf16: --precision bf16 against single, whole-image restoration and a whole --test_only run
@@ -298,20 +290,6 @@ def test_only_seconds(precision: str, save: str, demo: str | None, smoke: bool,
         lines = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
         raise RuntimeError(f"main.py --test_only failed (exit {done.returncode}): {lines[-1]}")
     return seconds
-
-
-def bf16_support(device: torch.device) -> str:
-    """Whether bf16 arithmetic is native on ``device``, in words."""
-    from evaluation import cpu_flags, emulated_bf16
-    why = emulated_bf16(device)
-    if why:
-        return f"bf16 is emulated here: {why}"
-    if device.type == "cuda":
-        return "bf16 is native on this GPU"
-    if cpu_flags() is None:
-        return "whether this CPU has native bf16 is unknown (no /proc/cpuinfo)"
-    return (f"bf16 is native on this CPU (avx512_bf16 or amx_bf16 in /proc/cpuinfo; torch's CPU "
-            f"capability {torch.backends.cpu.get_cpu_capability()})")
 
 
 def bf16_section(args: argparse.Namespace) -> str:
@@ -349,10 +327,20 @@ def bf16_section(args: argparse.Namespace) -> str:
     single, bf16 = (sec[p] for p in PRECISIONS)
     rows.append(["whole `--test_only` run", "fast", f"{single:.1f}", f"{bf16:.1f}", f"{single / bf16:.2f}x",
                  "", ""])
+    from evaluation import cpu_flags, emulated_bf16
+    if why := emulated_bf16(device):
+        support = f"bf16 is emulated here: {why}"
+    elif device.type == "cuda":
+        support = "bf16 is native on this GPU"
+    elif cpu_flags() is None:
+        support = "whether this CPU has native bf16 is unknown (no /proc/cpuinfo)"
+    else:
+        support = (f"bf16 is native on this CPU (avx512_bf16 or amx_bf16 in /proc/cpuinfo; torch's CPU "
+                   f"capability {torch.backends.cpu.get_cpu_capability()})")
     run = (f"one {SMOKE_DEMO_SIDE}x{SMOKE_DEMO_SIDE} Demo image" if args.smoke else
            "the two Sample photos (sr2, scored: bicubic baseline, PSNR and SSIM)")
     intro = text("bf16", kind="tiny (smoke)" if args.smoke else "full-size", cfg=model.cfg,
-                 threads=torch.get_num_threads(), size=size, crop=CROP_BATCH, support=bf16_support(device),
+                 threads=torch.get_num_threads(), size=size, crop=CROP_BATCH, support=support,
                  run=run, reps=args.reps)
     return section(f"bf16 inference ({device.type})", args, [intro],
                    ["what", "tiling", "single s", "bf16 s", "speed-up", "tile evaluations", "max abs diff"],

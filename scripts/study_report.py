@@ -71,10 +71,9 @@ def table(found: dict, task: str) -> str:
         cells = [row.name, steps_text, spread([r.seconds for r in runs], 0),
                  spread([r.scores["psnr_y"] for r in runs]),
                  spread([r.scores["ssim_y"] for r in runs], 4)]
-        cells += ["reference" if row is REFERENCE else
-                  "" if row is SECONDS_REFERENCE else difference(found, row.name, REFERENCE.name, task)]
-        cells += ["reference" if row is SECONDS_REFERENCE else
-                  "" if row is REFERENCE else difference(found, row.name, SECONDS_REFERENCE.name, task)]
+        for ref, other in ((REFERENCE, SECONDS_REFERENCE), (SECONDS_REFERENCE, REFERENCE)):  # the Δ columns
+            cells.append("reference" if row is ref else "" if row is other else
+                         difference(found, row.name, ref.name, task))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

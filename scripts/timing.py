@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import os
 import re
@@ -101,17 +100,11 @@ def significant(value: float, digits: int = 3) -> str:
     return f"{value:.{max(0, digits - 1 - math.floor(math.log10(value)))}f}"
 
 
-@functools.cache
-def paragraphs() -> dict[str, str]:
-    """benchmark_text.md's paragraphs by name, each on one line."""
+def text(name: str, **fields: object) -> str:
+    """benchmark_text.md's paragraph ``name``, on one line, with its fields filled in."""
     with open(TEXT, encoding="utf-8") as f:
         parts = re.split(r"^\[([\w-]+)\]\n", f.read(), flags=re.M)[1:]
-    return {name: " ".join(body.split()) for name, body in zip(parts[::2], parts[1::2], strict=True)}
-
-
-def text(name: str, **fields: object) -> str:
-    """The doc's paragraph ``name`` with its fields filled in."""
-    return paragraphs()[name].format(**fields)
+    return " ".join(dict(zip(parts[::2], parts[1::2], strict=True))[name].split()).format(**fields)
 
 
 def section(title: str, args: argparse.Namespace, paragraphs: list[str], header: list[str],
