@@ -197,9 +197,8 @@ def forward_passes(sizes: timing.Sizes, device: torch.device) -> list[Pass]:
 
 def child_forward(batch: int, reps: int, smoke: bool, tuned: bool) -> str:
     """"seconds faults": the median seconds and minor page faults per call of the fp32 CPU forward
-    at ``batch`` in a fresh process that runs nothing else, as an evaluation does; with ``tuned``
-    its glibc malloc never maps blocks of their own (M_MMAP_MAX 0) nor trims the heap
-    (M_TRIM_THRESHOLD 1 GiB)."""
+    at ``batch`` in this fresh process, with glibc malloc tuned (``utility.keep_freed_memory``)
+    or not."""
     import resource  # Unix only; the parent starts this child only on glibc systems
 
     if tuned and not utility.keep_freed_memory():

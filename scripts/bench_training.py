@@ -157,9 +157,7 @@ def timed_atomic_save(obj: object, path: str) -> dict[str, float]:
     """Seconds of each phase of writing ``obj`` as ``utility.atomic_save`` does (a temporary,
     torch.save, rename), with an fsync of the temporary before the rename, which atomic_save
     does not do: what making the file durable would add."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                               dir=os.path.dirname(path))
-    os.close(fd)
+    tmp = f"{path}.tmp"
 
     def fsync() -> None:
         with open(tmp, "rb+") as f:

@@ -5,10 +5,8 @@
 With no SECTION every section runs. Each prints a Markdown table and replaces the text between
 ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in the doc (appending the section when the
 markers are missing), leaving the other sections as they are. Timings are medians of
-interleaved repetitions in one run. ``--smoke`` runs every section at minimal sizes (tiny
-models, one repetition, one torch thread in this process and in the child processes it starts,
-the tiling's peak memory of ``official`` only) and writes a temporary doc unless ``--doc`` is
-given; it checks that the code runs, its figures mean little; the test suite runs it.
+interleaved repetitions in one run. ``--smoke`` (the test suite runs it) keeps its one torch
+thread in the child processes too and measures the tiling's peak memory of ``official`` only.
 """
 from __future__ import annotations
 

@@ -8,8 +8,7 @@ alone at equal steps and at equal seconds, for each seed: docs/STUDY.md says wha
 Every run is a main.py run under --work: a finished one is not redone, an interrupted one
 continues from its last save, so a killed study continues where it stopped. The runs' small
 records go to --records; --doc gets a table per task and a plot, which --report_only re-makes
-from the records alone. --launcher "torchrun --nproc_per_node 8" runs each under that launcher,
---options "--n_feats 64 ..." scales the model, --smoke runs every stage at a few steps (CI).
+from the records alone.
 """
 from __future__ import annotations
 
@@ -53,8 +52,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--noise_images", type=int, default=68,
                    help="CBSD68 images scored (the first N by name; 68: all)")
     p.add_argument("--val_images", type=int, default=3, help="CBSD68 images validated on")
-    p.add_argument("--options", default="", help="more main.py options for every run (model size...)")
-    p.add_argument("--launcher", default="", help="run each main.py under this (e.g. torchrun ...)")
+    p.add_argument("--options", default="", help="more main.py options for every run (--n_feats 64 ...)")
+    p.add_argument("--launcher", default="", help="run each main.py under this (torchrun --nproc_per_node 8)")
     p.add_argument("--smoke", action="store_true", help="a few steps on two images: checks the wiring")
     a = p.parse_args(argv)
     words = a.seeds.split("+")  # distinct integers 0..MAX_SEED

@@ -102,11 +102,6 @@ def finished_record(run: str) -> dict:
     return record
 
 
-def train_seconds(run: str) -> float:
-    """The training seconds a finished run recorded in its training.json."""
-    return float(finished_record(run)["train_seconds"])
-
-
 def curve(run: str) -> list[tuple[int, float]]:
     """(step, validation PSNR) of a training run, from its log (a step validated twice, before
     and after a resume: the later); step 0 is the input's PSNR."""
@@ -134,19 +129,17 @@ class Result:
 
 def gather(records: str, manifest: dict) -> dict[int, dict[str, dict[str, Result]]]:
     """{seed: {row: {task: Result}}} from the records of every run."""
-    found: dict[int, dict[str, dict[str, Result]]] = {}
-    for seed in manifest["seeds"]:
-        found[seed] = {}
+    found: dict[int, dict[str, dict[str, Result]]] = {seed: {} for seed in manifest["seeds"]}
+    for seed in found:
         for row in RUN_ROWS:
             pre_steps, pre_seconds = 0, 0.0
             if row.pretraining:
                 pre = finished_record(run_dir(records, seed, f"pretrain_{row.pretraining}"))
                 pre_steps, pre_seconds = int(pre.get("step", 0)), float(pre["train_seconds"])
-            found[seed][row.name] = {}
             for task in TASKS:
                 run = run_dir(records, seed, finetune_name(row, task))
                 fine = finished_record(run)
-                found[seed][row.name][task] = Result(
+                found[seed].setdefault(row.name, {})[task] = Result(
                     scores(run + "_eval", TASKS[task], task), pre_steps + int(fine.get("step", 0)),
                     pre_seconds + float(fine["train_seconds"]),
                     [(pre_steps + k, v) for k, v in curve(run)])

@@ -17,7 +17,7 @@ import utility
 from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image, save_image, stem
 from data.sample import sample_photos
 from scripts import hostinfo, study_records
-from scripts.study_records import PROG, TASKS, Row, StudyError, finetune_name, run_dir, scores, train_seconds
+from scripts.study_records import PROG, TASKS, Row, StudyError, finetune_name, run_dir, scores
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIX_SCALES, SIX_TASKS = "2+3+4+1+1+1", "sr2+sr3+sr4+derain+denoise30+denoise50"
@@ -163,9 +163,11 @@ def row_steps(a: argparse.Namespace, root: str, row: Row, task: str, seed: int) 
     if row.budget == "steps":
         return total
     match = next(r for r in study_records.ROWS if r.name == study_records.SECONDS_MATCH)
-    target = (train_seconds(run_dir(root, seed, f"pretrain_{match.pretraining}"))
-              + train_seconds(run_dir(root, seed, finetune_name(match, task))))
-    per_step = train_seconds(run_dir(root, seed, finetune_name(study_records.REFERENCE, task))) / total
+
+    def seconds(run: str) -> float:  # the training seconds of a finished run of this seed
+        return float(study_records.finished_record(run_dir(root, seed, run))["train_seconds"])
+    target = seconds(f"pretrain_{match.pretraining}") + seconds(finetune_name(match, task))
+    per_step = seconds(finetune_name(study_records.REFERENCE, task)) / total
     return max(1, round(target / per_step)) if per_step > 0 else total
 
 
@@ -173,10 +175,8 @@ def finetune(a: argparse.Namespace, row: Row, task: str, seed: int, data: str,
              checkpoints: dict[str, str]) -> str:
     """Fine-tune ``task`` from the row's pre-training (validating on the way); the run."""
     run = run_dir(a.work, seed, finetune_name(row, task))
-    start = []
-    if row.pretraining:
-        start = ["--pretrain", checkpoints[row.pretraining]]
-        start += ["--init_from", row.init_from] if row.init_from else []
+    start = ["--pretrain", checkpoints[row.pretraining]] if row.pretraining else []
+    start += ["--init_from", row.init_from] if row.init_from else []  # rows with a pre-training only
     launch(a, run, [*task_options(task), *start, "--dir_data", data, "--seed", str(seed), "--test_every",
                     str(a.val_every), "--chop", "fast"], row_steps(a, a.work, row, task, seed))
     return run

@@ -45,11 +45,8 @@ class Sizes:
     # thread keeps a smoke run short on a busy machine: with more threads than free cores, each
     # small operator waits for a descheduled thread (4x to 6x slower on 2 shared cores)
     threads: int | None = None
-    # tiling modes whose CPU peak memory is measured, in a child process each (None: every mode)
-    peak_modes: tuple[str, ...] | None = None
-    # the forward in a fresh child process (glibc only): with glibc malloc as it is (False),
-    # tuned (True)
-    fresh_tuned: tuple[bool, ...] = (False, True)
+    peak_modes: tuple[str, ...] | None = None  # tilings whose CPU peak memory is measured (None: all)
+    fresh_tuned: tuple[bool, ...] = (False, True)  # forwards in a fresh process: malloc as it is, tuned
     saving_model: dict = field(default_factory=dict)  # IPT options of the checkpointed model
 
 
