@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import platform
 import re
@@ -10,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -129,16 +129,9 @@ def tiling_section(args: argparse.Namespace) -> str:
 
 
 # forward: the x2 model's forward and forward+backward against a GEMM peak
-class Pass(NamedTuple):
-    """One timed configuration of the forward section (its name: PASS_NAME[backward])."""
-
-    backward: bool
-    dtype: str  # "fp32" or "bf16" (autocast)
-    batch: int
-
-
+Pass = collections.namedtuple("Pass", "backward dtype batch")  # a timed configuration; dtype fp32 or bf16
 PASS_NAME = {False: "forward", True: "forward+backward"}
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}  # a Pass's dtype -> its autocast
 
 
 def largest_gemm(cfg: IPTConfig, batch: int) -> tuple[int, int, int]:

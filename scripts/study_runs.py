@@ -68,12 +68,6 @@ def images_under(folder: str) -> list[str]:
             if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(d, f))]
 
 
-def link(source: str, name: str) -> None:
-    """A symbolic link ``name`` -> ``source`` (kept when it exists)."""
-    if not os.path.lexists(name):
-        os.symlink(os.path.abspath(source), name)
-
-
 def test_sets(dir_data: str, root: str, images: int) -> None:
     """ROOT/benchmark/Set5 (all of it) and ROOT/benchmark/CBSD68 (its first ``images`` images)."""
     bench = os.path.join(root, "benchmark")
@@ -84,9 +78,12 @@ def test_sets(dir_data: str, root: str, images: int) -> None:
         if not os.path.isdir(folder):
             raise SystemExit(f"{PROG}: --dir_data {dir_data}: no benchmark/{what}; prepare it "
                              f"with python -m scripts.prepare_data ... --out {dir_data}")
-    link(set5, os.path.join(bench, "Set5"))
-    for name in sorted(os.listdir(noise))[:images]:
-        link(os.path.join(noise, name), os.path.join(bench, "CBSD68", "HR", name))
+    links = [(set5, os.path.join(bench, "Set5"))]
+    links += [(os.path.join(noise, name), os.path.join(bench, "CBSD68", "HR", name))
+              for name in sorted(os.listdir(noise))[:images]]
+    for source, name in links:
+        if not os.path.lexists(name):  # kept when it exists
+            os.symlink(os.path.abspath(source), name)
 
 
 # Runs
