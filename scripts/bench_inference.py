@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import platform
 import re
@@ -10,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from PIL import Image
@@ -22,9 +22,8 @@ from model.ipt import MLP_RATIO
 from model.reference_chop import reference_chop
 from model.tiling import CPU_TILES_PER_CALL
 from scripts import timing
-from scripts.timing import bench_device, counting_tiles, in_child, interleave, section, text, timed
+from scripts.timing import bench_device, in_child, medians, section, text, timed
 
-median = statistics.median
 CUDA_BACKWARD_BATCH = 64  # about 29 GB on the CPU: GPU only
 
 
@@ -39,11 +38,8 @@ def random_image(size: int, device: torch.device) -> torch.Tensor:
     return torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size)).mul(255).to(device)
 
 
-# ----------------------------------------------------------------------------------------
-# tiling: whole-image inference, official and fast against the authors' strip-by-strip procedure
-# ----------------------------------------------------------------------------------------
-# reference: the authors' strip-by-strip procedure; official-64: official with the CPU's cap on
-# tiles per network call lifted to the crop batch, to show what that cap is worth
+# tiling: whole-image inference. reference: the authors' strip-by-strip procedure; official-64:
+# official with the CPU's cap on tiles per network call lifted to the crop batch (what it is worth)
 TILING_MODES = ("reference", "official", "official-64", "fast")
 CROP_BATCH = 64
 # mode -> (restore's mode, its cpu_tiles_per_call); "reference" runs model.reference_chop
@@ -51,24 +47,24 @@ TILERS = {"official": ("official", CPU_TILES_PER_CALL), "official-64": ("officia
           "fast": ("fast", CPU_TILES_PER_CALL)}
 
 
-def tiling_modes(device: torch.device) -> list[str]:
-    """The modes measured: official-64 only on the CPU, where the cap applies."""
-    return [m for m in TILING_MODES if device.type == "cpu" or m != "official-64"]
-
-
 def tiling_model(device: torch.device) -> torch.nn.Module:
     """The x2 IPT the tiling section runs: full size on CUDA, the tiny one on the CPU."""
     return x2_model(device, num_queries=1, **({} if device.type == "cuda" else timing.TINY_IPT)).eval()
 
 
-def run_tiling(mode: str, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+def run_tiling(mode: str, model: torch.nn.Module, x: torch.Tensor,
+               precision: str = "single") -> tuple[torch.Tensor, int]:
     """(output, tile evaluations) of one whole-image restoration."""
-    with counting_tiles(model) as count, torch.no_grad():
+    count = [0]
+    hook = model.register_forward_pre_hook(lambda m, inp: count.__setitem__(0, count[0] + inp[0].shape[0]))
+    with torch.no_grad():
         if mode == "reference":
             out = reference_chop(lambda t: model(t, 0), x, 2, batch=CROP_BATCH)
         else:
             tiler, cap = TILERS[mode]
-            out = restore(model, x, 0, tiler, crop_batch_size=CROP_BATCH, cpu_tiles_per_call=cap)
+            out = restore(model, x, 0, tiler, crop_batch_size=CROP_BATCH, cpu_tiles_per_call=cap,
+                          precision=precision)
+    hook.remove()
     return out, count[0]
 
 
@@ -94,7 +90,8 @@ def child_tiling_memory(size: int, mode: str) -> str:
 def tiling_size(args: argparse.Namespace, model: torch.nn.Module, size: int, rows: list) -> None:
     """The table's rows of one image size: every mode timed, interleaved, and its peak memory."""
     device = next(model.parameters()).device
-    x, modes, tiles, peaks, outs = random_image(size, device), tiling_modes(device), {}, {}, {}
+    x, tiles, peaks, outs = random_image(size, device), {}, {}, {}
+    modes = [m for m in TILING_MODES if device.type == "cpu" or m != "official-64"]  # where the cap applies
 
     def measure(mode: str) -> float:
         if device.type == "cuda":
@@ -105,16 +102,14 @@ def tiling_size(args: argparse.Namespace, model: torch.nn.Module, size: int, row
             peaks[mode] = torch.cuda.max_memory_allocated() / 2 ** 20
         return seconds
 
-    times = interleave({mode: lambda rep, m=mode: measure(m) for mode in modes}, args.reps)
+    sec = medians({mode: lambda rep, m=mode: measure(m) for mode in modes}, args.reps)
     diff = (outs["official"] - outs["reference"]).abs().max().item()
     if device.type == "cpu" and os.access("/proc/self/clear_refs", os.W_OK):  # Linux
         peaks.update({m: float(in_child("bench_inference", f"child_tiling_memory({size}, {m!r})"))
                       for m in modes if args.sizes.peak_modes is None or m in args.sizes.peak_modes})
-    ref = median(times["reference"])
     for mode in modes:
-        sec = median(times[mode])
-        rows.append([f"{size}x{size}", mode, f"{sec:.3f}", tiles[mode], f"{ref / sec:.2f}x",
-                     f"{peaks[mode]:.1f}" if mode in peaks else "-",
+        rows.append([f"{size}x{size}", mode, f"{sec[mode]:.3f}", tiles[mode],
+                     f"{sec['reference'] / sec[mode]:.2f}x", f"{peaks[mode]:.1f}" if mode in peaks else "-",
                      f"{diff:.2e}" if mode == "official" else ""])
 
 
@@ -133,31 +128,15 @@ def tiling_section(args: argparse.Namespace) -> str:
                     "max abs diff official vs reference"], rows)
 
 
-# ----------------------------------------------------------------------------------------
 # forward: the x2 model's forward and forward+backward against a GEMM peak
-# ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Pass:
-    """One timed configuration of the forward section."""
-
-    backward: bool
-    dtype: str  # "fp32" or "bf16" (autocast)
-    batch: int
-
-    @property
-    def name(self) -> str:
-        return "forward+backward" if self.backward else "forward"
-
-
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}
+Pass = collections.namedtuple("Pass", "backward dtype batch")  # a timed configuration; dtype fp32 or bf16
+PASS_NAME = {False: "forward", True: "forward+backward"}
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16}  # a Pass's dtype -> its autocast
 
 
 def largest_gemm(cfg: IPTConfig, batch: int) -> tuple[int, int, int]:
-    """(M, K, N) of the model's largest matmul: a feed-forward Linear of the body at ``batch``.
-
-    Every Transformer block and the mlp_head run tokens x dim @ dim x 4 dim (and back); the
-    convolutions and attention products are smaller.
-    """
+    """(M, K, N) of the model's largest matmul, a feed-forward Linear of the body at ``batch``: every
+    Transformer block and the mlp_head run tokens x dim @ dim x 4 dim (and back); the rest is smaller."""
     tokens = batch * (cfg.patch_size // cfg.patch_dim) ** 2
     dim = cfg.n_feats * cfg.patch_dim ** 2
     return tokens, dim, MLP_RATIO * dim
@@ -175,11 +154,8 @@ def gemm_measure(shape: tuple[int, int, int], dtype: str, calls: int,
 
 
 def count_flops(model: torch.nn.Module, x: torch.Tensor, backward: bool) -> int:
-    """FLOPs that FlopCounterMode counts for one forward (and backward) of x.
-
-    It counts matmuls, convolutions and fused attention, 2 per multiply-add; softmax, LayerNorm,
-    ReLU and additions are not counted. (Run with autograd on: its module tracker needs it.)
-    """
+    """FLOPs that FlopCounterMode counts for one forward (and backward) of x (what it counts: the
+    forward-model paragraph). Run with autograd on: its module tracker needs it."""
     model.train(backward)
     with FlopCounterMode(display=False) as counter:
         out = model(x, 0)
@@ -212,16 +188,10 @@ def forward_passes(sizes: timing.Sizes, device: torch.device) -> list[Pass]:
             for bwd, batches in ((False, sizes.forward_batches), (True, backward)) for b in batches]
 
 
-def fresh_forward(batch: int, reps: int, smoke: bool, tuned: bool) -> tuple[float, float]:
-    """(median seconds, minor page faults per call) of the fp32 CPU forward at ``batch`` in a
-    fresh process that runs nothing else, as an evaluation does; with ``tuned`` its glibc malloc
-    never maps blocks of their own (M_MMAP_MAX 0) nor trims the heap (M_TRIM_THRESHOLD 1 GiB)."""
-    seconds, faults = in_child("bench_inference", f"child_forward({batch}, {reps}, {smoke}, {tuned})").split()
-    return float(seconds), float(faults)
-
-
 def child_forward(batch: int, reps: int, smoke: bool, tuned: bool) -> str:
-    """fresh_forward's child: set the malloc options if asked, time the forward, count faults."""
+    """"seconds faults": the median seconds and minor page faults per call of the fp32 CPU forward
+    at ``batch`` in this fresh process, with glibc malloc tuned (``utility.keep_freed_memory``)
+    or not."""
     import resource  # Unix only; the parent starts this child only on glibc systems
 
     if tuned and not utility.keep_freed_memory():
@@ -233,20 +203,7 @@ def child_forward(batch: int, reps: int, smoke: bool, tuned: bool) -> str:
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     seconds = [time_pass(model, x, run) for _ in range(reps)]
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-    return f"{median(seconds)!r} {faults / reps}"
-
-
-def fresh_notes(fresh: dict[bool, tuple[float, float]]) -> list[str]:
-    """The footnotes of the fresh-process rows (both, or only the tuned one in a smoke run)."""
-    notes, child = [], text("fresh-child")
-    if False in fresh:
-        against = f", against {fresh[True][1]:,.0f} in the row below" if True in fresh else ""
-        notes.append(text("fresh-untuned", child=child, faults=fresh[False][1], against=against))
-    if True in fresh:
-        first = ("The same" if False in fresh else
-                 f"{child}, {fresh[True][1]:,.0f} minor page faults per call (`getrusage`),")
-        notes.append(text("fresh-tuned", first=first))
-    return notes
+    return f"{statistics.median(seconds)!r} {faults / reps}"
 
 
 def forward_section(args: argparse.Namespace) -> str:
@@ -263,40 +220,42 @@ def forward_section(args: argparse.Namespace) -> str:
     for run in runs:  # warm-up
         time_pass(model, inputs[run.batch], run)
     measures.update({run: lambda rep, r=run: time_pass(model, inputs[r.batch], r) for run in runs})
-    times = interleave(measures, args.reps)
-    peak = {d: 2 * shape[0] * shape[1] * shape[2] / median(times[d]) for d in dtypes}
+    sec = medians(measures, args.reps)
+    peak = {d: 2 * shape[0] * shape[1] * shape[2] / sec[d] for d in dtypes}
     fresh = {}  # glibc malloc tuned or not -> (seconds, faults)
     if device.type == "cpu" and platform.libc_ver()[0] == "glibc":
-        fresh = {t: fresh_forward(batch, args.reps, args.smoke, t) for t in sizes.fresh_tuned}
+        for tuned in sizes.fresh_tuned:
+            call = f"child_forward({batch}, {args.reps}, {args.smoke}, {tuned})"
+            fresh[tuned] = tuple(map(float, in_child("bench_inference", call).split()))
 
     def row(label: str, dtype: str, batch: int, sec: float, backward: bool) -> list[str]:
         work = flops[backward] * batch
         return [label, dtype, batch, f"{sec:.3f}", f"{work / 1e9:.1f}", f"{work / sec / 1e9:.1f}",
                 f"{100 * work / sec / peak[dtype]:.0f}%"]
-    rows = [row(r.name, r.dtype, r.batch, median(times[r]), r.backward) for r in runs]
+    rows = [row(PASS_NAME[r.backward], r.dtype, r.batch, sec[r], r.backward) for r in runs]
     rows += [row("forward, fresh process, malloc tuned**" if tuned else "forward, fresh process*",
-                 "fp32", batch, sec, False) for tuned, (sec, _) in fresh.items()]
-    return section(f"Model forward and backward ({device.type})", args,
-                   forward_intro(args, cfg, device, flops, shape, peak),
-                   ["pass", "dtype", "batch", "seconds", "GFLOP per call", "achieved GFLOP/s",
-                    "% of GEMM peak"], rows, fresh_notes(fresh))
-
-
-def forward_intro(args: argparse.Namespace, cfg: IPTConfig, device: torch.device, flops: dict[bool, int],
-                  shape: tuple[int, int, int], peak: dict[str, float]) -> list[str]:
-    """The forward section's paragraphs on the model and on the GEMM peak."""
-    size, (m, k, n) = "full-size" if not args.sizes.forward_model else "tiny (smoke)", shape
+                 "fp32", batch, seconds, False) for tuned, (seconds, _) in fresh.items()]
     how = "sdpa" if device.type == "cuda" else "the authors arithmetic"
     peaks = ", ".join(f"{d} {peak[d] / 1e9:.0f} GFLOP/s" for d in peak)
-    return [text("forward-model", size=size, cfg=cfg, how=how, forward=flops[False] / 1e9,
-                 both=flops[True] / 1e9, ratio=flops[True] / flops[False]),
-            text("forward-gemm", batch=max(args.sizes.forward_batches), m=m, k=k, n=n,
-                 calls=args.sizes.gemm_calls, peaks=peaks, reps=args.reps)]
+    intro = [text("forward-model", size="tiny (smoke)" if sizes.forward_model else "full-size", cfg=cfg,
+                  how=how, forward=flops[False] / 1e9, both=flops[True] / 1e9,
+                  ratio=flops[True] / flops[False]),
+             text("forward-gemm", batch=batch, m=shape[0], k=shape[1], n=shape[2], calls=sizes.gemm_calls,
+                  peaks=peaks, reps=args.reps)]
+    notes, child = [], text("fresh-child")  # of the fresh-process rows: both, or the tuned one (smoke)
+    if False in fresh:
+        against = f", against {fresh[True][1]:,.0f} in the row below" if True in fresh else ""
+        notes.append(text("fresh-untuned", child=child, faults=fresh[False][1], against=against))
+    if True in fresh:
+        first = ("The same" if False in fresh else
+                 f"{child}, {fresh[True][1]:,.0f} minor page faults per call (`getrusage`),")
+        notes.append(text("fresh-tuned", first=first))
+    return section(f"Model forward and backward ({device.type})", args, intro,
+                   ["pass", "dtype", "batch", "seconds", "GFLOP per call", "achieved GFLOP/s",
+                    "% of GEMM peak"], rows, notes)
 
 
-# ----------------------------------------------------------------------------------------
 # bf16: --precision bf16 against single, whole-image restoration and a whole --test_only run
-# ----------------------------------------------------------------------------------------
 BF16_MODES = ("official", "fast")
 PRECISIONS = ("single", "bf16")
 BF16_SIZE = {False: 126, True: 64}  # --smoke or not -> side of the image restore() is timed on
@@ -305,21 +264,18 @@ SMOKE_DEMO_SIDE = 60  # --smoke: the --test_only run restores one Demo image of 
 TEST_ONLY_TIMEOUT_S = 3600  # one --test_only child (the full-size model on the two Sample photos)
 
 
-def test_only_argv(precision: str, save: str, demo: str | None, smoke: bool,
-                   device: torch.device) -> list[str]:
-    """main.py's command line of the timed --test_only run: the Sample photos (sr2, scored), or
-    with --smoke one small Demo image, fast tiling, the torch threads of this process."""
+def test_only_seconds(precision: str, save: str, demo: str | None, smoke: bool,
+                      device: torch.device) -> float:
+    """Wall-clock seconds (its start-up included) of main.py --test_only in a child process: the
+    Sample photos (sr2, scored), or with --smoke one small Demo image; fast tiling, the torch
+    threads of this process."""
     argv = [sys.executable, os.path.join(timing.ROOT, "main.py"), "--test_only", "--scale", "2",
             "--precision", precision, "--chop", "fast", "--save", save,
             "--threads", str(torch.get_num_threads())]
     argv += ["--data_test", "Demo", "--dir_demo", demo] if demo else ["--data_test", "Sample"]
     for key, value in BF16_MODEL[smoke].items():
         argv += [f"--{key}", str(value)]
-    return argv + (["--cpu"] if device.type == "cpu" else [])
-
-
-def test_only_seconds(argv: list[str]) -> float:
-    """Wall-clock seconds of one main.py run in a child process (its start-up included)."""
+    argv += ["--cpu"] if device.type == "cpu" else []
     seconds, done = timed(lambda: subprocess.run(argv, capture_output=True, text=True,
                                                  timeout=TEST_ONLY_TIMEOUT_S))
     if done.returncode != 0:
@@ -328,69 +284,56 @@ def test_only_seconds(argv: list[str]) -> float:
     return seconds
 
 
-def bf16_support(device: torch.device) -> str:
-    """Whether bf16 arithmetic is native on ``device``, in words."""
-    from evaluation import cpu_flags, emulated_bf16
-    why = emulated_bf16(device)
-    if why:
-        return f"bf16 is emulated here: {why}"
-    if device.type == "cuda":
-        return "bf16 is native on this GPU"
-    if cpu_flags() is None:
-        return "whether this CPU has native bf16 is unknown (no /proc/cpuinfo)"
-    return (f"bf16 is native on this CPU (avx512_bf16 or amx_bf16 in /proc/cpuinfo; torch's CPU "
-            f"capability {torch.backends.cpu.get_cpu_capability()})")
-
-
-def bf16_rows(args: argparse.Namespace, device: torch.device, folder: str) -> list[list[object]]:
-    """restore() per tiling mode and precision, then whole --test_only runs, interleaved."""
-    model, size = x2_model(device, num_queries=1, **BF16_MODEL[args.smoke]).eval(), BF16_SIZE[args.smoke]
-    x, demo, tiles = random_image(size, device), None, {}
-    if args.smoke:
-        demo = os.path.join(folder, "demo")
-        os.makedirs(demo)
-        Image.fromarray(x[0, :, :SMOKE_DEMO_SIDE, :SMOKE_DEMO_SIDE].byte().permute(1, 2, 0)
-                        .cpu().numpy()).save(os.path.join(demo, "image.png"))
+def bf16_section(args: argparse.Namespace) -> str:
+    """Seconds of restore() per tiling mode and precision, then of whole --test_only runs, single
+    and bf16, interleaved."""
+    device, size = bench_device(), BF16_SIZE[args.smoke]
+    model = x2_model(device, num_queries=1, **BF16_MODEL[args.smoke]).eval()
+    x, demo, tiles, diffs = random_image(size, device), None, {}, {}
 
     def measure(mode: str, p: str) -> tuple[float, torch.Tensor]:
-        with counting_tiles(model) as count:
-            seconds, out = timed(lambda: restore(model, x, 0, mode, crop_batch_size=CROP_BATCH, precision=p),
-                                 device)
-        tiles[(mode, p)] = count[0]
+        seconds, (out, tiles[(mode, p)]) = timed(lambda: run_tiling(mode, model, x, p), device)
         return seconds, out
 
-    diffs = {}
     for mode in BF16_MODES:  # warm-up, and the outputs compared
         outs = {p: measure(mode, p)[1] for p in PRECISIONS}
         diffs[mode] = (outs["bf16"] - outs["single"]).abs().max().item()
     measures = {(mode, p): lambda rep, m=mode, p=p: measure(m, p)[0]
                 for mode in BF16_MODES for p in PRECISIONS}
-    measures.update({p: lambda rep, p=p: test_only_seconds(test_only_argv(
-        p, os.path.join(folder, f"run-{p}-{rep}"), demo, args.smoke, device)) for p in PRECISIONS})
-    times, rows = interleave(measures, args.reps), []
+    with tempfile.TemporaryDirectory(prefix="bench-bf16-") as folder:
+        if args.smoke:
+            demo = os.path.join(folder, "demo")
+            os.makedirs(demo)
+            Image.fromarray(x[0, :, :SMOKE_DEMO_SIDE, :SMOKE_DEMO_SIDE].byte().permute(1, 2, 0)
+                            .cpu().numpy()).save(os.path.join(demo, "image.png"))
+        measures.update({p: lambda rep, p=p: test_only_seconds(
+            p, os.path.join(folder, f"run-{p}-{rep}"), demo, args.smoke, device) for p in PRECISIONS})
+        sec, rows = medians(measures, args.reps), []
     for mode in BF16_MODES:
-        single, bf16 = (median(times[(mode, p)]) for p in PRECISIONS)
+        single, bf16 = (sec[(mode, p)] for p in PRECISIONS)
         if tiles[(mode, "bf16")] != tiles[(mode, "single")]:  # the same tiles in both precisions
             raise RuntimeError(f"{mode}: {tiles[(mode, 'bf16')]} tiles in bf16, {tiles[(mode, 'single')]} "
                                "in single")
         rows.append(["`restore()`", mode, f"{single:.3f}", f"{bf16:.3f}", f"{single / bf16:.2f}x",
                      tiles[(mode, "single")], f"{diffs[mode]:.2f}"])
-    single, bf16 = (median(times[p]) for p in PRECISIONS)
-    return rows + [["whole `--test_only` run", "fast", f"{single:.1f}", f"{bf16:.1f}",
-                    f"{single / bf16:.2f}x", "", ""]]
-
-
-def bf16_section(args: argparse.Namespace) -> str:
-    """Seconds of restore() per tiling mode and of a whole --test_only run, single and bf16."""
-    device = bench_device()
-    with tempfile.TemporaryDirectory(prefix="bench-bf16-") as folder:
-        rows = bf16_rows(args, device, folder)
-    cfg, size = IPTConfig(scale=[2], **BF16_MODEL[args.smoke]), BF16_SIZE[args.smoke]
-    kind = "tiny (smoke)" if args.smoke else "full-size"
+    single, bf16 = (sec[p] for p in PRECISIONS)
+    rows.append(["whole `--test_only` run", "fast", f"{single:.1f}", f"{bf16:.1f}", f"{single / bf16:.2f}x",
+                 "", ""])
+    from evaluation import cpu_flags, emulated_bf16
+    if why := emulated_bf16(device):
+        support = f"bf16 is emulated here: {why}"
+    elif device.type == "cuda":
+        support = "bf16 is native on this GPU"
+    elif cpu_flags() is None:
+        support = "whether this CPU has native bf16 is unknown (no /proc/cpuinfo)"
+    else:
+        support = (f"bf16 is native on this CPU (avx512_bf16 or amx_bf16 in /proc/cpuinfo; torch's CPU "
+                   f"capability {torch.backends.cpu.get_cpu_capability()})")
     run = (f"one {SMOKE_DEMO_SIDE}x{SMOKE_DEMO_SIDE} Demo image" if args.smoke else
            "the two Sample photos (sr2, scored: bicubic baseline, PSNR and SSIM)")
-    intro = text("bf16", kind=kind, cfg=cfg, threads=torch.get_num_threads(), size=size, crop=CROP_BATCH,
-                 support=bf16_support(device), run=run, reps=args.reps)
+    intro = text("bf16", kind="tiny (smoke)" if args.smoke else "full-size", cfg=model.cfg,
+                 threads=torch.get_num_threads(), size=size, crop=CROP_BATCH, support=support,
+                 run=run, reps=args.reps)
     return section(f"bf16 inference ({device.type})", args, [intro],
                    ["what", "tiling", "single s", "bf16 s", "speed-up", "tile evaluations", "max abs diff"],
                    rows)

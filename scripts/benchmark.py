@@ -5,10 +5,8 @@
 With no SECTION every section runs. Each prints a Markdown table and replaces the text between
 ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` in the doc (appending the section when the
 markers are missing), leaving the other sections as they are. Timings are medians of
-interleaved repetitions in one run. ``--smoke`` runs every section at minimal sizes (tiny
-models, one repetition, one torch thread in this process and in the child processes it starts,
-the tiling's peak memory of ``official`` only) and writes a temporary doc unless ``--doc`` is
-given; it checks that the code runs, its figures mean little; the test suite runs it.
+interleaved repetitions in one run. ``--smoke`` (the test suite runs it) keeps its one torch
+thread in the child processes too and measures the tiling's peak memory of ``official`` only.
 """
 from __future__ import annotations
 
@@ -30,8 +28,8 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
     "training": training_section, "saving": saving_section, "bf16": bf16_section}
 
 
-def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line, with the sizes, repetitions and doc that it implies filled in."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the named sections (default: all), print them and write them into the doc."""
     p = argparse.ArgumentParser(description="Run the project's benchmarks.")
     p.add_argument("sections", nargs="*", metavar="SECTION",
                    help=f"one or more of {', '.join(SECTIONS)} (default: all)")
@@ -51,12 +49,6 @@ def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
     args.reps = args.reps or (1 if args.smoke else DEFAULT_REPS)
     if args.doc is None:
         args.doc = tempfile.mkstemp(prefix="benchmarks-smoke-", suffix=".md")[1] if args.smoke else DOC
-    return args
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the named sections (default: all), print them and write them into the doc."""
-    args = parse_options(argv)
     logging.basicConfig(level=logging.ERROR)
     threads = torch.get_num_threads()
     if args.sizes.threads:

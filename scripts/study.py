@@ -8,8 +8,7 @@ alone at equal steps and at equal seconds, for each seed: docs/STUDY.md says wha
 Every run is a main.py run under --work: a finished one is not redone, an interrupted one
 continues from its last save, so a killed study continues where it stopped. The runs' small
 records go to --records; --doc gets a table per task and a plot, which --report_only re-makes
-from the records alone. --launcher "torchrun --nproc_per_node 8" runs each under that launcher,
---options "--n_feats 64 ..." scales the model, --smoke runs every stage at a few steps (CI).
+from the records alone.
 """
 from __future__ import annotations
 
@@ -53,11 +52,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--noise_images", type=int, default=68,
                    help="CBSD68 images scored (the first N by name; 68: all)")
     p.add_argument("--val_images", type=int, default=3, help="CBSD68 images validated on")
-    p.add_argument("--options", default="", help="more main.py options for every run (model size...)")
-    p.add_argument("--launcher", default="", help="run each main.py under this (e.g. torchrun ...)")
+    p.add_argument("--options", default="", help="more main.py options for every run (--n_feats 64 ...)")
+    p.add_argument("--launcher", default="", help="run each main.py under this (torchrun --nproc_per_node 8)")
     p.add_argument("--smoke", action="store_true", help="a few steps on two images: checks the wiring")
     a = p.parse_args(argv)
-    a.seeds = parse_seeds(p, a.seeds)
+    words = a.seeds.split("+")  # distinct integers 0..MAX_SEED
+    if not all(SEED.fullmatch(w) for w in words):
+        p.error(f"--seeds {a.seeds!r}: give non-negative integers joined by +, like 1+2")
+    if max(map(int, words)) > MAX_SEED or len(set(map(int, words))) != len(words):
+        p.error(f"--seeds {a.seeds!r}: give distinct seeds of at most {MAX_SEED}")
+    a.seeds = [int(w) for w in words]
     if not a.report_only and not a.dir_data:
         p.error("--dir_data: give the folder of the prepared test sets (or --report_only)")
     for name in ("pretrain_steps", "finetune_steps", "val_every", "noise_images", "val_images"):
@@ -72,17 +76,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         a.pretrain_steps, a.finetune_steps, a.val_every = 4, 4, 2
         a.noise_images, a.val_images = 2, 1
     return a
-
-
-def parse_seeds(p: OptionParser, text: str) -> list[int]:
-    """--seeds A+B as distinct integers 0..MAX_SEED (argparse's one-line error otherwise)."""
-    words = text.split("+")
-    if not all(SEED.fullmatch(w) for w in words):
-        p.error(f"--seeds {text!r}: give non-negative integers joined by +, like 1+2")
-    seeds = [int(w) for w in words]
-    if max(seeds) > MAX_SEED or len(set(seeds)) != len(seeds):
-        p.error(f"--seeds {text!r}: give distinct seeds of at most {MAX_SEED}")
-    return seeds
 
 
 def main(argv: list[str] | None = None) -> int:

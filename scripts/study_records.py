@@ -1,7 +1,6 @@
 """The study's design (its rows and tasks) and its records read back: metrics.json, study.json, logs."""
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -36,17 +35,13 @@ METRICS = "metrics.json"
 METRICS_MAX_BYTES = 16 << 20  # a metrics.json of a few hundred images is tens of kB
 SCORES = records.SCORES  # what the table and plot read
 MANIFEST = "study.json"
-MANIFEST_MAX_BYTES = 1 << 20
 LOG_MAX_BYTES = 16 << 20  # a run's log.txt at --print_every 100 is a few kB
 MANIFEST_COUNTS, MANIFEST_TEXTS = tuple(records.STUDY_COUNTS), records.STUDY_TEXTS
 
 
-class MetricsError(utility.RecordError):
-    """A metrics.json that is not what an evaluation writes: one line naming the file and key."""
-
-
-class StudyError(utility.RecordError):
-    """A run's records that do not fit the study: one line naming the folder and what to do."""
+# a metrics.json that is not what an evaluation writes; a run's records that do not fit the study:
+# records' own one-line error, naming the file (and key) and what to do
+MetricsError = StudyError = utility.RecordError
 
 
 def run_dir(root: str, seed: int, what: str) -> str:
@@ -64,42 +59,14 @@ def redo(run: str) -> str:
     return f"delete the run's folder {os.path.abspath(run)} to redo it"
 
 
-def read_record(path: str, max_bytes: int, error: type[utility.RecordError], fix: str,
-                parse: bool = True) -> object:
-    """The JSON (or with ``parse`` False the text) of a regular file of at most ``max_bytes``;
-    ``error`` in one line naming the file and ``fix`` otherwise (a FIFO is never read)."""
-    try:
-        data = utility.read_small_file(path, max_bytes)
-    except utility.RecordError as e:
-        raise error(f"{e}; {fix}") from None
-    except OSError as e:
-        raise error(f"{path}: not a regular file ({type(e).__name__}); {fix}") from None
-    if not parse:
-        return data.decode("utf-8", errors="replace")
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-        raise error(f"{path}: not readable JSON ({type(e).__name__}); {fix}") from None
-
-
-# ----------------------------------------------------------------------------------------
 # The fields of each record: metrics.json, study.json, training.json and log.txt
-# ----------------------------------------------------------------------------------------
 def read_metrics(path: str) -> dict[str, dict[str, dict[str, float]]]:
     """A run's metrics.json, checked by records.METRICS: {set: {task: {metric: value}}} of the
     SCORES (other entries, like per_image, are left out); MetricsError names what is wrong."""
-    try:
-        record = records.read_json(path, records.METRICS, redo(os.path.dirname(os.path.abspath(path))),
-                                   METRICS_MAX_BYTES)
-    except utility.RecordError as e:
-        raise MetricsError(str(e)) from None
+    record = records.read_json(path, records.METRICS, redo(os.path.dirname(os.path.abspath(path))),
+                               METRICS_MAX_BYTES)
     return {name: {task: {k: float(found[k]) for k in SCORES} for task, found in tasks.items()}
             for name, tasks in record["results"].items()}
-
-
-def shown(key: str) -> str:
-    """A key read from a file, as a message shows it: quoted when it is not printable text."""
-    return key if key.isprintable() else repr(key)
 
 
 def scores(run: str, set_name: str | None = None, task: str | None = None) -> dict[str, float]:
@@ -114,7 +81,7 @@ def scores(run: str, set_name: str | None = None, task: str | None = None) -> di
             key = next(iter(found))
         if key not in found:
             raise MetricsError(f"{path}: {where}.{key}: missing; {redo(run)}")
-        where, found = f"{where}.{shown(key)}", found[key]
+        where, found = f"{where}.{key if key.isprintable() else repr(key)}", found[key]
     return found
 
 
@@ -122,34 +89,29 @@ def read_manifest(folder: str) -> dict:
     """FOLDER/study.json, checked by records.STUDY; StudyError naming the file and key otherwise.
     It says how the study was run (the report's text), never where anything is written."""
     fix = "re-make it by running the study (finished runs are kept), or give another --records"
-    try:
-        record = records.read_json(os.path.join(folder, MANIFEST), records.STUDY, fix, MANIFEST_MAX_BYTES)
-    except utility.RecordError as e:
-        raise StudyError(str(e)) from None
+    record = records.read_json(os.path.join(folder, MANIFEST), records.STUDY, fix)  # at most 1 MiB
     return {k: record[k] for k in ("seeds", *MANIFEST_COUNTS, *MANIFEST_TEXTS, "pool", "command")}
 
 
 def finished_record(run: str) -> dict:
     """A finished run's training.json, with its training seconds; StudyError otherwise."""
-    try:
-        record = records.read_training_record(os.path.join(run, "model", "model_latest.pt"), strict=True)
-    except utility.RecordError as e:
-        raise StudyError(f"{e}") from None
+    record = records.read_training_record(os.path.join(run, "model", "model_latest.pt"), strict=True)
     if not record or not record.get("finished") or "train_seconds" not in record:
         raise StudyError(f"{os.path.join(run, 'model', utility.TRAINING_RECORD)}: not the record of a "
                          f"finished run with its training seconds; {redo(run)}")
     return record
 
 
-def train_seconds(run: str) -> float:
-    """The training seconds a finished run recorded in its training.json."""
-    return float(finished_record(run)["train_seconds"])
-
-
 def curve(run: str) -> list[tuple[int, float]]:
     """(step, validation PSNR) of a training run, from its log (a step validated twice, before
     and after a resume: the later); step 0 is the input's PSNR."""
-    text = read_record(os.path.join(run, "log.txt"), LOG_MAX_BYTES, StudyError, redo(run), parse=False)
+    path = os.path.join(run, "log.txt")
+    try:
+        text = utility.read_small_file(path, LOG_MAX_BYTES).decode("utf-8", errors="replace")
+    except utility.RecordError as e:  # a FIFO is never read
+        raise StudyError(f"{e}; {redo(run)}") from None
+    except OSError as e:
+        raise StudyError(f"{path}: not a regular file ({type(e).__name__}); {redo(run)}") from None
     points = {int(m.group(1)): float(m.group(2)) for m in VALIDATION.finditer(text)}
     start = scores(run)["baseline_psnr"]  # the last validation's metrics.json
     return [(0, start), *((k, v) for k, v in sorted(points.items()) if math.isfinite(v))]
@@ -167,19 +129,17 @@ class Result:
 
 def gather(records: str, manifest: dict) -> dict[int, dict[str, dict[str, Result]]]:
     """{seed: {row: {task: Result}}} from the records of every run."""
-    found: dict[int, dict[str, dict[str, Result]]] = {}
-    for seed in manifest["seeds"]:
-        found[seed] = {}
+    found: dict[int, dict[str, dict[str, Result]]] = {seed: {} for seed in manifest["seeds"]}
+    for seed in found:
         for row in RUN_ROWS:
             pre_steps, pre_seconds = 0, 0.0
             if row.pretraining:
                 pre = finished_record(run_dir(records, seed, f"pretrain_{row.pretraining}"))
                 pre_steps, pre_seconds = int(pre.get("step", 0)), float(pre["train_seconds"])
-            found[seed][row.name] = {}
             for task in TASKS:
                 run = run_dir(records, seed, finetune_name(row, task))
                 fine = finished_record(run)
-                found[seed][row.name][task] = Result(
+                found[seed].setdefault(row.name, {})[task] = Result(
                     scores(run + "_eval", TASKS[task], task), pre_steps + int(fine.get("step", 0)),
                     pre_seconds + float(fine["train_seconds"]),
                     [(pre_steps + k, v) for k, v in curve(run)])

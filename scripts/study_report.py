@@ -15,9 +15,7 @@ TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "study_repor
 BASELINE = {"sr2": "bicubic", "denoise30": "noisy input"}
 
 
-# ----------------------------------------------------------------------------------------
 # Statistics: mean, spread, and paired-by-seed intervals of differences
-# ----------------------------------------------------------------------------------------
 def t975(df: int) -> float:
     """Student's t 0.975 quantile (a two-sided 95% interval) for ``df`` degrees of freedom."""
     if df < 1:
@@ -73,10 +71,9 @@ def table(found: dict, task: str) -> str:
         cells = [row.name, steps_text, spread([r.seconds for r in runs], 0),
                  spread([r.scores["psnr_y"] for r in runs]),
                  spread([r.scores["ssim_y"] for r in runs], 4)]
-        cells += ["reference" if row is REFERENCE else
-                  "" if row is SECONDS_REFERENCE else difference(found, row.name, REFERENCE.name, task)]
-        cells += ["reference" if row is SECONDS_REFERENCE else
-                  "" if row is REFERENCE else difference(found, row.name, SECONDS_REFERENCE.name, task)]
+        for ref, other in ((REFERENCE, SECONDS_REFERENCE), (SECONDS_REFERENCE, REFERENCE)):  # the Δ columns
+            cells.append("reference" if row is ref else "" if row is other else
+                         difference(found, row.name, ref.name, task))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -105,36 +102,24 @@ def plot(found: dict, path: str) -> None:
     plt.close(fig)
 
 
-def excluding_zero(found: dict) -> list[str]:
-    """'row, task, reference: mean' for every difference whose interval leaves out 0."""
-    out = []
-    for task in TASKS:
-        for row in ROWS[1:]:
-            for ref in (REFERENCE, SECONDS_REFERENCE):
-                text = difference(found, row.name, ref.name, task)
-                if text.startswith("**"):
-                    out.append(f"{row.name} ({task}, to {ref.name}): {text.strip('*')} dB")
-    return out
-
-
 def report(m: dict, found: dict, plot_name: str) -> str:
     """STUDY.md's text around the tables and the plot: study_report.md with the study's figures."""
     tables = "\n\n".join(f"### {task}: {TASKS[task]}{' x2' if task == 'sr2' else ' σ30'}\n\n"
                          f"{table(found, task)}" for task in TASKS)
-    clear = "\n".join(f"- {line}" for line in excluding_zero(found)) or "- none"
+    clear = [f"- {row.name} ({task}, to {ref.name}): {diff.strip('*')} dB" for task in TASKS
+             for row in ROWS[1:] for ref in (REFERENCE, SECONDS_REFERENCE)
+             if (diff := difference(found, row.name, ref.name, task)).startswith("**")]  # bold: excludes 0
     with open(TEMPLATE, encoding="utf-8") as f:
         template = f.read()
-    return template.format(
+    return template.format_map({**m, **dict(
         command=markdown_text(" ".join(shlex.quote(x) for x in m["command"])),
         machine=markdown_text(m["machine"]), seeds="+".join(map(str, m["seeds"])),
         options=", " + markdown_text(m["options"]) if m["options"] else "",
         pool=markdown_text(", ".join(m["pool"]) or "no --pool"), tile=study_records.POOL_TILE,
         reference=REFERENCE.name, seconds_reference=SECONDS_REFERENCE.name,
         match=study_records.SECONDS_MATCH, plot_name=plot_name,
-        total=m["pretrain_steps"] + m["finetune_steps"], clear=clear, tables=tables,
-        hours=sum(r.seconds for s in found for row in found[s].values() for r in row.values()) / 3600,
-        **{k: m[k] for k in ("pool_photos", "sample_photos", "pretrain_steps", "finetune_steps",
-                             "noise_images", "val_images", "val_every")})
+        total=m["pretrain_steps"] + m["finetune_steps"], clear="\n".join(clear) or "- none", tables=tables,
+        hours=sum(r.seconds for s in found for row in found[s].values() for r in row.values()) / 3600)})
 
 
 CONCLUSIONS = "## What the numbers show"  # written by a person: kept when the study is remade
@@ -142,11 +127,7 @@ CONCLUSIONS = "## What the numbers show"  # written by a person: kept when the s
 
 def kept_conclusions(doc: str) -> str:
     """The doc's CONCLUSIONS section as it stands (empty when there is none yet)."""
-    try:
-        with open(doc, encoding="utf-8") as f:
-            text = f.read()
-    except OSError:
-        return ""
+    text = open(doc, encoding="utf-8").read() if os.path.isfile(doc) else ""
     return "\n" + text[text.index(CONCLUSIONS):] if CONCLUSIONS in text else ""
 
 

@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 
+import torch
+
 import main as ipt_main
 import records
 import stops
@@ -15,15 +17,12 @@ import utility
 from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image, save_image, stem
 from data.sample import sample_photos
 from scripts import hostinfo, study_records
-from scripts.study_records import PROG, TASKS, Row, StudyError, finetune_name, run_dir, scores, train_seconds
+from scripts.study_records import PROG, TASKS, Row, StudyError, finetune_name, run_dir, scores
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIX_SCALES, SIX_TASKS = "2+3+4+1+1+1", "sr2+sr3+sr4+derain+denoise30+denoise50"
-PRETRAININGS = {  # name -> (--scale, --tasks, the contrastive loss or not)
-    "six": (SIX_SCALES, SIX_TASKS, True),
-    "mim": ("1", "mim", True),
-    "six+mim": (SIX_SCALES + "+1", SIX_TASKS + "+mim", True),
-}
+PRETRAININGS = {"six": (SIX_SCALES, SIX_TASKS), "mim": ("1", "mim"),  # name -> (--scale, --tasks)
+                "six+mim": (SIX_SCALES + "+1", SIX_TASKS + "+mim")}  # each with the contrastive loss
 TILING = {"sr2": "official", "denoise30": "fast"}  # official on all of CBSD68: ~7 min a model here
 SAVE_EVERY = 200  # steps between saves, so a killed run loses little
 TINY = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "1", "--batch_size", "8",
@@ -32,9 +31,7 @@ NO_VALIDATION = "1000000000"
 RECORD_FILES = ("log.txt", os.path.join("model", utility.TRAINING_RECORD), study_records.METRICS)
 
 
-# ----------------------------------------------------------------------------------------
 # Data: the training pool and the (subsets of the) test sets, as main.py reads them
-# ----------------------------------------------------------------------------------------
 def make_pool(folders: list[str], root: str, smoke: bool) -> None:
     """ROOT/ImageNet/: the photos of ``folders`` and the sample photos, cut into POOL_TILE
     squares (a small PNG decodes in a few ms, a 1024-pixel JPEG in 35: the loader kept up with
@@ -71,12 +68,6 @@ def images_under(folder: str) -> list[str]:
             if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(d, f))]
 
 
-def link(source: str, name: str) -> None:
-    """A symbolic link ``name`` -> ``source`` (kept when it exists)."""
-    if not os.path.lexists(name):
-        os.symlink(os.path.abspath(source), name)
-
-
 def test_sets(dir_data: str, root: str, images: int) -> None:
     """ROOT/benchmark/Set5 (all of it) and ROOT/benchmark/CBSD68 (its first ``images`` images)."""
     bench = os.path.join(root, "benchmark")
@@ -87,14 +78,15 @@ def test_sets(dir_data: str, root: str, images: int) -> None:
         if not os.path.isdir(folder):
             raise SystemExit(f"{PROG}: --dir_data {dir_data}: no benchmark/{what}; prepare it "
                              f"with python -m scripts.prepare_data ... --out {dir_data}")
-    link(set5, os.path.join(bench, "Set5"))
-    for name in sorted(os.listdir(noise))[:images]:
-        link(os.path.join(noise, name), os.path.join(bench, "CBSD68", "HR", name))
+    links = [(set5, os.path.join(bench, "Set5"))]
+    links += [(os.path.join(noise, name), os.path.join(bench, "CBSD68", "HR", name))
+              for name in sorted(os.listdir(noise))[:images]]
+    for source, name in links:
+        if not os.path.lexists(name):  # kept when it exists
+            os.symlink(os.path.abspath(source), name)
 
 
-# ----------------------------------------------------------------------------------------
 # Runs
-# ----------------------------------------------------------------------------------------
 def run_main(args: list[str], launcher: str) -> None:
     """One main.py run, in this process or under the launcher; stops the study if it fails."""
     if launcher:
@@ -132,22 +124,29 @@ def common(a: argparse.Namespace) -> list[str]:
     return ["--print_every", "100", *shlex.split(a.options)]
 
 
-def train(a: argparse.Namespace, run: str, steps: int, args: list[str]) -> None:
-    """A training run of ``steps`` steps, unless it finished; an interrupted one continues from
-    its last save (``--auto_resume``), so its training seconds count each step once."""
-    if not done(run, "training", steps):
-        run_main([*TINY, *args, "--data_train", "ImageNet", "--max_steps", str(steps),
-                  "--save", run, "--auto_resume", "--save_every", str(SAVE_EVERY), *common(a)],
-                 a.launcher)
+def task_options(task: str) -> list[str]:
+    """main.py's options of a run of ``task``, scored on its test set."""
+    return ["--scale", "2" if task == "sr2" else "1", "--task", task, "--data_test", TASKS[task]]
+
+
+def launch(a: argparse.Namespace, save: str, args: list[str], steps: int | None = None) -> None:
+    """One main.py run into ``save``, unless it finished: with ``steps`` a training run of that
+    many steps on the pool (an interrupted one continues from its last save, ``--auto_resume``,
+    so its training seconds count each step once), else an evaluation."""
+    if done(save, "training" if steps else "evaluation", steps):
+        return
+    if steps:
+        args = [*TINY, *args, "--data_train", "ImageNet", "--max_steps", str(steps), "--auto_resume",
+                "--save_every", str(SAVE_EVERY)]
+    run_main([*args, "--save", save, *common(a)], a.launcher)
 
 
 def pretrain(a: argparse.Namespace, name: str, seed: int, data: str) -> str:
-    """Pre-train ``name`` (its heads, one task a batch, the contrastive loss or not); the model file."""
+    """Pre-train ``name`` (its heads, one task a batch); the model file."""
     run = run_dir(a.work, seed, f"pretrain_{name}")
-    scale, tasks, contrastive = PRETRAININGS[name]
-    train(a, run, a.pretrain_steps, ["--scale", scale, "--tasks", tasks,
-                                     *(["--con_loss"] if contrastive else []), "--dir_data", data,
-                                     "--seed", str(seed), "--test_every", NO_VALIDATION])
+    scale, tasks = PRETRAININGS[name]
+    launch(a, run, ["--scale", scale, "--tasks", tasks, "--con_loss", "--dir_data", data, "--seed", str(seed),
+                    "--test_every", NO_VALIDATION], a.pretrain_steps)
     return os.path.join(run, "model", "model_latest.pt")
 
 
@@ -161,9 +160,11 @@ def row_steps(a: argparse.Namespace, root: str, row: Row, task: str, seed: int) 
     if row.budget == "steps":
         return total
     match = next(r for r in study_records.ROWS if r.name == study_records.SECONDS_MATCH)
-    target = (train_seconds(run_dir(root, seed, f"pretrain_{match.pretraining}"))
-              + train_seconds(run_dir(root, seed, finetune_name(match, task))))
-    per_step = train_seconds(run_dir(root, seed, finetune_name(study_records.REFERENCE, task))) / total
+
+    def seconds(run: str) -> float:  # the training seconds of a finished run of this seed
+        return float(study_records.finished_record(run_dir(root, seed, run))["train_seconds"])
+    target = seconds(f"pretrain_{match.pretraining}") + seconds(finetune_name(match, task))
+    per_step = seconds(finetune_name(study_records.REFERENCE, task)) / total
     return max(1, round(target / per_step)) if per_step > 0 else total
 
 
@@ -171,27 +172,19 @@ def finetune(a: argparse.Namespace, row: Row, task: str, seed: int, data: str,
              checkpoints: dict[str, str]) -> str:
     """Fine-tune ``task`` from the row's pre-training (validating on the way); the run."""
     run = run_dir(a.work, seed, finetune_name(row, task))
-    start = []
-    if row.pretraining:
-        start = ["--pretrain", checkpoints[row.pretraining]]
-        start += ["--init_from", row.init_from] if row.init_from else []
-    train(a, run, row_steps(a, a.work, row, task, seed),
-          ["--scale", "2" if task == "sr2" else "1", "--task", task, *start, "--dir_data", data,
-           "--seed", str(seed), "--test_every", str(a.val_every), "--data_test", TASKS[task],
-           "--chop", "fast"])
+    start = ["--pretrain", checkpoints[row.pretraining]] if row.pretraining else []
+    start += ["--init_from", row.init_from] if row.init_from else []  # rows with a pre-training only
+    launch(a, run, [*task_options(task), *start, "--dir_data", data, "--seed", str(seed), "--test_every",
+                    str(a.val_every), "--chop", "fast"], row_steps(a, a.work, row, task, seed))
     return run
 
 
 def evaluate(a: argparse.Namespace, run: str, task: str, test_data: str) -> dict:
     """The fine-tuned model's metrics on the task's test set (TILING of the task)."""
-    out = run + "_eval"
-    if not done(out, "evaluation"):
-        run_main(["--test_only", "--scale", "2" if task == "sr2" else "1",
-                  "--task", task, "--pretrain", os.path.join(run, "model", "model_latest.pt"),
-                  "--data_test", TASKS[task], "--dir_data", test_data, "--save", out,
-                  "--chop", "fast" if a.smoke else TILING[task], *common(a)],
-                 a.launcher)
-    return scores(out, TASKS[task], task)
+    launch(a, run + "_eval", ["--test_only", *task_options(task), "--dir_data", test_data,
+                              "--pretrain", os.path.join(run, "model", "model_latest.pt"),
+                              "--chop", "fast" if a.smoke else TILING[task]])
+    return scores(run + "_eval", TASKS[task], task)
 
 
 def run_all(a: argparse.Namespace) -> None:
@@ -208,39 +201,25 @@ def run_all(a: argparse.Namespace) -> None:
                 evaluate(a, finetune(a, row, task, seed, data, checkpoints), task, test)
 
 
-# ----------------------------------------------------------------------------------------
 # The records: the runs' small files, copied under --records, and the study's own study.json
-# ----------------------------------------------------------------------------------------
-def run_names(seeds: list[int]) -> list[str]:
-    """Every run folder of the study, relative to its --work (and to its records)."""
-    names = []
-    for seed in seeds:
-        names += [run_dir("", seed, f"pretrain_{name}") for name in PRETRAININGS]
-        for task in TASKS:
-            names += [run_dir("", seed, finetune_name(row, task)) + end
-                      for row in study_records.RUN_ROWS for end in ("", "_eval")]
-    return names
-
-
-def machine() -> str:
-    """The CPU (or GPU) and torch version the study ran on."""
-    import torch
-    where = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else
-             f"{hostinfo.cpu_model()}, {utility.usable_cpus()} usable cores")
-    return f"{where}; torch {torch.__version__}"
-
-
 def collect(a: argparse.Namespace) -> None:
     """Copy each run's small records (no weights) from --work into --records, with study.json."""
-    for name in run_names(a.seeds):
+    names = []  # every run folder, relative to --work and to --records
+    for seed in a.seeds:
+        names += [run_dir("", seed, f"pretrain_{name}") for name in PRETRAININGS]
+        names += [run_dir("", seed, finetune_name(row, task)) + end
+                  for task in TASKS for row in study_records.RUN_ROWS for end in ("", "_eval")]
+    for name in names:
         for file in RECORD_FILES:
             source = os.path.join(a.work, name, file)
             if os.path.isfile(source):
                 target = os.path.join(a.records, name, file)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.copyfile(source, target)
-    pool_photos = sum(len(images_under(folder)) for folder in a.pool)
+    machine = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else
+               f"{hostinfo.cpu_model()}, {utility.usable_cpus()} usable cores")  # and its torch
     manifest = {"seeds": a.seeds, **{k: getattr(a, k) for k in study_records.MANIFEST_COUNTS[:5]},
-                "pool_photos": pool_photos, "sample_photos": len(sample_photos("train")),
-                "options": a.options, "machine": machine(), "pool": a.pool, "command": a.argv}
+                "pool_photos": sum(len(images_under(folder)) for folder in a.pool),
+                "sample_photos": len(sample_photos("train")), "options": a.options,
+                "machine": f"{machine}; torch {torch.__version__}", "pool": a.pool, "command": a.argv}
     utility.write_json(os.path.join(a.records, study_records.MANIFEST), manifest)

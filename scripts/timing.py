@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+import utility
 from scripts.hostinfo import machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,11 +45,8 @@ class Sizes:
     # thread keeps a smoke run short on a busy machine: with more threads than free cores, each
     # small operator waits for a descheduled thread (4x to 6x slower on 2 shared cores)
     threads: int | None = None
-    # tiling modes whose CPU peak memory is measured, in a child process each (None: every mode)
-    peak_modes: tuple[str, ...] | None = None
-    # the forward in a fresh child process (glibc only): with glibc malloc as it is (False),
-    # tuned (True)
-    fresh_tuned: tuple[bool, ...] = (False, True)
+    peak_modes: tuple[str, ...] | None = None  # tilings whose CPU peak memory is measured (None: all)
+    fresh_tuned: tuple[bool, ...] = (False, True)  # forwards in a fresh process: malloc as it is, tuned
     saving_model: dict = field(default_factory=dict)  # IPT options of the checkpointed model
 
 
@@ -70,41 +67,26 @@ def bench_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(call: Callable[[], object], device: torch.device | None = None) -> tuple[float, object]:
     """(seconds, result) of one call, the device's queued work included."""
-    device = device or torch.device("cpu")
-    synchronize(device)
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     result = call()
-    synchronize(device)
+    if cuda:
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start, result
 
 
-def interleave(measures: dict[Hashable, Callable[[int], float]], reps: int) -> dict[Hashable, list[float]]:
-    """key -> the figure of each repetition of ``measures[key](rep)``, the repetitions interleaved
-    (every measure once, then every measure again) so that a machine's drift reaches them alike."""
+def medians(measures: dict[Hashable, Callable[[int], float]], reps: int) -> dict[Hashable, float]:
+    """key -> the median figure of ``measures[key](rep)`` over the repetitions, interleaved (every
+    measure once, then every measure again) so that a machine's drift reaches them alike."""
     figures: dict[Hashable, list[float]] = {key: [] for key in measures}
     for rep in range(reps):
         for key, measure in measures.items():
             figures[key].append(measure(rep))
-    return figures
-
-
-@contextlib.contextmanager
-def counting_tiles(model: torch.nn.Module) -> Iterator[list[int]]:
-    """A one-item list that counts the tiles ``model`` is called on inside the block."""
-    count = [0]
-    hook = model.register_forward_pre_hook(lambda m, inp: count.__setitem__(0, count[0] + inp[0].shape[0]))
-    try:
-        yield count
-    finally:
-        hook.remove()
+    return {key: statistics.median(values) for key, values in figures.items()}
 
 
 def significant(value: float, digits: int = 3) -> str:
@@ -115,30 +97,21 @@ def significant(value: float, digits: int = 3) -> str:
     return f"{value:.{max(0, digits - 1 - math.floor(math.log10(value)))}f}"
 
 
-@functools.cache
-def paragraphs() -> dict[str, str]:
-    """benchmark_text.md's paragraphs by name, each on one line."""
+def text(name: str, **fields: object) -> str:
+    """benchmark_text.md's paragraph ``name``, on one line, with its fields filled in."""
     with open(TEXT, encoding="utf-8") as f:
         parts = re.split(r"^\[([\w-]+)\]\n", f.read(), flags=re.M)[1:]
-    return {name: " ".join(body.split()) for name, body in zip(parts[::2], parts[1::2], strict=True)}
-
-
-def text(name: str, **fields: object) -> str:
-    """The doc's paragraph ``name`` with its fields filled in."""
-    return paragraphs()[name].format(**fields)
+    return " ".join(dict(zip(parts[::2], parts[1::2], strict=True))[name].split()).format(**fields)
 
 
 def section(title: str, args: argparse.Namespace, paragraphs: list[str], header: list[str],
             rows: list[list[object]], notes: Sequence[str] = ()) -> str:
     """A section's Markdown: its heading, the machine, its paragraphs, its table, its notes."""
-    lines = [f"## {title}", "", f"Machine: {machine()}." + (f" {SMOKE_NOTE}" if args.smoke else "")]
-    for paragraph in paragraphs:
-        lines += ["", paragraph]
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
-    for note in notes:
-        lines += ["", note]
-    return "\n".join(lines) + "\n"
+    table = ["| " + " | ".join(map(str, row)) + " |" for row in [header, *rows]]
+    table.insert(1, "|" + "---|" * len(header))
+    blocks = [f"## {title}", f"Machine: {machine()}." + (f" {SMOKE_NOTE}" if args.smoke else ""), *paragraphs,
+              "\n".join(table), *notes]
+    return "\n\n".join(blocks) + "\n"
 
 
 def write_section(doc: str, name: str, body: str) -> None:
@@ -151,15 +124,7 @@ def write_section(doc: str, name: str, body: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(doc)), exist_ok=True)
-    with open(doc, "w") as f:
-        f.write(text)
-
-
-def read_section(doc: str, name: str) -> str | None:
-    """The text between a section's markers, or None."""
-    text = open(doc).read() if os.path.isfile(doc) else ""
-    found = re.search(f"<!-- {name}:begin -->(.*?)<!-- {name}:end -->", text, re.DOTALL)
-    return found.group(1) if found else None
+    utility.write_text(doc, text)
 
 
 def in_child(module: str, call: str) -> str:

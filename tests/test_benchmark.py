@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import pathlib
 import re
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -148,10 +149,10 @@ def test_tiling_counts_tiles_as_restore_does(smoke_doc, tiny_model, one_thread):
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="Linux peak-RSS reset")
 def test_cpu_peak_memory_grows_with_the_image(one_thread):
-    calls = [("bench_inference", f"child_tiling_memory({side}, 'official')") for side in (60, 240)]
-    with ThreadPoolExecutor(3) as pool:  # the children at once: each measures its own peak
-        small, large, threads = pool.map(lambda call: timing.in_child(*call),
-                                         [*calls, ("timing", "torch.get_num_threads()")])
+    calls = ["child_tiling_memory(60, 'official')",  # the larger also prints its torch threads
+             "child_tiling_memory(240, 'official'), torch.get_num_threads()"]
+    with ThreadPoolExecutor(2) as pool:  # the children at once: each measures its own peak
+        (small,), (large, threads) = pool.map(lambda c: timing.in_child("bench_inference", c).split(), calls)
     small, large = float(small), float(large)
     # a 240x240 x2 output alone is 3 x 480 x 480 float32 = 2.6 MiB, and the averaging buffers
     # of the authors' procedure hold as much again
@@ -169,7 +170,7 @@ def test_forward_reports_flops_and_the_gemm_fraction(smoke_doc):
     assert "fp32" in peaks
     rows = table(smoke_doc, "forward")
     passes = bench_inference.forward_passes(timing.SMOKE, timing.bench_device())
-    expected = [(p.name, p.batch) for p in passes]
+    expected = [(bench_inference.PASS_NAME[p.backward], p.batch) for p in passes]
     assert [(r["pass"], int(r["batch"])) for r in rows[:len(expected)]] == expected
     fresh = [r["pass"] for r in rows[len(expected):]]
     assert fresh in ([], ["forward, fresh process, malloc tuned**"])  # glibc only, smoke: tuned
@@ -200,6 +201,27 @@ def test_training_reports_steps_and_the_loader_ratio(smoke_doc):
     assert ratio and ratio.group(1) == slowest  # the loader table's figure, as printed there
     expected = over((float(slowest),) * 2, pairs)  # the script divides the printed figure
     assert overlap(printed(ratio.group(2)), expected), (ratio.group(0), expected)
+
+
+def test_saving_measures_each_phase_of_a_save(smoke_doc, smoke_run):
+    rows = {r["what"]: r["seconds"] for r in table(smoke_doc, "saving")}
+    for name in ("model_latest.pt", "state.pt"):
+        for phase in bench_training.SAVE_PHASES:
+            assert float(rows[f"{name}: {phase}"]) >= 0
+    assert float(rows["`save(background=True)`: the wait of a periodic save now"]) > 0
+    assert re.search(r"model_latest.pt \d+ MB, state.pt \d+ MB", smoke_doc)
+    assert not list(pathlib.Path(smoke_run.folder).rglob("*.pt"))  # its temporary folders are removed
+
+
+def test_bf16_times_restore_and_a_test_only_run_in_both_precisions(smoke_doc):
+    rows = [list(r.values()) for r in table(smoke_doc, "bf16")]
+    assert [(r[0], r[1]) for r in rows] == [("`restore()`", "official"), ("`restore()`", "fast"),
+                                           ("whole `--test_only` run", "fast")]
+    for row in rows:
+        single, bf16, speed_up = float(row[2]), float(row[3]), float(row[4].rstrip("x"))
+        assert single > 0 and bf16 > 0 and speed_up == pytest.approx(single / bf16, rel=0.05, abs=0.01)
+    assert int(rows[0][5]) > int(rows[1][5]) > 0  # official evaluates more tiles than fast
+    assert float(rows[0][6]) < 50  # bf16 moved the tiny model's output by a few grey levels
 
 
 def test_smoke_leaves_the_project_doc_alone(smoke_run):

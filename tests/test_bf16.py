@@ -222,28 +222,3 @@ def test_half_on_the_cpu_is_refused_in_one_line_pointing_at_bf16(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1
     assert "--precision half needs a CUDA device" in err[0] and "--precision bf16" in err[0]
-
-
-# ----------------------------------------------------------------------------------------
-# python -m scripts.benchmark bf16 --smoke
-# ----------------------------------------------------------------------------------------
-def test_benchmark_bf16_smoke(tmp_path, monkeypatch):
-    from scripts import benchmark
-
-    threads = torch.get_num_threads()
-    doc = tmp_path / "BENCHMARKS.md"
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    try:
-        assert benchmark.main(["bf16", "--smoke", "--doc", str(doc)]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    body = doc.read_text().split("<!-- bf16:begin -->")[1].split("<!-- bf16:end -->")[0]
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
-            for line in body.splitlines() if line.startswith("|")][2:]
-    assert [(r[0], r[1]) for r in rows] == [("`restore()`", "official"), ("`restore()`", "fast"),
-                                           ("whole `--test_only` run", "fast")]
-    for row in rows:
-        single, bf16, speed_up = float(row[2]), float(row[3]), float(row[4].rstrip("x"))
-        assert single > 0 and bf16 > 0 and speed_up == pytest.approx(single / bf16, rel=0.05, abs=0.01)
-    assert int(rows[0][5]) > int(rows[1][5]) > 0  # official evaluates more tiles than fast
-    assert float(rows[0][6]) < 50  # bf16 moved the tiny model's output by a few grey levels

@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import stat
-import tempfile
 import threading
 import time
 
@@ -305,22 +304,6 @@ def test_a_resume_from_a_background_saved_state_is_exact(tmp_path, monkeypatch):
     assert_same(straight.model.state_dict(), second.model.state_dict())
     assert_same(load(tmp_path / "a" / "model" / "model_latest.pt"),
                 load(tmp_path / "c" / "model" / "model_latest.pt"))
-
-
-def test_the_benchmark_measures_a_save(tmp_path, monkeypatch):
-    from scripts import bench_training, benchmark
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    doc = tmp_path / "BENCHMARKS.md"
-    assert benchmark.main(["saving", "--smoke", "--doc", str(doc)]) == 0
-    rows = {line.split("|")[1].strip(): line.split("|")[2].strip()
-            for line in doc.read_text().splitlines() if line.startswith("| ") and "---" not in line}
-    for name in ("model_latest.pt", "state.pt"):
-        for phase in bench_training.SAVE_PHASES:
-            assert float(rows[f"{name}: {phase}"]) >= 0
-    assert float(rows["`save(background=True)`: the wait of a periodic save now"]) > 0
-    assert re.search(r"model_latest.pt \d+ MB, state.pt \d+ MB", doc.read_text())
-    assert not list(tmp_path.rglob("*.pt"))  # its temporary folder is removed
 
 
 def test_host_copy_shares_nothing_and_reuses_what_fits():
