@@ -18,11 +18,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from option import OptionParser  # errors in one line, exit status 2
 from scripts.bench_inference import bf16_section, forward_section, tiling_section
 from scripts.bench_training import loader_section, saving_section, training_section
 from scripts.timing import DOC, FULL, SMOKE, write_section
 
 DEFAULT_REPS = 5
+MAX_REPS = 1000  # the median of more says nothing new
 SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
     "loader": loader_section, "tiling": tiling_section, "forward": forward_section,
     "training": training_section, "saving": saving_section, "bf16": bf16_section}
@@ -30,7 +32,7 @@ SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the named sections (default: all), print them and write them into the doc."""
-    p = argparse.ArgumentParser(description="Run the project's benchmarks.")
+    p = OptionParser(prog="benchmark.py", description="Run the project's benchmarks.")
     p.add_argument("sections", nargs="*", metavar="SECTION",
                    help=f"one or more of {', '.join(SECTIONS)} (default: all)")
     p.add_argument("--doc", default=None,
@@ -45,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in args.sections if n not in SECTIONS]
     if unknown:
         p.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    if args.reps is not None and not 1 <= args.reps <= MAX_REPS:
+        p.error(f"--reps {args.reps}: give 1 to {MAX_REPS}")
     args.sizes = SMOKE if args.smoke else FULL
     args.reps = args.reps or (1 if args.smoke else DEFAULT_REPS)
     if args.doc is None:
