@@ -206,14 +206,6 @@ class DecoderLayer(nn.Module):
         return t + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(y), inplace=True))))
 
 
-class Stack(nn.Module):
-    """A numbered list of layers, so that keys read ``encoder.layers.{n}``."""
-
-    def __init__(self, layers: list[nn.Module]):
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-
-
 class LearnedPositionalEncoding(nn.Module):
     """One learned vector per token position."""
 
@@ -245,8 +237,11 @@ class VisionTransformer(nn.Module):
                                           nn.Linear(hidden, dim), nn.Dropout(drop))
             self.query_embed = nn.Embedding(cfg.num_queries, dim * self.num_tokens)
         layer_args = (dim, cfg.num_heads, hidden, drop, cfg.no_norm, cfg.attention)
-        self.encoder = Stack([EncoderLayer(*layer_args) for _ in range(cfg.num_layers)])
-        self.decoder = Stack([DecoderLayer(*layer_args) for _ in range(cfg.num_layers)])
+        # ModuleDicts of one list, so that keys read ``encoder.layers.{n}``
+        self.encoder = nn.ModuleDict({"layers": nn.ModuleList(EncoderLayer(*layer_args)
+                                                              for _ in range(cfg.num_layers))})
+        self.decoder = nn.ModuleDict({"layers": nn.ModuleList(DecoderLayer(*layer_args)
+                                                              for _ in range(cfg.num_layers))})
         if not cfg.no_pos:
             self.position_encoding = LearnedPositionalEncoding(self.num_tokens, dim)
         self.dropout_layer1 = nn.Dropout(drop)
@@ -264,26 +259,17 @@ class VisionTransformer(nn.Module):
             x = self.dropout_layer1(self.linear_encoding(x)) + x
             query = self.query_embed.weight[query_idx].view(1, self.num_tokens, -1)
         pos = None if self.cfg.no_pos else self.position_encoding()
-        if self.cfg.pos_every:
-            x = self._encode(x, pos)
-            x = self._decode(x, pos, query)
-        else:
-            x = self._encode(with_pos(x, pos), None)
-            x = self._decode(x, None, query)
+        every = pos if self.cfg.pos_every else None  # at every layer, or once on the input
+        if not self.cfg.pos_every:
+            x = with_pos(x, pos)
+        for layer in self.encoder.layers:
+            x = layer(x, every)
+        memory = x
+        for layer in self.decoder.layers:
+            x = layer(x, memory, every, query)
         if not self.cfg.no_mlp:
             x = self.mlp_head(x) + x
         return F.fold(x.transpose(1, 2), size, p, stride=p), x
-
-    def _encode(self, x: Tensor, pos: Tensor | None) -> Tensor:
-        for layer in self.encoder.layers:
-            x = layer(x, pos)
-        return x
-
-    def _decode(self, x: Tensor, pos: Tensor | None, query: Tensor | None) -> Tensor:
-        memory = x
-        for layer in self.decoder.layers:
-            x = layer(x, memory, pos, query)
-        return x
 
 
 # ----------------------------------------------------------------------------------------

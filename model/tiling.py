@@ -122,10 +122,7 @@ def _forward(model: nn.Module, x: Tensor, task_id: int,
 
 def ensemble_x8(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """Mean of fn over the 8 flips/transposes of x, each output transformed back."""
-    outputs = []
-    for i in range(8):
-        v = _dihedral(x, i, inverse=False)
-        outputs.append(_dihedral(fn(v), i, inverse=True))
+    outputs = [_dihedral(fn(_dihedral(x, i, inverse=False)), i, inverse=True) for i in range(8)]
     return torch.stack(outputs).mean(dim=0)
 
 
