@@ -31,11 +31,6 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
-def read_state_dict(path: str) -> dict[str, Tensor]:
-    """Read a checkpoint file and return its bare state_dict (unwrapped, without `module.`)."""
-    return read_checkpoint(path)[0]
-
-
 def read_checkpoint(path: str, argument: str = "--pretrain") -> tuple[dict[str, Tensor], str]:
     """(the bare state_dict of a checkpoint file, the SHA-256 of the bytes it was read from): the
     file is opened once, hashed and loaded from that one handle, so a file replaced meanwhile
@@ -54,9 +49,7 @@ def read_checkpoint(path: str, argument: str = "--pretrain") -> tuple[dict[str, 
     return unwrap_state_dict(obj, path), sha256
 
 
-# ----------------------------------------------------------------------------------------
-# .safetensors: a JSON header and raw little-endian tensor bytes, nothing that could run code
-# ----------------------------------------------------------------------------------------
+# ---- .safetensors: a JSON header and raw little-endian tensor bytes, nothing that could run code
 SAFETENSORS_SUFFIX = ".safetensors"
 ARCHITECTURE_METADATA = "ipt_architecture"  # metadata key: the JSON of training.json's architecture
 
@@ -125,11 +118,9 @@ def write_safetensors(state: Mapping[str, Tensor], path: str, architecture: dict
     """``state`` as a .safetensors file at ``path`` (the keys as given; ``architecture``, the
     options that built the model, as JSON in the metadata key ``ipt_architecture``).
 
-    The library lays out the bytes (``safetensors.torch.save``); this function writes them with
-    Python's file I/O into the file ``path`` names. The library's own ``save_file`` reports a
-    full disk as a SafetensorError, not an OSError, and renames a 0600 temporary of its own over
-    ``path``; here a failed write is the OSError that ``utility.atomic_write`` turns into a
-    SaveError, and the file keeps the mode it was created with."""
+    The library lays out the bytes; Python's file I/O writes them, because the library's own
+    ``save_file`` reports a full disk as a SafetensorError, not the OSError that
+    ``utility.atomic_write`` turns into a SaveError, and renames a 0600 temporary over ``path``."""
     from safetensors.torch import save  # only writing needs the package
 
     tensors, seen = {}, set()
@@ -168,12 +159,7 @@ def checkpoint_scales(state: Mapping[str, Tensor]) -> list[int]:
     return [_tail_scale(state, i) or 0 for i in heads]
 
 
-def select_task(state: Mapping[str, Tensor], index: int) -> dict[str, Tensor]:
-    """A multi-head state_dict reduced to head, tail and query row ``index`` (renumbered 0)."""
-    return _keep_heads(state, [index])
-
-
-def _keep_heads(state: Mapping[str, Tensor], kept: list[int]) -> dict[str, Tensor]:
+def select_heads(state: Mapping[str, Tensor], kept: list[int]) -> dict[str, Tensor]:
     """A state_dict with only the heads, tails and query rows ``kept``, renumbered in that order."""
     renumber = {old: new for new, old in enumerate(kept)}
     out = {}
@@ -215,7 +201,7 @@ def strip_mim(state: Mapping[str, Tensor], task_names: Sequence[str]) -> dict[st
         raise ValueError(f"the head names {'+'.join(task_names)} contradict the file's shapes: "
                          f"{'; '.join(wrong)}")
     drop = set(mim_heads(task_names))
-    out = _keep_heads(state, [i for i in range(n_heads) if i not in drop])
+    out = select_heads(state, [i for i in range(n_heads) if i not in drop])
     out.pop(MASK_TOKEN_KEY, None)
     return out
 
@@ -289,7 +275,7 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], path: str,
     if n_model == 1 and n_file > 1:
         if task is None:
             task = model.task_names[0]
-        state = select_task(state, resolve_task(state, task, path, file_tasks))
+        state = select_heads(state, [resolve_task(state, task, path, file_tasks)])
         if MASK_TOKEN_KEY not in model.state_dict():
             state.pop(MASK_TOKEN_KEY, None)
     elif task is not None and n_model != n_file:
@@ -310,12 +296,12 @@ def load_body(model: nn.Module, path: str, init_from: str,
     """Load the body of ``path`` into a single-head model; its head, tail and query come from
     the file's head ``init_from`` where their shapes fit (an x2 tail takes a scale-1 tail's last
     convolution), the rest keep their initial values ('none': all of them). Returns those keys."""
-    state = read_state_dict(path)
+    state, _ = read_checkpoint(path)
     own = model.state_dict()
     if init_from == "none":
         picked = {k: v for k, v in state.items() if not _per_task(k)}
     else:
-        picked = select_task(state, _init_head(state, init_from, path, file_tasks))
+        picked = select_heads(state, [_init_head(state, init_from, path, file_tasks)])
     if MASK_TOKEN_KEY not in own:
         picked.pop(MASK_TOKEN_KEY, None)
     fitting = {k: v for k, v in picked.items()

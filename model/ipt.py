@@ -46,9 +46,7 @@ class IPTConfig:
     attention: str = "auto"  # see Attention
 
 
-# ----------------------------------------------------------------------------------------
-# Convolutional heads and tails (the authors' EDSR building blocks)
-# ----------------------------------------------------------------------------------------
+# ---- Convolutional heads and tails (the authors' EDSR building blocks) -------------------
 def conv(in_ch: int, out_ch: int, kernel: int) -> nn.Conv2d:
     """A same-padded convolution with bias."""
     return nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=True)
@@ -100,9 +98,7 @@ def make_tail(scale: int, n_feats: int, n_colors: int) -> nn.Sequential:
     return nn.Sequential(upsampler(scale, n_feats), conv(n_feats, n_colors, HEAD_KERNEL))
 
 
-# ----------------------------------------------------------------------------------------
-# The Transformer body
-# ----------------------------------------------------------------------------------------
+# ---- The Transformer body ----------------------------------------------------------------
 ATTENTION_KINDS = ("auto", "math", "sdpa")
 
 
@@ -272,9 +268,7 @@ class VisionTransformer(nn.Module):
         return F.fold(x.transpose(1, 2), size, p, stride=p), x
 
 
-# ----------------------------------------------------------------------------------------
-# The whole network
-# ----------------------------------------------------------------------------------------
+# ---- The whole network -------------------------------------------------------------------
 def parameter_count(cfg: IPTConfig) -> int:
     """The number of weights ``IPT(cfg)`` holds, worked out from the options alone: exact, and as
     cheap for a width of 10^30 or 10^13 layers as for the paper's (nothing is built)."""

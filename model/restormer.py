@@ -54,9 +54,7 @@ class RestormerConfig:
                                  f"{self.dim * 2 ** level}")
 
 
-# ----------------------------------------------------------------------------------------
-# Channel LayerNorm: normalise each pixel's channel vector
-# ----------------------------------------------------------------------------------------
+# ---- Channel LayerNorm: normalise each pixel's channel vector ----------------------------
 class ChannelNorm(nn.Module):
     """(x - mean) / std over the channels (axis 1), times a weight, plus a bias ("WithBias");
     x / std times a weight, the mean not subtracted ("BiasFree").
@@ -83,9 +81,7 @@ def named(name: str, module: nn.Module) -> nn.Sequential:
     return nn.Sequential(OrderedDict({name: module}))
 
 
-# ----------------------------------------------------------------------------------------
-# The two halves of a Transformer block
-# ----------------------------------------------------------------------------------------
+# ---- The two halves of a Transformer block -----------------------------------------------
 def pointwise(in_ch: int, out_ch: int, bias: bool) -> nn.Conv2d:
     """A 1x1 convolution."""
     return nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=bias)
@@ -151,9 +147,7 @@ def blocks(n: int, dim: int, num_heads: int, cfg: RestormerConfig) -> nn.Sequent
     return nn.Sequential(*(TransformerBlock(dim, num_heads, cfg) for _ in range(n)))
 
 
-# ----------------------------------------------------------------------------------------
-# Resampling between levels
-# ----------------------------------------------------------------------------------------
+# ---- Resampling between levels -----------------------------------------------------------
 def downsample(ch: int) -> nn.Sequential:
     """Half the size, twice the channels: conv3x3 c -> c/2, then PixelUnshuffle(2)."""
     conv = nn.Conv2d(ch, ch // 2, 3, padding=1, bias=False)
@@ -166,9 +160,7 @@ def upsample(ch: int) -> nn.Sequential:
     return named("body", nn.Sequential(conv, nn.PixelShuffle(2)))
 
 
-# ----------------------------------------------------------------------------------------
-# The whole network
-# ----------------------------------------------------------------------------------------
+# ---- The whole network -------------------------------------------------------------------
 def parameter_count(cfg: RestormerConfig) -> int:
     """The number of weights ``Restormer(cfg)`` holds, worked out from the options alone: exact,
     and as cheap for any width or depth (nothing is built)."""

@@ -230,17 +230,6 @@ def same_tensors(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
 
 
 # ---- .onnx -------------------------------------------------------------------------------
-class OneHead(nn.Module):
-    """IPT with its head fixed: tiles (B, C, P, P) in 0..rgb_range -> restored tiles."""
-
-    def __init__(self, model: nn.Module, task_id: int = 0):
-        super().__init__()
-        self.model, self.task_id = model, task_id
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x, self.task_id)
-
-
 def pick_head(source: Source, task: str | None) -> tuple[int, str]:
     """(index, name) of the head to export: the only one, or --task's."""
     names = list(source.config.task_names)
@@ -289,7 +278,7 @@ def export_onnx(source: Source, out: str, task: str | None, patch_size: int | No
     model = built(single, source.origin)
     load_state(model, source.state, source.path, name if several else None,
                config.task_names if several else None)
-    network = OneHead(model.requires_grad_(False)).eval()
+    network = model.requires_grad_(False).eval()  # one head: forward(x) runs it
     example = torch.rand(VERIFY_BATCH, config.n_colors, tile, tile) * config.rgb_range
     program = onnx_program(network, example)
     program.model.metadata_props.update({
