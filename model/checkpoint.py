@@ -31,6 +31,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
+HASH_BLOCK = 1 << 20  # bytes hashed at a time
+
+
 def read_checkpoint(path: str, argument: str = "--pretrain") -> tuple[dict[str, Tensor], str]:
     """(the bare state_dict of a checkpoint file, the SHA-256 of the bytes it was read from): the
     file is opened once, hashed and loaded from that one handle, so a file replaced meanwhile
@@ -41,12 +44,14 @@ def read_checkpoint(path: str, argument: str = "--pretrain") -> tuple[dict[str, 
         return unwrap_state_dict(state, path), sha256
     with _open_regular(path, argument) as f:
         try:
-            sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+            digest = hashlib.sha256()  # hashlib.file_digest needs Python 3.11
+            for block in iter(lambda: f.read(HASH_BLOCK), b""):
+                digest.update(block)
             f.seek(0)
             obj = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle errors, truncated files, non-tensor payloads
             raise CheckpointError(f"cannot read checkpoint {path!r}: {utility.load_failure(e)}") from None
-    return unwrap_state_dict(obj, path), sha256
+    return unwrap_state_dict(obj, path), digest.hexdigest()
 
 
 # ---- .safetensors: a JSON header and raw little-endian tensor bytes, nothing that could run code
