@@ -26,5 +26,4 @@ def build_model(config: IPTConfig | RestormerConfig) -> nn.Module:
 
 def parameter_count(config: IPTConfig | RestormerConfig) -> int:
     """The number of weights of the network a config describes, without building it."""
-    count = ipt.parameter_count if isinstance(config, IPTConfig) else restormer.parameter_count
-    return count(config)
+    return (ipt if isinstance(config, IPTConfig) else restormer).parameter_count(config)

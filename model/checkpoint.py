@@ -31,11 +31,6 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
-def read_state_dict(path: str) -> dict[str, Tensor]:
-    """Read a checkpoint file and return its bare state_dict (unwrapped, without `module.`)."""
-    return read_checkpoint(path)[0]
-
-
 HASH_BLOCK = 1 << 20  # bytes hashed at a time
 
 
@@ -44,29 +39,22 @@ def read_checkpoint(path: str, argument: str = "--pretrain") -> tuple[dict[str, 
     file is opened once, hashed and loaded from that one handle, so a file replaced meanwhile
     cannot give the hash of other bytes than the weights. ``argument``: the command-line argument
     that gave ``path``, named by the message of a path that is no file."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist (check {argument})")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} is not a file (give a .pt or .safetensors file "
-                              f"as {argument})")
     if is_safetensors(path):
         state, sha256 = read_safetensors(path, argument)
         return unwrap_state_dict(state, path), sha256
-    try:
-        with open(path, "rb") as f:
-            digest = hashlib.sha256()
+    with _open_regular(path, argument) as f:
+        try:
+            digest = hashlib.sha256()  # hashlib.file_digest needs Python 3.11
             for block in iter(lambda: f.read(HASH_BLOCK), b""):
                 digest.update(block)
             f.seek(0)
             obj = torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors, truncated files, non-tensor payloads
-        raise CheckpointError(f"cannot read checkpoint {path!r}: {utility.load_failure(e)}") from None
+        except Exception as e:  # pickle errors, truncated files, non-tensor payloads
+            raise CheckpointError(f"cannot read checkpoint {path!r}: {utility.load_failure(e)}") from None
     return unwrap_state_dict(obj, path), digest.hexdigest()
 
 
-# ----------------------------------------------------------------------------------------
-# .safetensors: a JSON header and raw little-endian tensor bytes, nothing that could run code
-# ----------------------------------------------------------------------------------------
+# ---- .safetensors: a JSON header and raw little-endian tensor bytes, nothing that could run code
 SAFETENSORS_SUFFIX = ".safetensors"
 ARCHITECTURE_METADATA = "ipt_architecture"  # metadata key: the JSON of training.json's architecture
 
@@ -112,9 +100,11 @@ def read_safetensors_metadata(path: str) -> dict[str, str]:
 
 def _open_regular(path: str, argument: str = "--pretrain"):
     """``path`` opened for reading when it is a regular file (a FIFO would hang the read)."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path!r} does not exist (check {argument})")
     if not os.path.isfile(path):
-        what = "does not exist" if not os.path.lexists(path) else "is not a regular file"
-        raise CheckpointError(f"checkpoint {path!r} {what} (check {argument})")
+        raise CheckpointError(f"checkpoint {path!r} is not a file (give a .pt or .safetensors file "
+                              f"as {argument})")
     try:
         return open(path, "rb")
     except OSError as e:
@@ -129,18 +119,13 @@ def _first_line(error: BaseException) -> str:
     return (str(error).splitlines() or [type(error).__name__])[0][:160]
 
 
-WEIGHT_SUFFIXES = {"pt": ".pt", "safetensors": SAFETENSORS_SUFFIX}  # --save_format -> suffix
-
-
 def write_safetensors(state: Mapping[str, Tensor], path: str, architecture: dict | None = None) -> None:
     """``state`` as a .safetensors file at ``path`` (the keys as given; ``architecture``, the
     options that built the model, as JSON in the metadata key ``ipt_architecture``).
 
-    The library lays out the bytes (``safetensors.torch.save``); this function writes them with
-    Python's file I/O into the file ``path`` names. The library's own ``save_file`` reports a
-    full disk as a SafetensorError, not an OSError, and renames a 0600 temporary of its own over
-    ``path``; here a failed write is the OSError that ``utility.atomic_write`` turns into a
-    SaveError, and the file keeps the mode it was created with."""
+    The library lays out the bytes; Python's file I/O writes them, because the library's own
+    ``save_file`` reports a full disk as a SafetensorError, not the OSError that
+    ``utility.atomic_write`` turns into a SaveError, and renames a 0600 temporary over ``path``."""
     from safetensors.torch import save  # only writing needs the package
 
     tensors, seen = {}, set()
@@ -174,31 +159,23 @@ def unwrap_state_dict(obj: object, path: str = "<checkpoint>") -> dict[str, Tens
 
 
 def checkpoint_scales(state: Mapping[str, Tensor]) -> list[int]:
-    """The scale of each head in a state_dict, read from its tail's shapes."""
+    """The scale of each head in a state_dict, read from its tail's shapes (0: unreadable)."""
     heads = sorted({int(m.group(2)) for k in state if (m := PER_HEAD.match(k))})
-    scales = []
-    for i in heads:
-        first = state.get(f"tail.{i}.0.0.weight")
-        if first is None:
-            scales.append(1)
-        elif f"tail.{i}.0.2.weight" in state:
-            scales.append(4)
-        else:
-            scales.append(2 if first.dim() > 1 and first.shape[0] == 4 * first.shape[1] else 3)
-    return scales
+    return [_tail_scale(state, i) or 0 for i in heads]
 
 
-def select_task(state: Mapping[str, Tensor], index: int) -> dict[str, Tensor]:
-    """A multi-head state_dict reduced to head, tail and query row ``index`` (renumbered 0)."""
+def select_heads(state: Mapping[str, Tensor], kept: list[int]) -> dict[str, Tensor]:
+    """A state_dict with only the heads, tails and query rows ``kept``, renumbered in that order."""
+    renumber = {old: new for new, old in enumerate(kept)}
     out = {}
-    for k, v in state.items():
-        m = PER_HEAD.match(k)
+    for key, value in state.items():
+        m = PER_HEAD.match(key)
         if m is None:
-            out[k] = v
-        elif int(m.group(2)) == index:
-            out[f"{m.group(1)}.0.{m.group(3)}"] = v
+            out[key] = value
+        elif int(m.group(2)) in renumber:
+            out[f"{m.group(1)}.{renumber[int(m.group(2))]}.{m.group(3)}"] = value
     if QUERY_KEY in state:
-        out[QUERY_KEY] = state[QUERY_KEY][index:index + 1]
+        out[QUERY_KEY] = state[QUERY_KEY][kept]
     return out
 
 
@@ -229,19 +206,8 @@ def strip_mim(state: Mapping[str, Tensor], task_names: Sequence[str]) -> dict[st
         raise ValueError(f"the head names {'+'.join(task_names)} contradict the file's shapes: "
                          f"{'; '.join(wrong)}")
     drop = set(mim_heads(task_names))
-    kept = [i for i in range(n_heads) if i not in drop]
-    renumber = {old: new for new, old in enumerate(kept)}
-    out = {}
-    for key, value in state.items():
-        m = PER_HEAD.match(key)
-        if key == MASK_TOKEN_KEY:
-            continue
-        if m is None:
-            out[key] = value
-        elif int(m.group(2)) in renumber:
-            out[f"{m.group(1)}.{renumber[int(m.group(2))]}.{m.group(3)}"] = value
-    if QUERY_KEY in state:
-        out[QUERY_KEY] = state[QUERY_KEY][kept]
+    out = select_heads(state, [i for i in range(n_heads) if i not in drop])
+    out.pop(MASK_TOKEN_KEY, None)
     return out
 
 
@@ -314,12 +280,17 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], path: str,
     if n_model == 1 and n_file > 1:
         if task is None:
             task = model.task_names[0]
-        state = select_task(state, resolve_task(state, task, path, file_tasks))
+        state = select_heads(state, [resolve_task(state, task, path, file_tasks)])
         if MASK_TOKEN_KEY not in model.state_dict():
             state.pop(MASK_TOKEN_KEY, None)
     elif task is not None and n_model != n_file:
         raise CheckpointError(f"task={task!r} selects from a multi-head file into a single-head "
                               f"model, but the model has {n_model} heads and {path!r} {n_file}")
+    _load_strictly(model, state, path)
+
+
+def _load_strictly(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None:
+    """``state`` into ``model`` once it fits its keys and shapes and holds finite values."""
     check_fits(model, state, path)
     check_values(model, state, path)
     model.load_state_dict(state, strict=True)
@@ -330,21 +301,18 @@ def load_body(model: nn.Module, path: str, init_from: str,
     """Load the body of ``path`` into a single-head model; its head, tail and query come from
     the file's head ``init_from`` where their shapes fit (an x2 tail takes a scale-1 tail's last
     convolution), the rest keep their initial values ('none': all of them). Returns those keys."""
-    state = read_state_dict(path)
+    state, _ = read_checkpoint(path)
     own = model.state_dict()
     if init_from == "none":
         picked = {k: v for k, v in state.items() if not _per_task(k)}
     else:
-        picked = select_task(state, _init_head(state, init_from, path, file_tasks))
+        picked = select_heads(state, [_init_head(state, init_from, path, file_tasks)])
     if MASK_TOKEN_KEY not in own:
         picked.pop(MASK_TOKEN_KEY, None)
     fitting = {k: v for k, v in picked.items()
                if not _per_task(k) or (k in own and own[k].shape == v.shape)}
     initial = [k for k in own if _per_task(k) and k not in fitting]
-    state = {**fitting, **{k: own[k] for k in initial}}
-    check_fits(model, state, path)
-    check_values(model, state, path)
-    model.load_state_dict(state, strict=True)
+    _load_strictly(model, {**fitting, **{k: own[k] for k in initial}}, path)
     return initial
 
 
@@ -424,24 +392,16 @@ AUTHORS_NUM_HEADS = 12
 def ipt_options_of(state: Mapping[str, Tensor]) -> str:
     """The IPT options an IPT state_dict's shapes give away, as a command-line fragment ('' for
     another network). --num_heads leaves no trace in the weights: the fragment says so."""
-    head = state.get("head.0.0.weight")
-    layers = {int(m.group(1)) for k in state if (m := ENCODER_LAYER.match(k))}
-    if head is None or not layers:
+    arch = ipt_architecture_of(state)
+    if arch is None:
         return ""
-    n_feats = head.shape[0]
-    dim = state[f"body.encoder.layers.{min(layers)}.self_attn.in_proj_weight"].shape[1]
-    patch_dim = math.isqrt(dim // n_feats)
-    words = [f"--scale {'+'.join(map(str, checkpoint_scales(state)))}", f"--n_feats {n_feats}",
-             f"--num_layers {len(layers)}", f"--patch_dim {patch_dim}"]
-    positions = state.get("body.position_encoding.pe.weight")
-    if positions is not None:
-        words.append(f"--patch_size {math.isqrt(positions.shape[0]) * patch_dim}")
-    query = state.get(QUERY_KEY)
-    words += [f"--num_queries {query.shape[0]}"] if query is not None else ["--no_mlp"]
-    words += [] if positions is not None else ["--no_pos"]
-    words += [] if f"body.encoder.layers.{min(layers)}.norm1.weight" in state else ["--no_norm"]
+    words = [f"--{key} {arch[key]}" for key in ("scale", "n_feats", "num_layers", "patch_dim", "patch_size")
+             if key in arch]
+    words += ["--no_mlp"] if arch["no_mlp"] else [f"--num_queries {arch['num_queries']}"]
+    words += [f"--{key}" for key in ("no_pos", "no_norm") if arch[key]]
     return (" ".join(words) + f" (and --num_heads, which the weights do not record: a divisor "
-            f"of the token width {dim}; the authors' models use {AUTHORS_NUM_HEADS})")
+            f"of the token width {arch['n_feats'] * arch['patch_dim'] ** 2}; the authors' models "
+            f"use {AUTHORS_NUM_HEADS})")
 
 
 def ipt_architecture_of(state: Mapping[str, Tensor]) -> dict | None:
@@ -456,8 +416,8 @@ def ipt_architecture_of(state: Mapping[str, Tensor]) -> dict | None:
         return None
     n_feats, dim = head.shape[0], attn.shape[1]
     patch_dim = math.isqrt(dim // n_feats)
-    scales = [_tail_scale(state, i) for i in range(len(checkpoint_scales(state)))]
-    if not patch_dim or n_feats * patch_dim ** 2 != dim or None in scales:
+    scales = checkpoint_scales(state)
+    if not patch_dim or n_feats * patch_dim ** 2 != dim or 0 in scales:
         return None
     positions, query = state.get("body.position_encoding.pe.weight"), state.get(QUERY_KEY)
     if (positions is not None and positions.dim() != 2) or (query is not None and query.dim() != 2):

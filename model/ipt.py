@@ -46,9 +46,7 @@ class IPTConfig:
     attention: str = "auto"  # see Attention
 
 
-# ----------------------------------------------------------------------------------------
-# Convolutional heads and tails (the authors' EDSR building blocks)
-# ----------------------------------------------------------------------------------------
+# ---- Convolutional heads and tails (the authors' EDSR building blocks) -------------------
 def conv(in_ch: int, out_ch: int, kernel: int) -> nn.Conv2d:
     """A same-padded convolution with bias."""
     return nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=True)
@@ -100,9 +98,7 @@ def make_tail(scale: int, n_feats: int, n_colors: int) -> nn.Sequential:
     return nn.Sequential(upsampler(scale, n_feats), conv(n_feats, n_colors, HEAD_KERNEL))
 
 
-# ----------------------------------------------------------------------------------------
-# The Transformer body
-# ----------------------------------------------------------------------------------------
+# ---- The Transformer body ----------------------------------------------------------------
 ATTENTION_KINDS = ("auto", "math", "sdpa")
 
 
@@ -206,14 +202,6 @@ class DecoderLayer(nn.Module):
         return t + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(y), inplace=True))))
 
 
-class Stack(nn.Module):
-    """A numbered list of layers, so that keys read ``encoder.layers.{n}``."""
-
-    def __init__(self, layers: list[nn.Module]):
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-
-
 class LearnedPositionalEncoding(nn.Module):
     """One learned vector per token position."""
 
@@ -245,8 +233,11 @@ class VisionTransformer(nn.Module):
                                           nn.Linear(hidden, dim), nn.Dropout(drop))
             self.query_embed = nn.Embedding(cfg.num_queries, dim * self.num_tokens)
         layer_args = (dim, cfg.num_heads, hidden, drop, cfg.no_norm, cfg.attention)
-        self.encoder = Stack([EncoderLayer(*layer_args) for _ in range(cfg.num_layers)])
-        self.decoder = Stack([DecoderLayer(*layer_args) for _ in range(cfg.num_layers)])
+        # ModuleDicts of one list, so that keys read ``encoder.layers.{n}``
+        self.encoder = nn.ModuleDict({"layers": nn.ModuleList(EncoderLayer(*layer_args)
+                                                              for _ in range(cfg.num_layers))})
+        self.decoder = nn.ModuleDict({"layers": nn.ModuleList(DecoderLayer(*layer_args)
+                                                              for _ in range(cfg.num_layers))})
         if not cfg.no_pos:
             self.position_encoding = LearnedPositionalEncoding(self.num_tokens, dim)
         self.dropout_layer1 = nn.Dropout(drop)
@@ -264,31 +255,20 @@ class VisionTransformer(nn.Module):
             x = self.dropout_layer1(self.linear_encoding(x)) + x
             query = self.query_embed.weight[query_idx].view(1, self.num_tokens, -1)
         pos = None if self.cfg.no_pos else self.position_encoding()
-        if self.cfg.pos_every:
-            x = self._encode(x, pos)
-            x = self._decode(x, pos, query)
-        else:
-            x = self._encode(with_pos(x, pos), None)
-            x = self._decode(x, None, query)
+        every = pos if self.cfg.pos_every else None  # at every layer, or once on the input
+        if not self.cfg.pos_every:
+            x = with_pos(x, pos)
+        for layer in self.encoder.layers:
+            x = layer(x, every)
+        memory = x
+        for layer in self.decoder.layers:
+            x = layer(x, memory, every, query)
         if not self.cfg.no_mlp:
             x = self.mlp_head(x) + x
         return F.fold(x.transpose(1, 2), size, p, stride=p), x
 
-    def _encode(self, x: Tensor, pos: Tensor | None) -> Tensor:
-        for layer in self.encoder.layers:
-            x = layer(x, pos)
-        return x
 
-    def _decode(self, x: Tensor, pos: Tensor | None, query: Tensor | None) -> Tensor:
-        memory = x
-        for layer in self.decoder.layers:
-            x = layer(x, memory, pos, query)
-        return x
-
-
-# ----------------------------------------------------------------------------------------
-# The whole network
-# ----------------------------------------------------------------------------------------
+# ---- The whole network -------------------------------------------------------------------
 def parameter_count(cfg: IPTConfig) -> int:
     """The number of weights ``IPT(cfg)`` holds, worked out from the options alone: exact, and as
     cheap for a width of 10^30 or 10^13 layers as for the paper's (nothing is built)."""

@@ -13,6 +13,7 @@ back, as the authors' test scripts do, so any image size works.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -53,38 +54,10 @@ class RestormerConfig:
                                  f"{self.dim * 2 ** level}")
 
 
-# ----------------------------------------------------------------------------------------
-# Channel LayerNorm: normalise each pixel's channel vector
-# ----------------------------------------------------------------------------------------
-class BiasFreeLayerNorm(nn.Module):
-    """x / std over the channels (axis 1), times a weight; the mean is not subtracted."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        var = x.var(1, keepdim=True, unbiased=False)
-        return x / torch.sqrt(var + LAYERNORM_EPS) * self.weight[:, None, None]
-
-
-class WithBiasLayerNorm(nn.Module):
-    """(x - mean) / std over the channels (axis 1), times a weight, plus a bias."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        mu = x.mean(1, keepdim=True)
-        var = x.var(1, keepdim=True, unbiased=False)
-        normed = (x - mu) / torch.sqrt(var + LAYERNORM_EPS)
-        return normed * self.weight[:, None, None] + self.bias[:, None, None]
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm over the channels of a (B, C, H, W) map; ``body`` holds the weights.
+# ---- Channel LayerNorm: normalise each pixel's channel vector ----------------------------
+class ChannelNorm(nn.Module):
+    """(x - mean) / std over the channels (axis 1), times a weight, plus a bias ("WithBias");
+    x / std times a weight, the mean not subtracted ("BiasFree").
 
     The authors move channels last and normalise there; reducing over axis 1 in place is the
     same arithmetic without the two transposes (about 2x faster on the CPU).
@@ -92,15 +65,23 @@ class LayerNorm(nn.Module):
 
     def __init__(self, dim: int, kind: str):
         super().__init__()
-        self.body = WithBiasLayerNorm(dim) if kind == "WithBias" else BiasFreeLayerNorm(dim)
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if kind == "WithBias" else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
+        var = x.var(1, keepdim=True, unbiased=False)
+        if self.bias is None:
+            return x / torch.sqrt(var + LAYERNORM_EPS) * self.weight[:, None, None]
+        normed = (x - x.mean(1, keepdim=True)) / torch.sqrt(var + LAYERNORM_EPS)
+        return normed * self.weight[:, None, None] + self.bias[:, None, None]
 
 
-# ----------------------------------------------------------------------------------------
-# The two halves of a Transformer block
-# ----------------------------------------------------------------------------------------
+def named(name: str, module: nn.Module) -> nn.Sequential:
+    """``module`` under the attribute name the authors' keys give it (``norm1.body.weight``)."""
+    return nn.Sequential(OrderedDict({name: module}))
+
+
+# ---- The two halves of a Transformer block -----------------------------------------------
 def pointwise(in_ch: int, out_ch: int, bias: bool) -> nn.Conv2d:
     """A 1x1 convolution."""
     return nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=bias)
@@ -151,9 +132,9 @@ class TransformerBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, cfg: RestormerConfig):
         super().__init__()
-        self.norm1 = LayerNorm(dim, cfg.layernorm_type)
+        self.norm1 = named("body", ChannelNorm(dim, cfg.layernorm_type))
         self.attn = Attention(dim, num_heads, cfg.bias)
-        self.norm2 = LayerNorm(dim, cfg.layernorm_type)
+        self.norm2 = named("body", ChannelNorm(dim, cfg.layernorm_type))
         self.ffn = FeedForward(dim, cfg.ffn_expansion_factor, cfg.bias)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -166,45 +147,20 @@ def blocks(n: int, dim: int, num_heads: int, cfg: RestormerConfig) -> nn.Sequent
     return nn.Sequential(*(TransformerBlock(dim, num_heads, cfg) for _ in range(n)))
 
 
-# ----------------------------------------------------------------------------------------
-# Resampling between levels
-# ----------------------------------------------------------------------------------------
-class OverlapPatchEmbed(nn.Module):
-    """The first 3x3 convolution: image -> dim feature maps."""
-
-    def __init__(self, in_ch: int, dim: int, bias: bool):
-        super().__init__()
-        self.proj = nn.Conv2d(in_ch, dim, kernel_size=3, padding=1, bias=bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x)
-
-
-class Downsample(nn.Module):
+# ---- Resampling between levels -----------------------------------------------------------
+def downsample(ch: int) -> nn.Sequential:
     """Half the size, twice the channels: conv3x3 c -> c/2, then PixelUnshuffle(2)."""
-
-    def __init__(self, ch: int):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(ch, ch // 2, 3, padding=1, bias=False), nn.PixelUnshuffle(2))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
+    conv = nn.Conv2d(ch, ch // 2, 3, padding=1, bias=False)
+    return named("body", nn.Sequential(conv, nn.PixelUnshuffle(2)))
 
 
-class Upsample(nn.Module):
+def upsample(ch: int) -> nn.Sequential:
     """Twice the size, half the channels: conv3x3 c -> 2c, then PixelShuffle(2)."""
-
-    def __init__(self, ch: int):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(ch, ch * 2, 3, padding=1, bias=False), nn.PixelShuffle(2))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)
+    conv = nn.Conv2d(ch, ch * 2, 3, padding=1, bias=False)
+    return named("body", nn.Sequential(conv, nn.PixelShuffle(2)))
 
 
-# ----------------------------------------------------------------------------------------
-# The whole network
-# ----------------------------------------------------------------------------------------
+# ---- The whole network -------------------------------------------------------------------
 def parameter_count(cfg: RestormerConfig) -> int:
     """The number of weights ``Restormer(cfg)`` holds, worked out from the options alone: exact,
     and as cheap for any width or depth (nothing is built)."""
@@ -236,21 +192,22 @@ class Restormer(nn.Module):
         self.task_names = list(cfg.task_names)
         self.scale = [1] * len(self.task_names)
         d, n, h = cfg.dim, cfg.num_blocks, cfg.heads
-        self.patch_embed = OverlapPatchEmbed(cfg.inp_channels, d, cfg.bias)
+        # the first 3x3 convolution: image -> dim feature maps
+        self.patch_embed = named("proj", nn.Conv2d(cfg.inp_channels, d, 3, padding=1, bias=cfg.bias))
         self.encoder_level1 = blocks(n[0], d, h[0], cfg)
-        self.down1_2 = Downsample(d)
+        self.down1_2 = downsample(d)
         self.encoder_level2 = blocks(n[1], d * 2, h[1], cfg)
-        self.down2_3 = Downsample(d * 2)
+        self.down2_3 = downsample(d * 2)
         self.encoder_level3 = blocks(n[2], d * 4, h[2], cfg)
-        self.down3_4 = Downsample(d * 4)
+        self.down3_4 = downsample(d * 4)
         self.latent = blocks(n[3], d * 8, h[3], cfg)
-        self.up4_3 = Upsample(d * 8)
+        self.up4_3 = upsample(d * 8)
         self.reduce_chan_level3 = pointwise(d * 8, d * 4, cfg.bias)
         self.decoder_level3 = blocks(n[2], d * 4, h[2], cfg)
-        self.up3_2 = Upsample(d * 4)
+        self.up3_2 = upsample(d * 4)
         self.reduce_chan_level2 = pointwise(d * 4, d * 2, cfg.bias)
         self.decoder_level2 = blocks(n[1], d * 2, h[1], cfg)
-        self.up2_1 = Upsample(d * 2)  # level 1 keeps the 2dim of the concatenation
+        self.up2_1 = upsample(d * 2)  # level 1 keeps the 2dim of the concatenation
         self.decoder_level1 = blocks(n[0], d * 2, h[0], cfg)
         self.refinement = blocks(cfg.num_refinement_blocks, d * 2, h[0], cfg)
         self.output = nn.Conv2d(d * 2, cfg.out_channels, kernel_size=3, padding=1, bias=cfg.bias)

@@ -1,28 +1,21 @@
-"""Whole-image inference for a network whose body takes fixed-size patches.
+"""Whole-image inference for a network whose body takes fixed-size patches (the modes: docs/DESIGN.md).
 
-One entry point, ``restore``. The tilers split the image into patch-sized tiles, run them through
-the network ``crop_batch_size`` at a time, and blend the outputs back into one image:
+One entry point, ``restore``: the tilers split the image into patch-sized tiles, run them through
+the network ``crop_batch_size`` at a time, and blend the outputs back into one image.
 
-- ``official``: the authors' ``forward_chop``, output for output. Their procedure tiles the image
-  with stride patch/4; inside the main grid each output pixel is the mean of the central
-  (patch/2)^2 crops that cover it (the first and last tile of a row or column also own the
-  border quarter); the last rows and columns come from one extra strip of tiles placed flush
-  with the bottom and right edges. That rule is separable, one 0/1 weight per tile row and
-  column, so each distinct tile is evaluated once (the authors re-run the top and left strips).
-  One quirk is kept: the authors paste their left strip after their top strip, so the output
-  rows above the first margin and left of the first tile's far edge come from tile (0, 0) alone.
-- ``fast``: patch-sized tiles with a small overlap, blended with linear ramps.
-- ``whole``: the network on the whole input at once.
+``official`` is the authors' ``forward_chop``, output for output. Its rule (each output pixel the
+mean of the central crops that cover it, the last rows and columns from an extra strip flush with
+the far edges) is separable, one 0/1 weight per tile row and column, so each distinct tile is
+evaluated once (the authors re-run the top and left strips). One quirk is kept: the authors paste
+their left strip after their top strip, so the output rows above the first margin and left of the
+first tile's far edge come from tile (0, 0) alone.
 
-Precision (``restore``'s ``precision``): ``bf16`` runs only the network's forward under
-``torch.autocast`` to bfloat16, the weights staying fp32 (as ``--amp bf16`` trains); each call's
-output is cast back to fp32 before it is blended. The tilers themselves (which tiles, in which
-order, their 0/1 or ramp weights, the sums and the division by the coverage) and the x8
-ensemble's mean run in fp32 whatever the precision: bf16 keeps 8 significant bits, so a sum of
-four overlapping tiles near 255 (about 1000) would be held to steps of 4 grey levels, far coarser
-than the final rounding to 8-bit levels. ``single`` and ``half`` run the network in the weights'
-dtype (``half``: the caller has cast the weights) with autocast switched off, so that an
-autocast around the caller (a training step's) cannot change an evaluation.
+Precision: ``bf16`` runs only the network's forward under ``torch.autocast`` (the weights fp32, as
+``--amp bf16`` trains), its output cast back to fp32. The tilers' weights, sums and division by
+the coverage, and the x8 ensemble's mean, stay fp32: bf16 keeps 8 significant bits, so a sum of
+four overlapping tiles near 255 would be held to steps of 4 grey levels. ``single`` and ``half``
+run the network in the weights' dtype with autocast off, so that an autocast around the caller
+(a training step's) cannot change an evaluation.
 """
 from __future__ import annotations
 
@@ -70,10 +63,7 @@ def restore(model: nn.Module, x: Tensor, task_id: int = 0, mode: str = "auto",
     A network with a fixed input size (``model.patch_size``, IPT) is tiled at that size; one
     that takes any size (Restormer) runs whole, or in ``fast`` tiles of ``tile_size``.
     ``progress``: show a bar of the tiles done when an image takes more than a few seconds.
-    ``cpu_tiles_per_call``: on the CPU the network takes at most this many tiles per call, below
-    any larger ``crop_batch_size`` (see CPU_TILES_PER_CALL).
-    ``precision``: bf16 runs the network's forward under autocast (see the module's docstring);
-    single and half run it in the weights' dtype.
+    ``cpu_tiles_per_call``: see CPU_TILES_PER_CALL; ``precision``: see the module's docstring.
     """
     if x.dim() != 4:
         raise ValueError(f"restore expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
@@ -122,10 +112,7 @@ def _forward(model: nn.Module, x: Tensor, task_id: int,
 
 def ensemble_x8(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """Mean of fn over the 8 flips/transposes of x, each output transformed back."""
-    outputs = []
-    for i in range(8):
-        v = _dihedral(x, i, inverse=False)
-        outputs.append(_dihedral(fn(v), i, inverse=True))
+    outputs = [_dihedral(fn(_dihedral(x, i, inverse=False)), i, inverse=True) for i in range(8)]
     return torch.stack(outputs).mean(dim=0)
 
 
@@ -156,6 +143,7 @@ def tile(fn: Callable[[Tensor], Tensor], x: Tensor, patch: int, scale: int, mode
     grid = _TileGrid(rows, cols, scale, w * scale, x.device)
     windows = x.unfold(2, patch, 1).unfold(3, patch, 1)  # (b, c, h', w', patch, patch), a view
     out = x.new_zeros(b, c, h * scale, w * scale)
+    coverage = x.new_zeros(1, 1, h * scale, w * scale)  # the total weight of each output pixel
     size = min(crop_batch_size, cpu_tiles_per_call) if x.device.type == "cpu" else crop_batch_size
     # The authors run their bottom-right tile on its own; so do we, which keeps the float
     # arithmetic of that tile identical to theirs (a batch of one takes other CPU kernels).
@@ -168,9 +156,10 @@ def tile(fn: Callable[[Tensor], Tensor], x: Tensor, patch: int, scale: int, mode
         if first == 0:
             top_left = y[:, 0]
         grid.accumulate(out, y, r, q)
+        grid.accumulate(coverage, y.new_ones(()).expand(1, end - first, 1, *y.shape[-2:]), r, q)
         bar.update(end - first)
     bar.close()
-    out /= grid.coverage(h * scale, w * scale)
+    out /= coverage
     if mode == "official":  # the authors' left strip overwrites part of their top strip
         margin, right = patch // 4 * scale, min(patch * scale, cols.boundary)
         out[..., :margin, margin:right] = top_left[..., :margin, margin:right]
@@ -190,7 +179,7 @@ class _TileGrid:
 
     def __init__(self, rows: AxisPlan, cols: AxisPlan, scale: int, width: int,
                  device: torch.device):
-        self.rows, self.cols, self.scale, self.width = rows, cols, scale, width
+        self.scale, self.width = scale, width
         n_r, n_c = len(rows.starts), len(cols.starts)
         self.count = n_r * n_c
         self.row = torch.arange(n_r, device=device).repeat_interleave(n_c)  # tile -> row index
@@ -209,19 +198,6 @@ class _TileGrid:
         corner = (self.row_start[r] * self.width + self.col_start[q]) * self.scale
         index = corner[:, None, None] + self.pixel
         out.view(b * c, -1).index_add_(1, index.flatten(), src)
-
-    def coverage(self, height: int, width: int) -> Tensor:
-        """Total weight that the tiles give each output pixel, (height, width)."""
-        device = self.row_weight.device
-        return (_coverage(self.rows, height, self.scale).to(device)[:, None]
-                * _coverage(self.cols, width, self.scale).to(device)[None, :])
-
-
-def _coverage(plan: AxisPlan, length: int, scale: int) -> Tensor:
-    """Total weight that the tiles of an axis give each output pixel."""
-    size = plan.weights.shape[1]
-    index = (torch.tensor(plan.starts)[:, None] * scale + torch.arange(size)).flatten()
-    return torch.zeros(length).index_add_(0, index, plan.weights.flatten())
 
 
 def official_plan(n: int, patch: int, scale: int) -> AxisPlan:

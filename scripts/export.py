@@ -3,20 +3,10 @@
     python -m scripts.export RUN/model/model_latest.pt ipt_sr2.safetensors
     python -m scripts.export IPT_pretrain.pt ipt_denoise50.onnx --task denoise50 [--patch_size 48]
 
-The format follows OUT's suffix. ``.safetensors`` holds the state_dict under the authors' key
-names, bit for bit, and the model options (the ``architecture`` of the training.json beside the
-checkpoint) as JSON in its metadata key ``ipt_architecture``; main.py's ``--pretrain
-FILE.safetensors`` reads both. A checkpoint without a training.json (the authors' files) has its
-options read off its shapes, all but --num_heads, which leaves no trace in the weights: give it
-(12 for theirs); a --num_heads that contradicts the record of the weights is refused.
-``.onnx`` holds ONE head (``--task NAME`` of a multi-head file) on fixed ``--patch_size`` tiles
-with a dynamic batch, 0..rgb_range in and out like the model; tiling whole images stays in
-Python (``model/tiling.py``). The graph is checked with onnx's checker and, when onnxruntime is
-installed, run against PyTorch on a batch of random tiles.
-
-Exit status 0; 1 when the export fails (an unreadable checkpoint, one its options do not fit, an
-output that cannot be written); 2 for a bad command line; 130 when stopped by SIGINT, SIGTERM
-or SIGUSR1 (OUT is then not written: it appears only when complete).
+The format follows OUT's suffix; docs/EXPORT.md says what each file holds, where the model
+options come from (the training.json beside the checkpoint, else its shapes and --num_heads),
+and how the ONNX graph is checked. Exit status 0; 1 when the export fails; 2 for a bad command
+line; 130 when stopped by SIGINT, SIGTERM or SIGUSR1 (OUT appears only when complete).
 """
 from __future__ import annotations
 
@@ -82,10 +72,7 @@ class Source:
 # ---- The command line --------------------------------------------------------------------
 def positive(text: str) -> int:
     """An integer above 0 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    value = int(text) if text.strip().lstrip("+").isdigit() else 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
@@ -233,29 +220,16 @@ def export_safetensors(source: Source, out: str) -> str:
 
 
 def same_tensors(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> bool:
-    """Whether two state_dicts have the same keys, dtypes, shapes and bytes."""
+    """Whether two state_dicts have the same keys, dtypes, shapes and bytes (compared as uint8:
+    NaN == NaN, -0.0 != 0.0, as on disk)."""
+    def raw(tensor: Tensor) -> Tensor:
+        return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
     return a.keys() == b.keys() and all(
-        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(_bytes(a[k]), _bytes(b[k]))
+        a[k].dtype == b[k].dtype and a[k].shape == b[k].shape and torch.equal(raw(a[k]), raw(b[k]))
         for k in a)
 
 
-def _bytes(tensor: Tensor) -> Tensor:
-    """A tensor's bytes as uint8 (NaN == NaN, -0.0 != 0.0, as on disk)."""
-    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-
-
 # ---- .onnx -------------------------------------------------------------------------------
-class OneHead(nn.Module):
-    """IPT with its head fixed: tiles (B, C, P, P) in 0..rgb_range -> restored tiles."""
-
-    def __init__(self, model: nn.Module, task_id: int = 0):
-        super().__init__()
-        self.model, self.task_id = model, task_id
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x, self.task_id)
-
-
 def pick_head(source: Source, task: str | None) -> tuple[int, str]:
     """(index, name) of the head to export: the only one, or --task's."""
     names = list(source.config.task_names)
@@ -304,7 +278,7 @@ def export_onnx(source: Source, out: str, task: str | None, patch_size: int | No
     model = built(single, source.origin)
     load_state(model, source.state, source.path, name if several else None,
                config.task_names if several else None)
-    network = OneHead(model.requires_grad_(False)).eval()
+    network = model.requires_grad_(False).eval()  # one head: forward(x) runs it
     example = torch.rand(VERIFY_BATCH, config.n_colors, tile, tile) * config.rgb_range
     program = onnx_program(network, example)
     program.model.metadata_props.update({

@@ -16,7 +16,7 @@ import sys
 
 import records
 import utility
-from model.checkpoint import CheckpointError, read_state_dict, strip_mim
+from model.checkpoint import CheckpointError, read_checkpoint, strip_mim
 from model.mim import mim_heads
 from option import OptionParser  # errors in one line, exit status 2
 from scripts.cli import FAILED, output_problem, say
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         return say(PROG, *problem)
     try:
-        state = read_state_dict(a.input)
+        state, _ = read_checkpoint(a.input)
         names, source = head_names(a.input, a.tasks)
         stripped = strip_mim(state, names)
         if not mim_heads(names):
