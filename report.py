@@ -152,9 +152,7 @@ def index_entries(results: dict) -> list[dict]:
         for task, r in tasks.items():
             for image, m in r.get("per_image", {}).items():
                 sheet = posixpath.join(RESULTS_FOLDER.format(dataset), sheet_name(image, task))
-                entries.append({"set": dataset, "task": task, "image": image, "sheet": sheet,
-                                **{k: m.get(k) for k in ("psnr", "ssim", "baseline_psnr",
-                                                         "baseline_ssim")}})
+                entries.append({"set": dataset, "task": task, "image": image, "sheet": sheet, **m})
     return entries
 
 
@@ -307,8 +305,7 @@ def write_reports(mode: str, ev: EvalSettings, inference: InferenceSettings, res
     ``title``; the files written and the Markdown to print (without the per-image rows when many).
     ``checkpoint_sha256``: the hash of the loaded bytes; ``training``: ``training_length`` of the
     checkpoint as read when it was loaded; ``interrupted``: the results are of the sets finished
-    before a stop signal. Every name is written as ``display`` shows it (in JSON as
-    ``printable``), so odd ones neither break the formats nor the writing."""
+    before a stop signal. Names are written as ``display`` shows them (in JSON as ``printable``)."""
     meta = {"checkpoint": checkpoint or None,
             "checkpoint_sha256": checkpoint_sha256 if checkpoint else None,
             "step": step, "commit": utility.git_commit(os.path.dirname(os.path.abspath(__file__))),
