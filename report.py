@@ -2,8 +2,6 @@
 comparison sheets and an HTML index (plain HTML: no script, no external resource), to compare
 restorations by eye. Names (of images, sets, files) are shown literally (``display``), whatever
 characters or undecodable bytes they hold.
-
-Images are (C, H, W) tensors of 0..255 values on the CPU (C = 3, or 1 shown as grey).
 """
 from __future__ import annotations
 
@@ -365,7 +363,7 @@ def printable_tree(value: object) -> object:
         return value
     out: dict = {}
     for k, v in value.items():
-        key = printable(k) if isinstance(k, str) else k
+        key = printable(k)  # JSON keys: strings
         twin = 1
         while key in out:
             twin += 1
@@ -383,7 +381,7 @@ def training_note(checkpoint: str, step: int | None, training: dict | None) -> s
     if training is None:
         return "training length unknown (no training.json beside the checkpoint)"
     t, name = training, os.path.basename(checkpoint)
-    if t.get("unverified"):
+    if t["unverified"]:
         return f"training length unknown ({t['unverified']})"
     if t["steps"] is None:
         return f"training length unknown (the training.json beside it gives no step for {name})"
