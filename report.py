@@ -74,8 +74,7 @@ def best_gain_window(inputs: Tensor, output: Tensor, target: Tensor, side: int) 
     integral = torch.nn.functional.pad(gain.cumsum(0).cumsum(1), (1, 0, 1, 0))  # a zero row and column first
     sums = (integral[side:, side:] - integral[:-side, side:] - integral[side:, :-side]
             + integral[:-side, :-side])
-    top, left = divmod(int(torch.argmax(sums)), sums.shape[1])  # argmax: the first maximum
-    return top, left
+    return divmod(int(torch.argmax(sums)), sums.shape[1])  # argmax: the first maximum
 
 
 def to_pil(image: Tensor) -> Image.Image:
