@@ -11,7 +11,7 @@ import datetime
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +23,7 @@ import records
 import report
 import stops
 import utility
-from data.benchmark import BenchmarkError, BenchmarkSet, Pair, supports
+from data.benchmark import BenchmarkError, BenchmarkSet, supports
 from data.degrade import imresize, imresize_uint8
 from data.images import DataLayoutError, ImageFolder, ImageReadError, save_image
 from model import restore
@@ -33,9 +33,7 @@ from option import EvalSettings, InferenceSettings
 log = logging.getLogger("ipt")
 
 
-# ----------------------------------------------------------------------------------------
-# Whole runs: --test_only, and training's validation
-# ----------------------------------------------------------------------------------------
+# ---- Whole runs: --test_only, and training's validation ----
 def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
              checkpoint: str, checkpoint_sha256: str | None = None) -> int:
     """Restore the Demo folder and evaluate the test sets with every selected head; 1 on any
@@ -49,7 +47,7 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
     failed, results, finished, stop = 0, {}, [], None
     try:
         for name in ev.data_test:
-            out_dir = os.path.join(ev.save, f"results-{name}") if ev.save_results else None
+            out_dir = os.path.join(ev.save, report.RESULTS_FOLDER.format(name)) if ev.save_results else None
             try:
                 if name == "Demo":
                     failed += restore_demo(model, ev, inference, task_ids, out_dir)
@@ -60,14 +58,17 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
                 return 1
             finished.append(name)
     except KeyboardInterrupt as e:  # the traceback (and the loader it holds) freed before going on
-        stop = report.Interruption(signal_name(e), finished, ev.data_test[len(finished):])
-    title = f"IPT evaluation: {ev.model_name}, {checkpoint or 'random weights'}"
+        stop = report.Interruption(stops.signal_name(stops.stop_signal(e)), finished,
+                                   ev.data_test[len(finished):])
     try:
-        written, printed = report.report_results(resolve_mode(model, inference.mode), ev, inference,
-                                                 results, checkpoint, checkpoint_sha256, training, title,
-                                                 stop)
+        written, printed = report.write_reports(
+            resolve_mode(model, inference.mode), ev, inference, results, checkpoint=checkpoint,
+            checkpoint_sha256=checkpoint_sha256, training=training, interrupted=stop,
+            title=f"IPT evaluation: {ev.model_name}, {checkpoint or 'random weights'}",
+        ) if results else ([], "")
     except KeyboardInterrupt as e:
-        log.warning("%s while writing the reports: some may be missing", signal_name(e))
+        log.warning("%s while writing the reports: some may be missing",
+                    stops.signal_name(stops.stop_signal(e)))
         return stops.INTERRUPTED
     if stop is not None:
         where = f"reports written: {', '.join(written)}" if written else "no report written"
@@ -81,16 +82,8 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
     return 1 if failed else 0
 
 
-def signal_name(stop: KeyboardInterrupt) -> str:
-    """The name of the signal behind a stop (SIGINT for a plain Ctrl-C)."""
-    return stops.signal_name(stops.stop_signal(stop))
-
-
-Validate = Callable[[nn.Module, int], tuple[dict[str, float], dict[str, Tensor]]]
-
-
 def validator(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
-              check: bool = False) -> Validate | None:
+              check: bool = False) -> Callable[[nn.Module, int], tuple[dict, dict]] | None:
     """The validation a training run calls at a step: PSNR per "set/task" on the test sets (not
     Demo) and a preview image of each; it also writes metrics.json and results.md of that step.
     None when the options name no test set. ``model`` is the bare network (not DDP-wrapped).
@@ -119,18 +112,30 @@ def validator(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
 
 def restore_demo(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
                  task_ids: list[int], out_dir: str | None) -> int:
-    """Restore every image of --dir_demo as given; the number that could not be read."""
+    """Restore every image of --dir_demo as given with each head, saving the quantised results
+    (with --save_gt, the input ``_LR`` beside them); the number that could not be read."""
     folder = ImageFolder(ev.dir_demo)
-    total = len(folder)
-    if total == 0:
+    if len(folder) == 0:
         raise BenchmarkError(f"--dir_demo {ev.dir_demo}: no images (png, jpg, bmp, tif, webp)")
-    log.info("Demo: %d image(s) in %s, heads %s", total, ev.dir_demo,
+    log.info("Demo: %d image(s) in %s, heads %s", len(folder), ev.dir_demo,
              "+".join(model.task_names[t] for t in task_ids))
-    images = prefetch(folder, ev.workers)
-    done, bad = restore_images(model, images, task_ids, inference, out_dir, ev.save_gt, total)
+    failed = 0
+    for stem, image in tqdm(prefetch(folder, ev.workers), total=len(folder), desc="restoring", unit="img",
+                            dynamic_ncols=True):
+        if isinstance(image, Exception):
+            log.error("%s (skipped)", image)
+            failed += 1
+            continue
+        for task_id in task_ids:
+            y = restore_quantised(model, image, task_id, inference)
+            if out_dir is not None:
+                task, scale = model.task_names[task_id], model.scale[task_id]
+                save_image(y, os.path.join(out_dir, output_name(stem, task, scale)))
+                if ev.save_gt:
+                    save_image(image, os.path.join(out_dir, output_name(stem, task, scale, "LR")))
     where = f", results in {out_dir}" if out_dir else " (add --save_results to write them)"
-    log.info("Demo: restored %d image(s)%s", done, where)
-    return bad
+    log.info("Demo: restored %d image(s)%s", len(folder) - failed, where)
+    return failed
 
 
 def evaluate_benchmark(model: nn.Module, ev: EvalSettings, inference: InferenceSettings, name: str,
@@ -171,11 +176,11 @@ def training_length(checkpoint: str) -> dict | None:
     if record is None:
         return None
     steps, unverified = described_steps(checkpoint, record)
-    run_steps = record.get("step")  # the record's counts are checked by records.TRAINING
+    run_steps = record.get("step")  # the record's fields are checked by records.TRAINING
     last = steps is not None and steps == run_steps
     return {"steps": steps, "max_steps": record.get("max_steps"),
-            "finished": last and record.get("finished") is True,
-            "interrupted": last and record.get("interrupted") is True, "run_steps": run_steps,
+            "finished": last and record.get("finished", False),
+            "interrupted": last and record.get("interrupted", False), "run_steps": run_steps,
             "source": os.path.join(os.path.dirname(os.path.abspath(checkpoint)),
                                    utility.TRAINING_RECORD),
             "unverified": unverified}
@@ -238,13 +243,12 @@ def restore_quantised(model: nn.Module, image: Tensor, task_id: int,
 
 
 # --precision bf16: what stays fp32, and why (measured in docs/BENCHMARKS.md, "bf16 inference").
-# Only the network's forward runs under autocast (model.tiling.restore); its output is cast to
-# fp32 before the tiles are blended. fp32 throughout the rest:
+# Only the network's forward runs under autocast; the tiles' blending and the x8 ensemble's mean
+# stay fp32 (see model/tiling.py). fp32 throughout the rest too:
 # - MATLAB bicubic (data.degrade: the LR inputs made from HR, the SR baseline of
 #   ``input_baseline``) runs outside autocast. On uint8 images it works in float64, which autocast
 #   leaves alone; its fp32 path under CPU autocast would run its matmuls in bf16: on Set5 baby x2,
 #   up to 1.05 grey levels off, 9% of the pixels by half a level or more;
-# - the blending of the tiles and the x8 ensemble's mean (see model/tiling.py);
 # - the quantisation to 8-bit levels (bf16 has no fractional bits from 128 up, so rounding a
 #   bf16 value to levels would round twice) and the metrics; PSNR and SSIM convert to float64
 #   (metrics._as_batch), which autocast leaves alone, so even SSIM's window conv2d would stay
@@ -258,8 +262,7 @@ NATIVE_BF16_CAPABILITY = 8  # CUDA compute capability with bf16 tensor cores (Am
 
 
 def cpu_flags() -> set[str] | None:
-    """The CPU's feature flags ("flags" on x86, "Features" on Arm) in /proc/cpuinfo; None where
-    it cannot be read (not Linux)."""
+    """The CPU's feature flags in /proc/cpuinfo (x86 "flags", Arm "Features"); None where unreadable."""
     flags = utility.cpuinfo("flags", "Features")
     return None if flags is None else set(flags.split())
 
@@ -285,27 +288,6 @@ def warn_precision(model: nn.Module, precision: str) -> None:
                     "--precision single", why)
 
 
-def restore_images(model: nn.Module, images: Iterable[tuple[str, Tensor | Exception]],
-                   task_ids: list[int], settings: InferenceSettings, out_dir: str | None,
-                   save_input: bool = False, total: int | None = None) -> tuple[int, int]:
-    """Restore each image with each head, saving quantised results; returns (done, failed)."""
-    done = failed = 0
-    for stem, image in tqdm(images, total=total, desc="restoring", unit="img", dynamic_ncols=True):
-        if isinstance(image, Exception):
-            log.error("%s (skipped)", image)
-            failed += 1
-            continue
-        for task_id in task_ids:
-            y = restore_quantised(model, image, task_id, settings)
-            if out_dir is not None:
-                task, scale = model.task_names[task_id], model.scale[task_id]
-                save_image(y, os.path.join(out_dir, output_name(stem, task, scale)))
-                if save_input:
-                    save_image(image, os.path.join(out_dir, output_name(stem, task, scale, "LR")))
-        done += 1
-    return done, failed
-
-
 METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")  # psnr, ssim: --metric_channel
 BASELINE = ("baseline_psnr", "baseline_ssim")  # the input itself: bicubic for SR, else as given
 GAIN = ("gain_psnr",)  # psnr - baseline_psnr: what the network adds to its input
@@ -320,15 +302,21 @@ def input_baseline(lr: Tensor, scale: int) -> Tensor:
     return metrics.quantize(imresize(x, scale) if scale > 1 else x)
 
 
-def image_metrics(sr: Tensor, hr: Tensor, scale: int, channel: str = "y") -> dict[str, float]:
-    """PSNR and SSIM of one quantised output on Y and on RGB; psnr/ssim repeat ``channel``'s."""
+def image_metrics(sr: Tensor, baseline: Tensor, hr: Tensor, scale: int,
+                  channel: str = "y") -> dict[str, float]:
+    """PSNR and SSIM of one quantised output on Y and on RGB (psnr/ssim repeat ``channel``'s), those
+    of its input (``baseline``) on ``channel`` and the gain of the output's PSNR over the input's."""
     m = {  # calc_* shave `scale` pixels a side, none at scale 1
         "psnr_y": metrics.calc_psnr(sr, hr, scale)[0],
         "ssim_y": metrics.calc_ssim(sr, hr, scale)[0],
         "psnr_rgb": metrics.calc_psnr(sr, hr, scale, y_channel=False)[0],
         "ssim_rgb": metrics.calc_ssim(sr, hr, scale, y_channel=False)[0],
     }
-    return {"psnr": m[f"psnr_{channel}"], "ssim": m[f"ssim_{channel}"], **m}
+    on_y = channel == "y"
+    base = metrics.calc_psnr(baseline, hr, scale, y_channel=on_y)[0]
+    return {"psnr": m[f"psnr_{channel}"], "ssim": m[f"ssim_{channel}"], **m, "baseline_psnr": base,
+            "baseline_ssim": metrics.calc_ssim(baseline, hr, scale, y_channel=on_y)[0],
+            "gain_psnr": m[f"psnr_{channel}"] - base}
 
 
 def evaluate_set(model: nn.Module, data: BenchmarkSet, task_id: int, settings: InferenceSettings,
@@ -336,8 +324,9 @@ def evaluate_set(model: nn.Module, data: BenchmarkSet, task_id: int, settings: I
                  save_gt: bool = False) -> dict:
     """Restore one test set with one head; the metrics per image and their means.
 
-    ``previews``, when given, receives the first restored image under "<set>/<task>";
-    ``save_gt`` also writes the input (``_LR``) and the target (``_HR``) beside each result.
+    ``out_dir``, when given, receives each restored image and its comparison sheet (input | output
+    | target, and a zoom where the output gains most), with ``save_gt`` also the input (``_LR``)
+    and the target (``_HR``); ``previews`` the first restored image under "<set>/<task>".
     """
     task, scale = model.task_names[task_id], model.scale[task_id]
     per_image: dict[str, dict[str, float]] = {}
@@ -349,39 +338,19 @@ def evaluate_set(model: nn.Module, data: BenchmarkSet, task_id: int, settings: I
         if y.shape != pair.hr.shape:
             raise RuntimeError(f"{data.dataset}/{pair.name}: output {tuple(y.shape)} does not match "
                                f"the target {tuple(pair.hr.shape)}")
-        per_image[pair.name] = image_metrics(y, pair.hr.float(), scale, settings.metric_channel)
+        baseline, hr = input_baseline(pair.lr, scale), pair.hr.float()
+        m = per_image[pair.name] = image_metrics(y, baseline, hr, scale, settings.metric_channel)
         if previews is not None:
             previews.setdefault(f"{data.dataset}/{task}", y)
-        baseline = input_baseline(pair.lr, scale)
-        per_image[pair.name].update(input_metrics(baseline, pair.hr.float(), scale,
-                                                  settings.metric_channel, per_image[pair.name]["psnr"]))
-        if out_dir is not None:
-            save_outputs(out_dir, pair, task, scale, y, baseline, per_image[pair.name], save_gt)
-    means = {k: _mean([m[k] for m in per_image.values()]) for k in METRICS + BASELINE + GAIN}
+        if out_dir is None:
+            continue
+        save_image(y, os.path.join(out_dir, output_name(pair.name, task, scale)))
+        report.write_sheet(os.path.join(out_dir, report.sheet_name(pair.name, task)), baseline, y, hr,
+                           m["baseline_psnr"], m["psnr"])
+        if save_gt:
+            save_image(pair.lr.float(), os.path.join(out_dir, output_name(pair.name, task, scale, "LR")))
+            save_image(pair.hr, os.path.join(out_dir, output_name(pair.name, task, scale, "HR")))
+    # the mean of each metric over the images (NaN for none)
+    means = {k: sum(m[k] for m in per_image.values()) / len(per_image) if per_image else float("nan")
+             for k in METRICS + BASELINE + GAIN}
     return {**means, "n_images": len(per_image), "per_image": per_image}
-
-
-def input_metrics(baseline: Tensor, hr: Tensor, scale: int, channel: str,
-                  psnr: float) -> dict[str, float]:
-    """The input's PSNR and SSIM on ``channel`` and the gain of the output's ``psnr`` over it."""
-    on_y = channel == "y"
-    base = metrics.calc_psnr(baseline, hr, scale, y_channel=on_y)[0]
-    return {"baseline_psnr": base, "baseline_ssim": metrics.calc_ssim(baseline, hr, scale, y_channel=on_y)[0],
-            "gain_psnr": psnr - base}
-
-
-def save_outputs(out_dir: str, pair: Pair, task: str, scale: int, y: Tensor, baseline: Tensor,
-                 metrics: dict[str, float], save_gt: bool) -> None:
-    """The restored image, its comparison sheet (input | output | target, and a zoom where the
-    output gains most) and, with ``save_gt``, the input (``_LR``) and target (``_HR``)."""
-    save_image(y, os.path.join(out_dir, output_name(pair.name, task, scale)))
-    report.write_sheet(os.path.join(out_dir, report.sheet_name(pair.name, task)), baseline, y,
-                       pair.hr.float(), metrics["baseline_psnr"], metrics["psnr"])
-    if save_gt:
-        save_image(pair.lr.float(), os.path.join(out_dir, output_name(pair.name, task, scale, "LR")))
-        save_image(pair.hr, os.path.join(out_dir, output_name(pair.name, task, scale, "HR")))
-
-
-def _mean(values: list[float]) -> float:
-    """The mean of per-image values (NaN for none)."""
-    return sum(values) / len(values) if values else float("nan")

@@ -64,19 +64,21 @@ def calc_psnr(sr: torch.Tensor, hr: torch.Tensor, scale: int, rgb_range: float =
 
 
 def _gaussian_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The (1, 1, 11, 11) normalised Gaussian window of sigma 1.5 (as cv2.getGaussianKernel)."""
+    """The 11 taps of the normalised Gaussian of sigma 1.5 (as cv2.getGaussianKernel)."""
     r = torch.arange(SSIM_WINDOW, dtype=dtype, device=device) - SSIM_WINDOW // 2
     g = torch.exp(-(r ** 2) / (2 * SSIM_SIGMA ** 2))
-    g = g / g.sum()
-    return torch.outer(g, g)[None, None]
+    return g / g.sum()
 
 
 def _ssim_maps(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """SSIM maps ('valid' filtering) of (N, 1, H, W) images on the 0..255 scale."""
-    window = _gaussian_window(x.dtype, x.device)
+    g = _gaussian_window(x.dtype, x.device)
 
     def filt(z: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.conv2d(z, window)
+        # the 11x11 window (the outer product of g with itself) as a column pass then a row pass:
+        # the same weighted sums, 22 products a pixel instead of 121 (float64 conv2d is slow on CPU)
+        return torch.nn.functional.conv2d(torch.nn.functional.conv2d(z, g.view(1, 1, -1, 1)),
+                                          g.view(1, 1, 1, -1))
 
     mu_x, mu_y = filt(x), filt(y)
     var_x = filt(x * x) - mu_x ** 2

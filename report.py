@@ -1,15 +1,7 @@
 """Every report of an evaluation: results.md and metrics.json with their tables beside the paper's,
-comparison sheets and an HTML index, to compare restorations by eye.
-
-- ``comparison_sheet``: input | output | target side by side with their PSNR, and below them
-  the three zoomed on the window where the output gains most over the input
-  (``best_gain_window``); ``write_sheet`` saves one as PNG;
-- ``write_index``: ``RUN/index.html``, plain HTML (no script, no external resource) with the
-  metrics table and, per set and task, the sheets; ``index_entries`` lists them from the results;
-- ``display`` / ``markdown_text`` / ``markdown_table``: names (of images, sets, files) as shown in
-  results.md and index.html: literally, whatever characters or undecodable bytes they hold.
-
-Images are (C, H, W) tensors of 0..255 values on the CPU (C = 3, or 1 shown as grey).
+comparison sheets and an HTML index (plain HTML: no script, no external resource), to compare
+restorations by eye. Names (of images, sets, files) are shown literally (``display``), whatever
+characters or undecodable bytes they hold.
 """
 from __future__ import annotations
 
@@ -46,9 +38,7 @@ OUTLINE_WIDTH = 2  # pixels of the crop's outline, drawn just outside the window
 BACKGROUND = (255, 255, 255)
 TEXT_COLOR = (20, 20, 20)
 OUTLINE_COLOR = (255, 0, 0)
-SHEET_TAG = "compare"  # <image>_<task>_compare.png
 RESULTS_FOLDER = "results-{}"  # the results of a set in the run directory, as evaluation writes them
-INDEX_NAME = "index.html"
 INDEX_CSS = """
 body { font-family: sans-serif; margin: 1.5em; color: #141414; }
 table { border-collapse: collapse; margin: 1em 0; }
@@ -62,22 +52,11 @@ figcaption { margin-top: 0.3em; }
 """
 
 
-# ----------------------------------------------------------------------------------------
-# Comparison sheets
-# ----------------------------------------------------------------------------------------
+# ---- Comparison sheets ----
 def crop_side(h: int, w: int) -> int:
     """The side of the zoomed window for an h x w image (never more than the image's shorter side)."""
     side = min(max(min(h, w) // CROP_FRACTION, MIN_CROP), MAX_CROP)
     return max(1, min(side, h, w))
-
-
-def gain_map(inputs: Tensor, output: Tensor, target: Tensor) -> Tensor:
-    """(H, W) float64: how much the output's squared error is below the input's, summed over channels."""
-    if not inputs.shape == output.shape == target.shape or inputs.dim() != 3:
-        raise ValueError(f"expected three (C, H, W) images of one shape, got {tuple(inputs.shape)}, "
-                         f"{tuple(output.shape)} and {tuple(target.shape)}")
-    x, y, t = (z.detach().cpu().to(torch.float64) for z in (inputs, output, target))
-    return ((x - t) ** 2 - (y - t) ** 2).sum(dim=0)
 
 
 def best_gain_window(inputs: Tensor, output: Tensor, target: Tensor, side: int) -> tuple[int, int]:
@@ -85,15 +64,17 @@ def best_gain_window(inputs: Tensor, output: Tensor, target: Tensor, side: int) 
     largest windowed mean of (input error^2 - output error^2) against the target, over the
     channels; of equal windows the topmost, then the leftmost. Summed on an integral image in
     float64, so 8-bit images give exact sums and exact ties."""
-    gain = gain_map(inputs, output, target)
+    if not inputs.shape == output.shape == target.shape or inputs.dim() != 3:
+        raise ValueError(f"expected three (C, H, W) images of one shape, got {tuple(inputs.shape)}, "
+                         f"{tuple(output.shape)} and {tuple(target.shape)}")
+    x, y, t = (z.detach().cpu().to(torch.float64) for z in (inputs, output, target))
+    gain = ((x - t) ** 2 - (y - t) ** 2).sum(dim=0)
     h, w = gain.shape
     side = max(1, min(side, h, w))
-    integral = torch.zeros(h + 1, w + 1, dtype=torch.float64)
-    integral[1:, 1:] = gain.cumsum(0).cumsum(1)
+    integral = torch.nn.functional.pad(gain.cumsum(0).cumsum(1), (1, 0, 1, 0))  # a zero row and column first
     sums = (integral[side:, side:] - integral[:-side, side:] - integral[side:, :-side]
             + integral[:-side, :-side])
-    top, left = divmod(int(torch.argmax(sums)), sums.shape[1])  # argmax: the first maximum
-    return top, left
+    return divmod(int(torch.argmax(sums)), sums.shape[1])  # argmax: the first maximum
 
 
 def to_pil(image: Tensor) -> Image.Image:
@@ -156,12 +137,10 @@ def write_sheet(path: str, inputs: Tensor, output: Tensor, target: Tensor, psnr_
 
 def sheet_name(image: str, task: str) -> str:
     """The file name of an image's sheet for a task: ``<image>_<task>_compare.png``."""
-    return f"{image}_{task}_{SHEET_TAG}.png"
+    return f"{image}_{task}_compare.png"
 
 
-# ----------------------------------------------------------------------------------------
-# index.html
-# ----------------------------------------------------------------------------------------
+# ---- index.html ----
 def index_entries(results: dict) -> list[dict]:
     """One entry per set, task and image of ``results`` ({set: {task: {"per_image": {image:
     metrics}}}}) for ``write_index``, the sheet at ``results-<set>/<image>_<task>_compare.png``."""
@@ -170,9 +149,7 @@ def index_entries(results: dict) -> list[dict]:
         for task, r in tasks.items():
             for image, m in r.get("per_image", {}).items():
                 sheet = posixpath.join(RESULTS_FOLDER.format(dataset), sheet_name(image, task))
-                entries.append({"set": dataset, "task": task, "image": image, "sheet": sheet,
-                                **{k: m.get(k) for k in ("psnr", "ssim", "baseline_psnr",
-                                                         "baseline_ssim")}})
+                entries.append({"set": dataset, "task": task, "image": image, "sheet": sheet, **m})
     return entries
 
 
@@ -186,13 +163,17 @@ ESCAPED_BYTES = range(0xDC80, 0xDD00)
 # Markdown: characters written as HTML entities (tags, code spans, table cells, strikethrough,
 # GitHub's math) and those written with a backslash (emphasis, links, headings' closing #s);
 # both forms read back literally in GitHub (CommonMark) and Python-Markdown
-MARKDOWN_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "`": "&#96;", "|": "&#124;",
-                     "~": "&#126;", "$": "&#36;"}
-MARKDOWN_BACKSLASHED = "\\*_[]#"
+MARKDOWN = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "`": "&#96;", "|": "&#124;",
+                          "~": "&#126;", "$": "&#36;", **{c: "\\" + c for c in "\\*[]#"}})
+# an underscore inside a word never emphasises (img_001): only the others are backslashed
+MARKDOWN_UNDERSCORE = re.compile("(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+# Markdown strips the spaces around a cell or a line: they are written as entities
+MARKDOWN_END_SPACE = re.compile(r"^\s|\s\Z")
 
 
-def _escape_char(c: str) -> str:
+def _escape_char(match: re.Match) -> str:
     """One character as a Python escape; an escaped undecodable byte as that byte (``\\xff``)."""
+    c = match[0]
     if ord(c) in ESCAPED_BYTES:
         return f"\\x{ord(c) - 0xDC00:02x}"
     return c.encode("unicode_escape").decode("ascii")
@@ -201,50 +182,26 @@ def _escape_char(c: str) -> str:
 def printable(text: str) -> str:
     """``text`` as valid Unicode: the undecodable bytes of a file name (surrogate escapes) written
     ``\\xNN``, as ``os.fsencode(text).decode("utf-8", "backslashreplace")`` does."""
-    return SURROGATE.sub(lambda m: _escape_char(m[0]), text)
+    return SURROGATE.sub(_escape_char, text)
 
 
 def display(text: str) -> str:
     """``printable(text)`` on one line: line breaks, control and bidirectional characters written
     as Python escapes (``\\n``, ``\\x00``, ``\\u202e``)."""
-    return UNPRINTABLE.sub(lambda m: _escape_char(m[0]), text)
-
-
-def _markdown_char(text: str, i: int) -> str:
-    """The Markdown of ``text[i]``: an entity, a backslash escape or the character itself."""
-    c = text[i]
-    if c in MARKDOWN_ENTITIES:
-        return MARKDOWN_ENTITIES[c]
-    if c == "_" and 0 < i < len(text) - 1 and _word(text[i - 1]) and _word(text[i + 1]):
-        return c  # an underscore inside a word never emphasises (img_001)
-    if c in MARKDOWN_BACKSLASHED:
-        return "\\" + c
-    if c.isspace() and (i == 0 or i == len(text) - 1):
-        return f"&#{ord(c)};"  # Markdown strips the spaces around a cell or a line
-    return c
-
-
-def _word(c: str) -> bool:
-    """An ASCII letter or digit."""
-    return c.isascii() and c.isalnum()
+    return UNPRINTABLE.sub(_escape_char, text)
 
 
 def markdown_text(text: str) -> str:
     """``display(text)`` as Markdown text that renders as exactly that, in a table cell or a line:
     no tag, code span, emphasis, link or cell break; ordinary names (img_001, Set5) unchanged."""
-    shown = display(text)
-    return "".join(_markdown_char(shown, i) for i in range(len(shown)))
-
-
-def markdown_row(cells: list[str]) -> str:
-    """A Markdown table row ``| a | b |`` of the cells, each as ``markdown_text``."""
-    return "| " + " | ".join(markdown_text(c) for c in cells) + " |"
+    text = MARKDOWN_UNDERSCORE.sub(r"\\_", display(text).translate(MARKDOWN))
+    return MARKDOWN_END_SPACE.sub(lambda m: f"&#{ord(m[0])};", text)
 
 
 def markdown_table(rows: list[list[str]]) -> str:
-    """A Markdown table of rows of plain cells, the first row the header."""
-    return "\n".join([markdown_row(rows[0]), "|" + "---|" * len(rows[0]),
-                      *(markdown_row(r) for r in rows[1:])])
+    """A Markdown table of rows of plain cells (each as ``markdown_text``), the first row the header."""
+    lines = ["| " + " | ".join(markdown_text(c) for c in row) + " |" for row in rows]
+    return "\n".join([lines[0], "|" + "---|" * len(rows[0]), *lines[1:]])
 
 
 def html_text(text: str) -> str:
@@ -254,9 +211,9 @@ def html_text(text: str) -> str:
 
 def table_html(rows: list[list[str]]) -> str:
     """An HTML table of rows of plain cells, the first row the header."""
-    out = ["<table>", "<tr>" + "".join(f"<th>{html_text(c)}</th>" for c in rows[0]) + "</tr>"]
-    out += ["<tr>" + "".join(f"<td>{html_text(c)}</td>" for c in r) + "</tr>" for r in rows[1:]]
-    return "\n".join(out + ["</table>"])
+    lines = ["<tr>" + "".join(f"<{tag}>{html_text(c)}</{tag}>" for c in row) + "</tr>"
+             for tag, row in zip(["th"] + ["td"] * (len(rows) - 1), rows, strict=True)]
+    return "\n".join(["<table>", *lines, "</table>"])
 
 
 def url_path(path: str) -> str:
@@ -290,9 +247,10 @@ def _figure(entry: dict) -> str:
             f"SSIM {number(entry.get('ssim'), 4)}{gain}</figcaption></figure>")
 
 
-def index_html(entries: list[dict], table: list[list[str]], notes: str, title: str) -> str:
-    """The page: title, metrics table (rows of plain cells, the header first) with its notes and,
-    per set and task (in the entries' order), the sheets."""
+def write_index(save_dir: str, entries: list[dict], table: list[list[str]], notes: str,
+                title: str) -> str:
+    """Write ``save_dir/index.html`` atomically, its path: the title, the metrics table (rows of plain
+    cells, the header first) with its notes and, per set and task (in the entries' order), the sheets."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for e in entries:
         groups.setdefault((str(e["set"]), str(e["task"])), []).append(e)
@@ -310,21 +268,13 @@ def index_html(entries: list[dict], table: list[list[str]], notes: str, title: s
         parts.append(f'<h3 id="{_anchor(s, t)}">{html_text(s)}: {html_text(t)}</h3>')
         parts.extend(_figure(e) for e in group)
     parts.append("</body></html>\n")
-    return "\n".join(parts)
-
-
-def write_index(save_dir: str, entries: list[dict], table: list[list[str]], notes: str,
-                title: str) -> str:
-    """Write ``save_dir/index.html`` atomically (see ``index_html``); its path."""
-    path = os.path.join(save_dir, INDEX_NAME)
+    path = os.path.join(save_dir, "index.html")
     os.makedirs(save_dir, exist_ok=True)
-    utility.write_text(path, index_html(entries, table, notes, title))
+    utility.write_text(path, "\n".join(parts))
     return path
 
 
-# ----------------------------------------------------------------------------------------
-# results.md, metrics.json and the tables of an evaluation
-# ----------------------------------------------------------------------------------------
+# ---- results.md, metrics.json and the tables of an evaluation ----
 @dataclasses.dataclass
 class Interruption:
     """An evaluation stopped by a signal: its name, the sets finished and those not evaluated."""
@@ -345,13 +295,14 @@ PRINTED_IMAGE_ROWS = 40  # at most this many per-image rows are printed; all are
 
 def write_reports(mode: str, ev: EvalSettings, inference: InferenceSettings, results: dict,
                   step: int | None = None, checkpoint: str = "", checkpoint_sha256: str | None = None,
-                  training: dict | None = None, interrupted: Interruption | None = None) -> str:
+                  training: dict | None = None, interrupted: Interruption | None = None,
+                  title: str = "") -> tuple[list[str], str]:
     """RUN/metrics.json and RUN/results.md, of a checkpoint or (``step``) of a training run's
-    validation at that step; the Markdown to print (without the per-image rows when many).
+    validation at that step, and of a checkpoint with --save_results RUN/index.html titled
+    ``title``; the files written and the Markdown to print (without the per-image rows when many).
     ``checkpoint_sha256``: the hash of the loaded bytes; ``training``: ``training_length`` of the
     checkpoint as read when it was loaded; ``interrupted``: the results are of the sets finished
-    before a stop signal. Every name is written as ``display`` shows it (in JSON as
-    ``printable``), so odd ones neither break the formats nor the writing."""
+    before a stop signal. Names are written as ``display`` shows them (in JSON as ``printable``)."""
     meta = {"checkpoint": checkpoint or None,
             "checkpoint_sha256": checkpoint_sha256 if checkpoint else None,
             "step": step, "commit": utility.git_commit(os.path.dirname(os.path.abspath(__file__))),
@@ -361,9 +312,14 @@ def write_reports(mode: str, ev: EvalSettings, inference: InferenceSettings, res
             "test_noise": "clipped" if ev.clip_noise else "unclipped", "training": training,
             "interrupted": interrupted is not None,
             "not_evaluated": interrupted.not_evaluated if interrupted else []}
-    metrics_path, table_path = report_paths(ev.save, step)
+    # an evaluation in a training run's directory writes metrics_test.json and results_test.md
+    # beside the validation's reports, which it must not replace
+    test = "_test" if step is None and os.path.isfile(os.path.join(ev.save, utility.STATE_NAME)) else ""
+    metrics_path, table_path = (os.path.join(ev.save, f"metrics{test}.json"),
+                                os.path.join(ev.save, f"results{test}.md"))
     utility.write_json(metrics_path, {"meta": printable_tree(meta), "results": printable_tree(results)})
-    table = results_table(results, inference.metric_channel)
+    table = (markdown_table(summary_rows(results)) + "\n\n"
+             + markdown_text(table_notes(inference.metric_channel)) + "\n")
     weights = (markdown_text(checkpoint) if checkpoint else
                "none (the weights being trained)" if step is not None else "none (random weights)")
     stopped = f"{markdown_text(interrupted.line())}\n\n" if interrupted else ""
@@ -371,15 +327,28 @@ def write_reports(mode: str, ev: EvalSettings, inference: InferenceSettings, res
             f"tiling: {mode}, self-ensemble: {inference.self_ensemble}, "
             f"precision: {inference.precision}\n\n"
             f"training: {markdown_text(training_note(checkpoint, step, training))}\n\n{table}")
-    images = "\n## Per image\n\n" + per_image_tables(results)
+    tables = []  # per set and task, a table of each image's metrics
+    for dataset, tasks in results.items():
+        for task, r in tasks.items():
+            rows = [["image", *METRIC_COLUMNS],
+                    *([image, *metric_cells(m)] for image, m in r["per_image"].items())]
+            tables.append(f"### {markdown_text(dataset)} {markdown_text(task)}\n\n" + markdown_table(rows))
+    images = "\n## Per image\n\n" + "\n\n".join(tables) + "\n"
     utility.write_text(table_path, head + images)
     if step is not None:  # an evaluation prints its tables to stdout instead (``evaluate``)
         log.info("\n%s", table)
     if interrupted is None:  # else the one line of the interruption names them
         log.info("metrics: %s, table: %s", metrics_path, table_path)
+    written = [metrics_path, table_path]
+    if step is None and ev.save_results:
+        written.append(write_index(ev.save, index_entries(results), summary_rows(results),
+                                   table_notes(inference.metric_channel),
+                                   title + (" (interrupted)" if interrupted else "")))
+        if interrupted is None:
+            log.info("comparison sheets: %s", written[-1])
     rows = sum(r["n_images"] for tasks in results.values() for r in tasks.values())
-    return head + (images if rows <= PRINTED_IMAGE_ROWS else
-                   f"\nPer-image rows ({rows}) left out here: see {markdown_text(table_path)}\n")
+    return written, head + (images if rows <= PRINTED_IMAGE_ROWS else
+                            f"\nPer-image rows ({rows}) left out here: see {markdown_text(table_path)}\n")
 
 
 def printable_tree(value: object) -> object:
@@ -393,7 +362,7 @@ def printable_tree(value: object) -> object:
         return value
     out: dict = {}
     for k, v in value.items():
-        key = printable(k) if isinstance(k, str) else k
+        key = printable(k)  # JSON keys: strings
         twin = 1
         while key in out:
             twin += 1
@@ -411,7 +380,7 @@ def training_note(checkpoint: str, step: int | None, training: dict | None) -> s
     if training is None:
         return "training length unknown (no training.json beside the checkpoint)"
     t, name = training, os.path.basename(checkpoint)
-    if t.get("unverified"):
+    if t["unverified"]:
         return f"training length unknown ({t['unverified']})"
     if t["steps"] is None:
         return f"training length unknown (the training.json beside it gives no step for {name})"
@@ -420,15 +389,6 @@ def training_note(checkpoint: str, step: int | None, training: dict | None) -> s
              f"saved at step {t['steps']}; training.json records the run at step {t['run_steps']}")
     total = f" of {t['max_steps']}" if t["max_steps"] is not None else ""
     return f"trained {t['steps']}{total} steps ({state})"
-
-
-def report_paths(save: str, step: int | None) -> tuple[str, str]:
-    """Where the reports go: metrics.json and results.md, except that an evaluation (``step``
-    None) in a training run's directory writes metrics_test.json and results_test.md beside the
-    validation's, which it must not replace."""
-    if step is None and os.path.isfile(os.path.join(save, utility.STATE_NAME)):
-        return os.path.join(save, "metrics_test.json"), os.path.join(save, "results_test.md")
-    return os.path.join(save, "metrics.json"), os.path.join(save, "results.md")
 
 
 METRIC_COLUMNS = ["PSNR (Y)", "SSIM (Y)", "PSNR (RGB)", "SSIM (RGB)", "input PSNR", "input SSIM",
@@ -456,47 +416,8 @@ def table_notes(channel: str = "y") -> str:
             f"- where it gives no number.")
 
 
-def results_table(results: dict, channel: str = "y") -> str:
-    """A Markdown table of our metrics per set and task (means), beside the input's and the paper's."""
-    notes = markdown_text(table_notes(channel))
-    return markdown_table(summary_rows(results)) + "\n\n" + notes + "\n"
-
-
-def per_image_tables(results: dict) -> str:
-    """Per set and task, a Markdown table of each image's metrics (columns as ``results_table``)."""
-    parts = []
-    for dataset, tasks in results.items():
-        for task, r in tasks.items():
-            rows = [["image", *METRIC_COLUMNS],
-                    *([image, *metric_cells(m)] for image, m in r["per_image"].items())]
-            parts.append(f"### {markdown_text(dataset)} {markdown_text(task)}\n\n"
-                         + markdown_table(rows))
-    return "\n\n".join(parts) + "\n"
-
-
 def metric_cells(m: dict) -> list[str]:
     """The METRIC_COLUMNS cells of one image's or one set's metrics."""
     return [number(m["psnr_y"], 2), number(m["ssim_y"], 4), number(m["psnr_rgb"], 2),
             number(m["ssim_rgb"], 4), number(m["baseline_psnr"], 2),
             number(m["baseline_ssim"], 4), f"{m['gain_psnr']:+.2f}"]
-
-
-def report_results(mode: str, ev: EvalSettings, inference: InferenceSettings, results: dict,
-                   checkpoint: str, checkpoint_sha256: str | None, training: dict | None,
-                   title: str, stop: Interruption | None) -> tuple[list[str], str]:
-    """metrics.json, results.md and (--save_results) index.html of an evaluation's results, if
-    any; the files written and the Markdown to print."""
-    if not results:
-        return [], ""
-    printed = write_reports(mode, ev, inference, results, checkpoint=checkpoint,
-                            checkpoint_sha256=checkpoint_sha256, training=training, interrupted=stop)
-    written = list(report_paths(ev.save, None))
-    if ev.save_results:
-        table = summary_rows(results)
-        index = write_index(ev.save, index_entries(results), table,
-                                   table_notes(inference.metric_channel),
-                                   title + (" (interrupted)" if stop else ""))
-        written.append(index)
-        if stop is None:
-            log.info("comparison sheets: %s", index)
-    return written, printed

@@ -204,8 +204,8 @@ def test_write_reports_and_index_show_any_names(tmp_path_factory, monkeypatch, c
     run = str(tmp_path_factory.mktemp("run"))
     results = tiny_results(dataset, images)
     ev = eval_settings(run)
-    printed = report.write_reports("fast", ev, InferenceSettings(mode="fast"), results,
-                                       checkpoint=checkpoint, checkpoint_sha256="0" * 64)
+    _, printed = report.write_reports("fast", ev, InferenceSettings(mode="fast"), results,
+                                      checkpoint=checkpoint, checkpoint_sha256="0" * 64)
     check_reports(run, dataset, images, checkpoint, printed)
     title = f"IPT evaluation: ipt, {checkpoint}"
     index = report.write_index(run, report.index_entries(results), report.summary_rows(results),
@@ -218,8 +218,8 @@ def test_odd_names_in_the_written_reports(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(evaluation.utility, "git_commit", lambda folder: None)
     images = ["<img src=x onerror=alert(1)>", "x|y`z", os.fsdecode(b"\xff\xfe"), "two\nlines"]
     checkpoint = os.fsdecode(b"/runs/a`b|<i>\xff/model_best.pt")
-    printed = report.write_reports("fast", eval_settings(str(tmp_path)), InferenceSettings(mode="fast"),
-                                       tiny_results("Set5", images), checkpoint=checkpoint)
+    _, printed = report.write_reports("fast", eval_settings(str(tmp_path)), InferenceSettings(mode="fast"),
+                                      tiny_results("Set5", images), checkpoint=checkpoint)
     text = (tmp_path / "results.md").read_text(encoding="utf-8")
     assert "<img" not in text and "<i>" not in text and "`" not in text
     assert "checkpoint: /runs/a&#96;b&#124;&lt;i&gt;\\\\xff/model_best.pt, tiling" in text
