@@ -1,41 +1,21 @@
 """Command-line options: the authors' names and defaults, parsed and validated once.
 
-``parse_args(argv)`` returns a Namespace whose values are final: ``scale`` is a list of ints,
-``task_names`` names every head, ``task_id`` is the head to run (None: every head in turn), and
-``data_test`` / ``data_train`` are lists. An option or combination that cannot work exits with
-status 2 and one line naming the option; a ``--config`` YAML file's values are checked with the
-same types and rules (the line names the file and the key). The options themselves are declared
-in option_table.py; ``settings(args)`` gives each part of the program its typed settings.
+``parse_args(argv)`` returns a Namespace whose values are final (``scale`` a list of ints,
+``task_names`` every head, ``task_id`` the head to run or None for each in turn). An option or
+combination that cannot work exits with status 2 and one line naming the option (or the --config
+file and key). The options are declared in option_table.py; ``settings(args)`` types them.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import re
 import sys
 
 import option_table as table
-
-# what other modules import from here, wherever it is declared
-from option_files import NOT_IN_CONFIG as NOT_IN_CONFIG
-from option_files import RECORD_BOUND as RECORD_BOUND
-from option_files import architecture_keys as architecture_keys
-from option_files import architecture_record as architecture_record
-from option_files import pretrain_record as pretrain_record
 from option_files import read_config, take_recorded_architecture
-from option_files import record_contradiction as record_contradiction
-from option_files import recorded_architecture as recorded_architecture
-from option_table import DIST_TIMEOUT as DIST_TIMEOUT
-from option_table import LIST_SEPARATORS as LIST_SEPARATORS
-from run_settings import DataSettings as DataSettings
-from run_settings import EvalSettings as EvalSettings
-from run_settings import InferenceSettings as InferenceSettings
-from run_settings import RunSettings as RunSettings
-from run_settings import Settings as Settings
-from run_settings import TrainSettings as TrainSettings
 from run_settings import model_config
-from run_settings import settings as settings
+from run_settings import settings as settings  # parse_args, then settings: the two calls of a run
 from tasks import default_task_names, task_scale
 
 TASK_NAME = re.compile(r"^(sr[1-9]\d*|derain|denoise\d+(\.\d+)?|mim)$")
@@ -69,12 +49,6 @@ def build_parser() -> OptionParser:
                 how.update(nargs="?", const=o.bare)
             group.add_argument(f"--{o.name}", default=o.default, help=o.what, **how)
     return p
-
-
-@functools.lru_cache(maxsize=1)
-def option_table() -> dict[str, argparse.Action]:
-    """Every option's argparse action by destination (help excluded)."""
-    return {a.dest: a for a in build_parser()._actions if a.dest != "help"}
 
 
 def with_role(role: frozenset) -> list[str]:

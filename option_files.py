@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import math
 import os
 import reprlib
-import stat
 
 import yaml
 
@@ -133,25 +131,21 @@ def record_contradiction(recorded: dict, given: dict, source: str) -> str:
     return ""
 
 
+RECORD_KINDS = {SWITCH: ((bool,), "true or false"), int: ((int,), "an integer"),
+                finite_float: ((int, float), "a finite number")}  # any other option takes text
+
+
 def _record_value(o: Option, value: object) -> object:
     """A JSON value of a record, checked against its option o: an int option takes an int (not
-    16.0, "16" or true), a float option a finite number, a switch a boolean, text a string (a
-    list option also a list of its items)."""
+    16.0, "16" or true), a float option a number (records.TRAINING bounds it), a switch a boolean,
+    text a string (a list option also a list of its items)."""
     if isinstance(value, list) and o.name in LIST_SEPARATORS and value:
         if not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
             raise ValueError(f"takes a list of numbers or names, not {_short(value)}")
-        return _record_value(o, LIST_SEPARATORS[o.name].join(map(str, value)))
-    if o.type is SWITCH:
-        ok = isinstance(value, bool)
-    elif o.type is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif o.type is finite_float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        kind = {int: "an integer", finite_float: "a finite number", SWITCH: "true or false"}
-        raise ValueError(f"takes {kind.get(o.type, 'text')}, not {_short(value)}")
+        value = LIST_SEPARATORS[o.name].join(map(str, value))
+    types, kind = RECORD_KINDS.get(o.type, ((str,), "text"))
+    if not isinstance(value, types) or (isinstance(value, bool) and o.type is not SWITCH):
+        raise ValueError(f"takes {kind}, not {_short(value)}")
     if o.choices is not None and value not in o.choices:
         raise ValueError(f"is {_short(value)}, not one of {', '.join(o.choices)}")
     return value
@@ -174,23 +168,6 @@ def architecture_record(model_name: str, config: object) -> dict:
         if dest in architecture_keys():
             record[dest] = "+".join(map(str, value)) if dest in HEAD_OPTIONS else value
     return record
-
-
-class _ConfigLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader, except that a key given twice is an error (safe_load keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        """The mapping of node, once every key is known to differ from the ones before it."""
-        keys: list = []
-        for key_node, _ in node.value:
-            if key_node.tag == YAML_MERGE_TAG:
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if key in keys:
-                line = key_node.start_mark.line + 1
-                raise ValueError(f"{key}: given twice (again on line {line}); give each option once")
-            keys.append(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 CONFIG_MAX_BYTES = 1 << 20  # an options file is a few kB; anything larger is not one
@@ -225,17 +202,13 @@ def read_config(path: str) -> dict:
 def _config_text(path: str) -> str:
     """The text of an options file: a regular file (a FIFO or device would hang the read) of at
     most CONFIG_MAX_BYTES, UTF-8."""
+    from utility import RecordError, read_small_file
     try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError("not a regular file: give a YAML file")
-        if info.st_size > CONFIG_MAX_BYTES:
-            raise ValueError(f"{info.st_size} bytes, more than an options file holds "
-                             f"({CONFIG_MAX_BYTES}): give a YAML file of options")
-        with open(path, encoding="utf-8") as f:
-            return f.read(CONFIG_MAX_BYTES + 1)
+        return read_small_file(path, CONFIG_MAX_BYTES).decode("utf-8")
     except OSError as e:
         raise ValueError(f"cannot read the file ({e.strerror})") from None
+    except RecordError as e:
+        raise ValueError(f"{str(e).removeprefix(f'{path}: ')}: give a YAML file of options") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"not UTF-8 text ({e.reason})") from None
 
@@ -255,7 +228,7 @@ def _config_mapping(text: str) -> tuple[dict, dict]:
                 raise ValueError(f"lists or mappings nested more than {CONFIG_MAX_DEPTH} deep (line "
                                  f"{event.start_mark.line + 1}); an option's value nests at most "
                                  f"{CONFIG_MAX_DEPTH - 1}")
-        values = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: no arbitrary objects
+        values = yaml.safe_load(text)  # no arbitrary objects
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         raise ValueError(f"not valid YAML ({str(e).splitlines()[0]})") from None
@@ -263,8 +236,13 @@ def _config_mapping(text: str) -> tuple[dict, dict]:
         return {}, {}
     if not isinstance(values, dict):
         raise ValueError("expected a mapping of option: value")
-    return values, {key.value: _as_written(value) for key, value in node.value
-                    if isinstance(key, yaml.ScalarNode)}
+    written: dict = {}
+    for key, value in node.value:  # safe_load keeps a key's last value: a key given twice is refused
+        if key.value in written and key.tag != YAML_MERGE_TAG:
+            raise ValueError(f"{key.value}: given twice (again on line {key.start_mark.line + 1}); "
+                             f"give each option once")
+        written[key.value] = _as_written(value)
+    return values, written
 
 
 def _as_written(node: yaml.Node) -> object:
