@@ -25,7 +25,6 @@ DEFAULT_SCALE = "4"  # the authors' default
 MAX_DIST_TIMEOUT = 7 * 24 * 3600  # a week: longer waits overflow timedelta and help no one
 RESUME_DERIVED = ("task_names", "task_id")  # what --tasks/--task/--denoise/... resolve to
 PATH_OPTIONS = ("config", "dir_data", "dir_demo", "pretrain", "save", "streaks_dir")
-MAX_SEED = 2 ** 63 - 1  # torch.manual_seed and the SHA-256 generator seeds take 64-bit integers
 
 
 class OptionParser(argparse.ArgumentParser):
@@ -158,12 +157,8 @@ def _split(value: object) -> list[str]:
 
 
 def _scales(value: object) -> list[int]:
-    try:
-        scales = [int(v) for v in _items(value)]
-    except ValueError:
-        raise ValueError(f"--scale {value!r}: expected integers joined by +, like 2+3+4+1+1+1") from None
-    bad = [s for s in scales if s not in SUPPORTED_SCALES]
-    if not scales or bad:
+    scales = _ints("scale", value, [])
+    if any(s not in SUPPORTED_SCALES for s in scales):
         raise ValueError(f"--scale {value!r}: each scale must be one of {SUPPORTED_SCALES}")
     return scales
 
@@ -265,13 +260,11 @@ def _check_architecture(args: argparse.Namespace) -> None:
     if args.chop == "official":
         raise ValueError("--chop official is IPT's forward_chop: Restormer runs whole (--chop auto) "
                          "or in overlapping tiles (--chop fast --tile_size N)")
-    from model.restormer import LAYERNORM_TYPES, SIZE_MULTIPLE, RestormerConfig
+    from model.restormer import SIZE_MULTIPLE, RestormerConfig
     defaults = RestormerConfig()
     for dest in ("dim", "num_refinement_blocks", "ffn_expansion_factor", "bias", "layernorm_type"):
         if getattr(args, dest) is None:
             setattr(args, dest, getattr(defaults, dest))
-    if args.layernorm_type not in LAYERNORM_TYPES:
-        raise ValueError(f"--layernorm_type {args.layernorm_type}: one of {', '.join(LAYERNORM_TYPES)}")
     args.num_blocks = _ints("num_blocks", args.num_blocks, defaults.num_blocks, 4)
     args.heads = _ints("heads", args.heads, defaults.heads, 4)
     for level, h in enumerate(args.heads):
@@ -358,7 +351,8 @@ def _check_ipt(args: argparse.Namespace) -> None:
 
 def _check_numbers(args: argparse.Namespace) -> None:
     """Each number option within its bounds (one not given, None, has none)."""
-    from utility import MAX_COUNT, MAX_LOADER_WORKERS  # the ceilings the records share (loads torch)
+    # the ceilings the records share (utility loads torch); torch.manual_seed takes a 64-bit seed
+    from utility import MAX_COUNT, MAX_INT64, MAX_LOADER_WORKERS
     bounds = [  # (options, what each must be, the test of a value)
         (("patch_size", "crop_batch_size", "rgb_range", "batch_size", "test_every", "print_every",
           "save_every", "n_feats", "patch_dim", "num_heads", "num_layers"), "must be at least 1",
@@ -372,7 +366,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
          f"must be at most {MAX_COUNT}", lambda v: v <= MAX_COUNT),
         (("dropout_rate",), "must be in [0, 1)", lambda v: 0 <= v < 1),
         (("mask_ratio",), "must be between 0 and 1 (exclusive)", lambda v: 0 < v < 1),
-        (("seed",), f"must be an integer from 0 to {MAX_SEED} (2^63 - 1)", lambda v: 0 <= v <= MAX_SEED),
+        (("seed",), f"must be an integer from 0 to {MAX_INT64} (2^63 - 1)", lambda v: 0 <= v <= MAX_INT64),
         (("dist_timeout",), f"must be 1 to {MAX_DIST_TIMEOUT} seconds (a week)",
          lambda v: 1 <= v <= MAX_DIST_TIMEOUT),
     ]

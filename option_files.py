@@ -27,16 +27,12 @@ RECORD_BOUND = ("num_heads",)
 
 
 def take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> None:
-    """The model options of --pretrain's run (its training.json, or a .safetensors file's
-    metadata: ``pretrain_record``), where the user gave none.
+    """Fill the model options the user did not give from --pretrain's record (``pretrain_record``).
 
-    Only the options that shape the network (``architecture_keys``) may come from a record; any
-    other key is ignored (listed in args.architecture_ignored for a warning). --scale, --tasks and
-    --num_queries are taken together or not at all; --task/--task_id pick among them. Beside
-    RECORD_BOUND's, the command line wins. Sets args.architecture_from (the options taken, for the
-    log), args.architecture_source (the record's file) and args.pretrain_tasks (the checkpoint's
-    head names, or None when unknown).
-    """
+    Keys beyond ``architecture_keys`` are ignored (args.architecture_ignored, for a warning);
+    --scale, --tasks and --num_queries come together or not at all; beside RECORD_BOUND's, the
+    command line wins. Sets args.architecture_from (the options taken, for the log),
+    args.architecture_source and args.pretrain_tasks (the checkpoint's head names, or None)."""
     args.architecture_from, args.architecture_ignored, args.pretrain_tasks = [], [], None
     if not args.pretrain:
         return
