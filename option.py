@@ -277,17 +277,17 @@ def _check_architecture(args: argparse.Namespace) -> None:
     _check_progressive(args)
 
 
-def _ints(dest: str, value: object, default: list[int], length: int | None = None) -> list[int]:
-    """A list option of positive integers joined by + (the default when not given)."""
+def _ints(dest: str, value: object, default: list[int], length: int | None = None,
+          separator: str = "+") -> list[int]:
+    """A list option of positive integers joined by ``separator`` (the default when not given)."""
     if value is None:
         return list(default)
-    try:
-        numbers = [int(v) for v in _items(value)]
-    except ValueError:
-        raise ValueError(f"--{dest} {value!r}: expected integers joined by +") from None
-    if (length is not None and len(numbers) != length) or not numbers or min(numbers) < 1:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(separator)
+    numbers = [int(v) for v in items if str(v).strip().isdecimal()]
+    if (len(numbers) != len(items) or (length is not None and len(numbers) != length) or not numbers
+            or min(numbers) < 1):
         count = f"{length} " if length else ""
-        raise ValueError(f"--{dest} {value!r}: expected {count}positive integers joined by +")
+        raise ValueError(f"--{dest} {value!r}: expected {count}positive integers joined by {separator}")
     return numbers
 
 
@@ -503,11 +503,8 @@ def _data_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
 
 def _milestones(decay: str) -> list[int]:
     """--decay 'a-b': step-decay milestones in epochs, positive and increasing."""
-    parts = str(decay).split("-")
-    if not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"--decay {decay!r}: expected positive epochs joined by -, like 200-400")
-    milestones = [int(p) for p in parts]
-    if min(milestones) < 1 or milestones != sorted(set(milestones)):
+    milestones = _ints("decay", decay, [], separator="-")
+    if milestones != sorted(set(milestones)):
         raise ValueError(f"--decay {decay!r}: expected positive, increasing epochs, like 200-400")
     return milestones
 
@@ -520,10 +517,6 @@ def training_options_given(args: argparse.Namespace) -> list[str]:
 
 def resume_conflicts(saved: dict, args: argparse.Namespace) -> list[str]:
     """The options that differ from a saved run's and would change its model or data."""
-    current = vars(args)
-    return [f"--{k} (saved {saved.get(k)!r}, now {_plain(current.get(k))!r})"
-            for k in (*with_role(table.RESUME), *RESUME_DERIVED) if _plain(current.get(k)) != saved.get(k)]
-
-
-def _plain(value: object) -> object:
-    return list(value) if isinstance(value, tuple) else value
+    from utility import jsonable  # the saved options are the record of settings(): plain JSON
+    now = {k: jsonable(getattr(args, k, None)) for k in (*with_role(table.RESUME), *RESUME_DERIVED)}
+    return [f"--{k} (saved {saved.get(k)!r}, now {v!r})" for k, v in now.items() if v != saved.get(k)]

@@ -279,14 +279,7 @@ def _config_value(o: Option, value: object) -> object:
 
 def _config_scalar(value: object) -> str:
     """One YAML value as the command line would give it: a number or text."""
-    if isinstance(value, bool):
-        raise ValueError(f"takes a number or text, not the boolean {str(value).lower()}")
-    if isinstance(value, (list, tuple)):
-        raise ValueError(f"takes one value, not the list {_short(value)}")
-    if isinstance(value, dict):
-        raise ValueError(f"takes one value, not the mapping {_short(value)}")
-    if not isinstance(value, (int, float, str)):
-        raise ValueError(f"takes a number or text, not {_short(value)}")
+    kind = {bool: "the boolean ", list: "the list ", dict: "the mapping "}.get(type(value), "")
+    if kind or not isinstance(value, (int, float, str)):
+        raise ValueError(f"takes one number or text, not {kind}{_short(value)}")
     return str(value)
-
-
