@@ -36,8 +36,9 @@ class OptionParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def build_parser() -> OptionParser:
-    """The parser of every option in the option table, in its groups."""
+def build_parser(defaults: bool = True) -> OptionParser:
+    """The parser of every option in the option table, in its groups (without defaults: an
+    option left out leaves no attribute)."""
     p = OptionParser(prog="main.py", description="IPT: Pre-Trained Image Processing Transformer")
     for title, options in table.GROUPS:
         group = p if title is None else p.add_argument_group(title)
@@ -46,7 +47,8 @@ def build_parser() -> OptionParser:
             how = {"action": "store_true"} if switch else {"type": o.type, "choices": o.choices}
             if o.bare is not None:
                 how.update(nargs="?", const=o.bare)
-            group.add_argument(f"--{o.name}", default=o.default, help=o.what, **how)
+            default = o.default if defaults else argparse.SUPPRESS
+            group.add_argument(f"--{o.name}", default=default, help=o.what, **how)
     return p
 
 
@@ -70,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate the options (from argv, or sys.argv when None)."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    given = _given_on_command_line(argv)  # the command line's own errors are said first
+    given = vars(build_parser(defaults=False).parse_args(argv))  # its own errors are said first
     try:
         from_config = read_config(given["config"]) if given.get("config") is not None else {}
     except ValueError as e:
@@ -87,14 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  f"or delete that record, or give them on the command line)") if taken else ""
         parser.error(str(e) + where)
     return args
-
-
-def _given_on_command_line(argv: list[str]) -> dict[str, object]:
-    """The options argv gives (abbreviated or not) by destination, config file aside."""
-    probe = build_parser()
-    for action in probe._actions:
-        action.default = argparse.SUPPRESS  # an option left out leaves no attribute
-    return vars(probe.parse_args(argv))
 
 
 def _finish(args: argparse.Namespace) -> None:
