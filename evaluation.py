@@ -28,7 +28,7 @@ from data.degrade import imresize, imresize_uint8
 from data.images import DataLayoutError, ImageFolder, ImageReadError, save_image
 from model import restore
 from model.tiling import resolve_mode
-from option import EvalSettings, InferenceSettings
+from run_settings import EvalSettings, InferenceSettings
 
 log = logging.getLogger("ipt")
 

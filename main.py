@@ -14,6 +14,8 @@ if __name__ == "__main__":
     stops.early()
 
 import option  # loads no torch, so that --help answers at once  # noqa: E402
+import option_files  # noqa: E402
+import run_settings  # noqa: E402
 
 if __name__ == "__main__" and option.asks_for_help(sys.argv[1:]):
     option.build_parser().print_help()
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def locked_run(args: argparse.Namespace, s: option.Settings, device: torch.device,
+def locked_run(args: argparse.Namespace, s: run_settings.Settings, device: torch.device,
                argv: list[str] | None, rank: int, world: int) -> int:
     """The job, once rank 0 holds the run directory's lock (every rank learns whether it does)."""
     command = " ".join(sys.argv if argv is None else ["main.py", *argv])
@@ -90,7 +92,7 @@ def locked_run(args: argparse.Namespace, s: option.Settings, device: torch.devic
             return stops.INTERRUPTED
 
 
-def run(args: argparse.Namespace, s: option.Settings, device: torch.device) -> int:
+def run(args: argparse.Namespace, s: run_settings.Settings, device: torch.device) -> int:
     """The job itself, once the run directory is ours."""
     if device.type == "cpu" and utility.keep_freed_memory():
         log.debug("glibc malloc keeps freed blocks for reuse (fewer page faults per forward)")
@@ -111,7 +113,7 @@ def run(args: argparse.Namespace, s: option.Settings, device: torch.device) -> i
     return evaluation.evaluate(model, s.evaluation, s.inference, s.run.checkpoint, sha256)
 
 
-def auto_resume(s: option.Settings) -> option.Settings:
+def auto_resume(s: run_settings.Settings) -> run_settings.Settings:
     """With --auto_resume and a state.pt in the run directory: the settings of --resume (its
     --pretrain and --init_from ignored, with a warning); otherwise the settings as they are."""
     state = os.path.join(s.run.save, utility.STATE_NAME)
@@ -126,7 +128,7 @@ def auto_resume(s: option.Settings) -> option.Settings:
                                                           init_from=""))
 
 
-def prepare_run_dir(r: option.RunSettings) -> None:
+def prepare_run_dir(r: run_settings.RunSettings) -> None:
     """Create --save if needed; JobError when it cannot be this run's directory."""
     where = f"--save {r.save}"
     if os.path.exists(r.save) and not os.path.isdir(r.save):
@@ -142,7 +144,7 @@ def prepare_run_dir(r: option.RunSettings) -> None:
         raise JobError(f"{where}: cannot write there ({why})")
 
 
-def prepare_model(s: option.Settings, device: torch.device) -> tuple[torch.nn.Module, str | None]:
+def prepare_model(s: run_settings.Settings, device: torch.device) -> tuple[torch.nn.Module, str | None]:
     """(the model of the options with its checkpoint loaded, on ``device``, in eval mode; the
     SHA-256 of the checkpoint bytes loaded, None without one); JobError when it does not fit."""
     model = build_model(s.model)
@@ -168,7 +170,7 @@ def prepare_model(s: option.Settings, device: torch.device) -> tuple[torch.nn.Mo
 # ----------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------
-def train(args: argparse.Namespace, s: option.Settings, device: torch.device) -> int:
+def train(args: argparse.Namespace, s: run_settings.Settings, device: torch.device) -> int:
     """Pre-train (several heads, no --task) or fine-tune (one head) as the options say. A rank
     that fails raises at once, skipping the closing barrier: its peers' collectives then fail."""
     rank, world = distributed.rank(), distributed.world_size()
@@ -187,7 +189,7 @@ def train(args: argparse.Namespace, s: option.Settings, device: torch.device) ->
                        f"({failure}): stopping; continue with --resume from the last saved state") from None
 
 
-def make_trainer(args: argparse.Namespace, s: option.Settings, device: torch.device, rank: int,
+def make_trainer(args: argparse.Namespace, s: run_settings.Settings, device: torch.device, rank: int,
                  world: int) -> trainer.Trainer:
     """The Trainer of the options: its model (initialised or resumed), data and validation."""
     saved = previous_state(args, s.run)
@@ -221,7 +223,7 @@ def make_trainer(args: argparse.Namespace, s: option.Settings, device: torch.dev
         raise JobError(str(e)) from None
     schedule_steps = kept_schedule(saved, total)
     runner = trainer.Trainer(s.train, net, batches, validate, total, epoch_steps, rank, workers,
-                             s.record, option.architecture_record(s.evaluation.model_name, s.model),
+                             s.record, option_files.architecture_record(s.evaluation.model_name, s.model),
                              schedule_steps, world, split_origin)
     if saved:
         try:
@@ -233,7 +235,7 @@ def make_trainer(args: argparse.Namespace, s: option.Settings, device: torch.dev
     return runner
 
 
-def warn_schedule(t: option.TrainSettings, steps: int) -> None:
+def warn_schedule(t: run_settings.TrainSettings, steps: int) -> None:
     """Warn when the cosine schedule's warm-up takes the whole run (its rate never comes down)."""
     if t.schedule == "cosine" and t.warmup_steps >= steps:
         log.warning("--warmup_steps %d is not shorter than the run's %d steps: the learning rate "
@@ -267,7 +269,7 @@ def share_cpu(threads: int, workers: int, device: torch.device, world: int = 1) 
     return workers
 
 
-def initialise(model: torch.nn.Module, r: option.RunSettings) -> None:
+def initialise(model: torch.nn.Module, r: run_settings.RunSettings) -> None:
     """Load --pretrain into the model about to train (its body only, with --init_from); JobError
     when the file does not fit."""
     try:
@@ -295,7 +297,7 @@ def kept_schedule(saved: dict | None, total: int) -> int:
     return original
 
 
-def previous_state(args: argparse.Namespace, r: option.RunSettings) -> dict | None:
+def previous_state(args: argparse.Namespace, r: run_settings.RunSettings) -> dict | None:
     """The saved training state to continue (--resume), None to start afresh; JobError when
     neither is possible."""
     state_path = os.path.join(r.save, utility.STATE_NAME)

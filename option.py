@@ -1,41 +1,21 @@
 """Command-line options: the authors' names and defaults, parsed and validated once.
 
-``parse_args(argv)`` returns a Namespace whose values are final: ``scale`` is a list of ints,
-``task_names`` names every head, ``task_id`` is the head to run (None: every head in turn), and
-``data_test`` / ``data_train`` are lists. An option or combination that cannot work exits with
-status 2 and one line naming the option; a ``--config`` YAML file's values are checked with the
-same types and rules (the line names the file and the key). The options themselves are declared
-in option_table.py; ``settings(args)`` gives each part of the program its typed settings.
+``parse_args(argv)`` returns a Namespace whose values are final (``scale`` a list of ints,
+``task_names`` every head, ``task_id`` the head to run or None for each in turn). An option or
+combination that cannot work exits with status 2 and one line naming the option (or the --config
+file and key). The options are declared in option_table.py; ``settings(args)`` types them.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import re
 import sys
 
 import option_table as table
-
-# what other modules import from here, wherever it is declared
-from option_files import NOT_IN_CONFIG as NOT_IN_CONFIG
-from option_files import RECORD_BOUND as RECORD_BOUND
-from option_files import architecture_keys as architecture_keys
-from option_files import architecture_record as architecture_record
-from option_files import pretrain_record as pretrain_record
 from option_files import read_config, take_recorded_architecture
-from option_files import record_contradiction as record_contradiction
-from option_files import recorded_architecture as recorded_architecture
-from option_table import DIST_TIMEOUT as DIST_TIMEOUT
-from option_table import LIST_SEPARATORS as LIST_SEPARATORS
-from run_settings import DataSettings as DataSettings
-from run_settings import EvalSettings as EvalSettings
-from run_settings import InferenceSettings as InferenceSettings
-from run_settings import RunSettings as RunSettings
-from run_settings import Settings as Settings
-from run_settings import TrainSettings as TrainSettings
 from run_settings import model_config
-from run_settings import settings as settings
+from run_settings import settings as settings  # parse_args, then settings: the two calls of a run
 from tasks import default_task_names, task_scale
 
 TASK_NAME = re.compile(r"^(sr[1-9]\d*|derain|denoise\d+(\.\d+)?|mim)$")
@@ -45,7 +25,6 @@ DEFAULT_SCALE = "4"  # the authors' default
 MAX_DIST_TIMEOUT = 7 * 24 * 3600  # a week: longer waits overflow timedelta and help no one
 RESUME_DERIVED = ("task_names", "task_id")  # what --tasks/--task/--denoise/... resolve to
 PATH_OPTIONS = ("config", "dir_data", "dir_demo", "pretrain", "save", "streaks_dir")
-MAX_SEED = 2 ** 63 - 1  # torch.manual_seed and the SHA-256 generator seeds take 64-bit integers
 
 
 class OptionParser(argparse.ArgumentParser):
@@ -57,8 +36,9 @@ class OptionParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def build_parser() -> OptionParser:
-    """The parser of every option in the option table, in its groups."""
+def build_parser(defaults: bool = True) -> OptionParser:
+    """The parser of every option in the option table, in its groups (without defaults: an
+    option left out leaves no attribute)."""
     p = OptionParser(prog="main.py", description="IPT: Pre-Trained Image Processing Transformer")
     for title, options in table.GROUPS:
         group = p if title is None else p.add_argument_group(title)
@@ -67,14 +47,9 @@ def build_parser() -> OptionParser:
             how = {"action": "store_true"} if switch else {"type": o.type, "choices": o.choices}
             if o.bare is not None:
                 how.update(nargs="?", const=o.bare)
-            group.add_argument(f"--{o.name}", default=o.default, help=o.what, **how)
+            default = o.default if defaults else argparse.SUPPRESS
+            group.add_argument(f"--{o.name}", default=default, help=o.what, **how)
     return p
-
-
-@functools.lru_cache(maxsize=1)
-def option_table() -> dict[str, argparse.Action]:
-    """Every option's argparse action by destination (help excluded)."""
-    return {a.dest: a for a in build_parser()._actions if a.dest != "help"}
 
 
 def with_role(role: frozenset) -> list[str]:
@@ -97,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and validate the options (from argv, or sys.argv when None)."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    given = _given_on_command_line(argv)  # the command line's own errors are said first
+    given = vars(build_parser(defaults=False).parse_args(argv))  # its own errors are said first
     try:
         from_config = read_config(given["config"]) if given.get("config") is not None else {}
     except ValueError as e:
@@ -114,14 +89,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  f"or delete that record, or give them on the command line)") if taken else ""
         parser.error(str(e) + where)
     return args
-
-
-def _given_on_command_line(argv: list[str]) -> dict[str, object]:
-    """The options argv gives (abbreviated or not) by destination, config file aside."""
-    probe = build_parser()
-    for action in probe._actions:
-        action.default = argparse.SUPPRESS  # an option left out leaves no attribute
-    return vars(probe.parse_args(argv))
 
 
 def _finish(args: argparse.Namespace) -> None:
@@ -184,12 +151,8 @@ def _split(value: object) -> list[str]:
 
 
 def _scales(value: object) -> list[int]:
-    try:
-        scales = [int(v) for v in _items(value)]
-    except ValueError:
-        raise ValueError(f"--scale {value!r}: expected integers joined by +, like 2+3+4+1+1+1") from None
-    bad = [s for s in scales if s not in SUPPORTED_SCALES]
-    if not scales or bad:
+    scales = _ints("scale", value, [])
+    if any(s not in SUPPORTED_SCALES for s in scales):
         raise ValueError(f"--scale {value!r}: each scale must be one of {SUPPORTED_SCALES}")
     return scales
 
@@ -291,13 +254,11 @@ def _check_architecture(args: argparse.Namespace) -> None:
     if args.chop == "official":
         raise ValueError("--chop official is IPT's forward_chop: Restormer runs whole (--chop auto) "
                          "or in overlapping tiles (--chop fast --tile_size N)")
-    from model.restormer import LAYERNORM_TYPES, SIZE_MULTIPLE, RestormerConfig
+    from model.restormer import SIZE_MULTIPLE, RestormerConfig
     defaults = RestormerConfig()
     for dest in ("dim", "num_refinement_blocks", "ffn_expansion_factor", "bias", "layernorm_type"):
         if getattr(args, dest) is None:
             setattr(args, dest, getattr(defaults, dest))
-    if args.layernorm_type not in LAYERNORM_TYPES:
-        raise ValueError(f"--layernorm_type {args.layernorm_type}: one of {', '.join(LAYERNORM_TYPES)}")
     args.num_blocks = _ints("num_blocks", args.num_blocks, defaults.num_blocks, 4)
     args.heads = _ints("heads", args.heads, defaults.heads, 4)
     for level, h in enumerate(args.heads):
@@ -310,17 +271,17 @@ def _check_architecture(args: argparse.Namespace) -> None:
     _check_progressive(args)
 
 
-def _ints(dest: str, value: object, default: list[int], length: int | None = None) -> list[int]:
-    """A list option of positive integers joined by + (the default when not given)."""
+def _ints(dest: str, value: object, default: list[int], length: int | None = None,
+          separator: str = "+") -> list[int]:
+    """A list option of positive integers joined by ``separator`` (the default when not given)."""
     if value is None:
         return list(default)
-    try:
-        numbers = [int(v) for v in _items(value)]
-    except ValueError:
-        raise ValueError(f"--{dest} {value!r}: expected integers joined by +") from None
-    if (length is not None and len(numbers) != length) or not numbers or min(numbers) < 1:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(separator)
+    numbers = [int(v) for v in items if str(v).strip().isdecimal()]
+    if (len(numbers) != len(items) or (length is not None and len(numbers) != length) or not numbers
+            or min(numbers) < 1):
         count = f"{length} " if length else ""
-        raise ValueError(f"--{dest} {value!r}: expected {count}positive integers joined by +")
+        raise ValueError(f"--{dest} {value!r}: expected {count}positive integers joined by {separator}")
     return numbers
 
 
@@ -384,7 +345,8 @@ def _check_ipt(args: argparse.Namespace) -> None:
 
 def _check_numbers(args: argparse.Namespace) -> None:
     """Each number option within its bounds (one not given, None, has none)."""
-    from utility import MAX_COUNT, MAX_LOADER_WORKERS  # the ceilings the records share (loads torch)
+    # the ceilings the records share (utility loads torch); torch.manual_seed takes a 64-bit seed
+    from utility import MAX_COUNT, MAX_INT64, MAX_LOADER_WORKERS
     bounds = [  # (options, what each must be, the test of a value)
         (("patch_size", "crop_batch_size", "rgb_range", "batch_size", "test_every", "print_every",
           "save_every", "n_feats", "patch_dim", "num_heads", "num_layers"), "must be at least 1",
@@ -398,7 +360,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
          f"must be at most {MAX_COUNT}", lambda v: v <= MAX_COUNT),
         (("dropout_rate",), "must be in [0, 1)", lambda v: 0 <= v < 1),
         (("mask_ratio",), "must be between 0 and 1 (exclusive)", lambda v: 0 < v < 1),
-        (("seed",), f"must be an integer from 0 to {MAX_SEED} (2^63 - 1)", lambda v: 0 <= v <= MAX_SEED),
+        (("seed",), f"must be an integer from 0 to {MAX_INT64} (2^63 - 1)", lambda v: 0 <= v <= MAX_INT64),
         (("dist_timeout",), f"must be 1 to {MAX_DIST_TIMEOUT} seconds (a week)",
          lambda v: 1 <= v <= MAX_DIST_TIMEOUT),
     ]
@@ -535,11 +497,8 @@ def _data_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
 
 def _milestones(decay: str) -> list[int]:
     """--decay 'a-b': step-decay milestones in epochs, positive and increasing."""
-    parts = str(decay).split("-")
-    if not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"--decay {decay!r}: expected positive epochs joined by -, like 200-400")
-    milestones = [int(p) for p in parts]
-    if min(milestones) < 1 or milestones != sorted(set(milestones)):
+    milestones = _ints("decay", decay, [], separator="-")
+    if milestones != sorted(set(milestones)):
         raise ValueError(f"--decay {decay!r}: expected positive, increasing epochs, like 200-400")
     return milestones
 
@@ -552,10 +511,6 @@ def training_options_given(args: argparse.Namespace) -> list[str]:
 
 def resume_conflicts(saved: dict, args: argparse.Namespace) -> list[str]:
     """The options that differ from a saved run's and would change its model or data."""
-    current = vars(args)
-    return [f"--{k} (saved {saved.get(k)!r}, now {_plain(current.get(k))!r})"
-            for k in (*with_role(table.RESUME), *RESUME_DERIVED) if _plain(current.get(k)) != saved.get(k)]
-
-
-def _plain(value: object) -> object:
-    return list(value) if isinstance(value, tuple) else value
+    from utility import jsonable  # the saved options are the record of settings(): plain JSON
+    now = {k: jsonable(getattr(args, k, None)) for k in (*with_role(table.RESUME), *RESUME_DERIVED)}
+    return [f"--{k} (saved {saved.get(k)!r}, now {v!r})" for k, v in now.items() if v != saved.get(k)]

@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import math
 import os
 import reprlib
-import stat
 
 import yaml
 
@@ -29,16 +27,12 @@ RECORD_BOUND = ("num_heads",)
 
 
 def take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> None:
-    """The model options of --pretrain's run (its training.json, or a .safetensors file's
-    metadata: ``pretrain_record``), where the user gave none.
+    """Fill the model options the user did not give from --pretrain's record (``pretrain_record``).
 
-    Only the options that shape the network (``architecture_keys``) may come from a record; any
-    other key is ignored (listed in args.architecture_ignored for a warning). --scale, --tasks and
-    --num_queries are taken together or not at all; --task/--task_id pick among them. Beside
-    RECORD_BOUND's, the command line wins. Sets args.architecture_from (the options taken, for the
-    log), args.architecture_source (the record's file) and args.pretrain_tasks (the checkpoint's
-    head names, or None when unknown).
-    """
+    Keys beyond ``architecture_keys`` are ignored (args.architecture_ignored, for a warning);
+    --scale, --tasks and --num_queries come together or not at all; beside RECORD_BOUND's, the
+    command line wins. Sets args.architecture_from (the options taken, for the log),
+    args.architecture_source and args.pretrain_tasks (the checkpoint's head names, or None)."""
     args.architecture_from, args.architecture_ignored, args.pretrain_tasks = [], [], None
     if not args.pretrain:
         return
@@ -133,25 +127,21 @@ def record_contradiction(recorded: dict, given: dict, source: str) -> str:
     return ""
 
 
+RECORD_KINDS = {SWITCH: ((bool,), "true or false"), int: ((int,), "an integer"),
+                finite_float: ((int, float), "a finite number")}  # any other option takes text
+
+
 def _record_value(o: Option, value: object) -> object:
     """A JSON value of a record, checked against its option o: an int option takes an int (not
-    16.0, "16" or true), a float option a finite number, a switch a boolean, text a string (a
-    list option also a list of its items)."""
+    16.0, "16" or true), a float option a number (records.TRAINING bounds it), a switch a boolean,
+    text a string (a list option also a list of its items)."""
     if isinstance(value, list) and o.name in LIST_SEPARATORS and value:
         if not all(isinstance(v, (int, str)) and not isinstance(v, bool) for v in value):
             raise ValueError(f"takes a list of numbers or names, not {_short(value)}")
-        return _record_value(o, LIST_SEPARATORS[o.name].join(map(str, value)))
-    if o.type is SWITCH:
-        ok = isinstance(value, bool)
-    elif o.type is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif o.type is finite_float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        kind = {int: "an integer", finite_float: "a finite number", SWITCH: "true or false"}
-        raise ValueError(f"takes {kind.get(o.type, 'text')}, not {_short(value)}")
+        value = LIST_SEPARATORS[o.name].join(map(str, value))
+    types, kind = RECORD_KINDS.get(o.type, ((str,), "text"))
+    if not isinstance(value, types) or (isinstance(value, bool) and o.type is not SWITCH):
+        raise ValueError(f"takes {kind}, not {_short(value)}")
     if o.choices is not None and value not in o.choices:
         raise ValueError(f"is {_short(value)}, not one of {', '.join(o.choices)}")
     return value
@@ -174,23 +164,6 @@ def architecture_record(model_name: str, config: object) -> dict:
         if dest in architecture_keys():
             record[dest] = "+".join(map(str, value)) if dest in HEAD_OPTIONS else value
     return record
-
-
-class _ConfigLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader, except that a key given twice is an error (safe_load keeps the last)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        """The mapping of node, once every key is known to differ from the ones before it."""
-        keys: list = []
-        for key_node, _ in node.value:
-            if key_node.tag == YAML_MERGE_TAG:
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if key in keys:
-                line = key_node.start_mark.line + 1
-                raise ValueError(f"{key}: given twice (again on line {line}); give each option once")
-            keys.append(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 CONFIG_MAX_BYTES = 1 << 20  # an options file is a few kB; anything larger is not one
@@ -225,17 +198,13 @@ def read_config(path: str) -> dict:
 def _config_text(path: str) -> str:
     """The text of an options file: a regular file (a FIFO or device would hang the read) of at
     most CONFIG_MAX_BYTES, UTF-8."""
+    from utility import RecordError, read_small_file
     try:
-        info = os.stat(path)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError("not a regular file: give a YAML file")
-        if info.st_size > CONFIG_MAX_BYTES:
-            raise ValueError(f"{info.st_size} bytes, more than an options file holds "
-                             f"({CONFIG_MAX_BYTES}): give a YAML file of options")
-        with open(path, encoding="utf-8") as f:
-            return f.read(CONFIG_MAX_BYTES + 1)
+        return read_small_file(path, CONFIG_MAX_BYTES).decode("utf-8")
     except OSError as e:
         raise ValueError(f"cannot read the file ({e.strerror})") from None
+    except RecordError as e:
+        raise ValueError(f"{str(e).removeprefix(f'{path}: ')}: give a YAML file of options") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"not UTF-8 text ({e.reason})") from None
 
@@ -255,7 +224,7 @@ def _config_mapping(text: str) -> tuple[dict, dict]:
                 raise ValueError(f"lists or mappings nested more than {CONFIG_MAX_DEPTH} deep (line "
                                  f"{event.start_mark.line + 1}); an option's value nests at most "
                                  f"{CONFIG_MAX_DEPTH - 1}")
-        values = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: no arbitrary objects
+        values = yaml.safe_load(text)  # no arbitrary objects
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         raise ValueError(f"not valid YAML ({str(e).splitlines()[0]})") from None
@@ -263,8 +232,13 @@ def _config_mapping(text: str) -> tuple[dict, dict]:
         return {}, {}
     if not isinstance(values, dict):
         raise ValueError("expected a mapping of option: value")
-    return values, {key.value: _as_written(value) for key, value in node.value
-                    if isinstance(key, yaml.ScalarNode)}
+    written: dict = {}
+    for key, value in node.value:  # safe_load keeps a key's last value: a key given twice is refused
+        if key.value in written and key.tag != YAML_MERGE_TAG:
+            raise ValueError(f"{key.value}: given twice (again on line {key.start_mark.line + 1}); "
+                             f"give each option once")
+        written[key.value] = _as_written(value)
+    return values, written
 
 
 def _as_written(node: yaml.Node) -> object:
@@ -289,15 +263,12 @@ def _config_value(o: Option, value: object) -> object:
             raise ValueError("is an empty list: remove the key to keep the default")
         value = LIST_SEPARATORS[o.name].join(_config_scalar(v) for v in value)
     text = _config_scalar(value)
-    if o.type is int:
-        if isinstance(value, float):
-            raise ValueError(f"takes an integer, not {_short(value)}")
-        try:
-            converted = int(text)
-        except ValueError:
-            raise ValueError(f"takes an integer, not {_short(value)}") from None
-    else:
+    if o.type is int and isinstance(value, float):
+        raise ValueError(f"takes an integer, not {_short(value)}")
+    try:
         converted = text if o.type is None else o.type(text)
+    except ValueError:  # int's: the option table's own types raise ArgumentTypeError, saying why
+        raise ValueError(f"takes an integer, not {_short(value)}") from None
     if o.choices is not None and converted not in o.choices:
         raise ValueError(f"{_short(converted)} is not one of {', '.join(o.choices)}")
     return converted
@@ -305,14 +276,7 @@ def _config_value(o: Option, value: object) -> object:
 
 def _config_scalar(value: object) -> str:
     """One YAML value as the command line would give it: a number or text."""
-    if isinstance(value, bool):
-        raise ValueError(f"takes a number or text, not the boolean {str(value).lower()}")
-    if isinstance(value, (list, tuple)):
-        raise ValueError(f"takes one value, not the list {_short(value)}")
-    if isinstance(value, dict):
-        raise ValueError(f"takes one value, not the mapping {_short(value)}")
-    if not isinstance(value, (int, float, str)):
-        raise ValueError(f"takes a number or text, not {_short(value)}")
+    kind = {bool: "the boolean ", list: "the list ", dict: "the mapping "}.get(type(value), "")
+    if kind or not isinstance(value, (int, float, str)):
+        raise ValueError(f"takes one number or text, not {kind}{_short(value)}")
     return str(value)
-
-

@@ -148,7 +148,8 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
         Option("heads", None, None, "attention heads per level, A+B+C+D (1+2+4+8)", RESTORMER | RESUME),
         Option("ffn_expansion_factor", None, finite_float, "GDFN width factor (2.66)", RESTORMER | RESUME),
         Option("bias", None, SWITCH, "biases in the convolutions", RESTORMER | RESUME),
-        Option("layernorm_type", None, None, "WithBias or BiasFree (WithBias)", RESTORMER | RESUME),
+        Option("layernorm_type", None, None, "layer norm kind (WithBias)", RESTORMER | RESUME,
+               choices=("WithBias", "BiasFree")),
         Option("tile_size", None, int, f"tile side for --chop fast, a multiple of 8 ({RESTORMER_TILE})",
                RESTORMER),
         Option("progressive_patches", None, None, "progressive training: patch size of each stage, A+B+... "

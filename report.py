@@ -21,7 +21,7 @@ from torch import Tensor
 
 import utility
 from data.benchmark import PAPER_RESULTS
-from option import EvalSettings, InferenceSettings
+from run_settings import EvalSettings, InferenceSettings
 
 log = logging.getLogger("ipt")
 

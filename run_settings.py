@@ -178,7 +178,10 @@ def settings(args: argparse.Namespace) -> Settings:
     progressive = zip(args.progressive_patches or [], args.progressive_batches or [],
                       args.progressive_steps or [], strict=False)
     return Settings(
-        run=_taken(RunSettings, args, pretrain_tasks=_pretrain_tasks(args)),
+        # the head names of --pretrain's file: its record's, else the options' when they name several
+        # heads (a single-head model trained from a multi-head file)
+        run=_taken(RunSettings, args, pretrain_tasks=args.pretrain_tasks
+                   or (args.task_names if len(args.task_names) > 1 else None)),
         model=model_config(args, heads),
         data=_taken(DataSettings, args, name=args.data_train[0], tasks=task_names, task_id=task_id,
                     augment=not args.no_augment, streaks_dir=args.streaks_dir or None,
@@ -197,14 +200,6 @@ def _taken(kind: type, args: argparse.Namespace, **given: object) -> object:
     """A ``kind`` whose fields are ``given``, or else the options of the same names."""
     return kind(**{f.name: given[f.name] if f.name in given else getattr(args, f.name)
                    for f in dataclasses.fields(kind) if f.name in given or hasattr(args, f.name)})
-
-
-def _pretrain_tasks(args: argparse.Namespace) -> list[str] | None:
-    """The head names of --pretrain's file: its training record's, else the options' when they
-    name several heads (a single-head model trained from a multi-head file)."""
-    if args.pretrain_tasks:
-        return args.pretrain_tasks
-    return args.task_names if len(args.task_names) > 1 else None
 
 
 def model_config(args: argparse.Namespace, heads: list[int]) -> IPTConfig | RestormerConfig:

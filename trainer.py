@@ -29,7 +29,7 @@ from data.stream import synthesize_lr
 from data.training import loader_workers, training_stream
 from model.loss import contrastive_loss, l1_loss
 from model.mim import masked_l1, random_token_mask
-from option import DataSettings, TrainSettings
+from run_settings import DataSettings, TrainSettings
 from tasks import MIM
 
 log = logging.getLogger("ipt")

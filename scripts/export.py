@@ -28,6 +28,8 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 import option  # noqa: E402
+import option_files  # noqa: E402
+import option_table  # noqa: E402
 import utility  # noqa: E402
 from model import MODELS, IPTConfig, build_model  # noqa: E402
 from model.checkpoint import (  # noqa: E402
@@ -127,18 +129,18 @@ def recorded_architecture(path: str, num_heads: int | None) -> tuple[dict, str] 
     it, or a .safetensors file's metadata; None without one. The keys a record may not set are
     said and left out; a --num_heads that contradicts the record is refused."""
     try:
-        record, origin = option.pretrain_record(path)
+        record, origin = option_files.pretrain_record(path)
     except utility.RecordError as e:
         raise Refusal(f"{path}: {e}") from None
     if record is None:
         return None
     written = record["architecture"]
     try:
-        taken, ignored = option.recorded_architecture(written, origin)
+        taken, ignored = option_files.recorded_architecture(written, origin)
     except ValueError as e:
         raise Refusal(str(e)) from None
-    contradiction = option.record_contradiction(taken, {} if num_heads is None else {"num_heads": num_heads},
-                                                origin)
+    contradiction = option_files.record_contradiction(
+        taken, {} if num_heads is None else {"num_heads": num_heads}, origin)
     if contradiction:
         raise Refusal(contradiction, BAD_OPTION)
     for key in ignored:
@@ -165,7 +167,7 @@ def inferred_architecture(path: str, state: Mapping[str, Tensor], num_heads: int
 def config_of(architecture: dict, origin: str) -> object:
     """The IPTConfig / RestormerConfig of an architecture record (checked by option.py's rules)."""
     try:
-        taken, _ = option.recorded_architecture(architecture, origin)
+        taken, _ = option_files.recorded_architecture(architecture, origin)
     except ValueError as e:
         raise Refusal(str(e)) from None
     _, config_type = MODELS[taken.pop("model", "ipt")]
@@ -175,13 +177,13 @@ def config_of(architecture: dict, origin: str) -> object:
         name = "task_names" if key == "tasks" else key
         if name not in fields:
             continue
-        if key in option.LIST_SEPARATORS:
-            items = [v.strip() for v in str(value).split(option.LIST_SEPARATORS[key])]
+        if key in option_table.LIST_SEPARATORS:
+            items = [v.strip() for v in str(value).split(option_table.LIST_SEPARATORS[key])]
             try:
                 value = items if key == "tasks" else [int(v) for v in items]
             except ValueError:
                 raise Refusal(f"{origin}: {key} {value!r} is not numbers joined by "
-                              f"{option.LIST_SEPARATORS[key]}") from None
+                              f"{option_table.LIST_SEPARATORS[key]}") from None
         values[name] = value
     try:
         config = config_type(**values)

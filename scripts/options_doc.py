@@ -59,21 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     """0 when docs/OPTIONS.md is (or now is) up to date; 1 with --check when it is stale."""
     p = option.OptionParser(prog="options_doc.py", description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="only say whether the file is stale")
-    args = p.parse_args(argv)
-    text = options_markdown()
+    if not p.parse_args(argv).check:
+        utility.write_text(DOC, options_markdown())
+        print(f"options_doc.py: wrote {DOC}")
+        return 0
     try:  # a regular file of bounded size only: a FIFO or a folder there is stale, never read
         current = utility.read_small_file(DOC).decode("utf-8", errors="replace")
     except (OSError, utility.RecordError):
         current = None
-    if args.check:
-        if current != text:
-            print(f"options_doc.py: {DOC} is stale: run python -m scripts.options_doc", file=sys.stderr)
-            return 1
+    if current == options_markdown():
         return 0
-    utility.write_text(DOC, text)
-    print(f"options_doc.py: wrote {DOC}")
-    return 0
-
+    print(f"options_doc.py: {DOC} is stale: run python -m scripts.options_doc", file=sys.stderr)
+    return 1
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,7 +29,7 @@ from data.benchmark import BenchmarkSet
 from data.degrade import bicubic_lr
 from evaluation import evaluate_set
 from model import IPTConfig, build_model
-from option import EvalSettings, InferenceSettings
+from run_settings import EvalSettings, InferenceSettings
 
 TINY = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "1", "--chop", "fast", "--cpu"]
 

@@ -23,6 +23,7 @@ from PIL import Image
 
 import main as cli
 import option
+import option_files
 import stops
 import utility
 from conftest import FIXTURE_ATOL, ROOT, dev_full, full_disk_for_safetensors, read_until
@@ -51,7 +52,7 @@ def save_run(folder, config: IPTConfig = TINY, record: bool = True) -> tuple[str
     torch.save(model.state_dict(), path)
     if record:
         utility.write_json(os.path.join(folder, utility.TRAINING_RECORD),
-                           {"architecture": option.architecture_record("ipt", config)})
+                           {"architecture": option_files.architecture_record("ipt", config)})
     return path, model
 
 
@@ -140,7 +141,7 @@ def test_safetensors_metadata_goes_through_the_records_rules(tmp_path, capsys):
     from safetensors.torch import save_file
     path, _ = save_run(tmp_path / "run")
     state = torch.load(path, weights_only=True)
-    architecture = option.architecture_record("ipt", TINY)
+    architecture = option_files.architecture_record("ipt", TINY)
     lone = tmp_path / "lone"
     lone.mkdir()
 
@@ -254,7 +255,7 @@ def test_the_authors_file_needs_num_heads_and_its_shapes_give_the_rest(tmp_path,
     assert "--num_heads" in one_line(capsys) and not out.exists()
     assert export.main([path, str(out), "--num_heads", "4"]) == 0
     architecture = json.loads(read_safetensors_metadata(str(out))[ARCHITECTURE_METADATA])
-    expected = option.architecture_record("ipt", TINY)
+    expected = option_files.architecture_record("ipt", TINY)
     assert {k: architecture[k] for k in architecture} == {k: expected[k] for k in architecture}
     assert set(expected) - set(architecture) == {"dropout_rate", "pos_every"}
 

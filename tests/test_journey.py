@@ -34,8 +34,8 @@ def test_help_answers_without_importing_torch():
 
 def test_the_restormer_tile_help_names_its_size_step():
     from model.restormer import SIZE_MULTIPLE
-    from option import option_table
-    assert f"a multiple of {SIZE_MULTIPLE} " in option_table()["tile_size"].help
+    from option_table import OPTIONS
+    assert f"a multiple of {SIZE_MULTIPLE} " in OPTIONS["tile_size"].help
 
 
 def test_a_run_records_its_model_and_a_demo_needs_no_model_options(tmp_path, caplog):

@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from option import option_table, parse_args, refused_options, settings
+from option import build_parser, parse_args, refused_options, settings
+from option_table import OPTIONS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -336,7 +337,7 @@ def settings_without_record(argv: str) -> dict:
 
 def test_every_option_changes_the_settings_or_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # --precision half needs CUDA
-    declared = set(option_table()) - {"config"}  # --config reads a file of the other options
+    declared = set(OPTIONS) - {"config"}  # --config reads a file of the other options
     effects = option_effects()
     assert declared - set(refused_options()) == set(effects)
     for dest, (base, change) in effects.items():
@@ -397,5 +398,5 @@ def test_the_options_reference_is_generated_and_up_to_date():
     expected = options_doc.options_markdown()
     with open(options_doc.DOC, encoding="utf-8") as f:
         assert f.read() == expected, "docs/OPTIONS.md is stale: run python -m scripts.options_doc"
-    flags = [flag for action in option_table().values() for flag in action.option_strings]
+    flags = [flag for action in build_parser()._actions[1:] for flag in action.option_strings]  # [0]: --help
     assert flags and all(f"| {flag} |" in expected or f"| {flag}, " in expected for flag in flags)

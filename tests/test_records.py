@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 import checkpointing
 import main as cli
 import option
+import option_files
+import option_table
 import records
 import runlock
 import stops
@@ -78,9 +80,9 @@ def test_ignored_keys_are_warned_naming_each(tmp_path, caplog):
 def test_the_keys_a_record_may_give_are_the_ones_it_is_written_with():
     from model.ipt import IPTConfig
     from model.restormer import RestormerConfig
-    written = set(option.architecture_record("ipt", IPTConfig(task_names=["sr2"]))) | set(
-        option.architecture_record("restormer", RestormerConfig(task_names=["derain"])))
-    assert option.architecture_keys() == written
+    written = set(option_files.architecture_record("ipt", IPTConfig(task_names=["sr2"]))) | set(
+        option_files.architecture_record("restormer", RestormerConfig(task_names=["derain"])))
+    assert option_files.architecture_keys() == written
     assert not written & {"save", "reset", "dir_demo", "chop", "self_ensemble", "save_results"}
 
 
@@ -123,7 +125,7 @@ def test_a_record_that_is_a_fifo_is_refused_unread(tmp_path, capsys):
 
 @hyp_settings(max_examples=150)
 @given(architecture=st.dictionaries(
-    st.sampled_from(sorted(option.option_table())) | st.text(max_size=6), JSON, max_size=4))
+    st.sampled_from(sorted(option_table.OPTIONS)) | st.text(max_size=6), JSON, max_size=4))
 def test_any_recorded_architecture_is_taken_with_its_types_or_refused(tmp_path_factory, architecture):
     folder = tmp_path_factory.mktemp("record")
     pretrain = checkpoint_with_record(folder, architecture)
@@ -134,15 +136,15 @@ def test_any_recorded_architecture_is_taken_with_its_types_or_refused(tmp_path_f
         assert e.code == 2
         return
     assert args.save == save  # the run writes where the command line says
-    table = option.option_table()
+    table = option_table.OPTIONS
     for taken in args.architecture_from:
         dest = taken.split()[0][2:]
-        assert dest in option.architecture_keys()
+        assert dest in option_files.architecture_keys()
         kind = table[dest].type
         value = architecture[dest]
         if kind is int:
             assert isinstance(value, int) and not isinstance(value, bool)
-    assert set(args.architecture_ignored) == set(architecture) - option.architecture_keys()
+    assert set(args.architecture_ignored) == set(architecture) - option_files.architecture_keys()
 
 
 @hyp_settings(max_examples=150)
@@ -365,7 +367,7 @@ YAML_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
 
 
 @hyp_settings(max_examples=200)
-@given(key=st.sampled_from(sorted(d for d in option.option_table() if d not in option.NOT_IN_CONFIG)),
+@given(key=st.sampled_from(sorted(d for d in option_table.OPTIONS if d not in option_files.NOT_IN_CONFIG)),
        text=YAML_TEXT)
 def test_any_yaml_value_is_taken_or_refused_in_one_line(tmp_path_factory, key, text):
     cfg = tmp_path_factory.mktemp("yaml") / "run.yaml"

@@ -17,7 +17,7 @@ from PIL import Image
 import evaluation
 import main as cli
 import report
-from option import EvalSettings, InferenceSettings
+from run_settings import EvalSettings, InferenceSettings
 
 TINY = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "1", "--chop", "fast", "--cpu"]
 NASTY = ["<img src=x onerror=alert(1)>", "a`b``c", "x|y", "two\nlines", "*bold* _em_ [l](u) ![i](u)",
