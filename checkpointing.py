@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 import records
+import runfolder
 import utility
 from model.checkpoint import SAFETENSORS_SUFFIX, write_safetensors
 from utility import STATE_NAME
@@ -75,9 +76,9 @@ class Checkpointing:
     _last_snapshot: Snapshot | None = None  # its memory is reused by the next snapshot
 
     @functools.cached_property
-    def saver(self) -> utility.BackgroundWriter:
+    def saver(self) -> runfolder.BackgroundWriter:
         """The thread that writes the checkpoints: one save in flight at most."""
-        return utility.BackgroundWriter("checkpoint writer")
+        return runfolder.BackgroundWriter("checkpoint writer")
 
     def save(self, background: bool = False) -> bool:
         """model_latest.pt (bare weights), the full training state, then training.json, each
@@ -120,7 +121,7 @@ class Checkpointing:
                  "world_size": self.world_size, "split_origin": self.split_origin,
                  "epoch_steps": self.epoch_steps, "train_seconds": self.train_seconds}
         last = self._last_snapshot.state if self._last_snapshot else None
-        state, record = utility.host_copy((state, self.training_record()), reuse=(last, None))
+        state, record = runfolder.host_copy((state, self.training_record()), reuse=(last, None))
         self._last_snapshot = Snapshot(step, names, state, record)
         return self._last_snapshot
 
@@ -129,8 +130,8 @@ class Checkpointing:
         training.json, which describes weights written before it."""
         for name in snapshot.weight_files:
             self._write_weights(snapshot.state["model"], name, snapshot.step)
-        utility.atomic_save(snapshot.state, os.path.join(self.settings.save, STATE_NAME))
-        utility.write_json(self.record_path, {**snapshot.record, "weights": dict(self.weights_written)})
+        runfolder.atomic_save(snapshot.state, os.path.join(self.settings.save, STATE_NAME))
+        runfolder.write_json(self.record_path, {**snapshot.record, "weights": dict(self.weights_written)})
 
     def save_weights(self, weights: dict[str, Tensor], name: str) -> None:
         """model/NAME, written atomically once the save in flight is written; training.json will
@@ -148,10 +149,10 @@ class Checkpointing:
         written atomically, and what training.json says of it."""
         path = os.path.join(self.model_dir, name)
         if name.endswith(SAFETENSORS_SUFFIX):
-            utility.atomic_write(path, lambda tmp: write_safetensors(weights, tmp, self.architecture or None),
-                                 durable=True)
+            runfolder.atomic_write(
+                path, lambda tmp: write_safetensors(weights, tmp, self.architecture or None), durable=True)
         else:
-            utility.atomic_save(weights, path)
+            runfolder.atomic_save(weights, path)
         info = os.stat(path)
         self.weights_written[name] = {"step": step, "size": info.st_size, "mtime_ns": info.st_mtime_ns}
 
@@ -163,7 +164,7 @@ class Checkpointing:
     def write_record(self) -> None:
         """model/training.json: what training_record says now (once the save in flight is written)."""
         self.saver.wait()
-        utility.write_json(self.record_path, self.training_record())
+        runfolder.write_json(self.record_path, self.training_record())
 
     def training_record(self) -> dict:
         """What training.json holds: the model's options and how far training went."""

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import checkpointing  # noqa: E402
 import distributed  # noqa: E402
 import evaluation  # noqa: E402
-import runlock  # noqa: E402
+import runfolder  # noqa: E402
 import trainer  # noqa: E402
 import utility  # noqa: E402
 from data.benchmark import BenchmarkError  # noqa: E402
@@ -69,11 +69,11 @@ def locked_run(args: argparse.Namespace, s: run_settings.Settings, device: torch
                argv: list[str] | None, rank: int, world: int) -> int:
     """The job, once rank 0 holds the run directory's lock (every rank learns whether it does)."""
     command = " ".join(sys.argv if argv is None else ["main.py", *argv])
-    lock, stale, refused = runlock.RunLock(s.run.save, command, stale_after=s.run.dist_timeout), None, None
+    lock, stale, refused = runfolder.RunLock(s.run.save, command, stale_after=s.run.dist_timeout), None, None
     if rank == 0:  # the other ranks of a torchrun job write nothing there
         try:
             stale = lock.acquire()
-        except runlock.LockError as e:
+        except runfolder.LockError as e:
             refused = str(e)
     if not distributed.all_agree(refused is None, device):  # a refusal ends every rank at once
         raise JobError(refused or "")
@@ -139,7 +139,7 @@ def prepare_run_dir(r: run_settings.RunSettings) -> None:
         os.makedirs(r.save, exist_ok=True)
     except OSError as e:
         raise JobError(f"{where}: cannot write there ({e.strerror or e})") from None
-    why = utility.unwritable(r.save)
+    why = runfolder.unwritable(r.save)
     if why:
         raise JobError(f"{where}: cannot write there ({why})")
 
@@ -329,7 +329,7 @@ def fit(runner: trainer.Trainer) -> int:
     """Train; an error that stops training is one line (the state of its step is saved)."""
     try:
         return runner.fit()
-    except utility.SaveError as e:
+    except runfolder.SaveError as e:
         log.error("training stopped at step %d: %s; %s", runner.progress.step, e,
                   checkpointing.after_failed_save(runner.settings.save))
         return 1

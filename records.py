@@ -151,7 +151,7 @@ STUDY = {
                    **dict.fromkeys(STUDY_TEXTS, TEXT), "pool": strings(), "command": strings()},
 }
 
-# RUN/.lock, written by the process that runs there (runlock.py); anything else reads as no holder
+# RUN/.lock, written by the process that runs there (runfolder.py); anything else reads as no holder
 LOCK = {"type": "object", "required": ["host", "pid"],
         "properties": {"host": {"type": "string", "maxLength": 255}, "pid": count(1, 2 ** 31 - 1),
                        "started": optional(TEXT), "command": TEXT, "run_id": optional(TEXT)}}

@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+import runfolder
 import utility
 from data.benchmark import PAPER_RESULTS
 from run_settings import EvalSettings, InferenceSettings
@@ -132,7 +133,7 @@ def write_sheet(path: str, inputs: Tensor, output: Tensor, target: Tensor, psnr_
     """Save ``comparison_sheet`` of the images as PNG at ``path`` atomically (folders made)."""
     image = comparison_sheet(inputs, output, target, psnr_input, psnr_output, crop)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    utility.atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    runfolder.atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def sheet_name(image: str, task: str) -> str:
@@ -270,7 +271,7 @@ def write_index(save_dir: str, entries: list[dict], table: list[list[str]], note
     parts.append("</body></html>\n")
     path = os.path.join(save_dir, "index.html")
     os.makedirs(save_dir, exist_ok=True)
-    utility.write_text(path, "\n".join(parts))
+    runfolder.write_text(path, "\n".join(parts))
     return path
 
 
@@ -317,7 +318,7 @@ def write_reports(mode: str, ev: EvalSettings, inference: InferenceSettings, res
     test = "_test" if step is None and os.path.isfile(os.path.join(ev.save, utility.STATE_NAME)) else ""
     metrics_path, table_path = (os.path.join(ev.save, f"metrics{test}.json"),
                                 os.path.join(ev.save, f"results{test}.md"))
-    utility.write_json(metrics_path, {"meta": printable_tree(meta), "results": printable_tree(results)})
+    runfolder.write_json(metrics_path, {"meta": printable_tree(meta), "results": printable_tree(results)})
     table = (markdown_table(summary_rows(results)) + "\n\n"
              + markdown_text(table_notes(inference.metric_channel)) + "\n")
     weights = (markdown_text(checkpoint) if checkpoint else
@@ -334,7 +335,7 @@ def write_reports(mode: str, ev: EvalSettings, inference: InferenceSettings, res
                     *([image, *metric_cells(m)] for image, m in r["per_image"].items())]
             tables.append(f"### {markdown_text(dataset)} {markdown_text(task)}\n\n" + markdown_table(rows))
     images = "\n## Per image\n\n" + "\n\n".join(tables) + "\n"
-    utility.write_text(table_path, head + images)
+    runfolder.write_text(table_path, head + images)
     if step is not None:  # an evaluation prints its tables to stdout instead (``evaluate``)
         log.info("\n%s", table)
     if interrupted is None:  # else the one line of the interruption names them

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import runfolder
 import stops
 import utility
 from checkpointing import (
@@ -262,11 +263,11 @@ class Trainer(Checkpointing):
         error that ended training), as is one of the save that was still being written."""
         try:
             self.saver.wait()  # only after an error: otherwise fit waited for it already
-        except utility.SaveError as e:
+        except runfolder.SaveError as e:
             log.error(SAVE_FAILED, e, after_failed_save(self.settings.save))
         try:
             return self.save()
-        except utility.SaveError as e:
+        except runfolder.SaveError as e:
             log.error(SAVE_FAILED, e, after_failed_save(self.settings.save))
             return False
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+import runfolder
 import utility
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -231,4 +232,4 @@ def save_image(tensor: torch.Tensor, path: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     image_format = Image.registered_extensions().get(os.path.splitext(path)[1].lower(), "PNG")
     # written beside and renamed into place: a symlink already at `path` is replaced, not followed
-    utility.atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format=image_format))
+    runfolder.atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format=image_format))

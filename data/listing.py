@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import records
-import utility
+import runfolder
 
 from .images import IMAGE_EXTENSIONS, open_regular, why_unreadable
 
@@ -202,7 +202,7 @@ def write_file_list(path: str, root: str, listing: FolderListing) -> bool:
             np.savez(f, **arrays)
 
     try:
-        utility.atomic_write(path, save)
+        runfolder.atomic_write(path, save)
     except OSError as e:  # SaveError names the file, the reason and the free space
         log.warning("not caching the file list: %s; the folder will be walked again next time", e)
         return False

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+import runfolder
 import stops
 import utility
 
@@ -262,7 +263,7 @@ def copy_image(src: str, dst: str) -> None:
             img.verify()
     except DECODE_ERRORS + (struct.error,) as e:
         raise ImageReadError(f"cannot read image {src!r}: {e}") from None
-    utility.atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+    runfolder.atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 @dataclass

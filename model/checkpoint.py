@@ -125,7 +125,7 @@ def write_safetensors(state: Mapping[str, Tensor], path: str, architecture: dict
 
     The library lays out the bytes; Python's file I/O writes them, because the library's own
     ``save_file`` reports a full disk as a SafetensorError, not the OSError that
-    ``utility.atomic_write`` turns into a SaveError, and renames a 0600 temporary over ``path``."""
+    ``runfolder.atomic_write`` turns into a SaveError, and renames a 0600 temporary over ``path``."""
     from safetensors.torch import save  # only writing needs the package
 
     tensors, seen = {}, set()

@@ -154,7 +154,7 @@ def fill_moments(optimizer: torch.optim.Optimizer) -> None:
 
 
 def timed_atomic_save(obj: object, path: str) -> dict[str, float]:
-    """Seconds of each phase of writing ``obj`` as ``utility.atomic_save`` does (a temporary,
+    """Seconds of each phase of writing ``obj`` as ``runfolder.atomic_save`` does (a temporary,
     torch.save, rename), with an fsync of the temporary before the rename, which atomic_save
     does not do: what making the file durable would add."""
     tmp = f"{path}.tmp"

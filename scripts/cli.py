@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 
+import runfolder
 import utility
 from stops import INTERRUPTED, StopSignals, stop_signal
 
@@ -85,5 +86,5 @@ def output_problem(path: str, like: str) -> tuple[str, int] | None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         return f"output {path}: its folder {folder} does not exist: create it first", BAD_OPTION
-    why = utility.unwritable(folder)
+    why = runfolder.unwritable(folder)
     return (f"output {path}: cannot write in {folder} ({why})", FAILED) if why else None

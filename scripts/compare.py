@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import evaluation  # noqa: E402
+import runfolder  # noqa: E402
 import trainer  # noqa: E402
 import utility  # noqa: E402
 from data.benchmark import BenchmarkSet, Pair  # noqa: E402
@@ -423,7 +424,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     report = table(result)
     print(report)
     os.makedirs(os.path.dirname(os.path.abspath(a.doc)), exist_ok=True)
-    utility.write_text(a.doc, report)
+    runfolder.write_text(a.doc, report)
     print(f"written to {a.doc} after {budget.elapsed():.0f} s of {a.seconds:g}")
     return 0
 

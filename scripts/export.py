@@ -30,6 +30,7 @@ from torch import Tensor, nn  # noqa: E402
 import option  # noqa: E402
 import option_files  # noqa: E402
 import option_table  # noqa: E402
+import runfolder  # noqa: E402
 import utility  # noqa: E402
 from model import MODELS, IPTConfig, build_model  # noqa: E402
 from model.checkpoint import (  # noqa: E402
@@ -217,7 +218,7 @@ def export_safetensors(source: Source, out: str) -> str:
         if not same_tensors(again, source.state):
             raise Refusal(f"{out}: the file written does not read back as {source.path}")
 
-    utility.atomic_write(out, write, durable=True)
+    runfolder.atomic_write(out, write, durable=True)
     return f"{len(source.state)} tensors, model options from {source.origin}"
 
 
@@ -298,7 +299,7 @@ def export_onnx(source: Source, out: str, task: str | None, patch_size: int | No
         if stop is not None and stop.received is not None:
             raise stops.Interrupted(stop.received)
 
-    utility.atomic_write(out, write)
+    runfolder.atomic_write(out, write)
     compared = "onnxruntime not installed: not run" if difference[0] is None else \
         f"ONNX Runtime vs PyTorch on {VERIFY_BATCH} random tiles: max |diff| {difference[0]:.3g}"
     return (f"head {name} (x{single.scale[0]}), {tile}x{tile} tiles in, "
@@ -364,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     status = run_stoppable(PROG, export, lambda signum: (f"{stops.signal_name(signum)} received: "
-                           f"stopped; {a.output} not written"), (CheckpointError, utility.SaveError))
+                           f"stopped; {a.output} not written"), (CheckpointError, runfolder.SaveError))
     if status == 0:
         print(f"{PROG}: wrote {a.output} ({os.path.getsize(a.output):,} bytes) in "
               f"{time.perf_counter() - started:.1f} s: {what[0]}")

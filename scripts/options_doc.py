@@ -12,6 +12,7 @@ import sys
 
 import option
 import report
+import runfolder
 import utility
 from option_table import GROUPS, SWITCH, Option
 
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p = option.OptionParser(prog="options_doc.py", description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="only say whether the file is stale")
     if not p.parse_args(argv).check:
-        utility.write_text(DOC, options_markdown())
+        runfolder.write_text(DOC, options_markdown())
         print(f"options_doc.py: wrote {DOC}")
         return 0
     try:  # a regular file of bounded size only: a FIFO or a folder there is stale, never read

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 import records
+import runfolder
 import utility
 from model.checkpoint import CheckpointError, read_checkpoint, strip_mim
 from model.mim import mim_heads
@@ -54,10 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: {a.input} has no mim head ({'+'.join(names)}, {source}); writing it unchanged")
         for i in mim_heads(names):
             print(f"{PROG}: dropping head {i} (mim, {source}; its shapes match any scale-1 head)")
-        utility.atomic_save(stripped, a.output)
+        runfolder.atomic_save(stripped, a.output)
     except (CheckpointError, ValueError) as e:  # utility.RecordError is a ValueError
         return say(PROG, f"{a.input}: {e}", FAILED)
-    except utility.SaveError as e:
+    except runfolder.SaveError as e:
         return say(PROG, str(e), FAILED)
     kept = [n for n in names if n != "mim"]
     print(f"{PROG}: wrote {a.output}: heads {'+'.join(kept)}, {len(stripped)} entries "

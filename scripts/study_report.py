@@ -6,7 +6,7 @@ import os
 import shlex
 import statistics
 
-import utility
+import runfolder
 from report import markdown_text
 from scripts import study_records
 from scripts.study_records import REFERENCE, ROWS, SECONDS_REFERENCE, TASKS, gather, read_manifest
@@ -138,5 +138,5 @@ def write_report(records: str, doc: str) -> dict:
     plot_path = os.path.splitext(doc)[0] + ".png"
     os.makedirs(os.path.dirname(os.path.abspath(doc)), exist_ok=True)
     plot(found, plot_path)
-    utility.write_text(doc, report(manifest, found, os.path.basename(plot_path)) + kept_conclusions(doc))
+    runfolder.write_text(doc, report(manifest, found, os.path.basename(plot_path)) + kept_conclusions(doc))
     return found

@@ -12,6 +12,7 @@ import torch
 
 import main as ipt_main
 import records
+import runfolder
 import stops
 import utility
 from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image, save_image, stem
@@ -222,4 +223,4 @@ def collect(a: argparse.Namespace) -> None:
                 "pool_photos": sum(len(images_under(folder)) for folder in a.pool),
                 "sample_photos": len(sample_photos("train")), "options": a.options,
                 "machine": f"{machine}; torch {torch.__version__}", "pool": a.pool, "command": a.argv}
-    utility.write_json(os.path.join(a.records, study_records.MANIFEST), manifest)
+    runfolder.write_json(os.path.join(a.records, study_records.MANIFEST), manifest)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-import utility
+import runfolder
 from scripts.hostinfo import machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -124,7 +124,7 @@ def write_section(doc: str, name: str, body: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(doc)), exist_ok=True)
-    utility.write_text(doc, text)
+    runfolder.write_text(doc, text)
 
 
 def in_child(module: str, call: str) -> str:

@@ -8,7 +8,7 @@ import stat
 import pytest
 import torch
 
-import utility
+import runfolder
 from conftest import FIXTURE_ATOL, config_from, full_disk_for_safetensors
 from model import IPT, CheckpointError, load_checkpoint
 from model.checkpoint import read_safetensors, write_safetensors
@@ -116,7 +116,7 @@ def same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
 def test_written_safetensors_read_back_bit_for_bit_by_the_library_and_ours(tmp_path):
     from safetensors import safe_open
     state, path = every_dtype(), str(tmp_path / "all.safetensors")
-    utility.atomic_write(path, lambda tmp: write_safetensors(state, tmp, {"num_heads": 4}), durable=True)
+    runfolder.atomic_write(path, lambda tmp: write_safetensors(state, tmp, {"num_heads": 4}), durable=True)
     ours, _ = read_safetensors(path)
     with safe_open(path, "pt") as f:
         library = {key: f.get_tensor(key) for key in f.keys()}
@@ -125,9 +125,9 @@ def test_written_safetensors_read_back_bit_for_bit_by_the_library_and_ours(tmp_p
     assert all(same_bytes(ours[k], v) and same_bytes(library[k], v) for k, v in state.items())
     assert metadata == {"format": "pt", "ipt_architecture": '{"num_heads": 4}'}
     torch_file = str(tmp_path / "all.pt")
-    utility.atomic_save({"a": torch.zeros(1)}, torch_file)
+    runfolder.atomic_save({"a": torch.zeros(1)}, torch_file)
     modes = {stat.S_IMODE(os.stat(written).st_mode) for written in (path, torch_file)}
-    assert modes == {utility.FILE_MODE}  # what .pt files get, not the 0600 of a temporary
+    assert modes == {runfolder.FILE_MODE}  # what .pt files get, not the 0600 of a temporary
 
 
 def test_a_full_disk_while_writing_safetensors_is_an_oserror_then_a_save_error(tmp_path, monkeypatch):
@@ -138,7 +138,7 @@ def test_a_full_disk_while_writing_safetensors_is_an_oserror_then_a_save_error(t
     with pytest.raises(OSError) as failed:
         write_safetensors(state, str(tmp_path / "direct.safetensors"))
     assert failed.value.errno == errno.ENOSPC
-    with pytest.raises(utility.SaveError, match=r"No space left on device; .* MiB free there"):
-        utility.atomic_write(str(path), lambda tmp: write_safetensors(state, tmp), durable=True)
+    with pytest.raises(runfolder.SaveError, match=r"No space left on device; .* MiB free there"):
+        runfolder.atomic_write(str(path), lambda tmp: write_safetensors(state, tmp), durable=True)
     assert path.read_bytes() == b"the previous file"
     assert os.listdir(tmp_path) == ["model.safetensors"]  # no temporary left

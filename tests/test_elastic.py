@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-import runlock
+import runfolder
 import utility
 from conftest import ROOT
 from test_probes import PROBE_TIMEOUT, TRAIN, train_until
@@ -73,7 +73,7 @@ def ours_in_a_traceback(out: str) -> bool:
 
 
 def assert_nothing_left(run) -> None:
-    assert not [n for n in os.listdir(run) if n.endswith(".tmp") or n == runlock.LOCK_NAME]
+    assert not [n for n in os.listdir(run) if n.endswith(".tmp") or n == runfolder.LOCK_NAME]
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from PIL import Image
 import main as cli
 import option
 import option_files
+import runfolder
 import stops
 import utility
 from conftest import FIXTURE_ATOL, ROOT, dev_full, full_disk_for_safetensors, read_until
@@ -51,7 +52,7 @@ def save_run(folder, config: IPTConfig = TINY, record: bool = True) -> tuple[str
     path = os.path.join(folder, "model_latest.pt")
     torch.save(model.state_dict(), path)
     if record:
-        utility.write_json(os.path.join(folder, utility.TRAINING_RECORD),
+        runfolder.write_json(os.path.join(folder, utility.TRAINING_RECORD),
                            {"architecture": option_files.architecture_record("ipt", config)})
     return path, model
 
@@ -286,7 +287,7 @@ def test_refusals_are_one_line_with_the_exit_status(tmp_path, capsys, monkeypatc
     elif case == "unwritable":
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
-        monkeypatch.setattr(utility.tempfile, "TemporaryFile", refuse)  # the write probe
+        monkeypatch.setattr(runfolder.tempfile, "TemporaryFile", refuse)  # the write probe
         status = 1
     elif case == "disk full":
         full_disk_for_safetensors(monkeypatch)
@@ -458,7 +459,7 @@ def test_exports_get_the_mode_of_a_new_file(tmp_path, onnx_export):
     out = tmp_path / "ipt.safetensors"
     assert export.main([path, str(out)]) == 0
     for written in (out, onnx_export[0]):
-        assert stat.S_IMODE(os.stat(written).st_mode) == utility.FILE_MODE, written
+        assert stat.S_IMODE(os.stat(written).st_mode) == runfolder.FILE_MODE, written
 
 
 def test_a_num_heads_that_contradicts_the_record_is_refused_naming_both(tmp_path, capsys):

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import runfolder
 import utility
 from data import listing as listing_module
 from data.listing import FILE_LIST_ARRAYS, FolderListing, PathIndex, read_file_list, walk_folder, walk_images
@@ -305,7 +306,7 @@ def test_a_cache_that_cannot_be_written_only_warns(tree, tmp_path, caplog, monke
     assert "not caching the file list: cannot write" in caplog.text
 
     def read_only(path, write):
-        raise utility.SaveError(f"cannot write {path} (Read-only file system)")
+        raise runfolder.SaveError(f"cannot write {path} (Read-only file system)")
 
     caplog.clear()
     monkeypatch.setattr(utility, "atomic_write", read_only)

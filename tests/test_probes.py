@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-import runlock
+import runfolder
 import stops
 import utility
 from conftest import ROOT, read_until
@@ -104,7 +104,7 @@ def test_a_stop_signal_saves_the_step_it_stopped_at_and_exits_130(tmp_path, work
     record = json.loads((run / "model" / utility.TRAINING_RECORD).read_text())
     assert state["progress"]["step"] == record["step"] == stopped >= 5
     assert record["interrupted"] is True and record["finished"] is False
-    assert not [n for n in os.listdir(run) if n.endswith(".tmp") or n == runlock.LOCK_NAME]
+    assert not [n for n in os.listdir(run) if n.endswith(".tmp") or n == runfolder.LOCK_NAME]
 
 
 @pytest.mark.parametrize("name,value", [("WORLD_SIZE", "abc"), ("WORLD_SIZE", "0"), ("RANK", "-1")])

@@ -19,7 +19,7 @@ import option
 import option_files
 import option_table
 import records
-import runlock
+import runfolder
 import stops
 import utility
 from test_training import make_trainer, synthetic_batches
@@ -297,15 +297,15 @@ def replace_at(tree: object, path: list, value: object) -> object:
 def test_a_failed_state_save_leaves_the_weights_undescribed(tmp_path, monkeypatch):
     """model_latest.pt written, state.pt not: training.json says nothing of the newer weights."""
     runner, _ = make_trainer(tmp_path, 6)
-    real = utility.atomic_save
+    real = runfolder.atomic_save
 
     def state_fails(obj, path):
         if path.endswith(utility.STATE_NAME) and runner.progress.step == 6:
-            raise utility.SaveError(f"cannot write {path} (No space left on device)")
+            raise runfolder.SaveError(f"cannot write {path} (No space left on device)")
         real(obj, path)
 
     monkeypatch.setattr(utility, "atomic_save", state_fails)
-    with pytest.raises(utility.SaveError):  # main.py makes it one line and exit status 1
+    with pytest.raises(runfolder.SaveError):  # main.py makes it one line and exit status 1
         runner.fit()
     record = json.loads((tmp_path / "model" / utility.TRAINING_RECORD).read_text())
     latest = os.stat(tmp_path / "model" / "model_latest.pt")
@@ -455,7 +455,7 @@ def test_the_next_lock_holder_removes_a_killed_writers_temporaries(tmp_path):
         path.write_bytes(b"")
     kept = tmp_path / "notes.tmp"
     kept.write_text("mine")
-    lock = runlock.RunLock(str(tmp_path))
+    lock = runfolder.RunLock(str(tmp_path))
     note = lock.acquire()
     lock.release()
     assert not any(p.exists() for p in left) and kept.exists()
@@ -467,8 +467,8 @@ def test_a_loader_workers_death_is_not_reported_as_a_full_disk(tmp_path):
         raise RuntimeError("DataLoader worker (pid 123) is killed by signal: Terminated.")
 
     with pytest.raises(RuntimeError) as err:
-        utility.atomic_write(str(tmp_path / "state.pt"), dies)
-    assert not isinstance(err.value, utility.SaveError)
+        runfolder.atomic_write(str(tmp_path / "state.pt"), dies)
+    assert not isinstance(err.value, runfolder.SaveError)
     assert not os.listdir(tmp_path)  # its temporary removed all the same
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 import checkpointing
 import main as cli
-import runlock
+import runfolder
 import trainer
 import utility
 from conftest import ROOT
@@ -105,7 +105,7 @@ def test_a_run_directory_held_by_a_live_process_is_refused(tmp_path, capsys):
     run.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (run / runlock.LOCK_NAME).write_text(json.dumps(
+        (run / runfolder.LOCK_NAME).write_text(json.dumps(
             {"host": os.uname().nodename, "pid": holder.pid, "command": "main.py --save run"}))
         assert cli.main([*TRAIN, "--max_steps", "1", "--save", str(run)]) == 1
         err = capsys.readouterr().err
@@ -117,7 +117,7 @@ def test_a_run_directory_held_by_a_live_process_is_refused(tmp_path, capsys):
     # the holder is gone: its lock is stale, reported and replaced; released at the end
     assert cli.main([*TRAIN, "--max_steps", "1", "--save", str(run)]) == 0
     assert "stale lock" in (run / utility.LOG_NAME).read_text()
-    assert not (run / runlock.LOCK_NAME).exists()
+    assert not (run / runfolder.LOCK_NAME).exists()
 
 
 def test_two_runs_into_one_directory(tmp_path):
@@ -127,7 +127,7 @@ def test_two_runs_into_one_directory(tmp_path):
     first = subprocess.Popen([*argv, "400"], cwd=ROOT, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     try:
-        while not (run / runlock.LOCK_NAME).exists():
+        while not (run / runfolder.LOCK_NAME).exists():
             assert first.poll() is None, first.stderr.read()
             time.sleep(0.1)
         second = subprocess.run([*argv, "2"], cwd=ROOT, capture_output=True, text=True)
@@ -145,7 +145,7 @@ def test_temporary_names_differ_per_write(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(os, "replace", lambda a, b: seen.append(a) or os.rename(a, b))
     for _ in range(2):
-        utility.write_json(str(tmp_path / "a.json"), {"x": 1})
+        runfolder.write_json(str(tmp_path / "a.json"), {"x": 1})
     assert len(set(seen)) == 2 and all(str(tmp_path) in s for s in seen)
 
 
@@ -205,10 +205,10 @@ def file_size_limit():
 
 def test_a_full_disk_names_the_file_and_keeps_the_previous_one(tmp_path, file_size_limit):
     path = tmp_path / "model_latest.pt"
-    utility.atomic_save({"w": torch.zeros(10)}, str(path))
+    runfolder.atomic_save({"w": torch.zeros(10)}, str(path))
     before = path.read_bytes()
-    with pytest.raises(utility.SaveError) as err:
-        utility.atomic_save({"w": torch.zeros(10 ** 6)}, str(path))
+    with pytest.raises(runfolder.SaveError) as err:
+        runfolder.atomic_save({"w": torch.zeros(10 ** 6)}, str(path))
     assert str(path) in str(err.value) and "MiB free" in str(err.value)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["model_latest.pt"]  # no temporary left

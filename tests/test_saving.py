@@ -18,6 +18,7 @@ import torch
 import checkpointing
 import main as cli
 import records
+import runfolder
 import trainer
 import utility
 from conftest import full_disk_for_safetensors
@@ -42,7 +43,7 @@ def make_trainer(folder, steps: int, extra: str = "") -> trainer.Trainer:
 
 
 class SlowWrites:
-    """``utility.atomic_save`` and ``write_json`` that record every file written (its name, the
+    """``runfolder.atomic_save`` and ``write_json`` that record every file written (its name, the
     saved step, the training's step when it began and ended, the thread) and copy the state.pt
     of each step to ``copies``; the state.pt of ``slow_steps`` waits first until training has
     gone ``ahead`` steps further (at most WAIT_SECONDS), then calls ``during``."""
@@ -51,7 +52,7 @@ class SlowWrites:
                  during=None):
         self.runner, self.copies, self.slow_steps, self.ahead = runner, copies, slow_steps, ahead
         self.during = during  # called in the slowed write, after it waited
-        self.real_save, self.real_json = utility.atomic_save, utility.write_json
+        self.real_save, self.real_json = runfolder.atomic_save, runfolder.write_json
         self.writes: list[dict] = []
         os.makedirs(copies, exist_ok=True)
         monkeypatch.setattr(utility, "atomic_save", self.save)
@@ -87,7 +88,7 @@ class SlowWrites:
 
 def synchronous(patch) -> None:
     """Saves written in the step loop's own thread, as every save was before the writer thread."""
-    patch.setattr(utility.BackgroundWriter, "submit", lambda self, job: job())
+    patch.setattr(runfolder.BackgroundWriter, "submit", lambda self, job: job())
 
 
 def wait_until(condition) -> None:
@@ -191,12 +192,12 @@ def test_a_save_still_running_when_training_ends_is_written_before_fit_returns(t
 
 def full_disk(monkeypatch, runner: trainer.Trainer) -> list[bool]:
     """state.pt cannot be written from step 3 on; which threads tried, in order."""
-    real, threads = utility.atomic_save, []
+    real, threads = runfolder.atomic_save, []
 
     def save(obj, path):
         if path.endswith(utility.STATE_NAME) and obj["progress"]["step"] >= 3:
             threads.append(threading.current_thread() is threading.main_thread())
-            raise utility.SaveError(f"cannot write {path} (No space left on device; 0.0 MiB free "
+            raise runfolder.SaveError(f"cannot write {path} (No space left on device; 0.0 MiB free "
                                     f"there); the previous file, if any, is kept")
         real(obj, path)
 
@@ -211,12 +212,12 @@ def failure_lines(caplog) -> list[str]:
 
 
 def test_a_full_disk_says_resume_only_when_a_state_was_saved(tmp_path, monkeypatch, caplog):
-    real = utility.atomic_save
+    real = runfolder.atomic_save
     first_fails = {"step": 0}
 
     def save(obj, path):
         if path.endswith(utility.STATE_NAME) and obj["progress"]["step"] >= first_fails["step"]:
-            raise utility.SaveError(f"cannot write {path} (No space left on device)")
+            raise runfolder.SaveError(f"cannot write {path} (No space left on device)")
         real(obj, path)
 
     monkeypatch.setattr(utility, "atomic_save", save)
@@ -261,7 +262,7 @@ def test_a_full_disk_while_writing_safetensors_stops_training_in_one_line(tmp_pa
     assert len(stopped) == 1 and "model_latest.safetensors (No space left on device; " in stopped[0]
     assert not unhandled and "Traceback" not in caplog.text and not runner.saver.busy
     latest, state = tmp_path / "model" / "model_latest.safetensors", tmp_path / utility.STATE_NAME
-    assert stat.S_IMODE(latest.stat().st_mode) == utility.FILE_MODE == stat.S_IMODE(state.stat().st_mode)
+    assert stat.S_IMODE(latest.stat().st_mode) == runfolder.FILE_MODE == stat.S_IMODE(state.stat().st_mode)
     assert not [n for n in os.listdir(tmp_path) + os.listdir(tmp_path / "model") if n.endswith(".tmp")]
 
 
@@ -310,14 +311,14 @@ def test_host_copy_shares_nothing_and_reuses_what_fits():
     Pair = collections.namedtuple("Pair", "a b")
     value = {"w": torch.arange(6.0).view(2, 3), "rest": [torch.ones(2), Pair(1, torch.zeros(1))],
              "n": {"k": [1, 2]}}
-    first = utility.host_copy(value)
+    first = runfolder.host_copy(value)
     assert_same(first, value)
     assert first["w"].data_ptr() != value["w"].data_ptr() and isinstance(first["rest"][1], Pair)
     value["w"].add_(1)
     value["n"]["k"].append(3)
     assert first["w"][0, 0] == 0 and first["n"]["k"] == [1, 2]  # a copy, not a view
     value["rest"][0] = torch.ones(3)  # another shape: fresh memory
-    second = utility.host_copy(value, reuse=first)
+    second = runfolder.host_copy(value, reuse=first)
     assert_same(second, value)
     assert second["w"].data_ptr() == first["w"].data_ptr()
     assert second["rest"][0].shape == (3,) and first["rest"][0].shape == (2,)

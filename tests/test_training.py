@@ -15,7 +15,7 @@ import torch
 
 import checkpointing
 import records
-import runlock
+import runfolder
 import trainer
 import utility
 from model import build_model
@@ -296,7 +296,7 @@ def test_auto_resume_refuses_what_contradicts_it(capsys, other):
 def other_host_lock(folder, run_id: str | None, age: float) -> None:
     """A lock of process 4242 on node-7 under torchrun run id ``run_id``, last renewed ``age``
     seconds ago."""
-    path = folder / runlock.LOCK_NAME
+    path = folder / runfolder.LOCK_NAME
     path.write_text(json.dumps({"host": "node-7", "pid": 4242, "command": "main.py", "run_id": run_id}))
     os.utime(path, (time.time() - age, time.time() - age))
 
@@ -316,14 +316,14 @@ def test_another_hosts_lock_is_stale_only_once_its_holder_stops_renewing_it(tmp_
     else:
         monkeypatch.setenv("TORCHELASTIC_RUN_ID", ours)
     other_host_lock(tmp_path, theirs, age)
-    lock = runlock.RunLock(str(tmp_path), stale_after=1800)
+    lock = runfolder.RunLock(str(tmp_path), stale_after=1800)
     if not taken:
-        with pytest.raises(runlock.LockError, match=r"in use by process 4242 on node-7 .*last \d+ s ago"):
+        with pytest.raises(runfolder.LockError, match=r"in use by process 4242 on node-7 .*last \d+ s ago"):
             lock.acquire()
-        assert json.loads((tmp_path / runlock.LOCK_NAME).read_text())["pid"] == 4242
+        assert json.loads((tmp_path / runfolder.LOCK_NAME).read_text())["pid"] == 4242
         return
     assert f"not renewed for {age}" in lock.acquire()
-    assert json.loads((tmp_path / runlock.LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert json.loads((tmp_path / runfolder.LOCK_NAME).read_text())["pid"] == os.getpid()
     lock.release()
 
 
@@ -334,13 +334,13 @@ def test_a_live_lock_of_this_host_is_kept_whatever_its_run_id_and_a_reused_pid_i
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         record = {"host": socket.gethostname(), "pid": child.pid, "run_id": run_id,
-                  "started": runlock.process_start(child.pid)}
-        (tmp_path / runlock.LOCK_NAME).write_text(json.dumps(record))
-        with pytest.raises(runlock.LockError, match=f"in use by process {child.pid}"):
-            runlock.RunLock(str(tmp_path)).acquire()
+                  "started": runfolder.process_start(child.pid)}
+        (tmp_path / runfolder.LOCK_NAME).write_text(json.dumps(record))
+        with pytest.raises(runfolder.LockError, match=f"in use by process {child.pid}"):
+            runfolder.RunLock(str(tmp_path)).acquire()
         record["started"] = "another-boot:1"  # the PID now belongs to another process
-        (tmp_path / runlock.LOCK_NAME).write_text(json.dumps(record))
-        lock = runlock.RunLock(str(tmp_path))
+        (tmp_path / runfolder.LOCK_NAME).write_text(json.dumps(record))
+        lock = runfolder.RunLock(str(tmp_path))
         assert "no longer runs" in lock.acquire()
         lock.release()
     finally:
@@ -356,14 +356,14 @@ def dev_zero(path) -> None:
                                        (dev_zero, "symbolic link"),
                                        (lambda p: os.symlink("missing", p), "symbolic link")])
 def test_a_lock_that_is_not_a_regular_file_is_refused_in_one_line_and_kept(tmp_path, make, kind):
-    path = tmp_path / runlock.LOCK_NAME
+    path = tmp_path / runfolder.LOCK_NAME
     make(path)
     outcome = []
 
     def take() -> None:
         try:
-            runlock.RunLock(str(tmp_path)).acquire()
-        except runlock.LockError as e:
+            runfolder.RunLock(str(tmp_path)).acquire()
+        except runfolder.LockError as e:
             outcome.append(str(e))
 
     thread = threading.Thread(target=take, daemon=True)  # a FIFO opened for reading would block
@@ -375,10 +375,10 @@ def test_a_lock_that_is_not_a_regular_file_is_refused_in_one_line_and_kept(tmp_p
 
 
 def test_the_holder_renews_its_lock_and_a_lock_replaced_meanwhile_is_put_back(tmp_path, monkeypatch):
-    monkeypatch.setattr(runlock, "LOCK_RENEW_SECONDS", 0.05)
-    lock = runlock.RunLock(str(tmp_path))
+    monkeypatch.setattr(runfolder, "LOCK_RENEW_SECONDS", 0.05)
+    lock = runfolder.RunLock(str(tmp_path))
     lock.acquire()
-    path = tmp_path / runlock.LOCK_NAME
+    path = tmp_path / runfolder.LOCK_NAME
     os.utime(path, (0, 0))
     deadline = time.monotonic() + 10
     while os.stat(path).st_mtime < time.time() - 60 and time.monotonic() < deadline:
@@ -391,8 +391,8 @@ def test_the_holder_renews_its_lock_and_a_lock_replaced_meanwhile_is_put_back(tm
     judged = os.stat(path)
     path.rename(tmp_path / "A")  # kept: its inode is not reused by B
     path.write_text("B")
-    runlock.RunLock(str(tmp_path))._remove_if((judged.st_dev, judged.st_ino))
-    assert path.read_text() == "B" and sorted(os.listdir(tmp_path)) == [runlock.LOCK_NAME, "A"]
+    runfolder.RunLock(str(tmp_path))._remove_if((judged.st_dev, judged.st_ino))
+    assert path.read_text() == "B" and sorted(os.listdir(tmp_path)) == [runfolder.LOCK_NAME, "A"]
 
 
 def test_a_state_of_another_world_size_is_re_split_from_its_step(tmp_path, caplog):

@@ -17,7 +17,7 @@ import sys
 import tarfile
 from collections.abc import Sequence
 
-import utility
+import runfolder
 from data.images import IMAGE_EXTENSIONS, open_regular, why_unreadable
 from data.listing import walk_images
 from data.sources import SHARD_INDEX
@@ -60,7 +60,7 @@ def write_shard(path: str, src: str, files: Sequence[str]) -> tuple[int, list[st
                     tar.addfile(info, data)
                 packed += 1
 
-    utility.atomic_write(path, pack)
+    runfolder.atomic_write(path, pack)
     return packed, skipped
 
 
@@ -72,7 +72,7 @@ def write_shards(out: str, src: str, files: Sequence[str],
         name = SHARD_NAME.format(i)
         counts[name], missed = write_shard(os.path.join(out, name), src, files[start:start + per_shard])
         skipped += missed
-    utility.write_json(os.path.join(out, SHARD_INDEX), {"shards": counts})
+    runfolder.write_json(os.path.join(out, SHARD_INDEX), {"shards": counts})
     return counts, skipped
 
 
@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return say(PROG, f"{args.out} already holds .tar files: give an empty or new folder", FAILED)
         counts, missed = write_shards(args.out, args.src, files, args.per_shard)
     except OSError as e:  # SaveError names the shard, the reason and the free space
-        why = str(e) if isinstance(e, utility.SaveError) else \
+        why = str(e) if isinstance(e, runfolder.SaveError) else \
             f"cannot write shards to {args.out}: {e.strerror or e}"
         return say(PROG, why, FAILED)
     say_skipped(skipped + missed)

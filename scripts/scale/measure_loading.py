@@ -31,6 +31,7 @@ if __name__ == "__main__":  # a stop signal while torch loads is kept, not a sil
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info  # noqa: E402
 
+import runfolder  # noqa: E402
 import utility  # noqa: E402
 from data.images import ImageReadError  # noqa: E402
 from data.listing import FILE_LIST, RECENT_CHANGE_NS, walk_images  # noqa: E402
@@ -123,7 +124,7 @@ def cache_problem(cache: str) -> str | None:
     folder = os.path.dirname(cache) or "."
     if not os.path.isdir(folder):
         return f"{named}: its folder does not exist; give a file in an existing folder"
-    why = utility.unwritable(folder)
+    why = runfolder.unwritable(folder)
     return (f"{named}: its folder cannot be written ({why}); give a file in a folder you can write"
             if why else None)
 

@@ -29,6 +29,7 @@ if __name__ == "__main__":  # a stop signal while torch loads is kept, not a sil
 import numpy as np  # noqa: E402
 
 import records  # noqa: E402
+import runfolder  # noqa: E402
 import utility  # noqa: E402
 from data.sources import SHARD_INDEX, TAR_BLOCK  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
@@ -115,7 +116,7 @@ def check_root(args: argparse.Namespace) -> str | None:
     if record is not None and {k: record[k] for k in OPTIONS} != {k: getattr(args, k) for k in OPTIONS}:
         before = " ".join(f"--{k} {record[k]}" for k in OPTIONS)
         return f"{named} holds a tree built with {before}: give those options, or a new folder"
-    why = utility.unwritable(above)  # a file is created there and removed
+    why = runfolder.unwritable(above)  # a file is created there and removed
     return f"{named} cannot be written ({why}): give a folder you can write" if why else None
 
 
@@ -171,7 +172,7 @@ def make_pool(folder: str, count: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     for i, path in enumerate(paths):
         image = pool_image(photos[i % len(photos)], rng)
-        utility.atomic_write(path, lambda tmp, image=image: image.save(tmp, "JPEG", quality=JPEG_QUALITY))
+        runfolder.atomic_write(path, lambda tmp, image=image: image.save(tmp, "JPEG", quality=JPEG_QUALITY))
     return paths
 
 
@@ -240,7 +241,7 @@ def build_shards(root: str, classes: list[tuple[str, list[int]]], shards: int, m
         counts[name] = members
         progress.update(s + 1)
     progress.update(shards, force=True)
-    utility.write_json(os.path.join(folder, SHARD_INDEX), {"shards": counts})
+    runfolder.write_json(os.path.join(folder, SHARD_INDEX), {"shards": counts})
     return shards * members
 
 
@@ -249,7 +250,7 @@ def build(args: argparse.Namespace) -> int:
     start = time.monotonic()
     options = {k: getattr(args, k) for k in OPTIONS}
     os.makedirs(args.root, exist_ok=True)
-    utility.write_json(os.path.join(args.root, RECORD), {**options, "complete": False})
+    runfolder.write_json(os.path.join(args.root, RECORD), {**options, "complete": False})
     pool = make_pool(os.path.join(args.root, "pool"), args.pool, args.seed)
     classes = class_names(args.classes, args.files, args.seed)
     files = build_train(args.root, pool, classes)
@@ -259,7 +260,7 @@ def build(args: argparse.Namespace) -> int:
     sizes = [os.path.getsize(p) for p in pool]
     record = {**options, "complete": True, "pool_mean_bytes": round(sum(sizes) / len(sizes)),
               "shard_images": members, "seconds": round(seconds, 1)}
-    utility.write_json(os.path.join(args.root, RECORD), record)
+    runfolder.write_json(os.path.join(args.root, RECORD), record)
     print(f"built {files} entries in {args.classes} classes under {shown(args.root)}/train "
           f"(links to {args.pool} JPEGs of {record['pool_mean_bytes'] / 1024:.0f} KB on average)"
           + (f" and {args.shards} shards of {args.shard_members}" if args.shards else "")
@@ -280,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return say(PROG, problem, FAILED) if problem else build(args)
 
     def failed(e: OSError) -> str:  # SaveError names the file, the reason and the free space
-        why = str(e) if isinstance(e, utility.SaveError) else \
+        why = str(e) if isinstance(e, runfolder.SaveError) else \
             f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
         return f"cannot build {shown(args.root)}: {shown(why)}"
 

@@ -1,22 +1,34 @@
-"""``RUN/.lock``: one process per run directory, and a live holder is never displaced.
+"""The run folder's life: its lock, the files written into it, and the background writer.
 
-On the holder's host it is alive while its process runs (its PID and start time); the lock of
-another host is alive while the holder renews it. The lock is read like every record, through
-``utility.read_small_file`` and records.LOCK; a lock that is not a regular file is refused, never removed.
+- ``RunLock``: ``RUN/.lock``, one process per run directory; a live holder is never displaced. On
+  the holder's host it is alive while its process runs (its PID and start time); the lock of
+  another host is alive while the holder renews it. It is read like every record (records.LOCK);
+  a lock that is not a regular file is refused, never removed.
+- ``atomic_write`` / ``write_json`` / ``write_text`` / ``atomic_save``: a temporary renamed into
+  place, so a crash leaves the old file or the new one; a full disk is one SaveError line.
+- ``host_copy`` / ``BackgroundWriter``: a snapshot of tensors on the CPU, written by one thread
+  while training goes on.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
+import re
+import shutil
 import socket
 import stat
+import tempfile
 import threading
 import time
+from collections.abc import Callable
+
+import torch
 
 import records
-from utility import FILE_MODE, O_NONBLOCK, file_kind, read_small_file, remove_stale_temporaries
+from utility import O_NONBLOCK, file_kind, jsonable, read_small_file
 
 # set by torchrun: the same for every restart of one job, "none" for every job without --rdzv_id
 ELASTIC_RUN_ID = "TORCHELASTIC_RUN_ID"
@@ -223,3 +235,197 @@ def pid_exists(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# ----------------------------------------------------------------------------------------
+# Files written atomically
+# ----------------------------------------------------------------------------------------
+class SaveError(OSError):
+    """A file that could not be written (full disk, no permission); the previous one is kept."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
+# torch.save reports a failed write (a full disk) as a RuntimeError of several wordings; a
+# loader worker's death, raised by its SIGCHLD handler while a save runs, is not about the file
+NOT_A_WRITE_FAILURE = re.compile(r"DataLoader worker")
+
+
+def unwritable(folder: str) -> str | None:
+    """Why no file can be written in ``folder`` (the OS's reason), or None when one can: a
+    temporary file is made there and removed to find out."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as e:
+        return e.strerror or str(e)
+
+
+def atomic_write(path: str, write: Callable[[str], None], durable: bool = False) -> None:
+    """Call ``write(tmp)`` on a fresh temporary beside ``path``, then rename it over ``path``
+    (``durable``: with the temporary's data flushed to disk first, so a power cut or kernel crash
+    after the rename cannot leave an empty file in its place).
+
+    The temporary has a unique name (two processes never share one) and is created anew, so a
+    symlink at ``path`` is replaced, never followed. On failure the temporary is removed, the
+    previous ``path`` is left as it was, and a SaveError says which file and how much space is free.
+    """
+    folder = os.path.dirname(path) or "."
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise SaveError(_save_failure(path, e)) from None
+    os.close(fd)
+    try:
+        os.chmod(tmp, FILE_MODE)
+        write(tmp)
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError) or (isinstance(e, RuntimeError) and not NOT_A_WRITE_FAILURE.search(str(e))):
+            raise SaveError(_save_failure(path, e)) from None
+        raise
+
+
+def _save_failure(path: str, error: BaseException) -> str:
+    """One line: the file, why it could not be written, and the free space where it goes."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if isinstance(error, OSError) and error.strerror:
+        reason = error.strerror
+    try:
+        free = f"{shutil.disk_usage(os.path.dirname(path) or '.').free / 2 ** 20:.1f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    return f"cannot write {path} ({reason}; {free}); the previous file, if any, is kept"
+
+
+def write_json(path: str, data: object) -> None:
+    """Write JSON atomically (see ``atomic_write``)."""
+    def dump(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(jsonable(data), f, indent=2)
+
+    atomic_write(path, dump)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a text file atomically (see ``atomic_write``)."""
+    def dump(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, dump)
+
+
+def atomic_save(obj: object, path: str) -> None:
+    """torch.save atomically and durably (see ``atomic_write``): a crash mid-write, or a machine
+    that goes down just after, leaves the old file or the new one, never a damaged one."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), durable=True)
+
+
+TEMPORARY_NAME = re.compile(r"^\..+\.[^.]+\.tmp$")  # what atomic_write creates: .NAME.XXXXXX.tmp
+RUN_SUBFOLDERS = ("", "model")  # where a run writes its files atomically
+
+
+def remove_stale_temporaries(folder: str) -> list[str]:
+    """Remove the temporaries of atomic writes in a run directory (and its model/) that a killed
+    process left; only the holder of the run's lock may call it (no one else writes there)."""
+    removed = []
+    for sub in RUN_SUBFOLDERS:
+        where = os.path.join(folder, sub)
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(where):
+                if TEMPORARY_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.remove(entry.path)
+                        removed.append(entry.path)
+    return removed
+
+
+# ----------------------------------------------------------------------------------------
+# Writing checkpoints beside the training
+# ----------------------------------------------------------------------------------------
+def host_copy(value: object, reuse: object = None) -> object:
+    """A copy of nested dicts, lists and tuples whose tensors are on the CPU: a clone of a CPU
+    tensor, page-locked (pinned) memory for a CUDA tensor. It shares no storage with ``value``, so
+    training may go on while it is written. ``reuse``, an earlier copy of the same layout that
+    nothing reads any more, has its tensors overwritten where shape and dtype match, instead of
+    memory allocated (and page-faulted in) afresh. Other values are copied with deepcopy."""
+    cuda_devices = set()
+
+    def copy_of(item: object, old: object) -> object:
+        if isinstance(item, torch.Tensor):
+            item = item.detach()
+            fits = (isinstance(old, torch.Tensor) and old.device.type == "cpu"
+                    and old.shape == item.shape and old.dtype == item.dtype)
+            if item.device.type == "cuda":
+                cuda_devices.add(item.device)
+                target = old if fits else torch.empty_like(item, device="cpu", pin_memory=True)
+                return target.copy_(item, non_blocking=True)
+            if fits:
+                return old.copy_(item)
+            return item.clone() if item.device.type == "cpu" else item.to("cpu")
+        if isinstance(item, dict):
+            olds = old if isinstance(old, dict) else {}
+            return {k: copy_of(v, olds.get(k)) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            olds = old if isinstance(old, (list, tuple)) and len(old) == len(item) else [None] * len(item)
+            items = [copy_of(v, o) for v, o in zip(item, olds, strict=False)]
+            return type(item)(*items) if hasattr(item, "_fields") else type(item)(items)
+        return copy.deepcopy(item)
+
+    result = copy_of(value, reuse)
+    for device in cuda_devices:  # the copies, queued on each device's stream, have landed
+        torch.cuda.synchronize(device)
+    return result
+
+
+class BackgroundWriter:
+    """Runs one job at a time in a thread of its own (never two, never a queue): ``submit`` first
+    waits for the job in flight. An exception a job raises is raised again in the caller's thread
+    by the next ``wait``, ``submit`` or ``check``, once."""
+
+    def __init__(self, name: str = "writer"):
+        self.name = name
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Start ``job`` in the background once the previous one is done (its error raised here)."""
+        self.wait()
+        self._thread = threading.Thread(target=self._run, args=(job,), name=self.name)
+        self._thread.start()
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as e:  # handed to the caller's thread, never a thread's traceback
+            self._error = e
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job is being run now."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self) -> None:
+        """Block until the job in flight is done; raise the exception it ended with, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def check(self) -> None:
+        """Raise the exception of a job that has ended with one (without waiting for a running job)."""
+        if self._error is not None and not self.busy:
+            self.wait()
