@@ -131,11 +131,13 @@ SHARDS = {
 # metrics.json of an evaluation: {results: {set: {task: {metric: value}}}}; the study reads SCORES
 SCORES = ("psnr_y", "ssim_y", "baseline_psnr", "baseline_ssim")
 SCORE = number(-1e6, 1e6)
+OTHER = {"anyOf": [number(), {"type": ["string", "boolean", "null"]}]}  # any other plain entry
 METRICS = {
     "type": "object", "required": ["results"],
     "properties": {"results": {**mapping({**mapping({
-        "type": "object", "required": list(SCORES), "properties": dict.fromkeys(SCORES, SCORE)}, 1024),
-        "minProperties": 1}, 1024), "minProperties": 1}},
+        "type": "object", "required": list(SCORES), "additionalProperties": OTHER,
+        "properties": {**dict.fromkeys(SCORES, SCORE), "per_image": mapping(mapping(OTHER, 64))}},
+        1024), "minProperties": 1}, 1024), "minProperties": 1}},
 }
 
 # study.json: how a study was run, for its report (never where anything is written)
