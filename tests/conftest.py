@@ -13,6 +13,11 @@ import numpy as np
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY",
                       os.path.join(tempfile.gettempdir(), "ipt-tests-hypothesis"))
 
+# pytest -n N: N workers share the cores, so each computes on one thread, and so do the programs
+# the tests start (main.py reads OMP_NUM_THREADS): threads spin-waiting for a busy core cost more
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
@@ -25,7 +30,7 @@ settings.register_profile("ipt", derandomize=True, database=None, deadline=None,
                                                  HealthCheck.too_slow])
 settings.load_profile("ipt")
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: N workers share the cores, one thread each
+if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import runfolder
-import utility
 from data import listing as listing_module
 from data.listing import FILE_LIST_ARRAYS, FolderListing, PathIndex, read_file_list, walk_folder, walk_images
 from data.sources import FileSource, open_source
@@ -309,7 +308,7 @@ def test_a_cache_that_cannot_be_written_only_warns(tree, tmp_path, caplog, monke
         raise runfolder.SaveError(f"cannot write {path} (Read-only file system)")
 
     caplog.clear()
-    monkeypatch.setattr(utility, "atomic_write", read_only)
+    monkeypatch.setattr(runfolder, "atomic_write", read_only)
     cache = str(tmp_path / "file_list.npz")
     assert names_of(open_source(tree, listing_cache=cache)) == sorted(FILES)
     assert "Read-only file system" in caplog.text and not os.path.exists(cache)

@@ -304,7 +304,7 @@ def test_a_failed_state_save_leaves_the_weights_undescribed(tmp_path, monkeypatc
             raise runfolder.SaveError(f"cannot write {path} (No space left on device)")
         real(obj, path)
 
-    monkeypatch.setattr(utility, "atomic_save", state_fails)
+    monkeypatch.setattr(runfolder, "atomic_save", state_fails)
     with pytest.raises(runfolder.SaveError):  # main.py makes it one line and exit status 1
         runner.fit()
     record = json.loads((tmp_path / "model" / utility.TRAINING_RECORD).read_text())

@@ -55,8 +55,8 @@ class SlowWrites:
         self.real_save, self.real_json = runfolder.atomic_save, runfolder.write_json
         self.writes: list[dict] = []
         os.makedirs(copies, exist_ok=True)
-        monkeypatch.setattr(utility, "atomic_save", self.save)
-        monkeypatch.setattr(utility, "write_json", self.json)
+        monkeypatch.setattr(runfolder, "atomic_save", self.save)
+        monkeypatch.setattr(runfolder, "write_json", self.json)
 
     def save(self, obj, path) -> None:
         began = self.runner.progress.step
@@ -201,7 +201,7 @@ def full_disk(monkeypatch, runner: trainer.Trainer) -> list[bool]:
                                     f"there); the previous file, if any, is kept")
         real(obj, path)
 
-    monkeypatch.setattr(utility, "atomic_save", save)
+    monkeypatch.setattr(runfolder, "atomic_save", save)
     return threads
 
 
@@ -220,7 +220,7 @@ def test_a_full_disk_says_resume_only_when_a_state_was_saved(tmp_path, monkeypat
             raise runfolder.SaveError(f"cannot write {path} (No space left on device)")
         real(obj, path)
 
-    monkeypatch.setattr(utility, "atomic_save", save)
+    monkeypatch.setattr(runfolder, "atomic_save", save)
     synchronous(monkeypatch)
     for fails, advice in [(0, "start again (nothing was saved yet)"), (6, "continue with --resume")]:
         first_fails["step"] = fails

@@ -99,7 +99,7 @@ def test_a_kill_between_write_and_rename_keeps_the_previous_state(tmp_path, monk
     def killed(src, dst):
         raise KeyboardInterrupt("killed between the temporary write and the rename")
 
-    monkeypatch.setattr(utility.os, "replace", killed)
+    monkeypatch.setattr(runfolder.os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         longer.fit()
     monkeypatch.undo()
