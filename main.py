@@ -17,9 +17,11 @@ import option  # loads no torch, so that --help answers at once  # noqa: E402
 import option_files  # noqa: E402
 import run_settings  # noqa: E402
 
-if __name__ == "__main__" and option.asks_for_help(sys.argv[1:]):
-    option.build_parser().print_help()
-    sys.exit(0)
+if __name__ == "__main__":
+    if option.asks_for_help(sys.argv[1:]):
+        option.build_parser().print_help()
+        sys.exit(0)
+    ARGS = option.parse_args(sys.argv[1:])  # a bad option: one line and exit 2, before torch loads
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -46,10 +48,11 @@ class JobError(Exception):
     """Why the job cannot go on, in one line (exit status 1); empty when another rank says it."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the job the options describe; the exit status (0 ok, 1 failures, 2 bad options)."""
+def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
+    """Run the job the options describe (``args``: ``argv`` already parsed); the exit status (0
+    ok, 1 failures, 2 bad options)."""
     world, rank = distributed.world_size(), distributed.rank()  # checked before anything is written
-    args = option.parse_args(argv)
+    args = args or option.parse_args(argv)
     s = option.settings(args)
     device = distributed.pick_device(s.run.cpu)
     utility.close_logging()  # set up again once the run directory is ours
@@ -340,4 +343,4 @@ def fit(runner: trainer.Trainer) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(args=ARGS))
