@@ -442,7 +442,7 @@ def test_save_format_writes_the_weights_as_safetensors_too_and_evaluation_finds_
     caplog.clear()
     assert cli.main(["--cpu", "--test_only", "--resume", "--save", str(only), "--data_test", "Sample",
                      "--scale", "2", "--n_feats", "16", "--num_heads", "4", "--num_layers", "1",
-                     "--patch_size", "12"]) == 0
+                     "--patch_size", "12", "--chop", "fast"]) == 0
     assert "model_latest.safetensors" in caplog.text
 
 
