@@ -23,13 +23,13 @@ from utility import (
     MAX_LOADER_WORKERS,
     RECORD_MAX_BYTES,
     TRAINING_RECORD,
-    RecordError,  # noqa: F401  (raised here; callers catch records.RecordError)
+    RecordError,
     read_small_file,
 )
 
 MAX_SECONDS = 10 ** 10  # durations: three centuries
 MAX_VALUE = 10 ** 15  # any other number a record holds (options are then checked against their own)
-MAX_SEED = 2 ** 63 - 1  # main.py's --seed: torch.manual_seed takes a 64-bit integer
+MAX_SEED = MAX_INT64  # main.py's --seed: torch.manual_seed takes a 64-bit integer
 MAX_SHARD_MEMBERS = 1 << 32  # images in one tar shard: above this, no count of a real one
 PYTHON_RNG_WORDS, NUMPY_RNG_WORDS, TORCH_RNG_BYTES = 625, 624, 5056  # the generators' state sizes
 
@@ -203,15 +203,16 @@ def _validator_class() -> Any:
     return validators.extend(Draft202012Validator, {"shape": shape, "dtype": dtype}, type_checker=types)
 
 
-_VALIDATORS: dict[int, Any] = {}
+_VALIDATORS: dict[int, tuple[Mapping, Any]] = {}  # id(schema) -> (that schema, its validator)
 
 
 def problem(record: object, schema: Mapping) -> str | None:
     """What is wrong with ``record`` by ``schema``, in a few words naming the key (None: nothing)."""
     from jsonschema.exceptions import best_match
-    validator = _VALIDATORS.get(id(schema))
-    if validator is None:
-        validator = _VALIDATORS[id(schema)] = _validator_class()(schema)
+    kept, validator = _VALIDATORS.get(id(schema), (None, None))
+    if kept is not schema:  # the schema itself is kept, so its id is never another's
+        validator = _validator_class()(schema)
+        _VALIDATORS[id(schema)] = (schema, validator)
     error = best_match(validator.iter_errors(record))
     if error is None:
         return None
@@ -238,7 +239,7 @@ def parse_json(data: bytes, where: str, fix: str) -> object:
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise RecordError(f"{where}: not UTF-8 text; {fix}") from None
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         reason = str(e).splitlines()[0][:80] if str(e) else type(e).__name__
         raise RecordError(f"{where}: not readable JSON ({reason}); {fix}") from None
 

@@ -132,11 +132,6 @@ MAX_LOADER_WORKERS = 1024  # loader worker processes of one rank: a large node's
 MAX_INT64 = 2 ** 63 - 1  # file sizes and st_mtime_ns: what the operating system's fields hold
 
 
-def is_count(value: object, least: int = 0, most: int = MAX_COUNT) -> bool:
-    """An int (not a bool) from ``least`` to ``most``: what a record's counts and steps must be."""
-    return isinstance(value, int) and not isinstance(value, bool) and least <= value <= most
-
-
 def last_line(error: BaseException) -> str:
     """The message of an error in one line, without the worker traceback a DataLoader puts
     before it."""
