@@ -20,7 +20,8 @@ import utility
 from conftest import ROOT
 from test_probes import PROBE_TIMEOUT, TRAIN, train_until
 
-STEPS = 12  # the length of every job here; a state is saved every SAVE_EVERY steps
+STEPS = 24  # the length of every job here (room for four stops in one); a state is saved
+# every SAVE_EVERY steps
 SAVE_EVERY = 3
 # torchrun forwards SIGUSR1 only when told to: Slurm's --signal=USR1@90 is one to save and stop on
 SIGNALS_TO_HANDLE = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
@@ -55,6 +56,15 @@ def finish(process: subprocess.Popen, lines: list[str]) -> str:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
     return "".join(lines)
+
+
+def read_line(process: subprocess.Popen, lines: list[str], pattern: str) -> re.Match:
+    """Read the job's output (kept in ``lines``) up to the first line matching ``pattern``."""
+    for line in process.stdout:
+        lines.append(line)
+        if found := re.search(pattern, line):
+            return found
+    raise AssertionError(f"the job ended before {pattern!r}:\n" + "".join(lines)[-3000:])
 
 
 def weights(run) -> dict:
@@ -119,15 +129,23 @@ def test_torchrun_says_a_bad_option_once(tmp_path):
     assert len(re.findall(r"main\.py: error: .*--lr", result.stderr)) == 1, result.stderr[-3000:]
 
 
-def test_a_rank_killed_after_a_save_is_restarted_and_ends_as_if_never_stopped(tmp_path, uninterrupted):
-    """kill -9 of a rank with --max-restarts: torchrun restarts the group, which continues from
-    the last saved state to the weights of the uninterrupted job."""
+def test_restarts_after_a_killed_rank_and_after_a_stopped_one_end_as_if_never_stopped(tmp_path,
+                                                                                    uninterrupted):
+    """One job with --max-restarts 2 and --auto_resume. kill -9 of a rank after a save: torchrun
+    restarts the group, which continues from the last saved state. Then SIGTERM to a rank: it
+    saves and exits 130, which torchrun counts as a failure: the group restarts again, from the
+    step saved on the signal. The job ends at the weights of the uninterrupted one."""
     run = tmp_path / "run"
     process, lines = train_until(torchrun(job(run, "--auto_resume"), restarts=2), SAVE_EVERY + 2)
     os.kill(rank_one(run), signal.SIGKILL)
+    resumed = int(read_line(process, lines, r"resumed at step (\d+)").group(1))
+    assert resumed >= SAVE_EVERY
+    read_line(process, lines, rf"INFO step {resumed + 1}:")
+    os.kill(rank_one(run), signal.SIGTERM)
     out = finish(process, lines)
     assert process.returncode == 0, out[-3000:]
-    assert int(re.search(r"resumed at step (\d+)", out).group(1)) >= SAVE_EVERY
+    stopped = int(re.findall(r"stopped at step (\d+) of", out)[-1])  # the last: SIGTERM's
+    assert stopped > resumed and f"resumed at step {stopped}" in out, out[-3000:]
     assert f"finished at step {STEPS} of {STEPS}" in out
     assert_same_weights(weights(run), uninterrupted)
     assert_nothing_left(run)
@@ -146,53 +164,49 @@ def test_a_rank_killed_without_restarts_is_one_line_and_leaves_nothing(tmp_path)
     assert_nothing_left(run)
 
 
-@pytest.mark.parametrize("sig,to_group", [
+# the preemption signals that stop one job in turn: (signal, sent to the whole process group)
+PREEMPTIONS = [
     (signal.SIGUSR1, False),  # Slurm's --signal=USR1@90 sent to one task
     (signal.SIGTERM, False),
     (signal.SIGUSR1, True),   # scancel --signal=USR1 --full: torchrun forwards it (--signals-to-handle)
     (signal.SIGTERM, True),   # preemption: Slurm and Kubernetes signal every process
-])
-def test_a_preemption_signal_saves_one_agreed_step_and_auto_resume_ends_as_if_never_stopped(
-        tmp_path, uninterrupted, sig, to_group):
-    """Without --max-restarts: the ranks agree on the step, rank 0 saves it once, every rank
-    exits 130; the same command with --auto_resume then ends at the uninterrupted weights."""
-    run, exits = tmp_path / "run", tmp_path / "exits"
-    exits.mkdir()
-    process, lines = train_until(torchrun(job(run, "--auto_resume"), exits=exits), 4)
-    if to_group:
-        os.killpg(process.pid, sig)
-    else:
-        os.kill(rank_one(run), sig)
-    out = finish(process, lines)
-    assert process.returncode != 0 and not ours_in_a_traceback(out), out[-3000:]
-    assert sorted(p.read_text() for p in exits.iterdir()) == ["130", "130"], out[-3000:]
-    stops = re.findall(r"stopped at step (\d+) of", out)  # rank 0's log (the others are quiet)
-    said = re.findall(r"received: saving the training state|another process of this job received", out)
-    assert len(stops) == 1 and len(said) == 1, out[-3000:]
-    stopped = int(stops[0])
-    record = json.loads((run / "model" / utility.TRAINING_RECORD).read_text())
-    state = torch.load(run / utility.STATE_NAME, weights_only=True)
-    assert state["progress"]["step"] == record["step"] == stopped >= 4 and record["interrupted"]
-    assert_nothing_left(run)
+]
+
+
+def test_each_preemption_signal_saves_one_agreed_step_and_auto_resume_ends_as_if_never_stopped(
+        tmp_path, uninterrupted):
+    """Without --max-restarts, one job stopped by each signal in turn: every time, the ranks agree
+    on the step, rank 0 saves it once and every rank exits 130; the same command with
+    --auto_resume continues from it, and the last one ends at the uninterrupted weights."""
+    run, stopped = tmp_path / "run", 0
+    for i, (sig, to_group) in enumerate(PREEMPTIONS):
+        exits = tmp_path / f"exits{i}"
+        exits.mkdir()
+        waited = max(4, stopped + 1)
+        process, lines = train_until(torchrun(job(run, "--auto_resume"), exits=exits), waited)
+        if to_group:
+            os.killpg(process.pid, sig)
+        else:
+            os.kill(rank_one(run), sig)
+        out = finish(process, lines)
+        case = f"{signal.Signals(sig).name} to the {'group' if to_group else 'rank'}:\n" + out[-3000:]
+        assert process.returncode != 0 and not ours_in_a_traceback(out), case
+        assert sorted(p.read_text() for p in exits.iterdir()) == ["130", "130"], case
+        assert not stopped or f"resumed at step {stopped}" in out, case
+        stops = re.findall(r"stopped at step (\d+) of", out)  # rank 0's log (the others are quiet)
+        said = re.findall(r"received: saving the training state|another process of this job received", out)
+        assert len(stops) == 1 and len(said) == 1, case
+        stopped = int(stops[0])
+        record = json.loads((run / "model" / utility.TRAINING_RECORD).read_text())
+        state = torch.load(run / utility.STATE_NAME, weights_only=True)
+        assert state["progress"]["step"] == record["step"] == stopped >= waited and record["interrupted"]
+        assert stopped < STEPS, case
+        assert_nothing_left(run)
 
     again = subprocess.run(torchrun(job(run, "--auto_resume")), cwd=ROOT, capture_output=True,
                            text=True, timeout=PROBE_TIMEOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert again.returncode == 0 and f"resumed at step {stopped}" in again.stdout + again.stderr
     assert_same_weights(weights(run), uninterrupted)
-
-
-def test_with_max_restarts_a_signal_to_one_rank_is_a_restart_from_the_saved_step(tmp_path, uninterrupted):
-    """A rank stopped by a signal exits 130, which torchrun counts as a failure: with restarts
-    left it restarts the group, which continues (--auto_resume) from the step saved on the signal."""
-    run = tmp_path / "run"
-    process, lines = train_until(torchrun(job(run, "--auto_resume"), restarts=1), 4)
-    os.kill(rank_one(run), signal.SIGTERM)
-    out = finish(process, lines)
-    assert process.returncode == 0, out[-3000:]
-    stopped = int(re.search(r"stopped at step (\d+) of", out).group(1))
-    assert f"resumed at step {stopped}" in out and f"finished at step {STEPS} of {STEPS}" in out
-    assert_same_weights(weights(run), uninterrupted)
-    assert_nothing_left(run)
 
 
 def test_a_stalled_rank_stops_every_process_within_dist_timeout(tmp_path):
