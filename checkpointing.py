@@ -74,6 +74,7 @@ class Checkpointing:
     scaler, progress and counters, and writes them under --save (rank 0 only)."""
 
     _last_snapshot: Snapshot | None = None  # its memory is reused by the next snapshot
+    ema: nn.Module | None = None  # the moving average of the weights (torch's AveragedModel)
 
     @functools.cached_property
     def saver(self) -> runfolder.BackgroundWriter:
@@ -93,33 +94,45 @@ class Checkpointing:
         if self.rank != 0:
             return True
         self.saver.wait()
-        weights = unwrap(self.model).state_dict()
-        broken = utility.nonfinite_tensors(weights)  # on the device
+        broken = self.nonfinite_weights()
         if broken:
             log.error("not saving step %d: %d weight tensor(s) are NaN or infinite (%s); %s and "
                       "the training state are those of the last good save", self.progress.step,
                       len(broken), broken[0], os.path.join(self.model_dir, "model_latest.pt"))
             return False
-        snapshot = self.snapshot(weights)
+        snapshot = self.snapshot()
         self.saver.submit(lambda: self._write(snapshot))
         if not background:
             self.saver.wait()
         return True
 
-    def snapshot(self, weights: dict[str, Tensor]) -> Snapshot:
+    @property
+    def delivered(self) -> nn.Module:
+        """The network whose weights the run delivers: the moving average under --ema_decay (the
+        optimiser's weights then live in state.pt only, for --resume)."""
+        return unwrap(self.model) if self.ema is None else self.ema.module
+
+    def nonfinite_weights(self) -> list[str]:
+        """The weight tensors (and the average's) holding a NaN or an infinity, on their device."""
+        ema = [] if self.ema is None else utility.nonfinite_tensors(self.ema.module.state_dict())
+        return utility.nonfinite_tensors(unwrap(self.model).state_dict()) + [f"ema:{n}" for n in ema]
+
+    def snapshot(self) -> Snapshot:
         """What a save writes, of this step, copied to the CPU: one more copy of the state in
-        memory (the weights and the optimiser's moments), kept for the next snapshot to copy
-        into; so no save may be being written while this runs."""
+        memory (the weights, their average and the optimiser's moments), kept for the next
+        snapshot to copy into; so no save may be being written while this runs."""
         step = self.progress.step
         names = self.weight_names("model_latest") + (
             self.weight_names(f"model_{step}") if self.settings.save_models else [])
-        state = {"model": weights, "optimizer": self.optimizer.state_dict(),
+        state = {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "progress": vars(self.progress), "loss_average": self.loss_average,
                  "rng": rng_states(), "options": self.record,
                  "loader_workers": self.loader_workers, "schedule_steps": self.schedule_steps,
                  "world_size": self.world_size, "split_origin": self.split_origin,
                  "epoch_steps": self.epoch_steps, "train_seconds": self.train_seconds}
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
         last = self._last_snapshot.state if self._last_snapshot else None
         state, record = runfolder.host_copy((state, self.training_record()), reuse=(last, None))
         self._last_snapshot = Snapshot(step, names, state, record)
@@ -128,8 +141,9 @@ class Checkpointing:
     def _write(self, snapshot: Snapshot) -> None:
         """The files of a snapshot, always in this order: the weights, state.pt, then
         training.json, which describes weights written before it."""
+        delivered = snapshot.state.get("ema", snapshot.state["model"])
         for name in snapshot.weight_files:
-            self._write_weights(snapshot.state["model"], name, snapshot.step)
+            self._write_weights(delivered, name, snapshot.step)
         runfolder.atomic_save(snapshot.state, os.path.join(self.settings.save, STATE_NAME))
         runfolder.write_json(self.record_path, {**snapshot.record, "weights": dict(self.weights_written)})
 
@@ -174,6 +188,8 @@ class Checkpointing:
                 "finished": p.step >= self.total_steps, "interrupted": self.interrupted,
                 "best_step": p.best_step if p.best_step >= 0 else None,
                 "train_seconds": round(self.train_seconds, 3),
+                # the weights written are a moving average of the optimiser's, of this decay
+                "ema": self.ema is not None, "ema_decay": self.settings.ema_decay,
                 "weights": self.weights_written}
 
     def load(self, path: str) -> None:
@@ -186,6 +202,8 @@ class Checkpointing:
         ``read_state``); StateError when it does not fit this model and optimiser."""
         try:
             unwrap(self.model).load_state_dict(state["model"])
+            if self.ema is not None:
+                self.ema.module.load_state_dict(state["ema"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])

@@ -86,7 +86,8 @@ def validator(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
               check: bool = False) -> Callable[[nn.Module, int], tuple[dict, dict]] | None:
     """The validation a training run calls at a step: PSNR per "set/task" on the test sets (not
     Demo) and a preview image of each; it also writes metrics.json and results.md of that step.
-    None when the options name no test set. ``model`` is the bare network (not DDP-wrapped).
+    None when the options name no test set. ``model`` is the bare network (not DDP-wrapped);
+    each validation evaluates the one it is given: that, its moving average or either compiled.
     With ``check``, a missing or malformed test set is a BenchmarkError now (its files listed,
     none decoded), not at the first validation. A stop signal raised in it (KeyboardInterrupt)
     goes through to the trainer, which stops the run: no report of that step is written."""
@@ -101,7 +102,7 @@ def validator(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
 
     def validate(net: nn.Module, step: int) -> tuple[dict[str, float], dict[str, Tensor]]:
         previews: dict[str, Tensor] = {}
-        results = {name: evaluate_benchmark(model, ev, plain, name, task_ids, None, previews)
+        results = {name: evaluate_benchmark(net, ev, plain, name, task_ids, None, previews)
                    for name in sets}
         report.write_reports(resolve_mode(model, plain.mode), ev, plain, results, step=step)
         model.train()

@@ -109,11 +109,31 @@ def run(args: argparse.Namespace, s: run_settings.Settings, device: torch.device
     if given and s.run.test_only:
         log.warning("training options have no effect with --test_only: %s", " ".join(given))
     torch.manual_seed(s.run.seed)
-    if not s.run.test_only:
-        return train(args, auto_resume(s), device)
-    share_cpu(s.run.threads, 0, device)
-    model, sha256 = prepare_model(s, device)
-    return evaluation.evaluate(model, s.evaluation, s.inference, s.run.checkpoint, sha256)
+    if s.compile:
+        check_compiler()
+    try:
+        if not s.run.test_only:
+            return train(args, auto_resume(s), device)
+        share_cpu(s.run.threads, 0, device)
+        model, sha256 = prepare_model(s, device)
+        net = torch.compile(model) if s.compile else model
+        return evaluation.evaluate(net, s.evaluation, s.inference, s.run.checkpoint, sha256)
+    except RuntimeError as e:  # torch.compile's errors come at the first call, deep inside
+        dynamo = sys.modules.get("torch._dynamo")
+        if s.compile and dynamo and isinstance(e, dynamo.exc.TorchDynamoException):
+            raise JobError(f"--compile: torch.compile failed ({utility.last_line(e)[:300]}): run "
+                           f"without --compile") from None
+        raise
+
+
+def check_compiler() -> None:
+    """JobError unless torch.compile can build here: its inductor needs a C++ compiler."""
+    from torch._inductor import cpp_builder, exc
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise JobError("--compile needs a C++ compiler for torch's inductor (g++, or the one $CXX "
+                       "names) and none was found: install one, or run without --compile") from None
 
 
 def auto_resume(s: run_settings.Settings) -> run_settings.Settings:

@@ -23,6 +23,9 @@ SIGMA_IN_NAME = re.compile(r"^\d+(\.\d+)?$")  # how --sigma must print to name t
 SUPPORTED_SCALES = (1, 2, 3, 4, 8, 16)
 DEFAULT_SCALE = "4"  # the authors' default
 MAX_DIST_TIMEOUT = 7 * 24 * 3600  # a week: longer waits overflow timedelta and help no one
+# the most micro-batches an optimiser step takes: the paper's global batch of 256 one sample at a
+# time is 256; more only makes a step slower to reach
+MAX_ACCUMULATE = 4096
 RESUME_DERIVED = ("task_names", "task_id")  # what --tasks/--task/--denoise/... resolve to
 PATH_OPTIONS = ("config", "dir_data", "dir_demo", "pretrain", "save", "streaks_dir")
 
@@ -358,7 +361,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         (("n_threads",), f"must be at most {MAX_LOADER_WORKERS}", lambda v: v <= MAX_LOADER_WORKERS),
         (("epochs", "max_steps", "warmup_steps", "test_every", "print_every", "save_every", "max_nonfinite"),
          f"must be at most {MAX_COUNT}", lambda v: v <= MAX_COUNT),
-        (("dropout_rate",), "must be in [0, 1)", lambda v: 0 <= v < 1),
+        (("dropout_rate", "ema_decay"), "must be in [0, 1)", lambda v: 0 <= v < 1),
+        (("accumulate",), f"must be 1 to {MAX_ACCUMULATE}", lambda v: 1 <= v <= MAX_ACCUMULATE),
         (("mask_ratio",), "must be between 0 and 1 (exclusive)", lambda v: 0 < v < 1),
         (("seed",), f"must be an integer from 0 to {MAX_INT64} (2^63 - 1)", lambda v: 0 <= v <= MAX_INT64),
         (("dist_timeout",), f"must be 1 to {MAX_DIST_TIMEOUT} seconds (a week)",
@@ -510,7 +514,10 @@ def training_options_given(args: argparse.Namespace) -> list[str]:
 
 
 def resume_conflicts(saved: dict, args: argparse.Namespace) -> list[str]:
-    """The options that differ from a saved run's and would change its model or data."""
+    """The options that differ from a saved run's and would change its model or data; one that
+    the saved run's version did not have yet (--ema_decay, --accumulate) was at its default."""
     from utility import jsonable  # the saved options are the record of settings(): plain JSON
     now = {k: jsonable(getattr(args, k, None)) for k in (*with_role(table.RESUME), *RESUME_DERIVED)}
-    return [f"--{k} (saved {saved.get(k)!r}, now {v!r})" for k, v in now.items() if v != saved.get(k)]
+    was = {k: saved.get(k) if k in saved or k not in table.OPTIONS else jsonable(table.OPTIONS[k].default)
+           for k in now}
+    return [f"--{k} (saved {was[k]!r}, now {v!r})" for k, v in now.items() if v != was[k]]

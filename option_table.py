@@ -199,7 +199,9 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
                f"rank that died or stalls); longer than a validation ({DIST_TIMEOUT})", TRAINING),
         Option("test_every", 1000, int, "validate every N steps", TRAINING),
         Option("epochs", 300, int, "epochs (0: no limit)", TRAINING),
-        Option("batch_size", 16, int, None, TR),
+        Option("batch_size", 16, int, "samples per process in a micro-batch", TR),
+        Option("accumulate", 1, int, "micro-batches of --batch_size per optimiser step (gradient "
+               "accumulation; the global batch is --batch_size x this x the processes)", TR),
         Option("gan_k", 1, int, refused="--gan_k is not supported: IPT has no adversarial loss"),
         Option("lr", 1e-4, finite_float, "learning rate", TR),
         Option("decay", "200", None, "step-decay milestones in epochs, A-B", TR),
@@ -231,7 +233,12 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
         Option("max_nonfinite", 20, int, "stop after this many non-finite losses in a row", TRAINING),
         Option("amp", "none", None, "mixed precision for training (bf16: CUDA or CPU; fp16: CUDA)",
                TRAINING, choices=("none", "bf16", "fp16")),
-        Option("compile", False, SWITCH, "torch.compile the model", TRAINING),
+        Option("ema_decay", 0.0, finite_float, "keep an exponential moving average of the weights with this "
+               "decay, updated after every optimiser step (0: off); the run's weights, validations and "
+               "model_best are then the average's", TR),
+        Option("compile", False, SWITCH, "torch.compile the network: training steps, validations and "
+               "--test_only's restorations (needs a C++ compiler; outputs differ from eager by float "
+               "rounding)"),
         Option("gpu_degrade", False, SWITCH, "make SR (bicubic) and noisy inputs on the training device, a "
                "batch at a time, instead of in the loader workers (rain stays in the loader)", TRAINING),
         Option("streaks_dir", "", None,

@@ -72,6 +72,7 @@ TRAINING = {
         "architecture": ARCHITECTURE,
         "step": COUNT, "max_steps": COUNT, "schedule_steps": COUNT, "best_step": optional(COUNT),
         "finished": BOOL, "interrupted": BOOL, "train_seconds": SECONDS,
+        "ema": BOOL, "ema_decay": number(0, 1),
         "weights": mapping({"type": "object", "required": ["step", "size", "mtime_ns"],
                             "properties": {"step": COUNT, "size": count(0, MAX_INT64),
                                            "mtime_ns": count(0, MAX_INT64)}}, 100_000),
@@ -96,7 +97,7 @@ STATE = {
     "type": "object",
     "required": ["model", "optimizer", "scheduler", "scaler", "progress", "loss_average", "rng", "options"],
     "properties": {
-        "model": mapping(TENSOR, 100_000),
+        "model": mapping(TENSOR, 100_000), "ema": mapping(TENSOR, 100_000),
         "optimizer": {"type": "object", "required": ["state", "param_groups"],
                       "properties": {"state": {"type": "object"},
                                      "param_groups": {"type": "array", "maxItems": 1024, "items": mapping(

@@ -73,6 +73,7 @@ class DataSettings:
     tasks: list[str]  # the heads of the model being trained
     task_id: int | None  # None: each batch draws its task (pre-training)
     batch_size: int
+    accumulate: int  # micro-batches per optimiser step: they share a task
     patch_size: int
     seed: int
     augment: bool
@@ -113,6 +114,9 @@ class TrainSettings:
     print_every: int
     save_every: int
     test_every: int
+    accumulate: int  # micro-batches per optimiser step
+    ema_decay: float  # 0: no moving average of the weights
+    compile: bool  # validations run the network through torch.compile
     save_models: bool
     weight_suffixes: tuple[str, ...]  # --save_format: the weights files' suffixes
     progressive: list[tuple[int, int, int]]  # (patch, batch, steps) per stage; [] when off

@@ -1,6 +1,7 @@
 """Training: one-task batches through the network, L1 (+ contrastive) loss, checkpoints, resume."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -9,12 +10,12 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import runfolder
 import stops
-import utility
 from checkpointing import (
     RESUME_HINT,
     SAVE_FAILED,
@@ -41,22 +42,24 @@ Batches = Callable[[int], Iterable[dict]]  # the first step -> one-task batches 
 
 def make_batches(d: DataSettings, rank: int = 0, world: int = 1, saved_workers: int | None = None,
                  split_origin: int = 0) -> tuple[Batches, int, int]:
-    """(batch factory, steps per epoch, loader workers) of the training set. A resumed run keeps
-    the workers it started with (``saved_workers``): batch k depends on them; ``split_origin`` is
-    the step its files were last split over the processes and workers at (`resumed_split`)."""
+    """(batch factory, optimiser steps per epoch, loader workers) of the training set. A resumed
+    run keeps the workers it started with (``saved_workers``): batch k depends on them;
+    ``split_origin`` is the step its files were last split over the processes and workers at
+    (`resumed_split`). A step takes --accumulate batches (micro-batches) of the stream."""
     stream = training_stream(d.name, d.dir_data, d.tasks, train_range=d.train_range,
                              batch_size=d.batch_size, patch_size=d.patch_size, seed=d.seed,
                              rank=rank, world_size=world, augment=d.augment, task_id=d.task_id,
                              streaks_dir=d.streaks_dir, lr_in_loader=d.lr_in_loader,
-                             listing_cache=os.path.join(d.run_dir, FILE_LIST))
+                             listing_cache=os.path.join(d.run_dir, FILE_LIST), accumulate=d.accumulate)
     workers = loader_workers(d.workers, len(stream.source), world, saved_workers)
+    k = d.accumulate
 
     def batches(start: int) -> DataLoader:
-        return DataLoader(stream.with_start(start, split_origin), batch_size=None, num_workers=workers,
-                          pin_memory=d.pin_memory and torch.cuda.is_available(),
+        return DataLoader(stream.with_start(start * k, split_origin * k), batch_size=None,
+                          num_workers=workers, pin_memory=d.pin_memory and torch.cuda.is_available(),
                           worker_init_fn=stops.ignore_stop_signals if workers else None)
 
-    return batches, stream.steps_per_epoch, workers
+    return batches, math.ceil(stream.steps_per_epoch / k), workers
 
 
 def resumed_split(saved: dict | None, world: int) -> tuple[int | None, int]:
@@ -123,6 +126,15 @@ def lr_factor(schedule: str, milestones: list[int], gamma: float, warmup: int, t
     return {"cosine": cosine, "cyclic_cosine": cyclic_cosine}.get(schedule, step_decay)
 
 
+def moving_average(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of ``model``'s weights that starts at the weights it has now,
+    without a warm-up of the decay (as BasicSR's): each update moves it 1 - ``decay`` of the way
+    to the model's."""
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+    ema.update_parameters(model)  # the first update copies
+    return ema
+
+
 def progressive_crop(lr: Tensor, hr: Tensor, patch: int, size: int,
                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """``size`` random samples of a scale-1 batch, cropped at one random ``patch`` square."""
@@ -157,6 +169,10 @@ class Trainer(Checkpointing):
         self.device = next(model.parameters()).device
         self.optimizer = make_optimizer(settings, model.parameters())
         t = settings
+        # every rank updates its own average from the same weights: no communication
+        self.ema = moving_average(unwrap(model), t.ema_decay) if t.ema_decay else None
+        # what validations evaluate: the delivered network, compiled once under --compile
+        self.eval_net = torch.compile(self.delivered) if t.compile else self.delivered
         milestones = [m * steps_per_epoch for m in t.decay_epochs]
         end_factors = [eta / t.lr for eta in t.eta_mins] if t.lr else []
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(
@@ -198,7 +214,7 @@ class Trainer(Checkpointing):
                 batches = iter(self.batches(p.step))
                 while p.step < self.total_steps and not self._stop_agreed(stop.received):
                     started = clock()
-                    loss = self.train_step(next(batches))
+                    loss = self.train_step([next(batches) for _ in range(self.settings.accumulate)])
                     self.train_seconds += clock() - started
                     p.step += 1
                     bar.update(1)
@@ -246,7 +262,7 @@ class Trainer(Checkpointing):
         p = self.progress
         if p.nonfinite_run == 0:
             return False
-        broken = utility.nonfinite_tensors(unwrap(self.model).state_dict())  # on its device
+        broken = self.nonfinite_weights()  # on their device
         if broken:
             log.error("step %d: %d weight tensor(s) are NaN or infinite (%s, ...): stopping; the "
                       "last checkpoint is kept (lower --lr, set --gclip)", p.step, len(broken),
@@ -271,9 +287,39 @@ class Trainer(Checkpointing):
             log.error(SAVE_FAILED, e, after_failed_save(self.settings.save))
             return False
 
-    def train_step(self, batch: dict) -> float | None:
-        """One optimiser step on a one-task batch; None when the loss was not finite (skipped)."""
+    def train_step(self, micro_batches: list[dict] | dict) -> float | None:
+        """One optimiser step on the one-task micro-batches of a step (--accumulate of them, or
+        one batch): their mean loss, or None when one was not finite or too large (skipped)."""
+        if isinstance(micro_batches, dict):
+            micro_batches = [micro_batches]
         self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        k, values = len(micro_batches), []
+        for j, batch in enumerate(micro_batches):
+            # DDP averages the gradients over the processes once a step: on the last micro-batch
+            last = j == k - 1 or not isinstance(self.model, nn.parallel.DistributedDataParallel)
+            with contextlib.nullcontext() if last else self.model.no_sync():
+                loss = self._micro_loss(batch, self.progress.step * k + j)
+                values.append(loss.item())
+                if not math.isfinite(values[-1]) or self._too_large(values[-1]):
+                    return self._skip(values[-1])
+                self.scaler.scale(loss / k).backward()
+        self.progress.nonfinite_run = 0
+        if self.settings.gclip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.gclip)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 0.0
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        # fp16: a step the scaler skipped (infinite gradients) lowered the scale, and moved nothing
+        if self.ema is not None and (not self.scaler.is_enabled() or self.scaler.get_scale() >= scale):
+            self.ema.update_parameters(unwrap(self.model))
+        return sum(values) / k
+
+    def _micro_loss(self, batch: dict, micro: int) -> Tensor:
+        """The loss of one micro-batch; its index in the run, ``micro``, seeds its random crops
+        and masks (one per optimiser step without --accumulate)."""
         hr = batch["hr"].to(self.device, non_blocking=True)
         task_id = int(batch["task_id"])
         if batch["lr"] is None:  # --gpu_degrade: bicubic or noise made here, on the device
@@ -282,29 +328,20 @@ class Trainer(Checkpointing):
             lr_img = batch["lr"].to(self.device, non_blocking=True)
         if self.settings.progressive:
             lr_img, hr = progressive_crop(lr_img, hr, *self.stage(self.progress.step),
-                                          seeded("progressive", self.settings.seed, self.progress.step))
+                                          seeded("progressive", self.settings.seed, micro))
         if "skipped" in batch:
             self.skipped_files[int(batch.get("worker", 0))] = int(batch["skipped"])
         amp = AMP_DTYPES.get(self.settings.amp)
         with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
-            loss = self.loss(lr_img, hr, task_id, self.progress.step)
+            return self.loss(lr_img, hr, task_id, micro)
+
+    def _skip(self, value: float) -> None:
+        """Skip this step (a non-finite or too large loss): no weight moves, the schedule does."""
         self.optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
-        if not math.isfinite(value) or self._too_large(value):
-            self.progress.nonfinite_total += 1
-            self.progress.nonfinite_run += 1
-            log.warning("step %d: loss %s skipped", self.progress.step, value)
-            self.scheduler.step()
-            return None
-        self.progress.nonfinite_run = 0
-        self.scaler.scale(loss).backward()
-        if self.settings.gclip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.gclip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.progress.nonfinite_total += 1
+        self.progress.nonfinite_run += 1
+        log.warning("step %d: loss %s skipped", self.progress.step, value)
         self.scheduler.step()
-        return value
 
     def loss(self, lr_img: Tensor, hr: Tensor, task_id: int, step: int) -> Tensor:
         """L1 (on the masked cells for mim), plus the weighted contrastive loss under --con_loss."""
@@ -368,7 +405,7 @@ class Trainer(Checkpointing):
         """Evaluate on --data_test (rank 0) and keep the best model by mean PSNR."""
         if self.rank != 0:
             return
-        psnr, previews = self.validate(self.model, self.progress.step)
+        psnr, previews = self.validate(self.eval_net, self.progress.step)
         p = self.progress
         if self.writer is not None:
             for name, value in psnr.items():
@@ -378,7 +415,7 @@ class Trainer(Checkpointing):
         mean = sum(psnr.values()) / len(psnr)
         if mean > p.best_psnr:
             p.best_psnr, p.best_step = mean, p.step
-            weights = bare_state_dict(self.model)
+            weights = bare_state_dict(self.delivered)
             for name in self.weight_names("model_best"):
                 self.save_weights(weights, name)
             self.write_record()  # its best_step, for evaluations of model_best.pt

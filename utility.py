@@ -144,13 +144,15 @@ def last_line(error: BaseException) -> str:
 # torch.load's weights-only refusal names the global a pickle would call, in one of two wordings
 UNSAFE_GLOBAL = re.compile(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) (\S+)")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-# lines of torch's refusal that advise loading unsafely or point to its docs: never shown
-TORCH_ADVICE = re.compile(r"weights.only|Weights only load failed|Check the documentation", re.I)
+# lines of torch's refusal that advise loading unsafely or point to its docs, and the heading of
+# load_state_dict's list of the keys that do not fit: never shown
+TORCH_ADVICE = re.compile(r"weights.only|Weights only load failed|Check the documentation|"
+                          r"^Error\(s\) in loading state_dict", re.I)
 
 
 def load_failure(error: BaseException) -> str:
-    """One line saying why ``torch.load(..., weights_only=True)`` failed on a file (never torch's
-    advice to load it unsafely)."""
+    """One line saying why ``torch.load(..., weights_only=True)`` or a ``load_state_dict`` failed
+    on a file (never torch's advice to load it unsafely)."""
     text = ANSI_ESCAPE.sub("", str(error))
     unsafe = UNSAFE_GLOBAL.search(text)
     if unsafe:  # a pickle that would call something: refused, never run

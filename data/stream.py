@@ -125,11 +125,13 @@ class PairStream(IterableDataset):
     ``source``: anything `open_source` takes. ``tasks``: the heads in head order. ``task_id``:
     None draws the task of step k from (seed, k), the same on every rank; an int fixes it.
     ``split_origin``: the step at which this split of the files began (0, or the step a run
-    resumed at another world size or worker count). Each item: ``lr`` float (B, 3, patch, patch)
-    and ``hr`` float (B, 3, patch * s, patch * s) in 0..255 (noisy LR unclamped), ``task_id``,
-    ``step``, ``skipped`` (files this worker has skipped so far), ``worker`` (its global index),
-    ``files`` [(epoch, name)] of the files read for the batch. With ``lr_in_loader=False`` SR and
-    denoising batches come with ``lr`` None, for the trainer to make on its device
+    resumed at another world size or worker count). ``accumulate``: the batches (micro-batches)
+    of one optimiser step, which share a task; a step here is a micro-batch. Each item: ``lr``
+    float (B, 3, patch, patch) and ``hr`` float (B, 3, patch * s, patch * s) in 0..255 (noisy LR
+    unclamped), ``task_id``, ``step``, ``skipped`` (files this worker has skipped so far),
+    ``worker`` (its global index), ``files`` [(epoch, name)] of the files read for the batch.
+    With ``lr_in_loader=False`` SR and denoising batches come with ``lr`` None, for the trainer to
+    make on its device
     (``synthesize_lr``).
     """
 
@@ -141,7 +143,7 @@ class PairStream(IterableDataset):
                  augment: bool = True, task_id: int | None = None,
                  streaks_dir: str | None = None, start_step: int = 0, crops_per_file: int = 1,
                  lr_in_loader: bool = True, split_origin: int = 0,
-                 listing_cache: str | None = None):
+                 listing_cache: str | None = None, accumulate: int = 1):
         super().__init__()
         self.source = open_source(source, listing_cache)
         self.tasks = list(tasks)
@@ -150,12 +152,13 @@ class PairStream(IterableDataset):
                 task_family(task)
         except ValueError as e:
             raise TrainingDataError(str(e)) from None
-        if batch_size < 1 or patch_size < 1 or crops_per_file < 1 or start_step < 0:
-            raise ValueError("batch_size, patch_size and crops_per_file must be positive, "
+        if min(batch_size, patch_size, crops_per_file, accumulate) < 1 or start_step < 0:
+            raise ValueError("batch_size, patch_size, crops_per_file and accumulate must be positive, "
                              "start_step not negative")
         if task_id is not None and not 0 <= task_id < len(self.tasks):
             raise ValueError(f"task_id {task_id} is not a head of {self.tasks}")
         self.batch_size, self.patch_size, self.seed = batch_size, patch_size, seed
+        self.accumulate = accumulate
         self.rank, self.world_size = _distributed(rank, world_size)
         self.augment, self.task_id = augment, task_id
         self._start(start_step, split_origin)
@@ -183,10 +186,12 @@ class PairStream(IterableDataset):
         return math.ceil(crops / (self.batch_size * self.world_size))
 
     def task_of(self, step: int) -> int:
-        """The head of step ``step``: drawn from (seed, step), so the same on every rank."""
+        """The head of step ``step``: drawn from (seed, optimiser step), so the same on every rank
+        and for every micro-batch of an optimiser step."""
         if self.task_id is not None:
             return self.task_id
-        return int(torch.randint(len(self.tasks), (1,), generator=seeded(self.seed, "task", step)))
+        g = seeded(self.seed, "task", step // self.accumulate)
+        return int(torch.randint(len(self.tasks), (1,), generator=g))
 
     def with_start(self, start_step: int, split_origin: int | None = None) -> PairStream:
         """This stream, resumed at ``start_step`` (with its files re-split there when

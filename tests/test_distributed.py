@@ -1,6 +1,7 @@
 """torchrun with two CPU processes (gloo) against one process fed both ranks' batches."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -35,16 +36,22 @@ def both_ranks(args):
     return batches, streams[0]
 
 
-def test_two_processes_equal_one_fed_both(tmp_path):
-    run = tmp_path / "ddp"
+def two_ranks(*program: str) -> None:
+    """Run ``program`` (a script and its arguments) as a two-process CPU torchrun job; fail unless
+    it ends well."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               os.path.join(ROOT, "main.py"), *OPTIONS, "--save", str(run), "--reset"]
+               *program]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     if result.returncode != 0 and "address already in use" in result.stderr.lower():
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                                 timeout=300)  # the free port torchrun picked was taken meanwhile
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_processes_equal_one_fed_both(tmp_path):
+    run = tmp_path / "ddp"
+    two_ranks(os.path.join(ROOT, "main.py"), *OPTIONS, "--save", str(run), "--reset")
     ddp = torch.load(run / "model" / "model_latest.pt", weights_only=True)
 
     args = parse_args([*OPTIONS, "--save", str(tmp_path / "single")])
@@ -59,3 +66,25 @@ def test_two_processes_equal_one_fed_both(tmp_path):
     assert worst <= 1e-5
     moved = max((ddp[k].float() - initial[k].float()).abs().max().item() for k in initial)
     assert moved > 1e-3  # training changed the weights, so the comparison is not vacuous
+
+
+def test_two_ranks_keep_one_average_and_accumulation_syncs_once_a_step(tmp_path):
+    """--ema_decay with --accumulate 2 under torchrun: each rank averages its own weights, with no
+    communication, to the same average; DDP all-reduces the gradients on a step's last
+    micro-batch only (tests/rank_probe.py counts them per micro-batch on every rank)."""
+    run, probes = tmp_path / "run", tmp_path / "probes"
+    probes.mkdir()
+    two_ranks(os.path.join(ROOT, "tests", "rank_probe.py"), str(probes), *OPTIONS, "--ema_decay", "0.9",
+              "--accumulate", "2", "--save", str(run))
+    ranks = [torch.load(probes / f"rank.{r}.pt", weights_only=True) for r in (0, 1)]
+    average = ranks[0]["ema"]
+    assert all(torch.equal(average[k], ranks[1]["ema"][k]) for k in average)
+    delivered = torch.load(run / "model" / "model_latest.pt", weights_only=True)
+    assert delivered.keys() == average.keys() and all(torch.equal(delivered[k], average[k]) for k in average)
+    raw = torch.load(run / "state.pt", weights_only=True)["model"]
+    assert max(float((raw[k].float() - average[k].float()).abs().max()) for k in raw) > 0
+    for probe in ranks:
+        assert probe["micro"] == list(range(2 * STEPS))
+        assert [n for m, n in zip(probe["micro"], probe["reduces"], strict=True) if m % 2 == 0] == [0] * STEPS
+        assert all(n > 0 for m, n in zip(probe["micro"], probe["reduces"], strict=True) if m % 2 == 1)
+    assert json.loads((run / "model" / "training.json").read_text())["step"] == STEPS
