@@ -11,6 +11,7 @@ import datetime
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 
 import torch
@@ -27,7 +28,7 @@ from data.benchmark import BenchmarkError, BenchmarkSet, supports
 from data.degrade import imresize, imresize_uint8
 from data.images import DataLayoutError, ImageFolder, ImageReadError, save_image
 from model import restore
-from model.tiling import resolve_mode
+from model.tiling import CPU_TILES_PER_CALL, resolve_mode
 from run_settings import EvalSettings, InferenceSettings
 
 log = logging.getLogger("ipt")
@@ -43,6 +44,7 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
     it returns ``stops.INTERRUPTED``."""
     task_ids = list(range(len(model.task_names))) if ev.task_id is None else [ev.task_id]
     training = training_length(checkpoint)  # now, beside the weights just loaded
+    inference = auto_precision(model, inference)
     warn_precision(model, inference.precision)
     failed, results, finished, stop = 0, {}, [], None
     try:
@@ -97,8 +99,8 @@ def validator(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
     task_ids = list(range(len(model.task_names)))
     for name in sets if check else []:
         benchmark_sets(model, ev, name, task_ids)
-    plain = dataclasses.replace(inference, self_ensemble=False)  # keeps --precision
-    warn_precision(model, inference.precision)
+    plain = dataclasses.replace(auto_precision(model, inference), self_ensemble=False)  # keeps --precision
+    warn_precision(model, plain.precision)
 
     def validate(net: nn.Module, step: int) -> tuple[dict[str, float], dict[str, Tensor]]:
         previews: dict[str, Tensor] = {}
@@ -287,6 +289,45 @@ def warn_precision(model: nn.Module, precision: str) -> None:
     if why:
         log.warning("--precision bf16: %s, so autocast emulates it, usually slower than "
                     "--precision single", why)
+
+
+AUTO_BF16_GAIN = 1.15  # --precision auto takes bf16 only where its forward is this many times faster
+AUTO_SIZE = 64  # the side of the timed input of a network that takes any size (Restormer)
+
+
+def auto_precision(model: nn.Module, inference: InferenceSettings,
+                   clock: Callable[[], float] = time.perf_counter) -> InferenceSettings:
+    """``inference`` with --precision auto made single or bf16: whichever ran one call's worth of
+    tiles (after a warm-up call) faster on the model's device, bf16 only by AUTO_BF16_GAIN; rank
+    0 decides for a torchrun job. One INFO line says what it chose and why; nothing is kept."""
+    if inference.precision != "auto":
+        return inference
+    device = next(model.parameters()).device
+    side = getattr(model, "patch_size", None) or inference.tile_size or AUTO_SIZE
+    mode = "whole" if side == AUTO_SIZE else "fast"
+    x = torch.rand(CPU_TILES_PER_CALL, 3, side, side, device=device) * inference.rgb_range
+
+    def timed(precision: str) -> float:
+        restore(model, x[:1], precision=precision, mode=mode, tile_size=side)  # sets up its kernels
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = clock()
+        restore(model, x, precision=precision, mode=mode, tile_size=side)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return clock() - start
+
+    model.eval()
+    seconds = {precision: timed(precision) for precision in ("single", "bf16")}
+    gain = seconds["single"] / max(seconds["bf16"], 1e-9)
+    choice = ["bf16" if gain >= AUTO_BF16_GAIN else "single"]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.broadcast_object_list(choice, src=0)
+    why = (f"{CPU_TILES_PER_CALL} tiles of {side}x{side} took {seconds['single']:.3f} s in fp32 and "
+           f"{seconds['bf16']:.3f} s in bf16 on {device.type}: bf16 {gain:.2f}x as fast "
+           f"(bf16 is taken from {AUTO_BF16_GAIN}x)")
+    log.info("--precision auto: %s (%s)", choice[0], why)
+    return dataclasses.replace(inference, precision=choice[0], precision_reason=why)
 
 
 METRICS = ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")  # psnr, ssim: --metric_channel

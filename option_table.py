@@ -123,8 +123,9 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
                refused="--shift_mean cannot be changed: IPT always shifts by the RGB mean"),
         Option("precision", "single", None, "precision of every evaluation (--test_only and validation while "
                "training; --amp is training's): single (fp32), half (fp16 weights, CUDA only) or bf16 (the "
-               "network's forward under autocast, fp32 weights; CUDA, or a CPU with avx512_bf16/amx_bf16)",
-               choices=("single", "half", "bf16")),
+               "network's forward under autocast, fp32 weights; CUDA, or a CPU with avx512_bf16/amx_bf16); "
+               "auto: bf16 where a short timed forward runs faster in it, else single",
+               choices=("single", "half", "bf16", "auto")),
         Option("patch_dim", 3, int, "pixels per token side", IPT | RESUME),
         Option("num_heads", 12, int, "attention heads", IPT | RESUME),
         Option("num_layers", 12, int, "encoder and decoder layers", IPT | RESUME),

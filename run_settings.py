@@ -132,7 +132,8 @@ class InferenceSettings:
     rgb_range: float = 255
     tile_size: int | None = None  # fast tiles of a network that takes any size (Restormer)
     metric_channel: str = "y"  # what psnr/ssim are computed on: y (IPT) or rgb (Restormer, noise)
-    precision: str = "single"  # --precision: single, half (fp16 weights) or bf16 (autocast)
+    precision: str = "single"  # --precision: single, half (fp16 weights), bf16 (autocast) or auto
+    precision_reason: str | None = None  # why --precision auto chose the precision it holds
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import evaluation
 import main as cli
 from model import IPT, IPTConfig, restore
 from option import parse_args, settings
+from run_settings import InferenceSettings
 
 TINY = dict(n_feats=16, num_heads=4, num_layers=1)
 TINY_ARGS = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "1"]
@@ -145,14 +146,34 @@ def dir_data(tmp_path):
     return folder.parent
 
 
-def test_test_only_writes_the_precision_in_its_report(tmp_path, dir_data):
+@pytest.mark.parametrize("precision", ["bf16", "auto"])
+def test_test_only_writes_the_precision_in_its_report(tmp_path, dir_data, caplog, precision):
     code = cli.main(["--test_only", "--cpu", "--data_test", "CBSD68", "--dir_data", str(dir_data),
-                     "--scale", "1", "--task", "denoise30", "--chop", "fast", "--precision", "bf16",
+                     "--scale", "1", "--task", "denoise30", "--chop", "fast", "--precision", precision,
                      "--save", str(tmp_path / "run"), *TINY_ARGS])
     assert code == 0
-    assert "precision: bf16" in (tmp_path / "run" / "results.md").read_text()
-    report = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert report["meta"]["options"]["precision"] == "bf16"
+    meta = json.loads((tmp_path / "run" / "metrics.json").read_text())["meta"]
+    used = meta["precision"]  # auto: what it measured faster here
+    assert used in ("single", "bf16") and (used == precision or precision == "auto")
+    assert f"precision: {used}" in (tmp_path / "run" / "results.md").read_text()
+    assert meta["options"]["precision"] == precision
+    chosen = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--precision auto")]
+    assert (meta["precision_auto"] is None) == (precision == "bf16") and len(chosen) == (precision == "auto")
+    assert precision == "bf16" or meta["precision_auto"] in chosen[0]
+
+
+@pytest.mark.parametrize("fp32,bf16,chosen", [(1.0, 0.5, "bf16"), (1.0, 0.9, "single"), (0.4, 1.0, "single")])
+def test_precision_auto_takes_bf16_only_where_it_is_faster_by_a_margin(tiny_model, caplog, fp32, bf16,
+                                                                       chosen):
+    """The timer stubbed: fp32's timed forward takes ``fp32`` seconds, bf16's ``bf16``."""
+    ticks = iter([0.0, fp32, 10.0, 10.0 + bf16])
+    with caplog.at_level(logging.INFO, logger="ipt"):
+        got = evaluation.auto_precision(tiny_model, InferenceSettings(precision="auto"), lambda: next(ticks))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--precision auto")]
+    assert got.precision == chosen and len(lines) == 1
+    assert lines[0].startswith(f"--precision auto: {chosen} (")
+    assert f"{fp32:.3f} s in fp32 and {bf16:.3f} s in bf16" in got.precision_reason
+    assert evaluation.auto_precision(tiny_model, got) is got  # a chosen precision stays
 
 
 def test_validation_while_training_follows_precision_not_amp(tmp_path, dir_data, monkeypatch):
