@@ -9,6 +9,7 @@ import functools
 import itertools
 import os
 import re
+import stat
 import tarfile
 import zipfile
 import zlib
@@ -25,7 +26,6 @@ CHUNK_BYTES = 1 << 20
 BAD_NAME_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, zlib.error, EOFError,
                   NotImplementedError, RuntimeError, OSError)
-ZIP_LINK, FILE_TYPE_BITS = 0o120000, 0o170000  # a zip member's st_mode, in external_attr >> 16
 # (name, a folder, declared size, why it is refused or None, how to open it)
 Member = tuple[str, bool, int, "str | None", Callable[[], BinaryIO]]
 
@@ -120,7 +120,7 @@ class Extractor:
 
 def zip_problem(info: zipfile.ZipInfo) -> str | None:
     """Why a zip member is refused (a link, encrypted), or None."""
-    if (info.external_attr >> 16) & FILE_TYPE_BITS == ZIP_LINK:
+    if stat.S_ISLNK(info.external_attr >> 16):  # a zip member's st_mode
         return "is a symbolic link"
     return "is encrypted" if info.flag_bits & 0x1 else None
 
