@@ -220,9 +220,7 @@ def read_file_list(path: str, root: str) -> FolderListing | None:
 
     None when there is no such file, when it lists another folder (by absolute path), or when a
     folder it entered has changed since (inode, mtime or ctime): ``root`` must then be walked. A
-    file that is not such a listing (not a regular file, over FILE_LIST_MAX_BYTES, not an .npz of
-    the expected arrays, a digest that does not match, offsets out of range or not increasing,
-    names that are empty or absolute or hold NUL, '.' or '..' parts) is None with one warning
+    file that is not such a listing (`_read_arrays`, `_checked_listing`) is None with one warning
     naming it. Nothing else is raised; nothing is unpickled; a pipe or device is never opened.
     """
     if not os.path.lexists(path):
