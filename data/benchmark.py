@@ -256,8 +256,7 @@ def _first_dir(dir_data: str, dataset: str) -> str:
 
 
 LAYOUTS = {
-    **{d: f"benchmark/{d}/HR/*.png and benchmark/{d}/LR_bicubic/X<s>/<name>x<s>.png" for d in SR_SETS},
-    "DIV2K": "DIV2K/DIV2K_valid_HR/*.png and DIV2K/DIV2K_valid_LR_bicubic/X<s>/<name>x<s>.png",
+    **{d: f"{HR_DIRS[d][0]}/*.png and {LR_DIRS[d][0].format(s='<s>')}/<name>x<s>.png" for d in SR_SETS},
     "CBSD68": "benchmark/CBSD68/HR/*.png or CBSD68/*.png",
     "Rain100L": "Rain100L/rain-<id>.png with Rain100L/norain-<id>.png",
 }
