@@ -9,6 +9,7 @@ import functools
 import itertools
 import os
 import re
+import stat
 import tarfile
 import zipfile
 import zlib
@@ -25,7 +26,6 @@ CHUNK_BYTES = 1 << 20
 BAD_NAME_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 ARCHIVE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, zlib.error, EOFError,
                   NotImplementedError, RuntimeError, OSError)
-ZIP_LINK, FILE_TYPE_BITS = 0o120000, 0o170000  # a zip member's st_mode, in external_attr >> 16
 # (name, a folder, declared size, why it is refused or None, how to open it)
 Member = tuple[str, bool, int, "str | None", Callable[[], BinaryIO]]
 
@@ -64,20 +64,21 @@ class Extractor:
     def __init__(self, archive: str, dest: str):
         self.archive, self.dest = archive, os.path.realpath(dest)
         self.bytes = 0
-        self.files: dict[tuple[str, ...], str] = {}  # path parts -> the member written there
 
-    def plan(self, members: list[Member]) -> None:
-        """Check each member's name and declared size before anything is written."""
+    def run(self, members: list[Member]) -> None:
+        """Check every member's name and declared size before anything is written, then write each
+        in order; the first one refused stops the extraction."""
         if len(members) > MAX_MEMBERS:
             raise ArchiveError(f"{self.archive}: more than {MAX_MEMBERS} members; archive refused")
+        files: dict[tuple[str, ...], str] = {}  # path parts -> the member written there
         total = 0
         for name, is_dir, size, _, _ in members:
             key = tuple(member_parts(self.archive, name))
-            if not is_dir and key and key in self.files:
-                raise ArchiveError(f"{self.archive}: two members named {name!r} (the first: "
-                                   f"{self.files[key]!r}); archive refused: remove one")
             if not is_dir and key:
-                self.files[key] = name
+                if key in files:
+                    raise ArchiveError(f"{self.archive}: two members named {name!r} (the first: "
+                                       f"{files[key]!r}); archive refused: remove one")
+                files[key] = name
             if size > MAX_MEMBER_BYTES:
                 raise refused(self.archive, name, f"declares {size} bytes, more than any test image "
                                                   f"({MAX_MEMBER_BYTES})")
@@ -85,10 +86,6 @@ class Extractor:
             if total > MAX_EXTRACT_BYTES:  # as soon as it passes: the rest is not even read
                 raise ArchiveError(f"{self.archive}: declares more than {MAX_EXTRACT_BYTES} bytes "
                                    "once extracted; archive refused")
-
-    def run(self, members: list[Member]) -> None:
-        """Plan, then write each member in order; the first one refused stops the extraction."""
-        self.plan(members)
         for name, is_dir, _, problem, open_member in members:
             if problem:
                 raise refused(self.archive, name, problem)
@@ -123,7 +120,7 @@ class Extractor:
 
 def zip_problem(info: zipfile.ZipInfo) -> str | None:
     """Why a zip member is refused (a link, encrypted), or None."""
-    if (info.external_attr >> 16) & FILE_TYPE_BITS == ZIP_LINK:
+    if stat.S_ISLNK(info.external_attr >> 16):  # a zip member's st_mode
         return "is a symbolic link"
     return "is encrypted" if info.flag_bits & 0x1 else None
 

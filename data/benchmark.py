@@ -161,10 +161,9 @@ class BenchmarkSet:
             if dataset == "DIV2K":
                 self.items = numbered_files(self.items, div2k_range, folder,
                                             " (the test part of --data_range)", BenchmarkError)
-        given_lr = self.family == "sr" and dataset != "Sample"  # LR files may be on disk
-        self.lr_dir = first_folder(dir_data, tuple(c.format(s=scale) for c in LR_DIRS[dataset])) \
-            if given_lr else None
-        if given_lr:
+        self.lr_dir = None
+        if self.family == "sr" and dataset != "Sample":  # LR files may be on disk
+            self.lr_dir = first_folder(dir_data, tuple(c.format(s=scale) for c in LR_DIRS[dataset]))
             missing = [f for f in self.items if not os.path.isfile(self._lr_path(f))]
             if missing:
                 log.info("%s: %d of %d LR images missing (first: %s), making LR from HR with "
@@ -257,8 +256,7 @@ def _first_dir(dir_data: str, dataset: str) -> str:
 
 
 LAYOUTS = {
-    **{d: f"benchmark/{d}/HR/*.png and benchmark/{d}/LR_bicubic/X<s>/<name>x<s>.png" for d in SR_SETS},
-    "DIV2K": "DIV2K/DIV2K_valid_HR/*.png and DIV2K/DIV2K_valid_LR_bicubic/X<s>/<name>x<s>.png",
+    **{d: f"{HR_DIRS[d][0]}/*.png and {LR_DIRS[d][0].format(s='<s>')}/<name>x<s>.png" for d in SR_SETS},
     "CBSD68": "benchmark/CBSD68/HR/*.png or CBSD68/*.png",
     "Rain100L": "Rain100L/rain-<id>.png with Rain100L/norain-<id>.png",
 }

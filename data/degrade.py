@@ -100,8 +100,7 @@ def imresize_uint8(x: Tensor, scale: float, per_pass_rounding: bool = True) -> T
 
 
 def bicubic_lr(hr: Tensor, s: int, per_pass_rounding: bool = True) -> Tensor:
-    """The LR image of uint8 `hr`: cropped to a multiple of s, MATLAB bicubic by 1/s, uint8
-    (rounded after each pass, as MATLAB and the published LR files; see imresize_uint8)."""
+    """The LR image of uint8 `hr`: cropped to a multiple of s, MATLAB bicubic by 1/s (`imresize_uint8`)."""
     h, w = hr.shape[-2:]
     return imresize_uint8(hr[..., :h // s * s, :w // s * s], 1 / s, per_pass_rounding)
 

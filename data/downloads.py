@@ -2,6 +2,7 @@
 of each set are listed in data/standard_sets.json ("download")."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.client
 import os
@@ -9,7 +10,6 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 
 from .archives import CHUNK_BYTES
 from .benchmark import standard_entries
@@ -19,7 +19,7 @@ MAX_DOWNLOAD_BYTES = 4 * 2 ** 30
 DOWNLOAD_TIMEOUT_S = 60
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Download:
     """One file to fetch: its address, SHA-256 and byte size (None where unknown), what it holds."""
 
@@ -64,7 +64,7 @@ def planned_downloads(set_name: str, url: str | None, sha256: str | None) -> tup
     if sha256:
         if len(table) != 1:
             raise PrepareError(f"--sha256: {set_name} is {len(table)} files; give --url with it")
-        table = (Download(table[0].url, sha256, table[0].size, table[0].layout),)
+        table = (dataclasses.replace(table[0], sha256=sha256),)
     for item in table:
         if item.url is None:
             raise PrepareError(f"--download {set_name}: no public address known ({item.layout}); "

@@ -188,12 +188,9 @@ def _checked_levels(arr: np.ndarray, high: float, mode: str, name: str) -> np.nd
 
 
 class ImageFolder:
-    """The images directly inside a folder as (stem, image); a read error is returned, not raised.
-
-    Every entry named like an image is listed: one that is not a readable regular file (a pipe,
-    a device, a folder, a broken or looping link) gives its ImageReadError, to be counted.
-    ``stems`` are unique (`unique_stems`), so they can name output files.
-    """
+    """The entries of a folder named like images (`list_entries`) as (stem, image); a read error
+    (an entry that is no readable regular file) is returned, to be counted, not raised. ``stems``
+    are unique (`unique_stems`), so they can name output files."""
 
     def __init__(self, folder: str):
         self.paths = list_entries(folder)

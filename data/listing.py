@@ -34,13 +34,9 @@ def walk_images(root: str, folders: list | None = None) -> tuple[list[str], list
     to its parent end.
     ``folders`` gets (path, os.stat_result) of every folder entered, each stat taken before the
     folder is listed, ``root`` first."""
-    try:
-        info = os.stat(root)
-    except OSError:  # missing or unreadable: nothing under it
+    seen: set[tuple[int, int]] = set()
+    if not _first_visit(root, seen, folders):  # missing or unreadable: nothing under it
         return [], []
-    seen = {(info.st_dev, info.st_ino)}
-    if folders is not None:
-        folders.append((root, info))
     found, other, pending = [], [], [root]
     while pending:  # depth first, sub-folders in sorted order, as os.walk(followlinks=True)
         folder = pending.pop()
@@ -98,9 +94,7 @@ class PathIndex(Sequence):
     def pack(cls, paths: Sequence[str]) -> PathIndex:
         """The paths (str, any bytes a file name can have) packed in order."""
         encoded = [os.fsencode(p) for p in paths]
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)),
-                  out=offsets[1:])
+        offsets = np.cumsum([0, *map(len, encoded)], dtype=np.int64)
         return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets)
 
     def under(self, root: str) -> PathIndex:
@@ -126,6 +120,8 @@ STAMP_FIELDS = 3  # a folder's (inode, mtime_ns, ctime_ns)
 # the file system's clock (ext4: a few ms) with no change of its mtime: its listing is not cached.
 RECENT_CHANGE_NS = 2_000_000_000
 INT64, BYTES = np.dtype("<i8"), np.dtype("|u1")
+# a FolderListing's PathIndex fields, in the order of their counts in "meta": (blob, offsets) arrays
+PATH_ARRAYS = {"names": "name_offsets", "folders": "folder_offsets", "other": "other_offsets"}
 # the arrays of a file list: (dtype, number of dimensions)
 FILE_LIST_ARRAYS = {"meta": (INT64, 1), "root": (BYTES, 1), "names": (BYTES, 1),
                     "name_offsets": (INT64, 1), "other": (BYTES, 1), "other_offsets": (INT64, 1),
@@ -187,13 +183,12 @@ def _stamp(info: os.stat_result) -> tuple[int, int, int]:
 def write_file_list(path: str, root: str, listing: FolderListing) -> bool:
     """Save the listing of ``root`` to ``path`` (an uncompressed .npz, written atomically);
     False, with one warning, when it cannot be written."""
-    arrays = {"meta": np.array([FILE_LIST_FORMAT, len(listing.names), len(listing.folders),
-                                len(listing.other)], dtype=INT64),
+    paths = {key: getattr(listing, key) for key in PATH_ARRAYS}
+    arrays = {"meta": np.array([FILE_LIST_FORMAT, *map(len, paths.values())]),
               "root": np.frombuffer(os.fsencode(os.path.abspath(root)), dtype=BYTES),
-              "names": listing.names.blob, "name_offsets": listing.names.offsets,
-              "other": listing.other.blob, "other_offsets": listing.other.offsets,
-              "folders": listing.folders.blob, "folder_offsets": listing.folders.offsets,
               "stamps": listing.stamps}
+    for key, index in paths.items():
+        arrays[key], arrays[PATH_ARRAYS[key]] = index.blob, index.offsets
     arrays = {k: np.ascontiguousarray(a, dtype=FILE_LIST_ARRAYS[k][0]) for k, a in arrays.items()}
     arrays["digest"] = np.frombuffer(_digest(arrays), dtype=BYTES)
 
@@ -225,9 +220,7 @@ def read_file_list(path: str, root: str) -> FolderListing | None:
 
     None when there is no such file, when it lists another folder (by absolute path), or when a
     folder it entered has changed since (inode, mtime or ctime): ``root`` must then be walked. A
-    file that is not such a listing (not a regular file, over FILE_LIST_MAX_BYTES, not an .npz of
-    the expected arrays, a digest that does not match, offsets out of range or not increasing,
-    names that are empty or absolute or hold NUL, '.' or '..' parts) is None with one warning
+    file that is not such a listing (`_read_arrays`, `_checked_listing`) is None with one warning
     naming it. Nothing else is raised; nothing is unpickled; a pipe or device is never opened.
     """
     if not os.path.lexists(path):
@@ -280,19 +273,18 @@ def _checked_listing(arrays: dict[str, np.ndarray], root: str) -> FolderListing 
         raise FileListDamage("its digest does not match its contents")
     if arrays["root"].tobytes() != os.fsencode(os.path.abspath(root)):
         return None
-    files, folders, other = (int(n) for n in meta[1:])
+    counts = dict(zip(PATH_ARRAYS, meta[1:], strict=True))
     stamps = arrays["stamps"]
-    if stamps.shape != (folders + 1, STAMP_FIELDS):
-        raise FileListDamage(f"'stamps' is not {folders + 1} x {STAMP_FIELDS}")
-    return FolderListing(_checked_paths(arrays, "names", "name_offsets", files),
-                         _checked_paths(arrays, "other", "other_offsets", other),
-                         _checked_paths(arrays, "folders", "folder_offsets", folders), stamps)
+    if stamps.shape != (counts["folders"] + 1, STAMP_FIELDS):
+        raise FileListDamage(f"'stamps' is not {counts['folders'] + 1} x {STAMP_FIELDS}")
+    return FolderListing(**{key: _checked_paths(arrays, key, n) for key, n in counts.items()},
+                         stamps=stamps)
 
 
-def _checked_paths(arrays: dict[str, np.ndarray], key: str, offsets_key: str,
-                   count: int) -> PathIndex:
+def _checked_paths(arrays: dict[str, np.ndarray], key: str, count: int) -> PathIndex:
     """``count`` relative paths packed in two arrays, each non-empty, in range, with no NUL, no
     empty, '.' or '..' part and no leading or trailing separator; else FileListDamage."""
+    offsets_key = PATH_ARRAYS[key]
     blob, offsets = arrays[key], arrays[offsets_key]
     if offsets.shape != (count + 1,) or offsets[0] != 0 or offsets[-1] != len(blob) \
             or np.any(offsets[1:] <= offsets[:-1]):

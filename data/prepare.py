@@ -154,12 +154,10 @@ def walk_images(root: str) -> list[tuple[list[str], str]]:
 
 def lr_scale(parts: list[str]) -> int | None:
     """The scale of an LR folder (``LR_bicubic/X2``, ``LRbicx2``) among ``parts``, deepest first."""
-    for i in range(len(parts) - 1, -1, -1):
-        m = LR_NAMED_DIR.search(parts[i])
-        if m:
+    for i in reversed(range(len(parts))):
+        if m := LR_NAMED_DIR.search(parts[i]):
             return int(m.group(1))
-        m = LR_SCALE_DIR.match(parts[i])
-        if m and any("lr" in p.lower() for p in parts[:i]):
+        if (m := LR_SCALE_DIR.match(parts[i])) and any("lr" in p.lower() for p in parts[:i]):
             return int(m.group(1))
     return None
 

@@ -7,6 +7,7 @@ describes.
 """
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -142,13 +143,11 @@ def shard_counts(shards: Sequence[str]) -> list[int]:
     A shards.json that is not make_shards' record, or that gives a shard more members than its
     size can hold, raises TrainingDataError.
     """
-    indexes: dict[str, dict[str, int]] = {}
+    index = functools.cache(read_shard_index)  # each folder's shards.json read once
     counts = []
     for path in shards:
         folder = os.path.dirname(os.path.abspath(path))
-        if folder not in indexes:
-            indexes[folder] = read_shard_index(folder) or {}
-        count = indexes[folder].get(os.path.basename(path))
+        count = (index(folder) or {}).get(os.path.basename(path))
         try:
             if count is None:
                 with tarfile.open(path, "r:") as tar:

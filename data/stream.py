@@ -67,13 +67,6 @@ def synthesize_lr(hr: Tensor, task: str, generator: torch.Generator | None = Non
 
 
 # -- Crops, augmentation, degradation ------------------------------------------------------
-def check_aligned(views: Views, scale: int, names: tuple[str, str] = ("HR", "LR")) -> None:
-    """TrainingDataError unless a given LR image fits its HR image by `crop_to_lr`'s rule."""
-    hr, lr = views
-    if lr is not None:
-        crop_to_lr(hr, lr, scale, names, TrainingDataError)
-
-
 def random_crop(views: Views, patch: int, scale: int, g: torch.Generator) -> Views:
     """An aligned random crop: HR patch * scale, and the given LR patch when there is one."""
     hr, lr = views
@@ -221,8 +214,8 @@ class PairStream(IterableDataset):
     def usable(self, views: Views, task: str) -> bool:
         """Whether the task's crop (of the given LR, else of HR patch * scale) fits in the item."""
         (hr, lr), scale = views, task_scale(task)
-        check_aligned(views, scale)
-        if lr is not None:
+        if lr is not None:  # a given LR image must fit its HR image: TrainingDataError otherwise
+            crop_to_lr(hr, lr, scale, error=TrainingDataError)
             return min(lr.shape[-2:]) >= self.patch_size
         return min(hr.shape[-2:]) >= self.patch_size * scale
 

@@ -22,10 +22,10 @@ from torch import Tensor
 from tasks import task_family, task_scale
 from utility import usable_cpus
 
-from .images import list_images, numbered_files, rain_pairs, read_image, read_rain_pair, stem
+from .images import crop_to_lr, list_images, numbered_files, rain_pairs, read_image, read_rain_pair, stem
 from .sample import sample_photos
 from .sources import FileSource, TrainingDataError
-from .stream import DEFAULT_PATCH, PairStream, Views, check_aligned
+from .stream import DEFAULT_PATCH, PairStream, Views
 
 log = logging.getLogger("ipt")
 
@@ -136,7 +136,7 @@ class DIV2K(PairStream):
         if lr_path is None or not os.path.isfile(lr_path):
             return hr, None
         lr = read_image(lr_path)
-        check_aligned((hr, lr), scale, (path, lr_path))
+        crop_to_lr(hr, lr, scale, (path, lr_path), TrainingDataError)
         return hr, lr
 
 
