@@ -302,9 +302,7 @@ def load_body(model: nn.Module, path: str, init_from: str,
         picked = {k: v for k, v in state.items() if not _per_task(k)}
     else:
         picked = select_heads(state, [_init_head(state, init_from, path, file_tasks)])
-    if MASK_TOKEN_KEY not in own:
-        picked.pop(MASK_TOKEN_KEY, None)
-    fitting = {k: v for k, v in picked.items()
+    fitting = {k: v for k, v in picked.items()  # a mask token the model lacks is dropped here
                if not _per_task(k) or (k in own and own[k].shape == v.shape)}
     initial = [k for k in own if _per_task(k) and k not in fitting]
     _load_strictly(model, {**fitting, **{k: own[k] for k in initial}}, path)
