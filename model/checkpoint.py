@@ -273,8 +273,7 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], path: str,
                               f"{own_task}: to train {own_task} from its body, start the head from "
                               f"one of them (--init_from NAME) or at random (--init_from none)")
     if n_model == 1 and n_file > 1:
-        if task is None:
-            task = model.task_names[0]
+        task = model.task_names[0] if task is None else task
         state = select_heads(state, [resolve_task(state, task, path, file_tasks)])
         if MASK_TOKEN_KEY not in model.state_dict():
             state.pop(MASK_TOKEN_KEY, None)
