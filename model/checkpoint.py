@@ -76,7 +76,7 @@ def read_safetensors(path: str, argument: str = "--pretrain") -> tuple[dict[str,
     try:
         state = load(data)
     except Exception as e:  # SafetensorError (a damaged header or body), or one the binding raises
-        raise _damaged(path, _first_line(e)) from None
+        raise _damaged(path, utility.last_line(e)[:160]) from None
     return state, hashlib.sha256(data).hexdigest()
 
 
@@ -91,7 +91,7 @@ def read_safetensors_metadata(path: str) -> dict[str, str]:
         with safe_open(path, framework="pt") as f:
             metadata = dict(f.metadata() or {})
     except Exception as e:  # SafetensorError, or one the binding raises for a bad header
-        raise _damaged(path, _first_line(e)) from None
+        raise _damaged(path, utility.last_line(e)[:160]) from None
     found = records.problem(metadata, records.SAFETENSORS_METADATA)
     if found:
         raise _damaged(path, f"its metadata: {found}")
@@ -113,10 +113,6 @@ def _open_regular(path: str, argument: str = "--pretrain"):
 
 def _damaged(path: str, why: str) -> CheckpointError:
     return CheckpointError(f"cannot read checkpoint {path!r}: not a valid safetensors file: {why}")
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).splitlines() or [type(error).__name__])[0][:160]
 
 
 def write_safetensors(state: Mapping[str, Tensor], path: str, architecture: dict | None = None) -> None:
@@ -200,8 +196,7 @@ def strip_mim(state: Mapping[str, Tensor], task_names: Sequence[str]) -> dict[st
     if len(task_names) != n_heads:
         raise ValueError(f"the task names ({'+'.join(task_names)}) do not match the checkpoint's "
                          f"{n_heads} heads")
-    wrong = [_misnamed(state, i, name) for i, name in enumerate(task_names)]
-    wrong = [w for w in wrong if w]
+    wrong = [w for i, name in enumerate(task_names) if (w := _misnamed(state, i, name))]
     if wrong:
         raise ValueError(f"the head names {'+'.join(task_names)} contradict the file's shapes: "
                          f"{'; '.join(wrong)}")
@@ -278,8 +273,7 @@ def load_state(model: nn.Module, state: Mapping[str, Tensor], path: str,
                               f"{own_task}: to train {own_task} from its body, start the head from "
                               f"one of them (--init_from NAME) or at random (--init_from none)")
     if n_model == 1 and n_file > 1:
-        if task is None:
-            task = model.task_names[0]
+        task = model.task_names[0] if task is None else task
         state = select_heads(state, [resolve_task(state, task, path, file_tasks)])
         if MASK_TOKEN_KEY not in model.state_dict():
             state.pop(MASK_TOKEN_KEY, None)
@@ -307,9 +301,7 @@ def load_body(model: nn.Module, path: str, init_from: str,
         picked = {k: v for k, v in state.items() if not _per_task(k)}
     else:
         picked = select_heads(state, [_init_head(state, init_from, path, file_tasks)])
-    if MASK_TOKEN_KEY not in own:
-        picked.pop(MASK_TOKEN_KEY, None)
-    fitting = {k: v for k, v in picked.items()
+    fitting = {k: v for k, v in picked.items()  # a mask token the model lacks is dropped here
                if not _per_task(k) or (k in own and own[k].shape == v.shape)}
     initial = [k for k in own if _per_task(k) and k not in fitting]
     _load_strictly(model, {**fitting, **{k: own[k] for k in initial}}, path)
@@ -370,12 +362,10 @@ def check_fits(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None
     if not (missing or unexpected or misshaped):
         return
     lines = [f"checkpoint {path!r} does not fit the model built from the options:"]
-    for title, keys in (("missing", missing), ("unexpected", unexpected)):
-        if keys:
-            lines.append(f"  {title} keys ({len(keys)}): {_shorten(keys)}")
-    if misshaped:
-        shapes = [f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})" for k in misshaped]
-        lines.append(f"  mis-shaped keys ({len(misshaped)}): {_shorten(shapes)}")
+    shapes = [f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})" for k in misshaped]
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
+        if items:
+            lines.append(f"  {title} keys ({len(items)}): {_shorten(items)}")
     hints = option_hints(missing + unexpected + misshaped)
     if hints:
         lines.append("  options that probably differ: " + ", ".join(hints))
@@ -459,11 +449,7 @@ HINTS = (  # (pattern in a differing key, option that shapes it)
 
 def option_hints(keys: list[str]) -> list[str]:
     """Options whose value shapes one of the differing keys."""
-    hints: list[str] = []
-    for pattern, option in HINTS:
-        if any(re.search(pattern, k) for k in keys) and option not in hints:
-            hints.append(option)
-    return hints
+    return [option for pattern, option in HINTS if any(re.search(pattern, k) for k in keys)]
 
 
 def _shorten(items: list[str], limit: int = 12) -> str:

@@ -32,8 +32,7 @@ def random_token_mask(batch: int, grid: int, ratio: float,
     cells = grid * grid
     masked = min(max(round(ratio * cells), 1), cells - 1)
     order = torch.rand(batch, cells, generator=generator).argsort(dim=1)
-    mask = torch.zeros(batch, cells, dtype=torch.bool)
-    mask.scatter_(1, order[:, :masked], True)
+    mask = torch.zeros(batch, cells, dtype=torch.bool).scatter_(1, order[:, :masked], True)
     return mask.view(batch, grid, grid)
 
 

@@ -105,8 +105,7 @@ def _forward(model: nn.Module, x: Tensor, task_id: int,
     """The network on x: under autocast to ``autocast``, else in its weights' dtype with autocast
     off; the output in fp32."""
     dtype = next(model.parameters()).dtype
-    on = autocast is not None
-    with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16, enabled=on):
+    with torch.autocast(x.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         return model(x.to(dtype), task_id).float()
 
 
@@ -147,18 +146,17 @@ def tile(fn: Callable[[Tensor], Tensor], x: Tensor, patch: int, scale: int, mode
     size = min(crop_batch_size, cpu_tiles_per_call) if x.device.type == "cpu" else crop_batch_size
     # The authors run their bottom-right tile on its own; so do we, which keeps the float
     # arithmetic of that tile identical to theirs (a batch of one takes other CPU kernels).
-    bar = tqdm(total=grid.count, desc="tiles", unit="tile", leave=False, dynamic_ncols=True,
-               delay=PROGRESS_DELAY_S, disable=not progress)
-    for first, end in _chunks(grid.count, size, alone_last=mode == "official"):
-        r, q = grid.row[first:end], grid.col[first:end]
-        tiles = windows[:, :, grid.row_start[r], grid.col_start[q]].transpose(1, 2)
-        y = fn(tiles.flatten(0, 1)).unflatten(0, (b, end - first))  # (b, k, c, P, P)
-        if first == 0:
-            top_left = y[:, 0]
-        grid.accumulate(out, y, r, q)
-        grid.accumulate(coverage, y.new_ones(()).expand(1, end - first, 1, *y.shape[-2:]), r, q)
-        bar.update(end - first)
-    bar.close()
+    with tqdm(total=grid.count, desc="tiles", unit="tile", leave=False, dynamic_ncols=True,
+              delay=PROGRESS_DELAY_S, disable=not progress) as bar:
+        for first, end in _chunks(grid.count, size, alone_last=mode == "official"):
+            r, q = grid.row[first:end], grid.col[first:end]
+            tiles = windows[:, :, grid.row_start[r], grid.col_start[q]].transpose(1, 2)
+            y = fn(tiles.flatten(0, 1)).unflatten(0, (b, end - first))  # (b, k, c, P, P)
+            if first == 0:
+                top_left = y[:, 0]
+            grid.accumulate(out, y, r, q)
+            grid.accumulate(coverage, y.new_ones(()).expand(1, end - first, 1, *y.shape[-2:]), r, q)
+            bar.update(end - first)
     out /= coverage
     if mode == "official":  # the authors' left strip overwrites part of their top strip
         margin, right = patch // 4 * scale, min(patch * scale, cols.boundary)
@@ -169,8 +167,7 @@ def tile(fn: Callable[[Tensor], Tensor], x: Tensor, patch: int, scale: int, mode
 def _chunks(count: int, size: int, alone_last: bool) -> list[tuple[int, int]]:
     """(first, end) spans of at most ``size`` tiles; the last tile alone when ``alone_last``."""
     last = count - 1 if alone_last else count
-    bounds = list(range(0, last, size)) + [last]
-    spans = [(a, z) for a, z in zip(bounds, bounds[1:], strict=False) if z > a]
+    spans = [(a, min(a + size, last)) for a in range(0, last, size)]
     return spans + [(last, count)] if alone_last else spans
 
 
