@@ -15,7 +15,8 @@ import records
 import runfolder
 import stops
 import utility
-from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image, save_image, stem
+from data.images import ImageReadError, read_image, save_image, stem
+from data.listing import walk_images
 from data.sample import sample_photos
 from scripts import hostinfo, study_records
 from scripts.study_records import PROG, TASKS, Row, StudyError, finetune_name, run_dir, scores
@@ -40,7 +41,7 @@ def make_pool(folders: list[str], root: str, smoke: bool) -> None:
     target, tile = os.path.join(root, "ImageNet"), study_records.POOL_TILE
     os.makedirs(target, exist_ok=True)
     photos = [(f"pool{i}_{stem(path)}", path) for i, folder in enumerate(folders)
-              for path in sorted(images_under(folder))[:2 if smoke else None]]
+              for path in images_under(folder)[:2 if smoke else None]]
     photos += [(f"sample_{name}", image) for name, image in sample_photos("train")]
     unreadable = []
     for name, photo in photos:
@@ -62,11 +63,10 @@ def make_pool(folders: list[str], root: str, smoke: bool) -> None:
 
 
 def images_under(folder: str) -> list[str]:
-    """The image files under ``folder`` (any depth; regular files only: a FIFO would hang a read)."""
+    """The image files under ``folder``, sorted (any depth; regular files only: a FIFO would hang a read)."""
     if not os.path.isdir(folder):
         raise SystemExit(f"{PROG}: --pool {folder}: not a folder")
-    return [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files
-            if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(d, f))]
+    return walk_images(folder)[0]
 
 
 def test_sets(dir_data: str, root: str, images: int) -> None:
