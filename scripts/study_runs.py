@@ -18,10 +18,9 @@ import utility
 from data.images import ImageReadError, read_image, save_image, stem
 from data.listing import walk_images
 from data.sample import sample_photos
-from scripts import hostinfo, study_records
+from scripts import cli, hostinfo, study_records
 from scripts.study_records import PROG, TASKS, Row, StudyError, finetune_name, run_dir, scores
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIX_SCALES, SIX_TASKS = "2+3+4+1+1+1", "sr2+sr3+sr4+derain+denoise30+denoise50"
 PRETRAININGS = {"six": (SIX_SCALES, SIX_TASKS), "mim": ("1", "mim"),  # name -> (--scale, --tasks)
                 "six+mim": (SIX_SCALES + "+1", SIX_TASKS + "+mim")}  # each with the contrastive loss
@@ -92,7 +91,7 @@ def run_main(args: list[str], launcher: str) -> None:
     """One main.py run, in this process or under the launcher; stops the study if it fails."""
     if launcher:
         try:
-            code = subprocess.call([*shlex.split(launcher), os.path.join(ROOT, "main.py"), *args])
+            code = subprocess.call([*shlex.split(launcher), os.path.join(cli.REPOSITORY, "main.py"), *args])
         except OSError as e:
             raise SystemExit(f"{PROG}: --launcher {launcher!r}: cannot start it ({e.strerror})") from None
     else:
