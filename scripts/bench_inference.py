@@ -21,7 +21,7 @@ from model import IPT, IPTConfig, restore
 from model.ipt import MLP_RATIO
 from model.reference_chop import reference_chop
 from model.tiling import CPU_TILES_PER_CALL
-from scripts import timing
+from scripts import cli, timing
 from scripts.timing import bench_device, in_child, medians, section, text, timed
 
 CUDA_BACKWARD_BATCH = 64  # about 29 GB on the CPU: GPU only
@@ -269,7 +269,7 @@ def test_only_seconds(precision: str, save: str, demo: str | None, smoke: bool,
     """Wall-clock seconds (its start-up included) of main.py --test_only in a child process: the
     Sample photos (sr2, scored), or with --smoke one small Demo image; fast tiling, the torch
     threads of this process."""
-    argv = [sys.executable, os.path.join(timing.ROOT, "main.py"), "--test_only", "--scale", "2",
+    argv = [sys.executable, os.path.join(cli.REPOSITORY, "main.py"), "--test_only", "--scale", "2",
             "--precision", precision, "--chop", "fast", "--save", save,
             "--threads", str(torch.get_num_threads())]
     argv += ["--data_test", "Demo", "--dir_demo", demo] if demo else ["--data_test", "Sample"]

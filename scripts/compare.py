@@ -36,6 +36,7 @@ from option import parse_args, settings  # noqa: E402
 from report import markdown_table  # noqa: E402
 from scripts.cli import BAD_OPTION, REPOSITORY, Refusal, say  # noqa: E402
 from scripts.hostinfo import machine  # noqa: E402
+from scripts.timing import timed  # noqa: E402
 
 DOC = os.path.join(REPOSITORY, "docs", "COMPARE.md")
 DEFAULT_SECONDS = 480.0
@@ -192,10 +193,9 @@ def evaluate(args: argparse.Namespace, net: torch.nn.Module, mode: str,
              photos: PhotoSet) -> dict[str, float]:
     """Mean metrics on the photos with the given tiler, and milliseconds per megapixel to get them."""
     inference = dataclasses.replace(settings(args).inference, mode=mode)
-    start = time.perf_counter()
     with torch.no_grad():
-        result = evaluation.evaluate_set(net, photos, 0, inference, None)
-    return {**result, "ms_per_mp": 1000 * (time.perf_counter() - start) / megapixels(photos)}
+        seconds, result = timed(lambda: evaluation.evaluate_set(net, photos, 0, inference, None))
+    return {**result, "ms_per_mp": 1000 * seconds / megapixels(photos)}
 
 
 def probe(workdir: str) -> Probe:

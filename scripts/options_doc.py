@@ -15,8 +15,9 @@ import report
 import runfolder
 import utility
 from option_table import GROUPS, SWITCH, Option
+from scripts.cli import REPOSITORY
 
-DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "OPTIONS.md")
+DOC = os.path.join(REPOSITORY, "docs", "OPTIONS.md")
 # what an option's roles (option_table.py's TRAINING, IPT, RESTORMER, RESUME) mean to a user
 ROLE_NOTES = {"training": "training only", "ipt": "IPT only", "restormer": "Restormer only",
               "resume": "kept by --resume"}

@@ -26,6 +26,7 @@ if __name__ == "__main__":  # a stop signal while torch loads is kept, not a sil
 import utility  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 from records import MAX_SEED  # noqa: E402
+from scripts.cli import FAILED, say  # noqa: E402
 from scripts.study_records import PROG, TASKS  # noqa: E402
 from scripts.study_report import table, write_report  # noqa: E402
 from scripts.study_runs import collect, run_all  # noqa: E402
@@ -88,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             collect(a)
         found = write_report(a.records, a.doc)
     except utility.RecordError as e:  # MetricsError, StudyError
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 1
+        return say(PROG, str(e), FAILED)
     for task in TASKS:
         print(table(found, task))
     print(f"{PROG}: {a.doc} and its plot written from {a.records}")

@@ -15,12 +15,12 @@ import records
 import runfolder
 import stops
 import utility
-from data.images import IMAGE_EXTENSIONS, ImageReadError, read_image, save_image, stem
+from data.images import ImageReadError, read_image, save_image, stem
+from data.listing import walk_images
 from data.sample import sample_photos
-from scripts import hostinfo, study_records
+from scripts import cli, hostinfo, study_records
 from scripts.study_records import PROG, TASKS, Row, StudyError, finetune_name, run_dir, scores
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIX_SCALES, SIX_TASKS = "2+3+4+1+1+1", "sr2+sr3+sr4+derain+denoise30+denoise50"
 PRETRAININGS = {"six": (SIX_SCALES, SIX_TASKS), "mim": ("1", "mim"),  # name -> (--scale, --tasks)
                 "six+mim": (SIX_SCALES + "+1", SIX_TASKS + "+mim")}  # each with the contrastive loss
@@ -40,7 +40,7 @@ def make_pool(folders: list[str], root: str, smoke: bool) -> None:
     target, tile = os.path.join(root, "ImageNet"), study_records.POOL_TILE
     os.makedirs(target, exist_ok=True)
     photos = [(f"pool{i}_{stem(path)}", path) for i, folder in enumerate(folders)
-              for path in sorted(images_under(folder))[:2 if smoke else None]]
+              for path in images_under(folder)[:2 if smoke else None]]
     photos += [(f"sample_{name}", image) for name, image in sample_photos("train")]
     unreadable = []
     for name, photo in photos:
@@ -62,11 +62,10 @@ def make_pool(folders: list[str], root: str, smoke: bool) -> None:
 
 
 def images_under(folder: str) -> list[str]:
-    """The image files under ``folder`` (any depth; regular files only: a FIFO would hang a read)."""
+    """The image files under ``folder``, sorted (any depth; regular files only: a FIFO would hang a read)."""
     if not os.path.isdir(folder):
         raise SystemExit(f"{PROG}: --pool {folder}: not a folder")
-    return [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files
-            if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(d, f))]
+    return walk_images(folder)[0]
 
 
 def test_sets(dir_data: str, root: str, images: int) -> None:
@@ -92,7 +91,7 @@ def run_main(args: list[str], launcher: str) -> None:
     """One main.py run, in this process or under the launcher; stops the study if it fails."""
     if launcher:
         try:
-            code = subprocess.call([*shlex.split(launcher), os.path.join(ROOT, "main.py"), *args])
+            code = subprocess.call([*shlex.split(launcher), os.path.join(cli.REPOSITORY, "main.py"), *args])
         except OSError as e:
             raise SystemExit(f"{PROG}: --launcher {launcher!r}: cannot start it ({e.strerror})") from None
     else:

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import torch
 
 import runfolder
+from scripts.cli import REPOSITORY
 from scripts.hostinfo import machine
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOC = os.path.join(ROOT, "docs", "BENCHMARKS.md")
-TEXT = os.path.join(ROOT, "scripts", "benchmark_text.md")  # the doc's paragraphs, with {fields}
+DOC = os.path.join(REPOSITORY, "docs", "BENCHMARKS.md")
+TEXT = os.path.join(REPOSITORY, "scripts", "benchmark_text.md")  # the doc's paragraphs, with {fields}
 DOC_TITLE = ("# Benchmarks\n\nMade by `python -m scripts.benchmark [SECTION ...] [--reps N]`; "
              "each section is rewritten between its markers by its own run.\n")
 HEADS = ("sr2", "sr3", "sr4", "derain", "denoise30", "denoise50")  # the six-task head order
@@ -132,5 +132,6 @@ def in_child(module: str, call: str) -> str:
     repository root, with as many torch threads as this process has."""
     code = (f"import torch; torch.set_num_threads({torch.get_num_threads()}); "
             f"from scripts import {module}; print({module}.{call})")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=REPOSITORY)
     return done.stdout.strip().splitlines()[-1]

@@ -149,7 +149,7 @@ def bad_root(tmp_path, kind: str) -> str:
 @pytest.mark.parametrize("kind,says", [
     ("file", "is a file"), ("fifo", "is a named pipe"), ("under a file", "which is a file"),
     ("broken link", "is a broken link"), ("another tree", "not built by this script"),
-    ("damaged record", "simulated.json cannot be read"), ("unwritable", "cannot be written")])
+    ("damaged record", "simulated.json: not readable JSON"), ("unwritable", "cannot be written")])
 def test_simulate_refuses_a_bad_root(tmp_path, capsys, kind, says):
     """Before: a file, a pipe or an unwritable ROOT was a failed run (exit status 1, the
     system's words); another tree under ROOT/train got links added (exit status 0)."""

@@ -40,6 +40,7 @@ from data.stream import PairStream  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 from report import printable as shown  # noqa: E402
 from scripts import cli  # noqa: E402
+from scripts.timing import timed  # noqa: E402
 from tasks import task_scale  # noqa: E402
 
 TASKS = ("sr2", "sr3", "sr4", "derain", "denoise30", "denoise50")
@@ -333,11 +334,8 @@ def throughput_table(args: argparse.Namespace, source) -> str:
             batches = iter(PairStream(source, list(TASKS), batch_size=args.batch_size,
                                       patch_size=args.patch_size, task_id=task_id))
             next(batches)  # warm-up: the first JPEGs, lazy imports, allocations
-            start = time.monotonic()
-            for _ in range(args.throughput_batches):
-                next(batches)
-            lines.append(rate_line(task, args.throughput_batches * args.batch_size,
-                                   time.monotonic() - start))
+            seconds, _ = timed(lambda it=batches: [next(it) for _ in range(args.throughput_batches)])
+            lines.append(rate_line(task, args.throughput_batches * args.batch_size, seconds))
         return "\n".join([*lines, decoding_line(args, source)])
     finally:
         torch.set_num_threads(threads)  # as it was: main() may be called in a longer process
@@ -358,12 +356,11 @@ def decoding_line(args: argparse.Namespace, source) -> str:
     tasks' rows took; the files that fail to decode are not counted."""
     load, refs = source.opener(), source.epoch_refs(0, 0, 0, 1)[:args.throughput_batches * args.batch_size]
     next(decoded(load, refs[-1:]), None)  # warm-up
-    start = time.monotonic()
-    count = sum(1 for _ in decoded(load, refs))
+    seconds, count = timed(lambda: sum(1 for _ in decoded(load, refs)))
     if not count:
         raise MeasureError(f"none of the first {len(refs)} files under {shown(args.folder)} "
                            f"could be decoded")
-    return rate_line("(reading and decoding the JPEG alone)", count, time.monotonic() - start)
+    return rate_line("(reading and decoding the JPEG alone)", count, seconds)
 
 
 def check_source(args: argparse.Namespace, source, cache: str) -> None:

@@ -13,7 +13,6 @@ ROOT are refused (exit status 2).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -27,6 +26,7 @@ if __name__ == "__main__":  # a stop signal while torch loads is kept, not a sil
     stops.early()
 
 import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 import records  # noqa: E402
 import runfolder  # noqa: E402
@@ -48,7 +48,7 @@ NOISE_SIGMA = 6.0  # grain added to the smooth sample photos: files of ImageNet'
 SCALE_JITTER = (1.0, 1.6)  # the crop covers 1/1..1/1.6 of the resized photo's short side
 MAX_IMAGE_NUMBER = 60000  # ImageNet's file numbers (nXXXXXXXX_K) run up to about this
 WNID_RANGE = (1_000_000, 15_000_000)  # ImageNet's WordNet ids n01440764 .. n15075141
-PROGRESS_EVERY_S = 5.0
+PROGRESS_EVERY_S = 5.0  # tqdm's line on stderr: done of total, rate, time left
 RECORD = "simulated.json"
 RECORD_MAX_BYTES = 64 << 10  # the record is a few hundred bytes; anything larger is not one
 OPTIONS = ("files", "classes", "pool", "shards", "shard_members", "seed")  # kept in the record
@@ -82,17 +82,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def read_record(root: str) -> dict | None:
-    """ROOT/simulated.json, None if there is none; ValueError if it is not this script's."""
+    """ROOT/simulated.json, None if there is none; RecordError if it is not this script's."""
     path = os.path.join(root, RECORD)
     if not os.path.lexists(path):
         return None
-    try:
-        record = json.loads(utility.read_small_file(path, RECORD_MAX_BYTES) or b"null")
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot be read ({getattr(e, 'strerror', None) or e})") from None
-    if records.problem(record, records.SIMULATED):
-        raise ValueError("is not this script's record")
-    return record
+    return records.read_json(path, records.SIMULATED, "give a new folder", RECORD_MAX_BYTES)
 
 
 def check_root(args: argparse.Namespace) -> str | None:
@@ -108,8 +102,8 @@ def check_root(args: argparse.Namespace) -> str | None:
         return f"{named} {where} {kind_of(above)}: give a new folder, or one this script built"
     try:
         record = read_record(root)
-    except ValueError as e:
-        return f"{named}/{RECORD} {e}: give a new folder"
+    except utility.RecordError as e:  # names the file and what is wrong with it
+        return f"ROOT {shown(str(e))}"
     if record is None and os.path.lexists(os.path.join(root, "train")):
         return f"{named}/train exists but {RECORD} does not (not built by this script): " \
                f"give a new folder"
@@ -185,39 +179,23 @@ def class_names(classes: int, files: int, seed: int) -> list[tuple[str, list[int
             for w, n in zip(wnids, per_class, strict=False)]
 
 
-class Progress:
-    """One line on stderr every few seconds: done of total, rate, time left."""
-
-    def __init__(self, what: str, total: int):
-        self.what, self.total, self.start, self.said = what, total, time.monotonic(), 0.0
-
-    def update(self, done: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self.said >= PROGRESS_EVERY_S:
-            rate = done / max(now - self.start, 1e-9)
-            left = (self.total - done) / rate if rate else float("inf")
-            print(f"{self.what}: {done}/{self.total} ({rate:,.0f}/s, {left:,.0f} s left)",
-                  file=sys.stderr, flush=True)
-            self.said = now
-
-
 def build_train(root: str, pool: Sequence[str], classes: list[tuple[str, list[int]]]) -> int:
     """The class folders of ROOT/train, each built aside then renamed in; the links made."""
     train, building = os.path.join(root, "train"), os.path.join(root, BUILDING)
     shutil.rmtree(building, ignore_errors=True)  # what an interrupted build left
     os.makedirs(train, exist_ok=True)
-    progress, done = Progress("linked", sum(len(n) for _, n in classes)), 0
-    for wnid, numbers in classes:
-        final = os.path.join(train, wnid)
-        if not os.path.isdir(final):  # not built by an earlier, interrupted run
-            aside = os.path.join(building, wnid)
-            os.makedirs(aside)
-            for j, k in enumerate(numbers):
-                os.link(pool[(done + j) % len(pool)], os.path.join(aside, f"{wnid}_{k}.JPEG"))
-            os.rename(aside, final)
-        done += len(numbers)
-        progress.update(done)
-    progress.update(done, force=True)
+    done = 0
+    with tqdm(total=sum(len(n) for _, n in classes), desc="linked", mininterval=PROGRESS_EVERY_S) as progress:
+        for wnid, numbers in classes:
+            final = os.path.join(train, wnid)
+            if not os.path.isdir(final):  # not built by an earlier, interrupted run
+                aside = os.path.join(building, wnid)
+                os.makedirs(aside)
+                for j, k in enumerate(numbers):
+                    os.link(pool[(done + j) % len(pool)], os.path.join(aside, f"{wnid}_{k}.JPEG"))
+                os.rename(aside, final)
+            done += len(numbers)
+            progress.update(len(numbers))
     shutil.rmtree(building, ignore_errors=True)
     return done
 
@@ -231,16 +209,14 @@ def build_shards(root: str, classes: list[tuple[str, list[int]]], shards: int, m
     os.makedirs(folder, exist_ok=True)
     names = [f"{w}/{w}_{k}.JPEG" for w, numbers in classes for k in numbers]
     random.Random(seed).shuffle(names)
-    counts, progress = {}, Progress("shards", shards)
-    for s in range(shards):
+    counts = {}
+    for s in tqdm(range(shards), desc="shards", mininterval=PROGRESS_EVERY_S):
         name = SHARD_NAME.format(s)
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             chunk = [names[(s * members + m) % len(names)] for m in range(members)]
             write_shard(path, root, [os.path.join(root, "train", member) for member in chunk])
         counts[name] = members
-        progress.update(s + 1)
-    progress.update(shards, force=True)
     runfolder.write_json(os.path.join(folder, SHARD_INDEX), {"shards": counts})
     return shards * members
 
