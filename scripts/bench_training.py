@@ -170,7 +170,7 @@ def saving_rep(runner: Trainer, batch: dict, folder: str) -> dict[str, float]:
     """One repetition of every saving measurement: seconds by row, steps meanwhile, file MB."""
     device, figures = runner.device, {}
     figures["step"] = timed(lambda: runner.train_step(batch), device)[0]
-    figures["snapshot"], snapshot = timed(lambda: runner.snapshot(runner.model.state_dict()), device)
+    figures["snapshot"], snapshot = timed(runner.snapshot, device)
     split = os.path.join(folder, "split")
     os.makedirs(split, exist_ok=True)
     for name, obj in (("model_latest.pt", snapshot.state["model"]), ("state.pt", snapshot.state)):
