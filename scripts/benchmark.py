@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from option import OptionParser  # errors in one line, exit status 2
+from scripts.bench_compile import compile_section
 from scripts.bench_inference import bf16_section, forward_section, tiling_section
 from scripts.bench_training import loader_section, saving_section, training_section
 from scripts.timing import DOC, FULL, SMOKE, write_section
@@ -27,7 +28,8 @@ DEFAULT_REPS = 5
 MAX_REPS = 1000  # the median of more says nothing new
 SECTIONS: dict[str, Callable[[argparse.Namespace], str]] = {
     "loader": loader_section, "tiling": tiling_section, "forward": forward_section,
-    "training": training_section, "saving": saving_section, "bf16": bf16_section}
+    "training": training_section, "saving": saving_section, "bf16": bf16_section,
+    "compile": compile_section}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

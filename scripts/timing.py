@@ -48,16 +48,21 @@ class Sizes:
     peak_modes: tuple[str, ...] | None = None  # tilings whose CPU peak memory is measured (None: all)
     fresh_tuned: tuple[bool, ...] = (False, True)  # forwards in a fresh process: malloc as it is, tuned
     saving_model: dict = field(default_factory=dict)  # IPT options of the checkpointed model
+    compile_models: tuple[tuple[str, dict, int], ...] = ()  # (name, IPT options, training batch)
+    compile_image: int = 192  # the side of the image the compile section restores (16 x2 tiles)
+    compile_backend: str = "inductor"  # torch.compile's; smoke: "eager", dynamo without codegen
 
 
 FULL = Sizes(loader_tasks=("sr2", "sr3", "sr4", "derain", "denoise30"), loader_workers=(0, 1, 2),
              loader_batch=16, loader_batches=16, tiling_sizes=(126, 240, 256, 512),
              forward_model={}, forward_batches=(1, 16), backward_batches=(8,), gemm_calls=3,
-             training=(("tiny", TRAIN_TINY, 8, 8), ("full", {}, 2, 8)))
+             training=(("tiny", TRAIN_TINY, 8, 8), ("full", {}, 2, 8)),
+             compile_models=(("tiny", TRAIN_TINY, 8), ("full", {}, 2)))
 SMOKE = Sizes(loader_tasks=("sr2",), loader_workers=(0, 2), loader_batch=4, loader_batches=1,
               tiling_sizes=(60,), forward_model=TINY_IPT, forward_batches=(1, 2),
               backward_batches=(2,), gemm_calls=1, training=(("tiny", TRAIN_TINY, 2, 2),),
-              threads=1, peak_modes=("official",), fresh_tuned=(True,), saving_model=TRAIN_TINY)
+              threads=1, peak_modes=("official",), fresh_tuned=(True,), saving_model=TRAIN_TINY,
+              compile_models=(("tiny", TRAIN_TINY, 2),), compile_image=48, compile_backend="eager")
 SMOKE_NOTE = ("Smoke run (`--smoke`): minimal sizes, one repetition, one torch thread; its "
               "figures show that the code runs, not how fast it is.")
 
