@@ -56,6 +56,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--options", default="", help="more main.py options for every run (--n_feats 64 ...)")
     p.add_argument("--launcher", default="", help="run each main.py under this (torchrun --nproc_per_node 8)")
     p.add_argument("--smoke", action="store_true", help="a few steps on two images: checks the wiring")
+    p.add_argument("--variant", default="main", choices=("main", "ema"),
+                   help="main: the rows above; ema: the equal-steps reference again with --ema_decay "
+                        "0.995, on sr2 (its records join the main study's)")
     a = p.parse_args(argv)
     words = a.seeds.split("+")  # distinct integers 0..MAX_SEED
     if not all(SEED.fullmatch(w) for w in words):

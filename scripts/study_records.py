@@ -20,6 +20,7 @@ class Row:
     pretraining: str | None = None
     init_from: str = ""  # --init_from of the fine-tuning: '' the task's own head
     budget: str = "finetune"
+    ema_decay: float = 0.0  # --ema_decay of the fine-tuning: 0, none
 
 
 REFERENCE = Row("none", budget="steps")  # fine-tuning alone, at equal steps
@@ -28,6 +29,10 @@ SECONDS_MATCH = "six"  # the paper's pre-training: the row whose seconds SECONDS
 ROWS = (REFERENCE, Row("six", "six"), Row("mim, head from mim", "mim", "mim"), Row("six+mim", "six+mim"))
 RUN_ROWS = (*ROWS, SECONDS_REFERENCE)  # in the order they run: SECONDS_REFERENCE needs the others
 TASKS = {"sr2": "Set5", "denoise30": "CBSD68"}  # fine-tuning task -> its test set
+# --variant ema: the reference again with a moving average of its weights, on sr2. Its decay
+# suits the run's 1,400 steps: the start then weighs 0.995^1400 < 0.1% (0.999 would keep 25%)
+EMA_ROW = Row("none, EMA 0.995", budget="steps", ema_decay=0.995)
+VARIANTS = {"main": (RUN_ROWS, tuple(TASKS)), "ema": ((EMA_ROW,), ("sr2",))}  # -> (rows, tasks)
 POOL_TILE = 256  # training photos are cut into squares of this side (sr4 crops 192)
 PROG = "study.py"
 VALIDATION = re.compile(r"step (\d+): validation PSNR ([-\d.]+) dB")
@@ -130,17 +135,25 @@ class Result:
 def gather(records: str, manifest: dict) -> dict[int, dict[str, dict[str, Result]]]:
     """{seed: {row: {task: Result}}} from the records of every run."""
     found: dict[int, dict[str, dict[str, Result]]] = {seed: {} for seed in manifest["seeds"]}
+    variant = all(os.path.isdir(run_dir(records, s, finetune_name(EMA_ROW, "sr2"))) for s in found)
     for seed in found:
-        for row in RUN_ROWS:
-            pre_steps, pre_seconds = 0, 0.0
-            if row.pretraining:
-                pre = finished_record(run_dir(records, seed, f"pretrain_{row.pretraining}"))
-                pre_steps, pre_seconds = int(pre.get("step", 0)), float(pre["train_seconds"])
-            for task in TASKS:
-                run = run_dir(records, seed, finetune_name(row, task))
-                fine = finished_record(run)
-                found[seed].setdefault(row.name, {})[task] = Result(
-                    scores(run + "_eval", TASKS[task], task), pre_steps + int(fine.get("step", 0)),
-                    pre_seconds + float(fine["train_seconds"]),
-                    [(pre_steps + k, v) for k, v in curve(run)])
+        for rows, tasks in VARIANTS.values() if variant else [VARIANTS["main"]]:
+            gather_rows(found[seed], records, seed, rows, tasks)
     return found
+
+
+def gather_rows(found: dict[str, dict[str, Result]], records: str, seed: int, rows: tuple[Row, ...],
+                tasks: tuple[str, ...]) -> None:
+    """{row: {task: Result}} of one seed's ``rows`` fine-tuning ``tasks``, added to ``found``."""
+    for row in rows:
+        pre_steps, pre_seconds = 0, 0.0
+        if row.pretraining:
+            pre = finished_record(run_dir(records, seed, f"pretrain_{row.pretraining}"))
+            pre_steps, pre_seconds = int(pre.get("step", 0)), float(pre["train_seconds"])
+        for task in tasks:
+            run = run_dir(records, seed, finetune_name(row, task))
+            fine = finished_record(run)
+            found.setdefault(row.name, {})[task] = Result(
+                scores(run + "_eval", TASKS[task], task), pre_steps + int(fine.get("step", 0)),
+                pre_seconds + float(fine["train_seconds"]),
+                [(pre_steps + k, v) for k, v in curve(run)])

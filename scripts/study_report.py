@@ -9,7 +9,7 @@ import statistics
 import runfolder
 from report import markdown_text
 from scripts import study_records
-from scripts.study_records import REFERENCE, ROWS, SECONDS_REFERENCE, TASKS, gather, read_manifest
+from scripts.study_records import EMA_ROW, REFERENCE, ROWS, SECONDS_REFERENCE, TASKS, gather, read_manifest
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "study_report.md")
 BASELINE = {"sr2": "bicubic", "denoise30": "noisy input"}
@@ -62,7 +62,7 @@ def table(found: dict, task: str) -> str:
     first = found[seeds[0]][REFERENCE.name][task].scores
     lines.append(f"| *input ({BASELINE[task]})* | | | {first['baseline_psnr']:.3f} | "
                  f"{first['baseline_ssim']:.4f} | | |")
-    for row in (REFERENCE, SECONDS_REFERENCE, *ROWS[1:]):
+    for row in table_rows(found, task):
         runs = [found[s][row.name][task] for s in seeds]
         fine = runs[0].steps - (runs[0].curve[0][0] if row.pretraining else 0)  # the first seed's
         pre = f"{runs[0].steps - fine} + " if row.pretraining else ""
@@ -76,6 +76,13 @@ def table(found: dict, task: str) -> str:
                          difference(found, row.name, ref.name, task))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def table_rows(found: dict, task: str) -> list:
+    """The rows of a task's table: the references, the pre-trained rows, and the EMA variant's
+    when its records are there."""
+    variant = [EMA_ROW] if task in found[next(iter(found))].get(EMA_ROW.name, {}) else []
+    return [REFERENCE, SECONDS_REFERENCE, *ROWS[1:], *variant]
 
 
 def plot(found: dict, path: str) -> None:
@@ -107,7 +114,7 @@ def report(m: dict, found: dict, plot_name: str) -> str:
     tables = "\n\n".join(f"### {task}: {TASKS[task]}{' x2' if task == 'sr2' else ' σ30'}\n\n"
                          f"{table(found, task)}" for task in TASKS)
     clear = [f"- {row.name} ({task}, to {ref.name}): {diff.strip('*')} dB" for task in TASKS
-             for row in ROWS[1:] for ref in (REFERENCE, SECONDS_REFERENCE)
+             for row in table_rows(found, task)[2:] for ref in (REFERENCE, SECONDS_REFERENCE)
              if (diff := difference(found, row.name, ref.name, task)).startswith("**")]  # bold: excludes 0
     with open(TEMPLATE, encoding="utf-8") as f:
         template = f.read()

@@ -174,6 +174,7 @@ def finetune(a: argparse.Namespace, row: Row, task: str, seed: int, data: str,
     run = run_dir(a.work, seed, finetune_name(row, task))
     start = ["--pretrain", checkpoints[row.pretraining]] if row.pretraining else []
     start += ["--init_from", row.init_from] if row.init_from else []  # rows with a pre-training only
+    start += ["--ema_decay", str(row.ema_decay)] if row.ema_decay else []
     launch(a, run, [*task_options(task), *start, "--dir_data", data, "--seed", str(seed), "--test_every",
                     str(a.val_every), "--chop", "fast"], row_steps(a, a.work, row, task, seed))
     return run
@@ -194,21 +195,26 @@ def run_all(a: argparse.Namespace) -> None:
     make_pool(a.pool, data, a.smoke)
     test_sets(a.dir_data, data, a.val_images)  # what fine-tuning validates on
     test_sets(a.dir_data, test, a.noise_images)  # what the table scores
+    rows, tasks = study_records.VARIANTS[a.variant]
     for seed in a.seeds:
-        checkpoints = {name: pretrain(a, name, seed, data) for name in PRETRAININGS}
-        for task in TASKS:
-            for row in study_records.RUN_ROWS:
+        checkpoints = {name: pretrain(a, name, seed, data) for name in PRETRAININGS
+                       if any(row.pretraining == name for row in rows)}
+        for task in tasks:
+            for row in rows:
                 evaluate(a, finetune(a, row, task, seed, data, checkpoints), task, test)
 
 
 # The records: the runs' small files, copied under --records, and the study's own study.json
 def collect(a: argparse.Namespace) -> None:
-    """Copy each run's small records (no weights) from --work into --records, with study.json."""
+    """Copy each run's small records (no weights) from --work into --records, with study.json
+    (which describes the main study: a variant's runs are added beside it)."""
     names = []  # every run folder, relative to --work and to --records
+    rows, tasks = study_records.VARIANTS[a.variant]
     for seed in a.seeds:
-        names += [run_dir("", seed, f"pretrain_{name}") for name in PRETRAININGS]
+        names += [run_dir("", seed, f"pretrain_{name}") for name in PRETRAININGS
+                  if any(row.pretraining == name for row in rows)]
         names += [run_dir("", seed, finetune_name(row, task)) + end
-                  for task in TASKS for row in study_records.RUN_ROWS for end in ("", "_eval")]
+                  for task in tasks for row in rows for end in ("", "_eval")]
     for name in names:
         for file in RECORD_FILES:
             source = os.path.join(a.work, name, file)
@@ -216,6 +222,8 @@ def collect(a: argparse.Namespace) -> None:
                 target = os.path.join(a.records, name, file)
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.copyfile(source, target)
+    if a.variant != "main":
+        return
     machine = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else
                f"{hostinfo.cpu_model()}, {utility.usable_cpus()} usable cores")  # and its torch
     manifest = {"seeds": a.seeds, **{k: getattr(a, k) for k in study_records.MANIFEST_COUNTS[:5]},
