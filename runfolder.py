@@ -16,6 +16,7 @@ import copy
 import json
 import math
 import os
+import pathlib
 import re
 import shutil
 import socket
@@ -310,20 +311,12 @@ def _save_failure(path: str, error: BaseException) -> str:
 
 def write_json(path: str, data: object) -> None:
     """Write JSON atomically (see ``atomic_write``)."""
-    def dump(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(jsonable(data), f, indent=2)
-
-    atomic_write(path, dump)
+    write_text(path, json.dumps(jsonable(data), indent=2))
 
 
 def write_text(path: str, text: str) -> None:
     """Write a text file atomically (see ``atomic_write``)."""
-    def dump(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, dump)
+    atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def atomic_save(obj: object, path: str) -> None:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import distributed
 import runfolder
 import stops
 import utility
@@ -234,12 +235,7 @@ class Trainer(Checkpointing):
         """Whether to stop before the next step: a signal reached this process or, under
         torchrun, any other (one tiny all-reduce a step), so every rank stops at the same step
         and rank 0 saves the state that all of them reached."""
-        stop = received is not None
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return stop
-        flag = torch.tensor([int(stop)], device=self.device if self.device.type == "cuda" else "cpu")
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
+        return not distributed.all_agree(received is None, self.device)
 
     def _cannot_go_on(self) -> bool:
         """Whether training must stop: too many non-finite losses in a row, or broken weights."""
