@@ -171,9 +171,7 @@ def prepare_model(s: run_settings.Settings, device: torch.device) -> tuple[torch
     return (model.half() if s.run.precision == "half" else model), sha256
 
 
-# ----------------------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------------------
+# ---- Training ----
 def train(args: argparse.Namespace, s: run_settings.Settings, device: torch.device) -> int:
     """Pre-train (several heads, no --task) or fine-tune (one head) as the options say. A rank
     that fails raises at once, skipping the closing barrier: its peers' collectives then fail."""

@@ -1,9 +1,6 @@
 """The run folder's life: its lock, the files written into it, and the background writer.
 
-- ``RunLock``: ``RUN/.lock``, one process per run directory; a live holder is never displaced. On
-  the holder's host it is alive while its process runs (its PID and start time); the lock of
-  another host is alive while the holder renews it. It is read like every record (records.LOCK);
-  a lock that is not a regular file is refused, never removed.
+- ``RunLock``: ``RUN/.lock``, one process per run directory (the class says when its holder is gone).
 - ``atomic_write`` / ``write_json`` / ``write_text`` / ``atomic_save``: a temporary renamed into
   place, so a crash leaves the old file or the new one; a full disk is one SaveError line.
 - ``host_copy`` / ``BackgroundWriter``: a snapshot of tensors on the CPU, written by one thread
@@ -218,10 +215,9 @@ def process_start(pid: int) -> str | None:
     """When process ``pid`` started (boot id and clock ticks since boot, from /proc), so that a
     PID reused by another process is told apart; None where /proc does not say."""
     try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            boot = f.read().strip()
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        boot = pathlib.Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        stat_line = pathlib.Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        fields = stat_line.rsplit(")", 1)[1].split()
         return f"{boot}:{fields[19]}"  # starttime, the 22nd field of stat (2 before the split)
     except (OSError, IndexError):
         return None
@@ -238,9 +234,7 @@ def pid_exists(pid: int) -> bool:
     return True
 
 
-# ----------------------------------------------------------------------------------------
-# Files written atomically
-# ----------------------------------------------------------------------------------------
+# ---- Files written atomically ----
 class SaveError(OSError):
     """A file that could not be written (full disk, no permission); the previous one is kept."""
 
@@ -344,9 +338,7 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     return removed
 
 
-# ----------------------------------------------------------------------------------------
-# Writing checkpoints beside the training
-# ----------------------------------------------------------------------------------------
+# ---- Writing checkpoints beside the training ----
 def host_copy(value: object, reuse: object = None) -> object:
     """A copy of nested dicts, lists and tuples whose tensors are on the CPU: a clone of a CPU
     tensor, page-locked (pinned) memory for a CUDA tensor. It shares no storage with ``value``, so

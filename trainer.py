@@ -313,10 +313,7 @@ class Trainer(Checkpointing):
             out, tokens = self.model(lr_img, task_id, return_tokens=True, **extra)
         else:
             out, tokens = self.model(lr_img, task_id, **extra), None
-        if extra:
-            loss = masked_l1(out, hr, extra["mask"], self.patch_dim)
-        else:
-            loss = l1_loss(out, hr)
+        loss = masked_l1(out, hr, extra["mask"], self.patch_dim) if extra else l1_loss(out, hr)
         if tokens is not None:
             loss = loss + self.settings.con_weight * contrastive_loss(tokens)
         return loss
