@@ -68,8 +68,7 @@ class RunLock:
         record = {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start(os.getpid()),
                   "command": self.command, "run_id": os.environ.get(ELASTIC_RUN_ID) or None}
         tmp = f"{self.path}.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record, f)
+        pathlib.Path(tmp).write_text(json.dumps(record), encoding="utf-8")
         try:
             note = self._link(tmp)
         finally:

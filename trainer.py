@@ -12,19 +12,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import checkpointing
 import distributed
 import runfolder
 import stops
 import utility
-from checkpointing import (
-    RESUME_HINT,
-    SAVE_FAILED,
-    Checkpointing,
-    Progress,
-    after_failed_save,
-    bare_state_dict,
-    unwrap,
-)
 from data.listing import FILE_LIST
 from data.sources import seeded
 from data.stream import synthesize_lr
@@ -137,7 +129,7 @@ def progressive_crop(lr: Tensor, hr: Tensor, patch: int, size: int,
     return lr[pick][window], hr[pick][window]
 
 
-class Trainer(Checkpointing):
+class Trainer(checkpointing.Checkpointing):
     """Optimises the model on one-task batches; checkpoints, validates, resumes exactly."""
 
     def __init__(self, settings: TrainSettings, model: nn.Module, batches: Batches,
@@ -164,7 +156,7 @@ class Trainer(Checkpointing):
             t.schedule, milestones, t.gamma, t.warmup_steps, self.schedule_steps, t.periods,
             end_factors))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
-        self.progress = Progress()
+        self.progress = checkpointing.Progress()
         self.skipped_files: dict[int, int] = {}  # loader worker -> files it skipped so far
         self.weights_written: dict[str, dict] = {}  # model/ file -> {step, size, mtime_ns}
         self.loss_average: float | None = None
@@ -227,7 +219,7 @@ class Trainer(Checkpointing):
                          self.train_seconds, p.nonfinite_total,
                          sum(self.skipped_files.values()))
         if self.interrupted and saved:
-            log.info(RESUME_HINT)
+            log.info(checkpointing.RESUME_HINT)
             return INTERRUPTED
         return status if saved else 1
 
@@ -242,7 +234,7 @@ class Trainer(Checkpointing):
         p = self.progress
         if p.nonfinite_run == 0:
             return False
-        broken = utility.nonfinite_tensors(unwrap(self.model).state_dict())  # on its device
+        broken = utility.nonfinite_tensors(checkpointing.unwrap(self.model).state_dict())  # on its device
         if broken:
             log.error("step %d: %d weight tensor(s) are NaN or infinite (%s, ...): stopping; the "
                       "last checkpoint is kept (lower --lr, set --gclip)", p.step, len(broken),
@@ -260,11 +252,11 @@ class Trainer(Checkpointing):
         try:
             self.saver.wait()  # only after an error: otherwise fit waited for it already
         except runfolder.SaveError as e:
-            log.error(SAVE_FAILED, e, after_failed_save(self.settings.save))
+            log.error(checkpointing.SAVE_FAILED, e, checkpointing.after_failed_save(self.settings.save))
         try:
             return self.save()
         except runfolder.SaveError as e:
-            log.error(SAVE_FAILED, e, after_failed_save(self.settings.save))
+            log.error(checkpointing.SAVE_FAILED, e, checkpointing.after_failed_save(self.settings.save))
             return False
 
     def train_step(self, batch: dict) -> float | None:
@@ -321,7 +313,7 @@ class Trainer(Checkpointing):
     @property
     def patch_dim(self) -> int:
         """Pixels per token side of the network (what a mim mask cell covers)."""
-        return unwrap(self.model).cfg.patch_dim
+        return checkpointing.unwrap(self.model).cfg.patch_dim
 
     def _generator(self, step: int) -> torch.Generator:
         """A generator on the training device for the noise of batch ``step`` of this rank."""
@@ -371,7 +363,7 @@ class Trainer(Checkpointing):
         mean = sum(psnr.values()) / len(psnr)
         if mean > p.best_psnr:
             p.best_psnr, p.best_step = mean, p.step
-            weights = bare_state_dict(self.model)
+            weights = checkpointing.bare_state_dict(self.model)
             for name in self.weight_names("model_best"):
                 self.save_weights(weights, name)
             self.write_record()  # its best_step, for evaluations of model_best.pt
