@@ -91,15 +91,10 @@ def _start(device: torch.device, timeout: int) -> None:
         store=torch.distributed.PrefixStore(f"ipt_attempt_{attempt}", store))
 
 
-def in_group() -> bool:
-    """Whether this process has joined a process group."""
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
 def all_agree(ok: bool, device: torch.device) -> bool:
     """Whether ``ok`` holds on every rank of the torchrun job (one all-reduce; ``ok`` alone
     without a process group)."""
-    if not in_group():
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return ok
     flag = torch.tensor([int(ok)], device=device if device.type == "cuda" else "cpu")
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)

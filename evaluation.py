@@ -246,8 +246,7 @@ def restore_quantised(model: nn.Module, image: Tensor, task_id: int,
 
 
 # --precision bf16: what stays fp32, and why (measured in docs/BENCHMARKS.md, "bf16 inference").
-# Only the network's forward runs under autocast; the tiles' blending and the x8 ensemble's mean
-# stay fp32 (see model/tiling.py). fp32 throughout the rest too:
+# Only the network's forward runs under autocast (model/tiling.py says why); fp32 throughout the rest:
 # - MATLAB bicubic (data.degrade: the LR inputs made from HR, the SR baseline of
 #   ``input_baseline``) runs outside autocast. On uint8 images it works in float64, which autocast
 #   leaves alone; its fp32 path under CPU autocast would run its matmuls in bf16: on Set5 baby x2,

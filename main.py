@@ -48,6 +48,10 @@ class JobError(Exception):
     """Why the job cannot go on, in one line (exit status 1); empty when another rank says it."""
 
 
+# the errors that end the job in their one line (exit status 1), each naming the file or set and the fix
+ENDS_JOB = (JobError, distributed.JoinError, CheckpointError, checkpointing.StateError, BenchmarkError)
+
+
 def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> int:
     """Run the job the options describe (``args``: ``argv`` already parsed); the exit status (0
     ok, 1 failures, 2 bad options)."""
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
         prepare_run_dir(s.run)
         with distributed.process_group(device, s.run.dist_timeout, join=world > 1 and not s.run.test_only):
             return locked_run(args, s, device, argv, rank, world)
-    except (JobError, distributed.JoinError) as e:  # every error that ends the job, said once
+    except ENDS_JOB as e:  # every error that ends the job, said once
         if str(e) and log.handlers:  # the run's log is set up: it says it (log.txt, stderr)
             log.error("%s", e)
         elif str(e):
@@ -169,14 +173,11 @@ def prepare_run_dir(r: run_settings.RunSettings) -> None:
 
 def prepare_model(s: run_settings.Settings, device: torch.device) -> tuple[torch.nn.Module, str | None]:
     """(the model of the options with its checkpoint loaded, on ``device``, in eval mode; the
-    SHA-256 of the checkpoint bytes loaded, None without one); JobError when it does not fit."""
+    SHA-256 of the checkpoint bytes loaded, None without one); CheckpointError when it does not fit."""
     model = build_model(s.model)
     path, sha256 = s.run.checkpoint, None
     if path:
-        try:
-            sha256 = load_checkpoint(model, path, file_tasks=s.run.pretrain_tasks)
-        except CheckpointError as e:
-            raise JobError(str(e)) from None
+        sha256 = load_checkpoint(model, path, file_tasks=s.run.pretrain_tasks)
         log.info("loaded %s", path)
     else:
         log.warning("no --pretrain given: the network has random weights")
@@ -190,9 +191,7 @@ def prepare_model(s: run_settings.Settings, device: torch.device) -> tuple[torch
     return (model.half() if s.run.precision == "half" else model), sha256
 
 
-# ----------------------------------------------------------------------------------------
-# Training
-# ----------------------------------------------------------------------------------------
+# ---- Training ----
 def train(args: argparse.Namespace, s: run_settings.Settings, device: torch.device) -> int:
     """Pre-train (several heads, no --task) or fine-tune (one head) as the options say. A rank
     that fails raises at once, skipping the closing barrier: its peers' collectives then fail."""
@@ -203,7 +202,7 @@ def train(args: argparse.Namespace, s: run_settings.Settings, device: torch.devi
             distributed.finish(world)
         return status
     except (torch.distributed.DistError, RuntimeError) as e:
-        failure = distributed.peer_failure(e) if world > 1 else None
+        failure = distributed.peer_failure(e) if world > 1 and not isinstance(e, ENDS_JOB) else None
         if failure is None:
             raise
         if rank > 0:  # rank 0 says it
@@ -239,20 +238,14 @@ def make_trainer(args: argparse.Namespace, s: run_settings.Settings, device: tor
     log.info("training %s (%s), %d steps of batch %d x %d process(es), %d step(s) an epoch",
              "+".join(model.task_names), "pre-training" if len(model.task_names) > 1 else "fine-tuning",
              total, s.data.batch_size, world, steps_per_epoch)
-    try:  # every test set's layout, checked before step 1 when a validation will happen
-        validate = evaluation.validator(model, s.evaluation, s.inference,
-                                        check=s.train.test_every <= total)
-    except BenchmarkError as e:
-        raise JobError(str(e)) from None
+    # every test set's layout, checked before step 1 when a validation will happen
+    validate = evaluation.validator(model, s.evaluation, s.inference, check=s.train.test_every <= total)
     schedule_steps = kept_schedule(saved, total)
     runner = trainer.Trainer(s.train, net, batches, validate, total, epoch_steps, rank, workers,
                              s.record, option_files.architecture_record(s.evaluation.model_name, s.model),
                              schedule_steps, world, split_origin)
     if saved:
-        try:
-            runner.load_state(saved, os.path.join(s.run.save, utility.STATE_NAME))
-        except checkpointing.StateError as e:
-            raise JobError(str(e)) from None
+        runner.load_state(saved, os.path.join(s.run.save, utility.STATE_NAME))
         log.info("resumed at step %d", runner.progress.step)
     warn_schedule(s.train, schedule_steps)
     return runner
@@ -293,19 +286,16 @@ def share_cpu(threads: int, workers: int, device: torch.device, world: int = 1) 
 
 
 def initialise(model: torch.nn.Module, r: run_settings.RunSettings) -> None:
-    """Load --pretrain into the model about to train (its body only, with --init_from); JobError
-    when the file does not fit."""
-    try:
-        if r.init_from:
-            initial = load_body(model, r.pretrain, r.init_from, r.pretrain_tasks)
-            log.info("initialised the body from %s; head, tail and query from its %s head except "
-                     "%d key(s) left at random: %s", r.pretrain, r.init_from, len(initial),
-                     ", ".join(initial[:4]) + (" ..." if len(initial) > 4 else ""))
-        else:
-            load_checkpoint(model, r.pretrain, file_tasks=r.pretrain_tasks)
-            log.info("initialised from %s", r.pretrain)
-    except CheckpointError as e:
-        raise JobError(str(e)) from None
+    """Load --pretrain into the model about to train (its body only, with --init_from);
+    CheckpointError when the file does not fit."""
+    if r.init_from:
+        initial = load_body(model, r.pretrain, r.init_from, r.pretrain_tasks)
+        log.info("initialised the body from %s; head, tail and query from its %s head except "
+                 "%d key(s) left at random: %s", r.pretrain, r.init_from, len(initial),
+                 ", ".join(initial[:4]) + (" ..." if len(initial) > 4 else ""))
+    else:
+        load_checkpoint(model, r.pretrain, file_tasks=r.pretrain_tasks)
+        log.info("initialised from %s", r.pretrain)
 
 
 def kept_schedule(saved: dict | None, total: int) -> int:
@@ -321,8 +311,8 @@ def kept_schedule(saved: dict | None, total: int) -> int:
 
 
 def previous_state(args: argparse.Namespace, r: run_settings.RunSettings) -> dict | None:
-    """The saved training state to continue (--resume), None to start afresh; JobError when
-    neither is possible."""
+    """The saved training state to continue (--resume), None to start afresh; JobError (or
+    StateError) when neither is possible."""
     state_path = os.path.join(r.save, utility.STATE_NAME)
     if not r.resume:
         if os.path.isfile(state_path) and not r.reset:
@@ -337,10 +327,7 @@ def previous_state(args: argparse.Namespace, r: run_settings.RunSettings) -> dic
                        f"--auto_resume)")
     if not os.path.isfile(state_path):
         raise JobError(f"--resume: no training state {state_path} to continue from")
-    try:
-        saved = checkpointing.read_state(state_path)
-    except checkpointing.StateError as e:
-        raise JobError(str(e)) from None
+    saved = checkpointing.read_state(state_path)
     conflicts = option.resume_conflicts(saved["options"], args)
     if conflicts:
         raise JobError(f"--resume: these options differ from the saved run and would change its "

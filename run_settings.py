@@ -41,13 +41,10 @@ class RunSettings:
     @property
     def checkpoint(self) -> str:
         """The file to load: --pretrain, or the run directory's model for the authors' --resume."""
-        if self.pretrain:
+        if self.pretrain or not self.resume:
             return self.pretrain
-        if self.resume == -1:
-            return trained_weights(os.path.join(self.save, "model"), "model_latest")
-        if self.resume > 0:
-            return trained_weights(os.path.join(self.save, "model"), f"model_{self.resume}")
-        return ""
+        stem = "model_latest" if self.resume == -1 else f"model_{self.resume}"
+        return trained_weights(os.path.join(self.save, "model"), stem)
 
 
 WEIGHT_SUFFIXES = (".pt", ".safetensors")  # the trained weights' files, preferred first

@@ -1,9 +1,6 @@
 """The run folder's life: its lock, the files written into it, and the background writer.
 
-- ``RunLock``: ``RUN/.lock``, one process per run directory; a live holder is never displaced. On
-  the holder's host it is alive while its process runs (its PID and start time); the lock of
-  another host is alive while the holder renews it. It is read like every record (records.LOCK);
-  a lock that is not a regular file is refused, never removed.
+- ``RunLock``: ``RUN/.lock``, one process per run directory (the class says when its holder is gone).
 - ``atomic_write`` / ``write_json`` / ``write_text`` / ``atomic_save``: a temporary renamed into
   place, so a crash leaves the old file or the new one; a full disk is one SaveError line.
 - ``host_copy`` / ``BackgroundWriter``: a snapshot of tensors on the CPU, written by one thread
@@ -16,6 +13,7 @@ import copy
 import json
 import math
 import os
+import pathlib
 import re
 import shutil
 import socket
@@ -70,8 +68,7 @@ class RunLock:
         record = {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start(os.getpid()),
                   "command": self.command, "run_id": os.environ.get(ELASTIC_RUN_ID) or None}
         tmp = f"{self.path}.{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record, f)
+        pathlib.Path(tmp).write_text(json.dumps(record), encoding="utf-8")
         try:
             note = self._link(tmp)
         finally:
@@ -217,10 +214,9 @@ def process_start(pid: int) -> str | None:
     """When process ``pid`` started (boot id and clock ticks since boot, from /proc), so that a
     PID reused by another process is told apart; None where /proc does not say."""
     try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-            boot = f.read().strip()
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+        boot = pathlib.Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+        stat_line = pathlib.Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        fields = stat_line.rsplit(")", 1)[1].split()
         return f"{boot}:{fields[19]}"  # starttime, the 22nd field of stat (2 before the split)
     except (OSError, IndexError):
         return None
@@ -237,9 +233,7 @@ def pid_exists(pid: int) -> bool:
     return True
 
 
-# ----------------------------------------------------------------------------------------
-# Files written atomically
-# ----------------------------------------------------------------------------------------
+# ---- Files written atomically ----
 class SaveError(OSError):
     """A file that could not be written (full disk, no permission); the previous one is kept."""
 
@@ -310,20 +304,12 @@ def _save_failure(path: str, error: BaseException) -> str:
 
 def write_json(path: str, data: object) -> None:
     """Write JSON atomically (see ``atomic_write``)."""
-    def dump(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(jsonable(data), f, indent=2)
-
-    atomic_write(path, dump)
+    write_text(path, json.dumps(jsonable(data), indent=2))
 
 
 def write_text(path: str, text: str) -> None:
     """Write a text file atomically (see ``atomic_write``)."""
-    def dump(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, dump)
+    atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def atomic_save(obj: object, path: str) -> None:
@@ -351,9 +337,7 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     return removed
 
 
-# ----------------------------------------------------------------------------------------
-# Writing checkpoints beside the training
-# ----------------------------------------------------------------------------------------
+# ---- Writing checkpoints beside the training ----
 def host_copy(value: object, reuse: object = None) -> object:
     """A copy of nested dicts, lists and tuples whose tensors are on the CPU: a clone of a CPU
     tensor, page-locked (pinned) memory for a CUDA tensor. It shares no storage with ``value``, so

@@ -10,6 +10,7 @@ It imports nothing heavy (no torch), so that ``early`` can run first.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -61,10 +62,8 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         for sig in STOP_SIGNALS:
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
         return self
 
     def _handle(self, signum: int, frame) -> None:

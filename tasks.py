@@ -44,14 +44,7 @@ def task_scale(name: str) -> int:
 
 def default_task_names(scales: list[int]) -> list[str]:
     """sr<s> for each scale > 1; the scale-1 entries are, in order, derain, denoise30, denoise50."""
+    if sum(s <= 1 for s in scales) > len(SCALE_ONE_TASKS):
+        raise ValueError("more than three scale-1 heads: name them with --tasks")
     unit_names = iter(SCALE_ONE_TASKS)
-    names = []
-    for s in scales:
-        if s > 1:
-            names.append(f"{SR}{s}")
-        else:
-            name = next(unit_names, None)
-            if name is None:
-                raise ValueError("more than three scale-1 heads: name them with --tasks")
-            names.append(name)
-    return names
+    return [f"{SR}{s}" if s > 1 else next(unit_names) for s in scales]

@@ -14,17 +14,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import checkpointing
+import distributed
 import runfolder
 import stops
-from checkpointing import (
-    RESUME_HINT,
-    SAVE_FAILED,
-    Checkpointing,
-    Progress,
-    after_failed_save,
-    bare_state_dict,
-    unwrap,
-)
 from data.listing import FILE_LIST
 from data.sources import seeded
 from data.stream import synthesize_lr
@@ -148,7 +141,7 @@ def progressive_crop(lr: Tensor, hr: Tensor, patch: int, size: int,
     return lr[pick][window], hr[pick][window]
 
 
-class Trainer(Checkpointing):
+class Trainer(checkpointing.Checkpointing):
     """Optimises the model on one-task batches; checkpoints, validates, resumes exactly."""
 
     def __init__(self, settings: TrainSettings, model: nn.Module, batches: Batches,
@@ -170,7 +163,7 @@ class Trainer(Checkpointing):
         self.optimizer = make_optimizer(settings, model.parameters())
         t = settings
         # every rank updates its own average from the same weights: no communication
-        self.ema = moving_average(unwrap(model), t.ema_decay) if t.ema_decay else None
+        self.ema = moving_average(checkpointing.unwrap(model), t.ema_decay) if t.ema_decay else None
         # what validations evaluate: the delivered network, compiled once under --compile
         self.eval_net = torch.compile(self.delivered) if t.compile else self.delivered
         milestones = [m * steps_per_epoch for m in t.decay_epochs]
@@ -179,7 +172,7 @@ class Trainer(Checkpointing):
             t.schedule, milestones, t.gamma, t.warmup_steps, self.schedule_steps, t.periods,
             end_factors))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
-        self.progress = Progress()
+        self.progress = checkpointing.Progress()
         self.skipped_files: dict[int, int] = {}  # loader worker -> files it skipped so far
         self.weights_written: dict[str, dict] = {}  # model/ file -> {step, size, mtime_ns}
         self.loss_average: float | None = None
@@ -242,7 +235,7 @@ class Trainer(Checkpointing):
                          self.train_seconds, p.nonfinite_total,
                          sum(self.skipped_files.values()))
         if self.interrupted and saved:
-            log.info(RESUME_HINT)
+            log.info(checkpointing.RESUME_HINT)
             return INTERRUPTED
         return status if saved else 1
 
@@ -250,12 +243,7 @@ class Trainer(Checkpointing):
         """Whether to stop before the next step: a signal reached this process or, under
         torchrun, any other (one tiny all-reduce a step), so every rank stops at the same step
         and rank 0 saves the state that all of them reached."""
-        stop = received is not None
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            return stop
-        flag = torch.tensor([int(stop)], device=self.device if self.device.type == "cuda" else "cpu")
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
+        return not distributed.all_agree(received is None, self.device)
 
     def _cannot_go_on(self) -> bool:
         """Whether training must stop: too many non-finite losses in a row, or broken weights."""
@@ -280,11 +268,11 @@ class Trainer(Checkpointing):
         try:
             self.saver.wait()  # only after an error: otherwise fit waited for it already
         except runfolder.SaveError as e:
-            log.error(SAVE_FAILED, e, after_failed_save(self.settings.save))
+            log.error(checkpointing.SAVE_FAILED, e, checkpointing.after_failed_save(self.settings.save))
         try:
             return self.save()
         except runfolder.SaveError as e:
-            log.error(SAVE_FAILED, e, after_failed_save(self.settings.save))
+            log.error(checkpointing.SAVE_FAILED, e, checkpointing.after_failed_save(self.settings.save))
             return False
 
     def train_step(self, micro_batches: list[dict] | dict) -> float | None:
@@ -314,7 +302,7 @@ class Trainer(Checkpointing):
         self.scheduler.step()
         # fp16: a step the scaler skipped (infinite gradients) lowered the scale, and moved nothing
         if self.ema is not None and (not self.scaler.is_enabled() or self.scaler.get_scale() >= scale):
-            self.ema.update_parameters(unwrap(self.model))
+            self.ema.update_parameters(checkpointing.unwrap(self.model))
         return sum(values) / k
 
     def _micro_loss(self, batch: dict, micro: int) -> Tensor:
@@ -354,10 +342,7 @@ class Trainer(Checkpointing):
             out, tokens = self.model(lr_img, task_id, return_tokens=True, **extra)
         else:
             out, tokens = self.model(lr_img, task_id, **extra), None
-        if extra:
-            loss = masked_l1(out, hr, extra["mask"], self.patch_dim)
-        else:
-            loss = l1_loss(out, hr)
+        loss = masked_l1(out, hr, extra["mask"], self.patch_dim) if extra else l1_loss(out, hr)
         if tokens is not None:
             loss = loss + self.settings.con_weight * contrastive_loss(tokens)
         return loss
@@ -365,7 +350,7 @@ class Trainer(Checkpointing):
     @property
     def patch_dim(self) -> int:
         """Pixels per token side of the network (what a mim mask cell covers)."""
-        return unwrap(self.model).cfg.patch_dim
+        return checkpointing.unwrap(self.model).cfg.patch_dim
 
     def _generator(self, step: int) -> torch.Generator:
         """A generator on the training device for the noise of batch ``step`` of this rank."""
@@ -415,7 +400,7 @@ class Trainer(Checkpointing):
         mean = sum(psnr.values()) / len(psnr)
         if mean > p.best_psnr:
             p.best_psnr, p.best_step = mean, p.step
-            weights = bare_state_dict(self.delivered)
+            weights = checkpointing.bare_state_dict(self.delivered)
             for name in self.weight_names("model_best"):
                 self.save_weights(weights, name)
             self.write_record()  # its best_step, for evaluations of model_best.pt

@@ -9,9 +9,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import pathlib
 import re
 import stat
 import subprocess
@@ -19,9 +21,7 @@ from collections.abc import Mapping
 
 import torch
 
-# ----------------------------------------------------------------------------------------
-# Logging
-# ----------------------------------------------------------------------------------------
+# ---- Logging ----
 LOG_NAME = "log.txt"
 STATE_NAME = "state.pt"  # a training run's full state, in its run directory
 # beside a run's checkpoints (RUN/model/): the options that built the model, how long it trained
@@ -59,9 +59,7 @@ def close_logging() -> logging.Logger:
     return logger
 
 
-# ----------------------------------------------------------------------------------------
-# Run records
-# ----------------------------------------------------------------------------------------
+# ---- Run records ----
 def sha256_file(path: str) -> str:
     """The SHA-256 of a file, hex."""
     digest = hashlib.sha256()
@@ -179,14 +177,11 @@ def usable_cpus() -> int:
 def cpuinfo(*keys: str) -> str | None:
     """The first value in /proc/cpuinfo of one of ``keys`` ("model name"; "flags" on x86,
     "Features" on Arm); None where it has none or cannot be read (not Linux)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in keys:
-                    return value.strip()
-    except OSError:
-        return None
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.strip() in keys:
+                return value.strip()
     return None
 
 
@@ -194,22 +189,13 @@ def available_memory() -> int | None:
     """Bytes this process may still allocate on the CPU: MemAvailable, lowered by a cgroup's
     memory limit when one is set (None when neither can be read)."""
     found = []
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    found.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
-            limit = f.read().strip()
-        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as f:
-            used = int(f.read().strip())
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo", encoding="ascii") as f:
+        found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    with contextlib.suppress(OSError, ValueError):
+        limit = pathlib.Path("/sys/fs/cgroup/memory.max").read_text(encoding="ascii").strip()
+        used = int(pathlib.Path("/sys/fs/cgroup/memory.current").read_text(encoding="ascii"))
         if limit.isdigit():
             found.append(max(int(limit) - used, 0))
-    except (OSError, ValueError):
-        pass
     return min(found) if found else None
 
 
