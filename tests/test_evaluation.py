@@ -73,8 +73,9 @@ def test_sr_metrics_equal_the_saved_images(tmp_path, tree, caplog):
     report = json.loads((run / "metrics.json").read_text())
     assert report["meta"]["step"] is None  # a checkpoint's evaluation, not a training validation
     assert set(report["meta"]) == {"checkpoint", "checkpoint_sha256", "step", "commit", "options",
-                                   "model", "tiling", "self_ensemble", "metric_channel", "test_noise",
-                                   "training", "interrupted", "not_evaluated"}
+                                   "model", "tiling", "self_ensemble", "precision", "precision_auto",
+                                   "metric_channel", "test_noise", "training", "interrupted", "not_evaluated"}
+    assert (report["meta"]["precision"], report["meta"]["precision_auto"]) == ("single", None)
     assert report["meta"]["interrupted"] is False and report["meta"]["not_evaluated"] == []
     assert report["meta"]["training"] is None  # random weights: no training.json
     assert report["meta"]["tiling"] == "fast" and report["meta"]["metric_channel"] == "y"  # TINY: fast
