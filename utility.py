@@ -18,8 +18,10 @@ import re
 import stat
 import subprocess
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # loads no torch: option parsing, which uses this module, answers before torch loads
+    from torch import Tensor
 
 # ---- Logging ----
 LOG_NAME = "log.txt"
@@ -161,9 +163,9 @@ def load_failure(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+def nonfinite_tensors(tensors: Mapping[str, Tensor]) -> list[str]:
     """The names of the floating-point tensors that hold a NaN or an infinity."""
-    return [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    return [k for k, v in tensors.items() if v.is_floating_point() and not v.isfinite().all()]
 
 
 def usable_cpus() -> int:

@@ -20,7 +20,7 @@ import utility
 from conftest import ROOT
 from test_probes import PROBE_TIMEOUT, TRAIN, train_until
 
-STEPS = 24  # the length of every job here (room for four stops in one); a state is saved
+STEPS = 30  # the length of every job here (room for six stops in one); a state is saved
 # every SAVE_EVERY steps
 SAVE_EVERY = 3
 # torchrun forwards SIGUSR1 only when told to: Slurm's --signal=USR1@90 is one to save and stop on
@@ -151,20 +151,7 @@ def test_restarts_after_a_killed_rank_and_after_a_stopped_one_end_as_if_never_st
     assert_nothing_left(run)
 
 
-def test_a_rank_killed_without_restarts_is_one_line_and_leaves_nothing(tmp_path):
-    run = tmp_path / "run"
-    process, lines = train_until(torchrun(job(run, "--max_steps", "100000")), 12)
-    os.kill(rank_one(run), signal.SIGKILL)
-    out = finish(process, lines)
-    ours = [line for line in out.splitlines() if line.startswith(("ERROR", "main.py"))]
-    assert len(ours) == 1 and "another process of this torchrun job failed" in ours[0], out[-3000:]
-    assert "[rank0]" not in out  # no traceback of ours (torchrun's own failure report may stay)
-    stopped = int(re.search(r"stopped at step (\d+)", out).group(1))
-    assert torch.load(run / utility.STATE_NAME, weights_only=True)["progress"]["step"] == stopped >= 12
-    assert_nothing_left(run)
-
-
-# the preemption signals that stop one job in turn: (signal, sent to the whole process group)
+# the preemption signals that stop the job in turn: (signal, sent to the whole process group)
 PREEMPTIONS = [
     (signal.SIGUSR1, False),  # Slurm's --signal=USR1@90 sent to one task
     (signal.SIGTERM, False),
@@ -173,17 +160,48 @@ PREEMPTIONS = [
 ]
 
 
-def test_each_preemption_signal_saves_one_agreed_step_and_auto_resume_ends_as_if_never_stopped(
-        tmp_path, uninterrupted):
-    """Without --max-restarts, one job stopped by each signal in turn: every time, the ranks agree
-    on the step, rank 0 saves it once and every rank exits 130; the same command with
-    --auto_resume continues from it, and the last one ends at the uninterrupted weights."""
-    run, stopped = tmp_path / "run", 0
+def test_one_job_ended_every_way_in_turn_resumes_to_the_uninterrupted_weights(tmp_path, uninterrupted):
+    """Without --max-restarts, one job ended six ways in turn, each time continued by the same
+    command with --auto_resume: a rank killed (kill -9), each preemption signal to one rank and to
+    the whole group, then torchrun itself killed. Every time the state of the step reached is
+    saved once and nothing is left behind; the last launch ends at the uninterrupted weights."""
+    run, stopped, launch = tmp_path / "run", 0, 0
+
+    def until_a_step(exits=None) -> tuple[subprocess.Popen, list[str], int]:
+        nonlocal launch
+        launch += 1
+        waited = max(4, stopped + 1)
+        return (*train_until(torchrun(job(run, "--auto_resume"), exits=exits), waited), waited)
+
+    def saved(out: str, waited: int, case: str, signalled: bool = True) -> int:
+        """The step this launch stopped at, after checking what it left (training.json marks a
+        stop by a signal as interrupted)."""
+        assert not stopped or f"resumed at step {stopped}" in out, case
+        stops = re.findall(r"stopped at step (\d+) of", out)  # rank 0's log (the others are quiet)
+        assert len(stops) == 1, case
+        step = int(stops[0])
+        record = json.loads((run / "model" / utility.TRAINING_RECORD).read_text())
+        state = torch.load(run / utility.STATE_NAME, weights_only=True)
+        assert state["progress"]["step"] == record["step"] == step >= waited, case
+        assert record["interrupted"] or not signalled, case
+        assert step < STEPS, case
+        assert_nothing_left(run)
+        return step
+
+    # kill -9 of a rank (node failure, OOM kill): rank 0 says so in one line and saves its step
+    process, lines, waited = until_a_step()
+    os.kill(rank_one(run), signal.SIGKILL)
+    out = finish(process, lines)
+    ours = [line for line in out.splitlines() if line.startswith(("ERROR", "main.py"))]
+    assert len(ours) == 1 and "another process of this torchrun job failed" in ours[0], out[-3000:]
+    assert "[rank0]" not in out  # no traceback of ours (torchrun's own failure report may stay)
+    stopped = saved(out, waited, "kill -9 of a rank:\n" + out[-3000:], signalled=False)
+
+    # preemption signals: the ranks agree on the step, rank 0 saves it once, every rank exits 130
     for i, (sig, to_group) in enumerate(PREEMPTIONS):
         exits = tmp_path / f"exits{i}"
         exits.mkdir()
-        waited = max(4, stopped + 1)
-        process, lines = train_until(torchrun(job(run, "--auto_resume"), exits=exits), waited)
+        process, lines, waited = until_a_step(exits)
         if to_group:
             os.killpg(process.pid, sig)
         else:
@@ -192,21 +210,32 @@ def test_each_preemption_signal_saves_one_agreed_step_and_auto_resume_ends_as_if
         case = f"{signal.Signals(sig).name} to the {'group' if to_group else 'rank'}:\n" + out[-3000:]
         assert process.returncode != 0 and not ours_in_a_traceback(out), case
         assert sorted(p.read_text() for p in exits.iterdir()) == ["130", "130"], case
-        assert not stopped or f"resumed at step {stopped}" in out, case
-        stops = re.findall(r"stopped at step (\d+) of", out)  # rank 0's log (the others are quiet)
         said = re.findall(r"received: saving the training state|another process of this job received", out)
-        assert len(stops) == 1 and len(said) == 1, case
-        stopped = int(stops[0])
-        record = json.loads((run / "model" / utility.TRAINING_RECORD).read_text())
-        state = torch.load(run / utility.STATE_NAME, weights_only=True)
-        assert state["progress"]["step"] == record["step"] == stopped >= waited and record["interrupted"]
-        assert stopped < STEPS, case
-        assert_nothing_left(run)
+        assert len(said) == 1, case
+        stopped = saved(out, waited, case)
+
+    # torchrun killed (kill -9, the OOM killer): its ranks stop as on SIGTERM, not train on as orphans
+    process, lines, waited = until_a_step()
+    ranks = [rank_zero(run), rank_one(run)]
+    os.kill(process.pid, signal.SIGKILL)
+    started = time.monotonic()
+    while any(running(pid) for pid in ranks) and time.monotonic() - started < 30:
+        time.sleep(0.1)
+    orphans = [pid for pid in ranks if running(pid)]
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    out = finish(process, lines)
+    assert not orphans, out[-2000:]
+    # the rank that sees it first stops; the other learns it from the per-step stop flag
+    assert re.search(r"torchrun\) is gone: stopping as on SIGTERM|another process of this job received a "
+                     r"stop signal", out), out[-3000:]
+    stopped = saved(out, waited, "torchrun killed:\n" + out[-3000:])
 
     again = subprocess.run(torchrun(job(run, "--auto_resume")), cwd=ROOT, capture_output=True,
                            text=True, timeout=PROBE_TIMEOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert again.returncode == 0 and f"resumed at step {stopped}" in again.stdout + again.stderr
     assert_same_weights(weights(run), uninterrupted)
+    assert launch == 6
 
 
 def test_a_stalled_rank_stops_every_process_within_dist_timeout(tmp_path):
@@ -302,25 +331,3 @@ def test_a_failure_on_rank_0_mid_run_ends_the_job_at_once_in_one_line(tmp_path):
     assert len(errors) == 1 and "training stopped at step 10: Set5: no images" in errors[0], out[-2000:]
     assert torch.load(run / utility.STATE_NAME, weights_only=True)["progress"]["step"] == 10
     assert not ours_in_a_traceback(out)
-
-
-def test_ranks_whose_torchrun_is_killed_stop_as_on_sigterm_and_save_the_step_they_reached(tmp_path):
-    run = tmp_path / "run"
-    process, lines = train_until(torchrun(job(run, "--max_steps", "100000")), 3)
-    ranks = [rank_zero(run), rank_one(run)]
-    os.kill(process.pid, signal.SIGKILL)  # the agent: kill -9, or the OOM killer
-    started = time.monotonic()
-    while any(running(pid) for pid in ranks) and time.monotonic() - started < 30:
-        time.sleep(0.1)
-    orphans = [pid for pid in ranks if running(pid)]
-    for pid in orphans:
-        os.kill(pid, signal.SIGKILL)
-    out = finish(process, lines)
-    assert not orphans, out[-2000:]
-    # the rank that sees it first stops; the other learns it from the per-step stop flag
-    assert re.search(r"torchrun\) is gone: stopping as on SIGTERM|another process of this job received a "
-                     r"stop signal", out), out[-3000:]
-    stopped = int(re.search(r"stopped at step (\d+)", out).group(1))
-    assert torch.load(run / utility.STATE_NAME, weights_only=True)["progress"]["step"] == stopped
-    assert json.loads((run / "model" / utility.TRAINING_RECORD).read_text())["interrupted"] is True
-    assert_nothing_left(run)
