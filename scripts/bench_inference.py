@@ -327,8 +327,9 @@ def bf16_section(args: argparse.Namespace) -> str:
     elif cpu_flags() is None:
         support = "whether this CPU has native bf16 is unknown (no /proc/cpuinfo)"
     else:
-        support = (f"bf16 is native on this CPU (avx512_bf16 or amx_bf16 in /proc/cpuinfo; torch's CPU "
-                   f"capability {torch.backends.cpu.get_cpu_capability()})")
+        support = (f"this CPU has bf16 instructions (avx512_bf16 or amx_bf16 in /proc/cpuinfo; torch's CPU "
+                   f"capability {torch.backends.cpu.get_cpu_capability()}), which makes bf16 possible, not "
+                   f"faster: the table says which it is here")
     run = (f"one {SMOKE_DEMO_SIDE}x{SMOKE_DEMO_SIDE} Demo image" if args.smoke else
            "the two Sample photos (sr2, scored: bicubic baseline, PSNR and SSIM)")
     intro = text("bf16", kind="tiny (smoke)" if args.smoke else "full-size", cfg=model.cfg,

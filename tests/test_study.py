@@ -400,3 +400,23 @@ def test_only_the_report_needs_no_test_sets(capsys):
     with pytest.raises(SystemExit) as e:
         study.parse([])
     assert e.value.code == 2 and "--dir_data" in capsys.readouterr().err
+
+
+def test_the_ema_variant_joins_the_report_when_its_records_are_there(tmp_path):
+    records = make_records(tmp_path / "records")
+    for seed, over in zip(SEEDS, (0.1, 0.2, 0.3), strict=True):  # over the reference, none
+        run = records / f"seed{seed}" / study_records.finetune_name(study_records.EMA_ROW, "sr2")
+        write_run(run, P + F, 80.0, {"Set5": {"sr2": metrics(34.0 + over, 0.9, BICUBIC)}},
+                  f"2026 INFO step {P + F}: validation PSNR {34.0 + over:.3f} dB (best)\n")
+        (run.parent / (run.name + "_eval")).mkdir()
+        (run.parent / (run.name + "_eval") / "metrics.json").write_text(json.dumps(
+            {"results": {"Set5": {"sr2": metrics(34.0 + over, 0.8, BICUBIC)}}}))
+    doc = tmp_path / "STUDY.md"
+    assert study.main(["--report_only", "--records", str(records), "--doc", str(doc)]) == 0
+    text = doc.read_text()
+    sr2, denoise = text[text.index("### sr2"):text.index("### denoise30")], text[text.index("### denoise30"):]
+    row = [c.strip() for c in next(line for line in sr2.splitlines()
+                                   if line.startswith("| none, EMA 0.995 |")).strip().strip("|").split("|")]
+    # +0.1, +0.2, +0.3: mean 0.2, sd 0.1, half-width 4.303 * 0.1 / sqrt(3) = 0.248; holds 0
+    assert row[1] == str(P + F) and row[5] == "+0.200 [-0.048, +0.448]"
+    assert "none, EMA" not in denoise.split("\n\n")[1]  # denoise30's table: no such row
