@@ -209,16 +209,17 @@ def busy_cores(seconds: float = BUSY_SAMPLE_S) -> float:
 
 
 def compute_threads(requested: int) -> int:
-    """--threads for every phase: the one asked for, else 0 (main.py fits them to the cores)
-    unless other jobs are busy now, then the cores they leave (at least 1), said in a line:
-    torch's threads spin-wait for each other on busy cores, several times slower."""
+    """--threads for the phase about to start: the one asked for, else 0 (main.py fits them to
+    the cores) unless other jobs are busy now, then the cores they leave (at least 1), said in a
+    line: torch's threads spin-wait for each other on busy cores, several times slower. Looked at
+    before each phase: a short job beside the first must not slow the others."""
     if requested:
         return requested
     cores, busy = utility.usable_cpus(), busy_cores()
     if busy < BUSY_CORES:
         return 0
     threads = max(1, cores - round(busy))
-    print(f"quickstart: other jobs keep {busy:.1f} of {cores} usable core(s) busy, so each phase "
+    print(f"quickstart: other jobs keep {busy:.1f} of {cores} usable core(s) busy, so this phase "
           f"computes on {threads} thread(s) (--threads N to choose)", flush=True)
     return threads
 
@@ -262,7 +263,6 @@ class Journey:
     def __init__(self, a: argparse.Namespace, clock: Clock, stop: stops.StopSignals):
         self.a, self.clock, self.stop = a, clock, stop
         self.plan, self.ran = phases(a.out, a.pretrain_steps, a.finetune_steps), {}
-        self.threads = 0  # main.py's choice until compute_threads says
 
     def phase(self, i: int) -> int:
         """Phase i run, continued or skipped; 0 to go on, else the exit status that ends the
@@ -290,7 +290,7 @@ class Journey:
         """Run phase p (the i-th), timing it into the clock; its exit status."""
         clock, began = self.clock, time.time()
         before = steps_done(p) if how == "resume" else 0
-        code = call_main(arguments(p, how, self.threads))
+        code = call_main(arguments(p, how, compute_threads(self.a.threads)))
         took = time.time() - began
         if not p.steps:
             self.ran[i] = None
@@ -333,7 +333,6 @@ def journey(a: argparse.Namespace, clock: Clock, stop: stops.StopSignals) -> int
     with 0 ends the journey with its exit status."""
     run = Journey(a, clock, stop)
     try:
-        run.threads = compute_threads(a.threads)
         return (run.phase(PRETRAIN) or run.phase(FINETUNE) or run.phase(EVALUATE_FINETUNED)
                 or run.phase(EVALUATE_PRETRAINED) or run.done())
     except KeyboardInterrupt as e:  # outside a phase (Ctrl-C or a stop signal)

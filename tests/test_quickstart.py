@@ -202,6 +202,12 @@ def test_other_jobs_make_every_phase_compute_on_the_cores_they_leave(monkeypatch
     fake = FakeMain()
     assert run(monkeypatch, str(tmp_path / "qs"), fake) == 0
     assert all(option(c, "--threads") == "1" for c in fake.calls)
+    # a job beside the first phase only: the later phases get main.py's own choice again
+    loads = iter([1.1, 0.1, 0.1, 0.1])
+    monkeypatch.setattr(quickstart, "busy_cores", lambda: next(loads))
+    fake = FakeMain()
+    assert run(monkeypatch, str(tmp_path / "qs2"), fake) == 0
+    assert [option(c, "--threads") for c in fake.calls] == ["1", None, None, None]
 
 
 def test_busy_cores_counts_what_others_use(monkeypatch):
