@@ -295,10 +295,12 @@ AUTO_SIZE = 64  # the side of the timed input of a network that takes any size (
 
 
 def auto_precision(model: nn.Module, inference: InferenceSettings,
-                   clock: Callable[[], float] = time.perf_counter) -> InferenceSettings:
+                   clock: Callable[[], float] = time.perf_counter,
+                   option: str = "--precision") -> InferenceSettings:
     """``inference`` with --precision auto made single or bf16: whichever ran one call's worth of
     tiles (after a warm-up call) faster on the model's device, bf16 only by AUTO_BF16_GAIN; rank
-    0 decides for a torchrun job. One INFO line says what it chose and why; nothing is kept."""
+    0 decides for a torchrun job. One INFO line (of ``option``: --amp auto asks the same) says
+    what it chose and why; nothing is kept."""
     if inference.precision != "auto":
         return inference
     device = next(model.parameters()).device
@@ -325,7 +327,7 @@ def auto_precision(model: nn.Module, inference: InferenceSettings,
     why = (f"{CPU_TILES_PER_CALL} tiles of {side}x{side} took {seconds['single']:.3f} s in fp32 and "
            f"{seconds['bf16']:.3f} s in bf16 on {device.type}: bf16 {gain:.2f}x as fast "
            f"(bf16 is taken from {AUTO_BF16_GAIN}x)")
-    log.info("--precision auto: %s (%s)", choice[0], why)
+    log.info("%s auto: %s (%s)", option, choice[0], why)
     return dataclasses.replace(inference, precision=choice[0], precision_reason=why)
 
 

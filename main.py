@@ -221,6 +221,11 @@ def make_trainer(args: argparse.Namespace, s: run_settings.Settings, device: tor
     if s.run.pretrain:
         initialise(model, s.run)
     model = model.to(device)
+    if s.train.amp == "auto":  # bf16 where this device runs the network faster in it
+        auto = evaluation.auto_precision(model, dataclasses.replace(s.inference, precision="auto"),
+                                         option="--amp")
+        s = dataclasses.replace(s, train=dataclasses.replace(s.train, amp="none" if auto.precision == "single"
+                                                             else auto.precision))
     kept_workers, split_origin = trainer.resumed_split(saved, world)
     try:
         batches, steps_per_epoch, workers = trainer.make_batches(s.data, rank, world, kept_workers,

@@ -12,6 +12,7 @@ from PIL import Image
 
 import evaluation
 import main as cli
+import trainer
 from model import IPT, IPTConfig, restore
 from option import parse_args, settings
 from run_settings import InferenceSettings
@@ -243,3 +244,28 @@ def test_half_on_the_cpu_is_refused_in_one_line_pointing_at_bf16(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(err) == 1
     assert "--precision half needs a CUDA device" in err[0] and "--precision bf16" in err[0]
+
+
+@pytest.mark.parametrize("bf16_seconds,amp", [(0.5, "bf16"), (0.95, "none")])
+def test_amp_auto_trains_in_bf16_only_where_its_forward_is_faster(tmp_path, monkeypatch, caplog,
+                                                                  bf16_seconds, amp):
+    """The timer stubbed (fp32's timed forward 1 s): the trainer gets the --amp chosen; one line."""
+    real, seen = evaluation.auto_precision, []
+    ticks = iter([0.0, 1.0, 10.0, 10.0 + bf16_seconds])
+    monkeypatch.setattr(evaluation, "auto_precision",
+                        lambda model, inference, **kw: real(model, inference, lambda: next(ticks), **kw))
+    make = trainer.Trainer.__init__
+
+    def init(self, settings, *args, **kwargs):
+        seen.append(settings.amp)
+        make(self, settings, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.Trainer, "__init__", init)
+    argv = ["--cpu", "--scale", "2", "--data_train", "Sample", "--data_test", "Demo", "--n_threads", "0",
+            "--patch_size", "12", "--batch_size", "2", "--max_steps", "1", "--amp", "auto",
+            "--save", str(tmp_path), *TINY_ARGS]
+    with caplog.at_level(logging.INFO, logger="ipt"):
+        assert cli.main(argv) == 0
+    chosen = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--amp auto")]
+    said = "bf16" if amp == "bf16" else "single"
+    assert seen == [amp] and len(chosen) == 1 and chosen[0].startswith(f"--amp auto: {said} (")
