@@ -32,8 +32,8 @@ from stops import INTERRUPTED  # noqa: E402  (130: a run stopped by a signal, st
 
 CONFIG = os.path.join(REPOSITORY, "configs", "quickstart.yaml")
 OUT = os.path.join("experiment", "quickstart")
-PRETRAIN_STEPS = 1700
-FINETUNE_STEPS = 1300
+PRETRAIN_STEPS = 1500
+FINETUNE_STEPS = 1500
 LATEST = os.path.join("model", "model_latest.pt")  # the next phase reads this one
 # trained weights as a torch file and as .safetensors (no code inside; spandrel, chaiNNer, ComfyUI)
 SAVE_FORMAT = ["--save_format", "both"]
