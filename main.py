@@ -125,8 +125,9 @@ def run(args: argparse.Namespace, s: run_settings.Settings, device: torch.device
     except RuntimeError as e:  # torch.compile's errors come at the first call, deep inside
         dynamo = sys.modules.get("torch._dynamo")
         if s.compile and dynamo and isinstance(e, dynamo.exc.TorchDynamoException):
-            raise JobError(f"--compile: torch.compile failed ({utility.last_line(e)[:300]}): run "
-                           f"without --compile") from None
+            cause = getattr(e, "inner_exception", None) or e  # a backend's own error, without dynamo's advice
+            raise JobError(f"--compile: torch.compile failed ({type(cause).__name__}: "
+                           f"{utility.last_line(cause)[:300]}): run without --compile") from None
         raise
 
 

@@ -180,3 +180,35 @@ def test_compiled_training_and_validation_do_not_recompile_after_the_first_ones(
     argv[argv.index("--patch_size") + 1] = "24"  # fewer tiles of the sample photos
     assert cli.main(argv) == 0
     assert len(seen) == 3 and seen[0] > 0 and seen == [seen[0]] * 3, seen
+
+
+def test_compile_without_a_cpp_compiler_is_one_line(tmp_path, monkeypatch, caplog):
+    from torch._inductor import cpp_builder, exc
+
+    def none_found():
+        raise exc.InvalidCxxCompiler()
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", none_found)
+    assert cli.main([*CLI, "--compile", "--max_steps", "2", "--save", str(tmp_path)]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("--compile needs a C++ compiler"), errors
+    assert not (tmp_path / "state.pt").exists()  # refused before training
+
+
+def test_a_compile_that_fails_is_one_line(tmp_path, monkeypatch, caplog):
+    import torch._dynamo
+
+    def failing(*_):
+        raise RuntimeError("inductor could not build this graph")
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend=failing))
+    torch._dynamo.reset()
+    try:
+        assert cli.main([*CLI, "--test_only", "--compile", "--data_test", "Sample", "--chop", "fast",
+                         "--save", str(tmp_path)]) == 1
+    finally:
+        torch._dynamo.reset()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("--compile: torch.compile failed"), errors
+    assert "could not build this graph" in errors[0] and "\n" not in errors[0]
