@@ -72,9 +72,9 @@ def test_twelve_steps_equal_six_a_resume_and_six(tmp_path, extra):
     assert (record["step"], record["ema"]) == (12, True)
 
 
-def gradients(args: str, batches: list[dict]) -> dict[str, torch.Tensor]:
+def gradients(args: str, batches: list[dict], save) -> dict[str, torch.Tensor]:
     """The gradients one train_step leaves, from the seed's initial weights (SGD, lr 0: no step)."""
-    a = parse_args(f"{TINY} --scale 2+1 --optimizer SGD --lr 0 --momentum 0 --save unused {args}".split())
+    a = parse_args(f"{TINY} --scale 2+1 --optimizer SGD --lr 0 --momentum 0 --save {save} {args}".split())
     torch.manual_seed(a.seed)
     model = build_model(settings(a).model)
     runner = trainer.Trainer(settings(a).train, model, None, None, 1, 1)
@@ -83,21 +83,21 @@ def gradients(args: str, batches: list[dict]) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("task", [0, 1])  # sr2 (L1 on the whole output), denoise (scale 1)
-def test_two_micro_batches_give_the_gradient_of_one_batch_of_both(task):
+def test_two_micro_batches_give_the_gradient_of_one_batch_of_both(tmp_path, task):
     g = torch.Generator().manual_seed(5)
     scale = 2 if task == 0 else 1
     hr = torch.rand(4, 3, 12 * scale, 12 * scale, generator=g) * 255
     lr = torch.nn.functional.avg_pool2d(hr, scale) if scale > 1 else hr + 5
-    whole = gradients("--batch_size 4", [{"lr": lr, "hr": hr, "task_id": task, "step": 0}])
-    halves = gradients("--batch_size 2 --accumulate 2", [
-        {"lr": lr[i:i + 2], "hr": hr[i:i + 2], "task_id": task, "step": i // 2} for i in (0, 2)])
+    whole = gradients("--batch_size 4", [{"lr": lr, "hr": hr, "task_id": task, "step": 0}], tmp_path / "a")
+    micro = [{"lr": lr[i:i + 2], "hr": hr[i:i + 2], "task_id": task, "step": i // 2} for i in (0, 2)]
+    halves = gradients("--batch_size 2 --accumulate 2", micro, tmp_path / "b")
     assert whole.keys() == halves.keys() and len(whole) > 10
     for k in whole:
         assert torch.allclose(whole[k], halves[k], rtol=1e-4, atol=1e-6), k
     assert max(float(v.abs().max()) for v in whole.values()) > 1e-3  # real gradients
 
 
-def test_the_masked_l1_of_micro_batches_is_that_of_one_batch(monkeypatch):
+def test_the_masked_l1_of_micro_batches_is_that_of_one_batch(tmp_path, monkeypatch):
     """A mim head: the same masked cells in both splits (a fixed ratio: as many per sample)."""
     cells = torch.rand(4, 4, generator=torch.Generator().manual_seed(1)).argsort(1) < 2  # 2 of 4
     masks = cells.reshape(4, 2, 2)  # a 6x6 input: 2x2 cells of 3x3 pixels
@@ -106,9 +106,9 @@ def test_the_masked_l1_of_micro_batches_is_that_of_one_batch(monkeypatch):
     hr = torch.rand(4, 3, 6, 6, generator=torch.Generator().manual_seed(2)) * 255
     one = {"lr": hr, "hr": hr, "task_id": 0}
     args = "--scale 1 --tasks mim --n_feats 16 --num_heads 4 --num_layers 1 --patch_size 6"
-    whole = gradients(f"{args} --batch_size 4", [one])
+    whole = gradients(f"{args} --batch_size 4", [one], tmp_path / "a")
     halves = gradients(f"{args} --batch_size 2 --accumulate 2",
-                       [{**one, "lr": hr[i:i + 2], "hr": hr[i:i + 2]} for i in (0, 2)])
+                       [{**one, "lr": hr[i:i + 2], "hr": hr[i:i + 2]} for i in (0, 2)], tmp_path / "b")
     assert all(torch.allclose(whole[k], halves[k], rtol=1e-4, atol=1e-6) for k in whole)
 
 
