@@ -19,11 +19,12 @@ PRECISIONS = {"fp32": ("single", "none"), "bf16": ("bf16", "bf16")}  # -> (--pre
 def restoration_rows(args: argparse.Namespace, name: str, options: dict, device: torch.device) -> list:
     """Eager and compiled restore() of one image (fast tiles, 8 a call) in each precision."""
     model = x2_model(device, **options).eval()
-    torch._dynamo.reset()  # each row compiles afresh: dynamo's cache is per code object, every IPT's
     compiled = torch.compile(model, backend=args.sizes.compile_backend)
     x, rows = random_image(args.sizes.compile_image, device), []
     for label, (precision, _) in PRECISIONS.items():
-        torch._dynamo.reset()  # autocast on or off: another graph, compiled (and timed) afresh
+        # each row compiles (and times its compiling) afresh: dynamo's cache is per code object,
+        # shared by every IPT, and with autocast on or off it holds another graph
+        torch._dynamo.reset()
 
         def run(net: torch.nn.Module, precision: str = precision) -> torch.Tensor:
             return restore(net, x, mode="fast", precision=precision)
@@ -50,7 +51,7 @@ def training_row(args: argparse.Namespace, name: str, options: dict, batch: int,
     """The row of one --amp: both trainers start from the same weights and take the same batches."""
     runs = {kind: make_trainer(options, batch, amp, os.path.join(save, kind), device)
             for kind in ("eager", "compiled")}
-    torch._dynamo.reset()
+    torch._dynamo.reset()  # as restoration_rows: the row compiles afresh
     runs["compiled"].model = torch.compile(runs["compiled"].model, backend=args.sizes.compile_backend)
     batches = task_batches(batch, 48, device)[:1]
     eager_loss = runs["eager"].train_step(batches[0])
