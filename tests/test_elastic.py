@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -87,13 +88,32 @@ def assert_nothing_left(run) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """The final weights of the job run from start to end without a stop."""
+def alone(tmp_path_factory) -> SimpleNamespace:
+    """The job every other one is compared with, run from start to end without a stop (SCALING.md's
+    static rendezvous). Its ranks are paused mid-run while a second job into its folder starts;
+    neither has --rdzv_id, so torchrun's run id is "none" for both. (Run ids shared on purpose,
+    as --rdzv_id or the Slurm script's ${SLURM_JOB_ID:-0}: test_training's lock tests.)"""
     run = tmp_path_factory.mktemp("uninterrupted") / "run"
-    result = subprocess.run(torchrun(job(run)), cwd=ROOT, capture_output=True, text=True,
-                            timeout=PROBE_TIMEOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return weights(run)
+    first, lines = train_until(static_torchrun(job(run, "--auto_resume")), 3)
+    ranks = [rank_zero(run), rank_one(run)]
+    for pid in ranks:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        second = subprocess.run(static_torchrun(job(run, "--auto_resume")), cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=PROBE_TIMEOUT)
+    finally:
+        for pid in ranks:
+            os.kill(pid, signal.SIGCONT)
+    out = finish(first, lines)
+    return SimpleNamespace(run=run, ranks=ranks, second=second.stdout, second_status=second.returncode,
+                           out=out, status=first.returncode)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(alone) -> dict:
+    """The final weights of that job, which ran as if alone."""
+    assert alone.status == 0 and "stale" not in alone.out, alone.out[-2000:]
+    return weights(alone.run)
 
 
 def is_rank_of(pid: int, run, rank: int = 1) -> bool:
@@ -289,29 +309,14 @@ def running(pid: int) -> bool:
         return False
 
 
-def test_a_second_job_into_a_folder_in_use_is_refused_and_the_first_ends_as_if_alone(tmp_path,
-                                                                                     uninterrupted):
-    """Both jobs without --rdzv_id: torchrun's run id is "none" for both. The first holds the
-    folder, its ranks paused mid-run; the second is refused in one line. (Run ids shared on
-    purpose, as --rdzv_id or the Slurm script's ${SLURM_JOB_ID:-0}: test_training's lock tests.)"""
-    run = tmp_path / "run"
-    first, lines = train_until(static_torchrun(job(run, "--auto_resume")), 3)
-    ranks = [rank_zero(run), rank_one(run)]
-    for pid in ranks:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        second = subprocess.run(static_torchrun(job(run, "--auto_resume")), cwd=ROOT, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=PROBE_TIMEOUT)
-    finally:
-        for pid in ranks:
-            os.kill(pid, signal.SIGCONT)
-    refusals = [line for line in second.stdout.splitlines() if line.startswith("main.py: error:")]
-    assert second.returncode != 0 and len(refusals) == 1, second.stdout[-2000:]
-    assert f"in use by process {ranks[0]}" in refusals[0] and "resumed" not in second.stdout
-    out = finish(first, lines)
-    assert first.returncode == 0 and "stale" not in out, out[-2000:]
-    assert_same_weights(weights(run), uninterrupted)
-    assert_nothing_left(run)
+def test_a_second_job_into_a_folder_in_use_is_refused_and_the_first_ends_as_if_alone(alone, uninterrupted):
+    """The second job is refused in one line. The first one ends well, and it is the reference of
+    the other tests here: jobs stopped in seven ways end at its weights, bit for bit."""
+    refusals = [line for line in alone.second.splitlines() if line.startswith("main.py: error:")]
+    assert alone.second_status != 0 and len(refusals) == 1, alone.second[-2000:]
+    assert f"in use by process {alone.ranks[0]}" in refusals[0] and "resumed" not in alone.second
+    assert f"finished at step {STEPS} of {STEPS}" in alone.out
+    assert_nothing_left(alone.run)
 
 
 def test_a_failure_on_rank_0_mid_run_ends_the_job_at_once_in_one_line(tmp_path):
