@@ -6,11 +6,13 @@ and scores images (``--test_only``, and the validations during training), ``trai
 """
 from __future__ import annotations
 
+import gc
 import sys
 
 import stops  # loads no torch: a stop signal while torch loads is kept, not a silent kill
 
 if __name__ == "__main__":
+    gc.disable()  # during start-up, until utility.collect_again: it starts about a second sooner
     stops.early()
 
 import option  # loads no torch, so that --help answers at once  # noqa: E402
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace, s: run_settings.Settings, device: torch.device
         share_cpu(s.run.threads, 0, device)
         model, sha256 = prepare_model(s, device)
         net = torch.compile(model) if s.compile else model
+        utility.collect_again()
         return evaluation.evaluate(net, s.evaluation, s.inference, s.run.checkpoint, sha256)
     except RuntimeError as e:  # torch.compile's errors come at the first call, deep inside
         dynamo = sys.modules.get("torch._dynamo")
@@ -343,6 +346,7 @@ def previous_state(args: argparse.Namespace, r: run_settings.RunSettings) -> dic
 
 def fit(runner: trainer.Trainer) -> int:
     """Train; an error that stops training is one line (the state of its step is saved)."""
+    utility.collect_again()
     try:
         return runner.fit()
     except runfolder.SaveError as e:
