@@ -49,11 +49,12 @@ def training_rows(args: argparse.Namespace, name: str, options: dict, batch: int
 def training_row(args: argparse.Namespace, name: str, options: dict, batch: int, amp: str, label: str,
                  save: str, device: torch.device) -> list:
     """The row of one --amp: both trainers start from the same weights and take the same batches."""
-    runs = {kind: make_trainer(options, batch, amp, os.path.join(save, kind), device)
+    patch = args.sizes.train_patch
+    runs = {kind: make_trainer(options, batch, amp, os.path.join(save, kind), device, patch=patch)
             for kind in ("eager", "compiled")}
     torch._dynamo.reset()  # as restoration_rows: the row compiles afresh
     runs["compiled"].model = torch.compile(runs["compiled"].model, backend=args.sizes.compile_backend)
-    batches = task_batches(batch, 48, device)[:1]
+    batches = task_batches(batch, patch, device)[:1]
     eager_loss = runs["eager"].train_step(batches[0])
     first, compiled_loss = timed(lambda: runs["compiled"].train_step(batches[0]), device)  # compiles
     steps = {kind: lambda rep, r=r: seconds_per_step(r, batches) for kind, r in runs.items()}
@@ -74,6 +75,7 @@ def compile_section(args: argparse.Namespace) -> str:
         rows += restoration_rows(args, name, options, device)
         rows += training_rows(args, name, options, batch, device)
     return section(f"torch.compile ({device.type})", args,
-                   [text("compile", reps=args.reps, backend=args.sizes.compile_backend)],
+                   [text("compile", reps=args.reps, backend=args.sizes.compile_backend,
+                         patch=args.sizes.train_patch)],
                    ["model", "precision", "what", "eager s", "compiled s", "speed-up",
                     "first compiled call s", "largest difference from eager"], rows)

@@ -62,10 +62,10 @@ def loader_section(args: argparse.Namespace) -> str:
 
 # training: steps per second of the project's Trainer, and the loader against it
 def make_trainer(ipt_options: dict, batch: int, amp: str, save: str, device: torch.device,
-                 accumulate: int = 1) -> Trainer:
+                 accumulate: int = 1, patch: int = 48) -> Trainer:
     """A Trainer of a six-task IPT (these IPT options) over a fresh (seeded) model, with no data
     of its own: the one place that builds the model and calls the Trainer's constructor."""
-    argv = ["--tasks", "+".join(HEADS), "--batch_size", str(batch), "--patch_size", "48",
+    argv = ["--tasks", "+".join(HEADS), "--batch_size", str(batch), "--patch_size", str(patch),
             "--con_loss", "--amp", amp, "--save", save, "--reset", "--accumulate", str(accumulate)]
     for key, value in ipt_options.items():
         argv += [f"--{key}", str(value)]
@@ -98,14 +98,15 @@ def training_section(args: argparse.Namespace) -> str:
     """Training steps/s of the tiny and the full configuration (fp32 and bf16, and the batch as
     two micro-batches of --accumulate 2) through Trainer.train_step, each warmed up by one round."""
     device, runs = bench_device(), {}  # (name, options, batch, amp, accumulate) -> (trainer, batches)
+    patch = args.sizes.train_patch
     with tempfile.TemporaryDirectory() as save:
         for name, options, cpu_batch, gpu_batch in args.sizes.training:
             batch = gpu_batch if device.type == "cuda" else cpu_batch
             for amp, k in (("none", 1), ("bf16", 1), ("none", 2)):
                 key = (name, tuple(options.items()), batch, amp, k)
                 folder = os.path.join(save, f"{name}-{amp}-{k}")
-                runs[key] = (make_trainer(options, batch // k, amp, folder, device, accumulate=k),
-                             task_batches(batch // k, 48, device))
+                runs[key] = (make_trainer(options, batch // k, amp, folder, device, k, patch),
+                             task_batches(batch // k, patch, device))
                 seconds_per_step(*runs[key])  # warm-up
         sec = medians({key: lambda rep, run=run: seconds_per_step(*run) for key, run in runs.items()},
                       args.reps)
@@ -115,7 +116,7 @@ def training_section(args: argparse.Namespace) -> str:
         size = f"{batch // micro} x {micro} micro-batches" if micro > 1 else batch
         rows.append([f"{name} ({given})", size, amp, f"{s:.3f}", f"{1 / s:.2f}", f"{batch / s:.1f}"])
     tiny = [s / key[2] for key, s in sec.items() if key[0] == "tiny" and key[3:] == ("none", 1)]
-    return section(f"Training ({device.type})", args, [text("training", reps=args.reps)],
+    return section(f"Training ({device.type})", args, [text("training", reps=args.reps, patch=patch)],
                    ["configuration", "batch", "amp", "s/step", "steps/s", "pairs/s consumed"], rows,
                    [loader_ratio(args.doc, 1 / tiny[0] if tiny else None)])
 

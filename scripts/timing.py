@@ -51,6 +51,7 @@ class Sizes:
     compile_models: tuple[tuple[str, dict, int], ...] = ()  # (name, IPT options, training batch)
     compile_image: int = 192  # the side of the image the compile section restores (16 x2 tiles)
     compile_backend: str = "inductor"  # torch.compile's; smoke: "eager", dynamo without codegen
+    train_patch: int = 48  # the LR patch side of the batches that training steps take
 
 
 FULL = Sizes(loader_tasks=("sr2", "sr3", "sr4", "derain", "denoise30"), loader_workers=(0, 1, 2),
@@ -62,7 +63,8 @@ SMOKE = Sizes(loader_tasks=("sr2",), loader_workers=(0, 2), loader_batch=4, load
               tiling_sizes=(60,), forward_model=TINY_IPT, forward_batches=(1, 2),
               backward_batches=(2,), gemm_calls=1, training=(("tiny", TRAIN_TINY, 2, 2),),
               threads=1, peak_modes=("official",), fresh_tuned=(True,), saving_model=TRAIN_TINY,
-              compile_models=(("tiny", TRAIN_TINY, 2),), compile_image=48, compile_backend="eager")
+              compile_models=(("tiny", TRAIN_TINY, 2),), compile_image=48, compile_backend="eager",
+              train_patch=12)
 SMOKE_NOTE = ("Smoke run (`--smoke`): minimal sizes, one repetition, one torch thread; its "
               "figures show that the code runs, not how fast it is.")
 
