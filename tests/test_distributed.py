@@ -1,4 +1,4 @@
-"""torchrun with two CPU processes (gloo) against one process fed both ranks' batches."""
+"""torchrun with two CPU processes (gloo) against one process fed both ranks' micro-batches."""
 from __future__ import annotations
 
 import json
@@ -22,13 +22,14 @@ OPTIONS = ["--cpu", "--scale", "2+1", "--n_feats", "16", "--num_heads", "4", "--
 
 
 def both_ranks(args):
-    """Batches of step k: rank 0's and rank 1's batch of a 2-process run, concatenated."""
+    """Micro-batches k: rank 0's and rank 1's micro-batch k of a 2-process run, concatenated."""
     photos = sample_photos("train")
     streams = [PairStream(photos, args.task_names, args.batch_size, args.patch_size, args.seed,
-                          rank=r, world_size=2) for r in (0, 1)]
+                          rank=r, world_size=2, accumulate=args.accumulate) for r in (0, 1)]
 
     def batches(start):
-        for parts in zip(*(iter(s.with_start(start)) for s in streams), strict=False):
+        starts = (iter(s.with_start(start * args.accumulate)) for s in streams)
+        for parts in zip(*starts, strict=False):
             assert parts[0]["task_id"] == parts[1]["task_id"]  # one task per step on every rank
             yield {"lr": torch.cat([p["lr"] for p in parts]), "hr": torch.cat([p["hr"] for p in parts]),
                    "task_id": parts[0]["task_id"]}
@@ -49,33 +50,15 @@ def two_ranks(*program: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_two_processes_equal_one_fed_both(tmp_path):
-    run = tmp_path / "ddp"
-    two_ranks(os.path.join(ROOT, "main.py"), *OPTIONS, "--save", str(run), "--reset")
-    ddp = torch.load(run / "model" / "model_latest.pt", weights_only=True)
-
-    args = parse_args([*OPTIONS, "--save", str(tmp_path / "single")])
-    torch.manual_seed(args.seed)
-    model = build_model(settings(args).model)  # the same initial weights as main.py builds
-    initial = {k: v.clone() for k, v in model.state_dict().items()}
-    batches, stream = both_ranks(args)
-    assert len({stream.task_of(k) for k in range(STEPS)}) >= 2  # at least two tasks drawn
-    assert trainer.Trainer(settings(args).train, model, batches, None, STEPS, 1).fit() == 0
-    single = model.state_dict()
-    worst = max((ddp[k].float() - single[k].float()).abs().max().item() for k in single)
-    assert worst <= 1e-5
-    moved = max((ddp[k].float() - initial[k].float()).abs().max().item() for k in initial)
-    assert moved > 1e-3  # training changed the weights, so the comparison is not vacuous
-
-
-def test_two_ranks_keep_one_average_and_accumulation_syncs_once_a_step(tmp_path):
-    """--ema_decay with --accumulate 2 under torchrun: each rank averages its own weights, with no
-    communication, to the same average; DDP all-reduces the gradients on a step's last
+def test_two_ranks_equal_one_process_fed_both_and_sync_once_a_step(tmp_path):
+    """Two torchrun ranks with --ema_decay and --accumulate 2 against one process fed both ranks'
+    micro-batches: the same weights and the same average. Each rank averages its own weights,
+    with no communication, to the same average, and DDP all-reduces the gradients on a step's last
     micro-batch only (tests/rank_probe.py counts them per micro-batch on every rank)."""
     run, probes = tmp_path / "run", tmp_path / "probes"
     probes.mkdir()
-    two_ranks(os.path.join(ROOT, "tests", "rank_probe.py"), str(probes), *OPTIONS, "--ema_decay", "0.9",
-              "--accumulate", "2", "--save", str(run))
+    options = [*OPTIONS, "--ema_decay", "0.9", "--accumulate", "2"]
+    two_ranks(os.path.join(ROOT, "tests", "rank_probe.py"), str(probes), *options, "--save", str(run))
     ranks = [torch.load(probes / f"rank.{r}.pt", weights_only=True) for r in (0, 1)]
     average = ranks[0]["ema"]
     assert all(torch.equal(average[k], ranks[1]["ema"][k]) for k in average)
@@ -88,3 +71,16 @@ def test_two_ranks_keep_one_average_and_accumulation_syncs_once_a_step(tmp_path)
         assert [n for m, n in zip(probe["micro"], probe["reduces"], strict=True) if m % 2 == 0] == [0] * STEPS
         assert all(n > 0 for m, n in zip(probe["micro"], probe["reduces"], strict=True) if m % 2 == 1)
     assert json.loads((run / "model" / "training.json").read_text())["step"] == STEPS
+
+    args = parse_args([*options, "--save", str(tmp_path / "single")])
+    torch.manual_seed(args.seed)
+    model = build_model(settings(args).model)  # the same initial weights as main.py builds
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    batches, stream = both_ranks(args)
+    assert len({stream.task_of(k) for k in range(2 * STEPS)}) >= 2  # at least two tasks drawn
+    single = trainer.Trainer(settings(args).train, model, batches, None, STEPS, 1)
+    assert single.fit() == 0
+    for ddp, one in ((raw, model.state_dict()), (delivered, single.ema.module.state_dict())):
+        assert max((ddp[k].float() - one[k].float()).abs().max().item() for k in one) <= 1e-5
+    moved = max((raw[k].float() - initial[k].float()).abs().max().item() for k in initial)
+    assert moved > 1e-3  # training changed the weights, so the comparison is not vacuous
