@@ -79,7 +79,7 @@ class StopSignals:
             signal.signal(sig, signal.SIG_IGN if self.ignore_after else handler)
 
 
-PARENT_CHECK_SECONDS = 1.0  # how often a torchrun rank looks whether its agent still runs
+PARENT_CHECK_SECONDS = 0.25  # how often a torchrun rank looks whether its agent still runs
 
 
 def stop_when_orphaned(log: logging.Logger) -> None:

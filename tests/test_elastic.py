@@ -182,8 +182,8 @@ PREEMPTIONS = [
 
 def test_one_job_ended_every_way_in_turn_resumes_to_the_uninterrupted_weights(tmp_path, uninterrupted):
     """Without --max-restarts, one job ended six ways in turn, each time continued by the same
-    command with --auto_resume: a rank killed (kill -9), each preemption signal to one rank and to
-    the whole group, then torchrun itself killed. Every time the state of the step reached is
+    command with --auto_resume: torchrun itself killed, a rank killed (kill -9), then each
+    preemption signal to one rank and to the whole group. Every time the state of the step reached is
     saved once and nothing is left behind; the last launch ends at the uninterrupted weights."""
     run, stopped, launch = tmp_path / "run", 0, 0
 
@@ -207,6 +207,25 @@ def test_one_job_ended_every_way_in_turn_resumes_to_the_uninterrupted_weights(tm
         assert step < STEPS, case
         assert_nothing_left(run)
         return step
+
+    # torchrun killed (kill -9, the OOM killer): its ranks stop as on SIGTERM, not train on as orphans.
+    # First, while most steps remain: a rank sees its agent gone within stops.PARENT_CHECK_SECONDS
+    process, lines, waited = until_a_step()
+    ranks = [rank_zero(run), rank_one(run)]
+    os.kill(process.pid, signal.SIGKILL)
+    started = time.monotonic()
+    while any(running(pid) for pid in ranks) and time.monotonic() - started < 30:
+        time.sleep(0.1)
+    orphans = [pid for pid in ranks if running(pid)]
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    out = finish(process, lines)
+    assert not orphans, out[-2000:]
+    # the rank that sees it first stops; the other learns it from the per-step stop flag
+    assert re.search(r"torchrun\) is gone: stopping as on SIGTERM|another process of this job received a "
+                     r"stop signal", out), out[-3000:]
+    stopped = saved(out, waited, "torchrun killed:\n" + out[-3000:])
+
 
     # kill -9 of a rank (node failure, OOM kill): rank 0 says so in one line and saves its step
     process, lines, waited = until_a_step()
@@ -233,23 +252,6 @@ def test_one_job_ended_every_way_in_turn_resumes_to_the_uninterrupted_weights(tm
         said = re.findall(r"received: saving the training state|another process of this job received", out)
         assert len(said) == 1, case
         stopped = saved(out, waited, case)
-
-    # torchrun killed (kill -9, the OOM killer): its ranks stop as on SIGTERM, not train on as orphans
-    process, lines, waited = until_a_step()
-    ranks = [rank_zero(run), rank_one(run)]
-    os.kill(process.pid, signal.SIGKILL)
-    started = time.monotonic()
-    while any(running(pid) for pid in ranks) and time.monotonic() - started < 30:
-        time.sleep(0.1)
-    orphans = [pid for pid in ranks if running(pid)]
-    for pid in orphans:
-        os.kill(pid, signal.SIGKILL)
-    out = finish(process, lines)
-    assert not orphans, out[-2000:]
-    # the rank that sees it first stops; the other learns it from the per-step stop flag
-    assert re.search(r"torchrun\) is gone: stopping as on SIGTERM|another process of this job received a "
-                     r"stop signal", out), out[-3000:]
-    stopped = saved(out, waited, "torchrun killed:\n" + out[-3000:])
 
     again = subprocess.run(torchrun(job(run, "--auto_resume")), cwd=ROOT, capture_output=True,
                            text=True, timeout=PROBE_TIMEOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
