@@ -6,7 +6,6 @@ import contextlib
 import datetime
 import os
 import re
-import sys
 from collections.abc import Iterator
 
 import torch
@@ -23,25 +22,14 @@ class JoinError(RuntimeError):
     """This process could not join the torchrun job's process group."""
 
 
-def torchrun_count(name: str, default: int) -> int:
-    """The count torchrun sets in environment variable ``name`` (``default`` without it); one
-    line and exit status 2 when it holds something else."""
-    text = os.environ.get(name, str(default))
-    if not (text.isascii() and text.isdigit() and len(text) < 10 and int(text) >= min(default, 1)):
-        print(f"main.py: error: the environment variable {name}={text[:40]!r} is not a count "
-              f"(torchrun sets it; unset it to run one process)", file=sys.stderr)
-        sys.exit(2)
-    return int(text)
-
-
 def world_size() -> int:
     """The number of processes of this torchrun job (1 otherwise)."""
-    return torchrun_count("WORLD_SIZE", 1)
+    return utility.torchrun_count("WORLD_SIZE", 1)
 
 
 def rank() -> int:
     """This process's rank under torchrun (0 otherwise)."""
-    return torchrun_count("RANK", 0)
+    return utility.torchrun_count("RANK", 0)
 
 
 def pick_device(cpu: bool) -> torch.device:

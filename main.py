@@ -18,12 +18,15 @@ if __name__ == "__main__":
 import option  # loads no torch, so that --help answers at once  # noqa: E402
 import option_files  # noqa: E402
 import run_settings  # noqa: E402
+import utility  # noqa: E402
 
 if __name__ == "__main__":
     if option.asks_for_help(sys.argv[1:]):
         option.build_parser().print_help()
         sys.exit(0)
-    ARGS = option.parse_args(sys.argv[1:])  # a bad option: one line and exit 2, before torch loads
+    # a bad torchrun count or option: one line and exit 2, before torch loads
+    utility.torchrun_count("WORLD_SIZE", 1), utility.torchrun_count("RANK", 0)
+    ARGS = option.parse_args(sys.argv[1:])
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -38,7 +41,6 @@ import distributed  # noqa: E402
 import evaluation  # noqa: E402
 import runfolder  # noqa: E402
 import trainer  # noqa: E402
-import utility  # noqa: E402
 from data.benchmark import BenchmarkError  # noqa: E402
 from data.images import DataLayoutError, ImageReadError  # noqa: E402
 from model import CheckpointError, build_model, load_body, load_checkpoint  # noqa: E402

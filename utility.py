@@ -6,7 +6,8 @@
 - ``read_small_file``: a record's bytes, read only from a regular file of bounded size;
 - ``keep_freed_memory``: tunes glibc malloc (``mallopt``) so CPU forward passes reuse freed memory;
 - ``collect_again``: the garbage collector back on after start-up, start-up's objects frozen;
-- ``usable_cpus`` / ``cpuinfo`` / ``available_memory``: what this machine offers.
+- ``usable_cpus`` / ``cpuinfo`` / ``available_memory``: what this machine offers;
+  ``torchrun_count``: the process counts torchrun gives.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pathlib
 import re
 import stat
 import subprocess
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -201,6 +203,17 @@ def available_memory() -> int | None:
         if limit.isdigit():
             found.append(max(int(limit) - used, 0))
     return min(found) if found else None
+
+
+def torchrun_count(name: str, default: int) -> int:
+    """The count torchrun sets in environment variable ``name`` (``default`` without it); one
+    line and exit status 2 when it holds something else."""
+    text = os.environ.get(name, str(default))
+    if not (text.isascii() and text.isdigit() and len(text) < 10 and int(text) >= min(default, 1)):
+        print(f"main.py: error: the environment variable {name}={text[:40]!r} is not a count "
+              f"(torchrun sets it; unset it to run one process)", file=sys.stderr)
+        sys.exit(2)
+    return int(text)
 
 
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc mallopt parameters (malloc.h)
