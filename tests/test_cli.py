@@ -12,6 +12,7 @@ from PIL import Image
 import main as cli
 import utility
 from model import IPT, IPTConfig
+from model.checkpoint import select_heads
 
 TINY_ARGS = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "2"]
 
@@ -47,22 +48,25 @@ def read_png(path):
     return np.asarray(Image.open(path))
 
 
-@pytest.mark.parametrize("scale", [2, 3])
-def test_full_size_checkpoint_restores_a_png(tmp_path, demo, scale):
-    ckpt = tmp_path / f"x{scale}.pt"
-    save_random_model(ckpt, scale=[scale], num_queries=1)
-    assert run(tmp_path, demo, "--pretrain", str(ckpt), "--scale", str(scale), "--chop", "fast") == 0
-    out = read_png(tmp_path / "run" / "results-Demo" / f"photo_x{scale}_SR.png")
-    assert out.shape == (66 * scale, 71 * scale, 3)
-    assert os.path.getsize(tmp_path / "run" / "log.txt") > 0
-
-
-def test_six_task_checkpoint_as_denoise50(tmp_path, demo):
-    ckpt = tmp_path / "six.pt"
-    save_random_model(ckpt, scale=[2, 3, 4, 1, 1, 1], num_queries=6)
-    assert run(tmp_path, demo, "--pretrain", str(ckpt), "--task", "denoise50", "--chop", "fast") == 0
-    out = read_png(tmp_path / "run" / "results-Demo" / "photo_denoise50_SR.png")
-    assert out.shape == (66, 71, 3)
+def test_full_size_checkpoints_restore_a_png(tmp_path, demo):
+    """A six-task full-size checkpoint as denoise50, and single-task sr2 and sr3 checkpoints made of
+    its heads 0 and 1 (select_heads: the layout of the authors' per-task files; one full-size
+    model built, not three)."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        six = IPT(IPTConfig(scale=[2, 3, 4, 1, 1, 1], num_queries=6)).state_dict()
+    cases = {"denoise50": (six, ["--task", "denoise50"], 1)}
+    cases |= {f"x{s}": (select_heads(six, [i]), ["--scale", str(s)], s) for i, s in enumerate((2, 3))}
+    for name, (state, options, scale) in cases.items():
+        ckpt, out = tmp_path / f"{name}.pt", tmp_path / name
+        torch.save(state, ckpt)
+        argv = ["--pretrain", str(ckpt), *options, "--chop", "fast", "--save", str(out)]
+        assert cli.main(["--test_only", "--cpu", "--data_test", "Demo", "--dir_demo", str(demo),
+                         "--save_results", *argv]) == 0
+        image = read_png(out / "results-Demo" / f"photo_{name}_SR.png")
+        assert image.shape == (66 * scale, 71 * scale, 3), name
+        assert os.path.getsize(out / "log.txt") > 0
+        ckpt.unlink()  # 460 MB each
 
 
 def test_renamed_key_fails_and_names_it(tmp_path, demo, caplog):
