@@ -142,6 +142,7 @@ def loader_ratio(doc: str, consumed: float | None) -> str:
 # saving: what writing a checkpoint costs the training loop
 SAVE_BATCH = 1  # the training steps timed beside the saves: batch 1 of 48x48 sr2 inputs
 SAVE_PHASES = ("torch.save", "fsync", "rename")
+EMA_DECAY = 0.999  # the saves are measured again with a moving average of the weights kept
 
 
 def fill_moments(optimizer: torch.optim.Optimizer) -> None:
@@ -198,17 +199,22 @@ def saving_section(args: argparse.Namespace) -> str:
     device = bench_device()
     if device.type == "cpu":  # as main.py does: a copy reuses the heap memory the last one freed
         utility.keep_freed_memory()
+    reps, ema = [], []
     with tempfile.TemporaryDirectory() as folder:
-        runner = make_trainer(args.sizes.saving_model, SAVE_BATCH, "none", folder, device)
-        parameters = sum(p.numel() for p in runner.model.parameters())
-        batch = task_batches(SAVE_BATCH, 48, device)[0]
-        runner.train_step(batch)  # warm-up
-        fill_moments(runner.optimizer)
-        reps = [saving_rep(runner, batch, folder) for _ in range(args.reps)]
+        for average, kept in ((0, reps), (EMA_DECAY, ema)):  # one model in memory at a time
+            options = {**args.sizes.saving_model, **({"ema_decay": average} if average else {})}
+            runner = make_trainer(options, SAVE_BATCH, "none", folder, device)
+            parameters = sum(p.numel() for p in runner.model.parameters())
+            batch = task_batches(SAVE_BATCH, 48, device)[0]
+            runner.train_step(batch)  # warm-up
+            fill_moments(runner.optimizer)
+            kept += [saving_rep(runner, batch, folder) for _ in range(args.reps)]
+            del runner
     sec = {row: statistics.median(rep[row] for rep in reps) for row in reps[0]}
+    with_ema = {row: statistics.median(rep[row] for rep in ema) for row in ema[0]}
     size = "full-size" if not args.sizes.saving_model else "tiny (smoke)"
     intro = text("saving", size=size, parameters=parameters / 1e6, model_mb=sec["model_latest.pt MB"],
-                 state_mb=sec["state.pt MB"], reps=args.reps)
+                 state_mb=sec["state.pt MB"], ema_mb=with_ema["state.pt MB"], decay=EMA_DECAY, reps=args.reps)
     rows = [["copy of the state to the CPU (`Trainer.snapshot`)", f"{sec['snapshot']:.3f}"]]
     rows += [[f"{name}: {phase}", f"{sec[f'{name} {phase}']:.3f}"]
              for name in ("model_latest.pt", "state.pt") for phase in SAVE_PHASES]
@@ -218,4 +224,7 @@ def saving_section(args: argparse.Namespace) -> str:
              [f"a training step (batch {SAVE_BATCH}, 48x48, sr2), alone", f"{sec['step']:.3f}"],
              [f"a training step while a save is written ({sec['steps during']:g} step(s) meanwhile)",
               f"{sec['during']:.3f}"]]
+    rows += [[f"with `--ema_decay`: {what}", f"{with_ema[row]:.3f}"] for what, row in (
+        ("copy of the state to the CPU", "snapshot"), ("state.pt: torch.save", "state.pt torch.save"),
+        ("state.pt: fsync", "state.pt fsync"), ("`save()`", "save"))]
     return section(f"Saving a checkpoint ({device.type})", args, [intro], ["what", "seconds"], rows)
