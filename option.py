@@ -109,14 +109,14 @@ def _finish(args: argparse.Namespace) -> None:
     _check_sigma(args)
     _resolve_tasks(args)
     _check_architecture(args)
-    args.data_test = _test_sets(args)
+    _check_schedule(args)
+    args.decay_milestones = _milestones(args.decay)
+    args.train_range, args.test_range = _data_range(args.data_range)
+    args.data_test = _test_sets(args)  # from here on torch is loaded (the test sets' module needs it)
     _check_device(args)
     _check_memory(args)
     _check_run(args)
     _check_training_data(args)
-    _check_schedule(args)
-    args.decay_milestones = _milestones(args.decay)
-    args.train_range, args.test_range = _data_range(args.data_range)
     if args.epochs == 0:
         args.epochs = None  # the authors' 0: no limit
 
