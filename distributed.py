@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator
 
 import torch
+from torch import Tensor
 
 import stops
 import utility
@@ -87,6 +88,16 @@ def all_agree(ok: bool, device: torch.device) -> bool:
     flag = torch.tensor([int(ok)], device=device if device.type == "cuda" else "cpu")
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def mean_over_ranks(value: Tensor) -> float:
+    """``value`` (one number) averaged over the ranks of the torchrun job (one all-reduce; ``value``
+    alone without a process group): what every rank decides on, so that all decide alike."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value.item()
+    total = value.detach().float().reshape(1).clone()
+    torch.distributed.all_reduce(total)
+    return total.item() / torch.distributed.get_world_size()
 
 
 def peer_failure(error: BaseException) -> str | None:

@@ -288,8 +288,12 @@ class Trainer(checkpointing.Checkpointing):
             last = j == k - 1 or not isinstance(self.model, nn.parallel.DistributedDataParallel)
             with contextlib.nullcontext() if last else self.model.no_sync():
                 loss = self._micro_loss(batch, self.progress.step * k + j)
-                values.append(loss.item())
+                # averaged over the ranks: a rank whose own loss is NaN skips with the others, not alone
+                # (a skipped backward would leave its peers waiting in DDP's all-reduce)
+                values.append(distributed.mean_over_ranks(loss))
                 if not math.isfinite(values[-1]) or self._too_large(values[-1]):
+                    if j == k - 1 and isinstance(self.model, nn.parallel.DistributedDataParallel):
+                        (loss * 0).backward()  # DDP's forward awaits it; the gradients are dropped
                     return self._skip(values[-1])
                 self.scaler.scale(loss / k).backward()
         self.progress.nonfinite_run = 0

@@ -1,7 +1,7 @@
 """Runs main.py as one torchrun rank (``rank_probe.py DIR OPTIONS...``) and writes DIR/rank.RANK.pt:
 the rank's moving average of the weights when training ended, and the gradient all-reduces DDP
 made during each micro-batch (a communication hook counts them), for tests that must see inside
-every rank."""
+every rank. Rank 1's loss is NaN at micro-batch NAN_MICRO (rank 0's is not)."""
 import os
 import sys
 
@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 import main  # noqa: E402
 import trainer  # noqa: E402
 
+NAN_MICRO = 3  # the micro-batch whose loss is NaN on rank 1 only
 REDUCES = [0]  # all-reduces so far
 PER_MICRO = []  # [micro-batch index, all-reduces so far when it began]
 
@@ -34,7 +35,8 @@ def probe() -> None:
 
     def noted_micro_loss(self, batch, micro):
         PER_MICRO.append([micro, REDUCES[0]])
-        return micro_loss(self, batch, micro)
+        loss = micro_loss(self, batch, micro)
+        return loss * float("nan") if micro == NAN_MICRO and os.environ["RANK"] == "1" else loss
 
     def dumped_fit(self):
         status = fit(self)

@@ -14,6 +14,7 @@ from data.sample import sample_photos
 from data.stream import PairStream
 from model import build_model
 from option import parse_args, settings
+from rank_probe import NAN_MICRO
 
 STEPS = 4
 OPTIONS = ["--cpu", "--scale", "2+1", "--n_feats", "16", "--num_heads", "4", "--num_layers", "1",
@@ -52,7 +53,8 @@ def two_ranks(*program: str) -> None:
 
 def test_two_ranks_equal_one_process_fed_both_and_sync_once_a_step(tmp_path):
     """Two torchrun ranks with --ema_decay and --accumulate 2 against one process fed both ranks'
-    micro-batches: the same weights and the same average. Each rank averages its own weights,
+    micro-batches: the same weights and the same average. Rank 1's loss is NaN at one micro-batch:
+    both ranks skip that step, as the one process does. Each rank averages its own weights,
     with no communication, to the same average, and DDP all-reduces the gradients on a step's last
     micro-batch only (tests/rank_probe.py counts them per micro-batch on every rank)."""
     run, probes = tmp_path / "run", tmp_path / "probes"
@@ -71,6 +73,7 @@ def test_two_ranks_equal_one_process_fed_both_and_sync_once_a_step(tmp_path):
         assert [n for m, n in zip(probe["micro"], probe["reduces"], strict=True) if m % 2 == 0] == [0] * STEPS
         assert all(n > 0 for m, n in zip(probe["micro"], probe["reduces"], strict=True) if m % 2 == 1)
     assert json.loads((run / "model" / "training.json").read_text())["step"] == STEPS
+    assert torch.load(run / "state.pt", weights_only=True)["progress"]["nonfinite_total"] == 1
 
     args = parse_args([*options, "--save", str(tmp_path / "single")])
     torch.manual_seed(args.seed)
@@ -79,7 +82,10 @@ def test_two_ranks_equal_one_process_fed_both_and_sync_once_a_step(tmp_path):
     batches, stream = both_ranks(args)
     assert len({stream.task_of(k) for k in range(2 * STEPS)}) >= 2  # at least two tasks drawn
     single = trainer.Trainer(settings(args).train, model, batches, None, STEPS, 1)
-    assert single.fit() == 0
+    micro_loss = single._micro_loss  # NaN where rank 1's was: the mean over both ranks is NaN
+    nan = {NAN_MICRO: float("nan")}
+    single._micro_loss = lambda batch, micro: micro_loss(batch, micro) * nan.get(micro, 1.0)
+    assert single.fit() == 0 and single.progress.nonfinite_total == 1
     for ddp, one in ((raw, model.state_dict()), (delivered, single.ema.module.state_dict())):
         assert max((ddp[k].float() - one[k].float()).abs().max().item() for k in one) <= 1e-5
     moved = max((raw[k].float() - initial[k].float()).abs().max().item() for k in initial)
