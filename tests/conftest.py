@@ -1,12 +1,17 @@
 """Shared test helpers: the authors' fixtures and tiny models."""
 from __future__ import annotations
 
+import gc
 import os
 import random
 import sys
 import tempfile
 
-import numpy as np
+# the collector off while torch loads and the tests are collected, as main.py starts: seconds
+# sooner per worker; pytest_collection_finish turns it on with utility.collect_again
+gc.disable()
+
+import numpy as np  # noqa: E402
 
 # Hypothesis keeps caches (and would keep its example database) in a folder it creates: outside
 # the repository, so a test run leaves the working tree as it found it
@@ -37,6 +42,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+
+def pytest_collection_finish(session) -> None:
+    import utility
+    utility.collect_again()
 
 from model import IPT, IPTConfig  # noqa: E402
 

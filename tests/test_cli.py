@@ -1,6 +1,7 @@
 """The command line end to end: checkpoints in, restored images out."""
 from __future__ import annotations
 
+import gc
 import os
 import platform
 
@@ -110,3 +111,19 @@ def test_missing_demo_folder_is_an_error(tmp_path, caplog):
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_keep_freed_memory_is_accepted_by_glibc():
     assert utility.keep_freed_memory() is True
+
+
+def test_collect_again_turns_the_collector_on_with_what_was_made_frozen():
+    """main.py turns the garbage collector off as it starts; collect_again ends that, once."""
+    gc.disable()
+    try:
+        frozen = gc.get_freeze_count()
+        made = [[] for _ in range(1000)]  # objects of start-up
+        utility.collect_again()
+        assert gc.isenabled() and gc.get_freeze_count() >= frozen + len(made)
+        after = gc.get_freeze_count()
+        made.append([])
+        utility.collect_again()  # the collector on: nothing more frozen
+        assert gc.get_freeze_count() == after
+    finally:
+        gc.enable()
