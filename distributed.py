@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 import re
 from collections.abc import Iterator
@@ -61,6 +62,10 @@ def process_group(device: torch.device, timeout: int, join: bool = True) -> Iter
         yield
     finally:
         stops.ignore_stop_signals()
+        # what start-up froze (utility.collect_again) is collectable again and collected now: a
+        # DDP model left in a reference cycle holds the group, whose threads must end before exit
+        gc.unfreeze()
+        gc.collect()
         with contextlib.suppress(torch.distributed.DistError, RuntimeError):
             torch.distributed.destroy_process_group()
 
