@@ -228,10 +228,12 @@ def make_trainer(args: argparse.Namespace, s: run_settings.Settings, device: tor
         initialise(model, s.run)
     model = model.to(device)
     if s.train.amp == "auto":  # bf16 where this device runs the network faster in it
+        both = s.inference.precision == "auto"  # one measurement decides validation's precision too
         auto = evaluation.auto_precision(model, dataclasses.replace(s.inference, precision="auto"),
-                                         option="--amp")
+                                         option="--amp and --precision" if both else "--amp")
         s = dataclasses.replace(s, train=dataclasses.replace(s.train, amp="none" if auto.precision == "single"
-                                                             else auto.precision))
+                                                             else auto.precision),
+                                inference=auto if both else s.inference)
     kept_workers, split_origin = trainer.resumed_split(saved, world)
     try:
         batches, steps_per_epoch, workers = trainer.make_batches(s.data, rank, world, kept_workers,

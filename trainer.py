@@ -283,16 +283,17 @@ class Trainer(checkpointing.Checkpointing):
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         k, values = len(micro_batches), []
+        ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
         for j, batch in enumerate(micro_batches):
             # DDP averages the gradients over the processes once a step: on the last micro-batch
-            last = j == k - 1 or not isinstance(self.model, nn.parallel.DistributedDataParallel)
-            with contextlib.nullcontext() if last else self.model.no_sync():
+            synced = ddp and j == k - 1
+            with self.model.no_sync() if ddp and not synced else contextlib.nullcontext():
                 loss = self._micro_loss(batch, self.progress.step * k + j)
                 # averaged over the ranks: a rank whose own loss is NaN skips with the others, not alone
                 # (a skipped backward would leave its peers waiting in DDP's all-reduce)
                 values.append(distributed.mean_over_ranks(loss))
                 if not math.isfinite(values[-1]) or self._too_large(values[-1]):
-                    if j == k - 1 and isinstance(self.model, nn.parallel.DistributedDataParallel):
+                    if synced:
                         (loss * 0).backward()  # DDP's forward awaits it; the gradients are dropped
                     return self._skip(values[-1])
                 self.scaler.scale(loss / k).backward()

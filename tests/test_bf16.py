@@ -269,3 +269,24 @@ def test_amp_auto_trains_in_bf16_only_where_its_forward_is_faster(tmp_path, monk
     chosen = [r.getMessage() for r in caplog.records if r.getMessage().startswith("--amp auto")]
     said = "bf16" if amp == "bf16" else "single"
     assert seen == [amp] and len(chosen) == 1 and chosen[0].startswith(f"--amp auto: {said} (")
+
+
+def test_amp_and_precision_auto_take_one_measurement_said_in_one_line(tmp_path, monkeypatch, caplog):
+    """Both auto: the stubbed clock holds the ticks of one measurement, which decides training's
+    --amp and the validations' --precision (recorded in metrics.json)."""
+    real, ticks = evaluation.auto_precision, iter([0.0, 1.0, 10.0, 10.5])
+    monkeypatch.setattr(evaluation, "auto_precision",
+                        lambda model, inference, **kw: real(model, inference, lambda: next(ticks), **kw))
+    hr = tmp_path / "data" / "benchmark" / "Set5" / "HR"
+    hr.mkdir(parents=True)
+    Image.new("RGB", (48, 48), (90, 120, 30)).save(hr / "baby.png")
+    argv = ["--cpu", "--scale", "2", "--data_train", "Sample", "--data_test", "Set5", "--dir_data",
+            str(tmp_path / "data"), "--test_every", "1", "--n_threads", "0", "--patch_size", "12",
+            "--batch_size", "2", "--max_steps", "1", "--amp", "auto", "--precision", "auto",
+            "--save", str(tmp_path / "run"), *TINY_ARGS]
+    with caplog.at_level(logging.INFO, logger="ipt"):
+        assert cli.main(argv) == 0
+    chosen = [r.getMessage() for r in caplog.records if " auto: " in r.getMessage()]
+    assert len(chosen) == 1 and chosen[0].startswith("--amp and --precision auto: bf16 ("), chosen
+    meta = json.loads((tmp_path / "run" / "metrics.json").read_text())["meta"]
+    assert meta["precision"] == "bf16" and meta["precision_auto"] in chosen[0]
