@@ -70,8 +70,7 @@ INFERENCE = {"ipt": ("official", "fast"), "restormer": ("whole",)}  # tilers, pr
 
 
 def reserve(seconds: float) -> float:
-    """Seconds kept back at the end for the table, the doc and the interpreter's exit, and as a
-    margin."""
+    """Seconds kept back at the end for the table, the doc and the interpreter's exit, and as a margin."""
     return max(2.0, 0.02 * seconds)
 
 
@@ -169,24 +168,18 @@ def centre_crop(pair: Pair, side: int | None) -> Pair:
         raise ValueError(f"{pair.name}: input {tuple(pair.lr.shape)} and target "
                          f"{tuple(pair.hr.shape)} differ in size")
     h, w = pair.hr.shape[-2:]
-    ch, cw = min(side, h), min(side, w)
-    top, left = (h - ch) // 2, (w - cw) // 2
-    return Pair(pair.name, pair.lr[..., top:top + ch, left:left + cw],
-                pair.hr[..., top:top + ch, left:left + cw])
+    top, left = max(h - side, 0) // 2, max(w - side, 0) // 2
+    cut = (..., slice(top, top + side), slice(left, left + side))  # a slice stops at the edge
+    return Pair(pair.name, pair.lr[cut], pair.hr[cut])
 
 
 def sample_pairs(args: argparse.Namespace, crop: int | None) -> PhotoSet:
     """The Sample test pairs of the run's task, whole or centre-cropped."""
     data = BenchmarkSet(args.dir_data, "Sample", args.task, 1, args.seed)
     pairs = [data[i] for i in range(len(data))]
-    for pair in pairs:
-        if isinstance(pair, Exception):
-            raise pair
+    if failed := next((pair for pair in pairs if isinstance(pair, Exception)), None):
+        raise failed
     return PhotoSet(centre_crop(pair, crop) for pair in pairs)
-
-
-def megapixels(photos: PhotoSet) -> float:
-    return sum(p.lr.shape[-1] * p.lr.shape[-2] for p in photos) / 1e6
 
 
 def evaluate(args: argparse.Namespace, net: torch.nn.Module, mode: str,
@@ -195,7 +188,7 @@ def evaluate(args: argparse.Namespace, net: torch.nn.Module, mode: str,
     inference = dataclasses.replace(settings(args).inference, mode=mode)
     with torch.no_grad():
         seconds, result = timed(lambda: evaluation.evaluate_set(net, photos, 0, inference, None))
-    return {**result, "ms_per_mp": 1000 * seconds / megapixels(photos)}
+    return {**result, "ms_per_mp": 1e9 * seconds / sum(p.lr.shape[-2:].numel() for p in photos)}
 
 
 def probe(workdir: str) -> Probe:
@@ -238,25 +231,16 @@ def choose_plan(found: Probe, allowance: float) -> EvalPlan:
     """The most faithful evaluation predicted to take at most ``allowance`` seconds in all:
     IPT's official tiling on the whole photos, else fast tiling on them, else fast tiling on the
     largest centre crops that fit (MIN_CROP at the least)."""
-    for plan in (EvalPlan("official", None), EvalPlan("fast", None)):
-        if total_eval(plan, found) <= allowance:
-            return plan
     largest = max(max(shape) for shape in found.shapes)
-    for side in range(largest // CROP_STEP * CROP_STEP, MIN_CROP - 1, -CROP_STEP):
-        if total_eval(EvalPlan("fast", side), found) <= allowance:
-            return EvalPlan("fast", side)
-    return CHEAPEST
+    crops = range(largest // CROP_STEP * CROP_STEP, MIN_CROP - 1, -CROP_STEP)
+    plans = [EvalPlan("official", None), EvalPlan("fast", None), *(EvalPlan("fast", side) for side in crops)]
+    return next((plan for plan in plans if total_eval(plan, found) <= allowance), CHEAPEST)
 
 
 def training_share(left: float, pending: float, runs_left: int) -> float:
     """Seconds of training for the next run: what is left once the set-ups and evaluations of
     this and the later runs (``pending``) are taken out, split evenly among the runs left."""
     return (left - pending) / runs_left
-
-
-def calibration_seconds(seconds: float) -> float:
-    """How long one run's training steps are timed."""
-    return min(MAX_CALIBRATION_SECONDS, CALIBRATION_SHARE * seconds)
 
 
 def too_short(budget: Budget, needed: float, what: str) -> Refusal:
@@ -322,12 +306,13 @@ def compare(budget: Budget, workdir: str) -> Comparison:
     print("probe: inference seconds per megapixel "
           + ", ".join(f"{m} {t} {r:.1f}" for (m, t), r in found.rates.items()), flush=True)
     calib: dict[tuple[str, str], Calibration] = {}
+    calibration_s = min(MAX_CALIBRATION_SECONDS, CALIBRATION_SHARE * budget.seconds)  # each run timed so long
     for task, model in RUNS:
-        cost = max((c.seconds for c in calib.values()), default=calibration_seconds(budget.seconds))
+        cost = max((c.seconds for c in calib.values()), default=calibration_s)
         if budget.left() < cost:
             raise too_short(budget, cost * (len(RUNS) - len(calib)), "the calibrations")
         args = options(model, task, os.path.join(workdir, f"calibrate-{model}-{task}"))
-        c = calib[(task, model)] = calibrate(args, calibration_seconds(budget.seconds), budget.clock)
+        c = calib[(task, model)] = calibrate(args, calibration_s, budget.clock)
         print(f"calibration {task} {model}: set-up {c.setup:.1f} s, {c.rate:.2f} steps/s", flush=True)
     setups = sum(c.setup for c in calib.values())
     plan = choose_plan(found, EVAL_SHARE * (budget.left() - setups))
