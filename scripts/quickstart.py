@@ -225,16 +225,6 @@ def compute_threads(requested: int) -> int:
 
 
 # ---- The journey -------------------------------------------------------------------------
-def call_main(args: list[str]) -> int:
-    """main.main(args)'s exit status; Ctrl-C (KeyboardInterrupt) counts as an interruption."""
-    try:
-        return ipt_main.main(args)
-    except KeyboardInterrupt:
-        return INTERRUPTED
-    except SystemExit as e:  # an argparse error: 2
-        return e.code if isinstance(e.code, int) else 1
-
-
 def resume_command(a: argparse.Namespace) -> str:
     """The command that continues this quickstart."""
     words = ["python", "-m", "scripts.quickstart", "--resume"]
@@ -287,10 +277,17 @@ class Journey:
         return 0
 
     def run(self, p: Phase, i: int, how: str) -> int:
-        """Run phase p (the i-th), timing it into the clock; its exit status."""
+        """Run phase p (the i-th), timing it into the clock; its exit status (main.main's; Ctrl-C,
+        a KeyboardInterrupt, counts as an interruption)."""
         clock, began = self.clock, time.time()
         before = steps_done(p) if how == "resume" else 0
-        code = call_main(arguments(p, how, compute_threads(self.a.threads)))
+        args = arguments(p, how, compute_threads(self.a.threads))
+        try:
+            code = ipt_main.main(args)
+        except KeyboardInterrupt:
+            code = INTERRUPTED
+        except SystemExit as e:  # an argparse error: 2
+            code = e.code if isinstance(e.code, int) else 1
         took = time.time() - began
         if not p.steps:
             self.ran[i] = None
@@ -328,17 +325,6 @@ class Journey:
         return 0
 
 
-def journey(a: argparse.Namespace, clock: Clock, stop: stops.StopSignals) -> int:
-    """The four phases in order (with --resume, those done skipped); the first that does not end
-    with 0 ends the journey with its exit status."""
-    run = Journey(a, clock, stop)
-    try:
-        return (run.phase(PRETRAIN) or run.phase(FINETUNE) or run.phase(EVALUATE_FINETUNED)
-                or run.phase(EVALUATE_PRETRAINED) or run.done())
-    except KeyboardInterrupt as e:  # outside a phase (Ctrl-C or a stop signal)
-        return run.stopped("between phases", getattr(e, "signum", None))
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The quickstart's own options."""
     p = OptionParser(prog="quickstart.py", description=__doc__.splitlines()[0])
@@ -358,8 +344,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """The quickstart's exit status: 0 done, 130 stopped by a signal, else the failed phase's.
 
-    SIGINT, SIGTERM and SIGUSR1 are handled for the whole journey; a phase's main.main puts its
-    own handlers in place while it trains or evaluates and returns 130 when they stopped it."""
+    The four phases run in order (with --resume, those done skipped); the first that does not end
+    with 0 ends the journey with its exit status. SIGINT, SIGTERM and SIGUSR1 are handled for the
+    whole journey; a phase's main.main puts its own handlers in place while it trains or evaluates
+    and returns 130 when they stopped it."""
     a = parse_args(argv)
     hook = sys.unraisablehook  # a stop sets stops.quiet_unraisable: the journey's end puts this back
     # a stopped phase's own advice (its main.py command and --resume) would contradict the
@@ -368,7 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     logger.addFilter(not_the_phase_resume_hint)
     try:
         with stops.StopSignals(raise_=True) as stop:
-            return journey(a, Clock(time.time()), stop)
+            run = Journey(a, Clock(time.time()), stop)
+            try:
+                return (run.phase(PRETRAIN) or run.phase(FINETUNE) or run.phase(EVALUATE_FINETUNED)
+                        or run.phase(EVALUATE_PRETRAINED) or run.done())
+            except KeyboardInterrupt as e:  # outside a phase (Ctrl-C or a stop signal)
+                return run.stopped("between phases", getattr(e, "signum", None))
     finally:
         sys.unraisablehook = hook
         logger.removeFilter(not_the_phase_resume_hint)
