@@ -13,10 +13,10 @@ import tempfile
 from collections.abc import Callable
 
 import torch
-from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 import utility
+from data.images import save_image
 from model import IPT, IPTConfig, restore
 from model.ipt import MLP_RATIO
 from model.reference_chop import reference_chop
@@ -303,9 +303,7 @@ def bf16_section(args: argparse.Namespace) -> str:
     with tempfile.TemporaryDirectory(prefix="bench-bf16-") as folder:
         if args.smoke:
             demo = os.path.join(folder, "demo")
-            os.makedirs(demo)
-            Image.fromarray(x[0, :, :SMOKE_DEMO_SIDE, :SMOKE_DEMO_SIDE].byte().permute(1, 2, 0)
-                            .cpu().numpy()).save(os.path.join(demo, "image.png"))
+            save_image(x[0, :, :SMOKE_DEMO_SIDE, :SMOKE_DEMO_SIDE], os.path.join(demo, "image.png"))
         measures.update({p: lambda rep, p=p: test_only_seconds(
             p, os.path.join(folder, f"run-{p}-{rep}"), demo, args.smoke, device) for p in PRECISIONS})
         sec, rows = medians(measures, args.reps), []

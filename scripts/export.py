@@ -121,8 +121,7 @@ def read_source(path: str, num_heads: int | None, tasks: str | None) -> Source:
         architecture["tasks"] = tasks
     if architecture.get("model", "ipt") == "ipt" and not architecture.get("tasks"):
         architecture["tasks"] = "+".join(head_names(state, path))  # the six-task order by scale
-    config = config_of(architecture, origin)
-    return Source(path, state, architecture, origin, config)
+    return Source(path, state, architecture, origin, config_of(architecture, origin))
 
 
 def recorded_architecture(path: str, num_heads: int | None) -> tuple[dict, str] | None:
@@ -351,8 +350,7 @@ def compare_with_torch(path: str, network: nn.Module, example: Tensor) -> float 
 def main(argv: list[str] | None = None) -> int:
     """Export; the exit status (0, 1 failed, 2 bad command line, 130 stopped)."""
     a = parse(argv)
-    problem = output_problem_of(a)
-    if problem:
+    if problem := output_problem_of(a):
         return say(PROG, *problem)
     started, what = time.perf_counter(), []
 

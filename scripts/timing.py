@@ -89,11 +89,8 @@ def timed(call: Callable[[], object], device: torch.device | None = None) -> tup
 def medians(measures: dict[Hashable, Callable[[int], float]], reps: int) -> dict[Hashable, float]:
     """key -> the median figure of ``measures[key](rep)`` over the repetitions, interleaved (every
     measure once, then every measure again) so that a machine's drift reaches them alike."""
-    figures: dict[Hashable, list[float]] = {key: [] for key in measures}
-    for rep in range(reps):
-        for key, measure in measures.items():
-            figures[key].append(measure(rep))
-    return {key: statistics.median(values) for key, values in figures.items()}
+    rounds = [{key: measure(rep) for key, measure in measures.items()} for rep in range(reps)]
+    return {key: statistics.median(figures[key] for figures in rounds) for key in measures}
 
 
 def significant(value: float, digits: int = 3) -> str:
