@@ -46,8 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="every section at minimal sizes, one repetition and one torch thread, "
                         "in seconds: checks that the code runs (CI), its figures mean little")
     args = p.parse_args(argv)
-    unknown = [n for n in args.sections if n not in SECTIONS]
-    if unknown:
+    if unknown := [n for n in args.sections if n not in SECTIONS]:
         p.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
     if args.reps is not None and not 1 <= args.reps <= MAX_REPS:
         p.error(f"--reps {args.reps}: give 1 to {MAX_REPS}")

@@ -328,8 +328,7 @@ def compare(budget: Budget, workdir: str) -> Comparison:
     rows = []
     for i, (task, model) in enumerate(RUNS):
         later = RUNS[i:]
-        share = training_share(budget.left(), sum(calib[r].setup + evals[r] for r in later),
-                               len(later))
+        share = training_share(budget.left(), sum(calib[r].setup + evals[r] for r in later), len(later))
         c = calib[(task, model)]
         planned = max(1, math.floor(c.rate * share * STEP_SAFETY))
         deadline = budget.clock() + c.setup + share
@@ -340,8 +339,7 @@ def compare(budget: Budget, workdir: str) -> Comparison:
                      "gflops": found.gflops[model], "steps": steps, "planned": planned,
                      "seconds": trained, **metrics})
         print(f"{task} {model}: {steps} of {planned} steps in {trained:.0f} s, PSNR "
-              f"{metrics['psnr']:.2f} dB ({budget.elapsed():.0f} s of {budget.seconds:g})",
-              flush=True)
+              f"{metrics['psnr']:.2f} dB ({budget.elapsed():.0f} s of {budget.seconds:g})", flush=True)
     return Comparison(rows, plan, budget.seconds, torch.get_num_threads())
 
 

@@ -32,20 +32,8 @@ import option_files  # noqa: E402
 import option_table  # noqa: E402
 import runfolder  # noqa: E402
 import utility  # noqa: E402
-from model import MODELS, IPTConfig, build_model  # noqa: E402
-from model.checkpoint import (  # noqa: E402
-    ARCHITECTURE_METADATA,
-    AUTHORS_NUM_HEADS,
-    CheckpointError,
-    check_fits,
-    check_values,
-    head_names,
-    ipt_architecture_of,
-    load_state,
-    read_checkpoint,
-    read_safetensors,
-    write_safetensors,
-)
+from model import MODELS, IPTConfig, build_model, checkpoint  # noqa: E402
+from model.checkpoint import read_safetensors  # noqa: E402  (by name: a test stops the export in it)
 from scripts.cli import BAD_OPTION, Refusal, output_problem, run_stoppable, say  # noqa: E402
 
 PROG = "export.py"
@@ -112,7 +100,7 @@ def output_problem_of(a: argparse.Namespace) -> tuple[str, int] | None:
 def read_source(path: str, num_heads: int | None, tasks: str | None) -> Source:
     """The checkpoint's weights and the options that built its model: its record's (training.json,
     or a .safetensors file's metadata), else those its shapes give away plus --num_heads."""
-    state, _ = read_checkpoint(path, CHECKPOINT)
+    state, _ = checkpoint.read_checkpoint(path, CHECKPOINT)
     architecture, origin = (recorded_architecture(path, num_heads)
                             or (inferred_architecture(path, state, num_heads), "its weights' shapes"))
     if num_heads is not None:
@@ -120,7 +108,7 @@ def read_source(path: str, num_heads: int | None, tasks: str | None) -> Source:
     if tasks:
         architecture["tasks"] = tasks
     if architecture.get("model", "ipt") == "ipt" and not architecture.get("tasks"):
-        architecture["tasks"] = "+".join(head_names(state, path))  # the six-task order by scale
+        architecture["tasks"] = "+".join(checkpoint.head_names(state, path))  # the six-task order by scale
     return Source(path, state, architecture, origin, config_of(architecture, origin))
 
 
@@ -151,7 +139,7 @@ def recorded_architecture(path: str, num_heads: int | None) -> tuple[dict, str] 
 
 def inferred_architecture(path: str, state: Mapping[str, Tensor], num_heads: int | None) -> dict:
     """The options an IPT state_dict's shapes give away, with --num_heads (which they do not)."""
-    architecture = ipt_architecture_of(state)
+    architecture = checkpoint.ipt_architecture_of(state)
     if architecture is None:
         raise Refusal(f"{path}: no {utility.TRAINING_RECORD} beside it, and its shapes do not read "
                       f"as IPT's: export a checkpoint of a training run (its record gives the model "
@@ -160,7 +148,8 @@ def inferred_architecture(path: str, state: Mapping[str, Tensor], num_heads: int
         width = architecture["n_feats"] * architecture["patch_dim"] ** 2
         raise Refusal(f"{path}: no {utility.TRAINING_RECORD} beside it, and the weights do not "
                       f"record the number of attention heads: give --num_heads (a divisor of the "
-                      f"token width {width}; the authors' models use {AUTHORS_NUM_HEADS})", BAD_OPTION)
+                      f"token width {width}; the authors' models use {checkpoint.AUTHORS_NUM_HEADS})",
+                      BAD_OPTION)
     return architecture
 
 
@@ -208,11 +197,11 @@ def export_safetensors(source: Source, out: str) -> str:
     """Write the state_dict and the architecture to ``out``; read it back bit for bit before it
     takes its name. Returns a description for the final line."""
     model = built(source.config, source.origin)
-    check_fits(model, source.state, source.path)  # the metadata must describe these weights
-    check_values(model, source.state, source.path)
+    checkpoint.check_fits(model, source.state, source.path)  # the metadata must describe these weights
+    checkpoint.check_values(model, source.state, source.path)
 
     def write(tmp: str) -> None:
-        write_safetensors(source.state, tmp, source.architecture)
+        checkpoint.write_safetensors(source.state, tmp, source.architecture)
         again, _ = read_safetensors(tmp)  # by its format: the temporary's name ends in .tmp
         if not same_tensors(again, source.state):
             raise Refusal(f"{out}: the file written does not read back as {source.path}")
@@ -278,15 +267,15 @@ def export_onnx(source: Source, out: str, task: str | None, patch_size: int | No
                                  num_queries=1 if several else config.num_queries,
                                  patch_size=tile, attention="math", dropout_rate=0.0)
     model = built(single, source.origin)
-    load_state(model, source.state, source.path, name if several else None,
-               config.task_names if several else None)
+    checkpoint.load_state(model, source.state, source.path, name if several else None,
+                          config.task_names if several else None)
     network = model.requires_grad_(False).eval()  # one head: forward(x) runs it
     example = torch.rand(VERIFY_BATCH, config.n_colors, tile, tile) * config.rgb_range
     program = onnx_program(network, example)
     program.model.metadata_props.update({
-        ARCHITECTURE_METADATA: json.dumps({**source.architecture, "scale": str(single.scale[0]),
-                                           "tasks": name, "num_queries": single.num_queries,
-                                           "patch_size": tile}),
+        checkpoint.ARCHITECTURE_METADATA: json.dumps({
+            **source.architecture, "scale": str(single.scale[0]), "tasks": name,
+            "num_queries": single.num_queries, "patch_size": tile}),
         "ipt_task": name, "ipt_scale": str(single.scale[0]), "ipt_tile": str(tile),
         "ipt_rgb_range": str(config.rgb_range)})
     difference: list[float | None] = [None]
@@ -363,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     status = run_stoppable(PROG, export, lambda signum: (f"{stops.signal_name(signum)} received: "
-                           f"stopped; {a.output} not written"), (CheckpointError, runfolder.SaveError))
+                           f"stopped; {a.output} not written"),
+                           (checkpoint.CheckpointError, runfolder.SaveError))
     if status == 0:
         print(f"{PROG}: wrote {a.output} ({os.path.getsize(a.output):,} bytes) in "
               f"{time.perf_counter() - started:.1f} s: {what[0]}")

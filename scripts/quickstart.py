@@ -236,17 +236,6 @@ def resume_command(a: argparse.Namespace) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def pause_between_phases() -> None:
-    """Wait PAUSE_ENV seconds when set (tests send a signal then), saying so."""
-    try:
-        seconds = float(os.environ.get(PAUSE_ENV) or 0)
-    except ValueError:
-        seconds = 0.0
-    if seconds > 0:
-        print(f"quickstart: pausing {seconds:g} s between phases ({PAUSE_ENV})", flush=True)
-        time.sleep(seconds)
-
-
 class Journey:
     """The phases of one quickstart, each run, continued or skipped (--resume) in turn."""
 
@@ -272,8 +261,13 @@ class Journey:
             print(f"quickstart: {where} ({plan[i].title}) failed (exit status {code}); once its cause "
                   f"is fixed, continue with:\n  {resume_command(self.a)}", file=sys.stderr)
             return code
-        if i + 1 < len(plan):
-            pause_between_phases()
+        try:  # PAUSE_ENV seconds between two phases, said (tests send a signal then)
+            pause = float(os.environ.get(PAUSE_ENV) or 0) if i + 1 < len(plan) else 0.0
+        except ValueError:
+            pause = 0.0
+        if pause > 0:
+            print(f"quickstart: pausing {pause:g} s between phases ({PAUSE_ENV})", flush=True)
+            time.sleep(pause)
         return 0
 
     def run(self, p: Phase, i: int, how: str) -> int:
