@@ -181,18 +181,6 @@ def time_left(plan: list[Phase], first: int, resume: bool, clock: Clock) -> floa
     return steps * (per_step or 0.0) + units * (per_unit or 0.0)
 
 
-def headline(plan: list[Phase], i: int, resume: bool, clock: Clock) -> str:
-    """phase k/4: title, what it does, the elapsed time and the time left."""
-    p, how = plan[i], mode(plan, i, resume)
-    head = f"phase {i + 1}/{len(plan)}: {p.title}"
-    if how == "skip":
-        return f"{head}: done before, skipped"
-    left = time_left(plan, i, resume, clock)
-    eta = "estimating time left" if left is None else f"about {duration(left)} left"
-    doing = f", continuing at step {steps_done(p)} of {p.steps}" if how == "resume" else ""
-    return f"{head}{doing} (elapsed {duration(time.time() - clock.start)}, {eta})"
-
-
 def busy_cores(seconds: float = BUSY_SAMPLE_S) -> float:
     """How many cores other processes keep busy now: /proc/stat over a moment (Linux; this
     process is idle meanwhile), else the 1-minute load average."""
@@ -244,21 +232,26 @@ class Journey:
         self.plan, self.ran = phases(a.out, a.pretrain_steps, a.finetune_steps), {}
 
     def phase(self, i: int) -> int:
-        """Phase i run, continued or skipped; 0 to go on, else the exit status that ends the
-        journey: the phase's failure, or 130 at a stop signal (``stop.received``, or the phase's
-        exit status 130)."""
+        """Phase i run, continued or skipped, under its headline (phase k/4: title, what it does, the
+        elapsed time and the time left); 0 to go on, else the exit status that ends the journey:
+        the phase's failure, or 130 at a stop signal (``stop.received``, or the phase's exit status 130)."""
         plan, resume, where = self.plan, self.a.resume, f"phase {i + 1}/{len(self.plan)}"
         if self.stop.received is not None:  # raised where Python swallows it (a finaliser)
             return self.stopped(f"between phases, before {where}")
-        print(f"\n{headline(plan, i, resume, self.clock)}", flush=True)
-        how = mode(plan, i, resume)
+        p, how = plan[i], mode(plan, i, resume)
         if how == "skip":
+            print(f"\n{where}: {p.title}: done before, skipped", flush=True)
             return 0
-        code = self.run(plan[i], i, how)
+        left = time_left(plan, i, resume, self.clock)
+        eta = "estimating time left" if left is None else f"about {duration(left)} left"
+        doing = f", continuing at step {steps_done(p)} of {p.steps}" if how == "resume" else ""
+        print(f"\n{where}: {p.title}{doing} (elapsed {duration(time.time() - self.clock.start)}, {eta})",
+              flush=True)
+        code = self.run(p, i, how)
         if code == INTERRUPTED or self.stop.received is not None:
-            return self.stopped(f"in {where} ({plan[i].title})")
+            return self.stopped(f"in {where} ({p.title})")
         if code != 0:
-            print(f"quickstart: {where} ({plan[i].title}) failed (exit status {code}); once its cause "
+            print(f"quickstart: {where} ({p.title}) failed (exit status {code}); once its cause "
                   f"is fixed, continue with:\n  {resume_command(self.a)}", file=sys.stderr)
             return code
         try:  # PAUSE_ENV seconds between two phases, said (tests send a signal then)
