@@ -182,8 +182,7 @@ def sample_pairs(args: argparse.Namespace, crop: int | None) -> PhotoSet:
     return PhotoSet(centre_crop(pair, crop) for pair in pairs)
 
 
-def evaluate(args: argparse.Namespace, net: torch.nn.Module, mode: str,
-             photos: PhotoSet) -> dict[str, float]:
+def evaluate(args: argparse.Namespace, net: torch.nn.Module, mode: str, photos: PhotoSet) -> dict[str, float]:
     """Mean metrics on the photos with the given tiler, and milliseconds per megapixel to get them."""
     inference = dataclasses.replace(settings(args).inference, mode=mode)
     with torch.no_grad():

@@ -127,9 +127,8 @@ def recorded_architecture(path: str, num_heads: int | None) -> tuple[dict, str] 
         taken, ignored = option_files.recorded_architecture(written, origin)
     except ValueError as e:
         raise Refusal(str(e)) from None
-    contradiction = option_files.record_contradiction(
-        taken, {} if num_heads is None else {"num_heads": num_heads}, origin)
-    if contradiction:
+    if contradiction := option_files.record_contradiction(
+            taken, {} if num_heads is None else {"num_heads": num_heads}, origin):
         raise Refusal(contradiction, BAD_OPTION)
     for key in ignored:
         print(f"{PROG}: {origin}: ignored its key {key!r} (a record may only give the options that "
