@@ -212,10 +212,7 @@ class BenchmarkSet:
 
     def _pair_from_hr(self, path: str) -> Pair:
         hr = self._scorable(read_image(path), path)
-        if self.family != "sr":
-            return self._degrade(stem(path), hr)
-        lr_path = self._lr_path(path)
-        if not os.path.isfile(lr_path):
+        if self.family != "sr" or not os.path.isfile(lr_path := self._lr_path(path)):
             return self._degrade(stem(path), hr)
         lr = read_image(lr_path)
         return Pair(stem(path), lr, crop_to_lr(hr, lr, self.scale, (path, lr_path), BenchmarkError))

@@ -349,13 +349,12 @@ def write_found(found: Found, set_name: str, run: Conversion) -> str:
     known = set(hr) | {stem(p) for d in (os.path.join(run.scratch, "out"), run.out)
                        if os.path.isdir(os.path.join(d, folder))
                        for p in list_images(os.path.join(d, folder))}
-    n_lr = 0
-    for (s, file_stem), path in found.lr.items() if set_name in SR_SETS else ():
+    lr = found.lr if set_name in SR_SETS else {}
+    for (s, file_stem), path in lr.items():
         name = lr_name(file_stem, s, known)
         run.put(path, os.path.join(LR_DIRS[set_name][0].format(s=s), f"{renamed.get(name, name)}x{s}.png"))
-        n_lr += 1
     note = f" (SelfExSR's {min(renamed)}..{max(renamed)} named as the set's images)" if renamed else ""
-    return f"{len(hr)} HR images, {n_lr} LR files{note}"
+    return f"{len(hr)} HR images, {len(lr)} LR files{note}"
 
 
 Undo = list[tuple[str, str | None]]  # merge's steps: (made under DIR_DATA, its old file kept in)

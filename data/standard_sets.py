@@ -274,8 +274,7 @@ def check_rain(folder: str, spec: SetSpec) -> SetReport:
     """Check a Rain100L folder: pairs, sizes (both the same), colour."""
     rainy, clean = {}, {}
     for path in list_entries(folder):  # a pipe or device named like an image: read, so named
-        m = re.match(r"^(no)?rain-(.+)$", stem(path))  # the names data/images.rain_pairs reads
-        if m:
+        if m := re.match(r"^(no)?rain-(.+)$", stem(path)):  # the names data/images.rain_pairs reads
             (clean if m.group(1) else rainy)[m.group(2)] = path
     pairs = sorted(set(rainy) & set(clean))
     report = SetReport(spec.name, len(pairs), spec.count, unit="pairs")

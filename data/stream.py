@@ -70,14 +70,12 @@ def synthesize_lr(hr: Tensor, task: str, generator: torch.Generator | None = Non
 def random_crop(views: Views, patch: int, scale: int, g: torch.Generator) -> Views:
     """An aligned random crop: HR patch * scale, and the given LR patch when there is one."""
     hr, lr = views
-    base = lr if lr is not None else hr
-    size = patch if lr is not None else patch * scale
+    base, grid = (hr, 1) if lr is None else (lr, scale)  # the corner is drawn on the LR grid if any
+    size, side = patch * scale // grid, patch * scale
     y = int(torch.randint(base.shape[-2] - size + 1, (1,), generator=g))
     x = int(torch.randint(base.shape[-1] - size + 1, (1,), generator=g))
-    if lr is None:
-        return hr[:, y:y + size, x:x + size], None
-    return (hr[:, y * scale:(y + patch) * scale, x * scale:(x + patch) * scale],
-            lr[:, y:y + patch, x:x + patch])
+    hr_crop = hr[:, y * grid:y * grid + side, x * grid:x * grid + side]
+    return hr_crop, None if lr is None else lr[:, y:y + patch, x:x + patch]
 
 
 def augment(views: Views, g: torch.Generator) -> Views:
@@ -124,8 +122,7 @@ class PairStream(IterableDataset):
     unclamped), ``task_id``, ``step``, ``skipped`` (files this worker has skipped so far),
     ``worker`` (its global index), ``files`` [(epoch, name)] of the files read for the batch.
     With ``lr_in_loader=False`` SR and denoising batches come with ``lr`` None, for the trainer to
-    make on its device
-    (``synthesize_lr``).
+    make on its device (``synthesize_lr``).
     """
 
     SYNTHETIC_RAIN = True  # derain inputs are made by adding streak layers to clean crops
