@@ -13,6 +13,7 @@ other load: run it when the machine is quiet.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -130,19 +131,11 @@ def cache_problem(cache: str) -> str | None:
             if why else None)
 
 
-def one_line(error: BaseException) -> str:
-    """An error in one line: a loader worker's own error (its last line), else the first line."""
-    return shown(utility.last_line(error))
-
-
 def memory(pid: int) -> dict[str, float]:
     """RSS, PSS and USS of a process in MiB, from /proc/PID/smaps_rollup."""
-    values = {}
     with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in SMAPS_FIELDS:
-                values[key] = int(rest.split()[0]) / 1024  # kB
+        fields = (line.partition(":") for line in f)
+        values = {key: int(rest.split()[0]) / 1024 for key, _, rest in fields if key in SMAPS_FIELDS}  # kB
     return {"rss": values["Rss"], "pss": values["Pss"],
             "uss": values["Private_Clean"] + values["Private_Dirty"]}
 
@@ -161,16 +154,6 @@ class Touching(IterableDataset):
             for ref in source.epoch_refs(0, self.stream.seed, info.id, info.num_workers):
                 source.name(ref), source.items[ref]
         return iter(self.stream)
-
-
-def open_variant(folder: str, variant: str, cache: str):
-    """The source of a variant: the old lists, or the compact index walked or from the cache."""
-    if variant == "list":  # what _source_at did before the compact index
-        files, _ = walk_images(folder)
-        return FileSource(files, [os.path.relpath(f, folder) for f in files])
-    if variant == "walked" and os.path.exists(cache):
-        os.remove(cache)
-    return open_source(folder, listing_cache=cache)
 
 
 def run_loader(args: argparse.Namespace, stream, touch: bool) -> tuple[float, dict]:
@@ -195,10 +178,17 @@ def run_loader(args: argparse.Namespace, stream, touch: bool) -> tuple[float, di
 
 
 def child(args: argparse.Namespace) -> dict:
-    """One variant's start-up and memory, measured in this fresh process."""
+    """One variant's start-up and memory, measured in this fresh process: its source the old lists,
+    or the compact index walked or from the cache."""
     before = memory(os.getpid())
     start = time.monotonic()
-    source = open_variant(args.folder, args.child, args.cache)
+    if args.child == "list":  # what _source_at did before the compact index
+        files, _ = walk_images(args.folder)
+        source = FileSource(files, [os.path.relpath(f, args.folder) for f in files])
+    else:
+        if args.child == "walked" and os.path.exists(args.cache):
+            os.remove(args.cache)
+        source = open_source(args.folder, listing_cache=args.cache)
     listed = time.monotonic() - start
     stream = PairStream(source, list(TASKS), batch_size=args.batch_size,
                         patch_size=args.patch_size)
@@ -231,7 +221,7 @@ def run_child(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return stops.INTERRUPTED
         except FAILURES as e:
-            return cli.say(PROG, one_line(e), cli.FAILED)
+            return cli.say(PROG, shown(utility.last_line(e)), cli.FAILED)
 
 
 def end_child(process: subprocess.Popen) -> None:
@@ -344,11 +334,8 @@ def throughput_table(args: argparse.Namespace, source) -> str:
 def decoded(load: Callable, refs: Sequence[int]) -> Iterator:
     """The images of ``refs`` that ``load`` decodes; the others are skipped, as the stream skips them."""
     for ref in refs:
-        try:
-            image = load(ref)
-        except ImageReadError:
-            continue
-        yield image
+        with contextlib.suppress(ImageReadError):
+            yield load(ref)
 
 
 def decoding_line(args: argparse.Namespace, source) -> str:
@@ -415,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli.say(PROG, problem, cli.BAD_OPTION)
     return cli.run_stoppable(PROG, lambda stop: measure(args), lambda signum: (
         f"stopped by {stops.signal_name(signum)}: the tables printed so far are complete"),
-        FAILURES, one_line)
+        FAILURES, lambda e: shown(utility.last_line(e)))  # a loader worker's error: its last line
 
 
 if __name__ == "__main__":
