@@ -102,7 +102,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def check_paths(args: argparse.Namespace) -> str | None:
-    """What is wrong with FOLDER or --cache (nothing is written), or None."""
+    """What is wrong with FOLDER or --cache (a file this process can replace), or None; nothing is
+    written but a file created beside --cache and removed, to find out."""
     problem = cli.path_problem(args.folder)
     if problem is None and not os.path.isdir(args.folder):
         problem = f"is {cli.kind_of(args.folder)}" if os.path.lexists(args.folder) else "does not exist"
@@ -111,12 +112,9 @@ def check_paths(args: argparse.Namespace) -> str | None:
     if "startup" in args.parts and not os.path.exists(SMAPS):
         return f"--parts startup reads {SMAPS} (Linux 4.14 and later), missing here: give " \
                f"--parts throughput"
-    return cache_problem(args.cache) if args.cache is not None else None
-
-
-def cache_problem(cache: str) -> str | None:
-    """Why --cache cannot be the listing cache (a file this process can replace), or None; a
-    file is created beside it and removed to find out."""
+    cache = args.cache
+    if cache is None:
+        return None
     named = f"--cache {shown(cache)}"
     problem = cli.path_problem(cache)
     if problem:
