@@ -64,13 +64,9 @@ LIMITS = {"workers": (1, 64), "batch_size": (1, 1024),
 MAX_BATCH_PIXELS = 1 << 26  # batch_size x HR crop area: a float HR batch of at most 768 MiB
 MAX_SCALE = max(task_scale(t) for t in TASKS)  # sr4: its HR crop is this times the patch
 PROBE_IMAGES = 8  # images decoded before measuring: the crops must fit in one of them
-# what a measurement can fail with (DataLayoutError, ImageReadError and MeasureError are
-# RuntimeErrors, as is a loader worker's death): one line and exit status 1
+# what a measurement can fail with (DataLayoutError, ImageReadError and a loader worker's death are
+# RuntimeErrors), as with a cli.Refusal (one that cannot be made or trusted): one line, exit status 1
 FAILURES = (OSError, RuntimeError, MemoryError)
-
-
-class MeasureError(RuntimeError):
-    """A measurement that cannot be made or trusted."""
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -165,9 +161,8 @@ def run_loader(args: argparse.Namespace, stream, touch: bool) -> tuple[float, di
         first = time.monotonic() - start
         for _ in range(args.steps - 1):
             next(batches)
-        found = {"main": memory(os.getpid())}
-        for i, worker in enumerate(batches._workers):
-            found[f"worker {i}"] = memory(worker.pid)
+        found = {"main": memory(os.getpid()),
+                 **{f"worker {i}": memory(worker.pid) for i, worker in enumerate(batches._workers)}}
     finally:
         # the workers ended now, on an error or a stop too: they ignore SIGTERM, which is how
         # multiprocessing ends them at exit, while it waits for them (a hang)
@@ -188,8 +183,7 @@ def child(args: argparse.Namespace) -> dict:
             os.remove(args.cache)
         source = open_source(args.folder, listing_cache=args.cache)
     listed = time.monotonic() - start
-    stream = PairStream(source, list(TASKS), batch_size=args.batch_size,
-                        patch_size=args.patch_size)
+    stream = PairStream(source, list(TASKS), batch_size=args.batch_size, patch_size=args.patch_size)
     built = time.monotonic() - start
     after = memory(os.getpid())
     first, steps = run_loader(args, stream, touch=False)
@@ -239,7 +233,7 @@ def end_child(process: subprocess.Popen) -> None:
 
 
 def measure_variant(args: argparse.Namespace, variant: str, cache: str) -> dict:
-    """Run one variant in a fresh process; its figures (MeasureError when it fails)."""
+    """Run one variant in a fresh process; its figures (a Refusal when it fails)."""
     numbers = [f"--{name}={getattr(args, name)}" for name in ("workers", "batch_size", "patch_size", "steps")]
     command = [sys.executable, "-m", MODULE, os.path.abspath(args.folder), "--child", variant,
                "--cache", os.path.abspath(cache), *numbers]
@@ -249,14 +243,14 @@ def measure_variant(args: argparse.Namespace, variant: str, cache: str) -> dict:
         out, err = process.communicate(timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         end_child(process)
-        raise MeasureError(f"the {variant} run took more than {CHILD_TIMEOUT_S} s: give fewer "
+        raise cli.Refusal(f"the {variant} run took more than {CHILD_TIMEOUT_S} s: give fewer "
                            f"--steps") from None
     except BaseException:  # a stop: the row's process ends first
         end_child(process)
         raise
     if process.returncode:
         said = err.strip().splitlines()[-1:] or [f"exit status {process.returncode}"]
-        raise MeasureError(f"the {variant} run failed: {said[0].removeprefix(PROG + ': ')}")
+        raise cli.Refusal(f"the {variant} run failed: {said[0].removeprefix(PROG + ': ')}")
     sys.stderr.write(err)
     return json.loads(out.strip().splitlines()[-1])
 
@@ -283,10 +277,10 @@ def startup_tables(args: argparse.Namespace, cache: str) -> str:
         written = cache_stamp(cache)
         results.append(measure_variant(args, variant, cache))
         if variant == "walked" and cache_stamp(cache) is None:
-            raise MeasureError(f"the walked run did not cache the listing in {shown(cache)} (a "
+            raise cli.Refusal(f"the walked run did not cache the listing in {shown(cache)} (a "
                                f"folder under FOLDER changed meanwhile?): run again")
         if variant == "cached" and cache_stamp(cache) != written:
-            raise MeasureError("the cached run walked FOLDER again (it changed during the "
+            raise cli.Refusal("the cached run walked FOLDER again (it changed during the "
                                "measurement): run again")
     lines = [f"Start-up ({results[0]['files']:,} files, {args.workers} workers, batch "
              f"{args.batch_size}, patch {args.patch_size}):", "",
@@ -343,7 +337,7 @@ def decoding_line(args: argparse.Namespace, source) -> str:
     next(decoded(load, refs[-1:]), None)  # warm-up
     seconds, count = timed(lambda: sum(1 for _ in decoded(load, refs)))
     if not count:
-        raise MeasureError(f"none of the first {len(refs)} files under {shown(args.folder)} "
+        raise cli.Refusal(f"none of the first {len(refs)} files under {shown(args.folder)} "
                            f"could be decoded")
     return rate_line("(reading and decoding the JPEG alone)", count, seconds)
 
