@@ -194,16 +194,15 @@ def build_train(root: str, pool: Sequence[str], classes: list[tuple[str, list[in
     return done
 
 
-def build_shards(root: str, classes: list[tuple[str, list[int]]], shards: int, members: int,
-                 seed: int) -> int:
-    """``shards`` tars of ``members`` copies of ROOT/train's files (in a seeded order, again from
-    the first after the last), under their names, and their shards.json (see write_shards)."""
-    folder = os.path.join(root, "shards")
+def build_shards(args: argparse.Namespace, classes: list[tuple[str, list[int]]]) -> int:
+    """``--shards`` tars of ``--shard_members`` copies of ROOT/train's files (in a seeded order, again
+    from the first after the last), under their names, and their shards.json (see write_shards)."""
+    folder, shards, members = os.path.join(args.root, "shards"), args.shards, args.shard_members
     os.makedirs(folder, exist_ok=True)
-    paths = [os.path.join(root, "train", w, f"{w}_{k}.JPEG") for w, numbers in classes for k in numbers]
-    random.Random(seed).shuffle(paths)
+    paths = [os.path.join(args.root, "train", w, f"{w}_{k}.JPEG") for w, numbers in classes for k in numbers]
+    random.Random(args.seed).shuffle(paths)
     chunks = ([paths[(s * members + m) % len(paths)] for m in range(members)] for s in range(shards))
-    write_shards(folder, root, tqdm(chunks, total=shards, desc="shards", mininterval=PROGRESS_EVERY_S))
+    write_shards(folder, args.root, tqdm(chunks, total=shards, desc="shards", mininterval=PROGRESS_EVERY_S))
     return shards * members
 
 
@@ -216,8 +215,7 @@ def build(args: argparse.Namespace) -> int:
     pool = make_pool(os.path.join(args.root, "pool"), args.pool, args.seed)
     classes = class_names(args.classes, args.files, args.seed)
     files = build_train(args.root, pool, classes)
-    members = (build_shards(args.root, classes, args.shards, args.shard_members, args.seed)
-               if args.shards else 0)
+    members = build_shards(args, classes) if args.shards else 0
     seconds = time.monotonic() - start
     sizes = [os.path.getsize(p) for p in pool]
     record = {**options, "complete": True, "pool_mean_bytes": round(sum(sizes) / len(sizes)),
