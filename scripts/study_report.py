@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import pathlib
 import shlex
 import statistics
 
@@ -116,9 +117,7 @@ def report(m: dict, found: dict, plot_name: str) -> str:
     clear = [f"- {row.name} ({task}, to {ref.name}): {diff.strip('*')} dB" for task in TASKS
              for row in table_rows(found, task)[2:] for ref in (REFERENCE, SECONDS_REFERENCE)
              if (diff := difference(found, row.name, ref.name, task)).startswith("**")]  # bold: excludes 0
-    with open(TEMPLATE, encoding="utf-8") as f:
-        template = f.read()
-    return template.format_map({**m, **dict(
+    return pathlib.Path(TEMPLATE).read_text(encoding="utf-8").format_map({**m, **dict(
         command=markdown_text(" ".join(shlex.quote(x) for x in m["command"])),
         machine=markdown_text(m["machine"]), seeds="+".join(map(str, m["seeds"])),
         options=", " + markdown_text(m["options"]) if m["options"] else "",
