@@ -42,8 +42,7 @@ def spread(values: list[float], digits: int = 3) -> str:
 
 
 def difference(found: dict, row: str, reference: str, task: str) -> str:
-    """The PSNR difference of ``row`` to ``reference``: mean [95% interval], bold when the
-    interval leaves out 0."""
+    """The PSNR difference of ``row`` to ``reference``: mean [95% interval], bold when it leaves out 0."""
     diffs = [found[s][row][task].scores["psnr_y"] - found[s][reference][task].scores["psnr_y"]
              for s in found]
     interval = paired_interval(diffs)
@@ -87,8 +86,7 @@ def table_rows(found: dict, task: str) -> list:
 
 
 def plot(found: dict, path: str) -> None:
-    """Validation PSNR against training step (pre-training included), one panel per task, mean
-    over seeds."""
+    """Validation PSNR against training step (pre-training included), one panel per task, mean over seeds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

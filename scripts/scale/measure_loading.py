@@ -70,8 +70,7 @@ FAILURES = (OSError, RuntimeError, MemoryError)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line, its numbers and parts checked (one line on stderr and SystemExit(2)
-    otherwise); ``parts`` as a tuple."""
+    """The command line, its numbers and parts checked (else one line, exit status 2); ``parts`` a tuple."""
     p = OptionParser(prog=PROG, description="Measure start-up, memory and throughput of loading.")
     p.add_argument("folder", help="the folder of images the stream reads")
     p.add_argument("--workers", type=int, default=4, help="loader workers (memory, start-up)")
@@ -244,7 +243,7 @@ def measure_variant(args: argparse.Namespace, variant: str, cache: str) -> dict:
     except subprocess.TimeoutExpired:
         end_child(process)
         raise cli.Refusal(f"the {variant} run took more than {CHILD_TIMEOUT_S} s: give fewer "
-                           f"--steps") from None
+                          f"--steps") from None
     except BaseException:  # a stop: the row's process ends first
         end_child(process)
         raise
@@ -278,10 +277,10 @@ def startup_tables(args: argparse.Namespace, cache: str) -> str:
         results.append(measure_variant(args, variant, cache))
         if variant == "walked" and cache_stamp(cache) is None:
             raise cli.Refusal(f"the walked run did not cache the listing in {shown(cache)} (a "
-                               f"folder under FOLDER changed meanwhile?): run again")
+                              f"folder under FOLDER changed meanwhile?): run again")
         if variant == "cached" and cache_stamp(cache) != written:
             raise cli.Refusal("the cached run walked FOLDER again (it changed during the "
-                               "measurement): run again")
+                              "measurement): run again")
     lines = [f"Start-up ({results[0]['files']:,} files, {args.workers} workers, batch "
              f"{args.batch_size}, patch {args.patch_size}):", "",
              *table(["file list", "listed s", "listed + stream built s", "first batch s",
@@ -337,8 +336,7 @@ def decoding_line(args: argparse.Namespace, source) -> str:
     next(decoded(load, refs[-1:]), None)  # warm-up
     seconds, count = timed(lambda: sum(1 for _ in decoded(load, refs)))
     if not count:
-        raise cli.Refusal(f"none of the first {len(refs)} files under {shown(args.folder)} "
-                           f"could be decoded")
+        raise cli.Refusal(f"none of the first {len(refs)} files under {shown(args.folder)} could be decoded")
     return rate_line("(reading and decoding the JPEG alone)", count, seconds)
 
 
