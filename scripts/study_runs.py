@@ -208,13 +208,12 @@ def collect(a: argparse.Namespace) -> None:
                   if name in {row.pretraining for row in rows}]
         names += [run_dir("", seed, finetune_name(row, task)) + end
                   for task in tasks for row in rows for end in ("", "_eval")]
-    for name in names:
-        for file in RECORD_FILES:
-            source = os.path.join(a.work, name, file)
-            if os.path.isfile(source):
-                target = os.path.join(a.records, name, file)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                shutil.copyfile(source, target)
+    for name, file in itertools.product(names, RECORD_FILES):
+        source = os.path.join(a.work, name, file)
+        if os.path.isfile(source):
+            target = os.path.join(a.records, name, file)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(source, target)
     if a.variant != "main":
         return
     machine = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else
