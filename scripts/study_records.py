@@ -1,6 +1,7 @@
 """The study's design (its rows and tasks) and its records read back: metrics.json, study.json, logs."""
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -133,27 +134,20 @@ class Result:
 
 
 def gather(records: str, manifest: dict) -> dict[int, dict[str, dict[str, Result]]]:
-    """{seed: {row: {task: Result}}} from the records of every run."""
+    """{seed: {row: {task: Result}}} from the records of every run (the variants' when there)."""
     found: dict[int, dict[str, dict[str, Result]]] = {seed: {} for seed in manifest["seeds"]}
     variant = all(os.path.isdir(run_dir(records, s, finetune_name(EMA_ROW, "sr2"))) for s in found)
-    for seed in found:
-        for rows, tasks in VARIANTS.values() if variant else [VARIANTS["main"]]:
-            gather_rows(found[seed], records, seed, rows, tasks)
+    for seed, (rows, tasks) in itertools.product(found, VARIANTS.values() if variant else [VARIANTS["main"]]):
+        for row in rows:
+            pre_steps, pre_seconds = 0, 0.0
+            if row.pretraining:
+                pre = finished_record(run_dir(records, seed, f"pretrain_{row.pretraining}"))
+                pre_steps, pre_seconds = int(pre.get("step", 0)), float(pre["train_seconds"])
+            for task in tasks:
+                run = run_dir(records, seed, finetune_name(row, task))
+                fine = finished_record(run)
+                found[seed].setdefault(row.name, {})[task] = Result(
+                    scores(run + "_eval", TASKS[task], task), pre_steps + int(fine.get("step", 0)),
+                    pre_seconds + float(fine["train_seconds"]),
+                    [(pre_steps + k, v) for k, v in curve(run)])
     return found
-
-
-def gather_rows(found: dict[str, dict[str, Result]], records: str, seed: int, rows: tuple[Row, ...],
-                tasks: tuple[str, ...]) -> None:
-    """{row: {task: Result}} of one seed's ``rows`` fine-tuning ``tasks``, added to ``found``."""
-    for row in rows:
-        pre_steps, pre_seconds = 0, 0.0
-        if row.pretraining:
-            pre = finished_record(run_dir(records, seed, f"pretrain_{row.pretraining}"))
-            pre_steps, pre_seconds = int(pre.get("step", 0)), float(pre["train_seconds"])
-        for task in tasks:
-            run = run_dir(records, seed, finetune_name(row, task))
-            fine = finished_record(run)
-            found.setdefault(row.name, {})[task] = Result(
-                scores(run + "_eval", TASKS[task], task), pre_steps + int(fine.get("step", 0)),
-                pre_seconds + float(fine["train_seconds"]),
-                [(pre_steps + k, v) for k, v in curve(run)])

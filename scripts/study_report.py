@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import pathlib
 import shlex
 import statistics
 
@@ -41,8 +42,7 @@ def spread(values: list[float], digits: int = 3) -> str:
 
 
 def difference(found: dict, row: str, reference: str, task: str) -> str:
-    """The PSNR difference of ``row`` to ``reference``: mean [95% interval], bold when the
-    interval leaves out 0."""
+    """The PSNR difference of ``row`` to ``reference``: mean [95% interval], bold when it leaves out 0."""
     diffs = [found[s][row][task].scores["psnr_y"] - found[s][reference][task].scores["psnr_y"]
              for s in found]
     interval = paired_interval(diffs)
@@ -86,8 +86,7 @@ def table_rows(found: dict, task: str) -> list:
 
 
 def plot(found: dict, path: str) -> None:
-    """Validation PSNR against training step (pre-training included), one panel per task, mean
-    over seeds."""
+    """Validation PSNR against training step (pre-training included), one panel per task, mean over seeds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -116,9 +115,7 @@ def report(m: dict, found: dict, plot_name: str) -> str:
     clear = [f"- {row.name} ({task}, to {ref.name}): {diff.strip('*')} dB" for task in TASKS
              for row in table_rows(found, task)[2:] for ref in (REFERENCE, SECONDS_REFERENCE)
              if (diff := difference(found, row.name, ref.name, task)).startswith("**")]  # bold: excludes 0
-    with open(TEMPLATE, encoding="utf-8") as f:
-        template = f.read()
-    return template.format_map({**m, **dict(
+    return pathlib.Path(TEMPLATE).read_text(encoding="utf-8").format_map({**m, **dict(
         command=markdown_text(" ".join(shlex.quote(x) for x in m["command"])),
         machine=markdown_text(m["machine"]), seeds="+".join(map(str, m["seeds"])),
         options=", " + markdown_text(m["options"]) if m["options"] else "",

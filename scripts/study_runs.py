@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shlex
 import shutil
@@ -141,15 +142,6 @@ def launch(a: argparse.Namespace, save: str, args: list[str], steps: int | None 
     run_main([*args, "--save", save, *common(a)], a.launcher)
 
 
-def pretrain(a: argparse.Namespace, name: str, seed: int, data: str) -> str:
-    """Pre-train ``name`` (its heads, one task a batch); the model file."""
-    run = run_dir(a.work, seed, f"pretrain_{name}")
-    scale, tasks = PRETRAININGS[name]
-    launch(a, run, ["--scale", scale, "--tasks", tasks, "--con_loss", "--dir_data", data, "--seed", str(seed),
-                    "--test_every", NO_VALIDATION], a.pretrain_steps)
-    return os.path.join(run, "model", "model_latest.pt")
-
-
 def row_steps(a: argparse.Namespace, root: str, row: Row, task: str, seed: int) -> int:
     """The fine-tuning steps of a row: --finetune_steps; their sum with --pretrain_steps (the
     reference at equal steps); or as many as the reference's own speed fits into the training
@@ -168,18 +160,6 @@ def row_steps(a: argparse.Namespace, root: str, row: Row, task: str, seed: int) 
     return max(1, round(target / per_step)) if per_step > 0 else total
 
 
-def finetune(a: argparse.Namespace, row: Row, task: str, seed: int, data: str,
-             checkpoints: dict[str, str]) -> str:
-    """Fine-tune ``task`` from the row's pre-training (validating on the way); the run."""
-    run = run_dir(a.work, seed, finetune_name(row, task))
-    start = ["--pretrain", checkpoints[row.pretraining]] if row.pretraining else []
-    start += ["--init_from", row.init_from] if row.init_from else []  # rows with a pre-training only
-    start += ["--ema_decay", str(row.ema_decay)] if row.ema_decay else []
-    launch(a, run, [*task_options(task), *start, "--dir_data", data, "--seed", str(seed), "--test_every",
-                    str(a.val_every), "--chop", "fast"], row_steps(a, a.work, row, task, seed))
-    return run
-
-
 def evaluate(a: argparse.Namespace, run: str, task: str, test_data: str) -> dict:
     """The fine-tuned model's metrics on the task's test set (TILING of the task)."""
     launch(a, run + "_eval", ["--test_only", *task_options(task), "--dir_data", test_data,
@@ -189,19 +169,32 @@ def evaluate(a: argparse.Namespace, run: str, task: str, test_data: str) -> dict
 
 
 def run_all(a: argparse.Namespace) -> None:
-    """Every run of every seed: the pre-trainings, then per task each row's fine-tuning and
-    evaluation, the equal-seconds reference last (its steps come from the others' seconds)."""
+    """Every run of every seed: the pre-trainings the rows start from (their heads, one task a
+    batch), then per task each row's fine-tuning (validating on the way) and evaluation, the
+    equal-seconds reference last (its steps come from the others' seconds)."""
     data, test = os.path.join(a.work, "data"), os.path.join(a.work, "test")
     make_pool(a.pool, data, a.smoke)
     test_sets(a.dir_data, data, a.val_images)  # what fine-tuning validates on
     test_sets(a.dir_data, test, a.noise_images)  # what the table scores
     rows, tasks = study_records.VARIANTS[a.variant]
+    pretrainings = [name for name in PRETRAININGS if name in {row.pretraining for row in rows}]
     for seed in a.seeds:
-        checkpoints = {name: pretrain(a, name, seed, data) for name in PRETRAININGS
-                       if any(row.pretraining == name for row in rows)}
-        for task in tasks:
-            for row in rows:
-                evaluate(a, finetune(a, row, task, seed, data, checkpoints), task, test)
+        checkpoints = {}
+        for name in pretrainings:
+            run = run_dir(a.work, seed, f"pretrain_{name}")
+            scale, heads = PRETRAININGS[name]
+            launch(a, run, ["--scale", scale, "--tasks", heads, "--con_loss", "--dir_data", data,
+                            "--seed", str(seed), "--test_every", NO_VALIDATION], a.pretrain_steps)
+            checkpoints[name] = os.path.join(run, "model", "model_latest.pt")
+        for task, row in itertools.product(tasks, rows):
+            run = run_dir(a.work, seed, finetune_name(row, task))
+            start = ["--pretrain", checkpoints[row.pretraining]] if row.pretraining else []
+            start += ["--init_from", row.init_from] if row.init_from else []  # rows with a pre-training only
+            start += ["--ema_decay", str(row.ema_decay)] if row.ema_decay else []
+            args = [*task_options(task), *start, "--dir_data", data, "--seed", str(seed), "--test_every",
+                    str(a.val_every), "--chop", "fast"]
+            launch(a, run, args, row_steps(a, a.work, row, task, seed))
+            evaluate(a, run, task, test)
 
 
 # The records: the runs' small files, copied under --records, and the study's own study.json
@@ -212,16 +205,15 @@ def collect(a: argparse.Namespace) -> None:
     rows, tasks = study_records.VARIANTS[a.variant]
     for seed in a.seeds:
         names += [run_dir("", seed, f"pretrain_{name}") for name in PRETRAININGS
-                  if any(row.pretraining == name for row in rows)]
+                  if name in {row.pretraining for row in rows}]
         names += [run_dir("", seed, finetune_name(row, task)) + end
                   for task in tasks for row in rows for end in ("", "_eval")]
-    for name in names:
-        for file in RECORD_FILES:
-            source = os.path.join(a.work, name, file)
-            if os.path.isfile(source):
-                target = os.path.join(a.records, name, file)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                shutil.copyfile(source, target)
+    for name, file in itertools.product(names, RECORD_FILES):
+        source = os.path.join(a.work, name, file)
+        if os.path.isfile(source):
+            target = os.path.join(a.records, name, file)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copyfile(source, target)
     if a.variant != "main":
         return
     machine = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else

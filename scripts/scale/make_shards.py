@@ -15,7 +15,7 @@ import os
 import random
 import sys
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import runfolder
 from data.images import IMAGE_EXTENSIONS, open_regular, why_unreadable
@@ -64,13 +64,17 @@ def write_shard(path: str, src: str, files: Sequence[str]) -> tuple[int, list[st
     return packed, skipped
 
 
-def write_shards(out: str, src: str, files: Sequence[str],
-                 per_shard: int) -> tuple[dict[str, int], list[str]]:
-    """The shards of ``files`` and their shards.json in ``out``: ({shard: images}, skipped)."""
+def write_shards(out: str, src: str, chunks: Iterable[Sequence[str]]) -> tuple[dict[str, int], list[str]]:
+    """A shard of each chunk of files and their shards.json in ``out``: ({shard: images}, skipped);
+    a shard already there (an interrupted run's: written whole or not at all) is kept."""
     counts, skipped = {}, []
-    for i, start in enumerate(range(0, len(files), per_shard)):
+    for i, chunk in enumerate(chunks):
         name = SHARD_NAME.format(i)
-        counts[name], missed = write_shard(os.path.join(out, name), src, files[start:start + per_shard])
+        path = os.path.join(out, name)
+        if os.path.isfile(path):
+            counts[name] = len(chunk)
+            continue
+        counts[name], missed = write_shard(path, src, chunk)
         skipped += missed
     runfolder.write_json(os.path.join(out, SHARD_INDEX), {"shards": counts})
     return counts, skipped
@@ -102,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.makedirs(args.out, exist_ok=True)
         if any(n.endswith(".tar") for n in os.listdir(args.out)):
             return say(PROG, f"{args.out} already holds .tar files: give an empty or new folder", FAILED)
-        counts, missed = write_shards(args.out, args.src, files, args.per_shard)
+        chunks = (files[start:start + args.per_shard] for start in range(0, len(files), args.per_shard))
+        counts, missed = write_shards(args.out, args.src, chunks)
     except OSError as e:  # SaveError names the shard, the reason and the free space
         why = str(e) if isinstance(e, runfolder.SaveError) else \
             f"cannot write shards to {args.out}: {e.strerror or e}"

@@ -13,6 +13,7 @@ other load: run it when the machine is quiet.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -63,18 +64,13 @@ LIMITS = {"workers": (1, 64), "batch_size": (1, 1024),
 MAX_BATCH_PIXELS = 1 << 26  # batch_size x HR crop area: a float HR batch of at most 768 MiB
 MAX_SCALE = max(task_scale(t) for t in TASKS)  # sr4: its HR crop is this times the patch
 PROBE_IMAGES = 8  # images decoded before measuring: the crops must fit in one of them
-# what a measurement can fail with (DataLayoutError, ImageReadError and MeasureError are
-# RuntimeErrors, as is a loader worker's death): one line and exit status 1
+# what a measurement can fail with (DataLayoutError, ImageReadError and a loader worker's death are
+# RuntimeErrors), as with a cli.Refusal (one that cannot be made or trusted): one line, exit status 1
 FAILURES = (OSError, RuntimeError, MemoryError)
 
 
-class MeasureError(RuntimeError):
-    """A measurement that cannot be made or trusted."""
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line, its numbers and parts checked (one line on stderr and SystemExit(2)
-    otherwise); ``parts`` as a tuple."""
+    """The command line, its numbers and parts checked (else one line, exit status 2); ``parts`` a tuple."""
     p = OptionParser(prog=PROG, description="Measure start-up, memory and throughput of loading.")
     p.add_argument("folder", help="the folder of images the stream reads")
     p.add_argument("--workers", type=int, default=4, help="loader workers (memory, start-up)")
@@ -101,7 +97,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def check_paths(args: argparse.Namespace) -> str | None:
-    """What is wrong with FOLDER or --cache (nothing is written), or None."""
+    """What is wrong with FOLDER or --cache (a file this process can replace), or None; nothing is
+    written but a file created beside --cache and removed, to find out."""
     problem = cli.path_problem(args.folder)
     if problem is None and not os.path.isdir(args.folder):
         problem = f"is {cli.kind_of(args.folder)}" if os.path.lexists(args.folder) else "does not exist"
@@ -110,12 +107,9 @@ def check_paths(args: argparse.Namespace) -> str | None:
     if "startup" in args.parts and not os.path.exists(SMAPS):
         return f"--parts startup reads {SMAPS} (Linux 4.14 and later), missing here: give " \
                f"--parts throughput"
-    return cache_problem(args.cache) if args.cache is not None else None
-
-
-def cache_problem(cache: str) -> str | None:
-    """Why --cache cannot be the listing cache (a file this process can replace), or None; a
-    file is created beside it and removed to find out."""
+    cache = args.cache
+    if cache is None:
+        return None
     named = f"--cache {shown(cache)}"
     problem = cli.path_problem(cache)
     if problem:
@@ -130,19 +124,11 @@ def cache_problem(cache: str) -> str | None:
             if why else None)
 
 
-def one_line(error: BaseException) -> str:
-    """An error in one line: a loader worker's own error (its last line), else the first line."""
-    return shown(utility.last_line(error))
-
-
 def memory(pid: int) -> dict[str, float]:
     """RSS, PSS and USS of a process in MiB, from /proc/PID/smaps_rollup."""
-    values = {}
     with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in SMAPS_FIELDS:
-                values[key] = int(rest.split()[0]) / 1024  # kB
+        fields = (line.partition(":") for line in f)
+        values = {key: int(rest.split()[0]) / 1024 for key, _, rest in fields if key in SMAPS_FIELDS}  # kB
     return {"rss": values["Rss"], "pss": values["Pss"],
             "uss": values["Private_Clean"] + values["Private_Dirty"]}
 
@@ -163,16 +149,6 @@ class Touching(IterableDataset):
         return iter(self.stream)
 
 
-def open_variant(folder: str, variant: str, cache: str):
-    """The source of a variant: the old lists, or the compact index walked or from the cache."""
-    if variant == "list":  # what _source_at did before the compact index
-        files, _ = walk_images(folder)
-        return FileSource(files, [os.path.relpath(f, folder) for f in files])
-    if variant == "walked" and os.path.exists(cache):
-        os.remove(cache)
-    return open_source(folder, listing_cache=cache)
-
-
 def run_loader(args: argparse.Namespace, stream, touch: bool) -> tuple[float, dict]:
     """(seconds to the first batch, memory after the steps) of a DataLoader over the stream."""
     start = time.monotonic()
@@ -184,9 +160,8 @@ def run_loader(args: argparse.Namespace, stream, touch: bool) -> tuple[float, di
         first = time.monotonic() - start
         for _ in range(args.steps - 1):
             next(batches)
-        found = {"main": memory(os.getpid())}
-        for i, worker in enumerate(batches._workers):
-            found[f"worker {i}"] = memory(worker.pid)
+        found = {"main": memory(os.getpid()),
+                 **{f"worker {i}": memory(worker.pid) for i, worker in enumerate(batches._workers)}}
     finally:
         # the workers ended now, on an error or a stop too: they ignore SIGTERM, which is how
         # multiprocessing ends them at exit, while it waits for them (a hang)
@@ -195,13 +170,19 @@ def run_loader(args: argparse.Namespace, stream, touch: bool) -> tuple[float, di
 
 
 def child(args: argparse.Namespace) -> dict:
-    """One variant's start-up and memory, measured in this fresh process."""
+    """One variant's start-up and memory, measured in this fresh process: its source the old lists,
+    or the compact index walked or from the cache."""
     before = memory(os.getpid())
     start = time.monotonic()
-    source = open_variant(args.folder, args.child, args.cache)
+    if args.child == "list":  # what _source_at did before the compact index
+        files, _ = walk_images(args.folder)
+        source = FileSource(files, [os.path.relpath(f, args.folder) for f in files])
+    else:
+        if args.child == "walked" and os.path.exists(args.cache):
+            os.remove(args.cache)
+        source = open_source(args.folder, listing_cache=args.cache)
     listed = time.monotonic() - start
-    stream = PairStream(source, list(TASKS), batch_size=args.batch_size,
-                        patch_size=args.patch_size)
+    stream = PairStream(source, list(TASKS), batch_size=args.batch_size, patch_size=args.patch_size)
     built = time.monotonic() - start
     after = memory(os.getpid())
     first, steps = run_loader(args, stream, touch=False)
@@ -231,7 +212,7 @@ def run_child(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return stops.INTERRUPTED
         except FAILURES as e:
-            return cli.say(PROG, one_line(e), cli.FAILED)
+            return cli.say(PROG, shown(utility.last_line(e)), cli.FAILED)
 
 
 def end_child(process: subprocess.Popen) -> None:
@@ -251,7 +232,7 @@ def end_child(process: subprocess.Popen) -> None:
 
 
 def measure_variant(args: argparse.Namespace, variant: str, cache: str) -> dict:
-    """Run one variant in a fresh process; its figures (MeasureError when it fails)."""
+    """Run one variant in a fresh process; its figures (a Refusal when it fails)."""
     numbers = [f"--{name}={getattr(args, name)}" for name in ("workers", "batch_size", "patch_size", "steps")]
     command = [sys.executable, "-m", MODULE, os.path.abspath(args.folder), "--child", variant,
                "--cache", os.path.abspath(cache), *numbers]
@@ -261,14 +242,14 @@ def measure_variant(args: argparse.Namespace, variant: str, cache: str) -> dict:
         out, err = process.communicate(timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         end_child(process)
-        raise MeasureError(f"the {variant} run took more than {CHILD_TIMEOUT_S} s: give fewer "
-                           f"--steps") from None
+        raise cli.Refusal(f"the {variant} run took more than {CHILD_TIMEOUT_S} s: give fewer "
+                          f"--steps") from None
     except BaseException:  # a stop: the row's process ends first
         end_child(process)
         raise
     if process.returncode:
         said = err.strip().splitlines()[-1:] or [f"exit status {process.returncode}"]
-        raise MeasureError(f"the {variant} run failed: {said[0].removeprefix(PROG + ': ')}")
+        raise cli.Refusal(f"the {variant} run failed: {said[0].removeprefix(PROG + ': ')}")
     sys.stderr.write(err)
     return json.loads(out.strip().splitlines()[-1])
 
@@ -295,11 +276,11 @@ def startup_tables(args: argparse.Namespace, cache: str) -> str:
         written = cache_stamp(cache)
         results.append(measure_variant(args, variant, cache))
         if variant == "walked" and cache_stamp(cache) is None:
-            raise MeasureError(f"the walked run did not cache the listing in {shown(cache)} (a "
-                               f"folder under FOLDER changed meanwhile?): run again")
+            raise cli.Refusal(f"the walked run did not cache the listing in {shown(cache)} (a "
+                              f"folder under FOLDER changed meanwhile?): run again")
         if variant == "cached" and cache_stamp(cache) != written:
-            raise MeasureError("the cached run walked FOLDER again (it changed during the "
-                               "measurement): run again")
+            raise cli.Refusal("the cached run walked FOLDER again (it changed during the "
+                              "measurement): run again")
     lines = [f"Start-up ({results[0]['files']:,} files, {args.workers} workers, batch "
              f"{args.batch_size}, patch {args.patch_size}):", "",
              *table(["file list", "listed s", "listed + stream built s", "first batch s",
@@ -344,11 +325,8 @@ def throughput_table(args: argparse.Namespace, source) -> str:
 def decoded(load: Callable, refs: Sequence[int]) -> Iterator:
     """The images of ``refs`` that ``load`` decodes; the others are skipped, as the stream skips them."""
     for ref in refs:
-        try:
-            image = load(ref)
-        except ImageReadError:
-            continue
-        yield image
+        with contextlib.suppress(ImageReadError):
+            yield load(ref)
 
 
 def decoding_line(args: argparse.Namespace, source) -> str:
@@ -358,8 +336,7 @@ def decoding_line(args: argparse.Namespace, source) -> str:
     next(decoded(load, refs[-1:]), None)  # warm-up
     seconds, count = timed(lambda: sum(1 for _ in decoded(load, refs)))
     if not count:
-        raise MeasureError(f"none of the first {len(refs)} files under {shown(args.folder)} "
-                           f"could be decoded")
+        raise cli.Refusal(f"none of the first {len(refs)} files under {shown(args.folder)} could be decoded")
     return rate_line("(reading and decoding the JPEG alone)", count, seconds)
 
 
@@ -415,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli.say(PROG, problem, cli.BAD_OPTION)
     return cli.run_stoppable(PROG, lambda stop: measure(args), lambda signum: (
         f"stopped by {stops.signal_name(signum)}: the tables printed so far are complete"),
-        FAILURES, one_line)
+        FAILURES, lambda e: shown(utility.last_line(e)))  # a loader worker's error: its last line
 
 
 if __name__ == "__main__":

@@ -31,11 +31,11 @@ from tqdm import tqdm  # noqa: E402
 import records  # noqa: E402
 import runfolder  # noqa: E402
 import utility  # noqa: E402
-from data.sources import SHARD_INDEX, TAR_BLOCK  # noqa: E402
+from data.sources import TAR_BLOCK  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 from report import printable as shown  # noqa: E402
 from scripts.cli import BAD_OPTION, FAILED, check_limits, kind_of, path_problem, run_stoppable, say  # noqa: E402
-from scripts.scale.make_shards import SHARD_NAME, write_shard  # noqa: E402
+from scripts.scale.make_shards import SHARD_NAME, write_shards  # noqa: E402
 
 IMAGENET_FILES = 1281167  # ILSVRC-2012 train images
 IMAGENET_CLASSES = 1000
@@ -81,14 +81,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def read_record(root: str) -> dict | None:
-    """ROOT/simulated.json, None if there is none; RecordError if it is not this script's."""
-    path = os.path.join(root, RECORD)
-    if not os.path.lexists(path):
-        return None
-    return records.read_json(path, records.SIMULATED, "give a new folder", RECORD_MAX_BYTES)
-
-
 def check_root(args: argparse.Namespace) -> str | None:
     """What is wrong with ROOT (nothing is written), or None."""
     root = args.root
@@ -100,9 +92,11 @@ def check_root(args: argparse.Namespace) -> str | None:
     if not os.path.isdir(above):
         where = "is" if above == os.path.abspath(root) else f"is under {shown(above)}, which is"
         return f"{named} {where} {kind_of(above)}: give a new folder, or one this script built"
+    path = os.path.join(root, RECORD)
     try:
-        record = read_record(root)
-    except utility.RecordError as e:  # names the file and what is wrong with it
+        record = (records.read_json(path, records.SIMULATED, "give a new folder", RECORD_MAX_BYTES)
+                  if os.path.lexists(path) else None)
+    except utility.RecordError as e:  # not this script's record: names the file and what is wrong
         return f"ROOT {shown(str(e))}"
     if record is None and os.path.lexists(os.path.join(root, "train")):
         return f"{named}/train exists but {RECORD} does not (not built by this script): " \
@@ -200,24 +194,15 @@ def build_train(root: str, pool: Sequence[str], classes: list[tuple[str, list[in
     return done
 
 
-def build_shards(root: str, classes: list[tuple[str, list[int]]], shards: int, members: int,
-                 seed: int) -> int:
-    """``shards`` tars of ``members`` copies of ROOT/train's files (in a seeded order, again from
-    the first after the last), under their names, and their shards.json; a shard already written
-    by an interrupted run is kept."""
-    folder = os.path.join(root, "shards")
+def build_shards(args: argparse.Namespace, classes: list[tuple[str, list[int]]]) -> int:
+    """``--shards`` tars of ``--shard_members`` copies of ROOT/train's files (in a seeded order, again
+    from the first after the last), under their names, and their shards.json (see write_shards)."""
+    folder, shards, members = os.path.join(args.root, "shards"), args.shards, args.shard_members
     os.makedirs(folder, exist_ok=True)
-    names = [f"{w}/{w}_{k}.JPEG" for w, numbers in classes for k in numbers]
-    random.Random(seed).shuffle(names)
-    counts = {}
-    for s in tqdm(range(shards), desc="shards", mininterval=PROGRESS_EVERY_S):
-        name = SHARD_NAME.format(s)
-        path = os.path.join(folder, name)
-        if not os.path.isfile(path):
-            chunk = [names[(s * members + m) % len(names)] for m in range(members)]
-            write_shard(path, root, [os.path.join(root, "train", member) for member in chunk])
-        counts[name] = members
-    runfolder.write_json(os.path.join(folder, SHARD_INDEX), {"shards": counts})
+    paths = [os.path.join(args.root, "train", w, f"{w}_{k}.JPEG") for w, numbers in classes for k in numbers]
+    random.Random(args.seed).shuffle(paths)
+    chunks = ([paths[(s * members + m) % len(paths)] for m in range(members)] for s in range(shards))
+    write_shards(folder, args.root, tqdm(chunks, total=shards, desc="shards", mininterval=PROGRESS_EVERY_S))
     return shards * members
 
 
@@ -230,8 +215,7 @@ def build(args: argparse.Namespace) -> int:
     pool = make_pool(os.path.join(args.root, "pool"), args.pool, args.seed)
     classes = class_names(args.classes, args.files, args.seed)
     files = build_train(args.root, pool, classes)
-    members = (build_shards(args.root, classes, args.shards, args.shard_members, args.seed)
-               if args.shards else 0)
+    members = build_shards(args, classes) if args.shards else 0
     seconds = time.monotonic() - start
     sizes = [os.path.getsize(p) for p in pool]
     record = {**options, "complete": True, "pool_mean_bytes": round(sum(sizes) / len(sizes)),
