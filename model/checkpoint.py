@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import pathlib
 import re
 from collections.abc import Mapping, Sequence
 
@@ -134,9 +135,7 @@ def write_safetensors(state: Mapping[str, Tensor], path: str, architecture: dict
     metadata = {"format": "pt"}
     if architecture is not None:
         metadata[ARCHITECTURE_METADATA] = json.dumps(architecture)
-    data = save(tensors, metadata=metadata)
-    with open(path, "wb") as f:
-        f.write(data)
+    pathlib.Path(path).write_bytes(save(tensors, metadata=metadata))
 
 
 def unwrap_state_dict(obj: object, path: str = "<checkpoint>") -> dict[str, Tensor]:
@@ -366,7 +365,8 @@ def check_fits(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None
     for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
         if items:
             lines.append(f"  {title} keys ({len(items)}): {_shorten(items)}")
-    hints = option_hints(missing + unexpected + misshaped)
+    differing = missing + unexpected + misshaped
+    hints = [option for pattern, option in HINTS if any(re.search(pattern, k) for k in differing)]
     if hints:
         lines.append("  options that probably differ: " + ", ".join(hints))
     read_off = ipt_options_of(state)
@@ -445,11 +445,6 @@ HINTS = (  # (pattern in a differing key, option that shapes it)
     (r"^(patch_embed|output|down|up)", "--dim"),
     (r"(project_in|project_out|qkv|reduce_chan_level\d|output)\.bias", "--bias"),
 )
-
-
-def option_hints(keys: list[str]) -> list[str]:
-    """Options whose value shapes one of the differing keys."""
-    return [option for pattern, option in HINTS if any(re.search(pattern, k) for k in keys)]
 
 
 def _shorten(items: list[str], limit: int = 12) -> str:

@@ -329,10 +329,7 @@ class IPT(nn.Module):
         if x.shape[-2:] != (self.patch_size, self.patch_size):
             raise ValueError(f"IPT's body takes {self.patch_size}x{self.patch_size} inputs, got "
                              f"{tuple(x.shape[-2:])}; use model.tiling.restore for whole images")
-        if mask is None:
-            h = self.head[task_id](self.sub_mean(x))
-        else:
-            h = self._masked_head(x, task_id, mask)
+        h = self.head[task_id](self.sub_mean(x)) if mask is None else self._masked_head(x, task_id, mask)
         res, tokens = self.body(h, task_id)
         out = self.add_mean(self.tail[task_id](res + h))
         return (out, tokens) if return_tokens else out
