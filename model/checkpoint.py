@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import os
-import pathlib
 import re
 from collections.abc import Mapping, Sequence
 
@@ -135,7 +134,9 @@ def write_safetensors(state: Mapping[str, Tensor], path: str, architecture: dict
     metadata = {"format": "pt"}
     if architecture is not None:
         metadata[ARCHITECTURE_METADATA] = json.dumps(architecture)
-    pathlib.Path(path).write_bytes(save(tensors, metadata=metadata))
+    data = save(tensors, metadata=metadata)
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def unwrap_state_dict(obj: object, path: str = "<checkpoint>") -> dict[str, Tensor]:
