@@ -3,6 +3,7 @@ how a --resume reads it back and puts every counter and random generator where i
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import random
@@ -59,14 +60,10 @@ def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     kind, keys, pos, has_gauss, gauss = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate(_tuples(states["python"]))
+    version, internal, gauss = states["python"]  # random.setstate needs tuples, not lists
+    random.setstate((version, tuple(internal), gauss))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def _tuples(value: object) -> object:
-    """Lists back to the tuples random.setstate needs."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 class Checkpointing:
@@ -268,9 +265,8 @@ def read_state(path: str) -> dict:
 def _check_optimizer_shapes(optimizer: torch.optim.Optimizer) -> None:
     """ValueError when a loaded optimiser state holds a tensor of another shape than its weight
     (load_state_dict checks the counts only; the first step would fail deep inside)."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            for name, value in optimizer.state.get(param, {}).items():
-                if isinstance(value, Tensor) and value.dim() > 0 and value.shape != param.shape:
-                    raise ValueError(f"its optimiser's {name} has shape {tuple(value.shape)} for a "
-                                     f"weight of shape {tuple(param.shape)}")
+    for param in itertools.chain.from_iterable(group["params"] for group in optimizer.param_groups):
+        for name, value in optimizer.state.get(param, {}).items():
+            if isinstance(value, Tensor) and value.dim() > 0 and value.shape != param.shape:
+                raise ValueError(f"its optimiser's {name} has shape {tuple(value.shape)} for a "
+                                 f"weight of shape {tuple(param.shape)}")

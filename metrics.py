@@ -46,9 +46,9 @@ def rgb_to_y(x: torch.Tensor, weights: tuple[float, float, float] = SSIM_Y_WEIGH
     return (x * w).sum(dim=-3, keepdim=True) + offset
 
 
-def _shave(x: torch.Tensor, border: int) -> torch.Tensor:
-    """``x`` without ``border`` pixels on each side (all of it when border is 0)."""
-    return x[..., border:-border, border:-border] if border > 0 else x
+def _shave(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """``x`` without ``scale`` pixels on each side (none at scale 1)."""
+    return x[..., scale:-scale, scale:-scale] if scale > 1 else x
 
 
 def calc_psnr(sr: torch.Tensor, hr: torch.Tensor, scale: int, rgb_range: float = 255,
@@ -58,21 +58,16 @@ def calc_psnr(sr: torch.Tensor, hr: torch.Tensor, scale: int, rgb_range: float =
     diff = (sr - hr) / rgb_range
     if y_channel:
         diff = rgb_to_y(diff, PSNR_Y_WEIGHTS, offset=0.0)
-    border = scale if scale > 1 else 0
-    mse = _shave(diff, border).pow(2).flatten(1).mean(dim=1)
+    mse = _shave(diff, scale).pow(2).flatten(1).mean(dim=1)
     return [float("inf") if m == 0 else -10 * math.log10(m) for m in mse.tolist()]
-
-
-def _gaussian_window(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The 11 taps of the normalised Gaussian of sigma 1.5 (as cv2.getGaussianKernel)."""
-    r = torch.arange(SSIM_WINDOW, dtype=dtype, device=device) - SSIM_WINDOW // 2
-    g = torch.exp(-(r ** 2) / (2 * SSIM_SIGMA ** 2))
-    return g / g.sum()
 
 
 def _ssim_maps(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """SSIM maps ('valid' filtering) of (N, 1, H, W) images on the 0..255 scale."""
-    g = _gaussian_window(x.dtype, x.device)
+    # the 11 taps of the normalised Gaussian of sigma 1.5 (as cv2.getGaussianKernel)
+    r = torch.arange(SSIM_WINDOW, dtype=x.dtype, device=x.device) - SSIM_WINDOW // 2
+    g = torch.exp(-(r ** 2) / (2 * SSIM_SIGMA ** 2))
+    g = g / g.sum()
 
     def filt(z: torch.Tensor) -> torch.Tensor:
         # the 11x11 window (the outer product of g with itself) as a column pass then a row pass:
@@ -96,11 +91,10 @@ def calc_ssim(sr: torch.Tensor, hr: torch.Tensor, scale: int, rgb_range: float =
     sr, hr = sr * (255 / rgb_range), hr * (255 / rgb_range)
     if y_channel:
         sr, hr = rgb_to_y(sr), rgb_to_y(hr)
-    border = scale if scale > 1 else 0
-    sr, hr = _shave(sr, border), _shave(hr, border)
+    sr, hr = _shave(sr, scale), _shave(hr, scale)
     b, c, h, w = sr.shape
     if h < SSIM_WINDOW or w < SSIM_WINDOW:
         raise ValueError(f"SSIM needs at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels after shaving "
-                         f"{border}, got {h}x{w}")
+                         f"{scale if scale > 1 else 0}, got {h}x{w}")
     maps = _ssim_maps(sr.reshape(b * c, 1, h, w), hr.reshape(b * c, 1, h, w))
     return maps.reshape(b, -1).mean(dim=1).tolist()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import html
+import itertools
 import logging
 import os
 import posixpath
@@ -80,9 +81,7 @@ def best_gain_window(inputs: Tensor, output: Tensor, target: Tensor, side: int) 
 
 def to_pil(image: Tensor) -> Image.Image:
     """A (C, H, W) tensor of 0..255 values as an RGB image (rounded, clamped; 1 channel as grey)."""
-    x = image.detach().cpu().float().clamp(0, 255).round().to(torch.uint8)
-    if x.shape[0] == 1:
-        x = x.expand(3, -1, -1)
+    x = image.detach().cpu().float().clamp(0, 255).round().to(torch.uint8).expand(3, -1, -1)
     return Image.fromarray(np.ascontiguousarray(x.permute(1, 2, 0).numpy()), mode="RGB")
 
 
@@ -364,11 +363,9 @@ def printable_tree(value: object) -> object:
         return value
     out: dict = {}
     for k, v in value.items():
-        key = printable(k)  # JSON keys: strings
-        twin = 1
+        key, twins = printable(k), itertools.count(2)  # JSON keys: strings
         while key in out:
-            twin += 1
-            key = f"{printable(k)} ({twin})"
+            key = f"{printable(k)} ({next(twins)})"
         out[key] = printable_tree(v)
     return out
 

@@ -366,7 +366,8 @@ def check_fits(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None
     for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)):
         if items:
             lines.append(f"  {title} keys ({len(items)}): {_shorten(items)}")
-    hints = option_hints(missing + unexpected + misshaped)
+    differing = missing + unexpected + misshaped
+    hints = [option for pattern, option in HINTS if any(re.search(pattern, k) for k in differing)]
     if hints:
         lines.append("  options that probably differ: " + ", ".join(hints))
     read_off = ipt_options_of(state)
@@ -445,11 +446,6 @@ HINTS = (  # (pattern in a differing key, option that shapes it)
     (r"^(patch_embed|output|down|up)", "--dim"),
     (r"(project_in|project_out|qkv|reduce_chan_level\d|output)\.bias", "--bias"),
 )
-
-
-def option_hints(keys: list[str]) -> list[str]:
-    """Options whose value shapes one of the differing keys."""
-    return [option for pattern, option in HINTS if any(re.search(pattern, k) for k in keys)]
 
 
 def _shorten(items: list[str], limit: int = 12) -> str:
