@@ -13,6 +13,7 @@ from PIL import Image
 import tasks
 from data import training
 from data.degrade import eval_noise_generator
+from data.sample import sample_photos
 from data.sources import TrainingDataError, seeded
 from data.stream import PairStream
 from data.training import DIV2K, RainTrainL
@@ -102,3 +103,12 @@ def test_seeds_are_unchanged_by_the_shared_hash():
     assert eval_noise_generator(1, "CBSD68", "x").initial_seed() == EVAL_1_CBSD68_X
     assert torch.equal(torch.randperm(5, generator=seeded(1, "epoch", 0)),
                        torch.randperm(5, generator=torch.Generator().manual_seed(SEEDED_1_EPOCH_0)))
+
+
+def test_the_sample_photos_are_skimage_datas_pixels():
+    """Read from scikit-image's data folder with Pillow, each photo is what skimage.data gives."""
+    left, right, _ = skimage.data.stereo_motorcycle()
+    expected = {"motorcycle_left": left, "motorcycle_right": right}
+    for name, image in sample_photos("test") + sample_photos("train"):
+        want = expected[name] if name in expected else getattr(skimage.data, name)()
+        assert torch.equal(image, torch.from_numpy(want[..., :3]).permute(2, 0, 1)), name
