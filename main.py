@@ -172,8 +172,7 @@ def prepare_run_dir(r: run_settings.RunSettings) -> None:
         os.makedirs(r.save, exist_ok=True)
     except OSError as e:
         raise JobError(f"{where}: cannot write there ({e.strerror or e})") from None
-    why = runfolder.unwritable(r.save)
-    if why:
+    if why := runfolder.unwritable(r.save):
         raise JobError(f"{where}: cannot write there ({why})")
 
 
@@ -253,24 +252,14 @@ def make_trainer(args: argparse.Namespace, s: run_settings.Settings, device: tor
              total, s.data.batch_size, world, steps_per_epoch)
     # every test set's layout, checked before step 1 when a validation will happen
     validate = evaluation.validator(model, s.evaluation, s.inference, check=s.train.test_every <= total)
-    schedule_steps = kept_schedule(saved, total)
+    schedule_steps = kept_schedule(saved, total, s.train)
     runner = trainer.Trainer(s.train, net, batches, validate, total, epoch_steps, rank, workers,
                              s.record, option_files.architecture_record(s.evaluation.model_name, s.model),
                              schedule_steps, world, split_origin)
     if saved:
         runner.load_state(saved, os.path.join(s.run.save, utility.STATE_NAME))
         log.info("resumed at step %d", runner.progress.step)
-    warn_schedule(s.train, schedule_steps)
     return runner
-
-
-def warn_schedule(t: run_settings.TrainSettings, steps: int) -> None:
-    """Warn when the cosine schedule's warm-up takes the whole run (its rate never comes down)."""
-    if t.schedule == "cosine" and t.warmup_steps >= steps:
-        log.warning("--warmup_steps %d is not shorter than the run's %d steps: the learning rate "
-                    "only warms up (to %.3g at the last step) and never follows the cosine; "
-                    "lower --warmup_steps", t.warmup_steps, steps,
-                    t.lr * min(steps, t.warmup_steps) / max(t.warmup_steps, 1))
 
 
 LOADER_SHARE = 4  # --threads 0 on the CPU: at most a quarter of the cores load data (2 cores: none)
@@ -311,15 +300,21 @@ def initialise(model: torch.nn.Module, r: run_settings.RunSettings) -> None:
         log.info("initialised from %s", r.pretrain)
 
 
-def kept_schedule(saved: dict | None, total: int) -> int:
+def kept_schedule(saved: dict | None, total: int, t: run_settings.TrainSettings) -> int:
     """The steps the learning-rate schedule spans: a resumed run keeps its original length (a
-    new --max_steps only moves where training stops), and says so."""
+    new --max_steps only moves where training stops), and says so; a warning when the cosine
+    schedule's warm-up takes them all (its rate never comes down)."""
     original = (saved or {}).get("schedule_steps", total)
     if original != total:
         log.warning("--resume: the learning-rate schedule keeps the %d steps this run started "
                     "with; training now stops at step %d%s", original, total,
                     " (past the schedule's end the rate stays at its final value)"
                     if total > original else "")
+    if t.schedule == "cosine" and t.warmup_steps >= original:
+        log.warning("--warmup_steps %d is not shorter than the run's %d steps: the learning rate "
+                    "only warms up (to %.3g at the last step) and never follows the cosine; "
+                    "lower --warmup_steps", t.warmup_steps, original,
+                    t.lr * min(original, t.warmup_steps) / max(t.warmup_steps, 1))
     return original
 
 

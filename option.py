@@ -105,12 +105,16 @@ def _finish(args: argparse.Namespace) -> None:
     _check_numbers(args)
     args.data_train = _split(args.data_train)
     args.scale_given = args.scale is not None
-    args.scale = _scales(DEFAULT_SCALE if args.scale is None else args.scale)
-    _check_sigma(args)
+    scale = DEFAULT_SCALE if args.scale is None else args.scale
+    args.scale = _ints("scale", scale)
+    if any(s not in SUPPORTED_SCALES for s in args.scale):
+        raise ValueError(f"--scale {scale!r}: each scale must be one of {SUPPORTED_SCALES}")
     _resolve_tasks(args)
     _check_architecture(args)
     _check_schedule(args)
-    args.decay_milestones = _milestones(args.decay)
+    args.decay_milestones = _ints("decay", args.decay, separator="-")  # step decay, in epochs
+    if args.decay_milestones != sorted(set(args.decay_milestones)):
+        raise ValueError(f"--decay {args.decay!r}: expected positive, increasing epochs, like 200-400")
     args.train_range, args.test_range = _data_range(args.data_range)
     args.data_test = _test_sets(args)  # from here on torch is loaded (the test sets' module needs it)
     _check_device(args)
@@ -144,27 +148,25 @@ def _test_sets(args: argparse.Namespace) -> list[str]:
     return canonical
 
 
-def _items(value: object) -> list | tuple:
-    """The items of a list option: a YAML list's, or the text's joined by +."""
-    return value if isinstance(value, (list, tuple)) else str(value).split("+")
+def _items(value: object, separator: str = "+") -> list | tuple:
+    """The items of a list option: a YAML list's, or the text's joined by ``separator``."""
+    return value if isinstance(value, (list, tuple)) else str(value).split(separator)
 
 
 def _split(value: object) -> list[str]:
     return [str(v).strip() for v in _items(value) if str(v).strip()]
 
 
-def _scales(value: object) -> list[int]:
-    scales = _ints("scale", value, [])
-    if any(s not in SUPPORTED_SCALES for s in scales):
-        raise ValueError(f"--scale {value!r}: each scale must be one of {SUPPORTED_SCALES}")
-    return scales
-
-
 def _resolve_tasks(args: argparse.Namespace) -> None:
-    """Set args.scale, args.task_names and args.task_id from --scale/--tasks/--task/--task_id."""
+    """Set args.scale, args.task_names and args.task_id from --scale/--tasks/--task/--task_id and the
+    authors' flags: --denoise (with --sigma) or --derain names one of the heads."""
+    printed = f"{args.sigma:g}"  # with --denoise, the number in the head's name
+    if args.denoise and not (SIGMA_IN_NAME.match(printed) and float(printed) == args.sigma):
+        raise ValueError(f"--sigma {args.sigma}: names no head denoise<sigma> exactly (it prints as "
+                         f"{printed}): give a plain decimal like 30 or 12.5")
     if args.denoise and args.derain:
         raise ValueError("--denoise and --derain name the same scale-1 head: give one of them")
-    flag_task = f"denoise{args.sigma:g}" if args.denoise else ("derain" if args.derain else None)
+    flag_task = f"denoise{printed}" if args.denoise else ("derain" if args.derain else None)
     if args.tasks:
         names = _split(args.tasks)
         implied = [task_scale(n) for n in names]
@@ -189,32 +191,19 @@ def _resolve_tasks(args: argparse.Namespace) -> None:
             raise ValueError(f"task name {n!r} is not one of sr<s>, derain, denoise<sigma>, mim")
     if len(set(names)) != len(names):
         raise ValueError(f"task names must differ, got {'+'.join(names)}")
-    if flag_task:
-        _check_flag_task(args, flag_task, names)
-    if flag_task and args.task is None and len(names) > 1:
-        args.task = flag_task  # the authors' flags pick that head of a multi-head model
+    if flag_task:  # the head --task/--task_id pick, if given
+        given = "--derain" if args.derain else f"--denoise --sigma {printed}"
+        if flag_task not in names:
+            raise ValueError(f"{given}: the model has no head {flag_task}; the heads are {'+'.join(names)}")
+        if args.task is not None and args.task != flag_task:
+            raise ValueError(f"{given} picks the head {flag_task}, not --task {args.task}: give one of them")
+        if args.task_id is not None and names.index(flag_task) != args.task_id:
+            raise ValueError(f"{given} picks head {names.index(flag_task)} ({flag_task}), "
+                             f"not --task_id {args.task_id}: give one of them")
+        if args.task is None and len(names) > 1:
+            args.task = flag_task  # the authors' flags pick that head of a multi-head model
     args.task_names = names
     args.task_id = _task_index(args, names)
-
-
-def _check_sigma(args: argparse.Namespace) -> None:
-    """--sigma is positive and, with --denoise, prints as the number in the head's name."""
-    printed = f"{args.sigma:g}"
-    if args.denoise and not (SIGMA_IN_NAME.match(printed) and float(printed) == args.sigma):
-        raise ValueError(f"--sigma {args.sigma}: names no head denoise<sigma> exactly (it prints as "
-                         f"{printed}): give a plain decimal like 30 or 12.5")
-
-
-def _check_flag_task(args: argparse.Namespace, flag_task: str, names: list[str]) -> None:
-    """--denoise (with --sigma) or --derain names one of the heads, the one --task/--task_id pick."""
-    given = "--derain" if args.derain else f"--denoise --sigma {args.sigma:g}"
-    if flag_task not in names:
-        raise ValueError(f"{given}: the model has no head {flag_task}; the heads are {'+'.join(names)}")
-    if args.task is not None and args.task != flag_task:
-        raise ValueError(f"{given} picks the head {flag_task}, not --task {args.task}: give one of them")
-    if args.task_id is not None and names.index(flag_task) != args.task_id:
-        raise ValueError(f"{given} picks head {names.index(flag_task)} ({flag_task}), "
-                         f"not --task_id {args.task_id}: give one of them")
 
 
 def _task_index(args: argparse.Namespace, names: list[str]) -> int | None:
@@ -274,12 +263,12 @@ def _check_architecture(args: argparse.Namespace) -> None:
     _check_progressive(args)
 
 
-def _ints(dest: str, value: object, default: list[int], length: int | None = None,
+def _ints(dest: str, value: object, default: list[int] | tuple = (), length: int | None = None,
           separator: str = "+") -> list[int]:
     """A list option of positive integers joined by ``separator`` (the default when not given)."""
     if value is None:
         return list(default)
-    items = value if isinstance(value, (list, tuple)) else str(value).split(separator)
+    items = _items(value, separator)
     numbers = [int(v) for v in items if str(v).strip().isdecimal()]
     if (len(numbers) != len(items) or (length is not None and len(numbers) != length) or not numbers
             or min(numbers) < 1):
@@ -296,9 +285,9 @@ def _check_progressive(args: argparse.Namespace) -> None:
     if any(v is None for v in stages):
         raise ValueError("progressive training needs all of --progressive_patches, "
                          "--progressive_batches and --progressive_steps")
-    patches = _ints("progressive_patches", args.progressive_patches, [])
-    batches = _ints("progressive_batches", args.progressive_batches, [], len(patches))
-    steps = _ints("progressive_steps", args.progressive_steps, [], len(patches))
+    patches = _ints("progressive_patches", args.progressive_patches)
+    batches = _ints("progressive_batches", args.progressive_batches, length=len(patches))
+    steps = _ints("progressive_steps", args.progressive_steps, length=len(patches))
     if max(patches) != args.patch_size or max(batches) != args.batch_size:
         raise ValueError(f"progressive training crops each batch from --patch_size x --batch_size: "
                          f"give --patch_size {max(patches)} --batch_size {max(batches)}")
@@ -313,7 +302,7 @@ def _check_schedule(args: argparse.Namespace) -> None:
         return
     if args.periods is None or args.eta_mins is None:
         raise ValueError("--schedule cyclic_cosine needs --periods A+B and --eta_mins A+B")
-    args.periods = _ints("periods", args.periods, [])
+    args.periods = _ints("periods", args.periods)
     try:
         args.eta_mins = [table.finite_float(str(v)) for v in _items(args.eta_mins)]
     except argparse.ArgumentTypeError:
@@ -497,14 +486,6 @@ def _data_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
             raise ValueError(f"--data_range {text!r}: {first}-{last} is no range of image numbers "
                              f"(from 1, FIRST <= LAST), like 1-800/801-810")
     return train, test
-
-
-def _milestones(decay: str) -> list[int]:
-    """--decay 'a-b': step-decay milestones in epochs, positive and increasing."""
-    milestones = _ints("decay", decay, [], separator="-")
-    if milestones != sorted(set(milestones)):
-        raise ValueError(f"--decay {decay!r}: expected positive, increasing epochs, like 200-400")
-    return milestones
 
 
 def training_options_given(args: argparse.Namespace) -> list[str]:

@@ -278,17 +278,16 @@ def read_training_record(checkpoint: str, strict: bool = False) -> dict | None:
 def numeric_fields(schema: object, path: str = "") -> list[tuple[str, dict]]:
     """Every (path, subschema) of ``schema`` that admits a number or integer, for the test that
     each declares a finite maximum."""
-    found = []
+    found, parts = [], {}  # parts: (key or index, subschema)
     if isinstance(schema, dict):
         kinds = schema.get("type", [])
-        kinds = [kinds] if isinstance(kinds, str) else kinds
-        if {"number", "integer"} & set(kinds):
+        if {"number", "integer"} & set([kinds] if isinstance(kinds, str) else kinds):
             found.append((path, schema))
-        for key, value in schema.items():
-            found += numeric_fields(value, f"{path}/{key}")
+        parts = schema
     elif isinstance(schema, list):
-        for i, value in enumerate(schema):
-            found += numeric_fields(value, f"{path}/{i}")
+        parts = dict(enumerate(schema))
+    for key, value in parts.items():
+        found += numeric_fields(value, f"{path}/{key}")
     return found
 
 
