@@ -117,8 +117,13 @@ def run(args: argparse.Namespace, s: run_settings.Settings, device: torch.device
     if given and s.run.test_only:
         log.warning("training options have no effect with --test_only: %s", " ".join(given))
     torch.manual_seed(s.run.seed)
-    if s.compile:
-        check_compiler()
+    if s.compile:  # torch.compile's inductor needs a C++ compiler
+        from torch._inductor import cpp_builder, exc
+        try:
+            cpp_builder.get_cpp_compiler()
+        except exc.InvalidCxxCompiler:
+            raise JobError("--compile needs a C++ compiler for torch's inductor (g++, or the one $CXX "
+                           "names) and none was found: install one, or run without --compile") from None
     try:
         if not s.run.test_only:
             return train(args, auto_resume(s), device)
@@ -134,16 +139,6 @@ def run(args: argparse.Namespace, s: run_settings.Settings, device: torch.device
             raise JobError(f"--compile: torch.compile failed ({type(cause).__name__}: "
                            f"{utility.last_line(cause)[:300]}): run without --compile") from None
         raise
-
-
-def check_compiler() -> None:
-    """JobError unless torch.compile can build here: its inductor needs a C++ compiler."""
-    from torch._inductor import cpp_builder, exc
-    try:
-        cpp_builder.get_cpp_compiler()
-    except exc.InvalidCxxCompiler:
-        raise JobError("--compile needs a C++ compiler for torch's inductor (g++, or the one $CXX "
-                       "names) and none was found: install one, or run without --compile") from None
 
 
 def auto_resume(s: run_settings.Settings) -> run_settings.Settings:

@@ -396,9 +396,20 @@ GIB = 2 ** 30
 
 def _check_memory(args: argparse.Namespace) -> None:
     """Refuse sizes that cannot fit before anything is allocated: a lower bound of the bytes the
-    model (built on torch's meta device, which allocates nothing) and its first batch need,
-    against the memory available (the CPU's, or the GPU's on CUDA). Names the options to lower."""
-    weights, activations, batch_option = _memory_needed(args)
+    model and its first batch need, against the memory available (the CPU's, or the GPU's on
+    CUDA). Names the options to lower."""
+    from model import parameter_count  # worked out from the options: any size, nothing built
+    params = parameter_count(model_config(args, list(range(len(args.scale)))))
+    weights = params * FLOAT_BYTES * (1 if args.test_only else TRAINING_COPIES)
+    batch_option = "--crop_batch_size" if args.test_only else "--batch_size"
+    batch = getattr(args, batch_option[2:])
+    side = args.patch_size * max(args.scale)
+    activations = batch * 3 * (args.patch_size ** 2 + side ** 2) * FLOAT_BYTES  # input and output
+    if args.model == "ipt":  # each of the body's layers holds (or, testing, passes on) its tokens
+        count = (args.patch_size // args.patch_dim) ** 2
+        width = args.n_feats * args.patch_dim ** 2
+        layers = 1 if args.test_only else 2 * args.num_layers
+        activations += batch * count * width * FLOAT_BYTES * layers
     available = _available_memory(args)
     if available is None or weights + activations <= available:
         return
@@ -409,33 +420,13 @@ def _check_memory(args: argparse.Namespace) -> None:
         lower = f"{batch_option} or --patch_size"
         what = f"the first batch needs {_gib(activations)} GiB beside the model's {_gib(weights)} GiB"
     raise ValueError(f"{what}, at least, and {_gib(available)} GiB are available: lower {lower} "
-                     f"(--patch_size {args.patch_size}, {batch_option} "
-                     f"{getattr(args, batch_option[2:])})")
+                     f"(--patch_size {args.patch_size}, {batch_option} {batch})")
 
 
 def _gib(size: int) -> str:
     """Bytes as GiB with one decimal; a power of ten past what a float holds (10^30 widths)."""
     gib = size // GIB
     return f"{size / GIB:.1f}" if gib < 10 ** 15 else f"10^{len(str(gib)) - 1}"
-
-
-def _memory_needed(args: argparse.Namespace) -> tuple[int, int, str]:
-    """(bytes of the weights, with gradients and Adam moments when training; a lower bound of the
-    first batch's bytes; the option that sets that batch)."""
-    from model import parameter_count  # worked out from the options: any size, nothing built
-    params = parameter_count(model_config(args, list(range(len(args.scale)))))
-    weights = params * FLOAT_BYTES * (1 if args.test_only else TRAINING_COPIES)
-    batch_option = "--crop_batch_size" if args.test_only else "--batch_size"
-    batch = args.crop_batch_size if args.test_only else args.batch_size
-    side = args.patch_size * max(args.scale)
-    images = batch * 3 * (args.patch_size ** 2 + side ** 2) * FLOAT_BYTES  # input and output
-    tokens = 0
-    if args.model == "ipt":  # each of the body's layers holds (or, testing, passes on) its tokens
-        count = (args.patch_size // args.patch_dim) ** 2
-        width = args.n_feats * args.patch_dim ** 2
-        layers = 1 if args.test_only else 2 * args.num_layers
-        tokens = batch * count * width * FLOAT_BYTES * layers
-    return weights, images + tokens, batch_option
 
 
 def _available_memory(args: argparse.Namespace) -> int | None:

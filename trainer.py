@@ -119,15 +119,6 @@ def lr_factor(schedule: str, milestones: list[int], gamma: float, warmup: int, t
     return {"cosine": cosine, "cyclic_cosine": cyclic_cosine}.get(schedule, step_decay)
 
 
-def moving_average(model: nn.Module, decay: float) -> AveragedModel:
-    """An exponential moving average of ``model``'s weights that starts at the weights it has now,
-    without a warm-up of the decay (as BasicSR's): each update moves it 1 - ``decay`` of the way
-    to the model's."""
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
-    ema.update_parameters(model)  # the first update copies
-    return ema
-
-
 def progressive_crop(lr: Tensor, hr: Tensor, patch: int, size: int,
                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """``size`` random samples of a scale-1 batch, cropped at one random ``patch`` square."""
@@ -162,8 +153,12 @@ class Trainer(checkpointing.Checkpointing):
         self.device = next(model.parameters()).device
         self.optimizer = make_optimizer(settings, model.parameters())
         t = settings
-        # every rank updates its own average from the same weights: no communication
-        self.ema = moving_average(checkpointing.unwrap(model), t.ema_decay) if t.ema_decay else None
+        # an exponential moving average of the weights, starting at them without a warm-up of the
+        # decay (as BasicSR's); every rank updates its own from the same weights: no communication
+        if t.ema_decay:  # else the class's None
+            bare = checkpointing.unwrap(model)
+            self.ema = AveragedModel(bare, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay))
+            self.ema.update_parameters(bare)  # the first update copies
         # what validations evaluate: the delivered network, compiled once under --compile
         self.eval_net = torch.compile(self.delivered) if t.compile else self.delivered
         milestones = [m * steps_per_epoch for m in t.decay_epochs]
@@ -181,7 +176,11 @@ class Trainer(checkpointing.Checkpointing):
         self.writer = None
         if rank == 0:
             os.makedirs(self.model_dir, exist_ok=True)
-            self.writer = _summary_writer(os.path.join(t.save, "tensorboard"))
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(os.path.join(t.save, "tensorboard"))
+            except ImportError:
+                log.warning("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
 
     # -- the loop ---------------------------------------------------------------------
     def fit(self) -> int:
@@ -411,12 +410,3 @@ class Trainer(checkpointing.Checkpointing):
             self.write_record()  # its best_step, for evaluations of model_best.pt
         log.info("step %d: validation PSNR %.3f dB (best %.3f at step %d)", p.step, mean,
                  p.best_psnr, p.best_step)
-
-def _summary_writer(folder: str):
-    """A TensorBoard writer, or None when tensorboard is not installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        log.warning("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
-        return None
-    return SummaryWriter(folder)
