@@ -331,8 +331,7 @@ def previous_state(args: argparse.Namespace, r: run_settings.RunSettings) -> dic
     if not os.path.isfile(state_path):
         raise JobError(f"--resume: no training state {state_path} to continue from")
     saved = checkpointing.read_state(state_path)
-    conflicts = option.resume_conflicts(saved["options"], args)
-    if conflicts:
+    if conflicts := option.resume_conflicts(saved["options"], args):
         raise JobError(f"--resume: these options differ from the saved run and would change its "
                        f"model, data or learning rates: {'; '.join(conflicts)}")
     return saved

@@ -136,8 +136,7 @@ def _test_sets(args: argparse.Namespace) -> list[str]:
         canonical = [canonical_test_set(d) for d in names]
     except BenchmarkError as e:
         raise ValueError(str(e)) from None
-    unknown = [d for d, c in zip(names, canonical, strict=False) if c is None]
-    if unknown:
+    if unknown := [d for d, c in zip(names, canonical, strict=False) if c is None]:
         raise ValueError(f"--data_test {'+'.join(unknown)}: unknown test set; known: "
                          f"{', '.join(ALL_SETS)}, {DEMO} (or an alias such as CSet14; any case)")
     again = next((i for i, c in enumerate(canonical) if c in canonical[:i]), None)

@@ -228,8 +228,7 @@ def problem(record: object, schema: Mapping) -> str | None:
 
 def check(record: object, schema: Mapping, where: str, fix: str) -> Any:
     """``record`` when it follows ``schema``; RecordError "WHERE: PROBLEM; FIX" otherwise."""
-    found = problem(record, schema)
-    if found:
+    if found := problem(record, schema):
         raise RecordError(f"{where}: {found}; {fix}")
     return record
 

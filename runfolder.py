@@ -98,8 +98,7 @@ class RunLock(contextlib.AbstractContextManager):
                 self._remove_if(identity)
                 continue
             self.held = True
-            removed = remove_stale_temporaries(os.path.dirname(self.path))
-            if removed:
+            if removed := remove_stale_temporaries(os.path.dirname(self.path)):
                 note = (note + "; " if note else "") + (
                     f"removed {len(removed)} temporary file(s) a killed process left: "
                     + ", ".join(os.path.basename(r) for r in removed[:3]))
@@ -222,13 +221,9 @@ class SaveError(OSError):
     """A file that could not be written (full disk, no permission); the previous one is kept."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
+_UMASK = os.umask(0)  # read by setting it; put back at once
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give a new file
 # torch.save reports a failed write (a full disk) as a RuntimeError of several wordings; a
 # loader worker's death, raised by its SIGCHLD handler while a save runs, is not about the file
 NOT_A_WRITE_FAILURE = re.compile(r"DataLoader worker")

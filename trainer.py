@@ -315,7 +315,9 @@ class Trainer(checkpointing.Checkpointing):
         hr = batch["hr"].to(self.device, non_blocking=True)
         task_id = int(batch["task_id"])
         if batch["lr"] is None:  # --gpu_degrade: bicubic or noise made here, on the device
-            lr_img = synthesize_lr(hr, self.settings.task_names[task_id], self._generator(batch["step"]))
+            seed = seeded("gpu_degrade", self.settings.seed, self.rank, batch["step"]).initial_seed()
+            generator = torch.Generator(self.device).manual_seed(seed)  # batch ``step`` of this rank's
+            lr_img = synthesize_lr(hr, self.settings.task_names[task_id], generator)
         else:
             lr_img = batch["lr"].to(self.device, non_blocking=True)
         if self.settings.progressive:
@@ -355,11 +357,6 @@ class Trainer(checkpointing.Checkpointing):
     def patch_dim(self) -> int:
         """Pixels per token side of the network (what a mim mask cell covers)."""
         return checkpointing.unwrap(self.model).cfg.patch_dim
-
-    def _generator(self, step: int) -> torch.Generator:
-        """A generator on the training device for the noise of batch ``step`` of this rank."""
-        seed = seeded("gpu_degrade", self.settings.seed, self.rank, step).initial_seed()
-        return torch.Generator(self.device).manual_seed(seed)
 
     def stage(self, step: int) -> tuple[int, int]:
         """(patch size, batch size) of progressive training at ``step``; the last stage goes on."""

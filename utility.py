@@ -45,14 +45,12 @@ def setup_logging(save_dir: str, debug: bool = False, quiet: bool = False) -> lo
         return logger
     os.makedirs(save_dir, exist_ok=True)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
-    console = logging.StreamHandler()
-    console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     # a file name that is not UTF-8 (undecodable bytes) is logged as \xNN, never a logging error
     to_file = logging.FileHandler(os.path.join(save_dir, LOG_NAME), encoding="utf-8",
                                   errors="backslashreplace")
-    to_file.setFormatter(logging.Formatter(LOG_FORMAT))
-    logger.addHandler(console)
-    logger.addHandler(to_file)
+    for handler, form in ((logging.StreamHandler(), "%(levelname)s %(message)s"), (to_file, LOG_FORMAT)):
+        handler.setFormatter(logging.Formatter(form))
+        logger.addHandler(handler)
     return logger
 
 
@@ -158,8 +156,7 @@ def load_failure(error: BaseException) -> str:
     """One line saying why ``torch.load(..., weights_only=True)`` or a ``load_state_dict`` failed
     on a file (never torch's advice to load it unsafely)."""
     text = ANSI_ESCAPE.sub("", str(error))
-    unsafe = UNSAFE_GLOBAL.search(text)
-    if unsafe:  # a pickle that would call something: refused, never run
+    if unsafe := UNSAFE_GLOBAL.search(text):  # a pickle that would call something: refused, never run
         return f"it would run code ({unsafe.group(1).rstrip('.,')}) when loaded, which is refused"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     lines = [line for line in lines if not TORCH_ADVICE.search(line)] or (
