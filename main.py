@@ -218,8 +218,15 @@ def make_trainer(args: argparse.Namespace, s: run_settings.Settings, device: tor
     workers = share_cpu(s.run.threads, s.data.workers, device, world)
     s = dataclasses.replace(s, data=dataclasses.replace(s.data, workers=workers))
     model = build_model(s.model)
-    if s.run.pretrain:
-        initialise(model, s.run)
+    r = s.run  # --pretrain's weights (with --init_from: its body; head, tail and query from that head)
+    if r.pretrain and r.init_from:
+        initial = load_body(model, r.pretrain, r.init_from, r.pretrain_tasks)
+        log.info("initialised the body from %s; head, tail and query from its %s head except "
+                 "%d key(s) left at random: %s", r.pretrain, r.init_from, len(initial),
+                 ", ".join(initial[:4]) + (" ..." if len(initial) > 4 else ""))
+    elif r.pretrain:
+        load_checkpoint(model, r.pretrain, file_tasks=r.pretrain_tasks)
+        log.info("initialised from %s", r.pretrain)
     model = model.to(device)
     if s.train.amp == "auto":  # bf16 where this device runs the network faster in it
         both = s.inference.precision == "auto"  # one measurement decides validation's precision too
@@ -280,19 +287,6 @@ def share_cpu(threads: int, workers: int, device: torch.device, world: int = 1) 
     log.info("CPU: %d compute thread(s) and %d loader worker(s) on %d usable core(s) (%s)",
              threads, workers, cores, why)
     return workers
-
-
-def initialise(model: torch.nn.Module, r: run_settings.RunSettings) -> None:
-    """Load --pretrain into the model about to train (its body only, with --init_from);
-    CheckpointError when the file does not fit."""
-    if r.init_from:
-        initial = load_body(model, r.pretrain, r.init_from, r.pretrain_tasks)
-        log.info("initialised the body from %s; head, tail and query from its %s head except "
-                 "%d key(s) left at random: %s", r.pretrain, r.init_from, len(initial),
-                 ", ".join(initial[:4]) + (" ..." if len(initial) > 4 else ""))
-    else:
-        load_checkpoint(model, r.pretrain, file_tasks=r.pretrain_tasks)
-        log.info("initialised from %s", r.pretrain)
 
 
 def kept_schedule(saved: dict | None, total: int, t: run_settings.TrainSettings) -> int:

@@ -118,7 +118,6 @@ def _finish(args: argparse.Namespace) -> None:
     args.train_range, args.test_range = _data_range(args.data_range)
     args.data_test = _test_sets(args)  # from here on torch is loaded (the test sets' module needs it)
     _check_device(args)
-    _check_memory(args)
     _check_run(args)
     _check_training_data(args)
     if args.epochs == 0:
@@ -376,8 +375,17 @@ def _check_training_data(args: argparse.Namespace) -> None:
                          "--max_steps")
 
 
+FLOAT_BYTES = 4  # weights, activations and images in float32
+# training keeps per weight: the weight, its gradient and Adam's two moments
+TRAINING_COPIES = 4
+GIB = 2 ** 30
+
+
 def _check_device(args: argparse.Namespace) -> None:
-    """--precision half and --amp fp16 run on CUDA only (--precision bf16 runs anywhere)."""
+    """--precision half and --amp fp16 run on CUDA only (--precision bf16 runs anywhere). Sizes
+    that cannot fit are refused before anything is allocated: a lower bound of the bytes the
+    model and its first batch need, against the memory available (the GPU's of this process on
+    CUDA, else the CPU's). Names the options to lower."""
     import torch
     on_cuda = torch.cuda.is_available() and not args.cpu
     if args.precision == "half" and not on_cuda:
@@ -385,18 +393,6 @@ def _check_device(args: argparse.Namespace) -> None:
                          "or single")
     if args.amp == "fp16" and not on_cuda:
         raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
-
-
-FLOAT_BYTES = 4  # weights, activations and images in float32
-# training keeps per weight: the weight, its gradient and Adam's two moments
-TRAINING_COPIES = 4
-GIB = 2 ** 30
-
-
-def _check_memory(args: argparse.Namespace) -> None:
-    """Refuse sizes that cannot fit before anything is allocated: a lower bound of the bytes the
-    model and its first batch need, against the memory available (the CPU's, or the GPU's on
-    CUDA). Names the options to lower."""
     from model import parameter_count  # worked out from the options: any size, nothing built
     params = parameter_count(model_config(args, list(range(len(args.scale)))))
     weights = params * FLOAT_BYTES * (1 if args.test_only else TRAINING_COPIES)
@@ -409,7 +405,14 @@ def _check_memory(args: argparse.Namespace) -> None:
         width = args.n_feats * args.patch_dim ** 2
         layers = 1 if args.test_only else 2 * args.num_layers
         activations += batch * count * width * FLOAT_BYTES * layers
-    available = _available_memory(args)
+    if on_cuda:
+        try:
+            available = torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory
+        except (RuntimeError, AssertionError, ValueError):  # no usable driver: not known here
+            available = None
+    else:
+        from utility import available_memory
+        available = available_memory()
     if available is None or weights + activations <= available:
         return
     if weights >= activations:
@@ -426,18 +429,6 @@ def _gib(size: int) -> str:
     """Bytes as GiB with one decimal; a power of ten past what a float holds (10^30 widths)."""
     gib = size // GIB
     return f"{size / GIB:.1f}" if gib < 10 ** 15 else f"10^{len(str(gib)) - 1}"
-
-
-def _available_memory(args: argparse.Namespace) -> int | None:
-    """Bytes free where the model will run: the GPU of this process on CUDA, else the CPU."""
-    import torch
-    if torch.cuda.is_available() and not args.cpu:
-        try:
-            return torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory
-        except (RuntimeError, AssertionError, ValueError):  # no usable driver: not known here
-            return None
-    from utility import available_memory
-    return available_memory()
 
 
 def _check_run(args: argparse.Namespace) -> None:
