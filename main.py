@@ -108,8 +108,7 @@ def run(args: argparse.Namespace, s: run_settings.Settings, device: torch.device
     if device.type == "cpu" and utility.keep_freed_memory():
         log.debug("glibc malloc keeps freed blocks for reuse (fewer page faults per forward)")
     if args.architecture_from:
-        log.info("model options from %s: %s", args.architecture_source,
-                 " ".join(args.architecture_from))
+        log.info("model options from %s: %s", args.architecture_source, " ".join(args.architecture_from))
     for key in args.architecture_ignored:
         log.warning("%s: ignored its key %r (a record may only give the options that shape the "
                     "model)", args.architecture_source, key)
@@ -152,8 +151,7 @@ def auto_resume(s: run_settings.Settings) -> run_settings.Settings:
     if s.run.pretrain:
         log.warning("--auto_resume: continuing from %s; --pretrain %s is ignored (it only "
                     "starts a fresh run)", state, s.run.pretrain)
-    return dataclasses.replace(s, run=dataclasses.replace(s.run, resume=-1, pretrain="",
-                                                          init_from=""))
+    return dataclasses.replace(s, run=dataclasses.replace(s.run, resume=-1, pretrain="", init_from=""))
 
 
 def prepare_run_dir(r: run_settings.RunSettings) -> None:
@@ -319,9 +317,8 @@ def previous_state(args: argparse.Namespace, r: run_settings.RunSettings) -> dic
             os.remove(os.path.join(r.save, "model", utility.TRAINING_RECORD))
         return None
     if os.path.lexists(state_path) and not os.path.isfile(state_path):
-        raise JobError(f"--resume: {state_path} is not a regular file (a pipe, a folder or a broken "
-                       f"link): not a training state; move it away, then start afresh (--reset or "
-                       f"--auto_resume)")
+        raise JobError(f"--resume: {state_path} is not a regular file (a pipe, a folder or a broken link): "
+                       f"not a training state; move it away, then start afresh (--reset or --auto_resume)")
     if not os.path.isfile(state_path):
         raise JobError(f"--resume: no training state {state_path} to continue from")
     saved = checkpointing.read_state(state_path)

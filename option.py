@@ -389,8 +389,7 @@ def _check_device(args: argparse.Namespace) -> None:
     import torch
     on_cuda = torch.cuda.is_available() and not args.cpu
     if args.precision == "half" and not on_cuda:
-        raise ValueError("--precision half needs a CUDA device; on the CPU use --precision bf16 "
-                         "or single")
+        raise ValueError("--precision half needs a CUDA device; on the CPU use --precision bf16 or single")
     if args.amp == "fp16" and not on_cuda:
         raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
     from model import parameter_count  # worked out from the options: any size, nothing built
@@ -439,8 +438,7 @@ def _check_run(args: argparse.Namespace) -> None:
         raise ValueError(f"--resume {args.resume}: give a bare --resume, or N >= 1 with --test_only")
     if args.resume > 0 and not args.test_only:
         raise ValueError(f"--resume {args.resume} picks model/model_{args.resume}.pt for --test_only; "
-                         "training always continues from the run directory's state.pt: give a bare "
-                         "--resume")
+                         "training always continues from the run directory's state.pt: give a bare --resume")
     if args.resume and args.reset:
         raise ValueError("--reset starts the run directory afresh, --resume continues it: "
                          "give one of them")

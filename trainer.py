@@ -164,8 +164,7 @@ class Trainer(checkpointing.Checkpointing):
         milestones = [m * steps_per_epoch for m in t.decay_epochs]
         end_factors = [eta / t.lr for eta in t.eta_mins] if t.lr else []
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(
-            t.schedule, milestones, t.gamma, t.warmup_steps, self.schedule_steps, t.periods,
-            end_factors))
+            t.schedule, milestones, t.gamma, t.warmup_steps, self.schedule_steps, t.periods, end_factors))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         self.progress = checkpointing.Progress()
         self.skipped_files: dict[int, int] = {}  # loader worker -> files it skipped so far
@@ -192,9 +191,8 @@ class Trainer(checkpointing.Checkpointing):
         """
         p = self.progress
         if p.step >= self.total_steps:  # a resumed run already there: its files stay as they are
-            log.info("step %d of the saved state is not before step %d, where this run ends: nothing "
-                     "to train, nothing written (a larger --max_steps continues it)", p.step,
-                     self.total_steps)
+            log.info("step %d of the saved state is not before step %d, where this run ends: nothing to "
+                     "train, nothing written (a larger --max_steps continues it)", p.step, self.total_steps)
             return 0
         bar = tqdm(total=self.total_steps, initial=p.step, desc="training", unit="step",
                    dynamic_ncols=True, disable=self.rank != 0)
@@ -230,9 +228,8 @@ class Trainer(checkpointing.Checkpointing):
                 how = "finished" if p.step >= self.total_steps else "stopped"
                 log.info("%s at step %d of %d after %.1f s of training steps; %d step(s) skipped "
                          "for non-finite losses; %d training file read(s) skipped (unreadable or "
-                         "smaller than the crop)", how, p.step, self.total_steps,
-                         self.train_seconds, p.nonfinite_total,
-                         sum(self.skipped_files.values()))
+                         "smaller than the crop)", how, p.step, self.total_steps, self.train_seconds,
+                         p.nonfinite_total, sum(self.skipped_files.values()))
         if self.interrupted and saved:
             log.info(checkpointing.RESUME_HINT)
             return INTERRUPTED
@@ -252,8 +249,7 @@ class Trainer(checkpointing.Checkpointing):
         broken = self.nonfinite_weights()  # on their device
         if broken:
             log.error("step %d: %d weight tensor(s) are NaN or infinite (%s, ...): stopping; the "
-                      "last checkpoint is kept (lower --lr, set --gclip)", p.step, len(broken),
-                      broken[0])
+                      "last checkpoint is kept (lower --lr, set --gclip)", p.step, len(broken), broken[0])
             return True
         if p.nonfinite_run > self.settings.max_nonfinite:
             log.error("%d non-finite losses in a row at step %d: stopping (lower --lr, set "
