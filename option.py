@@ -233,7 +233,27 @@ def _check_architecture(args: argparse.Namespace) -> None:
         elif args.num_queries < len(args.scale) and not args.no_mlp:
             raise ValueError(f"--num_queries {args.num_queries} is below the number of heads "
                              f"({len(args.scale)}, from --scale {'+'.join(map(str, args.scale))})")
-        _check_ipt(args)
+        if args.patch_size % args.patch_dim:
+            raise ValueError(f"--patch_size {args.patch_size} is not divisible by --patch_dim "
+                             f"{args.patch_dim}")
+        if (args.n_feats * args.patch_dim ** 2) % args.num_heads:
+            raise ValueError(f"--num_heads {args.num_heads} does not divide the token width "
+                             f"n_feats * patch_dim^2 = {args.n_feats * args.patch_dim ** 2}")
+        if args.pos_every and args.no_pos:
+            raise ValueError("--pos_every needs a position embedding: drop --no_pos")
+        if args.chop == "whole":  # the model's own ValueError came as a traceback from evaluation
+            raise ValueError(f"--chop whole gives IPT each image at once, but its body takes only "
+                             f"--patch_size x --patch_size ({args.patch_size}x{args.patch_size}) inputs: "
+                             f"use --chop official (the authors' tiling), fast or auto")
+        if args.init_from:
+            one_head = args.task_id is not None or len(args.task_names) == 1
+            if args.test_only or not args.pretrain or not one_head:
+                raise ValueError(f"--init_from {args.init_from}: starts the head being fine-tuned "
+                                 f"from a head of --pretrain's file; it needs --pretrain and one "
+                                 f"trained head (--task), without --test_only")
+            if args.init_from != "none" and not TASK_NAME.match(args.init_from):
+                raise ValueError(f"--init_from {args.init_from}: give a head name of --pretrain's "
+                                 f"file (like mim) or none")
         return
     given = [f"--{d}" for d in with_role(table.IPT) if getattr(args, d) != table.OPTIONS[d].default]
     if given:
@@ -310,29 +330,6 @@ def _check_schedule(args: argparse.Namespace) -> None:
                          f"({len(args.periods)})")
 
 
-def _check_ipt(args: argparse.Namespace) -> None:
-    if args.patch_size % args.patch_dim:
-        raise ValueError(f"--patch_size {args.patch_size} is not divisible by --patch_dim {args.patch_dim}")
-    if (args.n_feats * args.patch_dim ** 2) % args.num_heads:
-        raise ValueError(f"--num_heads {args.num_heads} does not divide the token width "
-                         f"n_feats * patch_dim^2 = {args.n_feats * args.patch_dim ** 2}")
-    if args.pos_every and args.no_pos:
-        raise ValueError("--pos_every needs a position embedding: drop --no_pos")
-    if args.chop == "whole":  # the model's own ValueError came as a traceback from evaluation
-        raise ValueError(f"--chop whole gives IPT each image at once, but its body takes only "
-                         f"--patch_size x --patch_size ({args.patch_size}x{args.patch_size}) inputs: "
-                         f"use --chop official (the authors' tiling), fast or auto")
-    if args.init_from:
-        one_head = args.task_id is not None or len(args.task_names) == 1
-        if args.test_only or not args.pretrain or not one_head:
-            raise ValueError(f"--init_from {args.init_from}: starts the head being fine-tuned "
-                             f"from a head of --pretrain's file; it needs --pretrain and one "
-                             f"trained head (--task), without --test_only")
-        if args.init_from != "none" and not TASK_NAME.match(args.init_from):
-            raise ValueError(f"--init_from {args.init_from}: give a head name of --pretrain's "
-                             f"file (like mim) or none")
-
-
 def _check_numbers(args: argparse.Namespace) -> None:
     """Each number option within its bounds (one not given, None, has none)."""
     # the ceilings the records share (utility loads torch); torch.manual_seed takes a 64-bit seed
@@ -371,8 +368,7 @@ def _check_training_data(args: argparse.Namespace) -> None:
     if args.data_train[0] not in TRAINING_SETS:
         raise ValueError(f"--data_train {args.data_train[0]}: unknown; use {', '.join(TRAINING_SETS)}")
     if args.epochs == 0 and args.max_steps == 0:
-        raise ValueError("--epochs 0 means no limit, and a streamed data set has no end: give "
-                         "--max_steps")
+        raise ValueError("--epochs 0 means no limit, and a streamed data set has no end: give --max_steps")
 
 
 FLOAT_BYTES = 4  # weights, activations and images in float32

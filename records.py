@@ -171,8 +171,7 @@ SIMULATED = {
 }
 
 # the cached file list's counts (its arrays are checked against these, and by their digest)
-FILE_LIST_META = {"type": "array", "minItems": 4, "maxItems": 4,
-                  "items": count(0, MAX_COUNT)}
+FILE_LIST_META = {"type": "array", "minItems": 4, "maxItems": 4, "items": count(0, MAX_COUNT)}
 
 
 def _validator_class() -> Any:

@@ -135,8 +135,7 @@ MAX_INT64 = 2 ** 63 - 1  # file sizes and st_mtime_ns: what the operating system
 
 
 def last_line(error: BaseException) -> str:
-    """The message of an error in one line, without the worker traceback a DataLoader puts
-    before it."""
+    """The message of an error in one line, without the worker traceback a DataLoader puts before it."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if len(lines) > 1 and "Traceback" in str(error):  # raised in a loader worker
         return lines[-1].split(": ", 1)[-1]
