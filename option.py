@@ -201,11 +201,7 @@ def _resolve_tasks(args: argparse.Namespace) -> None:
         if args.task is None and len(names) > 1:
             args.task = flag_task  # the authors' flags pick that head of a multi-head model
     args.task_names = names
-    args.task_id = _task_index(args, names)
-
-
-def _task_index(args: argparse.Namespace, names: list[str]) -> int | None:
-    index = None
+    index = None  # the head to run: --task's or --task_id's (the same), the only one, or each in turn
     if args.task is not None:
         if args.task not in names:
             raise ValueError(f"--task {args.task} names no head; the heads are {'+'.join(names)}")
@@ -219,7 +215,7 @@ def _task_index(args: argparse.Namespace, names: list[str]) -> int | None:
         index = args.task_id
     if index is None and len(names) == 1:
         index = 0
-    return index
+    args.task_id = index
 
 
 def _check_architecture(args: argparse.Namespace) -> None:

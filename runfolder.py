@@ -1,11 +1,6 @@
-"""The run folder's life: its lock, the files written into it, and the background writer.
-
-- ``RunLock``: ``RUN/.lock``, one process per run directory (the class says when its holder is gone).
-- ``atomic_write`` / ``write_json`` / ``write_text`` / ``atomic_save``: a temporary renamed into
-  place, so a crash leaves the old file or the new one; a full disk is one SaveError line.
-- ``host_copy`` / ``BackgroundWriter``: a snapshot of tensors on the CPU, written by one thread
-  while training goes on.
-"""
+"""The run folder's life: its lock (``RunLock``), the files written into it (``atomic_write`` and
+its wrappers: a crash leaves the old file or the new one), and the background writer (``host_copy``,
+``BackgroundWriter``)."""
 from __future__ import annotations
 
 import contextlib
@@ -306,9 +301,8 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     process left; only the holder of the run's lock may call it (no one else writes there)."""
     removed = []
     for sub in RUN_SUBFOLDERS:
-        where = os.path.join(folder, sub)
         with contextlib.suppress(OSError):
-            for entry in os.scandir(where):
+            for entry in os.scandir(os.path.join(folder, sub)):
                 if TEMPORARY_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
                     with contextlib.suppress(OSError):
                         os.remove(entry.path)

@@ -1,14 +1,6 @@
-"""Helpers every part may use; a leaf module (it imports nothing from the project).
-
-- ``setup_logging``: the "ipt" logger, to the console and appended to ``RUN/log.txt``;
-- run records: ``sha256_file``, ``git_commit`` (runs ``git`` in a subprocess), ``jsonable``;
-- ``nonfinite_tensors`` / ``load_failure``: weights checked before a save, a failed load in one line;
-- ``read_small_file``: a record's bytes, read only from a regular file of bounded size;
-- ``keep_freed_memory``: tunes glibc malloc (``mallopt``) so CPU forward passes reuse freed memory;
-- ``collect_again``: the garbage collector back on after start-up, start-up's objects frozen;
-- ``usable_cpus`` / ``cpuinfo`` / ``available_memory``: what this machine offers;
-  ``torchrun_count``: the process counts torchrun gives.
-"""
+"""Helpers every part may use; a leaf module (it imports nothing from the project): logging, run
+records and their bounded reads, one-line load failures, and what this machine and torchrun offer
+(cores, memory, glibc malloc, the garbage collector after start-up, process counts)."""
 from __future__ import annotations
 
 import contextlib
