@@ -274,7 +274,20 @@ def _check_architecture(args: argparse.Namespace) -> None:
     args.tile_size = table.RESTORMER_TILE if args.tile_size is None else args.tile_size
     if args.tile_size < SIZE_MULTIPLE or args.tile_size % SIZE_MULTIPLE:
         raise ValueError(f"--tile_size {args.tile_size}: must be a positive multiple of {SIZE_MULTIPLE}")
-    _check_progressive(args)
+    # progressive training: one patch size, batch size and step count per stage
+    stages = (args.progressive_patches, args.progressive_batches, args.progressive_steps)
+    if all(v is None for v in stages):
+        return
+    if any(v is None for v in stages):
+        raise ValueError("progressive training needs all of --progressive_patches, "
+                         "--progressive_batches and --progressive_steps")
+    patches = _ints("progressive_patches", args.progressive_patches)
+    batches = _ints("progressive_batches", args.progressive_batches, length=len(patches))
+    steps = _ints("progressive_steps", args.progressive_steps, length=len(patches))
+    if max(patches) != args.patch_size or max(batches) != args.batch_size:
+        raise ValueError(f"progressive training crops each batch from --patch_size x --batch_size: "
+                         f"give --patch_size {max(patches)} --batch_size {max(batches)}")
+    args.progressive_patches, args.progressive_batches, args.progressive_steps = patches, batches, steps
 
 
 def _ints(dest: str, value: object, default: list[int] | tuple = (), length: int | None = None,
@@ -289,23 +302,6 @@ def _ints(dest: str, value: object, default: list[int] | tuple = (), length: int
         count = f"{length} " if length else ""
         raise ValueError(f"--{dest} {value!r}: expected {count}positive integers joined by {separator}")
     return numbers
-
-
-def _check_progressive(args: argparse.Namespace) -> None:
-    """Progressive training: one patch size, batch size and step count per stage."""
-    stages = (args.progressive_patches, args.progressive_batches, args.progressive_steps)
-    if all(v is None for v in stages):
-        return
-    if any(v is None for v in stages):
-        raise ValueError("progressive training needs all of --progressive_patches, "
-                         "--progressive_batches and --progressive_steps")
-    patches = _ints("progressive_patches", args.progressive_patches)
-    batches = _ints("progressive_batches", args.progressive_batches, length=len(patches))
-    steps = _ints("progressive_steps", args.progressive_steps, length=len(patches))
-    if max(patches) != args.patch_size or max(batches) != args.batch_size:
-        raise ValueError(f"progressive training crops each batch from --patch_size x --batch_size: "
-                         f"give --patch_size {max(patches)} --batch_size {max(batches)}")
-    args.progressive_patches, args.progressive_batches, args.progressive_steps = patches, batches, steps
 
 
 def _check_schedule(args: argparse.Namespace) -> None:
@@ -432,11 +428,9 @@ def _check_run(args: argparse.Namespace) -> None:
         raise ValueError(f"--resume {args.resume} picks model/model_{args.resume}.pt for --test_only; "
                          "training always continues from the run directory's state.pt: give a bare --resume")
     if args.resume and args.reset:
-        raise ValueError("--reset starts the run directory afresh, --resume continues it: "
-                         "give one of them")
+        raise ValueError("--reset starts the run directory afresh, --resume continues it: give one of them")
     if args.resume and args.pretrain:
-        raise ValueError("--pretrain FILE and --resume both name the weights to start from: "
-                         "give one of them")
+        raise ValueError("--pretrain FILE and --resume both name the weights to start from: give one of them")
     if args.auto_resume and (args.reset or args.resume or args.test_only):
         given = "--reset" if args.reset else "--resume" if args.resume else "--test_only"
         raise ValueError(f"--auto_resume continues a training run when it can and starts it "

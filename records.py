@@ -54,13 +54,9 @@ def mapping(values: dict, most: int = MAX_COUNT) -> dict:
     return {"type": "object", "maxProperties": most, "additionalProperties": values}
 
 
-def strings(most: int = 10_000) -> dict:
-    """A list of at most ``most`` strings."""
-    return {"type": "array", "maxItems": most, "items": {"type": "string"}}
-
-
 COUNT, SECONDS, BOOL, TEXT = count(), number(0, MAX_SECONDS), {"type": "boolean"}, {"type": "string"}
 TENSOR = {"type": "tensor"}
+TEXTS = {"type": "array", "maxItems": 10_000, "items": TEXT}  # a list of strings
 PLAIN = {"anyOf": [{"type": ["string", "boolean", "null"]}, number()]}  # an option's value
 
 # training.json beside the weights: the architecture that --pretrain and export rebuild, the
@@ -151,7 +147,7 @@ STUDY = {
     "properties": {"seeds": {"type": "array", "minItems": 1, "maxItems": 1000, "uniqueItems": True,
                              "items": count(0, MAX_SEED)},
                    **{k: count(least) for k, least in STUDY_COUNTS.items()},
-                   **dict.fromkeys(STUDY_TEXTS, TEXT), "pool": strings(), "command": strings()},
+                   **dict.fromkeys(STUDY_TEXTS, TEXT), "pool": TEXTS, "command": TEXTS},
 }
 
 # RUN/.lock, written by the process that runs there (runfolder.py); anything else reads as no holder

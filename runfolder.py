@@ -116,17 +116,15 @@ class RunLock(contextlib.AbstractContextManager):
         (left by a crash, or larger than a record) reads as a dead process of this host; anything
         but a regular file is refused (LockError)."""
         identity, holder = None, {}
-        try:
+        with contextlib.suppress(OSError, ValueError, RecursionError):
             info = os.lstat(self.path)
             identity = (info.st_dev, info.st_ino)
             if not stat.S_ISREG(info.st_mode):  # never a lock this program wrote: not ours to remove
                 raise LockError(f"{self.path} is {file_kind(info.st_mode)}, not a lock file this program "
                                 f"wrote: move it away, then start again")
-            holder = json.loads(read_small_file(self.path))
-            holder = holder if records.problem(holder, records.LOCK) is None else {}
+            record = json.loads(read_small_file(self.path))
+            holder = record if records.problem(record, records.LOCK) is None else {}
             holder["renewed"] = info.st_mtime
-        except (OSError, ValueError, RecursionError):
-            holder = {}
         holder.setdefault("host", socket.gethostname())
         return holder, identity
 
@@ -203,11 +201,10 @@ def process_start(pid: int) -> str | None:
 def pid_exists(pid: int) -> bool:
     """Whether a process of that number runs on this host."""
     try:
-        os.kill(pid, 0)
+        with contextlib.suppress(PermissionError):  # another user's
+            os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
     return True
 
 
