@@ -112,8 +112,7 @@ def run(args: argparse.Namespace, s: run_settings.Settings, device: torch.device
     for key in args.architecture_ignored:
         log.warning("%s: ignored its key %r (a record may only give the options that shape the "
                     "model)", args.architecture_source, key)
-    given = option.training_options_given(args)
-    if given and s.run.test_only:
+    if s.run.test_only and (given := option.training_options_given(args)):
         log.warning("training options have no effect with --test_only: %s", " ".join(given))
     torch.manual_seed(s.run.seed)
     if s.compile:  # torch.compile's inductor needs a C++ compiler

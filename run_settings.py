@@ -7,8 +7,6 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from option_table import DIST_TIMEOUT
-
 if TYPE_CHECKING:  # imported where they are used: --help answers without loading torch
     from model.ipt import IPTConfig
     from model.restormer import RestormerConfig
@@ -35,8 +33,8 @@ class RunSettings:
     debug: bool
     precision: str  # single or half (inference)
     amp: str  # none, bf16 or fp16 (training)
-    auto_resume: bool = False  # continue from state.pt when there is one
-    dist_timeout: int = DIST_TIMEOUT  # seconds a collective waits for the other processes
+    auto_resume: bool  # continue from state.pt when there is one
+    dist_timeout: int  # seconds a collective waits for the other processes
 
     @property
     def checkpoint(self) -> str:

@@ -102,9 +102,8 @@ def quiet_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
     ``__del__``), or a loader worker the same signal ended, is part of that stop and printed as no
     error (the stop says itself in one line); anything else as usual."""
     error = unraisable.exc_value
-    if isinstance(error, KeyboardInterrupt) or WORKER_ENDED.search(str(error)):
-        return
-    sys.__unraisablehook__(unraisable)
+    if not (isinstance(error, KeyboardInterrupt) or WORKER_ENDED.search(str(error))):
+        sys.__unraisablehook__(unraisable)
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:

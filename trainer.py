@@ -177,9 +177,10 @@ class Trainer(checkpointing.Checkpointing):
             os.makedirs(self.model_dir, exist_ok=True)
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(os.path.join(t.save, "tensorboard"))
             except ImportError:
                 log.warning("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+            else:
+                self.writer = SummaryWriter(os.path.join(t.save, "tensorboard"))
 
     # -- the loop ---------------------------------------------------------------------
     def fit(self) -> int:
