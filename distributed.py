@@ -54,7 +54,17 @@ def process_group(device: torch.device, timeout: int, join: bool = True) -> Iter
         yield
         return
     try:
-        _start(device, timeout)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        wait = datetime.timedelta(seconds=timeout)
+        own, world = rank(), world_size()
+        # torchrun keeps one store across the restarts of a job (--max-restarts): the keys of each
+        # attempt get their own prefix, or a restarted rank reads a dead rank's address from it
+        store, _, _ = next(torch.distributed.rendezvous("env://", own, world, timeout=wait))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        torch.distributed.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", timeout=wait, rank=own, world_size=world,
+            store=torch.distributed.PrefixStore(f"ipt_attempt_{attempt}", store))
     except (torch.distributed.DistError, RuntimeError, ValueError) as e:
         raise JoinError(f"cannot join the torchrun job's processes ({message(e)}): check the "
                         f"rendezvous and the network, then start again") from None
@@ -70,29 +80,12 @@ def process_group(device: torch.device, timeout: int, join: bool = True) -> Iter
             torch.distributed.destroy_process_group()
 
 
-def _start(device: torch.device, timeout: int) -> None:
-    """Join the process group of this torchrun job."""
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    wait = datetime.timedelta(seconds=timeout)
-    own, world = rank(), world_size()
-    # torchrun keeps one store across the restarts of a job (--max-restarts): the keys of each
-    # attempt get their own prefix, or a restarted rank reads a dead rank's address from it
-    store, _, _ = next(torch.distributed.rendezvous("env://", own, world, timeout=wait))
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    torch.distributed.init_process_group(
-        "nccl" if device.type == "cuda" else "gloo", timeout=wait, rank=own, world_size=world,
-        store=torch.distributed.PrefixStore(f"ipt_attempt_{attempt}", store))
-
-
 def all_agree(ok: bool, device: torch.device) -> bool:
     """Whether ``ok`` holds on every rank of the torchrun job (one all-reduce; ``ok`` alone
     without a process group)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return ok
-    flag = torch.tensor([int(ok)], device=device if device.type == "cuda" else "cpu")
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
-    return bool(flag.item())
+    return mean_over_ranks(torch.tensor(float(ok), device=device if device.type == "cuda" else "cpu")) == 1
 
 
 def mean_over_ranks(value: Tensor) -> float:

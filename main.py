@@ -108,17 +108,20 @@ def run(args: argparse.Namespace, s: run_settings.Settings, device: torch.device
     if device.type == "cpu" and utility.keep_freed_memory():
         log.debug("glibc malloc keeps freed blocks for reuse (fewer page faults per forward)")
     if args.architecture_from:
-        log.info("model options from %s: %s", args.architecture_source,
-                 " ".join(args.architecture_from))
+        log.info("model options from %s: %s", args.architecture_source, " ".join(args.architecture_from))
     for key in args.architecture_ignored:
         log.warning("%s: ignored its key %r (a record may only give the options that shape the "
                     "model)", args.architecture_source, key)
-    given = option.training_options_given(args)
-    if given and s.run.test_only:
+    if s.run.test_only and (given := option.training_options_given(args)):
         log.warning("training options have no effect with --test_only: %s", " ".join(given))
     torch.manual_seed(s.run.seed)
-    if s.compile:
-        check_compiler()
+    if s.compile:  # torch.compile's inductor needs a C++ compiler
+        from torch._inductor import cpp_builder, exc
+        try:
+            cpp_builder.get_cpp_compiler()
+        except exc.InvalidCxxCompiler:
+            raise JobError("--compile needs a C++ compiler for torch's inductor (g++, or the one $CXX "
+                           "names) and none was found: install one, or run without --compile") from None
     try:
         if not s.run.test_only:
             return train(args, auto_resume(s), device)
@@ -136,16 +139,6 @@ def run(args: argparse.Namespace, s: run_settings.Settings, device: torch.device
         raise
 
 
-def check_compiler() -> None:
-    """JobError unless torch.compile can build here: its inductor needs a C++ compiler."""
-    from torch._inductor import cpp_builder, exc
-    try:
-        cpp_builder.get_cpp_compiler()
-    except exc.InvalidCxxCompiler:
-        raise JobError("--compile needs a C++ compiler for torch's inductor (g++, or the one $CXX "
-                       "names) and none was found: install one, or run without --compile") from None
-
-
 def auto_resume(s: run_settings.Settings) -> run_settings.Settings:
     """With --auto_resume and a state.pt in the run directory: the settings of --resume (its
     --pretrain and --init_from ignored, with a warning); otherwise the settings as they are."""
@@ -157,8 +150,7 @@ def auto_resume(s: run_settings.Settings) -> run_settings.Settings:
     if s.run.pretrain:
         log.warning("--auto_resume: continuing from %s; --pretrain %s is ignored (it only "
                     "starts a fresh run)", state, s.run.pretrain)
-    return dataclasses.replace(s, run=dataclasses.replace(s.run, resume=-1, pretrain="",
-                                                          init_from=""))
+    return dataclasses.replace(s, run=dataclasses.replace(s.run, resume=-1, pretrain="", init_from=""))
 
 
 def prepare_run_dir(r: run_settings.RunSettings) -> None:
@@ -172,8 +164,7 @@ def prepare_run_dir(r: run_settings.RunSettings) -> None:
         os.makedirs(r.save, exist_ok=True)
     except OSError as e:
         raise JobError(f"{where}: cannot write there ({e.strerror or e})") from None
-    why = runfolder.unwritable(r.save)
-    if why:
+    if why := runfolder.unwritable(r.save):
         raise JobError(f"{where}: cannot write there ({why})")
 
 
@@ -224,8 +215,15 @@ def make_trainer(args: argparse.Namespace, s: run_settings.Settings, device: tor
     workers = share_cpu(s.run.threads, s.data.workers, device, world)
     s = dataclasses.replace(s, data=dataclasses.replace(s.data, workers=workers))
     model = build_model(s.model)
-    if s.run.pretrain:
-        initialise(model, s.run)
+    r = s.run  # --pretrain's weights (with --init_from: its body; head, tail and query from that head)
+    if r.pretrain and r.init_from:
+        initial = load_body(model, r.pretrain, r.init_from, r.pretrain_tasks)
+        log.info("initialised the body from %s; head, tail and query from its %s head except "
+                 "%d key(s) left at random: %s", r.pretrain, r.init_from, len(initial),
+                 ", ".join(initial[:4]) + (" ..." if len(initial) > 4 else ""))
+    elif r.pretrain:
+        load_checkpoint(model, r.pretrain, file_tasks=r.pretrain_tasks)
+        log.info("initialised from %s", r.pretrain)
     model = model.to(device)
     if s.train.amp == "auto":  # bf16 where this device runs the network faster in it
         both = s.inference.precision == "auto"  # one measurement decides validation's precision too
@@ -253,24 +251,14 @@ def make_trainer(args: argparse.Namespace, s: run_settings.Settings, device: tor
              total, s.data.batch_size, world, steps_per_epoch)
     # every test set's layout, checked before step 1 when a validation will happen
     validate = evaluation.validator(model, s.evaluation, s.inference, check=s.train.test_every <= total)
-    schedule_steps = kept_schedule(saved, total)
+    schedule_steps = kept_schedule(saved, total, s.train)
     runner = trainer.Trainer(s.train, net, batches, validate, total, epoch_steps, rank, workers,
                              s.record, option_files.architecture_record(s.evaluation.model_name, s.model),
                              schedule_steps, world, split_origin)
     if saved:
         runner.load_state(saved, os.path.join(s.run.save, utility.STATE_NAME))
         log.info("resumed at step %d", runner.progress.step)
-    warn_schedule(s.train, schedule_steps)
     return runner
-
-
-def warn_schedule(t: run_settings.TrainSettings, steps: int) -> None:
-    """Warn when the cosine schedule's warm-up takes the whole run (its rate never comes down)."""
-    if t.schedule == "cosine" and t.warmup_steps >= steps:
-        log.warning("--warmup_steps %d is not shorter than the run's %d steps: the learning rate "
-                    "only warms up (to %.3g at the last step) and never follows the cosine; "
-                    "lower --warmup_steps", t.warmup_steps, steps,
-                    t.lr * min(steps, t.warmup_steps) / max(t.warmup_steps, 1))
 
 
 LOADER_SHARE = 4  # --threads 0 on the CPU: at most a quarter of the cores load data (2 cores: none)
@@ -298,28 +286,21 @@ def share_cpu(threads: int, workers: int, device: torch.device, world: int = 1) 
     return workers
 
 
-def initialise(model: torch.nn.Module, r: run_settings.RunSettings) -> None:
-    """Load --pretrain into the model about to train (its body only, with --init_from);
-    CheckpointError when the file does not fit."""
-    if r.init_from:
-        initial = load_body(model, r.pretrain, r.init_from, r.pretrain_tasks)
-        log.info("initialised the body from %s; head, tail and query from its %s head except "
-                 "%d key(s) left at random: %s", r.pretrain, r.init_from, len(initial),
-                 ", ".join(initial[:4]) + (" ..." if len(initial) > 4 else ""))
-    else:
-        load_checkpoint(model, r.pretrain, file_tasks=r.pretrain_tasks)
-        log.info("initialised from %s", r.pretrain)
-
-
-def kept_schedule(saved: dict | None, total: int) -> int:
+def kept_schedule(saved: dict | None, total: int, t: run_settings.TrainSettings) -> int:
     """The steps the learning-rate schedule spans: a resumed run keeps its original length (a
-    new --max_steps only moves where training stops), and says so."""
+    new --max_steps only moves where training stops), and says so; a warning when the cosine
+    schedule's warm-up takes them all (its rate never comes down)."""
     original = (saved or {}).get("schedule_steps", total)
     if original != total:
         log.warning("--resume: the learning-rate schedule keeps the %d steps this run started "
                     "with; training now stops at step %d%s", original, total,
                     " (past the schedule's end the rate stays at its final value)"
                     if total > original else "")
+    if t.schedule == "cosine" and t.warmup_steps >= original:
+        log.warning("--warmup_steps %d is not shorter than the run's %d steps: the learning rate "
+                    "only warms up (to %.3g at the last step) and never follows the cosine; "
+                    "lower --warmup_steps", t.warmup_steps, original,
+                    t.lr * min(original, t.warmup_steps) / max(t.warmup_steps, 1))
     return original
 
 
@@ -335,14 +316,12 @@ def previous_state(args: argparse.Namespace, r: run_settings.RunSettings) -> dic
             os.remove(os.path.join(r.save, "model", utility.TRAINING_RECORD))
         return None
     if os.path.lexists(state_path) and not os.path.isfile(state_path):
-        raise JobError(f"--resume: {state_path} is not a regular file (a pipe, a folder or a broken "
-                       f"link): not a training state; move it away, then start afresh (--reset or "
-                       f"--auto_resume)")
+        raise JobError(f"--resume: {state_path} is not a regular file (a pipe, a folder or a broken link): "
+                       f"not a training state; move it away, then start afresh (--reset or --auto_resume)")
     if not os.path.isfile(state_path):
         raise JobError(f"--resume: no training state {state_path} to continue from")
     saved = checkpointing.read_state(state_path)
-    conflicts = option.resume_conflicts(saved["options"], args)
-    if conflicts:
+    if conflicts := option.resume_conflicts(saved["options"], args):
         raise JobError(f"--resume: these options differ from the saved run and would change its "
                        f"model, data or learning rates: {'; '.join(conflicts)}")
     return saved

@@ -105,16 +105,19 @@ def _finish(args: argparse.Namespace) -> None:
     _check_numbers(args)
     args.data_train = _split(args.data_train)
     args.scale_given = args.scale is not None
-    args.scale = _scales(DEFAULT_SCALE if args.scale is None else args.scale)
-    _check_sigma(args)
+    scale = DEFAULT_SCALE if args.scale is None else args.scale
+    args.scale = _ints("scale", scale)
+    if any(s not in SUPPORTED_SCALES for s in args.scale):
+        raise ValueError(f"--scale {scale!r}: each scale must be one of {SUPPORTED_SCALES}")
     _resolve_tasks(args)
     _check_architecture(args)
     _check_schedule(args)
-    args.decay_milestones = _milestones(args.decay)
+    args.decay_milestones = _ints("decay", args.decay, separator="-")  # step decay, in epochs
+    if args.decay_milestones != sorted(set(args.decay_milestones)):
+        raise ValueError(f"--decay {args.decay!r}: expected positive, increasing epochs, like 200-400")
     args.train_range, args.test_range = _data_range(args.data_range)
     args.data_test = _test_sets(args)  # from here on torch is loaded (the test sets' module needs it)
     _check_device(args)
-    _check_memory(args)
     _check_run(args)
     _check_training_data(args)
     if args.epochs == 0:
@@ -132,8 +135,7 @@ def _test_sets(args: argparse.Namespace) -> list[str]:
         canonical = [canonical_test_set(d) for d in names]
     except BenchmarkError as e:
         raise ValueError(str(e)) from None
-    unknown = [d for d, c in zip(names, canonical, strict=False) if c is None]
-    if unknown:
+    if unknown := [d for d, c in zip(names, canonical, strict=False) if c is None]:
         raise ValueError(f"--data_test {'+'.join(unknown)}: unknown test set; known: "
                          f"{', '.join(ALL_SETS)}, {DEMO} (or an alias such as CSet14; any case)")
     again = next((i for i, c in enumerate(canonical) if c in canonical[:i]), None)
@@ -144,27 +146,25 @@ def _test_sets(args: argparse.Namespace) -> list[str]:
     return canonical
 
 
-def _items(value: object) -> list | tuple:
-    """The items of a list option: a YAML list's, or the text's joined by +."""
-    return value if isinstance(value, (list, tuple)) else str(value).split("+")
+def _items(value: object, separator: str = "+") -> list | tuple:
+    """The items of a list option: a YAML list's, or the text's joined by ``separator``."""
+    return value if isinstance(value, (list, tuple)) else str(value).split(separator)
 
 
 def _split(value: object) -> list[str]:
     return [str(v).strip() for v in _items(value) if str(v).strip()]
 
 
-def _scales(value: object) -> list[int]:
-    scales = _ints("scale", value, [])
-    if any(s not in SUPPORTED_SCALES for s in scales):
-        raise ValueError(f"--scale {value!r}: each scale must be one of {SUPPORTED_SCALES}")
-    return scales
-
-
 def _resolve_tasks(args: argparse.Namespace) -> None:
-    """Set args.scale, args.task_names and args.task_id from --scale/--tasks/--task/--task_id."""
+    """Set args.scale, args.task_names and args.task_id from --scale/--tasks/--task/--task_id and the
+    authors' flags: --denoise (with --sigma) or --derain names one of the heads."""
+    printed = f"{args.sigma:g}"  # with --denoise, the number in the head's name
+    if args.denoise and not (SIGMA_IN_NAME.match(printed) and float(printed) == args.sigma):
+        raise ValueError(f"--sigma {args.sigma}: names no head denoise<sigma> exactly (it prints as "
+                         f"{printed}): give a plain decimal like 30 or 12.5")
     if args.denoise and args.derain:
         raise ValueError("--denoise and --derain name the same scale-1 head: give one of them")
-    flag_task = f"denoise{args.sigma:g}" if args.denoise else ("derain" if args.derain else None)
+    flag_task = f"denoise{printed}" if args.denoise else ("derain" if args.derain else None)
     if args.tasks:
         names = _split(args.tasks)
         implied = [task_scale(n) for n in names]
@@ -189,36 +189,19 @@ def _resolve_tasks(args: argparse.Namespace) -> None:
             raise ValueError(f"task name {n!r} is not one of sr<s>, derain, denoise<sigma>, mim")
     if len(set(names)) != len(names):
         raise ValueError(f"task names must differ, got {'+'.join(names)}")
-    if flag_task:
-        _check_flag_task(args, flag_task, names)
-    if flag_task and args.task is None and len(names) > 1:
-        args.task = flag_task  # the authors' flags pick that head of a multi-head model
+    if flag_task:  # the head --task/--task_id pick, if given
+        given = "--derain" if args.derain else f"--denoise --sigma {printed}"
+        if flag_task not in names:
+            raise ValueError(f"{given}: the model has no head {flag_task}; the heads are {'+'.join(names)}")
+        if args.task is not None and args.task != flag_task:
+            raise ValueError(f"{given} picks the head {flag_task}, not --task {args.task}: give one of them")
+        if args.task_id is not None and names.index(flag_task) != args.task_id:
+            raise ValueError(f"{given} picks head {names.index(flag_task)} ({flag_task}), "
+                             f"not --task_id {args.task_id}: give one of them")
+        if args.task is None and len(names) > 1:
+            args.task = flag_task  # the authors' flags pick that head of a multi-head model
     args.task_names = names
-    args.task_id = _task_index(args, names)
-
-
-def _check_sigma(args: argparse.Namespace) -> None:
-    """--sigma is positive and, with --denoise, prints as the number in the head's name."""
-    printed = f"{args.sigma:g}"
-    if args.denoise and not (SIGMA_IN_NAME.match(printed) and float(printed) == args.sigma):
-        raise ValueError(f"--sigma {args.sigma}: names no head denoise<sigma> exactly (it prints as "
-                         f"{printed}): give a plain decimal like 30 or 12.5")
-
-
-def _check_flag_task(args: argparse.Namespace, flag_task: str, names: list[str]) -> None:
-    """--denoise (with --sigma) or --derain names one of the heads, the one --task/--task_id pick."""
-    given = "--derain" if args.derain else f"--denoise --sigma {args.sigma:g}"
-    if flag_task not in names:
-        raise ValueError(f"{given}: the model has no head {flag_task}; the heads are {'+'.join(names)}")
-    if args.task is not None and args.task != flag_task:
-        raise ValueError(f"{given} picks the head {flag_task}, not --task {args.task}: give one of them")
-    if args.task_id is not None and names.index(flag_task) != args.task_id:
-        raise ValueError(f"{given} picks head {names.index(flag_task)} ({flag_task}), "
-                         f"not --task_id {args.task_id}: give one of them")
-
-
-def _task_index(args: argparse.Namespace, names: list[str]) -> int | None:
-    index = None
+    index = None  # the head to run: --task's or --task_id's (the same), the only one, or each in turn
     if args.task is not None:
         if args.task not in names:
             raise ValueError(f"--task {args.task} names no head; the heads are {'+'.join(names)}")
@@ -232,7 +215,7 @@ def _task_index(args: argparse.Namespace, names: list[str]) -> int | None:
         index = args.task_id
     if index is None and len(names) == 1:
         index = 0
-    return index
+    args.task_id = index
 
 
 def _check_architecture(args: argparse.Namespace) -> None:
@@ -246,7 +229,27 @@ def _check_architecture(args: argparse.Namespace) -> None:
         elif args.num_queries < len(args.scale) and not args.no_mlp:
             raise ValueError(f"--num_queries {args.num_queries} is below the number of heads "
                              f"({len(args.scale)}, from --scale {'+'.join(map(str, args.scale))})")
-        _check_ipt(args)
+        if args.patch_size % args.patch_dim:
+            raise ValueError(f"--patch_size {args.patch_size} is not divisible by --patch_dim "
+                             f"{args.patch_dim}")
+        if (args.n_feats * args.patch_dim ** 2) % args.num_heads:
+            raise ValueError(f"--num_heads {args.num_heads} does not divide the token width "
+                             f"n_feats * patch_dim^2 = {args.n_feats * args.patch_dim ** 2}")
+        if args.pos_every and args.no_pos:
+            raise ValueError("--pos_every needs a position embedding: drop --no_pos")
+        if args.chop == "whole":  # the model's own ValueError came as a traceback from evaluation
+            raise ValueError(f"--chop whole gives IPT each image at once, but its body takes only "
+                             f"--patch_size x --patch_size ({args.patch_size}x{args.patch_size}) inputs: "
+                             f"use --chop official (the authors' tiling), fast or auto")
+        if args.init_from:
+            one_head = args.task_id is not None or len(args.task_names) == 1
+            if args.test_only or not args.pretrain or not one_head:
+                raise ValueError(f"--init_from {args.init_from}: starts the head being fine-tuned "
+                                 f"from a head of --pretrain's file; it needs --pretrain and one "
+                                 f"trained head (--task), without --test_only")
+            if args.init_from != "none" and not TASK_NAME.match(args.init_from):
+                raise ValueError(f"--init_from {args.init_from}: give a head name of --pretrain's "
+                                 f"file (like mim) or none")
         return
     given = [f"--{d}" for d in with_role(table.IPT) if getattr(args, d) != table.OPTIONS[d].default]
     if given:
@@ -271,38 +274,34 @@ def _check_architecture(args: argparse.Namespace) -> None:
     args.tile_size = table.RESTORMER_TILE if args.tile_size is None else args.tile_size
     if args.tile_size < SIZE_MULTIPLE or args.tile_size % SIZE_MULTIPLE:
         raise ValueError(f"--tile_size {args.tile_size}: must be a positive multiple of {SIZE_MULTIPLE}")
-    _check_progressive(args)
-
-
-def _ints(dest: str, value: object, default: list[int], length: int | None = None,
-          separator: str = "+") -> list[int]:
-    """A list option of positive integers joined by ``separator`` (the default when not given)."""
-    if value is None:
-        return list(default)
-    items = value if isinstance(value, (list, tuple)) else str(value).split(separator)
-    numbers = [int(v) for v in items if str(v).strip().isdecimal()]
-    if (len(numbers) != len(items) or (length is not None and len(numbers) != length) or not numbers
-            or min(numbers) < 1):
-        count = f"{length} " if length else ""
-        raise ValueError(f"--{dest} {value!r}: expected {count}positive integers joined by {separator}")
-    return numbers
-
-
-def _check_progressive(args: argparse.Namespace) -> None:
-    """Progressive training: one patch size, batch size and step count per stage."""
+    # progressive training: one patch size, batch size and step count per stage
     stages = (args.progressive_patches, args.progressive_batches, args.progressive_steps)
     if all(v is None for v in stages):
         return
     if any(v is None for v in stages):
         raise ValueError("progressive training needs all of --progressive_patches, "
                          "--progressive_batches and --progressive_steps")
-    patches = _ints("progressive_patches", args.progressive_patches, [])
-    batches = _ints("progressive_batches", args.progressive_batches, [], len(patches))
-    steps = _ints("progressive_steps", args.progressive_steps, [], len(patches))
+    patches = _ints("progressive_patches", args.progressive_patches)
+    batches = _ints("progressive_batches", args.progressive_batches, length=len(patches))
+    steps = _ints("progressive_steps", args.progressive_steps, length=len(patches))
     if max(patches) != args.patch_size or max(batches) != args.batch_size:
         raise ValueError(f"progressive training crops each batch from --patch_size x --batch_size: "
                          f"give --patch_size {max(patches)} --batch_size {max(batches)}")
     args.progressive_patches, args.progressive_batches, args.progressive_steps = patches, batches, steps
+
+
+def _ints(dest: str, value: object, default: list[int] | tuple = (), length: int | None = None,
+          separator: str = "+") -> list[int]:
+    """A list option of positive integers joined by ``separator`` (the default when not given)."""
+    if value is None:
+        return list(default)
+    items = _items(value, separator)
+    numbers = [int(v) for v in items if str(v).strip().isdecimal()]
+    if (len(numbers) != len(items) or (length is not None and len(numbers) != length) or not numbers
+            or min(numbers) < 1):
+        count = f"{length} " if length else ""
+        raise ValueError(f"--{dest} {value!r}: expected {count}positive integers joined by {separator}")
+    return numbers
 
 
 def _check_schedule(args: argparse.Namespace) -> None:
@@ -313,7 +312,7 @@ def _check_schedule(args: argparse.Namespace) -> None:
         return
     if args.periods is None or args.eta_mins is None:
         raise ValueError("--schedule cyclic_cosine needs --periods A+B and --eta_mins A+B")
-    args.periods = _ints("periods", args.periods, [])
+    args.periods = _ints("periods", args.periods)
     try:
         args.eta_mins = [table.finite_float(str(v)) for v in _items(args.eta_mins)]
     except argparse.ArgumentTypeError:
@@ -321,29 +320,6 @@ def _check_schedule(args: argparse.Namespace) -> None:
     if len(args.eta_mins) != len(args.periods) or min(args.eta_mins) < 0:
         raise ValueError(f"--eta_mins: one non-negative learning rate per --periods entry "
                          f"({len(args.periods)})")
-
-
-def _check_ipt(args: argparse.Namespace) -> None:
-    if args.patch_size % args.patch_dim:
-        raise ValueError(f"--patch_size {args.patch_size} is not divisible by --patch_dim {args.patch_dim}")
-    if (args.n_feats * args.patch_dim ** 2) % args.num_heads:
-        raise ValueError(f"--num_heads {args.num_heads} does not divide the token width "
-                         f"n_feats * patch_dim^2 = {args.n_feats * args.patch_dim ** 2}")
-    if args.pos_every and args.no_pos:
-        raise ValueError("--pos_every needs a position embedding: drop --no_pos")
-    if args.chop == "whole":  # the model's own ValueError came as a traceback from evaluation
-        raise ValueError(f"--chop whole gives IPT each image at once, but its body takes only "
-                         f"--patch_size x --patch_size ({args.patch_size}x{args.patch_size}) inputs: "
-                         f"use --chop official (the authors' tiling), fast or auto")
-    if args.init_from:
-        one_head = args.task_id is not None or len(args.task_names) == 1
-        if args.test_only or not args.pretrain or not one_head:
-            raise ValueError(f"--init_from {args.init_from}: starts the head being fine-tuned "
-                             f"from a head of --pretrain's file; it needs --pretrain and one "
-                             f"trained head (--task), without --test_only")
-        if args.init_from != "none" and not TASK_NAME.match(args.init_from):
-            raise ValueError(f"--init_from {args.init_from}: give a head name of --pretrain's "
-                             f"file (like mim) or none")
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
@@ -384,19 +360,7 @@ def _check_training_data(args: argparse.Namespace) -> None:
     if args.data_train[0] not in TRAINING_SETS:
         raise ValueError(f"--data_train {args.data_train[0]}: unknown; use {', '.join(TRAINING_SETS)}")
     if args.epochs == 0 and args.max_steps == 0:
-        raise ValueError("--epochs 0 means no limit, and a streamed data set has no end: give "
-                         "--max_steps")
-
-
-def _check_device(args: argparse.Namespace) -> None:
-    """--precision half and --amp fp16 run on CUDA only (--precision bf16 runs anywhere)."""
-    import torch
-    on_cuda = torch.cuda.is_available() and not args.cpu
-    if args.precision == "half" and not on_cuda:
-        raise ValueError("--precision half needs a CUDA device; on the CPU use --precision bf16 "
-                         "or single")
-    if args.amp == "fp16" and not on_cuda:
-        raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
+        raise ValueError("--epochs 0 means no limit, and a streamed data set has no end: give --max_steps")
 
 
 FLOAT_BYTES = 4  # weights, activations and images in float32
@@ -405,12 +369,37 @@ TRAINING_COPIES = 4
 GIB = 2 ** 30
 
 
-def _check_memory(args: argparse.Namespace) -> None:
-    """Refuse sizes that cannot fit before anything is allocated: a lower bound of the bytes the
-    model (built on torch's meta device, which allocates nothing) and its first batch need,
-    against the memory available (the CPU's, or the GPU's on CUDA). Names the options to lower."""
-    weights, activations, batch_option = _memory_needed(args)
-    available = _available_memory(args)
+def _check_device(args: argparse.Namespace) -> None:
+    """--precision half and --amp fp16 run on CUDA only (--precision bf16 runs anywhere). Sizes
+    that cannot fit are refused before anything is allocated: a lower bound of the bytes the
+    model and its first batch need, against the memory available (the GPU's of this process on
+    CUDA, else the CPU's). Names the options to lower."""
+    import torch
+    on_cuda = torch.cuda.is_available() and not args.cpu
+    if args.precision == "half" and not on_cuda:
+        raise ValueError("--precision half needs a CUDA device; on the CPU use --precision bf16 or single")
+    if args.amp == "fp16" and not on_cuda:
+        raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
+    from model import parameter_count  # worked out from the options: any size, nothing built
+    params = parameter_count(model_config(args, list(range(len(args.scale)))))
+    weights = params * FLOAT_BYTES * (1 if args.test_only else TRAINING_COPIES)
+    batch_option = "--crop_batch_size" if args.test_only else "--batch_size"
+    batch = getattr(args, batch_option[2:])
+    side = args.patch_size * max(args.scale)
+    activations = batch * 3 * (args.patch_size ** 2 + side ** 2) * FLOAT_BYTES  # input and output
+    if args.model == "ipt":  # each of the body's layers holds (or, testing, passes on) its tokens
+        count = (args.patch_size // args.patch_dim) ** 2
+        width = args.n_feats * args.patch_dim ** 2
+        layers = 1 if args.test_only else 2 * args.num_layers
+        activations += batch * count * width * FLOAT_BYTES * layers
+    if on_cuda:
+        try:
+            available = torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory
+        except (RuntimeError, AssertionError, ValueError):  # no usable driver: not known here
+            available = None
+    else:
+        from utility import available_memory
+        available = available_memory()
     if available is None or weights + activations <= available:
         return
     if weights >= activations:
@@ -420,45 +409,13 @@ def _check_memory(args: argparse.Namespace) -> None:
         lower = f"{batch_option} or --patch_size"
         what = f"the first batch needs {_gib(activations)} GiB beside the model's {_gib(weights)} GiB"
     raise ValueError(f"{what}, at least, and {_gib(available)} GiB are available: lower {lower} "
-                     f"(--patch_size {args.patch_size}, {batch_option} "
-                     f"{getattr(args, batch_option[2:])})")
+                     f"(--patch_size {args.patch_size}, {batch_option} {batch})")
 
 
 def _gib(size: int) -> str:
     """Bytes as GiB with one decimal; a power of ten past what a float holds (10^30 widths)."""
     gib = size // GIB
     return f"{size / GIB:.1f}" if gib < 10 ** 15 else f"10^{len(str(gib)) - 1}"
-
-
-def _memory_needed(args: argparse.Namespace) -> tuple[int, int, str]:
-    """(bytes of the weights, with gradients and Adam moments when training; a lower bound of the
-    first batch's bytes; the option that sets that batch)."""
-    from model import parameter_count  # worked out from the options: any size, nothing built
-    params = parameter_count(model_config(args, list(range(len(args.scale)))))
-    weights = params * FLOAT_BYTES * (1 if args.test_only else TRAINING_COPIES)
-    batch_option = "--crop_batch_size" if args.test_only else "--batch_size"
-    batch = args.crop_batch_size if args.test_only else args.batch_size
-    side = args.patch_size * max(args.scale)
-    images = batch * 3 * (args.patch_size ** 2 + side ** 2) * FLOAT_BYTES  # input and output
-    tokens = 0
-    if args.model == "ipt":  # each of the body's layers holds (or, testing, passes on) its tokens
-        count = (args.patch_size // args.patch_dim) ** 2
-        width = args.n_feats * args.patch_dim ** 2
-        layers = 1 if args.test_only else 2 * args.num_layers
-        tokens = batch * count * width * FLOAT_BYTES * layers
-    return weights, images + tokens, batch_option
-
-
-def _available_memory(args: argparse.Namespace) -> int | None:
-    """Bytes free where the model will run: the GPU of this process on CUDA, else the CPU."""
-    import torch
-    if torch.cuda.is_available() and not args.cpu:
-        try:
-            return torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory
-        except (RuntimeError, AssertionError, ValueError):  # no usable driver: not known here
-            return None
-    from utility import available_memory
-    return available_memory()
 
 
 def _check_run(args: argparse.Namespace) -> None:
@@ -469,14 +426,11 @@ def _check_run(args: argparse.Namespace) -> None:
         raise ValueError(f"--resume {args.resume}: give a bare --resume, or N >= 1 with --test_only")
     if args.resume > 0 and not args.test_only:
         raise ValueError(f"--resume {args.resume} picks model/model_{args.resume}.pt for --test_only; "
-                         "training always continues from the run directory's state.pt: give a bare "
-                         "--resume")
+                         "training always continues from the run directory's state.pt: give a bare --resume")
     if args.resume and args.reset:
-        raise ValueError("--reset starts the run directory afresh, --resume continues it: "
-                         "give one of them")
+        raise ValueError("--reset starts the run directory afresh, --resume continues it: give one of them")
     if args.resume and args.pretrain:
-        raise ValueError("--pretrain FILE and --resume both name the weights to start from: "
-                         "give one of them")
+        raise ValueError("--pretrain FILE and --resume both name the weights to start from: give one of them")
     if args.auto_resume and (args.reset or args.resume or args.test_only):
         given = "--reset" if args.reset else "--resume" if args.resume else "--test_only"
         raise ValueError(f"--auto_resume continues a training run when it can and starts it "
@@ -497,14 +451,6 @@ def _data_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
             raise ValueError(f"--data_range {text!r}: {first}-{last} is no range of image numbers "
                              f"(from 1, FIRST <= LAST), like 1-800/801-810")
     return train, test
-
-
-def _milestones(decay: str) -> list[int]:
-    """--decay 'a-b': step-decay milestones in epochs, positive and increasing."""
-    milestones = _ints("decay", decay, [], separator="-")
-    if milestones != sorted(set(milestones)):
-        raise ValueError(f"--decay {decay!r}: expected positive, increasing epochs, like 200-400")
-    return milestones
 
 
 def training_options_given(args: argparse.Namespace) -> list[str]:

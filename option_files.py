@@ -46,8 +46,7 @@ def take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> Non
     args.architecture_source = source
     recorded, args.architecture_ignored = recorded_architecture(record["architecture"], source)
     bound = {dest: getattr(args, dest) for dest in given & set(RECORD_BOUND)}
-    contradiction = record_contradiction(recorded, bound, source)
-    if contradiction:
+    if contradiction := record_contradiction(recorded, bound, source):
         raise ValueError(contradiction)
     if "tasks" in recorded:
         args.pretrain_tasks = [t.strip() for t in recorded["tasks"].split("+") if t.strip()]
@@ -237,17 +236,13 @@ def _config_mapping(text: str) -> tuple[dict, dict]:
         if key.value in written and key.tag != YAML_MERGE_TAG:
             raise ValueError(f"{key.value}: given twice (again on line {key.start_mark.line + 1}); "
                              f"give each option once")
-        written[key.value] = _as_written(value)
+        written[key.value] = None  # unless a scalar's text or a list of them
+        if isinstance(value, yaml.ScalarNode):
+            written[key.value] = value.value
+        elif isinstance(value, yaml.SequenceNode) and all(
+                isinstance(v, yaml.ScalarNode) for v in value.value):
+            written[key.value] = [v.value for v in value.value]
     return values, written
-
-
-def _as_written(node: yaml.Node) -> object:
-    """A YAML value as its text was written: a scalar's text, a list of them; None otherwise."""
-    if isinstance(node, yaml.ScalarNode):
-        return node.value
-    if isinstance(node, yaml.SequenceNode) and all(isinstance(n, yaml.ScalarNode) for n in node.value):
-        return [n.value for n in node.value]
-    return None
 
 
 def _config_value(o: Option, value: object) -> object:

@@ -54,13 +54,9 @@ def mapping(values: dict, most: int = MAX_COUNT) -> dict:
     return {"type": "object", "maxProperties": most, "additionalProperties": values}
 
 
-def strings(most: int = 10_000) -> dict:
-    """A list of at most ``most`` strings."""
-    return {"type": "array", "maxItems": most, "items": {"type": "string"}}
-
-
 COUNT, SECONDS, BOOL, TEXT = count(), number(0, MAX_SECONDS), {"type": "boolean"}, {"type": "string"}
 TENSOR = {"type": "tensor"}
+TEXTS = {"type": "array", "maxItems": 10_000, "items": TEXT}  # a list of strings
 PLAIN = {"anyOf": [{"type": ["string", "boolean", "null"]}, number()]}  # an option's value
 
 # training.json beside the weights: the architecture that --pretrain and export rebuild, the
@@ -151,7 +147,7 @@ STUDY = {
     "properties": {"seeds": {"type": "array", "minItems": 1, "maxItems": 1000, "uniqueItems": True,
                              "items": count(0, MAX_SEED)},
                    **{k: count(least) for k, least in STUDY_COUNTS.items()},
-                   **dict.fromkeys(STUDY_TEXTS, TEXT), "pool": strings(), "command": strings()},
+                   **dict.fromkeys(STUDY_TEXTS, TEXT), "pool": TEXTS, "command": TEXTS},
 }
 
 # RUN/.lock, written by the process that runs there (runfolder.py); anything else reads as no holder
@@ -171,8 +167,7 @@ SIMULATED = {
 }
 
 # the cached file list's counts (its arrays are checked against these, and by their digest)
-FILE_LIST_META = {"type": "array", "minItems": 4, "maxItems": 4,
-                  "items": count(0, MAX_COUNT)}
+FILE_LIST_META = {"type": "array", "minItems": 4, "maxItems": 4, "items": count(0, MAX_COUNT)}
 
 
 def _validator_class() -> Any:
@@ -228,8 +223,7 @@ def problem(record: object, schema: Mapping) -> str | None:
 
 def check(record: object, schema: Mapping, where: str, fix: str) -> Any:
     """``record`` when it follows ``schema``; RecordError "WHERE: PROBLEM; FIX" otherwise."""
-    found = problem(record, schema)
-    if found:
+    if found := problem(record, schema):
         raise RecordError(f"{where}: {found}; {fix}")
     return record
 
@@ -278,17 +272,16 @@ def read_training_record(checkpoint: str, strict: bool = False) -> dict | None:
 def numeric_fields(schema: object, path: str = "") -> list[tuple[str, dict]]:
     """Every (path, subschema) of ``schema`` that admits a number or integer, for the test that
     each declares a finite maximum."""
-    found = []
+    found, parts = [], {}  # parts: (key or index, subschema)
     if isinstance(schema, dict):
         kinds = schema.get("type", [])
-        kinds = [kinds] if isinstance(kinds, str) else kinds
-        if {"number", "integer"} & set(kinds):
+        if {"number", "integer"} & set([kinds] if isinstance(kinds, str) else kinds):
             found.append((path, schema))
-        for key, value in schema.items():
-            found += numeric_fields(value, f"{path}/{key}")
+        parts = schema
     elif isinstance(schema, list):
-        for i, value in enumerate(schema):
-            found += numeric_fields(value, f"{path}/{i}")
+        parts = dict(enumerate(schema))
+    for key, value in parts.items():
+        found += numeric_fields(value, f"{path}/{key}")
     return found
 
 

@@ -7,8 +7,6 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from option_table import DIST_TIMEOUT
-
 if TYPE_CHECKING:  # imported where they are used: --help answers without loading torch
     from model.ipt import IPTConfig
     from model.restormer import RestormerConfig
@@ -35,30 +33,21 @@ class RunSettings:
     debug: bool
     precision: str  # single or half (inference)
     amp: str  # none, bf16 or fp16 (training)
-    auto_resume: bool = False  # continue from state.pt when there is one
-    dist_timeout: int = DIST_TIMEOUT  # seconds a collective waits for the other processes
+    auto_resume: bool  # continue from state.pt when there is one
+    dist_timeout: int  # seconds a collective waits for the other processes
 
     @property
     def checkpoint(self) -> str:
-        """The file to load: --pretrain, or the run directory's model for the authors' --resume."""
+        """The file to load: --pretrain, or the run directory's model for the authors' --resume
+        (RUN/model/STEM.pt, or STEM.safetensors when only that one exists)."""
         if self.pretrain or not self.resume:
             return self.pretrain
         stem = "model_latest" if self.resume == -1 else f"model_{self.resume}"
-        return trained_weights(os.path.join(self.save, "model"), stem)
+        paths = [os.path.join(self.save, "model", stem + suffix) for suffix in WEIGHT_SUFFIXES]
+        return next((p for p in paths if os.path.exists(p)), paths[0])
 
 
 WEIGHT_SUFFIXES = (".pt", ".safetensors")  # the trained weights' files, preferred first
-
-
-def weight_suffixes(save_format: str) -> tuple[str, ...]:
-    """The suffixes of the weights files a run writes with --save_format."""
-    return WEIGHT_SUFFIXES if save_format == "both" else ("." + save_format,)
-
-
-def trained_weights(folder: str, stem: str) -> str:
-    """folder/stem.pt, or folder/stem.safetensors when only that one exists."""
-    paths = [os.path.join(folder, stem + suffix) for suffix in WEIGHT_SUFFIXES]
-    return next((p for p in paths if os.path.exists(p)), paths[0])
 
 
 @dataclass(frozen=True)
@@ -179,6 +168,7 @@ def settings(args: argparse.Namespace) -> Settings:
     record = jsonable({k: v for k, v in vars(args).items() if k not in PARSE_NOTES})
     progressive = zip(args.progressive_patches or [], args.progressive_batches or [],
                       args.progressive_steps or [], strict=False)
+    suffixes = WEIGHT_SUFFIXES if args.save_format == "both" else ("." + args.save_format,)  # what it writes
     return Settings(
         # the head names of --pretrain's file: its record's, else the options' when they name several
         # heads (a single-head model trained from a multi-head file)
@@ -191,7 +181,7 @@ def settings(args: argparse.Namespace) -> Settings:
                     run_dir=args.save),
         train=_taken(TrainSettings, args, task_names=task_names, decay_epochs=args.decay_milestones,
                      periods=args.periods or [], eta_mins=args.eta_mins or [],
-                     weight_suffixes=weight_suffixes(args.save_format), progressive=list(progressive)),
+                     weight_suffixes=suffixes, progressive=list(progressive)),
         inference=_taken(InferenceSettings, args, mode=args.chop),
         evaluation=_taken(EvalSettings, args, clip_noise=args.test_noise == "clipped",
                           workers=args.n_threads, task_id=task_id, model_name=args.model, record=record),

@@ -1,11 +1,6 @@
-"""The run folder's life: its lock, the files written into it, and the background writer.
-
-- ``RunLock``: ``RUN/.lock``, one process per run directory (the class says when its holder is gone).
-- ``atomic_write`` / ``write_json`` / ``write_text`` / ``atomic_save``: a temporary renamed into
-  place, so a crash leaves the old file or the new one; a full disk is one SaveError line.
-- ``host_copy`` / ``BackgroundWriter``: a snapshot of tensors on the CPU, written by one thread
-  while training goes on.
-"""
+"""The run folder's life: its lock (``RunLock``), the files written into it (``atomic_write`` and
+its wrappers: a crash leaves the old file or the new one), and the background writer (``host_copy``,
+``BackgroundWriter``)."""
 from __future__ import annotations
 
 import contextlib
@@ -22,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
@@ -40,7 +36,7 @@ class LockError(RuntimeError):
     """A run directory that another live process is using."""
 
 
-class RunLock:
+class RunLock(contextlib.AbstractContextManager):
     """``RUN/.lock``: created atomically by the process that runs there, removed when it ends.
 
     A live holder is never displaced. On this host the holder is alive while its process runs
@@ -72,8 +68,7 @@ class RunLock:
         try:
             note = self._link(tmp)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
+            pathlib.Path(tmp).unlink(missing_ok=True)
         self._fd = os.open(self.path, os.O_RDONLY | O_NONBLOCK)
         threading.Thread(target=self._renew, name="run lock renewal", daemon=True).start()
         return note
@@ -86,20 +81,19 @@ class RunLock:
                 self._create(record_file)
             except FileExistsError:
                 holder, identity = self._holder()
-                why_stale = self._stale(holder)
+                why_stale, expiry = self._stale(holder)
                 if why_stale is None:
                     raise LockError(
                         f"{os.path.dirname(self.path)} is in use by process {holder.get('pid')} on "
                         f"{holder.get('host')} ({holder.get('command') or 'command unknown'}): wait "
                         f"for it or give another --save; if that process is gone, delete "
-                        f"{self.path}{self._expiry(holder)}") from None
+                        f"{self.path}{expiry}") from None
                 note = f"removed a stale lock {self.path} of process {holder.get('pid')} on " \
                        f"{holder.get('host')}: {why_stale}"
                 self._remove_if(identity)
                 continue
             self.held = True
-            removed = remove_stale_temporaries(os.path.dirname(self.path))
-            if removed:
+            if removed := remove_stale_temporaries(os.path.dirname(self.path)):
                 note = (note + "; " if note else "") + (
                     f"removed {len(removed)} temporary file(s) a killed process left: "
                     + ", ".join(os.path.basename(r) for r in removed[:3]))
@@ -122,53 +116,40 @@ class RunLock:
         (left by a crash, or larger than a record) reads as a dead process of this host; anything
         but a regular file is refused (LockError)."""
         identity, holder = None, {}
-        try:
+        with contextlib.suppress(OSError, ValueError, RecursionError):
             info = os.lstat(self.path)
             identity = (info.st_dev, info.st_ino)
             if not stat.S_ISREG(info.st_mode):  # never a lock this program wrote: not ours to remove
                 raise LockError(f"{self.path} is {file_kind(info.st_mode)}, not a lock file this program "
                                 f"wrote: move it away, then start again")
-            holder = json.loads(read_small_file(self.path))
-            holder = holder if records.problem(holder, records.LOCK) is None else {}
+            record = json.loads(read_small_file(self.path))
+            holder = record if records.problem(record, records.LOCK) is None else {}
             holder["renewed"] = info.st_mtime
-        except (OSError, ValueError, RecursionError):
-            holder = {}
         holder.setdefault("host", socket.gethostname())
         return holder, identity
 
-    def _stale(self, holder: dict) -> str | None:
-        """Why the holder no longer runs; None while it may."""
+    def _stale(self, holder: dict) -> tuple[str | None, str]:
+        """(why the holder no longer runs, None while it may; while it may, when another host's lock
+        will count as stale, for the refusal: "" on this host). "none", torchrun's id of every job
+        without --rdzv_id, identifies no job."""
         if holder.get("host") == socket.gethostname():
             pid = holder.get("pid")  # checked by records.LOCK
             if pid is None or pid == os.getpid():
-                return "its record names no other process"
+                return "its record names no other process", ""
             started = process_start(pid)
             if not pid_exists(pid) or (holder.get("started") and started != holder.get("started")):
-                return "that process no longer runs"
-            return None
-        age, limit, same_job = self._age(holder)
-        if age > limit:
-            return (f"not renewed for {age:.0f} s, stale after {limit:.0f} s"
-                    + (" (an earlier attempt of this torchrun job)" if same_job else ""))
-        return None
-
-    def _age(self, holder: dict) -> tuple[float, float, bool]:
-        """(seconds since another host's holder renewed its lock, the seconds after which it is
-        stale, whether it was taken under our torchrun run id); "none", torchrun's id of every
-        job without --rdzv_id, identifies no job."""
-        renewed = holder.get("renewed")
+                return "that process no longer runs", ""
+            return None, ""
+        renewed = holder.get("renewed")  # another host's holder: alive while it renews the lock
+        age = time.time() - renewed if isinstance(renewed, float) else math.inf
         ours = os.environ.get(ELASTIC_RUN_ID)
         same_job = bool(ours) and ours != "none" and holder.get("run_id") == ours
         limit = LOCK_RENEW_SECONDS * LOCK_MISSED_RENEWALS if same_job else self.stale_after
-        return (time.time() - renewed if isinstance(renewed, float) else math.inf), limit, same_job
-
-    def _expiry(self, holder: dict) -> str:
-        """When another host's lock will count as stale, for the refusal ("" on this host)."""
-        if holder.get("host") == socket.gethostname():
-            return ""
-        age, limit, same_job = self._age(holder)
-        return (f" (its holder renews it every {LOCK_RENEW_SECONDS} s, last {age:.0f} s ago; it is "
-                f"stale {limit:.0f} s after that{'' if same_job else ', --dist_timeout'})")
+        if age > limit:
+            return (f"not renewed for {age:.0f} s, stale after {limit:.0f} s"
+                    + (" (an earlier attempt of this torchrun job)" if same_job else "")), ""
+        return None, (f" (its holder renews it every {LOCK_RENEW_SECONDS} s, last {age:.0f} s ago; it "
+                      f"is stale {limit:.0f} s after that{'' if same_job else ', --dist_timeout'})")
 
     def _remove_if(self, identity: tuple[int, int] | None) -> None:
         """Remove the lock if it is still the file judged stale: moved aside first (atomic), and
@@ -182,8 +163,7 @@ class RunLock:
         if identity is not None and (info.st_dev, info.st_ino) != identity:
             with contextlib.suppress(OSError):
                 os.link(aside, self.path)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(aside)
+        pathlib.Path(aside).unlink(missing_ok=True)
 
     def _renew(self) -> None:
         """Touch the lock this process created (through its descriptor: never another's file)."""
@@ -199,12 +179,8 @@ class RunLock:
                 os.close(self._fd)
             self._fd = None
         if self.held:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.path)
+            pathlib.Path(self.path).unlink(missing_ok=True)
             self.held = False
-
-    def __enter__(self) -> RunLock:
-        return self
 
     def __exit__(self, *exc) -> None:
         self.release()
@@ -225,11 +201,10 @@ def process_start(pid: int) -> str | None:
 def pid_exists(pid: int) -> bool:
     """Whether a process of that number runs on this host."""
     try:
-        os.kill(pid, 0)
+        with contextlib.suppress(PermissionError):  # another user's
+            os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -238,13 +213,9 @@ class SaveError(OSError):
     """A file that could not be written (full disk, no permission); the previous one is kept."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file
+_UMASK = os.umask(0)  # read by setting it; put back at once
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give a new file
 # torch.save reports a failed write (a full disk) as a RuntimeError of several wordings; a
 # loader worker's death, raised by its SIGCHLD handler while a save runs, is not about the file
 NOT_A_WRITE_FAILURE = re.compile(r"DataLoader worker")
@@ -327,9 +298,8 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     process left; only the holder of the run's lock may call it (no one else writes there)."""
     removed = []
     for sub in RUN_SUBFOLDERS:
-        where = os.path.join(folder, sub)
         with contextlib.suppress(OSError):
-            for entry in os.scandir(where):
+            for entry in os.scandir(os.path.join(folder, sub)):
                 if TEMPORARY_NAME.match(entry.name) and entry.is_file(follow_symlinks=False):
                     with contextlib.suppress(OSError):
                         os.remove(entry.path)
@@ -380,36 +350,27 @@ class BackgroundWriter:
 
     def __init__(self, name: str = "writer"):
         self.name = name
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._job: Future | None = None
 
     def submit(self, job: Callable[[], None]) -> None:
         """Start ``job`` in the background once the previous one is done (its error raised here)."""
         self.wait()
-        self._thread = threading.Thread(target=self._run, args=(job,), name=self.name)
-        self._thread.start()
-
-    def _run(self, job: Callable[[], None]) -> None:
-        try:
-            job()
-        except BaseException as e:  # handed to the caller's thread, never a thread's traceback
-            self._error = e
+        pool = ThreadPoolExecutor(1, thread_name_prefix=self.name)
+        self._job = pool.submit(job)  # an exception is kept for the caller, never a thread's traceback
+        pool.shutdown(wait=False)  # its thread ends with the job
 
     @property
     def busy(self) -> bool:
         """Whether a job is being run now."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._job is not None and not self._job.done()
 
     def wait(self) -> None:
         """Block until the job in flight is done; raise the exception it ended with, if any."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
+        job, self._job = self._job, None
+        if job is not None:
+            job.result()
 
     def check(self) -> None:
         """Raise the exception of a job that has ended with one (without waiting for a running job)."""
-        if self._error is not None and not self.busy:
+        if self._job is not None and self._job.done():
             self.wait()

@@ -1,13 +1,6 @@
-"""Stop signals: SIGINT, SIGTERM and SIGUSR1 end any command cleanly, in one line, exit 130.
-
-- ``StopSignals``: within ``with``, a stop signal sets a flag or raises ``Interrupted``;
-- ``early``: an entry point's first call, before torch loads (seconds): a stop signal then ends
-  the program in one line and exit 130, instead of killing it without a word;
-- ``ignore_stop_signals``: loader workers leave the stop to their parent, which ends them;
-- ``stop_when_orphaned``: a torchrun rank whose agent died stops as on SIGTERM.
-
-It imports nothing heavy (no torch), so that ``early`` can run first.
-"""
+"""Stop signals: SIGINT, SIGTERM and SIGUSR1 end any command cleanly, in one line, exit 130
+(``StopSignals``, ``early``; ``ignore_stop_signals`` in loader workers, ``stop_when_orphaned`` in
+torchrun ranks). It imports nothing heavy (no torch), so that ``early`` can run first."""
 from __future__ import annotations
 
 import contextlib
@@ -109,9 +102,8 @@ def quiet_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
     ``__del__``), or a loader worker the same signal ended, is part of that stop and printed as no
     error (the stop says itself in one line); anything else as usual."""
     error = unraisable.exc_value
-    if isinstance(error, KeyboardInterrupt) or WORKER_ENDED.search(str(error)):
-        return
-    sys.__unraisablehook__(unraisable)
+    if not (isinstance(error, KeyboardInterrupt) or WORKER_ENDED.search(str(error))):
+        sys.__unraisablehook__(unraisable)
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:

@@ -119,15 +119,6 @@ def lr_factor(schedule: str, milestones: list[int], gamma: float, warmup: int, t
     return {"cosine": cosine, "cyclic_cosine": cyclic_cosine}.get(schedule, step_decay)
 
 
-def moving_average(model: nn.Module, decay: float) -> AveragedModel:
-    """An exponential moving average of ``model``'s weights that starts at the weights it has now,
-    without a warm-up of the decay (as BasicSR's): each update moves it 1 - ``decay`` of the way
-    to the model's."""
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
-    ema.update_parameters(model)  # the first update copies
-    return ema
-
-
 def progressive_crop(lr: Tensor, hr: Tensor, patch: int, size: int,
                      generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """``size`` random samples of a scale-1 batch, cropped at one random ``patch`` square."""
@@ -162,15 +153,18 @@ class Trainer(checkpointing.Checkpointing):
         self.device = next(model.parameters()).device
         self.optimizer = make_optimizer(settings, model.parameters())
         t = settings
-        # every rank updates its own average from the same weights: no communication
-        self.ema = moving_average(checkpointing.unwrap(model), t.ema_decay) if t.ema_decay else None
+        # an exponential moving average of the weights, starting at them without a warm-up of the
+        # decay (as BasicSR's); every rank updates its own from the same weights: no communication
+        if t.ema_decay:  # else the class's None
+            bare = checkpointing.unwrap(model)
+            self.ema = AveragedModel(bare, multi_avg_fn=get_ema_multi_avg_fn(t.ema_decay))
+            self.ema.update_parameters(bare)  # the first update copies
         # what validations evaluate: the delivered network, compiled once under --compile
         self.eval_net = torch.compile(self.delivered) if t.compile else self.delivered
         milestones = [m * steps_per_epoch for m in t.decay_epochs]
         end_factors = [eta / t.lr for eta in t.eta_mins] if t.lr else []
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(
-            t.schedule, milestones, t.gamma, t.warmup_steps, self.schedule_steps, t.periods,
-            end_factors))
+            t.schedule, milestones, t.gamma, t.warmup_steps, self.schedule_steps, t.periods, end_factors))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         self.progress = checkpointing.Progress()
         self.skipped_files: dict[int, int] = {}  # loader worker -> files it skipped so far
@@ -181,7 +175,12 @@ class Trainer(checkpointing.Checkpointing):
         self.writer = None
         if rank == 0:
             os.makedirs(self.model_dir, exist_ok=True)
-            self.writer = _summary_writer(os.path.join(t.save, "tensorboard"))
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                log.warning("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
+            else:
+                self.writer = SummaryWriter(os.path.join(t.save, "tensorboard"))
 
     # -- the loop ---------------------------------------------------------------------
     def fit(self) -> int:
@@ -193,9 +192,8 @@ class Trainer(checkpointing.Checkpointing):
         """
         p = self.progress
         if p.step >= self.total_steps:  # a resumed run already there: its files stay as they are
-            log.info("step %d of the saved state is not before step %d, where this run ends: nothing "
-                     "to train, nothing written (a larger --max_steps continues it)", p.step,
-                     self.total_steps)
+            log.info("step %d of the saved state is not before step %d, where this run ends: nothing to "
+                     "train, nothing written (a larger --max_steps continues it)", p.step, self.total_steps)
             return 0
         bar = tqdm(total=self.total_steps, initial=p.step, desc="training", unit="step",
                    dynamic_ncols=True, disable=self.rank != 0)
@@ -231,9 +229,8 @@ class Trainer(checkpointing.Checkpointing):
                 how = "finished" if p.step >= self.total_steps else "stopped"
                 log.info("%s at step %d of %d after %.1f s of training steps; %d step(s) skipped "
                          "for non-finite losses; %d training file read(s) skipped (unreadable or "
-                         "smaller than the crop)", how, p.step, self.total_steps,
-                         self.train_seconds, p.nonfinite_total,
-                         sum(self.skipped_files.values()))
+                         "smaller than the crop)", how, p.step, self.total_steps, self.train_seconds,
+                         p.nonfinite_total, sum(self.skipped_files.values()))
         if self.interrupted and saved:
             log.info(checkpointing.RESUME_HINT)
             return INTERRUPTED
@@ -250,11 +247,9 @@ class Trainer(checkpointing.Checkpointing):
         p = self.progress
         if p.nonfinite_run == 0:
             return False
-        broken = self.nonfinite_weights()  # on their device
-        if broken:
+        if broken := self.nonfinite_weights():  # on their device
             log.error("step %d: %d weight tensor(s) are NaN or infinite (%s, ...): stopping; the "
-                      "last checkpoint is kept (lower --lr, set --gclip)", p.step, len(broken),
-                      broken[0])
+                      "last checkpoint is kept (lower --lr, set --gclip)", p.step, len(broken), broken[0])
             return True
         if p.nonfinite_run > self.settings.max_nonfinite:
             log.error("%d non-finite losses in a row at step %d: stopping (lower --lr, set "
@@ -295,7 +290,12 @@ class Trainer(checkpointing.Checkpointing):
                 if not math.isfinite(values[-1]) or self._too_large(values[-1]):
                     if synced:
                         (loss * 0).backward()  # DDP's forward awaits it; the gradients are dropped
-                    return self._skip(values[-1])
+                    self.optimizer.zero_grad(set_to_none=True)  # skipped: no weight moves, the schedule does
+                    self.progress.nonfinite_total += 1
+                    self.progress.nonfinite_run += 1
+                    log.warning("step %d: loss %s skipped", self.progress.step, values[-1])
+                    self.scheduler.step()
+                    return None
                 self.scaler.scale(loss / k).backward()
         self.progress.nonfinite_run = 0
         if self.settings.gclip > 0:
@@ -316,7 +316,9 @@ class Trainer(checkpointing.Checkpointing):
         hr = batch["hr"].to(self.device, non_blocking=True)
         task_id = int(batch["task_id"])
         if batch["lr"] is None:  # --gpu_degrade: bicubic or noise made here, on the device
-            lr_img = synthesize_lr(hr, self.settings.task_names[task_id], self._generator(batch["step"]))
+            seed = seeded("gpu_degrade", self.settings.seed, self.rank, batch["step"]).initial_seed()
+            generator = torch.Generator(self.device).manual_seed(seed)  # batch ``step`` of this rank's
+            lr_img = synthesize_lr(hr, self.settings.task_names[task_id], generator)
         else:
             lr_img = batch["lr"].to(self.device, non_blocking=True)
         if self.settings.progressive:
@@ -327,14 +329,6 @@ class Trainer(checkpointing.Checkpointing):
         amp = AMP_DTYPES.get(self.settings.amp)
         with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
             return self.loss(lr_img, hr, task_id, micro)
-
-    def _skip(self, value: float) -> None:
-        """Skip this step (a non-finite or too large loss): no weight moves, the schedule does."""
-        self.optimizer.zero_grad(set_to_none=True)
-        self.progress.nonfinite_total += 1
-        self.progress.nonfinite_run += 1
-        log.warning("step %d: loss %s skipped", self.progress.step, value)
-        self.scheduler.step()
 
     def loss(self, lr_img: Tensor, hr: Tensor, task_id: int, step: int) -> Tensor:
         """L1 (on the masked cells for mim), plus the weighted contrastive loss under --con_loss."""
@@ -356,11 +350,6 @@ class Trainer(checkpointing.Checkpointing):
     def patch_dim(self) -> int:
         """Pixels per token side of the network (what a mim mask cell covers)."""
         return checkpointing.unwrap(self.model).cfg.patch_dim
-
-    def _generator(self, step: int) -> torch.Generator:
-        """A generator on the training device for the noise of batch ``step`` of this rank."""
-        seed = seeded("gpu_degrade", self.settings.seed, self.rank, step).initial_seed()
-        return torch.Generator(self.device).manual_seed(seed)
 
     def stage(self, step: int) -> tuple[int, int]:
         """(patch size, batch size) of progressive training at ``step``; the last stage goes on."""
@@ -411,12 +400,3 @@ class Trainer(checkpointing.Checkpointing):
             self.write_record()  # its best_step, for evaluations of model_best.pt
         log.info("step %d: validation PSNR %.3f dB (best %.3f at step %d)", p.step, mean,
                  p.best_psnr, p.best_step)
-
-def _summary_writer(folder: str):
-    """A TensorBoard writer, or None when tensorboard is not installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        log.warning("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
-        return None
-    return SummaryWriter(folder)

@@ -1,14 +1,6 @@
-"""Helpers every part may use; a leaf module (it imports nothing from the project).
-
-- ``setup_logging``: the "ipt" logger, to the console and appended to ``RUN/log.txt``;
-- run records: ``sha256_file``, ``git_commit`` (runs ``git`` in a subprocess), ``jsonable``;
-- ``nonfinite_tensors`` / ``load_failure``: weights checked before a save, a failed load in one line;
-- ``read_small_file``: a record's bytes, read only from a regular file of bounded size;
-- ``keep_freed_memory``: tunes glibc malloc (``mallopt``) so CPU forward passes reuse freed memory;
-- ``collect_again``: the garbage collector back on after start-up, start-up's objects frozen;
-- ``usable_cpus`` / ``cpuinfo`` / ``available_memory``: what this machine offers;
-  ``torchrun_count``: the process counts torchrun gives.
-"""
+"""Helpers every part may use; a leaf module (it imports nothing from the project): logging, run
+records and their bounded reads, one-line load failures, and what this machine and torchrun offer
+(cores, memory, glibc malloc, the garbage collector after start-up, process counts)."""
 from __future__ import annotations
 
 import contextlib
@@ -45,14 +37,12 @@ def setup_logging(save_dir: str, debug: bool = False, quiet: bool = False) -> lo
         return logger
     os.makedirs(save_dir, exist_ok=True)
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
-    console = logging.StreamHandler()
-    console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     # a file name that is not UTF-8 (undecodable bytes) is logged as \xNN, never a logging error
     to_file = logging.FileHandler(os.path.join(save_dir, LOG_NAME), encoding="utf-8",
                                   errors="backslashreplace")
-    to_file.setFormatter(logging.Formatter(LOG_FORMAT))
-    logger.addHandler(console)
-    logger.addHandler(to_file)
+    for handler, form in ((logging.StreamHandler(), "%(levelname)s %(message)s"), (to_file, LOG_FORMAT)):
+        handler.setFormatter(logging.Formatter(form))
+        logger.addHandler(handler)
     return logger
 
 
@@ -137,8 +127,7 @@ MAX_INT64 = 2 ** 63 - 1  # file sizes and st_mtime_ns: what the operating system
 
 
 def last_line(error: BaseException) -> str:
-    """The message of an error in one line, without the worker traceback a DataLoader puts
-    before it."""
+    """The message of an error in one line, without the worker traceback a DataLoader puts before it."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if len(lines) > 1 and "Traceback" in str(error):  # raised in a loader worker
         return lines[-1].split(": ", 1)[-1]
@@ -158,8 +147,7 @@ def load_failure(error: BaseException) -> str:
     """One line saying why ``torch.load(..., weights_only=True)`` or a ``load_state_dict`` failed
     on a file (never torch's advice to load it unsafely)."""
     text = ANSI_ESCAPE.sub("", str(error))
-    unsafe = UNSAFE_GLOBAL.search(text)
-    if unsafe:  # a pickle that would call something: refused, never run
+    if unsafe := UNSAFE_GLOBAL.search(text):  # a pickle that would call something: refused, never run
         return f"it would run code ({unsafe.group(1).rstrip('.,')}) when loaded, which is refused"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     lines = [line for line in lines if not TORCH_ADVICE.search(line)] or (
