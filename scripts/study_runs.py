@@ -19,8 +19,9 @@ import utility
 from data.images import ImageReadError, read_image, save_image, stem
 from data.listing import walk_images
 from data.sample import sample_photos
-from scripts import cli, hostinfo, study_records
+from scripts import cli, study_records
 from scripts.study_records import PROG, TASKS, Row, StudyError, finetune_name, run_dir, scores
+from scripts.timing import cpu_model
 
 SIX_SCALES, SIX_TASKS = "2+3+4+1+1+1", "sr2+sr3+sr4+derain+denoise30+denoise50"
 PRETRAININGS = {"six": (SIX_SCALES, SIX_TASKS), "mim": ("1", "mim"),  # name -> (--scale, --tasks)
@@ -217,7 +218,7 @@ def collect(a: argparse.Namespace) -> None:
     if a.variant != "main":
         return
     machine = (torch.cuda.get_device_name(0) if torch.cuda.is_available() else
-               f"{hostinfo.cpu_model()}, {utility.usable_cpus()} usable cores")  # and its torch
+               f"{cpu_model()}, {utility.usable_cpus()} usable cores")  # and its torch
     manifest = {"seeds": a.seeds, **{k: getattr(a, k) for k in study_records.MANIFEST_COUNTS[:5]},
                 "pool_photos": sum(len(images_under(folder)) for folder in a.pool),
                 "sample_photos": len(sample_photos("train")), "options": a.options,
