@@ -19,9 +19,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from option import OptionParser  # errors in one line, exit status 2
-from scripts.bench_compile import compile_section
 from scripts.bench_inference import bf16_section, forward_section, tiling_section
-from scripts.bench_training import loader_section, saving_section, training_section
+from scripts.bench_training import compile_section, loader_section, saving_section, training_section
 from scripts.timing import DOC, FULL, SMOKE, write_section
 
 DEFAULT_REPS = 5

@@ -35,8 +35,7 @@ from model import build_model  # noqa: E402
 from option import parse_args, settings  # noqa: E402
 from report import markdown_table  # noqa: E402
 from scripts.cli import BAD_OPTION, REPOSITORY, Refusal, say  # noqa: E402
-from scripts.hostinfo import machine  # noqa: E402
-from scripts.timing import timed  # noqa: E402
+from scripts.timing import machine, timed  # noqa: E402
 
 DOC = os.path.join(REPOSITORY, "docs", "COMPARE.md")
 DEFAULT_SECONDS = 480.0

@@ -1,9 +1,11 @@
-"""What every benchmark section shares: the sizes it runs at, its timing, and its part of the doc."""
+"""What every benchmark section shares: its sizes, its timing, the machine it ran on, its part of the doc."""
 from __future__ import annotations
 
 import argparse
+import datetime
 import math
 import os
+import platform
 import re
 import statistics
 import subprocess
@@ -15,8 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 import runfolder
+import utility
 from scripts.cli import REPOSITORY
-from scripts.hostinfo import machine
 
 DOC = os.path.join(REPOSITORY, "docs", "BENCHMARKS.md")
 TEXT = os.path.join(REPOSITORY, "scripts", "benchmark_text.md")  # the doc's paragraphs, with {fields}
@@ -106,6 +108,19 @@ def text(name: str, **fields: object) -> str:
     with open(TEXT, encoding="utf-8") as f:
         parts = re.split(r"^\[([\w-]+)\]\n", f.read(), flags=re.M)[1:]
     return " ".join(dict(zip(parts[::2], parts[1::2], strict=True))[name].split()).format(**fields)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), or what platform knows of it."""
+    return utility.cpuinfo("model name") or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine() -> str:
+    """CPU model, core count, GPU when present, Python and torch versions and the date, in one line."""
+    gpu = f"; {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    return (f"{cpu_model()}, {utility.usable_cpus()} core(s){gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}; {date}")
 
 
 def section(title: str, args: argparse.Namespace, paragraphs: list[str], header: list[str],

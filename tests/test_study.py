@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import records
 import stops
-from scripts import study, study_records, study_report, study_runs
+from scripts import study, study_report
 
 
 def test_spread_is_the_mean_and_sample_deviation_over_seeds():
@@ -33,27 +33,27 @@ def test_a_curve_starts_at_the_input_and_follows_the_log(tmp_path):
         "2026-01-01 INFO step 120: validation PSNR 31.500 dB (best 31.500 at step 120)\n")
     (tmp_path / "metrics.json").write_text(json.dumps(
         {"results": {"Set5": {"sr2": metrics(31.5, 0.9, 29.0)}}}))
-    assert study_records.curve(str(tmp_path)) == [(0, 29.0), (60, 30.125), (120, 31.5)]
+    assert study_report.curve(str(tmp_path)) == [(0, 29.0), (60, 30.125), (120, 31.5)]
 
 
 def test_finished_runs_are_recognised(tmp_path):
     run = tmp_path / "run"
-    assert not study_runs.done(str(run), "training")
+    assert not study.done(str(run), "training")
     (run / "model").mkdir(parents=True)
     (run / "model" / "training.json").write_text(json.dumps({"architecture": {}, "finished": False}))
-    assert not study_runs.done(str(run), "training")
+    assert not study.done(str(run), "training")
     (run / "model" / "training.json").write_text(json.dumps({"architecture": {}, "finished": True}))
-    assert study_runs.done(str(run), "training")
+    assert study.done(str(run), "training")
     (run / "model" / "training.json").write_text("{not json")
-    assert not study_runs.done(str(run), "training")
-    assert not study_runs.done(str(run), "evaluation")
+    assert not study.done(str(run), "training")
+    assert not study.done(str(run), "evaluation")
     (run / "metrics.json").write_text("{}")
-    assert study_runs.done(str(run), "evaluation")
+    assert study.done(str(run), "evaluation")
 
 
 def test_the_test_sets_need_prepared_data(tmp_path):
     with pytest.raises(SystemExit, match=r"python -m scripts\.prepare_data"):
-        study_runs.test_sets(str(tmp_path / "missing"), str(tmp_path / "out"), 3)
+        study.test_sets(str(tmp_path / "missing"), str(tmp_path / "out"), 3)
 
 
 def test_a_remade_doc_keeps_its_conclusions(tmp_path):
@@ -75,7 +75,7 @@ def one_error(path, call):
     """The reader's result, or None after checking its refusal is one line naming the file."""
     try:
         return call()
-    except study_records.MetricsError as e:
+    except study_report.MetricsError as e:
         text = str(e)
         assert "\n" not in text and str(path) in text and "delete the run's folder" in text
         return None
@@ -98,38 +98,38 @@ def one_error(path, call):
 ])
 def test_a_bad_metrics_json_is_one_line_naming_file_and_key(tmp_path, text, key):
     (tmp_path / "metrics.json").write_text(text)
-    with pytest.raises(study_records.MetricsError, match=re.escape(key)) as e:
-        study_records.scores(str(tmp_path), "Set5", "sr2")  # the old reader: JSONDecodeError, KeyError...
+    with pytest.raises(study_report.MetricsError, match=re.escape(key)) as e:
+        study_report.scores(str(tmp_path), "Set5", "sr2")  # the old reader: JSONDecodeError, KeyError...
     assert one_error(tmp_path, lambda: (_ for _ in ()).throw(e.value)) is None
 
 
 def test_metrics_json_must_be_a_small_regular_file(tmp_path):
     os.mkfifo(tmp_path / "metrics.json")  # the old reader hung on it
-    with pytest.raises(study_records.MetricsError, match="not a regular file"):
-        study_records.scores(str(tmp_path), "Set5", "sr2")
+    with pytest.raises(study_report.MetricsError, match="not a regular file"):
+        study_report.scores(str(tmp_path), "Set5", "sr2")
     os.remove(tmp_path / "metrics.json")
     with open(tmp_path / "metrics.json", "wb") as f:
-        f.truncate(study_records.METRICS_MAX_BYTES + 1)  # sparse: no disk used
-    with pytest.raises(study_records.MetricsError, match="larger than"):
-        study_records.scores(str(tmp_path), "Set5", "sr2")
+        f.truncate(study_report.METRICS_MAX_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(study_report.MetricsError, match="larger than"):
+        study_report.scores(str(tmp_path), "Set5", "sr2")
 
 
 def test_a_good_metrics_json_gives_the_scores(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(good_record()))
-    assert study_records.scores(str(tmp_path), "Set5", "sr2") == metrics(31.0, 0.9, 29.0)
-    assert study_records.scores(str(tmp_path)) == metrics(31.0, 0.9, 29.0)  # its only set and task
+    assert study_report.scores(str(tmp_path), "Set5", "sr2") == metrics(31.0, 0.9, 29.0)
+    assert study_report.scores(str(tmp_path)) == metrics(31.0, 0.9, 29.0)  # its only set and task
 
 
 def test_a_finished_evaluation_with_a_bad_record_is_refused_not_redone(tmp_path, monkeypatch, capsys):
     run = tmp_path / "finetune_none_sr2"
     (tmp_path / "finetune_none_sr2_eval").mkdir()
     (tmp_path / "finetune_none_sr2_eval" / "metrics.json").write_text('{"results": {"Set5"')
-    monkeypatch.setattr(study_runs, "run_main", lambda *a: pytest.fail("redone"))
+    monkeypatch.setattr(study, "run_main", lambda *a: pytest.fail("redone"))
     a = study.parse(["--dir_data", str(tmp_path)])
-    with pytest.raises(study_records.MetricsError, match="finetune_none_sr2_eval"):
-        study_runs.evaluate(a, str(run), "sr2", str(tmp_path))
+    with pytest.raises(study_report.MetricsError, match="finetune_none_sr2_eval"):
+        study.evaluate(a, str(run), "sr2", str(tmp_path))
     evaluation = str(tmp_path / "finetune_none_sr2_eval")
-    monkeypatch.setattr(study, "run_all", lambda a: study_records.scores(evaluation))
+    monkeypatch.setattr(study, "run_all", lambda a: study_report.scores(evaluation))
     assert study.main(["--dir_data", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("study.py: ") and "metrics.json" in err[0]
@@ -144,7 +144,7 @@ METRIC_VALUES = st.one_of(st.floats(), st.integers(min_value=-10 ** 400, max_val
 NEAR_RECORDS = st.fixed_dictionaries({"results": st.dictionaries(
     st.sampled_from(["Set5", "CBSD68", "", "a\nb"]), st.dictionaries(
         st.sampled_from(["sr2", "denoise30"]),
-        st.dictionaries(st.sampled_from(study_records.SCORES + ("n_images",)), METRIC_VALUES, max_size=5)
+        st.dictionaries(st.sampled_from(study_report.SCORES + ("n_images",)), METRIC_VALUES, max_size=5)
         | JSON_VALUES, max_size=2) | JSON_VALUES, max_size=2)})
 
 
@@ -153,11 +153,11 @@ NEAR_RECORDS = st.fixed_dictionaries({"results": st.dictionaries(
 def test_the_reader_gives_scores_or_its_one_error(tmp_path, record, cut):
     text = json.dumps(record)  # NaN and Infinity as Python writes them
     (tmp_path / "metrics.json").write_text(text if cut is None else text[:cut])
-    found = one_error(tmp_path, lambda: study_records.read_metrics(str(tmp_path / "metrics.json")))
+    found = one_error(tmp_path, lambda: study_report.read_metrics(str(tmp_path / "metrics.json")))
     if found is not None:
         for tasks in found.values():
             for values in tasks.values():
-                assert set(values) == set(study_records.SCORES)
+                assert set(values) == set(study_report.SCORES)
                 assert all(type(v) is float and math.isfinite(v) for v in values.values())
 
 
@@ -201,7 +201,7 @@ def test_generated_seeds_and_options_are_accepted_or_refused_in_one_line(seeds, 
         return
     assert a.seeds == [int(s) for s in seeds.split("+")] and len(set(a.seeds)) == len(a.seeds)
     assert all(0 <= s <= records.MAX_SEED for s in a.seeds)
-    words, every_run = shlex.split(options), study_runs.common(a)
+    words, every_run = shlex.split(options), study.common(a)
     assert every_run[len(every_run) - len(words):] == words  # --options come last
 
 
@@ -209,11 +209,11 @@ def test_an_unreadable_pool_photo_is_left_out_with_a_warning(tmp_path, monkeypat
     pool = tmp_path / "pool"
     pool.mkdir()
     (pool / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")  # was: a traceback
-    study_runs.save_image(torch.zeros(3, study_records.POOL_TILE, study_records.POOL_TILE, dtype=torch.uint8),
+    study.save_image(torch.zeros(3, study_report.POOL_TILE, study_report.POOL_TILE, dtype=torch.uint8),
                      str(pool / "good.png"))
     os.mkfifo(pool / "pipe.png")  # not a regular file: never opened
-    monkeypatch.setattr(study_runs, "sample_photos", lambda split: [])
-    study_runs.make_pool([str(pool)], str(tmp_path / "data"), smoke=False)
+    monkeypatch.setattr(study, "sample_photos", lambda split: [])
+    study.make_pool([str(pool)], str(tmp_path / "data"), smoke=False)
     assert os.listdir(tmp_path / "data" / "ImageNet") == ["pool0_good_0.png"]
     err = capsys.readouterr().err
     assert "broken.png" in err and "1 of 2 pool photo(s) could not be read" in err
@@ -221,9 +221,9 @@ def test_an_unreadable_pool_photo_is_left_out_with_a_warning(tmp_path, monkeypat
 
 def test_a_stopped_run_stops_the_study_with_exit_130(monkeypatch, capsys):
     """main.py stopped by a signal (130): the study exits 130 too, not 'failed, fix it'."""
-    monkeypatch.setattr(study_runs.ipt_main, "main", lambda args: stops.INTERRUPTED)
+    monkeypatch.setattr(study.ipt_main, "main", lambda args: stops.INTERRUPTED)
     with pytest.raises(SystemExit) as stop:
-        study_runs.run_main(["--save", "x"], launcher="")
+        study.run_main(["--save", "x"], launcher="")
     assert stop.value.code == stops.INTERRUPTED
     assert "stopped by a signal" in capsys.readouterr().err
 
@@ -287,11 +287,11 @@ def make_records(root, **changes):
     for seed in SEEDS:
         for name, seconds in PRE_SECONDS.items():
             write_run(root / f"seed{seed}" / f"pretrain_{name}", P, seconds)
-        for i, row in enumerate(study_records.RUN_ROWS):
+        for i, row in enumerate(study_report.RUN_ROWS):
             for task, (test_set, base) in {"sr2": ("Set5", BICUBIC), "denoise30": ("CBSD68", NOISY)}.items():
                 steps = {"finetune": F, "steps": P + F, "seconds": P + F + 100 * seed}[row.budget]
                 psnr = (34.0 if task == "sr2" else 28.0) + OVER_NONE[row.name][seed - 1]
-                run = root / f"seed{seed}" / study_records.finetune_name(row, task)
+                run = root / f"seed{seed}" / study_report.finetune_name(row, task)
                 log = "".join(f"2026 INFO step {k}: validation PSNR {psnr - 1 + k / steps:.3f} dB (best)\n"
                               for k in (steps // 2, steps))
                 write_run(run, steps, 70.0 + 10 * i + seed, {test_set: {task: metrics(psnr, 0.9, base)}}, log)
@@ -366,13 +366,13 @@ def test_a_manifest_is_read_or_refused_in_one_line(tmp_path, changes, whole):
     record = manifest(**changes) if whole is None else whole
     (tmp_path / "study.json").write_text(json.dumps(record))
     try:
-        found = study_records.read_manifest(str(tmp_path))
-    except study_records.StudyError as e:
+        found = study_report.read_manifest(str(tmp_path))
+    except study_report.StudyError as e:
         assert "\n" not in str(e) and str(tmp_path / "study.json") in str(e)
         return
     assert set(found) == set(manifest())  # nothing else: never where anything is written
     assert found["seeds"] and all(type(s) is int and s >= 0 for s in found["seeds"])
-    assert all(type(found[k]) is int for k in study_records.MANIFEST_COUNTS)
+    assert all(type(found[k]) is int for k in study_report.MANIFEST_COUNTS)
     assert all(isinstance(x, str) for k in ("pool", "command") for x in found[k])
 
 
@@ -382,17 +382,17 @@ def test_the_equal_seconds_reference_gets_the_six_rows_seconds_at_its_own_speed(
     write_run(tmp_path / "seed1" / "pretrain_six", P, 100.0)
     write_run(tmp_path / "seed1" / "finetune_six_sr2", F, 150.0)
     write_run(tmp_path / "seed1" / "finetune_none_sr2", P + F, 200.0)  # 1/7 s a step
-    assert study_runs.row_steps(a, str(tmp_path), study_records.SECONDS_REFERENCE, "sr2", 1) == 1750  # 250 s
-    assert study_runs.row_steps(a, str(tmp_path), study_records.REFERENCE, "sr2", 1) == P + F
-    assert study_runs.row_steps(a, str(tmp_path), study_records.ROWS[1], "sr2", 1) == F
+    assert study.row_steps(a, str(tmp_path), study_report.SECONDS_REFERENCE, "sr2", 1) == 1750  # 250 s
+    assert study.row_steps(a, str(tmp_path), study_report.REFERENCE, "sr2", 1) == P + F
+    assert study.row_steps(a, str(tmp_path), study_report.ROWS[1], "sr2", 1) == F
 
 
 def test_a_finished_run_of_other_steps_is_refused_not_reused(tmp_path):
     write_run(tmp_path / "run", 4, 1.0)
-    assert study_runs.done(str(tmp_path / "run"), "training", 4)
+    assert study.done(str(tmp_path / "run"), "training", 4)
     refusal = "a finished run of 4 steps, where this study trains 5"
-    with pytest.raises(study_records.StudyError, match=refusal):
-        study_runs.done(str(tmp_path / "run"), "training", 5)
+    with pytest.raises(study_report.StudyError, match=refusal):
+        study.done(str(tmp_path / "run"), "training", 5)
 
 
 def test_only_the_report_needs_no_test_sets(capsys):
@@ -405,7 +405,7 @@ def test_only_the_report_needs_no_test_sets(capsys):
 def test_the_ema_variant_joins_the_report_when_its_records_are_there(tmp_path):
     records = make_records(tmp_path / "records")
     for seed, over in zip(SEEDS, (0.1, 0.2, 0.3), strict=True):  # over the reference, none
-        run = records / f"seed{seed}" / study_records.finetune_name(study_records.EMA_ROW, "sr2")
+        run = records / f"seed{seed}" / study_report.finetune_name(study_report.EMA_ROW, "sr2")
         write_run(run, P + F, 80.0, {"Set5": {"sr2": metrics(34.0 + over, 0.9, BICUBIC)}},
                   f"2026 INFO step {P + F}: validation PSNR {34.0 + over:.3f} dB (best)\n")
         (run.parent / (run.name + "_eval")).mkdir()
