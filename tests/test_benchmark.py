@@ -218,8 +218,9 @@ def test_bf16_times_restore_and_a_test_only_run_in_both_precisions(smoke_doc):
     assert [(r[0], r[1]) for r in rows] == [("`restore()`", "official"), ("`restore()`", "fast"),
                                            ("whole `--test_only` run", "fast")]
     for row in rows:
-        single, bf16, speed_up = float(row[2]), float(row[3]), float(row[4].rstrip("x"))
-        assert single > 0 and bf16 > 0 and speed_up == pytest.approx(single / bf16, rel=0.05, abs=0.01)
+        # the speed-up is of the unrounded seconds: it must fit what the rounded cells can stand for
+        assert float(row[2]) > 0 and float(row[3]) > 0, row
+        assert overlap(printed(row[4]), over(printed(row[2]), printed(row[3]))), row
     assert int(rows[0][5]) > int(rows[1][5]) > 0  # official evaluates more tiles than fast
     assert float(rows[0][6]) < 50  # bf16 moved the tiny model's output by a few grey levels
 
