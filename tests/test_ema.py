@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+import data.benchmark
 import main as cli
 import trainer
 from conftest import FIXTURES
@@ -175,9 +176,12 @@ def test_compiled_training_and_validation_do_not_recompile_after_the_first_ones(
         seen.append(dynamo_only["stats"]["unique_graphs"])
 
     monkeypatch.setattr(trainer.Trainer, "run_validation", counted)
+    real, crops = data.benchmark.sample_photo, {"astronaut": (120, 168), "coffee": (96, 216)}
+    monkeypatch.setattr(data.benchmark, "sample_photo",  # two sizes, fewer tiles than the photos
+                        lambda name: real(name)[:, :crops[name][0], :crops[name][1]])
     argv = [*CLI, "--compile", "--ema_decay", "0.5", "--max_steps", "9", "--test_every", "3",
             "--data_test", "Sample", "--chop", "fast", "--save", str(tmp_path)]
-    argv[argv.index("--patch_size") + 1] = "24"  # fewer tiles of the sample photos
+    argv[argv.index("--patch_size") + 1] = "24"
     assert cli.main(argv) == 0
     assert len(seen) == 3 and seen[0] > 0 and seen == [seen[0]] * 3, seen
 
