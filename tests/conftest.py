@@ -68,6 +68,20 @@ def seeded_random():
     random.seed(TEST_SEED)
 
 
+@pytest.fixture
+def crop_sample(monkeypatch):
+    """crop_sample(height, width[, coffee's height, width]): the Sample set's photos (astronaut,
+    coffee) cut to that size for this test, which is of a run, not of speed."""
+    import data.benchmark
+    real = data.benchmark.sample_photo
+
+    def crop(*sizes: int) -> None:
+        side = {"astronaut": sizes[:2], "coffee": sizes[2:] or sizes[:2]}
+        monkeypatch.setattr(data.benchmark, "sample_photo",
+                            lambda name: real(name)[:, :side[name][0], :side[name][1]])
+    return crop
+
+
 @pytest.fixture(scope="session")
 def authors_model() -> dict:
     """The fixture made with the authors' code: config and state_dict."""

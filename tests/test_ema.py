@@ -8,7 +8,6 @@ import shutil
 import pytest
 import torch
 
-import data.benchmark
 import main as cli
 import trainer
 from conftest import FIXTURES
@@ -165,7 +164,7 @@ def dynamo_only(monkeypatch):
 
 
 def test_compiled_training_and_validation_do_not_recompile_after_the_first_ones(tmp_path, monkeypatch,
-                                                                               dynamo_only):
+                                                                               dynamo_only, crop_sample):
     """Steps 1-3 and the validation at step 3 compile; steps 4-9 and the validations at 6 and 9
     (the same test images again) compile nothing more."""
     seen = []
@@ -176,9 +175,7 @@ def test_compiled_training_and_validation_do_not_recompile_after_the_first_ones(
         seen.append(dynamo_only["stats"]["unique_graphs"])
 
     monkeypatch.setattr(trainer.Trainer, "run_validation", counted)
-    real, crops = data.benchmark.sample_photo, {"astronaut": (120, 168), "coffee": (96, 216)}
-    monkeypatch.setattr(data.benchmark, "sample_photo",  # two sizes, fewer tiles than the photos
-                        lambda name: real(name)[:, :crops[name][0], :crops[name][1]])
+    crop_sample(120, 168, 96, 216)  # two sizes, fewer tiles than the photos
     argv = [*CLI, "--compile", "--ema_decay", "0.5", "--max_steps", "9", "--test_every", "3",
             "--data_test", "Sample", "--chop", "fast", "--save", str(tmp_path)]
     argv[argv.index("--patch_size") + 1] = "24"

@@ -19,7 +19,6 @@ import skimage.data
 import torch
 from PIL import Image
 
-import data.benchmark
 import evaluation
 import main as cli
 import metrics
@@ -140,9 +139,8 @@ def test_layout_errors_name_the_path(tmp_path, tree, caplog, breakage, argv, exp
     assert not os.path.exists(run / "metrics.json")
 
 
-def test_sample_needs_no_data(tmp_path, monkeypatch):
-    real = data.benchmark.sample_photo  # the photos cropped: the test is of the set, not of speed
-    monkeypatch.setattr(data.benchmark, "sample_photo", lambda name: real(name)[:, :48, :64])
+def test_sample_needs_no_data(tmp_path, crop_sample):
+    crop_sample(48, 64)
     code, run = evaluate(tmp_path, tmp_path / "nothing", "--tasks", "sr2+denoise50",
                          "--data_test", "Sample")
     assert code == 0

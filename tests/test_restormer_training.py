@@ -8,7 +8,6 @@ import os
 import pytest
 import torch
 
-import data.benchmark
 import main as cli
 import trainer
 from conftest import FIXTURES, ROOT
@@ -22,9 +21,8 @@ FIXTURE_NET = ["--model", "restormer", "--dim", "8", "--num_blocks", "1+2+1+2",
 FAST = ["--cpu", "--n_threads", "0", "--data_test", "Sample"]
 
 
-def test_fine_tune_and_evaluate_on_sample(tmp_path, monkeypatch):
-    real = data.benchmark.sample_photo  # the test photos cropped: the test is of the runs, not of speed
-    monkeypatch.setattr(data.benchmark, "sample_photo", lambda name: real(name)[:, :64, :96])
+def test_fine_tune_and_evaluate_on_sample(tmp_path, crop_sample):
+    crop_sample(64, 96)
     run = tmp_path / "train"  # one run: 3 steps, then the final model evaluated
     code = cli.main([*FIXTURE_NET, *FAST, "--task", "denoise30", "--data_train", "Sample",
                      "--patch_size", "32", "--batch_size", "2", "--max_steps", "3",

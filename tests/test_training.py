@@ -192,8 +192,9 @@ def test_fixture_layout_checkpoint_from_training(tmp_path, authors_model):
         {k: tuple(v.shape) for k, v in authors_model["state_dict"].items()}
 
 
-def test_fine_tuning_validates_and_keeps_the_best(tmp_path, caplog):
+def test_fine_tuning_validates_and_keeps_the_best(tmp_path, caplog, crop_sample):
     import main as cli
+    crop_sample(120, 168, 96, 216)
 
     argv = [*CLI, "--task", "denoise30", "--max_steps", "2", "--test_every", "2", "--data_test",
             "Sample", "--chop", "fast", "--save", str(tmp_path)]
@@ -421,7 +422,9 @@ def test_a_state_of_another_world_size_is_re_split_from_its_step(tmp_path, caplo
         checkpointing.read_state(path)
 
 
-def test_save_format_writes_the_weights_as_safetensors_too_and_evaluation_finds_them(tmp_path, caplog):
+def test_save_format_writes_the_weights_as_safetensors_too_and_evaluation_finds_them(tmp_path, caplog,
+                                                                                    crop_sample):
+    crop_sample(48, 64)
     """--save_format both: model_latest.pt and .safetensors hold the same tensors, the latter with
     the model's options in its metadata, training.json describes both; a safetensors-only run is
     evaluated by --test_only --resume like a .pt one."""
