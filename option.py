@@ -105,19 +105,15 @@ def _finish(args: argparse.Namespace) -> None:
     _check_numbers(args)
     args.data_train = _split(args.data_train)
     args.scale_given = args.scale is not None
-    scale = DEFAULT_SCALE if args.scale is None else args.scale
-    args.scale = _ints("scale", scale)
-    if any(s not in SUPPORTED_SCALES for s in args.scale):
-        raise ValueError(f"--scale {scale!r}: each scale must be one of {SUPPORTED_SCALES}")
+    args.scale = _scales(DEFAULT_SCALE if args.scale is None else args.scale)
     _resolve_tasks(args)
     _check_architecture(args)
     _check_schedule(args)
-    args.decay_milestones = _ints("decay", args.decay, separator="-")  # step decay, in epochs
-    if args.decay_milestones != sorted(set(args.decay_milestones)):
-        raise ValueError(f"--decay {args.decay!r}: expected positive, increasing epochs, like 200-400")
+    args.decay_milestones = _milestones(args.decay)
     args.train_range, args.test_range = _data_range(args.data_range)
     args.data_test = _test_sets(args)  # from here on torch is loaded (the test sets' module needs it)
     _check_device(args)
+    _check_memory(args)
     _check_run(args)
     _check_training_data(args)
     if args.epochs == 0:
@@ -155,6 +151,21 @@ def _split(value: object) -> list[str]:
     return [str(v).strip() for v in _items(value) if str(v).strip()]
 
 
+def _scales(value: object) -> list[int]:
+    scales = _ints("scale", value)
+    if any(s not in SUPPORTED_SCALES for s in scales):
+        raise ValueError(f"--scale {value!r}: each scale must be one of {SUPPORTED_SCALES}")
+    return scales
+
+
+def _milestones(decay: str) -> list[int]:
+    """--decay 'a-b': step-decay milestones in epochs, positive and increasing."""
+    milestones = _ints("decay", decay, separator="-")
+    if milestones != sorted(set(milestones)):
+        raise ValueError(f"--decay {decay!r}: expected positive, increasing epochs, like 200-400")
+    return milestones
+
+
 def _resolve_tasks(args: argparse.Namespace) -> None:
     """Set args.scale, args.task_names and args.task_id from --scale/--tasks/--task/--task_id and the
     authors' flags: --denoise (with --sigma) or --derain names one of the heads."""
@@ -189,17 +200,10 @@ def _resolve_tasks(args: argparse.Namespace) -> None:
             raise ValueError(f"task name {n!r} is not one of sr<s>, derain, denoise<sigma>, mim")
     if len(set(names)) != len(names):
         raise ValueError(f"task names must differ, got {'+'.join(names)}")
-    if flag_task:  # the head --task/--task_id pick, if given
-        given = "--derain" if args.derain else f"--denoise --sigma {printed}"
-        if flag_task not in names:
-            raise ValueError(f"{given}: the model has no head {flag_task}; the heads are {'+'.join(names)}")
-        if args.task is not None and args.task != flag_task:
-            raise ValueError(f"{given} picks the head {flag_task}, not --task {args.task}: give one of them")
-        if args.task_id is not None and names.index(flag_task) != args.task_id:
-            raise ValueError(f"{given} picks head {names.index(flag_task)} ({flag_task}), "
-                             f"not --task_id {args.task_id}: give one of them")
-        if args.task is None and len(names) > 1:
-            args.task = flag_task  # the authors' flags pick that head of a multi-head model
+    if flag_task:
+        _check_flag_task(args, flag_task, names)
+    if flag_task and args.task is None and len(names) > 1:
+        args.task = flag_task  # the authors' flags pick that head of a multi-head model
     args.task_names = names
     index = None  # the head to run: --task's or --task_id's (the same), the only one, or each in turn
     if args.task is not None:
@@ -218,6 +222,18 @@ def _resolve_tasks(args: argparse.Namespace) -> None:
     args.task_id = index
 
 
+def _check_flag_task(args: argparse.Namespace, flag_task: str, names: list[str]) -> None:
+    """--denoise (with --sigma) or --derain names one of the heads, the one --task/--task_id pick."""
+    given = "--derain" if args.derain else f"--denoise --sigma {args.sigma:g}"
+    if flag_task not in names:
+        raise ValueError(f"{given}: the model has no head {flag_task}; the heads are {'+'.join(names)}")
+    if args.task is not None and args.task != flag_task:
+        raise ValueError(f"{given} picks the head {flag_task}, not --task {args.task}: give one of them")
+    if args.task_id is not None and names.index(flag_task) != args.task_id:
+        raise ValueError(f"{given} picks head {names.index(flag_task)} ({flag_task}), "
+                         f"not --task_id {args.task_id}: give one of them")
+
+
 def _check_architecture(args: argparse.Namespace) -> None:
     """Refuse the other architecture's options; fill in and check this one's."""
     if args.model == "ipt":
@@ -229,27 +245,7 @@ def _check_architecture(args: argparse.Namespace) -> None:
         elif args.num_queries < len(args.scale) and not args.no_mlp:
             raise ValueError(f"--num_queries {args.num_queries} is below the number of heads "
                              f"({len(args.scale)}, from --scale {'+'.join(map(str, args.scale))})")
-        if args.patch_size % args.patch_dim:
-            raise ValueError(f"--patch_size {args.patch_size} is not divisible by --patch_dim "
-                             f"{args.patch_dim}")
-        if (args.n_feats * args.patch_dim ** 2) % args.num_heads:
-            raise ValueError(f"--num_heads {args.num_heads} does not divide the token width "
-                             f"n_feats * patch_dim^2 = {args.n_feats * args.patch_dim ** 2}")
-        if args.pos_every and args.no_pos:
-            raise ValueError("--pos_every needs a position embedding: drop --no_pos")
-        if args.chop == "whole":  # the model's own ValueError came as a traceback from evaluation
-            raise ValueError(f"--chop whole gives IPT each image at once, but its body takes only "
-                             f"--patch_size x --patch_size ({args.patch_size}x{args.patch_size}) inputs: "
-                             f"use --chop official (the authors' tiling), fast or auto")
-        if args.init_from:
-            one_head = args.task_id is not None or len(args.task_names) == 1
-            if args.test_only or not args.pretrain or not one_head:
-                raise ValueError(f"--init_from {args.init_from}: starts the head being fine-tuned "
-                                 f"from a head of --pretrain's file; it needs --pretrain and one "
-                                 f"trained head (--task), without --test_only")
-            if args.init_from != "none" and not TASK_NAME.match(args.init_from):
-                raise ValueError(f"--init_from {args.init_from}: give a head name of --pretrain's "
-                                 f"file (like mim) or none")
+        _check_ipt(args)
         return
     given = [f"--{d}" for d in with_role(table.IPT) if getattr(args, d) != table.OPTIONS[d].default]
     if given:
@@ -274,7 +270,36 @@ def _check_architecture(args: argparse.Namespace) -> None:
     args.tile_size = table.RESTORMER_TILE if args.tile_size is None else args.tile_size
     if args.tile_size < SIZE_MULTIPLE or args.tile_size % SIZE_MULTIPLE:
         raise ValueError(f"--tile_size {args.tile_size}: must be a positive multiple of {SIZE_MULTIPLE}")
-    # progressive training: one patch size, batch size and step count per stage
+    _check_progressive(args)
+
+
+def _check_ipt(args: argparse.Namespace) -> None:
+    """IPT's sizes divide evenly, and its options do not contradict each other."""
+    if args.patch_size % args.patch_dim:
+        raise ValueError(f"--patch_size {args.patch_size} is not divisible by --patch_dim "
+                         f"{args.patch_dim}")
+    if (args.n_feats * args.patch_dim ** 2) % args.num_heads:
+        raise ValueError(f"--num_heads {args.num_heads} does not divide the token width "
+                         f"n_feats * patch_dim^2 = {args.n_feats * args.patch_dim ** 2}")
+    if args.pos_every and args.no_pos:
+        raise ValueError("--pos_every needs a position embedding: drop --no_pos")
+    if args.chop == "whole":  # the model's own ValueError came as a traceback from evaluation
+        raise ValueError(f"--chop whole gives IPT each image at once, but its body takes only "
+                         f"--patch_size x --patch_size ({args.patch_size}x{args.patch_size}) inputs: "
+                         f"use --chop official (the authors' tiling), fast or auto")
+    if args.init_from:
+        one_head = args.task_id is not None or len(args.task_names) == 1
+        if args.test_only or not args.pretrain or not one_head:
+            raise ValueError(f"--init_from {args.init_from}: starts the head being fine-tuned "
+                             f"from a head of --pretrain's file; it needs --pretrain and one "
+                             f"trained head (--task), without --test_only")
+        if args.init_from != "none" and not TASK_NAME.match(args.init_from):
+            raise ValueError(f"--init_from {args.init_from}: give a head name of --pretrain's "
+                             f"file (like mim) or none")
+
+
+def _check_progressive(args: argparse.Namespace) -> None:
+    """Progressive training: one patch size, batch size and step count per stage."""
     stages = (args.progressive_patches, args.progressive_batches, args.progressive_steps)
     if all(v is None for v in stages):
         return
@@ -369,17 +394,26 @@ TRAINING_COPIES = 4
 GIB = 2 ** 30
 
 
-def _check_device(args: argparse.Namespace) -> None:
-    """--precision half and --amp fp16 run on CUDA only (--precision bf16 runs anywhere). Sizes
-    that cannot fit are refused before anything is allocated: a lower bound of the bytes the
-    model and its first batch need, against the memory available (the GPU's of this process on
-    CUDA, else the CPU's). Names the options to lower."""
+def _on_cuda(args: argparse.Namespace) -> bool:
     import torch
-    on_cuda = torch.cuda.is_available() and not args.cpu
+    return torch.cuda.is_available() and not args.cpu
+
+
+def _check_device(args: argparse.Namespace) -> None:
+    """--precision half and --amp fp16 run on CUDA only (--precision bf16 runs anywhere)."""
+    on_cuda = _on_cuda(args)
     if args.precision == "half" and not on_cuda:
         raise ValueError("--precision half needs a CUDA device; on the CPU use --precision bf16 or single")
     if args.amp == "fp16" and not on_cuda:
         raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
+
+
+def _check_memory(args: argparse.Namespace) -> None:
+    """Refuse sizes that cannot fit before anything is allocated: a lower bound of the bytes the
+    model and its first batch need, against the memory available (the GPU's of this process on
+    CUDA, else the CPU's). Names the options to lower."""
+    import torch
+
     from model import parameter_count  # worked out from the options: any size, nothing built
     params = parameter_count(model_config(args, list(range(len(args.scale)))))
     weights = params * FLOAT_BYTES * (1 if args.test_only else TRAINING_COPIES)
@@ -392,7 +426,7 @@ def _check_device(args: argparse.Namespace) -> None:
         width = args.n_feats * args.patch_dim ** 2
         layers = 1 if args.test_only else 2 * args.num_layers
         activations += batch * count * width * FLOAT_BYTES * layers
-    if on_cuda:
+    if _on_cuda(args):
         try:
             available = torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory
         except (RuntimeError, AssertionError, ValueError):  # no usable driver: not known here
