@@ -290,12 +290,7 @@ class Trainer(checkpointing.Checkpointing):
                 if not math.isfinite(values[-1]) or self._too_large(values[-1]):
                     if synced:
                         (loss * 0).backward()  # DDP's forward awaits it; the gradients are dropped
-                    self.optimizer.zero_grad(set_to_none=True)  # skipped: no weight moves, the schedule does
-                    self.progress.nonfinite_total += 1
-                    self.progress.nonfinite_run += 1
-                    log.warning("step %d: loss %s skipped", self.progress.step, values[-1])
-                    self.scheduler.step()
-                    return None
+                    return self._skip(values[-1])
                 self.scaler.scale(loss / k).backward()
         self.progress.nonfinite_run = 0
         if self.settings.gclip > 0:
@@ -329,6 +324,14 @@ class Trainer(checkpointing.Checkpointing):
         amp = AMP_DTYPES.get(self.settings.amp)
         with torch.autocast(self.device.type, dtype=amp, enabled=amp is not None):
             return self.loss(lr_img, hr, task_id, micro)
+
+    def _skip(self, value: float) -> None:
+        """Skip this step (a non-finite or too large loss): no weight moves, the schedule does."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.nonfinite_total += 1
+        self.progress.nonfinite_run += 1
+        log.warning("step %d: loss %s skipped", self.progress.step, value)
+        self.scheduler.step()
 
     def loss(self, lr_img: Tensor, hr: Tensor, task_id: int, step: int) -> Tensor:
         """L1 (on the masked cells for mim), plus the weighted contrastive loss under --con_loss."""

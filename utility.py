@@ -40,9 +40,11 @@ def setup_logging(save_dir: str, debug: bool = False, quiet: bool = False) -> lo
     # a file name that is not UTF-8 (undecodable bytes) is logged as \xNN, never a logging error
     to_file = logging.FileHandler(os.path.join(save_dir, LOG_NAME), encoding="utf-8",
                                   errors="backslashreplace")
-    for handler, form in ((logging.StreamHandler(), "%(levelname)s %(message)s"), (to_file, LOG_FORMAT)):
-        handler.setFormatter(logging.Formatter(form))
-        logger.addHandler(handler)
+    to_file.setFormatter(logging.Formatter(LOG_FORMAT))
+    console = logging.StreamHandler()
+    console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.addHandler(console)
+    logger.addHandler(to_file)
     return logger
 
 
