@@ -115,13 +115,8 @@ def run(args: argparse.Namespace, s: run_settings.Settings, device: torch.device
     if s.run.test_only and (given := option.training_options_given(args)):
         log.warning("training options have no effect with --test_only: %s", " ".join(given))
     torch.manual_seed(s.run.seed)
-    if s.compile:  # torch.compile's inductor needs a C++ compiler
-        from torch._inductor import cpp_builder, exc
-        try:
-            cpp_builder.get_cpp_compiler()
-        except exc.InvalidCxxCompiler:
-            raise JobError("--compile needs a C++ compiler for torch's inductor (g++, or the one $CXX "
-                           "names) and none was found: install one, or run without --compile") from None
+    if s.compile:
+        check_compiler()
     try:
         if not s.run.test_only:
             return train(args, auto_resume(s), device)
@@ -137,6 +132,16 @@ def run(args: argparse.Namespace, s: run_settings.Settings, device: torch.device
             raise JobError(f"--compile: torch.compile failed ({type(cause).__name__}: "
                            f"{utility.last_line(cause)[:300]}): run without --compile") from None
         raise
+
+
+def check_compiler() -> None:
+    """JobError unless torch.compile can build here: its inductor needs a C++ compiler."""
+    from torch._inductor import cpp_builder, exc
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise JobError("--compile needs a C++ compiler for torch's inductor (g++, or the one $CXX "
+                       "names) and none was found: install one, or run without --compile") from None
 
 
 def auto_resume(s: run_settings.Settings) -> run_settings.Settings:
@@ -215,15 +220,8 @@ def make_trainer(args: argparse.Namespace, s: run_settings.Settings, device: tor
     workers = share_cpu(s.run.threads, s.data.workers, device, world)
     s = dataclasses.replace(s, data=dataclasses.replace(s.data, workers=workers))
     model = build_model(s.model)
-    r = s.run  # --pretrain's weights (with --init_from: its body; head, tail and query from that head)
-    if r.pretrain and r.init_from:
-        initial = load_body(model, r.pretrain, r.init_from, r.pretrain_tasks)
-        log.info("initialised the body from %s; head, tail and query from its %s head except "
-                 "%d key(s) left at random: %s", r.pretrain, r.init_from, len(initial),
-                 ", ".join(initial[:4]) + (" ..." if len(initial) > 4 else ""))
-    elif r.pretrain:
-        load_checkpoint(model, r.pretrain, file_tasks=r.pretrain_tasks)
-        log.info("initialised from %s", r.pretrain)
+    if s.run.pretrain:
+        initialise(model, s.run)
     model = model.to(device)
     if s.train.amp == "auto":  # bf16 where this device runs the network faster in it
         both = s.inference.precision == "auto"  # one measurement decides validation's precision too
@@ -284,6 +282,19 @@ def share_cpu(threads: int, workers: int, device: torch.device, world: int = 1) 
     log.info("CPU: %d compute thread(s) and %d loader worker(s) on %d usable core(s) (%s)",
              threads, workers, cores, why)
     return workers
+
+
+def initialise(model: torch.nn.Module, r: run_settings.RunSettings) -> None:
+    """Load --pretrain into the model about to train (its body only, with --init_from);
+    CheckpointError when the file does not fit."""
+    if r.init_from:
+        initial = load_body(model, r.pretrain, r.init_from, r.pretrain_tasks)
+        log.info("initialised the body from %s; head, tail and query from its %s head except "
+                 "%d key(s) left at random: %s", r.pretrain, r.init_from, len(initial),
+                 ", ".join(initial[:4]) + (" ..." if len(initial) > 4 else ""))
+    else:
+        load_checkpoint(model, r.pretrain, file_tasks=r.pretrain_tasks)
+        log.info("initialised from %s", r.pretrain)
 
 
 def kept_schedule(saved: dict | None, total: int, t: run_settings.TrainSettings) -> int:
