@@ -181,6 +181,18 @@ def time_left(plan: list[Phase], first: int, resume: bool, clock: Clock) -> floa
     return steps * (per_step or 0.0) + units * (per_unit or 0.0)
 
 
+def headline(plan: list[Phase], i: int, resume: bool, clock: Clock) -> str:
+    """phase k/4: title, what it does, the elapsed time and the time left."""
+    p, how = plan[i], mode(plan, i, resume)
+    head = f"phase {i + 1}/{len(plan)}: {p.title}"
+    if how == "skip":
+        return f"{head}: done before, skipped"
+    left = time_left(plan, i, resume, clock)
+    eta = "estimating time left" if left is None else f"about {duration(left)} left"
+    doing = f", continuing at step {steps_done(p)} of {p.steps}" if how == "resume" else ""
+    return f"{head}{doing} (elapsed {duration(time.time() - clock.start)}, {eta})"
+
+
 def busy_cores(seconds: float = BUSY_SAMPLE_S) -> float:
     """How many cores other processes keep busy now: /proc/stat over a moment (Linux; this
     process is idle meanwhile), else the 1-minute load average."""
@@ -224,6 +236,27 @@ def resume_command(a: argparse.Namespace) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
+def call_main(args: list[str]) -> int:
+    """main.main(args)'s exit status; Ctrl-C (KeyboardInterrupt) counts as an interruption."""
+    try:
+        return ipt_main.main(args)
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except SystemExit as e:  # an argparse error: 2
+        return e.code if isinstance(e.code, int) else 1
+
+
+def pause_between_phases() -> None:
+    """Wait PAUSE_ENV seconds when set (tests send a signal then), saying so."""
+    try:
+        seconds = float(os.environ.get(PAUSE_ENV) or 0)
+    except ValueError:
+        seconds = 0.0
+    if seconds > 0:
+        print(f"quickstart: pausing {seconds:g} s between phases ({PAUSE_ENV})", flush=True)
+        time.sleep(seconds)
+
+
 class Journey:
     """The phases of one quickstart, each run, continued or skipped (--resume) in turn."""
 
@@ -232,21 +265,16 @@ class Journey:
         self.plan, self.ran = phases(a.out, a.pretrain_steps, a.finetune_steps), {}
 
     def phase(self, i: int) -> int:
-        """Phase i run, continued or skipped, under its headline (phase k/4: title, what it does, the
-        elapsed time and the time left); 0 to go on, else the exit status that ends the journey:
-        the phase's failure, or 130 at a stop signal (``stop.received``, or the phase's exit status 130)."""
+        """Phase i run, continued or skipped; 0 to go on, else the exit status that ends the
+        journey: the phase's failure, or 130 at a stop signal (``stop.received``, or the phase's
+        exit status 130)."""
         plan, resume, where = self.plan, self.a.resume, f"phase {i + 1}/{len(self.plan)}"
         if self.stop.received is not None:  # raised where Python swallows it (a finaliser)
             return self.stopped(f"between phases, before {where}")
+        print(f"\n{headline(plan, i, resume, self.clock)}", flush=True)
         p, how = plan[i], mode(plan, i, resume)
         if how == "skip":
-            print(f"\n{where}: {p.title}: done before, skipped", flush=True)
             return 0
-        left = time_left(plan, i, resume, self.clock)
-        eta = "estimating time left" if left is None else f"about {duration(left)} left"
-        doing = f", continuing at step {steps_done(p)} of {p.steps}" if how == "resume" else ""
-        print(f"\n{where}: {p.title}{doing} (elapsed {duration(time.time() - self.clock.start)}, {eta})",
-              flush=True)
         code = self.run(p, i, how)
         if code == INTERRUPTED or self.stop.received is not None:
             return self.stopped(f"in {where} ({p.title})")
@@ -254,27 +282,15 @@ class Journey:
             print(f"quickstart: {where} ({p.title}) failed (exit status {code}); once its cause "
                   f"is fixed, continue with:\n  {resume_command(self.a)}", file=sys.stderr)
             return code
-        try:  # PAUSE_ENV seconds between two phases, said (tests send a signal then)
-            pause = float(os.environ.get(PAUSE_ENV) or 0) if i + 1 < len(plan) else 0.0
-        except ValueError:
-            pause = 0.0
-        if pause > 0:
-            print(f"quickstart: pausing {pause:g} s between phases ({PAUSE_ENV})", flush=True)
-            time.sleep(pause)
+        if i + 1 < len(plan):
+            pause_between_phases()
         return 0
 
     def run(self, p: Phase, i: int, how: str) -> int:
-        """Run phase p (the i-th), timing it into the clock; its exit status (main.main's; Ctrl-C,
-        a KeyboardInterrupt, counts as an interruption)."""
+        """Run phase p (the i-th), timing it into the clock; its exit status."""
         clock, began = self.clock, time.time()
         before = steps_done(p) if how == "resume" else 0
-        args = arguments(p, how, compute_threads(self.a.threads))
-        try:
-            code = ipt_main.main(args)
-        except KeyboardInterrupt:
-            code = INTERRUPTED
-        except SystemExit as e:  # an argparse error: 2
-            code = e.code if isinstance(e.code, int) else 1
+        code = call_main(arguments(p, how, compute_threads(self.a.threads)))
         took = time.time() - began
         if not p.steps:
             self.ran[i] = None
