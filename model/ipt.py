@@ -87,6 +87,17 @@ def upsampler(scale: int, n_feats: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def make_head(n_colors: int, n_feats: int) -> nn.Sequential:
+    """Task head: conv3x3 then two 5x5 ResBlocks."""
+    return nn.Sequential(conv(n_colors, n_feats, HEAD_KERNEL),
+                         ResBlock(n_feats, RESBLOCK_KERNEL), ResBlock(n_feats, RESBLOCK_KERNEL))
+
+
+def make_tail(scale: int, n_feats: int, n_colors: int) -> nn.Sequential:
+    """Task tail: upsampler then conv3x3 back to colours."""
+    return nn.Sequential(upsampler(scale, n_feats), conv(n_feats, n_colors, HEAD_KERNEL))
+
+
 # ---- The Transformer body ----------------------------------------------------------------
 ATTENTION_KINDS = ("auto", "math", "sdpa")
 
@@ -299,12 +310,9 @@ class IPT(nn.Module):
         self.patch_size = cfg.patch_size
         self.sub_mean = MeanShift(cfg.rgb_range, sign=-1)
         self.add_mean = MeanShift(cfg.rgb_range, sign=+1)
-        f, c = cfg.n_feats, cfg.n_colors
-        # a task's head: conv3x3 then two 5x5 ResBlocks; its tail: upsampler, conv3x3 back to colours
-        self.head = nn.ModuleList(nn.Sequential(conv(c, f, HEAD_KERNEL), ResBlock(f, RESBLOCK_KERNEL),
-                                                ResBlock(f, RESBLOCK_KERNEL)) for _ in cfg.scale)
+        self.head = nn.ModuleList(make_head(cfg.n_colors, cfg.n_feats) for _ in cfg.scale)
         self.body = VisionTransformer(cfg)
-        self.tail = nn.ModuleList(nn.Sequential(upsampler(s, f), conv(f, c, HEAD_KERNEL)) for s in cfg.scale)
+        self.tail = nn.ModuleList(make_tail(s, cfg.n_feats, cfg.n_colors) for s in cfg.scale)
         if MIM in self.task_names:  # masked image modelling: one learned cell of head features
             self.mask_token = nn.Parameter(torch.zeros(1, cfg.n_feats, cfg.patch_dim, cfg.patch_dim))
             nn.init.trunc_normal_(self.mask_token, std=MASK_TOKEN_STD)
