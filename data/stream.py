@@ -70,12 +70,14 @@ def synthesize_lr(hr: Tensor, task: str, generator: torch.Generator | None = Non
 def random_crop(views: Views, patch: int, scale: int, g: torch.Generator) -> Views:
     """An aligned random crop: HR patch * scale, and the given LR patch when there is one."""
     hr, lr = views
-    base, grid = (hr, 1) if lr is None else (lr, scale)  # the corner is drawn on the LR grid if any
-    size, side = patch * scale // grid, patch * scale
+    base = lr if lr is not None else hr
+    size = patch if lr is not None else patch * scale
     y = int(torch.randint(base.shape[-2] - size + 1, (1,), generator=g))
     x = int(torch.randint(base.shape[-1] - size + 1, (1,), generator=g))
-    hr_crop = hr[:, y * grid:y * grid + side, x * grid:x * grid + side]
-    return hr_crop, None if lr is None else lr[:, y:y + patch, x:x + patch]
+    if lr is None:
+        return hr[:, y:y + size, x:x + size], None
+    return (hr[:, y * scale:(y + patch) * scale, x * scale:(x + patch) * scale],
+            lr[:, y:y + patch, x:x + patch])
 
 
 def augment(views: Views, g: torch.Generator) -> Views:

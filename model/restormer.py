@@ -148,11 +148,16 @@ def blocks(n: int, dim: int, num_heads: int, cfg: RestormerConfig) -> nn.Sequent
 
 
 # ---- Resampling between levels -----------------------------------------------------------
-def resample(ch: int, down: bool) -> nn.Sequential:
-    """``down``: half the size, twice the channels (conv3x3 c -> c/2, then PixelUnshuffle(2));
-    else twice the size, half the channels (conv3x3 c -> 2c, then PixelShuffle(2))."""
-    conv = nn.Conv2d(ch, ch // 2 if down else ch * 2, 3, padding=1, bias=False)
-    return named("body", nn.Sequential(conv, nn.PixelUnshuffle(2) if down else nn.PixelShuffle(2)))
+def downsample(ch: int) -> nn.Sequential:
+    """Half the size, twice the channels: conv3x3 c -> c/2, then PixelUnshuffle(2)."""
+    conv = nn.Conv2d(ch, ch // 2, 3, padding=1, bias=False)
+    return named("body", nn.Sequential(conv, nn.PixelUnshuffle(2)))
+
+
+def upsample(ch: int) -> nn.Sequential:
+    """Twice the size, half the channels: conv3x3 c -> 2c, then PixelShuffle(2)."""
+    conv = nn.Conv2d(ch, ch * 2, 3, padding=1, bias=False)
+    return named("body", nn.Sequential(conv, nn.PixelShuffle(2)))
 
 
 # ---- The whole network -------------------------------------------------------------------
@@ -190,19 +195,19 @@ class Restormer(nn.Module):
         # the first 3x3 convolution: image -> dim feature maps
         self.patch_embed = named("proj", nn.Conv2d(cfg.inp_channels, d, 3, padding=1, bias=cfg.bias))
         self.encoder_level1 = blocks(n[0], d, h[0], cfg)
-        self.down1_2 = resample(d, down=True)
+        self.down1_2 = downsample(d)
         self.encoder_level2 = blocks(n[1], d * 2, h[1], cfg)
-        self.down2_3 = resample(d * 2, down=True)
+        self.down2_3 = downsample(d * 2)
         self.encoder_level3 = blocks(n[2], d * 4, h[2], cfg)
-        self.down3_4 = resample(d * 4, down=True)
+        self.down3_4 = downsample(d * 4)
         self.latent = blocks(n[3], d * 8, h[3], cfg)
-        self.up4_3 = resample(d * 8, down=False)
+        self.up4_3 = upsample(d * 8)
         self.reduce_chan_level3 = pointwise(d * 8, d * 4, cfg.bias)
         self.decoder_level3 = blocks(n[2], d * 4, h[2], cfg)
-        self.up3_2 = resample(d * 4, down=False)
+        self.up3_2 = upsample(d * 4)
         self.reduce_chan_level2 = pointwise(d * 4, d * 2, cfg.bias)
         self.decoder_level2 = blocks(n[1], d * 2, h[1], cfg)
-        self.up2_1 = resample(d * 2, down=False)  # level 1 keeps the 2dim of the concatenation
+        self.up2_1 = upsample(d * 2)  # level 1 keeps the 2dim of the concatenation
         self.decoder_level1 = blocks(n[0], d * 2, h[0], cfg)
         self.refinement = blocks(cfg.num_refinement_blocks, d * 2, h[0], cfg)
         self.output = nn.Conv2d(d * 2, cfg.out_channels, kernel_size=3, padding=1, bias=cfg.bias)

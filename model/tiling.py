@@ -19,7 +19,6 @@ run the network in the weights' dtype with autocast off, so that an autocast aro
 """
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,14 +144,11 @@ def tile(fn: Callable[[Tensor], Tensor], x: Tensor, patch: int, scale: int, mode
     out = x.new_zeros(b, c, h * scale, w * scale)
     coverage = x.new_zeros(1, 1, h * scale, w * scale)  # the total weight of each output pixel
     size = min(crop_batch_size, cpu_tiles_per_call) if x.device.type == "cpu" else crop_batch_size
-    # Spans of at most `size` tiles. The authors run their bottom-right tile on its own; so do we,
-    # which keeps the float arithmetic of that tile identical to theirs (a batch of one takes
-    # other CPU kernels).
-    last = grid.count - 1 if mode == "official" else grid.count
-    spans = itertools.pairwise(sorted({*range(0, last, size), last, grid.count}))
+    # The authors run their bottom-right tile on its own; so do we, which keeps the float
+    # arithmetic of that tile identical to theirs (a batch of one takes other CPU kernels).
     with tqdm(total=grid.count, desc="tiles", unit="tile", leave=False, dynamic_ncols=True,
               delay=PROGRESS_DELAY_S, disable=not progress) as bar:
-        for first, end in spans:
+        for first, end in _chunks(grid.count, size, alone_last=mode == "official"):
             r, q = grid.row[first:end], grid.col[first:end]
             tiles = windows[:, :, grid.row_start[r], grid.col_start[q]].transpose(1, 2)
             y = fn(tiles.flatten(0, 1)).unflatten(0, (b, end - first))  # (b, k, c, P, P)
@@ -166,6 +162,13 @@ def tile(fn: Callable[[Tensor], Tensor], x: Tensor, patch: int, scale: int, mode
         margin, right = patch // 4 * scale, min(patch * scale, cols.boundary)
         out[..., :margin, margin:right] = top_left[..., :margin, margin:right]
     return out
+
+
+def _chunks(count: int, size: int, alone_last: bool) -> list[tuple[int, int]]:
+    """(first, end) spans of at most ``size`` tiles; the last tile alone when ``alone_last``."""
+    last = count - 1 if alone_last else count
+    spans = [(a, min(a + size, last)) for a in range(0, last, size)]
+    return spans + [(last, count)] if alone_last else spans
 
 
 class _TileGrid:
