@@ -176,9 +176,14 @@ def sample_pairs(args: argparse.Namespace, crop: int | None) -> PhotoSet:
     """The Sample test pairs of the run's task, whole or centre-cropped."""
     data = BenchmarkSet(args.dir_data, "Sample", args.task, 1, args.seed)
     pairs = [data[i] for i in range(len(data))]
-    if failed := next((pair for pair in pairs if isinstance(pair, Exception)), None):
-        raise failed
+    for pair in pairs:
+        if isinstance(pair, Exception):
+            raise pair
     return PhotoSet(centre_crop(pair, crop) for pair in pairs)
+
+
+def megapixels(photos: PhotoSet) -> float:
+    return sum(p.lr.shape[-1] * p.lr.shape[-2] for p in photos) / 1e6
 
 
 def evaluate(args: argparse.Namespace, net: torch.nn.Module, mode: str, photos: PhotoSet) -> dict[str, float]:
@@ -186,7 +191,7 @@ def evaluate(args: argparse.Namespace, net: torch.nn.Module, mode: str, photos: 
     inference = dataclasses.replace(settings(args).inference, mode=mode)
     with torch.no_grad():
         seconds, result = timed(lambda: evaluation.evaluate_set(net, photos, 0, inference, None))
-    return {**result, "ms_per_mp": 1e9 * seconds / sum(p.lr.shape[-2:].numel() for p in photos)}
+    return {**result, "ms_per_mp": 1000 * seconds / megapixels(photos)}
 
 
 def probe(workdir: str) -> Probe:
