@@ -349,13 +349,17 @@ def image_metrics(sr: Tensor, baseline: Tensor, hr: Tensor, scale: int,
                   channel: str = "y") -> dict[str, float]:
     """PSNR and SSIM of one quantised output on Y and on RGB (psnr/ssim repeat ``channel``'s), those
     of its input (``baseline``) on ``channel`` and the gain of the output's PSNR over the input's."""
-    calcs = {"psnr": metrics.calc_psnr, "ssim": metrics.calc_ssim}  # both shave `scale` pixels, none at 1
-    m = {f"{name}_{on}": calc(sr, hr, scale, y_channel=on == "y")[0]
-         for on in ("y", "rgb") for name, calc in calcs.items()}
-    base = {f"baseline_{name}": calc(baseline, hr, scale, y_channel=channel == "y")[0]
-            for name, calc in calcs.items()}
-    return {"psnr": m[f"psnr_{channel}"], "ssim": m[f"ssim_{channel}"], **m, **base,
-            "gain_psnr": m[f"psnr_{channel}"] - base["baseline_psnr"]}
+    m = {  # calc_* shave `scale` pixels a side, none at scale 1
+        "psnr_y": metrics.calc_psnr(sr, hr, scale)[0],
+        "ssim_y": metrics.calc_ssim(sr, hr, scale)[0],
+        "psnr_rgb": metrics.calc_psnr(sr, hr, scale, y_channel=False)[0],
+        "ssim_rgb": metrics.calc_ssim(sr, hr, scale, y_channel=False)[0],
+    }
+    on_y = channel == "y"
+    base = metrics.calc_psnr(baseline, hr, scale, y_channel=on_y)[0]
+    return {"psnr": m[f"psnr_{channel}"], "ssim": m[f"ssim_{channel}"], **m, "baseline_psnr": base,
+            "baseline_ssim": metrics.calc_ssim(baseline, hr, scale, y_channel=on_y)[0],
+            "gain_psnr": m[f"psnr_{channel}"] - base}
 
 
 def evaluate_set(model: nn.Module, data: BenchmarkSet, task_id: int, settings: InferenceSettings,

@@ -236,13 +236,17 @@ def _config_mapping(text: str) -> tuple[dict, dict]:
         if key.value in written and key.tag != YAML_MERGE_TAG:
             raise ValueError(f"{key.value}: given twice (again on line {key.start_mark.line + 1}); "
                              f"give each option once")
-        written[key.value] = None  # unless a scalar's text or a list of them
-        if isinstance(value, yaml.ScalarNode):
-            written[key.value] = value.value
-        elif isinstance(value, yaml.SequenceNode) and all(
-                isinstance(v, yaml.ScalarNode) for v in value.value):
-            written[key.value] = [v.value for v in value.value]
+        written[key.value] = _as_written(value)
     return values, written
+
+
+def _as_written(node: yaml.Node) -> object:
+    """A YAML value as its text was written: a scalar's text, a list of them; None otherwise."""
+    if isinstance(node, yaml.ScalarNode):
+        return node.value
+    if isinstance(node, yaml.SequenceNode) and all(isinstance(n, yaml.ScalarNode) for n in node.value):
+        return [n.value for n in node.value]
+    return None
 
 
 def _config_value(o: Option, value: object) -> object:

@@ -272,16 +272,17 @@ def read_training_record(checkpoint: str, strict: bool = False) -> dict | None:
 def numeric_fields(schema: object, path: str = "") -> list[tuple[str, dict]]:
     """Every (path, subschema) of ``schema`` that admits a number or integer, for the test that
     each declares a finite maximum."""
-    found, parts = [], {}  # parts: (key or index, subschema)
+    found = []
     if isinstance(schema, dict):
         kinds = schema.get("type", [])
-        if {"number", "integer"} & set([kinds] if isinstance(kinds, str) else kinds):
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if {"number", "integer"} & set(kinds):
             found.append((path, schema))
-        parts = schema
+        for key, value in schema.items():
+            found += numeric_fields(value, f"{path}/{key}")
     elif isinstance(schema, list):
-        parts = dict(enumerate(schema))
-    for key, value in parts.items():
-        found += numeric_fields(value, f"{path}/{key}")
+        for i, value in enumerate(schema):
+            found += numeric_fields(value, f"{path}/{i}")
     return found
 
 
