@@ -281,7 +281,8 @@ def export_onnx(source: Source, out: str, task: str | None, patch_size: int | No
 
     def write(tmp: str) -> None:
         program.save(tmp, external_data=False)
-        difference[0] = verify_onnx(tmp, network, example)
+        check_onnx(tmp)
+        difference[0] = compare_with_torch(tmp, network, example)
         if stop is not None and stop.received is not None:
             raise stops.Interrupted(stop.received)
 
@@ -306,15 +307,18 @@ def onnx_program(network: nn.Module, example: Tensor):
         raise Refusal(f"torch.onnx could not export the network: {line}") from None
 
 
-def verify_onnx(path: str, network: nn.Module, example: Tensor) -> float | None:
-    """The written file through onnx's checker, then the largest |ONNX Runtime - PyTorch| on
-    ``example`` (None without onnxruntime); a Refusal when the checker fails or the difference is
-    above ONNX_MAX_DIFF or not finite."""
+def check_onnx(path: str) -> None:
+    """onnx's checker on the written file (a failure: a Refusal)."""
     import onnx
     try:
         onnx.checker.check_model(path, full_check=True)
     except Exception as e:  # onnx.checker.ValidationError, shape inference errors
         raise Refusal(f"the ONNX graph fails onnx's checker: {str(e).splitlines()[0]}") from None
+
+
+def compare_with_torch(path: str, network: nn.Module, example: Tensor) -> float | None:
+    """The largest |ONNX Runtime - PyTorch| on ``example`` (None without onnxruntime); a Refusal
+    when it is above ONNX_MAX_DIFF or not finite."""
     try:
         import onnxruntime
     except ImportError:
