@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import sys
@@ -23,6 +24,7 @@ import stops  # loads no torch
 
 if __name__ == "__main__":  # a stop while torch loads is kept; imported (by tests), nothing changes
     stops.early()
+    gc.disable()  # while torch loads, until utility.collect_again: as main.py starts
 
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
@@ -360,4 +362,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    utility.collect_again()
     sys.exit(main())

@@ -9,6 +9,7 @@ Exit status: 0 all well; 1 problems found (each named); 2 an error (one line); 1
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import urllib.parse
 from collections.abc import Sequence
@@ -17,7 +18,9 @@ import stops  # loads no torch
 
 if __name__ == "__main__":  # a stop signal while torch loads is kept, not a silent kill
     stops.early()
+    gc.disable()  # while torch loads, until utility.collect_again: as main.py starts
 
+import utility  # noqa: E402
 from data.archives import ArchiveError  # noqa: E402
 from data.benchmark import BenchmarkError, canonical_test_set  # noqa: E402
 from data.images import ImageReadError  # noqa: E402
@@ -99,4 +102,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    utility.collect_again()
     sys.exit(main())

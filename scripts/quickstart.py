@@ -10,6 +10,7 @@ saves its state first); --resume then skips the finished phases and continues th
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import shlex
@@ -21,6 +22,7 @@ import stops  # loads no torch
 
 if __name__ == "__main__":  # a stop signal while torch loads is kept, not a silent kill
     stops.early()
+    gc.disable()  # while torch loads, until utility.collect_again: as main.py starts
 
 import checkpointing  # noqa: E402
 import main as ipt_main  # noqa: E402
@@ -376,4 +378,5 @@ def not_the_phase_resume_hint(record: logging.LogRecord) -> bool:
 
 
 if __name__ == "__main__":
+    utility.collect_again()
     sys.exit(main())

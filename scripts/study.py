@@ -13,6 +13,7 @@ from the records alone.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import os
 import re
@@ -25,6 +26,7 @@ import stops  # (loads no torch)
 
 if __name__ == "__main__":  # a stop signal while torch loads is kept, not a silent kill
     stops.early()
+    gc.disable()  # while torch loads, until utility.collect_again: as main.py starts
 
 import torch  # noqa: E402
 
@@ -310,4 +312,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    utility.collect_again()
     sys.exit(main())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ import stops  # loads no torch
 
 if __name__ == "__main__":  # a stop signal while torch loads is kept, not a silent kill
     stops.early()
+    gc.disable()  # while torch loads, until utility.collect_again: as main.py starts
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info  # noqa: E402
@@ -396,4 +398,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    utility.collect_again()
     sys.exit(main())

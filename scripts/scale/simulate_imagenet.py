@@ -13,6 +13,7 @@ ROOT are refused (exit status 2).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import random
 import shutil
@@ -24,6 +25,7 @@ import stops  # loads no torch
 
 if __name__ == "__main__":  # a stop signal while torch loads is kept, not a silent kill
     stops.early()
+    gc.disable()  # while torch loads, until utility.collect_again: as main.py starts
 
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -252,4 +254,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    utility.collect_again()
     sys.exit(main())
