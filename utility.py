@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import logging
 import os
 import pathlib
@@ -58,15 +57,6 @@ def close_logging() -> logging.Logger:
 
 
 # ---- Run records ----
-def sha256_file(path: str) -> str:
-    """The SHA-256 of a file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def git_commit(folder: str) -> str | None:
     """The commit checked out in ``folder`` (with '+dirty' for local changes), None outside git."""
     def git(*args: str) -> str:
