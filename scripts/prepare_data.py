@@ -56,7 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="with --check: make missing LR files (convert always does)")
     p.add_argument("--download", metavar="SET", help=f"fetch SET ({', '.join(SET_ORDER)})")
     p.add_argument("--url", help="with --download: fetch this address instead of the table's")
-    p.add_argument("--sha256", help="with --download: the file's SHA-256 (64 hex digits)")
+    p.add_argument("--sha256", type=str.lower, help="with --download: the file's SHA-256 (64 hex digits)")
     args = p.parse_args(argv)
     if (args.url or args.sha256) and not args.download:
         raise PrepareError("--url and --sha256 go with --download")
@@ -73,7 +73,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         raise PrepareError(f"--url {args.url}: only http and https addresses")
     if args.url and not args.sha256:
         raise PrepareError("--url needs --sha256 (the file's SHA-256)")
-    args.sha256 = args.sha256 and args.sha256.lower()
     if args.sha256 and not SHA256_HEX.match(args.sha256):
         raise PrepareError(f"--sha256 {args.sha256}: not 64 hexadecimal digits")
     if args.download:
