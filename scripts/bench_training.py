@@ -259,27 +259,21 @@ def restoration_rows(args: argparse.Namespace, name: str, options: dict, device:
     return rows
 
 
-def training_rows(args: argparse.Namespace, name: str, options: dict, batch: int,
-                  device: torch.device) -> list:
-    """Eager and compiled Trainer.train_step (sr2 batches) under each --amp."""
+def training_row(args: argparse.Namespace, name: str, options: dict, batch: int, label: str,
+                 device: torch.device) -> list:
+    """Eager and compiled Trainer.train_step (sr2 batches) under the --amp of ``label``: both
+    trainers start from the same weights and take the same batches."""
+    patch, amp = args.sizes.train_patch, PRECISIONS[label][1]
     with tempfile.TemporaryDirectory() as save:
-        return [training_row(args, name, options, batch, amp, label, os.path.join(save, label), device)
-                for label, (_, amp) in PRECISIONS.items()]
-
-
-def training_row(args: argparse.Namespace, name: str, options: dict, batch: int, amp: str, label: str,
-                 save: str, device: torch.device) -> list:
-    """The row of one --amp: both trainers start from the same weights and take the same batches."""
-    patch = args.sizes.train_patch
-    runs = {kind: make_trainer(options, batch, amp, os.path.join(save, kind), device, patch=patch)
-            for kind in ("eager", "compiled")}
-    torch._dynamo.reset()  # as restoration_rows: the row compiles afresh
-    runs["compiled"].model = torch.compile(runs["compiled"].model, backend=args.sizes.compile_backend)
-    batches = task_batches(batch, patch, device)[:1]
-    eager_loss = runs["eager"].train_step(batches[0])
-    first, compiled_loss = timed(lambda: runs["compiled"].train_step(batches[0]), device)  # compiles
-    steps = {kind: lambda rep, r=r: seconds_per_step(r, batches) for kind, r in runs.items()}
-    sec = medians(steps, args.reps)
+        runs = {kind: make_trainer(options, batch, amp, os.path.join(save, kind), device, patch=patch)
+                for kind in ("eager", "compiled")}
+        torch._dynamo.reset()  # as restoration_rows: the row compiles afresh
+        runs["compiled"].model = torch.compile(runs["compiled"].model, backend=args.sizes.compile_backend)
+        batches = task_batches(batch, patch, device)[:1]
+        eager_loss = runs["eager"].train_step(batches[0])
+        first, compiled_loss = timed(lambda: runs["compiled"].train_step(batches[0]), device)  # compiles
+        steps = {kind: lambda rep, r=r: seconds_per_step(r, batches) for kind, r in runs.items()}
+        sec = medians(steps, args.reps)
     diff = abs(compiled_loss - eager_loss)  # the same weights and batch at step 1
     return compile_row(name, label, f"train step, batch {batch}", sec, first, f"{diff:.2g} (loss)")
 
@@ -294,7 +288,7 @@ def compile_section(args: argparse.Namespace) -> str:
     device, rows = bench_device(), []
     for name, options, batch in args.sizes.compile_models:
         rows += restoration_rows(args, name, options, device)
-        rows += training_rows(args, name, options, batch, device)
+        rows += [training_row(args, name, options, batch, label, device) for label in PRECISIONS]
     return section(f"torch.compile ({device.type})", args,
                    [text("compile", reps=args.reps, backend=args.sizes.compile_backend,
                          patch=args.sizes.train_patch)],
