@@ -15,13 +15,12 @@ import time
 STARTED = time.monotonic()  # the budget counts from here when run as a script: imports included
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -188,7 +187,7 @@ def megapixels(photos: PhotoSet) -> float:
 
 def evaluate(args: argparse.Namespace, net: torch.nn.Module, mode: str, photos: PhotoSet) -> dict[str, float]:
     """Mean metrics on the photos with the given tiler, and milliseconds per megapixel to get them."""
-    inference = dataclasses.replace(settings(args).inference, mode=mode)
+    inference = replace(settings(args).inference, mode=mode)
     with torch.no_grad():
         seconds, result = timed(lambda: evaluation.evaluate_set(net, photos, 0, inference, None))
     return {**result, "ms_per_mp": 1000 * seconds / megapixels(photos)}
@@ -196,8 +195,7 @@ def evaluate(args: argparse.Namespace, net: torch.nn.Module, mode: str, photos: 
 
 def probe(workdir: str) -> Probe:
     """Each model's GFLOPs, and its inference seconds per megapixel with each of its tilers on a
-    PROBE_SIDE crop of a test photo (after a warm-up on a WARM_SIDE crop); weights do not change
-    the cost, so the models are untrained."""
+    PROBE_SIDE crop of a test photo; weights do not change the cost, so the models are untrained."""
     rates, gflops, shapes = {}, {}, ()
     for model in MODELS:
         args = options(model, TASKS[0], os.path.join(workdir, f"probe-{model}"))
@@ -296,9 +294,8 @@ class Comparison:
 
     rows: list
     plan: EvalPlan
-    seconds: float  # the budget
+    budget: Budget
     threads: int = 1  # torch threads
-    elapsed: float = 0.0  # set when the doc is written
 
 
 def compare(budget: Budget, workdir: str) -> Comparison:
@@ -343,19 +340,19 @@ def compare(budget: Budget, workdir: str) -> Comparison:
                      "seconds": trained, **metrics})
         print(f"{task} {model}: {steps} of {planned} steps in {trained:.0f} s, PSNR "
               f"{metrics['psnr']:.2f} dB ({budget.elapsed():.0f} s of {budget.seconds:g})", flush=True)
-    return Comparison(rows, plan, budget.seconds, torch.get_num_threads())
+    return Comparison(rows, plan, budget, torch.get_num_threads())
 
 
 def table(result: Comparison) -> str:
     """The Markdown report."""
-    plan, rows = result.plan, result.rows
+    plan, rows, budget = result.plan, result.rows, result.budget
     short = [r for r in rows if r["steps"] < r["planned"]]
     stopped = (f" {len(short)} training(s) stopped at their deadline before the planned steps "
                "(the steps column shows done of planned)." if short else "")
     lines = ["# IPT and Restormer side by side", "",
-             f"Made by `python -m scripts.compare --seconds {result.seconds:g} --threads "
+             f"Made by `python -m scripts.compare --seconds {budget.seconds:g} --threads "
              f"{result.threads}` on {machine()}. `--seconds` bounds the whole run; this one took "
-             f"{result.elapsed:.0f} s, with {result.threads} torch thread(s) beside the loader's "
+             f"{budget.elapsed():.0f} s, with {result.threads} torch thread(s) beside the loader's "
              "2 worker processes. The script "
              "times inference and a few training steps of each model first, picks the evaluation "
              f"that fits in {EVAL_SHARE:.0%} of the time left, and splits the rest evenly among the "
@@ -406,7 +403,6 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         return say("compare.py", str(e), e.status)
     finally:
         torch.set_num_threads(threads)
-    result.elapsed = budget.elapsed()
     report = table(result)
     print(report)
     os.makedirs(os.path.dirname(os.path.abspath(a.doc)), exist_ok=True)

@@ -235,10 +235,9 @@ def table_rows(found: dict, task: str) -> list:
 
 def plot(found: dict, path: str) -> None:
     """Validation PSNR against training step (pre-training included), one panel per task, mean over seeds."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(TASKS), figsize=(5.5 * len(TASKS), 3.8))
+    from matplotlib.figure import Figure  # no pyplot: no backend to pick, no figure to close
+    fig = Figure(figsize=(5.5 * len(TASKS), 3.8))
+    axes = fig.subplots(1, len(TASKS))
     for ax, task in zip(axes, TASKS, strict=False):
         for row in (REFERENCE, SECONDS_REFERENCE, *ROWS[1:]):
             curves = [dict(found[s][row.name][task].curve[1:]) for s in found]
@@ -253,7 +252,6 @@ def plot(found: dict, path: str) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def report(m: dict, found: dict, plot_name: str) -> str:
