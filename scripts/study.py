@@ -212,8 +212,9 @@ def launch(a: argparse.Namespace, save: str, args: list[str], steps: int | None 
 
 
 def row_steps(a: argparse.Namespace, root: str, row: Row, task: str, seed: int) -> int:
-    """The fine-tuning steps of a row (see Row); the equal-seconds reference's at the equal-steps
-    reference's speed, in the SECONDS_MATCH row's seconds (its pre-training and its fine-tuning)."""
+    """The fine-tuning steps of a row: --finetune_steps; their sum with --pretrain_steps (the
+    reference at equal steps); or as many as the reference's own speed fits into the training
+    seconds of the SECONDS_MATCH row (its pre-training and its fine-tuning of the task)."""
     if row.budget == "finetune":
         return a.finetune_steps
     total = a.pretrain_steps + a.finetune_steps
