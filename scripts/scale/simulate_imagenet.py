@@ -28,11 +28,13 @@ if __name__ == "__main__":  # a stop signal while torch loads is kept, not a sil
     gc.disable()  # while torch loads, until utility.collect_again: as main.py starts
 
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import records  # noqa: E402
 import runfolder  # noqa: E402
 import utility  # noqa: E402
+from data.sample import TEST_PHOTOS, TRAIN_PHOTOS, sample_photo  # noqa: E402
 from data.sources import TAR_BLOCK  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 from report import printable as shown  # noqa: E402
@@ -134,8 +136,6 @@ def space_problem(args: argparse.Namespace) -> str | None:
 
 def pool_image(photo, rng: random.Random):
     """One JPEG-ready PIL image: a random crop of ``photo`` at one of ImageNet's usual sizes."""
-    from PIL import Image
-
     width, height = rng.choices(SIZES, SIZE_WEIGHTS)[0]
     cover = max(width / photo.width, height / photo.height) * rng.uniform(*SCALE_JITTER)
     resized = photo.resize((max(width, round(photo.width * cover)),
@@ -149,10 +149,6 @@ def pool_image(photo, rng: random.Random):
 
 def make_pool(folder: str, count: int, seed: int) -> list[str]:
     """``count`` JPEGs in ``folder`` made from the sample photos (kept if already there)."""
-    from PIL import Image
-
-    from data.sample import TEST_PHOTOS, TRAIN_PHOTOS, sample_photo
-
     paths = [os.path.join(folder, f"pool-{i:03d}.JPEG") for i in range(count)]
     if all(os.path.isfile(p) for p in paths):
         return paths
