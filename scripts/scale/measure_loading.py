@@ -222,8 +222,7 @@ def end_child(process: subprocess.Popen) -> None:
     within CHILD_STOP_S; the stop signals wait meanwhile (delivered once it has ended)."""
     signal.pthread_sigmask(signal.SIG_BLOCK, stops.STOP_SIGNALS)
     try:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        process.terminate()  # SIGTERM, unless it has ended (Popen checks)
         try:
             process.communicate(timeout=CHILD_STOP_S)
         except subprocess.TimeoutExpired:
@@ -258,11 +257,10 @@ def measure_variant(args: argparse.Namespace, variant: str, cache: str) -> dict:
 
 def cache_stamp(cache: str) -> tuple[int, int] | None:
     """(inode, mtime) of the listing cache, None if there is none."""
-    try:
+    with contextlib.suppress(OSError):
         info = os.stat(cache)
-    except OSError:
-        return None
-    return info.st_ino, info.st_mtime_ns
+        return info.st_ino, info.st_mtime_ns
+    return None
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
