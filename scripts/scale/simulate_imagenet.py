@@ -89,8 +89,7 @@ def check_root(args: argparse.Namespace) -> str | None:
     """What is wrong with ROOT (nothing is written), or None."""
     root = args.root
     named = f"ROOT {shown(root)}"
-    problem = path_problem(root)
-    if problem:
+    if problem := path_problem(root):
         return f"{named} {problem}: give a folder to build"
     above = nearest(root)
     if not os.path.isdir(above):
@@ -232,8 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
 
     def job(stop: stops.StopSignals) -> int:
-        problem = check_root(args)
-        if problem:
+        if problem := check_root(args):
             return say(PROG, problem, BAD_OPTION)
         problem = space_problem(args)
         return say(PROG, problem, FAILED) if problem else build(args)
