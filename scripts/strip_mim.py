@@ -44,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("output")
     p.add_argument("--tasks", default=None, help="the input's head names, A+B (default: its record)")
     a = p.parse_args(argv)
-    problem = output_problem(a.output, "IPT_six.pt")
-    if problem:
+    if problem := output_problem(a.output, "IPT_six.pt"):
         return say(PROG, *problem)
     try:
         state, _ = read_checkpoint(a.input)

@@ -43,10 +43,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def write_shard(path: str, src: str, files: Sequence[str]) -> tuple[int, list[str]]:
     """One tar of the files (what links point to), named relative to src, written to a temporary
     name then renamed; (members packed, files skipped as not readable regular files)."""
-    packed, skipped = 0, []
+    skipped = []
 
     def pack(tmp: str) -> None:
-        nonlocal packed
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
             for f in files:
                 try:
@@ -58,10 +57,9 @@ def write_shard(path: str, src: str, files: Sequence[str]) -> tuple[int, list[st
                     info = tar.gettarinfo(arcname=os.path.relpath(f, src).replace(os.sep, "/"),
                                           fileobj=data)
                     tar.addfile(info, data)
-                packed += 1
 
     runfolder.atomic_write(path, pack)
-    return packed, skipped
+    return len(files) - len(skipped), skipped  # each file is packed or skipped
 
 
 def write_shards(out: str, src: str, chunks: Iterable[Sequence[str]]) -> tuple[dict[str, int], list[str]]:

@@ -90,8 +90,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--batch_size {args.batch_size} with --patch_size {args.patch_size}: a batch of "
                 f"{hr_side}x{hr_side} crops is over {MAX_BATCH_PIXELS:,} pixels; give smaller")
     parts = tuple(args.parts.split(","))
-    unknown = [part for part in parts if part not in PARTS]
-    if unknown:
+    if unknown := [part for part in parts if part not in PARTS]:
         p.error(f"--parts {shown(args.parts)!r}: {shown(unknown[0])!r} is not a part; give some "
                 f"of {','.join(PARTS)} joined by commas")
     args.parts = parts
@@ -113,8 +112,7 @@ def check_paths(args: argparse.Namespace) -> str | None:
     if cache is None:
         return None
     named = f"--cache {shown(cache)}"
-    problem = cli.path_problem(cache)
-    if problem:
+    if problem := cli.path_problem(cache):
         return f"{named} {problem}: give a file name"
     if os.path.lexists(cache) and not os.path.isfile(cache):
         return f"{named} is {cli.kind_of(cache)}: give a file name (the file is replaced)"
@@ -222,8 +220,7 @@ def end_child(process: subprocess.Popen) -> None:
     within CHILD_STOP_S; the stop signals wait meanwhile (delivered once it has ended)."""
     signal.pthread_sigmask(signal.SIG_BLOCK, stops.STOP_SIGNALS)
     try:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        process.terminate()  # SIGTERM, unless it has ended (Popen checks)
         try:
             process.communicate(timeout=CHILD_STOP_S)
         except subprocess.TimeoutExpired:
@@ -258,11 +255,10 @@ def measure_variant(args: argparse.Namespace, variant: str, cache: str) -> dict:
 
 def cache_stamp(cache: str) -> tuple[int, int] | None:
     """(inode, mtime) of the listing cache, None if there is none."""
-    try:
+    with contextlib.suppress(OSError):
         info = os.stat(cache)
-    except OSError:
-        return None
-    return info.st_ino, info.st_mtime_ns
+        return info.st_ino, info.st_mtime_ns
+    return None
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -389,8 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
         return run_child(args)
-    problem = check_paths(args)
-    if problem:
+    if problem := check_paths(args):
         return cli.say(PROG, problem, cli.BAD_OPTION)
     return cli.run_stoppable(PROG, lambda stop: measure(args), lambda signum: (
         f"stopped by {stops.signal_name(signum)}: the tables printed so far are complete"),

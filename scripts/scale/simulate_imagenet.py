@@ -28,11 +28,13 @@ if __name__ == "__main__":  # a stop signal while torch loads is kept, not a sil
     gc.disable()  # while torch loads, until utility.collect_again: as main.py starts
 
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import records  # noqa: E402
 import runfolder  # noqa: E402
 import utility  # noqa: E402
+from data.sample import TEST_PHOTOS, TRAIN_PHOTOS, sample_photo  # noqa: E402
 from data.sources import TAR_BLOCK  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 from report import printable as shown  # noqa: E402
@@ -53,7 +55,7 @@ WNID_RANGE = (1_000_000, 15_000_000)  # ImageNet's WordNet ids n01440764 .. n150
 PROGRESS_EVERY_S = 5.0  # tqdm's line on stderr: done of total, rate, time left
 RECORD = "simulated.json"
 RECORD_MAX_BYTES = 64 << 10  # the record is a few hundred bytes; anything larger is not one
-OPTIONS = ("files", "classes", "pool", "shards", "shard_members", "seed")  # kept in the record
+OPTIONS = tuple(records.SIMULATED["required"])  # the options kept in the record
 BUILDING = ".building"
 PROG = "simulate_imagenet.py"
 LIMITS = {k: (f["minimum"], f["maximum"]) for k, f in records.SIMULATED["properties"].items() if k in OPTIONS}
@@ -87,8 +89,7 @@ def check_root(args: argparse.Namespace) -> str | None:
     """What is wrong with ROOT (nothing is written), or None."""
     root = args.root
     named = f"ROOT {shown(root)}"
-    problem = path_problem(root)
-    if problem:
+    if problem := path_problem(root):
         return f"{named} {problem}: give a folder to build"
     above = nearest(root)
     if not os.path.isdir(above):
@@ -134,8 +135,6 @@ def space_problem(args: argparse.Namespace) -> str | None:
 
 def pool_image(photo, rng: random.Random):
     """One JPEG-ready PIL image: a random crop of ``photo`` at one of ImageNet's usual sizes."""
-    from PIL import Image
-
     width, height = rng.choices(SIZES, SIZE_WEIGHTS)[0]
     cover = max(width / photo.width, height / photo.height) * rng.uniform(*SCALE_JITTER)
     resized = photo.resize((max(width, round(photo.width * cover)),
@@ -149,10 +148,6 @@ def pool_image(photo, rng: random.Random):
 
 def make_pool(folder: str, count: int, seed: int) -> list[str]:
     """``count`` JPEGs in ``folder`` made from the sample photos (kept if already there)."""
-    from PIL import Image
-
-    from data.sample import TEST_PHOTOS, TRAIN_PHOTOS, sample_photo
-
     paths = [os.path.join(folder, f"pool-{i:03d}.JPEG") for i in range(count)]
     if all(os.path.isfile(p) for p in paths):
         return paths
@@ -236,8 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
 
     def job(stop: stops.StopSignals) -> int:
-        problem = check_root(args)
-        if problem:
+        if problem := check_root(args):
             return say(PROG, problem, BAD_OPTION)
         problem = space_problem(args)
         return say(PROG, problem, FAILED) if problem else build(args)
