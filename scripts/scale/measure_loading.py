@@ -255,10 +255,11 @@ def measure_variant(args: argparse.Namespace, variant: str, cache: str) -> dict:
 
 def cache_stamp(cache: str) -> tuple[int, int] | None:
     """(inode, mtime) of the listing cache, None if there is none."""
-    with contextlib.suppress(OSError):
+    try:
         info = os.stat(cache)
-        return info.st_ino, info.st_mtime_ns
-    return None
+    except OSError:
+        return None
+    return info.st_ino, info.st_mtime_ns
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
