@@ -1,19 +1,18 @@
 """The scripts' refusals of bad arguments, as a user meets them: one line on stderr and exit
-status 2 (bad options) or 1 (a failed job), never a traceback; one subprocess per probe."""
+status 2 (bad options) or 1 (a failed job), never a traceback. Each probe calls the script's
+main() as ``python -m scripts.NAME`` does (the processes those commands start are probed for
+stop signals in test_quickstart, test_scale_scripts and test_export)."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, config_from
+from conftest import config_from
 from model import IPT
-
-PROBE_TIMEOUT_S = 120  # a probe takes about 3 s alone (most of it importing torch), all at once longer
 
 
 @pytest.fixture(scope="module")
@@ -39,29 +38,16 @@ PROBES = [  # (script, arguments ({ckpt}: the sr2+mim file, {tmp}: a fresh folde
 ]
 
 
-@pytest.fixture(scope="module")
-def probes(tmp_path_factory, sr2_mim) -> dict:
-    """Every probe of PROBES started at once (each importing torch takes seconds), each with its
-    own fresh folder: {probe's index: (process, folder)}."""
-    started = {}
-    for i, (script, args, _, _) in enumerate(PROBES):
-        folder = tmp_path_factory.mktemp(f"probe{i}")
-        argv = [a.format(ckpt=sr2_mim, tmp=folder) for a in args]
-        started[i] = subprocess.Popen([sys.executable, "-m", f"scripts.{script}", *argv], cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), folder
-    yield started
-    for process, _ in started.values():
-        if process.poll() is None:  # its test failed before it ended
-            process.kill()
-        process.communicate()
-
-
 @pytest.mark.parametrize("i", range(len(PROBES)), ids=[f"{p[0]}-{p[3]}" for p in PROBES])
-def test_a_bad_argument_is_refused_in_one_line(probes, i):
-    _, _, status, says = PROBES[i]
-    process, folder = probes[i]
-    _, err = process.communicate(timeout=PROBE_TIMEOUT_S)
+def test_a_bad_argument_is_refused_in_one_line(sr2_mim, tmp_path, capsys, i):
+    script, args, status, says = PROBES[i]
+    main = importlib.import_module(f"scripts.{script}").main
+    try:
+        returned = main([a.format(ckpt=sr2_mim, tmp=tmp_path) for a in args])
+    except SystemExit as e:  # argparse's refusals
+        returned = e.code
+    err = capsys.readouterr().err
     lines = err.strip().splitlines()
-    assert process.returncode == status, err
+    assert returned == status, err
     assert len(lines) == 1 and says in lines[0], err
-    assert not os.path.exists(folder / "out.pt")  # nothing written before a refusal
+    assert not os.path.exists(tmp_path / "out.pt")  # nothing written before a refusal
