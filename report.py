@@ -319,8 +319,8 @@ def write_reports(mode: str, ev: EvalSettings, inference: InferenceSettings, res
     metrics_path, table_path = (os.path.join(ev.save, f"metrics{test}.json"),
                                 os.path.join(ev.save, f"results{test}.md"))
     runfolder.write_json(metrics_path, {"meta": printable_tree(meta), "results": printable_tree(results)})
-    table = (markdown_table(summary_rows(results)) + "\n\n"
-             + markdown_text(table_notes(inference.metric_channel)) + "\n")
+    summary, notes = summary_rows(results), table_notes(inference.metric_channel)
+    table = markdown_table(summary) + "\n\n" + markdown_text(notes) + "\n"
     weights = (markdown_text(checkpoint) if checkpoint else
                "none (the weights being trained)" if step is not None else "none (random weights)")
     stopped = f"{markdown_text(interrupted.line())}\n\n" if interrupted else ""
@@ -342,8 +342,7 @@ def write_reports(mode: str, ev: EvalSettings, inference: InferenceSettings, res
         log.info("metrics: %s, table: %s", metrics_path, table_path)
     written = [metrics_path, table_path]
     if step is None and ev.save_results:
-        written.append(write_index(ev.save, index_entries(results), summary_rows(results),
-                                   table_notes(inference.metric_channel),
+        written.append(write_index(ev.save, index_entries(results), summary, notes,
                                    title + (" (interrupted)" if interrupted else "")))
         if interrupted is None:
             log.info("comparison sheets: %s", written[-1])

@@ -122,11 +122,10 @@ RECENT_CHANGE_NS = 2_000_000_000
 INT64, BYTES = np.dtype("<i8"), np.dtype("|u1")
 # a FolderListing's PathIndex fields, in the order of their counts in "meta": (blob, offsets) arrays
 PATH_ARRAYS = {"names": "name_offsets", "folders": "folder_offsets", "other": "other_offsets"}
-# the arrays of a file list: (dtype, number of dimensions)
-FILE_LIST_ARRAYS = {"meta": (INT64, 1), "root": (BYTES, 1), "names": (BYTES, 1),
-                    "name_offsets": (INT64, 1), "other": (BYTES, 1), "other_offsets": (INT64, 1),
-                    "folders": (BYTES, 1), "folder_offsets": (INT64, 1), "stamps": (INT64, 2),
-                    "digest": (BYTES, 1)}
+# the arrays of a file list: (dtype, number of dimensions); a PathIndex's blob is bytes, its offsets int64
+FILE_LIST_ARRAYS = {"meta": (INT64, 1), "root": (BYTES, 1), "stamps": (INT64, 2), "digest": (BYTES, 1),
+                    **dict.fromkeys(PATH_ARRAYS, (BYTES, 1)),
+                    **dict.fromkeys(PATH_ARRAYS.values(), (INT64, 1))}
 
 
 class FileListDamage(ValueError):
