@@ -365,10 +365,12 @@ def image_metrics(sr: Tensor, baseline: Tensor, hr: Tensor, scale: int,
 def evaluate_set(model: nn.Module, data: BenchmarkSet, task_id: int, settings: InferenceSettings,
                  out_dir: str | None, workers: int = 0, previews: dict | None = None,
                  save_gt: bool = False) -> dict:
-    """Restore one test set with one head; the metrics per image and their means. ``out_dir``,
-    when given, receives each restored image and its ``report.comparison_sheet``, with ``save_gt``
-    also the input (``_LR``) and the target (``_HR``); ``previews`` the first restored image under
-    "<set>/<task>"."""
+    """Restore one test set with one head; the metrics per image and their means.
+
+    ``out_dir``, when given, receives each restored image and its comparison sheet (input | output
+    | target, and a zoom where the output gains most), with ``save_gt`` also the input (``_LR``)
+    and the target (``_HR``); ``previews`` the first restored image under "<set>/<task>".
+    """
     task, scale = model.task_names[task_id], model.scale[task_id]
     per_image: dict[str, dict[str, float]] = {}
     for pair in tqdm(prefetch(data, workers), total=len(data), desc=f"{data.dataset} {task}",

@@ -137,9 +137,12 @@ def _is_image_member(member: tarfile.TarInfo) -> bool:
 
 
 def shard_counts(shards: Sequence[str]) -> list[int]:
-    """Image members per shard: from make_shards' shards.json where it lists them
-    (``read_shard_index``), else a scan of its headers; TrainingDataError where shards.json gives a
-    shard more members than its size can hold."""
+    """Image members per shard, from make_shards' shards.json where it lists them, else a scan
+    of its headers.
+
+    A shards.json that is not make_shards' record, or that gives a shard more members than its
+    size can hold, raises TrainingDataError.
+    """
     index = functools.cache(read_shard_index)  # each folder's shards.json read once
     counts = []
     for path in shards:
