@@ -13,6 +13,7 @@ import re
 import sys
 
 import option_table as table
+import stops
 from option_files import read_config, take_recorded_architecture
 from run_settings import model_config
 from run_settings import settings as settings  # parse_args, then settings: the two calls of a run
@@ -28,6 +29,9 @@ MAX_DIST_TIMEOUT = 7 * 24 * 3600  # a week: longer waits overflow timedelta and 
 MAX_ACCUMULATE = 4096
 RESUME_DERIVED = ("task_names", "task_id")  # what --tasks/--task/--denoise/... resolve to
 PATH_OPTIONS = ("config", "dir_data", "dir_demo", "pretrain", "save", "streaks_dir")
+# how long a torchrun rank other than 0 that meets a bad option waits for torchrun's SIGTERM (sent
+# once rank 0 has said it and exited) before it exits itself
+PEER_SAYS_SECONDS = 30
 
 
 class OptionParser(argparse.ArgumentParser):
@@ -36,6 +40,8 @@ class OptionParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun every rank parses: one says it
             sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        else:  # exiting first, this rank would have torchrun stop rank 0 before rank 0 says it
+            stops.wait_for_stop(PEER_SAYS_SECONDS)
         sys.exit(2)
 
 

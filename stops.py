@@ -72,6 +72,12 @@ class StopSignals:
             signal.signal(sig, signal.SIG_IGN if self.ignore_after else handler)
 
 
+def wait_for_stop(seconds: float) -> None:
+    """Wait until a stop signal arrives (taken here: no handler runs) or ``seconds`` pass."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    signal.sigtimedwait(STOP_SIGNALS, seconds)
+
+
 PARENT_CHECK_SECONDS = 0.25  # how often a torchrun rank looks whether its agent still runs
 
 

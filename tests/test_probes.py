@@ -117,6 +117,18 @@ def test_a_bad_torchrun_variable_is_one_line_before_torch_loads(tmp_path, name, 
     assert "torch" not in map(imported_module, result.stderr.splitlines())
 
 
+def test_a_bad_option_on_a_rank_other_than_0_waits_silently_for_torchruns_stop(tmp_path):
+    """Rank 0 says a bad option; another rank exits (status 2, saying nothing) when torchrun stops
+    it, not before: had it exited first, torchrun could have stopped rank 0 before it said why."""
+    with subprocess.Popen([sys.executable, "main.py", "--lr", "nan", "--save", str(tmp_path / "run")],
+                          cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "WORLD_SIZE": "2", "RANK": "1"}) as rank_1:
+        with pytest.raises(subprocess.TimeoutExpired):
+            rank_1.wait(timeout=3)
+        rank_1.send_signal(signal.SIGTERM)
+        assert rank_1.wait(timeout=PROBE_TIMEOUT) == 2 and rank_1.stderr.read() == ""
+
+
 def imported_module(line: str) -> str:
     """The module of a line of ``python -X importtime`` ('' for another line)."""
     return line.rsplit("|", 1)[-1].strip() if line.startswith("import time:") else ""
