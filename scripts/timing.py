@@ -148,9 +148,10 @@ def write_section(doc: str, name: str, body: str) -> None:
 
 def in_child(module: str, call: str) -> str:
     """The last line printed by ``scripts.<module>.<call>`` run in a fresh Python process at the
-    repository root, with as many torch threads as this process has."""
-    code = (f"import torch; torch.set_num_threads({torch.get_num_threads()}); "
-            f"from scripts import {module}; print({module}.{call})")
+    repository root, with as many torch threads as this process has (started as main.py starts:
+    the garbage collector off while torch loads)."""
+    code = (f"import gc; gc.disable(); import torch; torch.set_num_threads({torch.get_num_threads()}); "
+            f"import utility; from scripts import {module}; utility.collect_again(); print({module}.{call})")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=REPOSITORY)
     return done.stdout.strip().splitlines()[-1]
