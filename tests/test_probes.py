@@ -123,8 +123,8 @@ def test_a_bad_option_on_a_rank_other_than_0_waits_silently_for_torchruns_stop(t
     with subprocess.Popen([sys.executable, "main.py", "--lr", "nan", "--save", str(tmp_path / "run")],
                           cwd=ROOT, stderr=subprocess.PIPE, text=True,
                           env={**os.environ, "WORLD_SIZE": "2", "RANK": "1"}) as rank_1:
-        with pytest.raises(subprocess.TimeoutExpired):
-            rank_1.wait(timeout=3)
+        with pytest.raises(subprocess.TimeoutExpired):  # the options are checked before torch loads:
+            rank_1.wait(timeout=3)  # well under a second, so by now it waits
         rank_1.send_signal(signal.SIGTERM)
         assert rank_1.wait(timeout=PROBE_TIMEOUT) == 2 and rank_1.stderr.read() == ""
 
