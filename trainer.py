@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -331,7 +332,9 @@ class Trainer(checkpointing.Checkpointing):
         self.progress.nonfinite_total += 1
         self.progress.nonfinite_run += 1
         log.warning("step %d: loss %s skipped", self.progress.step, value)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # torch's warning that the schedule moved before any step
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
 
     def loss(self, lr_img: Tensor, hr: Tensor, task_id: int, step: int) -> Tensor:
         """L1 (on the masked cells for mim), plus the weighted contrastive loss under --con_loss."""
