@@ -269,23 +269,6 @@ def read_training_record(checkpoint: str, strict: bool = False) -> dict | None:
         return None
 
 
-def numeric_fields(schema: object, path: str = "") -> list[tuple[str, dict]]:
-    """Every (path, subschema) of ``schema`` that admits a number or integer, for the test that
-    each declares a finite maximum."""
-    found = []
-    if isinstance(schema, dict):
-        kinds = schema.get("type", [])
-        kinds = [kinds] if isinstance(kinds, str) else kinds
-        if {"number", "integer"} & set(kinds):
-            found.append((path, schema))
-        for key, value in schema.items():
-            found += numeric_fields(value, f"{path}/{key}")
-    elif isinstance(schema, list):
-        for i, value in enumerate(schema):
-            found += numeric_fields(value, f"{path}/{i}")
-    return found
-
-
 SCHEMAS = {"training.json": TRAINING, "state.pt": STATE, "safetensors metadata": SAFETENSORS_METADATA,
            "architecture": ARCHITECTURE, "shards.json": SHARDS, "metrics.json": METRICS,
            "study.json": STUDY, "simulated.json": SIMULATED, ".lock": LOCK, "file list": FILE_LIST_META}
