@@ -44,6 +44,11 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
     it returns ``stops.INTERRUPTED``."""
     task_ids = list(range(len(model.task_names))) if ev.task_id is None else [ev.task_id]
     training = training_length(checkpoint)  # now, beside the weights just loaded
+    try:  # a missing or malformed set is said before any work, not after the sets before it
+        check_sets(model, ev, ev.data_test, task_ids)
+    except (DataLayoutError, FileNotFoundError) as e:
+        log.error("%s", e)
+        return 1
     inference = auto_precision(model, inference)
     warn_precision(model, inference.precision)
     failed, results, finished, stop = 0, {}, [], None
@@ -97,8 +102,8 @@ def validator(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
     if not sets:
         return None
     task_ids = list(range(len(model.task_names)))
-    for name in sets if check else []:
-        benchmark_sets(model, ev, name, task_ids)
+    if check:
+        check_sets(model, ev, sets, task_ids)
     plain = dataclasses.replace(auto_precision(model, inference), self_ensemble=False)  # keeps --precision
     warn_precision(model, plain.precision)
 
@@ -117,9 +122,7 @@ def restore_demo(model: nn.Module, ev: EvalSettings, inference: InferenceSetting
                  task_ids: list[int], out_dir: str | None) -> int:
     """Restore every image of --dir_demo as given with each head, saving the quantised results
     (with --save_gt, the input ``_LR`` beside them); the number that could not be read."""
-    folder = ImageFolder(ev.dir_demo)
-    if len(folder) == 0:
-        raise BenchmarkError(f"--dir_demo {ev.dir_demo}: no images (png, jpg, bmp, tif, webp)")
+    folder = demo_folder(ev)
     log.info("Demo: %d image(s) in %s, heads %s", len(folder), ev.dir_demo,
              "+".join(model.task_names[t] for t in task_ids))
     failed = 0
@@ -139,6 +142,24 @@ def restore_demo(model: nn.Module, ev: EvalSettings, inference: InferenceSetting
     where = f", results in {out_dir}" if out_dir else " (add --save_results to write them)"
     log.info("Demo: restored %d image(s)%s", len(folder) - failed, where)
     return failed
+
+
+def demo_folder(ev: EvalSettings) -> ImageFolder:
+    """The images of --dir_demo (none decoded); FileNotFoundError or BenchmarkError without any."""
+    folder = ImageFolder(ev.dir_demo)
+    if len(folder) == 0:
+        raise BenchmarkError(f"--dir_demo {ev.dir_demo}: no images (png, jpg, bmp, tif, webp)")
+    return folder
+
+
+def check_sets(model: nn.Module, ev: EvalSettings, names: list[str], task_ids: list[int]) -> None:
+    """Each test set's layout, its files listed and none decoded: FileNotFoundError or a
+    BenchmarkError for one that is missing or malformed."""
+    for name in names:
+        if name == "Demo":
+            demo_folder(ev)
+        else:
+            benchmark_sets(model, ev, name, task_ids)
 
 
 def evaluate_benchmark(model: nn.Module, ev: EvalSettings, inference: InferenceSettings, name: str,
@@ -298,7 +319,7 @@ def auto_precision(model: nn.Module, inference: InferenceSettings,
                    clock: Callable[[], float] = time.perf_counter,
                    option: str = "--precision") -> InferenceSettings:
     """``inference`` with --precision auto made single or bf16: whichever ran one call's worth of
-    tiles (after a warm-up call) faster on the model's device, bf16 only by AUTO_BF16_GAIN; rank
+    tiles (after warm-up calls) faster on the model's device, bf16 only by AUTO_BF16_GAIN; rank
     0 decides for a torchrun job. One INFO line (of ``option``: --amp auto asks the same) says
     what it chose and why; nothing is kept."""
     if inference.precision != "auto":
@@ -309,7 +330,8 @@ def auto_precision(model: nn.Module, inference: InferenceSettings,
     x = torch.rand(CPU_TILES_PER_CALL, 3, side, side, device=device) * inference.rgb_range
 
     def timed(precision: str) -> float:
-        restore(model, x[:1], precision=precision, mode=mode, tile_size=side)  # sets up its kernels
+        for warm_up in (x[:1], x):  # kernels set up; --compile's graphs built (for one tile, then any count)
+            restore(model, warm_up, precision=precision, mode=mode, tile_size=side)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = clock()

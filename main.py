@@ -129,8 +129,12 @@ def run(args: argparse.Namespace, s: run_settings.Settings, device: torch.device
         dynamo = sys.modules.get("torch._dynamo")
         if s.compile and dynamo and isinstance(e, dynamo.exc.TorchDynamoException):
             cause = getattr(e, "inner_exception", None) or e  # a backend's own error, without dynamo's advice
+            from torch._inductor.runtime.cache_dir_utils import cache_dir
+            fix = (f"a compile stopped midway (a stop signal, a kill) can leave a damaged file in torch's "
+                   f"compile cache: remove {cache_dir()} and run again" if cache_dir() in str(cause)
+                   else "run without --compile")
             raise JobError(f"--compile: torch.compile failed ({type(cause).__name__}: "
-                           f"{utility.last_line(cause)[:300]}): run without --compile") from None
+                           f"{utility.last_line(cause)[:300]}): {fix}") from None
         raise
 
 
@@ -142,6 +146,8 @@ def check_compiler() -> None:
     except exc.InvalidCxxCompiler:
         raise JobError("--compile needs a C++ compiler for torch's inductor (g++, or the one $CXX "
                        "names) and none was found: install one, or run without --compile") from None
+    # on a machine without CUDA, inductor's C++ build warns that it found no CUDA runtime: moot on the CPU
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def auto_resume(s: run_settings.Settings) -> run_settings.Settings:

@@ -177,6 +177,29 @@ def test_precision_auto_takes_bf16_only_where_it_is_faster_by_a_margin(tiny_mode
     assert evaluation.auto_precision(tiny_model, got) is got  # a chosen precision stays
 
 
+def test_precision_auto_times_only_calls_of_a_shape_and_precision_already_run(tiny_model, monkeypatch):
+    """Under --compile the first call of a shape (or precision) builds its graph: never the one timed."""
+    real, fresh, seen = tiny_model.forward, [], set()
+
+    def forward(x, *args, **kwargs):
+        key = (x.shape[0], torch.is_autocast_enabled(x.device.type))
+        fresh.append(key not in seen)
+        seen.add(key)
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "forward", forward)
+    ticks, calls_at_tick = iter([0.0, 1.0, 10.0, 10.5]), []
+
+    def clock() -> float:
+        calls_at_tick.append(len(fresh))
+        return next(ticks)
+
+    evaluation.auto_precision(tiny_model, InferenceSettings(precision="auto"), clock)
+    assert len(calls_at_tick) == 4  # a start and an end per precision
+    for start, end in zip(calls_at_tick[::2], calls_at_tick[1::2], strict=True):
+        assert end > start and not any(fresh[start:end]), fresh
+
+
 def test_validation_while_training_follows_precision_not_amp(tmp_path, dir_data, monkeypatch):
     spy = ForwardSpy(monkeypatch)
     for precision, amp in (("bf16", "none"), ("single", "bf16")):

@@ -3,6 +3,7 @@ micro-batches make one optimiser step): by hand, exact resume, an older state, b
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 
@@ -199,10 +200,19 @@ def test_compile_without_a_cpp_compiler_is_one_line(tmp_path, monkeypatch, caplo
     assert not (tmp_path / "state.pt").exists()  # refused before training
 
 
-def test_a_compile_that_fails_is_one_line(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("damaged_cache", [False, True])
+def test_a_compile_that_fails_is_one_line(tmp_path, monkeypatch, caplog, damaged_cache):
+    """A damaged file in torch's compile cache (a compile killed midway, pytorch#102539) is named
+    with the fix: removing the cache, not giving up --compile."""
     import torch._dynamo
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    damaged = os.path.join(cache_dir(), "nd", "c3x.main.so")
 
     def failing(*_):
+        if damaged_cache:
+            raise ImportError(f"{damaged}: file too short")
         raise RuntimeError("inductor could not build this graph")
 
     real = torch.compile
@@ -215,4 +225,8 @@ def test_a_compile_that_fails_is_one_line(tmp_path, monkeypatch, caplog):
         torch._dynamo.reset()
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and errors[0].startswith("--compile: torch.compile failed"), errors
-    assert "could not build this graph" in errors[0] and "\n" not in errors[0]
+    assert "\n" not in errors[0]
+    if damaged_cache:
+        assert errors[0].endswith(f"remove {cache_dir()} and run again") and damaged in errors[0]
+    else:
+        assert errors[0].endswith("could not build this graph): run without --compile")

@@ -125,6 +125,7 @@ def test_authors_derain_command_defaults_to_rain100l(tmp_path, tree):
     ("mismatch", ["--scale", "2", "--data_test", "Set5"], "ax2.png"),
     ("unpaired", ["--task", "derain", "--data_test", "Rain100L"], "rain-2.png"),
     ("empty", ["--scale", "2", "--data_test", "Set14"], "no images"),
+    ("none", ["--scale", "2", "--data_test", "Set5+Urban100"], "benchmark/Urban100/HR"),  # said first
 ])
 def test_layout_errors_name_the_path(tmp_path, tree, caplog, breakage, argv, expected):
     if breakage == "mismatch":
@@ -136,7 +137,7 @@ def test_layout_errors_name_the_path(tmp_path, tree, caplog, breakage, argv, exp
     code, run = evaluate(tmp_path, tree, *argv)
     assert code != 0
     assert expected in caplog.text
-    assert not os.path.exists(run / "metrics.json")
+    assert not os.path.exists(run / "metrics.json") and not list(run.rglob("*.png"))  # nothing restored
 
 
 def test_sample_needs_no_data(tmp_path, crop_sample):
@@ -389,6 +390,12 @@ def fake_results(*images: str) -> dict:
     return {"sr2": {**METRICS, "n_images": len(images), "per_image": {i: dict(METRICS) for i in images}}}
 
 
+def answer_at_once(monkeypatch, fake) -> None:
+    """evaluate_benchmark is ``fake``, over sets that are on no disk (their layout not checked)."""
+    monkeypatch.setattr(evaluation, "evaluate_benchmark", fake)
+    monkeypatch.setattr(evaluation, "check_sets", lambda *args: None)
+
+
 def stop_at(monkeypatch, stopped_set: str, stop: BaseException) -> None:
     """evaluate_benchmark answers at once, and raises ``stop`` for ``stopped_set``."""
     def fake(model, ev, inference, name, task_ids, out_dir, previews=None):
@@ -396,7 +403,7 @@ def stop_at(monkeypatch, stopped_set: str, stop: BaseException) -> None:
             raise stop
         return fake_results("a", "b")
 
-    monkeypatch.setattr(evaluation, "evaluate_benchmark", fake)
+    answer_at_once(monkeypatch, fake)
 
 
 def run_evaluate(*args) -> int:
@@ -454,7 +461,7 @@ def test_recorded_hash_is_of_the_bytes_loaded(tmp_path, monkeypatch):
     (replaced meanwhile here); without one, null (the file is not hashed again)."""
     checkpoint = weights_file(tmp_path / "IPT_sr2.pt", b"another file, written after loading")
     loaded = hashlib.sha256(b"the weights loaded").hexdigest()
-    monkeypatch.setattr(evaluation, "evaluate_benchmark", lambda *args, **kwargs: fake_results("a"))
+    answer_at_once(monkeypatch, lambda *args, **kwargs: fake_results("a"))
     ev = eval_settings(tmp_path, ["Set5"])
     assert run_evaluate(STUB_MODEL, ev, FAST, checkpoint, loaded) == 0
     metrics = tmp_path / "run" / "metrics.json"
