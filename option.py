@@ -27,6 +27,7 @@ MAX_DIST_TIMEOUT = 7 * 24 * 3600  # a week: longer waits overflow timedelta and 
 # the most micro-batches an optimiser step takes: the paper's global batch of 256 one sample at a
 # time is 256; more only makes a step slower to reach
 MAX_ACCUMULATE = 4096
+MAX_RGB_RANGE = 65535  # 16-bit pixels: larger ranges describe no image (and overflow the mean shift)
 RESUME_DERIVED = ("task_names", "task_id")  # what --tasks/--task/--denoise/... resolve to
 PATH_OPTIONS = ("config", "dir_data", "dir_demo", "pretrain", "save", "streaks_dir")
 # how long a torchrun rank other than 0 that meets a bad option waits for torchrun's SIGTERM (sent
@@ -365,7 +366,9 @@ def _check_numbers(args: argparse.Namespace) -> None:
           "con_weight", "max_nonfinite", "momentum", "epsilon"), "must not be negative", lambda v: v >= 0),
         (("gamma", "skip_threshold", "sigma", "dim", "num_refinement_blocks", "ffn_expansion_factor"),
          "must be positive", lambda v: v > 0),
-        (("n_threads",), f"must be at most {MAX_LOADER_WORKERS}", lambda v: v <= MAX_LOADER_WORKERS),
+        (("n_threads", "threads"), f"must be at most {MAX_LOADER_WORKERS}",
+         lambda v: v <= MAX_LOADER_WORKERS),
+        (("rgb_range",), f"must be at most {MAX_RGB_RANGE}", lambda v: v <= MAX_RGB_RANGE),
         (("epochs", "max_steps", "warmup_steps", "test_every", "print_every", "save_every", "max_nonfinite"),
          f"must be at most {MAX_COUNT}", lambda v: v <= MAX_COUNT),
         (("dropout_rate", "ema_decay"), "must be in [0, 1)", lambda v: 0 <= v < 1),

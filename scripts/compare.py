@@ -31,14 +31,15 @@ import trainer  # noqa: E402
 import utility  # noqa: E402
 from data.benchmark import BenchmarkSet, Pair  # noqa: E402
 from model import build_model  # noqa: E402
-from option import parse_args, settings  # noqa: E402
+from option import OptionParser, parse_args, settings  # noqa: E402
 from report import markdown_table  # noqa: E402
-from scripts.cli import BAD_OPTION, REPOSITORY, Refusal, say  # noqa: E402
+from scripts.cli import BAD_OPTION, REPOSITORY, Refusal, check_limits, say  # noqa: E402
 from scripts.timing import machine, timed  # noqa: E402
 
 DOC = os.path.join(REPOSITORY, "docs", "COMPARE.md")
 DEFAULT_SECONDS = 480.0
 DEFAULT_THREADS = 1
+LIMITS = {"seconds": (1, 7 * 24 * 3600), "threads": (1, utility.MAX_LOADER_WORKERS)}  # a week at most
 TASKS = ("denoise30", "derain")
 MODELS = {  # two networks of about 0.8-0.9M parameters
     "ipt": ["--model", "ipt", "--n_feats", "16", "--num_heads", "4", "--num_layers", "1"],
@@ -381,7 +382,7 @@ def row_cells(r: dict) -> list[str]:
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
     """Run the comparison within --seconds, print the table and write it to --doc."""
     started = time.monotonic() if started is None else started
-    p = argparse.ArgumentParser(description="Train IPT and Restormer for the same time and compare.")
+    p = OptionParser(prog="compare.py", description="Train IPT and Restormer for the same time and compare.")
     p.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
                    help="wall-clock budget of the WHOLE run, imports included (default %(default)g); "
                         "too short a budget for this machine is refused with the least that would do")
@@ -390,10 +391,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
                         "process, 2 threads made IPT's training 13x and the Restormer's 33x slower)")
     p.add_argument("--doc", default=DOC, help="Markdown file to write")
     a = p.parse_args(argv)
-    if not a.seconds > 0:
-        p.error("--seconds must be positive")
-    if a.threads < 1:
-        p.error("--threads must be at least 1")
+    check_limits(p, a, LIMITS)
     budget, threads = Budget(a.seconds, started), torch.get_num_threads()
     torch.set_num_threads(a.threads)
     try:

@@ -29,13 +29,15 @@ import main as ipt_main  # noqa: E402
 import records  # noqa: E402
 import utility  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
-from scripts.cli import REPOSITORY  # noqa: E402
+from scripts.cli import REPOSITORY, check_limits  # noqa: E402
 from stops import INTERRUPTED  # noqa: E402  (130: a run stopped by a signal, state saved)
 
 CONFIG = os.path.join(REPOSITORY, "configs", "quickstart.yaml")
 OUT = os.path.join("experiment", "quickstart")
 PRETRAIN_STEPS = 1500
 FINETUNE_STEPS = 1500
+LIMITS = {"pretrain_steps": (1, utility.MAX_COUNT), "finetune_steps": (1, utility.MAX_COUNT),
+          "threads": (0, utility.MAX_LOADER_WORKERS)}  # main.py's bounds of --max_steps and --threads
 LATEST = os.path.join("model", "model_latest.pt")  # the next phase reads this one
 # trained weights as a torch file and as .safetensors (no code inside; spandrel, chaiNNer, ComfyUI)
 SAVE_FORMAT = ["--save_format", "both"]
@@ -341,8 +343,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="skip the finished phases and continue the interrupted one")
     a = p.parse_args(argv)
-    if a.pretrain_steps < 1 or a.finetune_steps < 1:
-        p.error("--pretrain_steps and --finetune_steps: give at least 1")
+    check_limits(p, a, LIMITS)
     return a
 
 

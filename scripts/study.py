@@ -48,6 +48,9 @@ PRETRAININGS = {"six": (SIX_SCALES, SIX_TASKS), "mim": ("1", "mim"),  # name -> 
                 "six+mim": (SIX_SCALES + "+1", SIX_TASKS + "+mim")}  # each with the contrastive loss
 TILING = {"sr2": "official", "denoise30": "fast"}  # official on all of CBSD68: ~7 min a model here
 SAVE_EVERY = 200  # steps between saves, so a killed run loses little
+# at least 1 (main.py reads --max_steps 0 as "train --epochs"); CBSD68 holds 68 images
+LIMITS = {**dict.fromkeys(("pretrain_steps", "finetune_steps", "val_every"), (1, utility.MAX_COUNT)),
+          "noise_images": (1, 68), "val_images": (1, 68)}
 TINY = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "1", "--batch_size", "8",
         "--lr", "5e-4", "--schedule", "cosine"]
 NO_VALIDATION = "1000000000"
@@ -88,9 +91,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     a.seeds = [int(w) for w in words]
     if not a.report_only and not a.dir_data:
         p.error("--dir_data: give the folder of the prepared test sets (or --report_only)")
-    for name in ("pretrain_steps", "finetune_steps", "val_every", "noise_images", "val_images"):
-        if getattr(a, name) < 1:  # main.py reads --max_steps 0 as "train --epochs"
-            p.error(f"--{name} {getattr(a, name)}: give at least 1")
+    cli.check_limits(p, a, LIMITS)
     for name in ("options", "launcher"):
         try:
             shlex.split(getattr(a, name))

@@ -166,6 +166,8 @@ def test_resume_forms():
     ("--betas -0.1,0.9", "--betas"), ("--momentum -1", "--momentum"), ("--gamma 0", "--gamma"),
     ("--gamma -0.5", "--gamma"), ("--skip_threshold 0", "--skip_threshold"),
     ("--skip_threshold -1", "--skip_threshold"),
+    # counts whose ceiling does not depend on the machine (were overflow tracebacks)
+    ("--threads 99999999999", "--threads"), ("--rgb_range 10000000000000000000000", "--rgb_range"),
 ])
 def test_non_finite_and_out_of_range_numbers_exit_2_naming_the_option(capsys, argv, option):
     code, line = exit_line(capsys, argv.split())

@@ -10,9 +10,14 @@ import os
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import config_from
 from model import IPT
+from scripts import quickstart, study
+from scripts.scale import make_shards
+from test_scale_scripts import VALUES, check_parse
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,10 @@ PROBES = [  # (script, arguments ({ckpt}: the sr2+mim file, {tmp}: a fresh folde
     ("strip_mim", ["{ckpt}", "{tmp}"], 2, "is a folder"),
     ("strip_mim", ["{ckpt}", "{tmp}/missing/out.pt"], 2, "does not exist"),
     ("strip_mim", ["{ckpt}", "{tmp}/out.pt"], 1, "contradict the file's shapes"),
-    ("quickstart", ["--out", "{tmp}", "--pretrain_steps", "0"], 2, "give at least 1"),
+    ("quickstart", ["--out", "{tmp}", "--pretrain_steps", "0"], 2, "--pretrain_steps 0: give 1 to"),
+    ("quickstart", ["--out", "{tmp}", "--threads", "99999999999"], 2, "--threads 99999999999: give 0 to"),
+    ("scale.make_shards", ["{tmp}", "{tmp}/out", "--per_shard", "0"], 2, "--per_shard 0: give 1 to"),
+    ("compare", ["--seconds", "inf", "--doc", "{tmp}/COMPARE.md"], 2, "--seconds inf: give 1 to"),
 ]
 
 
@@ -51,3 +59,23 @@ def test_a_bad_argument_is_refused_in_one_line(sr2_mim, tmp_path, capsys, i):
     assert returned == status, err
     assert len(lines) == 1 and says in lines[0], err
     assert not os.path.exists(tmp_path / "out.pt")  # nothing written before a refusal
+
+
+NUMBERS = [  # (script, its parser, the arguments it needs, its number options)
+    (make_shards, make_shards.parse_args, ["src", "out"], ("--per_shard", "--seed")),
+    (quickstart, quickstart.parse_args, [], ("--pretrain_steps", "--finetune_steps", "--threads")),
+    (study, study.parse, ["--dir_data", "data"],
+     ("--pretrain_steps", "--finetune_steps", "--val_every", "--noise_images", "--val_images")),
+]
+
+
+@settings(max_examples=60)
+@given(which=st.sampled_from(range(len(NUMBERS))), pairs=st.lists(st.tuples(st.integers(0, 4), VALUES),
+                                                                   max_size=3))
+def test_any_number_is_within_the_scripts_limits_or_refused_in_one_line(capsys, which, pairs):
+    """Before: --threads 99999999999 a traceback, a negative or huge --seed or --per_shard taken."""
+    script, parse, needed, names = NUMBERS[which]
+    args = check_parse(parse, needed + [a for i, value in pairs for a in (names[i % len(names)], value)],
+                       capsys)
+    for name, (least, most) in script.LIMITS.items() if args is not None else ():
+        assert least <= getattr(args, name) <= most

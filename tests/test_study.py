@@ -175,7 +175,8 @@ def refused(argv: list[str], capsys) -> str:
 
 
 @pytest.mark.parametrize("argv,says", [
-    (["--pretrain_steps", "0"], "--pretrain_steps 0: give at least 1"),  # was: 300 epochs
+    (["--pretrain_steps", "0"], "--pretrain_steps 0: give 1 to"),  # was: 300 epochs
+    (["--noise_images", "69"], "--noise_images 69: give 1 to 68"),  # CBSD68's count
     (["--finetune_steps", "0"], "--finetune_steps 0"),
     (["--seeds", "x"], "--seeds 'x'"),  # was: a ValueError traceback
     (["--seeds", "1+1"], "distinct"),

@@ -17,27 +17,32 @@ import sys
 import tarfile
 from collections.abc import Iterable, Sequence
 
+import records
 import runfolder
 from data.images import IMAGE_EXTENSIONS, open_regular, why_unreadable
 from data.listing import walk_images
 from data.sources import SHARD_INDEX
+from option import OptionParser  # errors in one line, exit status 2
 from report import printable
-from scripts.cli import FAILED, say
+from scripts.cli import FAILED, check_limits, say
 
 PROG = "make_shards.py"  # the name its error lines start with
+LIMITS = {"per_shard": (1, records.MAX_SHARD_MEMBERS), "seed": (0, records.MAX_SEED)}  # as shards.json's
 SHARD_NAME = "shard-{:06d}.tar"
 DEFAULT_PER_SHARD = 1000
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line."""
-    p = argparse.ArgumentParser(description="Pack the images under a folder into tar shards.")
+    p = OptionParser(prog=PROG, description="Pack the images under a folder into tar shards.")
     p.add_argument("src", help=f"folder of images ({'/'.join(IMAGE_EXTENSIONS)}, any depth)")
     p.add_argument("out", help="folder for shard-NNNNNN.tar and shards.json")
     p.add_argument("--per_shard", type=int, default=DEFAULT_PER_SHARD, help="images per shard")
     p.add_argument("--seed", type=int, default=0, help="seed of the packing order")
     p.add_argument("--sorted", action="store_true", help="pack in path order, not shuffled")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_limits(p, args, LIMITS)
+    return args
 
 
 def write_shard(path: str, src: str, files: Sequence[str]) -> tuple[int, list[str]]:
@@ -87,10 +92,8 @@ def say_skipped(skipped: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Pack SRC into OUT; 0 on success, 1 with nothing to pack, shards already in OUT or a failed
-    write, 2 when OUT is not a folder."""
+    write, 2 for a bad option or when OUT is not a folder."""
     args = parse_args(argv)
-    if args.per_shard < 1:
-        return say(PROG, "--per_shard must be at least 1", FAILED)
     if os.path.lexists(args.out) and not os.path.isdir(args.out):
         return say(PROG, f"OUT {args.out} exists and is not a folder: give an empty or new folder")
     files, skipped = walk_images(args.src) if os.path.isdir(args.src) else ([], [])
