@@ -18,6 +18,7 @@ from option_files import read_config, take_recorded_architecture
 from run_settings import model_config
 from run_settings import settings as settings  # parse_args, then settings: the two calls of a run
 from tasks import default_task_names, task_scale
+from utility import MAX_COUNT, MAX_INT64, MAX_LOADER_WORKERS  # the ceilings the records share
 
 TASK_NAME = re.compile(r"^(sr[1-9]\d*|derain|denoise\d+(\.\d+)?|mim)$")
 SIGMA_IN_NAME = re.compile(r"^\d+(\.\d+)?$")  # how --sigma must print to name the head denoise<sigma>
@@ -324,15 +325,16 @@ def _check_progressive(args: argparse.Namespace) -> None:
 
 def _ints(dest: str, value: object, default: list[int] | tuple = (), length: int | None = None,
           separator: str = "+") -> list[int]:
-    """A list option of positive integers joined by ``separator`` (the default when not given)."""
+    """A list option of counts (1 to MAX_COUNT) joined by ``separator`` (the default when not given)."""
     if value is None:
         return list(default)
     items = _items(value, separator)
     numbers = [int(v) for v in items if str(v).strip().isdecimal()]
     if (len(numbers) != len(items) or (length is not None and len(numbers) != length) or not numbers
-            or min(numbers) < 1):
+            or min(numbers) < 1 or max(numbers) > MAX_COUNT):
         count = f"{length} " if length else ""
-        raise ValueError(f"--{dest} {value!r}: expected {count}positive integers joined by {separator}")
+        raise ValueError(f"--{dest} {value!r}: expected {count}positive integers (at most {MAX_COUNT}) "
+                         f"joined by {separator}")
     return numbers
 
 
@@ -356,9 +358,7 @@ def _check_schedule(args: argparse.Namespace) -> None:
 
 def _check_numbers(args: argparse.Namespace) -> None:
     """Each number option within its bounds (one not given, None, has none)."""
-    # the ceilings the records share (utility loads torch); torch.manual_seed takes a 64-bit seed
-    from utility import MAX_COUNT, MAX_INT64, MAX_LOADER_WORKERS
-    bounds = [  # (options, what each must be, the test of a value)
+    bounds = [  # (options, what each must be, the test of a value); torch.manual_seed takes 64 bits
         (("patch_size", "crop_batch_size", "rgb_range", "batch_size", "test_every", "print_every",
           "save_every", "n_feats", "patch_dim", "num_heads", "num_layers"), "must be at least 1",
          lambda v: v >= 1),

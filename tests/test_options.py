@@ -168,6 +168,9 @@ def test_resume_forms():
     ("--skip_threshold -1", "--skip_threshold"),
     # counts whose ceiling does not depend on the machine (were overflow tracebacks)
     ("--threads 99999999999", "--threads"), ("--rgb_range 10000000000000000000000", "--rgb_range"),
+    ("--decay 1-10000000000000", "--decay"),  # a list's counts too (were taken)
+    ("--model restormer --task derain --patch_size 16 --batch_size 4 --progressive_patches 8+16 "
+     "--progressive_batches 4+2 --progressive_steps 2+10000000000000", "--progressive_steps"),
 ])
 def test_non_finite_and_out_of_range_numbers_exit_2_naming_the_option(capsys, argv, option):
     code, line = exit_line(capsys, argv.split())
