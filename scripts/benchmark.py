@@ -21,6 +21,7 @@ import torch
 from option import OptionParser  # errors in one line, exit status 2
 from scripts.bench_inference import bf16_section, forward_section, tiling_section
 from scripts.bench_training import compile_section, loader_section, saving_section, training_section
+from scripts.cli import FAILED, check_paths, say
 from scripts.timing import DOC, FULL, SMOKE, write_section
 
 DEFAULT_REPS = 5
@@ -49,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
     if args.reps is not None and not 1 <= args.reps <= MAX_REPS:
         p.error(f"--reps {args.reps}: give 1 to {MAX_REPS}")
+    if args.doc is not None:
+        check_paths(p, args, ["doc"])
     args.sizes = SMOKE if args.smoke else FULL
     args.reps = args.reps or (1 if args.smoke else DEFAULT_REPS)
     if args.doc is None:
@@ -61,7 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in args.sections or list(SECTIONS):
             body = SECTIONS[name](args)
             print(body)
-            write_section(args.doc, name, body)
+            try:
+                write_section(args.doc, name, body)
+            except OSError as e:  # SaveError names the file and the reason; the section is printed above
+                return say("benchmark.py", f"--doc {args.doc}: {e}", FAILED)
     finally:
         torch.set_num_threads(threads)  # as it was, for a caller in the same process (the tests)
     print(f"updated {args.doc}")

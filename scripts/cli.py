@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import runfolder
 import utility
@@ -54,6 +54,14 @@ def check_limits(parser: argparse.ArgumentParser, args: argparse.Namespace,
         value = getattr(args, name)
         if not least <= value <= most:
             parser.error(f"--{name} {value}: give {least} to {most:,}")
+
+
+def check_paths(parser: argparse.ArgumentParser, args: argparse.Namespace, names: Sequence[str]) -> None:
+    """``parser.error`` (one line, exit status 2) for the first path option that can name no file
+    ("" would write into the current folder)."""
+    for name in names:
+        if problem := path_problem(getattr(args, name)):
+            parser.error(f"--{name} {getattr(args, name)!r} {problem}")
 
 
 def path_problem(path: str) -> str | None:

@@ -33,7 +33,7 @@ from data.benchmark import BenchmarkSet, Pair  # noqa: E402
 from model import build_model  # noqa: E402
 from option import OptionParser, parse_args, settings  # noqa: E402
 from report import markdown_table  # noqa: E402
-from scripts.cli import BAD_OPTION, REPOSITORY, Refusal, check_limits, say  # noqa: E402
+from scripts.cli import BAD_OPTION, FAILED, REPOSITORY, Refusal, check_limits, check_paths, say  # noqa: E402
 from scripts.timing import machine, timed  # noqa: E402
 
 DOC = os.path.join(REPOSITORY, "docs", "COMPARE.md")
@@ -392,6 +392,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     p.add_argument("--doc", default=DOC, help="Markdown file to write")
     a = p.parse_args(argv)
     check_limits(p, a, LIMITS)
+    check_paths(p, a, ["doc"])
     budget, threads = Budget(a.seconds, started), torch.get_num_threads()
     torch.set_num_threads(a.threads)
     try:
@@ -403,8 +404,11 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         torch.set_num_threads(threads)
     report = table(result)
     print(report)
-    os.makedirs(os.path.dirname(os.path.abspath(a.doc)), exist_ok=True)
-    runfolder.write_text(a.doc, report)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(a.doc)), exist_ok=True)
+        runfolder.write_text(a.doc, report)
+    except OSError as e:  # SaveError names the file and the reason; the table is printed above
+        return say("compare.py", f"--doc {a.doc}: {e}", FAILED)
     print(f"written to {a.doc} after {budget.elapsed():.0f} s of {a.seconds:g}")
     return 0
 

@@ -29,7 +29,7 @@ import main as ipt_main  # noqa: E402
 import records  # noqa: E402
 import utility  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
-from scripts.cli import REPOSITORY, check_limits  # noqa: E402
+from scripts.cli import REPOSITORY, check_limits, check_paths  # noqa: E402
 from stops import INTERRUPTED  # noqa: E402  (130: a run stopped by a signal, state saved)
 
 CONFIG = os.path.join(REPOSITORY, "configs", "quickstart.yaml")
@@ -344,6 +344,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="skip the finished phases and continue the interrupted one")
     a = p.parse_args(argv)
     check_limits(p, a, LIMITS)
+    check_paths(p, a, ["out"])
     return a
 
 

@@ -92,6 +92,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if not a.report_only and not a.dir_data:
         p.error("--dir_data: give the folder of the prepared test sets (or --report_only)")
     cli.check_limits(p, a, LIMITS)
+    cli.check_paths(p, a, ["work", "records", "doc"])
     for name in ("options", "launcher"):
         try:
             shlex.split(getattr(a, name))
@@ -243,9 +244,9 @@ def run_all(a: argparse.Namespace) -> None:
     batch), then per task each row's fine-tuning (validating on the way) and evaluation, the
     equal-seconds reference last (its steps come from the others' seconds)."""
     data, test = os.path.join(a.work, "data"), os.path.join(a.work, "test")
-    make_pool(a.pool, data, a.smoke)
     test_sets(a.dir_data, data, a.val_images)  # what fine-tuning validates on
     test_sets(a.dir_data, test, a.noise_images)  # what the table scores
+    make_pool(a.pool, data, a.smoke)  # once the test sets are found
     rows, tasks = study_report.VARIANTS[a.variant]
     pretrainings = [name for name in PRETRAININGS if name in {row.pretraining for row in rows}]
     for seed in a.seeds:
@@ -305,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
             collect(a)
         found = study_report.write_report(a.records, a.doc)
     except utility.RecordError as e:  # MetricsError, StudyError
+        return cli.say(PROG, str(e), cli.FAILED)
+    except OSError as e:  # a record or the doc not written: SaveError and OSError name the file
         return cli.say(PROG, str(e), cli.FAILED)
     for task in TASKS:
         print(study_report.table(found, task))

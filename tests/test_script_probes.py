@@ -41,6 +41,11 @@ PROBES = [  # (script, arguments ({ckpt}: the sr2+mim file, {tmp}: a fresh folde
     ("strip_mim", ["{ckpt}", "{tmp}/out.pt"], 1, "contradict the file's shapes"),
     ("quickstart", ["--out", "{tmp}", "--pretrain_steps", "0"], 2, "--pretrain_steps 0: give 1 to"),
     ("quickstart", ["--out", "{tmp}", "--threads", "99999999999"], 2, "--threads 99999999999: give 0 to"),
+    ("quickstart", ["--out="], 2, "--out '' is empty"),  # was: the four runs in the current folder
+    ("study", ["--dir_data", "{tmp}", "--work="], 2, "--work '' is empty"),  # was: a pool in ./data
+    ("study", ["--report_only", "--doc="], 2, "--doc '' is empty"),  # was: a traceback, ./.png.png
+    ("compare", ["--doc="], 2, "--doc '' is empty"),
+    ("benchmark", ["--smoke", "loader", "--doc=/proc/none/B.md"], 1, "--doc /proc/none/B.md: "),
     ("scale.make_shards", ["{tmp}", "{tmp}/out", "--per_shard", "0"], 2, "--per_shard 0: give 1 to"),
     ("compare", ["--seconds", "inf", "--doc", "{tmp}/COMPARE.md"], 2, "--seconds inf: give 1 to"),
 ]
