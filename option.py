@@ -111,7 +111,7 @@ def _finish(args: argparse.Namespace) -> None:
         if getattr(args, dest):
             setattr(args, dest, os.path.expanduser(getattr(args, dest)))
     _check_numbers(args)
-    args.data_train = _split(args.data_train)
+    args.data_train = _split("data_train", args.data_train)
     args.scale_given = args.scale is not None
     args.scale = _scales(DEFAULT_SCALE if args.scale is None else args.scale)
     _resolve_tasks(args)
@@ -133,7 +133,7 @@ def _test_sets(args: argparse.Namespace) -> list[str]:
     given = args.data_test
     if given is None:  # the authors' default; their derain command relies on Rain100L
         given = "Rain100L" if args.task_names == ["derain"] or args.task == "derain" else "DIV2K"
-    names = _split(given)
+    names = _split("data_test", given)
     from data.benchmark import ALL_SETS, DEMO, BenchmarkError, canonical_test_set
     try:  # an alias (CSet14, set14) is evaluated, and written, as its set (Set14)
         canonical = [canonical_test_set(d) for d in names]
@@ -155,8 +155,12 @@ def _items(value: object, separator: str = "+") -> list | tuple:
     return value if isinstance(value, (list, tuple)) else str(value).split(separator)
 
 
-def _split(value: object) -> list[str]:
-    return [str(v).strip() for v in _items(value) if str(v).strip()]
+def _split(dest: str, value: object) -> list[str]:
+    """The names of list option ``dest`` (A+B); ValueError when it names none."""
+    names = [str(v).strip() for v in _items(value) if str(v).strip()]
+    if not names:
+        raise ValueError(f"--{dest} {value!r} names nothing: give one or more, joined by +")
+    return names
 
 
 def _scales(value: object) -> list[int]:
@@ -185,7 +189,7 @@ def _resolve_tasks(args: argparse.Namespace) -> None:
         raise ValueError("--denoise and --derain name the same scale-1 head: give one of them")
     flag_task = f"denoise{printed}" if args.denoise else ("derain" if args.derain else None)
     if args.tasks:
-        names = _split(args.tasks)
+        names = _split("tasks", args.tasks)
         implied = [task_scale(n) for n in names]
         if args.scale_given and args.scale != implied:
             raise ValueError(f"--tasks {args.tasks} needs --scale {'+'.join(map(str, implied))}, "

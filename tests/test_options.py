@@ -197,6 +197,9 @@ def test_optimiser_edge_values_are_accepted():
     ("--tasks sr2 --derain", ["--derain", "no head derain"]),
     # IPT's body takes patch-sized inputs only (was: a ValueError traceback per image)
     ("--test_only --chop whole", ["--chop whole", "48x48", "--chop official"]),
+    # a list that names nothing (was: --data_test + evaluated nothing and exited 0)
+    ("--test_only --data_test +", ["--data_test '+' names nothing"]),
+    ("--data_train +", ["--data_train '+' names nothing"]), ("--tasks +", ["--tasks '+' names nothing"]),
 ])
 def test_contradictory_options_exit_2(capsys, argv, words):
     code, line = exit_line(capsys, argv.split())
