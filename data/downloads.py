@@ -11,6 +11,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from tqdm import tqdm
+
 from .archives import CHUNK_BYTES
 from .benchmark import standard_entries
 from .standard_sets import PrepareError
@@ -37,9 +39,11 @@ def download(url: str, sha256: str, folder: str, max_bytes: int | None = None) -
     partial, digest, total = path + ".part", hashlib.sha256(), 0
     try:
         with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, \
-                open(partial, "wb") as out:
+                open(partial, "wb") as out, \
+                tqdm(total=response.length, unit="B", unit_scale=True, desc=name, leave=False) as bar:
             while chunk := response.read(CHUNK_BYTES):
                 total += len(chunk)
+                bar.update(len(chunk))
                 if total > max_bytes:
                     raise PrepareError(f"{url}: more than {max_bytes} bytes; download stopped")
                 digest.update(chunk)

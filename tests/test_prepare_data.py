@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import tarfile
 import tempfile
 import threading
@@ -306,6 +307,7 @@ def test_download_checks_sha256(tmp_path, capsys, monkeypatch, local_server):
                        "--out", tmp_path / "good")
     assert rc == 0, err
     assert "Set5: 2 of 2 images, LR x2 x3 x4 complete (6 made)" in out
+    assert re.search(r"Set5\.zip: +\d+%\|", err) and "\n" not in err  # a progress bar, cleared at its end
     assert os.listdir(scratch) == []
     rc, _, err = run(capsys, "--download", "Set5", "--url", f"{base}/nothing.zip", "--sha256", good,
                      "--out", tmp_path / "none")
