@@ -185,7 +185,8 @@ def prepare_model(s: run_settings.Settings, device: torch.device) -> tuple[torch
     model = build_model(s.model)
     path, sha256 = s.run.checkpoint, None
     if path:
-        sha256 = load_checkpoint(model, path, file_tasks=s.run.pretrain_tasks)
+        sha256 = load_checkpoint(model, path, file_tasks=s.run.pretrain_tasks,
+                                 argument=s.run.checkpoint_option)
         log.info("loaded %s", path)
     else:
         log.warning("no --pretrain given: the network has random weights")

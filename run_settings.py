@@ -46,6 +46,13 @@ class RunSettings:
         paths = [os.path.join(self.save, "model", stem + suffix) for suffix in WEIGHT_SUFFIXES]
         return next((p for p in paths if os.path.exists(p)), paths[0])
 
+    @property
+    def checkpoint_option(self) -> str:
+        """The option that named ``checkpoint``, for messages: --pretrain, --resume or --resume N."""
+        if self.pretrain or not self.resume:
+            return "--pretrain"
+        return "--resume" if self.resume == -1 else f"--resume {self.resume}"
+
 
 WEIGHT_SUFFIXES = (".pt", ".safetensors")  # the trained weights' files, preferred first
 

@@ -8,6 +8,7 @@ import gc
 import logging
 import os
 import pathlib
+import pickle
 import re
 import stat
 import subprocess
@@ -144,7 +145,8 @@ def load_failure(error: BaseException) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     lines = [line for line in lines if not TORCH_ADVICE.search(line)] or (
         ["it holds objects other than tensors and plain values, which is refused"] if lines else [])
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    said = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return f"not a file torch.save wrote ({said})" if isinstance(error, pickle.UnpicklingError) else said
 
 
 def nonfinite_tensors(tensors: Mapping[str, Tensor]) -> list[str]:

@@ -252,11 +252,12 @@ def resolve_task(state: Mapping[str, Tensor], task: int | str, path: str,
 
 
 def load_checkpoint(model: nn.Module, path: str, task: int | str | None = None,
-                    file_tasks: Sequence[str] | None = None) -> str:
+                    file_tasks: Sequence[str] | None = None, argument: str = "--pretrain") -> str:
     """Load ``path`` into ``model`` strictly; a multi-head file fills a single-head model by task
     (the file's heads named by ``file_tasks`` when given). A mim head's mask token is dropped
-    when the model has none. Returns the SHA-256 of the bytes loaded."""
-    state, sha256 = read_checkpoint(path)
+    when the model has none. Returns the SHA-256 of the bytes loaded (``argument``: the option
+    that named ``path``, for the message of a missing file)."""
+    state, sha256 = read_checkpoint(path, argument)
     load_state(model, state, path, task, file_tasks)
     return sha256
 

@@ -427,6 +427,18 @@ def test_a_refused_pickle_never_shows_torchs_advice_to_load_unsafely(tmp_path):
     assert "weights_only" not in said and "False" not in said
 
 
+@pytest.mark.parametrize("argv,says", [
+    (["--pretrain", "{tmp}/log.txt"], "log.txt': not a file torch.save wrote (UnpicklingError: "),
+    (["--save", "{tmp}", "--resume", "7"], "model_7.pt' does not exist (check --resume 7)"),  # was --pretrain
+])
+def test_a_file_that_is_no_checkpoint_is_named_with_the_option_that_gave_it(tmp_path, caplog, argv, says):
+    (tmp_path / "log.txt").write_text("2026-12-07 INFO command: main.py\n")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert cli.main([*TINY, "--test_only", "--data_test", "Sample", *argv]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and says in errors[0], errors
+
+
 def test_the_recorded_hash_is_of_the_bytes_loaded(tmp_path, monkeypatch):
     import evaluation
     from model import IPT, IPTConfig
