@@ -141,6 +141,10 @@ def write_safetensors(state: Mapping[str, Tensor], path: str, architecture: dict
 
 def unwrap_state_dict(obj: object, path: str = "<checkpoint>") -> dict[str, Tensor]:
     """The tensors of a bare state_dict or of one wrapped under state_dict/model/params."""
+    if isinstance(obj, Mapping) and set(records.STATE["required"]) <= set(obj):
+        raise CheckpointError(f"{path!r} is a training state, not weights: give its run's "
+                              f"model/model_latest.pt (the moving average under --ema_decay), or "
+                              f"continue the run with --resume")
     for key in WRAPPER_KEYS:
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]

@@ -430,9 +430,12 @@ def test_a_refused_pickle_never_shows_torchs_advice_to_load_unsafely(tmp_path):
 @pytest.mark.parametrize("argv,says", [
     (["--pretrain", "{tmp}/log.txt"], "log.txt': not a file torch.save wrote (UnpicklingError: "),
     (["--save", "{tmp}", "--resume", "7"], "model_7.pt' does not exist (check --resume 7)"),  # was --pretrain
+    (["--pretrain", "{tmp}/state.pt"], "state.pt' is a training state, not weights"),  # was: its raw weights
 ])
 def test_a_file_that_is_no_checkpoint_is_named_with_the_option_that_gave_it(tmp_path, caplog, argv, says):
     (tmp_path / "log.txt").write_text("2026-12-07 INFO command: main.py\n")
+    torch.save({**dict.fromkeys(records.STATE["required"], {}), "model": {"w": torch.zeros(1)}},
+               tmp_path / "state.pt")  # what a training run saves beside its weights
     argv = [a.format(tmp=tmp_path) for a in argv]
     assert cli.main([*TINY, "--test_only", "--data_test", "Sample", *argv]) == 1
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
