@@ -37,7 +37,7 @@ def first(stream: PairStream) -> dict:
     return next(iter(stream))
 
 
-def test_each_training_set_by_name(tmp_path):
+def test_each_training_set_by_name(tmp_path, caplog):
     for i in range(1, 4):
         save(str(tmp_path / "DIV2K/DIV2K_train_HR" / f"{i:04d}.png"), photo(i))
         save(str(tmp_path / "RainTrainL" / f"norain-{i}.png"), photo(i))
@@ -46,7 +46,9 @@ def test_each_training_set_by_name(tmp_path):
     sample = training.training_stream("Sample", str(tmp_path), ["sr2"], **common)
     assert type(sample) is PairStream and len(sample.source) == 8
     div2k = training.training_stream("DIV2K", str(tmp_path), ["sr2"], train_range=(2, 3), **common)
-    assert isinstance(div2k, DIV2K) and len(div2k.source) == 2
+    assert isinstance(div2k, DIV2K) and len(div2k.source) == 2 and "DIV2K:" not in caplog.text
+    partial = training.training_stream("DIV2K", str(tmp_path), ["sr2"], train_range=(1, 800), **common)
+    assert len(partial.source) == 3 and "DIV2K: 3 of the 800 images numbered 1..800 are in" in caplog.text
     rain = training.training_stream("RainTrainL", str(tmp_path), ["derain"], **common)
     assert isinstance(rain, RainTrainL) and first(rain)["lr"].shape == (2, 3, PATCH, PATCH)
     with pytest.raises(ValueError, match="unknown training set 'Set5'; use Sample, ImageNet, DIV2K"):
