@@ -220,7 +220,9 @@ def _resolve_tasks(args: argparse.Namespace) -> None:
     index = None  # the head to run: --task's or --task_id's (the same), the only one, or each in turn
     if args.task is not None:
         if args.task not in names:
-            raise ValueError(f"--task {args.task} names no head; the heads are {'+'.join(names)}")
+            new = (f"; to fine-tune a new {args.task} head on the pre-trained body, give --tasks {args.task} "
+                   f"--init_from one of them (or none)") if args.pretrain and not args.test_only else ""
+            raise ValueError(f"--task {args.task} names no head; the heads are {'+'.join(names)}{new}")
         index = names.index(args.task)
     if args.task_id is not None:
         if not 0 <= args.task_id < len(names):

@@ -195,6 +195,8 @@ def test_optimiser_edge_values_are_accepted():
     ("--scale 2+3+4+1+1+1 --task sr2 --denoise", ["--denoise", "--task sr2"]),
     ("--scale 2+3+4+1+1+1 --task_id 0 --derain", ["--derain", "--task_id 0"]),
     ("--tasks sr2 --derain", ["--derain", "no head derain"]),
+    ("--tasks sr2+denoise30 --task denoise25 --pretrain m.pt",  # a new noise level: how to fine-tune it
+     ["--task denoise25 names no head", "give --tasks denoise25 --init_from one of them (or none)"]),
     # IPT's body takes patch-sized inputs only (was: a ValueError traceback per image)
     ("--test_only --chop whole", ["--chop whole", "48x48", "--chop official"]),
     # a list that names nothing (was: --data_test + evaluated nothing and exited 0)
