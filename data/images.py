@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import collections
-import logging
 import os
 import re
 import stat
@@ -14,8 +13,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 import runfolder
 import utility
-
-log = logging.getLogger("ipt")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 UINT16_MAX = 65535
@@ -124,9 +121,6 @@ def numbered_files(files: list[str], bounds: tuple[int, int], folder: str, note:
     chosen = [f for f in files if stem(f).isdigit() and lo <= int(stem(f)) <= hi]
     if not chosen:
         raise error(f"DIV2K: no image numbered {lo}..{hi}{note} in {folder}")
-    if len(chosen) < hi - lo + 1:  # a partial download: fewer images than the range asks for
-        log.warning("DIV2K: %d of the %d images numbered %d..%d%s are in %s", len(chosen), hi - lo + 1,
-                    lo, hi, note, folder)
     return chosen
 
 

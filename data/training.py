@@ -110,6 +110,9 @@ class DIV2K(PairStream):
         files = _images_in(folder, "DIV2K", DIV2K_LAYOUT)
         if data_range is not None:  # None: all
             files = numbered_files(files, data_range, folder, error=TrainingDataError)
+            if len(files) < data_range[1] - data_range[0] + 1:  # a partial download
+                log.warning("DIV2K: %d of the %d images numbered %d..%d are in %s", len(files),
+                            data_range[1] - data_range[0] + 1, *data_range, folder)
         super().__init__(FileSource(files, [os.path.basename(f) for f in files]), tasks,
                          batch_size, patch_size, **kwargs)
         self.lr_dirs = {}
