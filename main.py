@@ -130,8 +130,9 @@ def run(args: argparse.Namespace, s: run_settings.Settings, device: torch.device
         if s.compile and dynamo and isinstance(e, dynamo.exc.TorchDynamoException):
             cause = getattr(e, "inner_exception", None) or e  # a backend's own error, without dynamo's advice
             from torch._inductor.runtime.cache_dir_utils import cache_dir
+            cache = cache_dir()
             fix = (f"a compile stopped midway (a stop signal, a kill) can leave a damaged file in torch's "
-                   f"compile cache: remove {cache_dir()} and run again" if cache_dir() in str(cause)
+                   f"compile cache: remove {cache} and run again" if cache in str(cause)
                    else "run without --compile")
             raise JobError(f"--compile: torch.compile failed ({type(cause).__name__}: "
                            f"{utility.last_line(cause)[:300]}): {fix}") from None
