@@ -20,6 +20,8 @@ from model.checkpoint import SAFETENSORS_SUFFIX, write_safetensors
 from utility import STATE_NAME
 
 log = logging.getLogger("ipt")
+SAVE_FAILED = "training state not saved: %s; %s"
+RESUME_HINT = "interrupted: continue this run with the same command and --resume"
 
 
 @dataclass
@@ -215,10 +217,6 @@ class Checkpointing:
         set_rng_states(state["rng"])
         record = records.read_training_record(self.record_path)
         self.weights_written = dict((record or {}).get("weights", {}))
-
-
-SAVE_FAILED = "training state not saved: %s; %s"
-RESUME_HINT = "interrupted: continue this run with the same command and --resume"
 
 
 def after_failed_save(save: str) -> str:

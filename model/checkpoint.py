@@ -23,15 +23,17 @@ WRAPPER_KEYS = ("state_dict", "model", "params")  # dict keys that may hold the 
 MODULE_PREFIX = "module."  # written by DataParallel / DistributedDataParallel
 PER_HEAD = re.compile(r"^(head|tail)\.(\d+)\.(.*)$")
 QUERY_KEY = "body.query_embed.weight"  # one row per task query
+ENCODER_LAYER = re.compile(r"^body\.encoder\.layers\.(\d+)\.")
+AUTHORS_NUM_HEADS = 12
+HASH_BLOCK = 1 << 20  # bytes hashed at a time
+SAFETENSORS_SUFFIX = ".safetensors"
+ARCHITECTURE_METADATA = "ipt_architecture"  # metadata key: the JSON of training.json's architecture
 
 log = logging.getLogger("ipt")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model."""
-
-
-HASH_BLOCK = 1 << 20  # bytes hashed at a time
 
 
 def read_checkpoint(path: str, argument: str = "--pretrain") -> tuple[dict[str, Tensor], str]:
@@ -55,10 +57,6 @@ def read_checkpoint(path: str, argument: str = "--pretrain") -> tuple[dict[str, 
 
 
 # ---- .safetensors: a JSON header and raw little-endian tensor bytes, nothing that could run code
-SAFETENSORS_SUFFIX = ".safetensors"
-ARCHITECTURE_METADATA = "ipt_architecture"  # metadata key: the JSON of training.json's architecture
-
-
 def is_safetensors(path: str) -> bool:
     """Whether a checkpoint path names a .safetensors file (read as one, not with torch.load)."""
     return path.lower().endswith(SAFETENSORS_SUFFIX)
@@ -379,10 +377,6 @@ def check_fits(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None
     if read_off:
         lines.append(f"  the file's shapes say: {read_off}")
     raise CheckpointError("\n".join(lines))
-
-
-ENCODER_LAYER = re.compile(r"^body\.encoder\.layers\.(\d+)\.")
-AUTHORS_NUM_HEADS = 12
 
 
 def ipt_options_of(state: Mapping[str, Tensor]) -> str:

@@ -22,6 +22,7 @@ HEAD_KERNEL = 3
 RESBLOCK_KERNEL = 5  # the heads' ResBlocks use 5x5 convolutions
 MLP_RATIO = 4  # hidden width of every feed-forward block = 4 x embedding width
 MASK_TOKEN_STD = 0.02  # SimMIM's initialisation of the mask token
+ATTENTION_KINDS = ("auto", "math", "sdpa")  # see Attention
 
 
 @dataclass
@@ -99,9 +100,6 @@ def make_tail(scale: int, n_feats: int, n_colors: int) -> nn.Sequential:
 
 
 # ---- The Transformer body ----------------------------------------------------------------
-ATTENTION_KINDS = ("auto", "math", "sdpa")
-
-
 class Attention(nn.Module):
     """Multi-head attention without biases, with the parameter names of nn.MultiheadAttention.
 
