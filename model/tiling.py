@@ -130,19 +130,17 @@ def tile(fn: Callable[[Tensor], Tensor], x: Tensor, patch: int, scale: int, mode
          cpu_tiles_per_call: int = CPU_TILES_PER_CALL) -> Tensor:
     """Apply a patch-to-patch network fn to a whole batch by tiling (official or fast); on the
     CPU at most ``cpu_tiles_per_call`` tiles go to fn at a time."""
-    b, c, h, w = x.shape
+    h, w = x.shape[-2:]
     ph, pw = max(patch - h, 0), max(patch - w, 0)
-    if ph or pw:  # smaller than one patch: pad, run, crop
-        pad_mode = "reflect" if ph < h and pw < w else "replicate"
-        out = tile(fn, F.pad(x, (0, pw, 0, ph), mode=pad_mode), patch, scale, mode, crop_batch_size,
-                   progress, cpu_tiles_per_call)
-        return out[..., :h * scale, :w * scale]
+    if ph or pw:  # smaller than one patch: pad, run, crop at the end
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+    b, c, height, width = x.shape
     plan = official_plan if mode == "official" else fast_plan
-    rows, cols = plan(h, patch, scale), plan(w, patch, scale)
-    grid = _TileGrid(rows, cols, scale, w * scale, x.device)
+    rows, cols = plan(height, patch, scale), plan(width, patch, scale)
+    grid = _TileGrid(rows, cols, scale, width * scale, x.device)
     windows = x.unfold(2, patch, 1).unfold(3, patch, 1)  # (b, c, h', w', patch, patch), a view
-    out = x.new_zeros(b, c, h * scale, w * scale)
-    coverage = x.new_zeros(1, 1, h * scale, w * scale)  # the total weight of each output pixel
+    out = x.new_zeros(b, c, height * scale, width * scale)
+    coverage = x.new_zeros(1, 1, height * scale, width * scale)  # the total weight of each output pixel
     size = min(crop_batch_size, cpu_tiles_per_call) if x.device.type == "cpu" else crop_batch_size
     # The authors run their bottom-right tile on its own; so do we, which keeps the float
     # arithmetic of that tile identical to theirs (a batch of one takes other CPU kernels).
@@ -161,7 +159,7 @@ def tile(fn: Callable[[Tensor], Tensor], x: Tensor, patch: int, scale: int, mode
     if mode == "official":  # the authors' left strip overwrites part of their top strip
         margin, right = patch // 4 * scale, min(patch * scale, cols.boundary)
         out[..., :margin, margin:right] = top_left[..., :margin, margin:right]
-    return out
+    return out[..., :h * scale, :w * scale]
 
 
 def _chunks(count: int, size: int, alone_last: bool) -> list[tuple[int, int]]:
