@@ -259,22 +259,20 @@ def forward_section(args: argparse.Namespace) -> str:
 BF16_MODES = ("official", "fast")
 PRECISIONS = ("single", "bf16")
 BF16_SIZE = {False: 126, True: 64}  # --smoke or not -> side of the image restore() is timed on
-BF16_MODEL = {False: {}, True: timing.TINY_IPT}  # --smoke or not -> IPT options: full, or tiny
 SMOKE_DEMO_SIDE = 60  # --smoke: the --test_only run restores one Demo image of this side
 TEST_ONLY_TIMEOUT_S = 3600  # one --test_only child (the full-size model on the two Sample photos)
 
 
-def test_only_seconds(precision: str, save: str, demo: str | None, smoke: bool,
+def test_only_seconds(precision: str, save: str, demo: str | None, sizes: timing.Sizes,
                       device: torch.device) -> float:
     """Wall-clock seconds (its start-up included) of main.py --test_only in a child process: the
     Sample photos (sr2, scored), or with --smoke one small Demo image; fast tiling, the torch
-    threads of this process."""
+    threads of this process, the IPT options of ``sizes.forward_model``."""
     argv = [sys.executable, os.path.join(cli.REPOSITORY, "main.py"), "--test_only", "--scale", "2",
             "--precision", precision, "--chop", "fast", "--save", save,
             "--threads", str(torch.get_num_threads())]
     argv += ["--data_test", "Demo", "--dir_demo", demo] if demo else ["--data_test", "Sample"]
-    for key, value in BF16_MODEL[smoke].items():
-        argv += [f"--{key}", str(value)]
+    argv += [f"--{key}={value}" for key, value in sizes.forward_model.items()]
     argv += ["--cpu"] if device.type == "cpu" else []
     seconds, done = timed(lambda: subprocess.run(argv, capture_output=True, text=True,
                                                  timeout=TEST_ONLY_TIMEOUT_S))
@@ -288,7 +286,7 @@ def bf16_section(args: argparse.Namespace) -> str:
     """Seconds of restore() per tiling mode and precision, then of whole --test_only runs, single
     and bf16, interleaved."""
     device, size = bench_device(), BF16_SIZE[args.smoke]
-    model = x2_model(device, num_queries=1, **BF16_MODEL[args.smoke]).eval()
+    model = x2_model(device, num_queries=1, **args.sizes.forward_model).eval()
     x, demo, tiles, diffs = random_image(size, device), None, {}, {}
 
     def measure(mode: str, p: str) -> tuple[float, torch.Tensor]:
@@ -305,7 +303,7 @@ def bf16_section(args: argparse.Namespace) -> str:
             demo = os.path.join(folder, "demo")
             save_image(x[0, :, :SMOKE_DEMO_SIDE, :SMOKE_DEMO_SIDE], os.path.join(demo, "image.png"))
         measures.update({p: lambda rep, p=p: test_only_seconds(
-            p, os.path.join(folder, f"run-{p}-{rep}"), demo, args.smoke, device) for p in PRECISIONS})
+            p, os.path.join(folder, f"run-{p}-{rep}"), demo, args.sizes, device) for p in PRECISIONS})
         sec, rows = medians(measures, args.reps), []
     for mode in BF16_MODES:
         single, bf16 = (sec[(mode, p)] for p in PRECISIONS)

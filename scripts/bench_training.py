@@ -68,8 +68,7 @@ def make_trainer(ipt_options: dict, batch: int, amp: str, save: str, device: tor
     of its own: the one place that builds the model and calls the Trainer's constructor."""
     argv = ["--tasks", "+".join(HEADS), "--batch_size", str(batch), "--patch_size", str(patch),
             "--con_loss", "--amp", amp, "--save", save, "--reset", "--accumulate", str(accumulate)]
-    for key, value in ipt_options.items():
-        argv += [f"--{key}", str(value)]
+    argv += [f"--{key}={value}" for key, value in ipt_options.items()]
     torch.manual_seed(0)
     s = settings(parse_args(argv))
     return Trainer(s.train, build_model(s.model).to(device), lambda step: iter(()), None, 10 ** 9, 1)

@@ -37,8 +37,6 @@ from scripts.cli import BAD_OPTION, FAILED, REPOSITORY, Refusal, check_limits, c
 from scripts.timing import machine, timed  # noqa: E402
 
 DOC = os.path.join(REPOSITORY, "docs", "COMPARE.md")
-DEFAULT_SECONDS = 480.0
-DEFAULT_THREADS = 1
 LIMITS = {"seconds": (1, 7 * 24 * 3600), "threads": (1, utility.MAX_LOADER_WORKERS)}  # a week at most
 TASKS = ("denoise30", "derain")
 MODELS = {  # two networks of about 0.8-0.9M parameters
@@ -182,16 +180,13 @@ def sample_pairs(args: argparse.Namespace, crop: int | None) -> PhotoSet:
     return PhotoSet(centre_crop(pair, crop) for pair in pairs)
 
 
-def megapixels(photos: PhotoSet) -> float:
-    return sum(p.lr.shape[-1] * p.lr.shape[-2] for p in photos) / 1e6
-
-
 def evaluate(args: argparse.Namespace, net: torch.nn.Module, mode: str, photos: PhotoSet) -> dict[str, float]:
     """Mean metrics on the photos with the given tiler, and milliseconds per megapixel to get them."""
     inference = replace(settings(args).inference, mode=mode)
     with torch.no_grad():
         seconds, result = timed(lambda: evaluation.evaluate_set(net, photos, 0, inference, None))
-    return {**result, "ms_per_mp": 1000 * seconds / megapixels(photos)}
+    megapixels = sum(p.lr.shape[-1] * p.lr.shape[-2] for p in photos) / 1e6
+    return {**result, "ms_per_mp": 1000 * seconds / megapixels}
 
 
 def probe(workdir: str) -> Probe:
@@ -383,10 +378,10 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     """Run the comparison within --seconds, print the table and write it to --doc."""
     started = time.monotonic() if started is None else started
     p = OptionParser(prog="compare.py", description="Train IPT and Restormer for the same time and compare.")
-    p.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
+    p.add_argument("--seconds", type=float, default=480.0,
                    help="wall-clock budget of the WHOLE run, imports included (default %(default)g); "
                         "too short a budget for this machine is refused with the least that would do")
-    p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+    p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default %(default)s; on 2 cores shared with another busy "
                         "process, 2 threads made IPT's training 13x and the Restormer's 33x slower)")
     p.add_argument("--doc", default=DOC, help="Markdown file to write")

@@ -305,9 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             run_all(a)
             collect(a)
         found = study_report.write_report(a.records, a.doc)
-    except utility.RecordError as e:  # MetricsError, StudyError
-        return cli.say(PROG, str(e), cli.FAILED)
-    except OSError as e:  # a record or the doc not written: SaveError and OSError name the file
+    except (utility.RecordError, OSError) as e:  # MetricsError, StudyError, SaveError: each names its file
         return cli.say(PROG, str(e), cli.FAILED)
     for task in TASKS:
         print(study_report.table(found, task))

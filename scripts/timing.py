@@ -38,7 +38,7 @@ class Sizes:
     loader_batch: int
     loader_batches: int  # timed batches per measurement, after one untimed (worker start-up)
     tiling_sizes: tuple[int, ...]
-    forward_model: dict  # IPTConfig overrides of the x2 model of the forward section
+    forward_model: dict  # IPTConfig overrides of the x2 model of the forward and bf16 sections
     forward_batches: tuple[int, ...]
     backward_batches: tuple[int, ...]  # CUDA_BACKWARD_BATCH is added on a GPU
     gemm_calls: int  # matmuls per GEMM-peak measurement

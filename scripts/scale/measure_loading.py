@@ -43,10 +43,9 @@ from data.stream import PairStream  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 from report import printable as shown  # noqa: E402
 from scripts import cli  # noqa: E402
-from scripts.timing import timed  # noqa: E402
+from scripts.timing import HEADS, timed  # noqa: E402
 from tasks import task_scale  # noqa: E402
 
-TASKS = ("sr2", "sr3", "sr4", "derain", "denoise30", "denoise50")
 VARIANTS = {"list": "Python lists (before), walked",
             "walked": "compact index, walked, cache written",
             "cached": "compact index, from the cache"}
@@ -64,7 +63,7 @@ LIMITS = {"workers": (1, 64), "batch_size": (1, 1024),
           "patch_size": (1, 256),  # the LR patch; sr4's HR crop is 4 times its side
           "steps": (1, MAX_STEPS), "throughput_batches": (1, 10_000)}
 MAX_BATCH_PIXELS = 1 << 26  # batch_size x HR crop area: a float HR batch of at most 768 MiB
-MAX_SCALE = max(task_scale(t) for t in TASKS)  # sr4: its HR crop is this times the patch
+MAX_SCALE = max(task_scale(t) for t in HEADS)  # sr4: its HR crop is this times the patch
 PROBE_IMAGES = 8  # images decoded before measuring: the crops must fit in one of them
 # what a measurement can fail with (DataLayoutError, ImageReadError and a loader worker's death are
 # RuntimeErrors), as with a cli.Refusal (one that cannot be made or trusted): one line, exit status 1
@@ -182,7 +181,7 @@ def child(args: argparse.Namespace) -> dict:
             os.remove(args.cache)
         source = open_source(args.folder, listing_cache=args.cache)
     listed = time.monotonic() - start
-    stream = PairStream(source, list(TASKS), batch_size=args.batch_size, patch_size=args.patch_size)
+    stream = PairStream(source, list(HEADS), batch_size=args.batch_size, patch_size=args.patch_size)
     built = time.monotonic() - start
     after = memory(os.getpid())
     first, steps = run_loader(args, stream, touch=False)
@@ -255,11 +254,10 @@ def measure_variant(args: argparse.Namespace, variant: str, cache: str) -> dict:
 
 def cache_stamp(cache: str) -> tuple[int, int] | None:
     """(inode, mtime) of the listing cache, None if there is none."""
-    try:
+    with contextlib.suppress(OSError):
         info = os.stat(cache)
-    except OSError:
-        return None
-    return info.st_ino, info.st_mtime_ns
+        return info.st_ino, info.st_mtime_ns
+    return None
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -310,8 +308,8 @@ def throughput_table(args: argparse.Namespace, source) -> str:
         lines = [f"Throughput, one core (num_workers=0, 1 torch thread), batch {args.batch_size}, "
                  f"patch {args.patch_size}, {args.throughput_batches} batches after a warm-up:", "",
                  *table(["task", "pairs/s", "ms per pair"], [])]
-        for task_id, task in enumerate(TASKS):
-            batches = iter(PairStream(source, list(TASKS), batch_size=args.batch_size,
+        for task_id, task in enumerate(HEADS):
+            batches = iter(PairStream(source, list(HEADS), batch_size=args.batch_size,
                                       patch_size=args.patch_size, task_id=task_id))
             next(batches)  # warm-up: the first JPEGs, lazy imports, allocations
             seconds, _ = timed(lambda it=batches: [next(it) for _ in range(args.throughput_batches)])
