@@ -46,13 +46,10 @@ def message(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def process_group(device: torch.device, timeout: int, join: bool = True) -> Iterator[None]:
+def process_group(device: torch.device, timeout: int) -> Iterator[None]:
     """Inside: this process has joined the torchrun job's process group (gloo on the CPU, nccl
     on CUDA; collectives give up after ``timeout`` s), left on the way out. JoinError when the
-    peers cannot be reached. Nothing happens unless ``join``."""
-    if not join:
-        yield
-        return
+    peers cannot be reached."""
     try:
         if device.type == "cuda":
             torch.cuda.set_device(device)

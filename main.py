@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     utility.close_logging()  # set up again once the run directory is ours
     try:
         prepare_run_dir(s.run)
-        with distributed.process_group(device, s.run.dist_timeout, join=world > 1 and not s.run.test_only):
+        join = world > 1 and not s.run.test_only
+        with distributed.process_group(device, s.run.dist_timeout) if join else contextlib.nullcontext():
             return locked_run(args, s, device, argv, rank, world)
     except ENDS_JOB as e:  # every error that ends the job, said once
         if str(e) and log.handlers:  # the run's log is set up: it says it (log.txt, stderr)

@@ -262,11 +262,9 @@ def _config_value(o: Option, value: object) -> object:
             raise ValueError("is an empty list: remove the key to keep the default")
         value = LIST_SEPARATORS[o.name].join(_config_scalar(v) for v in value)
     text = _config_scalar(value)
-    if o.type is int and isinstance(value, float):
-        raise ValueError(f"takes an integer, not {_short(value)}")
     try:
         converted = text if o.type is None else o.type(text)
-    except ValueError:  # int's: the option table's own types raise ArgumentTypeError, saying why
+    except ValueError:  # int's (a YAML float too: 16.0); the option table's own types raise ArgumentTypeError
         raise ValueError(f"takes an integer, not {_short(value)}") from None
     if o.choices is not None and converted not in o.choices:
         raise ValueError(f"{_short(converted)} is not one of {', '.join(o.choices)}")

@@ -56,7 +56,6 @@ TR = TRAINING | RESUME  # most training options: a resumed run keeps them
 
 RESTORMER_TILE = 256  # default --tile_size of Restormer's fast tiling
 DIST_TIMEOUT = 1800  # seconds: torch's own default for the process group, kept
-SAVE_FORMATS = ("pt", "safetensors", "both")
 # options whose command-line value joins several items: a YAML list is joined the same way
 LIST_SEPARATORS = {**dict.fromkeys(("scale", "tasks", "data_test", "data_train", "num_blocks", "heads",
                                     "periods", "eta_mins", "progressive_patches",
@@ -256,7 +255,7 @@ GROUPS: list[tuple[str | None, list[Option]]] = [
                TRAINING),
         Option("save_format", "pt", None, "the trained weights' files (model/model_latest, _best, _<step>): "
                "pt (a torch file), safetensors (holds no code; read by spandrel, chaiNNer, ComfyUI) or both; "
-               "state.pt is always a torch file", TRAINING, choices=SAVE_FORMATS),
+               "state.pt is always a torch file", TRAINING, choices=("pt", "safetensors", "both")),
         Option("print_every", 100, int, "log every N steps", TRAINING),
         Option("save_results", False, SWITCH, "write the restored images"),
         Option("save_gt", False, SWITCH, "also write the inputs (and targets)"),

@@ -32,7 +32,6 @@ class RunSettings:
     cpu: bool
     debug: bool
     precision: str  # single or half (inference)
-    amp: str  # none, bf16 or fp16 (training)
     auto_resume: bool  # continue from state.pt when there is one
     dist_timeout: int  # seconds a collective waits for the other processes
 
