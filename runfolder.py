@@ -107,9 +107,8 @@ class RunLock(contextlib.AbstractContextManager):
         except FileExistsError:
             raise
         except OSError:  # no hard links on this file system: create exclusively, then write
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
-            with os.fdopen(fd, "w", encoding="utf-8") as f, open(record_file, encoding="utf-8") as r:
-                f.write(r.read())
+            with open(self.path, "x", encoding="utf-8") as f:  # "x": O_CREAT | O_EXCL, FILE_MODE
+                f.write(pathlib.Path(record_file).read_text(encoding="utf-8"))
 
     def _holder(self) -> tuple[dict, tuple[int, int] | None]:
         """(the holder's record, the lock file's (device, inode)); a record that cannot be read

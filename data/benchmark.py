@@ -100,10 +100,9 @@ def set_names() -> dict[str, str]:
     names = {s.lower(): s for s in ALL_SETS + (DEMO,)}
     for set_name, aliases in set_aliases().items():
         for alias in aliases:
-            if set_name not in ALL_SETS or names.get(alias.lower(), set_name) != set_name:
+            if set_name not in ALL_SETS or names.setdefault(alias.lower(), set_name) != set_name:
                 raise BenchmarkError(f"{STANDARD_SETS_FILE}: alias {alias!r} of {set_name} names "
                                      f"{names.get(alias.lower(), 'no known set')}; fix the table")
-            names[alias.lower()] = set_name
     return names
 
 

@@ -62,9 +62,8 @@ def _matrices(x: Tensor, scale: float) -> tuple[Tensor, Tensor]:
     apply as ``mh @ x``, (out, W) as ``x @ mw.T``."""
     if scale <= 0:
         raise ValueError(f"scale must be positive, got {scale}")
-    mh, mw = (resize_matrix(n, math.ceil(n * scale), scale, x.device).to(x.dtype)  # MATLAB: ceil(scale * n)
-              for n in x.shape[-2:])
-    return mh, mw
+    return tuple(resize_matrix(n, math.ceil(n * scale), scale, x.device).to(x.dtype)
+                 for n in x.shape[-2:])  # output sizes as MATLAB's: ceil(scale * n)
 
 
 def imresize(x: Tensor, scale: float) -> Tensor:

@@ -303,9 +303,8 @@ def _changed_folder(root: str, listing: FolderListing) -> str | None:
     folders = itertools.chain([root], listing.folders.under(root))
     for path, stamp in zip(folders, listing.stamps, strict=False):
         try:
-            info = os.stat(path)
+            if list(_stamp(os.stat(path))) != stamp.tolist():
+                return path
         except OSError:
-            return path
-        if list(_stamp(info)) != stamp.tolist():
             return path
     return None
