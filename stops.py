@@ -3,6 +3,7 @@
 torchrun ranks). It imports nothing heavy (no torch), so that ``early`` can run first."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -129,6 +130,9 @@ def early() -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, stop)
     sys.excepthook = _stopped_or_as_before
+    # the exit status is decided: a second stop during the interpreter's teardown, which puts
+    # back the default handlers (a kill, exit status 128 + the signal), is ignored
+    atexit.register(ignore_stop_signals)
 
 
 def _stopped_or_as_before(kind: type, error: BaseException, trace) -> None:

@@ -167,3 +167,26 @@ def test_every_entry_point_keeps_stop_signals_before_it_loads_torch():
         heavy = re.search(r"^(import|from) (torch|numpy|main|utility|option|trainer|model|data)\b", text,
                           re.M)
         assert early >= 0 and (heavy is None or early < heavy.start()), name
+
+
+TEARDOWN_PROGRAM = """
+import os, signal, sys, time
+import stops
+stops.early()
+
+class SignalAtTeardown:  # a second stop arriving while the interpreter tears the modules down
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+
+keep = SignalAtTeardown()
+sys.exit(3)
+"""
+
+
+def test_a_stop_during_the_interpreters_teardown_keeps_the_exit_status():
+    """Python puts back the default signal handlers as it ends: a SIGTERM then (a second Ctrl-C or a
+    group kill just after the first stop) killed the process (exit status 143, not the one decided)."""
+    run = subprocess.run([sys.executable, "-c", TEARDOWN_PROGRAM], cwd=ROOT, capture_output=True,
+                         text=True, timeout=PROBE_TIMEOUT)
+    assert (run.returncode, run.stderr) == (3, "")
