@@ -41,7 +41,7 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
     failure. ``checkpoint_sha256``: the hash of the bytes loaded from ``checkpoint``, recorded as
     given (None: recorded as unknown). A stop signal (KeyboardInterrupt, ``stops.Interrupted``)
     ends it with one line: the reports of the finished sets are written, marked interrupted, and
-    it returns ``stops.INTERRUPTED``."""
+    it returns ``stops.INTERRUPTED``; an unreadable image or an output not written, the same with 1."""
     task_ids = list(range(len(model.task_names))) if ev.task_id is None else [ev.task_id]
     training = training_length(checkpoint)  # now, beside the weights just loaded
     try:  # a missing or malformed set is said before any work, not after the sets before it
@@ -51,7 +51,7 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
         return 1
     inference = auto_precision(model, inference)
     warn_precision(model, inference.precision)
-    failed, results, finished, stop = 0, {}, [], None
+    failed, results, finished, stop, status = 0, {}, [], None, 0
     try:
         for name in ev.data_test:
             out_dir = os.path.join(ev.save, report.RESULTS_FOLDER.format(name)) if ev.save_results else None
@@ -60,13 +60,17 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
                     failed += restore_demo(model, ev, inference, task_ids, out_dir)
                 else:
                     results[name] = evaluate_benchmark(model, ev, inference, name, task_ids, out_dir)
-            except (DataLayoutError, FileNotFoundError, ImageReadError) as e:
+            except (DataLayoutError, ImageReadError, OSError) as e:  # SaveError: an image not written
+                # a set's mean over the images before a bad one is no benchmark figure: the set
+                # stops, and the reports of the sets finished before it are written, marked
                 log.error("%s", e)
-                return 1
+                stop, status = report.Interruption(f"an error in {name}", finished,
+                                                   ev.data_test[len(finished):]), 1
+                break
             finished.append(name)
     except KeyboardInterrupt as e:  # the traceback (and the loader it holds) freed before going on
-        stop = report.Interruption(stops.signal_name(stops.stop_signal(e)), finished,
-                                   ev.data_test[len(finished):])
+        stop, status = report.Interruption(stops.signal_name(stops.stop_signal(e)), finished,
+                                           ev.data_test[len(finished):]), stops.INTERRUPTED
     try:
         written, printed = report.write_reports(
             resolve_mode(model, inference.mode), ev, inference, results, checkpoint=checkpoint,
@@ -77,10 +81,13 @@ def evaluate(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
         log.warning("%s while writing the reports: some may be missing",
                     stops.signal_name(stops.stop_signal(e)))
         return stops.INTERRUPTED
+    except OSError as e:  # SaveError: names the file and the space free there
+        log.error("%s", e)
+        return 1
     if stop is not None:
         where = f"reports written: {', '.join(written)}" if written else "no report written"
         log.warning("%s; %s", stop.line(), where)
-        return stops.INTERRUPTED
+        return status
     if failed:
         log.error("%d image(s) could not be read; see the messages above", failed)
     log.info("log: %s", os.path.join(ev.save, utility.LOG_NAME))

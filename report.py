@@ -277,9 +277,10 @@ def write_index(save_dir: str, entries: list[dict], table: list[list[str]], note
 # ---- results.md, metrics.json and the tables of an evaluation ----
 @dataclasses.dataclass
 class Interruption:
-    """An evaluation stopped by a signal: its name, the sets finished and those not evaluated."""
+    """An evaluation stopped by a signal or an error: what stopped it, the sets finished and those
+    not evaluated."""
 
-    signal: str
+    cause: str  # SIGINT, ..., or "an error in <set>"
     finished: list[str]
     not_evaluated: list[str]
 
@@ -287,7 +288,7 @@ class Interruption:
         """One line: the signal, the sets finished and those not evaluated."""
         done = f"sets {', '.join(self.finished)} finished" if self.finished else "no set finished"
         left = f"{', '.join(self.not_evaluated)} not evaluated" if self.not_evaluated else "none left"
-        return f"interrupted by {self.signal}: {done}; {left}"
+        return f"interrupted by {self.cause}: {done}; {left}"
 
 
 PRINTED_IMAGE_ROWS = 40  # at most this many per-image rows are printed; all are in results.md

@@ -23,9 +23,11 @@ import evaluation
 import main as cli
 import metrics
 import report
+import runfolder
 import stops
 from data.benchmark import BenchmarkSet
 from data.degrade import bicubic_lr
+from data.images import ImageReadError
 from evaluation import evaluate_set
 from model import IPTConfig, build_model
 from run_settings import EvalSettings, InferenceSettings
@@ -433,6 +435,35 @@ def test_interrupted_evaluation_reports_the_finished_sets(tmp_path, monkeypatch,
     assert said == [f"{line}; reports written: {run / 'metrics.json'}, {run / 'results.md'}, "
                     f"{run / 'index.html'}"]
     assert capsys.readouterr().out == ""  # the one line only: no tables printed
+
+
+@pytest.mark.parametrize("error", [ImageReadError("cannot read image 'Set14/b.png': truncated"),
+                                   runfolder.SaveError("cannot write run/b_x2_SR.png (No space left)")])
+def test_an_error_in_a_set_reports_the_sets_finished_before(tmp_path, monkeypatch, caplog, error):
+    """An unreadable image in the second set lost the first set's results (no report, exit 1), and a
+    file that could not be written there (--save_results on a full disk) ended in a traceback."""
+    stop_at(monkeypatch, "Set14", error)
+    ev = eval_settings(tmp_path, ["Set5", "Set14", "Urban100"])
+    assert run_evaluate(STUB_MODEL, ev, FAST, "") == 1
+    run = tmp_path / "run"
+    report = json.loads((run / "metrics.json").read_text())
+    assert set(report["results"]) == {"Set5"} and report["meta"]["not_evaluated"] == ["Set14", "Urban100"]
+    line = "interrupted by an error in Set14: sets Set5 finished; Set14, Urban100 not evaluated"
+    assert f"\n{line}\n" in (run / "results.md").read_text()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        str(error), f"{line}; reports written: {run / 'metrics.json'}, {run / 'results.md'}"]
+
+
+def test_a_report_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, caplog):
+    stop_at(monkeypatch, "none", KeyboardInterrupt())
+    failure = runfolder.SaveError("cannot write run/metrics.json (No space left on device; 0.0 MiB free)")
+
+    def full_disk(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(report, "write_reports", full_disk)
+    assert run_evaluate(STUB_MODEL, eval_settings(tmp_path, ["Set5"]), FAST, "") == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [str(failure)]
 
 
 def test_interrupted_in_the_first_set_writes_no_report(tmp_path, monkeypatch, caplog):
