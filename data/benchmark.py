@@ -37,6 +37,7 @@ from .images import (
     rain_pairs,
     read_image,
     read_rain_pair,
+    second_images,
     stem,
 )
 from .sample import TEST_PHOTOS, sample_photo
@@ -157,6 +158,8 @@ class BenchmarkSet:
             self.items = list_entries(folder)  # not list_images: no entry silently left out of the set
             if not self.items:
                 raise BenchmarkError(f"{dataset}: no images (png, jpg, bmp, tif, webp) in {folder}")
+            if twice := second_images(self.items):
+                raise BenchmarkError(twice[0])
             if dataset == "DIV2K":
                 self.items = numbered_files(self.items, div2k_range, folder,
                                             " (the test part of --data_range)", BenchmarkError)

@@ -86,6 +86,19 @@ def stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
+def second_images(paths: list[str]) -> list[str]:
+    """A problem line for each path whose stem an earlier one has (``a.png``, ``a.bmp``: the
+    second), which would share one name in the results and in the files written."""
+    seen: set[str] = set()
+    problems = []
+    for path in paths:
+        if stem(path) in seen:
+            problems.append(f"{path}: a second image named {stem(path)!r} in "
+                            f"{os.path.dirname(path)}; keep one")
+        seen.add(stem(path))
+    return problems
+
+
 def rain_pairs(folder: str, layout: str,
                error: type[DataLayoutError] = DataLayoutError) -> list[tuple[str, str]]:
     """(rain, clean) files of a folder pairing ``rain-<id>`` with ``norain-<id>``, sorted by id.
@@ -93,6 +106,8 @@ def rain_pairs(folder: str, layout: str,
     An unpaired file, or a folder without pairs, raises ``error`` naming it and ``layout``.
     """
     files = list_images(folder)
+    if twice := second_images(files):
+        raise error(twice[0])
     rain = {m.group(1): f for f in files if (m := re.match(r"^rain-(.+)$", stem(f)))}
     clean = {m.group(1): f for f in files if (m := re.match(r"^norain-(.+)$", stem(f)))}
     lonely = sorted(set(rain) ^ set(clean))

@@ -23,7 +23,16 @@ import utility
 
 from .benchmark import HR_DIRS, LR_DIRS, SR_SETS, STANDARD_SETS_FILE, first_folder
 from .degrade import bicubic_lr
-from .images import DECODE_ERRORS, ImageReadError, list_entries, list_images, read_image, save_image, stem
+from .images import (
+    DECODE_ERRORS,
+    ImageReadError,
+    list_entries,
+    list_images,
+    read_image,
+    save_image,
+    second_images,
+    stem,
+)
 
 SCALES = (2, 3, 4)  # the LR files made and checked for SR sets
 SET_ORDER = ("Set5", "Set14", "B100", "Urban100", "Manga109", "CBSD68", "Rain100L", "DIV2K")
@@ -241,8 +250,7 @@ def check_images(dir_data: str, folder: str, spec: SetSpec, lr_into: str | None)
     files = list_entries(folder)  # a pipe named like an image is read, so named, not left out
     names = [stem(f) for f in files]
     report = SetReport(spec.name, len(files), spec.count)
-    report.problems += [f"{f}: a second image named {n!r} in {folder}; keep one"
-                        for i, (f, n) in enumerate(zip(files, names, strict=True)) if n in names[:i]]
+    report.problems += second_images(files)
     if spec.names is not None:
         report.found = len(set(names) & set(spec.names))
         report.problems += [f"{os.path.join(folder, n + '.png')}: missing ({spec.name} has "

@@ -320,6 +320,10 @@ def test_any_file_name_is_listed_and_read_or_counted(tmp_path, files):
     items = [demo[i] for i in range(len(demo))]
     assert sum(isinstance(x, torch.Tensor) for _, x in items) == sum(r for *_, r in files)
     assert all(isinstance(x, (torch.Tensor, ImageReadError)) for _, x in items)
+    if len({stem for stem, *_ in files}) < len(files):  # two images of one name: the set is refused
+        with pytest.raises(BenchmarkError, match="a second image named"):
+            BenchmarkSet(os.fsdecode(root), "CBSD68", "denoise30", 1)
+        return
     data = BenchmarkSet(os.fsdecode(root), "CBSD68", "denoise30", 1)
     pairs = [data[i] for i in range(len(data))]
     assert sum(isinstance(p, Pair) for p in pairs) == sum(r for *_, r in files)

@@ -14,7 +14,7 @@ from PIL import Image
 
 import main as cli
 from data import standard_sets
-from data.benchmark import BenchmarkSet, canonical_test_set
+from data.benchmark import BenchmarkError, BenchmarkSet, canonical_test_set
 from data.images import read_image
 from option import parse_args
 from test_prepare_data import rgb, run, save, tiny_table  # noqa: F401 (autouse: its tiny table)
@@ -221,6 +221,26 @@ def test_an_hr_link_to_dev_zero_is_an_unreadable_image(tmp_path):
                      str(tmp_path / "run"), *TINY_MODEL, "--scale", "2", "--data_test", "Set14"])
     log = (tmp_path / "run/log.txt").read_text()
     assert code == 1 and "HR/z.png': it is a character device, not a regular file" in log, log
+
+
+@pytest.mark.parametrize("dataset,task,files", [
+    ("Set14", "sr2", ["benchmark/Set14/HR/a.png", "benchmark/Set14/HR/a.bmp", "benchmark/Set14/HR/b.png"]),
+    ("Rain100L", "derain", ["Rain100L/rain-1.png", "Rain100L/rain-1.bmp", "Rain100L/norain-1.png"]),
+])
+def test_two_images_of_one_name_in_a_test_set_are_refused(tmp_path, capsys, dataset, task, files):
+    """a.png and a.bmp were both restored under the name a: one result and one output file
+    replaced the other, and the set's mean was over 2 of its 3 images, with exit status 0."""
+    for name in files:
+        save(tmp_path / "data" / name, 16, 16)
+    second = (tmp_path / "data" / files[0]).as_posix()  # sorted by name: a.bmp before a.png
+    named = os.path.basename(second)[:-len(".png")]
+    line = f"{second}: a second image named {named!r} in {os.path.dirname(second)}; keep one"
+    with pytest.raises(BenchmarkError) as refused:
+        BenchmarkSet(str(tmp_path / "data"), dataset, task, 2)
+    assert str(refused.value) == line
+    if dataset == "Set14":  # prepare_data --check says it too, with the set's other lines
+        rc, out, err = run(capsys, "--check", tmp_path / "data")
+        assert rc == 1 and f"  {line}" in out.splitlines(), out
 
 
 # ----------------------------------------------------------------------------------------
