@@ -313,21 +313,3 @@ def check_tree(dir_data: str, specs: dict[str, SetSpec], lr_into: str | None = N
         reports.append(check_rain(folder, spec) if set_name == RAIN_SET
                        else check_images(dir_data, folder, spec, lr_into))
     return reports
-
-
-def print_reports(dir_data: str, reports: list[SetReport]) -> int:
-    """Print each set's lines, every problem, then the notes; 0 if no problem, else 1."""
-    if not reports:
-        print(f"{dir_data}: no test sets found (expected e.g. "
-              f"{os.path.join(dir_data, HR_DIRS['Set5'][0])}; see README, 'Evaluating')")
-        return 1
-    for line in (line for r in reports for line in r.lines()):
-        print(line)
-    problems = [p for r in reports for p in r.problems]
-    for problem in problems:
-        print(f"  {problem}")
-    if problems:
-        print(f"{len(problems)} problem(s) found")
-    for note in (n for r in reports for n in r.notes):
-        print(f"  note: {note}")
-    return 1 if problems else 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import sys
 import urllib.parse
 from collections.abc import Sequence
@@ -22,16 +23,17 @@ if __name__ == "__main__":  # a stop signal while torch loads is kept, not a sil
 
 import utility  # noqa: E402
 from data.archives import ArchiveError  # noqa: E402
-from data.benchmark import BenchmarkError, canonical_test_set  # noqa: E402
+from data.benchmark import HR_DIRS, BenchmarkError, canonical_test_set  # noqa: E402
 from data.images import ImageReadError  # noqa: E402
 from data.prepare import alias_text, check, convert  # noqa: E402
 from data.standard_sets import (  # noqa: E402
     SET_ORDER,
     SHA256_HEX,
     PrepareError,
+    SetReport,
     load_standard_sets,
-    print_reports,
 )
+from report import display  # noqa: E402
 from scripts import cli  # noqa: E402
 
 PROG = "prepare_data.py"  # the name its error lines start with
@@ -82,6 +84,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                f"{', '.join(SET_ORDER)} (or {alias_text()})")
         args.download = set_name
     return args
+
+
+def print_reports(dir_data: str, reports: list[SetReport]) -> int:
+    """Print each set's lines, every problem, then the notes, one line each whatever the file
+    names hold (``report.display``); 0 if no problem, else 1."""
+    if not reports:
+        print(display(f"{dir_data}: no test sets found (expected e.g. "
+                      f"{os.path.join(dir_data, HR_DIRS['Set5'][0])}; layouts: docs/DATA.md)"))
+        return 1
+    for line in (line for r in reports for line in r.lines()):
+        print(display(line))
+    problems = [p for r in reports for p in r.problems]
+    for problem in problems:
+        print(f"  {display(problem)}")
+    if problems:
+        print(f"{len(problems)} problem(s) found")
+    for note in (n for r in reports for n in r.notes):
+        print(f"  note: {display(note)}")
+    return 1 if problems else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

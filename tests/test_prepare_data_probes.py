@@ -121,6 +121,20 @@ def test_check_names_an_hr_entry_that_is_no_regular_file(tmp_path, capsys, kind)
     assert any(p.startswith(f"{hr / 'z.png'}: cannot read image") and words in p for p in problems)
 
 
+@pytest.mark.parametrize("name", ["esc\x1b[31mred", "new\nSet14: 3 of 3 images", "rtl\u202egnp.exe"])
+def test_check_prints_a_problem_on_one_line_whatever_the_file_name(tmp_path, capsys, name):
+    """A name with a line break forged a line of the report, one with ESC reached the terminal."""
+    hr = tmp_path / "data/benchmark/Set14/HR"
+    save(hr / "comic.png", 25, 19)
+    save(hr / f"{name}.png", 25, 19)
+    rc, out, err = run(capsys, "--check", tmp_path / "data", "--make_lr")
+    assert (rc, err) == (1, "")
+    assert all(line.isprintable() for line in out.splitlines())
+    shown = repr(name)[1:-1]  # \x1b, \n, \u202e written out
+    assert [line for line in out.splitlines() if shown in line] == [
+        f"  {hr / shown}.png: not an image of Set14"], out
+
+
 # ----------------------------------------------------------------------------------------
 # 3. Two members of one name (also once normalised: ./ and \)
 # ----------------------------------------------------------------------------------------
