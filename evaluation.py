@@ -384,11 +384,11 @@ def image_metrics(sr: Tensor, baseline: Tensor, hr: Tensor, scale: int,
         "psnr_rgb": metrics.calc_psnr(sr, hr, scale, y_channel=False)[0],
         "ssim_rgb": metrics.calc_ssim(sr, hr, scale, y_channel=False)[0],
     }
-    on_y = channel == "y"
+    on_y, psnr = channel == "y", m[f"psnr_{channel}"]
     base = metrics.calc_psnr(baseline, hr, scale, y_channel=on_y)[0]
-    return {"psnr": m[f"psnr_{channel}"], "ssim": m[f"ssim_{channel}"], **m, "baseline_psnr": base,
+    return {"psnr": psnr, "ssim": m[f"ssim_{channel}"], **m, "baseline_psnr": base,
             "baseline_ssim": metrics.calc_ssim(baseline, hr, scale, y_channel=on_y)[0],
-            "gain_psnr": m[f"psnr_{channel}"] - base}
+            "gain_psnr": psnr - base if psnr != base else 0.0}  # an exact input kept exact: inf - inf
 
 
 def evaluate_set(model: nn.Module, data: BenchmarkSet, task_id: int, settings: InferenceSettings,

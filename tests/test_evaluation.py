@@ -248,6 +248,8 @@ def test_gain_over_the_input_by_hand():
         if channel == "rgb":
             assert psnr == pytest.approx(10 * math.log10(255 ** 2 / 25))
             assert m["baseline_psnr"] == pytest.approx(10 * math.log10(255 ** 2 / 100))
+    exact = evaluation.image_metrics(hr, hr, hr, 1)  # an exact input kept exact: inf - inf was NaN
+    assert (exact["psnr"], exact["baseline_psnr"], exact["gain_psnr"]) == (math.inf, math.inf, 0.0)
     cells_ = report.metric_cells({"psnr_y": 30.0, "ssim_y": 0.9, "psnr_rgb": 29.0, "ssim_rgb": 0.8,
                                       "baseline_psnr": 27.5, "baseline_ssim": 0.7, "gain_psnr": 2.5})
     assert cells_[-1] == "+2.50"
