@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import multiprocessing.util  # imported first: atexit runs early()'s _at_exit before its exit function
 import os
 import re
 import signal
@@ -130,9 +131,18 @@ def early() -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, stop)
     sys.excepthook = _stopped_or_as_before
-    # the exit status is decided: a second stop during the interpreter's teardown, which puts
-    # back the default handlers (a kill, exit status 128 + the signal), is ignored
-    atexit.register(ignore_stop_signals)
+    atexit.register(_at_exit)
+
+
+def _at_exit() -> None:
+    """The exit status is decided: a stop during the interpreter's teardown, which puts back the
+    default handlers (a kill, 128 + the signal), is ignored. Loader workers that an error kept
+    (a traceback holds their iterator) are killed: multiprocessing's exit would send them SIGTERM,
+    which they ignore (``ignore_stop_signals``), and wait for them forever."""
+    ignore_stop_signals()
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
 
 
 def _stopped_or_as_before(kind: type, error: BaseException, trace) -> None:

@@ -10,8 +10,10 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import runfolder
 import stops
@@ -182,6 +184,39 @@ class SignalAtTeardown:  # a second stop arriving while the interpreter tears th
 keep = SignalAtTeardown()
 sys.exit(3)
 """
+
+
+LOADER_ERROR_PROGRAM = """
+import sys
+import stops
+stops.early()
+import data.stream
+
+def broken(self, *args):  # a bug in a loader worker: re-raised in the main process, a traceback
+    raise RuntimeError("a bug in the loader")
+
+data.stream.PairStream.read = broken
+import main
+sys.exit(main.main(sys.argv[1:]))
+"""
+
+
+def test_an_error_from_a_loader_worker_ends_the_process(tmp_path):
+    """The traceback kept the loader's iterator, so its worker outlived main(); multiprocessing's
+    exit then sent it SIGTERM, which loader workers ignore, and waited for it forever."""
+    for i in range(2):  # a folder of images: the built-in Sample photos are read without workers
+        os.makedirs(tmp_path / "data/ImageNet", exist_ok=True)
+        pixels = np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"data/ImageNet/{i}.png")
+    argv = [*TINY, "--data_train", "ImageNet", "--dir_data", str(tmp_path / "data"), "--data_test", "Demo",
+            "--threads", "1", "--n_threads", "1", "--max_steps", "3", "--save", str(tmp_path / "run")]
+    try:
+        run = subprocess.run([sys.executable, "-c", LOADER_ERROR_PROGRAM, *argv], cwd=ROOT,
+                             capture_output=True, text=True, timeout=PROBE_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the process did not end in {PROBE_TIMEOUT} s after the loader's error")
+    assert run.returncode == 1 and "RuntimeError: a bug in the loader" in run.stderr, run.stderr[-2000:]
+    assert "1 loader worker(s)" in run.stderr
 
 
 def test_a_stop_during_the_interpreters_teardown_keeps_the_exit_status():
