@@ -47,9 +47,9 @@ class RunLock(contextlib.AbstractContextManager):
     this job, whose node died. A stale lock is reported and taken over.
     """
 
-    def __init__(self, folder: str, command: str = "", stale_after: float = 1800):
+    def __init__(self, folder: str, command: str = "", stale_after: float = 1800, option: str = "--save"):
         self.path = os.path.join(folder, LOCK_NAME)
-        self.command = command
+        self.command, self.option = command, option  # option: what names the folder, in the refusal
         self.stale_after = max(stale_after, LOCK_RENEW_SECONDS * LOCK_MISSED_RENEWALS)
         self.held = False
         self._fd: int | None = None  # the lock file this process created, open for renewals
@@ -86,7 +86,7 @@ class RunLock(contextlib.AbstractContextManager):
                     raise LockError(
                         f"{os.path.dirname(self.path)} is in use by process {holder.get('pid')} on "
                         f"{holder.get('host')} ({holder.get('command') or 'command unknown'}): wait "
-                        f"for it or give another --save; if that process is gone, delete "
+                        f"for it or give another {self.option}; if that process is gone, delete "
                         f"{self.path}{expiry}") from None
                 note = f"removed a stale lock {self.path} of process {holder.get('pid')} on " \
                        f"{holder.get('host')}: {why_stale}"

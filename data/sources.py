@@ -180,7 +180,7 @@ class _ShardReader:
     """Reads shard members in order, keeping the current shard open between calls."""
 
     def __init__(self, shards: Sequence[str]):
-        self.shards, self.shard, self.tar, self.next = shards, None, None, 0
+        self.shards, self.shard, self.tar, self.next, self.size = shards, None, None, 0, 0
 
     def _member(self, shard: int, index: int) -> tarfile.TarInfo:
         if shard != self.shard or index < self.next or self.tar is None:  # (re)open the shard
@@ -188,6 +188,7 @@ class _ShardReader:
                 self.tar.close()
             self.shard, self.tar, self.next = shard, None, 0
             self.tar = tarfile.open(self.shards[shard], "r:")
+            self.size = os.fstat(self.tar.fileobj.fileno()).st_size
         while True:
             member = self.tar.next()
             if member is None:
@@ -202,6 +203,9 @@ class _ShardReader:
         name = f"{self.shards[ref[0]]}#{ref[1]}"
         try:
             member = self._member(*ref)
+            if member.offset_data + member.size > self.size:  # a damaged header: read, a MemoryError
+                raise tarfile.ReadError(f"member {member.name!r} of {member.size} bytes ends past the "
+                                        f"shard's {self.size}")
             data = self.tar.extractfile(member).read()
         except (OSError, EOFError, tarfile.TarError) as e:
             self.shard = None  # reopen on the next call

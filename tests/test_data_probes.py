@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tarfile
@@ -18,9 +19,16 @@ from PIL import Image
 
 from data.benchmark import BenchmarkError, BenchmarkSet, Pair
 from data.degrade import add_eval_noise
-from data.images import IMAGE_EXTENSIONS, ImageFolder, ImageReadError, list_images, read_image
+from data.images import IMAGE_EXTENSIONS, ImageFolder, ImageReadError, list_images, open_regular, read_image
 from data.listing import walk_images
-from data.sources import SHARD_INDEX, SHARD_INDEX_MAX_BYTES, TrainingDataError, read_shard_index, shard_counts
+from data.sources import (
+    SHARD_INDEX,
+    SHARD_INDEX_MAX_BYTES,
+    ShardSource,
+    TrainingDataError,
+    read_shard_index,
+    shard_counts,
+)
 from data.stream import PairStream
 from scripts.scale import make_shards
 
@@ -186,9 +194,11 @@ def test_make_shards_into_a_file_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_make_shards_packs_what_links_point_to_and_counts_the_rest(tmp_path, capsys):
+    """Before: a hard link to a file packed already was a link member of size 0 (no image)."""
     src = tmp_path / "src"
     real = save(src / "a.png")
     os.symlink("a.png", src / "b.png")  # packed as a.png's bytes, as a regular member
+    os.link(real, src / "c.png")  # a hard link (simulate_imagenet's tree): the same
     os.symlink("missing.png", src / "dangling.png")
     os.symlink("loop.png", src / "loop.png")
     os.symlink("/dev/zero", src / "zero.png")
@@ -196,13 +206,48 @@ def test_make_shards_packs_what_links_point_to_and_counts_the_rest(tmp_path, cap
     out = tmp_path / "out"
     assert make_shards.main([str(src), str(out), "--sorted"]) == 0
     captured = capsys.readouterr()
-    assert "packed 2 images" in captured.out and "skipped 4" in captured.err
+    assert "packed 3 images" in captured.out and "skipped 4" in captured.err
     with tarfile.open(out / GOOD_NAME) as tar:
         members = tar.getmembers()
-        assert [m.name for m in members] == ["a.png", "b.png"]
+        assert [m.name for m in members] == ["a.png", "b.png", "c.png"]
         assert all(m.isfile() for m in members)
         assert all(tar.extractfile(m).read() == open(real, "rb").read() for m in members)
-    assert read_shard_index(str(out)) == {GOOD_NAME: 2}
+    assert read_shard_index(str(out)) == {GOOD_NAME: 3}
+
+
+def test_make_shards_stops_cleanly_and_the_same_command_finishes(tmp_path, capsys, monkeypatch):
+    """SIGTERM while packing the second shard: one line, exit 130, no temporary; other options are
+    refused (the kept shard is not theirs), the same command keeps the first shard and finishes.
+    Before: exit 143 (a traceback for SIGINT), a temporary left, the same command refused."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    for i in range(6):
+        save(src / f"{i}.png", seed=i)
+    command = [str(src), str(out), "--per_shard", "3"]
+    opened = []
+
+    def open_then_stop(path):
+        opened.append(path)
+        if len(opened) == 5:  # while the second shard is written
+            os.kill(os.getpid(), signal.SIGTERM)
+        return open_regular(path)
+
+    monkeypatch.setattr(make_shards, "open_regular", open_then_stop)
+    assert make_shards.main(command) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("make_shards.py: stopped by SIGTERM") and len(err.splitlines()) == 1, err
+    assert os.listdir(out) == [GOOD_NAME]  # no temporary, no lock
+    first = os.stat(out / GOOD_NAME)
+    monkeypatch.undo()
+    assert make_shards.main([*command[:2], "--per_shard", "2"]) == 1
+    assert "holds other files than this command packs" in capsys.readouterr().err
+    assert make_shards.main(command) == 0
+    assert os.stat(out / GOOD_NAME).st_ino == first.st_ino  # kept, not written again
+    assert read_shard_index(str(out)) == {GOOD_NAME: 3, "shard-000001.tar": 3}
+    packed = []
+    for name in (GOOD_NAME, "shard-000001.tar"):
+        with tarfile.open(out / name) as tar:
+            packed += tar.getnames()
+    assert sorted(packed) == [f"{i}.png" for i in range(6)]
 
 
 # ----------------------------------------------------------------------------------------
@@ -339,3 +384,19 @@ def test_a_training_folder_says_what_it_skips(tmp_path, caplog):
         stream = PairStream(str(tmp_path), ["sr2"], 2, 8)
     assert len(stream.source) == 2
     assert "skipping 2 path(s)" in caplog.text and "fifo.png" in caplog.text
+
+
+def test_a_member_whose_header_claims_more_bytes_than_the_shard_holds_is_unreadable(tmp_path):
+    """A damaged header claiming 2**44 bytes was read as it said: a MemoryError in the loader
+    worker, a traceback, then a hang; now it is one unreadable image, skipped and counted."""
+    shard = tmp_path / GOOD_NAME
+    with tarfile.open(shard, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(save(tmp_path / "src" / "a.png"), arcname="a.png")
+        huge = tarfile.TarInfo("huge.png")
+        huge.size = 2 ** 44
+        tar.addfile(huge)  # the header only: the bytes it claims are not in the file
+    (tmp_path / SHARD_INDEX).write_text(json.dumps({"shards": {GOOD_NAME: 2}}))  # so no scan refuses it
+    load = ShardSource([str(shard)]).opener()
+    assert load((0, 0)).shape == (3, *image().shape[:2])
+    with pytest.raises(ImageReadError, match=r"huge.png' of 17592186044416 bytes ends past the shard's"):
+        load((0, 1))

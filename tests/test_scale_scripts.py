@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 import pytest
@@ -17,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import runfolder
 from scripts.scale import measure_loading, simulate_imagenet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,6 +113,9 @@ def test_simulate_builds_finishes_and_refuses_other_options(tmp_path, capsys):
     assert record["complete"] and record["files"] == 20 and record["seed"] == 0
     assert json.loads((root / "shards" / "shards.json").read_text())["shards"] == {
         "shard-000000.tar": 3, "shard-000001.tar": 3}
+    for shard in ("shard-000000.tar", "shard-000001.tar"):  # before: repeated hard links were empty
+        with tarfile.open(root / "shards" / shard) as tar:
+            assert all(m.isfile() and m.size > 0 for m in tar)
     assert simulate_imagenet.main([str(root), *TINY, "--shards", "2", "--shard_members", "3"]) == 0
     record = json.loads((root / "simulated.json").read_text())
     capsys.readouterr()
@@ -268,6 +273,23 @@ def test_simulate_stops_cleanly_on_a_group_signal(tmp_path):
     assert all(len(os.listdir(root / "train" / c)) == 1000 for c in os.listdir(root / "train"))
     assert not [n for _, _, names in os.walk(root) for n in names if n.endswith(".tmp")]
     assert not json.loads((root / "simulated.json").read_text())["complete"]
+
+
+def test_simulate_refuses_a_root_another_run_builds(tmp_path):
+    """While a run holds ROOT's lock (here this test process), another is refused in one line and
+    leaves the class being built alone. Before: its start deleted that class (ROOT/.building), and
+    the first run ended "complete" with a class short of files."""
+    root = tmp_path / "root"
+    building = root / simulate_imagenet.BUILDING / "n01440764"
+    building.mkdir(parents=True)
+    with runfolder.RunLock(str(root), "the first run") as lock:
+        lock.acquire()
+        done = subprocess.run([*SIMULATE, str(root), *TINY], cwd=ROOT, capture_output=True, text=True,
+                              timeout=PROBE_TIMEOUT_S)
+    assert done.returncode == 1, done.stderr
+    line = one_line(done.stderr, "simulate_imagenet.py")
+    assert f"ROOT {root} is in use by process {os.getpid()}" in line and "another ROOT" in line
+    assert sorted(os.listdir(root)) == [simulate_imagenet.BUILDING] and building.is_dir()
 
 
 # ----------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ nXXXXXXXX_K.JPEG are ``--files`` HARD LINKS to them in ``--classes`` folders nam
 so the tree costs directory entries, not 140 GB; ``--shards N`` adds ROOT/shards as make_shards
 writes them (docs/SCALING.md). A stop (exit status 130) leaves complete classes only, and running
 again finishes the tree; ROOT/simulated.json records the options, and other options on the same
-ROOT are refused (exit status 2).
+ROOT are refused (exit status 2), as is a second run while one builds there (exit status 1).
 """
 from __future__ import annotations
 
@@ -233,18 +233,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     def job(stop: stops.StopSignals) -> int:
         if problem := check_root(args):
             return say(PROG, problem, BAD_OPTION)
-        problem = space_problem(args)
-        return say(PROG, problem, FAILED) if problem else build(args)
+        if problem := space_problem(args):
+            return say(PROG, problem, FAILED)
+        os.makedirs(args.root, exist_ok=True)
+        command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
+        # a second run on ROOT is refused: its start would delete the class the first one builds
+        with runfolder.RunLock(args.root, command, option="ROOT") as lock:
+            if note := lock.acquire():  # a killed run's lock and temporaries removed
+                say(PROG, note)
+            if problem := check_root(args):  # again: a run that ended meanwhile may have built it
+                return say(PROG, problem, BAD_OPTION)
+            return build(args)
 
-    def failed(e: OSError) -> str:  # SaveError names the file, the reason and the free space
+    def failed(e: Exception) -> str:
+        if isinstance(e, runfolder.LockError):
+            return shown(f"ROOT {e}")
+        if not isinstance(e, OSError):  # a Refusal: a shard that is not this tree's (kept_members)
+            return str(e)
         why = str(e) if isinstance(e, runfolder.SaveError) else \
             f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
-        return f"cannot build {shown(args.root)}: {shown(why)}"
+        return f"cannot build {shown(args.root)}: {shown(why)}"  # SaveError names the file and space
 
     return run_stoppable(PROG, job, lambda signum: (
         f"stopped by {stops.signal_name(signum)}: {shown(args.root)}/train holds the classes "
         f"finished so far (a partial tree the stream can read); run the same command again to "
-        f"finish it"), (OSError,), failed)
+        f"finish it"), (OSError, runfolder.LockError), failed)
 
 
 if __name__ == "__main__":
