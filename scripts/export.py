@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import math
 import os
 import sys
 import time
@@ -37,6 +38,7 @@ import utility  # noqa: E402
 from model import MODELS, IPTConfig, build_model, checkpoint  # noqa: E402
 from model.checkpoint import read_safetensors  # noqa: E402  (by name: a test stops the export in it)
 from scripts.cli import BAD_OPTION, Refusal, output_problem, run_stoppable, say  # noqa: E402
+from tasks import task_scale  # noqa: E402
 
 PROG = "export.py"
 CHECKPOINT = "CHECKPOINT"  # the name of the first argument, in the usage line and in messages
@@ -49,6 +51,9 @@ VERIFY_BATCH = 2  # random tiles run through ONNX Runtime and PyTorch to compare
 # outputs by float rounding (up to 0.14 for a full-size 12-layer model with random weights, 4e-4
 # for a 1-layer one); a wrong weight or head moves them by tens.
 ONNX_MAX_DIFF = 1.0
+# The check runs hold about this many copies of the attention scores (VERIFY_BATCH x num_heads x
+# tokens^2 floats) at once: ONNX Runtime's, kept in its arena, then PyTorch's scores and softmax
+ATTENTION_COPIES = 3
 
 
 @dataclasses.dataclass
@@ -103,21 +108,21 @@ def read_source(path: str, num_heads: int | None, tasks: str | None) -> Source:
     """The checkpoint's weights and the options that built its model: its record's (training.json,
     or a .safetensors file's metadata), else those its shapes give away plus --num_heads."""
     state, _ = checkpoint.read_checkpoint(path, CHECKPOINT)
-    architecture, origin = (recorded_architecture(path, num_heads)
+    architecture, origin = (recorded_architecture(path, num_heads, tasks)
                             or (inferred_architecture(path, state, num_heads), "its weights' shapes"))
     if num_heads is not None:
         architecture["num_heads"] = num_heads
     if tasks:
-        architecture["tasks"] = tasks
+        architecture["tasks"] = named_heads(tasks, state, path)
     if architecture.get("model", "ipt") == "ipt" and not architecture.get("tasks"):
         architecture["tasks"] = "+".join(checkpoint.head_names(state, path))  # the six-task order by scale
     return Source(path, state, architecture, origin, config_of(architecture, origin))
 
 
-def recorded_architecture(path: str, num_heads: int | None) -> tuple[dict, str] | None:
+def recorded_architecture(path: str, num_heads: int | None, tasks: str | None) -> tuple[dict, str] | None:
     """(the architecture of the checkpoint's record, the record's name): the training.json beside
     it, or a .safetensors file's metadata; None without one. The keys a record may not set are
-    said and left out; a --num_heads that contradicts the record is refused."""
+    said and left out; a --num_heads or --tasks that contradicts the record is refused."""
     try:
         record, origin = option_files.pretrain_record(path)
     except utility.RecordError as e:
@@ -132,6 +137,9 @@ def recorded_architecture(path: str, num_heads: int | None) -> tuple[dict, str] 
     if contradiction := option_files.record_contradiction(
             taken, {} if num_heads is None else {"num_heads": num_heads}, origin):
         raise Refusal(contradiction, BAD_OPTION)
+    if tasks and "tasks" in taken and head_list(tasks) != head_list(taken["tasks"]):
+        raise Refusal(f"--tasks {tasks} contradicts {origin}, which records tasks {taken['tasks']} "
+                      f"for these weights: leave --tasks out or give {taken['tasks']}", BAD_OPTION)
     for key in ignored:
         print(f"{PROG}: {origin}: ignored its key {key!r} (a record may only give the options that "
               f"shape the model); it is not exported", file=sys.stderr)
@@ -152,6 +160,26 @@ def inferred_architecture(path: str, state: Mapping[str, Tensor], num_heads: int
                       f"token width {width}; the authors' models use {checkpoint.AUTHORS_NUM_HEADS})",
                       BAD_OPTION)
     return architecture
+
+
+def head_list(tasks: str) -> list[str]:
+    """The head names of A+B."""
+    return [name.strip() for name in tasks.split("+")]
+
+
+def named_heads(tasks: str, state: Mapping[str, Tensor], path: str) -> str:
+    """--tasks as A+B, checked by main.py's rule for --tasks with --scale (option.py): distinct
+    task names, one per head, each of its head's scale (the scales read off the heads' tails)."""
+    names, scales = head_list(tasks), checkpoint.checkpoint_scales(state)
+    try:
+        implied = [task_scale(name) if option.TASK_NAME.match(name) else None for name in names]
+    except ValueError:  # sr1: no task
+        implied = []
+    if implied != scales or len(set(names)) != len(names):
+        raise Refusal(f"--tasks {tasks}: {path}'s heads have the scales {'+'.join(map(str, scales))} "
+                      f"(read off their tails): give one name per head, in order, each of its "
+                      f"head's scale (sr<s> for s; derain, denoise<sigma> or mim for 1)", BAD_OPTION)
+    return "+".join(names)
 
 
 def config_of(architecture: dict, origin: str) -> object:
@@ -248,7 +276,22 @@ def tile_size(config: IPTConfig, patch_size: int | None) -> int:
     if patch_size % config.patch_dim:
         raise Refusal(f"--patch_size {patch_size}: must be a multiple of the model's patch_dim "
                       f"{config.patch_dim}", BAD_OPTION)
+    check_attention_memory(config, patch_size)
     return patch_size
+
+
+def check_attention_memory(config: IPTConfig, patch_size: int) -> None:
+    """Refuse a tile whose attention scores in the check runs cannot fit in the memory available
+    (as option.py's _check_memory does for main.py), before anything is built."""
+    available = utility.available_memory()
+    per_token_pair = ATTENTION_COPIES * VERIFY_BATCH * config.num_heads * option.FLOAT_BYTES
+    tokens = (patch_size // config.patch_dim) ** 2
+    if available is None or tokens ** 2 * per_token_pair <= available:
+        return
+    largest = math.isqrt(math.isqrt(available // per_token_pair)) * config.patch_dim  # tokens^2 fit
+    raise Refusal(f"--patch_size {patch_size}: the attention scores of the {VERIFY_BATCH} tiles the "
+                  f"graph is checked on would not fit in the {available / option.GIB:.1f} GiB of "
+                  f"memory available: give --patch_size {largest} or less", BAD_OPTION)
 
 
 def export_onnx(source: Source, out: str, task: str | None, patch_size: int | None,

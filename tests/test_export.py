@@ -479,6 +479,44 @@ def test_a_num_heads_that_contradicts_the_record_is_refused_naming_both(tmp_path
     assert not onnx.exists() and not again.exists()
 
 
+def test_tasks_that_contradict_the_record_or_the_heads_scales_are_refused(tmp_path, capsys):
+    path, _ = save_run(tmp_path / "run")  # its training.json: sr2+derain+denoise30
+    out = tmp_path / "ipt.safetensors"
+    assert export.main([path, str(out), "--tasks", "derain+sr2+denoise30"]) == 2
+    assert f"--tasks derain+sr2+denoise30 contradicts {tmp_path / 'run' / utility.TRAINING_RECORD}, " \
+           f"which records tasks sr2+derain+denoise30" in one_line(capsys)
+    authors, _ = save_run(tmp_path / "authors", record=False)  # no record; heads of scales 2+1+1
+    for tasks in ("denoise30+sr2+derain", "x+y+z", "sr2+derain", "sr2+derain+derain", "sr2+sr1+derain"):
+        assert export.main([authors, str(out), "--num_heads", "4", "--tasks", tasks]) == 2
+        assert f"--tasks {tasks}: {authors}'s heads have the scales 2+1+1" in one_line(capsys)
+    assert not out.exists()
+    assert export.main([authors, str(out), "--num_heads", "4", "--tasks", "sr2+denoise50+derain"]) == 0
+    assert json.loads(read_safetensors_metadata(str(out))[ARCHITECTURE_METADATA])["tasks"] == \
+        "sr2+denoise50+derain"
+
+
+NO_POS_NO_MLP = IPTConfig(scale=[1], n_feats=16, num_heads=4, num_layers=1, num_queries=1,
+                          task_names=["derain"], no_pos=True, no_mlp=True)  # any --patch_size fits
+
+
+def test_a_patch_size_whose_attention_cannot_fit_is_refused_before_anything_is_built(tmp_path, capsys,
+                                                                                     monkeypatch):
+    path, _ = save_run(tmp_path / "run", NO_POS_NO_MLP)
+    monkeypatch.setattr(utility, "available_memory", lambda: 2 ** 30)
+
+    def never(*args):
+        raise AssertionError("a network was built")
+    monkeypatch.setattr(export, "built", never)
+    out = tmp_path / "ipt.onnx"
+    # 200^2 tokens: 3 copies x 2 tiles x 4 heads x 200^4 x 4 bytes = 154 GB of attention scores
+    assert export.main([path, str(out), "--patch_size", "600"]) == 2
+    assert one_line(capsys) == ("export.py: --patch_size 600: the attention scores of the 2 tiles the "
+                                "graph is checked on would not fit in the 1.0 GiB of memory available: "
+                                "give --patch_size 171 or less")
+    assert export.tile_size(NO_POS_NO_MLP, 171) == 171  # 57^4 x 96 bytes fit in 1 GiB, 58^4 x 96 not
+    assert not out.exists() and not leftovers(tmp_path)
+
+
 def test_messages_name_the_checkpoint_argument(tmp_path, capsys):
     out = str(tmp_path / "ipt.safetensors")
     for checkpoint, words in ((tmp_path / "missing.pt", "does not exist (check CHECKPOINT)"),
