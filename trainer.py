@@ -151,6 +151,7 @@ class Trainer(checkpointing.Checkpointing):
         # the length the learning-rate schedule spans: a resumed run keeps the one it started with
         self.schedule_steps = schedule_steps or total_steps
         self.interrupted = False
+        self.stop = stops.StopSignals()  # entered by fit; a stop during a validation is set in it too
         self.device = next(model.parameters()).device
         self.optimizer = make_optimizer(settings, model.parameters())
         t = settings
@@ -201,7 +202,7 @@ class Trainer(checkpointing.Checkpointing):
         status = 0
         # the handler stays until the final save is written: a signal then (torchrun stopping
         # the other ranks of a failed job, a second Ctrl-C) cannot cut that save short
-        with stops.StopSignals() as stop:
+        with self.stop as stop:
             try:
                 batches = iter(self.batches(p.step))
                 while p.step < self.total_steps and not self._stop_agreed(stop.received):
@@ -390,7 +391,13 @@ class Trainer(checkpointing.Checkpointing):
         """Evaluate on --data_test (rank 0) and keep the best model by mean PSNR."""
         if self.rank != 0:
             return
-        psnr, previews = self.validate(self.eval_net, self.progress.step)
+        try:  # a validation can outlast Slurm's --signal warning: a stop ends it, and training
+            with stops.StopSignals(raise_=True):
+                psnr, previews = self.validate(self.eval_net, self.progress.step)
+        except KeyboardInterrupt as e:  # no report of this step; the state is saved as after any step
+            self.stop.received = stops.stop_signal(e)
+            log.warning("the validation of step %d stopped: its results are not kept", self.progress.step)
+            return
         p = self.progress
         if self.writer is not None:
             for name, value in psnr.items():

@@ -479,3 +479,28 @@ def test_a_bad_train_seconds_is_refused_by_both_readers(tmp_path, value):
     record = records.read_training_record(str(tmp_path / "model" / "model_latest.pt"))
     assert records.problem({**record, "train_seconds": value}, records.TRAINING).startswith(
         "key 'train_seconds': ")
+
+
+def test_a_stop_during_a_validation_ends_it_and_saves_that_step(tmp_path, monkeypatch, caplog):
+    """A stop only set a flag: the validation ran to its end (minutes on full test sets, past Slurm's
+    --signal warning and torchrun's shutdown timeout) and wrote its report before the run stopped."""
+    import signal
+
+    import evaluation
+    import main as cli
+    finished = []
+
+    def validator(model, ev, inference, check=False):
+        def validate(net, step):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            finished.append(step)  # not reached: the stop is raised in the validation
+            return {"Sample/sr2": 30.0}, {}
+        return validate
+
+    monkeypatch.setattr(evaluation, "validator", validator)
+    argv = [*CLI, "--data_test", "Sample", "--test_every", "2", "--max_steps", "6", "--save", str(tmp_path)]
+    assert cli.main(argv) == 130 and finished == []
+    assert checkpointing.read_state(os.path.join(tmp_path, utility.STATE_NAME))["progress"]["step"] == 2
+    said = [m for r in caplog.records if r.levelno >= 30 and not (m := r.getMessage()).startswith("derain")]
+    assert said[:2] == ["the validation of step 2 stopped: its results are not kept",
+                        "SIGUSR1 received: saving the training state and stopping"], said
