@@ -221,9 +221,9 @@ class Checkpointing:
 
 def after_failed_save(save: str) -> str:
     """What to do after a save failed: continue from the state saved before, or start again."""
-    if os.path.isfile(os.path.join(save, STATE_NAME)):
-        return "make room and continue with --resume"
-    return "make room and start again (nothing was saved yet)"
+    if os.path.isfile(os.path.join(save, STATE_NAME)):  # after the reason: no room, a folder in the way...
+        return "fix that and continue with --resume"
+    return "fix that and start again (nothing was saved yet)"
 
 
 @dataclass

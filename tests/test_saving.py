@@ -227,7 +227,8 @@ def test_a_full_disk_says_resume_only_when_a_state_was_saved(tmp_path, monkeypat
         caplog.clear()
         assert cli.fit(make_trainer(tmp_path / str(fails), 9)) == 1
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-        assert errors and all(e.endswith("make room and " + advice) for e in errors), errors
+        assert errors and all(e.endswith("(No space left on device); fix that and " + advice)
+                              for e in errors), errors
 
 
 def test_a_save_failing_in_the_writer_ends_the_run_as_a_synchronous_one(tmp_path, monkeypatch, caplog):
