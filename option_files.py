@@ -276,4 +276,6 @@ def _config_scalar(value: object) -> str:
     kind = {bool: "the boolean ", list: "the list ", dict: "the mapping "}.get(type(value), "")
     if kind or not isinstance(value, (int, float, str)):
         raise ValueError(f"takes one number or text, not {kind}{_short(value)}")
+    if "\0" in str(value):  # a command line cannot hold one; a path with one fails deep inside os
+        raise ValueError(f"holds a NUL character: {_short(value)}")
     return str(value)

@@ -312,6 +312,14 @@ def test_yaml_value_that_pyyaml_cannot_build_exits_2(tmp_path, capsys):
     assert code == 2 and str(cfg) in line and "month" in line
 
 
+def test_yaml_text_with_a_nul_character_exits_2(tmp_path, capsys):
+    """It reached os.makedirs: a ValueError traceback ("embedded null byte") after the run began."""
+    cfg = tmp_path / "nul.yaml"
+    cfg.write_text('save: "runs/a\\x00b"\n')  # YAML's escape: the value holds a NUL
+    code, line = exit_line(capsys, ["--config", str(cfg)])
+    assert code == 2 and f"--config {cfg}: save: holds a NUL character" in line, line
+
+
 def test_yaml_path_that_is_a_directory_exits_2(tmp_path, capsys):
     code, line = exit_line(capsys, ["--config", str(tmp_path)])
     assert code == 2 and str(tmp_path) in line
