@@ -106,6 +106,9 @@ def validator(model: nn.Module, ev: EvalSettings, inference: InferenceSettings,
     none decoded), not at the first validation. A stop signal raised in it (KeyboardInterrupt)
     goes through to the trainer, which stops the run: no report of that step is written."""
     sets = [d for d in ev.data_test if d != "Demo"]
+    if "Demo" in ev.data_test:
+        log.info("Demo is restored by --test_only only: training validates on %s",
+                 ", ".join(sets) if sets else "no test set (no validation)")
     if not sets:
         return None
     task_ids = list(range(len(model.task_names)))

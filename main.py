@@ -115,6 +115,8 @@ def run(args: argparse.Namespace, s: run_settings.Settings, device: torch.device
                     "model)", args.architecture_source, key)
     if s.run.test_only and (given := option.training_options_given(args)):
         log.warning("training options have no effect with --test_only: %s", " ".join(given))
+    if inert := option.inert_options_given(args):
+        log.warning("options that have no effect here: %s", "; ".join(inert))
     torch.manual_seed(s.run.seed)
     if s.compile:
         check_compiler()

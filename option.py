@@ -11,6 +11,7 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Callable
 
 import option_table as table
 import stops
@@ -500,6 +501,21 @@ def _data_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
             raise ValueError(f"--data_range {text!r}: {first}-{last} is no range of image numbers "
                              f"(from 1, FIRST <= LAST), like 1-800/801-810")
     return train, test
+
+
+# options that do nothing without another: name -> (what it needs, whether the parsed options have it)
+NEEDS: dict[str, tuple[str, Callable[[argparse.Namespace], bool]]] = {
+    "save_gt": ("--save_results", lambda a: a.save_results),
+    "sigma": ("--denoise", lambda a: a.denoise),
+    "test_noise": ("a denoise<sigma> head", lambda a: any(t.startswith("denoise") for t in a.task_names)),
+    "dir_demo": ("Demo in --data_test", lambda a: "Demo" in a.data_test),
+}
+
+
+def inert_options_given(args: argparse.Namespace) -> list[str]:
+    """The options given on the command line that do nothing with the others, each with its need."""
+    return [f"--{name} needs {what}" for name, (what, holds) in NEEDS.items()
+            if name in args.command_line and not holds(args)]
 
 
 def training_options_given(args: argparse.Namespace) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from option import build_parser, parse_args, refused_options, settings
+from option import build_parser, inert_options_given, parse_args, refused_options, settings
 from option_table import OPTIONS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -418,3 +418,14 @@ def test_the_options_reference_is_generated_and_up_to_date():
         assert f.read() == expected, "docs/OPTIONS.md is stale: run python -m scripts.options_doc"
     flags = [flag for action in build_parser()._actions[1:] for flag in action.option_strings]  # [0]: --help
     assert flags and all(f"| {flag} |" in expected or f"| {flag}, " in expected for flag in flags)
+
+
+def test_options_that_do_nothing_without_another_are_named():
+    """--save_gt without --save_results, --sigma without --denoise, --test_noise without a denoising
+    head and --dir_demo without Demo were taken without a word, and changed nothing."""
+    alone = ["--save_gt", "--sigma", "50", "--test_noise", "unclipped", "--dir_demo", "photos"]
+    assert inert_options_given(parse_args(["--test_only", "--data_test", "Sample", *alone])) == [
+        "--save_gt needs --save_results", "--sigma needs --denoise",
+        "--test_noise needs a denoise<sigma> head", "--dir_demo needs Demo in --data_test"]
+    needed = ["--save_results", "--denoise", "--data_test", "Sample+Demo"]
+    assert inert_options_given(parse_args(["--test_only", *alone, *needed])) == []
