@@ -244,11 +244,12 @@ def read_state(path: str) -> dict:
     """A training state written by ``Trainer.save``, read weights-only (no code can run) and
     checked by records.STATE; StateError in one line otherwise."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with utility.quiet_pickle_notes():
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle refusals, truncated or foreign files
         raise StateError(f"cannot read the training state {path}: {utility.load_failure(e)} (not "
-                         f"a state.pt written by this program, or damaged; start afresh with "
-                         f"--reset)") from None
+                         f"a state.pt written by this program, or damaged; move it away, or start "
+                         f"afresh with --reset)") from None
     fix = "start afresh with --reset (or another --save)"
     try:
         records.check(state, records.STATE, f"{path} is damaged or not a training state of this program",

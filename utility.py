@@ -13,7 +13,8 @@ import re
 import stat
 import subprocess
 import sys
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # loads no torch: option parsing, which uses this module, answers before torch loads
@@ -134,6 +135,15 @@ ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
 # load_state_dict's list of the keys that do not fit: never shown
 TORCH_ADVICE = re.compile(r"weights.only|Weights only load failed|Check the documentation|"
                           r"^Error\(s\) in loading state_dict", re.I)
+
+
+@contextlib.contextmanager
+def quiet_pickle_notes() -> Iterator[None]:
+    """Within: torch.load's note on a pickle protocol other than torch's (two lines of its source
+    on stderr, before it reads or refuses the file) is not shown; a refusal is load_failure's line."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        yield
 
 
 def load_failure(error: BaseException) -> str:

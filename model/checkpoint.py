@@ -50,7 +50,8 @@ def read_checkpoint(path: str, argument: str = "--pretrain") -> tuple[dict[str, 
             for block in iter(lambda: f.read(HASH_BLOCK), b""):
                 digest.update(block)
             f.seek(0)
-            obj = torch.load(f, map_location="cpu", weights_only=True)
+            with utility.quiet_pickle_notes():
+                obj = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle errors, truncated files, non-tensor payloads
             raise CheckpointError(f"cannot read checkpoint {path!r}: {utility.load_failure(e)}") from None
     return unwrap_state_dict(obj, path), digest.hexdigest()

@@ -75,6 +75,21 @@ def test_planted_checkpoint_runs_no_code(tmp_path, caplog):
     assert str(ckpt) in caplog.text
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # pytest would catch torch's note, not print it
+def test_a_raw_pickle_is_refused_in_one_line(tmp_path, capfd):
+    """A pickle of protocol 4 (not torch.save's) printed torch's two-line UserWarning before the
+    refusal, and --auto_resume was told to --reset, which it refuses."""
+    import pickle
+    run, marker = tmp_path / "run", tmp_path / "marker"
+    run.mkdir()
+    with open(run / checkpointing.STATE_NAME, "wb") as f:
+        pickle.dump(Planted(str(marker)), f, protocol=4)
+    assert cli.main([*TRAIN, "--max_steps", "2", "--save", str(run), "--auto_resume"]) == 1
+    err = capfd.readouterr().err
+    assert not marker.exists() and "pickle protocol" not in err, err
+    assert err.strip().splitlines()[-1].endswith("damaged; move it away, or start afresh with --reset)")
+
+
 def test_training_state_round_trips_weights_only(tmp_path):
     run = tmp_path / "run"
     assert cli.main([*TRAIN, "--max_steps", "2", "--save", str(run)]) == 0
