@@ -372,6 +372,8 @@ def check_fits(model: nn.Module, state: Mapping[str, Tensor], path: str) -> None
             lines.append(f"  {title} keys ({len(items)}): {_shorten(items)}")
     differing = missing + unexpected + misshaped
     hints = [option for pattern, option in HINTS if any(re.search(pattern, k) for k in differing)]
+    if not set(own) & set(state):  # every key differs: the other architecture's file, or no model's
+        hints = ["--model (the file shares no key with this network)"]
     if hints:
         lines.append("  options that probably differ: " + ", ".join(hints))
     read_off = ipt_options_of(state)

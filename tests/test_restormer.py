@@ -121,3 +121,14 @@ def test_options_refuse_the_other_architecture():
     model = build_model(settings(args).model)
     assert isinstance(model, Restormer) and model.task_names == ["derain"]
     assert not any(k.endswith("norm1.body.bias") for k in model.state_dict())
+
+
+def test_the_other_architectures_file_says_model(tmp_path, fixture):
+    """Restormer weights given to IPT listed a dozen IPT and Restormer options, never --model."""
+    path = tmp_path / "restormer.pth"
+    torch.save({"params": fixture["BiasFree"]["params"]}, path)
+    tiny = ["--n_feats", "16", "--num_heads", "4", "--num_layers", "1"]
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(build_model(settings(parse_args(tiny)).model), str(path))
+    hint = "options that probably differ: --model (the file shares no key with this network)"
+    assert hint in str(refused.value)
