@@ -36,7 +36,7 @@ def rank() -> int:
 
 def pick_device(cpu: bool) -> torch.device:
     """CUDA (this process's GPU under torchrun) unless ``cpu`` or none is present."""
-    local = int(os.environ.get("LOCAL_RANK", "0"))
+    local = utility.torchrun_count("LOCAL_RANK", 0)
     return torch.device(f"cuda:{local}" if torch.cuda.is_available() and not cpu else "cpu")
 
 

@@ -25,7 +25,8 @@ if __name__ == "__main__":
         option.build_parser().print_help()
         sys.exit(0)
     # a bad torchrun count or option: one line and exit 2, before torch loads
-    utility.torchrun_count("WORLD_SIZE", 1), utility.torchrun_count("RANK", 0)
+    for name, default in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)):
+        utility.torchrun_count(name, default)
     ARGS = option.parse_args(sys.argv[1:])
 
 import argparse  # noqa: E402
@@ -66,8 +67,7 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
     utility.close_logging()  # set up again once the run directory is ours
     try:
         prepare_run_dir(s.run)
-        join = world > 1 and not s.run.test_only
-        with distributed.process_group(device, s.run.dist_timeout) if join else contextlib.nullcontext():
+        with distributed.process_group(device, s.run.dist_timeout) if world > 1 else contextlib.nullcontext():
             return locked_run(args, s, device, argv, rank, world)
     except ENDS_JOB as e:  # every error that ends the job, said once
         if str(e) and log.handlers:  # the run's log is set up: it says it (log.txt, stderr)

@@ -474,6 +474,8 @@ def _check_run(args: argparse.Namespace) -> None:
         raise ValueError("--save: give a run directory")
     if args.resume < -1:
         raise ValueError(f"--resume {args.resume}: give a bare --resume, or N >= 1 with --test_only")
+    if args.test_only and os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # each rank would do it all
+        raise ValueError("--test_only runs as one process: start it with python main.py, not torchrun")
     if args.resume > 0 and not args.test_only:
         raise ValueError(f"--resume {args.resume} picks model/model_{args.resume}.pt for --test_only; "
                          "training always continues from the run directory's state.pt: give a bare --resume")

@@ -1,4 +1,4 @@
-"""Stop signals: SIGINT, SIGTERM and SIGUSR1 end any command cleanly, in one line, exit 130
+"""Stop signals: SIGINT, SIGTERM, SIGUSR1 and SIGHUP end any command cleanly, in one line, exit 130
 (``StopSignals``, ``early``; ``ignore_stop_signals`` in loader workers, ``stop_when_orphaned`` in
 torchrun ranks). It imports nothing heavy (no torch), so that ``early`` can run first."""
 from __future__ import annotations
@@ -14,8 +14,9 @@ import sys
 import threading
 import time
 
-# What a terminal (SIGINT), timeout/Slurm/Kubernetes (SIGTERM) and Slurm's --signal (SIGUSR1) send
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+# What a terminal (SIGINT; SIGHUP when it closes, as torchrun forwards it), timeout/Slurm/Kubernetes
+# (SIGTERM) and Slurm's --signal (SIGUSR1) send
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 INTERRUPTED = 130  # the exit status of a run stopped by a signal (128 + SIGINT), as shells use
 
 

@@ -229,10 +229,11 @@ class Trainer(checkpointing.Checkpointing):
                 bar.close()
                 saved = self._save_on_exit()
                 how = "finished" if p.step >= self.total_steps else "stopped"
+                whose = " by this process (rank 0)" if self.world_size > 1 else ""  # no collective here
                 log.info("%s at step %d of %d after %.1f s of training steps; %d step(s) skipped "
-                         "for non-finite losses; %d training file read(s) skipped (unreadable or "
+                         "for non-finite losses; %d training file read(s) skipped%s (unreadable or "
                          "smaller than the crop)", how, p.step, self.total_steps, self.train_seconds,
-                         p.nonfinite_total, sum(self.skipped_files.values()))
+                         p.nonfinite_total, sum(self.skipped_files.values()), whose)
         if self.interrupted and saved:
             log.info(checkpointing.RESUME_HINT)
             return INTERRUPTED

@@ -429,3 +429,11 @@ def test_options_that_do_nothing_without_another_are_named():
         "--test_noise needs a denoise<sigma> head", "--dir_demo needs Demo in --data_test"]
     needed = ["--save_results", "--denoise", "--data_test", "Sample+Demo"]
     assert inert_options_given(parse_args(["--test_only", *alone, *needed])) == []
+
+
+def test_test_only_under_torchrun_is_refused(capsys, monkeypatch):
+    """Each rank evaluated every set into the one folder, and ranks other than 0 went on writing
+    there when rank 0 was refused the folder's lock (no process group joins a --test_only)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, line = exit_line(capsys, ["--test_only", "--data_test", "Sample"])
+    assert code == 2 and "--test_only runs as one process: start it with python main.py, not torchrun" in line

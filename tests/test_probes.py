@@ -109,7 +109,8 @@ def test_a_stop_signal_saves_the_step_it_stopped_at_and_exits_130(tmp_path, work
     assert not [n for n in os.listdir(run) if n.endswith(".tmp") or n == runfolder.LOCK_NAME]
 
 
-@pytest.mark.parametrize("name,value", [("WORLD_SIZE", "abc"), ("WORLD_SIZE", "0"), ("RANK", "-1")])
+@pytest.mark.parametrize("name,value", [("WORLD_SIZE", "abc"), ("WORLD_SIZE", "0"), ("RANK", "-1"),
+                                        ("LOCAL_RANK", "x")])  # it was a ValueError traceback
 def test_a_bad_torchrun_variable_is_one_line_before_torch_loads(tmp_path, name, value):
     result = subprocess.run([sys.executable, "-X", "importtime", "main.py", *TRAIN, "--max_steps", "1",
                              "--save", str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True,

@@ -516,6 +516,9 @@ def test_stop_signals_set_the_flag_or_raise(tmp_path):
     with stops.StopSignals() as stop:
         os.kill(os.getpid(), signal.SIGUSR1)
     assert stop.received == signal.SIGUSR1
+    with stops.StopSignals() as stop:  # a closed terminal, or ssh session: it killed a run unsaved
+        os.kill(os.getpid(), signal.SIGHUP)
+    assert stop.received == signal.SIGHUP
     with pytest.raises(stops.Interrupted) as err, stops.StopSignals(raise_=True):
         os.kill(os.getpid(), signal.SIGTERM)
     assert err.value.signum == signal.SIGTERM and isinstance(err.value, KeyboardInterrupt)
