@@ -30,6 +30,7 @@ MAX_DIST_TIMEOUT = 7 * 24 * 3600  # a week: longer waits overflow timedelta and 
 # time is 256; more only makes a step slower to reach
 MAX_ACCUMULATE = 4096
 MAX_RGB_RANGE = 65535  # 16-bit pixels: larger ranges describe no image (and overflow the mean shift)
+OFFICIAL_TILE_MULTIPLE = 4  # the authors' tiling (model/tiling.py) steps by a quarter of the patch
 RESUME_DERIVED = ("task_names", "task_id")  # what --tasks/--task/--denoise/... resolve to
 PATH_OPTIONS = ("config", "dir_data", "dir_demo", "pretrain", "save", "streaks_dir")
 # how long a torchrun rank other than 0 that meets a bad option waits for torchrun's SIGTERM (sent
@@ -123,6 +124,7 @@ def _finish(args: argparse.Namespace) -> None:
     args.data_test = _test_sets(args)  # from here on torch is loaded (the test sets' module needs it)
     _check_device(args)
     _check_memory(args)
+    _check_tiling(args)
     _check_run(args)
     _check_training_data(args)
     if args.epochs == 0:
@@ -296,6 +298,9 @@ def _check_ipt(args: argparse.Namespace) -> None:
     if (args.n_feats * args.patch_dim ** 2) % args.num_heads:
         raise ValueError(f"--num_heads {args.num_heads} does not divide the token width "
                          f"n_feats * patch_dim^2 = {args.n_feats * args.patch_dim ** 2}")
+    if "mim" in args.task_names and args.patch_size // args.patch_dim < 2:  # else every mim loss is NaN
+        raise ValueError(f"--tasks ...+mim masks some tokens of a patch and keeps others: --patch_size "
+                         f"{args.patch_size} / --patch_dim {args.patch_dim} must give 2 or more a side")
     if args.pos_every and args.no_pos:
         raise ValueError("--pos_every needs a position embedding: drop --no_pos")
     if args.chop == "whole":  # the model's own ValueError came as a traceback from evaluation
@@ -311,6 +316,17 @@ def _check_ipt(args: argparse.Namespace) -> None:
         if args.init_from != "none" and not TASK_NAME.match(args.init_from):
             raise ValueError(f"--init_from {args.init_from}: give a head name of --pretrain's "
                              f"file (like mim) or none")
+
+
+def _check_tiling(args: argparse.Namespace) -> None:
+    """The authors' tiling fits IPT's patch, when images are restored (else a traceback at the first
+    validation, maybe after hours of training)."""
+    restores = args.test_only or any(name != "Demo" for name in args.data_test)  # training skips Demo
+    if args.model == "ipt" and restores and args.chop in ("auto", "official") \
+            and args.patch_size % OFFICIAL_TILE_MULTIPLE:
+        raise ValueError(f"--patch_size {args.patch_size}: the authors' tiling (--chop {args.chop}) "
+                         f"steps by a quarter patch, so it needs a multiple of {OFFICIAL_TILE_MULTIPLE} "
+                         f"(and of --patch_dim); or give --chop fast")
 
 
 def _check_progressive(args: argparse.Namespace) -> None:

@@ -437,3 +437,20 @@ def test_test_only_under_torchrun_is_refused(capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     code, line = exit_line(capsys, ["--test_only", "--data_test", "Sample"])
     assert code == 2 and "--test_only runs as one process: start it with python main.py, not torchrun" in line
+
+
+@pytest.mark.parametrize("argv,words", [
+    # a traceback at the first validation (after --test_every steps), or at once with --test_only
+    ("--patch_size 15 --test_only", "--patch_size 15: the authors' tiling (--chop auto) steps by a quarter"),
+    ("--patch_size 30 --chop official --data_test Set5", "--patch_size 30: the authors' tiling"),
+    # every mim loss was NaN (no token to mask beside one to keep): steps skipped, exit 0
+    ("--tasks sr2+mim --patch_size 6 --patch_dim 6 --chop fast", "must give 2 or more a side"),
+])
+def test_sizes_the_tiling_or_mim_cannot_use_are_refused(capsys, argv, words):
+    code, line = exit_line(capsys, argv.split())
+    assert code == 2 and words in line, line
+
+
+def test_a_patch_the_authors_tiling_cannot_cut_is_taken_where_nothing_is_tiled():
+    for argv in ("--patch_size 15 --chop fast --test_only", "--patch_size 6 --data_test Demo"):
+        assert parse_args(argv.split()).patch_size in (15, 6)
