@@ -32,6 +32,7 @@ if __name__ == "__main__":
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
+import glob  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
 
@@ -334,8 +335,12 @@ def previous_state(args: argparse.Namespace, r: run_settings.RunSettings) -> dic
         if os.path.isfile(state_path) and not r.reset:
             raise JobError(f"{r.save} already holds a training run: continue it with --resume, or "
                            f"start afresh with --reset (or another --save)")
-        with contextlib.suppress(FileNotFoundError):  # it describes the run being replaced
-            os.remove(os.path.join(r.save, "model", utility.TRAINING_RECORD))
+        replaced = [os.path.join(r.save, "model", utility.TRAINING_RECORD)]  # it describes that run
+        if r.reset:  # and its state and weights: a --resume (or --test_only --resume) would take them
+            replaced += [state_path, *glob.glob(os.path.join(glob.escape(r.save), "model", "model_*"))]
+        for path in replaced:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
         return None
     if os.path.lexists(state_path) and not os.path.isfile(state_path):
         raise JobError(f"--resume: {state_path} is not a regular file (a pipe, a folder or a broken link): "

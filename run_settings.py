@@ -38,12 +38,13 @@ class RunSettings:
     @property
     def checkpoint(self) -> str:
         """The file to load: --pretrain, or the run directory's model for the authors' --resume
-        (RUN/model/STEM.pt, or STEM.safetensors when only that one exists)."""
+        (RUN/model/STEM.pt or STEM.safetensors, the newer when both exist: a run resumed with
+        another --save_format leaves the other format's file of an earlier step)."""
         if self.pretrain or not self.resume:
             return self.pretrain
         stem = "model_latest" if self.resume == -1 else f"model_{self.resume}"
         paths = [os.path.join(self.save, "model", stem + suffix) for suffix in WEIGHT_SUFFIXES]
-        return next((p for p in paths if os.path.exists(p)), paths[0])
+        return max((p for p in paths if os.path.exists(p)), key=os.path.getmtime, default=paths[0])
 
     @property
     def checkpoint_option(self) -> str:

@@ -504,3 +504,20 @@ def test_a_stop_during_a_validation_ends_it_and_saves_that_step(tmp_path, monkey
     said = [m for r in caplog.records if r.levelno >= 30 and not (m := r.getMessage()).startswith("derain")]
     assert said[:2] == ["the validation of step 2 stopped: its results are not kept",
                         "SIGUSR1 received: saving the training state and stopping"], said
+
+
+def test_reset_and_a_new_save_format_leave_no_earlier_weights_to_load(tmp_path):
+    """--reset removed only training.json: a --test_only --resume then evaluated the replaced run's
+    model_latest.pt, and after a resume with --save_format safetensors the stale .pt of an earlier
+    step was still the file --resume picked."""
+    import main as cli
+    run = str(tmp_path / "run")
+    safetensors = ["--save_format", "safetensors"]
+    assert cli.main([*CLI, "--max_steps", "2", "--save", run]) == 0
+    assert cli.main([*CLI, "--max_steps", "4", "--save", run, "--resume", *safetensors]) == 0
+    chosen = settings(parse_args(["--test_only", "--resume", "--save", run])).run.checkpoint
+    assert chosen == os.path.join(run, "model", "model_latest.safetensors")
+    assert cli.main([*CLI, "--max_steps", "1", "--save", run, "--reset", *safetensors]) == 0
+    assert sorted(os.listdir(os.path.join(run, "model"))) == [
+        "model_latest.safetensors", utility.TRAINING_RECORD]
+    assert checkpointing.read_state(os.path.join(run, utility.STATE_NAME))["progress"]["step"] == 1
