@@ -527,6 +527,15 @@ NEEDS: dict[str, tuple[str, Callable[[argparse.Namespace], bool]]] = {
     "sigma": ("--denoise", lambda a: a.denoise),
     "test_noise": ("a denoise<sigma> head", lambda a: any(t.startswith("denoise") for t in a.task_names)),
     "dir_demo": ("Demo in --data_test", lambda a: "Demo" in a.data_test),
+    "save_results": ("--test_only (validations write no image)", lambda a: a.test_only),
+    "self_ensemble": ("--test_only (validations run without it)", lambda a: a.test_only),
+    "tile_size": ("--chop fast", lambda a: a.chop == "fast"),
+    "mask_ratio": ("a mim head", lambda a: "mim" in a.task_names),
+    "con_weight": ("--con_loss", lambda a: a.con_loss),
+    "decay": ("--schedule step", lambda a: a.schedule == "step"),
+    "gamma": ("--schedule step", lambda a: a.schedule == "step"),
+    "warmup_steps": ("--schedule cosine", lambda a: a.schedule == "cosine"),
+    "momentum": ("--optimizer SGD or RMSprop", lambda a: a.optimizer in ("SGD", "RMSprop")),
 }
 
 

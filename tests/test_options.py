@@ -454,3 +454,18 @@ def test_sizes_the_tiling_or_mim_cannot_use_are_refused(capsys, argv, words):
 def test_a_patch_the_authors_tiling_cannot_cut_is_taken_where_nothing_is_tiled():
     for argv in ("--patch_size 15 --chop fast --test_only", "--patch_size 6 --data_test Demo"):
         assert parse_args(argv.split()).patch_size in (15, 6)
+
+
+def test_training_options_that_do_nothing_with_the_others_are_named():
+    given = ["--mask_ratio", "0.3", "--con_weight", "0.5", "--decay", "1-2", "--gamma", "0.1",
+             "--schedule", "cosine", "--momentum", "0.5", "--self_ensemble", "--save_results"]
+    assert inert_options_given(parse_args(["--data_train", "Sample", *given])) == [
+        "--save_results needs --test_only (validations write no image)",
+        "--self_ensemble needs --test_only (validations run without it)", "--mask_ratio needs a mim head",
+        "--con_weight needs --con_loss", "--decay needs --schedule step", "--gamma needs --schedule step",
+        "--momentum needs --optimizer SGD or RMSprop"]
+    used = ["--tasks", "sr2+mim", "--con_loss", "--optimizer", "SGD", "--schedule", "cosine",
+            "--warmup_steps", "5", "--mask_ratio", "0.3", "--con_weight", "0.5", "--momentum", "0.5"]
+    assert inert_options_given(parse_args(["--data_train", "Sample", *used])) == []
+    restormer = ["--model", "restormer", "--task", "denoise30", "--tile_size", "64", "--test_only"]
+    assert inert_options_given(parse_args(restormer)) == ["--tile_size needs --chop fast"]
