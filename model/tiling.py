@@ -79,6 +79,8 @@ def restore(model: nn.Module, x: Tensor, task_id: int = 0, mode: str = "auto",
     if mode == "official" and not getattr(model, "patch_size", None):
         raise ValueError(f"official tiling is IPT's forward_chop; {type(model).__name__} runs "
                          "whole, or in fast tiles")
+    if mode == "fast" and not getattr(model, "patch_size", None) and patch >= max(x.shape[-2:]):
+        mode = "whole"  # one tile holds the image: it would only add padding, up to tile_size squared
     scale = model.scale[task_id] if hasattr(model, "scale") else 1
 
     def run(v: Tensor) -> Tensor:

@@ -105,6 +105,11 @@ def test_auto_runs_whole_and_fast_tiles(fixture):
     assert (tiled - whole).abs().mean().item() < 0.05 * 255  # near, not equal: MDTA sees the tile
     with pytest.raises(ValueError, match="official"):
         restore(model, x, mode="official", tile_size=32)
+    calls.clear()  # a tile that holds the image runs it whole: --tile_size 100000 padded to 10^10 pixels
+    hook = model.register_forward_pre_hook(lambda m, inp: calls.append(tuple(inp[0].shape)))
+    assert torch.equal(restore(model, x, mode="fast", tile_size=100_000), whole)
+    hook.remove()
+    assert calls == [(1, 3, 50, 70)]
 
 
 def test_options_refuse_the_other_architecture():
