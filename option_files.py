@@ -34,13 +34,16 @@ def take_recorded_architecture(args: argparse.Namespace, given: set[str]) -> Non
     command line wins. Sets args.architecture_from (the options taken, for the log),
     args.architecture_source and args.pretrain_tasks (the checkpoint's head names, or None)."""
     args.architecture_from, args.architecture_ignored, args.pretrain_tasks = [], [], None
-    if not args.pretrain:
+    path, option = args.pretrain, f"--pretrain {args.pretrain}"
+    if not path and args.test_only and args.resume:  # the run's own weights: RUN/model/training.json
+        path, option = os.path.join(args.save, "model", "model_latest.pt"), "--resume"
+    if not path:
         return
     from utility import RecordError
     try:
-        record, source = pretrain_record(args.pretrain)
+        record, source = pretrain_record(path)
     except RecordError as e:
-        raise ValueError(f"--pretrain {args.pretrain}: {e}") from None
+        raise ValueError(f"{option}: {e}") from None
     if record is None:
         return
     args.architecture_source = source

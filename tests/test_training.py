@@ -521,3 +521,14 @@ def test_reset_and_a_new_save_format_leave_no_earlier_weights_to_load(tmp_path):
     assert sorted(os.listdir(os.path.join(run, "model"))) == [
         "model_latest.safetensors", utility.TRAINING_RECORD]
     assert checkpointing.read_state(os.path.join(run, utility.STATE_NAME))["progress"]["step"] == 1
+
+
+def test_test_only_resume_takes_the_model_options_of_the_runs_record(tmp_path):
+    """--test_only --resume built the default model (n_feats 64, 12 layers) and failed to load the
+    run's own weights; --pretrain of the same file read the options from training.json."""
+    import main as cli
+    run = str(tmp_path / "run")
+    assert cli.main([*CLI, "--max_steps", "2", "--save", run]) == 0
+    args = parse_args(["--test_only", "--resume", "--save", run, "--data_test", "Sample", "--chop", "fast"])
+    assert (args.n_feats, args.num_heads, args.num_layers, args.task_names) == (16, 4, 1, ["sr2", "derain"])
+    assert args.architecture_source == os.path.join(run, "model", utility.TRAINING_RECORD)
