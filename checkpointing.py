@@ -21,7 +21,9 @@ from utility import STATE_NAME
 
 log = logging.getLogger("ipt")
 SAVE_FAILED = "training state not saved: %s; %s"
-RESUME_HINT = "interrupted: continue this run with the same command and --resume"
+# --auto_resume, not --resume: a run started from --pretrain keeps it (its model options), and
+# --resume is refused beside --pretrain and --reset
+RESUME_HINT = "interrupted: continue this run with the same command and --auto_resume (in place of --reset)"
 
 
 @dataclass

@@ -132,8 +132,9 @@ def arguments(p: Phase, how: str, threads: int = 0) -> list[str]:
     ``threads`` compute threads (0: main.py's choice)."""
     args = ["--config", CONFIG, *p.options, "--save", p.save]
     args += ["--threads", str(threads)] if threads else []
-    if how == "resume":
-        return [*args, "--resume"]  # the weights come from RUN/state.pt, not --pretrain
+    if how == "resume":  # the weights come from RUN/state.pt; a fine-tune's model options from
+        # --pretrain's record, as when it started (--auto_resume loads those weights only afresh)
+        return [*args, "--pretrain", p.source, "--auto_resume"] if p.source else [*args, "--resume"]
     if p.source:
         args += ["--pretrain", p.source]
     return [*args, "--reset"] if p.steps else args

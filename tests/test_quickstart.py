@@ -133,8 +133,10 @@ def test_resume_runs_only_the_remaining_phases(monkeypatch, tmp_path, capsys):
     fine = os.path.join(out, "finetune_sr2")
     assert [option(c, "--save") for c in fake.calls] == [
         fine, os.path.join(out, "eval_sr2"), os.path.join(out, "eval_pretrained")]
-    assert "--resume" in fake.calls[0] and "--reset" not in fake.calls[0]
-    assert "--pretrain" not in fake.calls[0]  # main.py refuses --pretrain with --resume
+    # it was --resume without --pretrain: main.py then built the default one-head model, which the
+    # state of a fine-tune of the six-head model contradicts (and it refuses --pretrain with --resume)
+    assert "--auto_resume" in fake.calls[0] and not {"--reset", "--resume"} & set(fake.calls[0])
+    assert option(fake.calls[0], "--pretrain") == os.path.join(out, "pretrain", "model", "model_latest.pt")
     printed = capsys.readouterr().out
     assert "phase 1/4: pre-train six tasks: done before, skipped" in printed
     assert "continuing at step 2 of 3" in printed
