@@ -16,13 +16,18 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 
-import torch
+import stops  # loads no torch
 
-from option import OptionParser  # errors in one line, exit status 2
-from scripts.bench_inference import bf16_section, forward_section, tiling_section
-from scripts.bench_training import compile_section, loader_section, saving_section, training_section
-from scripts.cli import FAILED, check_paths, say
-from scripts.timing import DOC, FULL, SMOKE, write_section
+if __name__ == "__main__":  # a stop is one line and exit 130, not a traceback
+    stops.early()
+
+import torch  # noqa: E402
+
+from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
+from scripts.bench_inference import bf16_section, forward_section, tiling_section  # noqa: E402
+from scripts.bench_training import compile_section, loader_section, saving_section, training_section  # noqa: E402
+from scripts.cli import FAILED, check_paths, say  # noqa: E402
+from scripts.timing import DOC, FULL, SMOKE, write_section  # noqa: E402
 
 DEFAULT_REPS = 5
 MAX_REPS = 1000  # the median of more says nothing new
