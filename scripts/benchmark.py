@@ -71,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(body)
             try:
                 write_section(args.doc, name, body)
-            except OSError as e:  # SaveError names the file and the reason; the section is printed above
+            except (OSError, UnicodeError) as e:  # SaveError names the file and the reason; the
+                # section is printed above; a doc not UTF-8 is no doc this writes
                 return say("benchmark.py", f"--doc {args.doc}: {e}", FAILED)
     finally:
         torch.set_num_threads(threads)  # as it was, for a caller in the same process (the tests)

@@ -93,6 +93,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         p.error("--dir_data: give the folder of the prepared test sets (or --report_only)")
     cli.check_limits(p, a, LIMITS)
     cli.check_paths(p, a, ["work", "records", "doc"])
+    if a.doc.lower().endswith(".png"):  # the plot beside the doc would be written over it
+        p.error(f"--doc {a.doc}: give a Markdown file; the plot is written beside it as .png")
     for name in ("options", "launcher"):
         try:
             shlex.split(getattr(a, name))

@@ -42,7 +42,8 @@ EMA_ROW = Row("none, EMA 0.995", budget="steps", ema_decay=0.995)
 VARIANTS = {"main": (RUN_ROWS, tuple(TASKS)), "ema": ((EMA_ROW,), ("sr2",))}  # -> (rows, tasks)
 POOL_TILE = 256  # training photos are cut into squares of this side (sr4 crops 192)
 PROG = "study.py"
-VALIDATION = re.compile(r"step (\d+): validation PSNR ([-\d.]+) dB")
+# the trainer's line; a step of more digits than any run takes, or no number, is no such line
+VALIDATION = re.compile(r"step (\d{1,15}): validation PSNR (-?\d+(?:\.\d+)?|nan|-?inf) dB")
 METRICS = "metrics.json"
 METRICS_MAX_BYTES = 16 << 20  # a metrics.json of a few hundred images is tens of kB
 SCORES = records.SCORES  # what the table and plot read
@@ -277,7 +278,10 @@ CONCLUSIONS = "## What the numbers show"  # written by a person: kept when the s
 
 def kept_conclusions(doc: str) -> str:
     """The doc's CONCLUSIONS section as it stands (empty when there is none yet)."""
-    text = open(doc, encoding="utf-8").read() if os.path.isfile(doc) else ""
+    try:
+        text = open(doc, encoding="utf-8").read() if os.path.isfile(doc) else ""
+    except UnicodeError:
+        raise StudyError(f"{doc}: not UTF-8 text, so no report this writes: give another --doc") from None
     return "\n" + text[text.index(CONCLUSIONS):] if CONCLUSIONS in text else ""
 
 
@@ -285,8 +289,8 @@ def write_report(records: str, doc: str) -> dict:
     """--doc and its plot (beside it, .png) from the records alone; what was found."""
     manifest = read_manifest(records)
     found = gather(records, manifest)
-    plot_path = os.path.splitext(doc)[0] + ".png"
+    plot_path, kept = os.path.splitext(doc)[0] + ".png", kept_conclusions(doc)  # read before any write
     os.makedirs(os.path.dirname(os.path.abspath(doc)), exist_ok=True)
     plot(found, plot_path)
-    runfolder.write_text(doc, report(manifest, found, os.path.basename(plot_path)) + kept_conclusions(doc))
+    runfolder.write_text(doc, report(manifest, found, os.path.basename(plot_path)) + kept)
     return found

@@ -136,7 +136,7 @@ def section(title: str, args: argparse.Namespace, paragraphs: list[str], header:
 def write_section(doc: str, name: str, body: str) -> None:
     """Replace (or append) the text between the section's markers in the doc."""
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    text = open(doc).read() if os.path.isfile(doc) and os.path.getsize(doc) else DOC_TITLE
+    text = open(doc, encoding="utf-8").read() if os.path.isfile(doc) and os.path.getsize(doc) else DOC_TITLE
     block = f"{begin}\n{body.strip()}\n{end}"
     if begin in text and end in text:
         text = text[:text.index(begin)] + block + text[text.index(end) + len(end):]

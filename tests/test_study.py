@@ -30,6 +30,9 @@ def test_a_curve_starts_at_the_input_and_follows_the_log(tmp_path):
     (tmp_path / "log.txt").write_text(
         "2026-01-01 INFO step 60: validation PSNR 30.125 dB (best 30.125 at step 60)\n"
         "2026-01-01 INFO something else\n"
+        "2026-01-01 INFO step 90: validation PSNR 1.2.3 dB\n"  # a traceback (float('1.2.3')) before
+        f"2026-01-01 INFO step {'9' * 5000}: validation PSNR 30.0 dB\n"  # int() of 5,000 digits
+        "2026-01-01 INFO step 100: validation PSNR nan dB (best 30.125 at step 60)\n"
         "2026-01-01 INFO step 120: validation PSNR 31.500 dB (best 31.500 at step 120)\n")
     (tmp_path / "metrics.json").write_text(json.dumps(
         {"results": {"Set5": {"sr2": metrics(31.5, 0.9, 29.0)}}}))
@@ -421,3 +424,18 @@ def test_the_ema_variant_joins_the_report_when_its_records_are_there(tmp_path):
     # +0.1, +0.2, +0.3: mean 0.2, sd 0.1, half-width 4.303 * 0.1 / sqrt(3) = 0.248; holds 0
     assert row[1] == str(P + F) and row[5] == "+0.200 [-0.048, +0.448]"
     assert "none, EMA" not in denoise.split("\n\n")[1]  # denoise30's table: no such row
+
+
+def test_a_doc_that_is_no_report_is_one_line_and_writes_nothing(tmp_path, capsys):
+    """A non-UTF-8 --doc was a UnicodeDecodeError traceback after the plot was written beside it;
+    a --doc ending in .png had the plot written over it, then read back as text."""
+    records = make_records(tmp_path / "records")
+    binary = tmp_path / "bin.md"
+    binary.write_bytes(b"\xff\xfe")
+    assert study.main(["--report_only", "--records", str(records), "--doc", str(binary)]) == 1
+    assert capsys.readouterr().err == f"study.py: {binary}: not UTF-8 text, so no report this writes: " \
+                                      f"give another --doc\n"
+    assert sorted(os.listdir(tmp_path)) == ["bin.md", "records"]  # no bin.png
+    with pytest.raises(SystemExit) as refused:
+        study.parse(["--report_only", "--doc", str(tmp_path / "plot.png")])
+    assert refused.value.code == 2 and "give a Markdown file" in capsys.readouterr().err
