@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         state, _ = read_checkpoint(a.input)
         names, source = head_names(a.input, a.tasks)
+        if names and all(n == "mim" for n in names):  # it wrote a file with no head at all
+            return say(PROG, f"{a.input} has only a mim head ({source}): nothing would be left for "
+                             f"the authors' code", FAILED)
         stripped = strip_mim(state, names)
         if not mim_heads(names):
             print(f"{PROG}: {a.input} has no mim head ({'+'.join(names)}, {source}); writing it unchanged")

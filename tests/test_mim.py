@@ -219,6 +219,14 @@ def test_the_strip_script_refuses_a_record_the_file_contradicts_and_names_the_dr
     assert torch.load(out, weights_only=True).keys() == sr2.state_dict().keys()
 
 
+def test_the_strip_script_refuses_a_file_of_only_a_mim_head(tmp_path, authors_model, capsys):
+    """It wrote a file with no head at all ("heads , 37 entries"), exit 0."""
+    mim = IPT(config_from(authors_model["config"], scale=[1], num_queries=1, task_names=["mim"]))
+    path, out = save(tmp_path, mim, ["mim"], "mim_only"), tmp_path / "out.pt"
+    assert strip_script().main([path, str(out)]) == 1 and not out.exists()
+    assert "has only a mim head (per training.json)" in capsys.readouterr().err
+
+
 def test_init_from_refuses_a_head_the_file_does_not_have(tmp_path, authors_model):
     sr2 = IPT(config_from(authors_model["config"], scale=[2], num_queries=1, task_names=["sr2"]))
     named = save(tmp_path, sr2, ["sr2"], "named")  # a training.json says sr2
