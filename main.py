@@ -256,9 +256,10 @@ def make_trainer(args: argparse.Namespace, s: run_settings.Settings, device: tor
         net = torch.nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=len(model.task_names) > 1)  # other tasks' heads sit idle
-    log.info("training %s (%s), %d steps of batch %d x %d process(es), %d step(s) an epoch",
-             "+".join(model.task_names), "pre-training" if len(model.task_names) > 1 else "fine-tuning",
-             total, s.data.batch_size, world, steps_per_epoch)
+    log.info("training %s (%s), %d steps of batch %d x %d micro-batch(es) x %d process(es), %d step(s) "
+             "an epoch", "+".join(model.task_names),
+             "pre-training" if len(model.task_names) > 1 else "fine-tuning",
+             total, s.data.batch_size, s.data.accumulate, world, steps_per_epoch)
     # every test set's layout, checked before step 1 when a validation will happen
     validate = evaluation.validator(model, s.evaluation, s.inference, check=s.train.test_every <= total)
     schedule_steps = kept_schedule(saved, total, s.train)

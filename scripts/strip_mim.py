@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem := output_problem(a.output, "IPT_six.pt"):
         return say(PROG, *problem)
     try:
-        state, _ = read_checkpoint(a.input)
+        state, _ = read_checkpoint(a.input, "INPUT")  # its error names the argument
         names, source = head_names(a.input, a.tasks)
         if names and all(n == "mim" for n in names):  # it wrote a file with no head at all
             return say(PROG, f"{a.input} has only a mim head ({source}): nothing would be left for "
