@@ -139,7 +139,7 @@ def test_a_signal_stops_training_with_exit_status_130(tmp_path, caplog):
         trainer.Trainer.train_step = original
     record = json.loads((tmp_path / "model" / "training.json").read_text())
     assert record["step"] == 4 and record["interrupted"] and not record["finished"]
-    assert "stopped at step 4 of 50" in caplog.text and "--resume" in caplog.text
+    assert "stopped at step 4 of 50" in caplog.text and "the same command and --auto_resume" in caplog.text
 
 
 def test_a_fresh_run_drops_the_record_of_the_run_it_replaces(tmp_path):
