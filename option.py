@@ -458,6 +458,8 @@ def _check_memory(args: argparse.Namespace) -> None:
         width = args.n_feats * args.patch_dim ** 2
         layers = 1 if args.test_only else 2 * args.num_layers
         activations += batch * count * width * FLOAT_BYTES * layers
+        if args.attention == "math" or (args.attention == "auto" and not _on_cuda(args)):
+            activations += args.num_heads * count ** 2 * FLOAT_BYTES  # one tile's attention scores
     if _on_cuda(args):
         try:
             available = torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory

@@ -238,6 +238,17 @@ def test_sizes_past_any_machine_are_one_line(capsys, argv, words):
     assert words in line and "Traceback" not in line
 
 
+def test_a_tile_whose_attention_scores_cannot_fit_is_one_line(capsys, monkeypatch):
+    """The estimate left out the attention scores, 25.6 GB for one 600-pixel tile of 40,000 tokens
+    and 4 heads: a --test_only with 8 GiB was taken and ended in an allocation traceback."""
+    import utility
+    monkeypatch.setattr(utility, "available_memory", lambda: 8 * 2 ** 30)
+    tiny = ["--cpu", "--test_only", "--n_feats", "16", "--num_heads", "4", "--num_layers", "1",
+            "--no_pos", "--no_mlp", "--data_test", "Sample", "--attention", "math"]
+    assert "the first batch needs" in refused([*tiny, "--patch_size", "600"], capsys)
+    assert option.parse_args([*tiny, "--patch_size", "240"]).patch_size == 240  # 0.7 GB of scores
+
+
 @pytest.mark.parametrize("width, words", [(10 ** 30, "greater than the maximum"),  # the record's bound
                                           (10 ** 7, "the model alone needs")])  # the size estimate
 def test_a_record_of_an_impossible_width_is_one_line(tmp_path, capsys, width, words):
