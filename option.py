@@ -30,7 +30,6 @@ MAX_DIST_TIMEOUT = 7 * 24 * 3600  # a week: longer waits overflow timedelta and 
 # time is 256; more only makes a step slower to reach
 MAX_ACCUMULATE = 4096
 MAX_RGB_RANGE = 65535  # 16-bit pixels: larger ranges describe no image (and overflow the mean shift)
-OFFICIAL_TILE_MULTIPLE = 4  # the authors' tiling (model/tiling.py) steps by a quarter of the patch
 RESUME_DERIVED = ("task_names", "task_id")  # what --tasks/--task/--denoise/... resolve to
 PATH_OPTIONS = ("config", "dir_data", "dir_demo", "pretrain", "save", "streaks_dir")
 # how long a torchrun rank other than 0 that meets a bad option waits for torchrun's SIGTERM (sent
@@ -321,6 +320,7 @@ def _check_ipt(args: argparse.Namespace) -> None:
 def _check_tiling(args: argparse.Namespace) -> None:
     """The authors' tiling fits IPT's patch, when images are restored (else a traceback at the first
     validation, maybe after hours of training)."""
+    from model.tiling import OFFICIAL_TILE_MULTIPLE  # torch is loaded by now (_test_sets)
     restores = args.test_only or any(name != "Demo" for name in args.data_test)  # training skips Demo
     if args.model == "ipt" and restores and args.chop in ("auto", "official") \
             and args.patch_size % OFFICIAL_TILE_MULTIPLE:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 FAST_OVERLAP = 8  # input pixels shared by neighbouring tiles in `fast` mode
+OFFICIAL_TILE_MULTIPLE = 4  # the authors' tiling steps by a quarter of the patch
 PROGRESS_DELAY_S = 2.0  # a tile progress bar appears once one image has taken this long
 MODES = ("auto", "official", "fast", "whole")
 PRECISIONS = ("single", "half", "bf16")  # --precision
@@ -199,9 +200,10 @@ class _TileGrid:
 
 def official_plan(n: int, patch: int, scale: int) -> AxisPlan:
     """The authors' forward_chop along one axis of n >= patch input pixels."""
-    if patch % 4:
-        raise ValueError(f"official tiling needs a patch size divisible by 4, got {patch}")
-    stride = patch // 4
+    if patch % OFFICIAL_TILE_MULTIPLE:
+        raise ValueError(f"official tiling needs a patch size divisible by {OFFICIAL_TILE_MULTIPLE}, "
+                         f"got {patch}")
+    stride = patch // OFFICIAL_TILE_MULTIPLE
     margin = stride * scale  # output pixels a tile gives up on each side inside the grid
     out_patch = patch * scale
     cut = (n - patch) % stride
