@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import runfolder
 import utility
@@ -45,6 +46,18 @@ def run_stoppable(prog: str, job: Callable[[StopSignals], int], stopped: Callabl
         if stop.received is not None:
             return say(prog, stopped(stop.received), INTERRUPTED)
         return say(prog, describe(e), getattr(e, "status", FAILED))
+
+
+@contextlib.contextmanager
+def holding_lock(prog: str, folder: str, option: str, argv: Sequence[str] | None) -> Iterator[None]:
+    """Within: this command holds ``folder``'s run lock (runfolder.RunLock, as main.py's --save), so
+    a second command there gets a LockError naming ``option``; a killed run's lock is taken over,
+    said in one line."""
+    command = " ".join([prog, *(sys.argv[1:] if argv is None else argv)])
+    with runfolder.RunLock(folder, command, option=option) as lock:
+        if note := lock.acquire():  # a killed run's lock and temporaries removed
+            say(prog, note)
+        yield
 
 
 def check_limits(parser: argparse.ArgumentParser, args: argparse.Namespace,

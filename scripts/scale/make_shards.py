@@ -30,7 +30,7 @@ from data.listing import walk_images  # noqa: E402
 from data.sources import SHARD_INDEX, SHARD_SUFFIX  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 from report import printable  # noqa: E402
-from scripts.cli import FAILED, Refusal, check_limits, run_stoppable, say  # noqa: E402
+from scripts.cli import FAILED, Refusal, check_limits, holding_lock, run_stoppable, say  # noqa: E402
 
 PROG = "make_shards.py"  # the name its error lines start with
 LIMITS = {"per_shard": (1, records.MAX_SHARD_MEMBERS), "seed": (0, records.MAX_SEED)}  # as shards.json's
@@ -138,11 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             random.Random(args.seed).shuffle(files)
         chunks = [files[start:start + args.per_shard] for start in range(0, len(files), args.per_shard)]
         os.makedirs(args.out, exist_ok=True)
-        command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
-        # the same command again continues the job: never two runs at once
-        with runfolder.RunLock(args.out, command, option="OUT") as lock:
-            if note := lock.acquire():  # a killed run's lock and temporaries removed
-                say(PROG, note)
+        with holding_lock(PROG, args.out, "OUT", argv):  # the same command again continues: never two at once
             ours = {SHARD_NAME.format(i) for i in range(len(chunks))}
             if others := sorted(n for n in os.listdir(args.out)  # the stream would read them too
                                 if n.lower().endswith(SHARD_SUFFIX) and n not in ours):

@@ -38,7 +38,16 @@ from data.sample import TEST_PHOTOS, TRAIN_PHOTOS, sample_photo  # noqa: E402
 from data.sources import TAR_BLOCK  # noqa: E402
 from option import OptionParser  # noqa: E402  (errors in one line, exit status 2)
 from report import printable as shown  # noqa: E402
-from scripts.cli import BAD_OPTION, FAILED, check_limits, kind_of, path_problem, run_stoppable, say  # noqa: E402
+from scripts.cli import (  # noqa: E402
+    BAD_OPTION,
+    FAILED,
+    check_limits,
+    holding_lock,
+    kind_of,
+    path_problem,
+    run_stoppable,
+    say,
+)
 from scripts.scale.make_shards import SHARD_NAME, write_shards  # noqa: E402
 
 IMAGENET_FILES = 1281167  # ILSVRC-2012 train images
@@ -236,11 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem := space_problem(args):
             return say(PROG, problem, FAILED)
         os.makedirs(args.root, exist_ok=True)
-        command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
         # a second run on ROOT is refused: its start would delete the class the first one builds
-        with runfolder.RunLock(args.root, command, option="ROOT") as lock:
-            if note := lock.acquire():  # a killed run's lock and temporaries removed
-                say(PROG, note)
+        with holding_lock(PROG, args.root, "ROOT", argv):
             if problem := check_root(args):  # again: a run that ended meanwhile may have built it
                 return say(PROG, problem, BAD_OPTION)
             return build(args)
