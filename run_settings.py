@@ -54,7 +54,7 @@ class RunSettings:
         return "--resume" if self.resume == -1 else f"--resume {self.resume}"
 
 
-WEIGHT_SUFFIXES = (".pt", ".safetensors")  # the trained weights' files, preferred first
+WEIGHT_SUFFIXES = (".pt", ".safetensors")  # the trained weights' files; of one name, --resume takes the newer
 
 
 @dataclass(frozen=True)
