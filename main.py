@@ -340,8 +340,13 @@ def previous_state(args: argparse.Namespace, r: run_settings.RunSettings) -> dic
         if r.reset:  # and its state and weights: a --resume (or --test_only --resume) would take them
             replaced += [state_path, *glob.glob(os.path.join(glob.escape(r.save), "model", "model_*"))]
         for path in replaced:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.remove(path)
+            except FileNotFoundError:
+                pass
+            except OSError as e:  # a folder of that name, a folder not writable
+                raise JobError(f"cannot remove {path} of the run being replaced ({e.strerror}): "
+                               f"move it away, or give another --save") from None
         return None
     if os.path.lexists(state_path) and not os.path.isfile(state_path):
         raise JobError(f"--resume: {state_path} is not a regular file (a pipe, a folder or a broken link): "

@@ -532,3 +532,14 @@ def test_test_only_resume_takes_the_model_options_of_the_runs_record(tmp_path):
     args = parse_args(["--test_only", "--resume", "--save", run, "--data_test", "Sample", "--chop", "fast"])
     assert (args.n_feats, args.num_heads, args.num_layers, args.task_names) == (16, 4, 1, ["sr2", "derain"])
     assert args.architecture_source == os.path.join(run, "model", utility.TRAINING_RECORD)
+
+
+def test_reset_that_cannot_remove_a_replaced_file_is_one_line(tmp_path, caplog):
+    """A folder named like weights (model/model_old) was an IsADirectoryError traceback."""
+    import main as cli
+    run = str(tmp_path / "run")
+    assert cli.main([*CLI, "--max_steps", "1", "--save", run]) == 0
+    os.mkdir(os.path.join(run, "model", "model_old"))
+    assert cli.main([*CLI, "--max_steps", "1", "--save", run, "--reset"]) == 1
+    assert f"cannot remove {os.path.join(run, 'model', 'model_old')} of the run being replaced " \
+           f"(Is a directory): move it away" in caplog.text
